@@ -1,0 +1,1 @@
+//! Benchmarks for the workspace live under `benches/`; this library is empty.
