@@ -1,1 +1,43 @@
-//! Work in progress.
+//! Connections that carry framed vhost-user messages and their descriptors.
+//!
+//! A vhost-user message on the wire is a 12-byte header, a body of at most
+//! [`MAX_BODY_SIZE`] bytes and, riding on the same write, up to [`MAX_FDS`]
+//! descriptors. This crate moves those three parts and nothing else: it never
+//! looks inside a header. [`vhost_proto`] decides what the bytes mean.
+//!
+//! The API is message-granular so that every platform implements the same
+//! thing:
+//!
+//! 1. [`Connection::recv_header`] reads exactly [`HEADER_SIZE`] bytes and the
+//!    descriptors that came with them.
+//! 2. The caller validates the header and learns the body size.
+//! 3. [`Connection::recv_body`] (or [`Connection::recv_body_into`]) reads
+//!    exactly that many bytes, refusing sizes over [`MAX_BODY_SIZE`] before
+//!    any buffer exists.
+//! 4. [`Connection::send`] writes header, body and payload with one vectored
+//!    write, descriptors attached to its first byte.
+//!
+//! A [`Listener`] binds a socket path (or takes one over from a parent
+//! process) and hands out one [`Connection`] per front-end.
+//!
+//! # Errors and stream state
+//!
+//! [`Error::WouldBlock`] and [`Error::TimedOut`] are only returned when the
+//! call consumed nothing, so the same call may simply be repeated. Every other
+//! receive error leaves the stream out of step with the message framing and
+//! the connection should be dropped. Descriptors received on a failing path
+//! are closed before the error is returned.
+//!
+//! Platform code lives under `sys/`; the types here are the same on every
+//! platform.
+
+mod connection;
+mod error;
+mod listener;
+mod sys;
+
+pub use connection::{BackendChannel, Connection, FrontendChannel};
+pub use error::{Error, Result};
+pub use listener::{Inherited, Listener};
+pub use sys::{BorrowedDescriptor, OwnedDescriptor};
+pub use vhost_proto::{HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS};
