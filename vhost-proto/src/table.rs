@@ -233,8 +233,9 @@ requests!(
     NetSetMtu = 20 => spec("NET_SET_MTU", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::NET_MTU), AckWhenAsked, R::U64),
     /// Hand over the back-end channel socket.
     SetBackendReqFd = 21 => spec("SET_BACKEND_REQ_FD", Empty, F::One, Gate::Protocol(P::BACKEND_REQ), AckWhenAsked, R::U64),
-    /// IOTLB update or invalidation.
-    IotlbMsg = 22 => spec("IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), AckWhenAsked, R::U64),
+    /// IOTLB update or invalidation. Always answered with a u64 (0 success): the front-end
+    /// sets NEED_REPLY on it and waits, REPLY_ACK or not.
+    IotlbMsg = 22 => spec("IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), Reply, R::U64),
     /// Set a vring's endianness (legacy devices).
     SetVringEndian = 23 => spec("SET_VRING_ENDIAN", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::CROSS_ENDIAN), AckWhenAsked, R::U64),
     /// Read device configuration space.

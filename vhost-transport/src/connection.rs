@@ -27,6 +27,12 @@ pub struct BackendChannel;
 /// Sending and receiving take `&self`: one thread may send while another
 /// receives, but two concurrent senders (or receivers) would interleave
 /// messages and need their own lock.
+///
+/// Receiving may read ahead: one read can bring the next messages too, which
+/// then wait in the connection, so polling its descriptor does not report
+/// them. A poll-driven user keeps calling [`Connection::recv_header`] (and
+/// the body calls) while [`Connection::has_buffered`] is true, and only then
+/// waits for the descriptor to become readable again.
 pub struct Connection<D> {
     pub(crate) sock: sys::Socket,
     _d: PhantomData<fn() -> D>,
@@ -86,13 +92,15 @@ impl<D> Connection<D> {
 
     /// Receives exactly one header and the descriptors that came with it.
     ///
-    /// Reads no byte beyond the header, so the descriptors of the next
-    /// message stay with it. Descriptors are only accepted on the first read
-    /// of the header. Errors: [`Error::Disconnected`] when the peer closed
+    /// Bytes read beyond the header stay buffered for the next calls, and
+    /// descriptors go to the message whose header starts at the beginning of
+    /// the write that carried them (found from each header's `size`).
+    /// Errors: [`Error::Disconnected`] when the peer closed
     /// before the first byte, [`Error::PartialMessage`] when it closed in the
     /// middle, [`Error::TooManyFds`] for more than [`MAX_FDS`] descriptors,
     /// [`Error::ControlTruncated`] when even more came than the receive
-    /// buffer holds, [`Error::FdsMidHeader`] for descriptors on a later read.
+    /// buffer holds, [`Error::FdsMidHeader`] for descriptors that came after
+    /// the header's first byte.
     /// In each case every descriptor received is closed.
     pub fn recv_header(&self) -> Result<([u8; HEADER_SIZE], Vec<OwnedDescriptor>)> {
         self.sock.recv_header()
@@ -115,6 +123,13 @@ impl<D> Connection<D> {
     pub fn recv_body_into(&self, buf: &mut [u8]) -> Result<()> {
         check_body_len(buf.len())?;
         self.sock.recv_body(buf)
+    }
+
+    /// True when received bytes wait in the connection: the next
+    /// [`Connection::recv_header`] or body call starts with them, even if the
+    /// descriptor is not readable.
+    pub fn has_buffered(&self) -> bool {
+        self.sock.has_buffered()
     }
 
     /// Switches non-blocking mode. In that mode a read or write that can move

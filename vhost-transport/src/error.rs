@@ -51,6 +51,14 @@ pub enum Error {
         /// The protocol limit.
         max: usize,
     },
+    /// A handle value in a message's preamble is not an open handle of this
+    /// process, or repeats within the message (Windows). The valid handles
+    /// of the message were closed.
+    #[error("peer named handle value {value:#x}, which is not a handle it gave us")]
+    InvalidHandle {
+        /// The first bad value.
+        value: u64,
+    },
     /// A body length over the protocol maximum, refused before any buffer was
     /// allocated and before any byte was read.
     #[error("body of {len} bytes exceeds the maximum of {max}")]
@@ -71,6 +79,9 @@ pub enum Error {
     /// listening.
     #[error("socket is not connected")]
     NotConnected,
+    /// The handle is not a byte-mode named pipe (Windows).
+    #[error("handle is not a byte-mode named pipe")]
+    NotAPipe,
     /// The read timeout expired before any byte of this read arrived.
     #[error("timed out waiting for the peer")]
     TimedOut,

@@ -207,9 +207,10 @@ fn fds_with_body_bytes_are_refused_and_closed() {
     let raws: Vec<RawFd> = p.iter().map(|(_, w)| w.as_raw_fd()).collect();
     let before = open_fds();
     raw_send(&raw, &header(5, 8), &[]);
-    raw_send(&raw, &[0u8; 8], &raws);
     let (_, fds) = conn.recv_header().unwrap();
-    assert!(fds.is_empty(), "header took the body's descriptors");
+    assert!(fds.is_empty());
+    // The body's write starts no header: its descriptors belong to no message.
+    raw_send(&raw, &[0u8; 8], &raws);
     let err = conn.recv_body(8).unwrap_err();
     assert!(matches!(err, Error::FdsWithBody { count: 2 }), "{err:?}");
     assert_eq!(open_fds(), before);
@@ -423,10 +424,10 @@ fn nonblocking_send_completes_a_large_message_once_the_peer_drains() {
         (h, fds.len())
     });
     let p = pipes(1);
-    a.send(&header(1, 0), &[], &payload, &[p[0].1.as_fd()])
-        .unwrap();
-    let (h, nfds) = reader.join().unwrap();
-    assert_eq!((h, nfds), (header(1, 0), 1));
+    let h = header(1, payload.len() as u32);
+    a.send(&h, &[], &payload, &[p[0].1.as_fd()]).unwrap();
+    let (got, nfds) = reader.join().unwrap();
+    assert_eq!((got, nfds), (h, 1));
 }
 
 #[test]

@@ -1,1 +1,141 @@
-fn main() {}
+//! `vhost-user-blk`: serves an image file or block device as a virtio-blk device over
+//! vhost-user.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::builder::Resettable;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
+use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
+use vhost_backend::runtime::DeviceBackend;
+use vhost_device_blk::image::{TempImage, TEMP_IMAGE_SIZE};
+use vhost_device_blk::{BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE};
+
+/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
+const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
+
+/// vhost-user virtio-blk back-end.
+///
+/// Serves a raw image file or block device. Without --blk-file it serves a fresh sparse
+/// 1 GiB scratch image, removed on exit; without --socket-path or --fd it listens on
+/// /tmp/vhost-user-blk.sock.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-blk", version, after_long_help = QEMU_USAGE)]
+struct Cli {
+    #[command(flatten)]
+    backend: BackendArgs,
+
+    /// Raw image file or block device to serve.
+    #[arg(long, value_name = "PATH")]
+    blk_file: Option<PathBuf>,
+
+    /// Serve the image read-only (VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    read_only: bool,
+
+    /// Number of request queues.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    num_queues: u16,
+
+    /// Largest queue size (a power of two).
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_SIZE)))]
+    queue_size: u16,
+
+    /// Open the image with O_DIRECT (bypass the host page cache).
+    #[arg(long)]
+    direct: bool,
+
+    /// Device serial returned to GET_ID (at most 20 bytes are used).
+    #[arg(long, default_value = DEFAULT_SERIAL)]
+    serial: String,
+
+    /// Logical block size in bytes (a power of two, 512 to 65536).
+    #[arg(long, default_value_t = 512)]
+    logical_block_size: u32,
+}
+
+/// Parses the command line; `--socket-path` is optional here (it has a default).
+fn parse() -> Cli {
+    let cmd = Cli::command().mut_arg("socket_path", |a| {
+        a.required_unless_present(Resettable::Reset)
+    });
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn main() -> ExitCode {
+    let mut cli = parse();
+    if cli.backend.print_capabilities {
+        cli::print_capabilities("block", &["read-only", "blk-file"]);
+        return ExitCode::SUCCESS;
+    }
+    cli::init_logging();
+    match run(&mut cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
+    install_signal_handlers()?;
+    if cli.backend.socket_path.is_none() && cli.backend.fd.is_none() {
+        cli.backend.socket_path = Some(PathBuf::from(DEFAULT_SOCKET));
+    }
+    // Lives until the daemon returns; dropping it removes the scratch image.
+    let mut scratch = None;
+    let path = match &cli.blk_file {
+        Some(p) => p.clone(),
+        None => {
+            let img = TempImage::create(TEMP_IMAGE_SIZE)?;
+            log::info!(
+                "no --blk-file: serving a sparse 1 GiB scratch image at {} (removed on exit)",
+                img.path().display()
+            );
+            scratch.insert(img).path().to_path_buf()
+        }
+    };
+    let config = BlkConfig {
+        path,
+        read_only: cli.read_only,
+        num_queues: cli.num_queues,
+        queue_size: cli.queue_size,
+        direct: cli.direct,
+        serial: cli.serial.clone(),
+        logical_block_size: cli.logical_block_size,
+    };
+    let device = BlkDevice::new(&config)?;
+    log::info!(
+        "serving {} ({} bytes, {}, {} queue(s) of up to {})",
+        config.path.display(),
+        device.size_bytes(),
+        if config.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        },
+        config.num_queues,
+        config.queue_size
+    );
+    let backend = DeviceBackend::new(device)?;
+    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
+    if let Some(sock) = &cli.backend.socket_path {
+        log::info!(
+            "point QEMU at it with:\n  \
+             -object memory-backend-memfd,id=mem,size=1G,share=on \
+             -machine q35,memory-backend=mem -m 1G \\\n  \
+             -chardev socket,id=blk0,path={} \\\n  \
+             -device vhost-user-blk-pci,chardev=blk0,num-queues={}",
+            sock.display(),
+            config.num_queues
+        );
+    }
+    let result = daemon.run();
+    drop(daemon);
+    drop(scratch);
+    result.map_err(Into::into)
+}

@@ -11,5 +11,12 @@ pub use unix::{BorrowedDescriptor, OwnedDescriptor};
 #[cfg(unix)]
 pub(crate) use unix::{Socket, SocketListener};
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::{BorrowedDescriptor, OwnedDescriptor};
+#[cfg(windows)]
+pub(crate) use windows::{Socket, SocketListener};
+
+#[cfg(not(any(unix, windows)))]
 compile_error!("vhost-transport has no implementation for this platform yet");

@@ -7,11 +7,12 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::ptr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -21,155 +22,18 @@ use nix::sys::socket::{
     self, getsockopt, sendmsg, sockopt, AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag,
     SockType, SockaddrLike, SockaddrStorage, UnixAddr,
 };
-use vhost_proto::{HEADER_SIZE, MAX_FDS};
+use vhost_proto::MAX_FDS;
 
 use crate::{Connection, Error, Inherited, Listener, Result};
+
+mod recv;
+
+use recv::RecvState;
 
 /// A descriptor received with a message.
 pub type OwnedDescriptor = OwnedFd;
 /// A descriptor lent to [`Connection::send`].
 pub type BorrowedDescriptor<'a> = BorrowedFd<'a>;
-
-/// Descriptors one receive has room for. More than a message may carry, so
-/// that a peer sending a few too many is reported as `TooManyFds` with all of
-/// them closed; only a flood beyond this is `ControlTruncated`.
-const FD_CAPACITY: usize = 2 * MAX_FDS;
-const FD_SIZE: usize = size_of::<RawFd>();
-// SAFETY: CMSG_SPACE and CMSG_LEN only do arithmetic on their argument.
-const CMSG_BUF_LEN: usize =
-    unsafe { libc::CMSG_SPACE((FD_CAPACITY * FD_SIZE) as libc::c_uint) } as usize;
-// SAFETY: as above.
-const CMSG_HEADER_LEN: usize = unsafe { libc::CMSG_LEN(0) } as usize;
-
-const RECV_FLAGS: libc::c_int = libc::MSG_CMSG_CLOEXEC;
-
-/// Control-message buffer, aligned for `cmsghdr` (at most 8 on every target).
-#[repr(C, align(8))]
-struct CmsgBuffer([u8; CMSG_BUF_LEN]);
-
-/// Descriptors taken out of one receive, owned from the moment they are
-/// parsed, kept on the stack. Dropping it closes them.
-struct ReceivedFds {
-    slots: [Option<OwnedFd>; FD_CAPACITY],
-    count: usize,
-}
-
-impl ReceivedFds {
-    fn new() -> Self {
-        ReceivedFds {
-            slots: [const { None }; FD_CAPACITY],
-            count: 0,
-        }
-    }
-
-    fn push(&mut self, fd: OwnedFd) {
-        // The control buffer cannot hold more than FD_CAPACITY; should one
-        // more ever appear it is counted and closed right here.
-        if let Some(slot) = self.slots.get_mut(self.count) {
-            *slot = Some(fd);
-        }
-        self.count += 1;
-    }
-
-    fn len(&self) -> usize {
-        self.count
-    }
-
-    fn into_vec(self) -> Vec<OwnedFd> {
-        if self.count == 0 {
-            return Vec::new();
-        }
-        self.slots.into_iter().flatten().collect()
-    }
-}
-
-/// Outcome of one `recvmsg`.
-struct Received {
-    /// Bytes read; 0 is end of stream.
-    len: usize,
-    fds: ReceivedFds,
-    /// The kernel set `MSG_CTRUNC`: descriptors were dropped.
-    truncated: bool,
-}
-
-impl Received {
-    fn end_of_stream() -> Self {
-        Received {
-            len: 0,
-            fds: ReceivedFds::new(),
-            truncated: false,
-        }
-    }
-}
-
-/// One `recvmsg` into `buf`, descriptors close-on-exec. Every descriptor the
-/// kernel installed is owned by the result, including on `MSG_CTRUNC`.
-fn recv_once(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::result::Result<Received, Errno> {
-    let mut cmsg = CmsgBuffer([0; CMSG_BUF_LEN]);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr holds only integers and pointers; all zeroes is a valid
-    // value (no address, no buffers) that is filled in below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_BUF_LEN as _;
-    // SAFETY: `msg` points to one iovec covering `buf`, valid for writes of
-    // `buf.len()` bytes, and to `cmsg`, valid for CMSG_BUF_LEN bytes and
-    // aligned for cmsghdr. Both outlive the call; the kernel writes only
-    // inside them.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, RECV_FLAGS) };
-    let n = Errno::result(n)?;
-    let fds = take_fds(&msg);
-    Ok(Received {
-        len: usize::try_from(n).unwrap_or(0),
-        fds,
-        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    })
-}
-
-/// Takes ownership of every descriptor in the `SCM_RIGHTS` messages of a
-/// control buffer that a successful `recvmsg` filled in.
-// The length fields are size_t with glibc and socklen_t with musl.
-#[allow(clippy::unnecessary_cast)]
-fn take_fds(msg: &libc::msghdr) -> ReceivedFds {
-    let mut fds = ReceivedFds::new();
-    let control_end = (msg.msg_control as usize).saturating_add(msg.msg_controllen as usize);
-    // SAFETY: `msg` was filled in by a successful recvmsg, so msg_control and
-    // msg_controllen describe control bytes inside a live, aligned buffer.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
-    while !cmsg.is_null() {
-        // SAFETY: CMSG_FIRSTHDR and CMSG_NXTHDR return null or a pointer to a
-        // complete cmsghdr inside the control bytes. read_unaligned makes no
-        // alignment demand.
-        let hdr = unsafe { ptr::read_unaligned(cmsg) };
-        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: `cmsg` points to a complete header; CMSG_DATA only
-            // offsets the pointer past it.
-            let data = unsafe { libc::CMSG_DATA(cmsg) };
-            let claimed = (hdr.cmsg_len as usize).saturating_sub(CMSG_HEADER_LEN);
-            let available = control_end.saturating_sub(data as usize);
-            let count = claimed.min(available) / FD_SIZE;
-            for i in 0..count {
-                // SAFETY: bytes i*FD_SIZE..(i+1)*FD_SIZE past `data` lie inside
-                // the control bytes (count is bounded by `available`).
-                let raw: RawFd = unsafe { ptr::read_unaligned(data.add(i * FD_SIZE).cast()) };
-                if raw >= 0 {
-                    // SAFETY: the kernel just installed `raw` in this process
-                    // for this message; nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                }
-            }
-        }
-        // SAFETY: `msg` describes the filled control buffer and `cmsg` is a
-        // header inside it; CMSG_NXTHDR checks the next one against the end.
-        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
-    }
-    fds
-}
 
 /// Rejects anything but a Unix-family stream socket.
 fn check_local_stream(fd: &OwnedFd) -> Result<()> {
@@ -193,26 +57,49 @@ fn is_listening(fd: &OwnedFd) -> Result<bool> {
 /// A connected Unix stream socket with message framing.
 pub(crate) struct Socket {
     stream: UnixStream,
+    /// The receive buffer and the descriptors parked in it; held for the
+    /// length of a receive call.
+    rx: Mutex<RecvState>,
+    /// Whether `rx` holds unconsumed bytes, readable without taking the lock.
+    buffered: AtomicBool,
 }
 
 impl fmt::Debug for Socket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Socket")
             .field("fd", &self.stream.as_raw_fd())
+            .field("buffered", &self.has_buffered())
             .finish()
     }
 }
 
 impl Socket {
+    fn new(stream: UnixStream) -> Self {
+        Socket {
+            stream,
+            rx: Mutex::new(RecvState::new()),
+            buffered: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn pair() -> Result<(Self, Self)> {
         // std creates both ends with SOCK_CLOEXEC.
         let (a, b) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
-        Ok((Socket { stream: a }, Socket { stream: b }))
+        Ok((Socket::new(a), Socket::new(b)))
     }
 
     pub(crate) fn connect(path: &Path) -> Result<Self> {
         let stream = UnixStream::connect(path).map_err(|e| Error::io("connect", e))?;
-        Ok(Socket { stream })
+        Ok(Socket::new(stream))
+    }
+
+    /// The stream, for a caller taking the descriptor over; bytes still
+    /// buffered are lost with the connection.
+    fn into_stream(self) -> UnixStream {
+        if self.has_buffered() {
+            log::warn!("connection given up with received bytes still unread");
+        }
+        self.stream
     }
 
     fn from_connected_fd(fd: OwnedFd) -> Result<Self> {
@@ -221,9 +108,7 @@ impl Socket {
             return Err(Error::NotConnected);
         }
         match socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()) {
-            Ok(_) => Ok(Socket {
-                stream: UnixStream::from(fd),
-            }),
+            Ok(_) => Ok(Socket::new(UnixStream::from(fd))),
             Err(Errno::ENOTCONN) => Err(Error::NotConnected),
             Err(e) => Err(Error::io("getpeername", e)),
         }
@@ -275,85 +160,6 @@ impl Socket {
                 Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Disconnected),
                 Err(e) => return Err(Error::io("sendmsg", e)),
             }
-        }
-        Ok(())
-    }
-
-    /// One receive step of a read that needs `expected` bytes and has `got`.
-    /// A reset connection counts as end of stream.
-    fn recv_step(&self, buf: &mut [u8], expected: usize, got: usize) -> Result<Received> {
-        loop {
-            match recv_once(self.fd(), buf) {
-                Ok(received) => return Ok(received),
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) if got == 0 => return Err(self.blocked()),
-                Err(Errno::EAGAIN) if self.is_nonblocking() => self.wait(PollFlags::POLLIN)?,
-                // The read timeout ran out with the read half done.
-                Err(Errno::EAGAIN) => return Err(Error::PartialMessage { expected, got }),
-                Err(Errno::ECONNRESET) => return Ok(Received::end_of_stream()),
-                Err(e) => return Err(Error::io("recvmsg", e)),
-            }
-        }
-    }
-
-    pub(crate) fn recv_header(&self) -> Result<([u8; HEADER_SIZE], Vec<OwnedFd>)> {
-        let mut header = [0u8; HEADER_SIZE];
-        let first = self.recv_step(&mut header, HEADER_SIZE, 0)?;
-        if first.len == 0 {
-            return Err(Error::Disconnected);
-        }
-        if first.truncated {
-            log::warn!(
-                "control data truncated: {} descriptors received, all closed",
-                first.fds.len()
-            );
-            return Err(Error::ControlTruncated);
-        }
-        if first.fds.len() > MAX_FDS {
-            return Err(Error::TooManyFds {
-                got: first.fds.len(),
-                max: MAX_FDS,
-            });
-        }
-        let mut got = first.len;
-        while let Some(rest) = header.get_mut(got..).filter(|r| !r.is_empty()) {
-            let more = self.recv_step(rest, HEADER_SIZE, got)?;
-            if more.len == 0 {
-                return Err(Error::PartialMessage {
-                    expected: HEADER_SIZE,
-                    got,
-                });
-            }
-            if more.truncated {
-                return Err(Error::ControlTruncated);
-            }
-            if more.fds.len() > 0 {
-                return Err(Error::FdsMidHeader {
-                    count: more.fds.len(),
-                });
-            }
-            got += more.len;
-        }
-        Ok((header, first.fds.into_vec()))
-    }
-
-    pub(crate) fn recv_body(&self, buf: &mut [u8]) -> Result<()> {
-        let expected = buf.len();
-        let mut got = 0;
-        while let Some(rest) = buf.get_mut(got..).filter(|r| !r.is_empty()) {
-            let more = self.recv_step(rest, expected, got)?;
-            if more.len == 0 {
-                return Err(Error::PartialMessage { expected, got });
-            }
-            if more.truncated {
-                return Err(Error::ControlTruncated);
-            }
-            if more.fds.len() > 0 {
-                return Err(Error::FdsWithBody {
-                    count: more.fds.len(),
-                });
-            }
-            got += more.len;
         }
         Ok(())
     }
@@ -462,7 +268,7 @@ impl SocketListener {
         loop {
             // std uses accept4(SOCK_CLOEXEC) and retries EINTR itself.
             match self.listener.accept() {
-                Ok((stream, _)) => return Ok(Socket { stream }),
+                Ok((stream, _)) => return Ok(Socket::new(stream)),
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR | libc::ECONNABORTED) => {}
                     Some(libc::EAGAIN) => return Err(Error::WouldBlock),
@@ -526,7 +332,7 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
 impl<D> Connection<D> {
     /// Wraps a connected Unix stream.
     pub fn from_stream(stream: UnixStream) -> Self {
-        Connection::from_sys(Socket { stream })
+        Connection::from_sys(Socket::new(stream))
     }
 
     /// Takes over a descriptor that must be a connected Unix stream socket
@@ -551,13 +357,13 @@ impl<D> AsRawFd for Connection<D> {
 
 impl<D> From<Connection<D>> for OwnedFd {
     fn from(conn: Connection<D>) -> OwnedFd {
-        conn.sock.stream.into()
+        conn.sock.into_stream().into()
     }
 }
 
 impl<D> IntoRawFd for Connection<D> {
     fn into_raw_fd(self) -> RawFd {
-        self.sock.stream.into_raw_fd()
+        self.sock.into_stream().into_raw_fd()
     }
 }
 

@@ -1,0 +1,154 @@
+//! Command-line conventions shared by every device daemon, as QEMU expects of vhost-user
+//! back-end programs (docs/interop/vhost-user.rst "Backend program conventions"):
+//! `--socket-path PATH` or `--fd N` (mutually exclusive) and `--print-capabilities`.
+//!
+//! A device binary flattens [`BackendArgs`] into its own parser and adds its options:
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use vhost_backend::runtime::cli::{BackendArgs, QEMU_USAGE};
+//!
+//! #[derive(Parser)]
+//! #[command(about = "vhost-user entropy device", after_long_help = QEMU_USAGE)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     backend: BackendArgs,
+//! }
+//!
+//! let cli = Cli::parse();
+//! if cli.backend.print_capabilities {
+//!     vhost_backend::runtime::cli::print_capabilities("rng", &[]);
+//!     return;
+//! }
+//! ```
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// How QEMU is pointed at a back-end; device binaries show it in `--help`.
+pub const QEMU_USAGE: &str = "\
+Connecting QEMU:
+  Start this back-end first (QEMU is the socket client), then QEMU with its guest RAM
+  shared with the back-end and a vhost-user device on the same socket:
+
+    qemu-system-x86_64 ... \\
+      -object memory-backend-memfd,id=mem,size=1G,share=on \\
+      -machine q35,memory-backend=mem -m 1G \\
+      -chardev socket,id=vhost0,path=PATH \\
+      -device vhost-user-<type>-pci,chardev=vhost0   (e.g. vhost-user-blk-pci, vhost-user-rng-pci)
+
+  Guest RAM must be shared (share=on), or the back-end cannot see the rings and the
+  guest hangs. Add reconnect=1 to -chardev to survive a back-end restart.
+  One front-end is served at a time; when it disconnects the back-end resets and waits
+  for the next one on the same socket. SIGTERM or SIGINT stops it. RUST_LOG sets the
+  log level (error, warn, info, debug, trace).";
+
+/// The options every device daemon takes. Flatten into the device's parser with
+/// `#[command(flatten)]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct BackendArgs {
+    /// Listen for the front-end on this UNIX socket path.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "fd",
+        required_unless_present_any = ["fd", "print_capabilities"]
+    )]
+    pub socket_path: Option<PathBuf>,
+
+    /// Serve on this inherited descriptor: a listening UNIX socket, or one already
+    /// connected to the front-end.
+    #[arg(long, value_name = "N")]
+    pub fd: Option<RawFd>,
+
+    /// Print the back-end's capabilities as JSON on stdout and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Permission bits of the socket file created by --socket-path (octal, e.g. 600).
+    #[arg(long, value_name = "MODE", value_parser = parse_octal)]
+    pub socket_mode: Option<u32>,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("not an octal mode: {e}"))
+}
+
+/// The `--print-capabilities` document: `{"type": ..., "features": [...]}`, the shape of
+/// QEMU's docs/interop/vhost-user.json.
+pub fn capabilities_json(device_type: &str, features: &[&str]) -> String {
+    serde_json::json!({ "type": device_type, "features": features }).to_string()
+}
+
+/// Writes [`capabilities_json`] and a newline to stdout.
+pub fn print_capabilities(device_type: &str, features: &[&str]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let doc = capabilities_json(device_type, features);
+    if let Err(e) = writeln!(out, "{doc}").and_then(|()| out.flush()) {
+        log::error!("writing capabilities: {e}");
+    }
+}
+
+/// Initialises logging from `RUST_LOG` (default: `info`) to stderr.
+pub fn init_logging() {
+    let env = env_logger::Env::default().default_filter_or("info");
+    // A second initialisation (tests, embedding) keeps the first logger.
+    let _ = env_logger::Builder::from_env(env).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    #[command(name = "vhost-device-test", after_long_help = QEMU_USAGE)]
+    struct Cli {
+        #[command(flatten)]
+        backend: BackendArgs,
+    }
+
+    #[test]
+    fn socket_path_and_fd_are_mutually_exclusive() {
+        assert!(Cli::try_parse_from(["x", "--socket-path", "/s", "--fd", "3"]).is_err());
+        let c = Cli::try_parse_from(["x", "--socket-path", "/s"]).unwrap();
+        assert_eq!(c.backend.socket_path, Some(PathBuf::from("/s")));
+        let c = Cli::try_parse_from(["x", "--fd", "3"]).unwrap();
+        assert_eq!(c.backend.fd, Some(3));
+    }
+
+    #[test]
+    fn one_of_socket_path_fd_or_print_capabilities_is_required() {
+        assert!(Cli::try_parse_from(["x"]).is_err());
+        let c = Cli::try_parse_from(["x", "--print-capabilities"]).unwrap();
+        assert!(c.backend.print_capabilities);
+    }
+
+    #[test]
+    fn socket_mode_is_octal() {
+        let c = Cli::try_parse_from(["x", "--socket-path", "/s", "--socket-mode", "660"]).unwrap();
+        assert_eq!(c.backend.socket_mode, Some(0o660));
+        assert!(Cli::try_parse_from(["x", "--socket-path", "/s", "--socket-mode", "9"]).is_err());
+    }
+
+    #[test]
+    fn long_help_shows_the_qemu_command_line() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--socket-path"), "{help}");
+        assert!(help.contains("--print-capabilities"));
+        assert!(help.contains("memory-backend-memfd,id=mem,size=1G,share=on"));
+        assert!(help.contains("-chardev socket,id=vhost0,path=PATH"));
+    }
+
+    #[test]
+    fn capabilities_are_valid_json_of_the_documented_shape() {
+        let doc = capabilities_json("block", &["read-only", "blk-file"]);
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(v["type"], "block");
+        assert_eq!(v["features"], serde_json::json!(["read-only", "blk-file"]));
+        let v: serde_json::Value = serde_json::from_str(&capabilities_json("rng", &[])).unwrap();
+        assert_eq!(v["features"].as_array().map(Vec::len), Some(0));
+    }
+}

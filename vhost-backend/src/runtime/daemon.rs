@@ -1,0 +1,331 @@
+//! The daemon loop: accept one front-end at a time on a listening socket, serve it with
+//! [`BackendServer`], reset the back-end when it goes away, and accept the next one on the
+//! same socket, until asked to stop (SIGTERM, SIGINT or a [`StopHandle`]).
+//!
+//! The loop sleeps in `poll(2)` on the listening socket together with a stop eventfd. A
+//! front-end's session runs [`BackendServer::serve`] on a scoped thread while the loop waits
+//! for the session's end or a stop; a stop shuts the connection down, so the session ends
+//! at once and the back-end is reset. Signals only write to an eventfd (the one
+//! async-signal-safe thing the handler does).
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::socket::Shutdown;
+use vhost_transport::{Connection, FrontendChannel, Inherited, Listener};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::cli::BackendArgs;
+use super::device::VirtioDevice;
+use super::handler::{DeviceBackend, RuntimeError};
+use crate::{Backend, BackendServer, ServerError};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Neither `--socket-path` nor `--fd` was given.
+    #[error("one of --socket-path or --fd is required")]
+    NoSocket,
+    /// The back-end was lost when a server could not be built for an earlier front-end.
+    #[error("the back-end is no longer available")]
+    BackendLost,
+    /// `--fd N` is not an open descriptor.
+    #[error("--fd {0} is not an open descriptor")]
+    BadFd(i32),
+    /// Binding, accepting or taking over the socket failed.
+    #[error(transparent)]
+    Transport(#[from] vhost_transport::Error),
+    /// The server could not be built for a front-end (the back-end's offer failed).
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The device could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A system call of the loop itself failed (eventfd, poll, sigaction).
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Sys { what, source }
+}
+
+/// Asks a running [`Daemon`] to stop. Cheap to clone; usable from any thread.
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<EventFd>);
+
+impl StopHandle {
+    /// Requests the stop. The daemon resets the back-end and returns from
+    /// [`Daemon::run`].
+    pub fn stop(&self) {
+        if let Err(e) = self.0.write(1) {
+            log::error!("requesting a stop: {e}");
+        }
+    }
+}
+
+/// The eventfd SIGTERM/SIGINT write to; lives for the whole process.
+static SIGNAL_EVENT: OnceLock<EventFd> = OnceLock::new();
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: `write` is async-signal-safe; `fd` is the eventfd in `SIGNAL_EVENT`, which
+        // is never closed, and `one` is a valid 8-byte buffer.
+        unsafe {
+            libc::write(fd, one.as_ptr().cast(), one.len());
+        }
+    }
+}
+
+/// Makes SIGTERM and SIGINT stop every [`Daemon`] of the process promptly (each finishes
+/// the message in hand, resets its back-end and returns from [`Daemon::run`]).
+pub fn install_signal_handlers() -> Result<(), DaemonError> {
+    let ev = match SIGNAL_EVENT.get() {
+        Some(ev) => ev,
+        None => {
+            let ev = EventFd::new(EFD_NONBLOCK).map_err(sys("creating the signal eventfd"))?;
+            SIGNAL_EVENT.get_or_init(|| ev)
+        }
+    };
+    SIGNAL_FD.store(ev.as_raw_fd(), Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only loads an atomic and calls `write`, both async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| DaemonError::Sys {
+            what: "installing a signal handler",
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The descriptor of an eventfd, borrowed for as long as the eventfd lives.
+fn borrow(ev: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: `ev` owns this open descriptor and outlives the returned borrow.
+    unsafe { BorrowedFd::borrow_raw(ev.as_raw_fd()) }
+}
+
+fn signal_fd() -> Option<BorrowedFd<'static>> {
+    SIGNAL_EVENT.get().map(borrow)
+}
+
+enum Source {
+    Listener(Listener),
+    Connected(Option<Connection<FrontendChannel>>),
+}
+
+/// Serves front-ends one at a time. See the [module docs](self).
+pub struct Daemon<B: Backend> {
+    backend: Option<B>,
+    source: Source,
+    stop: Arc<EventFd>,
+}
+
+impl<B: Backend> std::fmt::Debug for Daemon<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").finish_non_exhaustive()
+    }
+}
+
+enum Wake {
+    Ready,
+    Stop,
+}
+
+impl<B: Backend> Daemon<B> {
+    fn with_source(source: Source, backend: B) -> Result<Self, DaemonError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(sys("creating the stop eventfd"))?;
+        Ok(Daemon {
+            backend: Some(backend),
+            source,
+            stop: Arc::new(stop),
+        })
+    }
+
+    /// A daemon accepting front-ends on `listener`.
+    pub fn new(listener: Listener, backend: B) -> Result<Self, DaemonError> {
+        Self::with_source(Source::Listener(listener), backend)
+    }
+
+    /// A daemon serving one already connected front-end, then returning.
+    pub fn with_connection(
+        conn: Connection<FrontendChannel>,
+        backend: B,
+    ) -> Result<Self, DaemonError> {
+        Self::with_source(Source::Connected(Some(conn)), backend)
+    }
+
+    /// A daemon on the socket the command line names: `--socket-path` (bound now, with
+    /// `--socket-mode`) or `--fd` (a listening socket, or a connected one served once).
+    pub fn from_args(args: &BackendArgs, backend: B) -> Result<Self, DaemonError> {
+        if let Some(path) = &args.socket_path {
+            let listener = Listener::bind(path, args.socket_mode)?;
+            log::info!("listening on {}", path.display());
+            return Self::new(listener, backend);
+        }
+        let n = args.fd.ok_or(DaemonError::NoSocket)?;
+        // SAFETY: F_GETFD only reads the descriptor flags; any integer is a valid argument.
+        if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+            return Err(DaemonError::BadFd(n));
+        }
+        // SAFETY: `n` is open (checked above) and was handed to this process for the
+        // daemon's use alone (`--fd`); nothing else in the process owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(n) };
+        match Listener::from_fd(fd)? {
+            Inherited::Listener(l) => {
+                log::info!("listening on inherited descriptor {n}");
+                Self::new(l, backend)
+            }
+            Inherited::Connected(c) => {
+                log::info!("serving the front-end connected on descriptor {n}");
+                Self::with_connection(c, backend)
+            }
+        }
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.stop))
+    }
+
+    /// The back-end (between runs).
+    pub fn backend(&self) -> Option<&B> {
+        self.backend.as_ref()
+    }
+
+    /// Serves front-ends until a stop is requested (or, with a connected `--fd`, until that
+    /// front-end leaves). Each front-end's session ends with [`Backend::disconnected`].
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        loop {
+            let conn = match &mut self.source {
+                Source::Listener(l) => match wait(&self.stop, l.as_fd())? {
+                    Wake::Stop => return Ok(()),
+                    Wake::Ready => match l.accept() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log::warn!("accepting a front-end: {e}");
+                            continue;
+                        }
+                    },
+                },
+                Source::Connected(c) => match c.take() {
+                    Some(c) => c,
+                    None => return Ok(()),
+                },
+            };
+            log::info!("front-end connected");
+            if let Wake::Stop = self.serve(conn)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves one front-end until it leaves or a stop is requested.
+    ///
+    /// The session runs [`BackendServer::serve`] on a thread of its own (the transport may
+    /// hold read-ahead bytes, so readiness of the socket says nothing about the next
+    /// message); this thread waits for the session to end or for a stop, which shuts the
+    /// socket down so the session ends at once. Either way the back-end comes back reset.
+    fn serve(&mut self, conn: Connection<FrontendChannel>) -> Result<Wake, DaemonError> {
+        let backend = self.backend.take().ok_or(DaemonError::BackendLost)?;
+        let mut server = BackendServer::new(conn, backend)?;
+        // A second descriptor of the same socket, to shut it down from here.
+        let sock = server
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(sys("duplicating the connection"))?;
+        let done = EventFd::new(EFD_NONBLOCK).map_err(sys("creating an eventfd"))?;
+        let stop = &self.stop;
+        let (woke, joined) = std::thread::scope(|scope| {
+            let session = std::thread::Builder::new()
+                .name("vhost-session".into())
+                .spawn_scoped(scope, || {
+                    let result = server.serve();
+                    if let Err(e) = done.write(1) {
+                        log::error!("signalling the end of a session: {e}");
+                    }
+                    (server.into_backend(), result)
+                });
+            let session = match session {
+                Ok(s) => s,
+                Err(e) => return (Err(sys("starting the session thread")(e)), None),
+            };
+            let woke = wait(stop, borrow(&done));
+            if !matches!(woke, Ok(Wake::Ready)) {
+                if let Err(e) = nix::sys::socket::shutdown(sock.as_raw_fd(), Shutdown::Both) {
+                    log::warn!("shutting the front-end connection down: {e}");
+                }
+            }
+            (woke, session.join().ok())
+        });
+        match joined {
+            Some((backend, result)) => {
+                self.backend = Some(backend);
+                match result {
+                    Ok(()) => log::info!("front-end session ended"),
+                    Err(e) => log::info!("front-end session ended: {e}"),
+                }
+            }
+            None => log::error!("the session thread failed; the back-end is lost"),
+        }
+        woke
+    }
+}
+
+/// Sleeps until `fd` is readable or a stop is requested.
+fn wait(stop: &EventFd, fd: BorrowedFd<'_>) -> Result<Wake, DaemonError> {
+    loop {
+        let mut fds = vec![
+            PollFd::new(borrow(stop), PollFlags::POLLIN),
+            PollFd::new(fd, PollFlags::POLLIN),
+        ];
+        if let Some(sig) = signal_fd() {
+            fds.push(PollFd::new(sig, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(DaemonError::Sys {
+                    what: "poll",
+                    source: e.into(),
+                })
+            }
+        }
+        let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) || fds.get(2).is_some_and(ready) {
+            log::info!("stop requested");
+            return Ok(Wake::Stop);
+        }
+        if ready(&fds[1]) {
+            return Ok(Wake::Ready);
+        }
+    }
+}
+
+/// Runs `device` the way a device binary does: logging from `RUST_LOG`, SIGTERM/SIGINT
+/// handlers, the socket from `args`, one front-end at a time until a signal.
+pub fn run_device<D: VirtioDevice>(args: &BackendArgs, device: D) -> Result<(), DaemonError> {
+    super::cli::init_logging();
+    install_signal_handlers()?;
+    let backend = DeviceBackend::new(device)?;
+    Daemon::from_args(args, backend)?.run()
+}

@@ -1,0 +1,313 @@
+//! The [`VirtioDevice`] trait: what a device tells the runtime, and the per-wake-up
+//! [`QueueContext`] it processes requests through.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vhost_proto::ProtocolFeatures;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::BackendClient;
+
+/// Why a device operation failed. Converted to [`crate::BackendError`] for the front-end.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The device does not implement this operation.
+    #[error("not supported by this device")]
+    NotSupported,
+    /// A configuration access outside the device's configuration space.
+    #[error("configuration access at {offset:#x}+{len} outside the {size}-byte space")]
+    ConfigOutOfRange {
+        /// Offset asked for.
+        offset: u32,
+        /// Length asked for.
+        len: usize,
+        /// Size of the configuration space.
+        size: usize,
+    },
+    /// The queue itself is broken (its rings are outside guest memory, ...).
+    #[error("queue error: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    /// A system call failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Anything else the device reports.
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What [`VirtioDevice::process_queue`] did with the available ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    /// Took every chain it was offered ([`QueueContext::pop_chain`] returned `None`). The
+    /// runtime re-enables notifications and looks once more for chains that raced in.
+    Drained,
+    /// Stopped early on purpose (rate limit, back-pressure). Notifications stay off and the
+    /// runtime does not call again until the next kick or a device event asks for it
+    /// ([`VirtioDevice::handle_event`] returning `true`).
+    Paused,
+}
+
+/// One queue during one wake-up of its worker: the queue, the guest memory snapshot taken
+/// for this wake-up, and a count of chains returned.
+///
+/// [`pop_chain`](Self::pop_chain) and [`add_used`](Self::add_used) allocate nothing and take
+/// no lock. The runtime sends the used-buffer notification after
+/// [`VirtioDevice::process_queue`] returns, once, when `needs_notification` says so
+/// (EVENT_IDX).
+pub struct QueueContext<'a> {
+    pub(crate) index: u16,
+    pub(crate) queue: &'a mut Queue,
+    pub(crate) mem: &'a GuestMemoryMmap,
+    pub(crate) stopping: &'a AtomicBool,
+    pub(crate) used: u32,
+}
+
+impl<'a> QueueContext<'a> {
+    /// The queue index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The guest memory snapshot of this wake-up; descriptor addresses are guest-physical.
+    pub fn memory(&self) -> &'a GuestMemoryMmap {
+        self.mem
+    }
+
+    /// The next available chain, or `None` when the ring is empty or the ring is being
+    /// stopped (GET_VRING_BASE waits for the chain in hand, not for the rest of the ring).
+    /// A chain that `pop_chain` returned must be given back with [`add_used`](Self::add_used).
+    pub fn pop_chain(&mut self) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.queue.pop_descriptor_chain(self.mem)
+    }
+
+    /// Puts a finished chain on the used ring with `len` bytes written to it.
+    pub fn add_used(&mut self, head_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
+        self.queue.add_used(self.mem, head_index, len)?;
+        self.used += 1;
+        Ok(())
+    }
+
+    /// The queue itself, for what the two methods above do not cover.
+    pub fn queue_mut(&mut self) -> &mut Queue {
+        self.queue
+    }
+
+    /// Chains returned with [`add_used`](Self::add_used) during this wake-up.
+    pub fn used_count(&self) -> u32 {
+        self.used
+    }
+}
+
+/// A descriptor the device wants its worker to watch, with the token
+/// [`VirtioDevice::handle_event`] receives when it becomes readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceFd {
+    /// The descriptor (owned by the device; it must stay open while the device lives).
+    pub fd: RawFd,
+    /// The device's token for it.
+    pub token: u32,
+}
+
+/// A virtio device served over vhost-user by [`crate::runtime::DeviceBackend`].
+///
+/// The device is shared between the control thread and its worker threads, hence `&self`
+/// everywhere: keep mutable state behind the device's own locks or atomics, and nothing on
+/// the per-request path that blocks other queues.
+///
+/// Required: [`device_type`](Self::device_type), [`num_queues`](Self::num_queues),
+/// [`max_queue_size`](Self::max_queue_size), [`features`](Self::features),
+/// [`process_queue`](Self::process_queue). Everything else has a documented default.
+pub trait VirtioDevice: Send + Sync + 'static {
+    /// The virtio device id (2 = block, 4 = entropy, ...; see [`device_type_name`]).
+    fn device_type(&self) -> u32;
+
+    /// Number of queues (at most 256: vring fd messages carry an 8-bit index).
+    fn num_queues(&self) -> usize;
+
+    /// Largest size the driver may give each queue (a power of two, at most 32768).
+    fn max_queue_size(&self) -> u16;
+
+    /// Device-specific virtio feature bits. The runtime adds what it implements itself
+    /// ([`RUNTIME_FEATURES`](crate::runtime::RUNTIME_FEATURES)).
+    fn features(&self) -> u64;
+
+    /// Protocol features the device implements on top of what the runtime implements
+    /// ([`RUNTIME_PROTOCOL_FEATURES`](crate::runtime::RUNTIME_PROTOCOL_FEATURES)). None by
+    /// default.
+    fn protocol_features(&self) -> ProtocolFeatures {
+        ProtocolFeatures::empty()
+    }
+
+    /// Size of the configuration space in bytes; CONFIG is offered when non-zero. 0 by
+    /// default.
+    fn config_size(&self) -> usize {
+        0
+    }
+
+    /// Reads `data.len()` bytes of configuration space at `offset` (range already checked
+    /// against [`config_size`](Self::config_size)). Not supported by default.
+    fn read_config(&self, offset: u32, data: &mut [u8]) -> Result<(), DeviceError> {
+        let _ = (offset, data);
+        Err(DeviceError::NotSupported)
+    }
+
+    /// Writes configuration space at `offset` (range already checked). Not supported by
+    /// default.
+    fn write_config(&self, offset: u32, data: &[u8]) -> Result<(), DeviceError> {
+        let _ = (offset, data);
+        Err(DeviceError::NotSupported)
+    }
+
+    /// The driver acked these virtio features (SET_FEATURES; may come more than once).
+    /// Ignored by default.
+    fn set_acked_features(&self, features: u64) {
+        let _ = features;
+    }
+
+    /// Processes the queue's available chains. Called by the queue's worker after a kick, when
+    /// the ring becomes enabled, and when [`handle_event`](Self::handle_event) asks; never
+    /// concurrently for the same queue. Bad chains are the device's to answer (error
+    /// status); an `Err` means the queue itself is unusable and is logged and reported on the
+    /// ring's error eventfd.
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError>;
+
+    /// Which worker thread serves `queue`: queues with the same number share a thread. One
+    /// thread per queue by default.
+    fn worker_of(&self, queue: usize) -> usize {
+        queue
+    }
+
+    /// Extra descriptors worker `worker` watches besides its kick fds (timers, completion
+    /// eventfds, ...). None by default. Asked each time the worker starts.
+    fn worker_fds(&self, worker: usize) -> Vec<DeviceFd> {
+        let _ = worker;
+        Vec::new()
+    }
+
+    /// One of [`worker_fds`](Self::worker_fds) is readable (the device reads or resets it).
+    /// Returns `true` to have the worker process every started, enabled queue it serves.
+    fn handle_event(&self, worker: usize, token: u32) -> Result<bool, DeviceError> {
+        let _ = (worker, token);
+        Ok(false)
+    }
+
+    /// Back to the power-on state (RESET_DEVICE, RESET_OWNER, front-end disconnect). Every
+    /// worker is stopped when this is called. Nothing by default.
+    fn reset(&self) {}
+
+    /// The back-end → front-end channel (BACKEND_REQ), e.g. to announce a configuration
+    /// change. Dropped by default.
+    fn set_backend_client(&self, client: BackendClient) {
+        let _ = client;
+    }
+
+    /// Serialises device state for migration; every queue is stopped. Not supported by
+    /// default.
+    fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
+        Err(DeviceError::NotSupported)
+    }
+
+    /// Restores state produced by [`snapshot`](Self::snapshot). Not supported by default.
+    fn restore(&self, state: &[u8]) -> Result<(), DeviceError> {
+        let _ = state;
+        Err(DeviceError::NotSupported)
+    }
+}
+
+impl<T: VirtioDevice + ?Sized> VirtioDevice for std::sync::Arc<T> {
+    fn device_type(&self) -> u32 {
+        (**self).device_type()
+    }
+    fn num_queues(&self) -> usize {
+        (**self).num_queues()
+    }
+    fn max_queue_size(&self) -> u16 {
+        (**self).max_queue_size()
+    }
+    fn features(&self) -> u64 {
+        (**self).features()
+    }
+    fn protocol_features(&self) -> ProtocolFeatures {
+        (**self).protocol_features()
+    }
+    fn config_size(&self) -> usize {
+        (**self).config_size()
+    }
+    fn read_config(&self, offset: u32, data: &mut [u8]) -> Result<(), DeviceError> {
+        (**self).read_config(offset, data)
+    }
+    fn write_config(&self, offset: u32, data: &[u8]) -> Result<(), DeviceError> {
+        (**self).write_config(offset, data)
+    }
+    fn set_acked_features(&self, features: u64) {
+        (**self).set_acked_features(features)
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        (**self).process_queue(ctx)
+    }
+    fn worker_of(&self, queue: usize) -> usize {
+        (**self).worker_of(queue)
+    }
+    fn worker_fds(&self, worker: usize) -> Vec<DeviceFd> {
+        (**self).worker_fds(worker)
+    }
+    fn handle_event(&self, worker: usize, token: u32) -> Result<bool, DeviceError> {
+        (**self).handle_event(worker, token)
+    }
+    fn reset(&self) {
+        (**self).reset()
+    }
+    fn set_backend_client(&self, client: BackendClient) {
+        (**self).set_backend_client(client)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
+        (**self).snapshot()
+    }
+    fn restore(&self, state: &[u8]) -> Result<(), DeviceError> {
+        (**self).restore(state)
+    }
+}
+
+/// The `type` name QEMU's vhost-user.json uses for a virtio device id, if it has one.
+pub fn device_type_name(virtio_id: u32) -> Option<&'static str> {
+    Some(match virtio_id {
+        1 => "net",
+        2 => "block",
+        3 => "console",
+        4 => "rng",
+        5 => "balloon",
+        7 => "rpmsg",
+        8 => "scsi",
+        9 => "9p",
+        11 => "rproc-serial",
+        12 => "caif",
+        16 => "gpu",
+        18 => "input",
+        19 => "vsock",
+        20 => "crypto",
+        26 => "fs",
+        _ => return None,
+    })
+}
+
+/// Copies `data.len()` bytes of `space` at `offset` into `data`, or says why not. A helper
+/// for [`VirtioDevice::read_config`] over a plain byte image.
+pub fn read_config_bytes(space: &[u8], offset: u32, data: &mut [u8]) -> Result<(), DeviceError> {
+    let start = offset as usize;
+    let src = start
+        .checked_add(data.len())
+        .and_then(|end| space.get(start..end))
+        .ok_or(DeviceError::ConfigOutOfRange {
+            offset,
+            len: data.len(),
+            size: space.len(),
+        })?;
+    data.copy_from_slice(src);
+    Ok(())
+}

@@ -1,0 +1,527 @@
+//! [`DeviceBackend`]: the [`Backend`] implementation that runs any [`VirtioDevice`].
+//!
+//! It owns the memory table, one [`Vring`] per queue and the worker threads, and turns each
+//! front-end request into a state change of those. Workers exist only while at least one
+//! ring of their group is started: the first SET_VRING_KICK of a group spawns its thread,
+//! the GET_VRING_BASE that stops the last started ring joins it, and RESET_DEVICE,
+//! RESET_OWNER and a disconnect join them all.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
+use vm_memory::GuestAddressSpace;
+
+use super::device::{DeviceError, VirtioDevice};
+use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
+use super::vring::{Kick, RingPart, Vring, VringError};
+use super::worker::Worker;
+use crate::{Backend, BackendClient, BackendError, BackendResult};
+
+/// Virtio features the runtime implements itself and always offers: protocol features
+/// (bit 30), VERSION_1, EVENT_IDX and INDIRECT_DESC (descriptor chains are walked by
+/// `virtio-queue`, indirect tables included).
+pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
+    | virtio::bit(virtio::VERSION_1)
+    | virtio::bit(virtio::RING_EVENT_IDX)
+    | virtio::bit(virtio::RING_INDIRECT_DESC);
+
+/// Virtio features the runtime cannot serve and removes from a device's offer: packed
+/// rings, dirty logging and IOTLB translation.
+pub const UNSUPPORTED_FEATURES: u64 = virtio::bit(virtio::RING_PACKED)
+    | virtio::bit(virtio::LOG_ALL)
+    | virtio::bit(virtio::ACCESS_PLATFORM);
+
+/// Protocol features the runtime implements and always offers. CONFIG is added when the
+/// device has a configuration space.
+pub const RUNTIME_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::MQ
+    .union(ProtocolFeatures::REPLY_ACK)
+    .union(ProtocolFeatures::BACKEND_REQ)
+    .union(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    .union(ProtocolFeatures::RESET_DEVICE)
+    .union(ProtocolFeatures::STATUS);
+
+/// Most queues a device may have: vring fd messages carry an 8-bit index.
+pub const MAX_QUEUES: usize = 256;
+
+/// Why the runtime refused a request or a device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// A memory table change was refused.
+    #[error(transparent)]
+    Memory(#[from] MemError),
+    /// A vring request was refused.
+    #[error(transparent)]
+    Vring(#[from] VringError),
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Starting a worker thread failed.
+    #[error("starting worker {worker}: {source}")]
+    Worker {
+        /// The worker.
+        worker: usize,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device describes itself impossibly (no queues, too many, bad queue size).
+    #[error("invalid device: {0}")]
+    InvalidDevice(&'static str),
+}
+
+impl From<RuntimeError> for BackendError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Device(DeviceError::NotSupported) => BackendError::NotSupported,
+            e => BackendError::Device(Box::new(e)),
+        }
+    }
+}
+
+fn fail<E: Into<RuntimeError>>(e: E) -> BackendError {
+    e.into().into()
+}
+
+/// Runs a [`VirtioDevice`] behind the [`Backend`] trait.
+///
+/// It owns the memory table, one vring per queue and the worker threads, and turns each
+/// front-end request into a state change of those. Workers exist only while at least one
+/// ring of their group is started: the first SET_VRING_KICK of a group spawns its thread,
+/// the GET_VRING_BASE that stops the last started ring joins it, and RESET_DEVICE,
+/// RESET_OWNER and a disconnect ([`Backend::disconnected`]) join them all. A disconnect also
+/// drops every mapping and descriptor and forgets the negotiated features: the back-end is
+/// then as [`DeviceBackend::new`] made it, ready for the next front-end.
+///
+/// Requests it answers itself: GET_QUEUE_NUM (the device's queue count), GET_MAX_MEM_SLOTS
+/// ([`MAX_MEM_SLOTS`]), SET/GET_STATUS (stored), RESET_DEVICE. GET/SET_CONFIG go to the
+/// device after a range check against [`VirtioDevice::config_size`].
+pub struct DeviceBackend<D: VirtioDevice> {
+    device: Arc<D>,
+    rings: Arc<[Arc<Vring>]>,
+    /// Queues of each worker.
+    groups: Vec<Vec<u16>>,
+    /// Worker of each queue.
+    worker_of: Vec<usize>,
+    workers: Vec<Option<Worker<D>>>,
+    mem: MemoryTable,
+    offered_features: u64,
+    offered_protocol: ProtocolFeatures,
+    acked_features: u64,
+    acked_protocol: ProtocolFeatures,
+    status: u64,
+}
+
+impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBackend")
+            .field("queues", &self.rings.len())
+            .field("regions", &self.mem.len())
+            .field(
+                "acked_features",
+                &format_args!("{:#x}", self.acked_features),
+            )
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: VirtioDevice> DeviceBackend<D> {
+    /// A back-end for `device`, in the just-started state.
+    pub fn new(device: D) -> Result<Self, RuntimeError> {
+        let device = Arc::new(device);
+        let n = device.num_queues();
+        if n == 0 || n > MAX_QUEUES {
+            return Err(RuntimeError::InvalidDevice("num_queues must be in 1..=256"));
+        }
+        let max = device.max_queue_size();
+        if max == 0 || !max.is_power_of_two() || max > 32768 {
+            return Err(RuntimeError::InvalidDevice(
+                "max_queue_size must be a power of two in 1..=32768",
+            ));
+        }
+        // `n <= 256` fits in u16.
+        let rings: Arc<[Arc<Vring>]> = (0..n as u16)
+            .map(|i| Arc::new(Vring::new(i, max)))
+            .collect();
+        let worker_of: Vec<usize> = (0..n).map(|q| device.worker_of(q)).collect();
+        let nworkers = worker_of.iter().copied().max().unwrap_or(0) + 1;
+        if nworkers > n {
+            return Err(RuntimeError::InvalidDevice(
+                "worker_of must map queues to 0..num_queues",
+            ));
+        }
+        let mut groups = vec![Vec::new(); nworkers];
+        for (q, &w) in worker_of.iter().enumerate() {
+            groups[w].push(q as u16);
+        }
+        let mut offered_protocol = RUNTIME_PROTOCOL_FEATURES | device.protocol_features();
+        if device.config_size() > 0 {
+            offered_protocol |= ProtocolFeatures::CONFIG;
+        }
+        let offered_features = (device.features() & !UNSUPPORTED_FEATURES) | RUNTIME_FEATURES;
+        Ok(DeviceBackend {
+            device,
+            rings,
+            groups,
+            worker_of,
+            workers: (0..nworkers).map(|_| None).collect(),
+            mem: MemoryTable::new(),
+            offered_features,
+            offered_protocol,
+            acked_features: 0,
+            acked_protocol: ProtocolFeatures::empty(),
+            status: 0,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<D> {
+        &self.device
+    }
+
+    /// The memory table.
+    pub fn memory(&self) -> &MemoryTable {
+        &self.mem
+    }
+
+    /// Virtio features offered to the front-end.
+    pub fn offered_features(&self) -> u64 {
+        self.offered_features
+    }
+
+    /// Protocol features offered to the front-end.
+    pub fn offered_protocol_features(&self) -> ProtocolFeatures {
+        self.offered_protocol
+    }
+
+    /// Virtio features acked by the last SET_FEATURES.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Number of worker threads running now.
+    pub fn running_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_some()).count()
+    }
+
+    /// Whether ring `index` is started and enabled (`None` for an unknown ring).
+    pub fn ring_running(&self, index: usize) -> Option<(bool, bool)> {
+        let g = self.rings.get(index)?.lock();
+        Some((g.started, g.enabled))
+    }
+
+    fn ring(&self, index: u32) -> BackendResult<&Arc<Vring>> {
+        self.rings
+            .get(index as usize)
+            .ok_or_else(|| BackendError::InvalidArgument(format!("no vring {index}")))
+    }
+
+    /// Bit 30 not acked: rings are enabled as soon as they start.
+    fn rings_start_enabled(&self) -> bool {
+        self.acked_features & virtio::bit(virtio::PROTOCOL_FEATURES) == 0
+    }
+
+    fn worker(&mut self, w: usize) -> Result<&Worker<D>, RuntimeError> {
+        if self.workers[w].is_none() {
+            let worker = Worker::start(
+                w,
+                Arc::clone(&self.device),
+                Arc::clone(&self.rings),
+                self.groups[w].clone(),
+                self.mem.atomic().clone(),
+            )
+            .map_err(|source| RuntimeError::Worker { worker: w, source })?;
+            self.workers[w] = Some(worker);
+        }
+        self.workers[w]
+            .as_ref()
+            .ok_or(RuntimeError::InvalidDevice("worker vanished"))
+    }
+
+    /// Joins worker `w` if none of its rings is started.
+    fn retire_idle_worker(&mut self, w: usize) {
+        let busy = self.groups[w]
+            .iter()
+            .any(|&q| self.rings[usize::from(q)].lock().started);
+        if !busy {
+            self.workers[w] = None;
+        }
+    }
+
+    /// Marks a started ring for processing and wakes its worker.
+    fn poke(&self, index: usize) {
+        self.rings[index].pending.store(true, Ordering::Release);
+        if let Some(w) = &self.workers[self.worker_of[index]] {
+            w.wake();
+        }
+    }
+
+    /// Stops every worker and returns every ring to its initial state.
+    fn reset_rings(&mut self) {
+        for w in &mut self.workers {
+            *w = None;
+        }
+        for r in self.rings.iter() {
+            r.reset();
+        }
+    }
+
+    fn reset_device_state(&mut self) {
+        self.reset_rings();
+        self.acked_features = 0;
+        self.status = 0;
+        self.device.reset();
+    }
+
+    fn check_config(&self, offset: u32, len: usize) -> BackendResult<()> {
+        let size = self.device.config_size();
+        let end = (offset as usize).checked_add(len);
+        if end.is_none_or(|end| end > size) {
+            return Err(fail(DeviceError::ConfigOutOfRange { offset, len, size }));
+        }
+        Ok(())
+    }
+}
+
+impl<D: VirtioDevice> Backend for DeviceBackend<D> {
+    fn get_features(&mut self) -> BackendResult<u64> {
+        Ok(self.offered_features)
+    }
+
+    fn set_features(&mut self, features: u64) -> BackendResult<()> {
+        self.acked_features = features;
+        let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
+        let enable_all = self.rings_start_enabled();
+        for (i, r) in self.rings.iter().enumerate() {
+            let mut g = r.lock();
+            g.set_event_idx(event_idx);
+            // "If SET_FEATURES arrives without bit 30, all rings are enabled at once."
+            if enable_all && !g.enabled {
+                g.enabled = true;
+                let started = g.started;
+                drop(g);
+                if started {
+                    self.poke(i);
+                }
+            }
+        }
+        self.device.set_acked_features(features);
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> BackendResult<()> {
+        self.reset_device_state();
+        Ok(())
+    }
+
+    fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedFd>) -> BackendResult<()> {
+        self.mem.replace(table.regions(), fds).map_err(fail)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> BackendResult<()> {
+        let r = self.ring(index)?;
+        r.lock().set_size(r.index, num).map_err(fail)
+    }
+
+    fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()> {
+        let r = self.ring(addr.index)?;
+        let mut g = r.lock();
+        if g.started {
+            return Err(fail(VringError::Started { index: r.index }));
+        }
+        let n = u64::from(g.size);
+        let tr = |part, uva: u64, len| {
+            self.mem
+                .user_to_guest(uva, len)
+                .ok_or(VringError::AddressNotMapped {
+                    index: r.index,
+                    part,
+                    addr: uva,
+                })
+        };
+        let desc = tr(RingPart::Desc, addr.desc, 16 * n).map_err(fail)?;
+        let avail = tr(RingPart::Avail, addr.avail, 6 + 2 * n).map_err(fail)?;
+        let used = tr(RingPart::Used, addr.used, 6 + 8 * n).map_err(fail)?;
+        g.addrs = Some([desc, avail, used]);
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()> {
+        let r = self.ring(index)?;
+        r.lock().set_base(r.index, base).map_err(fail)
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> BackendResult<u32> {
+        let r = Arc::clone(self.ring(index)?);
+        let w = self.worker_of[index as usize];
+        // Ask the worker to stop after the chain in hand, then wait for it by taking the lock.
+        r.stopping.store(true, Ordering::Release);
+        let mut g = r.lock();
+        r.stopping.store(false, Ordering::Release);
+        let was_polled = matches!(g.kick, Kick::Poll);
+        if let (Kick::Fd(f), Some(worker)) = (&g.kick, &self.workers[w]) {
+            worker.remove_kick(f.as_raw_fd());
+        }
+        let base = g.stop();
+        drop(g);
+        if was_polled {
+            if let Some(worker) = &self.workers[w] {
+                worker.set_polled(false);
+            }
+        }
+        self.retire_idle_worker(w);
+        Ok(u32::from(base))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
+        let i = usize::from(index);
+        let r = Arc::clone(self.ring(u32::from(index))?);
+        let w = self.worker_of[i];
+        let start_enabled = self.rings_start_enabled();
+        let mem = self.mem.atomic().memory();
+        self.worker(w).map_err(fail)?;
+        let worker = self.workers[w]
+            .as_ref()
+            .ok_or(BackendError::InvalidState("worker missing".into()))?;
+        let mut g = r.lock();
+        // Replace the previous kick source, if any.
+        let was_polled = matches!(g.kick, Kick::Poll);
+        if let Kick::Fd(f) = &g.kick {
+            worker.remove_kick(f.as_raw_fd());
+        }
+        g.kick = Kick::None;
+        g.kick_gen = g.kick_gen.wrapping_add(1);
+        if was_polled {
+            worker.set_polled(false);
+        }
+        let result = if g.started {
+            Ok(())
+        } else {
+            g.start(r.index, &mem)
+        };
+        if let Err(e) = result {
+            drop(g);
+            self.retire_idle_worker(w);
+            return Err(fail(e));
+        }
+        match fd {
+            Some(fd) => {
+                let file = File::from(fd);
+                worker
+                    .add_kick(r.index, g.kick_gen, file.as_raw_fd())
+                    .map_err(|source| fail(RuntimeError::Worker { worker: w, source }))?;
+                g.kick = Kick::Fd(file);
+            }
+            None => {
+                g.kick = Kick::Poll;
+                worker.set_polled(true);
+            }
+        }
+        // Without bit 30 the ring is enabled as soon as it starts; a kick never disables it.
+        if start_enabled {
+            g.enabled = true;
+        }
+        drop(g);
+        // Look at the ring at once: buffers made available before the kick fd arrived.
+        self.poke(i);
+        Ok(())
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
+        self.ring(u32::from(index))?.set_call(fd.map(File::from));
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
+        self.ring(u32::from(index))?.set_err(fd.map(File::from));
+        Ok(())
+    }
+
+    fn get_protocol_features(&mut self) -> BackendResult<ProtocolFeatures> {
+        Ok(self.offered_protocol)
+    }
+
+    fn set_protocol_features(&mut self, features: ProtocolFeatures) -> BackendResult<()> {
+        self.acked_protocol = features;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> BackendResult<u64> {
+        Ok(self.rings.len() as u64)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> BackendResult<()> {
+        let r = self.ring(index)?;
+        let mut g = r.lock();
+        let was = g.enabled;
+        g.enabled = enable;
+        let started = g.started;
+        drop(g);
+        // Kicks consumed while disabled were dropped: look at the whole ring now.
+        if enable && !was && started {
+            self.poke(index as usize);
+        }
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&mut self, client: BackendClient) -> BackendResult<()> {
+        self.device.set_backend_client(client);
+        Ok(())
+    }
+
+    fn get_config(&mut self, offset: u32, buf: &mut [u8], _flags: u32) -> BackendResult<()> {
+        self.check_config(offset, buf.len())?;
+        self.device.read_config(offset, buf).map_err(fail)
+    }
+
+    fn set_config(&mut self, offset: u32, data: &[u8], _flags: u32) -> BackendResult<()> {
+        self.check_config(offset, data.len())?;
+        self.device.write_config(offset, data).map_err(fail)
+    }
+
+    fn reset_device(&mut self) -> BackendResult<()> {
+        self.reset_device_state();
+        Ok(())
+    }
+
+    fn get_max_mem_slots(&mut self) -> BackendResult<u64> {
+        Ok(MAX_MEM_SLOTS as u64)
+    }
+
+    fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedFd) -> BackendResult<()> {
+        self.mem.add(&region.region, fd).map_err(fail)
+    }
+
+    fn remove_mem_region(&mut self, region: &RegionMsg) -> BackendResult<()> {
+        self.mem.remove(&region.region).map_err(fail)
+    }
+
+    fn set_status(&mut self, status: u64) -> BackendResult<()> {
+        self.status = status;
+        Ok(())
+    }
+
+    fn get_status(&mut self) -> BackendResult<u64> {
+        Ok(self.status)
+    }
+
+    fn disconnected(&mut self) -> BackendResult<()> {
+        self.reset_device_state();
+        self.acked_protocol = ProtocolFeatures::empty();
+        self.mem.clear();
+        Ok(())
+    }
+}
+
+impl<D: VirtioDevice> Drop for DeviceBackend<D> {
+    fn drop(&mut self) {
+        // Join the workers before the rings and the memory they use go away.
+        for w in &mut self.workers {
+            *w = None;
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The device runtime: everything between the protocol and a virtio device.
+//!
+//! A device implements [`VirtioDevice`] (queues, features, configuration space, and
+//! [`process_queue`](VirtioDevice::process_queue)); [`DeviceBackend`] runs it behind the
+//! [`Backend`](crate::Backend) trait:
+//!
+//! - **memory** ([`mem_table`]): SET_MEM_TABLE and ADD/REM_MEM_REG regions are mapped
+//!   (shared, at their `mmap_offset`, each checked against its file's size first) and
+//!   published atomically; workers switch to a new table at their next wake-up without
+//!   stopping. Up to [`MAX_MEM_SLOTS`] regions.
+//! - **rings**: one `virtio-queue` [`Queue`](virtio_queue::Queue) per vring. Ring addresses
+//!   are translated from front-end virtual to guest-physical through the memory table. A
+//!   ring starts at SET_VRING_KICK (its used index is then read from guest memory) and stops
+//!   at GET_VRING_BASE, which waits for the chain in hand and answers the next available
+//!   index. Enabled and started are independent; without `VHOST_USER_F_PROTOCOL_FEATURES`
+//!   rings are enabled as soon as they start. When a ring becomes enabled the worker looks
+//!   at its whole available ring, so a kick that came while it was disabled is not lost.
+//!   SET_VRING_KICK with NOFD makes the worker poll that ring every
+//!   [`POLL_INTERVAL_MS`](worker::POLL_INTERVAL_MS) milliseconds.
+//! - **workers** ([`worker`]): one thread per queue, or per group of queues
+//!   ([`VirtioDevice::worker_of`]), each sleeping in `epoll_wait` on its kick eventfds, a
+//!   wake eventfd and the device's own descriptors. Per wake-up: one memory snapshot, one
+//!   ring lock, the device drains the ring, one `needs_notification` check (EVENT_IDX) and at
+//!   most one call. Threads exist while a ring of their group is started and are joined at
+//!   GET_VRING_BASE of the last one, RESET_DEVICE, RESET_OWNER and disconnect.
+//! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
+//!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
+//!   reset and accept again on disconnect, prompt stop on SIGTERM/SIGINT.
+//!
+//! A device binary is then a few lines:
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use vhost_backend::runtime::cli::{print_capabilities, BackendArgs, QEMU_USAGE};
+//! # use vhost_backend::runtime::{VirtioDevice, QueueContext, Processed, DeviceError};
+//! # struct Rng;
+//! # impl VirtioDevice for Rng {
+//! #     fn device_type(&self) -> u32 { 4 }
+//! #     fn num_queues(&self) -> usize { 1 }
+//! #     fn max_queue_size(&self) -> u16 { 256 }
+//! #     fn features(&self) -> u64 { 0 }
+//! #     fn process_queue(&self, _: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+//! #         Ok(Processed::Drained)
+//! #     }
+//! # }
+//!
+//! #[derive(Parser)]
+//! #[command(after_long_help = QEMU_USAGE)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     backend: BackendArgs,
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let cli = Cli::parse();
+//!     if cli.backend.print_capabilities {
+//!         print_capabilities("rng", &[]);
+//!         return std::process::ExitCode::SUCCESS;
+//!     }
+//!     match vhost_backend::runtime::daemon::run_device(&cli.backend, Rng) {
+//!         Ok(()) => std::process::ExitCode::SUCCESS,
+//!         Err(e) => {
+//!             log::error!("{e}");
+//!             std::process::ExitCode::FAILURE
+//!         }
+//!     }
+//! }
+//! ```
+
+pub mod cli;
+pub mod daemon;
+mod device;
+mod handler;
+pub mod mem_table;
+mod vring;
+pub mod worker;
+
+pub use daemon::{Daemon, DaemonError, StopHandle};
+pub use device::{
+    device_type_name, read_config_bytes, DeviceError, DeviceFd, Processed, QueueContext,
+    VirtioDevice,
+};
+pub use handler::{
+    DeviceBackend, RuntimeError, MAX_QUEUES, RUNTIME_FEATURES, RUNTIME_PROTOCOL_FEATURES,
+    UNSUPPORTED_FEATURES,
+};
+pub use mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
+pub use vring::{RingPart, VringError};

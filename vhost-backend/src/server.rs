@@ -1,0 +1,278 @@
+//! [`BackendServer`]: reads front-end requests off a connection, checks them with
+//! `vhost-proto`, calls the [`Backend`], and answers as the specification says.
+//!
+//! One message goes through these steps, each owned by one layer:
+//! 1. the transport reads the 12-byte header and the descriptors that came with it;
+//! 2. `vhost-proto` checks the header: version, flags, known code, size within that
+//!    request's maximum (before any body byte is read);
+//! 3. the transport reads exactly the announced body into a buffer of the protocol maximum,
+//!    allocated once per server;
+//! 4. `vhost-proto` decodes the body, counts the descriptors and checks the negotiation
+//!    (gates, vring indices, features never offered, a second SET_OWNER);
+//! 5. one [`Backend`] method is called for the request, with the descriptors moved in;
+//! 6. on success the negotiation records the request's effect, then the reply, the ack,
+//!    or the failure form goes back.
+//!
+//! # Error policy
+//!
+//! Decided in one function (`policy::disposition`); every failure is logged with
+//! `log::warn!`.
+//!
+//! | what went wrong | what the server does |
+//! | --- | --- |
+//! | framing: bad version or flags, unknown code, body over the request's maximum | close ([`ServerError::Framing`]) |
+//! | transport: peer gone (also mid-message), descriptors where none may ride, I/O error | close ([`ServerError::Transport`]) |
+//! | invalid body, wrong descriptor count, not negotiated, vring index out of range, second SET_OWNER | failure form, keep serving |
+//! | the [`Backend`] method fails | failure form, keep serving |
+//! | the owed reply has no failure form (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, GET_STATUS, GET_VRING_BASE, postcopy memory tables) | close ([`ServerError::Unanswerable`]) |
+//!
+//! The failure form is what the request owes, failed: nothing when it owes nothing (no
+//! NEED_REPLY, or REPLY_ACK not negotiated); an ack of 1 when it owes an ack; otherwise
+//! `FrontendReply::failure` (a status of 1, a zero-size config, session id -1, an empty
+//! inflight description, ...). A request that always replies sends only its reply, with
+//! NEED_REPLY or without. Descriptors received are owned values: whatever path a message
+//! takes, those not handed to the back-end are closed before the next message is read.
+
+mod dispatch;
+mod error;
+mod policy;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use vhost_proto::wire::MAX_CONFIG_SIZE;
+use vhost_proto::{
+    virtio, FrontendReq, FrontendRequest, Header, MessageKind, Negotiation, ProtocolFeatures,
+    MAX_BODY_SIZE,
+};
+use vhost_transport::{Connection, FrontendChannel};
+
+pub use error::ServerError;
+
+use crate::{Backend, BackendError};
+
+/// Serves one front-end connection for a [`Backend`].
+///
+/// The server keeps the session's negotiation state. What the back-end offers is read when
+/// the server is built: [`Backend::get_features`], [`Backend::get_protocol_features`] when
+/// virtio bit 30 (`VHOST_USER_F_PROTOCOL_FEATURES`) is offered, and
+/// [`Backend::get_queue_num`], which bounds vring indices; a back-end that answers
+/// [`BackendError::NotSupported`] there has one queue. Offered features are passed on
+/// unchanged (packed rings included).
+///
+/// [`BackendServer::serve`] runs the whole session. An event loop can instead wait for the
+/// connection ([`AsFd`]) to become readable, call [`BackendServer::handle_one`], and call
+/// [`BackendServer::finish`] once that fails.
+///
+/// ```no_run
+/// # fn run<B: vhost_backend::Backend>(mut backend: B) -> Result<(), Box<dyn std::error::Error>> {
+/// use vhost_backend::BackendServer;
+/// use vhost_transport::Listener;
+///
+/// let listener = Listener::bind("/tmp/device.sock", None)?;
+/// loop {
+///     // One front-end at a time; the back-end is reset after each.
+///     let mut server = BackendServer::new(listener.accept()?, backend)?;
+///     if let Err(e) = server.serve() {
+///         log::warn!("front-end connection closed: {e}");
+///     }
+///     backend = server.into_backend();
+/// }
+/// # }
+/// ```
+pub struct BackendServer<B> {
+    conn: Connection<FrontendChannel>,
+    backend: B,
+    negotiation: Negotiation,
+    /// Request bodies, up to the protocol maximum.
+    body: Box<[u8; MAX_BODY_SIZE]>,
+    /// The fixed part of replies.
+    reply: Box<[u8; MAX_BODY_SIZE]>,
+    /// GET_CONFIG reply payloads.
+    config: [u8; MAX_CONFIG_SIZE],
+    finished: bool,
+}
+
+impl<B> std::fmt::Debug for BackendServer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendServer")
+            .field("conn", &self.conn)
+            .field("negotiation", &self.negotiation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> BackendServer<B> {
+    /// A server for the front-end on `conn`. Fails when the back-end cannot say what it
+    /// offers.
+    pub fn new(conn: Connection<FrontendChannel>, mut backend: B) -> Result<Self, ServerError> {
+        let negotiation = offer(&mut backend)?;
+        Ok(BackendServer {
+            conn,
+            backend,
+            negotiation,
+            body: Box::new([0; MAX_BODY_SIZE]),
+            reply: Box::new([0; MAX_BODY_SIZE]),
+            config: [0; MAX_CONFIG_SIZE],
+            finished: false,
+        })
+    }
+
+    /// The back-end.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The back-end, mutably.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The back-end, giving up the server and closing its connection.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// The session's negotiation state.
+    pub fn negotiation(&self) -> &Negotiation {
+        &self.negotiation
+    }
+
+    /// Serves the front-end until it goes away or the connection must be closed, then
+    /// tells the back-end ([`BackendServer::finish`]).
+    ///
+    /// `Ok` when the front-end closed the connection between messages. `Err` with the
+    /// reason the session ended otherwise: a framing error, a failure that cannot be
+    /// reported in-band, a transport error (a front-end gone in the middle of a message, a
+    /// read timeout the caller set), or the back-end failing to reset. The connection is
+    /// switched to blocking mode first.
+    pub fn serve(&mut self) -> Result<(), ServerError> {
+        let ended = match self.conn.set_nonblocking(false) {
+            Ok(()) => loop {
+                if let Err(e) = self.handle_one() {
+                    break e;
+                }
+            },
+            Err(e) => e.into(),
+        };
+        let reset = self.finish();
+        match ended {
+            ServerError::Transport(vhost_transport::Error::Disconnected) => {
+                log::info!("front-end disconnected");
+                reset
+            }
+            e => {
+                log::warn!("closing the front-end connection: {e}");
+                if let Err(r) = reset {
+                    log::error!("{r}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads, handles and answers one message.
+    ///
+    /// `Ok` when the request was answered as it deserves, which includes the failure form
+    /// of a refused or failed request (logged). `Err` when the connection must be closed,
+    /// except [`ServerError::is_retryable`]: nothing was waiting on a non-blocking
+    /// connection (or a read timeout ran out) and nothing was consumed. On a non-blocking
+    /// connection, call this when the connection is readable; a body that does not follow
+    /// its header closes the connection.
+    pub fn handle_one(&mut self) -> Result<(), ServerError> {
+        let (wire, fds) = self.conn.recv_header()?;
+        let header = Header::from_wire(&wire);
+        let code = header
+            .check_frontend_request()
+            .map_err(ServerError::Framing)?;
+        let size = header.size as usize;
+        let body = self.body.get_mut(..size).ok_or(ServerError::Framing(
+            vhost_proto::Error::BodyTooLarge {
+                request: MessageKind::Frontend(code),
+                size: header.size,
+                max: MAX_BODY_SIZE,
+            },
+        ))?;
+        self.conn.recv_body_into(body)?;
+        let body: &[u8] = body;
+        log::debug!("{} ({size} bytes, {} fds)", code.name(), fds.len());
+        let ctx = self.negotiation.decode_context();
+        let decoded = FrontendRequest::decode(code, body, fds.len(), ctx);
+        let outcome = match &decoded {
+            Ok(request) => handle(
+                &mut self.backend,
+                &mut self.negotiation,
+                request,
+                fds,
+                &mut self.config,
+            ),
+            Err(e) => {
+                drop(fds);
+                Err(ServerError::Refused(e.clone()))
+            }
+        };
+        let msg = policy::Handled {
+            header,
+            code,
+            request: decoded.as_ref().ok(),
+            body,
+        };
+        policy::respond(
+            &self.conn,
+            &self.negotiation,
+            &mut self.reply[..],
+            msg,
+            outcome,
+        )
+    }
+
+    /// Ends the session: the back-end stops its rings and drops mappings and descriptors
+    /// ([`Backend::disconnected`]). Called once; later calls do nothing. The connection
+    /// stays open until the server is dropped.
+    pub fn finish(&mut self) -> Result<(), ServerError> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Ok(());
+        }
+        self.backend.disconnected().map_err(ServerError::Reset)
+    }
+}
+
+impl<B> AsFd for BackendServer<B> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.as_fd()
+    }
+}
+
+/// Checks a decoded request against the session, dispatches it and records its effect.
+fn handle<'a, B: Backend>(
+    backend: &mut B,
+    negotiation: &mut Negotiation,
+    request: &FrontendRequest<'a>,
+    fds: Vec<OwnedFd>,
+    config: &'a mut [u8; MAX_CONFIG_SIZE],
+) -> Result<dispatch::Answer<'a>, ServerError> {
+    negotiation.check(request).map_err(ServerError::Refused)?;
+    let answer = dispatch::dispatch(backend, negotiation, request, fds, config)?;
+    negotiation.apply(request);
+    Ok(answer)
+}
+
+/// Reads what the back-end offers into a fresh negotiation.
+fn offer<B: Backend>(backend: &mut B) -> Result<Negotiation, ServerError> {
+    let failed = |request| move |error| ServerError::Offer { request, error };
+    let features = backend
+        .get_features()
+        .map_err(failed(FrontendReq::GetFeatures))?;
+    let protocol = if features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0 {
+        backend
+            .get_protocol_features()
+            .map_err(failed(FrontendReq::GetProtocolFeatures))?
+    } else {
+        ProtocolFeatures::empty()
+    };
+    let queues = match backend.get_queue_num() {
+        Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        Err(BackendError::NotSupported) => 1,
+        Err(e) => return Err(failed(FrontendReq::GetQueueNum)(e)),
+    };
+    Ok(Negotiation::new(features, protocol, queues))
+}

@@ -1,0 +1,90 @@
+//! Why the server refused a request or closed a connection.
+
+use vhost_proto::{FrontendReq, ReplyShape};
+
+use crate::BackendError;
+
+/// What went wrong with one front-end message.
+///
+/// [`ServerError::Refused`], [`ServerError::Backend`], [`ServerError::BackendChannel`] and
+/// [`ServerError::NoReply`] concern a single well-framed request: the server answers it with
+/// the specification's failure form and keeps serving. The other variants end the
+/// connection; [`BackendServer::handle_one`](crate::BackendServer::handle_one)
+/// returns only those.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Moving a message failed, or the front-end went away ([`ServerError::is_disconnect`]).
+    #[error(transparent)]
+    Transport(#[from] vhost_transport::Error),
+    /// The header broke the framing (version, flags, unknown code, body over the maximum):
+    /// the byte stream cannot be resynchronised.
+    #[error("bad framing: {0}")]
+    Framing(vhost_proto::Error),
+    /// A well-framed request was refused: invalid body, wrong descriptor count, or not
+    /// allowed by what was negotiated.
+    #[error("request refused: {0}")]
+    Refused(vhost_proto::Error),
+    /// The back-end failed the request.
+    #[error("{} failed in the back-end: {error}", .request.name())]
+    Backend {
+        /// The request.
+        request: FrontendReq,
+        /// The back-end's error.
+        error: BackendError,
+    },
+    /// The descriptor of SET_BACKEND_REQ_FD is not a connected stream socket.
+    #[error("SET_BACKEND_REQ_FD: the descriptor is not a usable channel: {0}")]
+    BackendChannel(vhost_transport::Error),
+    /// The request owes a reply the back-end has no way to produce (the postcopy forms of
+    /// SET_MEM_TABLE and ADD_MEM_REG carry the back-end's own mapping addresses).
+    #[error("{}: the back-end cannot produce the {shape:?} reply", .request.name())]
+    NoReply {
+        /// The request.
+        request: FrontendReq,
+        /// The reply it owes.
+        shape: ReplyShape,
+    },
+    /// A request failed and its reply has no failure form ("the specification gives none",
+    /// as for GET_VRING_BASE or GET_FEATURES): the front-end would wait for a value that
+    /// cannot come, so the connection is closed.
+    #[error("{} failed and its reply has no failure form: {cause}", .request.name())]
+    Unanswerable {
+        /// The request.
+        request: FrontendReq,
+        /// Why it failed.
+        cause: Box<ServerError>,
+    },
+    /// A reply did not fit the reply buffer (a defect of the server, not of the peer).
+    #[error("{}: encoding the reply failed: {error}", .request.name())]
+    Encode {
+        /// The request answered.
+        request: FrontendReq,
+        /// The encoder's error.
+        error: vhost_proto::Error,
+    },
+    /// The back-end could not say what it offers (features, protocol features, queues).
+    #[error("reading the back-end's offer ({}) failed: {error}", .request.name())]
+    Offer {
+        /// The query that failed.
+        request: FrontendReq,
+        /// The back-end's error.
+        error: BackendError,
+    },
+    /// The back-end could not return to the just-started state after a session ended.
+    #[error("resetting the back-end after the session failed: {0}")]
+    Reset(BackendError),
+}
+
+impl ServerError {
+    /// True when the front-end went away, cleanly or in the middle of a message.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, ServerError::Transport(e) if e.is_disconnect())
+    }
+
+    /// True when nothing was read and the same call may be repeated (a non-blocking
+    /// connection with no message waiting, or a read timeout between messages).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ServerError::Transport(e) if e.is_retryable())
+    }
+}

@@ -1,0 +1,163 @@
+//! The one place that turns a request's outcome into what goes back: a reply, an ack, the
+//! specification's failure form, nothing, or the end of the connection.
+//!
+//! | outcome | owes nothing | owes an ack | owes a reply |
+//! | --- | --- | --- | --- |
+//! | success | — | ack 0 | the reply (and its descriptor) |
+//! | refused or failed | log | ack 1 | the failure form; none exists: close |
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use vhost_proto::wire::ConfigHeader;
+use vhost_proto::{
+    Config, CryptoSession, FrontendReply, FrontendReq, FrontendRequest, Header, Inflight, LogBase,
+    MemTable, MemoryRegion, Negotiation, Owed, RegionMsg, SharedObject, VringState, ACK_FAILURE,
+};
+use vhost_transport::{Connection, FrontendChannel};
+use zerocopy::FromBytes;
+
+use super::dispatch::Answer;
+use super::ServerError;
+
+/// A request as far as the policy needs it.
+pub(super) struct Handled<'a, 'b> {
+    /// The request's header.
+    pub header: Header,
+    /// The request code (the header passed the framing checks).
+    pub code: FrontendReq,
+    /// The decoded request, when its body decoded.
+    pub request: Option<&'b FrontendRequest<'a>>,
+    /// The raw body, to find the failure form of a request that did not decode.
+    pub body: &'b [u8],
+}
+
+/// Answers a handled request as it deserves. `Err` means the connection must be closed.
+pub(super) fn respond(
+    conn: &Connection<FrontendChannel>,
+    negotiation: &Negotiation,
+    buf: &mut [u8],
+    msg: Handled<'_, '_>,
+    outcome: Result<Answer<'_>, ServerError>,
+) -> Result<(), ServerError> {
+    let code = msg.code;
+    let owed = negotiation.owes(code, msg.header.need_reply());
+    let (reply, fd) = match (outcome, owed) {
+        (Ok(_), Owed::Nothing) => (None, None),
+        (Ok(_), Owed::Ack) => (Some(FrontendReply::U64(0)), None),
+        (Ok(Answer::Reply(reply, fd)), Owed::Reply(_)) => (Some(reply), fd),
+        (Ok(Answer::Done), Owed::Reply(shape)) => {
+            let e = ServerError::NoReply {
+                request: code,
+                shape,
+            };
+            (disposition(e, owed, &msg)?, None)
+        }
+        (Err(e), _) => (disposition(e, owed, &msg)?, None),
+    };
+    log::debug!("{} handled, owed {owed:?}", code.name());
+    match reply {
+        Some(reply) => send(conn, buf, code, &reply, fd.as_ref()),
+        None => Ok(()),
+    }
+}
+
+/// The error policy: what goes back for a request that failed with `error` and owes
+/// `owed`. `Ok(None)`: nothing, keep serving. `Ok(Some(reply))`: the failure form, keep
+/// serving. `Err`: close the connection.
+fn disposition<'a>(
+    error: ServerError,
+    owed: Owed,
+    msg: &Handled<'a, '_>,
+) -> Result<Option<FrontendReply<'a>>, ServerError> {
+    match error {
+        ServerError::Refused(_)
+        | ServerError::Backend { .. }
+        | ServerError::BackendChannel(_)
+        | ServerError::NoReply { .. } => {}
+        // The stream, the server or the back-end is broken: nothing more can be said.
+        e => return Err(e),
+    }
+    log::warn!("{error}");
+    match owed {
+        Owed::Nothing => Ok(None),
+        Owed::Ack => Ok(Some(FrontendReply::U64(ACK_FAILURE))),
+        Owed::Reply(shape) => match failure_form(msg, shape) {
+            Some(reply) => Ok(Some(reply)),
+            None => Err(ServerError::Unanswerable {
+                request: msg.code,
+                cause: Box::new(error),
+            }),
+        },
+    }
+}
+
+fn send(
+    conn: &Connection<FrontendChannel>,
+    buf: &mut [u8],
+    code: FrontendReq,
+    reply: &FrontendReply<'_>,
+    fd: Option<&OwnedFd>,
+) -> Result<(), ServerError> {
+    let enc = reply
+        .encode(code, buf)
+        .map_err(|error| ServerError::Encode {
+            request: code,
+            error,
+        })?;
+    let body = buf.get(..enc.body_len).unwrap_or_default();
+    let fds = fd.map(AsFd::as_fd);
+    conn.send(&enc.header.to_wire(), body, enc.payload, fds.as_slice())?;
+    Ok(())
+}
+
+/// The failure form of the reply `msg` owes, or `None` when the specification gives none.
+fn failure_form<'a>(
+    msg: &Handled<'a, '_>,
+    shape: vhost_proto::ReplyShape,
+) -> Option<FrontendReply<'a>> {
+    match msg.request {
+        Some(request) => FrontendReply::failure(request, shape),
+        None => FrontendReply::failure(&blank(msg.code, msg.body)?, shape),
+    }
+}
+
+/// A request of code `code` with zeroed fields, standing in for one whose body did not
+/// decode: the failure forms depend on the request code only, except GET_CONFIG's, which
+/// echoes the offset and flags (read from the body when it holds them).
+///
+/// `None` for requests that never owe more than an ack.
+fn blank(code: FrontendReq, body: &[u8]) -> Option<FrontendRequest<'static>> {
+    use FrontendReq as Q;
+    use FrontendRequest as R;
+    Some(match code {
+        Q::GetFeatures => R::GetFeatures,
+        Q::SetMemTable => R::SetMemTable(MemTable::new(&[]).ok()?),
+        Q::SetLogBase => R::SetLogBase(LogBase::default()),
+        Q::GetVringBase => R::GetVringBase(VringState::default()),
+        Q::GetProtocolFeatures => R::GetProtocolFeatures,
+        Q::GetQueueNum => R::GetQueueNum,
+        Q::GetConfig => {
+            let (h, _) = ConfigHeader::read_from_prefix(body).unwrap_or_default();
+            R::GetConfig(Config {
+                offset: h.offset,
+                flags: h.flags,
+                payload: &[],
+            })
+        }
+        Q::CreateCryptoSession => R::CreateCryptoSession(CryptoSession {
+            session_id: 0,
+            payload: &[],
+        }),
+        Q::PostcopyAdvise => R::PostcopyAdvise,
+        Q::PostcopyEnd => R::PostcopyEnd,
+        Q::GetInflightFd => R::GetInflightFd(Inflight::default()),
+        Q::GetMaxMemSlots => R::GetMaxMemSlots,
+        Q::AddMemReg => R::AddMemReg(RegionMsg::new(MemoryRegion::default())),
+        Q::GetStatus => R::GetStatus,
+        Q::GetSharedObject => R::GetSharedObject(SharedObject::default()),
+        Q::SetDeviceStateFd => R::SetDeviceStateFd(Default::default()),
+        Q::CheckDeviceState => R::CheckDeviceState,
+        Q::GetShmemConfig => R::GetShmemConfig,
+        _ => return None,
+    })
+}

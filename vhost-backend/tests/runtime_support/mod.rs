@@ -1,0 +1,287 @@
+//! Shared pieces of the runtime tests: a pattern device, and a front-end that drives a
+//! `DeviceBackend` through the real server with guest memory and virtqueue drivers.
+#![allow(dead_code)]
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost_backend::runtime::{
+    read_config_bytes, DeviceBackend, DeviceError, Processed, QueueContext, VirtioDevice,
+};
+use vhost_backend::BackendServer;
+use vhost_frontend::{Frontend, GuestMemory, RegionSpec, VirtqueueDriver};
+use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, VringAddr};
+use vhost_transport::Connection;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub const QUEUE_SIZE: u16 = 64;
+pub const CONFIG: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+
+/// The byte the device writes into every device-writable buffer of queue `q`.
+pub fn pattern(q: usize) -> u8 {
+    0xa0 + q as u8
+}
+
+/// What the device did, readable by the test while the device runs elsewhere.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub chains: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub resets: AtomicU64,
+}
+
+/// A device that fills device-writable buffers with [`pattern`] and reads readable ones.
+pub struct PatternDevice {
+    pub queues: usize,
+    pub counters: Arc<Counters>,
+}
+
+impl PatternDevice {
+    pub fn new(queues: usize) -> (Self, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
+        (
+            PatternDevice {
+                queues,
+                counters: Arc::clone(&counters),
+            },
+            counters,
+        )
+    }
+}
+
+impl VirtioDevice for PatternDevice {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+    fn max_queue_size(&self) -> u16 {
+        256
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn config_size(&self) -> usize {
+        CONFIG.len()
+    }
+    fn read_config(&self, offset: u32, data: &mut [u8]) -> Result<(), DeviceError> {
+        read_config_bytes(&CONFIG, offset, data)
+    }
+    fn reset(&self) {
+        self.counters.resets.fetch_add(1, Ordering::Relaxed);
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        let fill = [pattern(usize::from(ctx.index())); 512];
+        let mut sink = [0u8; 512];
+        let mem = ctx.memory();
+        while let Some(chain) = ctx.pop_chain() {
+            let head = chain.head_index();
+            let mut written = 0u32;
+            for desc in chain {
+                let len = desc.len() as usize;
+                let mut done = 0usize;
+                while done < len {
+                    let n = (len - done).min(512);
+                    let at = GuestAddress(desc.addr().0 + done as u64);
+                    let ok = if desc.is_write_only() {
+                        mem.write_slice(&fill[..n], at).is_ok()
+                    } else {
+                        mem.read_slice(&mut sink[..n], at).is_ok()
+                    };
+                    if !ok {
+                        break;
+                    }
+                    done += n;
+                }
+                if desc.is_write_only() {
+                    written += done as u32;
+                } else {
+                    self.counters
+                        .bytes_read
+                        .fetch_add(done as u64, Ordering::Relaxed);
+                }
+            }
+            ctx.add_used(head, written)?;
+            self.counters.chains.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Processed::Drained)
+    }
+}
+
+pub fn bfd(e: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: `e` owns this open descriptor and outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(e.as_raw_fd()) }
+}
+
+/// A back-end served in its own thread over a socket pair; the join handle gives the
+/// back-end back once the front-end is gone.
+pub fn serve_in_thread(
+    backend: DeviceBackend<PatternDevice>,
+) -> (Frontend, JoinHandle<DeviceBackend<PatternDevice>>) {
+    let (fe, be) = Connection::<vhost_transport::FrontendChannel>::pair().expect("socket pair");
+    let t = std::thread::spawn(move || {
+        let mut server = BackendServer::new(be, backend).expect("server");
+        let _ = server.serve();
+        server.into_backend()
+    });
+    let fe = Frontend::new(fe);
+    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    (fe, t)
+}
+
+/// Two regions whose front-end virtual addresses are unlike their guest-physical ones
+/// (and unlike each other's order).
+pub fn two_region_memory() -> GuestMemory {
+    GuestMemory::new(&[
+        RegionSpec {
+            guest_phys_addr: 0x10_0000,
+            size: 0x10_0000,
+            user_addr: 0x7f55_0000_0000,
+        },
+        RegionSpec {
+            guest_phys_addr: 0x4000_0000,
+            size: 0x10_0000,
+            user_addr: 0x5500_1000_0000,
+        },
+    ])
+    .expect("guest memory")
+}
+
+pub fn regions(mem: &GuestMemory) -> Vec<MemoryRegion> {
+    mem.regions()
+        .map(|r| MemoryRegion {
+            guest_phys_addr: r.guest_phys_addr,
+            memory_size: r.memory_size,
+            user_addr: r.user_addr,
+            mmap_offset: r.mmap_offset,
+        })
+        .collect()
+}
+
+pub fn send_mem_table(fe: &mut Frontend, mem: &GuestMemory) {
+    let regs = regions(mem);
+    let fds: Vec<BorrowedFd<'_>> = regs.iter().map(|_| mem.fd()).collect();
+    fe.set_mem_table(&regs, &fds).expect("SET_MEM_TABLE");
+}
+
+/// GET_FEATURES … SET_FEATURES. With `protocol`, bit 30 and every offered protocol feature
+/// are acked; without, bit 30 is left out and no protocol message is sent.
+pub fn handshake(fe: &mut Frontend, protocol: bool, event_idx: bool) -> u64 {
+    let offered = fe.get_features().expect("GET_FEATURES");
+    let mut acked = offered;
+    if protocol {
+        let p = fe.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
+        fe.set_protocol_features(p).expect("SET_PROTOCOL_FEATURES");
+    } else {
+        acked &= !virtio::bit(virtio::PROTOCOL_FEATURES);
+    }
+    if !event_idx {
+        acked &= !virtio::bit(virtio::RING_EVENT_IDX);
+    }
+    fe.set_owner().expect("SET_OWNER");
+    fe.set_features(acked).expect("SET_FEATURES");
+    acked
+}
+
+/// The guest side of one queue: driver and eventfds.
+pub struct GuestQueue {
+    pub index: u32,
+    pub driver: VirtqueueDriver,
+    pub kick: EventFd,
+    pub call: EventFd,
+}
+
+impl GuestQueue {
+    pub fn new(mem: &GuestMemory, index: u32, event_idx: bool) -> Self {
+        GuestQueue {
+            index,
+            driver: VirtqueueDriver::new(mem, QUEUE_SIZE, event_idx).expect("driver"),
+            kick: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+            call: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+        }
+    }
+
+    /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`.
+    pub fn start(&self, fe: &mut Frontend, mem: &GuestMemory, base: u32, enable: bool) {
+        let i = self.index;
+        fe.set_vring_num(i, u32::from(QUEUE_SIZE)).expect("NUM");
+        fe.set_vring_base(i, base).expect("BASE");
+        let a = self.driver.vring_user_addrs(mem).expect("ring addresses");
+        fe.set_vring_addr(&VringAddr {
+            index: i,
+            flags: 0,
+            desc: a.desc,
+            used: a.used,
+            avail: a.avail,
+            log: 0,
+        })
+        .expect("ADDR");
+        fe.set_vring_call(i, Some(bfd(&self.call))).expect("CALL");
+        fe.set_vring_kick(i, Some(bfd(&self.kick))).expect("KICK");
+        if enable {
+            fe.set_vring_enable(i, true).expect("ENABLE");
+        }
+    }
+
+    /// Adds one chain (a readable buffer, then a writable one) and kicks if asked to.
+    pub fn submit(&mut self, read: (u64, u32), write: (u64, u32)) -> u16 {
+        let head = self
+            .driver
+            .add_chain(&[
+                (GuestAddress(read.0), read.1, false),
+                (GuestAddress(write.0), write.1, true),
+            ])
+            .expect("add_chain");
+        if self.driver.publish().expect("publish") {
+            self.driver.kick(&self.kick).expect("kick");
+        }
+        head
+    }
+
+    /// Waits for the next used entry.
+    pub fn wait_used(&mut self) -> vhost_frontend::UsedElem {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(u) = self.driver.pop_used().expect("pop_used") {
+                return u;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {}: no used entry within {TIMEOUT:?}",
+                self.index
+            );
+            VirtqueueDriver::wait_call(&self.call, Duration::from_millis(100)).expect("wait");
+        }
+    }
+
+    /// One request: writable buffer at `write_gpa`; checks the used length and the bytes.
+    pub fn round_trip(&mut self, mem: &GuestMemory, read_gpa: u64, write_gpa: u64, len: u32) {
+        mem.mem()
+            .write_slice(&vec![0u8; len as usize], GuestAddress(write_gpa))
+            .expect("clear");
+        let head = self.submit((read_gpa, 16), (write_gpa, len));
+        let used = self.wait_used();
+        assert_eq!(used.id, head);
+        assert_eq!(used.len, len);
+        let mut got = vec![0u8; len as usize];
+        mem.mem()
+            .read_slice(&mut got, GuestAddress(write_gpa))
+            .expect("read back");
+        let want = pattern(self.index as usize);
+        assert!(got.iter().all(|&b| b == want), "queue {} data", self.index);
+    }
+}
+
+pub fn all_protocol() -> ProtocolFeatures {
+    vhost_backend::runtime::RUNTIME_PROTOCOL_FEATURES | ProtocolFeatures::CONFIG
+}
+
+pub fn count_dir(path: &str) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}

@@ -1,0 +1,253 @@
+//! The disk behind the device: an image file or block device, and how each request type
+//! acts on it (virtio 1.2, 5.2.6.1–5.2.6.2).
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use vm_memory::GuestMemory;
+
+use crate::config::{MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, SECTOR_SIZE};
+use crate::io::{self, IoVecs};
+use crate::request::{
+    ChainLayout, Header, RequestError, HEADER_SIZE, ID_BYTES, SEGMENT_SIZE, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, WRITE_ZEROES_FLAG_UNMAP,
+};
+
+/// An open image.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    capacity: u64,
+    read_only: bool,
+    serial: [u8; ID_BYTES],
+}
+
+impl Disk {
+    /// Opens `path` (read-only or read-write, with `O_DIRECT` when `direct`) and sizes it.
+    pub fn open(path: &Path, read_only: bool, direct: bool, serial: &str) -> std::io::Result<Disk> {
+        let mut opts = File::options();
+        opts.read(true).write(!read_only);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let mut file = opts.open(path)?;
+        // Seeking to the end sizes regular files and block devices alike.
+        let bytes = file.seek(SeekFrom::End(0))?;
+        let mut id = [0u8; ID_BYTES];
+        let src = serial.as_bytes();
+        let n = src.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&src[..n]);
+        Ok(Disk {
+            file,
+            capacity: bytes / SECTOR_SIZE,
+            read_only,
+            serial: id,
+        })
+    }
+
+    /// Capacity in 512-byte sectors (a partial last sector is not exposed).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The GET_ID answer: the serial, zero padded to 20 bytes.
+    pub fn serial(&self) -> &[u8; ID_BYTES] {
+        &self.serial
+    }
+
+    /// Checks `[sector * 512, + len)` lies inside the disk; returns the byte offset.
+    fn range(&self, sector: u64, len: u64) -> Result<u64, RequestError> {
+        let out = || RequestError::OutOfRange {
+            sector,
+            len,
+            capacity: self.capacity,
+        };
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or_else(out)?;
+        let end = offset.checked_add(len).ok_or_else(out)?;
+        if end > self.capacity.saturating_mul(SECTOR_SIZE) {
+            return Err(out());
+        }
+        Ok(offset)
+    }
+
+    fn writable(&self, request_type: u32) -> Result<(), RequestError> {
+        if self.read_only {
+            Err(RequestError::ReadOnly { request_type })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs the request `layout` describes. Returns the data bytes written into guest memory
+    /// (not counting the status byte). `writethrough` makes every write durable before it
+    /// completes. `iov` is scratch space, left empty.
+    pub fn execute<M: GuestMemory>(
+        &self,
+        mem: &M,
+        layout: &mut ChainLayout,
+        iov: &mut IoVecs,
+        writethrough: bool,
+    ) -> Result<u32, RequestError> {
+        layout.check()?;
+        let hdr = layout.header(mem)?;
+        iov.clear();
+        let result = self.dispatch(mem, layout, hdr, iov, writethrough);
+        iov.clear();
+        result
+    }
+
+    fn dispatch<M: GuestMemory>(
+        &self,
+        mem: &M,
+        layout: &ChainLayout,
+        hdr: Header,
+        iov: &mut IoVecs,
+        writethrough: bool,
+    ) -> Result<u32, RequestError> {
+        let ty = hdr.request_type;
+        // Bytes after the header that the device reads, and writable bytes before the status.
+        let readable_data = layout.readable_len() - HEADER_SIZE;
+        let writable_data = layout.writable_len().saturating_sub(1);
+        let expect_no = |which, got| {
+            if got == 0 {
+                Ok(())
+            } else {
+                Err(RequestError::WrongDirection {
+                    request_type: ty,
+                    which,
+                    got,
+                    expected: 0,
+                })
+            }
+        };
+        match ty {
+            VIRTIO_BLK_T_IN => {
+                expect_no("device-readable", readable_data)?;
+                let len = sector_multiple(writable_data)?;
+                let offset = self.range(hdr.sector, len)?;
+                layout.map_writable(mem, len, iov)?;
+                // SAFETY: `map_writable` built every iovec from a guest memory slice that was
+                // bounds-checked against its region; `mem` is borrowed, so the mappings stay
+                // for the whole call.
+                unsafe { iov.read_exact_at(&self.file, offset)? };
+                // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.
+                Ok(len as u32)
+            }
+            VIRTIO_BLK_T_OUT => {
+                expect_no("device-writable", writable_data)?;
+                self.writable(ty)?;
+                let len = sector_multiple(readable_data)?;
+                let offset = self.range(hdr.sector, len)?;
+                layout.map_readable(mem, HEADER_SIZE, len, iov)?;
+                // SAFETY: as for IN: every iovec is a bounds-checked slice of guest memory
+                // held through `mem`; the write only reads it.
+                unsafe { iov.write_all_at(&self.file, offset)? };
+                if writethrough {
+                    self.file.sync_data()?;
+                }
+                Ok(0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                if !self.read_only {
+                    self.file.sync_data()?;
+                }
+                Ok(0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                expect_no("device-readable", readable_data)?;
+                let n = writable_data.min(ID_BYTES as u64) as usize;
+                layout.write_writable(mem, &self.serial[..n])?;
+                Ok(n as u32)
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                expect_no("device-writable", writable_data)?;
+                self.writable(ty)?;
+                self.ranges(mem, layout, ty, readable_data, writethrough)?;
+                Ok(0)
+            }
+            request_type => Err(RequestError::Unsupported { request_type }),
+        }
+    }
+
+    /// DISCARD and WRITE_ZEROES: `len` bytes of 16-byte segments after the header. Every
+    /// segment is checked before any is applied.
+    fn ranges<M: GuestMemory>(
+        &self,
+        mem: &M,
+        layout: &ChainLayout,
+        ty: u32,
+        len: u64,
+        writethrough: bool,
+    ) -> Result<(), RequestError> {
+        let count = len / SEGMENT_SIZE;
+        if len == 0 || len % SEGMENT_SIZE != 0 || count > u64::from(MAX_RANGE_SEGMENTS) {
+            return Err(RequestError::BadSegments {
+                len,
+                max: MAX_RANGE_SEGMENTS,
+            });
+        }
+        let mut segs = [(0u64, 0u64, 0u32); MAX_RANGE_SEGMENTS as usize];
+        for (i, slot) in segs.iter_mut().take(count as usize).enumerate() {
+            let seg = layout.range_segment(mem, i as u64)?;
+            let (sector, num, flags) = (seg.sector.get(), seg.num_sectors.get(), seg.flags.get());
+            let allowed = if ty == VIRTIO_BLK_T_WRITE_ZEROES {
+                WRITE_ZEROES_FLAG_UNMAP
+            } else {
+                0
+            };
+            if flags & !allowed != 0 {
+                return Err(RequestError::UnsupportedFlags {
+                    request_type: ty,
+                    flags,
+                });
+            }
+            if num > MAX_RANGE_SECTORS {
+                return Err(RequestError::SegmentTooLarge {
+                    num_sectors: num,
+                    max: MAX_RANGE_SECTORS,
+                });
+            }
+            let bytes = u64::from(num) * SECTOR_SIZE;
+            let offset = self.range(sector, bytes)?;
+            *slot = (offset, bytes, flags);
+        }
+        for &(offset, bytes, flags) in &segs[..count as usize] {
+            if bytes == 0 {
+                continue;
+            }
+            if ty == VIRTIO_BLK_T_DISCARD {
+                // Discard is a hint: a file system that cannot deallocate still succeeds.
+                if let Err(e) = io::punch_hole(&self.file, offset, bytes) {
+                    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                        return Err(e.into());
+                    }
+                    log::debug!("discard not supported by the image's file system");
+                }
+            } else {
+                let unmap = flags & WRITE_ZEROES_FLAG_UNMAP != 0;
+                io::write_zeroes(&self.file, offset, bytes, unmap)?;
+            }
+        }
+        if writethrough {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// `len` when it is a whole number of sectors.
+fn sector_multiple(len: u64) -> Result<u64, RequestError> {
+    if len % SECTOR_SIZE == 0 {
+        Ok(len)
+    } else {
+        Err(RequestError::UnalignedLength { len })
+    }
+}

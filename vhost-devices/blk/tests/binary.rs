@@ -1,0 +1,184 @@
+//! The `vhost-user-blk` binary, spawned as QEMU would spawn it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vhost_frontend::devices::blk::{BlkConfig as ConfigView, BlkRequests};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
+
+/// A spawned daemon whose stderr lines arrive on a channel; killed on drop.
+struct Spawned {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    fn start(args: &[&str]) -> Spawned {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Spawned { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no log line containing {needle:?}");
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn print_capabilities_prints_json_with_type_block() {
+    let out = Command::new(BIN)
+        .arg("--print-capabilities")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["type"], "block");
+    let features = v["features"].as_array().unwrap();
+    assert!(features.contains(&serde_json::json!("read-only")));
+    assert!(features.contains(&serde_json::json!("blk-file")));
+}
+
+#[test]
+fn invalid_queue_size_fails_early_with_nonzero_status() {
+    let out = Command::new(BIN)
+        .args([
+            "--socket-path",
+            "/nonexistent/x.sock",
+            "--queue-size",
+            "2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn spawned_daemon_serves_io_across_reconnects_and_exits_on_sigterm() {
+    let scratch = Scratch::new("bin");
+    let image = scratch.image(1 << 20);
+    let sock = scratch.socket();
+    let mut d = Spawned::start(&[
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--blk-file",
+        image.to_str().unwrap(),
+        "--num-queues",
+        "2",
+        "--serial",
+        "spawned",
+    ]);
+    d.wait_line("vhost-user-blk-pci");
+    for round in 0..2u64 {
+        let mut s = connect(&sock, || options(2));
+        let mut reqs = BlkRequests::new(&s, 1, 2, 4096).unwrap();
+        let mut buf = vec![0u8; 4096];
+        reqs.read(&mut s, 8 + round, &mut buf, TIMEOUT).unwrap();
+        let start = (8 + round as usize) * 512;
+        let want: Vec<u8> = (start..start + 4096).map(pattern).collect();
+        assert_eq!(buf, want);
+        assert_eq!(&reqs.get_id(&mut s, TIMEOUT).unwrap()[..7], b"spawned");
+    }
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+#[test]
+fn flushed_write_survives_the_daemon_being_killed() {
+    let scratch = Scratch::new("flush");
+    let image = scratch.image(1 << 20);
+    let sock = scratch.socket();
+    let d = Spawned::start(&[
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--blk-file",
+        image.to_str().unwrap(),
+    ]);
+    let mut s = connect(&sock, || options(1));
+    let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
+    let data = [0xc3u8; 4096];
+    reqs.write(&mut s, 40, &data, TIMEOUT).unwrap();
+    reqs.flush(&mut s, TIMEOUT).unwrap();
+    d.signal(Signal::SIGKILL);
+    drop(d);
+    let file = std::fs::read(&image).unwrap();
+    assert_eq!(&file[40 * 512..40 * 512 + 4096], &data[..]);
+}
+
+#[test]
+fn without_blk_file_serves_a_scratch_gib_and_removes_it_on_exit() {
+    let scratch = Scratch::new("noimage");
+    let sock = scratch.socket();
+    let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
+    let line = d.wait_line("scratch image at ");
+    let path: PathBuf = line
+        .split("scratch image at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .into();
+    assert!(path.exists(), "{} missing", path.display());
+    let s = connect(&sock, || options(1));
+    let cfg = ConfigView::parse(s.config().unwrap()).unwrap();
+    assert_eq!(cfg.capacity, (1u64 << 30) / 512);
+    drop(s);
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
+    assert!(!path.exists(), "{} not removed", path.display());
+}

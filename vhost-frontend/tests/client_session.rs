@@ -1,0 +1,323 @@
+//! `Session` against the in-process server and the recording back-end: the handshake and
+//! start sequences QEMU 7.2 sends, their variants, and stopping and restarting a queue.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost_backend::test_utils::{Call, Recording, RecordingBackend};
+use vhost_backend::{BackendServer, ServerError};
+use vhost_frontend::session::status;
+use vhost_frontend::{
+    BackendRequestHandler, Frontend, HandlerResult, Session, SessionError, SessionOptions,
+};
+use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, RegionMsg, VringAddr};
+use vhost_transport::Connection;
+
+fn offered() -> u64 {
+    virtio::bit(virtio::VERSION_1)
+        | virtio::bit(virtio::PROTOCOL_FEATURES)
+        | virtio::bit(virtio::RING_EVENT_IDX)
+        | virtio::bit(virtio::RING_PACKED)
+        | virtio::bit(virtio::LOG_ALL)
+}
+
+fn serve(backend: RecordingBackend) -> (Frontend, Recording, JoinHandle<Result<(), ServerError>>) {
+    let rec = backend.recording();
+    let (server_end, client_end) = Connection::pair().unwrap();
+    let mut server = BackendServer::new(server_end, backend).unwrap();
+    rec.take_calls();
+    let t = std::thread::spawn(move || server.serve());
+    (Frontend::new(client_end), rec, t)
+}
+
+fn regions_of(s: &Session) -> Vec<MemoryRegion> {
+    s.memory()
+        .regions()
+        .map(|r| MemoryRegion {
+            guest_phys_addr: r.guest_phys_addr,
+            memory_size: r.memory_size,
+            user_addr: r.user_addr,
+            mmap_offset: r.mmap_offset,
+        })
+        .collect()
+}
+
+fn vring_addr(s: &Session, i: usize) -> VringAddr {
+    let d = s.driver(i).unwrap();
+    let m = s.memory();
+    VringAddr {
+        index: i as u32,
+        flags: 0,
+        desc: m.gpa_to_uva(d.desc_table().0).unwrap(),
+        used: m.gpa_to_uva(d.used_ring().0).unwrap(),
+        avail: m.gpa_to_uva(d.avail_ring().0).unwrap(),
+        log: d.used_ring().0,
+    }
+}
+
+fn queue_setup(s: &Session, i: usize, base: u32) -> Vec<Call> {
+    let index = i as u32;
+    vec![
+        Call::SetVringNum { index, num: 256 },
+        Call::SetVringBase { index, base },
+        Call::SetVringAddr(vring_addr(s, i)),
+        Call::SetVringKick {
+            index: i as u8,
+            fd: true,
+        },
+    ]
+}
+
+#[test]
+fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
+    let backend = RecordingBackend::new().with_features(offered());
+    let (fe, rec, t) = serve(backend);
+    let opts = SessionOptions {
+        num_queues: 2,
+        queue_size: 256,
+        config_size: Some(16),
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(fe, opts).unwrap();
+    let acked_protocol = ProtocolFeatures::all() - vhost_frontend::session::DEFAULT_PROTOCOL_MASK;
+    let mut expected = vec![
+        Call::GetFeatures,
+        Call::GetProtocolFeatures,
+        Call::SetProtocolFeatures(acked_protocol),
+        Call::GetQueueNum,
+        Call::GetMaxMemSlots,
+        Call::SetBackendReqFd,
+        Call::SetOwner,
+        Call::GetFeatures,
+    ];
+    for index in 0..2u8 {
+        expected.push(Call::SetVringCall { index, fd: true });
+        expected.push(Call::SetVringErr { index, fd: true });
+    }
+    expected.push(Call::GetConfig {
+        offset: 0,
+        size: 16,
+        flags: 0,
+    });
+    assert_eq!(rec.take_calls(), expected);
+    assert_eq!(s.config().unwrap(), (0..16).collect::<Vec<u8>>());
+    assert_eq!(s.queue_num(), Some(2));
+    assert_eq!(s.max_mem_slots(), Some(32));
+
+    s.start().unwrap();
+    // LOG_ALL and RING_PACKED are masked by default; EVENT_IDX and bit 30 are acked.
+    let features = offered() & !virtio::bit(virtio::LOG_ALL) & !virtio::bit(virtio::RING_PACKED);
+    assert_eq!(s.features(), features);
+    let mut expected = vec![
+        Call::SetVringCall { index: 0, fd: true },
+        Call::SetVringCall { index: 1, fd: true },
+        Call::SetFeatures(features),
+        Call::SetStatus(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+    ];
+    let regions = regions_of(&s);
+    expected.extend(regions.iter().map(|r| Call::AddMemReg(RegionMsg::new(*r))));
+    expected.extend(queue_setup(&s, 0, 0));
+    expected.extend(queue_setup(&s, 1, 0));
+    expected.push(Call::SetVringEnable {
+        index: 0,
+        enable: true,
+    });
+    expected.push(Call::SetVringEnable {
+        index: 1,
+        enable: true,
+    });
+    expected.push(Call::SetStatus(0x0f));
+    assert_eq!(rec.take_calls(), expected);
+
+    // Ring addresses are front-end virtual addresses, not guest-physical ones.
+    let a = vring_addr(&s, 1);
+    assert_ne!(a.desc, s.driver(1).unwrap().desc_table().0);
+
+    drop(s);
+    t.join().unwrap().unwrap();
+}
+
+#[test]
+fn session_without_mem_slots_sends_set_mem_table_at_every_start() {
+    let backend = RecordingBackend::new().with_features(offered());
+    let (fe, rec, _t) = serve(backend);
+    let opts = SessionOptions {
+        mask_protocol: vhost_frontend::session::DEFAULT_PROTOCOL_MASK
+            | ProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | ProtocolFeatures::STATUS,
+        memory: vec![
+            vhost_frontend::RegionSpec {
+                guest_phys_addr: 0,
+                size: 1 << 20,
+                user_addr: 0x7f00_0000_0000,
+            },
+            vhost_frontend::RegionSpec {
+                guest_phys_addr: 0x1_0000_0000,
+                size: 1 << 20,
+                user_addr: 0x7e00_0000_0000,
+            },
+        ],
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(fe, opts).unwrap();
+    rec.take_calls();
+    s.start().unwrap();
+    let table = Call::SetMemTable {
+        regions: regions_of(&s),
+        fds: 2,
+    };
+    let calls = rec.take_calls();
+    assert_eq!(calls[2], table);
+    assert!(!calls.iter().any(|c| matches!(c, Call::AddMemReg(_))));
+
+    // Stop and start again: the table comes again, the queue resumes at its base.
+    let base = s.stop_queue(0).unwrap();
+    assert_eq!(base, 0);
+    assert_eq!(
+        rec.take_calls(),
+        [
+            Call::SetVringEnable {
+                index: 0,
+                enable: false
+            },
+            Call::GetVringBase { index: 0 }
+        ]
+    );
+    s.start().unwrap();
+    assert_eq!(rec.take_calls()[2], table);
+}
+
+#[test]
+fn session_playing_old_frontend_skips_protocol_features_and_vring_enable() {
+    let backend = RecordingBackend::new().with_features(offered());
+    let (fe, rec, _t) = serve(backend);
+    let opts = SessionOptions {
+        protocol_features: false,
+        event_idx: false,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(fe, opts).unwrap();
+    s.start().unwrap();
+    // Nothing is acked without REPLY_ACK: a request with a reply orders the exchange.
+    s.frontend().get_features().unwrap();
+    let calls = rec.take_calls();
+    assert!(!calls.iter().any(|c| matches!(
+        c,
+        Call::GetProtocolFeatures | Call::SetProtocolFeatures(_) | Call::SetVringEnable { .. }
+    )));
+    let features = virtio::bit(virtio::VERSION_1);
+    assert!(calls.contains(&Call::SetFeatures(features)), "{calls:?}");
+    assert!(calls.iter().any(|c| matches!(c, Call::SetMemTable { .. })));
+    assert_eq!(s.features(), features);
+}
+
+#[test]
+fn stop_queue_returns_backend_base_and_restart_sends_it_back() {
+    let mut backend = RecordingBackend::new().with_features(offered());
+    backend.vring_base = 0;
+    let (fe, rec, _t) = serve(backend);
+    let mut s = Session::new(fe, SessionOptions::default()).unwrap();
+    s.start().unwrap();
+    rec.take_calls();
+    let base = s.stop_queue(0).unwrap();
+    s.restart_queue(0, base + 3).unwrap();
+    let mut expected = vec![
+        Call::SetVringEnable {
+            index: 0,
+            enable: false,
+        },
+        Call::GetVringBase { index: 0 },
+        Call::SetVringCall { index: 0, fd: true },
+    ];
+    expected.extend(queue_setup(&s, 0, 3));
+    expected.push(Call::SetVringEnable {
+        index: 0,
+        enable: true,
+    });
+    assert_eq!(rec.take_calls(), expected);
+    assert_eq!(s.driver(0).unwrap().avail_idx(), 3);
+}
+
+#[test]
+fn session_refuses_more_queues_than_the_backend_has() {
+    let backend = RecordingBackend::new()
+        .with_features(offered())
+        .with_queues(1);
+    let (fe, _rec, _t) = serve(backend);
+    let opts = SessionOptions {
+        num_queues: 2,
+        ..SessionOptions::default()
+    };
+    let err = Session::new(fe, opts).unwrap_err();
+    assert!(matches!(err, SessionError::Options(_)), "{err:?}");
+}
+
+#[test]
+fn wait_used_without_a_device_times_out() {
+    let backend = RecordingBackend::new().with_features(offered());
+    let (fe, _rec, _t) = serve(backend);
+    let mut s = Session::new(fe, SessionOptions::default()).unwrap();
+    s.start().unwrap();
+    let buf = s.memory().alloc(64, 8).unwrap();
+    let err = s
+        .round_trip(0, &[(buf, 64, true)], Duration::from_millis(50))
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::Timeout { queue: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(s.driver(0).unwrap().in_flight(), 1);
+}
+
+#[derive(Clone, Default)]
+struct ConfigWatcher(Arc<Mutex<u32>>);
+
+impl BackendRequestHandler for ConfigWatcher {
+    fn config_change(&mut self) -> HandlerResult<()> {
+        *self.0.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn session_serves_backend_channel_with_the_given_handler() {
+    let backend = RecordingBackend::new().with_features(offered());
+    let (fe, rec, _t) = serve(backend);
+    let watcher = ConfigWatcher::default();
+    let opts = SessionOptions {
+        backend_handler: Some(Box::new(watcher.clone())),
+        ..SessionOptions::default()
+    };
+    let _s = Session::new(fe, opts).unwrap();
+    let client = rec.backend_client().unwrap();
+    client.config_change().unwrap();
+    client.config_change().unwrap();
+    assert_eq!(*watcher.0.lock().unwrap(), 2);
+}
+
+#[test]
+fn session_with_gpa_addresses_acked_sends_guest_physical_ring_addresses() {
+    let backend = RecordingBackend::new().with_features(offered());
+    let (fe, rec, _t) = serve(backend);
+    let opts = SessionOptions {
+        mask_protocol: ProtocolFeatures::XEN_MMAP,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(fe, opts).unwrap();
+    assert!(s.acked_protocol().contains(ProtocolFeatures::GPA_ADDRESSES));
+    s.start().unwrap();
+    let d = s.driver(0).unwrap();
+    let addr = rec
+        .take_calls()
+        .into_iter()
+        .find_map(|c| match c {
+            Call::SetVringAddr(a) => Some(a),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (addr.desc, addr.avail, addr.used),
+        (d.desc_table().0, d.avail_ring().0, d.used_ring().0)
+    );
+}
