@@ -30,16 +30,16 @@ pub enum ClientError {
     },
 }
 
-struct Channel {
-    conn: Connection<BackendChannel>,
-    negotiation: Negotiation,
-}
+/// The session's negotiation, shared between the server (which updates it as features are
+/// acked) and the back-end channel (which reads it to gate and ack its requests).
+pub type SharedNegotiation = Arc<Mutex<Negotiation>>;
 
 /// A handle on the back-end channel. Cheap to clone; each request holds the channel for its
 /// round trip, so requests from several worker threads do not interleave.
 #[derive(Clone)]
 pub struct BackendClient {
-    channel: Arc<Mutex<Channel>>,
+    channel: Arc<Mutex<Connection<BackendChannel>>>,
+    negotiation: SharedNegotiation,
 }
 
 impl std::fmt::Debug for BackendClient {
@@ -49,11 +49,13 @@ impl std::fmt::Debug for BackendClient {
 }
 
 impl BackendClient {
-    /// A client over `conn`, with the session's negotiation as it stood when the channel
-    /// was handed over (it decides gates and acks).
-    pub fn new(conn: Connection<BackendChannel>, negotiation: Negotiation) -> Self {
+    /// A client over `conn`. `negotiation` is the session's live negotiation: the channel is
+    /// handed over before SET_FEATURES, so gates and acks are decided when each request is
+    /// sent, not when the channel arrived.
+    pub fn new(conn: Connection<BackendChannel>, negotiation: SharedNegotiation) -> Self {
         BackendClient {
-            channel: Arc::new(Mutex::new(Channel { conn, negotiation })),
+            channel: Arc::new(Mutex::new(conn)),
+            negotiation,
         }
     }
 
@@ -66,9 +68,13 @@ impl BackendClient {
         fds: &[BorrowedFd<'_>],
     ) -> Result<Option<(u64, Option<OwnedFd>)>, ClientError> {
         let code = req.code();
-        let ch = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
-        ch.negotiation.allows_backend(code)?;
-        let need_reply = ch.negotiation.reply_ack();
+        let negotiation = self
+            .negotiation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        negotiation.allows_backend(code)?;
+        let need_reply = negotiation.reply_ack();
         let flags = if need_reply {
             HeaderFlags::NEED_REPLY
         } else {
@@ -84,12 +90,12 @@ impl BackendClient {
             }
             .into());
         }
-        ch.conn
-            .send(&enc.header.to_wire(), &body[..enc.body_len], &[], fds)?;
-        match ch.negotiation.backend_owes(code, need_reply) {
+        let conn = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.send(&enc.header.to_wire(), &body[..enc.body_len], &[], fds)?;
+        match negotiation.backend_owes(code, need_reply) {
             Owed::Nothing => Ok(None),
             Owed::Ack | Owed::Reply(_) => {
-                let (hdr, mut rfds) = ch.conn.recv_header()?;
+                let (hdr, mut rfds) = conn.recv_header()?;
                 let hdr = Header::from_wire(&hdr);
                 hdr.check_reply(MessageKind::Backend(code))?;
                 let size = hdr.size as usize;
@@ -101,7 +107,7 @@ impl BackendClient {
                     }
                     .into());
                 }
-                let body = ch.conn.recv_body(size)?;
+                let body = conn.recv_body(size)?;
                 let value = decode_backend_reply(code, &body, rfds.len())?;
                 if value != 0 && code != BackendReq::SharedObjectLookup {
                     return Err(ClientError::Refused {

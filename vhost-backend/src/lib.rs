@@ -2,14 +2,20 @@
 //! back-end → front-end channel.
 #![warn(missing_docs)]
 
+#[cfg(unix)]
 mod backend;
+#[cfg(unix)]
 mod backend_client;
 #[cfg(unix)]
 pub mod runtime;
+#[cfg(unix)]
 pub mod server;
-#[cfg(feature = "test-utils")]
+#[cfg(all(unix, feature = "test-utils"))]
 pub mod test_utils;
 
+#[cfg(unix)]
 pub use backend::{Backend, BackendError, BackendResult};
-pub use backend_client::{BackendClient, ClientError};
+#[cfg(unix)]
+pub use backend_client::{BackendClient, ClientError, SharedNegotiation};
+#[cfg(unix)]
 pub use server::{BackendServer, ServerError};

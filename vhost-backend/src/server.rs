@@ -38,6 +38,7 @@ mod error;
 mod policy;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_proto::wire::MAX_CONFIG_SIZE;
 use vhost_proto::{
@@ -48,6 +49,7 @@ use vhost_transport::{Connection, FrontendChannel};
 
 pub use error::ServerError;
 
+use crate::backend_client::SharedNegotiation;
 use crate::{Backend, BackendError};
 
 /// Serves one front-end connection for a [`Backend`].
@@ -83,6 +85,9 @@ pub struct BackendServer<B> {
     conn: Connection<FrontendChannel>,
     backend: B,
     negotiation: Negotiation,
+    /// The copy of `negotiation` the back-end channel reads; refreshed whenever a request
+    /// changes what is negotiated.
+    shared: SharedNegotiation,
     /// Request bodies, up to the protocol maximum.
     body: Box<[u8; MAX_BODY_SIZE]>,
     /// The fixed part of replies.
@@ -109,6 +114,7 @@ impl<B: Backend> BackendServer<B> {
         Ok(BackendServer {
             conn,
             backend,
+            shared: Arc::new(Mutex::new(negotiation.clone())),
             negotiation,
             body: Box::new([0; MAX_BODY_SIZE]),
             reply: Box::new([0; MAX_BODY_SIZE]),
@@ -201,6 +207,7 @@ impl<B: Backend> BackendServer<B> {
             Ok(request) => handle(
                 &mut self.backend,
                 &mut self.negotiation,
+                &self.shared,
                 request,
                 fds,
                 &mut self.config,
@@ -246,13 +253,18 @@ impl<B> AsFd for BackendServer<B> {
 fn handle<'a, B: Backend>(
     backend: &mut B,
     negotiation: &mut Negotiation,
+    shared: &SharedNegotiation,
     request: &FrontendRequest<'a>,
     fds: Vec<OwnedFd>,
     config: &'a mut [u8; MAX_CONFIG_SIZE],
 ) -> Result<dispatch::Answer<'a>, ServerError> {
     negotiation.check(request).map_err(ServerError::Refused)?;
-    let answer = dispatch::dispatch(backend, negotiation, request, fds, config)?;
+    let answer = dispatch::dispatch(backend, shared, request, fds, config)?;
+    let before = (negotiation.acked_features(), negotiation.acked_protocol());
     negotiation.apply(request);
+    if before != (negotiation.acked_features(), negotiation.acked_protocol()) {
+        *shared.lock().unwrap_or_else(PoisonError::into_inner) = negotiation.clone();
+    }
     Ok(answer)
 }
 

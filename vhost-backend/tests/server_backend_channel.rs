@@ -134,3 +134,40 @@ fn set_backend_req_fd_with_a_descriptor_that_is_not_a_socket_gets_a_failure_ack(
     assert!(s.rec.take_calls().is_empty());
     assert!(s.rec.backend_client().is_none());
 }
+
+/// QEMU hands the channel over before SET_FEATURES: a request gated on a virtio feature
+/// (BACKEND_IOTLB_MSG needs ACCESS_PLATFORM) is refused until that feature is acked, then
+/// goes through on the same client, because the client reads the live negotiation.
+#[test]
+fn backend_channel_handed_over_before_set_features_follows_later_acks() {
+    let mut s = Session::new(cases::backend());
+    s.exchange(
+        &FrontendRequest::SetProtocolFeatures(ACKED.bits()),
+        false,
+        &[],
+    );
+    let (frontend_end, backend_end) = Connection::<BackendChannel>::pair().expect("pair");
+    assert_eq!(
+        s.ack(&FrontendRequest::SetBackendReqFd, &[backend_end.as_fd()]),
+        0
+    );
+    drop(backend_end);
+    let client = s.rec.backend_client().expect("client handed over");
+    let msg = IotlbMsg {
+        iova: 0x1000,
+        size: 0x1000,
+        uaddr: 0,
+        perm: iotlb::PERM_RO,
+        msg_type: iotlb::MISS,
+        padding: [0; 6],
+    };
+    assert!(matches!(
+        client.iotlb_msg(msg),
+        Err(ClientError::Protocol(vhost_proto::Error::NotNegotiated { .. }))
+    ));
+    s.exchange(&FrontendRequest::SetFeatures(FEATURES), false, &[]);
+    let frontend = answer(frontend_end, 1, 0);
+    client.iotlb_msg(msg).expect("allowed once ACCESS_PLATFORM is acked");
+    let seen = frontend.join().expect("front-end thread");
+    assert_eq!(seen, vec![(BackendReq::IotlbMsg, true, 0)]);
+}

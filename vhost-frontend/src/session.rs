@@ -26,20 +26,22 @@
 //! The data path (`add_chain`, `publish`, `kick`, `pop_used`, `wait_used`, `round_trip`)
 //! allocates nothing.
 
+mod data_path;
+mod error;
 mod options;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, VringAddr};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend_channel::{BackendChannelHandle, UnsupportedHandler};
-use crate::client::{Frontend, FrontendError};
-use crate::guest_memory::{self, GuestMemory};
-use crate::virtqueue::{self, Buffer, UsedElem, VirtqueueDriver};
+use crate::client::Frontend;
+use crate::guest_memory::GuestMemory;
+use crate::virtqueue::VirtqueueDriver;
 
+pub use error::{Result, SessionError};
 pub use options::{SessionOptions, DEFAULT_FEATURE_MASK, DEFAULT_PROTOCOL_MASK};
 
 /// Virtio device status bits the session writes with SET_STATUS (STATUS negotiated).
@@ -53,56 +55,6 @@ pub mod status {
     /// FEATURES_OK.
     pub const FEATURES_OK: u64 = 8;
 }
-
-/// Why a session step failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// A control-plane request failed.
-    #[error(transparent)]
-    Frontend(#[from] FrontendError),
-    /// Building or allocating guest memory failed.
-    #[error("guest memory: {0}")]
-    Memory(#[from] guest_memory::Error),
-    /// The virtqueue driver failed (including device misbehaviour in the used ring).
-    #[error("virtqueue: {0}")]
-    Queue(#[from] virtqueue::Error),
-    /// Creating an eventfd failed.
-    #[error("eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
-    /// The options cannot work with this back-end.
-    #[error("unusable options: {0}")]
-    Options(String),
-    /// A queue index the session does not have.
-    #[error("no queue {index} (the session has {queues})")]
-    NoSuchQueue {
-        /// The index asked for.
-        index: usize,
-        /// Queues in the session.
-        queues: usize,
-    },
-    /// No completion arrived in time.
-    #[error("queue {queue}: no completion within {timeout:?}")]
-    Timeout {
-        /// The queue.
-        queue: usize,
-        /// How long the session waited.
-        timeout: Duration,
-    },
-    /// A completion for another chain than the one just submitted.
-    #[error("queue {queue}: completion for head {got}, expected {expected}")]
-    UnexpectedCompletion {
-        /// The queue.
-        queue: usize,
-        /// The head just submitted.
-        expected: u16,
-        /// The head the device returned.
-        got: u16,
-    },
-}
-
-/// Result of a session step.
-pub type Result<T> = std::result::Result<T, SessionError>;
 
 struct Queue {
     driver: VirtqueueDriver,
@@ -262,9 +214,10 @@ impl Session {
         })
     }
 
-    /// Starts the device: SET_VRING_CALL per queue, SET_FEATURES, (SET_STATUS FEATURES_OK), memory, every queue at the
-    /// avail index its driver is at (0 the first time), SET_VRING_ENABLE 1 per queue,
-    /// (SET_STATUS DRIVER_OK). May be called again after every queue was stopped.
+    /// Starts the device: SET_VRING_CALL per queue, SET_FEATURES, (SET_STATUS FEATURES_OK),
+    /// memory, every queue at the avail index its driver is at (0 the first time),
+    /// SET_VRING_ENABLE 1 per queue, (SET_STATUS DRIVER_OK). May be called again after every
+    /// queue was stopped.
     pub fn start(&mut self) -> Result<()> {
         // A back-end may have dropped the call fds when the rings last stopped
         // (libvhost-user closes them at GET_VRING_BASE); QEMU sends them again at each start.
@@ -304,7 +257,8 @@ impl Session {
     }
 
     /// Restarts queue `i` at `base` (the rings are reset to it: nothing may be in flight):
-    /// SET_VRING_CALL, SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_ENABLE 1.
+    /// SET_VRING_CALL, SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK,
+    /// SET_VRING_ENABLE 1.
     pub fn restart_queue(&mut self, i: usize, base: u32) -> Result<()> {
         self.check(i)?;
         self.send_call(i)?;
@@ -400,84 +354,6 @@ impl Session {
         })?;
         fe.set_vring_kick(index, Some(borrow(&q.kick)))?;
         Ok(())
-    }
-
-    fn queue(&mut self, i: usize) -> Result<&mut Queue> {
-        let queues = self.queues.len();
-        self.queues
-            .get_mut(i)
-            .ok_or(SessionError::NoSuchQueue { index: i, queues })
-    }
-
-    /// Adds a chain of direct descriptors to queue `i` (not yet visible). Returns its head.
-    pub fn add_chain(&mut self, i: usize, bufs: &[Buffer]) -> Result<u16> {
-        Ok(self.queue(i)?.driver.add_chain(bufs)?)
-    }
-
-    /// Adds a chain through an indirect table (needs `max_indirect` in the options).
-    pub fn add_indirect(&mut self, i: usize, bufs: &[Buffer]) -> Result<u16> {
-        Ok(self.queue(i)?.driver.add_indirect(bufs)?)
-    }
-
-    /// Publishes what was added to queue `i` and kicks when the device asks for it. Returns
-    /// whether it kicked.
-    pub fn publish(&mut self, i: usize) -> Result<bool> {
-        let q = self.queue(i)?;
-        let kick = q.driver.publish()?;
-        if kick {
-            q.driver.kick(&q.kick)?;
-        }
-        Ok(kick)
-    }
-
-    /// Kicks queue `i` unconditionally.
-    pub fn kick(&mut self, i: usize) -> Result<()> {
-        let q = self.queue(i)?;
-        Ok(q.driver.kick(&q.kick)?)
-    }
-
-    /// Adds a chain, publishes it and kicks if needed. Returns its head.
-    pub fn submit(&mut self, i: usize, bufs: &[Buffer]) -> Result<u16> {
-        let head = self.add_chain(i, bufs)?;
-        self.publish(i)?;
-        Ok(head)
-    }
-
-    /// The next completion of queue `i`, if there is one.
-    pub fn pop_used(&mut self, i: usize) -> Result<Option<UsedElem>> {
-        Ok(self.queue(i)?.driver.pop_used()?)
-    }
-
-    /// Waits up to `timeout` for the next completion of queue `i` (sleeping on its call
-    /// eventfd).
-    pub fn wait_used(&mut self, i: usize, timeout: Duration) -> Result<UsedElem> {
-        let deadline = Instant::now() + timeout;
-        let q = self.queue(i)?;
-        loop {
-            if let Some(used) = q.driver.pop_used()? {
-                return Ok(used);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(SessionError::Timeout { queue: i, timeout });
-            }
-            VirtqueueDriver::wait_call(&q.call, deadline - now)?;
-        }
-    }
-
-    /// One request at queue depth 1: submit the chain, wait for its completion, check that
-    /// the device returned this chain.
-    pub fn round_trip(&mut self, i: usize, bufs: &[Buffer], timeout: Duration) -> Result<UsedElem> {
-        let head = self.submit(i, bufs)?;
-        let used = self.wait_used(i, timeout)?;
-        if used.id != head {
-            return Err(SessionError::UnexpectedCompletion {
-                queue: i,
-                expected: head,
-                got: used.id,
-            });
-        }
-        Ok(used)
     }
 
     /// The control-plane client (for requests the session does not send itself).

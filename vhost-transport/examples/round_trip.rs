@@ -1,23 +1,24 @@
 //! Control round-trip latency: a 12-byte header and a `u64` body each way
 //! between two threads, over `Connection::pair()` and over a bare socket pair
-//! doing one `send` and one `recv` per side, and, for reference, over a bare
+//! doing one `send` and one `recv` per side; for reference also over a bare
 //! socket pair making the system calls `Connection` makes (a two-slice
 //! `sendmsg`, a `recvmsg` with room for descriptors) and nothing else.
 //!
 //! `cargo run --release -p vhost-transport --example round_trip [batches] [round trips per batch]`
-//! Pin both threads to one CPU with `taskset -c 0` to take cross-CPU wake-ups
-//! out of the figures.
-
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::thread;
-use std::time::Instant;
+//!
+//! Batches of the three variants alternate, so that load from elsewhere on
+//! the machine hits them alike. Pin both threads to one CPU with
+//! `taskset -c 0` to take cross-CPU wake-ups out of the figures.
 
 use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::thread;
+use std::time::Instant;
 
 use nix::sys::socket::{
     recv, recvmsg, send, sendmsg, socketpair, AddressFamily, MsgFlags, SockFlag, SockType,
 };
-use vhost_transport::{Connection, FrontendChannel, HEADER_SIZE};
+use vhost_transport::{Connection, Error, FrontendChannel, HEADER_SIZE, MAX_BODY_SIZE};
 
 const MSG: usize = HEADER_SIZE + 8;
 
@@ -29,34 +30,52 @@ fn header(size: u32) -> [u8; HEADER_SIZE] {
     h
 }
 
-/// Nanoseconds per round trip of each batch, over `Connection`.
-fn connection_batches(batches: usize, per_batch: usize) -> Vec<f64> {
+/// Runs one batch of round trips and returns nanoseconds per round trip.
+type Batch = Box<dyn FnMut(usize) -> f64>;
+
+fn time(per_batch: usize, mut round_trip: impl FnMut(u64)) -> f64 {
+    let start = Instant::now();
+    for i in 0..per_batch {
+        round_trip(i as u64);
+    }
+    start.elapsed().as_nanos() as f64 / per_batch as f64
+}
+
+fn stream_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair")
+}
+
+/// `Connection` on both sides.
+fn connection() -> Batch {
     let (a, b) = Connection::<FrontendChannel>::pair().expect("pair");
-    let total = batches * per_batch;
-    let echo = thread::spawn(move || {
+    thread::spawn(move || {
         let mut body = [0u8; 8];
-        for _ in 0..total {
-            let (h, _fds) = b.recv_header().expect("echo recv_header");
+        loop {
+            let h = match b.recv_header() {
+                Ok((h, _fds)) => h,
+                Err(Error::Disconnected) => return,
+                Err(e) => panic!("echo recv_header: {e}"),
+            };
             b.recv_body_into(&mut body).expect("echo recv_body");
             b.send(&h, &body, &[], &[]).expect("echo send");
         }
     });
     let h = header(8);
-    let mut body = [0u8; 8];
-    let mut out = Vec::with_capacity(batches);
-    for batch in 0..batches {
-        let start = Instant::now();
-        for i in 0..per_batch {
-            let v = (batch * per_batch + i) as u64;
+    Box::new(move |per_batch| {
+        let mut body = [0u8; 8];
+        time(per_batch, |v| {
             a.send(&h, &v.to_ne_bytes(), &[], &[]).expect("send");
             let (got, _fds) = a.recv_header().expect("recv_header");
             a.recv_body_into(&mut body).expect("recv_body");
             assert_eq!((got, u64::from_ne_bytes(body)), (h, v));
-        }
-        out.push(start.elapsed().as_nanos() as f64 / per_batch as f64);
-    }
-    echo.join().expect("echo thread");
-    out
+        })
+    })
 }
 
 fn send_all(fd: &OwnedFd, buf: &[u8]) {
@@ -64,99 +83,74 @@ fn send_all(fd: &OwnedFd, buf: &[u8]) {
     assert_eq!(n, buf.len());
 }
 
-fn recv_all(fd: &OwnedFd, buf: &mut [u8]) {
-    let n = recv(fd.as_raw_fd(), buf, MsgFlags::empty()).expect("recv");
-    assert_eq!(n, buf.len(), "short read");
-}
-
-/// Nanoseconds per round trip of each batch, one `send` and one `recv` per
-/// side and message.
-fn raw_batches(batches: usize, per_batch: usize) -> Vec<f64> {
-    let (a, b) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .expect("socketpair");
-    let total = batches * per_batch;
-    let echo = thread::spawn(move || {
+/// One `send` and one `recv` per side and message.
+fn raw() -> Batch {
+    let (a, b) = stream_pair();
+    thread::spawn(move || {
         let mut buf = [0u8; MSG];
-        for _ in 0..total {
-            recv_all(&b, &mut buf);
-            send_all(&b, &buf);
+        loop {
+            match recv(b.as_raw_fd(), &mut buf, MsgFlags::empty()).expect("echo recv") {
+                0 => return,
+                MSG => send_all(&b, &buf),
+                n => panic!("short read of {n}"),
+            }
         }
     });
     let mut msg = [0u8; MSG];
     msg[..HEADER_SIZE].copy_from_slice(&header(8));
-    let mut buf = [0u8; MSG];
-    let mut out = Vec::with_capacity(batches);
-    for batch in 0..batches {
-        let start = Instant::now();
-        for i in 0..per_batch {
-            let v = (batch * per_batch + i) as u64;
+    Box::new(move |per_batch| {
+        let mut buf = [0u8; MSG];
+        time(per_batch, |v| {
             msg[HEADER_SIZE..].copy_from_slice(&v.to_ne_bytes());
             send_all(&a, &msg);
-            recv_all(&a, &mut buf);
-            assert_eq!(buf, msg);
-        }
-        out.push(start.elapsed().as_nanos() as f64 / per_batch as f64);
-    }
-    echo.join().expect("echo thread");
-    out
+            let n = recv(a.as_raw_fd(), &mut buf, MsgFlags::empty()).expect("recv");
+            assert_eq!((n, buf), (MSG, msg));
+        })
+    })
 }
 
-/// One `sendmsg` of header and body as two slices, one `recvmsg` with room
-/// for descriptors: the system calls `Connection` makes, without its logic.
-fn msg_batches(batches: usize, per_batch: usize) -> Vec<f64> {
-    let (a, b) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
+fn send_parts(fd: &OwnedFd, header: &[u8], body: &[u8]) {
+    let iov = [IoSlice::new(header), IoSlice::new(body)];
+    let n =
+        sendmsg::<()>(fd.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None).expect("sendmsg");
+    assert_eq!(n, header.len() + body.len());
+}
+
+fn recv_with_room(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut cmsg = nix::cmsg_space!([RawFd; 16]);
+    let mut iov = [IoSliceMut::new(buf)];
+    recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .expect("socketpair");
-    fn send_parts(fd: &OwnedFd, header: &[u8], body: &[u8]) {
-        let iov = [IoSlice::new(header), IoSlice::new(body)];
-        let n = sendmsg::<()>(fd.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
-            .expect("sendmsg");
-        assert_eq!(n, MSG);
-    }
-    fn recv_with_room(fd: &OwnedFd, buf: &mut [u8]) -> usize {
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<()>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .expect("recvmsg");
-        msg.bytes
-    }
-    let total = batches * per_batch;
-    let echo = thread::spawn(move || {
-        let mut buf = vec![0u8; 8216];
-        for _ in 0..total {
-            assert_eq!(recv_with_room(&b, &mut buf), MSG);
-            send_parts(&b, &buf[..HEADER_SIZE], &buf[HEADER_SIZE..MSG]);
+    .expect("recvmsg")
+    .bytes
+}
+
+/// The system calls of `Connection`, without its logic.
+fn syscalls_only() -> Batch {
+    let (a, b) = stream_pair();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 2 * (HEADER_SIZE + MAX_BODY_SIZE)];
+        loop {
+            match recv_with_room(&b, &mut buf) {
+                0 => return,
+                MSG => send_parts(&b, &buf[..HEADER_SIZE], &buf[HEADER_SIZE..MSG]),
+                n => panic!("short read of {n}"),
+            }
         }
     });
     let h = header(8);
-    let mut buf = vec![0u8; 8216];
-    let mut out = Vec::with_capacity(batches);
-    for batch in 0..batches {
-        let start = Instant::now();
-        for i in 0..per_batch {
-            let v = (batch * per_batch + i) as u64;
+    Box::new(move |per_batch| {
+        let mut buf = vec![0u8; 2 * (HEADER_SIZE + MAX_BODY_SIZE)];
+        time(per_batch, |v| {
             send_parts(&a, &h, &v.to_ne_bytes());
             assert_eq!(recv_with_room(&a, &mut buf), MSG);
             assert_eq!(buf[HEADER_SIZE..MSG], v.to_ne_bytes());
-        }
-        out.push(start.elapsed().as_nanos() as f64 / per_batch as f64);
-    }
-    echo.join().expect("echo thread");
-    out
+        })
+    })
 }
 
 fn min_and_median(mut v: Vec<f64>) -> (f64, f64) {
@@ -167,19 +161,32 @@ fn min_and_median(mut v: Vec<f64>) -> (f64, f64) {
 fn main() {
     let mut args = std::env::args().skip(1);
     let batches: usize = args.next().map_or(40, |s| s.parse().expect("batches"));
-    let per_batch: usize = args.next().map_or(5000, |s| s.parse().expect("round trips"));
-    // Warm up both paths once.
-    connection_batches(2, per_batch / 10 + 1);
-    raw_batches(2, per_batch / 10 + 1);
-    let (raw_min, raw_med) = min_and_median(raw_batches(batches, per_batch));
-    let (conn_min, conn_med) = min_and_median(connection_batches(batches, per_batch));
-    let (msg_min, msg_med) = min_and_median(msg_batches(batches, per_batch));
+    let per_batch: usize = args
+        .next()
+        .map_or(5000, |s| s.parse().expect("round trips"));
+    let mut variants: Vec<(&str, Batch, Vec<f64>)> = vec![
+        ("raw send/recv", raw(), Vec::new()),
+        ("sendmsg/recvmsg", syscalls_only(), Vec::new()),
+        ("Connection", connection(), Vec::new()),
+    ];
+    for (_, batch, _) in &mut variants {
+        batch(per_batch / 10 + 1);
+    }
+    for _ in 0..batches {
+        for (_, batch, times) in &mut variants {
+            times.push(batch(per_batch));
+        }
+    }
     println!("{batches} batches of {per_batch} round trips, ns per round trip");
-    println!("raw send/recv:  min {raw_min:8.0}  median {raw_med:8.0}");
-    println!("sendmsg/recvmsg min {msg_min:8.0}  median {msg_med:8.0}");
-    println!("Connection:     min {conn_min:8.0}  median {conn_med:8.0}");
+    let mut figures = Vec::new();
+    for (name, _, times) in variants {
+        let (min, median) = min_and_median(times);
+        println!("{name:16} min {min:6.0}  median {median:6.0}");
+        figures.push((min, median));
+    }
+    let ((raw_min, raw_med), (conn_min, conn_med)) = (figures[0], figures[2]);
     println!(
-        "ratio:          min {:8.3}  median {:8.3}",
+        "Connection / raw: min {:.3}  median {:.3}",
         conn_min / raw_min,
         conn_med / raw_med
     );

@@ -30,6 +30,18 @@
 //!
 //! Platform code lives under `sys/`; the types here are the same on every
 //! platform.
+//!
+//! # Windows
+//!
+//! On Windows a connection is a byte-mode named pipe, a listener path is a
+//! pipe name (`\\.\pipe\NAME`), and descriptors are handles
+//! ([`OwnedDescriptor`] is `OwnedHandle`). The sender duplicates each handle
+//! into the receiving process and names the new values in a preamble that
+//! precedes every message in the same write: a little-endian `u32` count
+//! (at most [`MAX_FDS`]), then one little-endian `u64` handle value per
+//! handle, then the 12-byte header, body and payload. A message is copied
+//! into one buffer for that write, and non-blocking mode applies to
+//! receiving and accepting only.
 
 mod connection;
 mod error;

@@ -8,12 +8,12 @@ use std::os::fd::OwnedFd;
 
 use vhost_proto::wire::{DEVICE_STATE_NOFD, MAX_CONFIG_SIZE};
 use vhost_proto::{
-    Config, CryptoSession, Error, FrontendReply, FrontendRequest, MessageKind, Negotiation,
-    VringState,
+    Config, CryptoSession, Error, FrontendReply, FrontendRequest, MessageKind, VringState,
 };
 use vhost_transport::{BackendChannel, Connection};
 
 use super::ServerError;
+use crate::backend_client::SharedNegotiation;
 use crate::{Backend, BackendClient, BackendError};
 
 /// What a request produced when it succeeded.
@@ -50,7 +50,7 @@ impl From<ServerError> for Failure {
 /// `config` holds the GET_CONFIG reply payload, so the reply can borrow it.
 pub(super) fn dispatch<'a, B: Backend + ?Sized>(
     backend: &mut B,
-    negotiation: &Negotiation,
+    negotiation: &SharedNegotiation,
     req: &FrontendRequest<'a>,
     fds: Vec<OwnedFd>,
     config: &'a mut [u8; MAX_CONFIG_SIZE],
@@ -66,7 +66,7 @@ pub(super) fn dispatch<'a, B: Backend + ?Sized>(
 
 fn call<'a, B: Backend + ?Sized>(
     backend: &mut B,
-    negotiation: &Negotiation,
+    negotiation: &SharedNegotiation,
     req: &FrontendRequest<'a>,
     mut fds: Vec<OwnedFd>,
     config: &'a mut [u8; MAX_CONFIG_SIZE],
@@ -170,7 +170,7 @@ fn one_fd(fds: &mut Vec<OwnedFd>, req: &FrontendRequest<'_>) -> Result<OwnedFd, 
 }
 
 /// The back-end channel over the socket of SET_BACKEND_REQ_FD.
-fn channel(fd: OwnedFd, negotiation: &Negotiation) -> Result<BackendClient, ServerError> {
+fn channel(fd: OwnedFd, negotiation: &SharedNegotiation) -> Result<BackendClient, ServerError> {
     let conn = Connection::<BackendChannel>::from_fd(fd).map_err(ServerError::BackendChannel)?;
     Ok(BackendClient::new(conn, negotiation.clone()))
 }

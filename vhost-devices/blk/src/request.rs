@@ -353,8 +353,8 @@ impl ChainLayout {
         Ok(seg)
     }
 
-    /// Writes `data` into the writable bytes from their start (never past the status byte is
-    /// the caller's job).
+    /// Writes `data` into the writable bytes from their start. The caller keeps `data` short
+    /// enough to leave the status byte alone.
     pub fn write_writable<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> Result<(), RequestError> {
         let mut done = 0usize;
         for seg in &self.writable {

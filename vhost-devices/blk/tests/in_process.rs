@@ -309,3 +309,19 @@ fn frontend_disconnecting_mid_io_leaves_the_daemon_serving_the_next_one() {
     reqs.read(&mut s, 8, &mut buf, TIMEOUT).unwrap();
     assert_eq!(buf, expected(8 * 512, 4096));
 }
+
+#[test]
+fn direct_io_reads_and_writes_page_aligned_buffers() {
+    let (scratch, _d, cfg) = serve("direct", |c| c.direct = true);
+    let mut s = connect(&scratch.socket(), || options(1));
+    let mut reqs = BlkRequests::new(&s, 0, 1, 8192).unwrap();
+    let mut buf = vec![0u8; 8192];
+    reqs.read(&mut s, 16, &mut buf, TIMEOUT).unwrap();
+    assert_eq!(buf, expected(16 * 512, 8192));
+    let data = [0x3cu8; 4096];
+    reqs.write(&mut s, 24, &data, TIMEOUT).unwrap();
+    reqs.discard(&mut s, 40, 8, true, TIMEOUT).unwrap();
+    let file = std::fs::read(&cfg.path).unwrap();
+    assert_eq!(&file[24 * 512..24 * 512 + 4096], &data[..]);
+    assert!(file[40 * 512..48 * 512].iter().all(|&b| b == 0));
+}

@@ -1,1 +1,164 @@
-fn main() {}
+//! `vhost-user-rng`: serves a virtio-rng (entropy) device over vhost-user.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::builder::Resettable;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
+use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
+use vhost_backend::runtime::DeviceBackend;
+use vhost_device_rng::{RateLimit, RngConfig, RngDevice, MAX_QUEUE_SIZE};
+
+/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
+const DEFAULT_SOCKET: &str = "/tmp/vhost-user-rng.sock";
+
+/// Period of the rate limit when only `--max-bytes` is given, in milliseconds.
+const DEFAULT_PERIOD_MS: u64 = 1000;
+
+/// vhost-user virtio-rng back-end.
+///
+/// Fills the guest's entropy requests from getrandom(2), or from --source. Without
+/// --socket-path or --fd it listens on /tmp/vhost-user-rng.sock.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-rng", version, after_long_help = QEMU_USAGE)]
+struct Cli {
+    #[command(flatten)]
+    backend: BackendArgs,
+
+    /// File to read random bytes from (e.g. /dev/urandom, /dev/hwrng); default: the
+    /// getrandom(2) system call.
+    #[arg(long, value_name = "PATH")]
+    source: Option<PathBuf>,
+
+    /// Rate-limit period in milliseconds (needs --max-bytes; default 1000).
+    #[arg(long, value_name = "MS", requires = "max_bytes",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    period: Option<u64>,
+
+    /// At most this many bytes per period; requests over the budget wait for the next
+    /// period. Default: unlimited.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_bytes: Option<u64>,
+
+    /// Largest queue size (a power of two).
+    #[arg(long, default_value_t = MAX_QUEUE_SIZE,
+          value_parser = clap::value_parser!(u16).range(1..=32768))]
+    queue_size: u16,
+}
+
+impl Cli {
+    fn config(&self) -> RngConfig {
+        RngConfig {
+            source: self.source.clone(),
+            rate_limit: self.max_bytes.map(|max_bytes| RateLimit {
+                period: Duration::from_millis(self.period.unwrap_or(DEFAULT_PERIOD_MS)),
+                max_bytes,
+            }),
+            queue_size: self.queue_size,
+        }
+    }
+}
+
+/// Parses the command line; `--socket-path` is optional here (it has a default).
+fn parse() -> Cli {
+    let cmd = Cli::command().mut_arg("socket_path", |a| {
+        a.required_unless_present(Resettable::Reset)
+    });
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn main() -> ExitCode {
+    let mut cli = parse();
+    if cli.backend.print_capabilities {
+        cli::print_capabilities("rng", &[]);
+        return ExitCode::SUCCESS;
+    }
+    cli::init_logging();
+    match run(&mut cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
+    install_signal_handlers()?;
+    if cli.backend.socket_path.is_none() && cli.backend.fd.is_none() {
+        cli.backend.socket_path = Some(PathBuf::from(DEFAULT_SOCKET));
+    }
+    let config = cli.config();
+    let device = RngDevice::new(&config)?;
+    match config.rate_limit {
+        Some(l) => log::info!(
+            "entropy from {}, at most {} bytes every {} ms",
+            device.source().describe(),
+            l.max_bytes,
+            l.period.as_millis()
+        ),
+        None => log::info!("entropy from {}", device.source().describe()),
+    }
+    let backend = DeviceBackend::new(device)?;
+    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
+    if let Some(sock) = &cli.backend.socket_path {
+        log::info!(
+            "point QEMU at it with:\n  \
+             -object memory-backend-memfd,id=mem,size=1G,share=on \
+             -machine q35,memory-backend=mem -m 1G \\\n  \
+             -chardev socket,id=rng0,path={} \\\n  \
+             -device vhost-user-rng-pci,chardev=rng0",
+            sock.display()
+        );
+    }
+    daemon.run().map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_from(args: &[&str]) -> Result<Cli, clap::Error> {
+        let cmd = Cli::command().mut_arg("socket_path", |a| {
+            a.required_unless_present(Resettable::Reset)
+        });
+        let m = cmd.try_get_matches_from(args)?;
+        Cli::from_arg_matches(&m)
+    }
+
+    #[test]
+    fn no_socket_option_is_accepted_for_the_default_socket() {
+        let c = parse_from(&["vhost-user-rng"]).unwrap();
+        assert_eq!(c.backend.socket_path, None);
+        assert_eq!(c.config(), RngConfig::default());
+    }
+
+    #[test]
+    fn max_bytes_alone_gets_the_default_period() {
+        let c = parse_from(&["x", "--max-bytes", "4096"]).unwrap();
+        let l = c.config().rate_limit.unwrap();
+        assert_eq!((l.period, l.max_bytes), (Duration::from_secs(1), 4096));
+        let c = parse_from(&["x", "--max-bytes", "10", "--period", "100"]).unwrap();
+        assert_eq!(
+            c.config().rate_limit.unwrap().period,
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn period_without_max_bytes_or_zero_values_are_rejected() {
+        assert!(parse_from(&["x", "--period", "100"]).is_err());
+        assert!(parse_from(&["x", "--max-bytes", "0"]).is_err());
+        assert!(parse_from(&["x", "--max-bytes", "1", "--period", "0"]).is_err());
+    }
+
+    #[test]
+    fn socket_path_and_fd_stay_mutually_exclusive() {
+        assert!(parse_from(&["x", "--socket-path", "/s", "--fd", "3"]).is_err());
+        let c = parse_from(&["x", "--source", "/dev/urandom", "--fd", "3"]).unwrap();
+        assert_eq!(c.source, Some(PathBuf::from("/dev/urandom")));
+    }
+}

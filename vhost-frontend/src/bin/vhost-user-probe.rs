@@ -298,13 +298,15 @@ fn run(args: &Args) -> AnyResult<()> {
             if dev == Some("blk") {
                 if let Some(bc) = BlkConfig::parse(c) {
                     println!(
-                        "  blk: capacity {} sectors ({} MiB), size_max {}, seg_max {}, blk_size {}, num_queues {:?}",
+                        "  blk: capacity {} sectors ({} MiB), size_max {}, seg_max {}",
                         bc.capacity,
                         bc.capacity / 2048,
                         bc.size_max,
-                        bc.seg_max,
-                        bc.blk_size,
-                        bc.num_queues
+                        bc.seg_max
+                    );
+                    println!(
+                        "  blk: blk_size {}, num_queues {:?}",
+                        bc.blk_size, bc.num_queues
                     );
                 }
             }

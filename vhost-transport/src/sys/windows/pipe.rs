@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use windows_sys::Win32::Foundation::{
-    GetLastError, ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY, GENERIC_READ, GENERIC_WRITE,
-    INVALID_HANDLE_VALUE,
+    GetLastError, ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY, ERROR_SEM_TIMEOUT, FALSE, GENERIC_READ,
+    GENERIC_WRITE, INVALID_HANDLE_VALUE,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, OPEN_EXISTING,
@@ -69,6 +69,11 @@ pub(super) fn create_instance(
 ) -> Result<OwnedHandle> {
     let mut open_mode = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED;
     if first {
+        // The flag alone settles it on Windows; the check before it also
+        // catches a live pipe where the flag is not enforced (wine 8).
+        if exists(name) {
+            return Err(Error::AddressInUse(path.to_path_buf()));
+        }
         open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
     }
     let pipe_mode = PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS;
@@ -95,6 +100,17 @@ pub(super) fn create_instance(
     }
     // SAFETY: CreateNamedPipeW just returned this handle; nothing else owns it.
     Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
+}
+
+/// Whether a pipe of this name exists, free or busy. Does not connect.
+fn exists(name: &[u16]) -> bool {
+    // SAFETY: `name` is NUL-terminated UTF-16; waits at most 1 ms.
+    if unsafe { WaitNamedPipeW(name.as_ptr(), 1) } != FALSE {
+        return true;
+    }
+    // SAFETY: reads the calling thread's last-error value.
+    let code = unsafe { GetLastError() };
+    matches!(code, ERROR_SEM_TIMEOUT | ERROR_PIPE_BUSY)
 }
 
 /// Opens the client end of the pipe `name` for overlapped I/O, waiting for

@@ -1,0 +1,116 @@
+//! vhost-transport: a header + u64 request/reply round trip over `Connection::pair()` (an
+//! echo thread answers each request) next to a raw socketpair ping-pong of the same 20
+//! bytes each way (one send and one recv per side). Prints the ratio of the medians.
+//!
+//! Each round trip checks the reply, so a fast wrong answer cannot pass.
+
+use std::hint::black_box;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use benches::raw::RawEcho;
+use criterion::{criterion_group, Criterion, Throughput};
+use vhost_proto::{FrontendReq, Header, HeaderFlags, HEADER_SIZE};
+use vhost_transport::{Connection, FrontendChannel};
+
+/// A connection whose peer thread echoes each header + 8-byte body back as a reply.
+struct Echo {
+    conn: Connection<FrontendChannel>,
+    header: [u8; HEADER_SIZE],
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn new() -> Self {
+        let (conn, peer) = Connection::<FrontendChannel>::pair().expect("socketpair");
+        let thread = std::thread::spawn(move || {
+            let reply = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::REPLY, 8)
+                .to_wire();
+            let mut body = [0u8; 8];
+            while let Ok((header, fds)) = peer.recv_header() {
+                assert!(fds.is_empty());
+                let size = Header::from_wire(&header).size as usize;
+                assert_eq!(size, 8);
+                peer.recv_body_into(&mut body).expect("body");
+                peer.send(&reply, &body, &[], &[]).expect("reply");
+            }
+        });
+        let header = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 8)
+            .to_wire();
+        Echo {
+            conn,
+            header,
+            thread: Some(thread),
+        }
+    }
+
+    fn round_trip(&self, value: u64) -> u64 {
+        self.conn
+            .send(&self.header, &value.to_le_bytes(), &[], &[])
+            .expect("send");
+        let (header, fds) = self.conn.recv_header().expect("reply header");
+        assert!(fds.is_empty());
+        let h = Header::from_wire(&header);
+        assert!(h.is_reply() && h.size == 8);
+        let mut body = [0u8; 8];
+        self.conn.recv_body_into(&mut body).expect("reply body");
+        u64::from_le_bytes(body)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Closing our end ends the echo thread's loop.
+        let (dead, _) = Connection::pair().expect("socketpair");
+        drop(std::mem::replace(&mut self.conn, dead));
+        if let Some(t) = self.thread.take() {
+            t.join().expect("echo thread");
+        }
+    }
+}
+
+fn bench_round_trip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("transport/round_trip_20B");
+    g.throughput(Throughput::Elements(1));
+
+    let echo = Echo::new();
+    let mut n = 0u64;
+    g.bench_function("connection", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            assert_eq!(echo.round_trip(black_box(n)), n);
+        })
+    });
+    drop(echo);
+
+    let mut raw = RawEcho::new(HEADER_SIZE + 8, HEADER_SIZE + 8).expect("raw socketpair");
+    let want = raw.request().to_vec();
+    g.bench_function("raw_socketpair", |b| {
+        b.iter(|| {
+            let reply = raw.round_trip().expect("raw round trip");
+            assert_eq!(reply, &want[..]);
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = transport;
+    config = config();
+    targets = bench_round_trip
+}
+
+fn main() {
+    transport();
+    Criterion::default().configure_from_args().final_summary();
+    benches::report::print_ratios(
+        "transport/round_trip_20B",
+        &[("connection", "raw_socketpair")],
+    );
+}

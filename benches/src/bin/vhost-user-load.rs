@@ -1,0 +1,184 @@
+//! `vhost-user-load`: drives a vhost-user blk or rng back-end from the guest side and
+//! prints requests per second.
+//!
+//! It connects to the back-end's socket, runs the handshake QEMU runs (with a
+//! `vhost-frontend` session and guest memory sized for the queue depth), and keeps
+//! `--qd` requests in flight on queue 0 for `--duration` seconds after a `--warmup`:
+//! 4 KiB random reads or writes (blk) or 4 KiB fills (rng). The last line of output is
+//! machine-readable: `RESULT key=value ...`.
+//!
+//! `--make-image PATH --size BYTES` writes a pattern image (every 8-byte word holds its
+//! offset, so reads can be checked) and exits.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use benches::load::{memory_size, Engine, Workload};
+use clap::{Parser, ValueEnum};
+use vhost_frontend::devices::blk::BlkConfig;
+use vhost_frontend::{Session, SessionOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Blk,
+    Rng,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Rw {
+    Randread,
+    Randwrite,
+}
+
+/// Load generator for vhost-user blk and rng back-ends.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-load", version)]
+struct Cli {
+    /// The back-end's socket.
+    #[arg(long, required_unless_present = "make_image")]
+    socket: Option<PathBuf>,
+
+    /// Device type behind the socket.
+    #[arg(long, value_enum, default_value = "blk")]
+    device: Device,
+
+    /// blk access pattern (4 KiB requests at random 4 KiB-aligned offsets).
+    #[arg(long, value_enum, default_value = "randread")]
+    rw: Rw,
+
+    /// Requests kept in flight.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    qd: u16,
+
+    /// Queue size (a power of two; blk needs 3 descriptors per request).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+
+    /// Seed of the offset generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// A name echoed in the RESULT line.
+    #[arg(long, default_value = "-")]
+    label: String,
+
+    /// Seconds to wait for the socket to appear.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+
+    /// Write a pattern image at PATH (with --size) and exit.
+    #[arg(long, value_name = "PATH")]
+    make_image: Option<PathBuf>,
+
+    /// Image size in bytes (suffixes K, M, G) for --make-image.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("not a size: {s}"))
+}
+
+type Error = Box<dyn std::error::Error>;
+
+fn connect(cli: &Cli, socket: &PathBuf) -> Result<Session, Error> {
+    let opts = || SessionOptions {
+        queue_size: cli.queue_size,
+        memory_size: memory_size(usize::from(cli.qd), cli.queue_size),
+        config_size: (cli.device == Device::Blk).then_some(60),
+        ..SessionOptions::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(cli.connect_timeout);
+    let mut session = loop {
+        match Session::connect(socket, opts()) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("connecting to {}: {e}", socket.display()).into()),
+        }
+    };
+    session.start()?;
+    Ok(session)
+}
+
+fn run(cli: &Cli) -> Result<(), Error> {
+    if let Some(path) = &cli.make_image {
+        benches::image::create(path, cli.size)?;
+        println!("wrote a {}-byte pattern image at {}", cli.size, path.display());
+        return Ok(());
+    }
+    let socket = cli.socket.as_ref().ok_or("--socket is required")?;
+    let session = connect(cli, socket)?;
+    let (workload, blocks) = match cli.device {
+        Device::Rng => (Workload::Rng, 0),
+        Device::Blk => {
+            let config = session
+                .config()
+                .and_then(BlkConfig::parse)
+                .ok_or("the blk back-end gave no configuration space (CONFIG)")?;
+            let blocks = config.capacity * 512 / benches::BLOCK as u64;
+            let w = match cli.rw {
+                Rw::Randread => Workload::RandRead,
+                Rw::Randwrite => Workload::RandWrite,
+            };
+            (w, blocks)
+        }
+    };
+    let mut engine = Engine::new(session, workload, usize::from(cli.qd), blocks, cli.seed)?;
+    engine.fill()?;
+    if cli.warmup > 0.0 {
+        engine.run_for(Duration::from_secs_f64(cli.warmup))?;
+    }
+    engine.reset_stats();
+    let (done, elapsed) = engine.run_for(Duration::from_secs_f64(cli.duration))?;
+    let stats = engine.stats();
+    engine.drain()?;
+    let secs = elapsed.as_secs_f64();
+    let rate = done as f64 / secs;
+    let name = workload.name();
+    println!(
+        "{name} qd={} {:.0} requests/s ({done} in {secs:.3} s; {:.2} completions per wake-up, \
+         {} kicks)",
+        cli.qd,
+        rate,
+        done as f64 / stats.waits.max(1) as f64,
+        stats.kicks,
+    );
+    println!(
+        "RESULT label={} device={:?} workload={name} qd={} seconds={secs:.3} requests={done} \
+         rate={rate:.0} waits={} kicks={} publishes={}",
+        cli.label, cli.device, cli.qd, stats.waits, stats.kicks, stats.publishes,
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vhost-user-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! A request engine that keeps `depth` requests in flight on queue 0 of a
+//! [`Session`]: blk 4 KiB random reads or writes, or rng 4 KiB fills.
+//!
+//! Once built it allocates nothing. Each wake-up drains every used entry, checks each
+//! completion, refills the slot at once with a new request, and publishes (kicking when
+//! the device asks for it) once for the whole batch. Only when nothing was used does it
+//! sleep on the call eventfd.
+//!
+//! Every completion is checked so that a fast wrong answer cannot pass: blk status byte
+//! and used length; reads check the first word of the block (the device must have written
+//! it: it is cleared before submitting) and the whole block every
+//! [`Engine::FULL_CHECK_EVERY`] completions; writes send the block's pattern, so the image
+//! stays a pattern image; rng fills check the used length and that the cleared first
+//! word was overwritten.
+
+use std::time::{Duration, Instant};
+
+use vhost_frontend::devices::blk::{RequestHeader, S_OK, S_UNWRITTEN, T_IN, T_OUT};
+use vhost_frontend::{Buffer, Session, SessionError};
+use vm_memory::{Bytes, GuestAddress};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
+
+use crate::{check_pattern, fill_pattern, pattern, XorShift, BLOCK};
+
+/// What the engine asks of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// blk: 4 KiB reads at random 4 KiB-aligned offsets.
+    RandRead,
+    /// blk: 4 KiB writes of the pattern at random 4 KiB-aligned offsets.
+    RandWrite,
+    /// rng: 4 KiB fills.
+    Rng,
+}
+
+impl Workload {
+    /// A short name (`randread`, `randwrite`, `rng`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::RandRead => "randread",
+            Workload::RandWrite => "randwrite",
+            Workload::Rng => "rng",
+        }
+    }
+}
+
+/// Why the engine stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The session (control plane, queue, memory) failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// Guest memory could not be read or written.
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// The device completed a chain this engine has not in flight.
+    #[error("completion for head {0}, which is not in flight")]
+    UnknownHead(u16),
+    /// A blk request finished with a non-OK status.
+    #[error("{workload} of block {block}: status {status}")]
+    Status {
+        /// The workload.
+        workload: &'static str,
+        /// The block.
+        block: u64,
+        /// The status byte (0xff: never written).
+        status: u8,
+    },
+    /// The used length is not what the request should report.
+    #[error("{workload}: used length {got}, expected {want}")]
+    UsedLen {
+        /// The workload.
+        workload: &'static str,
+        /// Reported length.
+        got: u32,
+        /// Expected length.
+        want: u32,
+    },
+    /// The data read back is wrong.
+    #[error("{workload}: wrong data in block {block}")]
+    Data {
+        /// The workload.
+        workload: &'static str,
+        /// The block (0 for rng).
+        block: u64,
+    },
+    /// The configuration cannot run.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result of the engine.
+pub type Result<T> = std::result::Result<T, LoadError>;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    header: GuestAddress,
+    data: GuestAddress,
+    status: GuestAddress,
+    block: u64,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests completed and checked.
+    pub completed: u64,
+    /// Times the engine slept on the call eventfd.
+    pub waits: u64,
+    /// Kicks sent (publishes the device asked to be notified of).
+    pub kicks: u64,
+    /// Publishes (batches made visible).
+    pub publishes: u64,
+}
+
+/// The request engine. See the [module docs](self).
+pub struct Engine {
+    session: Session,
+    workload: Workload,
+    slots: Vec<Slot>,
+    /// Slot of each in-flight head, `usize::MAX` when none.
+    by_head: Vec<usize>,
+    in_flight: usize,
+    blocks: u64,
+    rng: XorShift,
+    scratch: Box<[u8; BLOCK]>,
+    stats: Stats,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("workload", &self.workload)
+            .field("depth", &self.slots.len())
+            .field("in_flight", &self.in_flight)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Guest memory a session needs for `depth` slots on a queue of `queue_size` (rings,
+/// headers, status bytes and 4 KiB-aligned data buffers), rounded up to 2 MiB.
+pub fn memory_size(depth: usize, queue_size: u16) -> u64 {
+    let rings = 64 * 1024 + u64::from(queue_size) * 64;
+    let slots = depth as u64 * (2 * BLOCK as u64 + 64);
+    (rings + slots + (1 << 20)).div_ceil(2 << 20) * (2 << 20)
+}
+
+impl Engine {
+    /// Full data checks of reads happen once every this many completions.
+    pub const FULL_CHECK_EVERY: u64 = 256;
+
+    /// An engine on queue 0 of a started `session`, with `depth` request slots. `blocks` is
+    /// the number of 4 KiB blocks of the disk (ignored for rng).
+    pub fn new(
+        session: Session,
+        workload: Workload,
+        depth: usize,
+        blocks: u64,
+        seed: u64,
+    ) -> Result<Self> {
+        let qsize = session
+            .driver(0)
+            .map(|d| usize::from(d.size()))
+            .ok_or(LoadError::Config("the session has no queue".into()))?;
+        let descs = if workload == Workload::Rng { 1 } else { 3 };
+        if depth == 0 || depth * descs > qsize {
+            return Err(LoadError::Config(format!(
+                "depth {depth} needs {} descriptors; the queue has {qsize}",
+                depth * descs
+            )));
+        }
+        if workload != Workload::Rng && blocks == 0 {
+            return Err(LoadError::Config("the disk has no 4 KiB block".into()));
+        }
+        let mem = session.memory();
+        let mut slots = Vec::with_capacity(depth);
+        for _ in 0..depth {
+            slots.push(Slot {
+                header: mem.alloc(16, 16).map_err(SessionError::from)?,
+                data: mem.alloc(BLOCK as u64, 4096).map_err(SessionError::from)?,
+                status: mem.alloc(1, 1).map_err(SessionError::from)?,
+                block: 0,
+            });
+        }
+        Ok(Engine {
+            session,
+            workload,
+            slots,
+            by_head: vec![usize::MAX; qsize],
+            in_flight: 0,
+            blocks,
+            rng: XorShift::new(seed),
+            scratch: Box::new([0; BLOCK]),
+            stats: Stats::default(),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The session (for its control plane or memory).
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Counters since the engine was built (or [`Engine::reset_stats`]).
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_stats(&mut self) {
+        self.stats = Stats::default();
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Writes slot `slot`'s request into guest memory and adds its chain (not published).
+    fn add(&mut self, slot: usize) -> Result<()> {
+        let s = self.slots[slot];
+        let mem = self.session.memory().mem();
+        let chain: &[Buffer] = match self.workload {
+            Workload::Rng => {
+                mem.write_obj(0u64, s.data)?;
+                &[(s.data, BLOCK as u32, true)]
+            }
+            kind => {
+                let block = self.rng.below(self.blocks);
+                self.slots[slot].block = block;
+                let (t, writable) = if kind == Workload::RandRead {
+                    // The device must overwrite this word; a skipped read fails the check.
+                    mem.write_obj(!pattern(block * BLOCK as u64), s.data)?;
+                    (T_IN, true)
+                } else {
+                    fill_pattern(&mut self.scratch[..], block * BLOCK as u64);
+                    mem.write_slice(&self.scratch[..], s.data)?;
+                    (T_OUT, false)
+                };
+                let header = RequestHeader {
+                    kind: U32::new(t),
+                    reserved: U32::new(0),
+                    sector: U64::new(block * (BLOCK as u64 / 512)),
+                };
+                mem.write_slice(header.as_bytes(), s.header)?;
+                mem.write_obj(S_UNWRITTEN, s.status)?;
+                &[
+                    (s.header, 16, false),
+                    (s.data, BLOCK as u32, writable),
+                    (s.status, 1, true),
+                ]
+            }
+        };
+        let head = self.session.add_chain(0, chain)?;
+        // `add_chain` returns a head below the queue size, the length of `by_head`.
+        self.by_head[usize::from(head)] = slot;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        self.stats.publishes += 1;
+        if self.session.publish(0)? {
+            self.stats.kicks += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks a completion of slot `slot` with used length `len`.
+    fn check(&mut self, slot: usize, len: u32) -> Result<()> {
+        let s = self.slots[slot];
+        let mem = self.session.memory().mem();
+        let name = self.workload.name();
+        let want_len = match self.workload {
+            Workload::RandRead => BLOCK as u32 + 1,
+            Workload::RandWrite => 1,
+            Workload::Rng => BLOCK as u32,
+        };
+        if len != want_len {
+            return Err(LoadError::UsedLen {
+                workload: name,
+                got: len,
+                want: want_len,
+            });
+        }
+        if self.workload == Workload::Rng {
+            let first: u64 = mem.read_obj(s.data)?;
+            if first == 0 {
+                return Err(LoadError::Data {
+                    workload: name,
+                    block: 0,
+                });
+            }
+            return Ok(());
+        }
+        let status: u8 = mem.read_obj(s.status)?;
+        if status != S_OK {
+            return Err(LoadError::Status {
+                workload: name,
+                block: s.block,
+                status,
+            });
+        }
+        if self.workload == Workload::RandRead {
+            let offset = s.block * BLOCK as u64;
+            let ok = if self.stats.completed % Self::FULL_CHECK_EVERY == 0 {
+                mem.read_slice(&mut self.scratch[..], s.data)?;
+                check_pattern(&self.scratch[..], offset)
+            } else {
+                mem.read_obj::<u64>(s.data)? == pattern(offset)
+            };
+            if !ok {
+                return Err(LoadError::Data {
+                    workload: name,
+                    block: s.block,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a completion off the used ring: checks it and frees its slot. Returns the
+    /// slot.
+    fn complete(&mut self, id: u16, len: u32) -> Result<usize> {
+        let slot = match self.by_head.get_mut(usize::from(id)) {
+            Some(s) if *s != usize::MAX => std::mem::replace(s, usize::MAX),
+            _ => return Err(LoadError::UnknownHead(id)),
+        };
+        self.in_flight -= 1;
+        self.check(slot, len)?;
+        self.stats.completed += 1;
+        Ok(slot)
+    }
+
+    /// Fills every free slot and publishes once.
+    pub fn fill(&mut self) -> Result<()> {
+        if self.in_flight != 0 {
+            return Err(LoadError::Config("fill with requests in flight".into()));
+        }
+        for slot in 0..self.slots.len() {
+            self.add(slot)?;
+        }
+        self.publish()
+    }
+
+    /// One wake-up: drains every used entry (sleeping for the first one if none is there),
+    /// refills each slot when `refill`, then publishes the batch. Returns how many
+    /// completed.
+    pub fn step(&mut self, refill: bool) -> Result<u64> {
+        let mut n = 0;
+        loop {
+            let used = match self.session.pop_used(0)? {
+                Some(u) => u,
+                None if n > 0 => break,
+                None => {
+                    self.stats.waits += 1;
+                    self.session.wait_used(0, self.timeout)?
+                }
+            };
+            let slot = self.complete(used.id, used.len)?;
+            n += 1;
+            if refill {
+                self.add(slot)?;
+            }
+        }
+        if refill {
+            self.publish()?;
+        }
+        Ok(n)
+    }
+
+    /// Keeps the queue full until at least `count` requests completed; returns how many
+    /// did. [`Engine::fill`] must have been called.
+    pub fn run_count(&mut self, count: u64) -> Result<u64> {
+        let mut done = 0;
+        while done < count {
+            done += self.step(true)?;
+        }
+        Ok(done)
+    }
+
+    /// Keeps the queue full for `duration`; returns the requests completed and the time
+    /// taken. [`Engine::fill`] must have been called.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(u64, Duration)> {
+        let start = Instant::now();
+        let mut done = 0;
+        loop {
+            done += self.step(true)?;
+            let elapsed = start.elapsed();
+            if elapsed >= duration {
+                return Ok((done, elapsed));
+            }
+        }
+    }
+
+    /// Waits for every request in flight, without submitting new ones.
+    pub fn drain(&mut self) -> Result<u64> {
+        let mut n = 0;
+        while self.in_flight > 0 {
+            n += self.step(false)?;
+        }
+        Ok(n)
+    }
+}

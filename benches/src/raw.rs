@@ -1,0 +1,233 @@
+//! The machine's limits, measured with bare system calls and none of the workspace's code.
+//!
+//! - [`RawEcho`]: a stream socketpair with an echo thread; one round trip is one `send` and
+//!   one `recv` on each side, of the same byte counts as a vhost-user request and its reply.
+//! - [`EventfdPingPong`]: two threads handing a token back and forth through two eventfds
+//!   (blocking reads), the far side doing one unit of device work per round trip: a
+//!   `pread` of 4 KiB from a file, or a `getrandom` of 4 KiB. This is what a queue-depth-1
+//!   request through a vhost-user device cannot beat: one kick, one call, the I/O.
+//! - [`pread_block`]: the bare `pread` of one 4 KiB block, the queue-depth-16 limit of one
+//!   device thread.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::BLOCK;
+
+fn nix_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Sends all of `buf` (one `send` unless the kernel takes less).
+fn send_all(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = send(fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(nix_io)?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Receives exactly `buf.len()` bytes (one `recv` unless the kernel gives less). `Ok(false)`
+/// when the peer closed before the first byte.
+fn recv_all(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = recv(fd.as_raw_fd(), &mut buf[got..], MsgFlags::empty()).map_err(nix_io)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+/// A socketpair with an echo thread answering each `request_len`-byte request with
+/// `reply_len` bytes (the request's first bytes, zero-padded).
+#[derive(Debug)]
+pub struct RawEcho {
+    client: Option<OwnedFd>,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RawEcho {
+    /// Starts the echo thread.
+    pub fn new(request_len: usize, reply_len: usize) -> io::Result<Self> {
+        let (client, server) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(nix_io)?;
+        let thread = std::thread::Builder::new()
+            .name("raw-echo".into())
+            .spawn(move || {
+                let mut req = vec![0u8; request_len];
+                let mut reply = vec![0u8; reply_len];
+                while recv_all(&server, &mut req)? {
+                    let n = reply_len.min(request_len);
+                    reply[..n].copy_from_slice(&req[..n]);
+                    send_all(&server, &reply)?;
+                }
+                Ok(())
+            })?;
+        Ok(RawEcho {
+            client: Some(client),
+            request: (0..request_len).map(|i| i as u8 ^ 0x5a).collect(),
+            reply: vec![0; reply_len],
+            thread: Some(thread),
+        })
+    }
+
+    /// One round trip; returns the reply.
+    pub fn round_trip(&mut self) -> io::Result<&[u8]> {
+        let fd = self.client.as_ref().ok_or(io::ErrorKind::NotConnected)?;
+        send_all(fd, &self.request)?;
+        if !recv_all(fd, &mut self.reply)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(&self.reply)
+    }
+
+    /// The request bytes sent each round trip.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+}
+
+impl Drop for RawEcho {
+    fn drop(&mut self) {
+        self.client.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Work done by the far side of an [`EventfdPingPong`] per round trip.
+#[derive(Debug)]
+pub enum FarWork {
+    /// `pread` of 4 KiB at the offset the near side asked for.
+    Pread(File),
+    /// `getrandom` of 4 KiB.
+    Getrandom,
+    /// Nothing: the bare notification round trip.
+    Nothing,
+}
+
+struct Shared {
+    offset: AtomicU64,
+    /// The first word the far side got, for the near side to check.
+    first: AtomicU64,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// Two threads exchanging a token through two blocking eventfds, the far one doing
+/// [`FarWork`] each time.
+pub struct EventfdPingPong {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl std::fmt::Debug for EventfdPingPong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventfdPingPong").finish_non_exhaustive()
+    }
+}
+
+const STOP: u64 = u64::MAX;
+
+impl EventfdPingPong {
+    /// Starts the far thread.
+    pub fn new(work: FarWork) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            offset: AtomicU64::new(0),
+            first: AtomicU64::new(0),
+            kick: EventFd::new(libc::EFD_CLOEXEC)?,
+            call: EventFd::new(libc::EFD_CLOEXEC)?,
+        });
+        let far = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("eventfd-far".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; BLOCK];
+                loop {
+                    far.kick.read()?;
+                    let offset = far.offset.load(Ordering::Acquire);
+                    if offset == STOP {
+                        return Ok(());
+                    }
+                    match &work {
+                        FarWork::Pread(file) => file.read_exact_at(&mut buf, offset)?,
+                        FarWork::Getrandom => getrandom(&mut buf)?,
+                        FarWork::Nothing => {}
+                    }
+                    let first = u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8]));
+                    far.first.store(first, Ordering::Release);
+                    far.call.write(1)?;
+                }
+            })?;
+        Ok(EventfdPingPong {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// One round trip asking for the block at `offset`; returns the first word the far side
+    /// got.
+    pub fn round_trip(&self, offset: u64) -> io::Result<u64> {
+        self.shared.offset.store(offset, Ordering::Release);
+        self.shared.kick.write(1)?;
+        self.shared.call.read()?;
+        Ok(self.shared.first.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for EventfdPingPong {
+    fn drop(&mut self) {
+        self.shared.offset.store(STOP, Ordering::Release);
+        let _ = self.shared.kick.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Fills `buf` from the kernel's random source.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(())
+}
+
+/// One `pread` of a 4 KiB block at `offset`; returns the first word.
+pub fn pread_block(file: &File, buf: &mut [u8; BLOCK], offset: u64) -> io::Result<u64> {
+    file.read_exact_at(buf, offset)?;
+    Ok(u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8])))
+}

@@ -1,0 +1,103 @@
+//! Unit tests of the device: configuration checks and filling guest memory.
+
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+
+fn limit(ms: u64, max_bytes: u64) -> Option<RateLimit> {
+    Some(RateLimit {
+        period: Duration::from_millis(ms),
+        max_bytes,
+    })
+}
+
+#[test]
+fn default_config_builds_an_entropy_device_with_one_queue() {
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    assert_eq!(d.device_type(), VIRTIO_ID_RNG);
+    assert_eq!(d.num_queues(), 1);
+    assert_eq!(d.max_queue_size(), MAX_QUEUE_SIZE);
+    assert_eq!(d.features(), 0);
+    assert_eq!(d.config_size(), 0);
+    assert!(d.worker_fds(0).is_empty(), "no timer without a rate limit");
+}
+
+#[test]
+fn zero_period_or_zero_budget_is_refused() {
+    for rate_limit in [limit(0, 10), limit(10, 0)] {
+        let cfg = RngConfig {
+            rate_limit,
+            ..RngConfig::default()
+        };
+        let e = RngDevice::new(&cfg).unwrap_err();
+        assert!(matches!(e, RngError::InvalidRateLimit(_)), "{e}");
+    }
+}
+
+#[test]
+fn queue_size_not_a_power_of_two_is_refused() {
+    let cfg = RngConfig {
+        queue_size: 100,
+        ..RngConfig::default()
+    };
+    assert!(matches!(
+        RngDevice::new(&cfg),
+        Err(RngError::InvalidQueueSize(100))
+    ));
+}
+
+#[test]
+fn missing_source_file_is_refused_with_its_path() {
+    let cfg = RngConfig {
+        source: Some("/nonexistent/entropy".into()),
+        ..RngConfig::default()
+    };
+    let e = RngDevice::new(&cfg).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/entropy"), "{e}");
+}
+
+#[test]
+fn rate_limited_device_gives_its_timer_to_the_worker() {
+    let cfg = RngConfig {
+        rate_limit: limit(100, 4096),
+        ..RngConfig::default()
+    };
+    let d = RngDevice::new(&cfg).unwrap();
+    let fds = d.worker_fds(0);
+    assert_eq!(fds.len(), 1);
+    assert_eq!(fds[0].token, TIMER_TOKEN);
+    assert!(!d.handle_event(0, TIMER_TOKEN + 1).unwrap());
+}
+
+#[test]
+fn buffer_across_two_adjacent_regions_is_filled_completely() {
+    let mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+            .unwrap();
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    assert_eq!(
+        d.fill_guest(&mem, GuestAddress(0x800), 0x1000),
+        (0x1000, true)
+    );
+    let mut got = vec![0u8; 0x1000];
+    mem.read_slice(&mut got, GuestAddress(0x800)).unwrap();
+    assert!(got[..0x800].iter().any(|&b| b != 0));
+    assert!(got[0x800..].iter().any(|&b| b != 0));
+}
+
+#[test]
+fn buffer_running_past_guest_memory_is_filled_up_to_the_end_only() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    assert_eq!(
+        d.fill_guest(&mem, GuestAddress(0xf00), 0x200),
+        (0x100, false)
+    );
+    assert_eq!(d.fill_guest(&mem, GuestAddress(0x5000), 0x10), (0, false));
+    assert_eq!(
+        d.fill_guest(&mem, GuestAddress(u64::MAX - 4), 0x10),
+        (0, false)
+    );
+}
