@@ -707,8 +707,10 @@ pub fn replies() -> Vec<Reply> {
     use FrontendReply as P;
     use FrontendReq as Q;
     use ReplyShape as S;
-    let mut shmem = ShmemConfig::default();
-    shmem.nregions = 2;
+    let mut shmem = ShmemConfig {
+        nregions: 2,
+        ..ShmemConfig::default()
+    };
     shmem.memory_sizes[0] = 0x1000_0000;
     shmem.memory_sizes[1] = 0x20_0000;
     let mut shmem_bytes = cat(&[
