@@ -448,7 +448,7 @@ fn vring_num_zero_odd_or_over_maximum_is_refused() {
 #[test]
 fn vring_index_out_of_range_is_refused() {
     let mut d = Daemon::start("index");
-    let mut fe = d.negotiated();
+    let fe = d.negotiated();
     send(
         &fe,
         FrontendReq::SetVringNum as u32,
