@@ -627,7 +627,8 @@ fn listener_serves_clients_one_after_another() {
     let server: Conn = listener.accept().unwrap();
     server.send(&header(9, 0), &[], &[], &[]).unwrap();
     assert_eq!(client.recv_header().unwrap().0, header(9, 0));
-    drop(listener);
+    // The name lives as long as any instance: connected ones included.
+    drop((client, server, listener));
     assert!(Conn::connect(&name).is_err(), "pipe outlived its listener");
 }
 
