@@ -2,6 +2,7 @@
 # Runs every fuzz target of this project for FUZZ_SECONDS seconds each (default 30).
 # Installs the nightly toolchain and cargo-fuzz when they are missing.
 # Extra arguments are passed to libFuzzer, e.g. `fuzz/run.sh -jobs=2`.
+# Seed corpora of the proto_* targets: `cargo test -p vhost-proto --test fuzz_corpus -- --ignored`.
 set -euo pipefail
 
 cd "$(dirname "$0")"

@@ -215,10 +215,46 @@ criterion_group! {
     targets = bench_dispatch
 }
 
+/// The same comparisons in alternating rounds (see `benches::report::paired`).
+fn paired() {
+    let served = Served::new();
+    let get = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 0).to_wire();
+    let mut raw = RawEcho::new(HEADER_SIZE, HEADER_SIZE + 8).expect("raw socketpair");
+    benches::report::paired(
+        "dispatch/GET_FEATURES server vs raw_socketpair",
+        31,
+        20_000,
+        || {
+            served.conn().send(&get, &[], &[], &[]).expect("send");
+            assert_eq!(served.recv_u64(FrontendReq::GetFeatures), FEATURES);
+        },
+        || assert_eq!(raw.round_trip().expect("raw").len(), HEADER_SIZE + 8),
+    );
+    let (header, mut body) = set_vring_addr_wire();
+    let mut raw = RawEcho::new(HEADER_SIZE + 40, HEADER_SIZE + 8).expect("raw socketpair");
+    let mut desc = 0x7e00_0000_0000u64;
+    benches::report::paired(
+        "dispatch/SET_VRING_ADDR_ack server vs raw_socketpair",
+        31,
+        20_000,
+        || {
+            desc = desc.wrapping_add(0x1000);
+            body[DESC_AT].copy_from_slice(&desc.to_le_bytes());
+            served.conn().send(&header, &body, &[], &[]).expect("send");
+            assert_eq!(served.recv_u64(FrontendReq::SetVringAddr), 0, "ack");
+            assert_eq!(served.last_desc.load(Ordering::Relaxed), desc);
+        },
+        || assert_eq!(raw.round_trip().expect("raw").len(), HEADER_SIZE + 8),
+    );
+}
+
 fn main() {
     dispatch();
     Criterion::default().configure_from_args().final_summary();
     for group in ["dispatch/GET_FEATURES", "dispatch/SET_VRING_ADDR_ack"] {
         benches::report::print_ratios(group, &[("server", "raw_socketpair")]);
+    }
+    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+        paired();
     }
 }

@@ -106,6 +106,24 @@ criterion_group! {
     targets = bench_round_trip
 }
 
+/// The same comparison in alternating rounds (see `benches::report::paired`).
+fn paired() {
+    let echo = Echo::new();
+    let mut raw = RawEcho::new(HEADER_SIZE + 8, HEADER_SIZE + 8).expect("raw socketpair");
+    let want = raw.request().to_vec();
+    let mut n = 0u64;
+    benches::report::paired(
+        "transport/round_trip_20B connection vs raw_socketpair",
+        31,
+        20_000,
+        || {
+            n = n.wrapping_add(1);
+            assert_eq!(echo.round_trip(black_box(n)), n);
+        },
+        || assert_eq!(raw.round_trip().expect("raw round trip"), &want[..]),
+    );
+}
+
 fn main() {
     transport();
     Criterion::default().configure_from_args().final_summary();
@@ -113,4 +131,7 @@ fn main() {
         "transport/round_trip_20B",
         &[("connection", "raw_socketpair")],
     );
+    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+        paired();
+    }
 }

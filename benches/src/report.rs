@@ -60,3 +60,53 @@ pub fn print_ratios(group: &str, pairs: &[(&str, &str)]) {
     }
     println!("ratio = time ours / time reference (1.000 = as fast; 1.100 = 10% slower)");
 }
+
+/// Times `ours` and `reference` in alternation — `rounds` rounds of `iters` calls each,
+/// the order flipped every round — and prints the median time per call of each and the
+/// median of the per-round ratios. Alternating in short rounds makes the ratio robust to
+/// load that comes and goes on a shared machine, which sequential criterion runs are not.
+/// Returns the median ratio (time ours / time reference).
+pub fn paired(
+    name: &str,
+    rounds: usize,
+    iters: u64,
+    mut ours: impl FnMut(),
+    mut reference: impl FnMut(),
+) -> f64 {
+    let mut time = |f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        start.elapsed().as_nanos() as f64 / iters as f64
+    };
+    let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let (x, y) = if round % 2 == 0 {
+            let x = time(&mut ours);
+            (x, time(&mut reference))
+        } else {
+            let y = time(&mut reference);
+            (time(&mut ours), y)
+        };
+        a.push(x);
+        b.push(y);
+        r.push(x / y);
+    }
+    let (ma, mb, mr) = (median(&mut a), median(&mut b), median(&mut r));
+    println!(
+        "paired {name}: ours {ma:.0} ns, reference {mb:.0} ns, ratio {mr:.3}x \
+         (median of {} alternating rounds of {iters})",
+        rounds.max(1)
+    );
+    mr
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

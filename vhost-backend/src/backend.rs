@@ -1,20 +1,22 @@
 //! The [`Backend`] trait: one method per front-end request.
 //!
 //! Arguments are typed values from `vhost-proto`, already decoded, validated and gated by the
-//! server; descriptors arrive as owned fds. Optional requests have defaults that answer "not
+//! server; descriptors arrive as owned values ([`OwnedDescriptor`]: an fd on Unix, a handle
+//! on Windows). Optional requests have defaults that answer "not
 //! supported", which the server turns into the specification's failure form (a non-zero ack,
 //! a zero-size config, no descriptor, or a closed connection where no failure form exists).
 //!
 //! The trait is declared once through a macro that also derives the wrapper impls
 //! (`Box<T>`, `Mutex<T>`, `Arc<Mutex<T>>`), so no method is forwarded by hand.
 
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_proto::{
     CryptoSession, Inflight, IotlbMsg, LogBase, MemTable, ProtocolFeatures, RegionMsg,
     SharedObject, ShmemConfig, VringAddr,
 };
+
+use vhost_transport::OwnedDescriptor;
 
 use crate::backend_client::BackendClient;
 
@@ -90,11 +92,11 @@ declare_backend! {
     /// RESET_OWNER (deprecated): accepted and ignored by default, as the spec allows.
     fn reset_owner(&mut self) -> BackendResult<()> = { Ok(()) };
     /// SET_MEM_TABLE: replace the memory table; one descriptor per region, in order.
-    fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedFd>) -> BackendResult<()>;
+    fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedDescriptor>) -> BackendResult<()>;
     /// SET_LOG_BASE: the dirty-log area (LOG_SHMFD).
-    fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> = { Err(BackendError::NotSupported) };
+    fn set_log_base(&mut self, log: &LogBase, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// SET_LOG_FD: the eventfd to signal after logging.
-    fn set_log_fd(&mut self, fd: OwnedFd) -> BackendResult<()> = { Err(BackendError::NotSupported) };
+    fn set_log_fd(&mut self, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// SET_VRING_NUM: the ring's size.
     fn set_vring_num(&mut self, index: u32, num: u32) -> BackendResult<()>;
     /// SET_VRING_ADDR: the ring's addresses (front-end virtual unless GPA_ADDRESSES).
@@ -104,11 +106,11 @@ declare_backend! {
     /// GET_VRING_BASE: stop the ring and return its next available index.
     fn get_vring_base(&mut self, index: u32) -> BackendResult<u32>;
     /// SET_VRING_KICK: the kick eventfd (`None`: NOFD, poll the ring). Starts the ring.
-    fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()>;
+    fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()>;
     /// SET_VRING_CALL: the call eventfd (`None`: NOFD, do not signal).
-    fn set_vring_call(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()>;
+    fn set_vring_call(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()>;
     /// SET_VRING_ERR: the error eventfd (`None`: NOFD). Accepted and kept by nobody by default.
-    fn set_vring_err(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> = { Ok(()) };
+    fn set_vring_err(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> = { Ok(()) };
     /// GET_PROTOCOL_FEATURES: the protocol features offered.
     fn get_protocol_features(&mut self) -> BackendResult<ProtocolFeatures>;
     /// SET_PROTOCOL_FEATURES: the protocol features acked (a subset of the offer; checked).
@@ -136,17 +138,17 @@ declare_backend! {
     /// CLOSE_CRYPTO_SESSION (CRYPTO_SESSION).
     fn close_crypto_session(&mut self, session_id: u64) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// POSTCOPY_ADVISE (PAGEFAULT): returns a userfaultfd.
-    fn postcopy_advise(&mut self) -> BackendResult<OwnedFd> = { Err(BackendError::NotSupported) };
+    fn postcopy_advise(&mut self) -> BackendResult<OwnedDescriptor> = { Err(BackendError::NotSupported) };
     /// POSTCOPY_LISTEN (PAGEFAULT).
     fn postcopy_listen(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// POSTCOPY_END (PAGEFAULT).
     fn postcopy_end(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// GET_INFLIGHT_FD (INFLIGHT_SHMFD): allocate the inflight area.
-    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedFd)> = { Err(BackendError::NotSupported) };
+    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedDescriptor)> = { Err(BackendError::NotSupported) };
     /// SET_INFLIGHT_FD (INFLIGHT_SHMFD): the inflight area handed back.
-    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedFd) -> BackendResult<()> = { Err(BackendError::NotSupported) };
+    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// GPU_SET_SOCKET: the vhost-user-gpu socket.
-    fn gpu_set_socket(&mut self, fd: OwnedFd) -> BackendResult<()> = { Err(BackendError::NotSupported) };
+    fn gpu_set_socket(&mut self, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// RESET_DEVICE (RESET_DEVICE): disable all rings and reset device state.
     fn reset_device(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// VRING_KICK (INBAND_NOTIFICATIONS): an in-band kick.
@@ -154,7 +156,7 @@ declare_backend! {
     /// GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS).
     fn get_max_mem_slots(&mut self) -> BackendResult<u64> = { Err(BackendError::NotSupported) };
     /// ADD_MEM_REG (CONFIGURE_MEM_SLOTS).
-    fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedFd) -> BackendResult<()> = { Err(BackendError::NotSupported) };
+    fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// REM_MEM_REG (CONFIGURE_MEM_SLOTS): regions are matched on address and size.
     fn remove_mem_region(&mut self, region: &RegionMsg) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// SET_STATUS (STATUS): the virtio device status byte.
@@ -162,10 +164,10 @@ declare_backend! {
     /// GET_STATUS (STATUS).
     fn get_status(&mut self) -> BackendResult<u64> = { Err(BackendError::NotSupported) };
     /// GET_SHARED_OBJECT (SHARED_OBJECT): the dmabuf fd of an object.
-    fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedFd> = { Err(BackendError::NotSupported) };
+    fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedDescriptor> = { Err(BackendError::NotSupported) };
     /// SET_DEVICE_STATE_FD (DEVICE_STATE): start a state transfer; optionally return an fd
     /// the front-end should use instead.
-    fn set_device_state_fd(&mut self, direction: u32, phase: u32, fd: OwnedFd) -> BackendResult<Option<OwnedFd>> = { Err(BackendError::NotSupported) };
+    fn set_device_state_fd(&mut self, direction: u32, phase: u32, fd: OwnedDescriptor) -> BackendResult<Option<OwnedDescriptor>> = { Err(BackendError::NotSupported) };
     /// CHECK_DEVICE_STATE (DEVICE_STATE): did the transfer succeed?
     fn check_device_state(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
     /// GET_SHMEM_CONFIG (SHMEM).

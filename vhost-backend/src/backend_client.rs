@@ -1,14 +1,13 @@
 //! The back-end → front-end channel (SET_BACKEND_REQ_FD): every back-end request of the
 //! specification, sent from any thread, waiting for the ack when REPLY_ACK is negotiated.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_proto::{
     decode_backend_reply, BackendReq, BackendRequest, Header, HeaderFlags, IotlbMsg, MessageKind,
     Negotiation, Owed, SharedObject, ShmemMap, VringArea, VringState, MAX_BODY_SIZE,
 };
-use vhost_transport::{BackendChannel, Connection};
+use vhost_transport::{BackendChannel, BorrowedDescriptor, Connection, OwnedDescriptor};
 
 /// Why a back-end request failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +64,8 @@ impl BackendClient {
     pub fn request(
         &self,
         req: &BackendRequest,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<Option<(u64, Option<OwnedFd>)>, ClientError> {
+        fds: &[BorrowedDescriptor<'_>],
+    ) -> Result<Option<(u64, Option<OwnedDescriptor>)>, ClientError> {
         let code = req.code();
         let negotiation = self
             .negotiation
@@ -120,7 +119,11 @@ impl BackendClient {
         }
     }
 
-    fn simple(&self, req: BackendRequest, fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
+    fn simple(
+        &self,
+        req: BackendRequest,
+        fds: &[BorrowedDescriptor<'_>],
+    ) -> Result<(), ClientError> {
         self.request(&req, fds).map(|_| ())
     }
 
@@ -141,7 +144,7 @@ impl BackendClient {
         index: u8,
         size: u64,
         offset: u64,
-        fd: Option<BorrowedFd<'_>>,
+        fd: Option<BorrowedDescriptor<'_>>,
     ) -> Result<(), ClientError> {
         let flags = if fd.is_none() {
             vhost_proto::wire::VRING_NOFD
@@ -153,7 +156,7 @@ impl BackendClient {
             size,
             offset,
         };
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        let fds: Vec<BorrowedDescriptor<'_>> = fd.into_iter().collect();
         self.simple(BackendRequest::VringHostNotifierMsg(area), &fds)
     }
 
@@ -181,7 +184,10 @@ impl BackendClient {
     }
 
     /// BACKEND_SHARED_OBJECT_LOOKUP: the object's fd, if the front-end knows it.
-    pub fn shared_object_lookup(&self, uuid: [u8; 16]) -> Result<Option<OwnedFd>, ClientError> {
+    pub fn shared_object_lookup(
+        &self,
+        uuid: [u8; 16],
+    ) -> Result<Option<OwnedDescriptor>, ClientError> {
         match self.request(
             &BackendRequest::SharedObjectLookup(SharedObject { uuid }),
             &[],
@@ -196,7 +202,7 @@ impl BackendClient {
     }
 
     /// BACKEND_SHMEM_MAP: map a range of `fd` into a shared memory region.
-    pub fn shmem_map(&self, map: ShmemMap, fd: BorrowedFd<'_>) -> Result<(), ClientError> {
+    pub fn shmem_map(&self, map: ShmemMap, fd: BorrowedDescriptor<'_>) -> Result<(), ClientError> {
         self.simple(BackendRequest::ShmemMap(map), &[fd])
     }
 

@@ -37,7 +37,10 @@ mod dispatch;
 mod error;
 mod policy;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+#[cfg(unix)]
+use std::os::fd::{AsFd, BorrowedFd};
+#[cfg(windows)]
+use std::os::windows::io::{AsHandle, BorrowedHandle};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_proto::wire::MAX_CONFIG_SIZE;
@@ -45,7 +48,7 @@ use vhost_proto::{
     virtio, FrontendReq, FrontendRequest, Header, MessageKind, Negotiation, ProtocolFeatures,
     MAX_BODY_SIZE,
 };
-use vhost_transport::{Connection, FrontendChannel};
+use vhost_transport::{Connection, FrontendChannel, OwnedDescriptor};
 
 pub use error::ServerError;
 
@@ -62,7 +65,7 @@ use crate::{Backend, BackendError};
 /// unchanged (packed rings included).
 ///
 /// [`BackendServer::serve`] runs the whole session. An event loop can instead wait for the
-/// connection ([`AsFd`]) to become readable, call [`BackendServer::handle_one`], and call
+/// connection (`AsFd` on Unix, `AsHandle` on Windows) to become readable, call [`BackendServer::handle_one`], and call
 /// [`BackendServer::finish`] once that fails.
 ///
 /// ```no_run
@@ -243,9 +246,17 @@ impl<B: Backend> BackendServer<B> {
     }
 }
 
+#[cfg(unix)]
 impl<B> AsFd for BackendServer<B> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.conn.as_fd()
+    }
+}
+
+#[cfg(windows)]
+impl<B> AsHandle for BackendServer<B> {
+    fn as_handle(&self) -> BorrowedHandle<'_> {
+        self.conn.as_handle()
     }
 }
 
@@ -255,7 +266,7 @@ fn handle<'a, B: Backend>(
     negotiation: &mut Negotiation,
     shared: &SharedNegotiation,
     request: &FrontendRequest<'a>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<OwnedDescriptor>,
     config: &'a mut [u8; MAX_CONFIG_SIZE],
 ) -> Result<dispatch::Answer<'a>, ServerError> {
     negotiation.check(request).map_err(ServerError::Refused)?;

@@ -26,7 +26,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use vhost_proto::features::virtio;
@@ -34,6 +33,8 @@ use vhost_proto::{
     CryptoSession, FrontendReq, Inflight, IotlbMsg, LogBase, MemTable, MemoryRegion,
     ProtocolFeatures, RegionMsg, SharedObject, ShmemConfig, VringAddr,
 };
+
+use vhost_transport::OwnedDescriptor;
 
 use crate::{Backend, BackendClient, BackendError, BackendResult};
 
@@ -135,7 +136,7 @@ pub enum Call {
 #[derive(Debug, Default)]
 struct State {
     calls: Vec<Call>,
-    fds: Vec<(FrontendReq, OwnedFd)>,
+    fds: Vec<(FrontendReq, OwnedDescriptor)>,
     failing: BTreeSet<FrontendReq>,
     client: Option<BackendClient>,
 }
@@ -161,7 +162,7 @@ impl Recording {
 
     /// The descriptors received since the last disconnect, with the request each came
     /// with, forgetting them.
-    pub fn take_fds(&self) -> Vec<(FrontendReq, OwnedFd)> {
+    pub fn take_fds(&self) -> Vec<(FrontendReq, OwnedDescriptor)> {
         std::mem::take(&mut self.state().fds)
     }
 
@@ -207,7 +208,7 @@ pub struct RecordingBackend {
     pub max_mem_slots: u64,
     /// CREATE_CRYPTO_SESSION answer.
     pub crypto_session_id: i64,
-    /// GET_INFLIGHT_FD answer (a descriptor of `/dev/null` rides with it).
+    /// GET_INFLIGHT_FD answer (a descriptor of the null device rides with it).
     pub inflight: Inflight,
     /// GET_SHMEM_CONFIG answer.
     pub shmem: ShmemConfig,
@@ -284,7 +285,7 @@ impl RecordingBackend {
     }
 
     /// Keeps the descriptors that came with `request`.
-    fn keep(&self, request: FrontendReq, fds: impl IntoIterator<Item = OwnedFd>) {
+    fn keep(&self, request: FrontendReq, fds: impl IntoIterator<Item = OwnedDescriptor>) {
         let mut state = self.recording.state();
         state.fds.extend(fds.into_iter().map(|fd| (request, fd)));
     }
@@ -293,7 +294,7 @@ impl RecordingBackend {
         &self,
         request: FrontendReq,
         call: Call,
-        fd: Option<OwnedFd>,
+        fd: Option<OwnedDescriptor>,
     ) -> BackendResult<()> {
         self.record(request, call)?;
         self.keep(request, fd);
@@ -301,9 +302,10 @@ impl RecordingBackend {
     }
 }
 
-/// A descriptor to hand back to the front-end.
-fn fresh_fd() -> BackendResult<OwnedFd> {
-    Ok(File::open("/dev/null")?.into())
+/// A descriptor to hand back to the front-end: the null device.
+fn fresh_fd() -> BackendResult<OwnedDescriptor> {
+    let null = if cfg!(windows) { "NUL" } else { "/dev/null" };
+    Ok(File::open(null)?.into())
 }
 
 use FrontendReq as Q;
@@ -322,17 +324,17 @@ impl Backend for RecordingBackend {
     fn reset_owner(&mut self) -> BackendResult<()> {
         self.record(Q::ResetOwner, Call::ResetOwner)
     }
-    fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedFd>) -> BackendResult<()> {
+    fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedDescriptor>) -> BackendResult<()> {
         let regions = table.regions().to_vec();
         let n = fds.len();
         self.record(Q::SetMemTable, Call::SetMemTable { regions, fds: n })?;
         self.keep(Q::SetMemTable, fds);
         Ok(())
     }
-    fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> {
+    fn set_log_base(&mut self, log: &LogBase, fd: OwnedDescriptor) -> BackendResult<()> {
         self.record_with_fd(Q::SetLogBase, Call::SetLogBase(*log), Some(fd))
     }
-    fn set_log_fd(&mut self, fd: OwnedFd) -> BackendResult<()> {
+    fn set_log_fd(&mut self, fd: OwnedDescriptor) -> BackendResult<()> {
         self.record_with_fd(Q::SetLogFd, Call::SetLogFd, Some(fd))
     }
     fn set_vring_num(&mut self, index: u32, num: u32) -> BackendResult<()> {
@@ -348,21 +350,21 @@ impl Backend for RecordingBackend {
         self.record(Q::GetVringBase, Call::GetVringBase { index })?;
         Ok(self.vring_base)
     }
-    fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
+    fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
         let call = Call::SetVringKick {
             index,
             fd: fd.is_some(),
         };
         self.record_with_fd(Q::SetVringKick, call, fd)
     }
-    fn set_vring_call(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
+    fn set_vring_call(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
         let call = Call::SetVringCall {
             index,
             fd: fd.is_some(),
         };
         self.record_with_fd(Q::SetVringCall, call, fd)
     }
-    fn set_vring_err(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
+    fn set_vring_err(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
         let call = Call::SetVringErr {
             index,
             fd: fd.is_some(),
@@ -439,7 +441,7 @@ impl Backend for RecordingBackend {
     fn close_crypto_session(&mut self, session_id: u64) -> BackendResult<()> {
         self.record(Q::CloseCryptoSession, Call::CloseCryptoSession(session_id))
     }
-    fn postcopy_advise(&mut self) -> BackendResult<OwnedFd> {
+    fn postcopy_advise(&mut self) -> BackendResult<OwnedDescriptor> {
         self.record(Q::PostcopyAdvise, Call::PostcopyAdvise)?;
         fresh_fd()
     }
@@ -449,14 +451,14 @@ impl Backend for RecordingBackend {
     fn postcopy_end(&mut self) -> BackendResult<()> {
         self.record(Q::PostcopyEnd, Call::PostcopyEnd)
     }
-    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedFd)> {
+    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedDescriptor)> {
         self.record(Q::GetInflightFd, Call::GetInflightFd(*info))?;
         Ok((self.inflight, fresh_fd()?))
     }
-    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedFd) -> BackendResult<()> {
+    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedDescriptor) -> BackendResult<()> {
         self.record_with_fd(Q::SetInflightFd, Call::SetInflightFd(*info), Some(fd))
     }
-    fn gpu_set_socket(&mut self, fd: OwnedFd) -> BackendResult<()> {
+    fn gpu_set_socket(&mut self, fd: OwnedDescriptor) -> BackendResult<()> {
         self.record_with_fd(Q::GpuSetSocket, Call::GpuSetSocket, Some(fd))
     }
     fn reset_device(&mut self) -> BackendResult<()> {
@@ -469,7 +471,7 @@ impl Backend for RecordingBackend {
         self.record(Q::GetMaxMemSlots, Call::GetMaxMemSlots)?;
         Ok(self.max_mem_slots)
     }
-    fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedFd) -> BackendResult<()> {
+    fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedDescriptor) -> BackendResult<()> {
         self.record_with_fd(Q::AddMemReg, Call::AddMemReg(*region), Some(fd))
     }
     fn remove_mem_region(&mut self, region: &RegionMsg) -> BackendResult<()> {
@@ -482,7 +484,7 @@ impl Backend for RecordingBackend {
         self.record(Q::GetStatus, Call::GetStatus)?;
         Ok(self.status)
     }
-    fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedFd> {
+    fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedDescriptor> {
         self.record(Q::GetSharedObject, Call::GetSharedObject(*object))?;
         fresh_fd()
     }
@@ -490,8 +492,8 @@ impl Backend for RecordingBackend {
         &mut self,
         direction: u32,
         phase: u32,
-        fd: OwnedFd,
-    ) -> BackendResult<Option<OwnedFd>> {
+        fd: OwnedDescriptor,
+    ) -> BackendResult<Option<OwnedDescriptor>> {
         let call = Call::SetDeviceStateFd { direction, phase };
         self.record_with_fd(Q::SetDeviceStateFd, call, Some(fd))?;
         self.device_state_fd.then(fresh_fd).transpose()

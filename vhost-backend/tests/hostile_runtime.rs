@@ -8,6 +8,8 @@
 //! stopped — exactly as many descriptors open in the process as before it started. The
 //! tests run one at a time (a static lock) so that descriptor counts are exact.
 
+#![cfg(unix)]
+
 mod runtime_support;
 
 use std::io::{Read, Write};
@@ -39,11 +41,13 @@ fn open_fds() -> usize {
 
 /// A daemon thread serving a pattern device on a temporary socket.
 struct InProcess {
-    stop: StopHandle,
+    stop: Option<StopHandle>,
     thread: Option<JoinHandle<()>>,
     sock: PathBuf,
     dir: PathBuf,
     fds_before: usize,
+    /// Descriptors open while the daemon waits for a front-end.
+    fds_idle: usize,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -62,12 +66,14 @@ impl InProcess {
         let mut daemon = Daemon::new(listener, backend).expect("daemon");
         let stop = daemon.stop_handle();
         let thread = std::thread::spawn(move || daemon.run().expect("daemon run"));
+        let fds_idle = open_fds();
         InProcess {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
             sock,
             dir,
             fds_before,
+            fds_idle,
             _serial: serial,
         }
     }
@@ -122,11 +128,23 @@ impl InProcess {
         assert!(got.iter().all(|&b| b == pattern(0)), "device data");
         drop(s);
         self.assert_alive();
+        // Once the daemon has noticed the disconnect, it holds what it held before any
+        // front-end came: every descriptor of both sessions is closed.
+        let deadline = Instant::now() + TIMEOUT;
+        while open_fds() != self.fds_idle && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            open_fds(),
+            self.fds_idle,
+            "descriptors left open after the sessions"
+        );
     }
 
     /// Stops the daemon and checks that every descriptor it held is closed.
     fn finish(mut self) {
-        self.stop.stop();
+        // The stop handle shares the daemon's stop eventfd: it goes too.
+        self.stop.take().expect("stop handle").stop();
         let t = self.thread.take().expect("daemon thread");
         t.join().expect("daemon thread panicked");
         // The last session's worker threads and mappings went with the daemon.
@@ -140,7 +158,9 @@ impl InProcess {
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        self.stop.stop();
+        if let Some(stop) = self.stop.take() {
+            stop.stop();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -300,6 +320,7 @@ fn vring_kick_with_two_descriptors_is_refused() {
     assert_nack(&fe, FrontendReq::SetVringKick);
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop((a, b));
     d.assert_serves_again();
     d.finish();
 }
@@ -320,6 +341,7 @@ fn mem_table_with_fewer_descriptors_than_regions_is_refused() {
     assert_nack(&fe, FrontendReq::SetMemTable);
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop(mem);
     d.assert_serves_again();
     d.finish();
 }
@@ -368,6 +390,7 @@ fn mem_table_with_overlapping_regions_is_refused() {
     assert_nack(&fe, FrontendReq::SetMemTable);
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop(mem);
     d.assert_serves_again();
     d.finish();
 }
@@ -394,6 +417,7 @@ fn mem_table_with_address_overflow_is_refused() {
     }
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop(mem);
     d.assert_serves_again();
     d.finish();
 }
@@ -436,6 +460,7 @@ fn mem_table_region_past_end_of_memfd_is_refused() {
     assert_nack(&fe, FrontendReq::SetVringAddr);
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop(mem);
     d.assert_serves_again();
     d.finish();
 }
@@ -491,6 +516,7 @@ fn vring_index_out_of_range_is_refused() {
     );
     assert_closed(&fe);
     drop(fe);
+    drop(call);
     d.assert_serves_again();
     d.finish();
 }
@@ -527,6 +553,7 @@ fn vring_addr_outside_every_region_is_refused() {
     }
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop(mem);
     d.assert_serves_again();
     d.finish();
 }
@@ -560,6 +587,7 @@ fn kick_before_any_memory_table_is_refused_and_signals_are_harmless() {
     assert_eq!(fe.get_vring_base(0).expect("GET_VRING_BASE"), 0);
     assert_session_goes_on(&mut fe);
     drop(fe);
+    drop(kick);
     d.assert_serves_again();
     d.finish();
 }

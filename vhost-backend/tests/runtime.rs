@@ -1,6 +1,8 @@
 //! Whole sessions against `DeviceBackend`: the front-end client and guest-side virtqueue
 //! drivers run real requests through the server and the runtime's workers.
 
+#![cfg(unix)]
+
 mod runtime_support;
 
 use std::os::fd::BorrowedFd;

@@ -2,6 +2,8 @@
 //! descriptor or thread may outlive its session. Alone in this test binary so that the
 //! process-wide counts in /proc/self are not disturbed by other tests.
 
+#![cfg(unix)]
+
 mod runtime_support;
 
 use std::time::{Duration, Instant};

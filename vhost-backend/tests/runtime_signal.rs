@@ -1,6 +1,8 @@
 //! SIGTERM stops a daemon promptly, in the middle of a session. Alone in its test binary:
 //! the handlers are process-wide.
 
+#![cfg(unix)]
+
 mod runtime_support;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! SET_BACKEND_REQ_FD hands the back-end a [`BackendClient`]; every back-end request is
 //! sent on it and acked by the front-end end, played here by a thread.
 
+#![cfg(unix)]
+
 mod common;
 
 use std::os::fd::AsFd;

@@ -2,6 +2,8 @@
 //! or closed, on every path. Tests here count the process's open descriptors, so each one
 //! holds a lock while it runs.
 
+#![cfg(unix)]
+
 mod common;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -1,6 +1,8 @@
 //! The server's error policy: framing errors close, refused and failed requests get their
 //! failure form, gates, and the session sequences that broke other back-ends.
 
+#![cfg(unix)]
+
 mod common;
 
 use common::cases::{self, ACKED, FEATURES};

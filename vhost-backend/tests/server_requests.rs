@@ -1,6 +1,8 @@
 //! Every front-end request (codes 1–44) through the server: the back-end call it causes,
 //! the reply bytes, and the ack rules.
 
+#![cfg(unix)]
+
 mod common;
 
 use std::collections::BTreeSet;

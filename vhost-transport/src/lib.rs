@@ -53,3 +53,25 @@ pub use error::{Error, Result};
 pub use listener::{Inherited, Listener};
 pub use sys::{BorrowedDescriptor, OwnedDescriptor};
 pub use vhost_proto::{HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS};
+
+/// Borrows a [`BorrowedDescriptor`] from anything that holds one, on every
+/// platform: implemented for every `AsFd` type on Unix and every `AsHandle`
+/// type on Windows, so code that sends descriptors need not name either.
+pub trait AsDescriptor {
+    /// The borrowed descriptor (`as_fd` on Unix, `as_handle` on Windows).
+    fn as_descriptor(&self) -> BorrowedDescriptor<'_>;
+}
+
+#[cfg(unix)]
+impl<T: std::os::fd::AsFd + ?Sized> AsDescriptor for T {
+    fn as_descriptor(&self) -> BorrowedDescriptor<'_> {
+        self.as_fd()
+    }
+}
+
+#[cfg(windows)]
+impl<T: std::os::windows::io::AsHandle + ?Sized> AsDescriptor for T {
+    fn as_descriptor(&self) -> BorrowedDescriptor<'_> {
+        self.as_handle()
+    }
+}

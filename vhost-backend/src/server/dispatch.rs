@@ -4,13 +4,11 @@
 //! (`FrontendRequest::decode`, `Negotiation::check`), so nothing here validates; it only
 //! hands arguments over and shapes the result as the request's reply.
 
-use std::os::fd::OwnedFd;
-
 use vhost_proto::wire::{DEVICE_STATE_NOFD, MAX_CONFIG_SIZE};
 use vhost_proto::{
     Config, CryptoSession, Error, FrontendReply, FrontendRequest, MessageKind, VringState,
 };
-use vhost_transport::{BackendChannel, Connection};
+use vhost_transport::{BackendChannel, Connection, OwnedDescriptor};
 
 use super::ServerError;
 use crate::backend_client::SharedNegotiation;
@@ -24,7 +22,7 @@ pub(super) enum Answer<'a> {
     /// Nothing beyond success: an ack of 0 if one is owed.
     Done,
     /// The reply, and the descriptor that rides with it.
-    Reply(FrontendReply<'a>, Option<OwnedFd>),
+    Reply(FrontendReply<'a>, Option<OwnedDescriptor>),
 }
 
 /// A failure inside a dispatch arm, before the request code is attached.
@@ -52,7 +50,7 @@ pub(super) fn dispatch<'a, B: Backend + ?Sized>(
     backend: &mut B,
     negotiation: &SharedNegotiation,
     req: &FrontendRequest<'a>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<OwnedDescriptor>,
     config: &'a mut [u8; MAX_CONFIG_SIZE],
 ) -> Result<Answer<'a>, ServerError> {
     call(backend, negotiation, req, fds, config).map_err(|f| match f {
@@ -68,12 +66,12 @@ fn call<'a, B: Backend + ?Sized>(
     backend: &mut B,
     negotiation: &SharedNegotiation,
     req: &FrontendRequest<'a>,
-    mut fds: Vec<OwnedFd>,
+    mut fds: Vec<OwnedDescriptor>,
     config: &'a mut [u8; MAX_CONFIG_SIZE],
 ) -> Result<Answer<'a>, Failure> {
     use FrontendReply as P;
     use FrontendRequest as R;
-    let fd = |fds: &mut Vec<OwnedFd>| one_fd(fds, req);
+    let fd = |fds: &mut Vec<OwnedDescriptor>| one_fd(fds, req);
     Ok(match *req {
         R::GetFeatures => value(backend.get_features()?),
         R::SetFeatures(v) => done(backend.set_features(v)?),
@@ -161,7 +159,10 @@ fn status(_: ()) -> Answer<'static> {
 }
 
 /// The one descriptor of a request that carries exactly one (counted by the decoder).
-fn one_fd(fds: &mut Vec<OwnedFd>, req: &FrontendRequest<'_>) -> Result<OwnedFd, ServerError> {
+fn one_fd(
+    fds: &mut Vec<OwnedDescriptor>,
+    req: &FrontendRequest<'_>,
+) -> Result<OwnedDescriptor, ServerError> {
     fds.pop().ok_or(ServerError::Refused(Error::UnexpectedFds {
         request: MessageKind::Frontend(req.code()),
         expected: "exactly one",
@@ -169,9 +170,16 @@ fn one_fd(fds: &mut Vec<OwnedFd>, req: &FrontendRequest<'_>) -> Result<OwnedFd, 
     }))
 }
 
-/// The back-end channel over the socket of SET_BACKEND_REQ_FD.
-fn channel(fd: OwnedFd, negotiation: &SharedNegotiation) -> Result<BackendClient, ServerError> {
-    let conn = Connection::<BackendChannel>::from_fd(fd).map_err(ServerError::BackendChannel)?;
+/// The back-end channel over the socket (on Windows, the pipe) of SET_BACKEND_REQ_FD.
+fn channel(
+    fd: OwnedDescriptor,
+    negotiation: &SharedNegotiation,
+) -> Result<BackendClient, ServerError> {
+    #[cfg(unix)]
+    let conn = Connection::<BackendChannel>::from_fd(fd);
+    #[cfg(windows)]
+    let conn = Connection::<BackendChannel>::from_handle(fd);
+    let conn = conn.map_err(ServerError::BackendChannel)?;
     Ok(BackendClient::new(conn, negotiation.clone()))
 }
 

@@ -33,7 +33,8 @@ pub enum ServerError {
         /// The back-end's error.
         error: BackendError,
     },
-    /// The descriptor of SET_BACKEND_REQ_FD is not a connected stream socket.
+    /// The descriptor of SET_BACKEND_REQ_FD is not a connected stream socket (on Windows, a
+    /// connected byte-mode named pipe).
     #[error("SET_BACKEND_REQ_FD: the descriptor is not a usable channel: {0}")]
     BackendChannel(vhost_transport::Error),
     /// The request owes a reply the back-end has no way to produce (the postcopy forms of

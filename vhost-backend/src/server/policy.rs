@@ -6,14 +6,12 @@
 //! | success | — | ack 0 | the reply (and its descriptor) |
 //! | refused or failed | log | ack 1 | the failure form; none exists: close |
 
-use std::os::fd::{AsFd, OwnedFd};
-
 use vhost_proto::wire::ConfigHeader;
 use vhost_proto::{
     Config, CryptoSession, FrontendReply, FrontendReq, FrontendRequest, Header, Inflight, LogBase,
     MemTable, MemoryRegion, Negotiation, Owed, RegionMsg, SharedObject, VringState, ACK_FAILURE,
 };
-use vhost_transport::{Connection, FrontendChannel};
+use vhost_transport::{AsDescriptor, Connection, FrontendChannel, OwnedDescriptor};
 use zerocopy::FromBytes;
 
 use super::dispatch::Answer;
@@ -96,7 +94,7 @@ fn send(
     buf: &mut [u8],
     code: FrontendReq,
     reply: &FrontendReply<'_>,
-    fd: Option<&OwnedFd>,
+    fd: Option<&OwnedDescriptor>,
 ) -> Result<(), ServerError> {
     let enc = reply
         .encode(code, buf)
@@ -105,7 +103,7 @@ fn send(
             error,
         })?;
     let body = buf.get(..enc.body_len).unwrap_or_default();
-    let fds = fd.map(AsFd::as_fd);
+    let fds = fd.map(AsDescriptor::as_descriptor);
     conn.send(&enc.header.to_wire(), body, enc.payload, fds.as_slice())?;
     Ok(())
 }

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Compares our vhost-user back-ends with peer back-ends under identical load:
+#
+#   blk: vhost-user-blk          vs  qemu-storage-daemon (vhost-user-blk export)
+#   rng: vhost-user-rng          vs  rust-vmm vhost-device-rng
+#
+# Each measurement starts a fresh daemon, drives it with vhost-user-load (4 KiB randread and
+# randwrite on the same page-cached raw pattern image for blk, 4 KiB fills for rng), reads
+# the daemon's peak RSS (VmHWM) and stops it. Ours and theirs alternate (A B A B ...) for
+# every case and repetition, so slow drifts of the machine hit both alike. The "pinned"
+# pass runs daemon and load generator both on one CPU (taskset -c $CPU); the "unpinned"
+# pass lets the scheduler place them. The summary gives medians, the ratio ours/theirs
+# (requests per second: above 1 means ours is faster) and the largest VmHWM of each daemon.
+#
+# Settings (environment):
+#   REPS=5          repetitions of every (case, implementation)
+#   DURATION=5      measured seconds per run
+#   WARMUP=1        seconds run before measuring
+#   QDS="1 16"      queue depths
+#   PASSES="pinned unpinned"
+#   CPU=0           the CPU of the pinned pass
+#   IMG_SIZE=1G     size of the raw image (K, M, G suffixes)
+#   DEVICES="blk rng"
+#   BLK_RW="randread randwrite"
+#   WORKDIR=        scratch directory (default: a new one under /tmp, removed at the end)
+#   KEEP=0          1: keep WORKDIR (raw results, daemon logs)
+#   QSD=, PEER_RNG= paths to the peer daemons (default: found in PATH or /opt/peers/bin;
+#                   installed with apt-get / cargo install when missing and possible)
+#
+# Quick run:  REPS=2 DURATION=2 WARMUP=0.5 benches/compare.sh
+set -euo pipefail
+
+REPS=${REPS:-5}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+QDS=${QDS:-"1 16"}
+PASSES=${PASSES:-"pinned unpinned"}
+CPU=${CPU:-0}
+IMG_SIZE=${IMG_SIZE:-1G}
+DEVICES=${DEVICES:-"blk rng"}
+BLK_RW=${BLK_RW:-"randread randwrite"}
+KEEP=${KEEP:-0}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "compare.sh: $*"; exit 1; }
+
+# --- our binaries -----------------------------------------------------------------------
+say "building our daemons and the load generator (release)..."
+(cd "$ROOT" && cargo build --release --quiet -p vhost-device-blk -p vhost-device-rng \
+    -p benches --bins) || die "cargo build failed"
+OURS_BLK=$TARGET/vhost-user-blk
+OURS_RNG=$TARGET/vhost-user-rng
+LOAD=$TARGET/vhost-user-load
+for b in "$OURS_BLK" "$OURS_RNG" "$LOAD"; do [[ -x $b ]] || die "missing $b"; done
+
+WORKDIR=${WORKDIR:-$(mktemp -d /tmp/vhost-compare.XXXXXX)}
+mkdir -p "$WORKDIR"
+cleanup() {
+    local pids
+    pids=$(jobs -p)
+    [[ -n $pids ]] && kill $pids 2>/dev/null || true
+    wait 2>/dev/null || true
+    if [[ $KEEP == 1 ]]; then say "results kept in $WORKDIR"; else rm -rf "$WORKDIR"; fi
+}
+trap cleanup EXIT
+
+# --- peers ------------------------------------------------------------------------------
+missing=()
+want_blk=0; want_rng=0
+for d in $DEVICES; do
+    case $d in
+        blk) want_blk=1 ;;
+        rng) want_rng=1 ;;
+        *) die "unknown device $d (blk, rng)" ;;
+    esac
+done
+
+if [[ $want_blk == 1 ]]; then
+    QSD=${QSD:-$(command -v qemu-storage-daemon || true)}
+    if [[ -z $QSD ]]; then
+        say "qemu-storage-daemon not found; installing package qemu-system-common..."
+        if [[ $(id -u) == 0 ]]; then
+            apt-get install -y qemu-system-common >&2 || true
+        elif command -v sudo >/dev/null; then
+            sudo apt-get install -y qemu-system-common >&2 || true
+        fi
+        QSD=$(command -v qemu-storage-daemon || true)
+    fi
+    [[ -n $QSD ]] || missing+=("qemu-storage-daemon (apt-get install qemu-system-common)")
+fi
+if [[ $want_rng == 1 ]]; then
+    PEER_RNG=${PEER_RNG:-$(command -v vhost-device-rng || true)}
+    [[ -z $PEER_RNG && -x /opt/peers/bin/vhost-device-rng ]] && PEER_RNG=/opt/peers/bin/vhost-device-rng
+    if [[ -z $PEER_RNG ]]; then
+        say "vhost-device-rng not found; cargo install --locked vhost-device-rng..."
+        cargo install --locked vhost-device-rng --root "$WORKDIR/peers" >&2 || true
+        [[ -x $WORKDIR/peers/bin/vhost-device-rng ]] && PEER_RNG=$WORKDIR/peers/bin/vhost-device-rng
+    fi
+    [[ -n $PEER_RNG ]] || missing+=("vhost-device-rng (cargo install --locked vhost-device-rng)")
+fi
+if (( ${#missing[@]} )); then
+    die "missing peer back-ends: ${missing[*]}"
+fi
+
+# --- the image --------------------------------------------------------------------------
+IMG=$WORKDIR/disk.img
+if [[ $want_blk == 1 ]]; then
+    say "writing a $IMG_SIZE pattern image and reading it into the page cache..."
+    "$LOAD" --make-image "$IMG" --size "$IMG_SIZE" >&2
+    cat "$IMG" > /dev/null
+fi
+
+# --- one measurement --------------------------------------------------------------------
+RESULTS=$WORKDIR/results.tsv
+: > "$RESULTS"
+
+# start_daemon IMPL DEVICE SOCK PIN -> sets DPID and CONNECT (the path to connect to)
+start_daemon() {
+    local impl=$1 device=$2 sock=$3 pin=$4 log=$WORKDIR/$1-$2.log
+    local -a pre=()
+    [[ $pin == pinned ]] && pre=(taskset -c "$CPU")
+    rm -f "$sock" "${sock}0"
+    CONNECT=$sock
+    case $impl-$device in
+        ours-blk) "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$IMG" >>"$log" 2>&1 & ;;
+        theirs-blk)
+            "${pre[@]}" "$QSD" \
+                --blockdev "driver=file,node-name=file,filename=$IMG,cache.direct=off" \
+                --blockdev driver=raw,node-name=disk,file=file \
+                --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$sock,writable=on" \
+                >>"$log" 2>&1 & ;;
+        ours-rng) "${pre[@]}" "$OURS_RNG" --socket-path "$sock" >>"$log" 2>&1 & ;;
+        theirs-rng)
+            # rust-vmm's daemon appends the socket index to the path.
+            "${pre[@]}" "$PEER_RNG" --socket-path "$sock" >>"$log" 2>&1 &
+            CONNECT=${sock}0 ;;
+    esac
+    DPID=$!
+}
+
+stop_daemon() {
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# read_hwm PID: sets hwm to the process's VmHWM in kB when it is still there (shell builtins
+# only: nothing is spawned next to the measured processes).
+read_hwm() {
+    local k v _
+    [[ -r /proc/$1/status ]] || return 0
+    while read -r k v _; do
+        [[ $k == VmHWM: ]] && hwm=$v
+    done <"/proc/$1/status" 2>/dev/null || true
+}
+
+# measure PASS IMPL DEVICE WORKLOAD QD REP
+measure() {
+    local pass=$1 impl=$2 device=$3 workload=$4 qd=$5 rep=$6
+    local sock=$WORKDIR/$impl-$device.sock
+    local -a pre=() args=()
+    [[ $pass == pinned ]] && pre=(taskset -c "$CPU")
+    start_daemon "$impl" "$device" "$sock" "$pass"
+    local pid=$DPID
+    if [[ $device == blk ]]; then args=(--device blk --rw "$workload"); else args=(--device rng); fi
+    # The load runs in the background while the daemon's VmHWM (monotonic) is sampled, so
+    # it is read even from a daemon that exits when its front-end leaves.
+    local out=$WORKDIR/load.out lpid status=0
+    hwm=0
+    "${pre[@]}" "$LOAD" --socket "$CONNECT" "${args[@]}" --qd "$qd" \
+        --duration "$DURATION" --warmup "$WARMUP" --label "$impl" >"$out" 2>&1 &
+    lpid=$!
+    while kill -0 "$lpid" 2>/dev/null; do
+        read_hwm "$pid"
+        sleep 0.5
+    done
+    wait "$lpid" || status=$?
+    read_hwm "$pid"
+    stop_daemon "$pid"
+    if [[ $status != 0 ]]; then
+        say "  $pass $impl $device $workload qd$qd: FAILED: $(cat "$out")"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\tNaN\t%s\n' "$pass" "$impl" "$device" "$workload" "$qd" "$rep" "$hwm" >>"$RESULTS"
+        return
+    fi
+    local rate
+    rate=$(sed -n 's/^RESULT .* rate=\([0-9.]*\).*/\1/p' "$out")
+    say "  $pass rep $rep: $impl $device $workload qd$qd: $rate req/s, VmHWM ${hwm:-0} kB"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pass" "$impl" "$device" "$workload" "$qd" \
+        "$rep" "${rate:-NaN}" "${hwm:-0}" >>"$RESULTS"
+}
+
+cases=()
+for d in $DEVICES; do
+    if [[ $d == blk ]]; then
+        for rw in $BLK_RW; do for qd in $QDS; do cases+=("blk $rw $qd"); done; done
+    else
+        for qd in $QDS; do cases+=("rng rng $qd"); done
+    fi
+done
+
+say "settings: REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP QDS='$QDS' PASSES='$PASSES' CPU=$CPU IMG_SIZE=$IMG_SIZE"
+say "peers: ${QSD:-} ${PEER_RNG:-}"
+for pass in $PASSES; do
+    for rep in $(seq "$REPS"); do
+        for c in "${cases[@]}"; do
+            read -r device workload qd <<<"$c"
+            measure "$pass" ours "$device" "$workload" "$qd" "$rep"
+            measure "$pass" theirs "$device" "$workload" "$qd" "$rep"
+        done
+    done
+done
+
+# --- summary ----------------------------------------------------------------------------
+python3 - "$RESULTS" <<'EOF'
+import sys, math, statistics
+from collections import defaultdict
+rates = defaultdict(list); hwm = defaultdict(int)
+for line in open(sys.argv[1]):
+    p, impl, dev, wl, qd, rep, rate, kb = line.rstrip("\n").split("\t")
+    r = float(rate)
+    if not math.isnan(r):
+        rates[(p, dev, wl, int(qd), impl)].append(r)
+    hwm[(dev, impl)] = max(hwm[(dev, impl)], int(kb))
+names = {"blk": ("vhost-user-blk", "qemu-storage-daemon"), "rng": ("vhost-user-rng", "vhost-device-rng")}
+keys = sorted({k[:4] for k in rates}, key=lambda k: (k[0] != "pinned", k[1], k[2], k[3]))
+for p in dict.fromkeys(k[0] for k in keys):
+    print(f"\n== {p} ==")
+    print(f"{'device':<6} {'workload':<10} {'qd':>3} {'ours req/s':>12} {'theirs req/s':>13} {'ours/theirs':>12}   runs (ours | theirs)")
+    for k in (k for k in keys if k[0] == p):
+        o, t = rates.get(k + ("ours",), []), rates.get(k + ("theirs",), [])
+        mo = statistics.median(o) if o else float("nan")
+        mt = statistics.median(t) if t else float("nan")
+        ratio = mo / mt if o and t and mt else float("nan")
+        runs = " ".join(f"{x:.0f}" for x in o) + " | " + " ".join(f"{x:.0f}" for x in t)
+        print(f"{k[1]:<6} {k[2]:<10} {k[3]:>3} {mo:>12.0f} {mt:>13.0f} {ratio:>11.2f}x   {runs}")
+print("\n== peak RSS (largest VmHWM over all runs) ==")
+for dev in sorted({d for d, _ in hwm}):
+    ours, theirs = names[dev]
+    print(f"{dev:<6} {ours:<22} {hwm.get((dev, 'ours'), 0):>8} kB   {theirs:<22} {hwm.get((dev, 'theirs'), 0):>8} kB")
+EOF
