@@ -165,11 +165,15 @@ fn backend_channel_handed_over_before_set_features_follows_later_acks() {
     };
     assert!(matches!(
         client.iotlb_msg(msg),
-        Err(ClientError::Protocol(vhost_proto::Error::NotNegotiated { .. }))
+        Err(ClientError::Protocol(
+            vhost_proto::Error::NotNegotiated { .. }
+        ))
     ));
     s.exchange(&FrontendRequest::SetFeatures(FEATURES), false, &[]);
     let frontend = answer(frontend_end, 1, 0);
-    client.iotlb_msg(msg).expect("allowed once ACCESS_PLATFORM is acked");
+    client
+        .iotlb_msg(msg)
+        .expect("allowed once ACCESS_PLATFORM is acked");
     let seen = frontend.join().expect("front-end thread");
     assert_eq!(seen, vec![(BackendReq::IotlbMsg, true, 0)]);
 }
