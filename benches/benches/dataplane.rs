@@ -22,8 +22,8 @@ use benches::inproc::InProcess;
 use benches::load::{memory_size, Engine, Workload};
 use benches::raw::{getrandom, pread_block, EventfdPingPong, FarWork};
 use benches::{pattern, XorShift, BLOCK};
-use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use criterion::measurement::WallTime;
+use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use vhost_device_blk::{BlkConfig, BlkDevice};
 use vhost_device_rng::{RngConfig, RngDevice};
 use vhost_frontend::SessionOptions;
@@ -52,7 +52,9 @@ fn timed(engine: &mut Engine, iters: u64) -> Duration {
 
 fn bench_device(g: &mut BenchmarkGroup<'_, WallTime>, mut engine: Engine) {
     engine.fill().expect("fill");
-    g.bench_function("device", |b| b.iter_custom(|iters| timed(&mut engine, iters)));
+    g.bench_function("device", |b| {
+        b.iter_custom(|iters| timed(&mut engine, iters))
+    });
     engine.drain().expect("drain");
 }
 

@@ -164,7 +164,10 @@ fn bench_dispatch(c: &mut Criterion) {
     let get = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 0).to_wire();
     g.bench_function("server", |b| {
         b.iter(|| {
-            served.conn().send(black_box(&get), &[], &[], &[]).expect("send");
+            served
+                .conn()
+                .send(black_box(&get), &[], &[], &[])
+                .expect("send");
             assert_eq!(served.recv_u64(FrontendReq::GetFeatures), FEATURES);
         })
     });

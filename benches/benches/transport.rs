@@ -24,8 +24,8 @@ impl Echo {
     fn new() -> Self {
         let (conn, peer) = Connection::<FrontendChannel>::pair().expect("socketpair");
         let thread = std::thread::spawn(move || {
-            let reply = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::REPLY, 8)
-                .to_wire();
+            let reply =
+                Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::REPLY, 8).to_wire();
             let mut body = [0u8; 8];
             while let Ok((header, fds)) = peer.recv_header() {
                 assert!(fds.is_empty());
@@ -35,8 +35,8 @@ impl Echo {
                 peer.send(&reply, &body, &[], &[]).expect("reply");
             }
         });
-        let header = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 8)
-            .to_wire();
+        let header =
+            Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 8).to_wire();
         Echo {
             conn,
             header,

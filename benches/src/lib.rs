@@ -23,7 +23,6 @@ pub const BLOCK: usize = 4096;
 /// Key mixed into every word of a pattern image.
 pub const PATTERN_KEY: u64 = 0xa5c3_96e1_0f5e_ed11;
 
-
 /// The 8-byte word at byte `offset` (a multiple of 8) of a pattern image.
 #[inline]
 pub fn pattern(offset: u64) -> u64 {
@@ -52,7 +51,11 @@ pub struct XorShift(u64);
 impl XorShift {
     /// A generator from `seed` (0 is replaced by a fixed odd constant).
     pub fn new(seed: u64) -> Self {
-        XorShift(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     /// The next value.

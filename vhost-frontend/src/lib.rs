@@ -8,10 +8,10 @@ pub mod guest_memory;
 pub mod session;
 pub mod virtqueue;
 
-pub use guest_memory::{GuestMemory, RegionInfo, RegionSpec};
-pub use virtqueue::{Buffer, UsedElem, VirtqueueDriver, VringUserAddrs};
 pub use backend_channel::{
     BackendChannelHandle, BackendRequestHandler, HandlerError, HandlerResult, UnsupportedHandler,
 };
 pub use client::{Frontend, FrontendError, PostcopyReply};
+pub use guest_memory::{GuestMemory, RegionInfo, RegionSpec};
 pub use session::{Session, SessionError, SessionOptions};
+pub use virtqueue::{Buffer, UsedElem, VirtqueueDriver, VringUserAddrs};

@@ -46,8 +46,7 @@ impl MemTable {
 
     fn build(regions: &[MemoryRegion], xen: Option<&[XenMapping]>) -> Result<Self, Error> {
         let kind = MessageKind::Frontend(FrontendReq::SetMemTable);
-        if regions.len() > MAX_MEM_TABLE_REGIONS || xen.is_some_and(|x| x.len() != regions.len())
-        {
+        if regions.len() > MAX_MEM_TABLE_REGIONS || xen.is_some_and(|x| x.len() != regions.len()) {
             return Err(Error::InvalidField {
                 request: kind,
                 field: "num_regions",

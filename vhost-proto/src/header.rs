@@ -26,7 +26,9 @@ pub const VERSION: u32 = 1;
 const KNOWN_FLAGS: u32 = VERSION_MASK | 0x4 | 0x8;
 
 /// The message header: `request`, `flags`, `size` (of the body), native byte order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Header {
     /// The request code.
@@ -111,9 +113,8 @@ impl Header {
     /// bounded by that request's maximum. Call before reading (or allocating) the body.
     pub fn check_frontend_request(&self) -> Result<FrontendReq, Error> {
         self.check_flags(false)?;
-        let req = FrontendReq::from_code(self.request).ok_or(Error::UnknownRequest {
-            code: self.request,
-        })?;
+        let req = FrontendReq::from_code(self.request)
+            .ok_or(Error::UnknownRequest { code: self.request })?;
         let max = req.spec().body.max_size().min(MAX_BODY_SIZE);
         if self.size as usize > max {
             return Err(Error::BodyTooLarge {
@@ -128,9 +129,8 @@ impl Header {
     /// Validates a back-end request header (on the back-end channel).
     pub fn check_backend_request(&self) -> Result<BackendReq, Error> {
         self.check_flags(false)?;
-        let req = BackendReq::from_code(self.request).ok_or(Error::UnknownRequest {
-            code: self.request,
-        })?;
+        let req = BackendReq::from_code(self.request)
+            .ok_or(Error::UnknownRequest { code: self.request })?;
         let max = req.spec().body.max_size().min(MAX_BODY_SIZE);
         if self.size as usize > max {
             return Err(Error::BodyTooLarge {

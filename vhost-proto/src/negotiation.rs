@@ -57,7 +57,11 @@ impl Negotiation {
 
     /// Back to the state of a new connection (same offer).
     pub fn reset(&mut self) {
-        *self = Self::new(self.offered_features, self.offered_protocol, self.num_queues);
+        *self = Self::new(
+            self.offered_features,
+            self.offered_protocol,
+            self.num_queues,
+        );
     }
 
     /// Virtio features the back-end offers.

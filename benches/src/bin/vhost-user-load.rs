@@ -124,7 +124,11 @@ fn connect(cli: &Cli, socket: &PathBuf) -> Result<Session, Error> {
 fn run(cli: &Cli) -> Result<(), Error> {
     if let Some(path) = &cli.make_image {
         benches::image::create(path, cli.size)?;
-        println!("wrote a {}-byte pattern image at {}", cli.size, path.display());
+        println!(
+            "wrote a {}-byte pattern image at {}",
+            cli.size,
+            path.display()
+        );
         return Ok(());
     }
     let socket = cli.socket.as_ref().ok_or("--socket is required")?;

@@ -48,12 +48,7 @@ Connecting QEMU:
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct BackendArgs {
     /// Listen for the front-end on this UNIX socket path.
-    #[arg(
-        long,
-        value_name = "PATH",
-        conflicts_with = "fd",
-        required_unless_present_any = ["fd", "print_capabilities"]
-    )]
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
     pub socket_path: Option<PathBuf>,
 
     /// Serve on this inherited descriptor: a listening UNIX socket, or one already
@@ -68,6 +63,17 @@ pub struct BackendArgs {
     /// Permission bits of the socket file created by --socket-path (octal, e.g. 600).
     #[arg(long, value_name = "MODE", value_parser = parse_octal)]
     pub socket_mode: Option<u32>,
+}
+
+impl BackendArgs {
+    /// Listens on `path` when neither `--socket-path` nor `--fd` was given. A device that
+    /// has no default leaves both unset, and the daemon then refuses to start
+    /// ([`DaemonError::NoSocket`](super::DaemonError::NoSocket)).
+    pub fn default_socket_path(&mut self, path: impl Into<PathBuf>) {
+        if self.socket_path.is_none() && self.fd.is_none() {
+            self.socket_path = Some(path.into());
+        }
+    }
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -120,8 +126,17 @@ mod tests {
     }
 
     #[test]
-    fn one_of_socket_path_fd_or_print_capabilities_is_required() {
-        assert!(Cli::try_parse_from(["x"]).is_err());
+    fn default_socket_path_applies_only_without_socket_path_or_fd() {
+        let mut c = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(c.backend.socket_path, None);
+        c.backend.default_socket_path("/d");
+        assert_eq!(c.backend.socket_path, Some(PathBuf::from("/d")));
+        let mut c = Cli::try_parse_from(["x", "--socket-path", "/s"]).unwrap();
+        c.backend.default_socket_path("/d");
+        assert_eq!(c.backend.socket_path, Some(PathBuf::from("/s")));
+        let mut c = Cli::try_parse_from(["x", "--fd", "3"]).unwrap();
+        c.backend.default_socket_path("/d");
+        assert_eq!(c.backend.socket_path, None);
         let c = Cli::try_parse_from(["x", "--print-capabilities"]).unwrap();
         assert!(c.backend.print_capabilities);
     }

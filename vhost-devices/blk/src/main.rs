@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::builder::Resettable;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
 use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
 use vhost_backend::runtime::DeviceBackend;
@@ -56,17 +55,8 @@ struct Cli {
     logical_block_size: u32,
 }
 
-/// Parses the command line; `--socket-path` is optional here (it has a default).
-fn parse() -> Cli {
-    let cmd = Cli::command().mut_arg("socket_path", |a| {
-        a.required_unless_present(Resettable::Reset)
-    });
-    let matches = cmd.get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
 fn main() -> ExitCode {
-    let mut cli = parse();
+    let mut cli = Cli::parse();
     if cli.backend.print_capabilities {
         cli::print_capabilities("block", &["read-only", "blk-file"]);
         return ExitCode::SUCCESS;
@@ -83,9 +73,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     install_signal_handlers()?;
-    if cli.backend.socket_path.is_none() && cli.backend.fd.is_none() {
-        cli.backend.socket_path = Some(PathBuf::from(DEFAULT_SOCKET));
-    }
+    cli.backend.default_socket_path(DEFAULT_SOCKET);
     // Lives until the daemon returns; dropping it removes the scratch image.
     let mut scratch = None;
     let path = match &cli.blk_file {

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::Resettable;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
 use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
 use vhost_backend::runtime::DeviceBackend;
@@ -61,17 +60,8 @@ impl Cli {
     }
 }
 
-/// Parses the command line; `--socket-path` is optional here (it has a default).
-fn parse() -> Cli {
-    let cmd = Cli::command().mut_arg("socket_path", |a| {
-        a.required_unless_present(Resettable::Reset)
-    });
-    let matches = cmd.get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
 fn main() -> ExitCode {
-    let mut cli = parse();
+    let mut cli = Cli::parse();
     if cli.backend.print_capabilities {
         cli::print_capabilities("rng", &[]);
         return ExitCode::SUCCESS;
@@ -88,9 +78,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     install_signal_handlers()?;
-    if cli.backend.socket_path.is_none() && cli.backend.fd.is_none() {
-        cli.backend.socket_path = Some(PathBuf::from(DEFAULT_SOCKET));
-    }
+    cli.backend.default_socket_path(DEFAULT_SOCKET);
     let config = cli.config();
     let device = RngDevice::new(&config)?;
     match config.rate_limit {
@@ -122,11 +110,7 @@ mod tests {
     use super::*;
 
     fn parse_from(args: &[&str]) -> Result<Cli, clap::Error> {
-        let cmd = Cli::command().mut_arg("socket_path", |a| {
-            a.required_unless_present(Resettable::Reset)
-        });
-        let m = cmd.try_get_matches_from(args)?;
-        Cli::from_arg_matches(&m)
+        Cli::try_parse_from(args)
     }
 
     #[test]
