@@ -155,6 +155,69 @@ criterion_group! {
     targets = bench_notify, bench_blk, bench_rng
 }
 
+/// Each device next to its limit in alternating rounds (see `benches::report::paired`).
+fn paired() {
+    use benches::report::paired;
+    let image = TempImage::new("dataplane-paired", IMAGE_SIZE).expect("image");
+    let mut rng = XorShift::new(13);
+    for depth in [1usize, 16] {
+        let (daemon, mut engine) = blk_engine(&image, depth);
+        engine.fill().expect("fill");
+        let file = File::open(image.path()).expect("image");
+        let name = format!("dataplane/blk_randread_4k_qd{depth} device vs limit");
+        let device = || engine.step(true).expect("requests failed");
+        if depth == 1 {
+            let pp = EventfdPingPong::new(FarWork::Pread(file)).expect("ping-pong");
+            let p = paired(&name, 21, 20_000, device, || {
+                let offset = rng.below(BLOCKS) * BLOCK as u64;
+                assert_eq!(pp.round_trip(offset).expect("round trip"), pattern(offset));
+                1
+            });
+            println!("{p}");
+        } else {
+            let mut buf = Box::new([0u8; BLOCK]);
+            let p = paired(&name, 21, 50_000, device, || {
+                let offset = rng.below(BLOCKS) * BLOCK as u64;
+                assert_eq!(
+                    pread_block(&file, &mut buf, offset).expect("pread"),
+                    pattern(offset)
+                );
+                1
+            });
+            println!("{p}");
+        }
+        engine.drain().expect("drain");
+        drop(engine);
+        drop(daemon);
+    }
+    for depth in [1usize, 16] {
+        let (daemon, mut engine) = rng_engine(depth);
+        engine.fill().expect("fill");
+        let name = format!("dataplane/rng_4k_qd{depth} device vs limit");
+        let device = || engine.step(true).expect("requests failed");
+        if depth == 1 {
+            let pp = EventfdPingPong::new(FarWork::Getrandom).expect("ping-pong");
+            let p = paired(&name, 21, 2_000, device, || {
+                assert_ne!(pp.round_trip(0).expect("round trip"), 0);
+                1
+            });
+            println!("{p}");
+        } else {
+            let mut buf = Box::new([0u8; BLOCK]);
+            let p = paired(&name, 21, 2_000, device, || {
+                buf[..8].fill(0);
+                getrandom(&mut buf[..]).expect("getrandom");
+                assert_ne!(buf[..8], [0; 8]);
+                1
+            });
+            println!("{p}");
+        }
+        engine.drain().expect("drain");
+        drop(engine);
+        drop(daemon);
+    }
+}
+
 fn main() {
     dataplane();
     Criterion::default().configure_from_args().final_summary();
@@ -165,6 +228,9 @@ fn main() {
         ("dataplane/rng_4k_qd16", "limit_getrandom"),
     ];
     for (group, limit) in pairs {
-        benches::report::print_ratios(group, &[("device", limit)]);
+        println!("{}", benches::report::ratios(group, &[("device", limit)]));
+    }
+    if !std::env::args().any(|a| ["--list", "--test", "--profile-time"].contains(&a.as_str())) {
+        paired();
     }
 }

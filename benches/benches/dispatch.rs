@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use benches::raw::RawEcho;
-use criterion::{criterion_group, Criterion, Throughput};
+use benches::raw::{RawEcho, Syscalls};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, BenchmarkGroup, Criterion, Throughput};
 use vhost_backend::{Backend, BackendResult, BackendServer};
 use vhost_frontend::Frontend;
 use vhost_proto::{
@@ -156,6 +157,23 @@ fn set_vring_addr_wire() -> ([u8; HEADER_SIZE], Vec<u8>) {
 /// Offset of `desc` in the SET_VRING_ADDR body.
 const DESC_AT: std::ops::Range<usize> = 8..16;
 
+/// The raw ping-pong of a `request`-byte request and a 20-byte reply, with `send`/`recv`
+/// and with `sendmsg`/`recvmsg` (room for descriptors, as the transport needs).
+fn bench_raw(g: &mut BenchmarkGroup<'_, WallTime>, request: usize) {
+    for (name, how) in [
+        ("raw_socketpair", Syscalls::SendRecv),
+        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
+    ] {
+        let mut raw = RawEcho::with_syscalls(request, HEADER_SIZE + 8, how).expect("socketpair");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let reply = raw.round_trip().expect("raw round trip");
+                assert_eq!(reply.len(), HEADER_SIZE + 8);
+            })
+        });
+    }
+}
+
 fn bench_dispatch(c: &mut Criterion) {
     let served = Served::new();
 
@@ -171,14 +189,7 @@ fn bench_dispatch(c: &mut Criterion) {
             assert_eq!(served.recv_u64(FrontendReq::GetFeatures), FEATURES);
         })
     });
-    let mut raw = RawEcho::new(HEADER_SIZE, HEADER_SIZE + 8).expect("raw socketpair");
-    g.bench_function("raw_socketpair", |b| {
-        b.iter(|| {
-            let reply = raw.round_trip().expect("raw round trip");
-            assert_eq!(reply.len(), HEADER_SIZE + 8);
-        })
-    });
-    drop(raw);
+    bench_raw(&mut g, HEADER_SIZE);
     g.finish();
 
     let mut g = c.benchmark_group("dispatch/SET_VRING_ADDR_ack");
@@ -194,14 +205,7 @@ fn bench_dispatch(c: &mut Criterion) {
             assert_eq!(served.last_desc.load(Ordering::Relaxed), desc);
         })
     });
-    let mut raw = RawEcho::new(HEADER_SIZE + 40, HEADER_SIZE + 8).expect("raw socketpair");
-    g.bench_function("raw_socketpair", |b| {
-        b.iter(|| {
-            let reply = raw.round_trip().expect("raw round trip");
-            assert_eq!(reply.len(), HEADER_SIZE + 8);
-        })
-    });
-    drop(raw);
+    bench_raw(&mut g, HEADER_SIZE + 40);
     g.finish();
     drop(served);
 }
@@ -222,42 +226,66 @@ criterion_group! {
 fn paired() {
     let served = Served::new();
     let get = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 0).to_wire();
-    let mut raw = RawEcho::new(HEADER_SIZE, HEADER_SIZE + 8).expect("raw socketpair");
-    benches::report::paired(
-        "dispatch/GET_FEATURES server vs raw_socketpair",
-        31,
-        20_000,
-        || {
-            served.conn().send(&get, &[], &[], &[]).expect("send");
-            assert_eq!(served.recv_u64(FrontendReq::GetFeatures), FEATURES);
-        },
-        || assert_eq!(raw.round_trip().expect("raw").len(), HEADER_SIZE + 8),
-    );
     let (header, mut body) = set_vring_addr_wire();
-    let mut raw = RawEcho::new(HEADER_SIZE + 40, HEADER_SIZE + 8).expect("raw socketpair");
     let mut desc = 0x7e00_0000_0000u64;
-    benches::report::paired(
-        "dispatch/SET_VRING_ADDR_ack server vs raw_socketpair",
-        31,
-        20_000,
-        || {
-            desc = desc.wrapping_add(0x1000);
-            body[DESC_AT].copy_from_slice(&desc.to_le_bytes());
-            served.conn().send(&header, &body, &[], &[]).expect("send");
-            assert_eq!(served.recv_u64(FrontendReq::SetVringAddr), 0, "ack");
-            assert_eq!(served.last_desc.load(Ordering::Relaxed), desc);
-        },
-        || assert_eq!(raw.round_trip().expect("raw").len(), HEADER_SIZE + 8),
-    );
+    for (name, how) in [
+        ("raw_socketpair", Syscalls::SendRecv),
+        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
+    ] {
+        let mut raw = RawEcho::with_syscalls(HEADER_SIZE, HEADER_SIZE + 8, how).expect("raw");
+        let p = benches::report::paired(
+            &format!("dispatch/GET_FEATURES server vs {name}"),
+            31,
+            20_000,
+            || {
+                served.conn().send(&get, &[], &[], &[]).expect("send");
+                assert_eq!(served.recv_u64(FrontendReq::GetFeatures), FEATURES);
+                1
+            },
+            || {
+                assert_eq!(raw.round_trip().expect("raw").len(), HEADER_SIZE + 8);
+                1
+            },
+        );
+        println!("{p}");
+        let mut raw = RawEcho::with_syscalls(HEADER_SIZE + 40, HEADER_SIZE + 8, how).expect("raw");
+        let p = benches::report::paired(
+            &format!("dispatch/SET_VRING_ADDR_ack server vs {name}"),
+            31,
+            20_000,
+            || {
+                desc = desc.wrapping_add(0x1000);
+                body[DESC_AT].copy_from_slice(&desc.to_le_bytes());
+                served.conn().send(&header, &body, &[], &[]).expect("send");
+                assert_eq!(served.recv_u64(FrontendReq::SetVringAddr), 0, "ack");
+                assert_eq!(served.last_desc.load(Ordering::Relaxed), desc);
+                1
+            },
+            || {
+                assert_eq!(raw.round_trip().expect("raw").len(), HEADER_SIZE + 8);
+                1
+            },
+        );
+        println!("{p}");
+    }
 }
 
 fn main() {
     dispatch();
     Criterion::default().configure_from_args().final_summary();
     for group in ["dispatch/GET_FEATURES", "dispatch/SET_VRING_ADDR_ack"] {
-        benches::report::print_ratios(group, &[("server", "raw_socketpair")]);
+        println!(
+            "{}",
+            benches::report::ratios(
+                group,
+                &[
+                    ("server", "raw_socketpair"),
+                    ("server", "raw_sendmsg_recvmsg"),
+                ],
+            )
+        );
     }
-    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+    if !std::env::args().any(|a| ["--list", "--test", "--profile-time"].contains(&a.as_str())) {
         paired();
     }
 }

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use benches::raw::RawEcho;
+use benches::raw::{RawEcho, Syscalls};
 use criterion::{criterion_group, Criterion, Throughput};
 use vhost_proto::{FrontendReq, Header, HeaderFlags, HEADER_SIZE};
 use vhost_transport::{Connection, FrontendChannel};
@@ -83,14 +83,20 @@ fn bench_round_trip(c: &mut Criterion) {
     });
     drop(echo);
 
-    let mut raw = RawEcho::new(HEADER_SIZE + 8, HEADER_SIZE + 8).expect("raw socketpair");
-    let want = raw.request().to_vec();
-    g.bench_function("raw_socketpair", |b| {
-        b.iter(|| {
-            let reply = raw.round_trip().expect("raw round trip");
-            assert_eq!(reply, &want[..]);
-        })
-    });
+    for (name, how) in [
+        ("raw_socketpair", Syscalls::SendRecv),
+        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
+    ] {
+        let mut raw =
+            RawEcho::with_syscalls(HEADER_SIZE + 8, HEADER_SIZE + 8, how).expect("socketpair");
+        let want = raw.request().to_vec();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let reply = raw.round_trip().expect("raw round trip");
+                assert_eq!(reply, &want[..]);
+            })
+        });
+    }
     g.finish();
 }
 
@@ -109,29 +115,46 @@ criterion_group! {
 /// The same comparison in alternating rounds (see `benches::report::paired`).
 fn paired() {
     let echo = Echo::new();
-    let mut raw = RawEcho::new(HEADER_SIZE + 8, HEADER_SIZE + 8).expect("raw socketpair");
-    let want = raw.request().to_vec();
     let mut n = 0u64;
-    benches::report::paired(
-        "transport/round_trip_20B connection vs raw_socketpair",
-        31,
-        20_000,
-        || {
-            n = n.wrapping_add(1);
-            assert_eq!(echo.round_trip(black_box(n)), n);
-        },
-        || assert_eq!(raw.round_trip().expect("raw round trip"), &want[..]),
-    );
+    for (name, how) in [
+        ("raw_socketpair", Syscalls::SendRecv),
+        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
+    ] {
+        let mut raw =
+            RawEcho::with_syscalls(HEADER_SIZE + 8, HEADER_SIZE + 8, how).expect("socketpair");
+        let want = raw.request().to_vec();
+        let p = benches::report::paired(
+            &format!("transport/round_trip_20B connection vs {name}"),
+            31,
+            20_000,
+            || {
+                n = n.wrapping_add(1);
+                assert_eq!(echo.round_trip(black_box(n)), n);
+                1
+            },
+            || {
+                assert_eq!(raw.round_trip().expect("raw round trip"), &want[..]);
+                1
+            },
+        );
+        println!("{p}");
+    }
 }
 
 fn main() {
     transport();
     Criterion::default().configure_from_args().final_summary();
-    benches::report::print_ratios(
-        "transport/round_trip_20B",
-        &[("connection", "raw_socketpair")],
+    println!(
+        "{}",
+        benches::report::ratios(
+            "transport/round_trip_20B",
+            &[
+                ("connection", "raw_socketpair"),
+                ("connection", "raw_sendmsg_recvmsg"),
+            ],
+        )
     );
-    if !std::env::args().any(|a| a == "--list" || a == "--test") {
+    if !std::env::args().any(|a| ["--list", "--test", "--profile-time"].contains(&a.as_str())) {
         paired();
     }
 }

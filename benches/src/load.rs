@@ -150,7 +150,7 @@ pub fn memory_size(depth: usize, queue_size: u16) -> u64 {
 }
 
 impl Engine {
-    /// Full data checks of reads happen once every this many completions.
+    /// Full data checks of reads happen once every this many completions (a power of two).
     pub const FULL_CHECK_EVERY: u64 = 256;
 
     /// An engine on queue 0 of a started `session`, with `depth` request slots. `blocks` is
@@ -307,7 +307,7 @@ impl Engine {
         }
         if self.workload == Workload::RandRead {
             let offset = s.block * BLOCK as u64;
-            let ok = if self.stats.completed % Self::FULL_CHECK_EVERY == 0 {
+            let ok = if self.stats.completed & (Self::FULL_CHECK_EVERY - 1) == 0 {
                 mem.read_slice(&mut self.scratch[..], s.data)?;
                 check_pattern(&self.scratch[..], offset)
             } else {

@@ -26,21 +26,75 @@ fn nix_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// Sends all of `buf` (one `send` unless the kernel takes less).
-fn send_all(fd: &OwnedFd, mut buf: &[u8]) -> io::Result<()> {
+/// Which system calls a [`RawEcho`] moves its bytes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syscalls {
+    /// `send` and `recv`: the cheapest way.
+    SendRecv,
+    /// `sendmsg` and `recvmsg` with room for 8 descriptors (`MSG_CMSG_CLOEXEC`), as a
+    /// vhost-user transport must receive, one iovec each: what the same bytes cost once
+    /// descriptors could ride along.
+    MsgWithControl,
+}
+
+/// One `recvmsg` with a control buffer for 8 descriptors (none expected).
+fn recvmsg_once(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    const CONTROL: usize = 64;
+    #[repr(C, align(8))]
+    struct Control([u8; CONTROL]);
+    let mut control = Control([0; CONTROL]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers); the fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL as _;
+    // SAFETY: `msg` points at one iovec over `buf` and at `control`, both valid for writes
+    // of their lengths for the duration of the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if msg.msg_controllen != 0 {
+        return Err(io::Error::other("unexpected control message"));
+    }
+    Ok(n as usize)
+}
+
+/// One `sendmsg` of `buf` as one iovec, no control message.
+fn sendmsg_once(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    let iov = [io::IoSlice::new(buf)];
+    nix::sys::socket::sendmsg::<()>(fd.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(nix_io)
+}
+
+/// Sends all of `buf` (one call unless the kernel takes less).
+fn send_all(fd: &OwnedFd, mut buf: &[u8], how: Syscalls) -> io::Result<()> {
     while !buf.is_empty() {
-        let n = send(fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(nix_io)?;
+        let n = match how {
+            Syscalls::SendRecv => send(fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(nix_io)?,
+            Syscalls::MsgWithControl => sendmsg_once(fd, buf)?,
+        };
         buf = &buf[n..];
     }
     Ok(())
 }
 
-/// Receives exactly `buf.len()` bytes (one `recv` unless the kernel gives less). `Ok(false)`
+/// Receives exactly `buf.len()` bytes (one call unless the kernel gives less). `Ok(false)`
 /// when the peer closed before the first byte.
-fn recv_all(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<bool> {
+fn recv_all(fd: &OwnedFd, buf: &mut [u8], how: Syscalls) -> io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
-        let n = recv(fd.as_raw_fd(), &mut buf[got..], MsgFlags::empty()).map_err(nix_io)?;
+        let n = match how {
+            Syscalls::SendRecv => {
+                recv(fd.as_raw_fd(), &mut buf[got..], MsgFlags::empty()).map_err(nix_io)?
+            }
+            Syscalls::MsgWithControl => recvmsg_once(fd, &mut buf[got..])?,
+        };
         if n == 0 {
             if got == 0 {
                 return Ok(false);
@@ -56,6 +110,7 @@ fn recv_all(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<bool> {
 /// `reply_len` bytes (the request's first bytes, zero-padded).
 #[derive(Debug)]
 pub struct RawEcho {
+    how: Syscalls,
     client: Option<OwnedFd>,
     request: Vec<u8>,
     reply: Vec<u8>,
@@ -63,8 +118,13 @@ pub struct RawEcho {
 }
 
 impl RawEcho {
-    /// Starts the echo thread.
+    /// Starts the echo thread, moving bytes with `send` and `recv`.
     pub fn new(request_len: usize, reply_len: usize) -> io::Result<Self> {
+        Self::with_syscalls(request_len, reply_len, Syscalls::SendRecv)
+    }
+
+    /// Starts the echo thread, moving bytes with `how`.
+    pub fn with_syscalls(request_len: usize, reply_len: usize, how: Syscalls) -> io::Result<Self> {
         let (client, server) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -77,14 +137,15 @@ impl RawEcho {
             .spawn(move || {
                 let mut req = vec![0u8; request_len];
                 let mut reply = vec![0u8; reply_len];
-                while recv_all(&server, &mut req)? {
+                while recv_all(&server, &mut req, how)? {
                     let n = reply_len.min(request_len);
                     reply[..n].copy_from_slice(&req[..n]);
-                    send_all(&server, &reply)?;
+                    send_all(&server, &reply, how)?;
                 }
                 Ok(())
             })?;
         Ok(RawEcho {
+            how,
             client: Some(client),
             request: (0..request_len).map(|i| i as u8 ^ 0x5a).collect(),
             reply: vec![0; reply_len],
@@ -95,8 +156,8 @@ impl RawEcho {
     /// One round trip; returns the reply.
     pub fn round_trip(&mut self) -> io::Result<&[u8]> {
         let fd = self.client.as_ref().ok_or(io::ErrorKind::NotConnected)?;
-        send_all(fd, &self.request)?;
-        if !recv_all(fd, &mut self.reply)? {
+        send_all(fd, &self.request, self.how)?;
+        if !recv_all(fd, &mut self.reply, self.how)? {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(&self.reply)

@@ -39,46 +39,52 @@ pub fn median_ns(group: &str, function: &str) -> Option<f64> {
     v.get("median")?.get("point_estimate")?.as_f64()
 }
 
-/// Prints, for each `(ours, reference)` pair of `group`, both medians, the time ratio
-/// ours/reference and the rate of each (per second).
-pub fn print_ratios(group: &str, pairs: &[(&str, &str)]) {
-    println!("\n== {group}: medians ==");
-    println!(
-        "{:<34} {:>10} {:>12} {:>34} {:>10} {:>12} {:>8}",
+/// A table that gives, for each `(ours, reference)` pair of `group`, both medians, the
+/// rate of each (per second) and the time ratio ours/reference.
+pub fn ratios(group: &str, pairs: &[(&str, &str)]) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "\n== {group}: criterion medians ==");
+    let _ = writeln!(
+        t,
+        "{:<12} {:>10} {:>12} {:>24} {:>10} {:>12} {:>8}",
         "ours", "ns", "per s", "reference", "ns", "per s", "ratio"
     );
     for (ours, reference) in pairs {
-        match (median_ns(group, ours), median_ns(group, reference)) {
-            (Some(a), Some(b)) => println!(
-                "{ours:<34} {a:>10.0} {:>12.0} {reference:>34} {b:>10.0} {:>12.0} {:>7.3}x",
+        let _ = match (median_ns(group, ours), median_ns(group, reference)) {
+            (Some(a), Some(b)) => writeln!(
+                t,
+                "{ours:<12} {a:>10.0} {:>12.0} {reference:>24} {b:>10.0} {:>12.0} {:>7.3}x",
                 1e9 / a,
                 1e9 / b,
                 a / b
             ),
-            _ => println!("{ours:<34} (no result for this pair in {group})"),
-        }
+            _ => writeln!(t, "{ours:<12} (no result for {reference} in {group})"),
+        };
     }
-    println!("ratio = time ours / time reference (1.000 = as fast; 1.100 = 10% slower)");
+    t.push_str("ratio = time ours / time reference (1.000: as fast; 1.100: 10% slower)");
+    t
 }
 
-/// Times `ours` and `reference` in alternation — `rounds` rounds of `iters` calls each,
-/// the order flipped every round — and prints the median time per call of each and the
-/// median of the per-round ratios. Alternating in short rounds makes the ratio robust to
-/// load that comes and goes on a shared machine, which sequential criterion runs are not.
-/// Returns the median ratio (time ours / time reference).
+/// Times `ours` and `reference` in alternation — `rounds` rounds of at least `iters` units
+/// each (each call returns how many units it did: requests, round trips), the order
+/// flipped every round — and returns the median time per unit of each and the median of
+/// the per-round ratios. Alternating in short rounds makes the ratio robust to load that
+/// comes and goes on a shared machine, which sequential criterion runs are not.
 pub fn paired(
     name: &str,
     rounds: usize,
     iters: u64,
-    mut ours: impl FnMut(),
-    mut reference: impl FnMut(),
-) -> f64 {
-    let mut time = |f: &mut dyn FnMut()| {
+    mut ours: impl FnMut() -> u64,
+    mut reference: impl FnMut() -> u64,
+) -> Paired {
+    let time = |f: &mut dyn FnMut() -> u64| {
         let start = std::time::Instant::now();
-        for _ in 0..iters {
-            f();
+        let mut done = 0;
+        while done < iters {
+            done += f();
         }
-        start.elapsed().as_nanos() as f64 / iters as f64
+        start.elapsed().as_nanos() as f64 / done as f64
     };
     let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds.max(1) {
@@ -93,13 +99,49 @@ pub fn paired(
         b.push(y);
         r.push(x / y);
     }
-    let (ma, mb, mr) = (median(&mut a), median(&mut b), median(&mut r));
-    println!(
-        "paired {name}: ours {ma:.0} ns, reference {mb:.0} ns, ratio {mr:.3}x \
-         (median of {} alternating rounds of {iters})",
-        rounds.max(1)
-    );
-    mr
+    Paired {
+        name: name.to_owned(),
+        rounds: rounds.max(1),
+        iters,
+        ours_ns: median(&mut a),
+        reference_ns: median(&mut b),
+        ratio: median(&mut r),
+    }
+}
+
+/// The result of [`paired`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paired {
+    /// What was compared.
+    pub name: String,
+    /// Rounds run.
+    pub rounds: usize,
+    /// Units per round and side (at least).
+    pub iters: u64,
+    /// Median time per unit of ours, in nanoseconds.
+    pub ours_ns: f64,
+    /// Median time per unit of the reference, in nanoseconds.
+    pub reference_ns: f64,
+    /// Median of the per-round ratios (time ours / time reference).
+    pub ratio: f64,
+}
+
+impl std::fmt::Display for Paired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "paired {}: ours {:.0} ns ({:.0}/s), reference {:.0} ns ({:.0}/s), ratio {:.3}x \
+             (median of {} alternating rounds of {})",
+            self.name,
+            self.ours_ns,
+            1e9 / self.ours_ns,
+            self.reference_ns,
+            1e9 / self.reference_ns,
+            self.ratio,
+            self.rounds,
+            self.iters
+        )
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
