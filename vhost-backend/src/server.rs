@@ -24,10 +24,12 @@
 //! | transport: peer gone (also mid-message), descriptors where none may ride, I/O error | close ([`ServerError::Transport`]) |
 //! | invalid body, wrong descriptor count, not negotiated, vring index out of range, second SET_OWNER | failure form, keep serving |
 //! | the [`Backend`] method fails | failure form, keep serving |
+//! | either of the two above, for a request that changes ring, memory or negotiated state (SET_FEATURES, SET_PROTOCOL_FEATURES, RESET_OWNER, RESET_DEVICE, SET_MEM_TABLE, ADD/REM_MEM_REG, SET_LOG_BASE/FD, SET_VRING_NUM/ADDR/BASE/KICK/CALL/ERR/ENABLE/ENDIAN, SET_INFLIGHT_FD, SET_DEVICE_STATE_FD, POSTCOPY_LISTEN) that owes nothing (no NEED_REPLY, or REPLY_ACK not negotiated) | close ([`ServerError::Unreported`]): the front-end believes the change took effect |
 //! | the owed reply has no failure form (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, GET_STATUS, GET_VRING_BASE, postcopy memory tables) | close ([`ServerError::Unanswerable`]) |
 //!
 //! The failure form is what the request owes, failed: nothing when it owes nothing (no
-//! NEED_REPLY, or REPLY_ACK not negotiated); an ack of 1 when it owes an ack; otherwise
+//! NEED_REPLY, or REPLY_ACK not negotiated; only for requests without lasting effect, see
+//! above); an ack of 1 when it owes an ack; otherwise
 //! `FrontendReply::failure` (a status of 1, a zero-size config, session id -1, an empty
 //! inflight description, ...). A request that always replies sends only its reply, with
 //! NEED_REPLY or without. Descriptors received are owned values: whatever path a message

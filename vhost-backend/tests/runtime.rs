@@ -287,6 +287,18 @@ fn event_idx_on_and_off_both_serve_and_event_idx_suppresses_unwanted_calls() {
                 !VirtqueueDriver::wait_call(&q.call, Duration::from_millis(100)).unwrap(),
                 "call signalled although used_event asked for none"
             );
+        } else {
+            // Without EVENT_IDX every completion is signalled (the driver never set
+            // NO_INTERRUPT).
+            for i in 0..5 {
+                while q.call.read().is_ok() {}
+                let head = q.submit((DATA, 16), (DATA + 0x1000, 16));
+                assert!(
+                    VirtqueueDriver::wait_call(&q.call, TIMEOUT).unwrap(),
+                    "completion {i}: no call"
+                );
+                assert_eq!(q.driver.pop_used().unwrap().map(|u| u.id), Some(head));
+            }
         }
     }
 }
@@ -379,11 +391,20 @@ fn config_status_reset_and_queue_number_requests() {
     send_mem_table(&mut fe, &mem);
     let mut q = GuestQueue::new(&mem, 1, true);
     q.start(&mut fe, &mem, 0, true);
+    for _ in 0..3 {
+        q.round_trip(&mem, DATA, DATA + 0x1000, 64);
+    }
+    // Stopped: GET_VRING_BASE answers the next available index, past the three chains.
+    assert_eq!(fe.get_vring_base(1).unwrap(), 3);
+    // Restarted from there, it serves on and stops one further.
+    q.start(&mut fe, &mem, 3, true);
     q.round_trip(&mem, DATA, DATA + 0x1000, 64);
+    assert_eq!(fe.get_vring_base(1).unwrap(), 4);
+    q.start(&mut fe, &mem, 4, true);
     fe.reset_device().unwrap();
     assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
     assert_eq!(fe.get_status().unwrap(), 0);
-    // The ring is stopped: GET_VRING_BASE answers the base it stopped at.
+    // The reset stopped the running ring and forgot its base: back to the initial state.
     assert_eq!(fe.get_vring_base(1).unwrap(), 0);
     drop(fe);
     let b = t.join().unwrap();

@@ -238,11 +238,17 @@ fn frontend_without_protocol_features_gets_rings_enabled_and_no_set_vring_enable
         .exchange(&FrontendRequest::SetFeatures(features), false, &[])
         .is_none());
     assert!(s.server.negotiation().rings_start_enabled());
+    // SET_VRING_ENABLE is not negotiated, and without REPLY_ACK there is no ack to refuse
+    // it with: the front-end would believe a ring state the back-end does not have.
     let enable = FrontendRequest::SetVringEnable(state(0, 1));
+    s.send(&enable, true, &[]);
+    let handled = s.step();
     assert!(
-        s.exchange(&enable, true, &[]).is_none(),
-        "no REPLY_ACK, no ack"
+        matches!(&handled, Err(ServerError::Unreported { request: FrontendReq::SetVringEnable, cause })
+            if matches!(**cause, ServerError::Refused(Error::NotNegotiated { .. }))),
+        "{handled:?}"
     );
+    assert!(s.reply().is_none(), "no REPLY_ACK, no ack");
     assert_eq!(s.rec.take_calls(), [Call::SetFeatures(features)]);
     // GET_PROTOCOL_FEATURES has no answer to give: the connection closes.
     s.send(&FrontendRequest::GetProtocolFeatures, false, &[]);
@@ -433,4 +439,98 @@ fn qemu_blk_boot_sequence_gets_the_replies_qemu_expects() {
     s.server.finish().expect("reset");
     assert_eq!(s.rec.fd_count(), 0);
     assert!(s.rec.backend_client().is_none());
+}
+
+/// Requests with a lasting effect on rings, memory or negotiation that owe nothing unless
+/// NEED_REPLY is set.
+const STATE_CHANGES: [FrontendReq; 18] = [
+    FrontendReq::SetFeatures,
+    FrontendReq::SetProtocolFeatures,
+    FrontendReq::ResetOwner,
+    FrontendReq::ResetDevice,
+    FrontendReq::SetMemTable,
+    FrontendReq::AddMemReg,
+    FrontendReq::RemMemReg,
+    FrontendReq::SetLogFd,
+    FrontendReq::SetVringNum,
+    FrontendReq::SetVringAddr,
+    FrontendReq::SetVringBase,
+    FrontendReq::SetVringKick,
+    FrontendReq::SetVringCall,
+    FrontendReq::SetVringErr,
+    FrontendReq::SetVringEnable,
+    FrontendReq::SetVringEndian,
+    FrontendReq::SetInflightFd,
+    FrontendReq::PostcopyListen,
+];
+
+#[test]
+fn failing_state_change_without_need_reply_closes_the_connection() {
+    for case in cases::all() {
+        let code = case.code();
+        if !STATE_CHANGES.contains(&code) {
+            continue;
+        }
+        let name = code.name();
+        let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
+        assert_eq!(s.server.negotiation().owes(code, false), Owed::Nothing);
+        s.rec.fail_on(code);
+        let fds = case.make_fds();
+        s.send(&case.request, false, &borrow(&fds));
+        let handled = s.step();
+        assert!(
+            matches!(&handled, Err(ServerError::Unreported { request, cause })
+                if *request == code && matches!(**cause, ServerError::Backend { .. })),
+            "{name}: {handled:?}"
+        );
+        assert!(s.reply().is_none(), "{name}: answered");
+        assert_eq!(
+            s.rec.take_calls(),
+            std::slice::from_ref(&case.call),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn failing_state_change_with_an_ack_owed_reports_it_and_the_session_goes_on() {
+    for code in STATE_CHANGES {
+        let Some(case) = cases::all().into_iter().find(|c| c.code() == code) else {
+            panic!("{}: no case", code.name());
+        };
+        let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
+        s.rec.fail_on(code);
+        let fds = case.make_fds();
+        assert_eq!(s.ack(&case.request, &borrow(&fds)), 1, "{}", code.name());
+        assert_eq!(
+            s.exchange(&FrontendRequest::GetFeatures, false, &[])
+                .map(|r| r.u64()),
+            Some(FEATURES)
+        );
+    }
+}
+
+#[test]
+fn failing_request_without_lasting_effect_and_without_need_reply_keeps_serving() {
+    for code in [
+        FrontendReq::SetConfig,
+        FrontendReq::SetStatus,
+        FrontendReq::VringKick,
+    ] {
+        let Some(case) = cases::all().into_iter().find(|c| c.code() == code) else {
+            panic!("{}: no case", code.name());
+        };
+        let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
+        s.rec.fail_on(code);
+        assert!(
+            s.exchange(&case.request, false, &[]).is_none(),
+            "{}",
+            code.name()
+        );
+        assert_eq!(
+            s.exchange(&FrontendRequest::GetFeatures, false, &[])
+                .map(|r| r.u64()),
+            Some(FEATURES)
+        );
+    }
 }

@@ -11,6 +11,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -216,13 +217,18 @@ impl<B: Backend> Daemon<B> {
     pub fn run(&mut self) -> Result<(), DaemonError> {
         loop {
             let conn = match &mut self.source {
-                Source::Listener(l) => match wait(&self.stop, l.as_fd())? {
+                Source::Listener(l) => match wait(&self.stop, Some(l.as_fd()), None)? {
                     Wake::Stop => return Ok(()),
                     Wake::Ready => match l.accept() {
                         Ok(c) => c,
                         Err(e) => {
-                            log::warn!("accepting a front-end: {e}");
-                            continue;
+                            // A persistent error (EMFILE: the pending connection stays
+                            // queued and the socket readable) must not spin the loop.
+                            log::warn!("accepting a front-end: {e}; retrying shortly");
+                            match wait(&self.stop, None, Some(ACCEPT_RETRY))? {
+                                Wake::Stop => return Ok(()),
+                                Wake::Ready => continue,
+                            }
                         }
                     },
                 },
@@ -268,7 +274,7 @@ impl<B: Backend> Daemon<B> {
                 Ok(s) => s,
                 Err(e) => return (Err(sys("starting the session thread")(e)), None),
             };
-            let woke = wait(stop, borrow(&done));
+            let woke = wait(stop, Some(borrow(&done)), None);
             if !matches!(woke, Ok(Wake::Ready)) {
                 if let Err(e) = nix::sys::socket::shutdown(sock.as_raw_fd(), Shutdown::Both) {
                     log::warn!("shutting the front-end connection down: {e}");
@@ -290,18 +296,39 @@ impl<B: Backend> Daemon<B> {
     }
 }
 
-/// Sleeps until `fd` is readable or a stop is requested.
-fn wait(stop: &EventFd, fd: BorrowedFd<'_>) -> Result<Wake, DaemonError> {
+/// How long the loop waits before accepting again after `accept` failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Sleeps until `fd` is readable, `timeout` ran out ([`Wake::Ready`] either way) or a stop
+/// is requested ([`Wake::Stop`]).
+fn wait(
+    stop: &EventFd,
+    fd: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> Result<Wake, DaemonError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let mut fds = vec![
-            PollFd::new(borrow(stop), PollFlags::POLLIN),
-            PollFd::new(fd, PollFlags::POLLIN),
-        ];
+        let mut fds = vec![PollFd::new(borrow(stop), PollFlags::POLLIN)];
         if let Some(sig) = signal_fd() {
             fds.push(PollFd::new(sig, PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
+        let stops = fds.len();
+        if let Some(fd) = fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        let left = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                // Rounded up, so the wait never ends before the deadline.
+                let ms = d
+                    .saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .div_ceil(1000);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let n = match poll(&mut fds, left) {
+            Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 return Err(DaemonError::Sys {
@@ -309,13 +336,16 @@ fn wait(stop: &EventFd, fd: BorrowedFd<'_>) -> Result<Wake, DaemonError> {
                     source: e.into(),
                 })
             }
-        }
+        };
         let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
-        if ready(&fds[0]) || fds.get(2).is_some_and(ready) {
+        if fds[..stops].iter().any(ready) {
             log::info!("stop requested");
             return Ok(Wake::Stop);
         }
-        if ready(&fds[1]) {
+        if fds[stops..].iter().any(ready) {
+            return Ok(Wake::Ready);
+        }
+        if n == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Wake::Ready);
         }
     }

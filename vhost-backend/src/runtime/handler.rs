@@ -6,7 +6,6 @@
 //! the GET_VRING_BASE that stops the last started ring joins it, and RESET_DEVICE,
 //! RESET_OWNER and a disconnect join them all.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
 use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
+use super::notifier::{self, Notifier};
 use super::vring::{Kick, RingPart, Vring, VringError};
 use super::worker::Worker;
 use crate::{Backend, BackendClient, BackendError, BackendResult};
@@ -295,18 +295,17 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn set_features(&mut self, features: u64) -> BackendResult<()> {
         self.acked_features = features;
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
-        let enable_all = self.rings_start_enabled();
+        let protocol = !self.rings_start_enabled();
         for (i, r) in self.rings.iter().enumerate() {
             let mut g = r.lock();
             g.set_event_idx(event_idx);
-            // "If SET_FEATURES arrives without bit 30, all rings are enabled at once."
-            if enable_all && !g.enabled {
-                g.enabled = true;
-                let started = g.started;
-                drop(g);
-                if started {
-                    self.poke(i);
-                }
+            // Without bit 30 every ring is enabled at once; with it a ring not started
+            // starts disabled (unless SET_VRING_ENABLE enabled it already).
+            let became = g.follow_features(protocol);
+            let started = g.started;
+            drop(g);
+            if became && started {
+                self.poke(i);
             }
         }
         self.device.set_acked_features(features);
@@ -380,6 +379,11 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
         let i = usize::from(index);
         let r = Arc::clone(self.ring(u32::from(index))?);
+        // Checked before anything changes: a refused descriptor leaves the ring as it was.
+        let fd = fd
+            .map(|fd| notifier::accept(r.index, Notifier::Kick, fd))
+            .transpose()
+            .map_err(fail)?;
         let w = self.worker_of[i];
         let start_enabled = self.rings_start_enabled();
         let mem = self.mem.atomic().memory();
@@ -409,8 +413,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             return Err(fail(e));
         }
         match fd {
-            Some(fd) => {
-                let file = File::from(fd);
+            Some(file) => {
                 worker
                     .add_kick(r.index, g.kick_gen, file.as_raw_fd())
                     .map_err(|source| fail(RuntimeError::Worker { worker: w, source }))?;
@@ -423,7 +426,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         }
         // Without bit 30 the ring is enabled as soon as it starts; a kick never disables it.
         if start_enabled {
-            g.enabled = true;
+            g.follow_features(false);
         }
         drop(g);
         // Look at the ring at once: buffers made available before the kick fd arrived.
@@ -432,12 +435,22 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
-        self.ring(u32::from(index))?.set_call(fd.map(File::from));
+        let r = self.ring(u32::from(index))?;
+        let fd = fd
+            .map(|fd| notifier::accept(r.index, Notifier::Call, fd))
+            .transpose()
+            .map_err(fail)?;
+        r.set_call(fd);
         Ok(())
     }
 
     fn set_vring_err(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
-        self.ring(u32::from(index))?.set_err(fd.map(File::from));
+        let r = self.ring(u32::from(index))?;
+        let fd = fd
+            .map(|fd| notifier::accept(r.index, Notifier::Err, fd))
+            .transpose()
+            .map_err(fail)?;
+        r.set_err(fd);
         Ok(())
     }
 
@@ -457,12 +470,11 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> BackendResult<()> {
         let r = self.ring(index)?;
         let mut g = r.lock();
-        let was = g.enabled;
-        g.enabled = enable;
+        let became = g.set_enabled(enable);
         let started = g.started;
         drop(g);
         // Kicks consumed while disabled were dropped: look at the whole ring now.
-        if enable && !was && started {
+        if became && started {
             self.poke(index as usize);
         }
         Ok(())

@@ -16,13 +16,21 @@
 //!   rings are enabled as soon as they start. When a ring becomes enabled the worker looks
 //!   at its whole available ring, so a kick that came while it was disabled is not lost.
 //!   SET_VRING_KICK with NOFD makes the worker poll that ring every
-//!   [`POLL_INTERVAL_MS`](worker::POLL_INTERVAL_MS) milliseconds.
+//!   [`POLL_INTERVAL_MS`](worker::POLL_INTERVAL_MS) milliseconds, even while other rings of
+//!   the same worker are busy. Kick, call and error descriptors must be eventfds (anything
+//!   else is refused with [`VringError::NotEventFd`]); they are made non-blocking, and a
+//!   signal that finds the counter full counts as delivered.
+//! - **enabled state**: once SET_FEATURES acks `VHOST_USER_F_PROTOCOL_FEATURES`, rings not
+//!   started are disabled until SET_VRING_ENABLE, also when an earlier SET_FEATURES without
+//!   that bit had enabled them.
 //! - **workers** ([`worker`]): one thread per queue, or per group of queues
 //!   ([`VirtioDevice::worker_of`]), each sleeping in `epoll_wait` on its kick eventfds, a
-//!   wake eventfd and the device's own descriptors. Per wake-up: one memory snapshot, one
-//!   ring lock, the device drains the ring, one `needs_notification` check (EVENT_IDX) and at
-//!   most one call. Threads exist while a ring of their group is started and are joined at
-//!   GET_VRING_BASE of the last one, RESET_DEVICE, RESET_OWNER and disconnect.
+//!   wake eventfd and the device's own descriptors. Per ring processed: one memory
+//!   snapshot, one ring lock, the device drains the ring (again when re-enabling
+//!   notifications shows chains published meanwhile), one `needs_notification` check
+//!   (EVENT_IDX) and at most one call, sent once the ring lock is released. Threads exist
+//!   while a ring of their group is started and are joined at GET_VRING_BASE of the last
+//!   one, RESET_DEVICE, RESET_OWNER and disconnect.
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
 //!   reset and accept again on disconnect, prompt stop on SIGTERM/SIGINT.
@@ -72,6 +80,7 @@ pub mod daemon;
 mod device;
 mod handler;
 pub mod mem_table;
+mod notifier;
 mod vring;
 pub mod worker;
 
@@ -85,4 +94,5 @@ pub use handler::{
     UNSUPPORTED_FEATURES,
 };
 pub use mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
+pub use notifier::Notifier;
 pub use vring::{RingPart, VringError};

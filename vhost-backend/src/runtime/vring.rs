@@ -9,12 +9,14 @@
 //! while the ring runs.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::notifier::{self, Notifier};
 
 /// Which address of a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,28 @@ pub enum VringError {
         /// What is wrong.
         why: String,
     },
+    /// A kick, call or error descriptor that is not an eventfd (a pipe, a socket, a file):
+    /// writing it could block the worker, or it could be readable forever.
+    #[error("vring {index}: the {which} descriptor is {kind}, not an eventfd")]
+    NotEventFd {
+        /// The ring.
+        index: u16,
+        /// Which descriptor.
+        which: Notifier,
+        /// What it is instead (its `/proc/self/fd` link or its file type).
+        kind: String,
+    },
+    /// Inspecting an eventfd or making it non-blocking failed.
+    #[error("vring {index}: the {which} eventfd: {source}")]
+    EventFd {
+        /// The ring.
+        index: u16,
+        /// Which descriptor.
+        which: Notifier,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the worker learns that the driver made buffers available.
@@ -100,6 +124,10 @@ pub(crate) struct VringInner {
     pub(crate) kick_gen: u16,
     pub(crate) started: bool,
     pub(crate) enabled: bool,
+    /// `enabled` holds only because VHOST_USER_F_PROTOCOL_FEATURES was not acked, not
+    /// because of a SET_VRING_ENABLE: a later SET_FEATURES acking that bit withdraws it
+    /// from a ring not started.
+    pub(crate) enabled_without_protocol: bool,
     pub(crate) event_idx: bool,
 }
 
@@ -117,12 +145,12 @@ pub(crate) struct Vring {
     pub(crate) pending: AtomicBool,
 }
 
+/// Signals the eventfd in `fd`, if any. The eventfd is non-blocking
+/// ([`notifier::accept`]), so this never waits.
 fn signal(fd: &Mutex<Option<File>>) {
     let guard = fd.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(mut f) = guard.as_ref() {
-        if let Err(e) = f.write_all(&1u64.to_ne_bytes()) {
-            log::warn!("signalling an eventfd failed: {e}");
-        }
+    if let Some(f) = guard.as_ref() {
+        notifier::signal(f);
     }
 }
 
@@ -140,6 +168,7 @@ impl Vring {
                 kick_gen: 0,
                 started: false,
                 enabled: false,
+                enabled_without_protocol: false,
                 event_idx: false,
             }),
             call: Mutex::new(None),
@@ -184,6 +213,7 @@ impl Vring {
         inner.kick = Kick::None;
         inner.started = false;
         inner.enabled = false;
+        inner.enabled_without_protocol = false;
         inner.event_idx = false;
         drop(inner);
         self.set_call(None);
@@ -265,6 +295,34 @@ impl VringInner {
         self.kick = Kick::None;
         self.kick_gen = self.kick_gen.wrapping_add(1);
         self.base
+    }
+
+    /// The enabled state SET_FEATURES gives: without VHOST_USER_F_PROTOCOL_FEATURES every
+    /// ring is enabled; with it a ring not started is disabled unless SET_VRING_ENABLE
+    /// enabled it. Returns whether the ring just became enabled.
+    pub(crate) fn follow_features(&mut self, protocol_features: bool) -> bool {
+        if !protocol_features {
+            let became = !self.enabled;
+            if became {
+                self.enabled = true;
+                self.enabled_without_protocol = true;
+            }
+            became
+        } else {
+            if !self.started && self.enabled_without_protocol {
+                self.enabled = false;
+                self.enabled_without_protocol = false;
+            }
+            false
+        }
+    }
+
+    /// SET_VRING_ENABLE. Returns whether the ring just became enabled.
+    pub(crate) fn set_enabled(&mut self, enable: bool) -> bool {
+        let became = enable && !self.enabled;
+        self.enabled = enable;
+        self.enabled_without_protocol = false;
+        became
     }
 
     /// Sets EVENT_IDX, also on a running queue.

@@ -9,10 +9,12 @@
 //! rings flagged `pending` (just enabled) or to stop.
 
 use std::io;
+use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -149,10 +151,15 @@ impl<D: VirtioDevice> Drop for Worker<D> {
 
 fn run<D: VirtioDevice>(s: &Shared<D>) {
     let mut events = [EpollEvent::default(); 32];
+    let interval = Duration::from_millis(POLL_INTERVAL_MS as u64);
+    let mut next_poll = Instant::now() + interval;
     log::debug!("worker {} started for queues {:?}", s.id, s.queues);
     loop {
-        let timeout = if s.polled_rings.load(Ordering::Acquire) > 0 {
-            POLL_INTERVAL_MS
+        let polling = s.polled_rings.load(Ordering::Acquire) > 0;
+        let timeout = if polling {
+            let left = next_poll.saturating_duration_since(Instant::now());
+            // Round up: waking a little late is fine, spinning on a zero timeout is not.
+            i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(POLL_INTERVAL_MS)
         } else {
             -1
         };
@@ -160,20 +167,24 @@ fn run<D: VirtioDevice>(s: &Shared<D>) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                log::error!("worker {}: epoll_wait failed: {e}", s.id);
+                // The thread cannot serve its rings any more: say so where the front-end
+                // listens for it.
+                log::error!(
+                    "worker {}: epoll_wait failed, queues {:?} stop being served: {e}",
+                    s.id,
+                    s.queues
+                );
+                for &q in &s.queues {
+                    if let Some(ring) = s.rings.get(usize::from(q)) {
+                        ring.signal_err();
+                    }
+                }
                 return;
             }
         };
         if s.stop.load(Ordering::Acquire) {
             log::debug!("worker {} stopping", s.id);
             return;
-        }
-        // One memory snapshot per wake-up: a table replaced meanwhile is seen next time.
-        let mem = s.mem.memory();
-        if n == 0 {
-            for &q in &s.queues {
-                process(s, q, &mem, Trigger::Poll);
-            }
         }
         for ev in &events[..n] {
             let data = ev.data();
@@ -186,19 +197,19 @@ fn run<D: VirtioDevice>(s: &Shared<D>) {
                             .pending
                             .swap(false, Ordering::AcqRel)
                         {
-                            process(s, q, &mem, Trigger::Pending);
+                            process(s, q, Trigger::Pending);
                         }
                     }
                 }
                 KIND_KICK => {
                     let q = (data & 0xffff) as u16;
                     let gen = ((data >> 16) & 0xffff) as u16;
-                    process(s, q, &mem, Trigger::Kick(gen));
+                    process(s, q, Trigger::Kick(gen));
                 }
                 KIND_DEVICE => match s.device.handle_event(s.id, data as u32) {
                     Ok(true) => {
                         for &q in &s.queues {
-                            process(s, q, &mem, Trigger::Pending);
+                            process(s, q, Trigger::Pending);
                         }
                     }
                     Ok(false) => {}
@@ -206,6 +217,19 @@ fn run<D: VirtioDevice>(s: &Shared<D>) {
                 },
                 _ => log::error!("worker {}: unknown event token {data:#x}", s.id),
             }
+        }
+        // Polled rings go by the clock, not by epoll timing out: a busy kick fd of another
+        // ring of this worker must not starve them.
+        if polling {
+            let now = Instant::now();
+            if now >= next_poll {
+                for &q in &s.queues {
+                    process(s, q, Trigger::Poll);
+                }
+                next_poll = now + interval;
+            }
+        } else {
+            next_poll = Instant::now() + interval;
         }
     }
 }
@@ -217,71 +241,129 @@ enum Trigger {
     Pending,
 }
 
-/// Processes one ring if it is started and enabled: lets the device drain the available
-/// ring, re-enables notifications and re-checks, then signals the call eventfd once if
-/// the driver wants it.
-fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, mem: &GuestMemoryMmap, why: Trigger) {
+/// Processes one ring if it is started and enabled, then signals its call eventfd once if
+/// the driver wants it. The memory snapshot is taken here, per ring processed, so a table
+/// replaced while the worker handled other events is seen at once.
+fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     let Some(ring) = s.rings.get(usize::from(q)) else {
         return;
     };
-    let mut guard = ring.lock();
-    match why {
-        // An event of a kick fd that has since been replaced or removed: ignore it.
-        Trigger::Kick(gen) if guard.kick_gen != gen => return,
-        Trigger::Kick(_) => guard.consume_kick(),
-        Trigger::Poll if !matches!(guard.kick, Kick::Poll) => return,
-        _ => {}
-    }
-    // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
-    // and wakes this worker, which then looks at the whole available ring.
-    if !(guard.started && guard.enabled) {
-        return;
-    }
-    let inner = &mut *guard;
-    let mut ctx = QueueContext {
-        index: q,
-        queue: &mut inner.queue,
-        mem,
-        stopping: &ring.stopping,
-        used: 0,
+    let outcome = {
+        let mut guard = ring.lock();
+        match why {
+            // An event of a kick fd that has since been replaced or removed: ignore it.
+            Trigger::Kick(gen) if guard.kick_gen != gen => return,
+            Trigger::Kick(_) => guard.consume_kick(),
+            Trigger::Poll if !matches!(guard.kick, Kick::Poll) => return,
+            _ => {}
+        }
+        // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
+        // and wakes this worker, which then looks at the whole available ring.
+        if !(guard.started && guard.enabled) {
+            return;
+        }
+        let mem = s.mem.memory();
+        let inner = &mut *guard;
+        let mut ctx = QueueContext {
+            index: q,
+            queue: &mut inner.queue,
+            mem: &mem,
+            stopping: &ring.stopping,
+            used: 0,
+        };
+        drain(s.device.as_ref(), &mut ctx)
     };
+    // The eventfds are signalled after the ring lock is released: GET_VRING_BASE never
+    // waits on a write (which cannot block anyway: the runtime only accepts non-blocking
+    // eventfds).
+    if outcome.failed {
+        ring.signal_err();
+    }
+    if outcome.notify {
+        ring.signal_call();
+    }
+}
+
+/// What one [`drain`] asks to be signalled.
+struct Signals {
+    notify: bool,
+    failed: bool,
+}
+
+/// Lets the device drain the available ring with notifications off, re-enables them and
+/// looks again for chains published meanwhile, and says whether the driver wants a call.
+///
+/// A round that takes no chain normally ends the drain. But the driver may have published
+/// a chain after the device last looked and before notifications were back on, without
+/// kicking (it saw them off): when re-enabling says more work is available, the ring is
+/// drained again. The ring is only trusted that far when its available index is at most
+/// one ring ahead; a second empty round in a row with work announced means the queue
+/// refuses what the index offers (a broken ring), which is logged instead of spun on.
+fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
+    let q = ctx.index;
+    let mem = ctx.mem;
+    let mut failed = false;
+    let mut empty_rounds = 0u32;
     loop {
         let before = ctx.queue.next_avail();
         if let Err(e) = QueueT::disable_notification(ctx.queue, mem) {
             log::warn!("queue {q}: disabling notifications: {e}");
         }
-        match s.device.process_queue(&mut ctx) {
+        match device.process_queue(ctx) {
             Ok(Processed::Drained) => {}
             Ok(Processed::Paused) => break,
             Err(e) => {
                 log::warn!("queue {q}: {e}");
-                ring.signal_err();
+                failed = true;
                 break;
             }
         }
-        // Nothing taken this round (stopping, or an avail index the queue refuses): do not
-        // spin on a ring that will not move.
-        if ring.stopping.load(Ordering::Relaxed) || ctx.queue.next_avail() == before {
-            let _ = QueueT::enable_notification(ctx.queue, mem);
-            break;
-        }
-        match QueueT::enable_notification(ctx.queue, mem) {
-            Ok(true) => continue,
-            Ok(false) => break,
+        let stopping = ctx.stopping.load(Ordering::Relaxed);
+        let more = match QueueT::enable_notification(ctx.queue, mem) {
+            Ok(more) => more,
             Err(e) => {
                 log::warn!("queue {q}: enabling notifications: {e}");
                 break;
             }
+        };
+        if stopping || !more {
+            break;
         }
-    }
-    if ctx.used > 0 {
-        match QueueT::needs_notification(ctx.queue, mem) {
-            Ok(false) => {}
-            Ok(true) => ring.signal_call(),
+        if ctx.queue.next_avail() != before {
+            empty_rounds = 0;
+            continue;
+        }
+        // Nothing taken, yet the available index moved past it.
+        empty_rounds += 1;
+        let ahead = QueueT::avail_idx(ctx.queue, mem, Ordering::Acquire)
+            .map(|idx| idx - Wrapping(ctx.queue.next_avail()));
+        match ahead {
+            Ok(ahead) if ahead.0 <= ctx.queue.size() && empty_rounds < 2 => continue,
+            Ok(ahead) => {
+                log::warn!(
+                    "queue {q}: broken ring: available index {} ahead of {} in a ring of {}, \
+                     and nothing can be taken",
+                    ahead.0,
+                    ctx.queue.next_avail(),
+                    ctx.queue.size()
+                );
+                break;
+            }
             Err(e) => {
-                log::warn!("queue {q}: reading used_event: {e}");
-                ring.signal_call();
+                log::warn!("queue {q}: reading the available index: {e}");
+                break;
             }
         }
     }
+    let mut notify = false;
+    if ctx.used > 0 {
+        notify = match QueueT::needs_notification(ctx.queue, mem) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("queue {q}: reading used_event: {e}");
+                true
+            }
+        };
+    }
+    Signals { notify, failed }
 }

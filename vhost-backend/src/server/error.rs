@@ -8,7 +8,9 @@ use crate::BackendError;
 ///
 /// [`ServerError::Refused`], [`ServerError::Backend`], [`ServerError::BackendChannel`] and
 /// [`ServerError::NoReply`] concern a single well-framed request: the server answers it with
-/// the specification's failure form and keeps serving. The other variants end the
+/// the specification's failure form and keeps serving, except when the request changes
+/// ring or memory state and owes nothing that could report the failure (then
+/// [`ServerError::Unreported`] ends the connection). The other variants end the
 /// connection; [`BackendServer::handle_one`](crate::BackendServer::handle_one)
 /// returns only those.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,18 @@ pub enum ServerError {
     /// cannot come, so the connection is closed.
     #[error("{} failed and its reply has no failure form: {cause}", .request.name())]
     Unanswerable {
+        /// The request.
+        request: FrontendReq,
+        /// Why it failed.
+        cause: Box<ServerError>,
+    },
+    /// A request with a lasting effect on rings, memory or negotiated features
+    /// (SET_VRING_KICK, SET_MEM_TABLE, SET_FEATURES, ...) was refused or failed, and it owed
+    /// no ack or reply to say so (no NEED_REPLY, or REPLY_ACK not negotiated). The front-end
+    /// believes the change took effect, so the two sides disagree on the device's state
+    /// (a ring it thinks started is dead): the connection is closed.
+    #[error("{} failed and nothing was owed to report it; the front-end's view of the device is now wrong: {cause}", .request.name())]
+    Unreported {
         /// The request.
         request: FrontendReq,
         /// Why it failed.

@@ -4,7 +4,14 @@
 //! | outcome | owes nothing | owes an ack | owes a reply |
 //! | --- | --- | --- | --- |
 //! | success | — | ack 0 | the reply (and its descriptor) |
-//! | refused or failed | log | ack 1 | the failure form; none exists: close |
+//! | refused or failed, request with a lasting effect on rings or memory ([`changes_state`]) | close | ack 1 | the failure form; none exists: close |
+//! | refused or failed, any other request | log | ack 1 | the failure form; none exists: close |
+//!
+//! A front-end that asked for no ack believes a request took effect. When the request sets
+//! up rings or memory (QEMU never sets NEED_REPLY on SET_VRING_KICK, for one), carrying on
+//! would leave a ring silently dead and the guest waiting on it: the two sides no longer
+//! agree on the device's state, so the connection is closed ([`ServerError::Unreported`])
+//! and the front-end's reconnection sets everything up again.
 
 use vhost_proto::wire::ConfigHeader;
 use vhost_proto::{
@@ -77,6 +84,10 @@ fn disposition<'a>(
     }
     log::warn!("{error}");
     match owed {
+        Owed::Nothing if changes_state(msg.code) => Err(ServerError::Unreported {
+            request: msg.code,
+            cause: Box::new(error),
+        }),
         Owed::Nothing => Ok(None),
         Owed::Ack => Ok(Some(FrontendReply::U64(ACK_FAILURE))),
         Owed::Reply(shape) => match failure_form(msg, shape) {
@@ -87,6 +98,39 @@ fn disposition<'a>(
             }),
         },
     }
+}
+
+/// Whether `code` has a lasting effect on ring, memory or negotiated state, so that its
+/// unreported failure leaves the front-end believing in a state the back-end is not in.
+///
+/// Requests without lasting effect (GET_*, SET_CONFIG, SET_STATUS, VRING_KICK, SEND_RARP,
+/// ...) or whose failure leaves nothing half set up (a second SET_OWNER, SET_BACKEND_REQ_FD)
+/// are not in the list.
+pub(super) fn changes_state(code: FrontendReq) -> bool {
+    use FrontendReq as Q;
+    matches!(
+        code,
+        Q::SetFeatures
+            | Q::SetProtocolFeatures
+            | Q::ResetOwner
+            | Q::ResetDevice
+            | Q::SetMemTable
+            | Q::AddMemReg
+            | Q::RemMemReg
+            | Q::SetLogBase
+            | Q::SetLogFd
+            | Q::SetVringNum
+            | Q::SetVringAddr
+            | Q::SetVringBase
+            | Q::SetVringKick
+            | Q::SetVringCall
+            | Q::SetVringErr
+            | Q::SetVringEnable
+            | Q::SetVringEndian
+            | Q::SetInflightFd
+            | Q::SetDeviceStateFd
+            | Q::PostcopyListen
+    )
 }
 
 fn send(

@@ -36,8 +36,14 @@ pub mod features {
 
 /// Bytes per virtio-blk sector: `sector` and `capacity` always count 512-byte units.
 pub const SECTOR_SIZE: u64 = 512;
-/// `size_max`: the largest single data buffer the driver should use.
+/// Largest `size_max`: the largest single data buffer the driver should use.
 pub const SIZE_MAX: u32 = 1 << 20;
+/// Smallest `size_max` offered: one 4 KiB page (Linux refuses smaller segment sizes).
+pub const MIN_SIZE_MAX: u32 = 4096;
+/// Most data bytes one read or write request may carry: 32 MiB. The advertised
+/// `seg_max` × `size_max` never exceeds it (see [`size_max`]), and with `O_DIRECT` each queue
+/// keeps a copy buffer of this size.
+pub const MAX_DATA_BYTES: u64 = 32 << 20;
 /// Most segments one DISCARD or WRITE_ZEROES request may carry.
 pub const MAX_RANGE_SEGMENTS: u32 = 32;
 /// Most sectors one DISCARD or WRITE_ZEROES segment may cover (2 GiB).
@@ -134,7 +140,7 @@ impl VirtioBlkConfig {
         let alignment = (logical_block_size / SECTOR_SIZE as u32).max(1);
         VirtioBlkConfig {
             capacity: U64::new(capacity_sectors),
-            size_max: U32::new(SIZE_MAX),
+            size_max: U32::new(size_max(queue_size)),
             seg_max: U32::new(seg_max(queue_size)),
             geometry: Geometry::default(),
             blk_size: U32::new(logical_block_size),
@@ -162,6 +168,20 @@ impl VirtioBlkConfig {
 pub fn seg_max(queue_size: u16) -> u32 {
     u32::from(queue_size).saturating_sub(2).max(1)
 }
+
+/// `size_max` for a queue of `queue_size` entries: the largest power of two, at most
+/// [`SIZE_MAX`], with `seg_max × size_max` within [`MAX_DATA_BYTES`], so a driver that fills
+/// every segment still sends a request the device accepts. 1 MiB up to 32-entry queues,
+/// 128 KiB for 256 entries, 32 KiB for 1024.
+pub fn size_max(queue_size: u16) -> u32 {
+    let per_segment = MAX_DATA_BYTES / u64::from(seg_max(queue_size));
+    // The largest power of two not above `per_segment` (which is at least 1).
+    let pow2 = 1u64 << (63 - per_segment.leading_zeros());
+    pow2.clamp(u64::from(MIN_SIZE_MAX), u64::from(SIZE_MAX)) as u32
+}
+
+// The smallest `size_max` still fits the largest queue's `seg_max` in MAX_DATA_BYTES.
+const _: () = assert!((crate::MAX_QUEUE_SIZE as u64 - 2) * MIN_SIZE_MAX as u64 <= MAX_DATA_BYTES);
 
 /// Copies `config[offset..offset + out.len()]` into `out`. `false` (and `out` untouched)
 /// when the range is not inside the configuration space.
@@ -208,6 +228,23 @@ mod tests {
         let mut all = [0u8; 57];
         assert!(read_config(&cfg, 0, &mut all));
         assert_eq!(all[0], 1);
+    }
+
+    #[test]
+    fn seg_max_times_size_max_fits_the_request_cap_for_every_queue_size() {
+        for shift in 0..=10 {
+            let q = 1u16 << shift;
+            let cfg = VirtioBlkConfig::new(8, 512, 1, q);
+            let (seg, size) = (cfg.seg_max.get(), cfg.size_max.get());
+            assert!(
+                u64::from(seg) * u64::from(size) <= MAX_DATA_BYTES,
+                "queue {q}: {seg} x {size}"
+            );
+            assert!(size.is_power_of_two() && (MIN_SIZE_MAX..=SIZE_MAX).contains(&size));
+        }
+        assert_eq!(size_max(1024), 32 << 10);
+        assert_eq!(size_max(256), 128 << 10);
+        assert_eq!(size_max(32), SIZE_MAX);
     }
 
     #[test]

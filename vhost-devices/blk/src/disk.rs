@@ -3,12 +3,13 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use vm_memory::GuestMemory;
 
-use crate::config::{MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, SECTOR_SIZE};
+use crate::config::{MAX_DATA_BYTES, MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, SECTOR_SIZE};
+use crate::direct::{AlignSource, Bounce, DirectAlign};
 use crate::io::{self, IoVecs};
 use crate::request::{
     ChainLayout, Header, RequestError, HEADER_SIZE, ID_BYTES, SEGMENT_SIZE, VIRTIO_BLK_T_DISCARD,
@@ -23,10 +24,13 @@ pub struct Disk {
     capacity: u64,
     read_only: bool,
     serial: [u8; ID_BYTES],
+    /// Set when the image is open with `O_DIRECT`.
+    direct: Option<DirectAlign>,
 }
 
 impl Disk {
-    /// Opens `path` (read-only or read-write, with `O_DIRECT` when `direct`) and sizes it.
+    /// Opens `path` (read-only or read-write, with `O_DIRECT` when `direct`) and sizes it;
+    /// with `O_DIRECT`, learns the host's alignment requirements ([`DirectAlign::probe`]).
     pub fn open(path: &Path, read_only: bool, direct: bool, serial: &str) -> std::io::Result<Disk> {
         let mut opts = File::options();
         opts.read(true).write(!read_only);
@@ -36,6 +40,23 @@ impl Disk {
         let mut file = opts.open(path)?;
         // Seeking to the end sizes regular files and block devices alike.
         let bytes = file.seek(SeekFrom::End(0))?;
+        let direct = if direct {
+            let (align, source) = DirectAlign::probe(&file)?;
+            let from = match source {
+                AlignSource::Statx => "statx",
+                AlignSource::BlockDevice => "the block device's logical block size",
+                AlignSource::Blksize => "the file system's block size (assumed)",
+            };
+            log::info!(
+                "O_DIRECT on {}: {}-byte offset and {}-byte memory alignment (from {from})",
+                path.display(),
+                align.offset,
+                align.memory
+            );
+            Some(align)
+        } else {
+            None
+        };
         let mut id = [0u8; ID_BYTES];
         let src = serial.as_bytes();
         let n = src.len().min(ID_BYTES);
@@ -45,7 +66,18 @@ impl Disk {
             capacity: bytes / SECTOR_SIZE,
             read_only,
             serial: id,
+            direct,
         })
+    }
+
+    /// The direct I/O alignment, when the image is open with `O_DIRECT`.
+    pub fn direct_align(&self) -> Option<DirectAlign> {
+        self.direct
+    }
+
+    /// Replaces the probed direct I/O alignment (to act as a stricter host).
+    pub(crate) fn set_direct_align(&mut self, align: DirectAlign) {
+        self.direct = Some(align);
     }
 
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
@@ -86,20 +118,50 @@ impl Disk {
         }
     }
 
+    /// Checks a read or write of `len` bytes from `sector`; returns the byte offset.
+    fn data_range(&self, sector: u64, len: u64) -> Result<u64, RequestError> {
+        if len > MAX_DATA_BYTES {
+            return Err(RequestError::DataTooLong { len });
+        }
+        let offset = self.range(sector, len)?;
+        match self.direct {
+            Some(align) if len > 0 && !align.range_aligned(offset, len) => {
+                Err(RequestError::Misaligned {
+                    sector,
+                    len,
+                    align: align.offset,
+                })
+            }
+            _ => Ok(offset),
+        }
+    }
+
+    /// With `O_DIRECT`: merges `iov` and says whether it must go through a bounce buffer
+    /// because some buffer's address or length is not aligned.
+    fn needs_bounce(&self, iov: &mut IoVecs) -> bool {
+        let Some(align) = self.direct else {
+            return false;
+        };
+        iov.merge_contiguous();
+        !iov.is_aligned(align.memory, align.offset.max(align.memory))
+    }
+
     /// Runs the request `layout` describes. Returns the data bytes written into guest memory
     /// (not counting the status byte). `writethrough` makes every write durable before it
-    /// completes. `iov` is scratch space, left empty.
+    /// completes. `iov` is scratch space, left empty; `bounce` is the worker's aligned copy
+    /// buffer, needed only with `O_DIRECT`.
     pub fn execute<M: GuestMemory>(
         &self,
         mem: &M,
         layout: &mut ChainLayout,
         iov: &mut IoVecs,
+        bounce: Option<&mut Bounce>,
         writethrough: bool,
     ) -> Result<u32, RequestError> {
         layout.check()?;
         let hdr = layout.header(mem)?;
         iov.clear();
-        let result = self.dispatch(mem, layout, hdr, iov, writethrough);
+        let result = self.dispatch(mem, layout, hdr, iov, bounce, writethrough);
         iov.clear();
         result
     }
@@ -110,6 +172,7 @@ impl Disk {
         layout: &ChainLayout,
         hdr: Header,
         iov: &mut IoVecs,
+        bounce: Option<&mut Bounce>,
         writethrough: bool,
     ) -> Result<u32, RequestError> {
         let ty = hdr.request_type;
@@ -132,12 +195,19 @@ impl Disk {
             VIRTIO_BLK_T_IN => {
                 expect_no("device-readable", readable_data)?;
                 let len = sector_multiple(writable_data)?;
-                let offset = self.range(hdr.sector, len)?;
+                let offset = self.data_range(hdr.sector, len)?;
                 layout.map_writable(mem, len, iov)?;
-                // SAFETY: `map_writable` built every iovec from a guest memory slice that was
-                // bounds-checked against its region; `mem` is borrowed, so the mappings stay
-                // for the whole call.
-                unsafe { iov.read_exact_at(&self.file, offset)? };
+                if self.needs_bounce(iov) {
+                    let buf = bounce_slice(bounce, len)?;
+                    self.file.read_exact_at(buf, offset)?;
+                    layout.write_writable(mem, buf)?;
+                } else {
+                    // SAFETY: `map_writable` built every iovec from a guest memory slice that
+                    // was bounds-checked against its region (merging only joins entries that
+                    // are adjacent in host memory); `mem` is borrowed, so the mappings stay
+                    // for the whole call.
+                    unsafe { iov.read_exact_at(&self.file, offset)? };
+                }
                 // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.
                 Ok(len as u32)
             }
@@ -145,11 +215,17 @@ impl Disk {
                 expect_no("device-writable", writable_data)?;
                 self.writable(ty)?;
                 let len = sector_multiple(readable_data)?;
-                let offset = self.range(hdr.sector, len)?;
+                let offset = self.data_range(hdr.sector, len)?;
                 layout.map_readable(mem, HEADER_SIZE, len, iov)?;
-                // SAFETY: as for IN: every iovec is a bounds-checked slice of guest memory
-                // held through `mem`; the write only reads it.
-                unsafe { iov.write_all_at(&self.file, offset)? };
+                if self.needs_bounce(iov) {
+                    let buf = bounce_slice(bounce, len)?;
+                    layout.read_readable(mem, HEADER_SIZE, buf)?;
+                    self.file.write_all_at(buf, offset)?;
+                } else {
+                    // SAFETY: as for IN: every iovec is a bounds-checked slice of guest
+                    // memory held through `mem`; the write only reads it.
+                    unsafe { iov.write_all_at(&self.file, offset)? };
+                }
                 if writethrough {
                     self.file.sync_data()?;
                 }
@@ -243,11 +319,46 @@ impl Disk {
     }
 }
 
+/// The first `len` bytes of the worker's bounce buffer (`len` was checked against
+/// [`MAX_DATA_BYTES`]).
+fn bounce_slice(bounce: Option<&mut Bounce>, len: u64) -> Result<&mut [u8], RequestError> {
+    let len_usize = usize::try_from(len).map_err(|_| RequestError::DataTooLong { len })?;
+    match bounce {
+        Some(b) => b
+            .get_mut(len_usize)
+            .ok_or(RequestError::DataTooLong { len }),
+        None => Err(RequestError::Io(std::io::Error::other(
+            "direct I/O on an unaligned buffer without a bounce buffer",
+        ))),
+    }
+}
+
 /// `len` when it is a whole number of sectors.
 fn sector_multiple(len: u64) -> Result<u64, RequestError> {
     if len % SECTOR_SIZE == 0 {
         Ok(len)
     } else {
         Err(RequestError::UnalignedLength { len })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_range_over_the_request_cap_is_refused_before_the_capacity_check() {
+        let path = std::env::temp_dir().join(format!("vhost-blk-disk-{}", std::process::id()));
+        File::create(&path)
+            .and_then(|f| f.set_len(2 * MAX_DATA_BYTES))
+            .unwrap();
+        let disk = Disk::open(&path, true, false, "s");
+        std::fs::remove_file(&path).unwrap();
+        let disk = disk.unwrap();
+        assert_eq!(disk.data_range(8, MAX_DATA_BYTES).unwrap(), 4096);
+        assert!(matches!(
+            disk.data_range(0, MAX_DATA_BYTES + 512),
+            Err(RequestError::DataTooLong { len }) if len == MAX_DATA_BYTES + 512
+        ));
     }
 }

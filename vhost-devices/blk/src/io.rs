@@ -58,6 +58,36 @@ impl IoVecs {
         self.v.is_empty()
     }
 
+    /// Joins each entry that starts where the previous one ends in host memory into it, so a
+    /// block cut over several descriptors of contiguous memory is one iovec again.
+    pub fn merge_contiguous(&mut self) {
+        let mut kept = 0usize;
+        for i in 0..self.v.len() {
+            let cur = self.v[i];
+            if kept > 0 {
+                let prev = &mut self.v[kept - 1];
+                if (prev.iov_base as usize).checked_add(prev.iov_len) == Some(cur.iov_base as usize)
+                {
+                    prev.iov_len += cur.iov_len;
+                    continue;
+                }
+            }
+            self.v[kept] = cur;
+            kept += 1;
+        }
+        self.v.truncate(kept);
+    }
+
+    /// Whether every entry's address is a multiple of `mem_align` and its length a multiple
+    /// of `len_align` (both powers of two): what `O_DIRECT` asks of each buffer.
+    pub fn is_aligned(&self, mem_align: u32, len_align: u32) -> bool {
+        let mem_mask = mem_align as usize - 1;
+        let len_mask = len_align as usize - 1;
+        self.v
+            .iter()
+            .all(|e| e.iov_base as usize & mem_mask == 0 && e.iov_len & len_mask == 0)
+    }
+
     /// Reads the file at `offset` into every buffer of the list, in order, completely.
     ///
     /// # Safety
@@ -266,6 +296,43 @@ mod tests {
         unsafe { iov.read_exact_at(&f, 512).unwrap() };
         assert_eq!(&a[..], &data[512..612]);
         assert_eq!(&c[..], &data[612..1024]);
+    }
+
+    #[test]
+    fn merge_contiguous_joins_adjacent_entries_only() {
+        let mut buf = [0u8; 4096];
+        let p = buf.as_mut_ptr();
+        let mut iov = IoVecs::with_capacity(5);
+        iov.push(p, 256);
+        iov.push(p.wrapping_add(256), 256);
+        iov.push(p.wrapping_add(1024), 512);
+        iov.push(p.wrapping_add(1536), 512);
+        iov.push(p.wrapping_add(512), 512);
+        iov.merge_contiguous();
+        let got: Vec<(usize, usize)> = iov
+            .v
+            .iter()
+            .map(|e| (e.iov_base as usize - p as usize, e.iov_len))
+            .collect();
+        assert_eq!(got, vec![(0, 512), (1024, 1024), (512, 512)]);
+    }
+
+    #[test]
+    fn is_aligned_checks_every_address_and_length() {
+        #[repr(C, align(4096))]
+        struct Page([u8; 8192]);
+        let mut page = Page([0; 8192]);
+        let p = page.0.as_mut_ptr();
+        let mut iov = IoVecs::with_capacity(2);
+        iov.push(p, 512);
+        iov.push(p.wrapping_add(4096), 1024);
+        assert!(iov.is_aligned(4096, 512));
+        assert!(!iov.is_aligned(4096, 1024));
+        iov.push(p.wrapping_add(512), 512);
+        assert!(iov.is_aligned(512, 512));
+        assert!(!iov.is_aligned(4096, 512));
+        iov.clear();
+        assert!(iov.is_aligned(4096, 4096));
     }
 
     #[test]

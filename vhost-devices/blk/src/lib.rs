@@ -6,6 +6,15 @@
 //! own scratch space ([`ChainLayout`] and [`IoVecs`]), so a request allocates nothing, takes
 //! no lock and makes one system call (two in writethrough mode).
 //!
+//! With `O_DIRECT` ([`BlkConfig::direct`]) the device learns the host's alignment rules when
+//! it opens the image, advertises a `blk_size` of at least the required offset alignment, and
+//! copies through a per-queue aligned buffer of [`config::MAX_DATA_BYTES`] only the requests
+//! whose guest buffers are not aligned (module `direct`).
+//!
+//! Limits: a read or write carries at most [`config::MAX_DATA_BYTES`] (32 MiB) of data;
+//! `seg_max` is the queue size less two and `size_max` the largest power of two (at most
+//! 1 MiB) that keeps `seg_max × size_max` within that limit ([`config::size_max`]).
+//!
 //! Requests the driver gets wrong — a short header, a missing or read-only status byte, a
 //! buffer of the wrong direction, a range past the end of the disk, an address outside guest
 //! memory, a chain too long — are answered with `VIRTIO_BLK_S_IOERR` (`VIRTIO_BLK_S_UNSUPP`
@@ -14,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod direct;
 mod disk;
 pub mod image;
 pub mod io;
@@ -37,6 +47,7 @@ pub use io::IoVecs;
 pub use request::{ChainLayout, RequestError};
 
 use config::{features, SECTOR_SIZE, WRITEBACK_OFFSET};
+use direct::{Bounce, DirectAlign};
 use request::{MAX_DESCRIPTORS, VIRTIO_BLK_S_OK};
 
 /// The virtio device id of a block device.
@@ -59,12 +70,15 @@ pub struct BlkConfig {
     pub num_queues: u16,
     /// Largest queue size (a power of two up to [`MAX_QUEUE_SIZE`]).
     pub queue_size: u16,
-    /// Open the image with `O_DIRECT` (guest buffers must then suit the device's alignment).
+    /// Open the image with `O_DIRECT`. Guest buffers that do not suit the host's alignment are
+    /// copied through an aligned buffer; `blk_size` is raised to the host's offset alignment.
     pub direct: bool,
     /// GET_ID answer; longer than 20 bytes is cut.
     pub serial: String,
-    /// Logical block size in bytes (a power of two, 512 to 65536).
-    pub logical_block_size: u32,
+    /// Logical block size in bytes (a power of two, 512 to 65536). `None`: 512, or with
+    /// `direct` the host's direct I/O offset alignment when that is larger. A size given
+    /// here that is smaller than that alignment is refused.
+    pub logical_block_size: Option<u32>,
 }
 
 impl BlkConfig {
@@ -77,7 +91,7 @@ impl BlkConfig {
             queue_size: 256,
             direct: false,
             serial: DEFAULT_SERIAL.to_owned(),
-            logical_block_size: 512,
+            logical_block_size: None,
         }
     }
 }
@@ -102,6 +116,21 @@ pub enum Error {
     /// `logical_block_size` is not a power of two between 512 and 65536.
     #[error("logical block size {0} is not a power of two between 512 and 65536")]
     BlockSize(u32),
+    /// With `direct`, `logical_block_size` is smaller than the offset alignment the host
+    /// requires of direct I/O on the image.
+    #[error(
+        "logical block size {block_size} is smaller than the {alignment}-byte alignment direct \
+         I/O on {path} requires: use a logical block size of at least {alignment}, or \
+         buffered I/O"
+    )]
+    BlockSizeBelowDirectAlign {
+        /// The image.
+        path: PathBuf,
+        /// The logical block size asked for.
+        block_size: u32,
+        /// The host's direct I/O offset alignment.
+        alignment: u32,
+    },
 }
 
 /// Why a SET_CONFIG write was refused.
@@ -155,6 +184,8 @@ impl<'m, M: GuestMemory + 'm> ChainQueue<'m, M> for RawQueue<'_, 'm, M> {
 struct Scratch {
     layout: ChainLayout,
     iov: IoVecs,
+    /// With `O_DIRECT`: the aligned copy buffer for unaligned guest buffers.
+    bounce: Option<Bounce>,
 }
 
 /// The virtio-blk device.
@@ -172,29 +203,53 @@ pub struct BlkDevice {
 impl BlkDevice {
     /// Checks `cfg` and opens its image.
     pub fn new(cfg: &BlkConfig) -> Result<Self, Error> {
+        BlkDevice::open(cfg, None)
+    }
+
+    /// [`BlkDevice::new`], with the probed direct I/O alignment replaced by `align_override`
+    /// when `cfg.direct` (tests use it to act as a stricter host).
+    fn open(cfg: &BlkConfig, align_override: Option<DirectAlign>) -> Result<Self, Error> {
         if cfg.num_queues == 0 || cfg.num_queues > MAX_NUM_QUEUES {
             return Err(Error::NumQueues(cfg.num_queues));
         }
         if !cfg.queue_size.is_power_of_two() || cfg.queue_size > MAX_QUEUE_SIZE {
             return Err(Error::QueueSize(cfg.queue_size));
         }
-        let bs = cfg.logical_block_size;
-        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
-            return Err(Error::BlockSize(bs));
+        if let Some(bs) = cfg.logical_block_size {
+            if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+                return Err(Error::BlockSize(bs));
+            }
         }
-        let disk =
+        let mut disk =
             Disk::open(&cfg.path, cfg.read_only, cfg.direct, &cfg.serial).map_err(|source| {
                 Error::Open {
                     path: cfg.path.clone(),
                     source,
                 }
             })?;
+        if let (true, Some(align)) = (cfg.direct, align_override) {
+            disk.set_direct_align(align);
+        }
+        let direct = disk.direct_align();
+        let bs = match (cfg.logical_block_size, direct) {
+            (Some(bs), Some(align)) if bs < align.offset => {
+                return Err(Error::BlockSizeBelowDirectAlign {
+                    path: cfg.path.clone(),
+                    block_size: bs,
+                    alignment: align.offset,
+                });
+            }
+            (Some(bs), _) => bs,
+            (None, Some(align)) => align.offset.max(SECTOR_SIZE as u32),
+            (None, None) => SECTOR_SIZE as u32,
+        };
         let config = VirtioBlkConfig::new(disk.capacity(), bs, cfg.num_queues, cfg.queue_size);
         let scratch = (0..cfg.num_queues)
             .map(|_| {
                 Mutex::new(Scratch {
                     layout: ChainLayout::with_capacity(MAX_DESCRIPTORS),
                     iov: IoVecs::with_capacity(MAX_DESCRIPTORS * 2),
+                    bounce: direct.map(|a| Bounce::new(a.memory)),
                 })
             })
             .collect();
@@ -261,21 +316,33 @@ impl BlkDevice {
         self.acked.store(acked, Ordering::Relaxed);
     }
 
-    /// The configuration space as the driver currently sees it.
+    /// Logical block size advertised in `blk_size`.
+    pub fn block_size(&self) -> u32 {
+        self.config.blk_size.get()
+    }
+
+    /// The configuration space as the driver currently sees it: `writeback` is the cache
+    /// mode in force ([`BlkDevice::writethrough`]), so it reads 0 once features without FLUSH
+    /// are acked, whatever was written to it.
     pub fn config_space(&self) -> VirtioBlkConfig {
         let mut cfg = self.config;
-        cfg.writeback = self.writeback.load(Ordering::Relaxed);
+        cfg.writeback = u8::from(!self.writethrough());
         cfg
     }
 
-    /// Writes configuration space: only `writeback` (CONFIG_WCE), with 0 or 1.
+    /// Writes configuration space: only `writeback` (CONFIG_WCE), with 0 or 1. Writing 1
+    /// without FLUSH acked is accepted but leaves the device in writethrough mode.
     pub fn write_config_space(&self, offset: u32, data: &[u8]) -> Result<(), ConfigWriteError> {
         match (offset as usize, data) {
             (WRITEBACK_OFFSET, &[v @ (0 | 1)]) => {
                 self.writeback.store(v, Ordering::Relaxed);
                 log::info!(
                     "cache mode set to {}",
-                    if v == 1 { "writeback" } else { "writethrough" }
+                    if self.writethrough() {
+                        "writethrough"
+                    } else {
+                        "writeback"
+                    }
                 );
                 Ok(())
             }
@@ -334,21 +401,23 @@ impl BlkDevice {
             log::debug!("chain without a status byte returned with length 0");
             return 0;
         };
-        let (status, written) =
-            match self
-                .disk
-                .execute(mem, &mut scratch.layout, &mut scratch.iov, writethrough)
-            {
-                Ok(n) => (VIRTIO_BLK_S_OK, n),
-                Err(RequestError::Io(e)) => {
-                    log::warn!("request failed: {e}");
-                    (request::VIRTIO_BLK_S_IOERR, 0)
-                }
-                Err(e) => {
-                    log::debug!("request refused: {e}");
-                    (e.status(), 0)
-                }
-            };
+        let (status, written) = match self.disk.execute(
+            mem,
+            &mut scratch.layout,
+            &mut scratch.iov,
+            scratch.bounce.as_mut(),
+            writethrough,
+        ) {
+            Ok(n) => (VIRTIO_BLK_S_OK, n),
+            Err(RequestError::Io(e)) => {
+                log::warn!("request failed: {e}");
+                (request::VIRTIO_BLK_S_IOERR, 0)
+            }
+            Err(e) => {
+                log::debug!("request refused: {e}");
+                (e.status(), 0)
+            }
+        };
         match mem.write_obj(status, status_addr) {
             Ok(()) => written.saturating_add(1),
             Err(e) => {

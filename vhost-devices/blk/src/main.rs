@@ -42,7 +42,8 @@ struct Cli {
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_SIZE)))]
     queue_size: u16,
 
-    /// Open the image with O_DIRECT (bypass the host page cache).
+    /// Open the image with O_DIRECT (bypass the host page cache). Guest buffers that do not
+    /// meet the host's alignment are copied through an aligned buffer.
     #[arg(long)]
     direct: bool,
 
@@ -50,9 +51,11 @@ struct Cli {
     #[arg(long, default_value = DEFAULT_SERIAL)]
     serial: String,
 
-    /// Logical block size in bytes (a power of two, 512 to 65536).
-    #[arg(long, default_value_t = 512)]
-    logical_block_size: u32,
+    /// Logical block size in bytes (a power of two, 512 to 65536) [default: 512, or with
+    /// --direct the host's direct I/O alignment when larger]. With --direct, a size below
+    /// that alignment is refused.
+    #[arg(long)]
+    logical_block_size: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -98,9 +101,10 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     let device = BlkDevice::new(&config)?;
     log::info!(
-        "serving {} ({} bytes, {}, {} queue(s) of up to {})",
+        "serving {} ({} bytes, {}-byte blocks, {}, {} queue(s) of up to {})",
         config.path.display(),
         device.size_bytes(),
+        device.block_size(),
         if config.read_only {
             "read-only"
         } else {

@@ -19,6 +19,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryRegion};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use crate::config::MAX_DATA_BYTES;
 use crate::io::IoVecs;
 
 /// `VIRTIO_BLK_T_IN`: read sectors.
@@ -52,8 +53,9 @@ pub const ID_BYTES: usize = 20;
 /// Most descriptors one chain may have (a 1024-entry ring plus room for header and status
 /// buffers of an indirect table).
 pub const MAX_DESCRIPTORS: usize = 1026;
-/// Most bytes one chain may describe: 256 MiB of data plus the header and status.
-pub const MAX_CHAIN_BYTES: u64 = (256 << 20) + 4096;
+/// Most bytes one chain may describe: [`MAX_DATA_BYTES`] (32 MiB) of data plus room for the
+/// header and status.
+pub const MAX_CHAIN_BYTES: u64 = MAX_DATA_BYTES + 4096;
 
 /// Why a request failed. [`RequestError::status`] says what the driver is told.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,23 @@ pub enum RequestError {
         got: u64,
         /// Bytes allowed.
         expected: u64,
+    },
+    /// A read or write of more than [`MAX_DATA_BYTES`].
+    #[error("data length {len} exceeds the limit of {MAX_DATA_BYTES} bytes")]
+    DataTooLong {
+        /// Data length.
+        len: u64,
+    },
+    /// With `O_DIRECT`, a transfer that does not start and end on the host's direct I/O
+    /// alignment (the advertised `blk_size` is at least that alignment).
+    #[error("sector {sector} + {len} bytes is not aligned to the {align}-byte direct I/O block")]
+    Misaligned {
+        /// First sector.
+        sector: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Required alignment in bytes.
+        align: u32,
     },
     /// The data length is not a whole number of sectors.
     #[error("data length {len} is not a multiple of 512")]
@@ -339,6 +358,16 @@ impl ChainLayout {
             request_type: raw.request_type.get(),
             sector: raw.sector.get(),
         })
+    }
+
+    /// Copies readable bytes `[skip, skip + out.len())` into `out` (data of a write).
+    pub fn read_readable<M: GuestMemory>(
+        &self,
+        mem: &M,
+        skip: u64,
+        out: &mut [u8],
+    ) -> Result<(), RequestError> {
+        copy_from_guest(mem, &self.readable, skip, out)
     }
 
     /// Reads range segment `index` of a DISCARD / WRITE_ZEROES payload (after the header).

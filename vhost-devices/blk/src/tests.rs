@@ -13,6 +13,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::*;
 use crate::request::*;
 
+mod cache_mode;
+mod direct_io;
+
 const QSIZE: u16 = 256;
 const DESC: u64 = 0x1000;
 const AVAIL: u64 = 0x3000;
@@ -51,6 +54,15 @@ impl Harness {
     }
 
     fn with(tweak: impl FnOnce(&mut BlkConfig)) -> Harness {
+        Harness::try_with(tweak, None).unwrap()
+    }
+
+    /// A harness whose device is built by `BlkDevice::open` with `align` replacing the probed
+    /// direct I/O alignment; the device's error when it refuses the configuration.
+    fn try_with(
+        tweak: impl FnOnce(&mut BlkConfig),
+        align: Option<direct::DirectAlign>,
+    ) -> Result<Harness, Error> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
@@ -62,7 +74,13 @@ impl Harness {
         let mut cfg = BlkConfig::new(&path);
         cfg.serial = "unit-serial".into();
         tweak(&mut cfg);
-        let dev = BlkDevice::new(&cfg).unwrap();
+        let dev = match BlkDevice::open(&cfg, align) {
+            Ok(dev) => dev,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let mem = GuestMemoryMmap::<()>::from_ranges(&[
             (GuestAddress(0), REGION2 as usize),
             (GuestAddress(REGION2), (MEM_END - REGION2) as usize),
@@ -78,7 +96,7 @@ impl Harness {
             .unwrap();
         queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
         queue.set_ready(true);
-        Harness {
+        Ok(Harness {
             mem,
             queue,
             dev,
@@ -86,7 +104,7 @@ impl Harness {
             next_desc: 0,
             avail_idx: 0,
             used_seen: 0,
-        }
+        })
     }
 
     fn write_desc(&self, table: u64, idx: u16, d: SplitDescriptor) {
@@ -599,6 +617,6 @@ fn invalid_config_is_refused() {
     c.num_queues = 0;
     assert!(matches!(BlkDevice::new(&c), Err(Error::NumQueues(0))));
     c.num_queues = 1;
-    c.logical_block_size = 1000;
+    c.logical_block_size = Some(1000);
     assert!(matches!(BlkDevice::new(&c), Err(Error::BlockSize(1000))));
 }

@@ -68,7 +68,7 @@ fn get_id_discard_and_write_zeroes_work() {
 
 #[test]
 fn config_space_reports_capacity_block_size_and_queues() {
-    let (scratch, _d, _cfg) = serve("config", |c| c.logical_block_size = 4096);
+    let (scratch, _d, _cfg) = serve("config", |c| c.logical_block_size = Some(4096));
     let s = connect(&scratch.socket(), || options(1));
     let cfg = ConfigView::parse(s.config().unwrap()).unwrap();
     assert_eq!(cfg.capacity, (IMAGE / 512) as u64);

@@ -1,0 +1,374 @@
+//! The device runtime (`DeviceBackend`) under an arbitrary control sequence, with real
+//! guest memory, real workers and kicks.
+//!
+//! Input (read with `arbitrary::Unstructured`): up to 64 operations. Each is a front-end
+//! request encoded by `vhost-proto` (features, memory tables and regions built from two
+//! memfd-backed regions, possibly bent out of shape; vring size, base, addresses near or
+//! inside those regions, kick and call eventfds or NOFD, enable, reset, config, status),
+//! a raw message, a write of arbitrary bytes into guest memory (descriptor tables, avail
+//! rings), or a kick of a ring's eventfd. The server handles each message at once over a
+//! connection pair; the device is a small two-queue device that fills writable buffers and
+//! reads readable ones, as bounded by the chain.
+//!
+//! Properties: nothing panics, nothing touches memory outside the mappings, and once the
+//! session is over the workers are joined and the process has exactly the descriptors
+//! and threads it had before.
+#![no_main]
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use vhost_backend::runtime::{DeviceBackend, DeviceError, Processed, QueueContext, VirtioDevice};
+use vhost_backend::BackendServer;
+use vhost_frontend::{GuestMemory, RegionSpec};
+use vhost_proto::{
+    Config, FrontendRequest, Header, HeaderFlags, MemTable, MemoryRegion, RegionMsg, VringAddr,
+    VringFd, VringState, MAX_BODY_SIZE,
+};
+use vhost_transport::{Connection, FrontendChannel};
+use vm_memory::{Bytes, GuestAddress};
+
+const QUEUES: usize = 2;
+const MAX_OPS: usize = 64;
+const REGION_SIZE: u64 = 0x1_0000;
+const SPECS: [RegionSpec; 2] = [
+    RegionSpec {
+        guest_phys_addr: 0,
+        size: REGION_SIZE,
+        user_addr: 0x7f00_0000_0000,
+    },
+    RegionSpec {
+        guest_phys_addr: 0x10_0000,
+        size: REGION_SIZE,
+        user_addr: 0x5500_0000_0000,
+    },
+];
+
+/// Fills device-writable buffers with a byte and reads readable ones.
+struct FillDevice;
+
+impl VirtioDevice for FillDevice {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn num_queues(&self) -> usize {
+        QUEUES
+    }
+    fn max_queue_size(&self) -> u16 {
+        16
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn config_size(&self) -> usize {
+        8
+    }
+    fn read_config(&self, offset: u32, data: &mut [u8]) -> std::result::Result<(), DeviceError> {
+        vhost_backend::runtime::read_config_bytes(&[7; 8], offset, data)
+    }
+    fn process_queue(
+        &self,
+        ctx: &mut QueueContext<'_>,
+    ) -> std::result::Result<Processed, DeviceError> {
+        let mem = ctx.memory();
+        let mut buf = [0x5au8; 256];
+        while let Some(chain) = ctx.pop_chain() {
+            let head = chain.head_index();
+            let mut written = 0u32;
+            for desc in chain {
+                let n = (desc.len() as usize).min(buf.len());
+                let ok = if desc.is_write_only() {
+                    mem.write_slice(&buf[..n], desc.addr()).is_ok()
+                } else {
+                    mem.read_slice(&mut buf[..n], desc.addr()).is_ok()
+                };
+                if ok && desc.is_write_only() {
+                    written = written.saturating_add(n as u32);
+                }
+            }
+            ctx.add_used(head, written)?;
+        }
+        Ok(Processed::Drained)
+    }
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn region(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<MemoryRegion> {
+    let i = u.int_in_range(0..=1usize)?;
+    let r = mem.regions().nth(i).expect("two regions");
+    let mut m = MemoryRegion {
+        guest_phys_addr: r.guest_phys_addr,
+        memory_size: r.memory_size,
+        user_addr: r.user_addr,
+        mmap_offset: r.mmap_offset,
+    };
+    if u.ratio(1, 4)? {
+        match u.int_in_range(0..=3u8)? {
+            0 => m.guest_phys_addr = u.arbitrary()?,
+            1 => m.memory_size = u.arbitrary::<u64>()? % (4 * REGION_SIZE),
+            2 => m.user_addr = u.arbitrary()?,
+            _ => m.mmap_offset = u.arbitrary::<u64>()? % (4 * REGION_SIZE),
+        }
+    }
+    Ok(m)
+}
+
+/// A ring address: usually inside one region's front-end virtual range.
+fn ring_addr(u: &mut Unstructured<'_>) -> Result<u64> {
+    Ok(if u.ratio(15, 16)? {
+        let spec = &SPECS[u.int_in_range(0..=1usize)?];
+        spec.user_addr + u64::from(u.arbitrary::<u16>()? & !0xf)
+    } else {
+        u.arbitrary()?
+    })
+}
+
+fn index(u: &mut Unstructured<'_>) -> Result<u32> {
+    Ok(if u.ratio(15, 16)? {
+        u.int_in_range(0..=QUEUES as u32)?
+    } else {
+        u.arbitrary()?
+    })
+}
+
+/// A message for the server: header, body, and which descriptors go with it.
+enum Op {
+    Send {
+        header: Header,
+        body: Vec<u8>,
+        fds: Vec<Fd>,
+    },
+    WriteGuest {
+        gpa: u64,
+        bytes: Vec<u8>,
+    },
+    Kick(usize),
+}
+
+#[derive(Clone, Copy)]
+enum Fd {
+    Memory,
+    Kick(usize),
+    Call(usize),
+}
+
+fn encoded(req: FrontendRequest<'_>, need_reply: bool, fds: Vec<Fd>) -> Op {
+    let flags = if need_reply {
+        HeaderFlags::NEED_REPLY
+    } else {
+        HeaderFlags::empty()
+    };
+    let mut buf = [0u8; MAX_BODY_SIZE];
+    let enc = req.encode(flags, &mut buf).expect("encodable request");
+    let body = [&buf[..enc.body_len], enc.payload].concat();
+    Op::Send {
+        header: enc.header,
+        body,
+        fds,
+    }
+}
+
+fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
+    use FrontendRequest as R;
+    let nr = u.arbitrary()?;
+    let state = |u: &mut Unstructured<'_>, num: u32| -> Result<VringState> {
+        Ok(VringState {
+            index: index(u)?,
+            num,
+        })
+    };
+    Ok(match u.int_in_range(0..=20u8)? {
+        0 => encoded(R::SetFeatures(u.arbitrary()?), nr, vec![]),
+        1 => encoded(R::SetProtocolFeatures(u.arbitrary()?), nr, vec![]),
+        2 => {
+            let n = u.int_in_range(0..=3usize)?;
+            let regions = (0..n).map(|_| region(u, mem)).collect::<Result<Vec<_>>>()?;
+            let table = MemTable::new(&regions).expect("at most 8 regions");
+            encoded(R::SetMemTable(table), nr, vec![Fd::Memory; n])
+        }
+        3 => encoded(
+            R::AddMemReg(RegionMsg::new(region(u, mem)?)),
+            nr,
+            vec![Fd::Memory],
+        ),
+        4 => encoded(R::RemMemReg(RegionMsg::new(region(u, mem)?)), nr, vec![]),
+        5 => {
+            let num = if u.ratio(7, 8)? {
+                1 << u.int_in_range(0..=5u32)?
+            } else {
+                u.arbitrary()?
+            };
+            encoded(R::SetVringNum(state(u, num)?), nr, vec![])
+        }
+        6 => encoded(
+            R::SetVringAddr(VringAddr {
+                index: index(u)?,
+                flags: 0,
+                desc: ring_addr(u)?,
+                used: ring_addr(u)?,
+                avail: ring_addr(u)?,
+                log: 0,
+            }),
+            nr,
+            vec![],
+        ),
+        7 => {
+            let base = u.arbitrary::<u16>()?.into();
+            encoded(R::SetVringBase(state(u, base)?), nr, vec![])
+        }
+        8 => encoded(R::GetVringBase(state(u, 0)?), false, vec![]),
+        9 | 10 => {
+            let i = u.int_in_range(0..=QUEUES)?;
+            let nofd = u.ratio(1, 8)?;
+            let f = VringFd {
+                index: i as u8,
+                nofd,
+            };
+            let fds = match (nofd, i < QUEUES) {
+                (false, true) => vec![Fd::Kick(i)],
+                (false, false) => vec![Fd::Kick(0)],
+                (true, _) => vec![],
+            };
+            if u.arbitrary()? {
+                encoded(R::SetVringKick(f), nr, fds)
+            } else {
+                let fds = fds
+                    .into_iter()
+                    .map(|_| Fd::Call(i.min(QUEUES - 1)))
+                    .collect();
+                encoded(R::SetVringCall(f), nr, fds)
+            }
+        }
+        11 => {
+            let on = u.ratio(3, 4)?.into();
+            encoded(R::SetVringEnable(state(u, on)?), nr, vec![])
+        }
+        12 => encoded(R::ResetDevice, nr, vec![]),
+        13 => encoded(R::ResetOwner, nr, vec![]),
+        14 => {
+            let offset = u.int_in_range(0..=12u32)?;
+            let payload = [0u8; 16];
+            let len = u.int_in_range(0..=16usize)?;
+            let c = Config {
+                offset,
+                flags: 0,
+                payload: &payload[..len],
+            };
+            if u.arbitrary()? {
+                encoded(R::GetConfig(c), false, vec![])
+            } else {
+                encoded(R::SetConfig(c), nr, vec![])
+            }
+        }
+        15 => encoded(R::SetStatus(u.arbitrary()?), nr, vec![]),
+        16 => {
+            let len = usize::from(u.int_in_range(0..=64u8)?).min(u.len());
+            Op::Send {
+                header: Header {
+                    request: u.int_in_range(1..=44u32)?,
+                    flags: 1 | if nr { 1 << 3 } else { 0 },
+                    size: len as u32,
+                },
+                body: u.bytes(len)?.to_vec(),
+                fds: vec![],
+            }
+        }
+        17 | 18 => {
+            let spec = &SPECS[u.int_in_range(0..=1usize)?];
+            let len = usize::from(u.int_in_range(1..=64u8)?).min(u.len());
+            Op::WriteGuest {
+                gpa: spec.guest_phys_addr + u64::from(u.arbitrary::<u16>()?),
+                bytes: u.bytes(len)?.to_vec(),
+            }
+        }
+        _ => Op::Kick(u.int_in_range(0..=QUEUES - 1)?),
+    })
+}
+
+/// Reads and drops whatever the server answered.
+fn drain(front: &Connection<FrontendChannel>) {
+    while let Ok((wire, _fds)) = front.recv_header() {
+        if front
+            .recv_body(Header::from_wire(&wire).size as usize)
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+fn run(u: &mut Unstructured<'_>) {
+    let mem = GuestMemory::new(&SPECS).expect("guest memory");
+    let kicks: Vec<EventFd> = (0..QUEUES)
+        .map(|_| {
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .expect("eventfd")
+        })
+        .collect();
+    let calls: Vec<EventFd> = (0..QUEUES)
+        .map(|_| {
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .expect("eventfd")
+        })
+        .collect();
+    let (back, front) = Connection::<FrontendChannel>::pair().expect("socket pair");
+    front.set_nonblocking(true).expect("non-blocking");
+    let backend = DeviceBackend::new(FillDevice).expect("backend");
+    let mut server = BackendServer::new(back, backend).expect("server");
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(op) = op(u, &mem) else {
+            break;
+        };
+        match op {
+            Op::Send { header, body, fds } => {
+                let fds: Vec<BorrowedFd<'_>> = fds
+                    .iter()
+                    .map(|f| match *f {
+                        Fd::Memory => mem.fd(),
+                        Fd::Kick(i) => kicks[i].as_fd(),
+                        Fd::Call(i) => calls[i].as_fd(),
+                    })
+                    .collect();
+                if front.send(&header.to_wire(), &body, &[], &fds).is_err() {
+                    break;
+                }
+                let ended = server.handle_one().is_err();
+                drain(&front);
+                if ended {
+                    break;
+                }
+            }
+            Op::WriteGuest { gpa, bytes } => {
+                let _ = mem.mem().write_slice(&bytes, GuestAddress(gpa));
+            }
+            Op::Kick(i) => {
+                let _ = kicks[i].write(1);
+            }
+        }
+    }
+    // The front-end goes away: the workers stop and the mappings go.
+    server.finish().expect("reset");
+    assert_eq!(server.backend().running_workers(), 0);
+    drop(server);
+    drop(front);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let fds_before = count("/proc/self/fd");
+    let threads_before = count("/proc/self/task");
+    run(&mut Unstructured::new(data));
+    assert_eq!(count("/proc/self/fd"), fds_before, "descriptors leaked");
+    assert_eq!(
+        count("/proc/self/task"),
+        threads_before,
+        "threads left running"
+    );
+});
