@@ -207,13 +207,27 @@ pub trait VirtioDevice: Send + Sync + 'static {
         let _ = client;
     }
 
-    /// Serialises device state for migration; every queue is stopped. Not supported by
-    /// default.
+    /// Whether the device implements [`snapshot`](Self::snapshot) and
+    /// [`restore`](Self::restore). When it does, the runtime offers
+    /// [`ProtocolFeatures::DEVICE_STATE`] and moves the state over SET_DEVICE_STATE_FD (see
+    /// [`DeviceBackend`](crate::runtime::DeviceBackend)); when it does not, DEVICE_STATE is
+    /// never offered, even if [`protocol_features`](Self::protocol_features) names it.
+    /// `false` by default.
+    fn supports_state_transfer(&self) -> bool {
+        false
+    }
+
+    /// Serialises device state for migration. Called from the control thread while every
+    /// ring is stopped; the bytes are opaque to the front-end and come back unchanged to
+    /// [`restore`](Self::restore), possibly in another process. Not supported by default.
     fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
         Err(DeviceError::NotSupported)
     }
 
-    /// Restores state produced by [`snapshot`](Self::snapshot). Not supported by default.
+    /// Restores state produced by [`snapshot`](Self::snapshot). Called from a helper thread
+    /// while every ring is stopped; no ring starts before it returns. `state` comes from the
+    /// front-end: check it and refuse what is malformed with an error. Not supported by
+    /// default.
     fn restore(&self, state: &[u8]) -> Result<(), DeviceError> {
         let _ = state;
         Err(DeviceError::NotSupported)
@@ -265,6 +279,9 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for std::sync::Arc<T> {
     }
     fn set_backend_client(&self, client: BackendClient) {
         (**self).set_backend_client(client)
+    }
+    fn supports_state_transfer(&self) -> bool {
+        (**self).supports_state_transfer()
     }
     fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
         (**self).snapshot()

@@ -10,12 +10,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
 use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
 use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 use super::notifier::{self, Notifier};
+use super::state::{Direction, StateError, StateTransfer};
 use super::vring::{Kick, RingPart, Vring, VringError};
 use super::worker::Worker;
 use crate::{Backend, BackendClient, BackendError, BackendResult};
@@ -59,6 +61,9 @@ pub enum RuntimeError {
     /// The device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A device state transfer was refused or failed.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// Starting a worker thread failed.
     #[error("starting worker {worker}: {source}")]
     Worker {
@@ -99,6 +104,17 @@ fn fail<E: Into<RuntimeError>>(e: E) -> BackendError {
 /// Requests it answers itself: GET_QUEUE_NUM (the device's queue count), GET_MAX_MEM_SLOTS
 /// ([`MAX_MEM_SLOTS`]), SET/GET_STATUS (stored), RESET_DEVICE. GET/SET_CONFIG go to the
 /// device after a range check against [`VirtioDevice::config_size`].
+///
+/// Device state transfer (offered as DEVICE_STATE when
+/// [`VirtioDevice::supports_state_transfer`]): SET_DEVICE_STATE_FD is refused unless the
+/// phase is "stopped", every ring is stopped and no other transfer runs. A save takes
+/// [`VirtioDevice::snapshot`] at once and writes it to the descriptor on a helper thread; a
+/// load reads the descriptor to end-of-file on a helper thread (at most
+/// [`MAX_DEVICE_STATE`](super::state::MAX_DEVICE_STATE) bytes) and calls
+/// [`VirtioDevice::restore`]. Either closes the descriptor when done, and the reply says the
+/// back-end returns no descriptor of its own. CHECK_DEVICE_STATE waits for the transfer and
+/// reports its outcome; SET_VRING_KICK is refused while a load runs. RESET_DEVICE,
+/// RESET_OWNER and a disconnect cancel and join a running transfer.
 pub struct DeviceBackend<D: VirtioDevice> {
     device: Arc<D>,
     rings: Arc<[Arc<Vring>]>,
@@ -113,6 +129,7 @@ pub struct DeviceBackend<D: VirtioDevice> {
     acked_features: u64,
     acked_protocol: ProtocolFeatures,
     status: u64,
+    state: StateTransfer,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
@@ -125,6 +142,7 @@ impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
                 &format_args!("{:#x}", self.acked_features),
             )
             .field("status", &self.status)
+            .field("state_transfer", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -158,7 +176,11 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         for (q, &w) in worker_of.iter().enumerate() {
             groups[w].push(q as u16);
         }
-        let mut offered_protocol = RUNTIME_PROTOCOL_FEATURES | device.protocol_features();
+        let mut offered_protocol = RUNTIME_PROTOCOL_FEATURES
+            | (device.protocol_features() - ProtocolFeatures::DEVICE_STATE);
+        if device.supports_state_transfer() {
+            offered_protocol |= ProtocolFeatures::DEVICE_STATE;
+        }
         if device.config_size() > 0 {
             offered_protocol |= ProtocolFeatures::CONFIG;
         }
@@ -175,6 +197,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             acked_features: 0,
             acked_protocol: ProtocolFeatures::empty(),
             status: 0,
+            state: StateTransfer::default(),
         })
     }
 
@@ -271,10 +294,20 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     }
 
     fn reset_device_state(&mut self) {
+        // Before the device resets: a load may be restoring it.
+        self.state.abandon();
         self.reset_rings();
         self.acked_features = 0;
         self.status = 0;
         self.device.reset();
+    }
+
+    /// Refuses a state transfer unless the device is suspended (every ring stopped).
+    fn check_suspended(&self) -> Result<(), StateError> {
+        match self.rings.iter().find(|r| r.lock().started) {
+            Some(r) => Err(StateError::RingStarted { index: r.index }),
+            None => Ok(()),
+        }
     }
 
     fn check_config(&self, offset: u32, len: usize) -> BackendResult<()> {
@@ -379,6 +412,10 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
         let i = usize::from(index);
         let r = Arc::clone(self.ring(u32::from(index))?);
+        // The device may be in the middle of restoring its state.
+        if self.state.running(Some(Direction::Load)) {
+            return Err(fail(StateError::Busy));
+        }
         // Checked before anything changes: a refused descriptor leaves the ring as it was.
         let fd = fd
             .map(|fd| notifier::accept(r.index, Notifier::Kick, fd))
@@ -521,6 +558,45 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         Ok(self.status)
     }
 
+    fn set_device_state_fd(
+        &mut self,
+        direction: u32,
+        phase: u32,
+        fd: OwnedFd,
+    ) -> BackendResult<Option<OwnedFd>> {
+        if !self.device.supports_state_transfer() {
+            return Err(BackendError::NotSupported);
+        }
+        if phase != TRANSFER_PHASE_STOPPED {
+            return Err(fail(StateError::Phase(phase)));
+        }
+        self.check_suspended().map_err(fail)?;
+        self.state.check_idle().map_err(fail)?;
+        match direction {
+            TRANSFER_SAVE => {
+                let bytes = self.device.snapshot().map_err(StateError::Snapshot);
+                self.state
+                    .start_save(fd, bytes.map_err(fail)?)
+                    .map_err(fail)?;
+            }
+            TRANSFER_LOAD => {
+                let device = Arc::clone(&self.device);
+                self.state
+                    .start_load(fd, move |state| device.restore(state))
+                    .map_err(fail)?;
+            }
+            other => return Err(fail(StateError::Direction(other))),
+        }
+        Ok(None)
+    }
+
+    fn check_device_state(&mut self) -> BackendResult<()> {
+        if !self.device.supports_state_transfer() {
+            return Err(BackendError::NotSupported);
+        }
+        self.state.outcome().map_err(fail)
+    }
+
     fn disconnected(&mut self) -> BackendResult<()> {
         self.reset_device_state();
         self.acked_protocol = ProtocolFeatures::empty();
@@ -531,7 +607,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
 
 impl<D: VirtioDevice> Drop for DeviceBackend<D> {
     fn drop(&mut self) {
-        // Join the workers before the rings and the memory they use go away.
+        // Join the transfer and the workers before the rings and the memory they use go away.
+        self.state.abandon();
         for w in &mut self.workers {
             *w = None;
         }

@@ -31,6 +31,11 @@
 //!   (EVENT_IDX) and at most one call, sent once the ring lock is released. Threads exist
 //!   while a ring of their group is started and are joined at GET_VRING_BASE of the last
 //!   one, RESET_DEVICE, RESET_OWNER and disconnect.
+//! - **state transfer** ([`state`]): a device that
+//!   [supports it](VirtioDevice::supports_state_transfer) gets DEVICE_STATE offered;
+//!   SET_DEVICE_STATE_FD while every ring is stopped saves [`VirtioDevice::snapshot`] into,
+//!   or loads [`VirtioDevice::restore`]'s bytes from, the front-end's descriptor on a helper
+//!   thread, and CHECK_DEVICE_STATE reports the outcome.
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
 //!   reset and accept again on disconnect, prompt stop on SIGTERM/SIGINT.
@@ -81,6 +86,7 @@ mod device;
 mod handler;
 pub mod mem_table;
 mod notifier;
+pub mod state;
 mod vring;
 pub mod worker;
 
@@ -95,4 +101,5 @@ pub use handler::{
 };
 pub use mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 pub use notifier::Notifier;
+pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 pub use vring::{RingPart, VringError};
