@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use runtime_support::{bfd, count_dir, pattern, GuestQueue, PatternDevice, CONFIG, TIMEOUT};
 use vhost_backend::runtime::{Daemon, DeviceBackend, StopHandle};
+use vhost_backend::Backend;
 use vhost_frontend::{Frontend, FrontendError, GuestMemory, Session, SessionOptions};
 use vhost_proto::{
     virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, MemoryRegion, ProtocolFeatures,
     VringAddr, VringState, MAX_BODY_SIZE,
 };
 use vhost_transport::Listener;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Serialises the tests: descriptor counts are per process.
@@ -162,7 +163,10 @@ impl Drop for InProcess {
             stop.stop();
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A test that failed may have left the daemon stuck: do not wait for it then.
+            if !std::thread::panicking() {
+                let _ = t.join();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -618,6 +622,144 @@ fn kick_after_the_ring_memory_is_removed_is_harmless() {
     drop(mem);
     d.assert_serves_again();
     d.finish();
+}
+
+/// A ring whose available ring lies on its used ring: every used entry the device adds
+/// moves the available index one further, so the ring never runs dry. The worker must
+/// still let go of the ring: SET_VRING_ENABLE on it is answered, and after a disconnect
+/// the daemon resets and serves the next front-end.
+#[test]
+fn ring_laid_over_its_own_used_ring_neither_blocks_control_nor_disconnect() {
+    let d = InProcess::start("selffeeding");
+    let mut fe = d.negotiated();
+    let offered = fe.get_features().expect("GET_FEATURES");
+    fe.set_features(offered & !virtio::bit(virtio::RING_EVENT_IDX))
+        .expect("SET_FEATURES");
+    let mem = GuestMemory::single(1 << 20).expect("memory");
+    let r = region_of(&mem);
+    fe.set_mem_table(&[r], &[mem.fd()]).expect("SET_MEM_TABLE");
+    // Descriptor 0: 16 device-readable bytes, so every used length is 0 and every used
+    // entry written over the available ring names head 0 again.
+    let g = mem.mem();
+    g.write_obj(0x8000u64, GuestAddress(0x1000))
+        .expect("desc addr");
+    g.write_obj(16u32, GuestAddress(0x1008)).expect("desc len");
+    g.write_obj(0u32, GuestAddress(0x100c))
+        .expect("desc flags, next");
+    // Available and used ring at 0x2000: flags 0, idx 1, heads 0.
+    g.write_obj(1u32 << 16, GuestAddress(0x2000))
+        .expect("ring header");
+    fe.set_vring_num(0, 16).expect("SET_VRING_NUM");
+    fe.set_vring_base(0, 0).expect("SET_VRING_BASE");
+    fe.set_vring_addr(&VringAddr {
+        index: 0,
+        flags: 0,
+        desc: r.user_addr + 0x1000,
+        used: r.user_addr + 0x2000,
+        avail: r.user_addr + 0x2000,
+        log: 0,
+    })
+    .expect("SET_VRING_ADDR");
+    let (kick, call) = (eventfd(), eventfd());
+    fe.set_vring_call(0, Some(bfd(&call)))
+        .expect("SET_VRING_CALL");
+    fe.set_vring_kick(0, Some(bfd(&kick)))
+        .expect("SET_VRING_KICK");
+    fe.set_vring_enable(0, true).expect("SET_VRING_ENABLE 1");
+    std::thread::sleep(Duration::from_millis(100));
+    let used: u16 = g.read_obj(GuestAddress(0x2002)).expect("idx");
+    assert!(used > 1, "the ring was not served");
+    fe.set_vring_enable(0, false)
+        .expect("SET_VRING_ENABLE 0 on the busy ring");
+    fe.set_vring_enable(0, true).expect("SET_VRING_ENABLE 1");
+    std::thread::sleep(Duration::from_millis(50));
+    drop(fe);
+    drop((kick, call, mem));
+    d.assert_serves_again();
+    d.finish();
+}
+
+/// Two queues served by one worker, each taking 50 ms per wake-up.
+struct SlowDevice;
+
+impl vhost_backend::runtime::VirtioDevice for SlowDevice {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn num_queues(&self) -> usize {
+        2
+    }
+    fn max_queue_size(&self) -> u16 {
+        16
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn worker_of(&self, _queue: usize) -> usize {
+        0
+    }
+    fn process_queue(
+        &self,
+        _ctx: &mut vhost_backend::runtime::QueueContext<'_>,
+    ) -> Result<vhost_backend::runtime::Processed, vhost_backend::runtime::DeviceError> {
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(vhost_backend::runtime::Processed::Drained)
+    }
+}
+
+/// A disconnect that comes while the worker handles a kick, with a wake-up of its own
+/// still queued behind that kick in the same batch of events, stops the worker: the wake
+/// the stop request writes is not swallowed with the earlier one.
+#[test]
+fn disconnect_while_a_wake_is_queued_behind_a_kick_stops_the_worker() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = DeviceBackend::new(SlowDevice).expect("backend");
+        let mem = GuestMemory::single(1 << 20).expect("memory");
+        let r = region_of(&mem);
+        let table = vhost_proto::MemTable::new(&[r]).expect("table");
+        let kicks = [eventfd(), eventfd()];
+        b.set_features(b.offered_features()).expect("SET_FEATURES");
+        let fd = mem.fd().try_clone_to_owned().expect("dup");
+        b.set_mem_table(&table, vec![fd]).expect("SET_MEM_TABLE");
+        for q in 0..2u8 {
+            let base = r.user_addr + 0x1_0000 * u64::from(q);
+            b.set_vring_num(q.into(), 16).expect("SET_VRING_NUM");
+            b.set_vring_addr(&VringAddr {
+                index: q.into(),
+                flags: 0,
+                desc: base,
+                used: base + 0x2000,
+                avail: base + 0x1000,
+                log: 0,
+            })
+            .expect("SET_VRING_ADDR");
+            let fd = bfd(&kicks[usize::from(q)])
+                .try_clone_to_owned()
+                .expect("dup");
+            b.set_vring_kick(q, Some(fd)).expect("SET_VRING_KICK");
+            b.set_vring_enable(q.into(), true)
+                .expect("SET_VRING_ENABLE");
+        }
+        // Let the worker finish the wake-ups of the setup and go back to sleep.
+        std::thread::sleep(Duration::from_millis(300));
+        // The worker takes ring 1 (50 ms). Meanwhile ring 0 is kicked, then re-enabled,
+        // which wakes the worker: kick 0 and the wake wait in that order.
+        kicks[1].write(1).expect("kick 1");
+        std::thread::sleep(Duration::from_millis(5));
+        kicks[0].write(1).expect("kick 0");
+        b.set_vring_enable(0, false).expect("SET_VRING_ENABLE 0");
+        b.set_vring_enable(0, true).expect("SET_VRING_ENABLE 1");
+        // The worker is now on kick 0 (50 to 100 ms), the wake still to handle.
+        std::thread::sleep(Duration::from_millis(70));
+        b.disconnected().expect("disconnect");
+        assert_eq!(b.running_workers(), 0);
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the disconnect waited for ever on its worker");
 }
 
 /// GET_VRING_BASE on a ring never started answers its base: index 0, num 0.

@@ -63,6 +63,8 @@ pub struct QueueContext<'a> {
     pub(crate) mem: &'a GuestMemoryMmap,
     pub(crate) stopping: &'a AtomicBool,
     pub(crate) used: u32,
+    /// Chains popped in the current round of the drain (reset by the runtime each round).
+    pub(crate) taken: u32,
 }
 
 impl<'a> QueueContext<'a> {
@@ -76,14 +78,19 @@ impl<'a> QueueContext<'a> {
         self.mem
     }
 
-    /// The next available chain, or `None` when the ring is empty or the ring is being
-    /// stopped (GET_VRING_BASE waits for the chain in hand, not for the rest of the ring).
-    /// A chain that `pop_chain` returned must be given back with [`add_used`](Self::add_used).
+    /// The next available chain, or `None` when the ring is empty, the ring is being
+    /// stopped (GET_VRING_BASE waits for the chain in hand, not for the rest of the ring), or
+    /// a ring's worth of chains was taken since the runtime last called the device (it calls
+    /// again for the rest: a driver that keeps the ring full, or a ring laid over its own used
+    /// ring, cannot keep the device in one call for ever). A chain that `pop_chain` returned
+    /// must be given back with [`add_used`](Self::add_used).
     pub fn pop_chain(&mut self) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
-        if self.stopping.load(Ordering::Relaxed) {
+        if self.stopping.load(Ordering::Relaxed) || self.taken >= u32::from(self.queue.size()) {
             return None;
         }
-        self.queue.pop_descriptor_chain(self.mem)
+        let chain = self.queue.pop_descriptor_chain(self.mem)?;
+        self.taken += 1;
+        Some(chain)
     }
 
     /// Puts a finished chain on the used ring with `len` bytes written to it.

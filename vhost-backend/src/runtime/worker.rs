@@ -155,6 +155,13 @@ fn run<D: VirtioDevice>(s: &Shared<D>) {
     let mut next_poll = Instant::now() + interval;
     log::debug!("worker {} started for queues {:?}", s.id, s.queues);
     loop {
+        // Checked before sleeping too: a stop requested while this thread handled the
+        // previous batch of events wrote its wake-up to the wake eventfd, and a wake event
+        // of that batch may have read it already.
+        if s.stop.load(Ordering::Acquire) {
+            log::debug!("worker {} stopping", s.id);
+            return;
+        }
         let polling = s.polled_rings.load(Ordering::Acquire) > 0;
         let timeout = if polling {
             let left = next_poll.saturating_duration_since(Instant::now());
@@ -270,6 +277,7 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
             mem: &mem,
             stopping: &ring.stopping,
             used: 0,
+            taken: 0,
         };
         drain(s.device.as_ref(), &mut ctx)
     };
@@ -282,13 +290,29 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     if outcome.notify {
         ring.signal_call();
     }
+    if outcome.unfinished {
+        ring.pending.store(true, Ordering::Release);
+        if let Err(e) = s.wake.write(1) {
+            log::warn!("worker {}: wake failed: {e}", s.id);
+        }
+    }
 }
 
 /// What one [`drain`] asks to be signalled.
 struct Signals {
     notify: bool,
     failed: bool,
+    /// The drain stopped after [`MAX_DRAIN_ROUNDS`] with chains still coming.
+    unfinished: bool,
 }
+
+/// Most rounds one [`drain`] runs while chains keep coming. The ring lock is held for the
+/// whole drain, so a ring that never runs dry (a driver that keeps publishing, or a ring
+/// laid over its own used ring, where each used entry moves the available index on) must
+/// not keep the control thread, or a worker being stopped, waiting for ever: past this
+/// many rounds the ring is marked pending and the worker comes back to it after its next
+/// `epoll_wait`.
+const MAX_DRAIN_ROUNDS: u32 = 64;
 
 /// Lets the device drain the available ring with notifications off, re-enables them and
 /// looks again for chains published meanwhile, and says whether the driver wants a call.
@@ -304,8 +328,11 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
     let mem = ctx.mem;
     let mut failed = false;
     let mut empty_rounds = 0u32;
+    let mut rounds = 0u32;
+    let mut unfinished = false;
     loop {
         let before = ctx.queue.next_avail();
+        ctx.taken = 0;
         if let Err(e) = QueueT::disable_notification(ctx.queue, mem) {
             log::warn!("queue {q}: disabling notifications: {e}");
         }
@@ -331,6 +358,11 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
         }
         if ctx.queue.next_avail() != before {
             empty_rounds = 0;
+            rounds += 1;
+            if rounds >= MAX_DRAIN_ROUNDS {
+                unfinished = true;
+                break;
+            }
             continue;
         }
         // Nothing taken, yet the available index moved past it.
@@ -365,5 +397,9 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
             }
         };
     }
-    Signals { notify, failed }
+    Signals {
+        notify,
+        failed,
+        unfinished,
+    }
 }
