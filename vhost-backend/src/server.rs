@@ -21,7 +21,8 @@
 //! | what went wrong | what the server does |
 //! | --- | --- |
 //! | framing: bad version or flags, unknown code, body over the request's maximum | close ([`ServerError::Framing`]) |
-//! | transport: peer gone (also mid-message), descriptors where none may ride, I/O error | close ([`ServerError::Transport`]) |
+//! | transport: peer gone (also mid-message), body not following its header (non-blocking connection or read timeout), descriptors where none may ride, I/O error | close ([`ServerError::Transport`]) |
+//! | the reply cannot be written (non-blocking connection, send buffer full) | close ([`ServerError::ReplyStalled`]) |
 //! | invalid body, wrong descriptor count, not negotiated, vring index out of range, second SET_OWNER | failure form, keep serving |
 //! | the [`Backend`] method fails | failure form, keep serving |
 //! | either of the two above, for a request that changes ring, memory or negotiated state (SET_FEATURES, SET_PROTOCOL_FEATURES, RESET_OWNER, RESET_DEVICE, SET_MEM_TABLE, ADD/REM_MEM_REG, SET_LOG_BASE/FD, SET_VRING_NUM/ADDR/BASE/KICK/CALL/ERR/ENABLE/ENDIAN, SET_INFLIGHT_FD, SET_DEVICE_STATE_FD, POSTCOPY_LISTEN) that owes nothing (no NEED_REPLY, or REPLY_ACK not negotiated) | close ([`ServerError::Unreported`]): the front-end believes the change took effect |
@@ -185,13 +186,28 @@ impl<B: Backend> BackendServer<B> {
     ///
     /// `Ok` when the request was answered as it deserves, which includes the failure form
     /// of a refused or failed request (logged). `Err` when the connection must be closed,
-    /// except [`ServerError::is_retryable`]: nothing was waiting on a non-blocking
-    /// connection (or a read timeout ran out) and nothing was consumed. On a non-blocking
-    /// connection, call this when the connection is readable; a body that does not follow
-    /// its header closes the connection.
+    /// except [`ServerError::is_retryable`]: no header was waiting on a non-blocking
+    /// connection (or a read timeout ran out before one came) and nothing was consumed.
+    ///
+    /// Once a header has been read, no error is retryable: calling again would read the
+    /// rest of that message as a new header. On a non-blocking connection, call this when
+    /// the connection is readable; a body that is not there with its header (or a read
+    /// timeout running out before it comes) is [`vhost_transport::Error::PartialMessage`]
+    /// and a reply that cannot be written at once is [`ServerError::ReplyStalled`]: both
+    /// close the connection.
     pub fn handle_one(&mut self) -> Result<(), ServerError> {
         let (wire, fds) = self.conn.recv_header()?;
-        let header = Header::from_wire(&wire);
+        self.handle_message(&wire, fds)
+    }
+
+    /// Handles the message whose header (and descriptors) [`BackendServer::handle_one`]
+    /// has consumed.
+    fn handle_message(
+        &mut self,
+        wire: &[u8; vhost_proto::HEADER_SIZE],
+        fds: Vec<OwnedDescriptor>,
+    ) -> Result<(), ServerError> {
+        let header = Header::from_wire(wire);
         let code = header
             .check_frontend_request()
             .map_err(ServerError::Framing)?;
@@ -203,7 +219,16 @@ impl<B: Backend> BackendServer<B> {
                 max: MAX_BODY_SIZE,
             },
         ))?;
-        self.conn.recv_body_into(body)?;
+        self.conn.recv_body_into(body).map_err(|e| match e {
+            // Nothing of the body came, but its header is gone: the message is cut short.
+            e if e.is_retryable() => {
+                ServerError::Transport(vhost_transport::Error::PartialMessage {
+                    expected: size,
+                    got: 0,
+                })
+            }
+            e => ServerError::Transport(e),
+        })?;
         let body: &[u8] = body;
         log::debug!("{} ({size} bytes, {} fds)", code.name(), fds.len());
         let ctx = self.negotiation.decode_context();

@@ -7,14 +7,19 @@
 //! when REPLY_ACK was acked and the request carries NEED_REPLY, and always a u64 status plus
 //! an optional descriptor for BACKEND_SHARED_OBJECT_LOOKUP. A well-framed request that does
 //! not decode gets a failure ack (when one is owed) and the channel keeps going; a framing
-//! error closes the channel.
+//! error closes the channel. A request the negotiation does not allow
+//! ([`Negotiation::allows_backend`]: BACKEND_REQ and the request's own feature, as acked
+//! when the request is read) and a request carrying descriptors without BACKEND_SEND_FD
+//! acked never reach the handler: they get the failure ack (when one is owed), their
+//! descriptors are closed, and the channel keeps going.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use vhost_proto::{
     encode_backend_reply, BackendReq, BackendRequest, Header, IotlbMsg, Negotiation, Owed,
-    ShmemMap, VringArea, ACK_FAILURE, MAX_BODY_SIZE,
+    ProtocolFeatures, ShmemMap, VringArea, ACK_FAILURE, MAX_BODY_SIZE,
 };
 use vhost_transport::{BackendChannel, Connection};
 
@@ -134,11 +139,38 @@ fn dispatch(
 
 /// Serves back-end requests on `conn` until the back-end closes the channel (`Ok` with the
 /// number of requests served) or a transport or framing error (`Err`). `negotiation` decides
-/// what each request owes.
+/// what each request owes and whether it is allowed at all.
 pub fn serve_backend_channel(
     conn: &Connection<BackendChannel>,
     handler: &mut dyn BackendRequestHandler,
     negotiation: &Negotiation,
+) -> Result<u64, ChannelError> {
+    serve(conn, handler, &Mutex::new(negotiation.clone()))
+}
+
+/// Why the negotiation refuses `req` with `nfds` descriptors, if it does.
+fn refusal(negotiation: &Negotiation, req: BackendReq, nfds: usize) -> Option<String> {
+    if let Err(e) = negotiation.allows_backend(req) {
+        return Some(e.to_string());
+    }
+    if nfds > 0
+        && !negotiation
+            .acked_protocol()
+            .contains(ProtocolFeatures::BACKEND_SEND_FD)
+    {
+        return Some(format!(
+            "{}: {nfds} descriptors without BACKEND_SEND_FD acked",
+            req.name()
+        ));
+    }
+    None
+}
+
+/// [`serve_backend_channel`] with the negotiation as it stands when each request is read.
+fn serve(
+    conn: &Connection<BackendChannel>,
+    handler: &mut dyn BackendRequestHandler,
+    negotiation: &Mutex<Negotiation>,
 ) -> Result<u64, ChannelError> {
     let mut buf = Box::new([0u8; MAX_BODY_SIZE]);
     let mut served = 0u64;
@@ -152,10 +184,27 @@ pub fn serve_backend_channel(
         let req: BackendReq = header.check_backend_request()?;
         let len = header.size as usize;
         conn.recv_body_into(&mut buf[..len])?;
-        let owed = negotiation.backend_owes(req, header.need_reply());
-        let outcome = match BackendRequest::decode(req, &buf[..len], fds.len()) {
-            Ok(msg) => dispatch(handler, msg, fds),
-            Err(e) => {
+        let (owed, refused) = {
+            let n = negotiation.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                n.backend_owes(req, header.need_reply()),
+                refusal(&n, req, fds.len()),
+            )
+        };
+        let decoded = match refused {
+            Some(why) => {
+                log::warn!("back-end channel: {why}");
+                drop(fds);
+                Err(None)
+            }
+            None => BackendRequest::decode(req, &buf[..len], fds.len())
+                .map(|msg| (msg, fds))
+                .map_err(Some),
+        };
+        let outcome = match decoded {
+            Ok((msg, fds)) => dispatch(handler, msg, fds),
+            Err(None) => Err(HandlerError::Failed(ACK_FAILURE)),
+            Err(Some(e)) => {
                 log::warn!("back-end channel: {e}");
                 Err(HandlerError::Failed(ACK_FAILURE))
             }
@@ -227,8 +276,10 @@ impl Drop for BackendChannelHandle {
 
 impl Frontend {
     /// SET_BACKEND_REQ_FD (21, BACKEND_REQ): creates the back-end channel, serves it with
-    /// `handler` on a new thread and hands the other end to the back-end. Acks follow the
-    /// negotiation as it stands now (REPLY_ACK acked or not).
+    /// `handler` on a new thread and hands the other end to the back-end. What each
+    /// back-end request owes and whether it is allowed follow the negotiation as it stands
+    /// when the request is read (features acked later, such as ACCESS_PLATFORM for IOTLB
+    /// misses, count from then on).
     pub fn set_backend_req_fd(
         &mut self,
         handler: Box<dyn BackendRequestHandler>,
@@ -238,12 +289,12 @@ impl Frontend {
             .as_fd()
             .try_clone_to_owned()
             .map_err(FrontendError::BackendChannel)?;
-        let negotiation = self.negotiation().clone();
+        let negotiation: Arc<Mutex<Negotiation>> = self.shared_negotiation();
         let mut handler = handler;
         let thread = std::thread::Builder::new()
             .name("vhost-backend-channel".into())
             .spawn(move || {
-                let r = serve_backend_channel(&ours, handler.as_mut(), &negotiation);
+                let r = serve(&ours, handler.as_mut(), &negotiation);
                 if let Err(e) = &r {
                     log::warn!("back-end channel closed: {e}");
                 }

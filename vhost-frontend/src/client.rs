@@ -8,7 +8,13 @@
 //!   is believed: the back-end is untrusted too;
 //! - other requests are sent with NEED_REPLY once REPLY_ACK is acked (unless turned off with
 //!   [`Frontend::set_request_acks`]) and then wait for the u64 ack; a non-zero ack is
-//!   [`FrontendError::Nack`].
+//!   [`FrontendError::Nack`];
+//! - IOTLB_MSG always carries NEED_REPLY, as QEMU sends it, and waits for its u64 status.
+//!
+//! Arguments that would make a message the back-end must refuse (a configuration payload
+//! over 256 bytes or past offset 0x1000, a crypto session payload over 1024 bytes, a
+//! descriptor count that does not match) are [`FrontendError::InvalidArgument`], before
+//! anything is sent.
 //!
 //! Send and receive buffers are allocated once, with the client. A reply that could not be
 //! read completely leaves the stream out of step: the client then answers every request with
@@ -32,6 +38,7 @@ mod requests;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vhost_proto::{
@@ -64,6 +71,9 @@ struct RawReply {
 pub struct Frontend {
     conn: Connection<FrontendChannel>,
     negotiation: Negotiation,
+    /// The copy of `negotiation` a back-end channel thread reads, once there is one;
+    /// refreshed whenever what is acked changes.
+    shared: Option<Arc<Mutex<Negotiation>>>,
     offered_features: Option<u64>,
     offered_protocol: Option<ProtocolFeatures>,
     request_acks: bool,
@@ -93,6 +103,7 @@ impl Frontend {
             // The front-end does not police what the back-end offered: the back-end does.
             // This value only records what was acked, for REPLY_ACK and postcopy.
             negotiation: Negotiation::new(u64::MAX, ProtocolFeatures::all(), u32::MAX),
+            shared: None,
             offered_features: None,
             offered_protocol: None,
             request_acks: true,
@@ -207,14 +218,22 @@ impl Frontend {
                 why: "descriptor count does not match the request",
             });
         }
-        let need_reply =
-            self.request_acks && self.negotiation.reply_ack() && code.spec().owes != Owes::Reply;
+        // IOTLB_MSG always replies, and QEMU always asks for it: NEED_REPLY goes with it
+        // whatever was negotiated.
+        let need_reply = code == FrontendReq::IotlbMsg
+            || self.request_acks && self.negotiation.reply_ack() && code.spec().owes != Owes::Reply;
         let flags = if need_reply {
             HeaderFlags::NEED_REPLY
         } else {
             HeaderFlags::empty()
         };
-        let enc = msg.encode(flags, &mut self.tx[..])?;
+        // Nothing is sent for a message the back-end's decoder would refuse.
+        let enc = msg.encode(flags, &mut self.tx[..]).map_err(|e| match e {
+            vhost_proto::Error::InvalidField { why, .. } => {
+                FrontendError::InvalidArgument { request: code, why }
+            }
+            e => FrontendError::Protocol(e),
+        })?;
         let sent = self.conn.send(
             &enc.header.to_wire(),
             &self.tx[..enc.body_len],
@@ -228,7 +247,7 @@ impl Frontend {
         log::trace!("sent {} (need_reply {need_reply})", code.name());
         match self.negotiation.owes(code, need_reply) {
             Owed::Nothing => {
-                self.negotiation.apply(msg);
+                self.apply(msg);
                 Ok(None)
             }
             Owed::Ack => {
@@ -248,15 +267,44 @@ impl Frontend {
                         status,
                     });
                 }
-                self.negotiation.apply(msg);
+                self.apply(msg);
                 Ok(None)
             }
             Owed::Reply(shape) => {
                 let reply = self.read_reply(code, shape)?;
-                self.negotiation.apply(msg);
+                self.apply(msg);
                 Ok(Some(reply))
             }
         }
+    }
+
+    /// Records the effect of a request the back-end took, in the client's view and in the
+    /// back-end channel's copy.
+    fn apply(&mut self, msg: &FrontendRequest<'_>) {
+        let before = (
+            self.negotiation.acked_features(),
+            self.negotiation.acked_protocol(),
+        );
+        self.negotiation.apply(msg);
+        let after = (
+            self.negotiation.acked_features(),
+            self.negotiation.acked_protocol(),
+        );
+        if let Some(shared) = self.shared.as_ref().filter(|_| before != after) {
+            *shared.lock().unwrap_or_else(PoisonError::into_inner) = self.negotiation.clone();
+        }
+    }
+
+    /// The negotiation as the back-end channel sees it: kept up to date with what this
+    /// client acks from now on.
+    pub(crate) fn shared_negotiation(&mut self) -> Arc<Mutex<Negotiation>> {
+        if let Some(shared) = &self.shared {
+            *shared.lock().unwrap_or_else(PoisonError::into_inner) = self.negotiation.clone();
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(Mutex::new(self.negotiation.clone()));
+        self.shared = Some(Arc::clone(&shared));
+        shared
     }
 
     /// Reads a reply to `code` into the receive buffer. Any failure here breaks the client.

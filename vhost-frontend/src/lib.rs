@@ -13,5 +13,5 @@ pub use backend_channel::{
 };
 pub use client::{Frontend, FrontendError, PostcopyReply};
 pub use guest_memory::{GuestMemory, RegionInfo, RegionSpec};
-pub use session::{Session, SessionError, SessionOptions};
+pub use session::{Sequence, Session, SessionError, SessionOptions};
 pub use virtqueue::{Buffer, UsedElem, VirtqueueDriver, VringUserAddrs};

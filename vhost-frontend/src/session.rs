@@ -6,10 +6,8 @@
 //! GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (MQ), GET_MAX_MEM_SLOTS
 //! (CONFIGURE_MEM_SLOTS), SET_BACKEND_REQ_FD (BACKEND_REQ), SET_OWNER, GET_FEATURES,
 //! SET_VRING_CALL and SET_VRING_ERR per queue, GET_CONFIG (CONFIG, when asked for).
-//! [`Session::start`] does what it does when the driver sets DRIVER_OK: SET_FEATURES,
-//! (SET_STATUS with STATUS), the memory (SET_MEM_TABLE, or ADD_MEM_REG per region once with
-//! CONFIGURE_MEM_SLOTS), per queue SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR (front-end
-//! virtual addresses) and SET_VRING_KICK, then SET_VRING_ENABLE 1 per queue.
+//! [`Session::start`] and [`Session::stop`] do what it does when the driver sets DRIVER_OK
+//! and when the device is reset; their order depends on the device, see [`Sequence`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), vhost_frontend::SessionError> {
@@ -28,6 +26,7 @@
 
 mod data_path;
 mod error;
+mod lifecycle;
 mod options;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -42,7 +41,7 @@ use crate::guest_memory::GuestMemory;
 use crate::virtqueue::VirtqueueDriver;
 
 pub use error::{Result, SessionError};
-pub use options::{SessionOptions, DEFAULT_FEATURE_MASK, DEFAULT_PROTOCOL_MASK};
+pub use options::{Sequence, SessionOptions, DEFAULT_FEATURE_MASK, DEFAULT_PROTOCOL_MASK};
 
 /// Virtio device status bits the session writes with SET_STATUS (STATUS negotiated).
 pub mod status {
@@ -76,6 +75,9 @@ pub struct Session {
     config: Option<Vec<u8>>,
     memory_sent: bool,
     backend_channel: Option<BackendChannelHandle>,
+    sequence: Sequence,
+    /// DRIVER_OK was written with SET_STATUS and not reset since.
+    driver_ok: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -211,82 +213,9 @@ impl Session {
             config,
             memory_sent: false,
             backend_channel,
+            sequence: opts.sequence,
+            driver_ok: false,
         })
-    }
-
-    /// Starts the device: SET_VRING_CALL per queue, SET_FEATURES, (SET_STATUS FEATURES_OK),
-    /// memory, every queue at the avail index its driver is at (0 the first time),
-    /// SET_VRING_ENABLE 1 per queue, (SET_STATUS DRIVER_OK). May be called again after every
-    /// queue was stopped.
-    pub fn start(&mut self) -> Result<()> {
-        // A back-end may have dropped the call fds when the rings last stopped
-        // (libvhost-user closes them at GET_VRING_BASE); QEMU sends them again at each start.
-        for i in 0..self.queues.len() {
-            self.send_call(i)?;
-        }
-        let fe = &mut self.frontend;
-        fe.set_features(self.features)?;
-        let with_status = fe.acked_protocol().contains(ProtocolFeatures::STATUS);
-        if with_status {
-            use status::*;
-            fe.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK)?;
-        }
-        self.send_memory()?;
-        for i in 0..self.queues.len() {
-            let base = self.queues[i].driver.avail_idx();
-            self.setup_queue(i, base)?;
-        }
-        for i in 0..self.queues.len() {
-            self.enable(i, true)?;
-        }
-        if with_status {
-            use status::*;
-            let s = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
-            self.frontend.set_status(s)?;
-        }
-        Ok(())
-    }
-
-    /// Stops queue `i` as QEMU does: SET_VRING_ENABLE 0 (with protocol features), then
-    /// GET_VRING_BASE. Returns the back-end's next avail index. Completions the back-end
-    /// finished while stopping are left in the used ring for [`Session::pop_used`].
-    pub fn stop_queue(&mut self, i: usize) -> Result<u32> {
-        self.check(i)?;
-        self.enable(i, false)?;
-        Ok(self.frontend.get_vring_base(i as u32)?)
-    }
-
-    /// Restarts queue `i` at `base` (the rings are reset to it: nothing may be in flight):
-    /// SET_VRING_CALL, SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK,
-    /// SET_VRING_ENABLE 1.
-    pub fn restart_queue(&mut self, i: usize, base: u32) -> Result<()> {
-        self.check(i)?;
-        self.send_call(i)?;
-        self.setup_queue(i, base as u16)?;
-        self.enable(i, true)
-    }
-
-    fn check(&self, index: usize) -> Result<()> {
-        if index < self.queues.len() {
-            Ok(())
-        } else {
-            Err(SessionError::NoSuchQueue {
-                index,
-                queues: self.queues.len(),
-            })
-        }
-    }
-
-    fn send_call(&mut self, i: usize) -> Result<()> {
-        let call = borrow(&self.queues[i].call);
-        Ok(self.frontend.set_vring_call(i as u32, Some(call))?)
-    }
-
-    fn enable(&mut self, i: usize, on: bool) -> Result<()> {
-        if self.features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0 {
-            self.frontend.set_vring_enable(i as u32, on)?;
-        }
-        Ok(())
     }
 
     fn send_memory(&mut self) -> Result<()> {

@@ -262,3 +262,106 @@ fn raw_messages_go_out_unchecked() {
     drop(fe);
     assert_eq!(t.join().unwrap(), [bogus]);
 }
+
+fn iotlb_update() -> vhost_proto::IotlbMsg {
+    vhost_proto::IotlbMsg {
+        iova: 0x1000,
+        size: 0x1000,
+        uaddr: 0x7f00_0000_0000,
+        perm: vhost_proto::wire::iotlb::PERM_RO,
+        msg_type: vhost_proto::wire::iotlb::UPDATE,
+        padding: [0; 6],
+    }
+}
+
+#[test]
+fn iotlb_msg_always_carries_need_reply_and_a_nonzero_status_is_a_nack() {
+    let (mut fe, t) = fake(vec![
+        u64_answer(FrontendReq::IotlbMsg, 0),
+        u64_answer(FrontendReq::IotlbMsg, 0),
+        u64_answer(FrontendReq::IotlbMsg, 3),
+    ]);
+    // Neither REPLY_ACK acked nor acks requested: IOTLB_MSG asks all the same.
+    fe.iotlb_msg(&iotlb_update()).unwrap();
+    fe.set_request_acks(false);
+    fe.iotlb_msg(&iotlb_update()).unwrap();
+    let err = fe.iotlb_msg(&iotlb_update()).unwrap_err();
+    assert_eq!(err.nack_status(), Some(3));
+    drop(fe);
+    let need: Vec<bool> = t.join().unwrap().iter().map(Header::need_reply).collect();
+    assert_eq!(need, [true, true, true]);
+}
+
+fn vring_state_answer(index: u32, num: u32) -> Answer {
+    let mut body = index.to_ne_bytes().to_vec();
+    body.extend(num.to_ne_bytes());
+    Some((reply(FrontendReq::GetVringBase, 8), body, false))
+}
+
+#[test]
+fn get_vring_base_over_0xffff_is_invalid_for_split_rings_only() {
+    let (mut fe, _t) = fake(vec![
+        vring_state_answer(0, 0xffff),
+        vring_state_answer(0, 0x1_0000),
+    ]);
+    assert_eq!(fe.get_vring_base(0).unwrap(), 0xffff);
+    let err = fe.get_vring_base(0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrontendError::InvalidReply {
+                request: FrontendReq::GetVringBase,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // With packed rings acked the value carries wrap counters: passed on as is.
+    let (mut fe, _t) = fake(vec![None, vring_state_answer(0, 0x8000_8005)]);
+    fe.set_features(vhost_proto::virtio::bit(vhost_proto::virtio::RING_PACKED))
+        .unwrap();
+    assert_eq!(fe.get_vring_base(0).unwrap(), 0x8000_8005);
+}
+
+#[test]
+fn config_and_crypto_payloads_the_backend_must_refuse_are_invalid_arguments_and_not_sent() {
+    let (mut fe, t) = fake(vec![u64_answer(FrontendReq::GetFeatures, 9)]);
+    let err = fe.set_config(0xff8, &[0; 16], 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrontendError::InvalidArgument {
+                request: FrontendReq::SetConfig,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = fe.set_config(0, &[0; 257], 0).unwrap_err();
+    assert!(
+        matches!(err, FrontendError::InvalidArgument { .. }),
+        "{err:?}"
+    );
+    let err = fe.get_config(0xf80, 0x100, 0).unwrap_err();
+    assert!(
+        matches!(err, FrontendError::InvalidArgument { .. }),
+        "{err:?}"
+    );
+    let err = fe.create_crypto_session(1, &[0; 1025]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrontendError::InvalidArgument {
+                request: FrontendReq::CreateCryptoSession,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Nothing went out and the client is still usable.
+    assert_eq!(fe.get_features().unwrap(), 9);
+    drop(fe);
+    let seen: Vec<u32> = t.join().unwrap().iter().map(|h| h.request).collect();
+    assert_eq!(seen, [FrontendReq::GetFeatures as u32]);
+}

@@ -9,7 +9,7 @@ use vhost_backend::test_utils::{Call, Recording, RecordingBackend};
 use vhost_backend::{BackendServer, ServerError};
 use vhost_frontend::session::status;
 use vhost_frontend::{
-    BackendRequestHandler, Frontend, HandlerResult, Session, SessionError, SessionOptions,
+    BackendRequestHandler, Frontend, HandlerResult, Sequence, Session, SessionError, SessionOptions,
 };
 use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, RegionMsg, VringAddr};
 use vhost_transport::Connection;
@@ -109,11 +109,14 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
     // LOG_ALL and RING_PACKED are masked by default; EVENT_IDX and bit 30 are acked.
     let features = offered() & !virtio::bit(virtio::LOG_ALL) & !virtio::bit(virtio::RING_PACKED);
     assert_eq!(s.features(), features);
+    // The recording back-end reports status 0 at every GET_STATUS, so each SET_STATUS adds
+    // to 0.
     let mut expected = vec![
         Call::SetVringCall { index: 0, fd: true },
         Call::SetVringCall { index: 1, fd: true },
         Call::SetFeatures(features),
-        Call::SetStatus(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+        Call::GetStatus,
+        Call::SetStatus(status::FEATURES_OK),
     ];
     let regions = regions_of(&s);
     expected.extend(regions.iter().map(|r| Call::AddMemReg(RegionMsg::new(*r))));
@@ -127,7 +130,33 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
         index: 1,
         enable: true,
     });
-    expected.push(Call::SetStatus(0x0f));
+    expected.push(Call::GetStatus);
+    expected.push(Call::SetStatus(
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    ));
+    // Generic devices send the call fds again once the rings are enabled.
+    expected.push(Call::SetVringCall { index: 0, fd: true });
+    expected.push(Call::SetVringCall { index: 1, fd: true });
+    assert_eq!(rec.take_calls(), expected);
+
+    // Stopping the device: status 0, every ring disabled, then every base read, then the
+    // call fds again.
+    assert_eq!(s.stop().unwrap(), [0, 0]);
+    let mut expected = vec![
+        Call::SetStatus(0),
+        Call::SetVringEnable {
+            index: 0,
+            enable: false,
+        },
+        Call::SetVringEnable {
+            index: 1,
+            enable: false,
+        },
+        Call::GetVringBase { index: 0 },
+        Call::GetVringBase { index: 1 },
+    ];
+    expected.push(Call::SetVringCall { index: 0, fd: true });
+    expected.push(Call::SetVringCall { index: 1, fd: true });
     assert_eq!(rec.take_calls(), expected);
 
     // Ring addresses are front-end virtual addresses, not guest-physical ones.
@@ -181,7 +210,8 @@ fn session_without_mem_slots_sends_set_mem_table_at_every_start() {
                 index: 0,
                 enable: false
             },
-            Call::GetVringBase { index: 0 }
+            Call::GetVringBase { index: 0 },
+            Call::SetVringCall { index: 0, fd: true },
         ]
     );
     s.start().unwrap();
@@ -223,11 +253,13 @@ fn stop_queue_returns_backend_base_and_restart_sends_it_back() {
     let base = s.stop_queue(0).unwrap();
     s.restart_queue(0, base + 3).unwrap();
     let mut expected = vec![
+        Call::SetStatus(0),
         Call::SetVringEnable {
             index: 0,
             enable: false,
         },
         Call::GetVringBase { index: 0 },
+        Call::SetVringCall { index: 0, fd: true },
         Call::SetVringCall { index: 0, fd: true },
     ];
     expected.extend(queue_setup(&s, 0, 3));
@@ -235,8 +267,78 @@ fn stop_queue_returns_backend_base_and_restart_sends_it_back() {
         index: 0,
         enable: true,
     });
+    expected.push(Call::GetStatus);
+    expected.push(Call::SetStatus(0x0f));
+    expected.push(Call::SetVringCall { index: 0, fd: true });
     assert_eq!(rec.take_calls(), expected);
     assert_eq!(s.driver(0).unwrap().avail_idx(), 3);
+
+    // A split ring's index is 16 bits: a larger base is refused before anything is sent.
+    s.stop_queue(0).unwrap();
+    rec.take_calls();
+    let err = s.restart_queue(0, 0x1_0000).unwrap_err();
+    assert!(matches!(err, SessionError::Options(_)), "{err:?}");
+    assert_eq!(rec.take_calls(), []);
+}
+
+#[test]
+fn blk_sequence_matches_a_qemu_72_boot_log() {
+    // The back-end keeps FEATURES_OK once set, as a real one does.
+    let mut backend = RecordingBackend::new().with_features(offered());
+    backend.status = status::FEATURES_OK;
+    backend.vring_base = 11;
+    let (fe, rec, _t) = serve(backend);
+    let opts = SessionOptions {
+        sequence: Sequence::Blk,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(fe, opts).unwrap();
+    rec.take_calls();
+    s.start().unwrap();
+    let features = s.features();
+    let mut expected = vec![
+        Call::SetFeatures(features),
+        Call::GetStatus,
+        Call::SetVringCall { index: 0, fd: true },
+        Call::SetFeatures(features),
+        Call::GetStatus,
+    ];
+    let regions = regions_of(&s);
+    expected.extend(regions.iter().map(|r| Call::AddMemReg(RegionMsg::new(*r))));
+    expected.extend(queue_setup(&s, 0, 0));
+    expected.push(Call::SetVringEnable {
+        index: 0,
+        enable: true,
+    });
+    expected.push(Call::GetStatus);
+    expected.push(Call::SetStatus(0x0f));
+    assert_eq!(rec.take_calls(), expected);
+
+    // Stop: no SET_VRING_CALL afterwards for blk.
+    assert_eq!(s.stop_queue(0).unwrap(), 11);
+    assert_eq!(
+        rec.take_calls(),
+        [
+            Call::SetStatus(0),
+            Call::SetVringEnable {
+                index: 0,
+                enable: false
+            },
+            Call::GetVringBase { index: 0 },
+        ]
+    );
+    // Start again: with memory slots, no memory message.
+    s.start().unwrap();
+    let calls = rec.take_calls();
+    assert_eq!(
+        calls[..3],
+        [
+            Call::SetFeatures(features),
+            Call::GetStatus,
+            Call::SetVringCall { index: 0, fd: true },
+        ]
+    );
+    assert!(!calls.iter().any(|c| matches!(c, Call::AddMemReg(_))));
 }
 
 #[test]

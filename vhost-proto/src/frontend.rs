@@ -297,7 +297,8 @@ pub struct Config<'a> {
 }
 
 impl<'a> Config<'a> {
-    fn decode(body: &'a [u8], kind: MessageKind) -> Result<Self, Error> {
+    /// Decodes a request body, or a reply body when `reply` (see [`Config::check`]).
+    fn decode(body: &'a [u8], kind: MessageKind, reply: bool) -> Result<Self, Error> {
         let (h, payload) = read_prefix::<ConfigHeader>(body, kind)?;
         if h.size as usize != payload.len() {
             return Err(Error::SizeMismatch {
@@ -306,25 +307,37 @@ impl<'a> Config<'a> {
                 got: body.len(),
             });
         }
-        if payload.len() > MAX_CONFIG_SIZE {
+        let config = Config {
+            offset: h.offset,
+            flags: h.flags,
+            payload,
+        };
+        config.check(kind, reply)?;
+        Ok(config)
+    }
+
+    /// The limits both the decoder and the encoder enforce: at most [`MAX_CONFIG_SIZE`]
+    /// bytes, ending within the configuration space ([`CONFIG_SPACE_END`]). A reply with
+    /// no bytes is the failure form, which echoes the offset asked for whatever it was.
+    fn check(&self, kind: MessageKind, reply: bool) -> Result<(), Error> {
+        if reply && self.payload.is_empty() {
+            return Ok(());
+        }
+        if self.payload.len() > MAX_CONFIG_SIZE {
             return Err(Error::InvalidField {
                 request: kind,
                 field: "size",
                 why: "larger than the 256-byte configuration space",
             });
         }
-        if u64::from(h.offset) + u64::from(h.size) > CONFIG_SPACE_END {
+        if u64::from(self.offset) + self.payload.len() as u64 > CONFIG_SPACE_END {
             return Err(Error::InvalidField {
                 request: kind,
                 field: "offset",
                 why: "offset + size beyond the configuration space",
             });
         }
-        Ok(Config {
-            offset: h.offset,
-            flags: h.flags,
-            payload,
-        })
+        Ok(())
     }
 
     fn header(&self) -> ConfigHeader {
@@ -359,6 +372,24 @@ impl<'a> CryptoSession<'a> {
             session_id: h.session_id,
             payload,
         })
+    }
+
+    /// Encodes the fixed part into `body`, refusing a payload the decoder would refuse
+    /// (over [`MAX_CRYPTO_PAYLOAD`] bytes).
+    fn encode(&self, kind: MessageKind, body: &mut [u8]) -> Result<usize, Error> {
+        if self.payload.len() > MAX_CRYPTO_PAYLOAD {
+            return Err(Error::InvalidField {
+                request: kind,
+                field: "payload",
+                why: "larger than the 1024-byte session setup limit",
+            });
+        }
+        put(
+            body,
+            &CryptoSessionHeader {
+                session_id: self.session_id,
+            },
+        )
     }
 }
 
@@ -517,8 +548,8 @@ impl<'a> FrontendRequest<'a> {
                 bool_field(s.num, kind, "num")?;
                 R::SetVringEndian(s)
             }
-            Q::GetConfig => R::GetConfig(Config::decode(body, kind)?),
-            Q::SetConfig => R::SetConfig(Config::decode(body, kind)?),
+            Q::GetConfig => R::GetConfig(Config::decode(body, kind, false)?),
+            Q::SetConfig => R::SetConfig(Config::decode(body, kind, false)?),
             Q::CreateCryptoSession => R::CreateCryptoSession(CryptoSession::decode(body, kind)?),
             Q::CloseCryptoSession => R::CloseCryptoSession(u64_of(body)?),
             Q::PostcopyAdvise => expect_empty(body, kind).map(|_| R::PostcopyAdvise)?,
@@ -651,6 +682,11 @@ impl<'a> FrontendRequest<'a> {
 
     /// Encodes this request into `body` (the fixed part) and returns the header and the
     /// borrowed payload. `flags` may add NEED_REPLY; the version is always set.
+    ///
+    /// What the decoder would refuse is refused here too, with the same error: a
+    /// configuration payload over [`MAX_CONFIG_SIZE`] bytes or ending beyond
+    /// [`CONFIG_SPACE_END`], a crypto session payload over [`MAX_CRYPTO_PAYLOAD`] bytes
+    /// ([`Error::InvalidField`]); a `body` too small is [`Error::BufferTooSmall`].
     pub fn encode(&self, flags: HeaderFlags, body: &mut [u8]) -> Result<Encoded<'a>, Error> {
         use FrontendRequest as R;
         let mut payload: &'a [u8] = &[];
@@ -691,17 +727,13 @@ impl<'a> FrontendRequest<'a> {
             }
             R::IotlbMsg(ref m) => put(body, m)?,
             R::GetConfig(c) | R::SetConfig(c) => {
+                c.check(MessageKind::Frontend(self.code()), false)?;
                 payload = c.payload;
                 put(body, &c.header())?
             }
             R::CreateCryptoSession(c) => {
                 payload = c.payload;
-                put(
-                    body,
-                    &CryptoSessionHeader {
-                        session_id: c.session_id,
-                    },
-                )?
+                c.encode(MessageKind::Frontend(self.code()), body)?
             }
             R::GetInflightFd(ref i) | R::SetInflightFd(ref i) => put(body, i)?,
             R::AddMemReg(ref m) | R::RemMemReg(ref m) => m.encode(body)?,
@@ -773,7 +805,7 @@ impl<'a> FrontendReply<'a> {
         Ok(match shape {
             ReplyShape::U64 => FrontendReply::U64(read_exact::<U64Body>(body, kind)?.value),
             ReplyShape::VringState => FrontendReply::VringState(read_exact(body, kind)?),
-            ReplyShape::Config => FrontendReply::Config(Config::decode(body, kind)?),
+            ReplyShape::Config => FrontendReply::Config(Config::decode(body, kind, true)?),
             ReplyShape::CryptoSession => {
                 FrontendReply::CryptoSession(CryptoSession::decode(body, kind)?)
             }
@@ -794,24 +826,21 @@ impl<'a> FrontendReply<'a> {
         })
     }
 
-    /// Encodes this reply to `req` into `body`; the header has REPLY set.
+    /// Encodes this reply to `req` into `body`; the header has REPLY set. Payloads the
+    /// decoder would refuse are refused as in [`FrontendRequest::encode`].
     pub fn encode(&self, req: FrontendReq, body: &mut [u8]) -> Result<Encoded<'a>, Error> {
         let mut payload: &'a [u8] = &[];
         let n = match self {
             FrontendReply::U64(v) => put(body, &U64Body { value: *v })?,
             FrontendReply::VringState(s) => put(body, s)?,
             FrontendReply::Config(c) => {
+                c.check(MessageKind::Frontend(req), true)?;
                 payload = c.payload;
                 put(body, &c.header())?
             }
             FrontendReply::CryptoSession(c) => {
                 payload = c.payload;
-                put(
-                    body,
-                    &CryptoSessionHeader {
-                        session_id: c.session_id,
-                    },
-                )?
+                c.encode(MessageKind::Frontend(req), body)?
             }
             FrontendReply::Inflight(i) => put(body, i)?,
             FrontendReply::ShmemConfig(s) => put(body, s.as_ref())?,

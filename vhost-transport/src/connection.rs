@@ -32,7 +32,8 @@ pub struct BackendChannel;
 /// then wait in the connection, so polling its descriptor does not report
 /// them. A poll-driven user keeps calling [`Connection::recv_header`] (and
 /// the body calls) while [`Connection::has_buffered`] is true, and only then
-/// waits for the descriptor to become readable again.
+/// waits for the descriptor to become readable again. A header read that
+/// returns [`Error::WouldBlock`] also means: wait for readability.
 pub struct Connection<D> {
     pub(crate) sock: sys::Socket,
     _d: PhantomData<fn() -> D>,
@@ -95,7 +96,11 @@ impl<D> Connection<D> {
     /// Bytes read beyond the header stay buffered for the next calls, and
     /// descriptors go to the message whose header starts at the beginning of
     /// the write that carried them (found from each header's `size`).
-    /// Errors: [`Error::Disconnected`] when the peer closed
+    /// Errors: [`Error::WouldBlock`] (non-blocking mode) or
+    /// [`Error::TimedOut`] (read timeout) when no header byte has come, and in
+    /// non-blocking mode on Unix also when only part of the header has come
+    /// (that part stays buffered; nothing is consumed, descriptors included);
+    /// [`Error::Disconnected`] when the peer closed
     /// before the first byte, [`Error::PartialMessage`] when it closed in the
     /// middle, [`Error::TooManyFds`] for more than [`MAX_FDS`] descriptors,
     /// [`Error::ControlTruncated`] when even more came than the receive
@@ -111,6 +116,15 @@ impl<D> Connection<D> {
     /// `len` over [`MAX_BODY_SIZE`] is [`Error::BodyTooLarge`] before
     /// anything is allocated or read. Descriptors arriving with body bytes are
     /// closed and reported as [`Error::FdsWithBody`].
+    ///
+    /// [`Error::WouldBlock`] (non-blocking mode) or [`Error::TimedOut`] (read
+    /// timeout) means no byte of the body has come and none was consumed, but
+    /// the header before it was: the message is half read. Repeat the body
+    /// call, or treat the error as [`Error::PartialMessage`] and drop the
+    /// connection; calling [`Connection::recv_header`] instead would read the
+    /// body as a header. Once body bytes have come, the call waits for the
+    /// rest in non-blocking mode, and a read timeout running out is
+    /// [`Error::PartialMessage`].
     pub fn recv_body(&self, len: usize) -> Result<Vec<u8>> {
         check_body_len(len)?;
         let mut body = vec![0u8; len];
@@ -125,16 +139,20 @@ impl<D> Connection<D> {
         self.sock.recv_body(buf)
     }
 
-    /// True when received bytes wait in the connection: the next
-    /// [`Connection::recv_header`] or body call starts with them, even if the
-    /// descriptor is not readable.
+    /// True when a whole header waits in the connection (the next one after
+    /// the body of the last header received): the next
+    /// [`Connection::recv_header`] returns it even if the descriptor is not
+    /// readable. Part of a header does not count; the rest of it makes the
+    /// descriptor readable when it comes.
     pub fn has_buffered(&self) -> bool {
         self.sock.has_buffered()
     }
 
     /// Switches non-blocking mode. In that mode a read or write that can move
-    /// nothing returns [`Error::WouldBlock`]; once part of a header, a body
-    /// or an outgoing message has moved, the call waits for the rest.
+    /// nothing returns [`Error::WouldBlock`]. On Unix a header read does so
+    /// too while only part of the header has come (the part stays buffered);
+    /// once part of a body or an outgoing message has moved (on Windows, also
+    /// of a header), the call waits for the rest.
     pub fn set_nonblocking(&self, on: bool) -> Result<()> {
         self.sock.set_nonblocking(on)
     }

@@ -23,10 +23,17 @@
 //! # Errors and stream state
 //!
 //! [`Error::WouldBlock`] and [`Error::TimedOut`] are only returned when the
-//! call consumed nothing, so the same call may simply be repeated. Every other
-//! receive error leaves the stream out of step with the message framing and
-//! the connection should be dropped. Descriptors received on a failing path
-//! are closed before the error is returned.
+//! call consumed nothing, so the same call may simply be repeated. From
+//! [`Connection::recv_header`] that means between messages (on Unix, bytes of
+//! a header that has only partly arrived stay buffered for the next call).
+//! From a body call it means no byte of the body came, but its header has
+//! been consumed: the message is half read. Only the body call may be
+//! repeated then; a caller that starts over with [`Connection::recv_header`]
+//! would read body bytes as a header, so it must treat the error as
+//! [`Error::PartialMessage`] and drop the connection. Every other receive
+//! error leaves the stream out of step with the message framing and the
+//! connection should be dropped. Descriptors received on a failing path are
+//! closed before the error is returned.
 //!
 //! Platform code lives under `sys/`; the types here are the same on every
 //! platform.

@@ -70,6 +70,16 @@ pub enum ServerError {
         /// Why it failed.
         cause: Box<ServerError>,
     },
+    /// A reply could not be written at all: the connection is non-blocking and its send
+    /// buffer is full (the front-end does not read its replies). The request was consumed,
+    /// so the reply cannot be sent later: the connection is closed.
+    #[error("{}: the reply could not be written: {cause}", .request.name())]
+    ReplyStalled {
+        /// The request answered.
+        request: FrontendReq,
+        /// The transport's error.
+        cause: vhost_transport::Error,
+    },
     /// A reply did not fit the reply buffer (a defect of the server, not of the peer).
     #[error("{}: encoding the reply failed: {error}", .request.name())]
     Encode {
@@ -98,7 +108,8 @@ impl ServerError {
     }
 
     /// True when nothing was read and the same call may be repeated (a non-blocking
-    /// connection with no message waiting, or a read timeout between messages).
+    /// connection with no header waiting, or a read timeout between messages). Never true
+    /// once a message's header has been consumed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ServerError::Transport(e) if e.is_retryable())
     }

@@ -148,8 +148,16 @@ fn send(
         })?;
     let body = buf.get(..enc.body_len).unwrap_or_default();
     let fds = fd.map(AsDescriptor::as_descriptor);
-    conn.send(&enc.header.to_wire(), body, enc.payload, fds.as_slice())?;
-    Ok(())
+    conn.send(&enc.header.to_wire(), body, enc.payload, fds.as_slice())
+        .map_err(|e| match e {
+            // Nothing was written, but the request is consumed: a later call could not
+            // send this reply any more.
+            e if e.is_retryable() => ServerError::ReplyStalled {
+                request: code,
+                cause: e,
+            },
+            e => ServerError::Transport(e),
+        })
 }
 
 /// The failure form of the reply `msg` owes, or `None` when the specification gives none.

@@ -34,7 +34,7 @@ use vhost_backend::runtime::{DeviceError, DeviceFd, Processed, QueueContext, Vir
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
-pub use rate_limit::RateLimit;
+pub use rate_limit::{RateLimit, MAX_PERIOD};
 pub use source::EntropySource;
 
 use rate_limit::Limiter;
@@ -85,7 +85,8 @@ pub enum RngError {
     /// getrandom(2) is not usable on this system.
     #[error("getrandom(2) is not usable: {0}")]
     Getrandom(#[source] std::io::Error),
-    /// The rate limit has a zero period or a zero byte budget.
+    /// The rate limit has a zero period, a period over [`MAX_PERIOD`], or a zero byte
+    /// budget.
     #[error("invalid rate limit: {0}")]
     InvalidRateLimit(&'static str),
     /// The queue size is not a power of two between 1 and 32768.
@@ -121,6 +122,11 @@ impl RngDevice {
         let limiter = match config.rate_limit {
             Some(l) if l.period.is_zero() => {
                 return Err(RngError::InvalidRateLimit("the period is zero"))
+            }
+            Some(l) if l.period > MAX_PERIOD => {
+                return Err(RngError::InvalidRateLimit(
+                    "the period is longer than one hour",
+                ))
             }
             Some(l) if l.max_bytes == 0 => {
                 return Err(RngError::InvalidRateLimit("the byte budget is zero"))

@@ -11,10 +11,13 @@ use nix::errno::Errno;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
+/// Longest period a [`RateLimit`] may have: one hour.
+pub const MAX_PERIOD: Duration = Duration::from_secs(3600);
+
 /// At most `max_bytes` bytes of entropy every `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
-    /// Length of one period (non-zero).
+    /// Length of one period (non-zero, at most [`MAX_PERIOD`]).
     pub period: Duration,
     /// Bytes the guest may get per period (non-zero).
     pub max_bytes: u64,
@@ -120,11 +123,14 @@ impl Budget<'_> {
 
     /// Arms the timer for the start of the next period.
     pub(crate) fn arm(&self, now: Instant) -> io::Result<()> {
-        let end = self.window.start + self.limit.period;
+        // The period is bounded by `MAX_PERIOD`; should the end still not be representable,
+        // the wait is one period from `now`, capped at that bound.
+        let wait = match self.window.start.checked_add(self.limit.period) {
+            Some(end) => end.saturating_duration_since(now),
+            None => self.limit.period.min(MAX_PERIOD),
+        };
         // A zero value would disarm the timer: wait at least a microsecond.
-        let wait = end
-            .saturating_duration_since(now)
-            .max(Duration::from_micros(1));
+        let wait = wait.max(Duration::from_micros(1));
         self.timer
             .set(
                 Expiration::OneShot(TimeSpec::from_duration(wait)),
@@ -188,5 +194,23 @@ mod tests {
         l.timer_fired().unwrap();
         l.reset();
         assert_eq!(l.lock().available(Instant::now()), 1);
+    }
+
+    #[test]
+    fn arming_with_a_period_past_the_clock_range_waits_at_most_the_bound() {
+        let l = Limiter::new(RateLimit {
+            period: Duration::MAX,
+            max_bytes: 1,
+        })
+        .unwrap();
+        let now = Instant::now();
+        let mut b = l.lock();
+        b.consume(1);
+        assert_eq!(b.available(now), 0);
+        b.arm(now).unwrap();
+        let Expiration::OneShot(wait) = l.timer.get().unwrap().unwrap() else {
+            panic!("one-shot timer expected");
+        };
+        assert!(Duration::from(wait) <= MAX_PERIOD, "{wait:?}");
     }
 }

@@ -37,6 +37,30 @@ fn zero_period_or_zero_budget_is_refused() {
 }
 
 #[test]
+fn period_over_one_hour_is_refused_and_one_hour_is_accepted() {
+    for (period, accepted) in [
+        (MAX_PERIOD, true),
+        (MAX_PERIOD + Duration::from_nanos(1), false),
+        (Duration::MAX, false),
+    ] {
+        let cfg = RngConfig {
+            rate_limit: Some(RateLimit {
+                period,
+                max_bytes: 1,
+            }),
+            ..RngConfig::default()
+        };
+        match RngDevice::new(&cfg) {
+            Ok(_) => assert!(accepted, "period {period:?} accepted"),
+            Err(e) => {
+                assert!(!accepted, "period {period:?} refused: {e}");
+                assert!(matches!(e, RngError::InvalidRateLimit(_)), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
 fn queue_size_not_a_power_of_two_is_refused() {
     let cfg = RngConfig {
         queue_size: 100,

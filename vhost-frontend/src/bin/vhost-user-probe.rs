@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use vhost_frontend::devices::blk::{self, BlkConfig, BlkRequests};
 use vhost_frontend::devices::rng::RngReader;
-use vhost_frontend::{Session, SessionOptions};
+use vhost_frontend::{Sequence, Session, SessionOptions};
 use vhost_proto::features::PROTOCOL_FEATURE_TABLE;
 use vhost_proto::ProtocolFeatures;
 
@@ -272,6 +272,10 @@ fn run(args: &Args) -> AnyResult<()> {
         event_idx: !args.no_event_idx,
         config_size,
         read_timeout: Some(timeout),
+        sequence: match device.as_deref() {
+            Some("blk") => Sequence::Blk,
+            _ => Sequence::Generic,
+        },
         ..SessionOptions::default()
     };
     let mut s = Session::connect(&args.socket, opts)?;

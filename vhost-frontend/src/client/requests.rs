@@ -4,9 +4,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use vhost_proto::wire::{DEVICE_STATE_NOFD, MAX_SHMEM_REGIONS};
 use vhost_proto::{
-    Config, CryptoSession, DeviceStateTransfer, FrontendReply, FrontendReq, FrontendRequest,
-    Inflight, IotlbMsg, LogBase, MemTable, MemoryRegion, ProtocolFeatures, RegionMsg, SharedObject,
-    ShmemConfig, VringAddr, VringFd, VringState, XenMapping,
+    virtio, Config, CryptoSession, DeviceStateTransfer, FrontendReply, FrontendReq,
+    FrontendRequest, Inflight, IotlbMsg, LogBase, MemTable, MemoryRegion, ProtocolFeatures,
+    RegionMsg, SharedObject, ShmemConfig, VringAddr, VringFd, VringState, XenMapping,
 };
 
 use super::{Frontend, FrontendError, RawReply, Result};
@@ -110,16 +110,25 @@ impl Frontend {
         self.simple(FrontendRequest::SetVringBase(state(index, base)), &[])
     }
 
-    /// GET_VRING_BASE (11): stop the ring; returns its next available index.
+    /// GET_VRING_BASE (11): stop the ring; returns its next available index. Without
+    /// RING_PACKED acked the rings are split and the index is 16 bits: a larger value is
+    /// [`FrontendError::InvalidReply`]. (A packed ring's value carries wrap counters too.)
     pub fn get_vring_base(&mut self, index: u32) -> Result<u32> {
         let code = FrontendReq::GetVringBase;
+        let split = self.acked_features() & virtio::bit(virtio::RING_PACKED) == 0;
         let reply = self.reply_of(FrontendRequest::GetVringBase(state(index, 0)), &[])?;
         match self.decode(code, &reply)? {
-            FrontendReply::VringState(s) if s.index == index => Ok(s.num),
-            FrontendReply::VringState(_) => Err(FrontendError::InvalidReply {
+            FrontendReply::VringState(s) if s.index != index => Err(FrontendError::InvalidReply {
                 request: code,
                 why: "reply names another vring",
             }),
+            FrontendReply::VringState(s) if split && s.num > u32::from(u16::MAX) => {
+                Err(FrontendError::InvalidReply {
+                    request: code,
+                    why: "split-ring index over 0xffff",
+                })
+            }
+            FrontendReply::VringState(s) => Ok(s.num),
             _ => Err(FrontendError::InvalidReply {
                 request: code,
                 why: "reply is not a vring state",

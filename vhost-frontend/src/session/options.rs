@@ -23,10 +23,25 @@ pub const DEFAULT_PROTOCOL_MASK: ProtocolFeatures = ProtocolFeatures::XEN_MMAP
     .union(ProtocolFeatures::GET_VRING_BASE_INFLIGHT)
     .union(ProtocolFeatures::GPA_ADDRESSES);
 
+/// Which of QEMU 7.2's start and stop orders a [`Session`](super::Session) follows: they
+/// differ between vhost-user-blk and the other (generic) vhost-user devices. See
+/// [`Session::start`](super::Session::start) and [`Session::stop`](super::Session::stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sequence {
+    /// rng, vsock, gpio, i2c, fs, scsi: SET_VRING_CALL per queue before SET_FEATURES, and
+    /// again after the rings are enabled and after they are stopped.
+    #[default]
+    Generic,
+    /// vhost-user-blk: SET_FEATURES before and after SET_VRING_CALL per queue; no
+    /// SET_VRING_CALL after enabling or stopping the rings.
+    Blk,
+}
+
 /// Options of a [`Session`](super::Session). `Default` gives: one queue of 256, EVENT_IDX
 /// when offered, every offered feature acked except [`DEFAULT_FEATURE_MASK`] and
 /// [`DEFAULT_PROTOCOL_MASK`], 16 MiB of guest memory in one region, acks requested when
-/// REPLY_ACK is negotiated, replies awaited at most 10 s, no GET_CONFIG.
+/// REPLY_ACK is negotiated, replies awaited at most 10 s, no GET_CONFIG, the
+/// [`Sequence::Generic`] start and stop order.
 pub struct SessionOptions {
     /// Number of queues to set up (default 1). Must not exceed the back-end's GET_QUEUE_NUM
     /// answer when MQ is negotiated.
@@ -58,6 +73,8 @@ pub struct SessionOptions {
     /// Serves the back-end channel when BACKEND_REQ is negotiated (default: a handler that
     /// refuses everything).
     pub backend_handler: Option<Box<dyn BackendRequestHandler>>,
+    /// The order of the start and stop messages.
+    pub sequence: Sequence,
 }
 
 impl Default for SessionOptions {
@@ -76,6 +93,7 @@ impl Default for SessionOptions {
             request_acks: true,
             read_timeout: Some(Duration::from_secs(10)),
             backend_handler: None,
+            sequence: Sequence::Generic,
         }
     }
 }
@@ -96,6 +114,7 @@ impl std::fmt::Debug for SessionOptions {
             .field("request_acks", &self.request_acks)
             .field("read_timeout", &self.read_timeout)
             .field("backend_handler", &self.backend_handler.is_some())
+            .field("sequence", &self.sequence)
             .finish()
     }
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -95,8 +95,9 @@ impl Socket {
 
     /// The stream, for a caller taking the descriptor over; bytes still
     /// buffered are lost with the connection.
-    fn into_stream(self) -> UnixStream {
-        if self.has_buffered() {
+    fn into_stream(mut self) -> UnixStream {
+        let rx = self.rx.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if rx.buffered() > 0 {
             log::warn!("connection given up with received bytes still unread");
         }
         self.stream

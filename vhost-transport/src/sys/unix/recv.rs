@@ -308,6 +308,14 @@ impl RecvState {
         found
     }
 
+    /// Whether all of the next header is buffered: the one after the body of
+    /// the last header returned, or (between messages) the one at the
+    /// front of the buffer.
+    fn header_buffered(&self) -> bool {
+        let start = self.next_header.max(self.pos);
+        self.pos + self.buffered() as u64 >= start + HEADER_SIZE as u64
+    }
+
     /// Refuses parked descriptors whose header offset lies before `until`,
     /// bytes about to be consumed as a body.
     fn check_body_bytes(&mut self, until: u64) -> Result<()> {
@@ -331,23 +339,38 @@ impl Socket {
         if matches!(&result, Err(e) if !e.is_retryable()) {
             rx.parked = None;
         }
-        self.buffered.store(rx.buffered() > 0, Ordering::Release);
+        self.buffered.store(rx.header_buffered(), Ordering::Release);
         result
     }
 
-    /// True when received bytes wait in the buffer.
+    /// True when a whole header waits in the buffer (a part of one does
+    /// not count: the rest has yet to make the socket readable).
     pub(crate) fn has_buffered(&self) -> bool {
         self.buffered.load(Ordering::Acquire)
     }
 
-    /// One receive step of a read that needs `expected` bytes and has `got`.
-    /// A reset connection counts as end of stream.
-    fn recv_step(&self, buf: &mut [u8], expected: usize, got: usize) -> Result<Received> {
+    /// One receive step of a read that needs `expected` bytes and has `got`
+    /// (a header when `in_header`). A reset connection counts as end of
+    /// stream.
+    ///
+    /// In non-blocking mode a header read with part of the header buffered
+    /// is [`Error::WouldBlock`] too: those bytes stay in the buffer for the
+    /// next call. A body read that has taken some bytes waits for the rest.
+    fn recv_step(
+        &self,
+        buf: &mut [u8],
+        expected: usize,
+        got: usize,
+        in_header: bool,
+    ) -> Result<Received> {
         loop {
             match recv_once(self.fd(), buf) {
                 Ok(received) => return Ok(received),
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) if got == 0 => return Err(self.blocked()),
+                Err(Errno::EAGAIN) if self.is_nonblocking() && in_header => {
+                    return Err(Error::WouldBlock)
+                }
                 Err(Errno::EAGAIN) if self.is_nonblocking() => self.wait(PollFlags::POLLIN)?,
                 // The read timeout ran out with the read half done.
                 Err(Errno::EAGAIN) => return Err(Error::PartialMessage { expected, got }),
@@ -372,7 +395,7 @@ impl Socket {
     ) -> Result<usize> {
         let from = rx.pos + rx.buffered() as u64;
         let space = rx.buf.get_mut(rx.end..).unwrap_or_default();
-        let received = self.recv_step(space, expected, got)?;
+        let received = self.recv_step(space, expected, got, in_header)?;
         let len = received.len.min(space.len());
         rx.end += len;
         if received.fds.len() == 0 && !received.truncated {
@@ -418,7 +441,19 @@ impl Socket {
             }
             rx.compact();
             let got = rx.buffered();
-            if self.fill(rx, HEADER_SIZE, got, true)? == 0 {
+            let filled = match self.fill(rx, HEADER_SIZE, got, true) {
+                Ok(n) => n,
+                Err(e) if e.is_retryable() => {
+                    // Nothing consumed: the descriptors of the buffered part
+                    // of this header wait with it for the next call.
+                    if let Some(parked) = own {
+                        rx.parked = Some(parked);
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            if filled == 0 {
                 return Err(if got == 0 {
                     Error::Disconnected
                 } else {

@@ -1,0 +1,147 @@
+//! Non-blocking receive on Unix with part of a header buffered: the header
+//! read says "would block" and keeps that part (and its descriptors) for the
+//! next call, and `has_buffered` only counts whole headers, so a poll-driven
+//! user waits for the socket to become readable instead of spinning or
+//! blocking.
+
+#![cfg(target_os = "linux")]
+
+use std::fs;
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use vhost_transport::{Connection, Error, FrontendChannel, Result, HEADER_SIZE};
+
+type Conn = Connection<FrontendChannel>;
+type Received = Result<([u8; HEADER_SIZE], Vec<OwnedFd>)>;
+
+/// Header and body of a message with `request`, body bytes `request + i`.
+fn message(request: u32, body_len: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEADER_SIZE + body_len);
+    m.extend_from_slice(&request.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&(body_len as u32).to_ne_bytes());
+    m.extend((0..body_len).map(|i| (request as usize + i) as u8));
+    m
+}
+
+fn conn_and_raw() -> (Arc<Conn>, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (Arc::new(Connection::from_stream(a)), b)
+}
+
+fn raw_send(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+    let iov = [IoSlice::new(bytes)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// `recv_header` on another thread, failing the test rather than hanging
+/// when it does not return within two seconds.
+fn recv_header_within_2s(conn: &Arc<Conn>) -> Received {
+    let (tx, rx) = mpsc::channel();
+    let conn = Arc::clone(conn);
+    thread::spawn(move || {
+        let _ = tx.send(conn.recv_header());
+    });
+    rx.recv_timeout(Duration::from_secs(2))
+        .expect("recv_header blocked on a non-blocking connection")
+}
+
+fn recv_message(conn: &Conn, expected: &[u8]) {
+    let (h, fds) = conn.recv_header().unwrap();
+    assert_eq!(h[..], expected[..HEADER_SIZE], "header");
+    assert!(fds.is_empty());
+    let body = conn.recv_body(expected.len() - HEADER_SIZE).unwrap();
+    assert_eq!(body[..], expected[HEADER_SIZE..], "body");
+}
+
+#[test]
+fn nonblocking_header_read_with_part_of_a_header_buffered_would_block_and_keeps_the_part() {
+    let (conn, raw) = conn_and_raw();
+    let (m1, m2) = (message(1, 8), message(2, 4));
+    raw_send(&raw, &[&m1[..], &m2[..5]].concat(), &[]);
+    conn.set_nonblocking(true).unwrap();
+    recv_message(&conn, &m1);
+    assert!(
+        !conn.has_buffered(),
+        "five bytes of a header are not a header"
+    );
+    let err = recv_header_within_2s(&conn).unwrap_err();
+    assert!(matches!(err, Error::WouldBlock), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(!conn.has_buffered());
+    raw_send(&raw, &m2[5..], &[]);
+    recv_message(&conn, &m2);
+    assert!(matches!(conn.recv_header(), Err(Error::WouldBlock)));
+}
+
+#[test]
+fn descriptors_of_a_partly_arrived_header_wait_with_it_across_would_block() {
+    let (conn, raw) = conn_and_raw();
+    let (m1, m2) = (message(1, 0), message(2, 0));
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    raw_send(&raw, &m1, &[]);
+    raw_send(&raw, &m2[..3], &[write_end.as_raw_fd()]);
+    drop(write_end);
+    conn.set_nonblocking(true).unwrap();
+    recv_message(&conn, &m1);
+    // The first read may have stopped before the descriptor-carrying write.
+    let err = recv_header_within_2s(&conn).unwrap_err();
+    assert!(matches!(err, Error::WouldBlock), "{err:?}");
+    let err = recv_header_within_2s(&conn).unwrap_err();
+    assert!(matches!(err, Error::WouldBlock), "{err:?}");
+    raw_send(&raw, &m2[3..], &[]);
+    let (h, fds) = conn.recv_header().unwrap();
+    assert_eq!(h[..], m2[..]);
+    assert_eq!(fds.len(), 1, "the descriptor stayed with its header");
+    let mut w = fs::File::from(fds.into_iter().next().unwrap());
+    w.write_all(b"x").unwrap();
+    drop(w);
+    let mut got = Vec::new();
+    fs::File::from(read_end).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"x", "it is the pipe that was sent");
+}
+
+#[test]
+fn blocking_header_read_with_part_of_a_header_buffered_waits_for_the_rest() {
+    let (conn, raw) = conn_and_raw();
+    let (m1, m2) = (message(1, 8), message(2, 0));
+    raw_send(&raw, &[&m1[..], &m2[..5]].concat(), &[]);
+    recv_message(&conn, &m1);
+    let rest = m2[5..].to_vec();
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        raw_send(&raw, &rest, &[]);
+        raw
+    });
+    assert_eq!(recv_header_within_2s(&conn).unwrap().0[..], m2[..]);
+    writer.join().unwrap();
+}
+
+#[test]
+fn whole_buffered_header_counts_as_buffered_and_is_served_without_readability() {
+    let (conn, raw) = conn_and_raw();
+    let (m1, m2) = (message(1, 8), message(2, 4));
+    raw_send(&raw, &[&m1[..], &m2[..HEADER_SIZE]].concat(), &[]);
+    conn.set_nonblocking(true).unwrap();
+    let (h, _) = conn.recv_header().unwrap();
+    assert_eq!(h[..], m1[..HEADER_SIZE]);
+    assert!(conn.has_buffered(), "the next header is already here");
+    conn.recv_body(8).unwrap();
+    assert!(conn.has_buffered());
+    let (h, _) = conn.recv_header().unwrap();
+    assert_eq!(h[..], m2[..HEADER_SIZE]);
+    assert!(!conn.has_buffered(), "only a body is expected now");
+    let err = conn.recv_body(4).unwrap_err();
+    assert!(matches!(err, Error::WouldBlock), "{err:?}");
+    raw_send(&raw, &m2[HEADER_SIZE..], &[]);
+    assert_eq!(conn.recv_body(4).unwrap()[..], m2[HEADER_SIZE..]);
+}
