@@ -2,14 +2,19 @@
 //!
 //! A vhost-user message on the wire is a 12-byte header, a body of at most
 //! [`MAX_BODY_SIZE`] bytes and, riding on the same write, up to [`MAX_FDS`]
-//! descriptors. This crate moves those three parts and nothing else: it never
-//! looks inside a header. [`vhost_proto`] decides what the bytes mean.
+//! descriptors. This crate moves those three parts; [`vhost_proto`] decides
+//! what the bytes mean. The only header field it reads is `size`, on Unix,
+//! to tell where the next message starts in what it has read ahead.
 //!
 //! The API is message-granular so that every platform implements the same
 //! thing:
 //!
-//! 1. [`Connection::recv_header`] reads exactly [`HEADER_SIZE`] bytes and the
-//!    descriptors that came with them.
+//! 1. [`Connection::recv_header`] returns the next [`HEADER_SIZE`] bytes and
+//!    the descriptors that came with that message. On Unix one `recvmsg` reads
+//!    as much as is queued (up to two maximal messages), so a message usually
+//!    costs one system call; descriptors are given to the last message whose
+//!    header starts inside the read that brought them, because Linux ends a
+//!    stream read right after the write that carried them.
 //! 2. The caller validates the header and learns the body size.
 //! 3. [`Connection::recv_body`] (or [`Connection::recv_body_into`]) reads
 //!    exactly that many bytes, refusing sizes over [`MAX_BODY_SIZE`] before
