@@ -202,10 +202,9 @@ impl Disk {
                     self.file.read_exact_at(buf, offset)?;
                     layout.write_writable(mem, buf)?;
                 } else {
-                    // SAFETY: `map_writable` built every iovec from a guest memory slice that
-                    // was bounds-checked against its region (merging only joins entries that
-                    // are adjacent in host memory); `mem` is borrowed, so the mappings stay
-                    // for the whole call.
+                    // SAFETY: every iovec comes from a guest memory slice bounds-checked against
+                    // its region (merging joins only host-adjacent entries), and `mem` is
+                    // borrowed, so the mappings stay for the whole call.
                     unsafe { iov.read_exact_at(&self.file, offset)? };
                 }
                 // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.

@@ -58,10 +58,9 @@ impl EntropySource {
         let len = slice.len();
         let guard = slice.ptr_guard_mut();
         let ptr = guard.as_ptr();
-        // SAFETY: `ptr` points at `len` bytes of mapped guest memory, valid for writes for as
-        // long as `guard` (and the memory snapshot behind `slice`) lives, which covers the
-        // call. The guest may touch the same bytes concurrently; the kernel copies into them
-        // like any other DMA target, and nothing here reads them back.
+        // SAFETY: `ptr` points at `len` bytes of mapped guest memory, writable while `guard` (and
+        // the snapshot behind `slice`) lives, which covers the call; concurrent guest access is
+        // like any DMA target's, and nothing here reads the bytes back.
         let n = unsafe { self.fill_raw(ptr, len) }?;
         slice.bitmap().mark_dirty(0, n);
         Ok(n)

@@ -123,10 +123,9 @@ fn recv_once(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::result::Result<Received
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.0.as_mut_ptr().cast();
     msg.msg_controllen = CMSG_BUF_LEN as _;
-    // SAFETY: `msg` points to one iovec covering `buf`, valid for writes of
-    // `buf.len()` bytes, and to `cmsg`, valid for CMSG_BUF_LEN bytes and
-    // aligned for cmsghdr. Both outlive the call; the kernel writes only
-    // inside them.
+    // SAFETY: `msg` points to one iovec covering `buf` (writable, `buf.len()` bytes) and to
+    // `cmsg` (CMSG_BUF_LEN bytes, aligned for cmsghdr); both outlive the call and the kernel
+    // writes only inside them.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, RECV_FLAGS) };
     let n = Errno::result(n)?;
     let fds = take_fds(&msg);

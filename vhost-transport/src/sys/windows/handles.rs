@@ -184,11 +184,10 @@ pub(super) fn take_handles(bytes: &[u8]) -> (Vec<OwnedHandle>, Option<u64>) {
         v.copy_from_slice(chunk);
         let value = u64::from_le_bytes(v);
         if check_value(value, &owned) {
-            // SAFETY: the peer duplicated this handle into this process for
-            // this message (the Windows mapping); it is open (checked above),
-            // not yet owned by this message, and nothing else here refers to
-            // it. A peer that can duplicate handles into this process can
-            // already close any handle of it, so its word is trusted.
+            // A peer that can duplicate handles into this process can already close any
+            // handle of it, so its word on which values it duplicated is trusted.
+            // SAFETY: the peer duplicated this open handle (checked above) into this process
+            // for this message; nothing else here owns or refers to it.
             owned.push(unsafe { OwnedHandle::from_raw_handle(value as usize as HANDLE) });
         } else if first_bad.is_none() {
             first_bad = Some(value);

@@ -83,10 +83,8 @@ pub(super) fn read_once(
     let h = pipe.as_raw_handle();
     let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
     let mut ov = fresh_overlapped(event);
-    // SAFETY: `buf` is valid for writes of `len` bytes and `ov` for the
-    // whole operation: both outlive it, because every path below waits for
-    // the operation to finish (GetOverlappedResult with bWait) before
-    // returning.
+    // SAFETY: `buf` (writable, `len` bytes) and `ov` outlive the operation: every path
+    // below waits for it to finish (GetOverlappedResult with bWait) before returning.
     let ok = unsafe { ReadFile(h, buf.as_mut_ptr(), len, ptr::null_mut(), &mut ov) };
     if ok == FALSE {
         // SAFETY: reads the calling thread's last-error value.
