@@ -1,18 +1,23 @@
 //! The device runtime (`DeviceBackend`) under an arbitrary control sequence, with real
-//! guest memory, real workers and kicks.
+//! guest memory, kicks and eventfds, run threadless: after every operation the workers'
+//! state machines run once on this thread (`DeviceBackend::run_workers`), so a run is
+//! deterministic and no thread is spawned.
 //!
 //! Input (read with `arbitrary::Unstructured`): up to 64 operations. Each is a front-end
 //! request encoded by `vhost-proto` (features, memory tables and regions built from two
 //! memfd-backed regions, possibly bent out of shape; vring size, base, addresses near or
 //! inside those regions, kick and call eventfds or NOFD, enable, reset, config, status),
 //! a raw message, a write of arbitrary bytes into guest memory (descriptor tables, avail
-//! rings), or a kick of a ring's eventfd. The server handles each message at once over a
-//! connection pair; the device is a small two-queue device that fills writable buffers and
-//! reads readable ones, as bounded by the chain.
+//! rings), a kick of a ring's eventfd, or the release of the requests the device holds.
+//! The server handles each message at once over a connection pair; the device is a small
+//! two-queue device that fills writable buffers and reads readable ones, as bounded by the
+//! chain, and either completes each request at once or, while the input says so, holds up
+//! to four and completes them later in reverse order (a stop of the ring then meets
+//! outstanding requests: the quiesce bound is 0, so it closes the connection).
 //!
 //! Properties: nothing panics, nothing touches memory outside the mappings, and once the
-//! session is over the workers are joined and the process has exactly the descriptors
-//! and threads it had before.
+//! session is over the workers are gone and the process has exactly the descriptors and
+//! threads it had before.
 #![no_main]
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -20,7 +25,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use vhost_backend::runtime::{DeviceBackend, DeviceError, Processed, QueueContext, VirtioDevice};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vhost_backend::runtime::{
+    DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
+};
 use vhost_backend::BackendServer;
 use vhost_frontend::{GuestMemory, RegionSpec};
 use vhost_proto::{
@@ -46,8 +56,22 @@ const SPECS: [RegionSpec; 2] = [
     },
 ];
 
-/// Fills device-writable buffers with a byte and reads readable ones.
-struct FillDevice;
+/// Fills device-writable buffers with a byte and reads readable ones; holds requests
+/// while `hold` is set.
+#[derive(Default)]
+struct FillDevice {
+    hold: AtomicBool,
+    held: Mutex<Vec<(Request, u32)>>,
+}
+
+impl FillDevice {
+    fn release(&self) {
+        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
+        for (req, len) in held.into_iter().rev() {
+            req.complete(len);
+        }
+    }
+}
 
 impl VirtioDevice for FillDevice {
     fn device_type(&self) -> u32 {
@@ -72,25 +96,27 @@ impl VirtioDevice for FillDevice {
         &self,
         ctx: &mut QueueContext<'_>,
     ) -> std::result::Result<Processed, DeviceError> {
-        let mem = ctx.memory();
         let mut buf = [0x5au8; 256];
-        while let Some(chain) = ctx.pop_chain() {
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for desc in chain {
-                let n = (desc.len() as usize).min(buf.len());
-                let ok = if desc.is_write_only() {
-                    mem.write_slice(&buf[..n], desc.addr()).is_ok()
-                } else {
-                    mem.read_slice(&mut buf[..n], desc.addr()).is_ok()
-                };
-                if ok && desc.is_write_only() {
-                    written = written.saturating_add(n as u32);
-                }
+        while let Some(req) = ctx.pop() {
+            let r = (req.readable_len() as usize).min(buf.len());
+            let _ = req.read_readable(0, &mut buf[..r]);
+            let w = (req.writable_len() as usize).min(buf.len());
+            let written = match req.write_writable(0, &buf[..w]) {
+                Ok(()) => w as u32,
+                Err(_) => 0,
+            };
+            let mut held = self.held.lock().expect("lock");
+            if self.hold.load(Ordering::Relaxed) && held.len() < 4 {
+                held.push((req, written));
+            } else {
+                drop(held);
+                req.complete(written);
             }
-            ctx.add_used(head, written)?;
         }
         Ok(Processed::Drained)
+    }
+    fn reset(&self) {
+        self.held.lock().expect("lock").clear();
     }
 }
 
@@ -148,6 +174,8 @@ enum Op {
         bytes: Vec<u8>,
     },
     Kick(usize),
+    Hold(bool),
+    Release,
 }
 
 #[derive(Clone, Copy)]
@@ -182,7 +210,7 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
             num,
         })
     };
-    Ok(match u.int_in_range(0..=20u8)? {
+    Ok(match u.int_in_range(0..=22u8)? {
         0 => encoded(R::SetFeatures(u.arbitrary()?), nr, vec![]),
         1 => encoded(R::SetProtocolFeatures(u.arbitrary()?), nr, vec![]),
         2 => {
@@ -286,6 +314,8 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
                 bytes: u.bytes(len)?.to_vec(),
             }
         }
+        19 => Op::Hold(u.arbitrary()?),
+        20 => Op::Release,
         _ => Op::Kick(u.int_in_range(0..=QUEUES - 1)?),
     })
 }
@@ -318,7 +348,9 @@ fn run(u: &mut Unstructured<'_>) {
         .collect();
     let (back, front) = Connection::<FrontendChannel>::pair().expect("socket pair");
     front.set_nonblocking(true).expect("non-blocking");
-    let backend = DeviceBackend::new(FillDevice).expect("backend");
+    let backend = DeviceBackend::threadless(FillDevice::default())
+        .expect("backend")
+        .with_quiesce_timeout(std::time::Duration::ZERO);
     let mut server = BackendServer::new(back, backend).expect("server");
     for _ in 0..MAX_OPS {
         if u.is_empty() {
@@ -352,7 +384,10 @@ fn run(u: &mut Unstructured<'_>) {
             Op::Kick(i) => {
                 let _ = kicks[i].write(1);
             }
+            Op::Hold(on) => server.backend().device().hold.store(on, Ordering::Relaxed),
+            Op::Release => server.backend().device().release(),
         }
+        server.backend().run_workers();
     }
     // The front-end goes away: the workers stop and the mappings go.
     server.finish().expect("reset");

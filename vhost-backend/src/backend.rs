@@ -39,6 +39,11 @@ pub enum BackendError {
     /// A device-specific failure.
     #[error("device error: {0}")]
     Device(Box<dyn std::error::Error + Send + Sync>),
+    /// The back-end can no longer keep its state in step with the front-end's (a ring
+    /// stopped without its outstanding requests, ...): the server closes the connection
+    /// whatever the request owes, and the front-end's reconnection sets everything up again.
+    #[error("the back-end cannot go on with this front-end: {0}")]
+    Broken(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result of a [`Backend`] method.

@@ -98,9 +98,9 @@ impl VirtioDevice for RacyDevice {
         0
     }
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        let before = ctx.used_count();
+        let before = self.inner.counters.chains.load(Ordering::SeqCst);
         let r = self.inner.process_queue(ctx);
-        if ctx.used_count() == before {
+        if self.inner.counters.chains.load(Ordering::SeqCst) == before {
             let window = self.window.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some((tx, rx)) = window {
                 tx.send(()).expect("test waiting");

@@ -70,8 +70,8 @@ impl VirtioDevice for CountingDevice {
         vhost_backend::runtime::read_config_bytes(&bytes, offset, data)
     }
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        while let Some(chain) = ctx.pop_chain() {
-            ctx.add_used(chain.head_index(), 0)?;
+        while let Some(req) = ctx.pop() {
+            req.complete(0);
             self.served.fetch_add(1, Ordering::SeqCst);
         }
         Ok(Processed::Drained)

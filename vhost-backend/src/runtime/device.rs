@@ -2,12 +2,10 @@
 //! [`QueueContext`] it processes requests through.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use vhost_proto::ProtocolFeatures;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
+pub use super::request::QueueContext;
 use crate::BackendClient;
 
 /// Why a device operation failed. Converted to [`crate::BackendError`] for the front-end.
@@ -41,74 +39,13 @@ pub enum DeviceError {
 /// What [`VirtioDevice::process_queue`] did with the available ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Processed {
-    /// Took every chain it was offered ([`QueueContext::pop_chain`] returned `None`). The
+    /// Took every chain it was offered ([`QueueContext::pop`] returned `None`). The
     /// runtime re-enables notifications and looks once more for chains that raced in.
     Drained,
     /// Stopped early on purpose (rate limit, back-pressure). Notifications stay off and the
     /// runtime does not call again until the next kick or a device event asks for it
     /// ([`VirtioDevice::handle_event`] returning `true`).
     Paused,
-}
-
-/// One queue during one wake-up of its worker: the queue, the guest memory snapshot taken
-/// for this wake-up, and a count of chains returned.
-///
-/// [`pop_chain`](Self::pop_chain) and [`add_used`](Self::add_used) allocate nothing and take
-/// no lock. The runtime sends the used-buffer notification after
-/// [`VirtioDevice::process_queue`] returns, once, when `needs_notification` says so
-/// (EVENT_IDX).
-pub struct QueueContext<'a> {
-    pub(crate) index: u16,
-    pub(crate) queue: &'a mut Queue,
-    pub(crate) mem: &'a GuestMemoryMmap,
-    pub(crate) stopping: &'a AtomicBool,
-    pub(crate) used: u32,
-    /// Chains popped in the current round of the drain (reset by the runtime each round).
-    pub(crate) taken: u32,
-}
-
-impl<'a> QueueContext<'a> {
-    /// The queue index.
-    pub fn index(&self) -> u16 {
-        self.index
-    }
-
-    /// The guest memory snapshot of this wake-up; descriptor addresses are guest-physical.
-    pub fn memory(&self) -> &'a GuestMemoryMmap {
-        self.mem
-    }
-
-    /// The next available chain, or `None` when the ring is empty, the ring is being
-    /// stopped (GET_VRING_BASE waits for the chain in hand, not for the rest of the ring), or
-    /// a ring's worth of chains was taken since the runtime last called the device (it calls
-    /// again for the rest: a driver that keeps the ring full, or a ring laid over its own used
-    /// ring, cannot keep the device in one call for ever). A chain that `pop_chain` returned
-    /// must be given back with [`add_used`](Self::add_used).
-    pub fn pop_chain(&mut self) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
-        if self.stopping.load(Ordering::Relaxed) || self.taken >= u32::from(self.queue.size()) {
-            return None;
-        }
-        let chain = self.queue.pop_descriptor_chain(self.mem)?;
-        self.taken += 1;
-        Some(chain)
-    }
-
-    /// Puts a finished chain on the used ring with `len` bytes written to it.
-    pub fn add_used(&mut self, head_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
-        self.queue.add_used(self.mem, head_index, len)?;
-        self.used += 1;
-        Ok(())
-    }
-
-    /// The queue itself, for what the two methods above do not cover.
-    pub fn queue_mut(&mut self) -> &mut Queue {
-        self.queue
-    }
-
-    /// Chains returned with [`add_used`](Self::add_used) during this wake-up.
-    pub fn used_count(&self) -> u32 {
-        self.used
-    }
 }
 
 /// A descriptor the device wants its worker to watch, with the token
@@ -177,11 +114,16 @@ pub trait VirtioDevice: Send + Sync + 'static {
         let _ = features;
     }
 
-    /// Processes the queue's available chains. Called by the queue's worker after a kick, when
-    /// the ring becomes enabled, and when [`handle_event`](Self::handle_event) asks; never
-    /// concurrently for the same queue. Bad chains are the device's to answer (error
-    /// status); an `Err` means the queue itself is unusable and is logged and reported on the
-    /// ring's error eventfd.
+    /// Takes the queue's available requests ([`QueueContext::pop`]). Called by the queue's
+    /// worker after a kick, when the ring becomes enabled, and when
+    /// [`handle_event`](Self::handle_event) asks; never concurrently for the same queue.
+    ///
+    /// Each [`Request`](super::Request) is completed with
+    /// [`Request::complete`](super::Request::complete), before this returns or later from
+    /// any thread (an I/O engine's completion, a device event); any number may be
+    /// outstanding, up to the ring size. Stopping the ring waits for them (within a bound).
+    /// Bad chains are the device's to answer (error status); an `Err` means the queue itself
+    /// is unusable and is logged and reported on the ring's error eventfd.
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError>;
 
     /// Which worker thread serves `queue`: queues with the same number share a thread. One

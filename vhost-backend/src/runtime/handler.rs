@@ -7,8 +7,8 @@
 //! RESET_OWNER and a disconnect join them all.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
 use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
@@ -91,6 +91,12 @@ fn fail<E: Into<RuntimeError>>(e: E) -> BackendError {
     e.into().into()
 }
 
+/// A failure after which the back-end and the front-end no longer agree on the rings: the
+/// server closes the connection.
+fn broken(e: VringError) -> BackendError {
+    BackendError::Broken(Box::new(e))
+}
+
 /// Runs a [`VirtioDevice`] behind the [`Backend`] trait.
 ///
 /// It owns the memory table, one vring per queue and the worker threads, and turns each
@@ -123,6 +129,9 @@ pub struct DeviceBackend<D: VirtioDevice> {
     /// Worker of each queue.
     worker_of: Vec<usize>,
     workers: Vec<Option<Worker<D>>>,
+    /// Workers run on their own threads (`false`: [`DeviceBackend::run_workers`] runs them).
+    threaded: bool,
+    quiesce_timeout: Duration,
     mem: MemoryTable,
     offered_features: u64,
     offered_protocol: ProtocolFeatures,
@@ -147,9 +156,58 @@ impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
     }
 }
 
+/// How long stopping a ring (GET_VRING_BASE, RESET_DEVICE, RESET_OWNER, disconnect) waits
+/// for the requests a device still holds, by default.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl<D: VirtioDevice> DeviceBackend<D> {
-    /// A back-end for `device`, in the just-started state.
+    /// A back-end for `device`, in the just-started state, with a worker thread per worker
+    /// group.
     pub fn new(device: D) -> Result<Self, RuntimeError> {
+        Self::build(device, true)
+    }
+
+    /// A back-end for `device` whose workers have no thread: the caller runs them with
+    /// [`run_workers`](Self::run_workers), which reads kicks, runs the device on ready rings,
+    /// publishes completions and signals calls without ever blocking. The same state machine
+    /// as [`new`](Self::new), single-threaded and deterministic, for tests and fuzzing.
+    pub fn threadless(device: D) -> Result<Self, RuntimeError> {
+        Self::build(device, false)
+    }
+
+    /// Sets how long stopping a ring waits for the requests the device still holds (default
+    /// [`QUIESCE_TIMEOUT`]). Past it the ring is stopped anyway, the request that stopped it
+    /// fails and the connection is closed.
+    pub fn with_quiesce_timeout(mut self, timeout: Duration) -> Self {
+        self.quiesce_timeout = timeout;
+        self
+    }
+
+    /// Runs every threadless worker once (see [`threadless`](Self::threadless)); also
+    /// publishes completions made away from the workers. Returns the number of events
+    /// handled. Does nothing for threaded workers beyond that publishing.
+    pub fn run_workers(&self) -> usize {
+        let mut n = 0;
+        for w in self.workers.iter().flatten() {
+            n += w.turn();
+        }
+        if !self.threaded {
+            for r in self.rings.iter() {
+                if r.has_completions() {
+                    r.publish_and_signal();
+                }
+            }
+        }
+        n
+    }
+
+    /// Requests popped from ring `index` and not yet on its used ring (`None` for an unknown
+    /// ring).
+    pub fn outstanding(&self, index: usize) -> Option<u16> {
+        Some(self.rings.get(index)?.lock().outstanding())
+    }
+
+    fn build(device: D, threaded: bool) -> Result<Self, RuntimeError> {
         let device = Arc::new(device);
         let n = device.num_queues();
         if n == 0 || n > MAX_QUEUES {
@@ -161,9 +219,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
                 "max_queue_size must be a power of two in 1..=32768",
             ));
         }
+        let mem = MemoryTable::new();
         // `n <= 256` fits in u16.
         let rings: Arc<[Arc<Vring>]> = (0..n as u16)
-            .map(|i| Arc::new(Vring::new(i, max)))
+            .map(|i| Arc::new(Vring::new(i, max, mem.atomic().clone())))
             .collect();
         let worker_of: Vec<usize> = (0..n).map(|q| device.worker_of(q)).collect();
         let nworkers = worker_of.iter().copied().max().unwrap_or(0) + 1;
@@ -191,7 +250,9 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             groups,
             worker_of,
             workers: (0..nworkers).map(|_| None).collect(),
-            mem: MemoryTable::new(),
+            threaded,
+            quiesce_timeout: QUIESCE_TIMEOUT,
+            mem,
             offered_features,
             offered_protocol,
             acked_features: 0,
@@ -234,7 +295,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     /// Whether ring `index` is started and enabled (`None` for an unknown ring).
     pub fn ring_running(&self, index: usize) -> Option<(bool, bool)> {
         let g = self.rings.get(index)?.lock();
-        Some((g.started, g.enabled))
+        Some((g.started(), g.enabled()))
     }
 
     fn ring(&self, index: u32) -> BackendResult<&Arc<Vring>> {
@@ -256,6 +317,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
                 Arc::clone(&self.rings),
                 self.groups[w].clone(),
                 self.mem.atomic().clone(),
+                self.threaded,
             )
             .map_err(|source| RuntimeError::Worker { worker: w, source })?;
             self.workers[w] = Some(worker);
@@ -269,7 +331,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     fn retire_idle_worker(&mut self, w: usize) {
         let busy = self.groups[w]
             .iter()
-            .any(|&q| self.rings[usize::from(q)].lock().started);
+            .any(|&q| self.rings[usize::from(q)].lock().started());
         if !busy {
             self.workers[w] = None;
         }
@@ -277,34 +339,66 @@ impl<D: VirtioDevice> DeviceBackend<D> {
 
     /// Marks a started ring for processing and wakes its worker.
     fn poke(&self, index: usize) {
-        self.rings[index].pending.store(true, Ordering::Release);
+        self.rings[index].set_pending();
         if let Some(w) = &self.workers[self.worker_of[index]] {
             w.wake();
         }
     }
 
-    /// Stops every worker and returns every ring to its initial state.
-    fn reset_rings(&mut self) {
+    /// Stops ring `index` once its outstanding requests completed (within the bound), and
+    /// forgets its kick source. Returns the base, or the timeout.
+    fn stop_ring(&mut self, index: usize) -> Result<u16, VringError> {
+        let r = Arc::clone(&self.rings[index]);
+        let (kick, result) = r.quiesce_and_stop(self.quiesce_timeout);
+        if let Some(worker) = &self.workers[self.worker_of[index]] {
+            match &kick {
+                Kick::Fd(f) => worker.remove_kick(f.as_raw_fd()),
+                Kick::Poll => worker.set_polled(false),
+                Kick::None => {}
+            }
+        }
+        drop(kick);
+        if let Err(e) = &result {
+            log::error!("{e}");
+        }
+        result
+    }
+
+    /// Stops every ring (waiting for outstanding requests, within the bound) and every
+    /// worker, and returns every ring to its initial state. The first timeout, if any.
+    fn reset_rings(&mut self) -> Result<(), VringError> {
+        let mut first = Ok(());
+        for i in 0..self.rings.len() {
+            if self.rings[i].lock().started() {
+                if let Err(e) = self.stop_ring(i) {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
         for w in &mut self.workers {
             *w = None;
         }
         for r in self.rings.iter() {
             r.reset();
         }
+        first
     }
 
-    fn reset_device_state(&mut self) {
+    fn reset_device_state(&mut self) -> Result<(), VringError> {
         // Before the device resets: a load may be restoring it.
         self.state.abandon();
-        self.reset_rings();
+        let stopped = self.reset_rings();
         self.acked_features = 0;
         self.status = 0;
         self.device.reset();
+        stopped
     }
 
     /// Refuses a state transfer unless the device is suspended (every ring stopped).
     fn check_suspended(&self) -> Result<(), StateError> {
-        match self.rings.iter().find(|r| r.lock().started) {
+        match self.rings.iter().find(|r| r.lock().started()) {
             Some(r) => Err(StateError::RingStarted { index: r.index }),
             None => Ok(()),
         }
@@ -335,7 +429,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             // Without bit 30 every ring is enabled at once; with it a ring not started
             // starts disabled (unless SET_VRING_ENABLE enabled it already).
             let became = g.follow_features(protocol);
-            let started = g.started;
+            let started = g.started();
             drop(g);
             if became && started {
                 self.poke(i);
@@ -346,8 +440,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn reset_owner(&mut self) -> BackendResult<()> {
-        self.reset_device_state();
-        Ok(())
+        self.reset_device_state().map_err(broken)
     }
 
     fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedFd>) -> BackendResult<()> {
@@ -362,10 +455,10 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()> {
         let r = self.ring(addr.index)?;
         let mut g = r.lock();
-        if g.started {
+        if g.started() {
             return Err(fail(VringError::Started { index: r.index }));
         }
-        let n = u64::from(g.size);
+        let n = u64::from(g.size());
         let tr = |part, uva: u64, len| {
             self.mem
                 .user_to_guest(uva, len)
@@ -378,8 +471,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let desc = tr(RingPart::Desc, addr.desc, 16 * n).map_err(fail)?;
         let avail = tr(RingPart::Avail, addr.avail, 6 + 2 * n).map_err(fail)?;
         let used = tr(RingPart::Used, addr.used, 6 + 8 * n).map_err(fail)?;
-        g.addrs = Some([desc, avail, used]);
-        Ok(())
+        g.set_addrs(r.index, [desc, avail, used]).map_err(fail)
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()> {
@@ -388,25 +480,11 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn get_vring_base(&mut self, index: u32) -> BackendResult<u32> {
-        let r = Arc::clone(self.ring(index)?);
-        let w = self.worker_of[index as usize];
-        // Ask the worker to stop after the chain in hand, then wait for it by taking the lock.
-        r.stopping.store(true, Ordering::Release);
-        let mut g = r.lock();
-        r.stopping.store(false, Ordering::Release);
-        let was_polled = matches!(g.kick, Kick::Poll);
-        if let (Kick::Fd(f), Some(worker)) = (&g.kick, &self.workers[w]) {
-            worker.remove_kick(f.as_raw_fd());
-        }
-        let base = g.stop();
-        drop(g);
-        if was_polled {
-            if let Some(worker) = &self.workers[w] {
-                worker.set_polled(false);
-            }
-        }
-        self.retire_idle_worker(w);
-        Ok(u32::from(base))
+        self.ring(index)?;
+        let i = index as usize;
+        let result = self.stop_ring(i);
+        self.retire_idle_worker(self.worker_of[i]);
+        result.map(u32::from).map_err(broken)
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {
@@ -430,21 +508,12 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             .ok_or(BackendError::InvalidState("worker missing".into()))?;
         let mut g = r.lock();
         // Replace the previous kick source, if any.
-        let was_polled = matches!(g.kick, Kick::Poll);
-        if let Kick::Fd(f) = &g.kick {
-            worker.remove_kick(f.as_raw_fd());
+        match g.take_kick() {
+            Kick::Fd(f) => worker.remove_kick(f.as_raw_fd()),
+            Kick::Poll => worker.set_polled(false),
+            Kick::None => {}
         }
-        g.kick = Kick::None;
-        g.kick_gen = g.kick_gen.wrapping_add(1);
-        if was_polled {
-            worker.set_polled(false);
-        }
-        let result = if g.started {
-            Ok(())
-        } else {
-            g.start(r.index, &mem)
-        };
-        if let Err(e) = result {
+        if let Err(e) = g.start(r.index, &mem) {
             drop(g);
             self.retire_idle_worker(w);
             return Err(fail(e));
@@ -452,12 +521,12 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         match fd {
             Some(file) => {
                 worker
-                    .add_kick(r.index, g.kick_gen, file.as_raw_fd())
+                    .add_kick(r.index, g.kick_gen(), file.as_raw_fd())
                     .map_err(|source| fail(RuntimeError::Worker { worker: w, source }))?;
-                g.kick = Kick::Fd(file);
+                g.set_kick(Kick::Fd(file));
             }
             None => {
-                g.kick = Kick::Poll;
+                g.set_kick(Kick::Poll);
                 worker.set_polled(true);
             }
         }
@@ -508,7 +577,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let r = self.ring(index)?;
         let mut g = r.lock();
         let became = g.set_enabled(enable);
-        let started = g.started;
+        let started = g.started();
         drop(g);
         // Kicks consumed while disabled were dropped: look at the whole ring now.
         if became && started {
@@ -533,8 +602,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn reset_device(&mut self) -> BackendResult<()> {
-        self.reset_device_state();
-        Ok(())
+        self.reset_device_state().map_err(broken)
     }
 
     fn get_max_mem_slots(&mut self) -> BackendResult<u64> {
@@ -598,7 +666,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn disconnected(&mut self) -> BackendResult<()> {
-        self.reset_device_state();
+        // A timeout is logged; the front-end is gone, and so are the rings.
+        let _ = self.reset_device_state();
         self.acked_protocol = ProtocolFeatures::empty();
         self.mem.clear();
         Ok(())

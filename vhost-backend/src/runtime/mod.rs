@@ -83,23 +83,28 @@
 pub mod cli;
 pub mod daemon;
 mod device;
+pub mod guest_io;
 mod handler;
 pub mod mem_table;
 mod notifier;
+pub mod request;
 pub mod state;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod vring;
 pub mod worker;
 
 pub use daemon::{Daemon, DaemonError, StopHandle};
 pub use device::{
-    device_type_name, read_config_bytes, DeviceError, DeviceFd, Processed, QueueContext,
-    VirtioDevice,
+    device_type_name, read_config_bytes, DeviceError, DeviceFd, Processed, VirtioDevice,
 };
+pub use guest_io::{FileIo, GuestIoError, IoAlign};
 pub use handler::{
-    DeviceBackend, RuntimeError, MAX_QUEUES, RUNTIME_FEATURES, RUNTIME_PROTOCOL_FEATURES,
-    UNSUPPORTED_FEATURES,
+    DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
+    RUNTIME_PROTOCOL_FEATURES, UNSUPPORTED_FEATURES,
 };
 pub use mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 pub use notifier::Notifier;
+pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 pub use vring::{RingPart, VringError};

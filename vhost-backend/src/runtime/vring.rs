@@ -1,20 +1,36 @@
-//! One vring's state, shared between the control thread and the worker that serves it.
+//! One vring: its state machine, its outstanding requests and its completions.
 //!
 //! A ring has two independent states (spec "Ring states"): *started* (from SET_VRING_KICK
 //! to GET_VRING_BASE) and *enabled* (SET_VRING_ENABLE, or at once when
 //! VHOST_USER_F_PROTOCOL_FEATURES is not negotiated). The worker processes the ring only
-//! when both hold. Everything the worker touches per wake-up sits behind one mutex that is
-//! taken once per wake-up, so GET_VRING_BASE, which takes it too, waits for the chain in
-//! hand; the call and error eventfds have their own small locks so they can be replaced
-//! while the ring runs.
+//! when both hold. Every field of the state machine is private to this module; the control
+//! thread changes it only through the transitions below (size, base, addresses, start,
+//! stop, enable, kick and call descriptor changes, reset).
+//!
+//! Requests: a chain popped from the available ring becomes a
+//! [`Request`](super::Request) and counts as *outstanding* until its used entry is
+//! published. A request completes from any thread: its completion is queued here, and the
+//! ring's owner (the worker, or whoever holds the ring to stop it) publishes queued
+//! completions to the used ring in batches, with one `needs_notification` check (EVENT_IDX)
+//! and at most one call per batch. A head already outstanding that the driver offers again
+//! is not handed out twice. Completions of requests popped before the ring last stopped or
+//! was reset (an older *generation*) are dropped, never published into the new ring.
+//!
+//! Stopping (GET_VRING_BASE, RESET_DEVICE, RESET_OWNER, disconnect) first *quiesces* the
+//! ring: no new chain is popped, and the stop waits, within a bound, until every
+//! outstanding request has completed, so the base it answers leaves no request behind.
+//! That wait is the one place a restart-aware back-end (inflight tracking) would instead
+//! leave the requests to be resubmitted by the next back-end.
 
 use std::fs::File;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::notifier::{self, Notifier};
 
@@ -97,6 +113,20 @@ pub enum VringError {
         #[source]
         source: std::io::Error,
     },
+    /// Stopping the ring waited the whole bound for requests the device still held. The
+    /// ring is stopped anyway; their completions, when they come, are dropped.
+    #[error(
+        "vring {index}: {outstanding} request(s) still outstanding after {waited:?}; the ring \
+         was stopped without them"
+    )]
+    QuiesceTimeout {
+        /// The ring.
+        index: u16,
+        /// Requests popped and never completed.
+        outstanding: u16,
+        /// How long the stop waited.
+        waited: Duration,
+    },
 }
 
 /// Where the worker learns that the driver made buffers available.
@@ -111,38 +141,67 @@ pub(crate) enum Kick {
     Poll,
 }
 
+/// A completion waiting to be published.
+#[derive(Debug, Clone, Copy)]
+struct Completion {
+    generation: u64,
+    head: u16,
+    len: u32,
+}
+
 /// Ring state behind the per-wake-up lock.
 #[derive(Debug)]
-pub(crate) struct VringInner {
-    pub(crate) queue: Queue,
-    pub(crate) max_size: u16,
-    pub(crate) size: u16,
-    pub(crate) base: u16,
-    pub(crate) addrs: Option<[GuestAddress; 3]>,
-    pub(crate) kick: Kick,
+pub(crate) struct RingState {
+    queue: Queue,
+    max_size: u16,
+    size: u16,
+    base: u16,
+    addrs: Option<[GuestAddress; 3]>,
+    kick: Kick,
     /// Bumped at each kick fd change so the worker can drop events of a replaced fd.
-    pub(crate) kick_gen: u16,
-    pub(crate) started: bool,
-    pub(crate) enabled: bool,
+    kick_gen: u16,
+    started: bool,
+    enabled: bool,
     /// `enabled` holds only because VHOST_USER_F_PROTOCOL_FEATURES was not acked, not
     /// because of a SET_VRING_ENABLE: a later SET_FEATURES acking that bit withdraws it
     /// from a ring not started.
-    pub(crate) enabled_without_protocol: bool,
-    pub(crate) event_idx: bool,
+    enabled_without_protocol: bool,
+    event_idx: bool,
+    /// Requests popped and not yet on the used ring.
+    outstanding: u16,
+    /// One bit per head index: set while that head is outstanding.
+    in_flight: Vec<u64>,
+    /// Used entries added since the last notification decision.
+    unsignalled: u32,
+    /// Reused buffer for publishing completions without allocating.
+    batch: Vec<Completion>,
 }
 
 /// One vring. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Vring {
     pub(crate) index: u16,
-    inner: Mutex<VringInner>,
+    state: Mutex<RingState>,
     call: Mutex<Option<File>>,
     err: Mutex<Option<File>>,
-    /// Set while GET_VRING_BASE waits: `pop_chain` returns `None`.
-    pub(crate) stopping: AtomicBool,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    /// Completions not yet published.
+    completions: Mutex<Vec<Completion>>,
+    /// Signalled on a completion while a stop waits (`quiescing`).
+    completed: Condvar,
+    quiescing: AtomicBool,
+    /// The ring's generation: bumped whenever it stops or resets.
+    generation: AtomicU64,
+    /// True while the owner runs the device on this ring and publishes completions itself
+    /// when the device returns: completions made meanwhile need no wake-up.
+    draining: AtomicBool,
+    /// Wakes the ring's owner to publish completions made elsewhere.
+    waker: Mutex<Option<Arc<EventFd>>>,
+    /// Set while a stop waits: the device gets no new chain.
+    stopping: AtomicBool,
     /// Process at the next worker wake-up even without a kick (ring just enabled, device
     /// event).
-    pub(crate) pending: AtomicBool,
+    pending: AtomicBool,
 }
 
 /// Signals the eventfd in `fd`, if any. The eventfd is non-blocking
@@ -154,32 +213,48 @@ fn signal(fd: &Mutex<Option<File>>) {
     }
 }
 
+/// What publishing a batch of completions asks for.
+#[derive(Debug, Default, Clone, Copy)]
+#[must_use]
+pub(crate) struct Published {
+    /// Used entries added.
+    pub(crate) count: u32,
+    /// The driver wants a used-buffer notification.
+    pub(crate) notify: bool,
+}
+
 impl Vring {
-    pub(crate) fn new(index: u16, max_size: u16) -> Self {
+    pub(crate) fn new(index: u16, max_size: u16, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> Self {
         Vring {
             index,
-            inner: Mutex::new(VringInner {
-                queue: Queue::new(max_size).unwrap_or_default(),
-                max_size,
-                size: max_size,
-                base: 0,
-                addrs: None,
-                kick: Kick::None,
-                kick_gen: 0,
-                started: false,
-                enabled: false,
-                enabled_without_protocol: false,
-                event_idx: false,
-            }),
+            state: Mutex::new(RingState::new(max_size)),
             call: Mutex::new(None),
             err: Mutex::new(None),
+            mem,
+            completions: Mutex::new(Vec::new()),
+            completed: Condvar::new(),
+            quiescing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            waker: Mutex::new(None),
             stopping: AtomicBool::new(false),
             pending: AtomicBool::new(false),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, VringInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Takes the ring lock (waits for a worker processing the ring).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, RingState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The ring's current generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a stop is waiting: `pop` gives nothing.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// SET_VRING_CALL: replaces the call eventfd (`None`: do not signal).
@@ -202,20 +277,203 @@ impl Vring {
         signal(&self.err);
     }
 
-    /// Back to the just-created state; drops every descriptor. The ring must have no worker.
+    /// Sets (or clears) what wakes the ring's owner for completions made elsewhere.
+    pub(crate) fn set_waker(&self, waker: Option<Arc<EventFd>>) {
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = waker;
+    }
+
+    /// Marks the ring for processing at its worker's next wake-up.
+    pub(crate) fn set_pending(&self) {
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Takes the pending mark.
+    pub(crate) fn take_pending(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// The owner starts (`true`) or ends (`false`) running the device on this ring.
+    pub(crate) fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether completions wait to be published.
+    pub(crate) fn has_completions(&self) -> bool {
+        !self
+            .completions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Queues the completion of request `head` of `generation` with `len` bytes used. Called
+    /// from any thread, once per request.
+    pub(crate) fn complete(&self, generation: u64, head: u16, len: u32) {
+        let was_empty = {
+            let mut c = self
+                .completions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let was_empty = c.is_empty();
+            c.push(Completion {
+                generation,
+                head,
+                len,
+            });
+            was_empty
+        };
+        if self.quiescing.load(Ordering::SeqCst) {
+            self.completed.notify_all();
+        }
+        if was_empty && !self.draining.load(Ordering::SeqCst) {
+            let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(w) = waker.as_ref() {
+                if let Err(e) = w.write(1) {
+                    log::warn!("vring {}: waking the worker: {e}", self.index);
+                }
+            }
+        }
+    }
+
+    /// Publishes every queued completion of the current generation to the used ring, under
+    /// the ring lock `st`, and decides whether the driver wants a notification for what was
+    /// added since the last decision.
+    pub(crate) fn publish(&self, st: &mut RingState) -> Published {
+        let mut batch = std::mem::take(&mut st.batch);
+        {
+            let mut c = self
+                .completions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            std::mem::swap(&mut *c, &mut batch);
+        }
+        let generation = self.generation();
+        let mut published = Published::default();
+        if !batch.is_empty() {
+            let mem = self.mem.memory();
+            for c in batch.drain(..) {
+                if c.generation != generation || !st.started {
+                    log::debug!(
+                        "vring {}: dropping the completion of head {} from before the ring \
+                         stopped",
+                        self.index,
+                        c.head
+                    );
+                    continue;
+                }
+                if !st.clear_in_flight(c.head) {
+                    log::error!(
+                        "vring {}: completion of head {} that is not outstanding",
+                        self.index,
+                        c.head
+                    );
+                    continue;
+                }
+                st.outstanding -= 1;
+                if let Err(e) = st.queue.add_used(&*mem, c.head, c.len) {
+                    log::warn!("vring {}: returning head {}: {e}", self.index, c.head);
+                    continue;
+                }
+                published.count += 1;
+            }
+            st.unsignalled += published.count;
+        }
+        st.batch = batch;
+        if st.unsignalled > 0 {
+            let mem = self.mem.memory();
+            published.notify = match st.queue.needs_notification(&*mem) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("vring {}: reading used_event: {e}", self.index);
+                    true
+                }
+            };
+            st.unsignalled = 0;
+        }
+        published
+    }
+
+    /// Publishes queued completions and signals the call eventfd when the driver wants it.
+    /// For completions made while no worker runs the ring (a stop, a threadless runtime).
+    pub(crate) fn publish_and_signal(&self) -> u32 {
+        let p = {
+            let mut st = self.lock();
+            self.publish(&mut st)
+        };
+        if p.notify {
+            self.signal_call();
+        }
+        p.count
+    }
+
+    /// Quiesces and stops the ring: no new chain is popped, completions keep being
+    /// published, and the stop waits up to `timeout` for every outstanding request. Returns
+    /// the next available index (what GET_VRING_BASE answers and the next start resumes
+    /// from) and the kick source the ring had, or the timeout error once the ring is
+    /// stopped regardless.
+    pub(crate) fn quiesce_and_stop(&self, timeout: Duration) -> (Kick, Result<u16, VringError>) {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        self.stopping.store(true, Ordering::SeqCst);
+        self.quiescing.store(true, Ordering::SeqCst);
+        let mut timed_out = None;
+        let mut st = loop {
+            let mut st = self.lock();
+            let p = self.publish(&mut st);
+            if p.notify {
+                self.signal_call();
+            }
+            if st.outstanding == 0 || !st.started {
+                break st;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                timed_out = Some(st.outstanding);
+                break st;
+            }
+            drop(st);
+            let c = self
+                .completions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if c.is_empty() {
+                // Bounded slices: a completion racing the check is seen on the next turn.
+                let slice = (deadline - now).min(Duration::from_millis(50));
+                let _ = self
+                    .completed
+                    .wait_timeout(c, slice)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        self.quiescing.store(false, Ordering::SeqCst);
+        let kick = st.take_kick();
+        let base = st.stop();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(st);
+        self.stopping.store(false, Ordering::SeqCst);
+        let result = match timed_out {
+            Some(outstanding) => Err(VringError::QuiesceTimeout {
+                index: self.index,
+                outstanding,
+                waited: start.elapsed(),
+            }),
+            None => Ok(base),
+        };
+        (kick, result)
+    }
+
+    /// Back to the just-created state; drops every descriptor. The ring must have no
+    /// worker; outstanding requests (if a stop timed out) are forgotten.
     pub(crate) fn reset(&self) {
-        let mut inner = self.lock();
-        let max = inner.max_size;
-        inner.queue = Queue::new(max).unwrap_or_default();
-        inner.size = max;
-        inner.base = 0;
-        inner.addrs = None;
-        inner.kick = Kick::None;
-        inner.started = false;
-        inner.enabled = false;
-        inner.enabled_without_protocol = false;
-        inner.event_idx = false;
-        drop(inner);
+        let mut st = self.lock();
+        let max = st.max_size;
+        *st = RingState::new(max);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(st);
+        self.completions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.set_call(None);
         self.set_err(None);
         self.stopping.store(false, Ordering::Relaxed);
@@ -223,7 +481,62 @@ impl Vring {
     }
 }
 
-impl VringInner {
+impl RingState {
+    fn new(max_size: u16) -> Self {
+        RingState {
+            queue: Queue::new(max_size).unwrap_or_default(),
+            max_size,
+            size: max_size,
+            base: 0,
+            addrs: None,
+            kick: Kick::None,
+            kick_gen: 0,
+            started: false,
+            enabled: false,
+            enabled_without_protocol: false,
+            event_idx: false,
+            outstanding: 0,
+            in_flight: Vec::new(),
+            unsignalled: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Whether the ring is started.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether the ring is enabled.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether the worker should process the ring.
+    pub(crate) fn running(&self) -> bool {
+        self.started && self.enabled
+    }
+
+    /// The ring size in use.
+    pub(crate) fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Requests popped and not yet on the used ring.
+    pub(crate) fn outstanding(&self) -> u16 {
+        self.outstanding
+    }
+
+    /// The current kick generation.
+    pub(crate) fn kick_gen(&self) -> u16 {
+        self.kick_gen
+    }
+
+    /// Whether the ring is polled (SET_VRING_KICK with NOFD).
+    pub(crate) fn polled(&self) -> bool {
+        matches!(self.kick, Kick::Poll)
+    }
+
     /// SET_VRING_NUM.
     pub(crate) fn set_size(&mut self, index: u16, num: u32) -> Result<(), VringError> {
         if self.started {
@@ -251,10 +564,39 @@ impl VringInner {
         Ok(())
     }
 
+    /// SET_VRING_ADDR, with the addresses already translated to guest-physical.
+    pub(crate) fn set_addrs(
+        &mut self,
+        index: u16,
+        addrs: [GuestAddress; 3],
+    ) -> Result<(), VringError> {
+        if self.started {
+            return Err(VringError::Started { index });
+        }
+        self.addrs = Some(addrs);
+        Ok(())
+    }
+
+    /// Takes the kick source out, leaving none; the kick generation moves on so events of
+    /// the old descriptor are ignored.
+    pub(crate) fn take_kick(&mut self) -> Kick {
+        self.kick_gen = self.kick_gen.wrapping_add(1);
+        std::mem::take(&mut self.kick)
+    }
+
+    /// Sets the kick source (after [`take_kick`](Self::take_kick); the worker watches a kick
+    /// eventfd under the current [`kick_gen`](Self::kick_gen)).
+    pub(crate) fn set_kick(&mut self, kick: Kick) {
+        self.kick = kick;
+    }
+
     /// Builds the queue from the stored settings and marks the ring started. The used index
     /// is read from guest memory: after a guest reboot or a back-end restart it need not
-    /// equal the base.
+    /// equal the base. Starting a started ring changes nothing.
     pub(crate) fn start(&mut self, index: u16, mem: &GuestMemoryMmap) -> Result<(), VringError> {
+        if self.started {
+            return Ok(());
+        }
         let [desc, avail, used] = self.addrs.ok_or(VringError::NotConfigured {
             index,
             missing: "SET_VRING_ADDR",
@@ -280,13 +622,18 @@ impl VringInner {
         q.set_next_avail(self.base);
         q.set_next_used(used_idx.0);
         self.queue = q;
+        self.outstanding = 0;
+        self.in_flight.clear();
+        self.in_flight
+            .resize(usize::from(self.size).div_ceil(64), 0);
+        self.unsignalled = 0;
         self.started = true;
         Ok(())
     }
 
-    /// Stops the ring and returns the next available index (what GET_VRING_BASE answers
-    /// and the next start resumes from).
-    pub(crate) fn stop(&mut self) -> u16 {
+    /// Stops the ring and returns the next available index. Outstanding requests are
+    /// forgotten (the caller waited for them, or gave up).
+    fn stop(&mut self) -> u16 {
         if self.started {
             self.base = self.queue.next_avail();
         }
@@ -294,6 +641,9 @@ impl VringInner {
         self.queue.set_ready(false);
         self.kick = Kick::None;
         self.kick_gen = self.kick_gen.wrapping_add(1);
+        self.outstanding = 0;
+        self.in_flight.iter_mut().for_each(|w| *w = 0);
+        self.unsignalled = 0;
         self.base
     }
 
@@ -343,6 +693,36 @@ impl VringInner {
             }
         }
     }
+
+    /// The queue, for the worker's drain and the request module.
+    pub(crate) fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    /// Records `head` as outstanding. `false` when it is out of range or already
+    /// outstanding (a driver offering one chain twice): the chain must not be handed out.
+    pub(crate) fn take_head(&mut self, head: u16) -> bool {
+        let (word, bit) = (usize::from(head) / 64, u64::from(head) % 64);
+        match self.in_flight.get_mut(word) {
+            Some(w) if head < self.size && *w & (1 << bit) == 0 => {
+                *w |= 1 << bit;
+                self.outstanding += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn clear_in_flight(&mut self, head: u16) -> bool {
+        let (word, bit) = (usize::from(head) / 64, u64::from(head) % 64);
+        match self.in_flight.get_mut(word) {
+            Some(w) if *w & (1 << bit) != 0 => {
+                *w &= !(1 << bit);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -354,9 +734,20 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
     }
 
+    fn ring(index: u16, max: u16, m: &GuestMemoryMmap) -> Vring {
+        Vring::new(index, max, GuestMemoryAtomic::new(m.clone()))
+    }
+
+    const ADDRS: [GuestAddress; 3] = [
+        GuestAddress(0x1000),
+        GuestAddress(0x2000),
+        GuestAddress(0x3000),
+    ];
+
     #[test]
     fn set_size_rejects_zero_non_power_of_two_and_over_max() {
-        let r = Vring::new(0, 256);
+        let m = mem();
+        let r = ring(0, 256, &m);
         let mut i = r.lock();
         for bad in [0, 3, 512, 0x1_0000 + 64] {
             assert!(
@@ -365,7 +756,7 @@ mod tests {
             );
         }
         i.set_size(0, 128).unwrap();
-        assert_eq!(i.size, 128);
+        assert_eq!(i.size(), 128);
         i.set_size(0, 256).unwrap();
     }
 
@@ -374,77 +765,164 @@ mod tests {
         let m = mem();
         // Used ring at 0x3000: idx field at +2.
         m.write_obj(7u16.to_le(), GuestAddress(0x3002)).unwrap();
-        let r = Vring::new(0, 256);
-        let mut i = r.lock();
-        i.set_size(0, 16).unwrap();
-        i.set_base(0, 9).unwrap();
-        i.addrs = Some([
-            GuestAddress(0x1000),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        ]);
-        i.start(0, &m).unwrap();
-        assert!(i.started);
-        assert_eq!(i.queue.next_avail(), 9);
-        assert_eq!(i.queue.next_used(), 7);
-        assert!(matches!(i.set_base(0, 1), Err(VringError::Started { .. })));
-        assert!(matches!(i.set_size(0, 32), Err(VringError::Started { .. })));
-        assert_eq!(i.stop(), 9);
-        assert!(!i.started);
+        let r = ring(0, 256, &m);
+        {
+            let mut i = r.lock();
+            i.set_size(0, 16).unwrap();
+            i.set_base(0, 9).unwrap();
+            i.set_addrs(0, ADDRS).unwrap();
+            i.start(0, &m).unwrap();
+            assert!(i.started());
+            assert_eq!(i.queue.next_avail(), 9);
+            assert_eq!(i.queue.next_used(), 7);
+            assert!(matches!(i.set_base(0, 1), Err(VringError::Started { .. })));
+            assert!(matches!(i.set_size(0, 32), Err(VringError::Started { .. })));
+            assert!(matches!(
+                i.set_addrs(0, ADDRS),
+                Err(VringError::Started { .. })
+            ));
+        }
+        let (_, base) = r.quiesce_and_stop(Duration::from_secs(1));
+        assert_eq!(base.unwrap(), 9);
+        assert!(!r.lock().started());
         // Stopping again answers the same base.
-        assert_eq!(i.stop(), 9);
+        let (_, base) = r.quiesce_and_stop(Duration::from_secs(1));
+        assert_eq!(base.unwrap(), 9);
     }
 
     #[test]
     fn start_without_addresses_or_outside_memory_fails() {
         let m = mem();
-        let r = Vring::new(0, 256);
+        let r = ring(0, 256, &m);
         let mut i = r.lock();
         assert!(matches!(
             i.start(0, &m),
             Err(VringError::NotConfigured { .. })
         ));
-        i.addrs = Some([
-            GuestAddress(0xf000),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        ]);
+        i.set_addrs(
+            0,
+            [
+                GuestAddress(0xf000),
+                GuestAddress(0x2000),
+                GuestAddress(0x3000),
+            ],
+        )
+        .unwrap();
         // 256 descriptors * 16 bytes from 0xf000 runs past 0x10000.
         assert!(matches!(
             i.start(0, &m),
             Err(VringError::InvalidQueue { .. })
         ));
-        i.addrs = Some([
-            GuestAddress(0x1001),
-            GuestAddress(0x2000),
-            GuestAddress(0x3000),
-        ]);
+        i.set_addrs(
+            0,
+            [
+                GuestAddress(0x1001),
+                GuestAddress(0x2000),
+                GuestAddress(0x3000),
+            ],
+        )
+        .unwrap();
         assert!(matches!(
             i.start(0, &m),
             Err(VringError::InvalidQueue { .. })
         ));
-        assert!(!i.started);
+        assert!(!i.started());
     }
 
     #[test]
     fn reset_returns_ring_to_initial_state() {
         let m = mem();
-        let r = Vring::new(1, 64);
+        let r = ring(1, 64, &m);
         {
             let mut i = r.lock();
             i.set_size(1, 16).unwrap();
-            i.addrs = Some([
-                GuestAddress(0x1000),
-                GuestAddress(0x2000),
-                GuestAddress(0x3000),
-            ]);
-            i.enabled = true;
+            i.set_addrs(1, ADDRS).unwrap();
+            i.set_enabled(true);
             i.start(1, &m).unwrap();
         }
+        let g = r.generation();
         r.reset();
+        assert_ne!(r.generation(), g);
         let i = r.lock();
-        assert!(!i.started && !i.enabled && i.addrs.is_none());
-        assert_eq!(i.size, 64);
+        assert!(!i.started() && !i.enabled() && i.addrs.is_none());
+        assert_eq!(i.size(), 64);
         assert_eq!(i.base, 0);
+    }
+
+    #[test]
+    fn heads_are_taken_once_and_completions_publish_in_batches() {
+        let m = mem();
+        let r = ring(0, 16, &m);
+        let mut st = r.lock();
+        st.set_size(0, 16).unwrap();
+        st.set_addrs(0, ADDRS).unwrap();
+        st.start(0, &m).unwrap();
+        assert!(st.take_head(3));
+        assert!(!st.take_head(3), "a head already outstanding");
+        assert!(!st.take_head(16), "a head past the ring");
+        assert!(st.take_head(5));
+        assert_eq!(st.outstanding(), 2);
+        drop(st);
+        let g = r.generation();
+        r.complete(g, 5, 10);
+        r.complete(g, 3, 20);
+        // A stale completion and a head never taken are dropped.
+        r.complete(g.wrapping_sub(1), 3, 1);
+        r.complete(g, 9, 1);
+        let mut st = r.lock();
+        let p = r.publish(&mut st);
+        assert_eq!(p.count, 2);
+        assert!(p.notify, "no EVENT_IDX: every batch notifies");
+        assert_eq!(st.outstanding(), 0);
+        drop(st);
+        let used_idx: u16 = m.read_obj(GuestAddress(0x3002)).unwrap();
+        assert_eq!(used_idx, 2);
+        let first: [u32; 2] = m.read_obj(GuestAddress(0x3004)).unwrap();
+        assert_eq!(first, [5, 10]);
+    }
+
+    #[test]
+    fn quiesce_waits_for_a_completion_from_another_thread_and_times_out_without_one() {
+        let m = mem();
+        let r = Arc::new(ring(0, 16, &m));
+        {
+            let mut st = r.lock();
+            st.set_size(0, 16).unwrap();
+            st.set_addrs(0, ADDRS).unwrap();
+            st.start(0, &m).unwrap();
+            assert!(st.take_head(1));
+        }
+        let g = r.generation();
+        let r2 = Arc::clone(&r);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            r2.complete(g, 1, 4);
+        });
+        let (_, base) = r.quiesce_and_stop(Duration::from_secs(5));
+        t.join().unwrap();
+        assert_eq!(base.unwrap(), 0);
+        let used_idx: u16 = m.read_obj(GuestAddress(0x3002)).unwrap();
+        assert_eq!(
+            used_idx, 1,
+            "the held request was published before the stop"
+        );
+
+        // Held for ever: the bound ends the wait and the ring stops anyway.
+        {
+            let mut st = r.lock();
+            st.start(0, &m).unwrap();
+            assert!(st.take_head(2));
+        }
+        let g = r.generation();
+        let (_, base) = r.quiesce_and_stop(Duration::from_millis(100));
+        assert!(matches!(
+            base,
+            Err(VringError::QuiesceTimeout { outstanding: 1, .. })
+        ));
+        assert!(!r.lock().started());
+        // Its late completion is dropped, not published into a later start.
+        r.complete(g, 2, 4);
+        r.lock().start(0, &m).unwrap();
+        assert_eq!(r.publish_and_signal(), 0);
     }
 }

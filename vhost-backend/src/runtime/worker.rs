@@ -1,18 +1,24 @@
-//! Worker threads: one per queue (or per group of queues the device asks for), each an
-//! epoll loop over its rings' kick eventfds, a wake eventfd and the device's own
-//! descriptors. No busy loop: the thread sleeps in `epoll_wait` until something is
-//! readable, or for [`POLL_INTERVAL_MS`] while a ring of the group has no kick eventfd
-//! (SET_VRING_KICK with NOFD: the ring is polled on that timer).
+//! Workers: one per queue (or per group of queues the device asks for), each an epoll set
+//! over its rings' kick eventfds, a wake eventfd and the device's own descriptors.
+//!
+//! A worker is a state machine driven by one *turn* at a time: wait for events (or not), then
+//! read kicks, run the device on ready rings, publish completions and signal calls. A
+//! threaded worker runs turns on its own thread and sleeps in `epoll_wait` until something
+//! is readable, or for [`POLL_INTERVAL_MS`] while a ring of the group has no kick eventfd
+//! (SET_VRING_KICK with NOFD: the ring is polled on that timer). A threadless worker
+//! ([`DeviceBackend::threadless`](super::DeviceBackend::threadless)) has no thread: whoever
+//! owns the back-end runs its turns, without blocking — deterministic, for tests and fuzzing.
 //!
 //! The control thread adds and removes kick fds in the worker's epoll set directly
 //! (`epoll_ctl` is thread-safe) and wakes the worker through its eventfd to make it look at
-//! rings flagged `pending` (just enabled) or to stop.
+//! rings flagged `pending` (just enabled) or to stop. A request completed away from the
+//! worker wakes it the same way, and the worker publishes the completions.
 
 use std::io;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,8 +27,9 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::device::{Processed, QueueContext, VirtioDevice};
-use super::vring::{Kick, Vring};
+use super::device::{Processed, VirtioDevice};
+use super::request::QueueContext;
+use super::vring::{RingState, Vring};
 
 /// How often a ring without a kick eventfd (NOFD) is polled, in milliseconds.
 pub const POLL_INTERVAL_MS: i32 = 2;
@@ -44,28 +51,32 @@ struct Shared<D> {
     queues: Vec<u16>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     epoll: Epoll,
-    wake: EventFd,
+    wake: Arc<EventFd>,
     stop: AtomicBool,
     polled_rings: AtomicUsize,
 }
 
-/// The control thread's handle on one worker thread. Dropping it stops and joins the thread.
+/// The control thread's handle on one worker. Dropping it stops and joins the thread.
 pub(crate) struct Worker<D: VirtioDevice> {
     shared: Arc<Shared<D>>,
     thread: Option<JoinHandle<()>>,
+    /// A threadless worker's poll clock.
+    next_poll: Mutex<Instant>,
 }
 
 impl<D: VirtioDevice> Worker<D> {
-    /// Starts worker `id` serving `queues` (indices into `rings`).
+    /// Starts worker `id` serving `queues` (indices into `rings`), on its own thread when
+    /// `threaded`.
     pub(crate) fn start(
         id: usize,
         device: Arc<D>,
         rings: Arc<[Arc<Vring>]>,
         queues: Vec<u16>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        threaded: bool,
     ) -> io::Result<Self> {
         let epoll = Epoll::new()?;
-        let wake = EventFd::new(EFD_NONBLOCK)?;
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         epoll.ctl(
             ControlOperation::Add,
             wake.as_raw_fd(),
@@ -78,6 +89,9 @@ impl<D: VirtioDevice> Worker<D> {
                 EpollEvent::new(EventSet::IN, KIND_DEVICE | u64::from(fd.token)),
             )?;
         }
+        for &q in &queues {
+            rings[usize::from(q)].set_waker(Some(Arc::clone(&wake)));
+        }
         let shared = Arc::new(Shared {
             id,
             device,
@@ -89,13 +103,25 @@ impl<D: VirtioDevice> Worker<D> {
             stop: AtomicBool::new(false),
             polled_rings: AtomicUsize::new(0),
         });
-        let s = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("vhost-worker-{id}"))
-            .spawn(move || run(&s))?;
+        let thread = if threaded {
+            let s = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("vhost-worker-{id}"))
+                .spawn(move || run(&s));
+            match spawned {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    shared.detach_rings();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         Ok(Worker {
             shared,
-            thread: Some(thread),
+            thread,
+            next_poll: Mutex::new(Instant::now()),
         })
     }
 
@@ -135,6 +161,23 @@ impl<D: VirtioDevice> Worker<D> {
             log::warn!("worker {}: wake failed: {e}", self.shared.id);
         }
     }
+
+    /// One turn of a threadless worker: everything ready now (kicks, wake-ups, device
+    /// events, completions) is handled, and polled rings are looked at. Never blocks.
+    /// Returns the number of events handled.
+    pub(crate) fn turn(&self) -> usize {
+        if self.thread.is_some() {
+            return 0;
+        }
+        let mut events = [EpollEvent::default(); 32];
+        let mut next_poll = self
+            .next_poll
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A threadless worker polls NOFD rings at every turn.
+        *next_poll = Instant::now();
+        turn(&self.shared, 0, &mut events, &mut next_poll).unwrap_or(0)
+    }
 }
 
 impl<D: VirtioDevice> Drop for Worker<D> {
@@ -145,6 +188,16 @@ impl<D: VirtioDevice> Drop for Worker<D> {
             if t.join().is_err() {
                 log::error!("worker {} panicked", self.shared.id);
             }
+        }
+        self.shared.detach_rings();
+    }
+}
+
+impl<D: VirtioDevice> Shared<D> {
+    /// The rings stop waking this worker.
+    fn detach_rings(&self) {
+        for &q in &self.queues {
+            self.rings[usize::from(q)].set_waker(None);
         }
     }
 }
@@ -170,75 +223,98 @@ fn run<D: VirtioDevice>(s: &Shared<D>) {
         } else {
             -1
         };
-        let n = match s.epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // The thread cannot serve its rings any more: say so where the front-end
-                // listens for it.
-                log::error!(
-                    "worker {}: epoll_wait failed, queues {:?} stop being served: {e}",
-                    s.id,
-                    s.queues
-                );
-                for &q in &s.queues {
-                    if let Some(ring) = s.rings.get(usize::from(q)) {
-                        ring.signal_err();
-                    }
-                }
-                return;
-            }
-        };
-        if s.stop.load(Ordering::Acquire) {
-            log::debug!("worker {} stopping", s.id);
+        if turn(s, timeout, &mut events, &mut next_poll).is_none() {
             return;
         }
-        for ev in &events[..n] {
-            let data = ev.data();
-            match data & KIND_MASK {
-                KIND_WAKE => {
-                    // Non-blocking: a concurrent wake may already have been consumed.
-                    let _ = s.wake.read();
-                    for &q in &s.queues {
-                        if s.rings[usize::from(q)]
-                            .pending
-                            .swap(false, Ordering::AcqRel)
-                        {
-                            process(s, q, Trigger::Pending);
-                        }
-                    }
+    }
+}
+
+/// Waits up to `timeout` milliseconds (-1: for ever) for events and handles them. `None`
+/// when the worker must end (stop requested, or its epoll set failed).
+fn turn<D: VirtioDevice>(
+    s: &Shared<D>,
+    timeout: i32,
+    events: &mut [EpollEvent],
+    next_poll: &mut Instant,
+) -> Option<usize> {
+    let n = match s.epoll.wait(timeout, events) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Some(0),
+        Err(e) => {
+            // The worker cannot serve its rings any more: say so where the front-end
+            // listens for it.
+            log::error!(
+                "worker {}: epoll_wait failed, queues {:?} stop being served: {e}",
+                s.id,
+                s.queues
+            );
+            for &q in &s.queues {
+                if let Some(ring) = s.rings.get(usize::from(q)) {
+                    ring.signal_err();
                 }
-                KIND_KICK => {
-                    let q = (data & 0xffff) as u16;
-                    let gen = ((data >> 16) & 0xffff) as u16;
-                    process(s, q, Trigger::Kick(gen));
-                }
-                KIND_DEVICE => match s.device.handle_event(s.id, data as u32) {
-                    Ok(true) => {
-                        for &q in &s.queues {
-                            process(s, q, Trigger::Pending);
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => log::warn!("worker {}: device event {}: {e}", s.id, data as u32),
-                },
-                _ => log::error!("worker {}: unknown event token {data:#x}", s.id),
             }
+            return None;
         }
-        // Polled rings go by the clock, not by epoll timing out: a busy kick fd of another
-        // ring of this worker must not starve them.
-        if polling {
-            let now = Instant::now();
-            if now >= next_poll {
+    };
+    if s.stop.load(Ordering::Acquire) {
+        log::debug!("worker {} stopping", s.id);
+        return None;
+    }
+    for ev in &events[..n] {
+        let data = ev.data();
+        match data & KIND_MASK {
+            KIND_WAKE => {
+                // Non-blocking: a concurrent wake may already have been consumed.
+                let _ = s.wake.read();
                 for &q in &s.queues {
-                    process(s, q, Trigger::Poll);
+                    let ring = &s.rings[usize::from(q)];
+                    if ring.take_pending() {
+                        process(s, q, Trigger::Pending);
+                    } else if ring.has_completions() {
+                        ring.publish_and_signal();
+                    }
                 }
-                next_poll = now + interval;
             }
-        } else {
-            next_poll = Instant::now() + interval;
+            KIND_KICK => {
+                let q = (data & 0xffff) as u16;
+                let gen = ((data >> 16) & 0xffff) as u16;
+                process(s, q, Trigger::Kick(gen));
+            }
+            KIND_DEVICE => match s.device.handle_event(s.id, data as u32) {
+                Ok(true) => {
+                    for &q in &s.queues {
+                        process(s, q, Trigger::Pending);
+                    }
+                }
+                Ok(false) => {
+                    // The device may have completed requests in its handler.
+                    for &q in &s.queues {
+                        let ring = &s.rings[usize::from(q)];
+                        if ring.has_completions() {
+                            ring.publish_and_signal();
+                        }
+                    }
+                }
+                Err(e) => log::warn!("worker {}: device event {}: {e}", s.id, data as u32),
+            },
+            _ => log::error!("worker {}: unknown event token {data:#x}", s.id),
         }
     }
+    // Polled rings go by the clock, not by epoll timing out: a busy kick fd of another
+    // ring of this worker must not starve them.
+    let interval = Duration::from_millis(POLL_INTERVAL_MS as u64);
+    if s.polled_rings.load(Ordering::Acquire) > 0 {
+        let now = Instant::now();
+        if now >= *next_poll {
+            for &q in &s.queues {
+                process(s, q, Trigger::Poll);
+            }
+            *next_poll = now + interval;
+        }
+    } else {
+        *next_poll = Instant::now() + interval;
+    }
+    Some(n)
 }
 
 #[derive(Clone, Copy)]
@@ -248,59 +324,55 @@ enum Trigger {
     Pending,
 }
 
-/// Processes one ring if it is started and enabled, then signals its call eventfd once if
-/// the driver wants it. The memory snapshot is taken here, per ring processed, so a table
-/// replaced while the worker handled other events is seen at once.
+/// Runs the device on one ring if it is started and enabled, publishes the completions
+/// made meanwhile, and signals its call eventfd once if the driver wants it. The memory
+/// snapshot is taken here, per ring processed, so a table replaced while the worker handled
+/// other events is seen at once; each request popped keeps the snapshot it came from.
 fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     let Some(ring) = s.rings.get(usize::from(q)) else {
         return;
     };
-    let outcome = {
-        let mut guard = ring.lock();
-        match why {
-            // An event of a kick fd that has since been replaced or removed: ignore it.
-            Trigger::Kick(gen) if guard.kick_gen != gen => return,
-            Trigger::Kick(_) => guard.consume_kick(),
-            Trigger::Poll if !matches!(guard.kick, Kick::Poll) => return,
-            _ => {}
-        }
-        // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
-        // and wakes this worker, which then looks at the whole available ring.
-        if !(guard.started && guard.enabled) {
-            return;
-        }
-        let mem = s.mem.memory();
-        let inner = &mut *guard;
-        let mut ctx = QueueContext {
-            index: q,
-            queue: &mut inner.queue,
-            mem: &mem,
-            stopping: &ring.stopping,
-            used: 0,
-            taken: 0,
-        };
-        drain(s.device.as_ref(), &mut ctx)
+    let mut st = ring.lock();
+    match why {
+        // An event of a kick fd that has since been replaced or removed: ignore it.
+        Trigger::Kick(gen) if st.kick_gen() != gen => return,
+        Trigger::Kick(_) => st.consume_kick(),
+        Trigger::Poll if !st.polled() => return,
+        _ => {}
+    }
+    // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
+    // and wakes this worker, which then looks at the whole available ring.
+    let outcome = if st.running() {
+        let mem = s.mem.memory().into_inner();
+        ring.set_draining(true);
+        let outcome = drain(s.device.as_ref(), ring, &mut st, &mem);
+        ring.set_draining(false);
+        outcome
+    } else {
+        Signals::default()
     };
+    let published = ring.publish(&mut st);
+    drop(st);
     // The eventfds are signalled after the ring lock is released: GET_VRING_BASE never
     // waits on a write (which cannot block anyway: the runtime only accepts non-blocking
     // eventfds).
     if outcome.failed {
         ring.signal_err();
     }
-    if outcome.notify {
+    if published.notify {
         ring.signal_call();
     }
     if outcome.unfinished {
-        ring.pending.store(true, Ordering::Release);
+        ring.set_pending();
         if let Err(e) = s.wake.write(1) {
             log::warn!("worker {}: wake failed: {e}", s.id);
         }
     }
 }
 
-/// What one [`drain`] asks to be signalled.
+/// What one [`drain`] asks for.
+#[derive(Default)]
 struct Signals {
-    notify: bool,
     failed: bool,
     /// The drain stopped after [`MAX_DRAIN_ROUNDS`] with chains still coming.
     unfinished: bool,
@@ -315,7 +387,7 @@ struct Signals {
 const MAX_DRAIN_ROUNDS: u32 = 64;
 
 /// Lets the device drain the available ring with notifications off, re-enables them and
-/// looks again for chains published meanwhile, and says whether the driver wants a call.
+/// looks again for chains published meanwhile.
 ///
 /// A round that takes no chain normally ends the drain. But the driver may have published
 /// a chain after the device last looked and before notifications were back on, without
@@ -323,20 +395,29 @@ const MAX_DRAIN_ROUNDS: u32 = 64;
 /// drained again. The ring is only trusted that far when its available index is at most
 /// one ring ahead; a second empty round in a row with work announced means the queue
 /// refuses what the index offers (a broken ring), which is logged instead of spun on.
-fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
-    let q = ctx.index;
-    let mem = ctx.mem;
+fn drain<D: VirtioDevice>(
+    device: &D,
+    ring: &Arc<Vring>,
+    st: &mut RingState,
+    mem: &Arc<GuestMemoryMmap>,
+) -> Signals {
+    let q = ring.index;
     let mut failed = false;
     let mut empty_rounds = 0u32;
     let mut rounds = 0u32;
     let mut unfinished = false;
     loop {
-        let before = ctx.queue.next_avail();
-        ctx.taken = 0;
-        if let Err(e) = QueueT::disable_notification(ctx.queue, mem) {
+        let before = st.queue_mut().next_avail();
+        if let Err(e) = QueueT::disable_notification(st.queue_mut(), &**mem) {
             log::warn!("queue {q}: disabling notifications: {e}");
         }
-        match device.process_queue(ctx) {
+        let mut ctx = QueueContext {
+            ring,
+            state: &mut *st,
+            mem,
+            taken: 0,
+        };
+        match device.process_queue(&mut ctx) {
             Ok(Processed::Drained) => {}
             Ok(Processed::Paused) => break,
             Err(e) => {
@@ -345,8 +426,8 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
                 break;
             }
         }
-        let stopping = ctx.stopping.load(Ordering::Relaxed);
-        let more = match QueueT::enable_notification(ctx.queue, mem) {
+        let stopping = ring.is_stopping();
+        let more = match QueueT::enable_notification(st.queue_mut(), &**mem) {
             Ok(more) => more,
             Err(e) => {
                 log::warn!("queue {q}: enabling notifications: {e}");
@@ -356,7 +437,7 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
         if stopping || !more {
             break;
         }
-        if ctx.queue.next_avail() != before {
+        if st.queue_mut().next_avail() != before {
             empty_rounds = 0;
             rounds += 1;
             if rounds >= MAX_DRAIN_ROUNDS {
@@ -367,17 +448,17 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
         }
         // Nothing taken, yet the available index moved past it.
         empty_rounds += 1;
-        let ahead = QueueT::avail_idx(ctx.queue, mem, Ordering::Acquire)
-            .map(|idx| idx - Wrapping(ctx.queue.next_avail()));
+        let next = st.queue_mut().next_avail();
+        let size = st.size();
+        let ahead = QueueT::avail_idx(st.queue_mut(), &**mem, Ordering::Acquire)
+            .map(|idx| idx - Wrapping(next));
         match ahead {
-            Ok(ahead) if ahead.0 <= ctx.queue.size() && empty_rounds < 2 => continue,
+            Ok(ahead) if ahead.0 <= size && empty_rounds < 2 => continue,
             Ok(ahead) => {
                 log::warn!(
-                    "queue {q}: broken ring: available index {} ahead of {} in a ring of {}, \
-                     and nothing can be taken",
+                    "queue {q}: broken ring: available index {} ahead of {next} in a ring of \
+                     {size}, and nothing can be taken",
                     ahead.0,
-                    ctx.queue.next_avail(),
-                    ctx.queue.size()
                 );
                 break;
             }
@@ -387,19 +468,5 @@ fn drain<D: VirtioDevice>(device: &D, ctx: &mut QueueContext<'_>) -> Signals {
             }
         }
     }
-    let mut notify = false;
-    if ctx.used > 0 {
-        notify = match QueueT::needs_notification(ctx.queue, mem) {
-            Ok(n) => n,
-            Err(e) => {
-                log::warn!("queue {q}: reading used_event: {e}");
-                true
-            }
-        };
-    }
-    Signals {
-        notify,
-        failed,
-        unfinished,
-    }
+    Signals { failed, unfinished }
 }

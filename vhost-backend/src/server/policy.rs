@@ -6,6 +6,7 @@
 //! | success | — | ack 0 | the reply (and its descriptor) |
 //! | refused or failed, request with a lasting effect on rings or memory ([`changes_state`]) | close | ack 1 | the failure form; none exists: close |
 //! | refused or failed, any other request | log | ack 1 | the failure form; none exists: close |
+//! | failed with [`BackendError::Broken`](crate::BackendError::Broken) | close | close | close |
 //!
 //! A front-end that asked for no ack believes a request took effect. When the request sets
 //! up rings or memory (QEMU never sets NEED_REPLY on SET_VRING_KICK, for one), carrying on
@@ -75,6 +76,10 @@ fn disposition<'a>(
     msg: &Handled<'a, '_>,
 ) -> Result<Option<FrontendReply<'a>>, ServerError> {
     match error {
+        ServerError::Backend {
+            error: crate::BackendError::Broken(_),
+            ..
+        } => return Err(error),
         ServerError::Refused(_)
         | ServerError::Backend { .. }
         | ServerError::BackendChannel(_)

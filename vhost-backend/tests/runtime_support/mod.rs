@@ -79,35 +79,25 @@ impl VirtioDevice for PatternDevice {
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let fill = [pattern(usize::from(ctx.index())); 512];
         let mut sink = [0u8; 512];
-        let mem = ctx.memory();
-        while let Some(chain) = ctx.pop_chain() {
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for desc in chain {
-                let len = desc.len() as usize;
-                let mut done = 0usize;
-                while done < len {
-                    let n = (len - done).min(512);
-                    let at = GuestAddress(desc.addr().0 + done as u64);
-                    let ok = if desc.is_write_only() {
-                        mem.write_slice(&fill[..n], at).is_ok()
-                    } else {
-                        mem.read_slice(&mut sink[..n], at).is_ok()
-                    };
-                    if !ok {
-                        break;
-                    }
-                    done += n;
+        while let Some(req) = ctx.pop() {
+            let mut read = 0u64;
+            while read < req.readable_len() {
+                let n = (req.readable_len() - read).min(512) as usize;
+                if req.read_readable(read, &mut sink[..n]).is_err() {
+                    break;
                 }
-                if desc.is_write_only() {
-                    written += done as u32;
-                } else {
-                    self.counters
-                        .bytes_read
-                        .fetch_add(done as u64, Ordering::Relaxed);
-                }
+                read += n as u64;
             }
-            ctx.add_used(head, written)?;
+            self.counters.bytes_read.fetch_add(read, Ordering::Relaxed);
+            let mut written = 0u64;
+            while written < req.writable_len() {
+                let n = (req.writable_len() - written).min(512) as usize;
+                if req.write_writable(written, &fill[..n]).is_err() {
+                    break;
+                }
+                written += n as u64;
+            }
+            req.complete(written as u32);
             self.counters.chains.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Processed::Drained)
@@ -121,9 +111,9 @@ pub fn bfd(e: &EventFd) -> BorrowedFd<'_> {
 
 /// A back-end served in its own thread over a socket pair; the join handle gives the
 /// back-end back once the front-end is gone.
-pub fn serve_in_thread(
-    backend: DeviceBackend<PatternDevice>,
-) -> (Frontend, JoinHandle<DeviceBackend<PatternDevice>>) {
+pub fn serve_in_thread<D: VirtioDevice>(
+    backend: DeviceBackend<D>,
+) -> (Frontend, JoinHandle<DeviceBackend<D>>) {
     let (fe, be) = Connection::<vhost_transport::FrontendChannel>::pair().expect("socket pair");
     let t = std::thread::spawn(move || {
         let mut server = BackendServer::new(be, backend).expect("server");

@@ -17,9 +17,9 @@
 
 use std::fs::File;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use rustix::fs::{AtFlags, StatxFlags};
 
 use crate::config::MAX_DATA_BYTES;
 
@@ -56,24 +56,14 @@ impl DirectAlign {
         }
         let meta = file.metadata()?;
         if meta.file_type().is_block_device() {
-            let mut size: libc::c_int = 0;
-            // SAFETY: BLKSSZGET writes one c_int through the pointer, which points at `size`;
-            // `file` owns a valid descriptor.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut size) };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let offset = u32::try_from(size)
-                .ok()
-                .and_then(valid_align)
-                .unwrap_or(4096);
+            let size = rustix::fs::ioctl_blksszget(file)?;
+            let offset = valid_align(size).unwrap_or(4096);
             let align = DirectAlign {
                 memory: FALLBACK_MEMORY_ALIGN,
                 offset,
             };
             return Ok((align, AlignSource::BlockDevice));
         }
-        use std::os::unix::fs::MetadataExt;
         let blksize = u32::try_from(meta.blksize()).unwrap_or(4096);
         let offset = valid_align(blksize).map_or(4096, |b| b.min(4096));
         let align = DirectAlign {
@@ -98,25 +88,8 @@ fn valid_align(align: u32) -> Option<u32> {
 /// `statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN)`; `None` when the kernel or file system does
 /// not report direct I/O alignment.
 fn statx_dio_align(file: &File) -> Option<DirectAlign> {
-    let mut stx = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: the path is a NUL-terminated literal; `stx` is writable memory of the size statx
-    // fills; `file` owns a valid descriptor. The call writes nothing else.
-    let rc = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            stx.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statx succeeded and filled the structure (it started zeroed, so any field it
-    // left alone is 0, a valid value for these integer fields).
-    let stx = unsafe { stx.assume_init() };
-    if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+    let stx = rustix::fs::statx(file, c"", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+    if !StatxFlags::from_bits_retain(stx.stx_mask).contains(StatxFlags::DIOALIGN) {
         return None;
     }
     // Zero means the file system does not support direct I/O on this file (or did not say).

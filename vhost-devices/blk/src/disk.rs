@@ -6,15 +6,15 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use vm_memory::GuestMemory;
+use vhost_backend::runtime::{FileIo, GuestIoError, IoAlign, Request};
 
 use crate::config::{MAX_DATA_BYTES, MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, SECTOR_SIZE};
 use crate::direct::{AlignSource, Bounce, DirectAlign};
-use crate::io::{self, IoVecs};
+use crate::file_ops;
 use crate::request::{
-    ChainLayout, Header, RequestError, HEADER_SIZE, ID_BYTES, SEGMENT_SIZE, VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES, WRITE_ZEROES_FLAG_UNMAP,
+    check_shape, range_segment, read_header, Header, RequestError, HEADER_SIZE, ID_BYTES,
+    SEGMENT_SIZE, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, WRITE_ZEROES_FLAG_UNMAP,
 };
 
 /// An open image.
@@ -136,49 +136,43 @@ impl Disk {
         }
     }
 
-    /// With `O_DIRECT`: merges `iov` and says whether it must go through a bounce buffer
-    /// because some buffer's address or length is not aligned.
-    fn needs_bounce(&self, iov: &mut IoVecs) -> bool {
-        let Some(align) = self.direct else {
-            return false;
-        };
-        iov.merge_contiguous();
-        !iov.is_aligned(align.memory, align.offset.max(align.memory))
+    /// What direct I/O asks of guest buffers handed to the kernel as they are: `None`
+    /// without `O_DIRECT`.
+    fn io_align(&self) -> Option<IoAlign> {
+        self.direct.map(|a| IoAlign {
+            memory: a.memory,
+            length: a.offset.max(a.memory),
+        })
     }
 
-    /// Runs the request `layout` describes. Returns the data bytes written into guest memory
-    /// (not counting the status byte). `writethrough` makes every write durable before it
-    /// completes. `iov` is scratch space, left empty; `bounce` is the worker's aligned copy
-    /// buffer, needed only with `O_DIRECT`.
-    pub fn execute<M: GuestMemory>(
+    /// Runs `req`. Returns the data bytes written into guest memory (not counting the status
+    /// byte). `writethrough` makes every write durable before it completes. `io` is the
+    /// queue's scratch space; `bounce` its aligned copy buffer, needed only with `O_DIRECT`
+    /// for guest buffers the host cannot take as they are.
+    pub fn execute(
         &self,
-        mem: &M,
-        layout: &mut ChainLayout,
-        iov: &mut IoVecs,
+        req: &Request,
+        io: &mut FileIo,
         bounce: Option<&mut Bounce>,
         writethrough: bool,
     ) -> Result<u32, RequestError> {
-        layout.check()?;
-        let hdr = layout.header(mem)?;
-        iov.clear();
-        let result = self.dispatch(mem, layout, hdr, iov, bounce, writethrough);
-        iov.clear();
-        result
+        check_shape(req)?;
+        let hdr = read_header(req)?;
+        self.dispatch(req, hdr, io, bounce, writethrough)
     }
 
-    fn dispatch<M: GuestMemory>(
+    fn dispatch(
         &self,
-        mem: &M,
-        layout: &ChainLayout,
+        req: &Request,
         hdr: Header,
-        iov: &mut IoVecs,
+        io: &mut FileIo,
         bounce: Option<&mut Bounce>,
         writethrough: bool,
     ) -> Result<u32, RequestError> {
         let ty = hdr.request_type;
         // Bytes after the header that the device reads, and writable bytes before the status.
-        let readable_data = layout.readable_len() - HEADER_SIZE;
-        let writable_data = layout.writable_len().saturating_sub(1);
+        let readable_data = req.readable_len() - HEADER_SIZE;
+        let writable_data = req.writable_len().saturating_sub(1);
         let expect_no = |which, got| {
             if got == 0 {
                 Ok(())
@@ -196,16 +190,13 @@ impl Disk {
                 expect_no("device-readable", readable_data)?;
                 let len = sector_multiple(writable_data)?;
                 let offset = self.data_range(hdr.sector, len)?;
-                layout.map_writable(mem, len, iov)?;
-                if self.needs_bounce(iov) {
-                    let buf = bounce_slice(bounce, len)?;
-                    self.file.read_exact_at(buf, offset)?;
-                    layout.write_writable(mem, buf)?;
-                } else {
-                    // SAFETY: every iovec comes from a guest memory slice bounds-checked against
-                    // its region (merging joins only host-adjacent entries), and `mem` is
-                    // borrowed, so the mappings stay for the whole call.
-                    unsafe { iov.read_exact_at(&self.file, offset)? };
+                match io.read_to_writable(req, &self.file, offset, len, self.io_align()) {
+                    Err(GuestIoError::Unaligned) => {
+                        let buf = bounce_slice(bounce, len)?;
+                        self.file.read_exact_at(buf, offset)?;
+                        req.write_writable(0, buf)?;
+                    }
+                    r => r?,
                 }
                 // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.
                 Ok(len as u32)
@@ -215,15 +206,14 @@ impl Disk {
                 self.writable(ty)?;
                 let len = sector_multiple(readable_data)?;
                 let offset = self.data_range(hdr.sector, len)?;
-                layout.map_readable(mem, HEADER_SIZE, len, iov)?;
-                if self.needs_bounce(iov) {
-                    let buf = bounce_slice(bounce, len)?;
-                    layout.read_readable(mem, HEADER_SIZE, buf)?;
-                    self.file.write_all_at(buf, offset)?;
-                } else {
-                    // SAFETY: as for IN: every iovec is a bounds-checked slice of guest
-                    // memory held through `mem`; the write only reads it.
-                    unsafe { iov.write_all_at(&self.file, offset)? };
+                let align = self.io_align();
+                match io.write_from_readable(req, &self.file, offset, HEADER_SIZE, len, align) {
+                    Err(GuestIoError::Unaligned) => {
+                        let buf = bounce_slice(bounce, len)?;
+                        req.read_readable(HEADER_SIZE, buf)?;
+                        self.file.write_all_at(buf, offset)?;
+                    }
+                    r => r?,
                 }
                 if writethrough {
                     self.file.sync_data()?;
@@ -239,13 +229,13 @@ impl Disk {
             VIRTIO_BLK_T_GET_ID => {
                 expect_no("device-readable", readable_data)?;
                 let n = writable_data.min(ID_BYTES as u64) as usize;
-                layout.write_writable(mem, &self.serial[..n])?;
+                req.write_writable(0, &self.serial[..n])?;
                 Ok(n as u32)
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
                 expect_no("device-writable", writable_data)?;
                 self.writable(ty)?;
-                self.ranges(mem, layout, ty, readable_data, writethrough)?;
+                self.ranges(req, ty, readable_data, writethrough)?;
                 Ok(0)
             }
             request_type => Err(RequestError::Unsupported { request_type }),
@@ -254,10 +244,9 @@ impl Disk {
 
     /// DISCARD and WRITE_ZEROES: `len` bytes of 16-byte segments after the header. Every
     /// segment is checked before any is applied.
-    fn ranges<M: GuestMemory>(
+    fn ranges(
         &self,
-        mem: &M,
-        layout: &ChainLayout,
+        req: &Request,
         ty: u32,
         len: u64,
         writethrough: bool,
@@ -271,7 +260,7 @@ impl Disk {
         }
         let mut segs = [(0u64, 0u64, 0u32); MAX_RANGE_SEGMENTS as usize];
         for (i, slot) in segs.iter_mut().take(count as usize).enumerate() {
-            let seg = layout.range_segment(mem, i as u64)?;
+            let seg = range_segment(req, i as u64)?;
             let (sector, num, flags) = (seg.sector.get(), seg.num_sectors.get(), seg.flags.get());
             let allowed = if ty == VIRTIO_BLK_T_WRITE_ZEROES {
                 WRITE_ZEROES_FLAG_UNMAP
@@ -300,7 +289,7 @@ impl Disk {
             }
             if ty == VIRTIO_BLK_T_DISCARD {
                 // Discard is a hint: a file system that cannot deallocate still succeeds.
-                if let Err(e) = io::punch_hole(&self.file, offset, bytes) {
+                if let Err(e) = file_ops::punch_hole(&self.file, offset, bytes) {
                     if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
                         return Err(e.into());
                     }
@@ -308,7 +297,7 @@ impl Disk {
                 }
             } else {
                 let unmap = flags & WRITE_ZEROES_FLAG_UNMAP != 0;
-                io::write_zeroes(&self.file, offset, bytes, unmap)?;
+                file_ops::write_zeroes(&self.file, offset, bytes, unmap)?;
             }
         }
         if writethrough {

@@ -3,8 +3,8 @@
 //!
 //! [`BlkConfig`] says what to serve, [`BlkDevice::new`] opens it, and the device runs under
 //! the `vhost-backend` runtime as a [`VirtioDevice`]. Each queue has its own worker and its
-//! own scratch space ([`ChainLayout`] and [`IoVecs`]), so a request allocates nothing, takes
-//! no lock and makes one system call (two in writethrough mode).
+//! own scratch space (a [`FileIo`]), so a request makes one system call (two in writethrough
+//! mode) straight between the image and guest memory, through the runtime's guest I/O.
 //!
 //! With `O_DIRECT` ([`BlkConfig::direct`]) the device learns the host's alignment rules when
 //! it opens the image, advertises a `blk_size` of at least the required offset alignment, and
@@ -25,8 +25,8 @@
 pub mod config;
 pub mod direct;
 mod disk;
+mod file_ops;
 pub mod image;
-pub mod io;
 pub mod request;
 #[cfg(test)]
 mod tests;
@@ -35,16 +35,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use vhost_backend::runtime::{DeviceError, Processed, QueueContext, VirtioDevice};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestMemory};
+use vhost_backend::runtime::{DeviceError, FileIo, Processed, QueueContext, Request, VirtioDevice};
 use zerocopy::IntoBytes;
 
 pub use config::VirtioBlkConfig;
 pub use disk::Disk;
-pub use io::IoVecs;
-pub use request::{ChainLayout, RequestError};
+pub use request::RequestError;
 
 use config::{features, SECTOR_SIZE, WRITEBACK_OFFSET};
 use direct::{Bounce, DirectAlign};
@@ -151,39 +147,10 @@ pub enum ConfigWriteError {
     BadWriteback(u8),
 }
 
-/// Where [`BlkDevice::process_chains`] takes chains from and returns them to.
-pub trait ChainQueue<'m, M: GuestMemory + 'm> {
-    /// The next available chain, or `None` to end the batch.
-    fn pop(&mut self) -> Option<DescriptorChain<&'m M>>;
-    /// Returns a served chain to the used ring.
-    fn add_used(&mut self, head: u16, len: u32);
-}
-
-/// A bare `virtio_queue::Queue` over guest memory `M`.
-pub struct RawQueue<'q, 'm, M> {
-    /// The queue.
-    pub queue: &'q mut Queue,
-    /// Guest memory its rings and buffers live in.
-    pub mem: &'m M,
-}
-
-impl<'m, M: GuestMemory + 'm> ChainQueue<'m, M> for RawQueue<'_, 'm, M> {
-    fn pop(&mut self) -> Option<DescriptorChain<&'m M>> {
-        self.queue.pop_descriptor_chain(self.mem)
-    }
-
-    fn add_used(&mut self, head: u16, len: u32) {
-        if let Err(e) = self.queue.add_used(self.mem, head, len) {
-            log::warn!("returning chain {head}: {e}");
-        }
-    }
-}
-
 /// One queue's scratch space, reused for every request.
 #[derive(Debug)]
 struct Scratch {
-    layout: ChainLayout,
-    iov: IoVecs,
+    io: FileIo,
     /// With `O_DIRECT`: the aligned copy buffer for unaligned guest buffers.
     bounce: Option<Bounce>,
 }
@@ -247,8 +214,7 @@ impl BlkDevice {
         let scratch = (0..cfg.num_queues)
             .map(|_| {
                 Mutex::new(Scratch {
-                    layout: ChainLayout::with_capacity(MAX_DESCRIPTORS),
-                    iov: IoVecs::with_capacity(MAX_DESCRIPTORS * 2),
+                    io: FileIo::with_capacity(MAX_DESCRIPTORS * 2),
                     bounce: direct.map(|a| Bounce::new(a.memory)),
                 })
             })
@@ -363,65 +329,33 @@ impl BlkDevice {
         self.writeback.load(Ordering::Relaxed) == 0 || !flush_acked
     }
 
-    /// Serves every chain `queue` yields and hands each back with its used length (bytes
-    /// written to the guest, status byte included; 0 when no status byte could be written).
-    /// `index` picks the scratch space: batches of one queue must not run concurrently (they
-    /// would wait for each other). Returns the number of chains served.
-    pub fn process_chains<'m, M, Q>(&self, index: u16, mem: &'m M, queue: &mut Q) -> u32
-    where
-        M: GuestMemory + 'm,
-        Q: ChainQueue<'m, M> + ?Sized,
-    {
-        let Some(slot) = self.scratch.get(usize::from(index)) else {
-            return 0;
-        };
-        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let scratch = &mut *guard;
-        let writethrough = self.writethrough();
-        let mut served = 0;
-        while let Some(chain) = queue.pop() {
-            let head = chain.head_index();
-            let len = self.serve_chain(scratch, mem, chain, writethrough);
-            queue.add_used(head, len);
-            served += 1;
-        }
-        served
-    }
-
-    /// Serves one chain; returns the used length.
-    fn serve_chain<M: GuestMemory>(
-        &self,
-        scratch: &mut Scratch,
-        mem: &M,
-        chain: DescriptorChain<&M>,
-        writethrough: bool,
-    ) -> u32 {
-        scratch.layout.walk(chain);
-        let Some(status_addr) = scratch.layout.status_addr() else {
+    /// Serves one request; returns its used length (bytes written to the guest, status
+    /// byte included; 0 when no status byte could be written).
+    fn serve(&self, scratch: &mut Scratch, req: &Request, writethrough: bool) -> u32 {
+        // The status is the last writable byte.
+        let Some(status_at) = req.writable_len().checked_sub(1) else {
             log::debug!("chain without a status byte returned with length 0");
             return 0;
         };
-        let (status, written) = match self.disk.execute(
-            mem,
-            &mut scratch.layout,
-            &mut scratch.iov,
-            scratch.bounce.as_mut(),
-            writethrough,
-        ) {
-            Ok(n) => (VIRTIO_BLK_S_OK, n),
-            Err(RequestError::Io(e)) => {
-                log::warn!("request failed: {e}");
-                (request::VIRTIO_BLK_S_IOERR, 0)
-            }
-            Err(e) => {
-                log::debug!("request refused: {e}");
-                (e.status(), 0)
-            }
-        };
-        match mem.write_obj(status, status_addr) {
+        let (status, written) =
+            match self
+                .disk
+                .execute(req, &mut scratch.io, scratch.bounce.as_mut(), writethrough)
+            {
+                Ok(n) => (VIRTIO_BLK_S_OK, n),
+                Err(RequestError::Io(e)) => {
+                    log::warn!("request failed: {e}");
+                    (request::VIRTIO_BLK_S_IOERR, 0)
+                }
+                Err(e) => {
+                    log::debug!("request refused: {e}");
+                    (e.status(), 0)
+                }
+            };
+        match req.write_writable(status_at, &[status]) {
             Ok(()) => written.saturating_add(1),
             Err(e) => {
-                log::debug!("status byte at {:#x}: {e}", status_addr.0);
+                log::debug!("status byte: {e}");
                 0
             }
         }
@@ -435,21 +369,6 @@ impl BlkDevice {
     /// Size of the configuration space in bytes.
     pub fn config_len(&self) -> usize {
         self.config.as_bytes().len()
-    }
-}
-
-/// [`QueueContext`] as a [`ChainQueue`]: stops when the runtime is stopping the ring.
-struct ContextQueue<'c, 'a>(&'c mut QueueContext<'a>);
-
-impl<'a> ChainQueue<'a, GuestMemoryMmap> for ContextQueue<'_, 'a> {
-    fn pop(&mut self) -> Option<DescriptorChain<&'a GuestMemoryMmap>> {
-        self.0.pop_chain()
-    }
-
-    fn add_used(&mut self, head: u16, len: u32) {
-        if let Err(e) = self.0.add_used(head, len) {
-            log::warn!("queue {}: returning chain {head}: {e}", self.0.index());
-        }
     }
 }
 
@@ -488,9 +407,15 @@ impl VirtioDevice for BlkDevice {
     }
 
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        let index = ctx.index();
-        let mem = ctx.memory();
-        self.process_chains(index, mem, &mut ContextQueue(ctx));
+        let Some(slot) = self.scratch.get(usize::from(ctx.index())) else {
+            return Ok(Processed::Drained);
+        };
+        let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let writethrough = self.writethrough();
+        while let Some(req) = ctx.pop() {
+            let len = self.serve(&mut scratch, &req, writethrough);
+            req.complete(len);
+        }
         Ok(Processed::Drained)
     }
 

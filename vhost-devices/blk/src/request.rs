@@ -7,20 +7,17 @@
 //! ones. The 16-byte header is the start of the readable bytes — it may be split over several
 //! descriptors — and the status is the last writable byte. What lies between is data.
 //!
-//! Nothing here trusts the chain: descriptor count and total length are capped, every address
-//! is checked against guest memory before use, and every violation is a [`RequestError`] that
-//! names the check.
+//! Nothing here trusts the chain: the runtime walked it and checked each buffer against guest
+//! memory when it popped the request ([`Request::fault`]); descriptor count and total length
+//! are capped here, and every violation is a [`RequestError`] that names the check.
 
 use std::io;
 
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryRegion};
+use vhost_backend::runtime::{ChainFault, GuestIoError, Request};
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::config::MAX_DATA_BYTES;
-use crate::io::IoVecs;
 
 /// `VIRTIO_BLK_T_IN`: read sectors.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -192,30 +189,6 @@ impl RequestError {
     }
 }
 
-/// One non-empty buffer of a chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    /// Guest-physical address.
-    pub addr: GuestAddress,
-    /// Length in bytes (never 0).
-    pub len: u32,
-}
-
-/// The shape of one chain: its readable and writable buffers, collected into reusable
-/// vectors (no allocation once they reached their working size).
-#[derive(Debug, Default)]
-pub struct ChainLayout {
-    readable: Vec<Segment>,
-    writable: Vec<Segment>,
-    readable_len: u64,
-    writable_len: u64,
-    /// The last writable buffer seen, even past the descriptor cap: the status byte is its
-    /// last byte.
-    last_writable: Option<Segment>,
-    /// The first violation found while walking.
-    fault: Option<RequestError>,
-}
-
 /// `struct virtio_blk_req` header as the driver lays it out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -252,260 +225,66 @@ pub struct Header {
     pub sector: u64,
 }
 
-impl ChainLayout {
-    /// An empty layout with room for `descriptors` buffers of each direction.
-    pub fn with_capacity(descriptors: usize) -> Self {
-        ChainLayout {
-            readable: Vec::with_capacity(descriptors),
-            writable: Vec::with_capacity(descriptors),
-            ..ChainLayout::default()
+impl From<ChainFault> for RequestError {
+    fn from(f: ChainFault) -> Self {
+        match f {
+            ChainFault::AddressOverflow { addr, len } => {
+                RequestError::AddressOverflow { addr, len }
+            }
+            ChainFault::OutsideMemory { addr, len } => RequestError::GuestMemory {
+                addr,
+                len: u64::from(len),
+            },
+            ChainFault::ReadableAfterWritable => RequestError::ReadableAfterWritable,
+            _ => RequestError::TooManyDescriptors,
         }
-    }
-
-    /// Forgets the previous chain and records `descs`. Never fails: a violation is kept and
-    /// reported by [`ChainLayout::check`], after the status byte has been located.
-    pub fn walk(&mut self, descs: impl Iterator<Item = Descriptor>) {
-        self.readable.clear();
-        self.writable.clear();
-        self.readable_len = 0;
-        self.writable_len = 0;
-        self.last_writable = None;
-        self.fault = None;
-        let mut count = 0usize;
-        let mut total = 0u64;
-        for desc in descs {
-            let len = desc.len();
-            if len == 0 {
-                continue;
-            }
-            let seg = Segment {
-                addr: desc.addr(),
-                len,
-            };
-            if desc.addr().checked_add(u64::from(len)).is_none() {
-                self.fail(RequestError::AddressOverflow {
-                    addr: desc.addr().raw_value(),
-                    len,
-                });
-                continue;
-            }
-            if desc.is_write_only() {
-                self.last_writable = Some(seg);
-            } else if self.last_writable.is_some() {
-                self.fail(RequestError::ReadableAfterWritable);
-            }
-            count += 1;
-            total += u64::from(len);
-            if count > MAX_DESCRIPTORS {
-                self.fail(RequestError::TooManyDescriptors);
-            } else if total > MAX_CHAIN_BYTES {
-                self.fail(RequestError::TooLong);
-            }
-            if self.fault.is_some() {
-                continue;
-            }
-            if desc.is_write_only() {
-                self.writable.push(seg);
-                self.writable_len += u64::from(len);
-            } else {
-                self.readable.push(seg);
-                self.readable_len += u64::from(len);
-            }
-        }
-    }
-
-    fn fail(&mut self, err: RequestError) {
-        if self.fault.is_none() {
-            self.fault = Some(err);
-        }
-    }
-
-    /// Where the status byte goes: the last byte of the last writable buffer.
-    pub fn status_addr(&self) -> Option<GuestAddress> {
-        let seg = self.last_writable?;
-        // `addr + len` was checked not to overflow, and `len >= 1`.
-        Some(seg.addr.unchecked_add(u64::from(seg.len) - 1))
-    }
-
-    /// The first violation found by [`ChainLayout::walk`], if any.
-    pub fn check(&mut self) -> Result<(), RequestError> {
-        match self.fault.take() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
-    }
-
-    /// Total device-readable bytes (header included).
-    pub fn readable_len(&self) -> u64 {
-        self.readable_len
-    }
-
-    /// Total device-writable bytes (status included).
-    pub fn writable_len(&self) -> u64 {
-        self.writable_len
-    }
-
-    /// Reads and decodes the header from the first 16 readable bytes.
-    pub fn header<M: GuestMemory>(&self, mem: &M) -> Result<Header, RequestError> {
-        if self.readable_len < HEADER_SIZE {
-            return Err(RequestError::ShortHeader {
-                got: self.readable_len,
-            });
-        }
-        let mut raw = RequestHeader::new_zeroed();
-        copy_from_guest(mem, &self.readable, 0, raw.as_mut_bytes())?;
-        Ok(Header {
-            request_type: raw.request_type.get(),
-            sector: raw.sector.get(),
-        })
-    }
-
-    /// Copies readable bytes `[skip, skip + out.len())` into `out` (data of a write).
-    pub fn read_readable<M: GuestMemory>(
-        &self,
-        mem: &M,
-        skip: u64,
-        out: &mut [u8],
-    ) -> Result<(), RequestError> {
-        copy_from_guest(mem, &self.readable, skip, out)
-    }
-
-    /// Reads range segment `index` of a DISCARD / WRITE_ZEROES payload (after the header).
-    pub fn range_segment<M: GuestMemory>(
-        &self,
-        mem: &M,
-        index: u64,
-    ) -> Result<RangeSegment, RequestError> {
-        let mut seg = RangeSegment::new_zeroed();
-        let offset = HEADER_SIZE + index * SEGMENT_SIZE;
-        copy_from_guest(mem, &self.readable, offset, seg.as_mut_bytes())?;
-        Ok(seg)
-    }
-
-    /// Writes `data` into the writable bytes from their start. The caller keeps `data` short
-    /// enough to leave the status byte alone.
-    pub fn write_writable<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> Result<(), RequestError> {
-        let mut done = 0usize;
-        for seg in &self.writable {
-            if done == data.len() {
-                break;
-            }
-            let n = (data.len() - done).min(seg.len as usize);
-            mem.write_slice(&data[done..done + n], seg.addr)
-                .map_err(|_| RequestError::GuestMemory {
-                    addr: seg.addr.raw_value(),
-                    len: n as u64,
-                })?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Appends host iovecs for readable bytes `[skip, skip + len)` (data of a write).
-    pub fn map_readable<M: GuestMemory>(
-        &self,
-        mem: &M,
-        skip: u64,
-        len: u64,
-        iov: &mut IoVecs,
-    ) -> Result<(), RequestError> {
-        map_range(mem, &self.readable, skip, len, iov, false)
-    }
-
-    /// Appends host iovecs for writable bytes `[0, len)` (data of a read), marking them dirty.
-    pub fn map_writable<M: GuestMemory>(
-        &self,
-        mem: &M,
-        len: u64,
-        iov: &mut IoVecs,
-    ) -> Result<(), RequestError> {
-        map_range(mem, &self.writable, 0, len, iov, true)
     }
 }
 
-/// Copies `out.len()` bytes that start `offset` bytes into `segs`.
-fn copy_from_guest<M: GuestMemory>(
-    mem: &M,
-    segs: &[Segment],
-    offset: u64,
-    out: &mut [u8],
-) -> Result<(), RequestError> {
-    let mut skip = offset;
-    let mut done = 0usize;
-    for seg in segs {
-        if done == out.len() {
-            break;
+impl From<GuestIoError> for RequestError {
+    fn from(e: GuestIoError) -> Self {
+        match e {
+            GuestIoError::Io(e) => RequestError::Io(e),
+            GuestIoError::OutsideMemory { addr, len } => RequestError::GuestMemory { addr, len },
+            GuestIoError::Short { wanted, got } => RequestError::GuestMemory {
+                addr: 0,
+                len: wanted - got.min(wanted),
+            },
+            e => RequestError::Io(io::Error::other(e)),
         }
-        let seg_len = u64::from(seg.len);
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let n = (out.len() - done).min((seg_len - skip) as usize);
-        // `skip < len` and `addr + len` does not overflow.
-        let addr = seg.addr.unchecked_add(skip);
-        mem.read_slice(&mut out[done..done + n], addr)
-            .map_err(|_| RequestError::GuestMemory {
-                addr: addr.raw_value(),
-                len: n as u64,
-            })?;
-        done += n;
-        skip = 0;
-    }
-    if done == out.len() {
-        Ok(())
-    } else {
-        Err(RequestError::ShortHeader { got: done as u64 })
     }
 }
 
-/// Appends iovecs for bytes `[skip, skip + len)` of `segs`, one per guest memory region
-/// crossed, after checking each piece lies inside guest memory.
-fn map_range<M: GuestMemory>(
-    mem: &M,
-    segs: &[Segment],
-    mut skip: u64,
-    len: u64,
-    iov: &mut IoVecs,
-    dirty: bool,
-) -> Result<(), RequestError> {
-    let mut left = len;
-    for seg in segs {
-        if left == 0 {
-            break;
-        }
-        let seg_len = u64::from(seg.len);
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let mut addr = seg.addr.unchecked_add(skip);
-        let mut part = (seg_len - skip).min(left);
-        skip = 0;
-        left -= part;
-        while part > 0 {
-            let bad = || RequestError::GuestMemory {
-                addr: addr.raw_value(),
-                len: part,
-            };
-            let (region, region_addr) = mem.to_region_addr(addr).ok_or_else(bad)?;
-            let room = region.len() - region_addr.raw_value();
-            let take = part.min(room);
-            let take_usize = usize::try_from(take).map_err(|_| bad())?;
-            let slice = region
-                .get_slice(region_addr, take_usize)
-                .map_err(|_| bad())?;
-            if dirty {
-                slice.bitmap().mark_dirty(0, take_usize);
-            }
-            iov.push(slice.ptr_guard_mut().as_ptr(), take_usize);
-            addr = addr.unchecked_add(take);
-            part -= take;
-        }
+/// Checks what the runtime found wrong with the chain, the descriptor cap and the total
+/// length.
+pub fn check_shape(req: &Request) -> Result<(), RequestError> {
+    if let Some(fault) = req.fault() {
+        return Err(fault.into());
     }
-    if left == 0 {
-        Ok(())
-    } else {
-        Err(RequestError::GuestMemory { addr: 0, len: left })
+    if req.readable().len() + req.writable().len() > MAX_DESCRIPTORS {
+        return Err(RequestError::TooManyDescriptors);
     }
+    if req.readable_len() + req.writable_len() > MAX_CHAIN_BYTES {
+        return Err(RequestError::TooLong);
+    }
+    Ok(())
+}
+
+/// Reads and decodes the header from the first 16 readable bytes.
+pub fn read_header(req: &Request) -> Result<Header, RequestError> {
+    if req.readable_len() < HEADER_SIZE {
+        return Err(RequestError::ShortHeader {
+            got: req.readable_len(),
+        });
+    }
+    let raw: RequestHeader = req.read_obj(0)?;
+    Ok(Header {
+        request_type: raw.request_type.get(),
+        sector: raw.sector.get(),
+    })
+}
+
+/// Reads range segment `index` of a DISCARD / WRITE_ZEROES payload (after the header).
+pub fn range_segment(req: &Request, index: u64) -> Result<RangeSegment, RequestError> {
+    Ok(req.read_obj(HEADER_SIZE + index * SEGMENT_SIZE)?)
 }

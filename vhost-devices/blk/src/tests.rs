@@ -5,9 +5,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+use vhost_backend::runtime::testing::TestQueue;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
@@ -36,7 +36,7 @@ type Buf = (u64, u32, bool);
 
 struct Harness {
     mem: GuestMemoryMmap,
-    queue: Queue,
+    queue: TestQueue,
     dev: BlkDevice,
     path: PathBuf,
     next_desc: u16,
@@ -86,16 +86,7 @@ impl Harness {
             (GuestAddress(REGION2), (MEM_END - REGION2) as usize),
         ])
         .unwrap();
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue
-            .try_set_desc_table_address(GuestAddress(DESC))
-            .unwrap();
-        queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL))
-            .unwrap();
-        queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-        queue.set_ready(true);
+        let queue = TestQueue::new(0, mem.clone(), QSIZE, [DESC, AVAIL, USED], false).unwrap();
         Ok(Harness {
             mem,
             queue,
@@ -160,11 +151,7 @@ impl Harness {
 
     /// Runs one batch; returns the used entries it produced.
     fn run(&mut self) -> Vec<(u16, u32)> {
-        let mut q = RawQueue {
-            queue: &mut self.queue,
-            mem: &self.mem,
-        };
-        self.dev.process_chains(0, &self.mem, &mut q);
+        self.queue.process(&self.dev).unwrap();
         let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
         let mut out = Vec::new();
         while self.used_seen != used_idx {

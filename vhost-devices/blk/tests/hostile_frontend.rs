@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{connect, options, pattern, Scratch, TIMEOUT};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use vhost_frontend::devices::blk::BlkRequests;
 use vhost_frontend::{Frontend, FrontendError, GuestMemory};
@@ -23,7 +24,6 @@ use vhost_proto::{
     virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, MemoryRegion, ProtocolFeatures,
     VringAddr, VringState, MAX_BODY_SIZE,
 };
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 /// How long a hostile exchange waits for the daemon's answer.
@@ -230,12 +230,11 @@ fn assert_stream_closed(mut s: UnixStream) {
 }
 
 fn eventfd() -> EventFd {
-    EventFd::new(EFD_NONBLOCK).expect("eventfd")
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).expect("eventfd")
 }
 
 fn bfd(e: &EventFd) -> BorrowedFd<'_> {
-    // SAFETY: `e` owns this open descriptor and outlives the borrow.
-    unsafe { BorrowedFd::borrow_raw(e.as_raw_fd()) }
+    e.as_fd()
 }
 
 /// The front-end virtual address of the test memory's single region.

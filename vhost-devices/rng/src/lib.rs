@@ -2,12 +2,13 @@
 //!
 //! The device has one request queue and no configuration space. For every chain the driver
 //! makes available it fills the chain's device-writable buffers, in order, with random bytes
-//! written straight into guest memory (getrandom(2), or `read(2)` from a `--source` file)
-//! and returns the chain with the number of bytes written:
+//! (getrandom(2), or `read(2)` from a `--source` file, through a 4 KiB buffer copied into
+//! guest memory) and returns the chain with the number of bytes written:
 //!
 //! - device-readable buffers are skipped; a chain without a writable buffer is returned
 //!   with length 0;
-//! - a buffer outside guest memory ends the chain with what was written so far;
+//! - a buffer outside guest memory (even partly) ends the chain with what was written to the
+//!   buffers before it;
 //! - a file source at its end gives what it had (eventually 0 bytes per request).
 //!
 //! With a [`RateLimit`] the device gives at most `max_bytes` per `period`. A request over
@@ -30,9 +31,9 @@ mod source;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use vhost_backend::runtime::{DeviceError, DeviceFd, Processed, QueueContext, VirtioDevice};
-use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vhost_backend::runtime::{
+    DeviceError, DeviceFd, Processed, QueueContext, Request, VirtioDevice,
+};
 
 pub use rate_limit::{RateLimit, MAX_PERIOD};
 pub use source::EntropySource;
@@ -146,69 +147,42 @@ impl RngDevice {
         &self.source
     }
 
-    /// Fills the writable buffers of `chain` with at most `budget` bytes; returns how many
+    /// Fills the writable buffers of `req` with at most `budget` bytes; returns how many
     /// were written.
-    fn fill_chain(
-        &self,
-        mem: &GuestMemoryMmap,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-        budget: u64,
-    ) -> u32 {
-        let mut left = budget.min(u64::from(u32::MAX));
-        let mut written = 0u32;
-        for desc in chain.writable() {
-            if left == 0 {
-                break;
-            }
-            // `want <= left <= u32::MAX`, and `written + want <= budget <= u32::MAX`.
-            let want = u64::from(desc.len()).min(left);
-            let (n, complete) = self.fill_guest(mem, desc.addr(), want as usize);
-            written += n as u32;
-            left -= n as u64;
-            if !complete {
-                break;
-            }
-        }
-        written
-    }
-
-    /// Fills `len` bytes of guest memory at `addr`, region by region. Returns the bytes
-    /// written and whether that was all of them.
-    fn fill_guest(&self, mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> (usize, bool) {
-        let mut done = 0usize;
-        while done < len {
-            let Some(at) = addr.0.checked_add(done as u64).map(GuestAddress) else {
-                return (done, false);
-            };
-            let Some((region, offset)) = mem.to_region_addr(at) else {
-                log::debug!("rng: buffer at {:#x} is outside guest memory", at.0);
-                return (done, false);
-            };
-            let room = region.len().saturating_sub(offset.0);
-            let n = (len - done).min(usize::try_from(room).unwrap_or(usize::MAX));
-            let slice = match region.get_slice(offset, n) {
-                Ok(s) => s,
-                Err(e) => {
-                    log::debug!("rng: buffer at {:#x}: {e}", at.0);
-                    return (done, false);
-                }
-            };
-            match self.source.fill(&slice) {
-                Ok(got) => {
-                    done += got;
-                    if got < n {
-                        return (done, false);
+    fn fill_request(&self, req: &Request, budget: u64) -> u32 {
+        let want = req.writable_len().min(budget).min(u64::from(u32::MAX));
+        let mut buf = [0u8; FILL_CHUNK];
+        let mut done = 0u64;
+        // Buffer by buffer, so one outside guest memory ends the chain after the ones before.
+        let mut buffer_end = 0u64;
+        for b in req.writable() {
+            buffer_end += u64::from(b.len);
+            while done < want.min(buffer_end) {
+                let n = (want.min(buffer_end) - done).min(FILL_CHUNK as u64) as usize;
+                let got = match self.source.fill_buf(&mut buf[..n]) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        log::warn!("rng: reading {}: {e}", self.source.describe());
+                        return done as u32;
                     }
+                };
+                if let Err(e) = req.write_writable(done, &buf[..got]) {
+                    log::debug!("rng: {e}");
+                    return done as u32;
                 }
-                Err(e) => {
-                    log::warn!("rng: reading {}: {e}", self.source.describe());
-                    return (done, false);
+                done += got as u64;
+                if got < n {
+                    return done as u32;
                 }
             }
         }
-        (done, true)
+        // `done <= want <= u32::MAX`.
+        done as u32
     }
 }
+
+/// Bytes read from the source per copy into guest memory.
+const FILL_CHUNK: usize = 4096;
 
 impl VirtioDevice for RngDevice {
     fn device_type(&self) -> u32 {
@@ -228,12 +202,10 @@ impl VirtioDevice for RngDevice {
     }
 
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        let mem = ctx.memory();
         let Some(limiter) = &self.limiter else {
-            while let Some(chain) = ctx.pop_chain() {
-                let head = chain.head_index();
-                let len = self.fill_chain(mem, chain, u64::MAX);
-                ctx.add_used(head, len)?;
+            while let Some(req) = ctx.pop() {
+                let len = self.fill_request(&req, u64::MAX);
+                req.complete(len);
             }
             return Ok(Processed::Drained);
         };
@@ -246,13 +218,12 @@ impl VirtioDevice for RngDevice {
                 budget.arm(now)?;
                 return Ok(Processed::Paused);
             }
-            let Some(chain) = ctx.pop_chain() else {
+            let Some(req) = ctx.pop() else {
                 return Ok(Processed::Drained);
             };
-            let head = chain.head_index();
-            let len = self.fill_chain(mem, chain, available);
+            let len = self.fill_request(&req, available);
             budget.consume(u64::from(len));
-            ctx.add_used(head, len)?;
+            req.complete(len);
         }
     }
 

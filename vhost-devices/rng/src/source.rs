@@ -1,14 +1,13 @@
 //! Where the random bytes come from: the kernel's generator through getrandom(2), or a file
 //! (a character device such as `/dev/urandom`, a FIFO, or a regular file read once from
-//! start to end). Both write straight into guest memory: no intermediate buffer.
+//! start to end). Either fills a caller's byte buffer.
 
 use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::VolatileSlice;
+use rustix::io::Errno;
+use rustix::rand::GetRandomFlags;
 
 /// The entropy source of a device.
 #[derive(Debug)]
@@ -28,10 +27,9 @@ impl EntropySource {
     /// The kernel's generator. Fails when getrandom(2) is not available (ENOSYS), so that a
     /// daemon stops at start rather than at the first request.
     pub fn os() -> io::Result<Self> {
-        let mut probe = 0u8;
-        // SAFETY: `probe` is a valid, writable one-byte buffer for the whole call.
-        unsafe { getrandom_into(&mut probe, 1) }?;
-        Ok(EntropySource::Os)
+        let source = EntropySource::Os;
+        source.fill_buf(&mut [0u8; 1])?;
+        Ok(source)
     }
 
     /// Opens `path` for reading (once; every request reads on from the current offset).
@@ -51,81 +49,45 @@ impl EntropySource {
         }
     }
 
-    /// Fills `slice` (guest memory) with random bytes. Returns how many bytes were written:
-    /// all of them, or fewer when a file source reached its end (or, non-blocking, had
-    /// nothing to give).
-    pub fn fill<B: BitmapSlice>(&self, slice: &VolatileSlice<'_, B>) -> io::Result<usize> {
-        let len = slice.len();
-        let guard = slice.ptr_guard_mut();
-        let ptr = guard.as_ptr();
-        // SAFETY: `ptr` points at `len` bytes of mapped guest memory, writable while `guard` (and
-        // the snapshot behind `slice`) lives, which covers the call; concurrent guest access is
-        // like any DMA target's, and nothing here reads the bytes back.
-        let n = unsafe { self.fill_raw(ptr, len) }?;
-        slice.bitmap().mark_dirty(0, n);
-        Ok(n)
-    }
-
-    /// # Safety
-    /// `ptr` must be valid for writes of `len` bytes for the whole call.
-    unsafe fn fill_raw(&self, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    /// Fills `buf` with random bytes. Returns how many bytes were written: all of them, or
+    /// fewer when a file source reached its end (or, non-blocking, had nothing more to give
+    /// after some bytes).
+    pub fn fill_buf(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            // SAFETY: forwarded from this function's contract.
-            EntropySource::Os => unsafe { getrandom_into(ptr, len) },
-            // SAFETY: forwarded from this function's contract.
-            EntropySource::File { file, .. } => unsafe { read_into(file, ptr, len) },
+            EntropySource::Os => getrandom_fill(buf),
+            EntropySource::File { file, .. } => read_fill(file, buf),
         }
     }
 }
 
-/// getrandom(2) until `len` bytes are written (the kernel may return fewer for large
-/// requests or when a signal arrives).
-///
-/// # Safety
-/// `ptr` must be valid for writes of `len` bytes for the whole call.
-unsafe fn getrandom_into(ptr: *mut u8, len: usize) -> io::Result<usize> {
+/// getrandom(2) until `buf` is full (the kernel may return fewer bytes for large requests or
+/// when a signal arrives).
+fn getrandom_fill(buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
-    while done < len {
-        // SAFETY: `done < len`, so `ptr + done` and the `len - done` bytes after it lie inside
-        // the caller's writable range.
-        let r = unsafe { libc::getrandom(ptr.add(done).cast(), len - done, 0) };
-        match r {
-            n if n > 0 => done += n as usize,
-            0 => break,
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+    while done < buf.len() {
+        match rustix::rand::getrandom(&mut buf[done..], GetRandomFlags::empty()) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(done)
 }
 
-/// read(2) from `file` until `len` bytes are written, end of file, or (non-blocking file)
-/// no more data for now.
-///
-/// # Safety
-/// `ptr` must be valid for writes of `len` bytes for the whole call.
-unsafe fn read_into(file: &File, ptr: *mut u8, len: usize) -> io::Result<usize> {
-    let fd = file.as_raw_fd();
+/// Reads `file` until `buf` is full, end of file, or (non-blocking file) no more data for
+/// now once some bytes were read.
+fn read_fill(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
-    while done < len {
-        // SAFETY: `fd` is open for as long as `file` is borrowed; `ptr + done` and the
-        // `len - done` bytes after it lie inside the caller's writable range.
-        let r = unsafe { libc::read(fd, ptr.add(done).cast(), len - done) };
-        match r {
-            n if n > 0 => done += n as usize,
-            0 => break,
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::WouldBlock if done > 0 => break,
-                    _ => return Err(e),
-                }
-            }
+    while done < buf.len() {
+        match file.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if done > 0 => break,
+                _ => return Err(e),
+            },
         }
     }
     Ok(done)
@@ -135,21 +97,19 @@ unsafe fn read_into(file: &File, ptr: *mut u8, len: usize) -> io::Result<usize> 
 mod tests {
     use super::*;
     use std::io::Write;
-    use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
-    fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap()
+    #[test]
+    fn os_source_fills_the_whole_buffer_with_non_zero_data() {
+        let src = EntropySource::os().unwrap();
+        let mut got = vec![0u8; 4096];
+        assert_eq!(src.fill_buf(&mut got).unwrap(), 4096);
+        assert!(got.iter().any(|&b| b != 0));
     }
 
     #[test]
-    fn os_source_fills_the_whole_slice_with_non_zero_data() {
-        let mem = memory();
+    fn os_source_fills_an_empty_buffer_with_nothing() {
         let src = EntropySource::os().unwrap();
-        let slice = mem.get_slice(GuestAddress(0x100), 4096).unwrap();
-        assert_eq!(src.fill(&slice).unwrap(), 4096);
-        let mut got = vec![0u8; 4096];
-        mem.read_slice(&mut got, GuestAddress(0x100)).unwrap();
-        assert!(got.iter().any(|&b| b != 0));
+        assert_eq!(src.fill_buf(&mut []).unwrap(), 0);
     }
 
     #[test]
@@ -162,15 +122,41 @@ mod tests {
             .unwrap();
         let src = EntropySource::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let mem = memory();
-        let slice = mem.get_slice(GuestAddress(0), 60).unwrap();
-        assert_eq!(src.fill(&slice).unwrap(), 60);
-        let slice = mem.get_slice(GuestAddress(60), 60).unwrap();
-        assert_eq!(src.fill(&slice).unwrap(), 40, "only 40 bytes were left");
-        let mut got = vec![0u8; 100];
-        mem.read_slice(&mut got, GuestAddress(0)).unwrap();
-        assert_eq!(got, bytes);
-        assert_eq!(src.fill(&slice).unwrap(), 0, "at end of file");
+        let mut got = [0u8; 120];
+        assert_eq!(src.fill_buf(&mut got[..60]).unwrap(), 60);
+        assert_eq!(
+            src.fill_buf(&mut got[60..]).unwrap(),
+            40,
+            "only 40 bytes were left"
+        );
+        assert_eq!(&got[..100], &bytes[..]);
+        assert!(got[100..].iter().all(|&b| b == 0));
+        assert_eq!(src.fill_buf(&mut got[60..]).unwrap(), 0, "at end of file");
+    }
+
+    #[test]
+    fn non_blocking_fifo_source_gives_what_is_there_then_would_block() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("rng-src-fifo-{}", std::process::id()));
+        nix::unistd::mkfifo(
+            &path,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let mut writer = File::options().write(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let src = EntropySource::File { file, path };
+        writer.write_all(&[7u8; 10]).unwrap();
+        let mut got = [0u8; 64];
+        assert_eq!(src.fill_buf(&mut got).unwrap(), 10);
+        assert!(got[..10].iter().all(|&b| b == 7));
+        let err = src.fill_buf(&mut got).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 
@@ -95,16 +95,46 @@ fn rate_limited_device_gives_its_timer_to_the_worker() {
     assert!(!d.handle_event(0, TIMER_TOKEN + 1).unwrap());
 }
 
+/// Rings live in a region of their own at RINGS.
+const RINGS: u64 = 0x10_0000;
+
+/// Serves one chain of device-writable buffers through the runtime's test queue; returns
+/// the used length.
+fn serve(regions: &[(GuestAddress, usize)], bufs: &[(u64, u32)]) -> (GuestMemoryMmap, u32) {
+    let mut all = regions.to_vec();
+    all.push((GuestAddress(RINGS), 0x1000));
+    let mem = GuestMemoryMmap::from_ranges(&all).unwrap();
+    for (i, &(addr, len)) in bufs.iter().enumerate() {
+        let at = GuestAddress(RINGS + 16 * i as u64);
+        let last = i + 1 == bufs.len();
+        let flags: u16 = 2 | if last { 0 } else { 1 };
+        mem.write_obj(addr, at).unwrap();
+        mem.write_obj(len, at.unchecked_add(8)).unwrap();
+        mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+        mem.write_obj(i as u16 + 1, at.unchecked_add(14)).unwrap();
+    }
+    mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
+    mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
+    let q = vhost_backend::runtime::testing::TestQueue::new(
+        0,
+        mem.clone(),
+        16,
+        [RINGS, RINGS + 0x200, RINGS + 0x400],
+        false,
+    )
+    .unwrap();
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    q.process(&d).unwrap();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(RINGS + 0x402)).unwrap(), 1);
+    let len = mem.read_obj::<u32>(GuestAddress(RINGS + 0x408)).unwrap();
+    (mem, len)
+}
+
 #[test]
 fn buffer_across_two_adjacent_regions_is_filled_completely() {
-    let mem =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
-            .unwrap();
-    let d = RngDevice::new(&RngConfig::default()).unwrap();
-    assert_eq!(
-        d.fill_guest(&mem, GuestAddress(0x800), 0x1000),
-        (0x1000, true)
-    );
+    let regions = [(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)];
+    let (mem, len) = serve(&regions, &[(0x800, 0x1000)]);
+    assert_eq!(len, 0x1000);
     let mut got = vec![0u8; 0x1000];
     mem.read_slice(&mut got, GuestAddress(0x800)).unwrap();
     assert!(got[..0x800].iter().any(|&b| b != 0));
@@ -112,16 +142,12 @@ fn buffer_across_two_adjacent_regions_is_filled_completely() {
 }
 
 #[test]
-fn buffer_running_past_guest_memory_is_filled_up_to_the_end_only() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-    let d = RngDevice::new(&RngConfig::default()).unwrap();
-    assert_eq!(
-        d.fill_guest(&mem, GuestAddress(0xf00), 0x200),
-        (0x100, false)
-    );
-    assert_eq!(d.fill_guest(&mem, GuestAddress(0x5000), 0x10), (0, false));
-    assert_eq!(
-        d.fill_guest(&mem, GuestAddress(u64::MAX - 4), 0x10),
-        (0, false)
-    );
+fn buffer_running_past_guest_memory_ends_the_chain_with_what_was_written() {
+    let regions = [(GuestAddress(0), 0x1000)];
+    let (_, len) = serve(&regions, &[(0, 0x100), (0xf00, 0x200)]);
+    assert_eq!(len, 0x100, "the first buffer only");
+    let (_, len) = serve(&regions, &[(0x5000, 0x10)]);
+    assert_eq!(len, 0);
+    let (_, len) = serve(&regions, &[(u64::MAX - 4, 0x10)]);
+    assert_eq!(len, 0);
 }

@@ -1,0 +1,341 @@
+//! Guest I/O between a request's buffers and a file: vectored `preadv`/`pwritev` straight
+//! into and out of guest memory, with no copy.
+//!
+//! This is the one module that hands guest memory to the kernel as raw iovecs. It is sound
+//! because every iovec is built from a bounds-checked slice of the memory map the
+//! [`Request`] holds (so the mapping cannot go away during the call: a new memory table
+//! only unmaps the old one when the last request holding it is gone), and because no iovec
+//! outlives the call that built it. Pages written by a read from the file are marked dirty
+//! after the data has landed.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::request::Request;
+
+/// Most iovecs one `preadv`/`pwritev` accepts (Linux `UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
+
+/// Why a guest I/O helper failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestIoError {
+    /// Part of the range is outside guest memory.
+    #[error("buffer at {addr:#x} len {len} is outside guest memory")]
+    OutsideMemory {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The request's buffers hold fewer bytes than asked for.
+    #[error("wanted {wanted} bytes, the buffers hold {got}")]
+    Short {
+        /// Bytes asked for.
+        wanted: u64,
+        /// Bytes the buffers hold.
+        got: u64,
+    },
+    /// The buffers do not meet the alignment the caller required (for `O_DIRECT`); nothing
+    /// was transferred.
+    #[error("guest buffers are not aligned for direct I/O")]
+    Unaligned,
+    /// The file operation failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Alignment asked of every iovec for `O_DIRECT`: address a multiple of `memory`, length a
+/// multiple of `length` (both powers of two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoAlign {
+    /// Alignment of each iovec's address.
+    pub memory: u32,
+    /// Alignment of each iovec's length.
+    pub length: u32,
+}
+
+/// Reusable scratch space for file I/O on requests' buffers: one per worker or queue, so a
+/// request allocates nothing. It never holds an iovec between calls.
+#[derive(Debug, Default)]
+pub struct FileIo {
+    iov: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovec list is empty between calls (every method clears it before returning);
+// during a call it is used only by the thread that borrowed `self` mutably, while the request
+// whose memory it points into is borrowed too. Moving the empty list between threads moves no
+// access to guest memory.
+unsafe impl Send for FileIo {}
+// SAFETY: no method reads the list through a shared reference.
+unsafe impl Sync for FileIo {}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// File → guest (`preadv`).
+    Read,
+    /// Guest → file (`pwritev`).
+    Write,
+}
+
+impl FileIo {
+    /// Empty scratch space with room for `capacity` iovecs.
+    pub fn with_capacity(capacity: usize) -> Self {
+        FileIo {
+            iov: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Reads `len` bytes of `file` at `offset` into the request's writable bytes from their
+    /// start, completely. With `align`, fails with [`GuestIoError::Unaligned`] before any I/O
+    /// when the buffers (host-adjacent ones merged) do not meet it.
+    pub fn read_to_writable(
+        &mut self,
+        req: &Request,
+        file: &File,
+        offset: u64,
+        len: u64,
+        align: Option<IoAlign>,
+    ) -> Result<(), GuestIoError> {
+        let r = self.transfer(req, file, offset, 0, len, align, Direction::Read);
+        self.iov.clear();
+        if r.is_ok() {
+            mark_dirty(req, len);
+        }
+        r
+    }
+
+    /// Writes `len` readable bytes of the request, from `skip` on, to `file` at `offset`,
+    /// completely. `align` as for [`read_to_writable`](Self::read_to_writable).
+    pub fn write_from_readable(
+        &mut self,
+        req: &Request,
+        file: &File,
+        offset: u64,
+        skip: u64,
+        len: u64,
+        align: Option<IoAlign>,
+    ) -> Result<(), GuestIoError> {
+        let r = self.transfer(req, file, offset, skip, len, align, Direction::Write);
+        self.iov.clear();
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        req: &Request,
+        file: &File,
+        offset: u64,
+        skip: u64,
+        len: u64,
+        align: Option<IoAlign>,
+        dir: Direction,
+    ) -> Result<(), GuestIoError> {
+        self.iov.clear();
+        let mem = req.memory();
+        let mut total = 0u64;
+        let pieces: &mut dyn Iterator<Item = (GuestAddress, u64)> = match dir {
+            Direction::Read => &mut req.writable_pieces(skip, len),
+            Direction::Write => &mut req.readable_pieces(skip, len),
+        };
+        for (addr, n) in pieces {
+            push_range(mem, &mut self.iov, addr, n)?;
+            total += n;
+        }
+        if total != len {
+            return Err(GuestIoError::Short {
+                wanted: len,
+                got: total,
+            });
+        }
+        if let Some(a) = align {
+            merge_contiguous(&mut self.iov);
+            if !is_aligned(&self.iov, a) {
+                return Err(GuestIoError::Unaligned);
+            }
+        }
+        // SAFETY: every entry was built by `push_range` from a bounds-checked slice of `mem`,
+        // the memory map `req` holds and that stays mapped while `req` is borrowed, which
+        // covers this call (merging joins only host-adjacent entries of those slices).
+        // A read writes only into those slices, a write only reads them.
+        unsafe { rw_exact(file, &mut self.iov, offset, dir) }?;
+        Ok(())
+    }
+}
+
+/// Appends the host ranges of guest `[addr, addr + len)`, one per memory region crossed.
+fn push_range(
+    mem: &GuestMemoryMmap,
+    iov: &mut Vec<libc::iovec>,
+    mut addr: GuestAddress,
+    mut len: u64,
+) -> Result<(), GuestIoError> {
+    while len > 0 {
+        let bad = || GuestIoError::OutsideMemory { addr: addr.0, len };
+        let (region, at) = mem.to_region_addr(addr).ok_or_else(bad)?;
+        let room = region.len() - at.0;
+        let take = len.min(room);
+        let take_usize = usize::try_from(take).map_err(|_| bad())?;
+        let slice = region.get_slice(at, take_usize).map_err(|_| bad())?;
+        iov.push(libc::iovec {
+            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+            iov_len: take_usize,
+        });
+        addr = GuestAddress(addr.0 + take);
+        len -= take;
+    }
+    Ok(())
+}
+
+/// Marks the first `len` writable bytes of `req` dirty (after a read landed in them).
+fn mark_dirty(req: &Request, len: u64) {
+    let mem = req.memory();
+    for (mut addr, mut n) in req.writable_pieces(0, len) {
+        while n > 0 {
+            let Some((region, at)) = mem.to_region_addr(addr) else {
+                return;
+            };
+            let take = n.min(region.len() - at.0);
+            region.bitmap().mark_dirty(at.0 as usize, take as usize);
+            addr = GuestAddress(addr.0 + take);
+            n -= take;
+        }
+    }
+}
+
+/// Joins each entry that starts where the previous one ends in host memory into it.
+fn merge_contiguous(v: &mut Vec<libc::iovec>) {
+    let mut kept = 0usize;
+    for i in 0..v.len() {
+        let cur = v[i];
+        if kept > 0 {
+            let prev = &mut v[kept - 1];
+            if (prev.iov_base as usize).checked_add(prev.iov_len) == Some(cur.iov_base as usize) {
+                prev.iov_len += cur.iov_len;
+                continue;
+            }
+        }
+        v[kept] = cur;
+        kept += 1;
+    }
+    v.truncate(kept);
+}
+
+fn is_aligned(v: &[libc::iovec], a: IoAlign) -> bool {
+    let mem_mask = a.memory as usize - 1;
+    let len_mask = a.length as usize - 1;
+    v.iter()
+        .all(|e| e.iov_base as usize & mem_mask == 0 && e.iov_len & len_mask == 0)
+}
+
+/// The `preadv`/`pwritev` loop: short transfers continue, `EINTR` is retried, a transfer
+/// that makes no progress (end of file) is an error. Consumes (rewrites) the iovecs.
+///
+/// # Safety
+/// Every entry of `iov` must be valid for the access `dir` implies, for its whole length,
+/// for the whole call.
+unsafe fn rw_exact(
+    file: &File,
+    iov: &mut [libc::iovec],
+    mut offset: u64,
+    dir: Direction,
+) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    let mut iov = iov;
+    loop {
+        while iov.first().is_some_and(|v| v.iov_len == 0) {
+            iov = &mut std::mem::take(&mut iov)[1..];
+        }
+        if iov.is_empty() {
+            return Ok(());
+        }
+        let count = iov.len().min(IOV_MAX);
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // `count` is at most IOV_MAX, so it fits a c_int.
+        let cnt = count as libc::c_int;
+        let done = match dir {
+            // SAFETY: `iov[..count]` is a valid iovec array; each entry is writable memory of
+            // its length (this function's contract); the kernel writes nothing else.
+            Direction::Read => unsafe { libc::preadv(fd, iov.as_ptr(), cnt, off) },
+            // SAFETY: as above, each entry is readable memory of its length.
+            Direction::Write => unsafe { libc::pwritev(fd, iov.as_ptr(), cnt, off) },
+        };
+        if done < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let mut done = done as usize;
+        if done == 0 {
+            return Err(match dir {
+                Direction::Read => io::ErrorKind::UnexpectedEof.into(),
+                Direction::Write => io::ErrorKind::WriteZero.into(),
+            });
+        }
+        offset += done as u64;
+        while done > 0 {
+            let Some(first) = iov.first_mut() else {
+                return Ok(());
+            };
+            if done >= first.iov_len {
+                done -= first.iov_len;
+                iov = &mut std::mem::take(&mut iov)[1..];
+            } else {
+                first.iov_base = first.iov_base.cast::<u8>().wrapping_add(done).cast();
+                first.iov_len -= done;
+                done = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_contiguous_joins_adjacent_entries_only() {
+        let base = 0x10_0000usize;
+        let e = |off: usize, len: usize| libc::iovec {
+            iov_base: (base + off) as *mut libc::c_void,
+            iov_len: len,
+        };
+        let mut v = vec![
+            e(0, 256),
+            e(256, 256),
+            e(1024, 512),
+            e(1536, 512),
+            e(512, 512),
+        ];
+        merge_contiguous(&mut v);
+        let got: Vec<(usize, usize)> = v
+            .iter()
+            .map(|x| (x.iov_base as usize - base, x.iov_len))
+            .collect();
+        assert_eq!(got, vec![(0, 512), (1024, 1024), (512, 512)]);
+    }
+
+    #[test]
+    fn is_aligned_checks_every_address_and_length() {
+        let e = |addr: usize, len: usize| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        };
+        let a = |memory, length| IoAlign { memory, length };
+        let v = [e(0x1000, 512), e(0x2000, 1024)];
+        assert!(is_aligned(&v, a(4096, 512)));
+        assert!(!is_aligned(&v, a(4096, 1024)));
+        let v = [e(0x1000, 512), e(0x2200, 512)];
+        assert!(is_aligned(&v, a(512, 512)));
+        assert!(!is_aligned(&v, a(4096, 512)));
+        assert!(is_aligned(&[], a(4096, 4096)));
+    }
+}

@@ -1,0 +1,392 @@
+//! Requests: a descriptor chain from the moment it is popped to the moment its used entry
+//! is published.
+//!
+//! [`QueueContext::pop`] walks the next available chain (indirect tables included) into a
+//! [`Request`]: its ring, its head, its buffers — device-readable ones first, then
+//! device-writable ones, each checked against guest memory — and a reference to the guest
+//! memory it was popped from, which keeps those mappings alive until the request is gone,
+//! even if SET_MEM_TABLE or REM_MEM_REG replace the table meanwhile.
+//!
+//! The device completes a request with [`Request::complete`] and the number of bytes it
+//! wrote, at once or later, from any thread; the runtime publishes the used entry. A request
+//! dropped without being completed is completed with a used length of 0 and logged as a
+//! device bug: the driver gets its buffers back and a stop of the ring does not wait for it
+//! in vain.
+//!
+//! Guest I/O goes through the request: [`Request::read_readable`],
+//! [`Request::write_writable`], [`Request::read_obj`] and, for files,
+//! [`FileIo`](super::guest_io::FileIo). Writes mark guest pages dirty after the data lands.
+
+use std::sync::Arc;
+
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::guest_io::GuestIoError;
+use super::vring::{RingState, Vring};
+
+/// Most buffers a request records. The rest of a longer chain is walked (the last
+/// device-writable buffer is kept, so a status byte can still be written) and the request
+/// carries [`ChainFault::TooManyBuffers`].
+pub const MAX_REQUEST_BUFFERS: usize = 1024;
+
+/// One non-empty buffer of a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    /// Guest-physical address.
+    pub addr: GuestAddress,
+    /// Length in bytes (never 0).
+    pub len: u32,
+}
+
+/// What is wrong with a chain the driver offered. The request is still handed to the device,
+/// which answers it as its specification says (blk: an error status); buffers that are
+/// outside guest memory make every access to them fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainFault {
+    /// A buffer whose `addr + len` overflows.
+    #[error("buffer at {addr:#x} len {len} overflows the address space")]
+    AddressOverflow {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// A buffer that is not entirely inside guest memory.
+    #[error("buffer at {addr:#x} len {len} is outside guest memory")]
+    OutsideMemory {
+        /// Guest address.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// A device-readable buffer after a device-writable one (virtio 1.2, 2.7.4.2).
+    #[error("device-readable buffer after a device-writable one")]
+    ReadableAfterWritable,
+    /// More than [`MAX_REQUEST_BUFFERS`] non-empty buffers.
+    #[error("chain has more than {MAX_REQUEST_BUFFERS} buffers")]
+    TooManyBuffers,
+}
+
+/// A request popped from a ring. See the [module docs](self).
+pub struct Request {
+    ring: Arc<Vring>,
+    generation: u64,
+    mem: Arc<GuestMemoryMmap>,
+    head: u16,
+    /// Readable buffers, then writable ones.
+    bufs: Vec<Buffer>,
+    readable: usize,
+    readable_len: u64,
+    writable_len: u64,
+    fault: Option<ChainFault>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("queue", &self.ring.index)
+            .field("head", &self.head)
+            .field("readable", &self.readable())
+            .field("writable", &self.writable())
+            .field("fault", &self.fault)
+            .finish()
+    }
+}
+
+impl Request {
+    /// The queue the request came from.
+    pub fn queue(&self) -> u16 {
+        self.ring.index
+    }
+
+    /// The chain's head descriptor index.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// The device-readable buffers, in chain order.
+    pub fn readable(&self) -> &[Buffer] {
+        &self.bufs[..self.readable]
+    }
+
+    /// The device-writable buffers, in chain order.
+    pub fn writable(&self) -> &[Buffer] {
+        &self.bufs[self.readable..]
+    }
+
+    /// Total device-readable bytes.
+    pub fn readable_len(&self) -> u64 {
+        self.readable_len
+    }
+
+    /// Total device-writable bytes.
+    pub fn writable_len(&self) -> u64 {
+        self.writable_len
+    }
+
+    /// The first thing found wrong with the chain, if any.
+    pub fn fault(&self) -> Option<ChainFault> {
+        self.fault
+    }
+
+    /// The guest memory the request was popped from (kept mapped while the request lives).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Copies readable bytes `[skip, skip + out.len())` into `out`.
+    pub fn read_readable(&self, skip: u64, out: &mut [u8]) -> Result<(), GuestIoError> {
+        let mut done = 0usize;
+        for (addr, n) in Pieces::new(self.readable(), skip, out.len() as u64) {
+            let n = n as usize;
+            self.mem
+                .read_slice(&mut out[done..done + n], addr)
+                .map_err(|_| GuestIoError::OutsideMemory {
+                    addr: addr.0,
+                    len: n as u64,
+                })?;
+            done += n;
+        }
+        if done == out.len() {
+            Ok(())
+        } else {
+            Err(GuestIoError::Short {
+                wanted: out.len() as u64,
+                got: done as u64,
+            })
+        }
+    }
+
+    /// Reads a `T` from the readable bytes at `skip` (a header, a descriptor of the
+    /// device's protocol).
+    pub fn read_obj<T: FromBytes + IntoBytes>(&self, skip: u64) -> Result<T, GuestIoError> {
+        let mut v = T::new_zeroed();
+        self.read_readable(skip, v.as_mut_bytes())?;
+        Ok(v)
+    }
+
+    /// Copies `data` into the writable bytes from `skip` on, marking the pages dirty.
+    pub fn write_writable(&self, skip: u64, data: &[u8]) -> Result<(), GuestIoError> {
+        let mut done = 0usize;
+        for (addr, n) in Pieces::new(self.writable(), skip, data.len() as u64) {
+            let n = n as usize;
+            self.mem
+                .write_slice(&data[done..done + n], addr)
+                .map_err(|_| GuestIoError::OutsideMemory {
+                    addr: addr.0,
+                    len: n as u64,
+                })?;
+            done += n;
+        }
+        if done == data.len() {
+            Ok(())
+        } else {
+            Err(GuestIoError::Short {
+                wanted: data.len() as u64,
+                got: done as u64,
+            })
+        }
+    }
+
+    /// Completes the request: `used_len` bytes were written into its writable buffers. May be
+    /// called from any thread; the used entry is published by the ring's owner.
+    pub fn complete(mut self, used_len: u32) {
+        self.done = true;
+        self.ring.complete(self.generation, self.head, used_len);
+    }
+
+    /// Byte ranges of the writable buffers `[skip, skip + len)`.
+    pub(crate) fn writable_pieces(
+        &self,
+        skip: u64,
+        len: u64,
+    ) -> impl Iterator<Item = (GuestAddress, u64)> + '_ {
+        Pieces::new(self.writable(), skip, len)
+    }
+
+    /// Byte ranges of the readable buffers `[skip, skip + len)`.
+    pub(crate) fn readable_pieces(
+        &self,
+        skip: u64,
+        len: u64,
+    ) -> impl Iterator<Item = (GuestAddress, u64)> + '_ {
+        Pieces::new(self.readable(), skip, len)
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if !self.done {
+            log::warn!(
+                "queue {}: request {} dropped without completion (a device bug); returned \
+                 with length 0",
+                self.ring.index,
+                self.head
+            );
+            self.ring.complete(self.generation, self.head, 0);
+        }
+    }
+}
+
+/// The guest ranges covering bytes `[skip, skip + len)` of a list of buffers (fewer bytes
+/// when the buffers end first).
+struct Pieces<'a> {
+    bufs: std::slice::Iter<'a, Buffer>,
+    skip: u64,
+    left: u64,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(bufs: &'a [Buffer], skip: u64, len: u64) -> Self {
+        Pieces {
+            bufs: bufs.iter(),
+            skip,
+            left: len,
+        }
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = (GuestAddress, u64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.left > 0 {
+            let b = self.bufs.next()?;
+            let len = u64::from(b.len);
+            if self.skip >= len {
+                self.skip -= len;
+                continue;
+            }
+            // `addr + len` was checked not to overflow when the chain was walked, or the
+            // access fails on the address alone.
+            let addr = GuestAddress(b.addr.0.wrapping_add(self.skip));
+            let n = (len - self.skip).min(self.left);
+            self.skip = 0;
+            self.left -= n;
+            return Some((addr, n));
+        }
+        None
+    }
+}
+
+/// One queue while its owner runs the device on it: where requests are popped from.
+///
+/// [`pop`](Self::pop) is the only way a device gets work from a ring; the runtime publishes
+/// completions and sends the used-buffer notification (at most one per batch, EVENT_IDX
+/// honoured) after [`VirtioDevice::process_queue`](super::VirtioDevice::process_queue)
+/// returns, and later for requests completed from elsewhere.
+pub struct QueueContext<'a> {
+    pub(crate) ring: &'a Arc<Vring>,
+    pub(crate) state: &'a mut RingState,
+    pub(crate) mem: &'a Arc<GuestMemoryMmap>,
+    /// Chains taken in this round of the drain.
+    pub(crate) taken: u32,
+}
+
+impl QueueContext<'_> {
+    /// The queue index.
+    pub fn index(&self) -> u16 {
+        self.ring.index
+    }
+
+    /// Requests popped from this ring and not yet returned to the used ring.
+    pub fn outstanding(&self) -> u16 {
+        self.state.outstanding()
+    }
+
+    /// The ring size the driver chose.
+    pub fn size(&self) -> u16 {
+        self.state.size()
+    }
+
+    /// The next available chain as a [`Request`], or `None` when the ring is empty, the ring
+    /// is being stopped, or a ring's worth of chains was taken since the runtime last called
+    /// the device (it calls again for the rest: a driver that keeps the ring full, or a ring
+    /// laid over its own used ring, cannot keep the device in one call for ever).
+    ///
+    /// A chain whose head is out of range, or already outstanding (a driver offering it
+    /// twice), is skipped with a warning and never handed out.
+    pub fn pop(&mut self) -> Option<Request> {
+        let size = u32::from(self.state.size());
+        while !self.ring.is_stopping() && self.taken < size {
+            let chain = self.state.queue_mut().pop_descriptor_chain(&**self.mem)?;
+            self.taken += 1;
+            let head = chain.head_index();
+            if !self.state.take_head(head) {
+                log::warn!(
+                    "queue {}: the driver offered head {head}, which is out of range or \
+                     already outstanding; skipped",
+                    self.ring.index
+                );
+                continue;
+            }
+            let mut req = Request {
+                ring: Arc::clone(self.ring),
+                generation: self.ring.generation(),
+                mem: Arc::clone(self.mem),
+                head,
+                bufs: Vec::new(),
+                readable: 0,
+                readable_len: 0,
+                writable_len: 0,
+                fault: None,
+                done: false,
+            };
+            walk(&mut req, chain);
+            return Some(req);
+        }
+        None
+    }
+}
+
+/// Records the buffers of `chain` in `req`.
+fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) {
+    let mut fault = None;
+    let mut saw_writable = false;
+    let mut last_writable_dropped = None;
+    let mut count = 0usize;
+    for desc in chain {
+        let len = desc.len();
+        if len == 0 {
+            continue;
+        }
+        let addr = desc.addr();
+        let buf = Buffer { addr, len };
+        if addr.0.checked_add(u64::from(len)).is_none() {
+            fault.get_or_insert(ChainFault::AddressOverflow { addr: addr.0, len });
+        } else if !req.mem.check_range(addr, len as usize) {
+            fault.get_or_insert(ChainFault::OutsideMemory { addr: addr.0, len });
+        }
+        let writable = desc.is_write_only();
+        count += 1;
+        if count > MAX_REQUEST_BUFFERS {
+            fault.get_or_insert(ChainFault::TooManyBuffers);
+            if writable {
+                last_writable_dropped = Some(buf);
+            }
+            continue;
+        }
+        if writable {
+            saw_writable = true;
+            req.writable_len += u64::from(len);
+            req.bufs.push(buf);
+        } else {
+            if saw_writable {
+                fault.get_or_insert(ChainFault::ReadableAfterWritable);
+            }
+            // Readable buffers stay ahead of the writable ones, in chain order.
+            req.bufs.insert(req.readable, buf);
+            req.readable += 1;
+            req.readable_len += u64::from(len);
+        }
+    }
+    if let Some(b) = last_writable_dropped {
+        req.writable_len += u64::from(b.len);
+        req.bufs.push(b);
+    }
+    req.fault = fault;
+}

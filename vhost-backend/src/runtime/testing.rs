@@ -1,0 +1,155 @@
+//! Driving a device's queue without a front-end (feature `test-utils`).
+//!
+//! [`TestQueue`] is one started, enabled ring over guest memory the test owns, with the
+//! runtime's own request lifecycle behind it: the test lays out a split ring (descriptor
+//! table, available ring, used ring) in guest memory as a driver would, calls
+//! [`TestQueue::process`] to run the device's
+//! [`process_queue`](super::VirtioDevice::process_queue) once, and reads the used ring.
+//! Requests the device keeps are published by [`TestQueue::publish`] once completed. No
+//! thread, no socket: device crates test and fuzz themselves with it.
+//!
+//! ```
+//! use vhost_backend::runtime::testing::TestQueue;
+//! use vhost_backend::runtime::{DeviceError, Processed, QueueContext, VirtioDevice};
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+//!
+//! struct Zero;
+//! impl VirtioDevice for Zero {
+//!     fn device_type(&self) -> u32 { 4 }
+//!     fn num_queues(&self) -> usize { 1 }
+//!     fn max_queue_size(&self) -> u16 { 16 }
+//!     fn features(&self) -> u64 { 0 }
+//!     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+//!         while let Some(req) = ctx.pop() {
+//!             let n = req.writable_len() as u32;
+//!             req.write_writable(0, &vec![0; n as usize]).unwrap();
+//!             req.complete(n);
+//!         }
+//!         Ok(Processed::Drained)
+//!     }
+//! }
+//!
+//! let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+//! // One writable descriptor of 64 bytes at 0x8000, made available as head 0.
+//! mem.write_obj(0x8000u64, GuestAddress(0x1000)).unwrap();
+//! mem.write_obj(64u32, GuestAddress(0x1008)).unwrap();
+//! mem.write_obj(2u16, GuestAddress(0x100c)).unwrap(); // VRING_DESC_F_WRITE
+//! mem.write_obj(0u16, GuestAddress(0x2004)).unwrap(); // avail.ring[0] = 0
+//! mem.write_obj(1u16, GuestAddress(0x2002)).unwrap(); // avail.idx = 1
+//! let q = TestQueue::new(0, mem.clone(), 16, [0x1000, 0x2000, 0x3000], false).unwrap();
+//! q.process(&Zero).unwrap();
+//! assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1); // used.idx
+//! assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 64); // used.ring[0].len
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::device::{DeviceError, Processed, VirtioDevice};
+use super::request::QueueContext;
+use super::vring::{Vring, VringError};
+
+/// One started, enabled ring a test drives by hand. See the [module docs](self).
+pub struct TestQueue {
+    ring: Arc<Vring>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    notifications: std::sync::atomic::AtomicU64,
+}
+
+impl TestQueue {
+    /// Queue `index` of `size` entries whose descriptor table, available ring and used
+    /// ring are at the guest-physical addresses `rings`, over `mem`. The used index is read
+    /// from memory and the next available index starts at 0.
+    pub fn new(
+        index: u16,
+        mem: GuestMemoryMmap,
+        size: u16,
+        rings: [u64; 3],
+        event_idx: bool,
+    ) -> Result<Self, VringError> {
+        let atomic = GuestMemoryAtomic::new(mem);
+        let ring = Arc::new(Vring::new(index, size, atomic.clone()));
+        {
+            let snapshot = atomic.memory();
+            let mut st = ring.lock();
+            st.set_size(index, u32::from(size))?;
+            st.set_addrs(index, rings.map(GuestAddress))?;
+            st.set_event_idx(event_idx);
+            st.set_enabled(true);
+            st.start(index, &snapshot)?;
+        }
+        Ok(TestQueue {
+            ring,
+            mem: atomic,
+            notifications: Default::default(),
+        })
+    }
+
+    /// Runs `device`'s `process_queue` on this queue once, then publishes the requests
+    /// completed so far.
+    pub fn process<D: VirtioDevice + ?Sized>(&self, device: &D) -> Result<Processed, DeviceError> {
+        let mem = self.mem.memory().into_inner();
+        let mut st = self.ring.lock();
+        self.ring.set_draining(true);
+        let mut ctx = QueueContext {
+            ring: &self.ring,
+            state: &mut st,
+            mem: &mem,
+            taken: 0,
+        };
+        let result = device.process_queue(&mut ctx);
+        self.ring.set_draining(false);
+        let p = self.ring.publish(&mut st);
+        if p.notify {
+            self.notifications
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Publishes requests completed since the last publish (from any thread). Returns the
+    /// number of used entries added.
+    pub fn publish(&self) -> u32 {
+        let mut st = self.ring.lock();
+        let p = self.ring.publish(&mut st);
+        if p.notify {
+            self.notifications
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        p.count
+    }
+
+    /// Requests popped and not yet on the used ring.
+    pub fn outstanding(&self) -> u16 {
+        self.ring.lock().outstanding()
+    }
+
+    /// The next available index the queue will read.
+    pub fn next_avail(&self) -> u16 {
+        self.ring.lock().queue_mut().next_avail()
+    }
+
+    /// How many times publishing decided the driver wants a used-buffer notification.
+    pub fn notifications(&self) -> u64 {
+        self.notifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces the guest memory new requests are popped from (requests already popped
+    /// keep theirs), as SET_MEM_TABLE does.
+    pub fn replace_memory(&self, mem: GuestMemoryMmap) {
+        if let Ok(guard) = self.mem.lock() {
+            guard.replace(mem);
+        }
+    }
+
+    /// Stops the queue as GET_VRING_BASE does: waits up to `timeout` for outstanding
+    /// requests, then returns the next available index (or the timeout; the queue is
+    /// stopped either way).
+    pub fn stop(&self, timeout: Duration) -> Result<u16, VringError> {
+        self.ring.quiesce_and_stop(timeout).1
+    }
+}
