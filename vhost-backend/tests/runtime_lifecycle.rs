@@ -39,6 +39,7 @@ type Held = Arc<Mutex<Vec<Request>>>;
 /// Holds every request it pops while `hold` is set; otherwise fills its writable bytes with
 /// a byte derived from the head and completes it at once. Drops what it holds on reset.
 struct HoldDevice {
+    queues: usize,
     hold: Arc<AtomicBool>,
     held: Held,
 }
@@ -63,7 +64,7 @@ impl VirtioDevice for HoldDevice {
         4
     }
     fn num_queues(&self) -> usize {
-        1
+        self.queues
     }
     fn max_queue_size(&self) -> u16 {
         256
@@ -87,9 +88,17 @@ impl VirtioDevice for HoldDevice {
 }
 
 fn hold_backend(quiesce: Duration) -> (DeviceBackend<HoldDevice>, Arc<AtomicBool>, Held) {
+    hold_backend_with(1, quiesce)
+}
+
+fn hold_backend_with(
+    queues: usize,
+    quiesce: Duration,
+) -> (DeviceBackend<HoldDevice>, Arc<AtomicBool>, Held) {
     let hold = Arc::new(AtomicBool::new(true));
     let held: Held = Arc::default();
     let dev = HoldDevice {
+        queues,
         hold: Arc::clone(&hold),
         held: Arc::clone(&held),
     };
@@ -325,6 +334,15 @@ fn device_that_never_completes_hits_the_bound_the_connection_closes_and_the_next
     t.join().expect("server thread");
 }
 
+/// Threads of the runtime (other tests' harness threads come and go meanwhile).
+fn count_workers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("vhost-worker"))
+        .count()
+}
+
 fn count_maps_of(inode: u64) -> usize {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
     maps.lines()
@@ -342,7 +360,7 @@ fn disconnect_with_requests_held_leaks_nothing_and_the_next_frontend_works() {
     let _s = serial();
     let (b, hold, held) = hold_backend(Duration::from_millis(200));
     let fds_before = count_dir("/proc/self/fd");
-    let threads_before = count_dir("/proc/self/task");
+    let workers_before = count_workers();
     let (mut fe, t) = serve_in_thread(b);
     let mem = two_region_memory();
     let ino = inode(&mem);
@@ -358,6 +376,11 @@ fn disconnect_with_requests_held_leaks_nothing_and_the_next_frontend_works() {
             count_maps_of(ino) > own_maps,
             "the back-end maps the memory"
         );
+        assert_eq!(
+            count_workers(),
+            workers_before + 1,
+            "the ring's worker runs"
+        );
         drop(fe);
     }
     let b = t.join().expect("server thread");
@@ -370,10 +393,10 @@ fn disconnect_with_requests_held_leaks_nothing_and_the_next_frontend_works() {
     );
     drop(mem);
     let deadline = Instant::now() + TIMEOUT;
-    while count_dir("/proc/self/task") > threads_before && Instant::now() < deadline {
+    while count_workers() > workers_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(count_dir("/proc/self/task"), threads_before, "threads left");
+    assert_eq!(count_workers(), workers_before, "worker threads left");
     assert_eq!(count_dir("/proc/self/fd"), fds_before, "descriptors left");
     // The next front-end works.
     hold.store(false, Ordering::SeqCst);
@@ -408,6 +431,65 @@ fn a_request_dropped_without_completion_is_returned_with_length_zero() {
         assert_eq!(used.len, 0);
     }
     assert_eq!(fe.get_vring_base(0).unwrap(), 2);
+    drop(fe);
+    t.join().expect("server thread");
+}
+
+#[test]
+fn reset_with_requests_held_on_four_rings_closes_within_one_bound_not_four() {
+    let _s = serial();
+    let bound = Duration::from_millis(250);
+    let (b, _hold, held) = hold_backend_with(4, bound);
+    let (mut fe, t) = serve_in_thread(b);
+    handshake(&mut fe, true, true);
+    let mem = two_region_memory();
+    send_mem_table(&mut fe, &mem);
+    let mut queues: Vec<GuestQueue> = (0..4).map(|i| GuestQueue::new(&mem, i, true)).collect();
+    for (i, q) in queues.iter_mut().enumerate() {
+        q.start(&mut fe, &mem, 0, true);
+        submit_many(q, DATA + i as u64 * 0x1_0000, 2, 0x100);
+    }
+    wait_held(&held, 8);
+    let started = Instant::now();
+    assert!(fe.reset_device().is_err(), "the connection closes");
+    let took = started.elapsed();
+    assert!(
+        took < 2 * bound,
+        "RESET_DEVICE took {took:?}: each ring waited its own bound"
+    );
+    drop(fe);
+    t.join().expect("server thread");
+}
+
+#[test]
+fn a_request_left_behind_by_a_stop_that_gave_up_cannot_touch_guest_memory() {
+    let _s = serial();
+    let (b, _hold, held) = hold_backend(Duration::from_millis(50));
+    let (mut fe, t) = serve_in_thread(b);
+    handshake(&mut fe, true, true);
+    let mem = two_region_memory();
+    send_mem_table(&mut fe, &mem);
+    let mut q = GuestQueue::new(&mem, 0, true);
+    q.start(&mut fe, &mem, 0, true);
+    mem.mem()
+        .write_slice(&[0x11; 0x100], GuestAddress(DATA))
+        .unwrap();
+    submit_many(&mut q, DATA, 1, 0x100);
+    wait_held(&held, 1);
+    // The test keeps the request (the device's reset would drop it).
+    let req = held.lock().unwrap().pop().expect("held");
+    assert!(
+        fe.get_vring_base(0).is_err(),
+        "the stop gives up and closes"
+    );
+    assert!(matches!(
+        req.write_writable(0, &[0x22; 0x100]),
+        Err(vhost_backend::runtime::GuestIoError::Stale)
+    ));
+    let mut got = [0u8; 0x100];
+    mem.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got.iter().all(|&b| b == 0x11), "guest memory untouched");
+    req.complete(0x100);
     drop(fe);
     t.join().expect("server thread");
 }

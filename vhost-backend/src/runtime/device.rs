@@ -121,7 +121,10 @@ pub trait VirtioDevice: Send + Sync + 'static {
     /// Each [`Request`](super::Request) is completed with
     /// [`Request::complete`](super::Request::complete), before this returns or later from
     /// any thread (an I/O engine's completion, a device event); any number may be
-    /// outstanding, up to the ring size. Stopping the ring waits for them (within a bound).
+    /// outstanding, up to the ring size. Stopping the ring waits for them (within a bound)
+    /// before [`reset`](Self::reset) is called, so a request must complete on its own — its
+    /// I/O finishing — not only when the device is reset; during the wait the runtime calls
+    /// this method once more (it pops nothing), for devices that reap completions here.
     /// Bad chains are the device's to answer (error status); an `Err` means the queue itself
     /// is unusable and is logged and reported on the ring's error eventfd.
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError>;

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
 
 use super::request::Request;
 
@@ -44,6 +44,10 @@ pub enum GuestIoError {
     /// was transferred.
     #[error("guest buffers are not aligned for direct I/O")]
     Unaligned,
+    /// The ring the request came from stopped without it (a stop that gave up waiting for
+    /// it, or a reset): its buffers are no longer the device's to touch.
+    #[error("the request's ring stopped without it; its buffers are not touched")]
+    Stale,
     /// The file operation failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -137,6 +141,7 @@ impl FileIo {
         dir: Direction,
     ) -> Result<(), GuestIoError> {
         self.iov.clear();
+        req.check_current()?;
         let mem = req.memory();
         let mut total = 0u64;
         let pieces: &mut dyn Iterator<Item = (GuestAddress, u64)> = match dir {
@@ -182,6 +187,9 @@ fn push_range(
         let take = len.min(room);
         let take_usize = usize::try_from(take).map_err(|_| bad())?;
         let slice = region.get_slice(at, take_usize).map_err(|_| bad())?;
+        // The guard is dropped at once: for mmap-backed memory (vm-memory without its `xen`
+        // feature, which this workspace does not enable) the pointer stays valid for as long
+        // as the mapping, which the request holds.
         iov.push(libc::iovec {
             iov_base: slice.ptr_guard_mut().as_ptr().cast(),
             iov_len: take_usize,
@@ -194,6 +202,10 @@ fn push_range(
 
 /// Marks the first `len` writable bytes of `req` dirty (after a read landed in them).
 fn mark_dirty(req: &Request, len: u64) {
+    // A memory map without a dirty bitmap (`()`) marks nothing: skip the walk.
+    if std::mem::size_of::<<GuestRegionMmap as GuestMemoryRegion>::B>() == 0 {
+        return;
+    }
     let mem = req.memory();
     for (mut addr, mut n) in req.writable_pieces(0, len) {
         while n > 0 {

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
 use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
@@ -345,11 +345,11 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         }
     }
 
-    /// Stops ring `index` once its outstanding requests completed (within the bound), and
+    /// Stops ring `index` once its outstanding requests completed (until `deadline`), and
     /// forgets its kick source. Returns the base, or the timeout.
-    fn stop_ring(&mut self, index: usize) -> Result<u16, VringError> {
+    fn stop_ring(&mut self, index: usize, deadline: Instant) -> Result<u16, VringError> {
         let r = Arc::clone(&self.rings[index]);
-        let (kick, result) = r.quiesce_and_stop(self.quiesce_timeout);
+        let (kick, result) = r.quiesce_and_stop(deadline);
         if let Some(worker) = &self.workers[self.worker_of[index]] {
             match &kick {
                 Kick::Fd(f) => worker.remove_kick(f.as_raw_fd()),
@@ -364,16 +364,19 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         result
     }
 
-    /// Stops every ring (waiting for outstanding requests, within the bound) and every
-    /// worker, and returns every ring to its initial state. The first timeout, if any.
+    /// Stops every ring (waiting for outstanding requests, one bound for all of them) and
+    /// every worker, and returns every ring to its initial state. The first timeout, if any;
+    /// after it the other rings are stopped without waiting.
     fn reset_rings(&mut self) -> Result<(), VringError> {
+        let mut deadline = Instant::now() + self.quiesce_timeout;
         let mut first = Ok(());
         for i in 0..self.rings.len() {
             if self.rings[i].lock().started() {
-                if let Err(e) = self.stop_ring(i) {
+                if let Err(e) = self.stop_ring(i, deadline) {
                     if first.is_ok() {
                         first = Err(e);
                     }
+                    deadline = Instant::now();
                 }
             }
         }
@@ -482,7 +485,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn get_vring_base(&mut self, index: u32) -> BackendResult<u32> {
         self.ring(index)?;
         let i = index as usize;
-        let result = self.stop_ring(i);
+        let result = self.stop_ring(i, Instant::now() + self.quiesce_timeout);
         self.retire_idle_worker(self.worker_of[i]);
         result.map(u32::from).map_err(broken)
     }

@@ -11,8 +11,8 @@
 //! - **rings**: one `virtio-queue` [`Queue`](virtio_queue::Queue) per vring. Ring addresses
 //!   are translated from front-end virtual to guest-physical through the memory table. A
 //!   ring starts at SET_VRING_KICK (its used index is then read from guest memory) and stops
-//!   at GET_VRING_BASE, which waits for the chain in hand and answers the next available
-//!   index. Enabled and started are independent; without `VHOST_USER_F_PROTOCOL_FEATURES`
+//!   at GET_VRING_BASE, which waits (up to [`QUIESCE_TIMEOUT`]) for every outstanding request
+//!   and answers the next available index. Enabled and started are independent; without `VHOST_USER_F_PROTOCOL_FEATURES`
 //!   rings are enabled as soon as they start. When a ring becomes enabled the worker looks
 //!   at its whole available ring, so a kick that came while it was disabled is not lost.
 //!   SET_VRING_KICK with NOFD makes the worker poll that ring every
@@ -23,14 +23,21 @@
 //! - **enabled state**: once SET_FEATURES acks `VHOST_USER_F_PROTOCOL_FEATURES`, rings not
 //!   started are disabled until SET_VRING_ENABLE, also when an earlier SET_FEATURES without
 //!   that bit had enabled them.
+//! - **requests** ([`request`]): [`QueueContext::pop`] gives the device a [`Request`] —
+//!   buffers walked and checked, the memory map kept alive — that it completes at once or
+//!   later from any thread; completions reach the used ring through the ring's worker in
+//!   batches. Guest I/O with files goes through [`FileIo`] ([`guest_io`]), the one module
+//!   that hands guest memory to the kernel; devices need no `unsafe`.
 //! - **workers** ([`worker`]): one thread per queue, or per group of queues
 //!   ([`VirtioDevice::worker_of`]), each sleeping in `epoll_wait` on its kick eventfds, a
 //!   wake eventfd and the device's own descriptors. Per ring processed: one memory
 //!   snapshot, one ring lock, the device drains the ring (again when re-enabling
-//!   notifications shows chains published meanwhile), one `needs_notification` check
-//!   (EVENT_IDX) and at most one call, sent once the ring lock is released. Threads exist
-//!   while a ring of their group is started and are joined at GET_VRING_BASE of the last
-//!   one, RESET_DEVICE, RESET_OWNER and disconnect.
+//!   notifications shows chains published meanwhile), the completions are published with
+//!   one `needs_notification` check (EVENT_IDX) and at most one call, sent once the ring
+//!   lock is released. Threads exist while a ring of their group is started and are joined
+//!   at GET_VRING_BASE of the last one, RESET_DEVICE, RESET_OWNER and disconnect.
+//!   [`DeviceBackend::threadless`] runs the same workers without threads, for tests and
+//!   fuzzing.
 //! - **state transfer** ([`state`]): a device that
 //!   [supports it](VirtioDevice::supports_state_transfer) gets DEVICE_STATE offered;
 //!   SET_DEVICE_STATE_FD while every ring is stopped saves [`VirtioDevice::snapshot`] into,

@@ -26,10 +26,10 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::guest_io::GuestIoError;
 use super::vring::{RingState, Vring};
 
-/// Most buffers a request records. The rest of a longer chain is walked (the last
-/// device-writable buffer is kept, so a status byte can still be written) and the request
-/// carries [`ChainFault::TooManyBuffers`].
-pub const MAX_REQUEST_BUFFERS: usize = 1024;
+/// Most buffers a request records. The rest of a longer chain is walked (its last
+/// device-writable byte stays reachable through [`Request::write_last_byte`], so a status
+/// can still be reported) and the request carries [`ChainFault::TooManyBuffers`].
+pub const MAX_REQUEST_BUFFERS: usize = 2048;
 
 /// One non-empty buffer of a chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +54,8 @@ pub enum ChainFault {
         /// Length.
         len: u32,
     },
-    /// A buffer that is not entirely inside guest memory.
+    /// A buffer that is not entirely inside guest memory. Reported only when nothing else is
+    /// wrong with the chain; accessing the buffer fails.
     #[error("buffer at {addr:#x} len {len} is outside guest memory")]
     OutsideMemory {
         /// Guest address.
@@ -79,6 +80,8 @@ pub struct Request {
     /// Readable buffers, then writable ones.
     bufs: Vec<Buffer>,
     readable: usize,
+    /// The chain's last writable buffer when it lies past [`MAX_REQUEST_BUFFERS`].
+    tail: Option<Buffer>,
     readable_len: u64,
     writable_len: u64,
     fault: Option<ChainFault>,
@@ -113,9 +116,39 @@ impl Request {
         &self.bufs[..self.readable]
     }
 
-    /// The device-writable buffers, in chain order.
+    /// The device-writable buffers, in chain order (the first ones only, when the chain
+    /// has more than [`MAX_REQUEST_BUFFERS`]).
     pub fn writable(&self) -> &[Buffer] {
         &self.bufs[self.readable..]
+    }
+
+    /// The guest address of the chain's last device-writable byte (where virtio-blk and
+    /// virtio-scsi put their status), also when the chain was too long to record whole.
+    /// `None` without a writable byte.
+    pub fn last_writable_byte(&self) -> Option<GuestAddress> {
+        let b = self.tail.or_else(|| self.writable().last().copied())?;
+        b.addr.0.checked_add(u64::from(b.len) - 1).map(GuestAddress)
+    }
+
+    /// Writes `value` into the chain's [last writable byte](Self::last_writable_byte).
+    pub fn write_last_byte(&self, value: u8) -> Result<(), GuestIoError> {
+        self.check_current()?;
+        let at = self
+            .last_writable_byte()
+            .ok_or(GuestIoError::Short { wanted: 1, got: 0 })?;
+        self.mem
+            .write_obj(value, at)
+            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })
+    }
+
+    /// Fails once the ring the request came from has stopped or reset without it (a stop
+    /// that gave up waiting): its buffers may belong to someone else by now.
+    pub(crate) fn check_current(&self) -> Result<(), GuestIoError> {
+        if self.generation == self.ring.generation() {
+            Ok(())
+        } else {
+            Err(GuestIoError::Stale)
+        }
     }
 
     /// Total device-readable bytes.
@@ -140,6 +173,7 @@ impl Request {
 
     /// Copies readable bytes `[skip, skip + out.len())` into `out`.
     pub fn read_readable(&self, skip: u64, out: &mut [u8]) -> Result<(), GuestIoError> {
+        self.check_current()?;
         let mut done = 0usize;
         for (addr, n) in Pieces::new(self.readable(), skip, out.len() as u64) {
             let n = n as usize;
@@ -171,6 +205,7 @@ impl Request {
 
     /// Copies `data` into the writable bytes from `skip` on, marking the pages dirty.
     pub fn write_writable(&self, skip: u64, data: &[u8]) -> Result<(), GuestIoError> {
+        self.check_current()?;
         let mut done = 0usize;
         for (addr, n) in Pieces::new(self.writable(), skip, data.len() as u64) {
             let n = n as usize;
@@ -196,7 +231,9 @@ impl Request {
     /// called from any thread; the used entry is published by the ring's owner.
     pub fn complete(mut self, used_len: u32) {
         self.done = true;
-        self.ring.complete(self.generation, self.head, used_len);
+        let bufs = std::mem::take(&mut self.bufs);
+        self.ring
+            .complete(self.generation, self.head, used_len, bufs);
     }
 
     /// Byte ranges of the writable buffers `[skip, skip + len)`.
@@ -227,7 +264,8 @@ impl Drop for Request {
                 self.ring.index,
                 self.head
             );
-            self.ring.complete(self.generation, self.head, 0);
+            let bufs = std::mem::take(&mut self.bufs);
+            self.ring.complete(self.generation, self.head, 0, bufs);
         }
     }
 }
@@ -261,9 +299,12 @@ impl Iterator for Pieces<'_> {
                 self.skip -= len;
                 continue;
             }
-            // `addr + len` was checked not to overflow when the chain was walked, or the
-            // access fails on the address alone.
-            let addr = GuestAddress(b.addr.0.wrapping_add(self.skip));
+            // A buffer whose end overflows the address space yields nothing from where it
+            // would wrap on: the caller sees fewer bytes than it asked for.
+            let Some(addr) = b.addr.0.checked_add(self.skip).map(GuestAddress) else {
+                self.left = 0;
+                return None;
+            };
             let n = (len - self.skip).min(self.left);
             self.skip = 0;
             self.left -= n;
@@ -329,8 +370,9 @@ impl QueueContext<'_> {
                 generation: self.ring.generation(),
                 mem: Arc::clone(self.mem),
                 head,
-                bufs: Vec::new(),
+                bufs: self.state.buffer_list(),
                 readable: 0,
+                tail: None,
                 readable_len: 0,
                 writable_len: 0,
                 fault: None,
@@ -357,14 +399,17 @@ fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap
         let addr = desc.addr();
         let buf = Buffer { addr, len };
         if addr.0.checked_add(u64::from(len)).is_none() {
-            fault.get_or_insert(ChainFault::AddressOverflow { addr: addr.0, len });
+            note(
+                &mut fault,
+                ChainFault::AddressOverflow { addr: addr.0, len },
+            );
         } else if !req.mem.check_range(addr, len as usize) {
-            fault.get_or_insert(ChainFault::OutsideMemory { addr: addr.0, len });
+            note(&mut fault, ChainFault::OutsideMemory { addr: addr.0, len });
         }
         let writable = desc.is_write_only();
         count += 1;
         if count > MAX_REQUEST_BUFFERS {
-            fault.get_or_insert(ChainFault::TooManyBuffers);
+            note(&mut fault, ChainFault::TooManyBuffers);
             if writable {
                 last_writable_dropped = Some(buf);
             }
@@ -376,7 +421,7 @@ fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap
             req.bufs.push(buf);
         } else {
             if saw_writable {
-                fault.get_or_insert(ChainFault::ReadableAfterWritable);
+                note(&mut fault, ChainFault::ReadableAfterWritable);
             }
             // Readable buffers stay ahead of the writable ones, in chain order.
             req.bufs.insert(req.readable, buf);
@@ -384,9 +429,19 @@ fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap
             req.readable_len += u64::from(len);
         }
     }
-    if let Some(b) = last_writable_dropped {
-        req.writable_len += u64::from(b.len);
-        req.bufs.push(b);
-    }
+    req.tail = last_writable_dropped;
     req.fault = fault;
+}
+
+/// Records `new` unless an earlier fault is recorded; a fault in the chain's shape replaces
+/// a buffer found outside guest memory (which its access reports anyway).
+fn note(fault: &mut Option<ChainFault>, new: ChainFault) {
+    let replace = match fault {
+        None => true,
+        Some(ChainFault::OutsideMemory { .. }) => !matches!(new, ChainFault::OutsideMemory { .. }),
+        Some(_) => false,
+    };
+    if replace {
+        *fault = Some(new);
+    }
 }

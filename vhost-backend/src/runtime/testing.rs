@@ -150,6 +150,8 @@ impl TestQueue {
     /// requests, then returns the next available index (or the timeout; the queue is
     /// stopped either way).
     pub fn stop(&self, timeout: Duration) -> Result<u16, VringError> {
-        self.ring.quiesce_and_stop(timeout).1
+        self.ring
+            .quiesce_and_stop(std::time::Instant::now() + timeout)
+            .1
     }
 }

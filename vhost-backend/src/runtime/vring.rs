@@ -33,6 +33,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::EventFd;
 
 use super::notifier::{self, Notifier};
+use super::request::Buffer;
 
 /// Which address of a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +142,21 @@ pub(crate) enum Kick {
     Poll,
 }
 
-/// A completion waiting to be published.
-#[derive(Debug, Clone, Copy)]
+/// A completion waiting to be published, with the request's buffer list to reuse.
+#[derive(Debug)]
 struct Completion {
     generation: u64,
     head: u16,
     len: u32,
+    bufs: Vec<Buffer>,
+}
+
+/// Completions waiting to be published, and how many times they were taken for
+/// publishing (a stop that waits for completions watches both).
+#[derive(Debug, Default)]
+struct Completions {
+    list: Vec<Completion>,
+    taken: u64,
 }
 
 /// Ring state behind the per-wake-up lock.
@@ -175,6 +185,8 @@ pub(crate) struct RingState {
     unsignalled: u32,
     /// Reused buffer for publishing completions without allocating.
     batch: Vec<Completion>,
+    /// Buffer lists of published requests, reused by the next requests popped.
+    spare_bufs: Vec<Vec<Buffer>>,
 }
 
 /// One vring. See the [module docs](self).
@@ -186,7 +198,7 @@ pub(crate) struct Vring {
     err: Mutex<Option<File>>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     /// Completions not yet published.
-    completions: Mutex<Vec<Completion>>,
+    completions: Mutex<Completions>,
     /// Signalled on a completion while a stop waits (`quiescing`).
     completed: Condvar,
     quiescing: AtomicBool,
@@ -231,7 +243,7 @@ impl Vring {
             call: Mutex::new(None),
             err: Mutex::new(None),
             mem,
-            completions: Mutex::new(Vec::new()),
+            completions: Mutex::new(Completions::default()),
             completed: Condvar::new(),
             quiescing: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -303,22 +315,24 @@ impl Vring {
             .completions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .list
             .is_empty()
     }
 
     /// Queues the completion of request `head` of `generation` with `len` bytes used. Called
     /// from any thread, once per request.
-    pub(crate) fn complete(&self, generation: u64, head: u16, len: u32) {
+    pub(crate) fn complete(&self, generation: u64, head: u16, len: u32, bufs: Vec<Buffer>) {
         let was_empty = {
             let mut c = self
                 .completions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let was_empty = c.is_empty();
-            c.push(Completion {
+            let was_empty = c.list.is_empty();
+            c.list.push(Completion {
                 generation,
                 head,
                 len,
+                bufs,
             });
             was_empty
         };
@@ -326,12 +340,7 @@ impl Vring {
             self.completed.notify_all();
         }
         if was_empty && !self.draining.load(Ordering::SeqCst) {
-            let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(w) = waker.as_ref() {
-                if let Err(e) = w.write(1) {
-                    log::warn!("vring {}: waking the worker: {e}", self.index);
-                }
-            }
+            self.wake_owner();
         }
     }
 
@@ -345,13 +354,23 @@ impl Vring {
                 .completions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            std::mem::swap(&mut *c, &mut batch);
+            std::mem::swap(&mut c.list, &mut batch);
+            if !batch.is_empty() {
+                c.taken += 1;
+            }
+        }
+        if !batch.is_empty() && self.quiescing.load(Ordering::SeqCst) {
+            self.completed.notify_all();
         }
         let generation = self.generation();
         let mut published = Published::default();
-        if !batch.is_empty() {
-            let mem = self.mem.memory();
-            for c in batch.drain(..) {
+        let mem = (!batch.is_empty() || st.unsignalled > 0).then(|| self.mem.memory());
+        if let Some(mem) = &mem {
+            for mut c in batch.drain(..) {
+                if st.spare_bufs.len() < usize::from(st.size) {
+                    c.bufs.clear();
+                    st.spare_bufs.push(std::mem::take(&mut c.bufs));
+                }
                 if c.generation != generation || !st.started {
                     log::debug!(
                         "vring {}: dropping the completion of head {} from before the ring \
@@ -370,7 +389,7 @@ impl Vring {
                     continue;
                 }
                 st.outstanding -= 1;
-                if let Err(e) = st.queue.add_used(&*mem, c.head, c.len) {
+                if let Err(e) = st.queue.add_used(&**mem, c.head, c.len) {
                     log::warn!("vring {}: returning head {}: {e}", self.index, c.head);
                     continue;
                 }
@@ -379,9 +398,8 @@ impl Vring {
             st.unsignalled += published.count;
         }
         st.batch = batch;
-        if st.unsignalled > 0 {
-            let mem = self.mem.memory();
-            published.notify = match st.queue.needs_notification(&*mem) {
+        if let (true, Some(mem)) = (st.unsignalled > 0, &mem) {
+            published.notify = match st.queue.needs_notification(&**mem) {
                 Ok(n) => n,
                 Err(e) => {
                     log::warn!("vring {}: reading used_event: {e}", self.index);
@@ -407,15 +425,18 @@ impl Vring {
     }
 
     /// Quiesces and stops the ring: no new chain is popped, completions keep being
-    /// published, and the stop waits up to `timeout` for every outstanding request. Returns
+    /// published, and the stop waits until `deadline` for every outstanding request. Returns
     /// the next available index (what GET_VRING_BASE answers and the next start resumes
     /// from) and the kick source the ring had, or the timeout error once the ring is
     /// stopped regardless.
-    pub(crate) fn quiesce_and_stop(&self, timeout: Duration) -> (Kick, Result<u16, VringError>) {
+    pub(crate) fn quiesce_and_stop(&self, deadline: Instant) -> (Kick, Result<u16, VringError>) {
         let start = Instant::now();
-        let deadline = start + timeout;
         self.stopping.store(true, Ordering::SeqCst);
         self.quiescing.store(true, Ordering::SeqCst);
+        // A device that reaps its completions when the runtime calls it gets called: the
+        // worker processes the ring (popping nothing while the stop waits).
+        self.set_pending();
+        self.wake_owner();
         let mut timed_out = None;
         let mut st = loop {
             let mut st = self.lock();
@@ -431,17 +452,21 @@ impl Vring {
                 timed_out = Some(st.outstanding);
                 break st;
             }
+            // Completions published by anyone after this point move `taken` on.
+            let seen = self
+                .completions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .taken;
             drop(st);
             let c = self
                 .completions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if c.is_empty() {
-                // Bounded slices: a completion racing the check is seen on the next turn.
-                let slice = (deadline - now).min(Duration::from_millis(50));
+            if c.list.is_empty() && c.taken == seen {
                 let _ = self
                     .completed
-                    .wait_timeout(c, slice)
+                    .wait_timeout(c, deadline - now)
                     .unwrap_or_else(PoisonError::into_inner);
             }
         };
@@ -462,6 +487,16 @@ impl Vring {
         (kick, result)
     }
 
+    /// Writes the wake eventfd of the ring's owner, if it has one.
+    fn wake_owner(&self) {
+        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = waker.as_ref() {
+            if let Err(e) = w.write(1) {
+                log::warn!("vring {}: waking the worker: {e}", self.index);
+            }
+        }
+    }
+
     /// Back to the just-created state; drops every descriptor. The ring must have no
     /// worker; outstanding requests (if a stop timed out) are forgotten.
     pub(crate) fn reset(&self) {
@@ -473,6 +508,7 @@ impl Vring {
         self.completions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .list
             .clear();
         self.set_call(None);
         self.set_err(None);
@@ -499,6 +535,7 @@ impl RingState {
             in_flight: Vec::new(),
             unsignalled: 0,
             batch: Vec::new(),
+            spare_bufs: Vec::new(),
         }
     }
 
@@ -699,6 +736,11 @@ impl RingState {
         &mut self.queue
     }
 
+    /// An empty buffer list for a request, reused when one is spare.
+    pub(crate) fn buffer_list(&mut self) -> Vec<Buffer> {
+        self.spare_bufs.pop().unwrap_or_default()
+    }
+
     /// Records `head` as outstanding. `false` when it is out of range or already
     /// outstanding (a driver offering one chain twice): the chain must not be handed out.
     pub(crate) fn take_head(&mut self, head: u16) -> bool {
@@ -782,11 +824,11 @@ mod tests {
                 Err(VringError::Started { .. })
             ));
         }
-        let (_, base) = r.quiesce_and_stop(Duration::from_secs(1));
+        let (_, base) = r.quiesce_and_stop(Instant::now() + Duration::from_secs(1));
         assert_eq!(base.unwrap(), 9);
         assert!(!r.lock().started());
         // Stopping again answers the same base.
-        let (_, base) = r.quiesce_and_stop(Duration::from_secs(1));
+        let (_, base) = r.quiesce_and_stop(Instant::now() + Duration::from_secs(1));
         assert_eq!(base.unwrap(), 9);
     }
 
@@ -864,11 +906,11 @@ mod tests {
         assert_eq!(st.outstanding(), 2);
         drop(st);
         let g = r.generation();
-        r.complete(g, 5, 10);
-        r.complete(g, 3, 20);
+        r.complete(g, 5, 10, Vec::new());
+        r.complete(g, 3, 20, Vec::new());
         // A stale completion and a head never taken are dropped.
-        r.complete(g.wrapping_sub(1), 3, 1);
-        r.complete(g, 9, 1);
+        r.complete(g.wrapping_sub(1), 3, 1, Vec::new());
+        r.complete(g, 9, 1, Vec::new());
         let mut st = r.lock();
         let p = r.publish(&mut st);
         assert_eq!(p.count, 2);
@@ -896,9 +938,9 @@ mod tests {
         let r2 = Arc::clone(&r);
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
-            r2.complete(g, 1, 4);
+            r2.complete(g, 1, 4, Vec::new());
         });
-        let (_, base) = r.quiesce_and_stop(Duration::from_secs(5));
+        let (_, base) = r.quiesce_and_stop(Instant::now() + Duration::from_secs(5));
         t.join().unwrap();
         assert_eq!(base.unwrap(), 0);
         let used_idx: u16 = m.read_obj(GuestAddress(0x3002)).unwrap();
@@ -914,14 +956,14 @@ mod tests {
             assert!(st.take_head(2));
         }
         let g = r.generation();
-        let (_, base) = r.quiesce_and_stop(Duration::from_millis(100));
+        let (_, base) = r.quiesce_and_stop(Instant::now() + Duration::from_millis(100));
         assert!(matches!(
             base,
             Err(VringError::QuiesceTimeout { outstanding: 1, .. })
         ));
         assert!(!r.lock().started());
         // Its late completion is dropped, not published into a later start.
-        r.complete(g, 2, 4);
+        r.complete(g, 2, 4, Vec::new());
         r.lock().start(0, &m).unwrap();
         assert_eq!(r.publish_and_signal(), 0);
     }

@@ -332,11 +332,11 @@ impl BlkDevice {
     /// Serves one request; returns its used length (bytes written to the guest, status
     /// byte included; 0 when no status byte could be written).
     fn serve(&self, scratch: &mut Scratch, req: &Request, writethrough: bool) -> u32 {
-        // The status is the last writable byte.
-        let Some(status_at) = req.writable_len().checked_sub(1) else {
+        // The status is the chain's last writable byte.
+        if req.last_writable_byte().is_none() {
             log::debug!("chain without a status byte returned with length 0");
             return 0;
-        };
+        }
         let (status, written) =
             match self
                 .disk
@@ -352,7 +352,7 @@ impl BlkDevice {
                     (e.status(), 0)
                 }
             };
-        match req.write_writable(status_at, &[status]) {
+        match req.write_last_byte(status) {
             Ok(()) => written.saturating_add(1),
             Err(e) => {
                 log::debug!("status byte: {e}");

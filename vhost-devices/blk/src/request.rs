@@ -258,8 +258,11 @@ impl From<GuestIoError> for RequestError {
 /// Checks what the runtime found wrong with the chain, the descriptor cap and the total
 /// length.
 pub fn check_shape(req: &Request) -> Result<(), RequestError> {
-    if let Some(fault) = req.fault() {
-        return Err(fault.into());
+    match req.fault() {
+        // A buffer outside guest memory fails when it is used, as every access does: a
+        // request that does not use it is still answered by its type (UNSUPP, FLUSH, ...).
+        None | Some(ChainFault::OutsideMemory { .. }) => {}
+        Some(fault) => return Err(fault.into()),
     }
     if req.readable().len() + req.writable().len() > MAX_DESCRIPTORS {
         return Err(RequestError::TooManyDescriptors);

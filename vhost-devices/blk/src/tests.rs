@@ -520,6 +520,35 @@ fn status_byte_outside_guest_memory_gives_len_zero() {
 }
 
 #[test]
+fn status_in_a_buffer_whose_end_overflows_is_not_written_at_a_wrapped_address() {
+    let mut h = Harness::new(false);
+    h.header(HDR, VIRTIO_BLK_T_IN, 0);
+    // The last writable buffer runs past the end of the address space: its last byte does
+    // not exist, and nothing is written where the address would wrap to (0xff).
+    let bufs = [
+        (HDR, 16, false),
+        (BUF, 512, true),
+        (u64::MAX - 0xff, 0x200, true),
+    ];
+    assert_eq!(h.one(&bufs, 0xff), (0, 0xff));
+}
+
+#[test]
+fn unsupported_type_with_an_unused_buffer_outside_memory_is_unsupp() {
+    let mut h = Harness::new(false);
+    h.header(HDR, 99, 0);
+    let bufs = [
+        (HDR, 16, false),
+        (MEM_END + 0x1000, 16, false),
+        (ST, 1, true),
+    ];
+    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_UNSUPP));
+    // A flush with one still flushes.
+    h.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
+}
+
+#[test]
 fn header_outside_guest_memory_is_ioerr() {
     let mut h = Harness::new(false);
     let r = h.one(&[(MEM_END, 16, false), (ST, 1, true)], ST);

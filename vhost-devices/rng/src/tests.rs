@@ -151,3 +151,48 @@ fn buffer_running_past_guest_memory_ends_the_chain_with_what_was_written() {
     let (_, len) = serve(&regions, &[(u64::MAX - 4, 0x10)]);
     assert_eq!(len, 0);
 }
+
+#[test]
+fn chain_longer_than_the_runtime_records_reports_only_bytes_it_filled_in_order() {
+    // An indirect table of 2100 one-byte writable buffers at guest 0..2100.
+    const N: u64 = 2100;
+    const TABLE: u64 = 0x2_0000;
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 0x1_0000),
+        (GuestAddress(TABLE), 0x1_0000),
+        (GuestAddress(RINGS), 0x1000),
+    ])
+    .unwrap();
+    for i in 0..N {
+        let at = GuestAddress(TABLE + 16 * i);
+        let last = i + 1 == N;
+        mem.write_obj(i, at).unwrap();
+        mem.write_obj(1u32, at.unchecked_add(8)).unwrap();
+        mem.write_obj(2u16 | if last { 0 } else { 1 }, at.unchecked_add(12))
+            .unwrap();
+        mem.write_obj(i as u16 + 1, at.unchecked_add(14)).unwrap();
+    }
+    mem.write_obj(TABLE, GuestAddress(RINGS)).unwrap();
+    mem.write_obj((N * 16) as u32, GuestAddress(RINGS + 8))
+        .unwrap();
+    mem.write_obj(4u16, GuestAddress(RINGS + 12)).unwrap();
+    mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
+    mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
+    let q = vhost_backend::runtime::testing::TestQueue::new(
+        0,
+        mem.clone(),
+        16,
+        [RINGS, RINGS + 0x200, RINGS + 0x400],
+        false,
+    )
+    .unwrap();
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    q.process(&d).unwrap();
+    let len = mem.read_obj::<u32>(GuestAddress(RINGS + 0x408)).unwrap();
+    // The bytes reported are the first ones of the chain, each filled; none past them.
+    assert_eq!(
+        len as usize,
+        vhost_backend::runtime::MAX_REQUEST_BUFFERS,
+        "used length"
+    );
+}
