@@ -20,7 +20,9 @@
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::guest_io::GuestIoError;
@@ -391,6 +393,8 @@ fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap
     let mut saw_writable = false;
     let mut last_writable_dropped = None;
     let mut count = 0usize;
+    // Buffers of one request nearly always lie in one region: try it first.
+    let mut region: Option<&GuestRegionMmap> = None;
     for desc in chain {
         let len = desc.len();
         if len == 0 {
@@ -403,8 +407,13 @@ fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap
                 &mut fault,
                 ChainFault::AddressOverflow { addr: addr.0, len },
             );
-        } else if !req.mem.check_range(addr, len as usize) {
-            note(&mut fault, ChainFault::OutsideMemory { addr: addr.0, len });
+        } else if !in_region(region, addr, len) {
+            let found = req.mem.find_region(addr);
+            if in_region(found, addr, len) {
+                region = found;
+            } else if !req.mem.check_range(addr, len as usize) {
+                note(&mut fault, ChainFault::OutsideMemory { addr: addr.0, len });
+            }
         }
         let writable = desc.is_write_only();
         count += 1;
@@ -431,6 +440,14 @@ fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap
     }
     req.tail = last_writable_dropped;
     req.fault = fault;
+}
+
+/// Whether `[addr, addr + len)` lies inside `region` (`addr + len` does not overflow).
+fn in_region(region: Option<&GuestRegionMmap>, addr: GuestAddress, len: u32) -> bool {
+    region.is_some_and(|r| {
+        let start = r.start_addr().0;
+        addr.0 >= start && addr.0 - start + u64::from(len) <= r.len()
+    })
 }
 
 /// Records `new` unless an earlier fault is recorded; a fault in the chain's shape replaces
