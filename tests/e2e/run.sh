@@ -266,6 +266,32 @@ check_boot_basics() {
     local wd
     wd=$(get guest_watchdog)
     [ -z "$wd" ] || ok "guest watchdog" 1 "fired"
+    check_qemu_messages "${1:-}"
+}
+
+# QEMU's own messages (its stderr shares $SERIAL with the console): a line with
+# `qemu-system-...: ` (at its start, or after console output QEMU interrupted) is an error
+# or warning QEMU printed, and fails the boot. With LINES,
+# only the first LINES lines of the log count (the reconnect test kills the daemon on
+# purpose; what QEMU says after that is shown, not judged).
+check_qemu_messages() { # [lines]
+    local msgs later=
+    if [ -n "$1" ]; then
+        msgs=$(head -n "$1" "$SERIAL" | tr -d '\r' | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ')
+        later=$(tail -n +"$(($1 + 1))" "$SERIAL" | tr -d '\r' | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ')
+    else
+        msgs=$(tr -d '\r' <"$SERIAL" | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ')
+    fi
+    if [ -z "$msgs" ]; then
+        ok "no error lines from QEMU" 0
+    else
+        ok "no error lines from QEMU" 1 "$(printf '%s' "$msgs" | head -n1)"
+        printf '%s\n' "$msgs" | sed 's/^/    | /'
+    fi
+    if [ -n "$later" ]; then
+        info "QEMU after the daemon was killed:"
+        printf '%s\n' "$later" | sed 's/^/    | /'
+    fi
 }
 
 # host-side helpers
@@ -450,7 +476,7 @@ test_rng() {
 
 test_reconnect() {
     local img=$RUN_DIR/reconnect.img sock=$RUN_DIR/reconnect.sock seed hmd5 pid1 pid2
-    local t_mark t_kill t_up i deadline phase2_early=1
+    local t_mark t_kill t_up i deadline phase2_early=1 before_kill=
     local PROXY=0 # the proxy does not follow a daemon restart
     LOG_NAME=reconnect
     BOOT_TIME=-
@@ -473,6 +499,7 @@ test_reconnect() {
     done
     if grep -aq 'E2E-PHASE1-DONE' "$SERIAL"; then
         t_mark=$(now)
+        before_kill=$(wc -l <"$SERIAL")
         kill -KILL "$pid1" 2>/dev/null
         wait "$pid1" 2>/dev/null
         t_kill=$(now)
@@ -492,7 +519,7 @@ test_reconnect() {
     fi
     wait_qemu
     log "reconnect: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
-    check_boot_basics
+    check_boot_basics "$before_kill"
     local marked=1
     grep -aq 'E2E-PHASE1-DONE' "$SERIAL" && marked=0
     ok "guest reached E2E-PHASE1-DONE" $marked "no marker"

@@ -153,8 +153,18 @@ pub trait VirtioDevice: Send + Sync + 'static {
     /// worker is stopped when this is called. Nothing by default.
     fn reset(&self) {}
 
+    /// Whether the device keeps the back-end → front-end channel
+    /// ([`set_backend_client`](Self::set_backend_client)). When it does, the runtime offers
+    /// [`ProtocolFeatures::BACKEND_REQ`]; when it does not, BACKEND_REQ is never offered,
+    /// even if [`protocol_features`](Self::protocol_features) names it, so the front-end
+    /// does not set up a channel that nobody keeps open. `false` by default.
+    fn uses_backend_channel(&self) -> bool {
+        false
+    }
+
     /// The back-end → front-end channel (BACKEND_REQ), e.g. to announce a configuration
-    /// change. Dropped by default.
+    /// change. Called only for a device whose
+    /// [`uses_backend_channel`](Self::uses_backend_channel) is `true`. Dropped by default.
     fn set_backend_client(&self, client: BackendClient) {
         let _ = client;
     }
@@ -228,6 +238,9 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for std::sync::Arc<T> {
     }
     fn reset(&self) {
         (**self).reset()
+    }
+    fn uses_backend_channel(&self) -> bool {
+        (**self).uses_backend_channel()
     }
     fn set_backend_client(&self, client: BackendClient) {
         (**self).set_backend_client(client)

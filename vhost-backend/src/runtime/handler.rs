@@ -36,11 +36,12 @@ pub const UNSUPPORTED_FEATURES: u64 = virtio::bit(virtio::RING_PACKED)
     | virtio::bit(virtio::LOG_ALL)
     | virtio::bit(virtio::ACCESS_PLATFORM);
 
-/// Protocol features the runtime implements and always offers. CONFIG is added when the
-/// device has a configuration space.
+/// Protocol features the runtime implements and always offers. Added per device: CONFIG
+/// when it has a configuration space ([`VirtioDevice::config_size`]), BACKEND_REQ when it
+/// uses the back-end channel ([`VirtioDevice::uses_backend_channel`]), DEVICE_STATE when
+/// it supports state transfer ([`VirtioDevice::supports_state_transfer`]).
 pub const RUNTIME_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::MQ
     .union(ProtocolFeatures::REPLY_ACK)
-    .union(ProtocolFeatures::BACKEND_REQ)
     .union(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
     .union(ProtocolFeatures::RESET_DEVICE)
     .union(ProtocolFeatures::STATUS);
@@ -183,6 +184,13 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         self
     }
 
+    /// Sets what happens to memory regions whose file cannot be kept from shrinking
+    /// ([`MemoryPolicy`](super::mem_table::MemoryPolicy); lenient by default).
+    pub fn with_memory_policy(mut self, policy: super::mem_table::MemoryPolicy) -> Self {
+        self.mem.set_policy(policy);
+        self
+    }
+
     /// Runs every threadless worker once (see [`threadless`](Self::threadless)); also
     /// publishes completions made away from the workers. Returns the number of events
     /// handled. Does nothing for threaded workers beyond that publishing.
@@ -235,8 +243,15 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         for (q, &w) in worker_of.iter().enumerate() {
             groups[w].push(q as u16);
         }
+        // BACKEND_REQ only for a device that keeps the channel: a front-end whose channel is
+        // closed at once reports it (QEMU: "Unexpected end-of-file").
         let mut offered_protocol = RUNTIME_PROTOCOL_FEATURES
-            | (device.protocol_features() - ProtocolFeatures::DEVICE_STATE);
+            | (device.protocol_features()
+                - ProtocolFeatures::DEVICE_STATE
+                - ProtocolFeatures::BACKEND_REQ);
+        if device.uses_backend_channel() {
+            offered_protocol |= ProtocolFeatures::BACKEND_REQ;
+        }
         if device.supports_state_transfer() {
             offered_protocol |= ProtocolFeatures::DEVICE_STATE;
         }
