@@ -115,3 +115,14 @@ pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 pub use vring::{RingPart, VringError};
+
+/// The `vm-memory` crate (0.16) the runtime is built on: [`Request::memory`] is a
+/// [`GuestMemoryMmap`](vm_memory::GuestMemoryMmap), a [`Buffer`]'s address a
+/// [`GuestAddress`](vm_memory::GuestAddress), and `testing::TestQueue` (feature
+/// `test-utils`) takes guest memory of that type. Use it through this re-export to be sure
+/// of the same version.
+pub use vm_memory;
+
+/// The `virtio-queue` crate (0.16) whose split-ring [`Queue`](virtio_queue::Queue) each vring
+/// is; its [`Error`](virtio_queue::Error) is [`DeviceError::Queue`].
+pub use virtio_queue;

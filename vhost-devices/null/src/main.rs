@@ -1,0 +1,58 @@
+//! `vhost-user-null`: serves a null virtio-blk disk (zeros in, writes dropped) over
+//! vhost-user. The whole daemon: the runtime's command line plus one option of its own.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
+use vhost_backend::runtime::daemon;
+use vhost_device_null::NullBlk;
+
+/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
+const DEFAULT_SOCKET: &str = "/tmp/vhost-user-null.sock";
+
+/// vhost-user null block device: reads return zeros, writes are discarded.
+///
+/// Without --socket-path or --fd it listens on /tmp/vhost-user-null.sock. QEMU needs
+/// `num-queues=1` on `-device vhost-user-blk-pci` (the device has one queue).
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-null", version, after_long_help = QEMU_USAGE)]
+struct Cli {
+    #[command(flatten)]
+    backend: BackendArgs,
+
+    /// Disk size in MiB (1 to 1048576).
+    #[arg(long, value_name = "MIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    size_mib: u64,
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if cli.backend.print_capabilities {
+        cli::print_capabilities("block", &[]);
+        return ExitCode::SUCCESS;
+    }
+    cli.backend.default_socket_path(DEFAULT_SOCKET);
+    match daemon::run_device(&cli.backend, NullBlk::new(cli.size_mib << 20)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Printed as well as logged: the logger may not be set up yet.
+            eprintln!("vhost-user-null: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_checked_and_defaults_to_one_gib() {
+        let c = Cli::try_parse_from(["vhost-user-null"]).unwrap();
+        assert_eq!(c.size_mib, 1024);
+        assert!(Cli::try_parse_from(["x", "--size-mib", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--socket-path", "/s", "--fd", "3"]).is_err());
+    }
+}

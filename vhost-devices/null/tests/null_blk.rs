@@ -1,0 +1,142 @@
+//! The null disk driven through the runtime's request lifecycle on a `TestQueue`: one ring
+//! laid out in test-owned guest memory as a driver would.
+
+use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vhost_backend::runtime::VirtioDevice;
+use vhost_device_null::{NullBlk, S_IOERR, S_OK, S_UNSUPP};
+
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x2000;
+const USED: u64 = 0x3000;
+const HDR: u64 = 0x4000;
+const DATA: u64 = 0x8000;
+const STATUS: u64 = 0x7000;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+struct Ring {
+    mem: GuestMemoryMmap,
+    q: TestQueue,
+    avail: u16,
+}
+
+impl Ring {
+    fn new() -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
+        let q = TestQueue::new(0, mem.clone(), 16, [DESC, AVAIL, USED], false).unwrap();
+        Ring { mem, q, avail: 0 }
+    }
+
+    /// Makes a chain of `(addr, len, device-writable)` buffers available, runs the device
+    /// once and returns the used length and the status byte.
+    fn submit(&mut self, dev: &NullBlk, bufs: &[(u64, u32, bool)]) -> (u32, u8) {
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let d = DESC + 16 * i as u64;
+            let mut flags = if write { F_WRITE } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= F_NEXT;
+            }
+            self.mem.write_obj(addr, GuestAddress(d)).unwrap();
+            self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+            self.mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+            self.mem
+                .write_obj(i as u16 + 1, GuestAddress(d + 14))
+                .unwrap();
+        }
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail % 16);
+        self.mem.write_obj(0u16, GuestAddress(slot)).unwrap();
+        self.avail = self.avail.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail, GuestAddress(AVAIL + 2))
+            .unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        self.q.process(dev).unwrap();
+        let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        assert_eq!(used_idx, self.avail, "one used entry per request");
+        let elem = USED + 4 + 8 * u64::from((used_idx - 1) % 16);
+        let len = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+        (len, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
+    }
+
+    fn header(&self, kind: u32, sector: u64) {
+        self.mem.write_obj(kind, GuestAddress(HDR)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+        self.mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+    }
+}
+
+#[test]
+fn capacity_is_in_the_configuration_space() {
+    let dev = NullBlk::new(8 << 20);
+    let mut cap = [0u8; 8];
+    dev.read_config(0, &mut cap).unwrap();
+    assert_eq!(u64::from_le_bytes(cap), (8 << 20) / 512);
+    assert!(dev.read_config(56, &mut [0u8; 8]).is_err());
+}
+
+#[test]
+fn read_fills_zeros_and_reports_the_bytes_written() {
+    let dev = NullBlk::new(1 << 20);
+    let mut r = Ring::new();
+    r.mem
+        .write_slice(&[0xaa; 8192], GuestAddress(DATA))
+        .unwrap();
+    r.header(0, 10);
+    let (len, status) = r.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, 8192, true), (STATUS, 1, true)],
+    );
+    assert_eq!((len, status), (8193, S_OK));
+    let mut data = [0xffu8; 8192];
+    r.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    assert!(data.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn write_and_flush_succeed_and_past_the_end_fails() {
+    let dev = NullBlk::new(1 << 20);
+    let mut r = Ring::new();
+    r.header(1, 0);
+    let write = [(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)];
+    assert_eq!(r.submit(&dev, &write), (1, S_OK));
+    r.header(4, 0);
+    assert_eq!(
+        r.submit(&dev, &[(HDR, 16, false), (STATUS, 1, true)]),
+        (1, S_OK)
+    );
+    // The last sector is 2047: a 2-sector write from there does not fit.
+    r.header(1, 2047);
+    let write = [(HDR, 16, false), (DATA, 1024, false), (STATUS, 1, true)];
+    assert_eq!(r.submit(&dev, &write), (1, S_IOERR));
+}
+
+#[test]
+fn get_id_names_the_disk_and_unknown_types_are_unsupported() {
+    let dev = NullBlk::new(1 << 20);
+    let mut r = Ring::new();
+    r.header(8, 0);
+    let (len, status) = r.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+    );
+    assert_eq!((len, status), (21, S_OK));
+    let mut id = [0u8; 8];
+    r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"null-blk");
+    r.header(99, 0);
+    assert_eq!(
+        r.submit(&dev, &[(HDR, 16, false), (STATUS, 1, true)]),
+        (1, S_UNSUPP)
+    );
+}
+
+#[test]
+fn short_header_gets_an_error_status() {
+    let dev = NullBlk::new(1 << 20);
+    let mut r = Ring::new();
+    assert_eq!(
+        r.submit(&dev, &[(HDR, 8, false), (STATUS, 1, true)]),
+        (1, S_IOERR)
+    );
+}
