@@ -45,6 +45,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 #[cfg(windows)]
 use std::os::windows::io::{AsHandle, BorrowedHandle};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use vhost_proto::wire::MAX_CONFIG_SIZE;
 use vhost_proto::{
@@ -101,7 +102,13 @@ pub struct BackendServer<B> {
     /// GET_CONFIG reply payloads.
     config: [u8; MAX_CONFIG_SIZE],
     finished: bool,
+    /// [`BackendServer::serve`]'s bound on a stalled message.
+    stall_timeout: Option<Duration>,
 }
+
+/// How long [`BackendServer::serve`] waits for the rest of a message whose first bytes came
+/// (and for a new front-end's first message) before it closes the connection, by default.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<B> std::fmt::Debug for BackendServer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +133,7 @@ impl<B: Backend> BackendServer<B> {
             reply: Box::new([0; MAX_BODY_SIZE]),
             config: [0; MAX_CONFIG_SIZE],
             finished: false,
+            stall_timeout: Some(STALL_TIMEOUT),
         })
     }
 
@@ -149,6 +157,12 @@ impl<B: Backend> BackendServer<B> {
         &self.negotiation
     }
 
+    /// Sets [`serve`](Self::serve)'s bound on a stalled message (default
+    /// [`STALL_TIMEOUT`]); `None`: wait for ever.
+    pub fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
+        self.stall_timeout = timeout;
+    }
+
     /// Serves the front-end until it goes away or the connection must be closed, then
     /// tells the back-end ([`BackendServer::finish`]).
     ///
@@ -157,11 +171,31 @@ impl<B: Backend> BackendServer<B> {
     /// reported in-band, a transport error (a front-end gone in the middle of a message, a
     /// read timeout the caller set), or the back-end failing to reset. The connection is
     /// switched to blocking mode first.
+    ///
+    /// A message that starts must finish: when its next bytes do not come within the stall
+    /// bound ([`set_stall_timeout`](Self::set_stall_timeout), [`STALL_TIMEOUT`] by default),
+    /// the connection is closed ([`vhost_transport::Error::PartialMessage`]), so a stalled
+    /// peer cannot hold the back-end. So is a front-end whose first message does not start
+    /// within the bound ([`ServerError::Silent`]). Idle time between messages is not
+    /// bounded.
     pub fn serve(&mut self) -> Result<(), ServerError> {
-        let ended = match self.conn.set_nonblocking(false) {
+        let ready = self
+            .conn
+            .set_nonblocking(false)
+            .and_then(|()| self.conn.set_read_timeout(self.stall_timeout));
+        let mut first = true;
+        let ended = match ready {
             Ok(()) => loop {
-                if let Err(e) = self.handle_one() {
-                    break e;
+                match self.handle_one() {
+                    Ok(()) => first = false,
+                    // Idle between messages.
+                    Err(e) if e.is_retryable() && !first => {}
+                    Err(e) if e.is_retryable() => {
+                        break ServerError::Silent {
+                            waited: self.stall_timeout.unwrap_or_default(),
+                        }
+                    }
+                    Err(e) => break e,
                 }
             },
             Err(e) => e.into(),

@@ -33,6 +33,9 @@ use vhost_transport::Listener;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// The daemon's bound on a stalled message in these tests.
+const STALL: Duration = Duration::from_millis(500);
+
 /// Serialises the tests: descriptor counts are per process.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -64,7 +67,9 @@ impl InProcess {
         let listener = Listener::bind(&sock, None).expect("bind");
         let (device, _) = PatternDevice::new(1);
         let backend = DeviceBackend::new(device).expect("backend");
-        let mut daemon = Daemon::new(listener, backend).expect("daemon");
+        let mut daemon = Daemon::new(listener, backend)
+            .expect("daemon")
+            .with_stall_timeout(Some(STALL));
         let stop = daemon.stop_handle();
         let thread = std::thread::spawn(move || daemon.run().expect("daemon run"));
         let fds_idle = open_fds();
@@ -893,6 +898,104 @@ fn well_behaved_session_leaves_no_descriptor_open() {
         &FrontendRequest::SetVringNum(VringState { index: 0, num: 16 }),
     );
     assert_eq!(ack(&fe, FrontendReq::SetVringNum), 0);
+    assert_session_goes_on(&mut fe);
+    drop(fe);
+    d.assert_serves_again();
+    d.finish();
+}
+
+/// A front-end that shrinks its memory after SET_MEM_TABLE cannot (the back-end sealed the
+/// memfd against shrinking before mapping it), so no access can fault: the ring keeps
+/// serving and the daemon lives.
+#[test]
+fn front_end_shrinking_its_memory_after_the_table_is_set_cannot_and_is_served() {
+    let d = InProcess::start("shrink");
+    let opts = SessionOptions {
+        queue_size: 64,
+        memory_size: 1 << 20,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::connect(&d.sock, opts).expect("session");
+    s.start().expect("start");
+    let e = nix::unistd::ftruncate(s.memory().fd(), 4096).unwrap_err();
+    assert_eq!(
+        e,
+        nix::errno::Errno::EPERM,
+        "the memfd is sealed against shrinking"
+    );
+    let buf = s.memory().alloc(512, 16).expect("buffer");
+    let used = s
+        .round_trip(0, &[(buf, 512, true)], TIMEOUT)
+        .expect("round trip");
+    assert_eq!(used.len, 512);
+    drop(s);
+    d.assert_serves_again();
+    d.finish();
+}
+
+/// Half a header, then nothing: the connection is closed once the stall bound passes, and
+/// the next front-end is served.
+#[test]
+fn half_a_header_that_stalls_closes_that_connection_within_the_bound() {
+    let d = InProcess::start("stallhdr");
+    let mut s = d.stream();
+    let h = Header::new(FrontendReq::GetFeatures as u32, HeaderFlags::empty(), 0).to_wire();
+    s.write_all(&h[..5]).expect("write");
+    let started = Instant::now();
+    assert_stream_closed(s);
+    assert!(
+        started.elapsed() < STALL * 4,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    d.assert_serves_again();
+    d.finish();
+}
+
+/// A header whose body stops half way: closed once the stall bound passes.
+#[test]
+fn half_a_body_that_stalls_closes_that_connection_within_the_bound() {
+    let d = InProcess::start("stallbody");
+    let fe = d.negotiated();
+    let h = Header::new(FrontendReq::SetFeatures as u32, HeaderFlags::empty(), 8);
+    fe.send_raw(&h, &[1, 2, 3], &[]).expect("send");
+    let started = Instant::now();
+    assert_closed(&fe);
+    assert!(
+        started.elapsed() < STALL * 4,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    drop(fe);
+    d.assert_serves_again();
+    d.finish();
+}
+
+/// A client that connects and never sends a message does not hold the daemon: it is closed
+/// after the bound, and the next front-end is served.
+#[test]
+fn a_client_that_connects_and_sends_nothing_is_closed_within_the_bound() {
+    let d = InProcess::start("silent");
+    let s = d.stream();
+    let started = Instant::now();
+    assert_stream_closed(s);
+    assert!(started.elapsed() >= STALL, "closed before the bound");
+    assert!(
+        started.elapsed() < STALL * 4,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    d.assert_serves_again();
+    d.finish();
+}
+
+/// Idle time between messages is legitimate: a front-end quiet for longer than the bound is
+/// still served.
+#[test]
+fn a_front_end_idle_between_messages_longer_than_the_bound_stays_connected() {
+    let d = InProcess::start("idle");
+    let mut fe = d.negotiated();
+    std::thread::sleep(STALL * 2);
     assert_session_goes_on(&mut fe);
     drop(fe);
     d.assert_serves_again();

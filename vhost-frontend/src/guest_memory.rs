@@ -202,8 +202,9 @@ impl GuestMemory {
             }
         }
 
-        let fd = memfd_create(c"vhost-frontend-guest-memory", MFdFlags::MFD_CLOEXEC)
-            .map_err(Error::MemfdCreate)?;
+        // Sealable, as QEMU's memory-backend-memfd: a back-end can keep it from shrinking.
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        let fd = memfd_create(c"vhost-frontend-guest-memory", flags).map_err(Error::MemfdCreate)?;
         let file = Arc::new(File::from(fd));
         file.set_len(file_size).map_err(|source| Error::Truncate {
             size: file_size,

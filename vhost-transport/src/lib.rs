@@ -25,6 +25,30 @@
 //! A [`Listener`] binds a socket path (or takes one over from a parent
 //! process) and hands out one [`Connection`] per front-end.
 //!
+//! ```
+//! use vhost_proto::{FrontendReq, Header, HeaderFlags};
+//! use vhost_transport::{AsDescriptor, Connection, FrontendChannel};
+//!
+//! // Both ends of one connection: a socket pair (on Windows, a pipe pair).
+//! // `Connection::connect(path)` and `Listener::bind(path, None)?.accept()`
+//! // give the same over a socket path.
+//! let (frontend, backend) = Connection::<FrontendChannel>::pair()?;
+//!
+//! // SET_VRING_KICK: an 8-byte body (ring 0) and one descriptor.
+//! let kick = std::fs::File::open(std::env::current_exe()?)?;
+//! let header = Header::new(FrontendReq::SetVringKick as u32, HeaderFlags::empty(), 8);
+//! frontend.send(&header.to_wire(), &0u64.to_le_bytes(), &[], &[kick.as_descriptor()])?;
+//!
+//! let (bytes, fds) = backend.recv_header()?;
+//! let header = Header::from_wire(&bytes);
+//! assert_eq!(header.request, FrontendReq::SetVringKick as u32);
+//! // vhost-proto checks the header before the body is read.
+//! let body = backend.recv_body(header.size as usize)?;
+//! assert_eq!(body, 0u64.to_le_bytes());
+//! assert_eq!(fds.len(), 1); // owned: closed when dropped
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Errors and stream state
 //!
 //! [`Error::WouldBlock`] and [`Error::TimedOut`] are only returned when the

@@ -40,8 +40,8 @@ Connecting QEMU:
   Guest RAM must be shared (share=on), or the back-end cannot see the rings and the
   guest hangs. Add reconnect=1 to -chardev to survive a back-end restart.
   One front-end is served at a time; when it disconnects the back-end resets and waits
-  for the next one on the same socket. SIGTERM or SIGINT stops it. RUST_LOG sets the
-  log level (error, warn, info, debug, trace).";
+  for the next one on the same socket. SIGTERM, SIGINT, SIGHUP or SIGQUIT stops it.
+  RUST_LOG sets the log level (error, warn, info, debug, trace).";
 
 /// The options every device daemon takes. Flatten into the device's parser with
 /// `#[command(flatten)]`.
@@ -63,6 +63,11 @@ pub struct BackendArgs {
     /// Permission bits of the socket file created by --socket-path (octal, e.g. 600).
     #[arg(long, value_name = "MODE", value_parser = parse_octal)]
     pub socket_mode: Option<u32>,
+
+    /// Refuse guest memory the front-end could shrink under the mapping (a memfd that
+    /// forbids sealing, a regular or hugetlbfs file) instead of serving it with a warning.
+    #[arg(long)]
+    pub strict_memory: bool,
 }
 
 impl BackendArgs {

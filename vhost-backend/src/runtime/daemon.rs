@@ -1,6 +1,6 @@
 //! The daemon loop: accept one front-end at a time on a listening socket, serve it with
 //! [`BackendServer`], reset the back-end when it goes away, and accept the next one on the
-//! same socket, until asked to stop (SIGTERM, SIGINT or a [`StopHandle`]).
+//! same socket, until asked to stop (SIGTERM, SIGINT, SIGHUP, SIGQUIT or a [`StopHandle`]).
 //!
 //! The loop sleeps in `poll(2)` on the listening socket together with a stop eventfd. A
 //! front-end's session runs [`BackendServer::serve`] on a scoped thread while the loop waits
@@ -76,7 +76,7 @@ impl StopHandle {
     }
 }
 
-/// The eventfd SIGTERM/SIGINT write to; lives for the whole process.
+/// The eventfd SIGTERM, SIGINT, SIGHUP and SIGQUIT write to; lives for the whole process.
 static SIGNAL_EVENT: OnceLock<EventFd> = OnceLock::new();
 static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -92,8 +92,9 @@ extern "C" fn on_signal(_: libc::c_int) {
     }
 }
 
-/// Makes SIGTERM and SIGINT stop every [`Daemon`] of the process promptly (each finishes
-/// the message in hand, resets its back-end and returns from [`Daemon::run`]).
+/// Makes SIGTERM, SIGINT, SIGHUP and SIGQUIT stop every [`Daemon`] of the process promptly
+/// (each finishes the message in hand, resets its back-end and returns from
+/// [`Daemon::run`]).
 pub fn install_signal_handlers() -> Result<(), DaemonError> {
     let ev = match SIGNAL_EVENT.get() {
         Some(ev) => ev,
@@ -108,7 +109,12 @@ pub fn install_signal_handlers() -> Result<(), DaemonError> {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         // SAFETY: the handler only loads an atomic and calls `write`, both async-signal-safe.
         unsafe { sigaction(sig, &action) }.map_err(|e| DaemonError::Sys {
             what: "installing a signal handler",
@@ -138,6 +144,7 @@ pub struct Daemon<B: Backend> {
     backend: Option<B>,
     source: Source,
     stop: Arc<EventFd>,
+    stall_timeout: Option<Duration>,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -147,7 +154,8 @@ impl<B: Backend> std::fmt::Debug for Daemon<B> {
 }
 
 enum Wake {
-    Ready,
+    /// The descriptor at this index is readable, or the timeout ran out (index 0).
+    Ready(usize),
     Stop,
 }
 
@@ -158,6 +166,7 @@ impl<B: Backend> Daemon<B> {
             backend: Some(backend),
             source,
             stop: Arc::new(stop),
+            stall_timeout: Some(crate::STALL_TIMEOUT),
         })
     }
 
@@ -202,6 +211,15 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
+    /// Sets how long a front-end may stall in the middle of a message (or before its first
+    /// message) before its connection is closed (default
+    /// [`STALL_TIMEOUT`](crate::STALL_TIMEOUT); `None`: no bound). See
+    /// [`BackendServer::serve`].
+    pub fn with_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.stop))
@@ -217,17 +235,17 @@ impl<B: Backend> Daemon<B> {
     pub fn run(&mut self) -> Result<(), DaemonError> {
         loop {
             let conn = match &mut self.source {
-                Source::Listener(l) => match wait(&self.stop, Some(l.as_fd()), None)? {
+                Source::Listener(l) => match wait(&self.stop, &[l.as_fd()], None)? {
                     Wake::Stop => return Ok(()),
-                    Wake::Ready => match l.accept() {
+                    Wake::Ready(_) => match l.accept() {
                         Ok(c) => c,
                         Err(e) => {
                             // A persistent error (EMFILE: the pending connection stays
                             // queued and the socket readable) must not spin the loop.
                             log::warn!("accepting a front-end: {e}; retrying shortly");
-                            match wait(&self.stop, None, Some(ACCEPT_RETRY))? {
+                            match wait(&self.stop, &[], Some(ACCEPT_RETRY))? {
                                 Wake::Stop => return Ok(()),
-                                Wake::Ready => continue,
+                                Wake::Ready(_) => continue,
                             }
                         }
                     },
@@ -253,6 +271,7 @@ impl<B: Backend> Daemon<B> {
     fn serve(&mut self, conn: Connection<FrontendChannel>) -> Result<Wake, DaemonError> {
         let backend = self.backend.take().ok_or(DaemonError::BackendLost)?;
         let mut server = BackendServer::new(conn, backend)?;
+        server.set_stall_timeout(self.stall_timeout);
         // A second descriptor of the same socket, to shut it down from here.
         let sock = server
             .as_fd()
@@ -260,6 +279,10 @@ impl<B: Backend> Daemon<B> {
             .map_err(sys("duplicating the connection"))?;
         let done = EventFd::new(EFD_NONBLOCK).map_err(sys("creating an eventfd"))?;
         let stop = &self.stop;
+        let listener = match &self.source {
+            Source::Listener(l) => Some(l.as_fd()),
+            Source::Connected(_) => None,
+        };
         let (woke, joined) = std::thread::scope(|scope| {
             let session = std::thread::Builder::new()
                 .name("vhost-session".into())
@@ -274,8 +297,19 @@ impl<B: Backend> Daemon<B> {
                 Ok(s) => s,
                 Err(e) => return (Err(sys("starting the session thread")(e)), None),
             };
-            let woke = wait(stop, Some(borrow(&done)), None);
-            if !matches!(woke, Ok(Wake::Ready)) {
+            let mut woke = match listener {
+                Some(l) => wait(stop, &[borrow(&done), l], None),
+                None => wait(stop, &[borrow(&done)], None),
+            };
+            if let Ok(Wake::Ready(1)) = woke {
+                // Said once per session: the listener stays readable while it waits.
+                log::warn!(
+                    "another front-end is waiting to connect; this daemon serves one front-end \
+                     at a time, so it waits until the current one disconnects"
+                );
+                woke = wait(stop, &[borrow(&done)], None);
+            }
+            if !matches!(woke, Ok(Wake::Ready(_))) {
                 if let Err(e) = nix::sys::socket::shutdown(sock.as_raw_fd(), Shutdown::Both) {
                     log::warn!("shutting the front-end connection down: {e}");
                 }
@@ -299,23 +333,21 @@ impl<B: Backend> Daemon<B> {
 /// How long the loop waits before accepting again after `accept` failed.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// Sleeps until `fd` is readable, `timeout` ran out ([`Wake::Ready`] either way) or a stop
-/// is requested ([`Wake::Stop`]).
+/// Sleeps until one of `fds` is readable ([`Wake::Ready`] with its index), `timeout` ran out
+/// ([`Wake::Ready`]`(0)`) or a stop is requested ([`Wake::Stop`]).
 fn wait(
     stop: &EventFd,
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> Result<Wake, DaemonError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let mut fds = vec![PollFd::new(borrow(stop), PollFlags::POLLIN)];
+        let mut polled = vec![PollFd::new(borrow(stop), PollFlags::POLLIN)];
         if let Some(sig) = signal_fd() {
-            fds.push(PollFd::new(sig, PollFlags::POLLIN));
+            polled.push(PollFd::new(sig, PollFlags::POLLIN));
         }
-        let stops = fds.len();
-        if let Some(fd) = fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
+        let stops = polled.len();
+        polled.extend(fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
         let left = match deadline {
             None => PollTimeout::NONE,
             Some(d) => {
@@ -327,7 +359,7 @@ fn wait(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let n = match poll(&mut fds, left) {
+        let n = match poll(&mut polled, left) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -338,24 +370,29 @@ fn wait(
             }
         };
         let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
-        if fds[..stops].iter().any(ready) {
+        if polled[..stops].iter().any(ready) {
             log::info!("stop requested");
             return Ok(Wake::Stop);
         }
-        if fds[stops..].iter().any(ready) {
-            return Ok(Wake::Ready);
+        if let Some(i) = polled[stops..].iter().position(ready) {
+            return Ok(Wake::Ready(i));
         }
         if n == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(Wake::Ready);
+            return Ok(Wake::Ready(0));
         }
     }
 }
 
-/// Runs `device` the way a device binary does: logging from `RUST_LOG`, SIGTERM/SIGINT
+/// Runs `device` the way a device binary does: logging from `RUST_LOG`, SIGTERM/SIGINT/SIGHUP/SIGQUIT
 /// handlers, the socket from `args`, one front-end at a time until a signal.
 pub fn run_device<D: VirtioDevice>(args: &BackendArgs, device: D) -> Result<(), DaemonError> {
     super::cli::init_logging();
     install_signal_handlers()?;
-    let backend = DeviceBackend::new(device)?;
+    let policy = if args.strict_memory {
+        super::mem_table::MemoryPolicy::Strict
+    } else {
+        super::mem_table::MemoryPolicy::Lenient
+    };
+    let backend = DeviceBackend::new(device)?.with_memory_policy(policy);
     Daemon::from_args(args, backend)?.run()
 }

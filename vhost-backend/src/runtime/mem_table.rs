@@ -6,6 +6,16 @@
 //! the old one and publishes it with one atomic store ([`GuestMemoryAtomic`]): a worker sees
 //! either the old map or the new one, never a half-built one, and old mappings are unmapped
 //! when the last worker holding them lets go.
+//!
+//! A mapping of a file that later shrinks kills the process with SIGBUS on the first access
+//! past the new end. So each region's file must be unable to shrink before it is checked
+//! against its size and mapped:
+//!
+//! | the region's descriptor | what the table does |
+//! | --- | --- |
+//! | a memfd sealed with `F_SEAL_SHRINK` (QEMU's `memory-backend-memfd` default) | maps it |
+//! | a memfd that allows sealing | adds `F_SEAL_SHRINK` (the front-end can still grow it), maps it |
+//! | a memfd that forbids new seals, a regular or hugetlbfs file | [`MemoryPolicy::Lenient`] (default): maps it and logs a warning; [`MemoryPolicy::Strict`]: refuses it ([`MemError::Unprotected`]) |
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -97,6 +107,51 @@ pub enum MemError {
     /// Building the guest memory map failed.
     #[error("building the guest memory map failed: {0}")]
     GuestMemory(#[source] vm_memory::Error),
+    /// Under [`MemoryPolicy::Strict`]: the region's file could shrink under the mapping.
+    #[error(
+        "region at guest-physical {gpa:#x}: {why}, so the front-end could shrink it under the \
+         mapping (use a sealable memfd, e.g. QEMU's memory-backend-memfd)"
+    )]
+    Unprotected {
+        /// Guest-physical address of the region.
+        gpa: u64,
+        /// Why the file cannot be kept from shrinking.
+        why: String,
+    },
+}
+
+/// What the table does with a region whose file it cannot keep from shrinking (see the
+/// [module docs](self)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemoryPolicy {
+    /// Map it and log a warning: a front-end that shrinks it kills the process.
+    #[default]
+    Lenient,
+    /// Refuse it with [`MemError::Unprotected`].
+    Strict,
+}
+
+/// Keeps `file` from shrinking. `Err` with the reason when it cannot be.
+fn seal_against_shrinking(file: &File) -> Result<(), String> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    match fcntl(file, FcntlArg::F_GET_SEALS) {
+        Ok(bits) => {
+            let seals = SealFlag::from_bits_truncate(bits);
+            if seals.contains(SealFlag::F_SEAL_SHRINK) {
+                Ok(())
+            } else if seals.contains(SealFlag::F_SEAL_SEAL) {
+                Err("its memfd forbids new seals and is not sealed against shrinking".into())
+            } else {
+                fcntl(file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK))
+                    .map(drop)
+                    .map_err(|e| format!("sealing its memfd against shrinking failed: {e}"))
+            }
+        }
+        Err(nix::errno::Errno::EINVAL) => {
+            Err("it is not a memfd (a regular or hugetlbfs file cannot be sealed)".into())
+        }
+        Err(e) => Err(format!("reading its seals failed: {e}")),
+    }
 }
 
 /// One mapped region.
@@ -118,6 +173,7 @@ pub struct MemoryTable {
     /// Regions sorted by guest-physical address.
     regions: Vec<Region>,
     published: GuestMemoryAtomic<GuestMemoryMmap>,
+    policy: MemoryPolicy,
 }
 
 impl Default for MemoryTable {
@@ -151,11 +207,30 @@ fn check_region(r: &MemoryRegion) -> Result<(), MemError> {
     Ok(())
 }
 
-/// Maps one region from `fd` at its `mmap_offset`, shared, after checking it against the
-/// file's size.
-fn map_region(r: &MemoryRegion, fd: OwnedFd) -> Result<Region, MemError> {
+/// Maps one region from `fd` at its `mmap_offset`, shared, after keeping the file from
+/// shrinking (as `policy` allows) and checking the region against the file's size.
+fn map_region(r: &MemoryRegion, fd: OwnedFd, policy: MemoryPolicy) -> Result<Region, MemError> {
     check_region(r)?;
     let file = File::from(fd);
+    let meta = file.metadata().map_err(MemError::Stat)?;
+    if meta.file_type().is_file() {
+        if let Err(why) = seal_against_shrinking(&file) {
+            match policy {
+                MemoryPolicy::Strict => {
+                    return Err(MemError::Unprotected {
+                        gpa: r.guest_phys_addr,
+                        why,
+                    })
+                }
+                MemoryPolicy::Lenient => log::warn!(
+                    "memory region at guest-physical {:#x}: {why}; a front-end that shrinks \
+                     it kills this process (--strict-memory refuses such regions)",
+                    r.guest_phys_addr
+                ),
+            }
+        }
+    }
+    // Sized after sealing: the size cannot go down any more.
     let meta = file.metadata().map_err(MemError::Stat)?;
     // Only regular files (memfd, tmpfs, hugetlbfs) have a size that bounds the mapping.
     if meta.file_type().is_file() {
@@ -187,7 +262,13 @@ impl MemoryTable {
         MemoryTable {
             regions: Vec::new(),
             published: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            policy: MemoryPolicy::default(),
         }
+    }
+
+    /// Sets what happens to regions whose file cannot be kept from shrinking.
+    pub fn set_policy(&mut self, policy: MemoryPolicy) {
+        self.policy = policy;
     }
 
     /// The published memory: clone it into workers; `memory()` gives the current snapshot.
@@ -226,7 +307,7 @@ impl MemoryTable {
         for (r, fd) in regions.iter().zip(fds) {
             check_region(r)?;
             Self::check_overlap(&new, r)?;
-            new.push(map_region(r, fd)?);
+            new.push(map_region(r, fd, self.policy)?);
         }
         new.sort_by_key(|r| r.info.guest_phys_addr);
         self.publish(new)
@@ -239,7 +320,7 @@ impl MemoryTable {
         }
         check_region(region)?;
         Self::check_overlap(&self.regions, region)?;
-        let mapped = map_region(region, fd)?;
+        let mapped = map_region(region, fd, self.policy)?;
         let mut new = self.regions.clone();
         let at = new.partition_point(|r| r.info.guest_phys_addr < region.guest_phys_addr);
         new.insert(at, mapped);
@@ -469,6 +550,77 @@ mod tests {
         let e = t.remove(&region(0, 0x1000, 0x2000, 0));
         assert!(matches!(e, Err(MemError::NoSuchRegion { .. })));
         assert_eq!(t.len(), 1);
+    }
+
+    fn sealable_memfd(size: u64) -> File {
+        let flags = nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING;
+        let fd = nix::sys::memfd::memfd_create(c"mem-table-sealable", flags).unwrap();
+        let f = File::from(fd);
+        f.set_len(size).unwrap();
+        f
+    }
+
+    fn seals(f: &File) -> nix::fcntl::SealFlag {
+        let bits = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap();
+        nix::fcntl::SealFlag::from_bits_truncate(bits)
+    }
+
+    #[test]
+    fn a_sealable_memfd_is_sealed_against_shrinking_before_it_is_mapped() {
+        let f = sealable_memfd(0x2000);
+        let mut t = MemoryTable::new();
+        t.set_policy(MemoryPolicy::Strict);
+        t.replace(&[region(0, 0x2000, 0x1000, 0)], vec![dup(&f)])
+            .unwrap();
+        assert!(seals(&f).contains(nix::fcntl::SealFlag::F_SEAL_SHRINK));
+        // The front-end can no longer shrink it (no SIGBUS), but can still grow it.
+        let e = f.set_len(0x1000).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        f.set_len(0x4000).unwrap();
+        let mem = t.atomic().memory();
+        mem.write_obj(1u8, GuestAddress(0x1fff)).unwrap();
+    }
+
+    #[test]
+    fn a_memfd_already_sealed_against_shrinking_is_mapped_under_the_strict_policy() {
+        let f = sealable_memfd(0x1000);
+        let add = nix::fcntl::FcntlArg::F_ADD_SEALS(
+            nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_SEAL,
+        );
+        nix::fcntl::fcntl(&f, add).unwrap();
+        let mut t = MemoryTable::new();
+        t.set_policy(MemoryPolicy::Strict);
+        t.add(&region(0, 0x1000, 0x1000, 0), dup(&f)).unwrap();
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn unsealable_memfd_and_regular_file_are_refused_when_strict_and_served_when_lenient() {
+        // A memfd created without MFD_ALLOW_SEALING forbids new seals.
+        let unsealable = memfd(0x1000);
+        let path = std::env::temp_dir().join(format!("mem-table-file-{}", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.set_len(0x1000).unwrap();
+        for f in [&unsealable, &file] {
+            let mut t = MemoryTable::new();
+            t.set_policy(MemoryPolicy::Strict);
+            let e = t
+                .replace(&[region(0, 0x1000, 0x1000, 0)], vec![dup(f)])
+                .unwrap_err();
+            assert!(matches!(e, MemError::Unprotected { gpa: 0, .. }), "{e}");
+            assert!(t.is_empty());
+            let mut t = MemoryTable::new();
+            t.replace(&[region(0, 0x1000, 0x1000, 0)], vec![dup(f)])
+                .unwrap();
+            assert_eq!(t.len(), 1, "lenient: served with a warning");
+        }
     }
 
     #[test]

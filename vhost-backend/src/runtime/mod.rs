@@ -45,7 +45,8 @@
 //!   thread, and CHECK_DEVICE_STATE reports the outcome.
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
-//!   reset and accept again on disconnect, prompt stop on SIGTERM/SIGINT.
+//!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
+//!   and SIGQUIT.
 //!
 //! A device binary is then a few lines:
 //!
@@ -92,6 +93,7 @@ pub mod daemon;
 mod device;
 pub mod guest_io;
 mod handler;
+pub mod log_limit;
 pub mod mem_table;
 mod notifier;
 pub mod request;
@@ -110,7 +112,8 @@ pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
     RUNTIME_PROTOCOL_FEATURES, UNSUPPORTED_FEATURES,
 };
-pub use mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
+pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
+pub use log_limit::LogLimiter;
 pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};

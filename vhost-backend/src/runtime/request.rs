@@ -260,12 +260,11 @@ impl Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if !self.done {
-            log::warn!(
+            self.ring.log.warn(format_args!(
                 "queue {}: request {} dropped without completion (a device bug); returned \
                  with length 0",
-                self.ring.index,
-                self.head
-            );
+                self.ring.index, self.head
+            ));
             let bufs = std::mem::take(&mut self.bufs);
             self.ring.complete(self.generation, self.head, 0, bufs);
         }
@@ -360,11 +359,11 @@ impl QueueContext<'_> {
             self.taken += 1;
             let head = chain.head_index();
             if !self.state.take_head(head) {
-                log::warn!(
+                self.ring.log.warn(format_args!(
                     "queue {}: the driver offered head {head}, which is out of range or \
                      already outstanding; skipped",
                     self.ring.index
-                );
+                ));
                 continue;
             }
             let mut req = Request {

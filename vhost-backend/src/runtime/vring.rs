@@ -32,6 +32,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
 use super::request::Buffer;
 
@@ -214,6 +215,8 @@ pub(crate) struct Vring {
     /// Process at the next worker wake-up even without a kick (ring just enabled, device
     /// event).
     pending: AtomicBool,
+    /// Rate limit for the ring's guest-driven warnings (a driver can repeat them at will).
+    pub(crate) log: LogLimiter,
 }
 
 /// Signals the eventfd in `fd`, if any. The eventfd is non-blocking
@@ -251,6 +254,7 @@ impl Vring {
             waker: Mutex::new(None),
             stopping: AtomicBool::new(false),
             pending: AtomicBool::new(false),
+            log: LogLimiter::new("ring warnings"),
         }
     }
 
@@ -381,16 +385,21 @@ impl Vring {
                     continue;
                 }
                 if !st.clear_in_flight(c.head) {
-                    log::error!(
-                        "vring {}: completion of head {} that is not outstanding",
-                        self.index,
-                        c.head
+                    self.log.log(
+                        log::Level::Error,
+                        format_args!(
+                            "vring {}: completion of head {} that is not outstanding",
+                            self.index, c.head
+                        ),
                     );
                     continue;
                 }
                 st.outstanding -= 1;
                 if let Err(e) = st.queue.add_used(&**mem, c.head, c.len) {
-                    log::warn!("vring {}: returning head {}: {e}", self.index, c.head);
+                    self.log.warn(format_args!(
+                        "vring {}: returning head {}: {e}",
+                        self.index, c.head
+                    ));
                     continue;
                 }
                 published.count += 1;
@@ -402,7 +411,10 @@ impl Vring {
             published.notify = match st.queue.needs_notification(&**mem) {
                 Ok(n) => n,
                 Err(e) => {
-                    log::warn!("vring {}: reading used_event: {e}", self.index);
+                    self.log.warn(format_args!(
+                        "vring {}: reading used_event: {e}",
+                        self.index
+                    ));
                     true
                 }
             };
@@ -512,6 +524,7 @@ impl Vring {
             .clear();
         self.set_call(None);
         self.set_err(None);
+        self.log.reset();
         self.stopping.store(false, Ordering::Relaxed);
         self.pending.store(false, Ordering::Relaxed);
     }

@@ -409,7 +409,8 @@ fn drain<D: VirtioDevice>(
     loop {
         let before = st.queue_mut().next_avail();
         if let Err(e) = QueueT::disable_notification(st.queue_mut(), &**mem) {
-            log::warn!("queue {q}: disabling notifications: {e}");
+            ring.log
+                .warn(format_args!("queue {q}: disabling notifications: {e}"));
         }
         let mut ctx = QueueContext {
             ring,
@@ -421,7 +422,7 @@ fn drain<D: VirtioDevice>(
             Ok(Processed::Drained) => {}
             Ok(Processed::Paused) => break,
             Err(e) => {
-                log::warn!("queue {q}: {e}");
+                ring.log.warn(format_args!("queue {q}: {e}"));
                 failed = true;
                 break;
             }
@@ -430,7 +431,8 @@ fn drain<D: VirtioDevice>(
         let more = match QueueT::enable_notification(st.queue_mut(), &**mem) {
             Ok(more) => more,
             Err(e) => {
-                log::warn!("queue {q}: enabling notifications: {e}");
+                ring.log
+                    .warn(format_args!("queue {q}: enabling notifications: {e}"));
                 break;
             }
         };
@@ -455,15 +457,16 @@ fn drain<D: VirtioDevice>(
         match ahead {
             Ok(ahead) if ahead.0 <= size && empty_rounds < 2 => continue,
             Ok(ahead) => {
-                log::warn!(
+                ring.log.warn(format_args!(
                     "queue {q}: broken ring: available index {} ahead of {next} in a ring of \
                      {size}, and nothing can be taken",
                     ahead.0,
-                );
+                ));
                 break;
             }
             Err(e) => {
-                log::warn!("queue {q}: reading the available index: {e}");
+                ring.log
+                    .warn(format_args!("queue {q}: reading the available index: {e}"));
                 break;
             }
         }

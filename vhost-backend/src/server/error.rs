@@ -19,6 +19,13 @@ pub enum ServerError {
     /// Moving a message failed, or the front-end went away ([`ServerError::is_disconnect`]).
     #[error(transparent)]
     Transport(#[from] vhost_transport::Error),
+    /// A new front-end sent nothing within the stall bound
+    /// ([`BackendServer::serve`](crate::BackendServer::serve)).
+    #[error("the front-end sent no message within {waited:?} of connecting")]
+    Silent {
+        /// How long the server waited.
+        waited: std::time::Duration,
+    },
     /// The header broke the framing (version, flags, unknown code, body over the maximum):
     /// the byte stream cannot be resynchronised.
     #[error("bad framing: {0}")]

@@ -6,6 +6,41 @@
 //! own scratch space (a [`FileIo`]), so a request makes one system call (two in writethrough
 //! mode) straight between the image and guest memory, through the runtime's guest I/O.
 //!
+//! Embedding it in a program of one's own (the `vhost-user-blk` daemon is this plus its
+//! command line):
+//!
+//! ```
+//! use vhost_backend::runtime::cli::BackendArgs;
+//! use vhost_backend::runtime::daemon::Daemon;
+//! use vhost_backend::runtime::{DeviceBackend, VirtioDevice};
+//! use vhost_device_blk::{BlkConfig, BlkDevice};
+//!
+//! let dir = std::env::temp_dir().join(format!("vhost-blk-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let image = dir.join("disk.img");
+//! std::fs::File::create(&image)?.set_len(64 << 20)?; // a sparse 64 MiB image
+//!
+//! let mut cfg = BlkConfig::new(&image);
+//! cfg.num_queues = 2;
+//! cfg.read_only = true;
+//! let device = BlkDevice::new(&cfg)?;
+//! let mut capacity = [0u8; 8];
+//! device.read_config(0, &mut capacity)?; // what the guest reads: 512-byte sectors
+//! assert_eq!(u64::from_le_bytes(capacity), (64 << 20) / 512);
+//!
+//! // The runtime serves the device; the daemon accepts one front-end after another.
+//! let backend = DeviceBackend::new(device)?;
+//! let args = BackendArgs {
+//!     socket_path: Some(dir.join("vub.sock")),
+//!     ..BackendArgs::default()
+//! };
+//! let mut daemon = Daemon::from_args(&args, backend)?;
+//! daemon.stop_handle().stop(); // from another thread or a signal; here at once
+//! daemon.run()?; // returns once stopped
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! With `O_DIRECT` ([`BlkConfig::direct`]) the device learns the host's alignment rules when
 //! it opens the image, advertises a `blk_size` of at least the required offset alignment, and
 //! copies through a per-queue aligned buffer of [`config::MAX_DATA_BYTES`] only the requests
@@ -35,7 +70,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use vhost_backend::runtime::{DeviceError, FileIo, Processed, QueueContext, Request, VirtioDevice};
+use vhost_backend::runtime::{
+    DeviceError, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
+};
 use zerocopy::IntoBytes;
 
 pub use config::VirtioBlkConfig;
@@ -165,6 +202,8 @@ pub struct BlkDevice {
     writeback: AtomicU8,
     acked: AtomicU64,
     scratch: Box<[Mutex<Scratch>]>,
+    /// Rate limit for failed-request warnings (the guest sets the request rate).
+    errors: LogLimiter,
 }
 
 impl BlkDevice {
@@ -227,6 +266,7 @@ impl BlkDevice {
             config,
             acked: AtomicU64::new(0),
             scratch,
+            errors: LogLimiter::new("failed requests"),
         })
     }
 
@@ -344,7 +384,8 @@ impl BlkDevice {
             {
                 Ok(n) => (VIRTIO_BLK_S_OK, n),
                 Err(RequestError::Io(e)) => {
-                    log::warn!("request failed: {e}");
+                    self.errors
+                        .warn(format_args!("request failed on the image: {e}"));
                     (request::VIRTIO_BLK_S_IOERR, 0)
                 }
                 Err(e) => {
@@ -423,5 +464,6 @@ impl VirtioDevice for BlkDevice {
         self.writeback
             .store(self.config.writeback, Ordering::Relaxed);
         self.acked.store(0, Ordering::Relaxed);
+        self.errors.reset();
     }
 }

@@ -182,3 +182,90 @@ fn without_blk_file_serves_a_scratch_gib_and_removes_it_on_exit() {
     assert!(d.wait_exit().success());
     assert!(!path.exists(), "{} not removed", path.display());
 }
+
+#[test]
+fn sighup_and_sigquit_exit_cleanly_removing_the_socket_and_the_scratch_image() {
+    for sig in [Signal::SIGHUP, Signal::SIGQUIT] {
+        let scratch = Scratch::new("hup");
+        let sock = scratch.socket();
+        let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
+        let line = d.wait_line("scratch image at ");
+        let path: PathBuf = line
+            .split("scratch image at ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .into();
+        d.wait_line("vhost-user-blk-pci");
+        d.signal(sig);
+        let status = d.wait_exit();
+        assert!(status.success(), "{sig:?}: {status:?}");
+        assert!(!sock.exists(), "{sig:?}: socket file left behind");
+        assert!(!path.exists(), "{sig:?}: {} not removed", path.display());
+    }
+}
+
+#[test]
+fn a_second_front_end_waiting_on_the_busy_socket_is_logged() {
+    let scratch = Scratch::new("second");
+    let image = scratch.image(1 << 20);
+    let sock = scratch.socket();
+    let d = Spawned::start(&[
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--blk-file",
+        image.to_str().unwrap(),
+    ]);
+    d.wait_line("vhost-user-blk-pci");
+    let first = connect(&sock, || options(1));
+    let _second = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    d.wait_line("another front-end is waiting");
+    drop(first);
+}
+
+#[test]
+fn failing_requests_are_logged_a_few_times_then_summarised_not_one_line_each() {
+    let scratch = Scratch::new("flood");
+    let image = scratch.image(1 << 20);
+    let sock = scratch.socket();
+    let mut d = Spawned::start(&[
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--blk-file",
+        image.to_str().unwrap(),
+    ]);
+    d.wait_line("vhost-user-blk-pci");
+    let mut s = connect(&sock, || options(1));
+    let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
+    // The image shrinks under the daemon: every read past the new end fails on the host.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..50 {
+        assert!(reqs.read(&mut s, 8, &mut buf, TIMEOUT).is_err());
+    }
+    // The session's end resets the device, which summarises what it did not log.
+    drop(s);
+    let mut full = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    let summary = loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("no summary line");
+        let line = d.lines.recv_timeout(left).expect("no summary line");
+        if line.contains("request failed on the image") {
+            full += 1;
+        }
+        if line.contains("more failed requests") {
+            break line;
+        }
+    };
+    assert!(full <= 5, "{full} failure lines for 50 failed requests");
+    assert!(summary.contains(" 45 more failed requests"), "{summary}");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
+}

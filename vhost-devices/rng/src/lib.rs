@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use vhost_backend::runtime::{
-    DeviceError, DeviceFd, Processed, QueueContext, Request, VirtioDevice,
+    DeviceError, DeviceFd, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
 };
 
 pub use rate_limit::{RateLimit, MAX_PERIOD};
@@ -104,6 +104,8 @@ pub struct RngDevice {
     source: EntropySource,
     limiter: Option<Limiter>,
     queue_size: u16,
+    /// Rate limit for source failures (one per request otherwise).
+    errors: LogLimiter,
 }
 
 impl RngDevice {
@@ -139,6 +141,7 @@ impl RngDevice {
             source,
             limiter,
             queue_size: qs,
+            errors: LogLimiter::new("entropy source failures"),
         })
     }
 
@@ -162,7 +165,8 @@ impl RngDevice {
                 let got = match self.source.fill_buf(&mut buf[..n]) {
                     Ok(got) => got,
                     Err(e) => {
-                        log::warn!("rng: reading {}: {e}", self.source.describe());
+                        self.errors
+                            .warn(format_args!("rng: reading {}: {e}", self.source.describe()));
                         return done as u32;
                     }
                 };
@@ -251,6 +255,7 @@ impl VirtioDevice for RngDevice {
         if let Some(l) = &self.limiter {
             l.reset();
         }
+        self.errors.reset();
     }
 }
 
