@@ -71,6 +71,15 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
+    /// The memory policy `--strict-memory` asks for.
+    pub fn memory_policy(&self) -> super::mem_table::MemoryPolicy {
+        if self.strict_memory {
+            super::mem_table::MemoryPolicy::Strict
+        } else {
+            super::mem_table::MemoryPolicy::Lenient
+        }
+    }
+
     /// Listens on `path` when neither `--socket-path` nor `--fd` was given. A device that
     /// has no default leaves both unset, and the daemon then refuses to start
     /// ([`DaemonError::NoSocket`](super::DaemonError::NoSocket)).
@@ -100,6 +109,25 @@ pub fn print_capabilities(device_type: &str, features: &[&str]) {
     if let Err(e) = writeln!(out, "{doc}").and_then(|()| out.flush()) {
         log::error!("writing capabilities: {e}");
     }
+}
+
+/// Prints `program: error: ...` with every cause of `e` on stderr (directly, so it shows even
+/// when no logger is set up) and returns the failure exit code: what a daemon's `main` does
+/// when it cannot start.
+pub fn report_error(program: &str, e: &dyn std::error::Error) -> std::process::ExitCode {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        // Some errors repeat their source in their own message.
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cause = c.source();
+    }
+    eprintln!("{program}: error: {msg}");
+    std::process::ExitCode::FAILURE
 }
 
 /// Initialises logging from `RUST_LOG` (default: `info`) to stderr.

@@ -38,6 +38,28 @@ pub enum DaemonError {
     /// `--fd N` is not an open descriptor.
     #[error("--fd {0} is not an open descriptor")]
     BadFd(i32),
+    /// `--fd N` names standard input, output or error.
+    #[error(
+        "--fd {0} is standard {std}: pass the socket on descriptor 3 or above",
+        std = ["input", "output", "error"][*.0 as usize % 3]
+    )]
+    StdioFd(i32),
+    /// `--fd N` is not a socket, or not a usable one.
+    #[error("--fd {fd}: {why}")]
+    NotSocket {
+        /// The descriptor.
+        fd: i32,
+        /// What it is, or why it cannot be served.
+        why: String,
+    },
+    /// Binding `--socket-path` failed.
+    #[error("cannot listen on {}: {why}", path.display())]
+    Bind {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The reason, and the fix where there is an obvious one.
+        why: String,
+    },
     /// Binding, accepting or taking over the socket failed.
     #[error(transparent)]
     Transport(#[from] vhost_transport::Error),
@@ -187,19 +209,42 @@ impl<B: Backend> Daemon<B> {
     /// `--socket-mode`) or `--fd` (a listening socket, or a connected one served once).
     pub fn from_args(args: &BackendArgs, backend: B) -> Result<Self, DaemonError> {
         if let Some(path) = &args.socket_path {
-            let listener = Listener::bind(path, args.socket_mode)?;
+            let listener =
+                Listener::bind(path, args.socket_mode).map_err(|e| bind_error(path, e))?;
             log::info!("listening on {}", path.display());
             return Self::new(listener, backend);
         }
         let n = args.fd.ok_or(DaemonError::NoSocket)?;
+        if (0..=2).contains(&n) {
+            // Taking it over would close it on failure, and with it the error message.
+            return Err(DaemonError::StdioFd(n));
+        }
         // SAFETY: F_GETFD only reads the descriptor flags; any integer is a valid argument.
         if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
             return Err(DaemonError::BadFd(n));
         }
+        {
+            // SAFETY: `n` is open (checked above); the borrow ends within this block, before
+            // anything takes the descriptor over.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(n) };
+            let st = nix::sys::stat::fstat(borrowed).map_err(|_| DaemonError::BadFd(n))?;
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                & nix::sys::stat::SFlag::S_IFMT;
+            if kind != nix::sys::stat::SFlag::S_IFSOCK {
+                return Err(DaemonError::NotSocket {
+                    fd: n,
+                    why: "not a socket".into(),
+                });
+            }
+        }
         // SAFETY: `n` is open (checked above) and was handed to this process for the
         // daemon's use alone (`--fd`); nothing else in the process owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(n) };
-        match Listener::from_fd(fd)? {
+        let inherited = Listener::from_fd(fd).map_err(|e| DaemonError::NotSocket {
+            fd: n,
+            why: e.to_string(),
+        })?;
+        match inherited {
             Inherited::Listener(l) => {
                 log::info!("listening on inherited descriptor {n}");
                 Self::new(l, backend)
@@ -330,6 +375,34 @@ impl<B: Backend> Daemon<B> {
     }
 }
 
+/// Explains a failed bind of `path`, with the fix where there is an obvious one.
+fn bind_error(path: &std::path::Path, e: vhost_transport::Error) -> DaemonError {
+    use std::io::ErrorKind;
+    let why = match &e {
+        vhost_transport::Error::AddressInUse(_) => match std::fs::symlink_metadata(path) {
+            Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                "it exists and is not a socket (left as it is): remove it or choose another \
+                 path"
+                    .to_owned()
+            }
+            _ => "another process is listening on it".to_owned(),
+        },
+        vhost_transport::Error::Io { source, .. } => {
+            let hint = match source.kind() {
+                ErrorKind::NotFound => " (does the directory exist?)",
+                ErrorKind::PermissionDenied => " (is the directory writable for this user?)",
+                _ => "",
+            };
+            format!("{e}: {source}{hint}")
+        }
+        other => other.to_string(),
+    };
+    DaemonError::Bind {
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
 /// How long the loop waits before accepting again after `accept` failed.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -388,11 +461,6 @@ fn wait(
 pub fn run_device<D: VirtioDevice>(args: &BackendArgs, device: D) -> Result<(), DaemonError> {
     super::cli::init_logging();
     install_signal_handlers()?;
-    let policy = if args.strict_memory {
-        super::mem_table::MemoryPolicy::Strict
-    } else {
-        super::mem_table::MemoryPolicy::Lenient
-    };
-    let backend = DeviceBackend::new(device)?.with_memory_policy(policy);
+    let backend = DeviceBackend::new(device)?.with_memory_policy(args.memory_policy());
     Daemon::from_args(args, backend)?.run()
 }

@@ -112,8 +112,8 @@ pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
     RUNTIME_PROTOCOL_FEATURES, UNSUPPORTED_FEATURES,
 };
-pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
 pub use log_limit::LogLimiter;
+pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
 pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};

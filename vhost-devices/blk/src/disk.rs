@@ -22,6 +22,7 @@ use crate::request::{
 pub struct Disk {
     file: File,
     capacity: u64,
+    bytes: u64,
     read_only: bool,
     serial: [u8; ID_BYTES],
     /// Set when the image is open with `O_DIRECT`.
@@ -64,6 +65,7 @@ impl Disk {
         Ok(Disk {
             file,
             capacity: bytes / SECTOR_SIZE,
+            bytes,
             read_only,
             serial: id,
             direct,
@@ -78,6 +80,11 @@ impl Disk {
     /// Replaces the probed direct I/O alignment (to act as a stricter host).
     pub(crate) fn set_direct_align(&mut self, align: DirectAlign) {
         self.direct = Some(align);
+    }
+
+    /// Size of the image in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).

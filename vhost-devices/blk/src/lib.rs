@@ -133,12 +133,20 @@ impl BlkConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Opening or sizing the image failed.
-    #[error("opening {path}: {source}")]
+    #[error("opening {}: {source}{}", path.display(), open_hint(source))]
     Open {
         /// The image.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The image holds no whole 512-byte sector (an empty file, `/dev/null`, ...).
+    #[error("{} holds no whole 512-byte sector ({bytes} bytes): nothing to serve", path.display())]
+    Empty {
+        /// The image.
+        path: PathBuf,
+        /// Its size in bytes.
+        bytes: u64,
     },
     /// `num_queues` is 0 or over [`MAX_NUM_QUEUES`].
     #[error("number of queues {0} is not between 1 and {MAX_NUM_QUEUES}")]
@@ -164,6 +172,16 @@ pub enum Error {
         /// The host's direct I/O offset alignment.
         alignment: u32,
     },
+}
+
+/// The fix for an open error where there is an obvious one.
+fn open_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (opened read-write: use --read-only to serve an image this user can only read)"
+        }
+        _ => "",
+    }
 }
 
 /// Why a SET_CONFIG write was refused.
@@ -233,6 +251,21 @@ impl BlkDevice {
                     source,
                 }
             })?;
+        if disk.capacity() == 0 {
+            return Err(Error::Empty {
+                path: cfg.path.clone(),
+                bytes: disk.bytes(),
+            });
+        }
+        if disk.bytes() % SECTOR_SIZE != 0 {
+            log::warn!(
+                "{} is {} bytes, not a whole number of 512-byte sectors: the last {} bytes are \
+                 not served",
+                cfg.path.display(),
+                disk.bytes(),
+                disk.bytes() % SECTOR_SIZE
+            );
+        }
         if let (true, Some(align)) = (cfg.direct, align_override) {
             disk.set_direct_align(align);
         }

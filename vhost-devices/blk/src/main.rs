@@ -33,11 +33,11 @@ struct Cli {
     #[arg(long)]
     read_only: bool,
 
-    /// Number of request queues.
+    /// Number of request queues (1 to 256).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     num_queues: u16,
 
-    /// Largest queue size (a power of two).
+    /// Largest queue size (a power of two, 1 to 1024).
     #[arg(long, default_value_t = 256,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QUEUE_SIZE)))]
     queue_size: u16,
@@ -67,10 +67,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     match run(&mut cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::report_error("vhost-user-blk", e.as_ref()),
     }
 }
 
@@ -100,11 +97,14 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
         logical_block_size: cli.logical_block_size,
     };
     let device = BlkDevice::new(&config)?;
+    let (size, block_size) = (device.size_bytes(), device.block_size());
+    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
+    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
     log::info!(
         "serving {} ({} bytes, {}-byte blocks, {}, {} queue(s) of up to {})",
         config.path.display(),
-        device.size_bytes(),
-        device.block_size(),
+        size,
+        block_size,
         if config.read_only {
             "read-only"
         } else {
@@ -113,8 +113,6 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
         config.num_queues,
         config.queue_size
     );
-    let backend = DeviceBackend::new(device)?;
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
     if let Some(sock) = &cli.backend.socket_path {
         log::info!(
             "point QEMU at it with:\n  \

@@ -636,3 +636,16 @@ fn invalid_config_is_refused() {
     c.logical_block_size = Some(1000);
     assert!(matches!(BlkDevice::new(&c), Err(Error::BlockSize(1000))));
 }
+
+#[test]
+fn permission_denied_opening_the_image_suggests_read_only() {
+    let e = Error::Open {
+        path: "/srv/disk.img".into(),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/srv/disk.img") && msg.contains("--read-only"),
+        "{msg}"
+    );
+}

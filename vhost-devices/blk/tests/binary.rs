@@ -269,3 +269,60 @@ fn failing_requests_are_logged_a_few_times_then_summarised_not_one_line_each() {
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit().success());
 }
+
+/// Runs the daemon with `args` and returns its stderr, after checking it failed.
+fn start_error(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn startup_errors_name_the_path_or_descriptor_and_the_reason() {
+    let scratch = Scratch::new("starterr");
+    let image = scratch.image(1 << 20);
+    let img = image.to_str().unwrap();
+    // A socket in a directory that does not exist.
+    let err = start_error(&[
+        "--socket-path",
+        "/nonexistent/dir/x.sock",
+        "--blk-file",
+        img,
+    ]);
+    assert!(err.contains("/nonexistent/dir/x.sock"), "{err}");
+    assert!(err.contains("does the directory exist"), "{err}");
+    assert!(
+        !err.contains("serving"),
+        "no success line before the failure: {err}"
+    );
+    // A regular file as the socket path: kept, and said so.
+    let err = start_error(&["--socket-path", img, "--blk-file", img]);
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert!(image.exists());
+    // Standard error as --fd: refused before it is taken over, so the message is seen.
+    let err = start_error(&["--fd", "2", "--blk-file", img]);
+    assert!(err.contains("--fd 2 is standard error"), "{err}");
+    // An empty image.
+    let empty = scratch.image(0);
+    let err = start_error(&[
+        "--socket-path",
+        scratch.socket().to_str().unwrap(),
+        "--blk-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no whole 512-byte sector"), "{err}");
+    assert!(err.contains(empty.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn help_shows_the_ranges_of_numeric_options() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("1 to 256"), "{help}");
+    assert!(help.contains("1 to 1024"), "{help}");
+    assert!(help.contains("512 to 65536"), "{help}");
+}

@@ -31,17 +31,17 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     source: Option<PathBuf>,
 
-    /// Rate-limit period in milliseconds (needs --max-bytes; default 1000).
+    /// Rate-limit period in milliseconds, 1 to 3600000 (needs --max-bytes; default 1000).
     #[arg(long, value_name = "MS", requires = "max_bytes",
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     period: Option<u64>,
 
-    /// At most this many bytes per period; requests over the budget wait for the next
-    /// period. Default: unlimited.
+    /// At most this many bytes per period (1 or more); requests over the budget wait for the
+    /// next period. Default: unlimited.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_bytes: Option<u64>,
 
-    /// Largest queue size (a power of two).
+    /// Largest queue size (a power of two, 1 to 32768).
     #[arg(long, default_value_t = MAX_QUEUE_SIZE,
           value_parser = clap::value_parser!(u16).range(1..=32768))]
     queue_size: u16,
@@ -69,10 +69,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     match run(&mut cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::report_error("vhost-user-rng", e.as_ref()),
     }
 }
 
@@ -81,17 +78,18 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     cli.backend.default_socket_path(DEFAULT_SOCKET);
     let config = cli.config();
     let device = RngDevice::new(&config)?;
+    let description = device.source().describe();
+    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
+    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
     match config.rate_limit {
         Some(l) => log::info!(
             "entropy from {}, at most {} bytes every {} ms",
-            device.source().describe(),
+            description,
             l.max_bytes,
             l.period.as_millis()
         ),
-        None => log::info!("entropy from {}", device.source().describe()),
+        None => log::info!("entropy from {description}"),
     }
-    let backend = DeviceBackend::new(device)?;
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
     if let Some(sock) = &cli.backend.socket_path {
         log::info!(
             "point QEMU at it with:\n  \

@@ -33,8 +33,22 @@ impl EntropySource {
     }
 
     /// Opens `path` for reading (once; every request reads on from the current offset).
+    /// A directory or an empty regular file is refused: it would give no bytes.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a directory, not a source of bytes",
+            ));
+        }
+        if meta.is_file() && meta.len() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is an empty file: every request would get 0 bytes",
+            ));
+        }
         Ok(EntropySource::File {
             file,
             path: path.to_path_buf(),

@@ -115,3 +115,24 @@ fn spawned_daemon_with_a_missing_source_fails_at_start() {
     assert!(!status.success());
     assert!(!sock.exists(), "no socket for a daemon that failed");
 }
+
+#[test]
+fn a_directory_or_an_empty_file_as_source_is_refused_at_start_with_the_reason() {
+    let scratch = Scratch::new("dirsrc");
+    let sock = scratch.socket();
+    let empty = sock.with_file_name("empty-source");
+    std::fs::write(&empty, b"").unwrap();
+    let dir = sock.parent().unwrap().to_path_buf();
+    for (source, why) in [(&dir, "is a directory"), (&empty, "is an empty file")] {
+        let out = std::process::Command::new(BIN)
+            .args(["--socket-path", sock.to_str().unwrap(), "--source"])
+            .arg(source)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+        assert!(err.contains(source.to_str().unwrap()), "{err}");
+        assert!(!sock.exists(), "no socket for a daemon that failed");
+    }
+}
