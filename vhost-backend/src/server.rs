@@ -104,10 +104,12 @@ pub struct BackendServer<B> {
     finished: bool,
     /// [`BackendServer::serve`]'s bound on a stalled message.
     stall_timeout: Option<Duration>,
+    /// [`BackendServer::serve`]'s bound on a new front-end's silence (none by default).
+    first_message_timeout: Option<Duration>,
 }
 
 /// How long [`BackendServer::serve`] waits for the rest of a message whose first bytes came
-/// (and for a new front-end's first message) before it closes the connection, by default.
+/// before it closes the connection, by default.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<B> std::fmt::Debug for BackendServer<B> {
@@ -134,6 +136,7 @@ impl<B: Backend> BackendServer<B> {
             config: [0; MAX_CONFIG_SIZE],
             finished: false,
             stall_timeout: Some(STALL_TIMEOUT),
+            first_message_timeout: None,
         })
     }
 
@@ -163,6 +166,15 @@ impl<B: Backend> BackendServer<B> {
         self.stall_timeout = timeout;
     }
 
+    /// Makes [`serve`](Self::serve) close a connection whose first message does not start
+    /// within `timeout` ([`ServerError::Silent`]; checked at the stall bound's granularity).
+    /// None by default: QEMU may connect long before it sends anything (while it
+    /// preallocates guest memory, say), and a daemon handed an already connected socket
+    /// must wait for its front-end.
+    pub fn set_first_message_timeout(&mut self, timeout: Option<Duration>) {
+        self.first_message_timeout = timeout;
+    }
+
     /// Serves the front-end until it goes away or the connection must be closed, then
     /// tells the back-end ([`BackendServer::finish`]).
     ///
@@ -174,25 +186,28 @@ impl<B: Backend> BackendServer<B> {
     ///
     /// A message that starts must finish: when its next bytes do not come within the stall
     /// bound ([`set_stall_timeout`](Self::set_stall_timeout), [`STALL_TIMEOUT`] by default),
-    /// the connection is closed ([`vhost_transport::Error::PartialMessage`]), so a stalled
-    /// peer cannot hold the back-end. So is a front-end whose first message does not start
-    /// within the bound ([`ServerError::Silent`]). Idle time between messages is not
-    /// bounded.
+    /// the connection is closed ([`vhost_transport::Error::PartialMessage`]): a peer that
+    /// stops in the middle of a message does not hold the back-end. (The bound is per read:
+    /// a peer that keeps sending a byte now and then is not cut off.) Idle time between
+    /// messages is not bounded, nor, unless
+    /// [`set_first_message_timeout`](Self::set_first_message_timeout) says otherwise, before
+    /// the first one.
     pub fn serve(&mut self) -> Result<(), ServerError> {
         let ready = self
             .conn
             .set_nonblocking(false)
             .and_then(|()| self.conn.set_read_timeout(self.stall_timeout));
+        let started = std::time::Instant::now();
         let mut first = true;
         let ended = match ready {
             Ok(()) => loop {
                 match self.handle_one() {
                     Ok(()) => first = false,
-                    // Idle between messages.
-                    Err(e) if e.is_retryable() && !first => {}
                     Err(e) if e.is_retryable() => {
-                        break ServerError::Silent {
-                            waited: self.stall_timeout.unwrap_or_default(),
+                        // Idle (between messages, or before the first).
+                        let waited = started.elapsed();
+                        if first && self.first_message_timeout.is_some_and(|t| waited >= t) {
+                            break ServerError::Silent { waited };
                         }
                     }
                     Err(e) => break e,

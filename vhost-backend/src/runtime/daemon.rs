@@ -116,7 +116,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Makes SIGTERM, SIGINT, SIGHUP and SIGQUIT stop every [`Daemon`] of the process promptly
 /// (each finishes the message in hand, resets its back-end and returns from
-/// [`Daemon::run`]).
+/// [`Daemon::run`]). SIGHUP and SIGQUIT stay ignored when the process was started with them
+/// ignored (`nohup`, a background job).
 pub fn install_signal_handlers() -> Result<(), DaemonError> {
     let ev = match SIGNAL_EVENT.get() {
         Some(ev) => ev,
@@ -137,11 +138,18 @@ pub fn install_signal_handlers() -> Result<(), DaemonError> {
         Signal::SIGHUP,
         Signal::SIGQUIT,
     ] {
-        // SAFETY: the handler only loads an atomic and calls `write`, both async-signal-safe.
-        unsafe { sigaction(sig, &action) }.map_err(|e| DaemonError::Sys {
+        let failed = |e: Errno| DaemonError::Sys {
             what: "installing a signal handler",
             source: e.into(),
-        })?;
+        };
+        // SAFETY: the handler only loads an atomic and calls `write`, both async-signal-safe.
+        let old = unsafe { sigaction(sig, &action) }.map_err(failed)?;
+        let keep_ignored =
+            matches!(sig, Signal::SIGHUP | Signal::SIGQUIT) && old.handler() == SigHandler::SigIgn;
+        if keep_ignored {
+            // SAFETY: restores the disposition the process inherited (ignore).
+            unsafe { sigaction(sig, &old) }.map_err(failed)?;
+        }
     }
     Ok(())
 }
@@ -167,6 +175,7 @@ pub struct Daemon<B: Backend> {
     source: Source,
     stop: Arc<EventFd>,
     stall_timeout: Option<Duration>,
+    first_message_timeout: Option<Duration>,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -189,6 +198,7 @@ impl<B: Backend> Daemon<B> {
             source,
             stop: Arc::new(stop),
             stall_timeout: Some(crate::STALL_TIMEOUT),
+            first_message_timeout: None,
         })
     }
 
@@ -265,6 +275,14 @@ impl<B: Backend> Daemon<B> {
         self
     }
 
+    /// Closes a front-end's connection when its first message does not start within
+    /// `timeout` (none by default; see
+    /// [`BackendServer::set_first_message_timeout`]).
+    pub fn with_first_message_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.first_message_timeout = timeout;
+        self
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.stop))
@@ -317,6 +335,7 @@ impl<B: Backend> Daemon<B> {
         let backend = self.backend.take().ok_or(DaemonError::BackendLost)?;
         let mut server = BackendServer::new(conn, backend)?;
         server.set_stall_timeout(self.stall_timeout);
+        server.set_first_message_timeout(self.first_message_timeout);
         // A second descriptor of the same socket, to shut it down from here.
         let sock = server
             .as_fd()

@@ -140,7 +140,11 @@ fn seal_against_shrinking(file: &File) -> Result<(), String> {
             if seals.contains(SealFlag::F_SEAL_SHRINK) {
                 Ok(())
             } else if seals.contains(SealFlag::F_SEAL_SEAL) {
-                Err("its memfd forbids new seals and is not sealed against shrinking".into())
+                Err(
+                    "it forbids new seals (a tmpfs or hugetlbfs file, or a memfd created \
+                     without MFD_ALLOW_SEALING) and is not sealed against shrinking"
+                        .into(),
+                )
             } else {
                 fcntl(file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK))
                     .map(drop)
@@ -213,21 +217,24 @@ fn map_region(r: &MemoryRegion, fd: OwnedFd, policy: MemoryPolicy) -> Result<Reg
     check_region(r)?;
     let file = File::from(fd);
     let meta = file.metadata().map_err(MemError::Stat)?;
-    if meta.file_type().is_file() {
-        if let Err(why) = seal_against_shrinking(&file) {
-            match policy {
-                MemoryPolicy::Strict => {
-                    return Err(MemError::Unprotected {
-                        gpa: r.guest_phys_addr,
-                        why,
-                    })
-                }
-                MemoryPolicy::Lenient => log::warn!(
-                    "memory region at guest-physical {:#x}: {why}; a front-end that shrinks \
-                     it kills this process (--strict-memory refuses such regions)",
-                    r.guest_phys_addr
-                ),
+    let protected = if meta.file_type().is_file() {
+        seal_against_shrinking(&file)
+    } else {
+        Err("it is not a regular file or memfd (a device, say), whose size is not checked".into())
+    };
+    if let Err(why) = protected {
+        match policy {
+            MemoryPolicy::Strict => {
+                return Err(MemError::Unprotected {
+                    gpa: r.guest_phys_addr,
+                    why,
+                })
             }
+            MemoryPolicy::Lenient => log::warn!(
+                "memory region at guest-physical {:#x}: {why}; a front-end that shrinks it \
+                 kills this process (--strict-memory refuses such regions)",
+                r.guest_phys_addr
+            ),
         }
     }
     // Sized after sealing: the size cannot go down any more.

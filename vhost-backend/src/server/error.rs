@@ -19,8 +19,8 @@ pub enum ServerError {
     /// Moving a message failed, or the front-end went away ([`ServerError::is_disconnect`]).
     #[error(transparent)]
     Transport(#[from] vhost_transport::Error),
-    /// A new front-end sent nothing within the stall bound
-    /// ([`BackendServer::serve`](crate::BackendServer::serve)).
+    /// A new front-end sent nothing within the bound set with
+    /// [`BackendServer::set_first_message_timeout`](crate::BackendServer::set_first_message_timeout).
     #[error("the front-end sent no message within {waited:?} of connecting")]
     Silent {
         /// How long the server waited.
