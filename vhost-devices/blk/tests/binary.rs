@@ -366,3 +366,40 @@ fn sighup_stays_ignored_when_the_daemon_was_started_with_it_ignored() {
     kill(pid, Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn an_inherited_descriptor_that_is_not_a_socket_is_named_in_the_error() {
+    let scratch = Scratch::new("fdfile");
+    let image = scratch.image(1 << 20);
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "exec 9<\"$1\"; exec \"$0\" --fd 9 --blk-file \"$1\"",
+            BIN,
+        ])
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--fd 9: not a socket"), "{err}");
+}
+
+#[test]
+fn an_image_that_is_not_a_whole_number_of_sectors_is_served_with_a_warning() {
+    let scratch = Scratch::new("partial");
+    let image = scratch.image(1000);
+    let sock = scratch.socket();
+    let d = Spawned::start(&[
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--blk-file",
+        image.to_str().unwrap(),
+    ]);
+    let line = d.wait_line("not a whole number of 512-byte sectors");
+    assert!(line.contains("the last 488 bytes are not served"), "{line}");
+    let s = connect(&sock, || options(1));
+    let cfg = ConfigView::parse(s.config().unwrap()).unwrap();
+    assert_eq!(cfg.capacity, 1);
+}
