@@ -2,7 +2,7 @@
 # End-to-end test: QEMU (TCG) boots a small Linux guest against our vhost-user-blk and
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
-#   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro rng reconnect (default: all)
+#   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro rng reconnect client (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
 #   WORK_DIR=tests/e2e/work   downloads, guest, run logs (git-ignored)
@@ -59,13 +59,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro rng reconnect"
+ALL_TESTS="blk-multi blk-ro rng reconnect client"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants reconnect; }
+wants_blk() { wants blk-multi || wants blk-ro || wants reconnect || wants client; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -133,6 +133,11 @@ start_daemon() {
             cmd+=(--socket-path "$sock" --blk-file "$3")
             [ "$4" = 1 ] && cmd+=(--read-only)
             listen=$sock ;;
+        blk-client)
+            # Client mode: QEMU listens on $sock; the daemon connects (and reconnects).
+            read -ra cmd <<<"$BLK_DAEMON"
+            cmd+=(--socket-path "$sock" --client --blk-file "$3")
+            listen= ;;
         rng)
             read -ra cmd <<<"$RNG_DAEMON"
             cmd+=(--socket-path "$sock")
@@ -145,6 +150,11 @@ start_daemon() {
     PIDS+=("$DAEMON_PID")
     local t0 i=0
     t0=$(now)
+    if [ -z "$listen" ]; then
+        sleep 0.2
+        kill -0 "$DAEMON_PID" 2>/dev/null || { echo "daemon exited (see $dlog)"; return 1; }
+        return 0
+    fi
     while [ ! -S "$listen" ]; do
         if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
             echo "daemon exited before listening on $listen (see $dlog):"
@@ -198,6 +208,8 @@ launch_qemu() {
     shift 3
     local chardev="socket,id=vu0,path=$sock"
     [ "$reconnect" = 1 ] && chardev+=",reconnect=1"
+    # QEMU listens and waits for the back-end to connect (the back-end's client mode).
+    [ "$reconnect" = server ] && chardev+=",server=on"
     local extra=()
     [ -n "$QEMU_EXTRA" ] && read -ra extra <<<"$QEMU_EXTRA"
     local cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
@@ -271,16 +283,18 @@ check_boot_basics() {
 
 # QEMU's own messages (its stderr shares $SERIAL with the console): a line with
 # `qemu-system-...: ` (at its start, or after console output QEMU interrupted) is an error
-# or warning QEMU printed, and fails the boot. With LINES,
+# or warning QEMU printed (its `info:` notes, such as "waiting for connection" with
+# server=on, excepted), and fails the boot. With LINES,
 # only the first LINES lines of the log count (the reconnect test kills the daemon on
 # purpose; what QEMU says after that is shown, not judged).
 check_qemu_messages() { # [lines]
     local msgs later=
     if [ -n "$1" ]; then
-        msgs=$(head -n "$1" "$SERIAL" | tr -d '\r' | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ')
+        msgs=$(head -n "$1" "$SERIAL" | tr -d '\r' | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ' |
+            grep -av ': info: ')
         later=$(tail -n +"$(($1 + 1))" "$SERIAL" | tr -d '\r' | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ')
     else
-        msgs=$(tr -d '\r' <"$SERIAL" | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ')
+        msgs=$(tr -d '\r' <"$SERIAL" | grep -a -E 'qemu-system-[A-Za-z0-9_]+: ' | grep -av ': info: ')
     fi
     if [ -z "$msgs" ]; then
         ok "no error lines from QEMU" 0
@@ -474,23 +488,43 @@ test_rng() {
     stop_pid "$DAEMON_PID"
 }
 
-test_reconnect() {
-    local img=$RUN_DIR/reconnect.img sock=$RUN_DIR/reconnect.sock seed hmd5 pid1 pid2
+# The daemon is SIGKILLed after the guest's phase 1 and started again; the guest's phase 2
+# must find its data. NAME reconnect: the daemon listens, QEMU connects with reconnect=1.
+# NAME client: QEMU listens (server=on), the daemon connects in client mode.
+test_reconnect() { run_restart reconnect; }
+test_client() { run_restart client; }
+
+run_restart() {
+    local name=$1
+    local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed hmd5 pid1 pid2 kind=blk
     local t_mark t_kill t_up i deadline phase2_early=1 before_kill=
     local PROXY=0 # the proxy does not follow a daemon restart
-    LOG_NAME=reconnect
+    LOG_NAME=$name
     BOOT_TIME=-
     begin_checks
     make_image "$img"
     hmd5=$(range_md5 "$img" 0 "$READ_MIB")
     seed=$(new_seed)
-    log "reconnect: starting the blk daemon"
-    if ! start_daemon blk "$sock" "$img" 0; then
-        boot_fail reconnect "daemon did not start"
-        return
+    local params
+    params="$(blk_params "$seed") e2e.reconnect_wait=$RECONNECT_WAIT"
+    if [ "$name" = client ]; then
+        kind=blk-client
+        rm -f "$sock"
+        launch_qemu vhost-user-blk-pci "$sock" server "$params"
+        log "$name: QEMU listens on $sock; starting the blk daemon in client mode"
+        if ! start_daemon "$kind" "$sock" "$img" 0; then
+            boot_fail "$name" "daemon did not start"
+            return
+        fi
+    else
+        log "$name: starting the blk daemon"
+        if ! start_daemon "$kind" "$sock" "$img" 0; then
+            boot_fail "$name" "daemon did not start"
+            return
+        fi
+        launch_qemu vhost-user-blk-pci "$QEMU_SOCK" 1 "$params"
     fi
     pid1=$DAEMON_PID
-    launch_qemu vhost-user-blk-pci "$QEMU_SOCK" 1 "$(blk_params "$seed") e2e.reconnect_wait=$RECONNECT_WAIT"
     # Wait for the guest to finish phase 1.
     deadline=$(($(date +%s) + BOOT_TIMEOUT))
     while ! grep -aq 'E2E-PHASE1-DONE' "$SERIAL"; do
@@ -505,12 +539,13 @@ test_reconnect() {
         t_kill=$(now)
         sleep "$RECONNECT_DELAY"
         # A killed daemon leaves its socket file behind; a service manager would remove it.
-        rm -f "$sock"
-        if start_daemon blk "$sock" "$img" 0; then
+        # (In client mode the socket is QEMU's.)
+        [ "$kind" = blk ] && rm -f "$sock"
+        if start_daemon "$kind" "$sock" "$img" 0; then
             pid2=$DAEMON_PID
             t_up=$(now)
             grep -aq 'E2E-PHASE2-START' "$SERIAL" || phase2_early=0
-            log "reconnect: daemon $pid1 killed $(elapsed "$QEMU_T0" "$t_kill")s into the boot" \
+            log "$name: daemon $pid1 killed $(elapsed "$QEMU_T0" "$t_kill")s into the boot" \
                 "($(elapsed "$t_mark" "$t_kill")s after the marker), pid $pid2 listening" \
                 "$(elapsed "$t_kill" "$t_up")s later"
         else
@@ -518,7 +553,7 @@ test_reconnect() {
         fi
     fi
     wait_qemu
-    log "reconnect: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
+    log "$name: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
     check_boot_basics "$before_kill"
     local marked=1
     grep -aq 'E2E-PHASE1-DONE' "$SERIAL" && marked=0
@@ -544,7 +579,7 @@ test_reconnect() {
         ok "restarted daemon still running" $alive "pid $pid2 gone"
         stop_pid "$pid2"
     fi
-    finish_boot reconnect
+    finish_boot "$name"
     stop_proxy
     return 0
 }
@@ -577,6 +612,7 @@ if [ "$FAILED" = 0 ]; then
     wants blk-ro && test_blk_ro
     wants rng && test_rng
     wants reconnect && test_reconnect
+    wants client && test_client
 fi
 
 echo

@@ -510,3 +510,46 @@ fn set_mem_table_with_descriptor_past_its_file_is_nacked() {
     let e = fe.set_mem_table(&[r], &fds).unwrap_err();
     assert!(e.nack_status().is_some(), "{e}");
 }
+
+/// Handshake and one started ring on a connection the front-end accepted (client mode).
+fn start_on(
+    conn: vhost_transport::Connection<vhost_transport::FrontendChannel>,
+) -> (Frontend, GuestMemory, GuestQueue) {
+    let mut fe = Frontend::new(conn);
+    fe.set_read_timeout(Some(TIMEOUT)).unwrap();
+    handshake(&mut fe, true, true);
+    let mem = two_region_memory();
+    send_mem_table(&mut fe, &mem);
+    let q = GuestQueue::new(&mem, 0, true);
+    q.start(&mut fe, &mem, 0, true);
+    (fe, mem, q)
+}
+
+#[test]
+fn client_mode_daemon_waits_for_the_front_end_then_reconnects_after_each_session() {
+    let dir = std::env::temp_dir().join(format!("vhost-rt-{}-client", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("frontend.sock");
+    let _ = std::fs::remove_file(&path);
+    let (b, counters) = backend(1);
+    // The daemon starts first: nothing listens yet, it retries.
+    let mut daemon = Daemon::client(&path, b).expect("daemon");
+    let stop = daemon.stop_handle();
+    let t = std::thread::spawn(move || daemon.run().expect("daemon run"));
+    std::thread::sleep(Duration::from_millis(300));
+    let listener = Listener::bind(&path, None).expect("front-end listens");
+    for session in 0..2u64 {
+        let conn = listener.accept().expect("the daemon connects");
+        let (mut fe, mem, mut q) = start_on(conn);
+        for i in 0..5 {
+            q.round_trip(&mem, DATA, DATA + 0x1000 + i * 0x100, 0x100);
+        }
+        assert_eq!(fe.get_vring_base(0).unwrap(), 5, "session {session}");
+        // The front-end goes away (QEMU restarting): the daemon resets and comes back.
+    }
+    stop.stop();
+    t.join().expect("daemon thread");
+    assert!(counters.resets.load(Ordering::Relaxed) >= 2);
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}

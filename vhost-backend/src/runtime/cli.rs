@@ -64,6 +64,11 @@ pub struct BackendArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_octal)]
     pub socket_mode: Option<u32>,
 
+    /// Connect to the front-end listening at --socket-path (QEMU with `server=on`) instead of
+    /// listening there; after a disconnect, connect again (with back-off).
+    #[arg(long, requires = "socket_path")]
+    pub client: bool,
+
     /// Refuse guest memory the front-end could shrink under the mapping (a memfd that
     /// forbids sealing, a regular or hugetlbfs file) instead of serving it with a warning.
     #[arg(long)]
@@ -83,11 +88,26 @@ impl BackendArgs {
     /// Listens on `path` when neither `--socket-path` nor `--fd` was given. A device that
     /// has no default leaves both unset, and the daemon then refuses to start
     /// ([`DaemonError::NoSocket`](super::DaemonError::NoSocket)).
+    ///
+    /// A socket passed by systemd socket activation ([`socket_activation`]) takes the
+    /// place of the default.
     pub fn default_socket_path(&mut self, path: impl Into<PathBuf>) {
-        if self.socket_path.is_none() && self.fd.is_none() {
+        if self.socket_path.is_none() && self.fd.is_none() && socket_activation().is_none() {
             self.socket_path = Some(path.into());
         }
     }
+}
+
+/// The first descriptor systemd socket activation passes.
+pub const SD_LISTEN_FDS_START: RawFd = 3;
+
+/// The listening socket systemd passed to this process (`LISTEN_PID` is this process and
+/// `LISTEN_FDS` is at least 1): descriptor [`SD_LISTEN_FDS_START`]. Used when neither
+/// `--socket-path` nor `--fd` is given.
+pub fn socket_activation() -> Option<RawFd> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    (pid == std::process::id() && fds >= 1).then_some(SD_LISTEN_FDS_START)
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {

@@ -167,6 +167,8 @@ fn signal_fd() -> Option<BorrowedFd<'static>> {
 enum Source {
     Listener(Listener),
     Connected(Option<Connection<FrontendChannel>>),
+    /// Client mode: connect to the front-end listening here, again after each session.
+    Client(std::path::PathBuf),
 }
 
 /// Serves front-ends one at a time. See the [module docs](self).
@@ -215,16 +217,43 @@ impl<B: Backend> Daemon<B> {
         Self::with_source(Source::Connected(Some(conn)), backend)
     }
 
+    /// A daemon connecting to the front-end listening at `path` (client mode): it serves
+    /// that front-end and, after a disconnect, connects again with back-off (from
+    /// [`CONNECT_RETRY_MIN`] up to [`CONNECT_RETRY_MAX`]) until stopped.
+    pub fn client(path: impl Into<std::path::PathBuf>, backend: B) -> Result<Self, DaemonError> {
+        Self::with_source(Source::Client(path.into()), backend)
+    }
+
     /// A daemon on the socket the command line names: `--socket-path` (bound now, with
-    /// `--socket-mode`) or `--fd` (a listening socket, or a connected one served once).
+    /// `--socket-mode`; with `--client`, connected to instead), `--fd` (a listening socket,
+    /// or a connected one served once), or else the listening socket systemd passed
+    /// ([`socket_activation`](super::cli::socket_activation)).
     pub fn from_args(args: &BackendArgs, backend: B) -> Result<Self, DaemonError> {
+        if let (true, Some(path)) = (args.client, &args.socket_path) {
+            log::info!(
+                "client mode: connecting to the front-end at {}",
+                path.display()
+            );
+            return Self::client(path, backend);
+        }
         if let Some(path) = &args.socket_path {
             let listener =
                 Listener::bind(path, args.socket_mode).map_err(|e| bind_error(path, e))?;
             log::info!("listening on {}", path.display());
             return Self::new(listener, backend);
         }
-        let n = args.fd.ok_or(DaemonError::NoSocket)?;
+        let n = match (args.fd, super::cli::socket_activation()) {
+            (Some(n), _) => n,
+            (None, Some(n)) => {
+                // Not for children: the variables name this process.
+                for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                    std::env::remove_var(var);
+                }
+                log::info!("serving the socket passed by systemd (descriptor {n})");
+                n
+            }
+            (None, None) => return Err(DaemonError::NoSocket),
+        };
         if (0..=2).contains(&n) {
             // Taking it over would close it on failure, and with it the error message.
             return Err(DaemonError::StdioFd(n));
@@ -317,6 +346,10 @@ impl<B: Backend> Daemon<B> {
                     Some(c) => c,
                     None => return Ok(()),
                 },
+                Source::Client(path) => match connect(&self.stop, path)? {
+                    Some(c) => c,
+                    None => return Ok(()),
+                },
             };
             log::info!("front-end connected");
             if let Wake::Stop = self.serve(conn)? {
@@ -345,7 +378,7 @@ impl<B: Backend> Daemon<B> {
         let stop = &self.stop;
         let listener = match &self.source {
             Source::Listener(l) => Some(l.as_fd()),
-            Source::Connected(_) => None,
+            Source::Connected(_) | Source::Client(_) => None,
         };
         let (woke, joined) = std::thread::scope(|scope| {
             let session = std::thread::Builder::new()
@@ -419,6 +452,41 @@ fn bind_error(path: &std::path::Path, e: vhost_transport::Error) -> DaemonError 
     DaemonError::Bind {
         path: path.to_path_buf(),
         why,
+    }
+}
+
+/// First wait before connecting again in client mode.
+pub const CONNECT_RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between connection attempts in client mode.
+pub const CONNECT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Connects to the front-end at `path`, retrying with back-off until it listens. `None`
+/// when a stop is requested first.
+fn connect(
+    stop: &EventFd,
+    path: &std::path::Path,
+) -> Result<Option<Connection<FrontendChannel>>, DaemonError> {
+    let mut delay = CONNECT_RETRY_MIN;
+    let mut said = false;
+    loop {
+        match Connection::<FrontendChannel>::connect(path) {
+            Ok(c) => {
+                log::info!("connected to the front-end at {}", path.display());
+                return Ok(Some(c));
+            }
+            Err(e) if !said => {
+                log::info!(
+                    "waiting for the front-end to listen at {}: {e}; retrying",
+                    path.display()
+                );
+                said = true;
+            }
+            Err(e) => log::debug!("connecting to {}: {e}", path.display()),
+        }
+        if let Wake::Stop = wait(stop, &[], Some(delay))? {
+            return Ok(None);
+        }
+        delay = (delay * 2).min(CONNECT_RETRY_MAX);
     }
 }
 

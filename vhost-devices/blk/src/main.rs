@@ -118,9 +118,10 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             "point QEMU at it with:\n  \
              -object memory-backend-memfd,id=mem,size=1G,share=on \
              -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=blk0,path={} \\\n  \
+             -chardev socket,id=blk0,path={}{} \\\n  \
              -device vhost-user-blk-pci,chardev=blk0,num-queues={}",
             sock.display(),
+            if cli.backend.client { ",server=on" } else { "" },
             config.num_queues
         );
     }

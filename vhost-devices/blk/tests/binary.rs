@@ -23,7 +23,11 @@ struct Spawned {
 
 impl Spawned {
     fn start(args: &[&str]) -> Spawned {
-        let mut child = Command::new(BIN)
+        Spawned::start_program(BIN, args)
+    }
+
+    fn start_program(program: &str, args: &[&str]) -> Spawned {
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -402,4 +406,39 @@ fn an_image_that_is_not_a_whole_number_of_sectors_is_served_with_a_warning() {
     let s = connect(&sock, || options(1));
     let cfg = ConfigView::parse(s.config().unwrap()).unwrap();
     assert_eq!(cfg.capacity, 1);
+}
+
+/// Starts `BIN ARGS` the way systemd socket activation does: a listening socket at `sock`
+/// on descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID` the daemon's pid (python3 binds, then
+/// execs the daemon in the same process).
+fn socket_activated(sock: &std::path::Path, args: &[&str]) -> Spawned {
+    const ACTIVATE: &str = "import os, socket, sys\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        s.bind(sys.argv[1]); s.listen(8)\n\
+        os.dup2(s.fileno(), 3); os.set_inheritable(3, True)\n\
+        os.environ['LISTEN_FDS'] = '1'; os.environ['LISTEN_PID'] = str(os.getpid())\n\
+        os.execv(sys.argv[2], sys.argv[2:])\n";
+    let mut full = vec!["-c", ACTIVATE, sock.to_str().unwrap(), BIN];
+    full.extend_from_slice(args);
+    Spawned::start_program("python3", &full)
+}
+
+#[test]
+fn socket_activation_serves_the_listening_socket_systemd_passes() {
+    let scratch = Scratch::new("sdactivate");
+    let image = scratch.image(1 << 20);
+    let sock = scratch.socket();
+    let mut d = socket_activated(&sock, &["--blk-file", image.to_str().unwrap()]);
+    d.wait_line("serving the socket passed by systemd (descriptor 3)");
+    for round in 0..2u64 {
+        let mut s = connect(&sock, || options(1));
+        let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
+        let mut buf = vec![0u8; 4096];
+        reqs.read(&mut s, 8 + round, &mut buf, TIMEOUT).unwrap();
+        let start = (8 + round as usize) * 512;
+        let want: Vec<u8> = (start..start + 4096).map(pattern).collect();
+        assert_eq!(buf, want);
+    }
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
 }

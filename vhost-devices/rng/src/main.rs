@@ -95,9 +95,10 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             "point QEMU at it with:\n  \
              -object memory-backend-memfd,id=mem,size=1G,share=on \
              -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=rng0,path={} \\\n  \
+             -chardev socket,id=rng0,path={}{} \\\n  \
              -device vhost-user-rng-pci,chardev=rng0",
-            sock.display()
+            sock.display(),
+            if cli.backend.client { ",server=on" } else { "" }
         );
     }
     daemon.run().map_err(Into::into)
