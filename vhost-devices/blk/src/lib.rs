@@ -60,6 +60,7 @@
 pub mod config;
 pub mod direct;
 mod disk;
+pub mod engine;
 mod file_ops;
 pub mod image;
 pub mod request;
@@ -68,7 +69,7 @@ mod tests;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_backend::runtime::{
     DeviceError, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
@@ -77,6 +78,7 @@ use zerocopy::IntoBytes;
 
 pub use config::VirtioBlkConfig;
 pub use disk::Disk;
+pub use engine::Aio;
 pub use request::RequestError;
 
 use config::{features, SECTOR_SIZE, WRITEBACK_OFFSET};
@@ -112,6 +114,8 @@ pub struct BlkConfig {
     /// `direct` the host's direct I/O offset alignment when that is larger. A size given
     /// here that is smaller than that alignment is refused.
     pub logical_block_size: Option<u32>,
+    /// Where requests run ([`Aio::Sync`] by default).
+    pub aio: Aio,
 }
 
 impl BlkConfig {
@@ -125,6 +129,7 @@ impl BlkConfig {
             direct: false,
             serial: DEFAULT_SERIAL.to_owned(),
             logical_block_size: None,
+            aio: Aio::Sync,
         }
     }
 }
@@ -140,6 +145,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// Starting the I/O threads of [`Aio::Threads`] failed.
+    #[error("starting the I/O threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// The image holds no whole 512-byte sector (an empty file, `/dev/null`, ...).
     #[error("{} holds no whole 512-byte sector ({bytes} bytes): nothing to serve", path.display())]
     Empty {
@@ -202,7 +210,7 @@ pub enum ConfigWriteError {
     BadWriteback(u8),
 }
 
-/// One queue's scratch space, reused for every request.
+/// Scratch space of one queue or I/O thread, reused for every request.
 #[derive(Debug)]
 struct Scratch {
     io: FileIo,
@@ -210,18 +218,70 @@ struct Scratch {
     bounce: Option<Bounce>,
 }
 
+impl Scratch {
+    fn new(direct: Option<DirectAlign>) -> Scratch {
+        Scratch {
+            io: FileIo::with_capacity(MAX_DESCRIPTORS * 2),
+            bounce: direct.map(|a| Bounce::new(a.memory)),
+        }
+    }
+}
+
+/// What executing a request needs, shared with the I/O threads.
+#[derive(Debug)]
+struct Core {
+    disk: Disk,
+    /// Rate limit for failed-request warnings (the guest sets the request rate).
+    errors: LogLimiter,
+}
+
+impl Core {
+    /// Serves one request; returns its used length (bytes written to the guest, status
+    /// byte included; 0 when no status byte could be written).
+    fn serve(&self, scratch: &mut Scratch, req: &Request, writethrough: bool) -> u32 {
+        // The status is the chain's last writable byte.
+        if req.last_writable_byte().is_none() {
+            log::debug!("chain without a status byte returned with length 0");
+            return 0;
+        }
+        let (status, written) =
+            match self
+                .disk
+                .execute(req, &mut scratch.io, scratch.bounce.as_mut(), writethrough)
+            {
+                Ok(n) => (VIRTIO_BLK_S_OK, n),
+                Err(RequestError::Io(e)) => {
+                    self.errors
+                        .warn(format_args!("request failed on the image: {e}"));
+                    (request::VIRTIO_BLK_S_IOERR, 0)
+                }
+                Err(e) => {
+                    log::debug!("request refused: {e}");
+                    (e.status(), 0)
+                }
+            };
+        match req.write_last_byte(status) {
+            Ok(()) => written.saturating_add(1),
+            Err(e) => {
+                log::debug!("status byte: {e}");
+                0
+            }
+        }
+    }
+}
+
 /// The virtio-blk device.
 #[derive(Debug)]
 pub struct BlkDevice {
-    disk: Disk,
+    core: Arc<Core>,
     num_queues: u16,
     queue_size: u16,
     config: VirtioBlkConfig,
     writeback: AtomicU8,
     acked: AtomicU64,
     scratch: Box<[Mutex<Scratch>]>,
-    /// Rate limit for failed-request warnings (the guest sets the request rate).
-    errors: LogLimiter,
+    /// With [`Aio::Threads`].
+    pool: Option<engine::Pool>,
 }
 
 impl BlkDevice {
@@ -284,33 +344,41 @@ impl BlkDevice {
         };
         let config = VirtioBlkConfig::new(disk.capacity(), bs, cfg.num_queues, cfg.queue_size);
         let scratch = (0..cfg.num_queues)
-            .map(|_| {
-                Mutex::new(Scratch {
-                    io: FileIo::with_capacity(MAX_DESCRIPTORS * 2),
-                    bounce: direct.map(|a| Bounce::new(a.memory)),
-                })
-            })
+            .map(|_| Mutex::new(Scratch::new(direct)))
             .collect();
-        Ok(BlkDevice {
+        let core = Arc::new(Core {
             disk,
+            errors: LogLimiter::new("failed requests"),
+        });
+        let pool = match cfg.aio {
+            Aio::Sync => None,
+            Aio::Threads(n) => {
+                let n = n.max(1);
+                let pool = engine::Pool::start(n, Arc::clone(&core), || Scratch::new(direct))
+                    .map_err(Error::Threads)?;
+                Some(pool)
+            }
+        };
+        Ok(BlkDevice {
+            core,
             num_queues: cfg.num_queues,
             queue_size: cfg.queue_size,
             writeback: AtomicU8::new(config.writeback),
             config,
             acked: AtomicU64::new(0),
             scratch,
-            errors: LogLimiter::new("failed requests"),
+            pool,
         })
     }
 
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
-        self.disk.capacity()
+        self.core.disk.capacity()
     }
 
     /// Capacity in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.disk.capacity() * SECTOR_SIZE
+        self.core.disk.capacity() * SECTOR_SIZE
     }
 
     /// Number of queues.
@@ -325,7 +393,7 @@ impl BlkDevice {
 
     /// Whether the device is read-only.
     pub fn read_only(&self) -> bool {
-        self.disk.read_only()
+        self.core.disk.read_only()
     }
 
     /// The virtio-blk feature bits offered (plus VERSION_1; ring features are the
@@ -342,7 +410,7 @@ impl BlkDevice {
         ]
         .iter()
         .fold(0u64, |acc, b| acc | 1 << b);
-        if self.disk.read_only() {
+        if self.core.disk.read_only() {
             bits |= 1 << features::RO;
         } else {
             bits |= 1 << features::DISCARD | 1 << features::WRITE_ZEROES;
@@ -402,39 +470,6 @@ impl BlkDevice {
         self.writeback.load(Ordering::Relaxed) == 0 || !flush_acked
     }
 
-    /// Serves one request; returns its used length (bytes written to the guest, status
-    /// byte included; 0 when no status byte could be written).
-    fn serve(&self, scratch: &mut Scratch, req: &Request, writethrough: bool) -> u32 {
-        // The status is the chain's last writable byte.
-        if req.last_writable_byte().is_none() {
-            log::debug!("chain without a status byte returned with length 0");
-            return 0;
-        }
-        let (status, written) =
-            match self
-                .disk
-                .execute(req, &mut scratch.io, scratch.bounce.as_mut(), writethrough)
-            {
-                Ok(n) => (VIRTIO_BLK_S_OK, n),
-                Err(RequestError::Io(e)) => {
-                    self.errors
-                        .warn(format_args!("request failed on the image: {e}"));
-                    (request::VIRTIO_BLK_S_IOERR, 0)
-                }
-                Err(e) => {
-                    log::debug!("request refused: {e}");
-                    (e.status(), 0)
-                }
-            };
-        match req.write_last_byte(status) {
-            Ok(()) => written.saturating_add(1),
-            Err(e) => {
-                log::debug!("status byte: {e}");
-                0
-            }
-        }
-    }
-
     /// Reads configuration space; `false` when the range is outside it.
     pub fn read_config_space(&self, offset: u32, out: &mut [u8]) -> bool {
         config::read_config(&self.config_space(), offset, out)
@@ -484,10 +519,20 @@ impl VirtioDevice for BlkDevice {
         let Some(slot) = self.scratch.get(usize::from(ctx.index())) else {
             return Ok(Processed::Drained);
         };
-        let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
         let writethrough = self.writethrough();
+        if let Some(pool) = &self.pool {
+            while let Some(req) = ctx.pop() {
+                if let Err(req) = pool.submit(req, writethrough) {
+                    let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                    let len = self.core.serve(&mut scratch, &req, writethrough);
+                    req.complete(len);
+                }
+            }
+            return Ok(Processed::Drained);
+        }
+        let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(req) = ctx.pop() {
-            let len = self.serve(&mut scratch, &req, writethrough);
+            let len = self.core.serve(&mut scratch, &req, writethrough);
             req.complete(len);
         }
         Ok(Processed::Drained)
@@ -497,6 +542,6 @@ impl VirtioDevice for BlkDevice {
         self.writeback
             .store(self.config.writeback, Ordering::Relaxed);
         self.acked.store(0, Ordering::Relaxed);
-        self.errors.reset();
+        self.core.errors.reset();
     }
 }

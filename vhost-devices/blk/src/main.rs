@@ -9,7 +9,14 @@ use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
 use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
 use vhost_backend::runtime::DeviceBackend;
 use vhost_device_blk::image::{TempImage, TEMP_IMAGE_SIZE};
-use vhost_device_blk::{BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE};
+use vhost_device_blk::{Aio, BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE};
+
+/// `--aio` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AioMode {
+    Sync,
+    Threads,
+}
 
 /// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
 const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
@@ -50,6 +57,16 @@ struct Cli {
     /// Device serial returned to GET_ID (at most 20 bytes are used).
     #[arg(long, default_value = DEFAULT_SERIAL)]
     serial: String,
+
+    /// Where requests run: `sync` (on the queue's worker, one at a time: fastest on the page
+    /// cache) or `threads` (a pool of --aio-threads threads: many requests in flight, for
+    /// disks) [default: threads with --direct, else sync].
+    #[arg(long, value_enum)]
+    aio: Option<AioMode>,
+
+    /// I/O threads of --aio threads (1 to 256).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    aio_threads: u16,
 
     /// Logical block size in bytes (a power of two, 512 to 65536) [default: 512, or with
     /// --direct the host's direct I/O alignment when larger]. With --direct, a size below
@@ -95,13 +112,21 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
         direct: cli.direct,
         serial: cli.serial.clone(),
         logical_block_size: cli.logical_block_size,
+        aio: match cli.aio.unwrap_or(if cli.direct {
+            AioMode::Threads
+        } else {
+            AioMode::Sync
+        }) {
+            AioMode::Sync => Aio::Sync,
+            AioMode::Threads => Aio::Threads(cli.aio_threads),
+        },
     };
     let device = BlkDevice::new(&config)?;
     let (size, block_size) = (device.size_bytes(), device.block_size());
     let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
     let mut daemon = Daemon::from_args(&cli.backend, backend)?;
     log::info!(
-        "serving {} ({} bytes, {}-byte blocks, {}, {} queue(s) of up to {})",
+        "serving {} ({} bytes, {}-byte blocks, {}, {} queue(s) of up to {}, {})",
         config.path.display(),
         size,
         block_size,
@@ -111,7 +136,11 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             "read-write"
         },
         config.num_queues,
-        config.queue_size
+        config.queue_size,
+        match config.aio {
+            Aio::Sync => "requests run on the queue workers".to_owned(),
+            Aio::Threads(n) => format!("requests run on {n} I/O threads"),
+        }
     );
     if let Some(sock) = &cli.backend.socket_path {
         log::info!(
