@@ -27,7 +27,14 @@
 #   QSD=, PEER_RNG= paths to the peer daemons (default: found in PATH or /opt/peers/bin;
 #                   installed with apt-get / cargo install when missing and possible)
 #
+#   CHART=          also write the chart (SVG) to this path
+#
+# Next to the summary table the script draws the same medians as an SVG bar chart
+# (benches/compare_report.py): $WORKDIR/compare.svg, and $CHART when set.
+#
 # Quick run:  REPS=2 DURATION=2 WARMUP=0.5 benches/compare.sh
+# Redraw:     benches/compare.sh --chart-from RESULTS.tsv   (a results.tsv kept with KEEP=1,
+#             or benches/compare.tsv; writes $CHART, default RESULTS.svg; measures nothing)
 set -euo pipefail
 
 REPS=${REPS:-5}
@@ -41,11 +48,24 @@ DEVICES=${DEVICES:-"blk rng"}
 BLK_RW=${BLK_RW:-"randread randwrite"}
 KEEP=${KEEP:-0}
 
+CHART=${CHART:-}
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
+REPORT=$ROOT/benches/compare_report.py
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "compare.sh: $*"; exit 1; }
+
+# --- redraw from a results file -----------------------------------------------------------
+if (( $# )); then
+    [[ $1 == --chart-from && $# == 2 ]] || die "usage: compare.sh [--chart-from RESULTS.tsv]"
+    [[ -r $2 ]] || die "cannot read $2"
+    CHART=${CHART:-${2%.tsv}.svg}
+    python3 "$REPORT" "$2" "$CHART"
+    say "chart: $CHART"
+    exit 0
+fi
 
 # --- our binaries -----------------------------------------------------------------------
 say "building our daemons and the load generator (release)..."
@@ -202,8 +222,11 @@ for d in $DEVICES; do
     fi
 done
 
-say "settings: REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP QDS='$QDS' PASSES='$PASSES' CPU=$CPU IMG_SIZE=$IMG_SIZE"
+SETTINGS="REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP QDS='$QDS' PASSES='$PASSES' CPU=$CPU IMG_SIZE=$IMG_SIZE"
+say "settings: $SETTINGS"
 say "peers: ${QSD:-} ${PEER_RNG:-}"
+# The first comment line is the chart's subtitle.
+printf '# %s, %s CPUs\n# peers: %s\n' "$SETTINGS" "$(nproc)" "${QSD:-} ${PEER_RNG:-}" >>"$RESULTS"
 for pass in $PASSES; do
     for rep in $(seq "$REPS"); do
         for c in "${cases[@]}"; do
@@ -215,30 +238,12 @@ for pass in $PASSES; do
 done
 
 # --- summary ----------------------------------------------------------------------------
-python3 - "$RESULTS" <<'EOF'
-import sys, math, statistics
-from collections import defaultdict
-rates = defaultdict(list); hwm = defaultdict(int)
-for line in open(sys.argv[1]):
-    p, impl, dev, wl, qd, rep, rate, kb = line.rstrip("\n").split("\t")
-    r = float(rate)
-    if not math.isnan(r):
-        rates[(p, dev, wl, int(qd), impl)].append(r)
-    hwm[(dev, impl)] = max(hwm[(dev, impl)], int(kb))
-names = {"blk": ("vhost-user-blk", "qemu-storage-daemon"), "rng": ("vhost-user-rng", "vhost-device-rng")}
-keys = sorted({k[:4] for k in rates}, key=lambda k: (k[0] != "pinned", k[1], k[2], k[3]))
-for p in dict.fromkeys(k[0] for k in keys):
-    print(f"\n== {p} ==")
-    print(f"{'device':<6} {'workload':<10} {'qd':>3} {'ours req/s':>12} {'theirs req/s':>13} {'ours/theirs':>12}   runs (ours | theirs)")
-    for k in (k for k in keys if k[0] == p):
-        o, t = rates.get(k + ("ours",), []), rates.get(k + ("theirs",), [])
-        mo = statistics.median(o) if o else float("nan")
-        mt = statistics.median(t) if t else float("nan")
-        ratio = mo / mt if o and t and mt else float("nan")
-        runs = " ".join(f"{x:.0f}" for x in o) + " | " + " ".join(f"{x:.0f}" for x in t)
-        print(f"{k[1]:<6} {k[2]:<10} {k[3]:>3} {mo:>12.0f} {mt:>13.0f} {ratio:>11.2f}x   {runs}")
-print("\n== peak RSS (largest VmHWM over all runs) ==")
-for dev in sorted({d for d, _ in hwm}):
-    ours, theirs = names[dev]
-    print(f"{dev:<6} {ours:<22} {hwm.get((dev, 'ours'), 0):>8} kB   {theirs:<22} {hwm.get((dev, 'theirs'), 0):>8} kB")
-EOF
+python3 "$REPORT" "$RESULTS" "$WORKDIR/compare.svg"
+if [[ -n $CHART ]]; then
+    cp "$WORKDIR/compare.svg" "$CHART"
+    say "chart: $CHART"
+elif [[ $KEEP == 1 ]]; then
+    say "chart: $WORKDIR/compare.svg"
+else
+    say "chart: set CHART=path.svg (or KEEP=1) to keep it"
+fi
