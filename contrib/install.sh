@@ -2,8 +2,11 @@
 # Installs the daemons where QEMU and systemd look for them:
 #
 #   $PREFIX/libexec/vhost-user-{blk,rng,null}                 the daemons
-#   $PREFIX/share/qemu/vhost-user/50-vhost-user-NAME.json     QEMU's discovery files
-#                                                             (docs/interop/vhost-user.json)
+#   $PREFIX/share/qemu/vhost-user/50-vhost-user-{blk,rng}.json QEMU's discovery files
+#                                                             (docs/interop/vhost-user.json;
+#                                                             none for the null disk, which
+#                                                             drops writes: nothing should
+#                                                             pick it by type)
 #   $PREFIX/lib/systemd/system/vhost-user-*.{socket,service}  socket-activated units
 #
 # Each discovery file is made from the daemon's own --print-capabilities, so its type and
@@ -19,11 +22,11 @@ PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 
-# name  description
+# name|description; an empty description: installed without a discovery file
 DAEMONS=(
     "vhost-user-blk|virtio-blk back-end serving a raw image file or block device"
     "vhost-user-rng|virtio-rng back-end serving the host's entropy"
-    "vhost-user-null|virtio-blk back-end serving a null disk (zeros, writes dropped)"
+    "vhost-user-null|"
 )
 
 missing=0
@@ -45,6 +48,10 @@ for d in "${DAEMONS[@]}"; do
     name=${d%%|*}
     description=${d#*|}
     install -m 0755 "$BIN_DIR/$name" "$DESTDIR$libexec/$name"
+    if [ -z "$description" ]; then
+        echo "installed $DESTDIR$libexec/$name"
+        continue
+    fi
     caps=$("$BIN_DIR/$name" --print-capabilities)
     python3 - "$caps" "$description" "$libexec/$name" \
         >"$DESTDIR$json_dir/50-$name.json" <<'PY'

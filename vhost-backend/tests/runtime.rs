@@ -553,3 +553,36 @@ fn client_mode_daemon_waits_for_the_front_end_then_reconnects_after_each_session
     drop(listener);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn client_mode_backs_off_from_a_front_end_that_drops_every_connection() {
+    let dir = std::env::temp_dir().join(format!("vhost-rt-{}-clientdrop", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("frontend.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = Listener::bind(&path, None).expect("front-end listens");
+    let (b, _) = backend(1);
+    let mut daemon = Daemon::client(&path, b).expect("daemon");
+    let stop = daemon.stop_handle();
+    let t = std::thread::spawn(move || daemon.run().expect("daemon run"));
+    let mut accepted = 0;
+    let end = std::time::Instant::now() + Duration::from_millis(1500);
+    listener.set_nonblocking(true).unwrap();
+    while std::time::Instant::now() < end {
+        match listener.accept::<vhost_transport::FrontendChannel>() {
+            Ok(conn) => {
+                accepted += 1;
+                drop(conn);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    stop.stop();
+    t.join().expect("daemon thread");
+    // 100, 200, 400, 800 ms of back-off: a handful of connections, not thousands.
+    assert!(
+        (2..=8).contains(&accepted),
+        "{accepted} connections in 1.5 s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

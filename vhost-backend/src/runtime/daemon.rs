@@ -171,6 +171,10 @@ enum Source {
     Client(std::path::PathBuf),
 }
 
+/// A client-mode session shorter than this does not reset the back-off: a front-end that
+/// accepts and drops every connection is not reconnected to in a tight loop.
+const SHORT_SESSION: Duration = Duration::from_secs(2);
+
 /// Serves front-ends one at a time. See the [module docs](self).
 pub struct Daemon<B: Backend> {
     backend: Option<B>,
@@ -245,9 +249,12 @@ impl<B: Backend> Daemon<B> {
         let n = match (args.fd, super::cli::socket_activation()) {
             (Some(n), _) => n,
             (None, Some(n)) => {
-                // Not for children: the variables name this process.
-                for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-                    std::env::remove_var(var);
+                // (Children see LISTEN_PID name another process: nothing to clear.)
+                let count = std::env::var("LISTEN_FDS").unwrap_or_default();
+                if count != "1" {
+                    log::warn!(
+                        "systemd passed {count} descriptors; this daemon serves the first only"
+                    );
                 }
                 log::info!("serving the socket passed by systemd (descriptor {n})");
                 n
@@ -325,6 +332,8 @@ impl<B: Backend> Daemon<B> {
     /// Serves front-ends until a stop is requested (or, with a connected `--fd`, until that
     /// front-end leaves). Each front-end's session ends with [`Backend::disconnected`].
     pub fn run(&mut self) -> Result<(), DaemonError> {
+        // Client mode: the wait before reconnecting after a short session.
+        let mut backoff = CONNECT_RETRY_MIN;
         loop {
             let conn = match &mut self.source {
                 Source::Listener(l) => match wait(&self.stop, &[l.as_fd()], None)? {
@@ -352,8 +361,19 @@ impl<B: Backend> Daemon<B> {
                 },
             };
             log::info!("front-end connected");
+            let started = Instant::now();
             if let Wake::Stop = self.serve(conn)? {
                 return Ok(());
+            }
+            if let Source::Client(_) = self.source {
+                if started.elapsed() < SHORT_SESSION {
+                    if let Wake::Stop = wait(&self.stop, &[], Some(backoff))? {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(CONNECT_RETRY_MAX);
+                } else {
+                    backoff = CONNECT_RETRY_MIN;
+                }
             }
         }
     }

@@ -86,6 +86,25 @@ enum Kind {
     Other,
 }
 
+/// What a request is to the barrier, before it is numbered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    Write,
+    Flush,
+    Other,
+}
+
+/// Ends a write in the barrier when dropped: also when serving it panicked.
+struct EndWrite<'a>(&'a WriteBarrier, Option<u64>);
+
+impl Drop for EndWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.1 {
+            self.0.end(id);
+        }
+    }
+}
+
 struct Job {
     req: Request,
     writethrough: bool,
@@ -95,7 +114,9 @@ struct Job {
 /// The pool of [`Aio::Threads`].
 #[derive(Debug)]
 pub(crate) struct Pool {
-    tx: Option<mpsc::Sender<Job>>,
+    /// Numbering a write or flush and queueing it happen under this lock, so the channel's
+    /// order is the barrier's order: a flush never waits for a write queued behind it.
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
     threads: Vec<JoinHandle<()>>,
     barrier: Arc<WriteBarrier>,
 }
@@ -131,18 +152,27 @@ impl Pool {
                     if let Kind::Flush(horizon) = job.kind {
                         barrier.wait_before(horizon);
                     }
-                    let len = core.serve(&mut scratch, &job.req, job.writethrough);
+                    let write = match job.kind {
+                        Kind::Write(id) => Some(id),
+                        _ => None,
+                    };
+                    let end = EndWrite(&barrier, write);
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        core.serve(&mut scratch, &job.req, job.writethrough)
+                    }));
+                    let len = served.unwrap_or_else(|_| {
+                        log::error!("serving a request panicked; returned with length 0");
+                        0
+                    });
                     // Completed before the barrier lets a later flush go: a flush's
                     // completion never precedes the writes before it.
                     job.req.complete(len);
-                    if let Kind::Write(id) = job.kind {
-                        barrier.end(id);
-                    }
+                    drop(end);
                 })?;
             threads.push(t);
         }
         Ok(Pool {
-            tx: Some(tx),
+            tx: Mutex::new(Some(tx)),
             threads,
             barrier,
         })
@@ -150,15 +180,25 @@ impl Pool {
 
     /// Hands `req` to the pool; gives it back if the pool is gone.
     pub(crate) fn submit(&self, req: Request, writethrough: bool) -> Result<(), Request> {
-        let kind = match read_header(&req).map(|h| h.request_type) {
-            Ok(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => {
-                Kind::Write(self.barrier.begin())
-            }
-            Ok(VIRTIO_BLK_T_FLUSH) => Kind::Flush(self.barrier.horizon()),
-            _ => Kind::Other,
-        };
-        let Some(tx) = &self.tx else {
+        let class = classify(&req);
+        self.send(req, class, writethrough)
+    }
+
+    /// Numbers `req` as `class` in the barrier and queues it, under one lock.
+    pub(crate) fn send(
+        &self,
+        req: Request,
+        class: Class,
+        writethrough: bool,
+    ) -> Result<(), Request> {
+        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(tx) = tx.as_ref() else {
             return Err(req);
+        };
+        let kind = match class {
+            Class::Write => Kind::Write(self.barrier.begin()),
+            Class::Flush => Kind::Flush(self.barrier.horizon()),
+            Class::Other => Kind::Other,
         };
         tx.send(Job {
             req,
@@ -174,10 +214,24 @@ impl Pool {
     }
 }
 
+/// What `req` is to the barrier (from its header; unreadable: neither write nor flush).
+pub(crate) fn classify(req: &Request) -> Class {
+    match read_header(req).map(|h| h.request_type) {
+        Ok(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => Class::Write,
+        Ok(VIRTIO_BLK_T_FLUSH) => Class::Flush,
+        _ => Class::Other,
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         // Queued requests still run; then every thread sees the channel closed.
-        drop(self.tx.take());
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 log::error!("an I/O thread panicked");

@@ -233,12 +233,19 @@ struct Core {
     disk: Disk,
     /// Rate limit for failed-request warnings (the guest sets the request rate).
     errors: LogLimiter,
+    /// Makes the next request served panic (tests of what a panic leaves behind).
+    #[cfg(test)]
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
     /// Serves one request; returns its used length (bytes written to the guest, status
     /// byte included; 0 when no status byte could be written).
     fn serve(&self, scratch: &mut Scratch, req: &Request, writethrough: bool) -> u32 {
+        #[cfg(test)]
+        if self.panic_next.swap(false, Ordering::Relaxed) {
+            panic!("a panic serving a request, as a test asked");
+        }
         // The status is the chain's last writable byte.
         if req.last_writable_byte().is_none() {
             log::debug!("chain without a status byte returned with length 0");
@@ -349,6 +356,8 @@ impl BlkDevice {
         let core = Arc::new(Core {
             disk,
             errors: LogLimiter::new("failed requests"),
+            #[cfg(test)]
+            panic_next: Default::default(),
         });
         let pool = match cfg.aio {
             Aio::Sync => None,

@@ -784,3 +784,92 @@ mod threads {
         assert_eq!(r, (513, VIRTIO_BLK_S_OK));
     }
 }
+
+mod pool_order {
+    //! Two queues' workers submit to one pool concurrently: a write classified by one before
+    //! a flush from the other is queued behind it must not hold that flush.
+    use super::*;
+    use std::sync::Mutex;
+    use vhost_backend::runtime::{DeviceError, Processed, QueueContext, Request, VirtioDevice};
+
+    /// Pops every available request and keeps it.
+    #[derive(Default)]
+    struct Capture(Mutex<Vec<Request>>);
+
+    impl VirtioDevice for Capture {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn num_queues(&self) -> usize {
+            1
+        }
+        fn max_queue_size(&self) -> u16 {
+            QSIZE
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+            while let Some(req) = ctx.pop() {
+                self.0.lock().unwrap().push(req);
+            }
+            Ok(Processed::Drained)
+        }
+    }
+
+    #[test]
+    fn a_flush_queued_ahead_of_a_write_numbered_after_it_does_not_wait_for_it() {
+        let mut h = Harness::with(|c| c.aio = Aio::Threads(1));
+        h.mem.write_slice(&[7u8; 512], GuestAddress(BUF)).unwrap();
+        h.header(HDR, VIRTIO_BLK_T_OUT, 1);
+        h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
+        let fhdr = HDR + 0x100;
+        h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
+        h.submit(&[(fhdr, 16, false), (ST + 1, 1, true)]);
+        let capture = Capture::default();
+        h.queue.process(&capture).unwrap();
+        let mut held = capture.0.into_inner().unwrap();
+        assert_eq!(held.len(), 2);
+        let flush = held.pop().unwrap();
+        let write = held.pop().unwrap();
+        let pool = h.dev.pool.as_ref().expect("pool");
+        // The write's worker classified it; the flush's worker queues first.
+        let class = engine::classify(&write);
+        assert_eq!(class, engine::Class::Write);
+        pool.send(flush, engine::Class::Flush, false).unwrap();
+        pool.send(write, class, false).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while h.queue.outstanding() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flush waits for a write queued behind it: deadlock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            h.queue.publish();
+        }
+        assert_eq!(&h.file()[512..1024], &[7u8; 512][..]);
+    }
+}
+
+#[test]
+fn a_panic_serving_a_write_on_an_io_thread_leaves_flushes_and_the_thread_working() {
+    let mut h = Harness::with(|c| c.aio = Aio::Threads(1));
+    h.dev
+        .core
+        .panic_next
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.header(HDR, VIRTIO_BLK_T_OUT, 1);
+    let write = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
+    let fhdr = HDR + 0x100;
+    h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
+    let flush = h.submit(&[(fhdr, 16, false), (ST + 1, 1, true)]);
+    let used = h.run();
+    assert_eq!(
+        used,
+        vec![(write, 0), (flush, 1)],
+        "the flush still completes"
+    );
+    h.header(HDR, VIRTIO_BLK_T_IN, 0);
+    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+    assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the I/O thread still serves");
+}
