@@ -2,7 +2,8 @@
 # End-to-end test: QEMU (TCG) boots a small Linux guest against our vhost-user-blk and
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
-#   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro rng reconnect client (default: all)
+#   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct rng reconnect client
+#                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
 #   WORK_DIR=tests/e2e/work   downloads, guest, run logs (git-ignored)
@@ -59,13 +60,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro rng reconnect client"
+ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants reconnect || wants client; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants reconnect || wants client; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -132,6 +133,11 @@ start_daemon() {
             read -ra cmd <<<"$BLK_DAEMON"
             cmd+=(--socket-path "$sock" --blk-file "$3")
             [ "$4" = 1 ] && cmd+=(--read-only)
+            listen=$sock ;;
+        blk-direct)
+            # O_DIRECT with the default engine for it (I/O threads), two queues.
+            read -ra cmd <<<"$BLK_DAEMON"
+            cmd+=(--socket-path "$sock" --blk-file "$3" --direct --num-queues 2)
             listen=$sock ;;
         blk-client)
             # Client mode: QEMU listens on $sock; the daemon connects (and reconnects).
@@ -433,6 +439,33 @@ test_blk_multi() {
     stop_pid "$pid"
 }
 
+# One boot against `--direct --num-queues 2` (our daemon only: the flags are ours).
+test_blk_direct() {
+    local img=$RUN_DIR/blk-direct.img sock=$RUN_DIR/blk-direct.sock pid seed hmd5
+    LOG_NAME=blk-direct
+    BOOT_TIME=-
+    begin_checks
+    if [ "${E2E_BACKENDS:-ours}" != ours ]; then
+        log "blk-direct: skipped with E2E_BACKENDS=$E2E_BACKENDS"
+        return
+    fi
+    make_image "$img"
+    if ! start_daemon blk-direct "$sock" "$img" 0; then
+        boot_fail blk-direct "daemon did not start"
+        return
+    fi
+    pid=$DAEMON_PID
+    seed=$(new_seed)
+    hmd5=$(range_md5 "$img" 0 "$READ_MIB")
+    launch_qemu vhost-user-blk-pci,num-queues=2 "$QEMU_SOCK" 0 "$(blk_params "$seed")"
+    wait_qemu
+    log "blk-direct: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
+    check_boot_basics
+    check_blk_rw "$img" "$seed" "$hmd5"
+    finish_boot blk-direct
+    stop_pid "$pid"
+}
+
 test_blk_ro() {
     local img=$RUN_DIR/blk-ro.img sock=$RUN_DIR/blk-ro.sock before hmd5
     LOG_NAME=blk-ro
@@ -610,6 +643,7 @@ fi
 if [ "$FAILED" = 0 ]; then
     wants blk-multi && test_blk_multi
     wants blk-ro && test_blk_ro
+    wants blk-direct && test_blk_direct
     wants rng && test_rng
     wants reconnect && test_reconnect
     wants client && test_client
