@@ -17,7 +17,14 @@
 #   DURATION=5      measured seconds per run
 #   WARMUP=1        seconds run before measuring
 #   QDS="1 16"      queue depths
-#   PASSES="pinned unpinned"
+#   PASSES="pinned unpinned direct"
+#                   direct: blk only, pinned, the image opened with O_DIRECT by both daemons
+#                   (ours: --direct, with its default I/O threads; qemu-storage-daemon:
+#                   cache.direct=on,aio=native), cases DIRECT_CASES, and fio (io_uring,
+#                   O_DIRECT, same file and CPU) as the disk's own limit
+#   DIRECT_CASES="randread:1 randread:16 randread:64 randwrite:16"
+#   DIRECT_DIR=     where the O_DIRECT image lives (default WORKDIR; must be a disk file
+#                   system, not tmpfs)
 #   CPU=0           the CPU of the pinned pass
 #   IMG_SIZE=1G     size of the raw image (K, M, G suffixes)
 #   DEVICES="blk rng"
@@ -41,7 +48,8 @@ REPS=${REPS:-5}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 QDS=${QDS:-"1 16"}
-PASSES=${PASSES:-"pinned unpinned"}
+PASSES=${PASSES:-"pinned unpinned direct"}
+DIRECT_CASES=${DIRECT_CASES:-"randread:1 randread:16 randread:64 randwrite:16"}
 CPU=${CPU:-0}
 IMG_SIZE=${IMG_SIZE:-1G}
 DEVICES=${DEVICES:-"blk rng"}
@@ -121,6 +129,17 @@ if [[ $want_rng == 1 ]]; then
     fi
     [[ -n $PEER_RNG ]] || missing+=("vhost-device-rng (cargo install --locked vhost-device-rng)")
 fi
+want_direct=0
+[[ " $PASSES " == *" direct "* && $want_blk == 1 ]] && want_direct=1
+if [[ $want_direct == 1 ]] && ! command -v fio >/dev/null; then
+    say "fio not found; installing package fio..."
+    if [[ $(id -u) == 0 ]]; then
+        apt-get install -y fio >&2 || true
+    elif command -v sudo >/dev/null; then
+        sudo apt-get install -y fio >&2 || true
+    fi
+    command -v fio >/dev/null || missing+=("fio (apt-get install fio)")
+fi
 if (( ${#missing[@]} )); then
     die "missing peer back-ends: ${missing[*]}"
 fi
@@ -132,6 +151,11 @@ if [[ $want_blk == 1 ]]; then
     "$LOAD" --make-image "$IMG" --size "$IMG_SIZE" >&2
     cat "$IMG" > /dev/null
 fi
+DIRECT_IMG=${DIRECT_DIR:-$WORKDIR}/direct.img
+if [[ $want_direct == 1 ]]; then
+    say "writing a $IMG_SIZE pattern image for the O_DIRECT pass at $DIRECT_IMG..."
+    "$LOAD" --make-image "$DIRECT_IMG" --size "$IMG_SIZE" >&2
+fi
 
 # --- one measurement --------------------------------------------------------------------
 RESULTS=$WORKDIR/results.tsv
@@ -141,19 +165,28 @@ RESULTS=$WORKDIR/results.tsv
 start_daemon() {
     local impl=$1 device=$2 sock=$3 pin=$4 log=$WORKDIR/$1-$2.log
     local -a pre=()
-    [[ $pin == pinned ]] && pre=(taskset -c "$CPU")
+    [[ $pin == pinned || $pin == direct ]] && pre=(taskset -c "$CPU")
     rm -f "$sock" "${sock}0"
     CONNECT=$sock
-    case $impl-$device in
-        ours-blk) "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$IMG" >>"$log" 2>&1 & ;;
-        theirs-blk)
+    case $impl-$device-$pin in
+        ours-blk-direct)
+            "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$DIRECT_IMG" --direct \
+                >>"$log" 2>&1 & ;;
+        theirs-blk-direct)
+            "${pre[@]}" "$QSD" \
+                --blockdev "driver=file,node-name=file,filename=$DIRECT_IMG,cache.direct=on,aio=native" \
+                --blockdev driver=raw,node-name=disk,file=file \
+                --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$sock,writable=on" \
+                >>"$log" 2>&1 & ;;
+        ours-blk-*) "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$IMG" >>"$log" 2>&1 & ;;
+        theirs-blk-*)
             "${pre[@]}" "$QSD" \
                 --blockdev "driver=file,node-name=file,filename=$IMG,cache.direct=off" \
                 --blockdev driver=raw,node-name=disk,file=file \
                 --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$sock,writable=on" \
                 >>"$log" 2>&1 & ;;
-        ours-rng) "${pre[@]}" "$OURS_RNG" --socket-path "$sock" >>"$log" 2>&1 & ;;
-        theirs-rng)
+        ours-rng-*) "${pre[@]}" "$OURS_RNG" --socket-path "$sock" >>"$log" 2>&1 & ;;
+        theirs-rng-*)
             # rust-vmm's daemon appends the socket index to the path.
             "${pre[@]}" "$PEER_RNG" --socket-path "$sock" >>"$log" 2>&1 &
             CONNECT=${sock}0 ;;
@@ -183,7 +216,7 @@ measure() {
     local pass=$1 impl=$2 device=$3 workload=$4 qd=$5 rep=$6
     local sock=$WORKDIR/$impl-$device.sock
     local -a pre=() args=()
-    [[ $pass == pinned ]] && pre=(taskset -c "$CPU")
+    [[ $pass == pinned || $pass == direct ]] && pre=(taskset -c "$CPU")
     start_daemon "$impl" "$device" "$sock" "$pass"
     local pid=$DPID
     if [[ $device == blk ]]; then args=(--device blk --rw "$workload"); else args=(--device rng); fi
@@ -227,18 +260,56 @@ say "settings: $SETTINGS"
 say "peers: ${QSD:-} ${PEER_RNG:-}"
 # The first comment line is the chart's subtitle.
 printf '# %s, %s CPUs\n# peers: %s\n' "$SETTINGS" "$(nproc)" "${QSD:-} ${PEER_RNG:-}" >>"$RESULTS"
+direct_cases=()
+for c in $DIRECT_CASES; do direct_cases+=("blk ${c%%:*} ${c##*:}"); done
+
+# fio_limit WORKLOAD QD: fio's IOPS on the O_DIRECT image (io_uring, pinned like the daemons).
+fio_limit() {
+    taskset -c "$CPU" fio --name=limit --filename="$DIRECT_IMG" --direct=1 --rw="$1" --bs=4k \
+        --iodepth="$2" --ioengine=io_uring --runtime="$DURATION" --ramp_time="$WARMUP" \
+        --time_based --output-format=json 2>/dev/null |
+        python3 -c 'import json, sys; j = json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"] + j["write"]["iops"]))'
+}
+
 for pass in $PASSES; do
+    [[ $pass == direct && $want_direct == 0 ]] && continue
     for rep in $(seq "$REPS"); do
-        for c in "${cases[@]}"; do
+        if [[ $pass == direct ]]; then pass_cases=("${direct_cases[@]}"); else pass_cases=("${cases[@]}"); fi
+        for c in "${pass_cases[@]}"; do
             read -r device workload qd <<<"$c"
             measure "$pass" ours "$device" "$workload" "$qd" "$rep"
             measure "$pass" theirs "$device" "$workload" "$qd" "$rep"
+            if [[ $pass == direct ]]; then
+                limit=$(fio_limit "$workload" "$qd" || echo NaN)
+                say "  direct rep $rep: fio io_uring $workload qd$qd: $limit IOPS"
+                printf '# fio\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "$limit" >>"$RESULTS"
+            fi
         done
     done
 done
 
 # --- summary ----------------------------------------------------------------------------
 python3 "$REPORT" "$RESULTS" "$WORKDIR/compare.svg"
+if [[ $want_direct == 1 ]]; then
+    # Ours against the disk's own limit (fio), medians over the repetitions.
+    python3 - "$RESULTS" <<'PY' >&2
+import statistics, sys
+from collections import defaultdict
+ours, fio = defaultdict(list), defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if f[0] == "# fio" and f[4] != "NaN":
+        fio[(f[1], f[2])].append(float(f[4]))
+    elif f[0] == "direct" and f[1] == "ours" and f[6] != "NaN":
+        ours[(f[3], f[4])].append(float(f[6]))
+print("\n== direct: ours against the disk (fio io_uring, same file, same CPU) ==")
+print(f"{'workload':10} {'qd':>3} {'ours IOPS':>10} {'fio IOPS':>10} {'ours/fio':>9}")
+for key in sorted(ours, key=lambda k: (k[0], int(k[1]))):
+    o = statistics.median(ours[key])
+    l = statistics.median(fio[key]) if fio[key] else float("nan")
+    print(f"{key[0]:10} {key[1]:>3} {o:>10.0f} {l:>10.0f} {o / l:>8.2f}x")
+PY
+fi
 if [[ -n $CHART ]]; then
     cp "$WORKDIR/compare.svg" "$CHART"
     say "chart: $CHART"
