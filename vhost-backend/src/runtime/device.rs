@@ -83,7 +83,9 @@ pub trait VirtioDevice: Send + Sync + 'static {
 
     /// Protocol features the device implements on top of what the runtime implements
     /// ([`RUNTIME_PROTOCOL_FEATURES`](crate::runtime::RUNTIME_PROTOCOL_FEATURES)). None by
-    /// default.
+    /// default. BACKEND_REQ is offered only when
+    /// [`uses_backend_channel`](Self::uses_backend_channel) says so (named here without it,
+    /// it is left out with a warning).
     fn protocol_features(&self) -> ProtocolFeatures {
         ProtocolFeatures::empty()
     }

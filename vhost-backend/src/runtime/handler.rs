@@ -251,6 +251,14 @@ impl<D: VirtioDevice> DeviceBackend<D> {
                 - ProtocolFeatures::BACKEND_REQ);
         if device.uses_backend_channel() {
             offered_protocol |= ProtocolFeatures::BACKEND_REQ;
+        } else if device
+            .protocol_features()
+            .contains(ProtocolFeatures::BACKEND_REQ)
+        {
+            log::warn!(
+                "the device names BACKEND_REQ but does not use the back-end channel \
+                 (VirtioDevice::uses_backend_channel): not offered"
+            );
         }
         if device.supports_state_transfer() {
             offered_protocol |= ProtocolFeatures::DEVICE_STATE;

@@ -29,6 +29,8 @@ pub const S_OK: u8 = 0;
 pub const S_IOERR: u8 = 1;
 /// Status: request type not supported.
 pub const S_UNSUPP: u8 = 2;
+/// Most data bytes one request may carry (as vhost-user-blk: 32 MiB).
+pub const MAX_DATA: u64 = 32 << 20;
 
 /// A disk of `sectors` 512-byte sectors that reads as zeros and ignores writes.
 #[derive(Debug)]
@@ -62,7 +64,8 @@ impl NullBlk {
             .checked_add(data.div_ceil(512))
             .is_some_and(|end| end <= self.sectors);
         match kind {
-            T_IN | T_OUT if !in_range => Err(S_IOERR),
+            // At most MAX_DATA bytes a request, checked before any byte is written.
+            T_IN | T_OUT if !in_range || data > MAX_DATA => Err(S_IOERR),
             T_IN => {
                 let zeros = [0u8; 4096];
                 let mut done = 0;
@@ -72,7 +75,8 @@ impl NullBlk {
                         .map_err(|_| S_IOERR)?;
                     done += n;
                 }
-                u32::try_from(data).map_err(|_| S_IOERR)
+                // `data <= MAX_DATA` fits.
+                Ok(data as u32)
             }
             T_OUT | T_FLUSH => Ok(0),
             T_GET_ID => {
@@ -117,13 +121,17 @@ impl VirtioDevice for NullBlk {
                 req.complete(used);
                 continue;
             }
-            let (written, status) = match self.serve(&req) {
-                Ok(n) => (n, S_OK),
-                Err(s) => (0, s),
+            let status = match self.serve(&req) {
+                Ok(_) => S_OK,
+                Err(s) => s,
             };
-            // A failed status write leaves nothing more to tell the driver.
-            let _ = req.write_last_byte(status);
-            req.complete(written + 1);
+            // The status is the last writable byte, so the used length runs to it. A failed
+            // status write leaves nothing to tell the driver.
+            let used = match req.write_last_byte(status) {
+                Ok(()) => u32::try_from(req.writable_len()).unwrap_or(u32::MAX),
+                Err(_) => 0,
+            };
+            req.complete(used);
         }
         Ok(Processed::Drained)
     }

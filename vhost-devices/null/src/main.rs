@@ -36,11 +36,7 @@ fn main() -> ExitCode {
     cli.backend.default_socket_path(DEFAULT_SOCKET);
     match daemon::run_device(&cli.backend, NullBlk::new(cli.size_mib << 20)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // Printed as well as logged: the logger may not be set up yet.
-            eprintln!("vhost-user-null: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::report_error("vhost-user-null", &e),
     }
 }
 

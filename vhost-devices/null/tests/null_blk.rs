@@ -23,7 +23,11 @@ struct Ring {
 
 impl Ring {
     fn new() -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
+        Ring::with_memory(0x20000)
+    }
+
+    fn with_memory(size: usize) -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
         let q = TestQueue::new(0, mem.clone(), 16, [DESC, AVAIL, USED], false).unwrap();
         Ring { mem, q, avail: 0 }
     }
@@ -139,4 +143,42 @@ fn short_header_gets_an_error_status() {
         r.submit(&dev, &[(HDR, 8, false), (STATUS, 1, true)]),
         (1, S_IOERR)
     );
+}
+
+#[test]
+fn the_used_length_runs_to_the_status_byte_at_the_end_of_the_writable_bytes() {
+    let dev = NullBlk::new(1 << 20);
+    // GET_ID with a 64-byte buffer: 20 bytes of id, the status in the last byte.
+    let mut r = Ring::new();
+    r.header(8, 0); // GET_ID
+    let got = r.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, 64, true), (STATUS, 1, true)],
+    );
+    assert_eq!(got, (65, S_OK));
+    // A read past the end: an error status, and the used length of the writable bytes.
+    let mut r = Ring::new();
+    r.header(0, 1 << 20); // IN
+    let got = r.submit(
+        &dev,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    assert_eq!(got, (513, S_IOERR));
+}
+
+#[test]
+fn a_read_over_the_data_limit_fails_before_writing_anything() {
+    let dev = NullBlk::new(1 << 40);
+    let mut r = Ring::with_memory(4 << 20);
+    r.mem.write_slice(&[0x55; 16], GuestAddress(DATA)).unwrap();
+    r.header(0, 0); // IN
+                    // Fourteen aliased buffers of 3 MiB: 42 MiB, over MAX_DATA.
+    let mut bufs = vec![(HDR, 16, false)];
+    bufs.extend(std::iter::repeat_n((DATA, 3 << 20, true), 14));
+    bufs.push((STATUS, 1, true));
+    let got = r.submit(&dev, &bufs);
+    assert_eq!(got, (14 * (3 << 20) + 1, S_IOERR));
+    let mut head = [0u8; 16];
+    r.mem.read_slice(&mut head, GuestAddress(DATA)).unwrap();
+    assert_eq!(head, [0x55; 16], "nothing was zeroed");
 }
