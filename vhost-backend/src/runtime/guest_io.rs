@@ -164,10 +164,8 @@ impl FileIo {
                 return Err(GuestIoError::Unaligned);
             }
         }
-        // SAFETY: every entry was built by `push_range` from a bounds-checked slice of `mem`,
-        // the memory map `req` holds and that stays mapped while `req` is borrowed, which
-        // covers this call (merging joins only host-adjacent entries of those slices).
-        // A read writes only into those slices, a write only reads them.
+        // SAFETY: every entry is a bounds-checked slice of `mem` (merged only with adjacent
+        // ones), which `req` keeps mapped for this whole call; reads only write those slices.
         unsafe { rw_exact(file, &mut self.iov, offset, dir) }?;
         Ok(())
     }
