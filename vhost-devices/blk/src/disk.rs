@@ -153,18 +153,23 @@ impl Disk {
     }
 
     /// Runs `req`. Returns the data bytes written into guest memory (not counting the status
-    /// byte). `writethrough` makes every write durable before it completes. `io` is the
+    /// byte). `header`: the request's header when the caller read it already (it is not read
+    /// again). `writethrough` makes every write durable before it completes. `io` is the
     /// queue's scratch space; `bounce` its aligned copy buffer, needed only with `O_DIRECT`
     /// for guest buffers the host cannot take as they are.
     pub fn execute(
         &self,
         req: &Request,
+        header: Option<Header>,
         io: &mut FileIo,
         bounce: Option<&mut Bounce>,
         writethrough: bool,
     ) -> Result<u32, RequestError> {
         check_shape(req)?;
-        let hdr = read_header(req)?;
+        let hdr = match header {
+            Some(h) => h,
+            None => read_header(req)?,
+        };
         self.dispatch(req, hdr, io, bounce, writethrough)
     }
 

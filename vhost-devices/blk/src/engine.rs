@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use vhost_backend::runtime::Request;
 
 use crate::request::{
-    read_header, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_OUT,
+    read_header, Header, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use crate::{Core, Scratch};
@@ -107,6 +107,8 @@ impl Drop for EndWrite<'_> {
 
 struct Job {
     req: Request,
+    /// The header as read to classify the request: served as read, not read again.
+    header: Option<Header>,
     writethrough: bool,
     kind: Kind,
 }
@@ -158,7 +160,7 @@ impl Pool {
                     };
                     let end = EndWrite(&barrier, write);
                     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        core.serve(&mut scratch, &job.req, job.writethrough)
+                        core.serve(&mut scratch, &job.req, job.header, job.writethrough)
                     }));
                     let len = served.unwrap_or_else(|_| {
                         log::error!("serving a request panicked; returned with length 0");
@@ -180,15 +182,27 @@ impl Pool {
 
     /// Hands `req` to the pool; gives it back if the pool is gone.
     pub(crate) fn submit(&self, req: Request, writethrough: bool) -> Result<(), Request> {
-        let class = classify(&req);
-        self.send(req, class, writethrough)
+        let header = read_header(&req).ok();
+        self.queue(req, class_of(header), header, writethrough)
     }
 
-    /// Numbers `req` as `class` in the barrier and queues it, under one lock.
+    /// Numbers `req` as `class` in the barrier and queues it, under one lock (tests drive the
+    /// two steps of [`submit`](Self::submit) apart with it and [`classify`]).
+    #[cfg(test)]
     pub(crate) fn send(
         &self,
         req: Request,
         class: Class,
+        writethrough: bool,
+    ) -> Result<(), Request> {
+        self.queue(req, class, None, writethrough)
+    }
+
+    fn queue(
+        &self,
+        req: Request,
+        class: Class,
+        header: Option<Header>,
         writethrough: bool,
     ) -> Result<(), Request> {
         let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
@@ -202,6 +216,7 @@ impl Pool {
         };
         tx.send(Job {
             req,
+            header,
             writethrough,
             kind,
         })
@@ -215,10 +230,15 @@ impl Pool {
 }
 
 /// What `req` is to the barrier (from its header; unreadable: neither write nor flush).
+#[cfg(test)]
 pub(crate) fn classify(req: &Request) -> Class {
-    match read_header(req).map(|h| h.request_type) {
-        Ok(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => Class::Write,
-        Ok(VIRTIO_BLK_T_FLUSH) => Class::Flush,
+    class_of(read_header(req).ok())
+}
+
+fn class_of(header: Option<Header>) -> Class {
+    match header.map(|h| h.request_type) {
+        Some(VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => Class::Write,
+        Some(VIRTIO_BLK_T_FLUSH) => Class::Flush,
         _ => Class::Other,
     }
 }

@@ -241,7 +241,14 @@ struct Core {
 impl Core {
     /// Serves one request; returns its used length (bytes written to the guest, status
     /// byte included; 0 when no status byte could be written).
-    fn serve(&self, scratch: &mut Scratch, req: &Request, writethrough: bool) -> u32 {
+    /// `header`: the request's header when the caller read it already.
+    fn serve(
+        &self,
+        scratch: &mut Scratch,
+        req: &Request,
+        header: Option<request::Header>,
+        writethrough: bool,
+    ) -> u32 {
         #[cfg(test)]
         if self.panic_next.swap(false, Ordering::Relaxed) {
             panic!("a panic serving a request, as a test asked");
@@ -251,22 +258,24 @@ impl Core {
             log::debug!("chain without a status byte returned with length 0");
             return 0;
         }
-        let (status, written) =
-            match self
-                .disk
-                .execute(req, &mut scratch.io, scratch.bounce.as_mut(), writethrough)
-            {
-                Ok(n) => (VIRTIO_BLK_S_OK, n),
-                Err(RequestError::Io(e)) => {
-                    self.errors
-                        .warn(format_args!("request failed on the image: {e}"));
-                    (request::VIRTIO_BLK_S_IOERR, 0)
-                }
-                Err(e) => {
-                    log::debug!("request refused: {e}");
-                    (e.status(), 0)
-                }
-            };
+        let (status, written) = match self.disk.execute(
+            req,
+            header,
+            &mut scratch.io,
+            scratch.bounce.as_mut(),
+            writethrough,
+        ) {
+            Ok(n) => (VIRTIO_BLK_S_OK, n),
+            Err(RequestError::Io(e)) => {
+                self.errors
+                    .warn(format_args!("request failed on the image: {e}"));
+                (request::VIRTIO_BLK_S_IOERR, 0)
+            }
+            Err(e) => {
+                log::debug!("request refused: {e}");
+                (e.status(), 0)
+            }
+        };
         match req.write_last_byte(status) {
             Ok(()) => written.saturating_add(1),
             Err(e) => {
@@ -533,7 +542,7 @@ impl VirtioDevice for BlkDevice {
             while let Some(req) = ctx.pop() {
                 if let Err(req) = pool.submit(req, writethrough) {
                     let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                    let len = self.core.serve(&mut scratch, &req, writethrough);
+                    let len = self.core.serve(&mut scratch, &req, None, writethrough);
                     req.complete(len);
                 }
             }
@@ -541,7 +550,7 @@ impl VirtioDevice for BlkDevice {
         }
         let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(req) = ctx.pop() {
-            let len = self.core.serve(&mut scratch, &req, writethrough);
+            let len = self.core.serve(&mut scratch, &req, None, writethrough);
             req.complete(len);
         }
         Ok(Processed::Drained)
