@@ -443,14 +443,7 @@ fn daemon_on_socket(
 }
 
 fn connect_and_start(path: &std::path::Path) -> (Frontend, GuestMemory, GuestQueue) {
-    let mut fe = Frontend::connect(path).expect("connect");
-    fe.set_read_timeout(Some(TIMEOUT)).unwrap();
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
-    (fe, mem, q)
+    start_on(vhost_transport::Connection::connect(path).expect("connect"))
 }
 
 #[test]
@@ -511,17 +504,13 @@ fn set_mem_table_with_descriptor_past_its_file_is_nacked() {
     assert!(e.nack_status().is_some(), "{e}");
 }
 
-/// Handshake and one started ring on a connection the front-end accepted (client mode).
+/// Handshake and one started ring on `conn` (connected, or accepted in client mode).
 fn start_on(
     conn: vhost_transport::Connection<vhost_transport::FrontendChannel>,
 ) -> (Frontend, GuestMemory, GuestQueue) {
     let mut fe = Frontend::new(conn);
     fe.set_read_timeout(Some(TIMEOUT)).unwrap();
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (mem, q) = start_queue0(&mut fe, true);
     (fe, mem, q)
 }
 

@@ -184,11 +184,7 @@ fn requests_completed_later_from_another_thread_out_of_order_at_full_depth_compl
     for event_idx in [false, true] {
         let (b, _hold, held) = hold_backend(TIMEOUT);
         let (mut fe, t) = serve_in_thread(b);
-        handshake(&mut fe, true, event_idx);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, event_idx);
-        q.start(&mut fe, &mem, 0, true);
+        let (mem, mut q) = start_queue0(&mut fe, event_idx);
         // Three rounds of a whole ring (64) outstanding at once; the indices wrap.
         for round in 0..3u64 {
             let heads = submit_many(&mut q, DATA + round * 0x1_0000, QUEUE_SIZE, 0x100);
@@ -208,11 +204,7 @@ fn memory_replaced_and_region_removed_under_requests_in_flight_their_data_lands(
     let _s = serial();
     let (b, hold, held) = hold_backend(TIMEOUT);
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (mem, mut q) = start_queue0(&mut fe, true);
     // Eight requests into the second region, held.
     let heads = submit_many(&mut q, DATA, 8, 0x200);
     wait_held(&held, 8);
@@ -258,11 +250,7 @@ fn get_vring_base_with_requests_held_replies_after_they_complete_with_the_right_
     let _s = serial();
     let (b, _hold, held) = hold_backend(TIMEOUT);
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (_mem, mut q) = start_queue0(&mut fe, true);
     let heads = submit_many(&mut q, DATA, 5, 0x100);
     wait_held(&held, 5);
     let delay = Duration::from_millis(300);
@@ -293,11 +281,7 @@ fn device_that_never_completes_hits_the_bound_the_connection_closes_and_the_next
     let _s = serial();
     let (b, hold, held) = hold_backend(Duration::from_millis(300));
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (_mem, mut q) = start_queue0(&mut fe, true);
     submit_many(&mut q, DATA, 3, 0x100);
     wait_held(&held, 3);
     let started = Instant::now();
@@ -313,11 +297,7 @@ fn device_that_never_completes_hits_the_bound_the_connection_closes_and_the_next
     hold.store(false, Ordering::SeqCst);
     let stale = std::mem::take(&mut *held.lock().unwrap());
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (mem, mut q) = start_queue0(&mut fe, true);
     let heads = submit_many(&mut q, DATA, 4, 0x100);
     check_used(&mut q, &mem, &heads, 0x100);
     for r in stale {
@@ -401,11 +381,7 @@ fn disconnect_with_requests_held_leaks_nothing_and_the_next_frontend_works() {
     // The next front-end works.
     hold.store(false, Ordering::SeqCst);
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (mem, mut q) = start_queue0(&mut fe, true);
     let heads = submit_many(&mut q, DATA, 3, 0x100);
     check_used(&mut q, &mem, &heads, 0x100);
     drop(fe);
@@ -417,11 +393,7 @@ fn a_request_dropped_without_completion_is_returned_with_length_zero() {
     let _s = serial();
     let (b, _hold, held) = hold_backend(TIMEOUT);
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, false);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, false);
-    q.start(&mut fe, &mem, 0, true);
+    let (_mem, mut q) = start_queue0(&mut fe, false);
     let heads = submit_many(&mut q, DATA, 2, 0x100);
     wait_held(&held, 2);
     held.lock().unwrap().clear();
@@ -466,11 +438,7 @@ fn a_request_left_behind_by_a_stop_that_gave_up_cannot_touch_guest_memory() {
     let _s = serial();
     let (b, _hold, held) = hold_backend(Duration::from_millis(50));
     let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (mem, mut q) = start_queue0(&mut fe, true);
     mem.mem()
         .write_slice(&[0x11; 0x100], GuestAddress(DATA))
         .unwrap();

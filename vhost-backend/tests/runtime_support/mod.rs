@@ -179,6 +179,17 @@ pub fn handshake(fe: &mut Frontend, protocol: bool, event_idx: bool) -> u64 {
     acked
 }
 
+/// The usual start of a session: handshake with every protocol feature (and EVENT_IDX as
+/// asked), the two-region memory table, and queue 0 started and enabled.
+pub fn start_queue0(fe: &mut Frontend, event_idx: bool) -> (GuestMemory, GuestQueue) {
+    handshake(fe, true, event_idx);
+    let mem = two_region_memory();
+    send_mem_table(fe, &mem);
+    let q = GuestQueue::new(&mem, 0, event_idx);
+    q.start(fe, &mem, 0, true);
+    (mem, q)
+}
+
 /// The guest side of one queue: driver and eventfds.
 pub struct GuestQueue {
     pub index: u32,

@@ -184,6 +184,23 @@ impl Harness {
         (used[0].1, self.mem.read_obj(GuestAddress(status)).unwrap())
     }
 
+    /// Makes `n` one-sector reads available: read `i` of sector `i` into
+    /// `DATA + 0x10000 + i * 512`, its header and status at `DATA + 0x8000 + i * 32`.
+    /// Returns their heads.
+    fn submit_reads(&mut self, n: u64) -> Vec<u16> {
+        (0..n)
+            .map(|i| {
+                let hdr = DATA + 0x8000 + i * 32;
+                self.header(hdr, VIRTIO_BLK_T_IN, i);
+                self.submit(&[
+                    (hdr, 16, false),
+                    (DATA + 0x10000 + i * 512, 512, true),
+                    (hdr + 16, 1, true),
+                ])
+            })
+            .collect()
+    }
+
     fn header(&self, at: u64, ty: u32, sector: u64) {
         let mut h = [0u8; 16];
         h[..4].copy_from_slice(&ty.to_le_bytes());
@@ -569,15 +586,7 @@ fn header_outside_guest_memory_is_ioerr() {
 fn batch_of_many_chains_is_served_in_one_call() {
     let mut h = Harness::new(false);
     let mut heads = Vec::new();
-    for i in 0..40u64 {
-        let hdr = DATA + 0x8000 + i * 32;
-        h.header(hdr, VIRTIO_BLK_T_IN, i);
-        heads.push(h.submit(&[
-            (hdr, 16, false),
-            (DATA + 0x10000 + i * 512, 512, true),
-            (hdr + 16, 1, true),
-        ]));
-    }
+    heads.extend(h.submit_reads(40));
     let used = h.run();
     assert_eq!(used.len(), 40);
     for (i, (head, len)) in used.into_iter().enumerate() {
@@ -694,15 +703,7 @@ mod threads {
     fn many_reads_in_flight_complete_each_once_with_their_data() {
         let mut h = harness();
         let mut heads = Vec::new();
-        for i in 0..40u64 {
-            let hdr = DATA + 0x8000 + i * 32;
-            h.header(hdr, VIRTIO_BLK_T_IN, i);
-            heads.push(h.submit(&[
-                (hdr, 16, false),
-                (DATA + 0x10000 + i * 512, 512, true),
-                (hdr + 16, 1, true),
-            ]));
-        }
+        heads.extend(h.submit_reads(40));
         let used = h.run();
         assert_eq!(used.len(), 40);
         let mut seen = std::collections::HashSet::new();
@@ -747,15 +748,7 @@ mod threads {
     #[test]
     fn a_stop_with_requests_in_flight_waits_for_them_and_answers_the_base() {
         let mut h = harness();
-        for i in 0..30u64 {
-            let hdr = DATA + 0x8000 + i * 32;
-            h.header(hdr, VIRTIO_BLK_T_IN, i);
-            h.submit(&[
-                (hdr, 16, false),
-                (DATA + 0x10000 + i * 512, 512, true),
-                (hdr + 16, 1, true),
-            ]);
-        }
+        h.submit_reads(30);
         h.queue.process(&h.dev).unwrap();
         let base = h.queue.stop(std::time::Duration::from_secs(10)).unwrap();
         assert_eq!(base, 30);

@@ -60,6 +60,16 @@ impl Spawned {
         panic!("no log line containing {needle:?}");
     }
 
+    /// Waits for the line naming the scratch image the daemon serves; returns its path.
+    fn scratch_image(&self) -> PathBuf {
+        let line = self.wait_line("scratch image at ");
+        line.split("scratch image at ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .into()
+    }
+
     fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
@@ -170,13 +180,7 @@ fn without_blk_file_serves_a_scratch_gib_and_removes_it_on_exit() {
     let scratch = Scratch::new("noimage");
     let sock = scratch.socket();
     let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
-    let line = d.wait_line("scratch image at ");
-    let path: PathBuf = line
-        .split("scratch image at ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .into();
+    let path = d.scratch_image();
     assert!(path.exists(), "{} missing", path.display());
     let s = connect(&sock, || options(1));
     let cfg = ConfigView::parse(s.config().unwrap()).unwrap();
@@ -193,13 +197,7 @@ fn sighup_and_sigquit_exit_cleanly_removing_the_socket_and_the_scratch_image() {
         let scratch = Scratch::new("hup");
         let sock = scratch.socket();
         let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
-        let line = d.wait_line("scratch image at ");
-        let path: PathBuf = line
-            .split("scratch image at ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .into();
+        let path = d.scratch_image();
         d.wait_line("vhost-user-blk-pci");
         d.signal(sig);
         let status = d.wait_exit();
