@@ -18,7 +18,7 @@ use vhost_proto::{
 
 use vhost_transport::OwnedDescriptor;
 
-use crate::backend_client::BackendClient;
+use crate::backend_client::{BackendClient, SharedNegotiation};
 
 /// Why a [`Backend`] method failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,19 +58,39 @@ macro_rules! declare_backend {
         /// ignore the request as the specification allows).
         pub trait Backend: Send {
             $(declare_backend!(@method $(#[$m])* fn $name(&mut self $(, $arg: $ty)*) -> $ret $(= $default)?);)*
+
+            /// Not a request: [`BackendServer::new`](crate::BackendServer::new) hands the
+            /// back-end the session's negotiation, the one record of what is acked. The server
+            /// updates it before it dispatches a request that changes it (and restores it if
+            /// the back-end fails the request), so a back-end reads acked features there
+            /// instead of keeping a copy. Ignored by default.
+            #[allow(unused_variables)]
+            fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {}
         }
 
         impl<T: Backend + ?Sized> Backend for Box<T> {
+            fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
+                (**self).bind_negotiation(negotiation)
+            }
+
             $(fn $name(&mut self $(, $arg: $ty)*) -> $ret { (**self).$name($($arg),*) })*
         }
 
         impl<T: Backend> Backend for Mutex<T> {
+            fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
+                self.get_mut().unwrap_or_else(PoisonError::into_inner).bind_negotiation(negotiation)
+            }
+
             $(fn $name(&mut self $(, $arg: $ty)*) -> $ret {
                 self.get_mut().unwrap_or_else(PoisonError::into_inner).$name($($arg),*)
             })*
         }
 
         impl<T: Backend> Backend for Arc<Mutex<T>> {
+            fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
+                self.lock().unwrap_or_else(PoisonError::into_inner).bind_negotiation(negotiation)
+            }
+
             $(fn $name(&mut self $(, $arg: $ty)*) -> $ret {
                 self.lock().unwrap_or_else(PoisonError::into_inner).$name($($arg),*)
             })*

@@ -92,8 +92,8 @@ pub struct BackendServer<B> {
     conn: Connection<FrontendChannel>,
     backend: B,
     negotiation: Negotiation,
-    /// The copy of `negotiation` the back-end channel reads; refreshed whenever a request
-    /// changes what is negotiated.
+    /// The copy of `negotiation` the back-end and its channel read; refreshed whenever a
+    /// request changes what is acked.
     shared: SharedNegotiation,
     /// Request bodies, up to the protocol maximum.
     body: Box<[u8; MAX_BODY_SIZE]>,
@@ -126,10 +126,12 @@ impl<B: Backend> BackendServer<B> {
     /// offers.
     pub fn new(conn: Connection<FrontendChannel>, mut backend: B) -> Result<Self, ServerError> {
         let negotiation = offer(&mut backend)?;
+        let shared = Arc::new(Mutex::new(negotiation.clone()));
+        backend.bind_negotiation(Arc::clone(&shared));
         Ok(BackendServer {
             conn,
             backend,
-            shared: Arc::new(Mutex::new(negotiation.clone())),
+            shared,
             negotiation,
             body: Box::new([0; MAX_BODY_SIZE]),
             reply: Box::new([0; MAX_BODY_SIZE]),
@@ -346,13 +348,24 @@ fn handle<'a, B: Backend>(
     config: &'a mut [u8; MAX_CONFIG_SIZE],
 ) -> Result<dispatch::Answer<'a>, ServerError> {
     negotiation.check(request).map_err(ServerError::Refused)?;
-    let answer = dispatch::dispatch(backend, shared, request, fds, config)?;
-    let before = (negotiation.acked_features(), negotiation.acked_protocol());
+    // The request's effect is recorded before the back-end sees it, so the back-end reads
+    // the acked features it is being asked to apply; a refused request leaves the record
+    // as it was.
+    let before = negotiation.clone();
     negotiation.apply(request);
-    if before != (negotiation.acked_features(), negotiation.acked_protocol()) {
+    let acked = |n: &Negotiation| (n.acked_features(), n.acked_protocol());
+    let changes = acked(negotiation) != acked(&before);
+    if changes {
         *shared.lock().unwrap_or_else(PoisonError::into_inner) = negotiation.clone();
     }
-    Ok(answer)
+    let answer = dispatch::dispatch(backend, shared, request, fds, config);
+    if answer.is_err() {
+        if changes {
+            *shared.lock().unwrap_or_else(PoisonError::into_inner) = before.clone();
+        }
+        *negotiation = before;
+    }
+    answer
 }
 
 /// Reads what the back-end offers into a fresh negotiation.

@@ -36,7 +36,7 @@ use vhost_proto::{
 
 use vhost_transport::OwnedDescriptor;
 
-use crate::{Backend, BackendClient, BackendError, BackendResult};
+use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiation};
 
 /// One call a [`RecordingBackend`] received, with its arguments (descriptors as whether
 /// or how many came).
@@ -139,6 +139,9 @@ struct State {
     fds: Vec<(FrontendReq, OwnedDescriptor)>,
     failing: BTreeSet<FrontendReq>,
     client: Option<BackendClient>,
+    negotiation: Option<SharedNegotiation>,
+    /// What the bound negotiation said was acked when each SET_FEATURES came.
+    acked_seen: Vec<u64>,
 }
 
 /// A shared view of what a [`RecordingBackend`] received; cheap to clone.
@@ -169,6 +172,23 @@ impl Recording {
     /// How many descriptors are kept.
     pub fn fd_count(&self) -> usize {
         self.state().fds.len()
+    }
+
+    /// The acked features in the negotiation the server bound
+    /// ([`Backend::bind_negotiation`]), if one is bound.
+    pub fn acked_in_negotiation(&self) -> Option<u64> {
+        let negotiation = self.state().negotiation.clone()?;
+        let acked = negotiation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acked_features();
+        Some(acked)
+    }
+
+    /// For each SET_FEATURES so far, the acked features the bound negotiation showed while
+    /// the method ran.
+    pub fn acked_seen_by_set_features(&self) -> Vec<u64> {
+        self.state().acked_seen.clone()
     }
 
     /// Makes the method for `request` fail with [`BackendError::InvalidState`] from now on.
@@ -315,7 +335,13 @@ impl Backend for RecordingBackend {
         self.record(Q::GetFeatures, Call::GetFeatures)?;
         Ok(self.features)
     }
+    fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
+        self.recording.state().negotiation = Some(negotiation);
+    }
     fn set_features(&mut self, features: u64) -> BackendResult<()> {
+        if let Some(acked) = self.recording.acked_in_negotiation() {
+            self.recording.state().acked_seen.push(acked);
+        }
         self.record(Q::SetFeatures, Call::SetFeatures(features))
     }
     fn set_owner(&mut self) -> BackendResult<()> {

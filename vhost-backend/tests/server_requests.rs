@@ -11,7 +11,7 @@ use common::cases::{self, ACKED, FEATURES};
 use common::{borrow, Session};
 use vhost_backend::ServerError;
 use vhost_proto::{
-    FrontendReply, FrontendReq, FrontendRequest, Owed, Owes, ProtocolFeatures, ReplyShape,
+    virtio, FrontendReply, FrontendReq, FrontendRequest, Owed, Owes, ProtocolFeatures, ReplyShape,
 };
 
 #[test]
@@ -181,4 +181,29 @@ fn queue_count_not_supported_bounds_vring_indices_to_one_queue() {
     let num = |index| FrontendRequest::SetVringNum(vhost_proto::VringState { index, num: 64 });
     assert_eq!(s.ack(&num(0), &[]), 0);
     assert_ne!(s.ack(&num(1), &[]), 0);
+}
+
+/// The server records SET_FEATURES in the session's negotiation before the back-end's method
+/// runs (the runtime reads acked features there, not from a copy of its own), and a
+/// SET_FEATURES the back-end fails leaves the record as it was.
+#[test]
+fn set_features_is_in_the_bound_negotiation_while_the_backend_applies_it_and_undone_on_failure() {
+    let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
+    assert_eq!(s.rec.acked_in_negotiation(), Some(FEATURES));
+    assert_eq!(s.rec.acked_seen_by_set_features(), vec![FEATURES]);
+    let fewer = FEATURES & !virtio::bit(virtio::ACCESS_PLATFORM);
+    assert_ne!(fewer, FEATURES, "the offer has ACCESS_PLATFORM to drop");
+    s.rec.fail_on(FrontendReq::SetFeatures);
+    let ack = s.ack(&FrontendRequest::SetFeatures(fewer), &[]);
+    assert_ne!(ack, 0, "the failing SET_FEATURES is nacked");
+    assert_eq!(
+        s.rec.acked_seen_by_set_features(),
+        vec![FEATURES, fewer],
+        "the back-end saw the new value while it ran"
+    );
+    assert_eq!(s.rec.acked_in_negotiation(), Some(FEATURES), "undone");
+    assert_eq!(s.server.negotiation().acked_features(), FEATURES);
+    s.rec.succeed_on(FrontendReq::SetFeatures);
+    assert_eq!(s.ack(&FrontendRequest::SetFeatures(fewer), &[]), 0);
+    assert_eq!(s.rec.acked_in_negotiation(), Some(fewer));
 }

@@ -7,11 +7,11 @@
 //! RESET_OWNER and a disconnect join them all.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
-use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
+use vhost_proto::{virtio, MemTable, Negotiation, ProtocolFeatures, RegionMsg, VringAddr};
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
@@ -20,7 +20,7 @@ use super::notifier::{self, Notifier};
 use super::state::{Direction, StateError, StateTransfer};
 use super::vring::{Kick, RingPart, Vring, VringError};
 use super::worker::Worker;
-use crate::{Backend, BackendClient, BackendError, BackendResult};
+use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiation};
 
 /// Virtio features the runtime implements itself and always offers: protocol features
 /// (bit 30), VERSION_1, EVENT_IDX and INDIRECT_DESC (descriptor chains are walked by
@@ -136,8 +136,10 @@ pub struct DeviceBackend<D: VirtioDevice> {
     mem: MemoryTable,
     offered_features: u64,
     offered_protocol: ProtocolFeatures,
-    acked_features: u64,
-    acked_protocol: ProtocolFeatures,
+    /// The session's negotiation: the server's record of what is acked
+    /// ([`Backend::bind_negotiation`]); a fresh one of this back-end's own until a server
+    /// binds it and after a disconnect.
+    negotiation: SharedNegotiation,
     status: u64,
     state: StateTransfer,
 }
@@ -149,7 +151,7 @@ impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
             .field("regions", &self.mem.len())
             .field(
                 "acked_features",
-                &format_args!("{:#x}", self.acked_features),
+                &format_args!("{:#x}", self.acked_features()),
             )
             .field("status", &self.status)
             .field("state_transfer", &self.state)
@@ -278,8 +280,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             mem,
             offered_features,
             offered_protocol,
-            acked_features: 0,
-            acked_protocol: ProtocolFeatures::empty(),
+            negotiation: fresh_negotiation(offered_features, offered_protocol, n),
             status: 0,
             state: StateTransfer::default(),
         })
@@ -305,9 +306,13 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         self.offered_protocol
     }
 
-    /// Virtio features acked by the last SET_FEATURES.
+    /// Virtio features acked by the last SET_FEATURES, as the session's negotiation records
+    /// them.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.negotiation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acked_features()
     }
 
     /// Number of worker threads running now.
@@ -329,7 +334,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
 
     /// Bit 30 not acked: rings are enabled as soon as they start.
     fn rings_start_enabled(&self) -> bool {
-        self.acked_features & virtio::bit(virtio::PROTOCOL_FEATURES) == 0
+        self.acked_features() & virtio::bit(virtio::PROTOCOL_FEATURES) == 0
     }
 
     fn worker(&mut self, w: usize) -> Result<&Worker<D>, RuntimeError> {
@@ -416,7 +421,6 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         // Before the device resets: a load may be restoring it.
         self.state.abandon();
         let stopped = self.reset_rings();
-        self.acked_features = 0;
         self.status = 0;
         self.device.reset();
         stopped
@@ -441,14 +445,18 @@ impl<D: VirtioDevice> DeviceBackend<D> {
 }
 
 impl<D: VirtioDevice> Backend for DeviceBackend<D> {
+    fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
+        self.negotiation = negotiation;
+    }
+
     fn get_features(&mut self) -> BackendResult<u64> {
         Ok(self.offered_features)
     }
 
     fn set_features(&mut self, features: u64) -> BackendResult<()> {
-        self.acked_features = features;
+        // The server recorded `features` in the session's negotiation before this call.
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
-        let protocol = !self.rings_start_enabled();
+        let protocol = features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0;
         for (i, r) in self.rings.iter().enumerate() {
             let mut g = r.lock();
             g.set_event_idx(event_idx);
@@ -590,8 +598,9 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         Ok(self.offered_protocol)
     }
 
-    fn set_protocol_features(&mut self, features: ProtocolFeatures) -> BackendResult<()> {
-        self.acked_protocol = features;
+    fn set_protocol_features(&mut self, _features: ProtocolFeatures) -> BackendResult<()> {
+        // Recorded by the server in the session's negotiation; nothing of the runtime's
+        // depends on it at this point.
         Ok(())
     }
 
@@ -694,10 +703,20 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn disconnected(&mut self) -> BackendResult<()> {
         // A timeout is logged; the front-end is gone, and so are the rings.
         let _ = self.reset_device_state();
-        self.acked_protocol = ProtocolFeatures::empty();
+        self.negotiation = fresh_negotiation(
+            self.offered_features,
+            self.offered_protocol,
+            self.rings.len(),
+        );
         self.mem.clear();
         Ok(())
     }
+}
+
+/// A negotiation of this back-end's own offer with nothing acked yet.
+fn fresh_negotiation(features: u64, protocol: ProtocolFeatures, rings: usize) -> SharedNegotiation {
+    let queues = u32::try_from(rings).unwrap_or(u32::MAX);
+    Arc::new(Mutex::new(Negotiation::new(features, protocol, queues)))
 }
 
 impl<D: VirtioDevice> Drop for DeviceBackend<D> {
