@@ -15,9 +15,12 @@
 //! to four and completes them later in reverse order (a stop of the ring then meets
 //! outstanding requests: the quiesce bound is 0, so it closes the connection).
 //!
+//! One back-end serves every run, one front-end connection per run, as a daemon serves one
+//! front-end after another.
+//!
 //! Properties: nothing panics, nothing touches memory outside the mappings, and once the
-//! session is over the workers are gone and the process has exactly the descriptors it had
-//! before.
+//! session is over the workers are gone, no mapping and no held request is left, and the
+//! process has exactly the descriptors it had before.
 #![no_main]
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -120,8 +123,21 @@ impl VirtioDevice for FillDevice {
     }
 }
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+/// Open descriptors of the process, read from `/proc/self/fd` without an allocation per
+/// entry (the directory's own descriptor is not counted).
+fn open_fds() -> usize {
+    let mut dir = nix::dir::Dir::open(
+        "/proc/self/fd",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("/proc/self/fd");
+    let entries = dir
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .count();
+    entries - 1
 }
 
 fn region(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<MemoryRegion> {
@@ -340,6 +356,9 @@ struct Fixture {
     mem: GuestMemory,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
+    /// The back-end, kept from one run to the next as a daemon keeps it from one front-end
+    /// to the next: what a session leaves behind must not reach the next one.
+    backend: Mutex<Option<DeviceBackend<FillDevice>>>,
 }
 
 fn eventfds() -> Vec<EventFd> {
@@ -357,11 +376,17 @@ fn fixture() -> &'static Fixture {
         mem: GuestMemory::new(&SPECS).expect("guest memory"),
         kicks: eventfds(),
         calls: eventfds(),
+        backend: Mutex::new(None),
     })
 }
 
 fn run(u: &mut Unstructured<'_>) {
-    let Fixture { mem, kicks, calls } = fixture();
+    let Fixture {
+        mem,
+        kicks,
+        calls,
+        backend,
+    } = fixture();
     static ZEROS: [u8; REGION_SIZE as usize] = [0; REGION_SIZE as usize];
     for spec in &SPECS {
         mem.mem()
@@ -373,9 +398,13 @@ fn run(u: &mut Unstructured<'_>) {
     }
     let (back, front) = Connection::<FrontendChannel>::pair().expect("socket pair");
     front.set_nonblocking(true).expect("non-blocking");
-    let backend = DeviceBackend::threadless(FillDevice::default())
-        .expect("backend")
-        .with_quiesce_timeout(std::time::Duration::ZERO);
+    let mut slot = backend.lock().expect("lock");
+    let backend = slot.take().unwrap_or_else(|| {
+        DeviceBackend::threadless(FillDevice::default())
+            .expect("backend")
+            .with_quiesce_timeout(std::time::Duration::ZERO)
+    });
+    backend.device().hold.store(false, Ordering::Relaxed);
     let mut server = BackendServer::new(back, backend).expect("server");
     for _ in 0..MAX_OPS {
         if u.is_empty() {
@@ -417,16 +446,27 @@ fn run(u: &mut Unstructured<'_>) {
     // The front-end goes away: the workers stop and the mappings go.
     server.finish().expect("reset");
     assert_eq!(server.backend().running_workers(), 0);
-    drop(server);
+    assert!(server.backend().memory().is_empty(), "mappings left");
+    assert!(
+        server
+            .backend()
+            .device()
+            .held
+            .lock()
+            .expect("lock")
+            .is_empty(),
+        "requests left"
+    );
+    *slot = Some(server.into_backend());
     drop(front);
 }
 
 fuzz_target!(|data: &[u8]| {
     // The fixture's descriptors live for the whole process.
     fixture();
-    let before = count("/proc/self/fd");
+    let before = open_fds();
     run(&mut Unstructured::new(data));
     // Every descriptor a run opened is closed when it returns. (Threadless: a run starts no
     // thread; `run` checks no worker is left.)
-    assert_eq!(count("/proc/self/fd"), before, "descriptors leaked");
+    assert_eq!(open_fds(), before, "descriptors leaked");
 });
