@@ -157,6 +157,23 @@ impl<B: Backend> BackendServer<B> {
         self.backend
     }
 
+    /// True when a whole message header already waits in the connection's buffer: the
+    /// next [`handle_one`](Self::handle_one) serves it even though the descriptor may not
+    /// be readable. An event loop checks this before it waits for readability again.
+    pub fn has_buffered(&self) -> bool {
+        self.conn.has_buffered()
+    }
+
+    /// Sets the connection's non-blocking mode and its bound on a read (`None`: none), for
+    /// a caller that drives [`handle_one`](Self::handle_one) from an event loop: with
+    /// non-blocking mode on, no header waiting is a retryable error, and a message whose
+    /// rest does not come within `read_timeout` closes the connection.
+    pub fn set_event_driven(&self, read_timeout: Option<Duration>) -> Result<(), ServerError> {
+        self.conn.set_nonblocking(true)?;
+        self.conn.set_read_timeout(read_timeout)?;
+        Ok(())
+    }
+
     /// The session's negotiation state.
     pub fn negotiation(&self) -> &Negotiation {
         &self.negotiation

@@ -145,3 +145,56 @@ fn whole_buffered_header_counts_as_buffered_and_is_served_without_readability() 
     raw_send(&raw, &m2[HEADER_SIZE..], &[]);
     assert_eq!(conn.recv_body(4).unwrap()[..], m2[HEADER_SIZE..]);
 }
+
+/// A body that starts but does not finish is waited for on a non-blocking
+/// connection, but only within the read timeout: a peer that stops in the
+/// middle of a message cannot hold the reader (an event loop's thread).
+#[test]
+fn nonblocking_body_read_stopped_midway_ends_at_the_read_timeout() {
+    let (conn, raw) = conn_and_raw();
+    let m = message(3, 16);
+    raw_send(&raw, &m[..HEADER_SIZE + 4], &[]);
+    conn.set_nonblocking(true).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    conn.recv_header().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = Arc::clone(&conn);
+    thread::spawn(move || {
+        let _ = tx.send(reader.recv_body(16));
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the body read waited past its read timeout")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PartialMessage {
+                expected: 16,
+                got: 4
+            }
+        ),
+        "{err:?}"
+    );
+    drop(raw);
+}
+
+/// Within the read timeout, the rest of a started body is waited for.
+#[test]
+fn nonblocking_body_read_gets_the_rest_that_comes_within_the_read_timeout() {
+    let (conn, raw) = conn_and_raw();
+    let m = message(4, 16);
+    raw_send(&raw, &m[..HEADER_SIZE + 4], &[]);
+    conn.set_nonblocking(true).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    conn.recv_header().unwrap();
+    let rest = m[HEADER_SIZE + 4..].to_vec();
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        raw_send(&raw, &rest, &[]);
+        raw
+    });
+    assert_eq!(conn.recv_body(16).unwrap()[..], m[HEADER_SIZE..]);
+    writer.join().unwrap();
+}

@@ -73,6 +73,11 @@ pub struct BackendArgs {
     /// forbids sealing, a regular or hugetlbfs file) instead of serving it with a warning.
     #[arg(long)]
     pub strict_memory: bool,
+
+    /// When this process serves several sockets: at most N front-ends connected at once; one
+    /// beyond is accepted and closed at once, with a warning [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 }
 
 impl BackendArgs {
@@ -83,6 +88,18 @@ impl BackendArgs {
         } else {
             super::mem_table::MemoryPolicy::Lenient
         }
+    }
+
+    /// A [`MultiDaemon`](super::MultiDaemon) with the bounds these options set, for a
+    /// daemon that serves several sockets; add its exports with
+    /// [`MultiDaemon::bind`](super::MultiDaemon::bind) (`--socket-mode` applies to each).
+    pub fn multi_daemon<B: crate::Backend + 'static>(
+        &self,
+    ) -> Result<super::MultiDaemon<B>, super::DaemonError> {
+        let max = self
+            .max_connections
+            .map_or(super::multi::DEFAULT_MAX_CONNECTIONS, |n| n as usize);
+        Ok(super::MultiDaemon::new()?.with_max_connections(max))
     }
 
     /// Listens on `path` when neither `--socket-path` nor `--fd` was given. A device that

@@ -80,13 +80,13 @@ pub enum DaemonError {
     },
 }
 
-fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+pub(super) fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
     move |source| DaemonError::Sys { what, source }
 }
 
 /// Asks a running [`Daemon`] to stop. Cheap to clone; usable from any thread.
 #[derive(Debug, Clone)]
-pub struct StopHandle(Arc<EventFd>);
+pub struct StopHandle(pub(super) Arc<EventFd>);
 
 impl StopHandle {
     /// Requests the stop. The daemon resets the back-end and returns from
@@ -155,12 +155,12 @@ pub fn install_signal_handlers() -> Result<(), DaemonError> {
 }
 
 /// The descriptor of an eventfd, borrowed for as long as the eventfd lives.
-fn borrow(ev: &EventFd) -> BorrowedFd<'_> {
+pub(super) fn borrow(ev: &EventFd) -> BorrowedFd<'_> {
     // SAFETY: `ev` owns this open descriptor and outlives the returned borrow.
     unsafe { BorrowedFd::borrow_raw(ev.as_raw_fd()) }
 }
 
-fn signal_fd() -> Option<BorrowedFd<'static>> {
+pub(super) fn signal_fd() -> Option<BorrowedFd<'static>> {
     SIGNAL_EVENT.get().map(borrow)
 }
 
@@ -448,7 +448,7 @@ impl<B: Backend> Daemon<B> {
 }
 
 /// Explains a failed bind of `path`, with the fix where there is an obvious one.
-fn bind_error(path: &std::path::Path, e: vhost_transport::Error) -> DaemonError {
+pub(super) fn bind_error(path: &std::path::Path, e: vhost_transport::Error) -> DaemonError {
     use std::io::ErrorKind;
     let why = match &e {
         vhost_transport::Error::AddressInUse(_) => match std::fs::symlink_metadata(path) {

@@ -95,6 +95,7 @@ pub mod guest_io;
 mod handler;
 pub mod log_limit;
 pub mod mem_table;
+pub mod multi;
 mod notifier;
 pub mod request;
 pub mod state;
@@ -114,6 +115,7 @@ pub use handler::{
 };
 pub use log_limit::LogLimiter;
 pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
+pub use multi::MultiDaemon;
 pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};

@@ -61,6 +61,7 @@ pub mod config;
 pub mod direct;
 mod disk;
 pub mod engine;
+pub mod export;
 mod file_ops;
 pub mod image;
 pub mod request;

@@ -8,6 +8,7 @@ use clap::Parser;
 use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
 use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
 use vhost_backend::runtime::DeviceBackend;
+use vhost_device_blk::export::ExportSpec;
 use vhost_device_blk::image::{TempImage, TEMP_IMAGE_SIZE};
 use vhost_device_blk::{Aio, BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE};
 
@@ -68,6 +69,14 @@ struct Cli {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     aio_threads: u16,
 
+    /// Serve one more disk from this process: `socket=PATH,file=IMG[,read-only=on]
+    /// [,num-queues=N][,queue-size=N][,direct=on][,serial=S]` (repeat for each disk; the
+    /// other options are the defaults of every export). Replaces --socket-path, --fd and
+    /// --blk-file.
+    #[arg(long, value_name = "KEY=VALUE,...",
+          conflicts_with_all = ["socket_path", "fd", "blk_file", "client"])]
+    export: Vec<ExportSpec>,
+
     /// Logical block size in bytes (a power of two, 512 to 65536) [default: 512, or with
     /// --direct the host's direct I/O alignment when larger]. With --direct, a size below
     /// that alignment is refused.
@@ -90,6 +99,9 @@ fn main() -> ExitCode {
 
 fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     install_signal_handlers()?;
+    if !cli.export.is_empty() {
+        return run_exports(cli);
+    }
     cli.backend.default_socket_path(DEFAULT_SOCKET);
     // Lives until the daemon returns; dropping it removes the scratch image.
     let mut scratch = None;
@@ -104,7 +116,50 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             scratch.insert(img).path().to_path_buf()
         }
     };
-    let config = BlkConfig {
+    let config = base_config(cli, path);
+    let device = BlkDevice::new(&config)?;
+    let (size, block_size) = (device.size_bytes(), device.block_size());
+    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
+    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
+    log_serving(&config, size, block_size);
+    if let Some(sock) = &cli.backend.socket_path {
+        log::info!(
+            "point QEMU at it with:\n  \
+             -object memory-backend-memfd,id=mem,size=1G,share=on \
+             -machine q35,memory-backend=mem -m 1G \\\n  \
+             -chardev socket,id=blk0,path={}{} \\\n  \
+             -device vhost-user-blk-pci,chardev=blk0,num-queues={}",
+            sock.display(),
+            if cli.backend.client { ",server=on" } else { "" },
+            config.num_queues
+        );
+    }
+    let result = daemon.run();
+    drop(daemon);
+    drop(scratch);
+    result.map_err(Into::into)
+}
+
+/// `--export ...`: every disk from this process, each on its own socket with its own device.
+fn run_exports(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let base = base_config(cli, PathBuf::new());
+    let mut daemon = cli.backend.multi_daemon()?;
+    for export in &cli.export {
+        let config = export.config(&base);
+        let device = BlkDevice::new(&config)
+            .map_err(|e| format!("export {}: {e}", export.socket.display()))?;
+        let (size, block_size) = (device.size_bytes(), device.block_size());
+        let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
+        daemon.bind(&export.socket, cli.backend.socket_mode, backend)?;
+        log_serving(&config, size, block_size);
+    }
+    log::info!("{} exports from this process", daemon.len());
+    daemon.run().map_err(Into::into)
+}
+
+/// The configuration the command line gives a disk at `path`.
+fn base_config(cli: &Cli, path: PathBuf) -> BlkConfig {
+    BlkConfig {
         path,
         read_only: cli.read_only,
         num_queues: cli.num_queues,
@@ -120,11 +175,10 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             AioMode::Sync => Aio::Sync,
             AioMode::Threads => Aio::Threads(cli.aio_threads),
         },
-    };
-    let device = BlkDevice::new(&config)?;
-    let (size, block_size) = (device.size_bytes(), device.block_size());
-    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
+    }
+}
+
+fn log_serving(config: &BlkConfig, size: u64, block_size: u32) {
     log::info!(
         "serving {} ({} bytes, {}-byte blocks, {}, {} queue(s) of up to {}, {})",
         config.path.display(),
@@ -142,20 +196,4 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             Aio::Threads(n) => format!("requests run on {n} I/O threads"),
         }
     );
-    if let Some(sock) = &cli.backend.socket_path {
-        log::info!(
-            "point QEMU at it with:\n  \
-             -object memory-backend-memfd,id=mem,size=1G,share=on \
-             -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=blk0,path={}{} \\\n  \
-             -device vhost-user-blk-pci,chardev=blk0,num-queues={}",
-            sock.display(),
-            if cli.backend.client { ",server=on" } else { "" },
-            config.num_queues
-        );
-    }
-    let result = daemon.run();
-    drop(daemon);
-    drop(scratch);
-    result.map_err(Into::into)
 }

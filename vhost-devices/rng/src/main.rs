@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
 use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
+use vhost_backend::runtime::multi::numbered_paths;
 use vhost_backend::runtime::DeviceBackend;
 use vhost_device_rng::{RateLimit, RngConfig, RngDevice, MAX_QUEUE_SIZE};
 
@@ -40,6 +41,13 @@ struct Cli {
     /// next period. Default: unlimited.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_bytes: Option<u64>,
+
+    /// Serve N devices from this process, each with its own entropy budget, on the sockets
+    /// --socket-path with 0 to N-1 appended (PATH0, PATH1, …), as rust-vmm's
+    /// vhost-device-rng names them.
+    #[arg(long, value_name = "N", requires = "socket_path", conflicts_with = "client",
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    socket_count: Option<u16>,
 
     /// Largest queue size (a power of two, 1 to 32768).
     #[arg(long, default_value_t = MAX_QUEUE_SIZE,
@@ -77,19 +85,14 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     install_signal_handlers()?;
     cli.backend.default_socket_path(DEFAULT_SOCKET);
     let config = cli.config();
+    if let (Some(n), Some(path)) = (cli.socket_count, &cli.backend.socket_path) {
+        return run_many(cli, &config, path, n.into());
+    }
     let device = RngDevice::new(&config)?;
     let description = device.source().describe();
     let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
     let mut daemon = Daemon::from_args(&cli.backend, backend)?;
-    match config.rate_limit {
-        Some(l) => log::info!(
-            "entropy from {}, at most {} bytes every {} ms",
-            description,
-            l.max_bytes,
-            l.period.as_millis()
-        ),
-        None => log::info!("entropy from {description}"),
-    }
+    log_source(&config, &description);
     if let Some(sock) = &cli.backend.socket_path {
         log::info!(
             "point QEMU at it with:\n  \
@@ -102,6 +105,43 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     daemon.run().map_err(Into::into)
+}
+
+/// `--socket-count N`: N devices, one per socket, from this process.
+fn run_many(
+    cli: &Cli,
+    config: &RngConfig,
+    path: &std::path::Path,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut daemon = cli.backend.multi_daemon()?;
+    let mut description = String::new();
+    for sock in numbered_paths(path, n) {
+        let device = RngDevice::new(config)?;
+        description = device.source().describe();
+        let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
+        daemon.bind(&sock, cli.backend.socket_mode, backend)?;
+    }
+    log_source(config, &description);
+    log::info!(
+        "{n} devices on {}0 to {}{}, each with its own entropy budget",
+        path.display(),
+        path.display(),
+        n - 1
+    );
+    daemon.run().map_err(Into::into)
+}
+
+fn log_source(config: &RngConfig, description: &str) {
+    match config.rate_limit {
+        Some(l) => log::info!(
+            "entropy from {}, at most {} bytes every {} ms",
+            description,
+            l.max_bytes,
+            l.period.as_millis()
+        ),
+        None => log::info!("entropy from {description}"),
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +176,23 @@ mod tests {
         assert!(parse_from(&["x", "--period", "100"]).is_err());
         assert!(parse_from(&["x", "--max-bytes", "0"]).is_err());
         assert!(parse_from(&["x", "--max-bytes", "1", "--period", "0"]).is_err());
+    }
+
+    #[test]
+    fn socket_count_needs_a_socket_path_and_is_at_least_one() {
+        let c = parse_from(&["x", "--socket-path", "/s", "--socket-count", "3"]).unwrap();
+        assert_eq!(c.socket_count, Some(3));
+        assert!(parse_from(&["x", "--socket-count", "3"]).is_err());
+        assert!(parse_from(&["x", "--socket-path", "/s", "--socket-count", "0"]).is_err());
+        assert!(parse_from(&[
+            "x",
+            "--socket-path",
+            "/s",
+            "--socket-count",
+            "2",
+            "--client"
+        ])
+        .is_err());
     }
 
     #[test]

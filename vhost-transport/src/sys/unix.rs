@@ -192,6 +192,38 @@ impl Socket {
         }
     }
 
+    /// Sleeps until the socket is readable (or has an error, which the next
+    /// call then reports), at most for the read timeout when one is set.
+    /// `false` when that timeout ran out first.
+    pub(crate) fn wait_readable(&self) -> Result<bool> {
+        let timeout = self
+            .stream
+            .read_timeout()
+            .map_err(|e| Error::io("getsockopt(SO_RCVTIMEO)", e))?;
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let left = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    // Rounded up, so the wait never ends before the deadline.
+                    PollTimeout::try_from(left.as_micros().div_ceil(1000))
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, left) {
+                Ok(0) => {}
+                Ok(_) => return Ok(true),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::io("poll", e)),
+            }
+        }
+    }
+
     /// Sleeps until the socket is ready for `events` (or has an error, which
     /// the next call then reports).
     fn wait(&self, events: PollFlags) -> Result<()> {

@@ -27,7 +27,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 
 use nix::errno::Errno;
-use nix::poll::PollFlags;
 use vhost_proto::{Header, HEADER_SIZE, MAX_BODY_SIZE, MAX_FDS};
 
 use super::Socket;
@@ -370,7 +369,14 @@ impl Socket {
                 Err(Errno::EAGAIN) if self.is_nonblocking() && in_header => {
                     return Err(Error::WouldBlock)
                 }
-                Err(Errno::EAGAIN) if self.is_nonblocking() => self.wait(PollFlags::POLLIN)?,
+                // The rest of a started body: waited for, but within the read timeout
+                // (when one is set), so a peer that stops mid-message cannot hold the
+                // reader.
+                Err(Errno::EAGAIN) if self.is_nonblocking() => {
+                    if !self.wait_readable()? {
+                        return Err(Error::PartialMessage { expected, got });
+                    }
+                }
                 // The read timeout ran out with the read half done.
                 Err(Errno::EAGAIN) => return Err(Error::PartialMessage { expected, got }),
                 Err(Errno::ECONNRESET) => return Ok(Received::end_of_stream()),

@@ -1,0 +1,625 @@
+//! Many devices from one process: a [`MultiDaemon`] serves any number of exports, each a
+//! listening socket with a back-end of its own, as qemu-storage-daemon serves repeated
+//! `--export`s.
+//!
+//! Threads. The thread that calls [`MultiDaemon::run`] is the event loop: it sleeps in
+//! `epoll_wait` on every listener, every connected front-end, the stop eventfd and the
+//! signal eventfd. When a front-end's socket becomes readable, its session goes to a small
+//! pool of control threads (at most [`MultiDaemon::with_control_threads`], started on
+//! demand), which handles the messages waiting and hands the session back. A session is
+//! with at most one control thread at a time, so one front-end's messages stay in order,
+//! and a control thread never waits for a front-end between messages: connections are
+//! non-blocking, and a message that starts must finish within the stall bound
+//! ([`STALL_TIMEOUT`](crate::STALL_TIMEOUT)). A slow request (GET_VRING_BASE waiting for
+//! I/O, CHECK_DEVICE_STATE) or a hostile front-end therefore holds one control thread at a
+//! time, and the other sessions are served by the others. Device workers start when a
+//! ring starts and stop when it stops, so a connected device whose rings are not running
+//! costs no thread.
+//!
+//! Isolation. Each export has its own back-end; a front-end's failure, disconnect or
+//! hostile input ends only its own session and resets only its own back-end, after which
+//! the export accepts its next front-end. Like [`Daemon`](super::Daemon), an export serves
+//! one front-end at a time: a second one waits in the listen backlog until the first
+//! leaves. [`MultiDaemon::with_max_connections`] bounds the front-ends connected at once;
+//! one beyond it is accepted and closed at once, with a warning.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::Shutdown;
+use vhost_transport::{Connection, FrontendChannel, Listener};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::daemon::{bind_error, signal_fd, sys, DaemonError, StopHandle};
+use crate::{Backend, BackendServer};
+
+/// Control threads a [`MultiDaemon`] starts at most, by default.
+pub const DEFAULT_CONTROL_THREADS: usize = 4;
+
+/// Front-ends a [`MultiDaemon`] keeps connected at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Messages a control thread handles for one session before it gives the others a turn.
+const TURN: usize = 64;
+
+/// How long the loop waits before accepting again on a listener whose `accept` failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_SIGNAL: u64 = 1;
+const TOKEN_DONE: u64 = 2;
+const LISTENER_BASE: u64 = 1 << 16;
+const SESSION_BASE: u64 = 1 << 32;
+
+/// One listening socket and the back-end its front-ends get.
+struct Export<B> {
+    name: String,
+    listener: Listener,
+    /// `None` while a session has it, or for good once a server could not be built.
+    backend: Option<B>,
+    /// A front-end is being served (its listener is out of the epoll set meanwhile).
+    busy: bool,
+    /// `accept` failed; the listener goes back into the epoll set at this instant.
+    retry_at: Option<Instant>,
+}
+
+/// A connected front-end.
+struct Session<B> {
+    export: usize,
+    /// `None` while a control thread has the session.
+    server: Option<Box<BackendServer<B>>>,
+    /// A second descriptor of the connection: registered in the epoll set (so it can be
+    /// removed before the connection closes) and used to shut the connection down on a stop.
+    sock: OwnedFd,
+}
+
+/// What a control thread hands back.
+enum Done<B> {
+    /// The session goes on; nothing more to read for now.
+    Idle {
+        slot: usize,
+        server: Box<BackendServer<B>>,
+    },
+    /// The session ended and its back-end has been reset.
+    Ended { slot: usize, backend: B },
+}
+
+/// Serves many exports from one process. See the [module docs](self).
+pub struct MultiDaemon<B: Backend> {
+    exports: Vec<Export<B>>,
+    stop: Arc<EventFd>,
+    stall_timeout: Option<Duration>,
+    control_threads: usize,
+    max_connections: usize,
+}
+
+impl<B: Backend> std::fmt::Debug for MultiDaemon<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiDaemon")
+            .field("exports", &self.exports.len())
+            .field("control_threads", &self.control_threads)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend + 'static> MultiDaemon<B> {
+    /// A daemon with no exports yet.
+    pub fn new() -> Result<Self, DaemonError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(sys("creating the stop eventfd"))?;
+        Ok(MultiDaemon {
+            exports: Vec::new(),
+            stop: Arc::new(stop),
+            stall_timeout: Some(crate::STALL_TIMEOUT),
+            control_threads: DEFAULT_CONTROL_THREADS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        })
+    }
+
+    /// Adds an export: front-ends connecting on `listener` get `backend`. `name` (the
+    /// socket path, say) identifies it in the log.
+    pub fn add(&mut self, name: impl Into<String>, listener: Listener, backend: B) {
+        self.exports.push(Export {
+            name: name.into(),
+            listener,
+            backend: Some(backend),
+            busy: false,
+            retry_at: None,
+        });
+    }
+
+    /// Binds `path` (with `mode`, as `--socket-mode`) and adds it as an export.
+    pub fn bind(&mut self, path: &Path, mode: Option<u32>, backend: B) -> Result<(), DaemonError> {
+        let listener = Listener::bind(path, mode).map_err(|e| bind_error(path, e))?;
+        log::info!("listening on {}", path.display());
+        self.add(path.display().to_string(), listener, backend);
+        Ok(())
+    }
+
+    /// Number of exports.
+    pub fn len(&self) -> usize {
+        self.exports.len()
+    }
+
+    /// True when there is no export.
+    pub fn is_empty(&self) -> bool {
+        self.exports.is_empty()
+    }
+
+    /// Sets how many control threads may run at once (at least 1; default
+    /// [`DEFAULT_CONTROL_THREADS`]). They start when there is work for them.
+    pub fn with_control_threads(mut self, n: usize) -> Self {
+        self.control_threads = n.max(1);
+        self
+    }
+
+    /// Sets how many front-ends may be connected at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]); one beyond is accepted and closed at once.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets how long a front-end may stall in the middle of a message before its
+    /// connection is closed (default [`STALL_TIMEOUT`](crate::STALL_TIMEOUT); `None`: no
+    /// bound, which lets a stalled front-end hold a control thread).
+    pub fn with_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.stop))
+    }
+
+    /// Serves every export until a stop is requested (a [`StopHandle`], or SIGTERM, SIGINT,
+    /// SIGHUP, SIGQUIT once [`install_signal_handlers`](super::daemon::install_signal_handlers)
+    /// ran). On a stop every connection is shut down and every back-end reset before this
+    /// returns.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let epoll = Epoll::new().map_err(sys("creating an epoll set"))?;
+        let done = EventFd::new(EFD_NONBLOCK).map_err(sys("creating an eventfd"))?;
+        let add = |fd: RawFd, token: u64| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(sys("adding to the epoll set"))
+        };
+        add(self.stop.as_raw_fd(), TOKEN_STOP)?;
+        if let Some(sig) = signal_fd() {
+            add(sig.as_raw_fd(), TOKEN_SIGNAL)?;
+        }
+        add(done.as_raw_fd(), TOKEN_DONE)?;
+        for (i, e) in self.exports.iter().enumerate() {
+            add(e.listener.as_raw_fd(), LISTENER_BASE + i as u64)?;
+        }
+        let (tx, rx) = channel();
+        let mut run = Run {
+            epoll,
+            done,
+            pool: Pool::new(self.control_threads, tx),
+            rx,
+            sessions: Vec::new(),
+            stall_timeout: self.stall_timeout,
+            max_connections: self.max_connections,
+        };
+        let result = run.serve(&mut self.exports);
+        run.shut_down(&mut self.exports);
+        result
+    }
+}
+
+/// The state of one [`MultiDaemon::run`].
+struct Run<B: Backend + 'static> {
+    epoll: Epoll,
+    /// Written by control threads after they send a [`Done`].
+    done: EventFd,
+    pool: Pool<B>,
+    rx: Receiver<Done<B>>,
+    sessions: Vec<Option<Session<B>>>,
+    stall_timeout: Option<Duration>,
+    max_connections: usize,
+}
+
+impl<B: Backend + 'static> Run<B> {
+    fn serve(&mut self, exports: &mut [Export<B>]) -> Result<(), DaemonError> {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout = exports
+                .iter()
+                .filter_map(|e| e.retry_at)
+                .min()
+                .map(|t| {
+                    let ms = t.saturating_duration_since(Instant::now()).as_millis() + 1;
+                    i32::try_from(ms).unwrap_or(i32::MAX)
+                })
+                .unwrap_or(-1);
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(sys("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP | TOKEN_SIGNAL => {
+                        log::info!("stop requested");
+                        return Ok(());
+                    }
+                    TOKEN_DONE => {
+                        let _ = self.done.read();
+                        while let Ok(d) = self.rx.try_recv() {
+                            self.take_back(exports, d)?;
+                        }
+                    }
+                    t if t >= SESSION_BASE => {
+                        let slot = (t - SESSION_BASE) as usize;
+                        if let Some(server) = self
+                            .sessions
+                            .get_mut(slot)
+                            .and_then(Option::as_mut)
+                            .and_then(|s| s.server.take())
+                        {
+                            self.pool.submit(slot, server, &self.done)?;
+                        }
+                    }
+                    t => self.accept(exports, (t - LISTENER_BASE) as usize)?,
+                }
+            }
+            let now = Instant::now();
+            for (i, e) in exports.iter_mut().enumerate() {
+                if e.retry_at.is_some_and(|t| t <= now) {
+                    e.retry_at = None;
+                    if !e.busy && e.backend.is_some() {
+                        self.listen(e, i, ControlOperation::Add)?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn listen(&self, e: &Export<B>, i: usize, op: ControlOperation) -> Result<(), DaemonError> {
+        self.epoll
+            .ctl(
+                op,
+                e.listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, LISTENER_BASE + i as u64),
+            )
+            .map_err(sys("changing the epoll set"))
+    }
+
+    fn connected(&self) -> usize {
+        self.sessions.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// A front-end is waiting on export `i`.
+    fn accept(&mut self, exports: &mut [Export<B>], i: usize) -> Result<(), DaemonError> {
+        let Some(e) = exports.get_mut(i) else {
+            return Ok(());
+        };
+        if e.busy || e.backend.is_none() {
+            return Ok(());
+        }
+        let conn: Connection<FrontendChannel> = match e.listener.accept() {
+            Ok(c) => c,
+            Err(err) => {
+                // A persistent error (EMFILE: the connection stays queued and the socket
+                // readable) must not spin the loop.
+                log::warn!("{}: accepting a front-end: {err}; retrying shortly", e.name);
+                self.listen(e, i, ControlOperation::Delete)?;
+                e.retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                return Ok(());
+            }
+        };
+        let open = self.connected();
+        if open >= self.max_connections {
+            log::warn!(
+                "{}: refusing a front-end: {open} front-ends connected, the most this \
+                 process serves at once (--max-connections)",
+                e.name
+            );
+            return Ok(());
+        }
+        let Some(backend) = e.backend.take() else {
+            return Ok(());
+        };
+        let server = match BackendServer::new(conn, backend) {
+            Ok(s) => Box::new(s),
+            Err(err) => {
+                log::error!(
+                    "{}: the back-end could not say what it offers ({err}); this export \
+                     serves no more front-ends",
+                    e.name
+                );
+                self.listen(e, i, ControlOperation::Delete)?;
+                return Ok(());
+            }
+        };
+        let sock = server
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(sys("duplicating the connection"));
+        let ready = sock.and_then(|sock| {
+            server.set_event_driven(self.stall_timeout)?;
+            Ok(sock)
+        });
+        let sock = match ready {
+            Ok(sock) => sock,
+            Err(err) => {
+                log::error!("{}: {err}", e.name);
+                let mut server = server;
+                let _ = server.finish();
+                e.backend = Some(server.into_backend());
+                return Ok(());
+            }
+        };
+        // One front-end at a time per export: the next waits in the backlog.
+        self.listen(e, i, ControlOperation::Delete)?;
+        e.busy = true;
+        log::info!("{}: front-end connected", e.name);
+        let slot = match self.sessions.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.sessions.push(None);
+                self.sessions.len() - 1
+            }
+        };
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                sock.as_raw_fd(),
+                EpollEvent::new(
+                    EventSet::IN | EventSet::ONE_SHOT,
+                    SESSION_BASE + slot as u64,
+                ),
+            )
+            .map_err(sys("adding a connection to the epoll set"))?;
+        self.sessions[slot] = Some(Session {
+            export: i,
+            server: Some(server),
+            sock,
+        });
+        Ok(())
+    }
+
+    /// A control thread handed a session back.
+    fn take_back(&mut self, exports: &mut [Export<B>], done: Done<B>) -> Result<(), DaemonError> {
+        match done {
+            Done::Idle { slot, server } => {
+                if server.has_buffered() {
+                    // A whole header is already read ahead: the socket may never become
+                    // readable for it.
+                    return self.pool.submit(slot, server, &self.done);
+                }
+                let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) else {
+                    return Ok(());
+                };
+                s.server = Some(server);
+                self.epoll
+                    .ctl(
+                        ControlOperation::Modify,
+                        s.sock.as_raw_fd(),
+                        EpollEvent::new(
+                            EventSet::IN | EventSet::ONE_SHOT,
+                            SESSION_BASE + slot as u64,
+                        ),
+                    )
+                    .map_err(sys("re-arming a connection"))
+            }
+            Done::Ended { slot, backend } => {
+                let Some(s) = self.sessions.get_mut(slot).and_then(Option::take) else {
+                    return Ok(());
+                };
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    s.sock.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+                let i = s.export;
+                let e = &mut exports[i];
+                log::info!("{}: front-end session ended", e.name);
+                e.backend = Some(backend);
+                e.busy = false;
+                if e.retry_at.is_none() {
+                    self.listen(e, i, ControlOperation::Add)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends every session (shutting down the connections the control threads have),
+    /// resets every back-end and stops the control threads.
+    fn shut_down(&mut self, exports: &mut [Export<B>]) {
+        let mut away = 0;
+        for slot in 0..self.sessions.len() {
+            let Some(s) = self.sessions[slot].as_mut() else {
+                continue;
+            };
+            match s.server.take() {
+                Some(mut server) => {
+                    // With the loop: no thread reads it, so it is finished here.
+                    if let Err(e) = server.finish() {
+                        log::error!("{e}");
+                    }
+                    let backend = server.into_backend();
+                    let _ = self.take_back(exports, Done::Ended { slot, backend });
+                }
+                None => {
+                    if let Err(e) = nix::sys::socket::shutdown(s.sock.as_raw_fd(), Shutdown::Both) {
+                        log::warn!("shutting a front-end connection down: {e}");
+                    }
+                    away += 1;
+                }
+            }
+        }
+        // Sessions a control thread has end at once (their connection is shut down), or at
+        // the latest when the request in hand does (a quiesce is bounded).
+        while away > 0 {
+            match self.rx.recv() {
+                Ok(Done::Idle { slot, mut server }) => {
+                    let _ = server.finish();
+                    let backend = server.into_backend();
+                    let _ = self.take_back(exports, Done::Ended { slot, backend });
+                }
+                Ok(d) => {
+                    let _ = self.take_back(exports, d);
+                }
+                Err(_) => break,
+            }
+            away -= 1;
+        }
+        self.pool.close();
+    }
+}
+
+/// The control threads: started on demand up to a bound, each taking one session at a
+/// time from a shared queue.
+struct Pool<B: Backend + 'static> {
+    shared: Arc<PoolShared<B>>,
+    threads: Vec<JoinHandle<()>>,
+    max: usize,
+    tx: Sender<Done<B>>,
+}
+
+struct PoolShared<B> {
+    queue: Mutex<PoolQueue<B>>,
+    ready: Condvar,
+}
+
+struct PoolQueue<B> {
+    jobs: VecDeque<(usize, Box<BackendServer<B>>)>,
+    idle: usize,
+    closed: bool,
+}
+
+impl<B: Backend + 'static> Pool<B> {
+    fn new(max: usize, tx: Sender<Done<B>>) -> Self {
+        Pool {
+            shared: Arc::new(PoolShared {
+                queue: Mutex::new(PoolQueue {
+                    jobs: VecDeque::new(),
+                    idle: 0,
+                    closed: false,
+                }),
+                ready: Condvar::new(),
+            }),
+            threads: Vec::new(),
+            max,
+            tx,
+        }
+    }
+
+    fn submit(
+        &mut self,
+        slot: usize,
+        server: Box<BackendServer<B>>,
+        done: &EventFd,
+    ) -> Result<(), DaemonError> {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        q.jobs.push_back((slot, server));
+        let start = q.idle < q.jobs.len() && self.threads.len() < self.max;
+        drop(q);
+        self.shared.ready.notify_one();
+        if start {
+            let shared = Arc::clone(&self.shared);
+            let tx = self.tx.clone();
+            let done = done.try_clone().map_err(sys("duplicating an eventfd"))?;
+            let handle = std::thread::Builder::new()
+                .name("vhost-control".into())
+                .spawn(move || control_thread(&shared, &tx, &done))
+                .map_err(sys("starting a control thread"))?;
+            self.threads.push(handle);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.shared.ready.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn control_thread<B: Backend>(shared: &PoolShared<B>, tx: &Sender<Done<B>>, done: &EventFd) {
+    loop {
+        let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let (slot, server) = loop {
+            if let Some(job) = q.jobs.pop_front() {
+                break job;
+            }
+            if q.closed {
+                return;
+            }
+            q.idle += 1;
+            q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.idle -= 1;
+        };
+        drop(q);
+        let d = turn(slot, server);
+        if tx.send(d).is_err() {
+            return;
+        }
+        if let Err(e) = done.write(1) {
+            log::error!("waking the event loop: {e}");
+        }
+    }
+}
+
+/// Handles the messages waiting on one session, up to [`TURN`] of them.
+fn turn<B: Backend>(slot: usize, mut server: Box<BackendServer<B>>) -> Done<B> {
+    for _ in 0..TURN {
+        match server.handle_one() {
+            Ok(()) => {}
+            Err(e) if e.is_retryable() => break,
+            Err(e) => {
+                let reset = server.finish();
+                match &e {
+                    crate::ServerError::Transport(vhost_transport::Error::Disconnected) => {
+                        log::info!("front-end disconnected");
+                    }
+                    e => log::warn!("closing the front-end connection: {e}"),
+                }
+                if let Err(r) = reset {
+                    log::error!("{r}");
+                }
+                return Done::Ended {
+                    slot,
+                    backend: server.into_backend(),
+                };
+            }
+        }
+    }
+    Done::Idle { slot, server }
+}
+
+/// `path0`, `path1`, … `path{n-1}`: the sockets of `--socket-count n`, named as rust-vmm's
+/// vhost-device-* name them.
+pub fn numbered_paths(path: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(i.to_string());
+            PathBuf::from(p)
+        })
+        .collect()
+}

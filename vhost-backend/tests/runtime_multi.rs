@@ -1,0 +1,351 @@
+//! Many devices from one process ([`MultiDaemon`]): exports served at once, each with its
+//! own back-end; a slow request or a hostile front-end on one socket does not hold up
+//! another; the connection bound refuses politely; a stop resets every back-end.
+
+#![cfg(target_os = "linux")]
+
+mod runtime_support;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use runtime_support::*;
+use vhost_backend::runtime::daemon::StopHandle;
+use vhost_backend::runtime::{
+    DeviceBackend, DeviceError, MultiDaemon, Processed, QueueContext, VirtioDevice,
+};
+use vhost_backend::Backend;
+use vhost_frontend::Frontend;
+use vhost_transport::{Connection, FrontendChannel, Listener};
+
+type Boxed = Box<dyn Backend>;
+
+/// Guest-physical address of request data (the second region).
+const DATA: u64 = 0x4000_0000;
+
+/// A pattern device whose GET_CONFIG takes `delay`.
+struct SlowConfig {
+    inner: PatternDevice,
+    delay: Duration,
+}
+
+impl VirtioDevice for SlowConfig {
+    fn device_type(&self) -> u32 {
+        self.inner.device_type()
+    }
+    fn num_queues(&self) -> usize {
+        self.inner.num_queues()
+    }
+    fn max_queue_size(&self) -> u16 {
+        self.inner.max_queue_size()
+    }
+    fn features(&self) -> u64 {
+        self.inner.features()
+    }
+    fn config_size(&self) -> usize {
+        self.inner.config_size()
+    }
+    fn read_config(&self, offset: u32, data: &mut [u8]) -> Result<(), DeviceError> {
+        std::thread::sleep(self.delay);
+        self.inner.read_config(offset, data)
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        self.inner.process_queue(ctx)
+    }
+    fn reset(&self) {
+        self.inner.reset()
+    }
+}
+
+struct Host {
+    dir: PathBuf,
+    stop: StopHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Host {
+    /// Starts a daemon with `backends`, export `i` on socket `dir/s{i}`.
+    fn start(
+        name: &str,
+        backends: Vec<Boxed>,
+        tune: impl FnOnce(MultiDaemon<Boxed>) -> MultiDaemon<Boxed>,
+    ) -> Host {
+        let dir = std::env::temp_dir().join(format!("multi-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut d = tune(MultiDaemon::new().expect("daemon"));
+        for (i, b) in backends.into_iter().enumerate() {
+            let path = dir.join(format!("s{i}"));
+            let l = Listener::bind(&path, None).expect("bind");
+            d.add(path.display().to_string(), l, b);
+        }
+        let stop = d.stop_handle();
+        let thread = std::thread::spawn(move || d.run().expect("run"));
+        Host {
+            dir,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("s{i}"))
+    }
+
+    fn connect(&self, i: usize) -> Frontend {
+        connect(&self.path(i))
+    }
+
+    /// Stops the daemon and waits for it; fails the test if it takes longer than `bound`.
+    fn stop_within(mut self, bound: Duration) {
+        self.stop.stop();
+        let t = self.thread.take().expect("running");
+        let start = Instant::now();
+        while !t.is_finished() {
+            assert!(start.elapsed() < bound, "the daemon did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.join().expect("daemon thread");
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.stop();
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn connect(path: &Path) -> Frontend {
+    let c = Connection::<FrontendChannel>::connect(path).expect("connect");
+    let fe = Frontend::new(c);
+    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    fe
+}
+
+fn pattern_backends(n: usize) -> (Vec<Boxed>, Vec<Arc<Counters>>) {
+    (0..n)
+        .map(|_| {
+            let (d, c) = PatternDevice::new(1);
+            let b: Boxed = Box::new(DeviceBackend::new(d).expect("backend"));
+            (b, c)
+        })
+        .unzip()
+}
+
+/// A whole session: handshake, memory, queue 0, `n` verified round trips.
+fn verified_io(fe: &mut Frontend, n: usize) {
+    let (mem, mut q) = start_queue0(fe, true);
+    for i in 0..n {
+        let len = 64 + (i as u32 % 7) * 512;
+        q.round_trip(&mem, DATA, DATA + 0x4000, len);
+    }
+}
+
+#[test]
+fn exports_are_served_at_once_each_with_its_own_backend() {
+    let (backends, counters) = pattern_backends(3);
+    let host = Host::start("each", backends, |d| d);
+    let mut fes: Vec<Frontend> = (0..3).map(|i| host.connect(i)).collect();
+    // Every front-end is connected at once; each does its own I/O, a different amount.
+    let handles: Vec<_> = fes
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut fe)| {
+            std::thread::spawn(move || {
+                verified_io(&mut fe, 10 * (i + 1));
+                fe
+            })
+        })
+        .collect();
+    let fes: Vec<Frontend> = handles.into_iter().map(|h| h.join().expect("io")).collect();
+    for (i, c) in counters.iter().enumerate() {
+        assert_eq!(
+            c.chains.load(Ordering::Relaxed),
+            10 * (i as u64 + 1),
+            "export {i} served its own front-end's requests only"
+        );
+    }
+    drop(fes);
+    // Each back-end is reset when its front-end leaves, and the export serves the next one.
+    let mut again = host.connect(1);
+    verified_io(&mut again, 1);
+    for c in &counters {
+        assert!(c.resets.load(Ordering::Relaxed) >= 1);
+    }
+    drop(again);
+    host.stop_within(TIMEOUT);
+}
+
+#[test]
+fn a_slow_request_on_one_export_does_not_delay_another_handshake() {
+    let (slow, _) = PatternDevice::new(1);
+    let slow = SlowConfig {
+        inner: slow,
+        delay: Duration::from_secs(3),
+    };
+    let (mut backends, _) = pattern_backends(1);
+    backends.insert(0, Box::new(DeviceBackend::new(slow).expect("backend")));
+    let host = Host::start("slow", backends, |d| d);
+    let mut a = host.connect(0);
+    handshake(&mut a, true, true);
+    let slow_call = std::thread::spawn(move || {
+        let c = a.get_config(0, 8, 0).expect("GET_CONFIG");
+        (a, c)
+    });
+    // Let the slow request reach its control thread.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut b = host.connect(1);
+    verified_io(&mut b, 5);
+    assert!(
+        !slow_call.is_finished(),
+        "the other export's whole session ran while the slow GET_CONFIG was in hand"
+    );
+    let (a, config) = slow_call.join().expect("slow call");
+    assert_eq!(config, CONFIG);
+    drop((a, b));
+    host.stop_within(TIMEOUT);
+}
+
+/// Each hostile input, on export 0, while export 1 does verified I/O without pause. What
+/// each gets: bad framing and a message cut off in its body close that connection; a
+/// front-end that stops in the middle of a header is left waiting (it holds no thread); a
+/// connection flood waits its turn in the backlog. Export 0 then serves a well-behaved
+/// front-end.
+#[test]
+fn a_hostile_front_end_on_one_export_does_not_disturb_another() {
+    let (backends, counters) = pattern_backends(2);
+    let host = Host::start("hostile", backends, |d| {
+        d.with_stall_timeout(Some(Duration::from_millis(300)))
+            .with_control_threads(2)
+    });
+    let mut good = host.connect(1);
+    let (mem, mut q) = start_queue0(&mut good, true);
+    let hostile_path = host.path(0);
+    let hostile = std::thread::spawn(move || {
+        let raw = |bytes: &[u8]| {
+            let mut s = UnixStream::connect(&hostile_path).expect("connect");
+            s.write_all(bytes).expect("write");
+            s
+        };
+        // Bad framing: version 0 in the flags.
+        let s = raw(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        wait_closed(s);
+        // A header promising 8 body bytes, 2 of them sent: closed at the stall bound.
+        let s = raw(&[15, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 1, 2]);
+        wait_closed(s);
+        // Half a header, then silence, while a flood of connections waits behind it.
+        let s = raw(&[1, 0, 0, 0, 1, 0]);
+        let flood: Vec<UnixStream> = (0..20)
+            .map(|_| UnixStream::connect(&hostile_path).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+        drop(flood);
+    });
+    let mut done = 0;
+    while !hostile.is_finished() || done < 50 {
+        q.round_trip(&mem, DATA, DATA + 0x4000, 256);
+        done += 1;
+    }
+    hostile.join().expect("hostile front-ends");
+    assert_eq!(counters[1].chains.load(Ordering::Relaxed), done as u64);
+    // Export 0 serves a well-behaved front-end (after the flood's connections are gone).
+    let deadline = Instant::now() + TIMEOUT;
+    let mut next = loop {
+        let mut fe = host.connect(0);
+        if fe.get_features().is_ok() {
+            break fe;
+        }
+        assert!(Instant::now() < deadline, "export 0 does not serve again");
+    };
+    verified_io(&mut next, 3);
+    drop((next, good));
+    host.stop_within(TIMEOUT);
+}
+
+/// Reads until end of stream; fails the test if the daemon keeps the connection open.
+fn wait_closed(mut s: UnixStream) {
+    use std::io::Read;
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the daemon kept a hostile connection open: {e}"),
+        }
+    }
+}
+
+#[test]
+fn beyond_max_connections_a_front_end_is_closed_and_a_later_one_served() {
+    let (backends, _) = pattern_backends(2);
+    let host = Host::start("max", backends, |d| d.with_max_connections(1));
+    let mut a = host.connect(0);
+    handshake(&mut a, true, true);
+    let mut b = host.connect(1);
+    assert!(
+        b.get_features().is_err(),
+        "a second front-end beyond the bound is closed"
+    );
+    drop(a);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        b = host.connect(1);
+        if b.get_features().is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "export 1 never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    verified_io(&mut b, 2);
+    drop(b);
+    host.stop_within(TIMEOUT);
+}
+
+#[test]
+fn a_stop_ends_every_session_and_resets_every_backend() {
+    let (slow, slow_counters) = PatternDevice::new(1);
+    let slow = SlowConfig {
+        inner: slow,
+        delay: Duration::from_millis(500),
+    };
+    let (mut backends, mut counters) = pattern_backends(2);
+    backends.push(Box::new(DeviceBackend::new(slow).expect("backend")));
+    counters.push(slow_counters);
+    let host = Host::start("stop", backends, |d| d);
+    let mut fes: Vec<Frontend> = (0..2).map(|i| host.connect(i)).collect();
+    let sessions: Vec<_> = fes.iter_mut().map(|fe| start_queue0(fe, true)).collect();
+    let mut slow_fe = host.connect(2);
+    handshake(&mut slow_fe, true, true);
+    // A request in hand on a control thread when the stop comes.
+    let pending = std::thread::spawn(move || {
+        let _ = slow_fe.get_config(0, 8, 0);
+        slow_fe
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    host.stop_within(TIMEOUT);
+    for (i, c) in counters.iter().enumerate() {
+        assert!(
+            c.resets.load(Ordering::Relaxed) >= 1,
+            "export {i} was not reset"
+        );
+    }
+    // Every connection is closed.
+    for mut fe in fes {
+        assert!(fe.get_features().is_err());
+    }
+    let mut slow_fe = pending.join().expect("pending");
+    assert!(slow_fe.get_features().is_err());
+    drop(sessions);
+}
