@@ -2,7 +2,8 @@
 # End-to-end test: QEMU (TCG) boots a small Linux guest against our vhost-user-blk and
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
-#   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct rng reconnect client
+#   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct blk-two rng reconnect
+#                                     client
 #                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
@@ -60,13 +61,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client"
+ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants reconnect || wants client; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -139,6 +140,11 @@ start_daemon() {
             read -ra cmd <<<"$BLK_DAEMON"
             cmd+=(--socket-path "$sock" --blk-file "$3" --direct --num-queues 2)
             listen=$sock ;;
+        blk-two)
+            # One process, two exports: SOCK.a serves IMG ($3), SOCK.b serves IMG2 ($4).
+            read -ra cmd <<<"$BLK_DAEMON"
+            cmd+=(--export "socket=$sock.a,file=$3" --export "socket=$sock.b,file=$4")
+            listen=$sock.b ;;
         blk-client)
             # Client mode: QEMU listens on $sock; the daemon connects (and reconnects).
             read -ra cmd <<<"$BLK_DAEMON"
@@ -466,6 +472,55 @@ test_blk_direct() {
     stop_pid "$pid"
 }
 
+# Two guests booted at the same time against one daemon with two exports (our daemon
+# only: --export is ours), each checking its own disk.
+test_blk_two() {
+    local sock=$RUN_DIR/blk-two.sock pid g imgs=() seeds=() hmd5s=() serials=() qpids=() t0s=()
+    LOG_NAME=blk-two
+    BOOT_TIME=-
+    begin_checks
+    if [ "${E2E_BACKENDS:-ours}" != ours ]; then
+        log "blk-two: skipped with E2E_BACKENDS=$E2E_BACKENDS"
+        return
+    fi
+    for g in a b; do
+        make_image "$RUN_DIR/blk-two-$g.img"
+        imgs+=("$RUN_DIR/blk-two-$g.img")
+    done
+    if ! start_daemon blk-two "$sock" "${imgs[0]}" "${imgs[1]}"; then
+        boot_fail blk-two-a "daemon did not start"
+        return
+    fi
+    pid=$DAEMON_PID
+    for g in 0 1; do
+        seeds+=("$(new_seed)")
+        hmd5s+=("$(range_md5 "${imgs[$g]}" 0 "$READ_MIB")")
+        LOG_NAME=blk-two-$([ $g = 0 ] && echo a || echo b)
+        launch_qemu vhost-user-blk-pci "$sock.$([ $g = 0 ] && echo a || echo b)" 0 \
+            "$(blk_params "${seeds[$g]}")"
+        serials+=("$SERIAL")
+        qpids+=("$QEMU_PID")
+        t0s+=("$QEMU_T0")
+    done
+    log "blk-two: two guests booting against one daemon"
+    for g in 0 1; do
+        LOG_NAME=blk-two-$([ $g = 0 ] && echo a || echo b)
+        QEMU_PID=${qpids[$g]}
+        QEMU_T0=${t0s[$g]}
+        SERIAL=${serials[$g]}
+        begin_checks
+        wait_qemu
+        log "$LOG_NAME: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
+        check_boot_basics
+        check_blk_rw "${imgs[$g]}" "${seeds[$g]}" "${hmd5s[$g]}"
+        local alive=1
+        kill -0 "$pid" 2>/dev/null && alive=0
+        ok "the daemon serves on" $alive "pid $pid gone"
+        finish_boot "$LOG_NAME"
+    done
+    stop_pid "$pid"
+}
+
 test_blk_ro() {
     local img=$RUN_DIR/blk-ro.img sock=$RUN_DIR/blk-ro.sock before hmd5
     LOG_NAME=blk-ro
@@ -644,6 +699,7 @@ if [ "$FAILED" = 0 ]; then
     wants blk-multi && test_blk_multi
     wants blk-ro && test_blk_ro
     wants blk-direct && test_blk_direct
+    wants blk-two && test_blk_two
     wants rng && test_rng
     wants reconnect && test_reconnect
     wants client && test_client

@@ -440,3 +440,55 @@ fn socket_activation_serves_the_listening_socket_systemd_passes() {
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit().success());
 }
+
+/// `--export` twice: one process serves two disks, each on its own socket with its own
+/// options, both front-ends connected at once; SIGTERM removes both sockets.
+#[test]
+fn two_exports_serve_their_own_images_at_once() {
+    let a = Scratch::new("export-a");
+    let b = Scratch::new("export-b");
+    let (img_a, img_b) = (a.image(1 << 20), b.image(2 << 20));
+    let (sock_a, sock_b) = (a.socket(), b.socket());
+    let mut d = Spawned::start(&[
+        "--export",
+        &format!(
+            "socket={},file={},serial=disk-a",
+            sock_a.display(),
+            img_a.display()
+        ),
+        "--export",
+        &format!(
+            "socket={},file={},read-only=on,num-queues=2,serial=disk-b",
+            sock_b.display(),
+            img_b.display()
+        ),
+    ]);
+    d.wait_line("2 exports from this process");
+    let mut sa = connect(&sock_a, || options(1));
+    let mut sb = connect(&sock_b, || options(2));
+    let capacity =
+        |s: &vhost_frontend::Session| ConfigView::parse(s.config().unwrap()).unwrap().capacity;
+    assert_eq!(capacity(&sa), 2048, "export a: its 1 MiB image");
+    assert_eq!(capacity(&sb), 4096, "export b: its 2 MiB image");
+    let mut ra = BlkRequests::new(&sa, 0, 2, 4096).unwrap();
+    let mut rb = BlkRequests::new(&sb, 1, 2, 4096).unwrap();
+    assert_eq!(&ra.get_id(&mut sa, TIMEOUT).unwrap()[..6], b"disk-a");
+    assert_eq!(&rb.get_id(&mut sb, TIMEOUT).unwrap()[..6], b"disk-b");
+    let mut buf = vec![0u8; 4096];
+    rb.read(&mut sb, 3000, &mut buf, TIMEOUT).unwrap();
+    let want: Vec<u8> = (3000 * 512..3000 * 512 + 4096).map(pattern).collect();
+    assert_eq!(buf, want);
+    // Read-only is export b's alone.
+    assert!(
+        rb.write(&mut sb, 0, &buf, TIMEOUT).is_err(),
+        "export b is read-only"
+    );
+    ra.write(&mut sa, 0, &buf, TIMEOUT).unwrap();
+    drop((sa, sb));
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
+    assert!(
+        !sock_a.exists() && !sock_b.exists(),
+        "socket files left behind"
+    );
+}

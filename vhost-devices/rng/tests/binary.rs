@@ -136,3 +136,36 @@ fn a_directory_or_an_empty_file_as_source_is_refused_at_start_with_the_reason() 
         assert!(!sock.exists(), "no socket for a daemon that failed");
     }
 }
+
+/// `--socket-count 3`: three devices on PATH0, PATH1, PATH2, all served at once; SIGTERM
+/// removes every socket.
+#[test]
+fn socket_count_serves_a_device_on_each_numbered_socket_at_once() {
+    let scratch = Scratch::new("count");
+    let sock = scratch.socket();
+    let mut d = Spawned::start(&[
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--socket-count",
+        "3",
+    ]);
+    d.wait_line("3 devices on");
+    let paths: Vec<_> = (0..3)
+        .map(|i| std::path::PathBuf::from(format!("{}{i}", sock.display())))
+        .collect();
+    assert!(!sock.exists(), "no socket at the bare path");
+    let mut sessions: Vec<_> = paths.iter().map(|p| connect(p, options)).collect();
+    for s in &mut sessions {
+        let buf = s.memory().alloc(4096, 8).unwrap();
+        let used = s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap();
+        assert_eq!(used.len, 4096);
+        assert!(read_guest(s, buf, 4096).iter().any(|&b| b != 0));
+    }
+    drop(sessions);
+    kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(d.wait_exit().success());
+    assert!(
+        paths.iter().all(|p| !p.exists()),
+        "socket files left behind"
+    );
+}
