@@ -217,9 +217,10 @@ fn a_slow_request_on_one_export_does_not_delay_another_handshake() {
 
 /// Each hostile input, on export 0, while export 1 does verified I/O without pause. What
 /// each gets: bad framing and a message cut off in its body close that connection; a
-/// front-end that stops in the middle of a header is left waiting (it holds no thread); a
-/// connection flood waits its turn in the backlog. Export 0 then serves a well-behaved
-/// front-end.
+/// memory table past its file and a ring outside memory get failure replies; GET_VRING_BASE
+/// of a ring that does not exist closes the connection (no failure form); a front-end that
+/// stops in the middle of a header is left waiting (it holds no thread); a connection flood
+/// waits its turn in the backlog. Export 0 then serves a well-behaved front-end.
 #[test]
 fn a_hostile_front_end_on_one_export_does_not_disturb_another() {
     let (backends, counters) = pattern_backends(2);
@@ -242,6 +243,36 @@ fn a_hostile_front_end_on_one_export_does_not_disturb_another() {
         // A header promising 8 body bytes, 2 of them sent: closed at the stall bound.
         let s = raw(&[15, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 1, 2]);
         wait_closed(s);
+        // A front-end that negotiates, then sends what the runtime refuses: a memory
+        // table whose region lies past its file and a ring outside guest memory get their
+        // failure replies and the session goes on.
+        let mut fe = connect(&hostile_path);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        let mut regs = regions(&mem);
+        regs[0].mmap_offset = 1 << 40;
+        let fds: Vec<_> = regs.iter().map(|_| mem.fd()).collect();
+        assert!(
+            fe.set_mem_table(&regs, &fds).is_err(),
+            "region past its file"
+        );
+        send_mem_table(&mut fe, &mem);
+        fe.set_vring_num(0, 64).expect("NUM");
+        let outside = vhost_proto::VringAddr {
+            index: 0,
+            flags: 0,
+            desc: 0x1234_0000_0000,
+            used: 0x1234_0000_0000,
+            avail: 0x1234_0000_0000,
+            log: 0,
+        };
+        assert!(fe.set_vring_addr(&outside).is_err(), "ring outside memory");
+        assert!(fe.get_features().is_ok(), "the session goes on");
+        // GET_VRING_BASE has no failure form: a ring that does not exist closes the
+        // connection.
+        assert!(fe.get_vring_base(9).is_err(), "no ring 9");
+        assert!(fe.get_features().is_err(), "closed");
+        drop(fe);
         // Half a header, then silence, while a flood of connections waits behind it.
         let s = raw(&[1, 0, 0, 0, 1, 0]);
         let flood: Vec<UnixStream> = (0..20)
