@@ -59,7 +59,7 @@ const SESSION_BASE: u64 = 1 << 32;
 
 /// One listening socket and the back-end its front-ends get.
 struct Export<B> {
-    name: String,
+    name: Arc<str>,
     listener: Listener,
     /// `None` while a session has it, or for good once a server could not be built.
     backend: Option<B>,
@@ -72,6 +72,7 @@ struct Export<B> {
 /// A connected front-end.
 struct Session<B> {
     export: usize,
+    name: Arc<str>,
     /// `None` while a control thread has the session.
     server: Option<Box<BackendServer<B>>>,
     /// A second descriptor of the connection: registered in the epoll set (so it can be
@@ -126,7 +127,7 @@ impl<B: Backend + 'static> MultiDaemon<B> {
     /// socket path, say) identifies it in the log.
     pub fn add(&mut self, name: impl Into<String>, listener: Listener, backend: B) {
         self.exports.push(Export {
-            name: name.into(),
+            name: Arc::from(name.into()),
             listener,
             backend: Some(backend),
             busy: false,
@@ -263,13 +264,13 @@ impl<B: Backend + 'static> Run<B> {
                     }
                     t if t >= SESSION_BASE => {
                         let slot = (t - SESSION_BASE) as usize;
-                        if let Some(server) = self
+                        if let Some((name, server)) = self
                             .sessions
                             .get_mut(slot)
                             .and_then(Option::as_mut)
-                            .and_then(|s| s.server.take())
+                            .and_then(|s| Some((Arc::clone(&s.name), s.server.take()?)))
                         {
-                            self.pool.submit(slot, server, &self.done)?;
+                            self.pool.submit(slot, name, server, &self.done)?;
                         }
                     }
                     t => self.accept(exports, (t - LISTENER_BASE) as usize)?,
@@ -385,6 +386,7 @@ impl<B: Backend + 'static> Run<B> {
             .map_err(sys("adding a connection to the epoll set"))?;
         self.sessions[slot] = Some(Session {
             export: i,
+            name: Arc::clone(&e.name),
             server: Some(server),
             sock,
         });
@@ -395,14 +397,15 @@ impl<B: Backend + 'static> Run<B> {
     fn take_back(&mut self, exports: &mut [Export<B>], done: Done<B>) -> Result<(), DaemonError> {
         match done {
             Done::Idle { slot, server } => {
-                if server.has_buffered() {
-                    // A whole header is already read ahead: the socket may never become
-                    // readable for it.
-                    return self.pool.submit(slot, server, &self.done);
-                }
                 let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) else {
                     return Ok(());
                 };
+                if server.has_buffered() {
+                    // A whole header is already read ahead: the socket may never become
+                    // readable for it.
+                    let name = Arc::clone(&s.name);
+                    return self.pool.submit(slot, name, server, &self.done);
+                }
                 s.server = Some(server);
                 self.epoll
                     .ctl(
@@ -497,7 +500,7 @@ struct PoolShared<B> {
 }
 
 struct PoolQueue<B> {
-    jobs: VecDeque<(usize, Box<BackendServer<B>>)>,
+    jobs: VecDeque<(usize, Arc<str>, Box<BackendServer<B>>)>,
     idle: usize,
     closed: bool,
 }
@@ -522,6 +525,7 @@ impl<B: Backend + 'static> Pool<B> {
     fn submit(
         &mut self,
         slot: usize,
+        name: Arc<str>,
         server: Box<BackendServer<B>>,
         done: &EventFd,
     ) -> Result<(), DaemonError> {
@@ -530,7 +534,7 @@ impl<B: Backend + 'static> Pool<B> {
             .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        q.jobs.push_back((slot, server));
+        q.jobs.push_back((slot, name, server));
         let start = q.idle < q.jobs.len() && self.threads.len() < self.max;
         drop(q);
         self.shared.ready.notify_one();
@@ -563,7 +567,7 @@ impl<B: Backend + 'static> Pool<B> {
 fn control_thread<B: Backend>(shared: &PoolShared<B>, tx: &Sender<Done<B>>, done: &EventFd) {
     loop {
         let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let (slot, server) = loop {
+        let (slot, name, server) = loop {
             if let Some(job) = q.jobs.pop_front() {
                 break job;
             }
@@ -575,7 +579,7 @@ fn control_thread<B: Backend>(shared: &PoolShared<B>, tx: &Sender<Done<B>>, done
             q.idle -= 1;
         };
         drop(q);
-        let d = turn(slot, server);
+        let d = turn(slot, &name, server);
         if tx.send(d).is_err() {
             return;
         }
@@ -586,7 +590,7 @@ fn control_thread<B: Backend>(shared: &PoolShared<B>, tx: &Sender<Done<B>>, done
 }
 
 /// Handles the messages waiting on one session, up to [`TURN`] of them.
-fn turn<B: Backend>(slot: usize, mut server: Box<BackendServer<B>>) -> Done<B> {
+fn turn<B: Backend>(slot: usize, name: &str, mut server: Box<BackendServer<B>>) -> Done<B> {
     for _ in 0..TURN {
         match server.handle_one() {
             Ok(()) => {}
@@ -595,12 +599,12 @@ fn turn<B: Backend>(slot: usize, mut server: Box<BackendServer<B>>) -> Done<B> {
                 let reset = server.finish();
                 match &e {
                     crate::ServerError::Transport(vhost_transport::Error::Disconnected) => {
-                        log::info!("front-end disconnected");
+                        log::info!("{name}: front-end disconnected");
                     }
-                    e => log::warn!("closing the front-end connection: {e}"),
+                    e => log::warn!("{name}: closing the front-end connection: {e}"),
                 }
                 if let Err(r) = reset {
-                    log::error!("{r}");
+                    log::error!("{name}: {r}");
                 }
                 return Done::Ended {
                     slot,
