@@ -16,7 +16,9 @@
 //! outstanding requests: the quiesce bound is 0, so it closes the connection).
 //!
 //! One back-end serves every run, one front-end connection per run, as a daemon serves one
-//! front-end after another.
+//! front-end after another. A crash input replayed on its own runs against a fresh
+//! back-end: one that crashes only after other inputs points at state a session left
+//! behind for the next (a reset that forgot something).
 //!
 //! Properties: nothing panics, nothing touches memory outside the mappings, and once the
 //! session is over the workers are gone, no mapping and no held request is left, and the

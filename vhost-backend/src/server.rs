@@ -164,13 +164,17 @@ impl<B: Backend> BackendServer<B> {
         self.conn.has_buffered()
     }
 
-    /// Sets the connection's non-blocking mode and its bound on a read (`None`: none), for
-    /// a caller that drives [`handle_one`](Self::handle_one) from an event loop: with
-    /// non-blocking mode on, no header waiting is a retryable error, and a message whose
-    /// rest does not come within `read_timeout` closes the connection.
-    pub fn set_event_driven(&self, read_timeout: Option<Duration>) -> Result<(), ServerError> {
+    /// Prepares the connection for a caller that drives [`handle_one`](Self::handle_one)
+    /// from an event loop: non-blocking, and (on Unix) in whole-message mode, so a call
+    /// never waits for the peer. No message waiting, or one whose body has not all come,
+    /// is a retryable error with nothing consumed; wait for readability (or
+    /// [`has_buffered`](Self::has_buffered)) and call again. A peer that stops in the
+    /// middle of a message therefore holds no thread, only its own connection.
+    pub fn set_event_driven(&self) -> Result<(), ServerError> {
         self.conn.set_nonblocking(true)?;
-        self.conn.set_read_timeout(read_timeout)?;
+        self.conn.set_read_timeout(None)?;
+        #[cfg(unix)]
+        self.conn.set_whole_messages(true);
         Ok(())
     }
 
@@ -367,7 +371,8 @@ fn handle<'a, B: Backend>(
     negotiation.check(request).map_err(ServerError::Refused)?;
     // The request's effect is recorded before the back-end sees it, so the back-end reads
     // the acked features it is being asked to apply; a refused request leaves the record
-    // as it was.
+    // as it was. (The back-end channel may see the new record while the back-end handles
+    // the request; if the back-end then fails it, the record goes back.)
     let before = negotiation.clone();
     negotiation.apply(request);
     let acked = |n: &Negotiation| (n.acked_features(), n.acked_protocol());

@@ -216,7 +216,8 @@ fn a_slow_request_on_one_export_does_not_delay_another_handshake() {
 }
 
 /// Each hostile input, on export 0, while export 1 does verified I/O without pause. What
-/// each gets: bad framing and a message cut off in its body close that connection; a
+/// each gets: bad framing closes that connection; a message cut off in its body is waited
+/// for (holding no thread) until the peer goes; a
 /// memory table past its file and a ring outside memory get failure replies; GET_VRING_BASE
 /// of a ring that does not exist closes the connection (no failure form); a front-end that
 /// stops in the middle of a header is left waiting (it holds no thread); a connection flood
@@ -224,10 +225,7 @@ fn a_slow_request_on_one_export_does_not_delay_another_handshake() {
 #[test]
 fn a_hostile_front_end_on_one_export_does_not_disturb_another() {
     let (backends, counters) = pattern_backends(2);
-    let host = Host::start("hostile", backends, |d| {
-        d.with_stall_timeout(Some(Duration::from_millis(300)))
-            .with_control_threads(2)
-    });
+    let host = Host::start("hostile", backends, |d| d.with_control_threads(2));
     let mut good = host.connect(1);
     let (mem, mut q) = start_queue0(&mut good, true);
     let hostile_path = host.path(0);
@@ -240,9 +238,11 @@ fn a_hostile_front_end_on_one_export_does_not_disturb_another() {
         // Bad framing: version 0 in the flags.
         let s = raw(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         wait_closed(s);
-        // A header promising 8 body bytes, 2 of them sent: closed at the stall bound.
+        // A header promising 8 body bytes, 2 of them sent: waited for without a thread;
+        // the connection ends when the peer goes.
         let s = raw(&[15, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 1, 2]);
-        wait_closed(s);
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
         // A front-end that negotiates, then sends what the runtime refuses: a memory
         // table whose region lies past its file and a ring outside guest memory get their
         // failure replies and the session goes on.
@@ -303,6 +303,10 @@ fn a_hostile_front_end_on_one_export_does_not_disturb_another() {
     host.stop_within(TIMEOUT);
 }
 
+fn is_disconnect(e: &vhost_frontend::FrontendError) -> bool {
+    matches!(e, vhost_frontend::FrontendError::Transport(t) if t.is_disconnect())
+}
+
 /// Reads until end of stream; fails the test if the daemon keeps the connection open.
 fn wait_closed(mut s: UnixStream) {
     use std::io::Read;
@@ -325,10 +329,8 @@ fn beyond_max_connections_a_front_end_is_closed_and_a_later_one_served() {
     let mut a = host.connect(0);
     handshake(&mut a, true, true);
     let mut b = host.connect(1);
-    assert!(
-        b.get_features().is_err(),
-        "a second front-end beyond the bound is closed"
-    );
+    let e = b.get_features().expect_err("beyond the bound");
+    assert!(is_disconnect(&e), "closed at once, not left waiting: {e}");
     drop(a);
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -360,10 +362,7 @@ fn a_stop_ends_every_session_and_resets_every_backend() {
     let mut slow_fe = host.connect(2);
     handshake(&mut slow_fe, true, true);
     // A request in hand on a control thread when the stop comes.
-    let pending = std::thread::spawn(move || {
-        let _ = slow_fe.get_config(0, 8, 0);
-        slow_fe
-    });
+    let pending = std::thread::spawn(move || slow_fe.get_config(0, 8, 0));
     std::thread::sleep(Duration::from_millis(100));
     host.stop_within(TIMEOUT);
     for (i, c) in counters.iter().enumerate() {
@@ -372,11 +371,161 @@ fn a_stop_ends_every_session_and_resets_every_backend() {
             "export {i} was not reset"
         );
     }
-    // Every connection is closed.
+    // Every connection is closed (not left open until a read times out).
     for mut fe in fes {
-        assert!(fe.get_features().is_err());
+        let e = fe.get_features().expect_err("closed");
+        assert!(is_disconnect(&e), "{e}");
     }
-    let mut slow_fe = pending.join().expect("pending");
-    assert!(slow_fe.get_features().is_err());
+    // The request in hand when the stop came: its connection is closed under it.
+    let e = pending.join().expect("pending").expect_err("closed");
+    assert!(is_disconnect(&e), "{e}");
     drop(sessions);
+}
+
+/// Front-ends that stop in the middle of a message body, or send it a byte at a time, on
+/// more exports than there are control threads: none of them holds a control thread, so
+/// another export's control requests are answered while they are still at it.
+#[test]
+fn front_ends_dripping_a_body_hold_no_control_thread() {
+    let (backends, _) = pattern_backends(4);
+    let host = Host::start("drip", backends, |d| d.with_control_threads(2));
+    let drippers: Vec<_> = (0..3)
+        .map(|i| {
+            let path = host.path(i);
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&path).expect("connect");
+                // SET_FEATURES (15) promising 8 body bytes, sent one every 150 ms.
+                s.write_all(&[15, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0])
+                    .expect("header");
+                for b in 0..8u8 {
+                    std::thread::sleep(Duration::from_millis(150));
+                    if s.write_all(&[b]).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fe = host.connect(3);
+    handshake(&mut fe, true, true);
+    for _ in 0..20 {
+        assert_eq!(fe.get_config(0, 8, 0).expect("GET_CONFIG"), CONFIG);
+    }
+    assert!(
+        drippers.iter().all(|d| !d.is_finished()),
+        "the drippers finished before another export's 20 control requests were answered"
+    );
+    for d in drippers {
+        d.join().expect("dripper");
+    }
+    drop(fe);
+    host.stop_within(TIMEOUT);
+}
+
+/// A header and its body in separate writes (a slow front-end) are one message.
+#[test]
+fn a_body_that_comes_after_its_header_is_served() {
+    let (backends, _) = pattern_backends(1);
+    let host = Host::start("split", backends, |d| d);
+    let mut s = UnixStream::connect(host.path(0)).expect("connect");
+    // SET_OWNER, then GET_VRING_BASE (11) of ring 0 with its 8-byte body sent 100 ms after
+    // its header.
+    s.write_all(&[3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        .expect("SET_OWNER");
+    s.write_all(&[11, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0])
+        .expect("header");
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&[0; 8]).expect("body");
+    use std::io::Read;
+    s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut reply = [0u8; 12 + 8];
+    s.read_exact(&mut reply).expect("GET_VRING_BASE reply");
+    assert_eq!(reply[0], 11, "the reply to GET_VRING_BASE");
+    assert_eq!(&reply[12..], &[0; 8], "ring 0, base 0");
+    drop(s);
+    host.stop_within(TIMEOUT);
+}
+
+/// A device that panics while handling a request loses its own export only: its socket is
+/// closed (connections refused, not left hanging), the other exports go on, and a stop
+/// still returns.
+#[test]
+fn a_backend_that_panics_loses_its_export_only() {
+    struct Panicky(PatternDevice);
+    impl VirtioDevice for Panicky {
+        fn device_type(&self) -> u32 {
+            self.0.device_type()
+        }
+        fn num_queues(&self) -> usize {
+            self.0.num_queues()
+        }
+        fn max_queue_size(&self) -> u16 {
+            self.0.max_queue_size()
+        }
+        fn features(&self) -> u64 {
+            self.0.features()
+        }
+        fn config_size(&self) -> usize {
+            self.0.config_size()
+        }
+        fn read_config(&self, _: u32, _: &mut [u8]) -> Result<(), DeviceError> {
+            panic!("a device bug");
+        }
+        fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+            self.0.process_queue(ctx)
+        }
+    }
+    let (mut backends, _) = pattern_backends(1);
+    backends.insert(
+        0,
+        Box::new(DeviceBackend::new(Panicky(PatternDevice::new(1).0)).expect("backend")),
+    );
+    let host = Host::start("panic", backends, |d| d.with_control_threads(1));
+    let mut bad = host.connect(0);
+    handshake(&mut bad, true, true);
+    let e = bad.get_config(0, 8, 0).expect_err("the device panicked");
+    assert!(is_disconnect(&e), "{e}");
+    let deadline = Instant::now() + TIMEOUT;
+    while host.path(0).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the retired export's socket is still there"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        Connection::<FrontendChannel>::connect(host.path(0)).is_err(),
+        "a front-end is refused, not left waiting"
+    );
+    // The other export, on the same (single) control thread, goes on.
+    let mut good = host.connect(1);
+    verified_io(&mut good, 3);
+    drop(good);
+    host.stop_within(TIMEOUT);
+}
+
+/// A back-end that cannot say what it offers retires its export the same way.
+#[test]
+fn a_backend_whose_offer_fails_closes_its_socket() {
+    let rec = vhost_backend::test_utils::RecordingBackend::new();
+    rec.recording()
+        .fail_on(vhost_proto::FrontendReq::GetFeatures);
+    let (mut backends, _) = pattern_backends(1);
+    backends.insert(0, Box::new(rec));
+    let host = Host::start("offer", backends, |d| d);
+    let mut fe = host.connect(0);
+    assert!(fe.get_features().is_err());
+    let deadline = Instant::now() + TIMEOUT;
+    while host.path(0).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the export's socket is still there"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut good = host.connect(1);
+    verified_io(&mut good, 1);
+    drop(good);
+    host.stop_within(TIMEOUT);
 }

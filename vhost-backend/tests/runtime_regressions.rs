@@ -232,8 +232,10 @@ fn set_features_acking_protocol_features_after_one_without_leaves_rings_disabled
     let offered = b.offered_features();
     let without = offered & !virtio::bit(virtio::PROTOCOL_FEATURES);
     b.set_features(without).expect("SET_FEATURES");
+    assert_eq!(b.acked_features(), without, "recorded without a server");
     assert_eq!(b.ring_running(0), Some((false, true)), "enabled at once");
     b.set_features(offered).expect("SET_FEATURES");
+    assert_eq!(b.acked_features(), offered);
     assert_eq!(b.ring_running(0), Some((false, false)), "disabled again");
     // An explicit enable survives a later SET_FEATURES.
     b.set_vring_enable(0, true).expect("SET_VRING_ENABLE");
@@ -357,4 +359,43 @@ fn start_polled(fe: &mut Frontend, mem: &GuestMemory, q: &GuestQueue) {
     fe.set_vring_call(i, Some(bfd(&q.call))).expect("CALL");
     fe.set_vring_kick(i, None).expect("KICK without fd");
     fe.set_vring_enable(i, true).expect("ENABLE");
+}
+
+/// Driven directly (no server records the negotiation), a back-end whose front-end acked
+/// bit 30 starts a ring disabled, as through a server: SET_VRING_ENABLE enables it.
+#[test]
+fn a_backend_driven_without_a_server_starts_rings_disabled_once_bit_30_is_acked() {
+    let (dev, _) = PatternDevice::new(1);
+    let mut b = DeviceBackend::new(dev).expect("backend");
+    b.set_owner().expect("SET_OWNER");
+    b.set_features(b.offered_features()).expect("SET_FEATURES");
+    let mem = two_region_memory();
+    let regs = regions(&mem);
+    let table = vhost_proto::MemTable::new(&regs).expect("table");
+    let fds = regs
+        .iter()
+        .map(|_| mem.fd().try_clone_to_owned().expect("dup"))
+        .collect();
+    b.set_mem_table(&table, fds).expect("SET_MEM_TABLE");
+    let q = GuestQueue::new(&mem, 0, false);
+    let a = q.driver.vring_user_addrs(&mem).expect("addresses");
+    b.set_vring_num(0, u32::from(QUEUE_SIZE)).expect("NUM");
+    b.set_vring_addr(&vhost_proto::VringAddr {
+        index: 0,
+        flags: 0,
+        desc: a.desc,
+        used: a.used,
+        avail: a.avail,
+        log: 0,
+    })
+    .expect("ADDR");
+    let kick = bfd(&q.kick).try_clone_to_owned().expect("dup");
+    b.set_vring_kick(0, Some(kick)).expect("KICK");
+    assert_eq!(
+        b.ring_running(0),
+        Some((true, false)),
+        "started, not enabled"
+    );
+    b.set_vring_enable(0, true).expect("ENABLE");
+    assert_eq!(b.ring_running(0), Some((true, true)));
 }

@@ -148,6 +148,17 @@ impl<D> Connection<D> {
         self.sock.has_buffered()
     }
 
+    /// Switches whole-message mode (Unix): a header read hands a header out only
+    /// once all of its body is buffered behind it, so the body reads that follow
+    /// never wait; until then a non-blocking header read is
+    /// [`Error::WouldBlock`] with the bytes kept, and
+    /// [`has_buffered`](Self::has_buffered) counts whole messages only. For a
+    /// reader driven by readiness that must never block on a slow peer.
+    #[cfg(unix)]
+    pub fn set_whole_messages(&self, on: bool) {
+        self.sock.set_whole_messages(on)
+    }
+
     /// Switches non-blocking mode. In that mode a read or write that can move
     /// nothing returns [`Error::WouldBlock`]. On Unix a header read does so
     /// too while only part of the header has come (the part stays buffered);

@@ -198,3 +198,44 @@ fn nonblocking_body_read_gets_the_rest_that_comes_within_the_read_timeout() {
     assert_eq!(conn.recv_body(16).unwrap()[..], m[HEADER_SIZE..]);
     writer.join().unwrap();
 }
+
+/// Whole-message mode: a header whose body has not all come stays buffered
+/// (would block), with its descriptors; once the body is here the header and
+/// body are read without waiting, and `has_buffered` counts whole messages.
+#[test]
+fn whole_message_mode_hands_out_a_header_only_with_its_body() {
+    let (conn, raw) = conn_and_raw();
+    conn.set_nonblocking(true).unwrap();
+    conn.set_whole_messages(true);
+    let m = message(5, 16);
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    raw_send(&raw, &m[..HEADER_SIZE + 3], &[write_end.as_raw_fd()]);
+    drop(write_end);
+    for _ in 0..2 {
+        let err = recv_header_within_2s(&conn).unwrap_err();
+        assert!(matches!(err, Error::WouldBlock), "{err:?}");
+        assert!(!conn.has_buffered(), "no whole message yet");
+    }
+    // The rest of the body, and a whole second message behind it.
+    let m2 = message(6, 4);
+    raw_send(&raw, &[&m[HEADER_SIZE + 3..], &m2[..]].concat(), &[]);
+    let (h, fds) = conn.recv_header().unwrap();
+    assert_eq!(h[..], m[..HEADER_SIZE]);
+    assert_eq!(fds.len(), 1, "the descriptor stayed with its header");
+    assert_eq!(conn.recv_body(16).unwrap()[..], m[HEADER_SIZE..]);
+    assert!(conn.has_buffered(), "the second message is whole");
+    recv_message(&conn, &m2);
+    assert!(!conn.has_buffered());
+    drop(read_end);
+    // A peer that stops in the middle of a body never makes a read wait.
+    raw_send(&raw, &message(7, 32)[..HEADER_SIZE + 1], &[]);
+    let err = recv_header_within_2s(&conn).unwrap_err();
+    assert!(matches!(err, Error::WouldBlock), "{err:?}");
+    // Gone with half a body buffered: the message is cut short.
+    drop(raw);
+    let err = recv_header_within_2s(&conn).unwrap_err();
+    assert!(
+        matches!(err, Error::PartialMessage { expected, got } if expected == HEADER_SIZE + 32 && got == HEADER_SIZE + 1),
+        "{err:?}"
+    );
+}

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
-use vhost_proto::{virtio, MemTable, Negotiation, ProtocolFeatures, RegionMsg, VringAddr};
+use vhost_proto::{
+    virtio, FrontendRequest, MemTable, Negotiation, ProtocolFeatures, RegionMsg, VringAddr,
+};
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
@@ -140,6 +142,9 @@ pub struct DeviceBackend<D: VirtioDevice> {
     /// ([`Backend::bind_negotiation`]); a fresh one of this back-end's own until a server
     /// binds it and after a disconnect.
     negotiation: SharedNegotiation,
+    /// A server bound `negotiation` and records every request's effect in it; while not
+    /// (the back-end driven directly), the back-end records them itself.
+    bound: bool,
     status: u64,
     state: StateTransfer,
 }
@@ -281,6 +286,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             offered_features,
             offered_protocol,
             negotiation: fresh_negotiation(offered_features, offered_protocol, n),
+            bound: false,
             status: 0,
             state: StateTransfer::default(),
         })
@@ -330,6 +336,17 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         self.rings
             .get(index as usize)
             .ok_or_else(|| BackendError::InvalidArgument(format!("no vring {index}")))
+    }
+
+    /// Records a request's effect on the negotiation when no server does
+    /// ([`Backend::bind_negotiation`]): the back-end driven directly.
+    fn record(&self, request: &FrontendRequest<'_>) {
+        if !self.bound {
+            self.negotiation
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .apply(request);
+        }
     }
 
     /// Bit 30 not acked: rings are enabled as soon as they start.
@@ -447,6 +464,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
 impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
         self.negotiation = negotiation;
+        self.bound = true;
     }
 
     fn get_features(&mut self) -> BackendResult<u64> {
@@ -454,7 +472,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn set_features(&mut self, features: u64) -> BackendResult<()> {
-        // The server recorded `features` in the session's negotiation before this call.
+        // A server recorded `features` in the session's negotiation before this call.
+        self.record(&FrontendRequest::SetFeatures(features));
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
         let protocol = features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0;
         for (i, r) in self.rings.iter().enumerate() {
@@ -474,6 +493,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn reset_owner(&mut self) -> BackendResult<()> {
+        self.record(&FrontendRequest::ResetOwner);
         self.reset_device_state().map_err(broken)
     }
 
@@ -598,9 +618,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         Ok(self.offered_protocol)
     }
 
-    fn set_protocol_features(&mut self, _features: ProtocolFeatures) -> BackendResult<()> {
-        // Recorded by the server in the session's negotiation; nothing of the runtime's
-        // depends on it at this point.
+    fn set_protocol_features(&mut self, features: ProtocolFeatures) -> BackendResult<()> {
+        self.record(&FrontendRequest::SetProtocolFeatures(features.bits()));
         Ok(())
     }
 
@@ -637,6 +656,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn reset_device(&mut self) -> BackendResult<()> {
+        self.record(&FrontendRequest::ResetDevice);
         self.reset_device_state().map_err(broken)
     }
 
@@ -703,6 +723,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn disconnected(&mut self) -> BackendResult<()> {
         // A timeout is logged; the front-end is gone, and so are the rings.
         let _ = self.reset_device_state();
+        self.bound = false;
         self.negotiation = fresh_negotiation(
             self.offered_features,
             self.offered_protocol,

@@ -8,23 +8,26 @@
 //! pool of control threads (at most [`MultiDaemon::with_control_threads`], started on
 //! demand), which handles the messages waiting and hands the session back. A session is
 //! with at most one control thread at a time, so one front-end's messages stay in order,
-//! and a control thread never waits for a front-end between messages: connections are
-//! non-blocking, and a message that starts must finish within the stall bound
-//! ([`STALL_TIMEOUT`](crate::STALL_TIMEOUT)). A slow request (GET_VRING_BASE waiting for
-//! I/O, CHECK_DEVICE_STATE) or a hostile front-end therefore holds one control thread at a
-//! time, and the other sessions are served by the others. Device workers start when a
-//! ring starts and stop when it stops, so a connected device whose rings are not running
-//! costs no thread.
+//! and a control thread never waits for a front-end: connections are non-blocking and in
+//! whole-message mode ([`BackendServer::set_event_driven`]), so a message is handled only
+//! once all of it has come, and a front-end that stops in the middle of one holds nothing
+//! but its own connection. A slow request (GET_VRING_BASE waiting for I/O,
+//! CHECK_DEVICE_STATE) holds one control thread, and the other sessions are served by the
+//! others. Device workers start when a ring starts and stop when it stops, so a connected
+//! device whose rings are not running costs no thread.
 //!
 //! Isolation. Each export has its own back-end; a front-end's failure, disconnect or
 //! hostile input ends only its own session and resets only its own back-end, after which
-//! the export accepts its next front-end. Like [`Daemon`](super::Daemon), an export serves
-//! one front-end at a time: a second one waits in the listen backlog until the first
+//! the export accepts its next front-end. A back-end that panics, or that cannot say what it
+//! offers, loses only its own export: its socket is closed (front-ends get a refused
+//! connection, not a hang) and the others go on. Like [`Daemon`](super::Daemon), an export
+//! serves one front-end at a time: a second one waits in the listen backlog until the first
 //! leaves. [`MultiDaemon::with_max_connections`] bounds the front-ends connected at once;
-//! one beyond it is accepted and closed at once, with a warning.
+//! one beyond is accepted and closed at once, with a warning.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -60,8 +63,10 @@ const SESSION_BASE: u64 = 1 << 32;
 /// One listening socket and the back-end its front-ends get.
 struct Export<B> {
     name: Arc<str>,
-    listener: Listener,
-    /// `None` while a session has it, or for good once a server could not be built.
+    /// `None` once the export is retired (its back-end lost): the socket is closed, so
+    /// front-ends are refused instead of waiting in a backlog nobody accepts from.
+    listener: Option<Listener>,
+    /// `None` while a session has it, or for good once the export is retired.
     backend: Option<B>,
     /// A front-end is being served (its listener is out of the epoll set meanwhile).
     busy: bool,
@@ -89,13 +94,14 @@ enum Done<B> {
     },
     /// The session ended and its back-end has been reset.
     Ended { slot: usize, backend: B },
+    /// The back-end panicked while it handled a request; it is gone with its session.
+    Lost { slot: usize },
 }
 
 /// Serves many exports from one process. See the [module docs](self).
 pub struct MultiDaemon<B: Backend> {
     exports: Vec<Export<B>>,
     stop: Arc<EventFd>,
-    stall_timeout: Option<Duration>,
     control_threads: usize,
     max_connections: usize,
 }
@@ -117,7 +123,6 @@ impl<B: Backend + 'static> MultiDaemon<B> {
         Ok(MultiDaemon {
             exports: Vec::new(),
             stop: Arc::new(stop),
-            stall_timeout: Some(crate::STALL_TIMEOUT),
             control_threads: DEFAULT_CONTROL_THREADS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         })
@@ -128,7 +133,7 @@ impl<B: Backend + 'static> MultiDaemon<B> {
     pub fn add(&mut self, name: impl Into<String>, listener: Listener, backend: B) {
         self.exports.push(Export {
             name: Arc::from(name.into()),
-            listener,
+            listener: Some(listener),
             backend: Some(backend),
             busy: false,
             retry_at: None,
@@ -167,14 +172,6 @@ impl<B: Backend + 'static> MultiDaemon<B> {
         self
     }
 
-    /// Sets how long a front-end may stall in the middle of a message before its
-    /// connection is closed (default [`STALL_TIMEOUT`](crate::STALL_TIMEOUT); `None`: no
-    /// bound, which lets a stalled front-end hold a control thread).
-    pub fn with_stall_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.stall_timeout = timeout;
-        self
-    }
-
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.stop))
@@ -182,11 +179,11 @@ impl<B: Backend + 'static> MultiDaemon<B> {
 
     /// Serves every export until a stop is requested (a [`StopHandle`], or SIGTERM, SIGINT,
     /// SIGHUP, SIGQUIT once [`install_signal_handlers`](super::daemon::install_signal_handlers)
-    /// ran). On a stop every connection is shut down and every back-end reset before this
-    /// returns.
+    /// ran). On a stop every connection is shut down and every back-end reset (in parallel,
+    /// on the control threads) before this returns.
     pub fn run(&mut self) -> Result<(), DaemonError> {
         let epoll = Epoll::new().map_err(sys("creating an epoll set"))?;
-        let done = EventFd::new(EFD_NONBLOCK).map_err(sys("creating an eventfd"))?;
+        let done = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(sys("creating an eventfd"))?);
         let add = |fd: RawFd, token: u64| {
             epoll
                 .ctl(
@@ -202,16 +199,20 @@ impl<B: Backend + 'static> MultiDaemon<B> {
         }
         add(done.as_raw_fd(), TOKEN_DONE)?;
         for (i, e) in self.exports.iter().enumerate() {
-            add(e.listener.as_raw_fd(), LISTENER_BASE + i as u64)?;
+            if let Some(l) = &e.listener {
+                // Readiness can be spurious (a listener shared with another process):
+                // accept must not block the loop.
+                l.set_nonblocking(true)?;
+                add(l.as_raw_fd(), LISTENER_BASE + i as u64)?;
+            }
         }
         let (tx, rx) = channel();
         let mut run = Run {
             epoll,
-            done,
-            pool: Pool::new(self.control_threads, tx),
+            done: Arc::clone(&done),
+            pool: Pool::new(self.control_threads, tx, done),
             rx,
             sessions: Vec::new(),
-            stall_timeout: self.stall_timeout,
             max_connections: self.max_connections,
         };
         let result = run.serve(&mut self.exports);
@@ -224,11 +225,10 @@ impl<B: Backend + 'static> MultiDaemon<B> {
 struct Run<B: Backend + 'static> {
     epoll: Epoll,
     /// Written by control threads after they send a [`Done`].
-    done: EventFd,
+    done: Arc<EventFd>,
     pool: Pool<B>,
     rx: Receiver<Done<B>>,
     sessions: Vec<Option<Session<B>>>,
-    stall_timeout: Option<Duration>,
     max_connections: usize,
 }
 
@@ -270,7 +270,7 @@ impl<B: Backend + 'static> Run<B> {
                             .and_then(Option::as_mut)
                             .and_then(|s| Some((Arc::clone(&s.name), s.server.take()?)))
                         {
-                            self.pool.submit(slot, name, server, &self.done)?;
+                            self.pool.submit(slot, name, server);
                         }
                     }
                     t => self.accept(exports, (t - LISTENER_BASE) as usize)?,
@@ -280,7 +280,7 @@ impl<B: Backend + 'static> Run<B> {
             for (i, e) in exports.iter_mut().enumerate() {
                 if e.retry_at.is_some_and(|t| t <= now) {
                     e.retry_at = None;
-                    if !e.busy && e.backend.is_some() {
+                    if !e.busy {
                         self.listen(e, i, ControlOperation::Add)?;
                     }
                 }
@@ -288,14 +288,31 @@ impl<B: Backend + 'static> Run<B> {
         }
     }
 
+    /// Adds export `i`'s listener to the epoll set or removes it (nothing for a retired
+    /// export).
     fn listen(&self, e: &Export<B>, i: usize, op: ControlOperation) -> Result<(), DaemonError> {
+        let Some(l) = &e.listener else {
+            return Ok(());
+        };
         self.epoll
             .ctl(
                 op,
-                e.listener.as_raw_fd(),
+                l.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, LISTENER_BASE + i as u64),
             )
             .map_err(sys("changing the epoll set"))
+    }
+
+    /// Closes export `i`'s socket for good: its back-end is gone.
+    fn retire(&self, e: &mut Export<B>, i: usize, why: &str) {
+        log::error!("{}: {why}; this export serves no more front-ends", e.name);
+        let _ = self.listen(e, i, ControlOperation::Delete);
+        // Dropping the listener closes the socket and removes its file: front-ends get a
+        // refused connection rather than waiting in a backlog nobody accepts from.
+        e.listener = None;
+        e.backend = None;
+        e.busy = false;
+        e.retry_at = None;
     }
 
     fn connected(&self) -> usize {
@@ -310,8 +327,12 @@ impl<B: Backend + 'static> Run<B> {
         if e.busy || e.backend.is_none() {
             return Ok(());
         }
-        let conn: Connection<FrontendChannel> = match e.listener.accept() {
+        let Some(listener) = &e.listener else {
+            return Ok(());
+        };
+        let conn: Connection<FrontendChannel> = match listener.accept() {
             Ok(c) => c,
+            Err(vhost_transport::Error::WouldBlock) => return Ok(()),
             Err(err) => {
                 // A persistent error (EMFILE: the connection stays queued and the socket
                 // readable) must not spin the loop.
@@ -336,12 +357,8 @@ impl<B: Backend + 'static> Run<B> {
         let server = match BackendServer::new(conn, backend) {
             Ok(s) => Box::new(s),
             Err(err) => {
-                log::error!(
-                    "{}: the back-end could not say what it offers ({err}); this export \
-                     serves no more front-ends",
-                    e.name
-                );
-                self.listen(e, i, ControlOperation::Delete)?;
+                let why = format!("the back-end could not say what it offers ({err})");
+                self.retire(e, i, &why);
                 return Ok(());
             }
         };
@@ -350,7 +367,7 @@ impl<B: Backend + 'static> Run<B> {
             .try_clone_to_owned()
             .map_err(sys("duplicating the connection"));
         let ready = sock.and_then(|sock| {
-            server.set_event_driven(self.stall_timeout)?;
+            server.set_event_driven()?;
             Ok(sock)
         });
         let sock = match ready {
@@ -393,6 +410,17 @@ impl<B: Backend + 'static> Run<B> {
         Ok(())
     }
 
+    /// Removes session `slot` (its connection leaves the epoll set and closes).
+    fn remove(&mut self, slot: usize) -> Option<Session<B>> {
+        let s = self.sessions.get_mut(slot).and_then(Option::take)?;
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            s.sock.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        Some(s)
+    }
+
     /// A control thread handed a session back.
     fn take_back(&mut self, exports: &mut [Export<B>], done: Done<B>) -> Result<(), DaemonError> {
         match done {
@@ -401,10 +429,11 @@ impl<B: Backend + 'static> Run<B> {
                     return Ok(());
                 };
                 if server.has_buffered() {
-                    // A whole header is already read ahead: the socket may never become
+                    // A whole message is already read ahead: the socket may never become
                     // readable for it.
                     let name = Arc::clone(&s.name);
-                    return self.pool.submit(slot, name, server, &self.done);
+                    self.pool.submit(slot, name, server);
+                    return Ok(());
                 }
                 s.server = Some(server);
                 self.epoll
@@ -419,14 +448,9 @@ impl<B: Backend + 'static> Run<B> {
                     .map_err(sys("re-arming a connection"))
             }
             Done::Ended { slot, backend } => {
-                let Some(s) = self.sessions.get_mut(slot).and_then(Option::take) else {
+                let Some(s) = self.remove(slot) else {
                     return Ok(());
                 };
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    s.sock.as_raw_fd(),
-                    EpollEvent::default(),
-                );
                 let i = s.export;
                 let e = &mut exports[i];
                 log::info!("{}: front-end session ended", e.name);
@@ -437,42 +461,47 @@ impl<B: Backend + 'static> Run<B> {
                 }
                 Ok(())
             }
+            Done::Lost { slot } => {
+                let Some(s) = self.remove(slot) else {
+                    return Ok(());
+                };
+                self.retire(&mut exports[s.export], s.export, "the back-end panicked");
+                Ok(())
+            }
         }
     }
 
-    /// Ends every session (shutting down the connections the control threads have),
-    /// resets every back-end and stops the control threads.
+    /// Ends every session and resets every back-end, then stops the control threads. Every
+    /// connection is shut down first; the sessions then end on the control threads, in
+    /// parallel (a reset waits for the I/O in flight, within the quiesce bound).
     fn shut_down(&mut self, exports: &mut [Export<B>]) {
         let mut away = 0;
         for slot in 0..self.sessions.len() {
             let Some(s) = self.sessions[slot].as_mut() else {
                 continue;
             };
-            match s.server.take() {
-                Some(mut server) => {
-                    // With the loop: no thread reads it, so it is finished here.
-                    if let Err(e) = server.finish() {
-                        log::error!("{e}");
-                    }
-                    let backend = server.into_backend();
-                    let _ = self.take_back(exports, Done::Ended { slot, backend });
-                }
-                None => {
-                    if let Err(e) = nix::sys::socket::shutdown(s.sock.as_raw_fd(), Shutdown::Both) {
-                        log::warn!("shutting a front-end connection down: {e}");
-                    }
-                    away += 1;
-                }
+            if let Err(e) = nix::sys::socket::shutdown(s.sock.as_raw_fd(), Shutdown::Both) {
+                log::warn!("{}: shutting the connection down: {e}", s.name);
             }
+            // With the loop: a control thread reads the end of the stream and resets it.
+            if let Some(server) = s.server.take() {
+                let name = Arc::clone(&s.name);
+                self.pool.submit(slot, name, server);
+            }
+            away += 1;
         }
-        // Sessions a control thread has end at once (their connection is shut down), or at
-        // the latest when the request in hand does (a quiesce is bounded).
         while away > 0 {
             match self.rx.recv() {
-                Ok(Done::Idle { slot, mut server }) => {
-                    let _ = server.finish();
-                    let backend = server.into_backend();
-                    let _ = self.take_back(exports, Done::Ended { slot, backend });
+                Ok(Done::Idle { slot, server }) => {
+                    // Not ended by the shutdown (cannot happen on Linux): once more.
+                    if let Some(name) = self
+                        .sessions
+                        .get(slot)
+                        .and_then(|s| Some(Arc::clone(&s.as_ref()?.name)))
+                    {
+                        self.pool.submit(slot, name, server);
+                        continue;
+                    }
                 }
                 Ok(d) => {
                     let _ = self.take_back(exports, d);
@@ -492,6 +521,7 @@ struct Pool<B: Backend + 'static> {
     threads: Vec<JoinHandle<()>>,
     max: usize,
     tx: Sender<Done<B>>,
+    done: Arc<EventFd>,
 }
 
 struct PoolShared<B> {
@@ -499,14 +529,16 @@ struct PoolShared<B> {
     ready: Condvar,
 }
 
+type Job<B> = (usize, Arc<str>, Box<BackendServer<B>>);
+
 struct PoolQueue<B> {
-    jobs: VecDeque<(usize, Arc<str>, Box<BackendServer<B>>)>,
+    jobs: VecDeque<Job<B>>,
     idle: usize,
     closed: bool,
 }
 
 impl<B: Backend + 'static> Pool<B> {
-    fn new(max: usize, tx: Sender<Done<B>>) -> Self {
+    fn new(max: usize, tx: Sender<Done<B>>, done: Arc<EventFd>) -> Self {
         Pool {
             shared: Arc::new(PoolShared {
                 queue: Mutex::new(PoolQueue {
@@ -519,36 +551,46 @@ impl<B: Backend + 'static> Pool<B> {
             threads: Vec::new(),
             max,
             tx,
+            done,
         }
     }
 
-    fn submit(
-        &mut self,
-        slot: usize,
-        name: Arc<str>,
-        server: Box<BackendServer<B>>,
-        done: &EventFd,
-    ) -> Result<(), DaemonError> {
-        let mut q = self
+    /// Hands a session to a control thread, starting one if all are busy and the bound
+    /// allows. When no thread can be started at all, the session's turn runs here.
+    fn submit(&mut self, slot: usize, name: Arc<str>, server: Box<BackendServer<B>>) {
+        let q = self
             .shared
             .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        q.jobs.push_back((slot, name, server));
-        let start = q.idle < q.jobs.len() && self.threads.len() < self.max;
+        let wanted = q.idle <= q.jobs.len() && self.threads.len() < self.max;
         drop(q);
-        self.shared.ready.notify_one();
-        if start {
+        if wanted {
             let shared = Arc::clone(&self.shared);
             let tx = self.tx.clone();
-            let done = done.try_clone().map_err(sys("duplicating an eventfd"))?;
-            let handle = std::thread::Builder::new()
+            let done = Arc::clone(&self.done);
+            match std::thread::Builder::new()
                 .name("vhost-control".into())
                 .spawn(move || control_thread(&shared, &tx, &done))
-                .map_err(sys("starting a control thread"))?;
-            self.threads.push(handle);
+            {
+                Ok(handle) => self.threads.push(handle),
+                Err(e) => log::warn!("starting a control thread: {e}"),
+            }
         }
-        Ok(())
+        if self.threads.is_empty() {
+            // Not one control thread: served here, degraded but never lost.
+            let d = run_turn(slot, &name, server);
+            let _ = self.tx.send(d);
+            let _ = self.done.write(1);
+            return;
+        }
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .jobs
+            .push_back((slot, name, server));
+        self.shared.ready.notify_one();
     }
 
     fn close(&mut self) {
@@ -579,7 +621,7 @@ fn control_thread<B: Backend>(shared: &PoolShared<B>, tx: &Sender<Done<B>>, done
             q.idle -= 1;
         };
         drop(q);
-        let d = turn(slot, &name, server);
+        let d = run_turn(slot, &name, server);
         if tx.send(d).is_err() {
             return;
         }
@@ -587,6 +629,14 @@ fn control_thread<B: Backend>(shared: &PoolShared<B>, tx: &Sender<Done<B>>, done
             log::error!("waking the event loop: {e}");
         }
     }
+}
+
+/// [`turn`], with a panic of the back-end contained to its own session.
+fn run_turn<B: Backend>(slot: usize, name: &str, server: Box<BackendServer<B>>) -> Done<B> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| turn(slot, name, server))).unwrap_or_else(|_| {
+        log::error!("{name}: the back-end panicked while handling a request");
+        Done::Lost { slot }
+    })
 }
 
 /// Handles the messages waiting on one session, up to [`TURN`] of them.

@@ -64,10 +64,22 @@ impl std::str::FromStr for ExportSpec {
             queue_size: None,
             serial: None,
         };
+        let mut seen = std::collections::BTreeSet::new();
         for pair in split(s) {
             let (key, value) = pair
                 .split_once('=')
                 .ok_or_else(|| format!("`{pair}`: expected key=value"))?;
+            let canonical = match key {
+                "addr.path" => "socket",
+                "writable" => "read-only",
+                k => k,
+            };
+            if !seen.insert(canonical.to_owned()) {
+                return Err(format!("`{key}` given twice"));
+            }
+            if value.is_empty() {
+                return Err(format!("`{key}=` needs a value"));
+            }
             match key {
                 "socket" | "addr.path" => socket = Some(PathBuf::from(value)),
                 "file" => file = Some(PathBuf::from(value)),
@@ -100,6 +112,29 @@ impl std::str::FromStr for ExportSpec {
         spec.file = file.ok_or("file=PATH is missing")?;
         Ok(spec)
     }
+}
+
+/// Refuses exports that would collide: two on one socket, or one image served writable by
+/// one export and by another (two guests writing one image corrupt it; read-only sharing is
+/// allowed).
+pub fn check_distinct(exports: &[ExportSpec], default_read_only: bool) -> Result<(), String> {
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
+    for (i, a) in exports.iter().enumerate() {
+        for b in &exports[i + 1..] {
+            if a.socket == b.socket {
+                return Err(format!("two exports on socket {}", a.socket.display()));
+            }
+            let writable = |e: &ExportSpec| !e.read_only.unwrap_or(default_read_only);
+            if canonical(&a.file) == canonical(&b.file) && (writable(a) || writable(b)) {
+                return Err(format!(
+                    "{} is served by two exports and one of them may write it (add \
+                     read-only=on to both to share it)",
+                    a.file.display()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Splits at single commas; `,,` stands for a comma inside a value.
@@ -196,9 +231,35 @@ mod tests {
             ("socket=/s,file=/i,num-queues=999", "num-queues"),
             ("socket=/s,file=/i,queue-size=100", "power of two"),
             ("socket=/s,file=/i,queue-size", "key=value"),
+            ("socket=/s,file=/i,socket=/t", "twice"),
+            ("socket=/s,addr.path=/t,file=/i", "twice"),
+            ("socket=/s,file=", "needs a value"),
         ] {
             let e = bad.parse::<ExportSpec>().unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn colliding_exports_are_refused() {
+        let e = |s: &str| s.parse::<ExportSpec>().unwrap();
+        let same_socket = [e("socket=/s,file=/i"), e("socket=/s,file=/j")];
+        assert!(check_distinct(&same_socket, false)
+            .unwrap_err()
+            .contains("socket"));
+        let shared_rw = [e("socket=/s,file=/i"), e("socket=/t,file=/i,read-only=on")];
+        assert!(check_distinct(&shared_rw, false)
+            .unwrap_err()
+            .contains("may write"));
+        let shared_ro = [
+            e("socket=/s,file=/i,read-only=on"),
+            e("socket=/t,file=/i,read-only=on"),
+        ];
+        assert!(check_distinct(&shared_ro, false).is_ok());
+        let default_ro = [e("socket=/s,file=/i"), e("socket=/t,file=/i")];
+        assert!(
+            check_distinct(&default_ro, true).is_ok(),
+            "--read-only for all"
+        );
     }
 }

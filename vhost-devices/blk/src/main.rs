@@ -142,10 +142,9 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 /// `--export ...`: every disk from this process, each on its own socket with its own device.
 fn run_exports(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let base = base_config(cli, PathBuf::new());
+    vhost_device_blk::export::check_distinct(&cli.export, cli.read_only)?;
     let mut daemon = cli.backend.multi_daemon()?;
-    for export in &cli.export {
-        let config = export.config(&base);
+    for (export, config) in export_configs(cli) {
         let device = BlkDevice::new(&config)
             .map_err(|e| format!("export {}: {e}", export.socket.display()))?;
         let (size, block_size) = (device.size_bytes(), device.block_size());
@@ -155,6 +154,20 @@ fn run_exports(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     log::info!("{} exports from this process", daemon.len());
     daemon.run().map_err(Into::into)
+}
+
+/// Each `--export` with the configuration of its disk: the command line's options with
+/// what the export says, the default engine following the export's own `direct`.
+fn export_configs(cli: &Cli) -> Vec<(&ExportSpec, BlkConfig)> {
+    let base = base_config(cli, PathBuf::new());
+    cli.export
+        .iter()
+        .map(|export| {
+            let mut config = export.config(&base);
+            config.aio = aio(cli, config.direct);
+            (export, config)
+        })
+        .collect()
 }
 
 /// The configuration the command line gives a disk at `path`.
@@ -167,14 +180,20 @@ fn base_config(cli: &Cli, path: PathBuf) -> BlkConfig {
         direct: cli.direct,
         serial: cli.serial.clone(),
         logical_block_size: cli.logical_block_size,
-        aio: match cli.aio.unwrap_or(if cli.direct {
-            AioMode::Threads
-        } else {
-            AioMode::Sync
-        }) {
-            AioMode::Sync => Aio::Sync,
-            AioMode::Threads => Aio::Threads(cli.aio_threads),
-        },
+        aio: aio(cli, cli.direct),
+    }
+}
+
+/// The engine `--aio` names, or the default for a disk opened with `direct` or not.
+fn aio(cli: &Cli, direct: bool) -> Aio {
+    let mode = cli.aio.unwrap_or(if direct {
+        AioMode::Threads
+    } else {
+        AioMode::Sync
+    });
+    match mode {
+        AioMode::Sync => Aio::Sync,
+        AioMode::Threads => Aio::Threads(cli.aio_threads),
     }
 }
 
@@ -196,4 +215,44 @@ fn log_serving(config: &BlkConfig, size: u64, block_size: u32) {
             Aio::Threads(n) => format!("requests run on {n} I/O threads"),
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_export_gets_the_default_engine_of_its_own_direct() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--export",
+            "socket=/a,file=/i,direct=on",
+            "--export",
+            "socket=/b,file=/j",
+        ])
+        .unwrap();
+        let configs = export_configs(&cli);
+        assert_eq!(configs[0].1.aio, Aio::Threads(16), "direct=on: I/O threads");
+        assert_eq!(configs[1].1.aio, Aio::Sync, "page cache: the queue workers");
+        let cli =
+            Cli::try_parse_from(["x", "--direct", "--export", "socket=/a,file=/i,direct=off"])
+                .unwrap();
+        assert_eq!(export_configs(&cli)[0].1.aio, Aio::Sync);
+        let cli = Cli::try_parse_from(["x", "--aio", "threads", "--export", "socket=/a,file=/i"])
+            .unwrap();
+        assert_eq!(
+            export_configs(&cli)[0].1.aio,
+            Aio::Threads(16),
+            "--aio wins"
+        );
+    }
+
+    #[test]
+    fn export_replaces_the_single_disk_options() {
+        for other in [["--blk-file", "/i"], ["--socket-path", "/s"], ["--fd", "3"]] {
+            let mut args = vec!["x", "--export", "socket=/a,file=/i"];
+            args.extend(other);
+            assert!(Cli::try_parse_from(args).is_err(), "{other:?}");
+        }
+    }
 }

@@ -62,6 +62,9 @@ pub(crate) struct Socket {
     rx: Mutex<RecvState>,
     /// Whether `rx` holds unconsumed bytes, readable without taking the lock.
     buffered: AtomicBool,
+    /// Whole-message mode: a header is handed out only with all of its body
+    /// buffered behind it ([`Socket::set_whole_messages`]).
+    whole_messages: AtomicBool,
 }
 
 impl fmt::Debug for Socket {
@@ -79,6 +82,7 @@ impl Socket {
             stream,
             rx: Mutex::new(RecvState::new()),
             buffered: AtomicBool::new(false),
+            whole_messages: AtomicBool::new(false),
         }
     }
 
@@ -169,6 +173,14 @@ impl Socket {
         self.stream
             .set_nonblocking(on)
             .map_err(|e| Error::io("set_nonblocking", e))
+    }
+
+    pub(crate) fn set_whole_messages(&self, on: bool) {
+        self.whole_messages
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        let rx = self.rx();
+        self.buffered
+            .store(rx.next_buffered(on), std::sync::atomic::Ordering::Release);
     }
 
     pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<()> {

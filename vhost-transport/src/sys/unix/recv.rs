@@ -314,6 +314,32 @@ impl RecvState {
         self.pos + self.buffered() as u64 >= start + HEADER_SIZE as u64
     }
 
+    /// Bytes the message whose header is at the front of the buffer needs:
+    /// its header, and in whole-message mode its body (unless the header
+    /// declares more than a body may hold, which the reader refuses anyway).
+    /// `None` while the header itself is not all buffered.
+    fn front_message_len(&self, whole: bool) -> Option<usize> {
+        let size = self.declared_size(self.pos)?;
+        Some(match usize::try_from(size) {
+            Ok(size) if whole && size <= MAX_BODY_SIZE => HEADER_SIZE + size,
+            _ => HEADER_SIZE,
+        })
+    }
+
+    /// Whether the next message is buffered as far as a header read would
+    /// need it: its header, and in whole-message mode its body.
+    pub(super) fn next_buffered(&self, whole: bool) -> bool {
+        if !self.header_buffered() {
+            return false;
+        }
+        if !whole || self.next_header > self.pos {
+            // Between a header and its body: the body is next, not a message.
+            return self.header_buffered();
+        }
+        self.front_message_len(true)
+            .is_some_and(|need| self.buffered() >= need)
+    }
+
     /// Refuses parked descriptors whose header offset lies before `until`,
     /// bytes about to be consumed as a body.
     fn check_body_bytes(&mut self, until: u64) -> Result<()> {
@@ -325,7 +351,7 @@ impl RecvState {
 }
 
 impl Socket {
-    fn rx(&self) -> MutexGuard<'_, RecvState> {
+    pub(super) fn rx(&self) -> MutexGuard<'_, RecvState> {
         self.rx.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -337,7 +363,9 @@ impl Socket {
         if matches!(&result, Err(e) if !e.is_retryable()) {
             rx.parked = None;
         }
-        self.buffered.store(rx.header_buffered(), Ordering::Release);
+        let whole = self.whole_messages.load(Ordering::Relaxed);
+        self.buffered
+            .store(rx.next_buffered(whole), Ordering::Release);
         result
     }
 
@@ -441,12 +469,17 @@ impl Socket {
                     std::cmp::Ordering::Greater => return Err(parked.refuse(true)),
                 }
             }
-            if rx.buffered() >= HEADER_SIZE {
+            // In whole-message mode the header waits until its body is here
+            // too, so that a reader driven by readiness never waits for a
+            // body (the bytes stay buffered; a body cannot outgrow the buffer).
+            let whole = self.whole_messages.load(Ordering::Relaxed);
+            let need = rx.front_message_len(whole).unwrap_or(HEADER_SIZE);
+            if rx.buffered() >= need {
                 break;
             }
             rx.compact();
             let got = rx.buffered();
-            let filled = match self.fill(rx, HEADER_SIZE, got, true) {
+            let filled = match self.fill(rx, need, got, true) {
                 Ok(n) => n,
                 Err(e) if e.is_retryable() => {
                     // Nothing consumed: the descriptors of the buffered part
@@ -463,7 +496,7 @@ impl Socket {
                     Error::Disconnected
                 } else {
                     Error::PartialMessage {
-                        expected: HEADER_SIZE,
+                        expected: need,
                         got,
                     }
                 });
