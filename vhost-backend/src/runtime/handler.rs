@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
-use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
+use vhost_proto::{virtio, Inflight, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
+use super::inflight::{self, InflightArea, InflightError};
 use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 use super::notifier::{self, Notifier};
 use super::state::{Direction, StateError, StateTransfer};
@@ -65,6 +66,9 @@ pub enum RuntimeError {
     /// A device state transfer was refused or failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// GET/SET_INFLIGHT_FD was refused or failed.
+    #[error(transparent)]
+    Inflight(#[from] InflightError),
     /// Starting a worker thread failed.
     #[error("starting worker {worker}: {source}")]
     Worker {
@@ -140,6 +144,8 @@ pub struct DeviceBackend<D: VirtioDevice> {
     acked_protocol: ProtocolFeatures,
     status: u64,
     state: StateTransfer,
+    /// The inflight area of SET_INFLIGHT_FD, attached to each ring it covers at its start.
+    inflight: Option<Arc<InflightArea>>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
@@ -263,6 +269,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         if device.supports_state_transfer() {
             offered_protocol |= ProtocolFeatures::DEVICE_STATE;
         }
+        offered_protocol -= ProtocolFeatures::INFLIGHT_SHMFD;
+        if device.supports_inflight_tracking() {
+            offered_protocol |= ProtocolFeatures::INFLIGHT_SHMFD;
+        }
         if device.config_size() > 0 {
             offered_protocol |= ProtocolFeatures::CONFIG;
         }
@@ -282,6 +292,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             acked_protocol: ProtocolFeatures::empty(),
             status: 0,
             state: StateTransfer::default(),
+            inflight: None,
         })
     }
 
@@ -418,6 +429,8 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         let stopped = self.reset_rings();
         self.acked_features = 0;
         self.status = 0;
+        // The front-end hands the area back (SET_INFLIGHT_FD) at every start.
+        self.inflight = None;
         self.device.reset();
         stopped
     }
@@ -539,7 +552,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             Kick::Poll => worker.set_polled(false),
             Kick::None => {}
         }
-        if let Err(e) = g.start(r.index, &mem) {
+        let tracking = self.inflight.as_ref().and_then(|a| a.queue(r.index));
+        if let Err(e) = g.start(r.index, &mem, tracking) {
             drop(g);
             self.retire_idle_worker(w);
             return Err(fail(e));
@@ -689,6 +703,28 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             return Err(BackendError::NotSupported);
         }
         self.state.outcome().map_err(fail)
+    }
+
+    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedFd)> {
+        if !self.device.supports_inflight_tracking() {
+            return Err(BackendError::NotSupported);
+        }
+        let max_size = self.device.max_queue_size();
+        inflight::create_area(info, self.rings.len(), max_size).map_err(fail)
+    }
+
+    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedFd) -> BackendResult<()> {
+        if !self.device.supports_inflight_tracking() {
+            return Err(BackendError::NotSupported);
+        }
+        if let Some(r) = self.rings.iter().find(|r| r.lock().started()) {
+            return Err(fail(VringError::Started { index: r.index }));
+        }
+        let max_size = self.device.max_queue_size();
+        let area = InflightArea::open(info, fd, self.rings.len(), max_size, self.mem.policy())
+            .map_err(fail)?;
+        self.inflight = Some(Arc::new(area));
+        Ok(())
     }
 
     fn disconnected(&mut self) -> BackendResult<()> {

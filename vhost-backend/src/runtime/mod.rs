@@ -93,6 +93,7 @@ pub mod daemon;
 mod device;
 pub mod guest_io;
 mod handler;
+mod inflight;
 pub mod log_limit;
 pub mod mem_table;
 mod notifier;
@@ -112,6 +113,7 @@ pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
     RUNTIME_PROTOCOL_FEATURES, UNSUPPORTED_FEATURES,
 };
+pub use inflight::InflightError;
 pub use log_limit::LogLimiter;
 pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
 pub use notifier::Notifier;
