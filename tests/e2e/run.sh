@@ -60,13 +60,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client"
+ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client inflight-kill"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants reconnect || wants client; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants reconnect || wants client || wants inflight-kill; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -647,6 +647,8 @@ if [ "$FAILED" = 0 ]; then
     wants rng && test_rng
     wants reconnect && test_reconnect
     wants client && test_client
+    # shellcheck source=tests/e2e/inflight-kill.sh
+    wants inflight-kill && . "$E2E_DIR/inflight-kill.sh" && test_inflight_kill
 fi
 
 echo

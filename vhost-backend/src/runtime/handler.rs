@@ -723,6 +723,12 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let max_size = self.device.max_queue_size();
         let area = InflightArea::open(info, fd, self.rings.len(), max_size, self.mem.policy())
             .map_err(fail)?;
+        log::info!(
+            "inflight area: {} queue(s) of {} entries, offset {:#x}",
+            info.num_queues,
+            info.queue_size,
+            info.mmap_offset
+        );
         self.inflight = Some(Arc::new(area));
         Ok(())
     }
