@@ -9,7 +9,7 @@
 mod runtime_support;
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -178,8 +178,7 @@ fn set_inflight_fd_with_hostile_values_is_refused_and_the_session_goes_on() {
     let needed = split_area_size(2, 64);
     let area_fd = area.as_fd();
     let eventfd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
-    // SAFETY: `eventfd` owns this open descriptor and outlives the borrow.
-    let event_fd = unsafe { BorrowedFd::borrow_raw(eventfd.as_raw_fd()) };
+    let event_fd = bfd(&eventfd);
     let short = memfd(needed - 1);
     let big = memfd(2 * needed + 4096);
     let cases: Vec<(&str, Inflight, Vec<BorrowedFd<'_>>)> = vec![
