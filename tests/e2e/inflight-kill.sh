@@ -75,7 +75,8 @@ inflight_overlay() { # file seed j round
 test_inflight_kill() {
     local name=inflight-kill
     local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed pid k gap deadline
-    local before_kill= kills=0 starts=1 aimed=0 busy
+    local before_kill= kills=0 starts=1 aimed=0 busy handed i
+    local dlog=$RUN_DIR/$name.daemon.log
     LOG_NAME=$name
     BOOT_TIME=-
     begin_checks
@@ -113,13 +114,22 @@ test_inflight_kill() {
             kills=$((kills + 1))
             # A killed daemon leaves its socket file behind.
             rm -f "$sock"
+            handed=$(grep -c 'inflight area: ' "$dlog")
             if ! start_daemon blk-direct "$sock" "$img" 0; then
                 ok "daemon restarted after kill $k" 1 "did not listen again"
                 break
             fi
             pid=$DAEMON_PID
             starts=$((starts + 1))
-            log "$name: kill $k ${gap}s after the previous one ($busy); pid $pid listening"
+            # The next gap counts from QEMU's reconnection (its rings started again with the
+            # area), not from the restart.
+            i=0
+            while [ "$(grep -c 'inflight area: ' "$dlog")" -le "$handed" ] && [ $i -lt 200 ]; do
+                sleep 0.05
+                i=$((i + 1))
+            done
+            log "$name: kill $k ${gap}s after the previous one ($busy); pid $pid" \
+                "handed the area $(awk -v i=$i 'BEGIN { printf "%.2f", i * 0.05 }')s after listening"
         done
     fi
     wait_qemu
@@ -151,7 +161,7 @@ test_inflight_kill() {
     ok "every block of the host image == what the guest last wrote (or the original)" $same \
         "$(cmp "$img" "$exp" 2>&1 | head -n1)"
     # Every restarted daemon got the area back; what each resubmitted.
-    local dlog=$RUN_DIR/$LOG_NAME.daemon.log without
+    local without
     without=$(awk '/^### .* start: / { if (n && !seen) miss++; n++; seen = 0 }
         /inflight area: 2 queue\(s\)/ { seen = 1 } END { if (n && !seen) miss++; print miss + 0 }' "$dlog")
     check_eq "each of the $starts daemons was handed the inflight area" "$without" 0
