@@ -434,3 +434,78 @@ fn requests_a_lost_back_end_held_are_resubmitted_by_the_next_in_order() {
     drop(fe);
     t.join().unwrap();
 }
+
+/// An area another back-end (libvhost-user, DPDK) filled, laid out byte by byte as the spec
+/// says: queue regions `ALIGN_UP(16 * size + 2, 64)` apart, a 16-byte header (features,
+/// version, desc_num, last_batch_head, used_idx) and 16-byte entries (inflight, 5 bytes of
+/// padding, next, counter). Its heads in flight are resubmitted in counter order, not head
+/// or ring order.
+#[test]
+fn an_area_written_by_another_back_end_is_resubmitted_in_counter_order() {
+    let mem = two_region_memory();
+    let mut q = GuestQueue::new(&mem, 0, false);
+    // Three chains made available; their back-end died with all three in flight.
+    let heads: Vec<u16> = (0..3u64)
+        .map(|i| {
+            let h = q
+                .driver
+                .add_chain(&[(GuestAddress(DATA + 0x4000 + i * 0x1000), 32, true)])
+                .unwrap();
+            q.driver.publish().unwrap();
+            h
+        })
+        .collect();
+    let region = 2112u64; // ALIGN_UP(16 * 128 + 2, 64)
+    let area = memfd(2 * region);
+    let mut bytes = vec![0u8; 2 * region as usize];
+    // Queue 1 starts at `region`: the other back-end tracked queue 0 only.
+    let hdr = |b: &mut [u8], version: u16, desc_num: u16, last: u16, used: u16| {
+        b[8..10].copy_from_slice(&version.to_ne_bytes());
+        b[10..12].copy_from_slice(&desc_num.to_ne_bytes());
+        b[12..14].copy_from_slice(&last.to_ne_bytes());
+        b[14..16].copy_from_slice(&used.to_ne_bytes());
+    };
+    hdr(&mut bytes, 1, 128, 0, 0);
+    for (&h, counter) in heads.iter().zip([41u64, 40, 42]) {
+        let e = 16 + 16 * usize::from(h);
+        bytes[e] = 1;
+        bytes[e + 8..e + 16].copy_from_slice(&counter.to_ne_bytes());
+    }
+    std::io::Write::write_all(&mut &area, &bytes).unwrap();
+    let info = Inflight {
+        mmap_size: 2 * region,
+        mmap_offset: 0,
+        num_queues: 2,
+        queue_size: 128,
+        padding: [0; 4],
+    };
+
+    let dev = Tracked::default();
+    let seen = Arc::clone(&dev.seen);
+    let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).unwrap());
+    handshake(&mut fe, true, false);
+    send_mem_table(&mut fe, &mem);
+    fe.set_inflight_fd(&info, area.as_fd())
+        .expect("SET_INFLIGHT_FD");
+    // QEMU's base after a crash: the used index, 0.
+    q.start(&mut fe, &mem, 0, true);
+    let mut got: Vec<u16> = (0..3).map(|_| q.wait_used().id).collect();
+    got.sort_unstable();
+    let mut want = heads.clone();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![heads[1], heads[0], heads[2]],
+        "counters 40, 41, 42"
+    );
+    // The area now records them complete: flags cleared, used_idx 3.
+    let mut after = vec![0u8; 2 * region as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&area, &mut after, 0).unwrap();
+    assert_eq!(u16::from_ne_bytes([after[14], after[15]]), 3, "used_idx");
+    for &h in &heads {
+        assert_eq!(after[16 + 16 * usize::from(h)], 0, "head {h} still flagged");
+    }
+    drop(fe);
+    t.join().unwrap();
+}
