@@ -9,6 +9,9 @@
 //! inside those regions, kick and call eventfds or NOFD, enable, reset, config, status),
 //! a raw message, a write of arbitrary bytes into guest memory (descriptor tables, avail
 //! rings), a kick of a ring's eventfd, or the release of the requests the device holds.
+//! The device opts in to inflight tracking: GET_INFLIGHT_FD with any shape, and
+//! SET_INFLIGHT_FD handing the guest memory's own memfd as the area (so the guest-memory
+//! writes scribble over the area too), with any shape, size and offset.
 //! The server handles each message at once over a connection pair; the device is a small
 //! two-queue device that fills writable buffers and reads readable ones, as bounded by the
 //! chain, and either completes each request at once or, while the input says so, holds up
@@ -39,8 +42,8 @@ use vhost_backend::runtime::{
 use vhost_backend::BackendServer;
 use vhost_frontend::{GuestMemory, RegionSpec};
 use vhost_proto::{
-    Config, FrontendRequest, Header, HeaderFlags, MemTable, MemoryRegion, RegionMsg, VringAddr,
-    VringFd, VringState, MAX_BODY_SIZE,
+    Config, FrontendRequest, Header, HeaderFlags, Inflight, MemTable, MemoryRegion, RegionMsg,
+    VringAddr, VringFd, VringState, MAX_BODY_SIZE,
 };
 use vhost_transport::{Connection, FrontendChannel};
 use vm_memory::{Bytes, GuestAddress};
@@ -122,6 +125,9 @@ impl VirtioDevice for FillDevice {
     }
     fn reset(&self) {
         self.held.lock().expect("lock").clear();
+    }
+    fn supports_inflight_tracking(&self) -> bool {
+        true
     }
 }
 
@@ -230,7 +236,7 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
             num,
         })
     };
-    Ok(match u.int_in_range(0..=22u8)? {
+    Ok(match u.int_in_range(0..=24u8)? {
         0 => encoded(R::SetFeatures(u.arbitrary()?), nr, vec![]),
         1 => encoded(R::SetProtocolFeatures(u.arbitrary()?), nr, vec![]),
         2 => {
@@ -332,6 +338,43 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
             Op::WriteGuest {
                 gpa: spec.guest_phys_addr + u64::from(u.arbitrary::<u16>()?),
                 bytes: u.bytes(len)?.to_vec(),
+            }
+        }
+        21 | 22 => {
+            // Usually a shape the device has (2 queues of up to 16), sized to fit.
+            let num_queues = if u.ratio(7, 8)? {
+                u.int_in_range(1..=2u16)?
+            } else {
+                u.arbitrary()?
+            };
+            let queue_size = if u.ratio(7, 8)? {
+                1 << u.int_in_range(0..=4u16)?
+            } else {
+                u.arbitrary()?
+            };
+            let fit = vhost_proto::inflight::split_area_size(num_queues, queue_size);
+            let mut info = Inflight {
+                mmap_size: if u.ratio(7, 8)? { fit } else { u.arbitrary()? },
+                mmap_offset: if u.ratio(7, 8)? {
+                    u64::from(u.int_in_range(0..=15u8)?) * 4096
+                } else {
+                    u.arbitrary()?
+                },
+                num_queues,
+                queue_size,
+                padding: [0; 4],
+            };
+            if u.arbitrary()? {
+                info.mmap_size = 0;
+                info.mmap_offset = 0;
+                encoded(R::GetInflightFd(info), true, vec![])
+            } else {
+                let fds = if u.ratio(15, 16)? {
+                    vec![Fd::Memory]
+                } else {
+                    vec![]
+                };
+                encoded(R::SetInflightFd(info), nr, fds)
             }
         }
         19 => Op::Hold(u.arbitrary()?),

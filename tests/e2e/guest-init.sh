@@ -233,10 +233,76 @@ test_rng() {
     r rng_second_md5 "$(md5 /tmp/rng2)"
 }
 
+# --- inflight (tests/e2e/inflight-kill.sh): O_DIRECT writers at queue depth >= 8 ------
+#   e2e.inflight_secs=30     how long the writers start new rounds
+#   e2e.inflight_writers=8   concurrent writers (each one request in flight at a time)
+#   e2e.inflight_mib=1       MiB each writer owns: writer j at offset j * that
+# Writer j writes round r = 1, 2, ... of its region, each a fresh pattern
+# "E2E-<seed>-<j>-<r>-sector-<s>", 64 KiB at a time with O_DIRECT, until told to stop; it
+# reports its last completed round and dd's status. The host kills the daemon meanwhile.
+inflight_writer() { # j mib
+    off=$(($1 * $2))
+    round=0
+    st=0
+    while [ ! -e /tmp/inflight-stop ]; do
+        awk -v seed="$SEED-$1-$((round + 1))" -v first="$((off * 2048))" -v n="$(($2 * 2048))" \
+            'BEGIN { for (i = 0; i < n; i++) printf "%-511s\n", "E2E-" seed "-sector-" (first + i) }' \
+            >/tmp/iw$1
+        timeout "$T" dd if=/tmp/iw$1 of="$DEV" bs=64k seek=$((off * 16)) oflag=direct \
+            conv=notrunc 2>/tmp/iw$1.err
+        st=$?
+        if [ "$st" != 0 ]; then
+            r "inflight_w$1_error" "$(grep -v records /tmp/iw$1.err | head -n1 | tr ' ' '_')"
+            break
+        fi
+        round=$((round + 1))
+    done
+    r "inflight_w$1_rounds" "$round"
+    r "inflight_w$1_status" "$st"
+}
+
+test_inflight() {
+    blk_wait || { r blk_present 0; return; }
+    r blk_present 1
+    secs=$(param inflight_secs 30)
+    n=$(param inflight_writers 8)
+    mib=$(param inflight_mib 1)
+    q=/sys/block/${DEV##*/}/inflight
+    # Write-through (CONFIG_WCE): the daemon makes each write durable before completing
+    # it, so requests stay in flight in the daemon long enough for kills to find them.
+    echo "write through" >"/sys/block/${DEV##*/}/cache_type" 2>/dev/null
+    r inflight_cache_type "$(tr ' ' '_' <"/sys/block/${DEV##*/}/cache_type")"
+    rm -f /tmp/inflight-stop
+    echo "E2E-INFLIGHT-START"
+    j=0
+    pids=
+    while [ $j -lt "$n" ]; do
+        inflight_writer $j "$mib" &
+        pids="$pids $!"
+        j=$((j + 1))
+    done
+    # Deepest queue seen (reads + writes in flight in the block layer).
+    max=0
+    start=$(cut -d. -f1 /proc/uptime)
+    while [ $(($(cut -d. -f1 /proc/uptime) - start)) -lt "$secs" ]; do
+        set -- $(cat "$q")
+        [ $(($1 + $2)) -gt $max ] && max=$(($1 + $2))
+        sleep 0.05
+    done
+    touch /tmp/inflight-stop
+    for p in $pids; do wait "$p"; done
+    r inflight_max_qd "$max"
+    echo "E2E-INFLIGHT-END"
+    timeout "$T" sync "$DEV"
+    r inflight_fsync_status $?
+    read_range inflight_readback 0 $((n * mib))
+}
+
 for t in $(echo "$TESTS" | tr ',' ' '); do
     case $t in
         blk) test_blk ;;
         rng) test_rng ;;
+        inflight) test_inflight ;;
         *) r unknown_test "$t" ;;
     esac
 done

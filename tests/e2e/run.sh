@@ -3,7 +3,7 @@
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
 #   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct blk-two rng reconnect
-#                                     client
+#                                     client inflight-kill
 #                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
@@ -61,13 +61,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client"
+ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -703,6 +703,8 @@ if [ "$FAILED" = 0 ]; then
     wants rng && test_rng
     wants reconnect && test_reconnect
     wants client && test_client
+    # shellcheck source=tests/e2e/inflight-kill.sh
+    wants inflight-kill && . "$E2E_DIR/inflight-kill.sh" && test_inflight_kill
 fi
 
 echo

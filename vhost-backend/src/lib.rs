@@ -135,7 +135,7 @@
 //! request from a connection, validates it against what was negotiated, calls the method
 //! and sends the owed reply, with one written error policy ([`server`]). [`BackendClient`] is the
 //! back-end → front-end channel. Implement [`Backend`] directly only for what the runtime
-//! does not serve (dirty logging, IOTLB, inflight tracking, ...).
+//! does not serve (dirty logging, IOTLB, ...).
 //!
 //! The trait, the server and the channel build on every platform the transport supports
 //! (descriptors are fds on Unix, handles on Windows). The device [`runtime`] (guest

@@ -30,6 +30,7 @@ mod error;
 pub mod features;
 mod frontend;
 mod header;
+pub mod inflight;
 mod negotiation;
 pub mod table;
 pub mod wire;

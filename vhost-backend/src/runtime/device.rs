@@ -181,6 +181,17 @@ pub trait VirtioDevice: Send + Sync + 'static {
         false
     }
 
+    /// Whether the runtime may track this device's requests in an inflight area and
+    /// resubmit, after a back-end restart, the ones a previous back-end left in flight. When
+    /// it does, the runtime offers [`ProtocolFeatures::INFLIGHT_SHMFD`] and serves
+    /// GET/SET_INFLIGHT_FD; a resubmitted request comes through
+    /// [`QueueContext::pop`](crate::runtime::QueueContext::pop) like any other, so the
+    /// device must be able to execute a request again (block reads and writes can; a
+    /// request with side effects outside the guest's buffers may not). `false` by default.
+    fn supports_inflight_tracking(&self) -> bool {
+        false
+    }
+
     /// Serialises device state for migration. Called from the control thread while every
     /// ring is stopped; the bytes are opaque to the front-end and come back unchanged to
     /// [`restore`](Self::restore), possibly in another process. Not supported by default.
@@ -243,6 +254,9 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for std::sync::Arc<T> {
     }
     fn uses_backend_channel(&self) -> bool {
         (**self).uses_backend_channel()
+    }
+    fn supports_inflight_tracking(&self) -> bool {
+        (**self).supports_inflight_tracking()
     }
     fn set_backend_client(&self, client: BackendClient) {
         (**self).set_backend_client(client)

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
 use vhost_proto::{
-    virtio, FrontendRequest, MemTable, Negotiation, ProtocolFeatures, RegionMsg, VringAddr,
+    virtio, FrontendRequest, Inflight, MemTable, Negotiation, ProtocolFeatures, RegionMsg,
+    VringAddr,
 };
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
+use super::inflight::{self, InflightArea, InflightError};
 use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 use super::notifier::{self, Notifier};
 use super::state::{Direction, StateError, StateTransfer};
@@ -67,6 +69,9 @@ pub enum RuntimeError {
     /// A device state transfer was refused or failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// GET/SET_INFLIGHT_FD was refused or failed.
+    #[error(transparent)]
+    Inflight(#[from] InflightError),
     /// Starting a worker thread failed.
     #[error("starting worker {worker}: {source}")]
     Worker {
@@ -147,6 +152,8 @@ pub struct DeviceBackend<D: VirtioDevice> {
     bound: bool,
     status: u64,
     state: StateTransfer,
+    /// The inflight area of SET_INFLIGHT_FD, attached to each ring it covers at its start.
+    inflight: Option<Arc<InflightArea>>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
@@ -270,6 +277,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         if device.supports_state_transfer() {
             offered_protocol |= ProtocolFeatures::DEVICE_STATE;
         }
+        offered_protocol -= ProtocolFeatures::INFLIGHT_SHMFD;
+        if device.supports_inflight_tracking() {
+            offered_protocol |= ProtocolFeatures::INFLIGHT_SHMFD;
+        }
         if device.config_size() > 0 {
             offered_protocol |= ProtocolFeatures::CONFIG;
         }
@@ -289,6 +300,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             bound: false,
             status: 0,
             state: StateTransfer::default(),
+            inflight: None,
         })
     }
 
@@ -439,6 +451,8 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         self.state.abandon();
         let stopped = self.reset_rings();
         self.status = 0;
+        // The front-end hands the area back (SET_INFLIGHT_FD) at every start.
+        self.inflight = None;
         self.device.reset();
         stopped
     }
@@ -567,7 +581,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             Kick::Poll => worker.set_polled(false),
             Kick::None => {}
         }
-        if let Err(e) = g.start(r.index, &mem) {
+        let tracking = self.inflight.as_ref().and_then(|a| a.queue(r.index));
+        if let Err(e) = g.start(r.index, &mem, tracking) {
             drop(g);
             self.retire_idle_worker(w);
             return Err(fail(e));
@@ -718,6 +733,34 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             return Err(BackendError::NotSupported);
         }
         self.state.outcome().map_err(fail)
+    }
+
+    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedFd)> {
+        if !self.device.supports_inflight_tracking() {
+            return Err(BackendError::NotSupported);
+        }
+        let max_size = self.device.max_queue_size();
+        inflight::create_area(info, self.rings.len(), max_size).map_err(fail)
+    }
+
+    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedFd) -> BackendResult<()> {
+        if !self.device.supports_inflight_tracking() {
+            return Err(BackendError::NotSupported);
+        }
+        if let Some(r) = self.rings.iter().find(|r| r.lock().started()) {
+            return Err(fail(VringError::Started { index: r.index }));
+        }
+        let max_size = self.device.max_queue_size();
+        let area = InflightArea::open(info, fd, self.rings.len(), max_size, self.mem.policy())
+            .map_err(fail)?;
+        log::info!(
+            "inflight area: {} queue(s) of {} entries, offset {:#x}",
+            info.num_queues,
+            info.queue_size,
+            info.mmap_offset
+        );
+        self.inflight = Some(Arc::new(area));
+        Ok(())
     }
 
     fn disconnected(&mut self) -> BackendResult<()> {

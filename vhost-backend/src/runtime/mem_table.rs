@@ -132,7 +132,7 @@ pub enum MemoryPolicy {
 }
 
 /// Keeps `file` from shrinking. `Err` with the reason when it cannot be.
-fn seal_against_shrinking(file: &File) -> Result<(), String> {
+pub(crate) fn seal_against_shrinking(file: &File) -> Result<(), String> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     match fcntl(file, FcntlArg::F_GET_SEALS) {
         Ok(bits) => {
@@ -276,6 +276,11 @@ impl MemoryTable {
     /// Sets what happens to regions whose file cannot be kept from shrinking.
     pub fn set_policy(&mut self, policy: MemoryPolicy) {
         self.policy = policy;
+    }
+
+    /// What is done with files that cannot be kept from shrinking.
+    pub fn policy(&self) -> MemoryPolicy {
+        self.policy
     }
 
     /// The published memory: clone it into workers; `memory()` gives the current snapshot.

@@ -43,6 +43,13 @@
 //!   SET_DEVICE_STATE_FD while every ring is stopped saves [`VirtioDevice::snapshot`] into,
 //!   or loads [`VirtioDevice::restore`]'s bytes from, the front-end's descriptor on a helper
 //!   thread, and CHECK_DEVICE_STATE reports the outcome.
+//! - **inflight tracking** (`inflight`, INFLIGHT_SHMFD, for a device that
+//!   [opts in](VirtioDevice::supports_inflight_tracking)): GET_INFLIGHT_FD creates the shared
+//!   area (a sealed memfd in the spec's split-ring layout), SET_INFLIGHT_FD maps the one the
+//!   front-end hands back; each ring records its requests there when popped and when
+//!   published, and a start resubmits, in the order they were taken, the requests a killed
+//!   back-end left in flight, before any new available entry ([`InflightError`] for what
+//!   is refused).
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
 //!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
@@ -93,6 +100,7 @@ pub mod daemon;
 mod device;
 pub mod guest_io;
 mod handler;
+mod inflight;
 pub mod log_limit;
 pub mod mem_table;
 pub mod multi;
@@ -113,6 +121,7 @@ pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
     RUNTIME_PROTOCOL_FEATURES, UNSUPPORTED_FEATURES,
 };
+pub use inflight::InflightError;
 pub use log_limit::LogLimiter;
 pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
 pub use multi::MultiDaemon;

@@ -25,7 +25,10 @@ use vm_memory::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
+use virtio_queue::desc::split::Descriptor;
+
 use super::guest_io::GuestIoError;
+use super::inflight::ResubmittedChain;
 use super::vring::{RingState, Vring};
 
 /// Most buffers a request records. The rest of a longer chain is walked (its last
@@ -352,9 +355,23 @@ impl QueueContext<'_> {
     ///
     /// A chain whose head is out of range, or already outstanding (a driver offering it
     /// twice), is skipped with a warning and never handed out.
+    ///
+    /// After a back-end restart with inflight tracking, the requests the previous back-end
+    /// left in flight come first, rebuilt from the descriptor table; the device cannot tell
+    /// them from the others.
     pub fn pop(&mut self) -> Option<Request> {
         let size = u32::from(self.state.size());
         while !self.ring.is_stopping() && self.taken < size {
+            // Inflight tracking: resubmitted heads before new available entries.
+            if let Some(head) = self.state.next_resubmit() {
+                self.taken += 1;
+                if !self.state.take_head(head) {
+                    continue;
+                }
+                let table = self.state.desc_table();
+                let chain = ResubmittedChain::new(self.mem, table, self.state.size(), head);
+                return Some(self.request(head, chain));
+            }
             let chain = self.state.queue_mut().pop_descriptor_chain(&**self.mem)?;
             self.taken += 1;
             let head = chain.head_index();
@@ -366,28 +383,34 @@ impl QueueContext<'_> {
                 ));
                 continue;
             }
-            let mut req = Request {
-                ring: Arc::clone(self.ring),
-                generation: self.ring.generation(),
-                mem: Arc::clone(self.mem),
-                head,
-                bufs: self.state.buffer_list(),
-                readable: 0,
-                tail: None,
-                readable_len: 0,
-                writable_len: 0,
-                fault: None,
-                done: false,
-            };
-            walk(&mut req, chain);
-            return Some(req);
+            self.state.mark_inflight(head);
+            return Some(self.request(head, chain));
         }
         None
+    }
+
+    /// The request for the chain of `head`, already taken.
+    fn request(&mut self, head: u16, chain: impl IntoIterator<Item = Descriptor>) -> Request {
+        let mut req = Request {
+            ring: Arc::clone(self.ring),
+            generation: self.ring.generation(),
+            mem: Arc::clone(self.mem),
+            head,
+            bufs: self.state.buffer_list(),
+            readable: 0,
+            tail: None,
+            readable_len: 0,
+            writable_len: 0,
+            fault: None,
+            done: false,
+        };
+        walk(&mut req, chain);
+        req
     }
 }
 
 /// Records the buffers of `chain` in `req`.
-fn walk(req: &mut Request, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) {
+fn walk(req: &mut Request, chain: impl IntoIterator<Item = Descriptor>) {
     let mut fault = None;
     let mut saw_writable = false;
     let mut last_writable_dropped = None;

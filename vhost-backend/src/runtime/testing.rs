@@ -79,7 +79,7 @@ impl TestQueue {
             st.set_addrs(index, rings.map(GuestAddress))?;
             st.set_event_idx(event_idx);
             st.set_enabled(true);
-            st.start(index, &snapshot)?;
+            st.start(index, &snapshot, None)?;
         }
         Ok(TestQueue {
             ring,
@@ -153,5 +153,48 @@ impl TestQueue {
         self.ring
             .quiesce_and_stop(std::time::Instant::now() + timeout)
             .1
+    }
+}
+
+thread_local! {
+    /// Crash points left before the injected crash (0: none armed).
+    static CRASH_COUNTDOWN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The crash point that fired last on this thread.
+    static CRASHED_AT: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Arms an injected crash of the back-end on this thread: the `n`th crash point the
+/// inflight tracking passes from now on (one between every two writes to the inflight
+/// region or the used ring) panics, so that nothing after it happens, as if the process
+/// had been killed at that instruction. `0` disarms. A threadless back-end
+/// ([`DeviceBackend::threadless`](super::DeviceBackend::threadless)) runs on the caller's
+/// thread, so the crash lands there; catch it with [`std::panic::catch_unwind`] and drop
+/// the back-end without [`Backend::disconnected`](crate::Backend::disconnected).
+pub fn arm_crash(n: u64) {
+    CRASH_COUNTDOWN.with(|c| c.set(n));
+    CRASHED_AT.with(|c| c.set(None));
+}
+
+/// Where the injected crash happened on this thread, if it did.
+pub fn crashed_at() -> Option<&'static str> {
+    CRASHED_AT.with(std::cell::Cell::get)
+}
+
+/// A crash point: panics when the armed countdown reaches it.
+pub(crate) fn crash_point(name: &'static str) {
+    let fire = CRASH_COUNTDOWN.with(|c| match c.get() {
+        0 => false,
+        1 => {
+            c.set(0);
+            true
+        }
+        n => {
+            c.set(n - 1);
+            false
+        }
+    });
+    if fire {
+        CRASHED_AT.with(|c| c.set(Some(name)));
+        panic!("injected back-end crash: {name}");
     }
 }

@@ -19,9 +19,12 @@
 //! Stopping (GET_VRING_BASE, RESET_DEVICE, RESET_OWNER, disconnect) first *quiesces* the
 //! ring: no new chain is popped, and the stop waits, within a bound, until every
 //! outstanding request has completed, so the base it answers leaves no request behind.
-//! That wait is the one place a restart-aware back-end (inflight tracking) would instead
-//! leave the requests to be resubmitted by the next back-end.
+//! With inflight tracking ([`super::inflight`], INFLIGHT_SHMFD) the ring also records each
+//! request in the shared inflight region when popped and when published, and a start
+//! resubmits what the region says its predecessor left in flight before taking new
+//! available entries.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +35,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::inflight::QueueInflight;
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
 use super::request::Buffer;
@@ -188,6 +192,11 @@ pub(crate) struct RingState {
     batch: Vec<Completion>,
     /// Buffer lists of published requests, reused by the next requests popped.
     spare_bufs: Vec<Vec<Buffer>>,
+    /// The ring's queue region of the inflight area, while started with one.
+    inflight: Option<QueueInflight>,
+    /// Heads left in flight by a previous back-end, to hand out before new available
+    /// entries, in the order they were first taken.
+    resubmit: VecDeque<u16>,
 }
 
 /// One vring. See the [module docs](self).
@@ -395,12 +404,20 @@ impl Vring {
                     continue;
                 }
                 st.outstanding -= 1;
+                // Inflight tracking: link the head into the last batch before the used
+                // index moves, clear its flag after.
+                if let Some(inflight) = &st.inflight {
+                    inflight.before_used(c.head);
+                }
                 if let Err(e) = st.queue.add_used(&**mem, c.head, c.len) {
                     self.log.warn(format_args!(
                         "vring {}: returning head {}: {e}",
                         self.index, c.head
                     ));
                     continue;
+                }
+                if let Some(inflight) = &st.inflight {
+                    inflight.after_used(c.head, st.queue.next_used());
                 }
                 published.count += 1;
             }
@@ -549,6 +566,8 @@ impl RingState {
             unsignalled: 0,
             batch: Vec::new(),
             spare_bufs: Vec::new(),
+            inflight: None,
+            resubmit: VecDeque::new(),
         }
     }
 
@@ -643,9 +662,31 @@ impl RingState {
     /// Builds the queue from the stored settings and marks the ring started. The used index
     /// is read from guest memory: after a guest reboot or a back-end restart it need not
     /// equal the base. Starting a started ring changes nothing.
-    pub(crate) fn start(&mut self, index: u16, mem: &GuestMemoryMmap) -> Result<(), VringError> {
+    ///
+    /// With `inflight` (the ring's queue region, SET_INFLIGHT_FD) the region is repaired and
+    /// the heads it holds in flight are queued for resubmission; the next available index is
+    /// then the used index plus their number, whatever the base.
+    pub(crate) fn start(
+        &mut self,
+        index: u16,
+        mem: &GuestMemoryMmap,
+        inflight: Option<QueueInflight>,
+    ) -> Result<(), VringError> {
         if self.started {
             return Ok(());
+        }
+        if let Some(q) = &inflight {
+            if self.size > q.desc_num() {
+                return Err(VringError::InvalidQueue {
+                    index,
+                    why: super::inflight::InflightError::RingTooLarge {
+                        index,
+                        size: self.size,
+                        desc_num: q.desc_num(),
+                    }
+                    .to_string(),
+                });
+            }
         }
         let [desc, avail, used] = self.addrs.ok_or(VringError::NotConfigured {
             index,
@@ -669,7 +710,29 @@ impl RingState {
         let used_idx = q
             .used_idx(mem, Ordering::Acquire)
             .map_err(|e| invalid(e.to_string()))?;
-        q.set_next_avail(self.base);
+        let mut next_avail = self.base;
+        self.resubmit.clear();
+        self.inflight = inflight;
+        if let Some(inflight) = &mut self.inflight {
+            let rec = inflight.recover(self.size, used_idx.0);
+            // Every entry taken is on the used ring or in flight.
+            next_avail = used_idx.0.wrapping_add(rec.heads.len() as u16);
+            if !rec.heads.is_empty() || rec.repaired || next_avail != self.base {
+                log::info!(
+                    "vring {index}: inflight region: {} request(s) resubmitted{}, resuming at \
+                     available index {next_avail} (base was {})",
+                    rec.heads.len(),
+                    if rec.repaired {
+                        ", a half-published completion repaired"
+                    } else {
+                        ""
+                    },
+                    self.base
+                );
+            }
+            self.resubmit.extend(rec.heads);
+        }
+        q.set_next_avail(next_avail);
         q.set_next_used(used_idx.0);
         self.queue = q;
         self.outstanding = 0;
@@ -694,6 +757,8 @@ impl RingState {
         self.outstanding = 0;
         self.in_flight.iter_mut().for_each(|w| *w = 0);
         self.unsignalled = 0;
+        self.inflight = None;
+        self.resubmit.clear();
         self.base
     }
 
@@ -768,6 +833,23 @@ impl RingState {
         }
     }
 
+    /// Inflight tracking: `head` was just taken from the available ring.
+    pub(crate) fn mark_inflight(&mut self, head: u16) {
+        if let Some(inflight) = &mut self.inflight {
+            inflight.mark(head);
+        }
+    }
+
+    /// Inflight tracking: the next head a previous back-end left in flight, if any.
+    pub(crate) fn next_resubmit(&mut self) -> Option<u16> {
+        self.resubmit.pop_front()
+    }
+
+    /// The descriptor table's guest-physical address.
+    pub(crate) fn desc_table(&self) -> GuestAddress {
+        GuestAddress(self.queue.desc_table())
+    }
+
     fn clear_in_flight(&mut self, head: u16) -> bool {
         let (word, bit) = (usize::from(head) / 64, u64::from(head) % 64);
         match self.in_flight.get_mut(word) {
@@ -826,7 +908,7 @@ mod tests {
             i.set_size(0, 16).unwrap();
             i.set_base(0, 9).unwrap();
             i.set_addrs(0, ADDRS).unwrap();
-            i.start(0, &m).unwrap();
+            i.start(0, &m, None).unwrap();
             assert!(i.started());
             assert_eq!(i.queue.next_avail(), 9);
             assert_eq!(i.queue.next_used(), 7);
@@ -851,7 +933,7 @@ mod tests {
         let r = ring(0, 256, &m);
         let mut i = r.lock();
         assert!(matches!(
-            i.start(0, &m),
+            i.start(0, &m, None),
             Err(VringError::NotConfigured { .. })
         ));
         i.set_addrs(
@@ -865,7 +947,7 @@ mod tests {
         .unwrap();
         // 256 descriptors * 16 bytes from 0xf000 runs past 0x10000.
         assert!(matches!(
-            i.start(0, &m),
+            i.start(0, &m, None),
             Err(VringError::InvalidQueue { .. })
         ));
         i.set_addrs(
@@ -878,7 +960,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            i.start(0, &m),
+            i.start(0, &m, None),
             Err(VringError::InvalidQueue { .. })
         ));
         assert!(!i.started());
@@ -893,7 +975,7 @@ mod tests {
             i.set_size(1, 16).unwrap();
             i.set_addrs(1, ADDRS).unwrap();
             i.set_enabled(true);
-            i.start(1, &m).unwrap();
+            i.start(1, &m, None).unwrap();
         }
         let g = r.generation();
         r.reset();
@@ -911,7 +993,7 @@ mod tests {
         let mut st = r.lock();
         st.set_size(0, 16).unwrap();
         st.set_addrs(0, ADDRS).unwrap();
-        st.start(0, &m).unwrap();
+        st.start(0, &m, None).unwrap();
         assert!(st.take_head(3));
         assert!(!st.take_head(3), "a head already outstanding");
         assert!(!st.take_head(16), "a head past the ring");
@@ -944,7 +1026,7 @@ mod tests {
             let mut st = r.lock();
             st.set_size(0, 16).unwrap();
             st.set_addrs(0, ADDRS).unwrap();
-            st.start(0, &m).unwrap();
+            st.start(0, &m, None).unwrap();
             assert!(st.take_head(1));
         }
         let g = r.generation();
@@ -965,7 +1047,7 @@ mod tests {
         // Held for ever: the bound ends the wait and the ring stops anyway.
         {
             let mut st = r.lock();
-            st.start(0, &m).unwrap();
+            st.start(0, &m, None).unwrap();
             assert!(st.take_head(2));
         }
         let g = r.generation();
@@ -977,7 +1059,7 @@ mod tests {
         assert!(!r.lock().started());
         // Its late completion is dropped, not published into a later start.
         r.complete(g, 2, 4, Vec::new());
-        r.lock().start(0, &m).unwrap();
+        r.lock().start(0, &m, None).unwrap();
         assert_eq!(r.publish_and_signal(), 0);
     }
 }

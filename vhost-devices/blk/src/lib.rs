@@ -534,6 +534,12 @@ impl VirtioDevice for BlkDevice {
         self.ack_features(features);
     }
 
+    // Block reads and writes can be executed again: a request a killed daemon left in
+    // flight is resubmitted by the next one (INFLIGHT_SHMFD).
+    fn supports_inflight_tracking(&self) -> bool {
+        true
+    }
+
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let Some(slot) = self.scratch.get(usize::from(ctx.index())) else {
             return Ok(Processed::Drained);

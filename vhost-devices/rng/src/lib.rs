@@ -205,6 +205,12 @@ impl VirtioDevice for RngDevice {
         0
     }
 
+    // Filling a buffer with random bytes again is harmless: a request a killed daemon left
+    // in flight is resubmitted by the next one (INFLIGHT_SHMFD).
+    fn supports_inflight_tracking(&self) -> bool {
+        true
+    }
+
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let Some(limiter) = &self.limiter else {
             while let Some(req) = ctx.pop() {
