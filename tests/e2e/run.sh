@@ -60,7 +60,7 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client"
+ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client vsock"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
@@ -617,6 +617,18 @@ run_restart() {
     return 0
 }
 
+# vsock: its own script (guest overlay, daemon, host side), one boot.
+test_vsock() {
+    local t0
+    t0=$(now)
+    log "vsock: tests/e2e/vsock.sh"
+    if RUN_DIR=$RUN_DIR "$E2E_DIR/vsock.sh"; then
+        record PASS vsock "$(elapsed "$t0" "$(now)")"
+    else
+        record FAIL vsock "$(elapsed "$t0" "$(now)")" "see tests/e2e/vsock.sh output above"
+    fi
+}
+
 # --- main ------------------------------------------------------------------------------
 T_START=$(now)
 rm -rf "$RUN_DIR"
@@ -647,6 +659,7 @@ if [ "$FAILED" = 0 ]; then
     wants rng && test_rng
     wants reconnect && test_reconnect
     wants client && test_client
+    wants vsock && test_vsock
 fi
 
 echo
