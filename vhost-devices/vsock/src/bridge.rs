@@ -20,6 +20,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
+use vhost_backend::runtime::vm_memory::volatile_memory::Error as VolatileMemoryError;
+use vhost_backend::runtime::vm_memory::{GuestAddress, GuestMemory, WriteVolatile};
 use vhost_backend::runtime::{LogLimiter, Processed, QueueContext, Request};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -353,10 +355,19 @@ impl Bridge {
                     self.reset_conn(key);
                     return;
                 }
-                let data = &mut self.scratch[..len as usize];
-                if req.read_readable(HEADER_LEN as u64, data).is_err()
-                    || conn.push_guest_bytes(data).is_err()
-                {
+                // Straight from guest memory while the stream takes it; the rest (a full
+                // stream) is copied and waits in the connection.
+                let direct = match send_direct(req, &mut conn.stream, len) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        log::debug!("vsock: connection {key:?}: writing to the host: {e}");
+                        self.reset_conn(key);
+                        return;
+                    }
+                };
+                let data = &mut self.scratch[..(len - direct) as usize];
+                let copied = req.read_readable(HEADER_LEN as u64 + u64::from(direct), data);
+                if copied.is_err() || conn.push_guest_bytes(direct, data).is_err() {
                     self.reset_conn(key);
                     return;
                 }
@@ -714,6 +725,53 @@ impl Bridge {
         }
         self.after_change(key);
     }
+}
+
+/// Writes the `len` payload bytes of a tx packet from guest memory to `stream` (whose
+/// pending bytes, if any, went first), as far as it takes them now. Returns how many it took.
+/// Nothing is written from a connection with pending bytes: the caller checks.
+fn send_direct(req: &Request, stream: &mut UnixStream, len: u32) -> io::Result<u32> {
+    let mut skip = HEADER_LEN as u64;
+    let mut left = u64::from(len);
+    let mut taken = 0u32;
+    for b in req.readable() {
+        if left == 0 {
+            break;
+        }
+        let blen = u64::from(b.len);
+        if skip >= blen {
+            skip -= blen;
+            continue;
+        }
+        let n = (blen - skip).min(left);
+        let Some(addr) = b.addr.0.checked_add(skip) else {
+            break;
+        };
+        skip = 0;
+        // A buffer across memory regions, or outside guest memory, goes the copying way
+        // (which reports the latter).
+        let Ok(slice) = req.memory().get_slice(GuestAddress(addr), n as usize) else {
+            break;
+        };
+        // write(2): a host peer gone gives EPIPE (Rust programs ignore SIGPIPE).
+        let w = loop {
+            match stream.write_volatile(&slice) {
+                Ok(w) => break w,
+                Err(VolatileMemoryError::IOError(e)) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(taken),
+                    _ => return Err(e),
+                },
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        };
+        taken += w as u32;
+        left -= w as u64;
+        if (w as u64) < n {
+            break;
+        }
+    }
+    Ok(taken)
 }
 
 /// The next rx buffer: the spare one if there is one, else one popped; buffers too small

@@ -174,10 +174,15 @@ impl Conn {
         u64::from(buffered) + u64::from(len) <= u64::from(BUF_ALLOC)
     }
 
-    /// Guest bytes for the host stream: written now as far as it takes them, the rest kept
-    /// (the caller checked [`has_room`](Self::has_room)).
-    pub fn push_guest_bytes(&mut self, data: &[u8]) -> io::Result<()> {
-        self.recv_cnt = self.recv_cnt.wrapping_add(data.len() as u32);
+    /// Guest bytes for the host stream: `direct` of them the stream took already (written
+    /// from guest memory), then `data`, written now as far as the stream takes it, the rest
+    /// kept (the caller checked [`has_room`](Self::has_room)).
+    pub fn push_guest_bytes(&mut self, direct: u32, data: &[u8]) -> io::Result<()> {
+        self.recv_cnt = self
+            .recv_cnt
+            .wrapping_add(direct)
+            .wrapping_add(data.len() as u32);
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(direct);
         self.pending.extend(data);
         self.flush()
     }
@@ -293,7 +298,7 @@ mod tests {
         let chunk = vec![7u8; 64 * 1024];
         let mut sent = 0u64;
         while c.has_room(chunk.len() as u32) {
-            c.push_guest_bytes(&chunk).unwrap();
+            c.push_guest_bytes(0, &chunk).unwrap();
             sent += chunk.len() as u64;
             assert!(sent <= 64 << 20, "room never ran out");
         }

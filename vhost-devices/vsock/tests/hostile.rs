@@ -277,3 +277,34 @@ fn rx_buffers_too_small_for_a_packet_come_back_empty_and_the_next_one_is_used() 
     s.memory().mem().read_slice(&mut raw, big).unwrap();
     assert_eq!(u16::from_le_bytes([raw[30], raw[31]]), op::RESPONSE);
 }
+
+#[test]
+fn payload_spread_over_descriptors_with_the_header_in_the_first_arrives_in_order() {
+    let (scratch, _d, mut g) = setup("spread");
+    let listener = scratch.listen(2500);
+    g.connect(170, 2500, 65536);
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let payload = pattern(9, 10 + 100 + 50);
+    let mut h = VsockHeader::to_host(CID, 170, 2500, op::RW);
+    h.len = (payload.len() as u32).into();
+    h.buf_alloc = 65536.into();
+    // [header + 10 bytes] [100 bytes] [50 bytes]
+    let first = g.s.memory().alloc(54, 8).unwrap();
+    let second = g.s.memory().alloc(100, 8).unwrap();
+    let third = g.s.memory().alloc(50, 8).unwrap();
+    let mem = g.s.memory().mem();
+    mem.write_slice(h.as_bytes(), first).unwrap();
+    mem.write_slice(&payload[..10], GuestAddress(first.0 + 44))
+        .unwrap();
+    mem.write_slice(&payload[10..110], second).unwrap();
+    mem.write_slice(&payload[110..], third).unwrap();
+    g.d.send_raw(
+        &mut g.s,
+        &[(first, 54, false), (second, 100, false), (third, 50, false)],
+    )
+    .unwrap();
+    let mut got = vec![0u8; payload.len()];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(got, payload);
+}
