@@ -16,9 +16,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use vhost_backend::runtime::vm_memory::volatile_memory::Error as VolatileMemoryError;
 use vhost_backend::runtime::vm_memory::{GuestAddress, GuestMemory, WriteVolatile};
@@ -44,12 +49,26 @@ const MAX_CONTROL: usize = 1024;
 /// First local port of host-initiated connections (as Firecracker numbers them).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
+/// How long a guest connection waits for a host listener whose backlog is full (the
+/// connection is retried every [`CONNECT_RETRY`] meanwhile; the worker never blocks on it).
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+const CONNECT_RETRY: Duration = Duration::from_millis(1);
+
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_NOTIFY: u64 = 1;
-const FIRST_TOKEN: u64 = 2;
+const TOKEN_RETRY: u64 = 2;
+const FIRST_TOKEN: u64 = 3;
 
 /// A connection's key: (guest port, host port).
 type Key = (u32, u32);
+
+/// A guest REQUEST whose host listener had a full backlog: tried again until `deadline`.
+#[derive(Debug)]
+struct PendingConnect {
+    key: Key,
+    hdr: Header,
+    deadline: Instant,
+}
 
 /// What an epoll token stands for.
 #[derive(Debug)]
@@ -103,6 +122,9 @@ pub(crate) struct Bridge {
     listener: UnixListener,
     epoll: Epoll,
     notify: EventFd,
+    retry_timer: TimerFd,
+    /// Guest connections waiting for a host listener's backlog to have room.
+    connecting: Vec<PendingConnect>,
     conns: HashMap<Key, Conn>,
     slots: HashMap<u64, Slot>,
     /// Connections that may owe the guest a packet, in turn order.
@@ -126,6 +148,15 @@ impl Bridge {
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let notify = EventFd::new(EFD_NONBLOCK)?;
+        let retry_timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            retry_timer.as_fd().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_RETRY),
+        )?;
         epoll.ctl(
             ControlOperation::Add,
             listener.as_raw_fd(),
@@ -142,6 +173,8 @@ impl Bridge {
             listener,
             epoll,
             notify,
+            retry_timer,
+            connecting: Vec::new(),
             conns: HashMap::new(),
             slots: HashMap::new(),
             ready: VecDeque::new(),
@@ -170,6 +203,8 @@ impl Bridge {
     pub fn reset(&mut self) {
         self.conns.clear();
         self.slots.clear();
+        self.connecting.clear();
+        let _ = self.retry_timer.unset();
         self.ready.clear();
         self.control.clear();
         self.rx_new = false;
@@ -308,10 +343,18 @@ impl Bridge {
             return;
         }
         let Some(conn) = self.conns.get_mut(&key) else {
-            match opcode {
-                op::REQUEST => self.connect_to_host(key, &hdr),
-                op::RST => {}
-                _ => self.reply_rst(&hdr),
+            let waiting = self.connecting.iter().position(|p| p.key == key);
+            match (opcode, waiting) {
+                (op::REQUEST, _) => self.connect_to_host(key, &hdr),
+                (op::RST, Some(i)) => {
+                    self.connecting.swap_remove(i);
+                }
+                (op::RST, None) => {}
+                (_, Some(i)) => {
+                    self.connecting.swap_remove(i);
+                    self.reply_rst(&hdr);
+                }
+                (_, None) => self.reply_rst(&hdr),
             }
             return;
         };
@@ -357,7 +400,12 @@ impl Bridge {
                 }
                 // Straight from guest memory while the stream takes it; the rest (a full
                 // stream) is copied and waits in the connection.
-                let direct = match send_direct(req, &mut conn.stream, len) {
+                let sent = if conn.has_pending() {
+                    Ok(0)
+                } else {
+                    send_direct(req, &mut conn.stream, len)
+                };
+                let direct = match sent {
                     Ok(n) => n,
                     Err(e) => {
                         log::debug!("vsock: connection {key:?}: writing to the host: {e}");
@@ -403,22 +451,70 @@ impl Bridge {
         }
     }
 
-    /// A guest REQUEST to host port `key.1`: connects to `<uds-path>_<port>`.
+    /// A guest REQUEST to host port `key.1`: connects to `<uds-path>_<port>`. A listener
+    /// whose backlog is full is tried again for up to [`CONNECT_WAIT`].
     fn connect_to_host(&mut self, key: Key, hdr: &Header) {
         // `slots` holds every connection and every handshake in progress.
-        if self.slots.len() >= MAX_CONNECTIONS {
+        if self.slots.len() + self.connecting.len() >= MAX_CONNECTIONS {
+            self.reply_rst(hdr);
+            return;
+        }
+        if let Some(i) = self.connecting.iter().position(|p| p.key == key) {
+            // A second REQUEST while the first waits: both are refused.
+            self.connecting.swap_remove(i);
             self.reply_rst(hdr);
             return;
         }
         let path = host::port_path(&self.uds_path, key.1);
-        let stream = match host::connect_nonblocking(&path) {
-            Ok(s) => s,
+        match host::connect_nonblocking(&path) {
+            Ok(stream) => self.establish(key, hdr, stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.connecting.push(PendingConnect {
+                    key,
+                    hdr: *hdr,
+                    deadline: Instant::now() + CONNECT_WAIT,
+                });
+                self.arm_retry();
+            }
             Err(e) => {
                 log::debug!("vsock: guest port {} to {}: {e}", key.0, path.display());
                 self.reply_rst(hdr);
-                return;
             }
-        };
+        }
+    }
+
+    fn arm_retry(&self) {
+        let when = Expiration::OneShot(TimeSpec::from_duration(CONNECT_RETRY));
+        if let Err(e) = self.retry_timer.set(when, TimerSetTimeFlags::empty()) {
+            log::warn!("vsock: arming the connect retry timer: {e}");
+        }
+    }
+
+    /// Tries the waiting guest connections again.
+    fn retry_connects(&mut self) {
+        let mut count = [0u8; 8];
+        let _ = nix::unistd::read(&self.retry_timer, &mut count);
+        let now = Instant::now();
+        for p in std::mem::take(&mut self.connecting) {
+            let path = host::port_path(&self.uds_path, p.key.1);
+            match host::connect_nonblocking(&path) {
+                Ok(stream) => self.establish(p.key, &p.hdr, stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && now < p.deadline => {
+                    self.connecting.push(p)
+                }
+                Err(e) => {
+                    log::debug!("vsock: guest port {} to {}: {e}", p.key.0, path.display());
+                    self.reply_rst(&p.hdr);
+                }
+            }
+        }
+        if !self.connecting.is_empty() {
+            self.arm_retry();
+        }
+    }
+
+    /// A guest connection whose host stream is connected: answered with RESPONSE.
+    fn establish(&mut self, key: Key, hdr: &Header, stream: UnixStream) {
         let mut conn = Conn::new(stream, Phase::Established, key.1);
         if conn
             .update_peer(hdr.buf_alloc.get(), hdr.fwd_cnt.get())
@@ -575,6 +671,7 @@ impl Bridge {
         for ev in &events[..n] {
             match ev.data() {
                 TOKEN_LISTENER => self.accept_all(),
+                TOKEN_RETRY => self.retry_connects(),
                 TOKEN_NOTIFY => {
                     let _ = self.notify.read();
                     self.rx_new = true;

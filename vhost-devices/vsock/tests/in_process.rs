@@ -345,3 +345,79 @@ fn front_end_reconnect_closes_host_streams_and_reports_a_transport_reset() {
     assert_eq!(g.recv_for((40006, 1239)).hdr.op.get(), op::RST);
     assert_eq!(g.connect(40007, 1239, 65536).hdr.op.get(), op::RESPONSE);
 }
+
+/// A host listener with a backlog of one, which accepts nothing by itself.
+fn small_backlog_listener(scratch: &Scratch, port: u32) -> std::os::unix::net::UnixListener {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let mut path = scratch.uds().into_os_string();
+    path.push(format!("_{port}"));
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &nix::sys::socket::UnixAddr::new(std::path::Path::new(&path)).unwrap(),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(1).unwrap()).unwrap();
+    std::os::unix::net::UnixListener::from(fd)
+}
+
+fn request(g: &mut Guest, key: (u32, u32)) {
+    g.conns.insert(
+        key,
+        GuestConn {
+            guest_port: key.0,
+            host_port: key.1,
+            buf_alloc: 65536,
+            ..GuestConn::default()
+        },
+    );
+    g.control(key, op::REQUEST, 0);
+}
+
+#[test]
+fn guest_connections_wait_for_room_in_a_full_backlog_and_are_reset_after_the_wait() {
+    let (scratch, _d, mut g) = setup("backlog");
+    let listener = small_backlog_listener(&scratch, 5100);
+    // Nobody accepts: the backlog takes two, the others wait and are reset after ~2 s.
+    let keys: Vec<_> = (0..4).map(|i| (42_000 + i, 5100)).collect();
+    let t0 = std::time::Instant::now();
+    for &k in &keys {
+        request(&mut g, k);
+    }
+    let mut answers = Vec::new();
+    for &k in &keys {
+        answers.push((g.recv_for(k).hdr.op.get(), t0.elapsed()));
+    }
+    let responses = answers.iter().filter(|a| a.0 == op::RESPONSE).count();
+    let resets: Vec<_> = answers.iter().filter(|a| a.0 == op::RST).collect();
+    assert_eq!((responses, resets.len()), (2, 2), "{answers:?}");
+    assert!(
+        resets.iter().all(|a| a.1 >= Duration::from_millis(1500)),
+        "refused before waiting: {answers:?}"
+    );
+    // Drain the backlog; now connections beyond it are served as the host accepts them.
+    let accepted: Vec<_> = (0..2).map(|_| listener.accept().unwrap()).collect();
+    drop(accepted);
+    let acceptor = std::thread::spawn(move || {
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_millis(20));
+            streams.push(listener.accept().unwrap());
+        }
+        streams
+    });
+    let keys: Vec<_> = (0..8).map(|i| (43_000 + i, 5100)).collect();
+    for &k in &keys {
+        request(&mut g, k);
+    }
+    for &k in &keys {
+        assert_eq!(g.recv_for(k).hdr.op.get(), op::RESPONSE, "{k:?}");
+    }
+    assert_eq!(acceptor.join().unwrap().len(), 8);
+}
