@@ -54,6 +54,12 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 const CONNECT_RETRY: Duration = Duration::from_millis(1);
 
+/// How long a host process's `CONNECT` waits for the guest's answer before its stream is
+/// closed (and the guest's end, if the request reached it, reset).
+pub const HOST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How often connections waiting for the guest are checked.
+const HOST_CONNECT_CHECK: Duration = Duration::from_millis(100);
+
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_NOTIFY: u64 = 1;
 const TOKEN_RETRY: u64 = 2;
@@ -125,6 +131,9 @@ pub(crate) struct Bridge {
     retry_timer: TimerFd,
     /// Guest connections waiting for a host listener's backlog to have room.
     connecting: Vec<PendingConnect>,
+    /// Host connections waiting for the guest's answer (an upper bound: answered ones are
+    /// counted off at the next timer tick).
+    host_waiting: usize,
     conns: HashMap<Key, Conn>,
     slots: HashMap<u64, Slot>,
     /// Connections that may owe the guest a packet, in turn order.
@@ -175,6 +184,7 @@ impl Bridge {
             notify,
             retry_timer,
             connecting: Vec::new(),
+            host_waiting: 0,
             conns: HashMap::new(),
             slots: HashMap::new(),
             ready: VecDeque::new(),
@@ -204,6 +214,7 @@ impl Bridge {
         self.conns.clear();
         self.slots.clear();
         self.connecting.clear();
+        self.host_waiting = 0;
         let _ = self.retry_timer.unset();
         self.ready.clear();
         self.control.clear();
@@ -483,18 +494,48 @@ impl Bridge {
         }
     }
 
+    /// Arms the timer for the next look at waiting connections: soon while guest
+    /// connections wait for a host backlog, less often while host ones wait for the guest.
     fn arm_retry(&self) {
-        let when = Expiration::OneShot(TimeSpec::from_duration(CONNECT_RETRY));
+        let wait = if !self.connecting.is_empty() {
+            CONNECT_RETRY
+        } else if self.host_waiting > 0 {
+            HOST_CONNECT_CHECK
+        } else {
+            return;
+        };
+        let when = Expiration::OneShot(TimeSpec::from_duration(wait));
         if let Err(e) = self.retry_timer.set(when, TimerSetTimeFlags::empty()) {
             log::warn!("vsock: arming the connect retry timer: {e}");
         }
     }
 
-    /// Tries the waiting guest connections again.
-    fn retry_connects(&mut self) {
+    /// Tries the waiting guest connections again, and gives up on host connections the
+    /// guest has not answered in time.
+    fn on_timer(&mut self) {
         let mut count = [0u8; 8];
         let _ = nix::unistd::read(&self.retry_timer, &mut count);
         let now = Instant::now();
+        if self.host_waiting > 0 {
+            let late: Vec<Key> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Connecting && c.deadline <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in late {
+                log::debug!(
+                    "vsock: guest port {} did not answer a host connection",
+                    key.0
+                );
+                self.reset_conn(key);
+            }
+            self.host_waiting = self
+                .conns
+                .values()
+                .filter(|c| c.phase == Phase::Connecting)
+                .count();
+        }
         for p in std::mem::take(&mut self.connecting) {
             let path = host::port_path(&self.uds_path, p.key.1);
             match host::connect_nonblocking(&path) {
@@ -508,9 +549,7 @@ impl Bridge {
                 }
             }
         }
-        if !self.connecting.is_empty() {
-            self.arm_retry();
-        }
+        self.arm_retry();
     }
 
     /// A guest connection whose host stream is connected: answered with RESPONSE.
@@ -671,7 +710,7 @@ impl Bridge {
         for ev in &events[..n] {
             match ev.data() {
                 TOKEN_LISTENER => self.accept_all(),
-                TOKEN_RETRY => self.retry_connects(),
+                TOKEN_RETRY => self.on_timer(),
                 TOKEN_NOTIFY => {
                     let _ = self.notify.read();
                     self.rx_new = true;
@@ -763,6 +802,7 @@ impl Bridge {
         };
         let key = (port, local);
         let mut conn = Conn::new(stream, Phase::Connecting, local);
+        conn.deadline = Instant::now() + HOST_CONNECT_WAIT;
         conn.send_request = true;
         // Bytes sent after the line are read once the guest accepts.
         conn.host_readable = true;
@@ -780,6 +820,10 @@ impl Bridge {
             return;
         }
         self.mark_ready(key);
+        self.host_waiting += 1;
+        if self.host_waiting == 1 && self.connecting.is_empty() {
+            self.arm_retry();
+        }
     }
 
     /// A local port for a host-initiated connection to guest port `guest_port`.

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
@@ -42,6 +43,8 @@ pub(crate) struct CreditViolation;
 pub(crate) struct Conn {
     pub stream: UnixStream,
     pub phase: Phase,
+    /// While [`Phase::Connecting`]: when the host process stops waiting for the guest.
+    pub deadline: Instant,
     /// The host port (the local end of a host-initiated connection, or the port the guest
     /// connected to).
     pub host_port: u32,
@@ -101,6 +104,7 @@ impl Conn {
         Conn {
             stream,
             phase,
+            deadline: Instant::now(),
             host_port,
             send_request: false,
             send_response: false,

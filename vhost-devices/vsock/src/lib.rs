@@ -6,9 +6,11 @@
 //!   [`VsockConfig::uds_path`], writes `CONNECT <port>\n`, and once the guest accepts gets
 //!   `OK <host-port>\n`; from then on the stream is the guest socket's peer (guest port
 //!   `<port>`, host port `<host-port>`, a local port from 2^30 on). A guest that refuses
-//!   (RST) closes the stream without an answer.
+//!   (RST), or does not answer within [`HOST_CONNECT_WAIT`], closes the stream without an
+//!   answer.
 //! - **guest → host**: a guest connection to CID 2 (the host), port `P`, is bridged to the
-//!   Unix socket `<uds-path>_P`; nobody listening there means a reset.
+//!   Unix socket `<uds-path>_P`; nobody listening there means a reset (a listener whose
+//!   backlog is full is tried again for 2 s first).
 //!
 //! Queues: rx (0, packets to the guest), tx (1, packets from the guest), event (2, a
 //! transport reset after the device lost its connections: a back-end restart, a front-end
@@ -48,7 +50,7 @@ use vhost_backend::runtime::{
     read_config_bytes, DeviceError, DeviceFd, Processed, QueueContext, VirtioDevice,
 };
 
-pub use bridge::MAX_CONNECTIONS;
+pub use bridge::{HOST_CONNECT_WAIT, MAX_CONNECTIONS};
 pub use conn::BUF_ALLOC;
 
 use bridge::Bridge;

@@ -418,3 +418,25 @@ fn guest_connections_wait_for_room_in_a_full_backlog_and_are_reset_after_the_wai
     }
     assert_eq!(acceptor.join().unwrap().len(), 8);
 }
+
+#[test]
+fn host_connection_the_guest_never_answers_is_closed_after_the_wait_and_reset() {
+    let (scratch, _d, mut g) = setup("noanswer");
+    let t0 = std::time::Instant::now();
+    let mut host = scratch.host_connect(5200);
+    let req = g.recv();
+    assert_eq!(req.hdr.op.get(), op::REQUEST);
+    // The guest says nothing: the host's stream ends without an OK, and the guest's end
+    // of the request is reset.
+    assert_eq!(read_to_end(&mut host), b"");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= vhost_device_vsock::HOST_CONNECT_WAIT - Duration::from_millis(200),
+        "closed after {waited:?}"
+    );
+    let rst = g.recv_for(key_of(&req));
+    assert_eq!(rst.hdr.op.get(), op::RST);
+    // An answer that comes too late is reset too.
+    let late = g.accept(&req, 65536);
+    assert_eq!(g.recv_for(late).hdr.op.get(), op::RST);
+}
