@@ -3,10 +3,14 @@
 #
 #   blk: vhost-user-blk          vs  qemu-storage-daemon (vhost-user-blk export)
 #   rng: vhost-user-rng          vs  rust-vmm vhost-device-rng
+#   vsock: vhost-user-vsock      vs  rust-vmm vhost-device-vsock
 #
 # Each measurement starts a fresh daemon, drives it with vhost-user-load (4 KiB randread and
 # randwrite on the same page-cached raw pattern image for blk, 4 KiB fills for rng), reads
-# the daemon's peak RSS (VmHWM) and stops it. Ours and theirs alternate (A B A B ...) for
+# the daemon's peak RSS (VmHWM) and stops it. vsock is driven by vhost-user-vsock-load
+# (guest CID 3, hybrid-vsock Unix sockets on the host side): g2h and h2g are MiB/s over one
+# connection with the bytes checked, connect is connections set up and reset per second;
+# its qd column is always 1. Ours and theirs alternate (A B A B ...) for
 # every case and repetition, so slow drifts of the machine hit both alike. The "pinned"
 # pass runs daemon and load generator both on one CPU (taskset -c $CPU); the "unpinned"
 # pass lets the scheduler place them. The summary gives medians, the ratio ours/theirs
@@ -27,11 +31,17 @@
 #                   system, not tmpfs)
 #   CPU=0           the CPU of the pinned pass
 #   IMG_SIZE=1G     size of the raw image (K, M, G suffixes)
-#   DEVICES="blk rng"
+#   DEVICES="blk rng vsock"
+#   VSOCK_WORKLOADS="g2h h2g connect"
+#   PEER_VSOCK_ARGS="--tx-buffer-size 262144"
+#                   extra arguments of vhost-device-vsock: by default its per-connection
+#                   buffer (the credit it announces) is set to ours, 256 KiB (its own
+#                   default is 64 KiB)
 #   BLK_RW="randread randwrite"
 #   WORKDIR=        scratch directory (default: a new one under /tmp, removed at the end)
 #   KEEP=0          1: keep WORKDIR (raw results, daemon logs)
-#   QSD=, PEER_RNG= paths to the peer daemons (default: found in PATH or /opt/peers/bin;
+#   QSD=, PEER_RNG=, PEER_VSOCK=
+#                   paths to the peer daemons (default: found in PATH or /opt/peers/bin;
 #                   installed with apt-get / cargo install when missing and possible)
 #
 #   CHART=          also write the chart (SVG) to this path
@@ -52,7 +62,9 @@ PASSES=${PASSES:-"pinned unpinned direct"}
 DIRECT_CASES=${DIRECT_CASES:-"randread:1 randread:16 randread:64 randwrite:16"}
 CPU=${CPU:-0}
 IMG_SIZE=${IMG_SIZE:-1G}
-DEVICES=${DEVICES:-"blk rng"}
+DEVICES=${DEVICES:-"blk rng vsock"}
+VSOCK_WORKLOADS=${VSOCK_WORKLOADS:-"g2h h2g connect"}
+PEER_VSOCK_ARGS=${PEER_VSOCK_ARGS:-"--tx-buffer-size 262144"}
 BLK_RW=${BLK_RW:-"randread randwrite"}
 KEEP=${KEEP:-0}
 
@@ -78,11 +90,13 @@ fi
 # --- our binaries -----------------------------------------------------------------------
 say "building our daemons and the load generator (release)..."
 (cd "$ROOT" && cargo build --release --quiet -p vhost-device-blk -p vhost-device-rng \
-    -p benches --bins) || die "cargo build failed"
+    -p vhost-device-vsock -p benches --bins) || die "cargo build failed"
 OURS_BLK=$TARGET/vhost-user-blk
 OURS_RNG=$TARGET/vhost-user-rng
+OURS_VSOCK=$TARGET/vhost-user-vsock
 LOAD=$TARGET/vhost-user-load
-for b in "$OURS_BLK" "$OURS_RNG" "$LOAD"; do [[ -x $b ]] || die "missing $b"; done
+VSOCK_LOAD=$TARGET/vhost-user-vsock-load
+for b in "$OURS_BLK" "$OURS_RNG" "$OURS_VSOCK" "$LOAD" "$VSOCK_LOAD"; do [[ -x $b ]] || die "missing $b"; done
 
 WORKDIR=${WORKDIR:-$(mktemp -d /tmp/vhost-compare.XXXXXX)}
 mkdir -p "$WORKDIR"
@@ -97,12 +111,13 @@ trap cleanup EXIT
 
 # --- peers ------------------------------------------------------------------------------
 missing=()
-want_blk=0; want_rng=0
+want_blk=0; want_rng=0; want_vsock=0
 for d in $DEVICES; do
     case $d in
         blk) want_blk=1 ;;
         rng) want_rng=1 ;;
-        *) die "unknown device $d (blk, rng)" ;;
+        vsock) want_vsock=1 ;;
+        *) die "unknown device $d (blk, rng, vsock)" ;;
     esac
 done
 
@@ -128,6 +143,16 @@ if [[ $want_rng == 1 ]]; then
         [[ -x $WORKDIR/peers/bin/vhost-device-rng ]] && PEER_RNG=$WORKDIR/peers/bin/vhost-device-rng
     fi
     [[ -n $PEER_RNG ]] || missing+=("vhost-device-rng (cargo install --locked vhost-device-rng)")
+fi
+if [[ $want_vsock == 1 ]]; then
+    PEER_VSOCK=${PEER_VSOCK:-$(command -v vhost-device-vsock || true)}
+    [[ -z $PEER_VSOCK && -x /opt/peers/bin/vhost-device-vsock ]] && PEER_VSOCK=/opt/peers/bin/vhost-device-vsock
+    if [[ -z $PEER_VSOCK ]]; then
+        say "vhost-device-vsock not found; cargo install --locked vhost-device-vsock..."
+        cargo install --locked vhost-device-vsock --root "$WORKDIR/peers" >&2 || true
+        [[ -x $WORKDIR/peers/bin/vhost-device-vsock ]] && PEER_VSOCK=$WORKDIR/peers/bin/vhost-device-vsock
+    fi
+    [[ -n $PEER_VSOCK ]] || missing+=("vhost-device-vsock (cargo install --locked vhost-device-vsock)")
 fi
 want_direct=0
 [[ " $PASSES " == *" direct "* && $want_blk == 1 ]] && want_direct=1
@@ -166,7 +191,7 @@ start_daemon() {
     local impl=$1 device=$2 sock=$3 pin=$4 log=$WORKDIR/$1-$2.log
     local -a pre=()
     [[ $pin == pinned || $pin == direct ]] && pre=(taskset -c "$CPU")
-    rm -f "$sock" "${sock}0"
+    rm -f "$sock" "${sock}0" "$WORKDIR/$impl.vsock" "$WORKDIR/$impl.vsock"_*
     CONNECT=$sock
     case $impl-$device-$pin in
         ours-blk-direct)
@@ -190,6 +215,14 @@ start_daemon() {
             # rust-vmm's daemon appends the socket index to the path.
             "${pre[@]}" "$PEER_RNG" --socket-path "$sock" >>"$log" 2>&1 &
             CONNECT=${sock}0 ;;
+        ours-vsock-*)
+            "${pre[@]}" "$OURS_VSOCK" --socket-path "$sock" --guest-cid 3 \
+                --uds-path "$WORKDIR/ours.vsock" >>"$log" 2>&1 & ;;
+        theirs-vsock-*)
+            local -a extra=()
+            read -ra extra <<<"$PEER_VSOCK_ARGS"
+            "${pre[@]}" "$PEER_VSOCK" --socket "$sock" --guest-cid 3 \
+                --uds-path "$WORKDIR/theirs.vsock" "${extra[@]}" >>"$log" 2>&1 & ;;
     esac
     DPID=$!
 }
@@ -219,12 +252,17 @@ measure() {
     [[ $pass == pinned || $pass == direct ]] && pre=(taskset -c "$CPU")
     start_daemon "$impl" "$device" "$sock" "$pass"
     local pid=$DPID
-    if [[ $device == blk ]]; then args=(--device blk --rw "$workload"); else args=(--device rng); fi
+    local load=$LOAD
+    if [[ $device == blk ]]; then args=(--device blk --rw "$workload" --qd "$qd")
+    elif [[ $device == vsock ]]; then
+        load=$VSOCK_LOAD
+        args=(--uds "$WORKDIR/$impl.vsock" --workload "$workload")
+    else args=(--device rng --qd "$qd"); fi
     # The load runs in the background while the daemon's VmHWM (monotonic) is sampled, so
     # it is read even from a daemon that exits when its front-end leaves.
     local out=$WORKDIR/load.out lpid status=0
     hwm=0
-    "${pre[@]}" "$LOAD" --socket "$CONNECT" "${args[@]}" --qd "$qd" \
+    "${pre[@]}" "$load" --socket "$CONNECT" "${args[@]}" \
         --duration "$DURATION" --warmup "$WARMUP" --label "$impl" >"$out" 2>&1 &
     lpid=$!
     while kill -0 "$lpid" 2>/dev/null; do
@@ -241,7 +279,9 @@ measure() {
     fi
     local rate
     rate=$(sed -n 's/^RESULT .* rate=\([0-9.]*\).*/\1/p' "$out")
-    say "  $pass rep $rep: $impl $device $workload qd$qd: $rate req/s, VmHWM ${hwm:-0} kB"
+    local unit=req/s
+    [[ $device == vsock ]] && unit=$(sed -n 's/^RESULT .* unit=\([^ ]*\).*/\1/p' "$out")
+    say "  $pass rep $rep: $impl $device $workload qd$qd: $rate $unit, VmHWM ${hwm:-0} kB"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pass" "$impl" "$device" "$workload" "$qd" \
         "$rep" "${rate:-NaN}" "${hwm:-0}" >>"$RESULTS"
 }
@@ -250,6 +290,8 @@ cases=()
 for d in $DEVICES; do
     if [[ $d == blk ]]; then
         for rw in $BLK_RW; do for qd in $QDS; do cases+=("blk $rw $qd"); done; done
+    elif [[ $d == vsock ]]; then
+        for w in $VSOCK_WORKLOADS; do cases+=("vsock $w 1"); done
     else
         for qd in $QDS; do cases+=("rng rng $qd"); done
     fi
@@ -257,9 +299,9 @@ done
 
 SETTINGS="REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP QDS='$QDS' PASSES='$PASSES' CPU=$CPU IMG_SIZE=$IMG_SIZE"
 say "settings: $SETTINGS"
-say "peers: ${QSD:-} ${PEER_RNG:-}"
+say "peers: ${QSD:-} ${PEER_RNG:-} ${PEER_VSOCK:-} ${PEER_VSOCK:+($PEER_VSOCK_ARGS)}"
 # The first comment line is the chart's subtitle.
-printf '# %s, %s CPUs\n# peers: %s\n' "$SETTINGS" "$(nproc)" "${QSD:-} ${PEER_RNG:-}" >>"$RESULTS"
+printf '# %s, %s CPUs\n# peers: %s\n' "$SETTINGS" "$(nproc)" "${QSD:-} ${PEER_RNG:-} ${PEER_VSOCK:-}" >>"$RESULTS"
 direct_cases=()
 for c in $DIRECT_CASES; do direct_cases+=("blk ${c%%:*} ${c##*:}"); done
 

@@ -24,6 +24,7 @@ from xml.sax.saxutils import escape
 NAMES = {
     "blk": ("vhost-user-blk", "qemu-storage-daemon"),
     "rng": ("vhost-user-rng", "vhost-device-rng"),
+    "vsock": ("vhost-user-vsock", "vhost-device-vsock"),
 }
 OURS_COLOR = "#2b6cb0"
 THEIRS_COLOR = "#dd8452"

@@ -3,7 +3,7 @@
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
 #   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct blk-two rng reconnect
-#                                     client inflight-kill
+#                                     client inflight-kill vsock
 #                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
@@ -61,7 +61,7 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill"
+ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
@@ -672,6 +672,18 @@ run_restart() {
     return 0
 }
 
+# vsock: its own script (guest overlay, daemon, host side), one boot.
+test_vsock() {
+    local t0
+    t0=$(now)
+    log "vsock: tests/e2e/vsock.sh"
+    if RUN_DIR=$RUN_DIR "$E2E_DIR/vsock.sh"; then
+        record PASS vsock "$(elapsed "$t0" "$(now)")"
+    else
+        record FAIL vsock "$(elapsed "$t0" "$(now)")" "see tests/e2e/vsock.sh output above"
+    fi
+}
+
 # --- main ------------------------------------------------------------------------------
 T_START=$(now)
 rm -rf "$RUN_DIR"
@@ -705,6 +717,7 @@ if [ "$FAILED" = 0 ]; then
     wants client && test_client
     # shellcheck source=tests/e2e/inflight-kill.sh
     wants inflight-kill && . "$E2E_DIR/inflight-kill.sh" && test_inflight_kill
+    wants vsock && test_vsock
 fi
 
 echo

@@ -3,6 +3,7 @@
 
 pub mod blk;
 pub mod rng;
+pub mod vsock;
 
 use crate::session::SessionError;
 
