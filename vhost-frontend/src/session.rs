@@ -181,11 +181,12 @@ impl Session {
 
         let mut queues = Vec::with_capacity(usize::from(opts.num_queues));
         for i in 0..u32::from(opts.num_queues) {
-            let driver = VirtqueueDriver::with_indirect(
+            let driver = VirtqueueDriver::with_layout(
                 &memory,
                 opts.queue_size,
                 event_idx,
                 opts.max_indirect,
+                features & virtio::bit(virtio::RING_PACKED) != 0,
             )?;
             let q = Queue {
                 driver,
@@ -249,13 +250,13 @@ impl Session {
         Ok(())
     }
 
-    fn setup_queue(&mut self, i: usize, base: u16) -> Result<()> {
+    fn setup_queue(&mut self, i: usize, base: u32) -> Result<()> {
         let gpa = self
             .frontend
             .acked_protocol()
             .contains(ProtocolFeatures::GPA_ADDRESSES);
         let q = &mut self.queues[i];
-        q.driver.start_at(base, base)?;
+        q.driver.start_at_base(base)?;
         let (desc, avail, used) = match gpa {
             true => (
                 q.driver.desc_table().0,
@@ -272,7 +273,7 @@ impl Session {
         let index = i as u32;
         let fe = &mut self.frontend;
         fe.set_vring_num(index, u32::from(q.driver.size()))?;
-        fe.set_vring_base(index, u32::from(base))?;
+        fe.set_vring_base(index, base)?;
         fe.set_vring_addr(&VringAddr {
             index,
             flags: 0,

@@ -27,18 +27,19 @@ use super::worker::Worker;
 use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiation};
 
 /// Virtio features the runtime implements itself and always offers: protocol features
-/// (bit 30), VERSION_1, EVENT_IDX and INDIRECT_DESC (descriptor chains are walked by
-/// `virtio-queue`, indirect tables included).
+/// (bit 30), VERSION_1, EVENT_IDX, INDIRECT_DESC (descriptor chains are walked by
+/// `virtio-queue`, indirect tables included) and RING_PACKED (the runtime's own packed
+/// ring, [`super::packed`], behind the same request API).
 pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
     | virtio::bit(virtio::VERSION_1)
     | virtio::bit(virtio::RING_EVENT_IDX)
-    | virtio::bit(virtio::RING_INDIRECT_DESC);
+    | virtio::bit(virtio::RING_INDIRECT_DESC)
+    | virtio::bit(virtio::RING_PACKED);
 
-/// Virtio features the runtime cannot serve and removes from a device's offer: packed
-/// rings, dirty logging and IOTLB translation.
-pub const UNSUPPORTED_FEATURES: u64 = virtio::bit(virtio::RING_PACKED)
-    | virtio::bit(virtio::LOG_ALL)
-    | virtio::bit(virtio::ACCESS_PLATFORM);
+/// Virtio features the runtime cannot serve and removes from a device's offer: dirty
+/// logging and IOTLB translation.
+pub const UNSUPPORTED_FEATURES: u64 =
+    virtio::bit(virtio::LOG_ALL) | virtio::bit(virtio::ACCESS_PLATFORM);
 
 /// Protocol features the runtime implements and always offers. Added per device: CONFIG
 /// when it has a configuration space ([`VirtioDevice::config_size`]), BACKEND_REQ when it
@@ -404,7 +405,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
 
     /// Stops ring `index` once its outstanding requests completed (until `deadline`), and
     /// forgets its kick source. Returns the base, or the timeout.
-    fn stop_ring(&mut self, index: usize, deadline: Instant) -> Result<u16, VringError> {
+    fn stop_ring(&mut self, index: usize, deadline: Instant) -> Result<u32, VringError> {
         let r = Arc::clone(&self.rings[index]);
         let (kick, result) = r.quiesce_and_stop(deadline);
         if let Some(worker) = &self.workers[self.worker_of[index]] {
@@ -490,9 +491,11 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         self.record(&FrontendRequest::SetFeatures(features));
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
         let protocol = features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0;
+        let packed = features & virtio::bit(virtio::RING_PACKED) != 0;
         for (i, r) in self.rings.iter().enumerate() {
             let mut g = r.lock();
             g.set_event_idx(event_idx);
+            g.set_packed(packed);
             // Without bit 30 every ring is enabled at once; with it a ring not started
             // starts disabled (unless SET_VRING_ENABLE enabled it already).
             let became = g.follow_features(protocol);
@@ -536,9 +539,16 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
                     addr: uva,
                 })
         };
+        // Packed rings: the descriptor ring, then the driver and device event suppression
+        // areas (4 bytes each) in the places of the available and used rings.
+        let (avail_len, used_len) = if g.is_packed() {
+            (4, 4)
+        } else {
+            (6 + 2 * n, 6 + 8 * n)
+        };
         let desc = tr(RingPart::Desc, addr.desc, 16 * n).map_err(fail)?;
-        let avail = tr(RingPart::Avail, addr.avail, 6 + 2 * n).map_err(fail)?;
-        let used = tr(RingPart::Used, addr.used, 6 + 8 * n).map_err(fail)?;
+        let avail = tr(RingPart::Avail, addr.avail, avail_len).map_err(fail)?;
+        let used = tr(RingPart::Used, addr.used, used_len).map_err(fail)?;
         g.set_addrs(r.index, [desc, avail, used]).map_err(fail)
     }
 
@@ -552,7 +562,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let i = index as usize;
         let result = self.stop_ring(i, Instant::now() + self.quiesce_timeout);
         self.retire_idle_worker(self.worker_of[i]);
-        result.map(u32::from).map_err(broken)
+        result.map_err(broken)
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {

@@ -15,14 +15,12 @@
 //! worker wakes it the same way, and the worker publishes the completions.
 
 use std::io;
-use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -407,8 +405,8 @@ fn drain<D: VirtioDevice>(
     let mut rounds = 0u32;
     let mut unfinished = false;
     loop {
-        let before = st.queue_mut().next_avail();
-        if let Err(e) = QueueT::disable_notification(st.queue_mut(), &**mem) {
+        let before = st.next_avail();
+        if let Err(e) = st.disable_notification(mem) {
             ring.log
                 .warn(format_args!("queue {q}: disabling notifications: {e}"));
         }
@@ -428,7 +426,7 @@ fn drain<D: VirtioDevice>(
             }
         }
         let stopping = ring.is_stopping();
-        let more = match QueueT::enable_notification(st.queue_mut(), &**mem) {
+        let more = match st.enable_notification(mem) {
             Ok(more) => more,
             Err(e) => {
                 ring.log
@@ -439,7 +437,7 @@ fn drain<D: VirtioDevice>(
         if stopping || !more {
             break;
         }
-        if st.queue_mut().next_avail() != before {
+        if st.next_avail() != before {
             empty_rounds = 0;
             rounds += 1;
             if rounds >= MAX_DRAIN_ROUNDS {
@@ -450,17 +448,15 @@ fn drain<D: VirtioDevice>(
         }
         // Nothing taken, yet the available index moved past it.
         empty_rounds += 1;
-        let next = st.queue_mut().next_avail();
+        let next = st.next_avail();
         let size = st.size();
-        let ahead = QueueT::avail_idx(st.queue_mut(), &**mem, Ordering::Acquire)
-            .map(|idx| idx - Wrapping(next));
+        let ahead = st.avail_ahead(mem);
         match ahead {
-            Ok(ahead) if ahead.0 <= size && empty_rounds < 2 => continue,
+            Ok(ahead) if ahead <= size && empty_rounds < 2 => continue,
             Ok(ahead) => {
                 ring.log.warn(format_args!(
-                    "queue {q}: broken ring: available index {} ahead of {next} in a ring of \
-                     {size}, and nothing can be taken",
-                    ahead.0,
+                    "queue {q}: broken ring: available index {ahead} ahead of {next} in a ring \
+                     of {size}, and nothing can be taken",
                 ));
                 break;
             }
