@@ -46,6 +46,26 @@ pub fn for_layout(features: u64) -> u64 {
     }
 }
 
+/// What GET_VRING_BASE answers for a ring of [`QUEUE_SIZE`] after `n`
+/// [`GuestQueue::round_trip`]s (two descriptors each) all completed: split, the available
+/// index; packed, both positions and wrap counters.
+pub fn base_after(n: u32) -> u32 {
+    base_after_chains(n, 2)
+}
+
+/// [`base_after`] for `n` chains of `descs` descriptors each.
+pub fn base_after_chains(n: u32, descs: u32) -> u32 {
+    match layout() {
+        Layout::Split => n & 0xffff,
+        Layout::Packed => {
+            let size = u32::from(QUEUE_SIZE);
+            let descs = descs * n;
+            let half = (descs % size) | (u32::from((descs / size) % 2 == 0) << 15);
+            half | (half << 16)
+        }
+    }
+}
+
 /// Runs `test` once per ring layout (split, then packed), naming the layout on failure.
 pub fn for_each_layout(test: impl Fn()) {
     for l in [Layout::Split, Layout::Packed] {
