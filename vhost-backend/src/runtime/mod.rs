@@ -100,6 +100,8 @@ pub mod request;
 pub mod state;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+#[cfg(target_os = "linux")]
+pub mod uring;
 mod vring;
 pub mod worker;
 
@@ -117,6 +119,8 @@ pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
 pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
+#[cfg(target_os = "linux")]
+pub use uring::{GuestUring, Reaped, Refused};
 pub use vring::{RingPart, VringError};
 
 /// The `vm-memory` crate (0.16) the runtime is built on: [`Request::memory`] is a

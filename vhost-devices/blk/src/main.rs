@@ -16,6 +16,8 @@ use vhost_device_blk::{Aio, BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE
 enum AioMode {
     Sync,
     Threads,
+    #[value(name = "io_uring")]
+    IoUring,
 }
 
 /// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
@@ -59,8 +61,10 @@ struct Cli {
     serial: String,
 
     /// Where requests run: `sync` (on the queue's worker, one at a time: fastest on the page
-    /// cache) or `threads` (a pool of --aio-threads threads: many requests in flight, for
-    /// disks) [default: threads with --direct, else sync].
+    /// cache), `io_uring` (one io_uring per queue: many requests in flight, for disks) or
+    /// `threads` (a pool of --aio-threads threads: the same where io_uring is unavailable)
+    /// [default: with --direct io_uring where it works, else threads (the log says why);
+    /// without --direct sync].
     #[arg(long, value_enum)]
     aio: Option<AioMode>,
 
@@ -88,6 +92,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The engine asked for, or the default: with `--direct` io_uring where it works (else the
+/// I/O threads, saying why), without it `sync` (the least work per request on the page
+/// cache). An explicit `io_uring` that does not work here is an error.
+fn choose_aio(asked: Option<AioMode>, direct: bool) -> Result<AioMode, String> {
+    match asked {
+        Some(AioMode::IoUring) => match vhost_device_blk::engine::io_uring_available() {
+            Ok(()) => Ok(AioMode::IoUring),
+            Err(e) => Err(format!(
+                "--aio io_uring: io_uring does not work here ({e}); use --aio threads"
+            )),
+        },
+        Some(mode) => Ok(mode),
+        None if direct => match vhost_device_blk::engine::io_uring_available() {
+            Ok(()) => {
+                log::info!("--direct: requests run on io_uring (the default where it works)");
+                Ok(AioMode::IoUring)
+            }
+            Err(e) => {
+                log::warn!(
+                    "--direct: io_uring does not work here ({e}); requests run on I/O threads \
+                     instead"
+                );
+                Ok(AioMode::Threads)
+            }
+        },
+        None => Ok(AioMode::Sync),
+    }
+}
+
 fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     install_signal_handlers()?;
     cli.backend.default_socket_path(DEFAULT_SOCKET);
@@ -112,13 +145,10 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
         direct: cli.direct,
         serial: cli.serial.clone(),
         logical_block_size: cli.logical_block_size,
-        aio: match cli.aio.unwrap_or(if cli.direct {
-            AioMode::Threads
-        } else {
-            AioMode::Sync
-        }) {
+        aio: match choose_aio(cli.aio, cli.direct)? {
             AioMode::Sync => Aio::Sync,
             AioMode::Threads => Aio::Threads(cli.aio_threads),
+            AioMode::IoUring => Aio::IoUring,
         },
     };
     let device = BlkDevice::new(&config)?;
@@ -140,6 +170,7 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
         match config.aio {
             Aio::Sync => "requests run on the queue workers".to_owned(),
             Aio::Threads(n) => format!("requests run on {n} I/O threads"),
+            Aio::IoUring => "requests run on one io_uring per queue".to_owned(),
         }
     );
     if let Some(sock) = &cli.backend.socket_path {
