@@ -19,7 +19,8 @@
 #   QDS="1 16"      queue depths
 #   PASSES="pinned unpinned direct"
 #                   direct: blk only, pinned, the image opened with O_DIRECT by both daemons
-#                   (ours: --direct, with its default I/O threads; qemu-storage-daemon:
+#                   (ours: --direct, with its default engine, io_uring where it works, else
+#                   the I/O threads; OURS_DIRECT_ARGS adds arguments; qemu-storage-daemon:
 #                   cache.direct=on,aio=native), cases DIRECT_CASES, and fio (io_uring,
 #                   O_DIRECT, same file and CPU) as the disk's own limit
 #   DIRECT_CASES="randread:1 randread:16 randread:64 randwrite:16"
@@ -170,8 +171,9 @@ start_daemon() {
     CONNECT=$sock
     case $impl-$device-$pin in
         ours-blk-direct)
+            # shellcheck disable=SC2086 # OURS_DIRECT_ARGS is a list of words
             "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$DIRECT_IMG" --direct \
-                >>"$log" 2>&1 & ;;
+                ${OURS_DIRECT_ARGS:-} >>"$log" 2>&1 & ;;
         theirs-blk-direct)
             "${pre[@]}" "$QSD" \
                 --blockdev "driver=file,node-name=file,filename=$DIRECT_IMG,cache.direct=on,aio=native" \

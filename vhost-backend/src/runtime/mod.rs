@@ -27,7 +27,9 @@
 //!   buffers walked and checked, the memory map kept alive — that it completes at once or
 //!   later from any thread; completions reach the used ring through the ring's worker in
 //!   batches. Guest I/O with files goes through [`FileIo`] ([`guest_io`]), the one module
-//!   that hands guest memory to the kernel; devices need no `unsafe`.
+//!   that hands guest memory to the kernel; devices need no `unsafe`. Asynchronous file I/O
+//!   goes through [`GuestUring`] ([`uring`], Linux): the ring owns each request until the
+//!   kernel is done with its buffers and gives it back to the device to complete.
 //! - **workers** ([`worker`]): one thread per queue, or per group of queues
 //!   ([`VirtioDevice::worker_of`]), each sleeping in `epoll_wait` on its kick eventfds, a
 //!   wake eventfd and the device's own descriptors. Per ring processed: one memory

@@ -320,6 +320,20 @@ impl<T> GuestUring<T> {
     /// posted after this looked signals it again. Returns the number appended.
     pub fn reap(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
         let _ = self.eventfd.read();
+        self.take_completions(out)
+    }
+
+    /// [`reap`](Self::reap) without a system call when nothing was posted (right after a
+    /// submission, for what the kernel served inline, e.g. from the page cache). Leaves the
+    /// eventfd readable when it finds nothing: the handler of the eventfd must use `reap`.
+    pub fn reap_ready(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
+        if self.ring.completion().is_empty() {
+            return 0;
+        }
+        self.reap(out)
+    }
+
+    fn take_completions(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
         let before = out.len();
         loop {
             let mut cqes = std::mem::take(&mut self.cqes);

@@ -280,23 +280,35 @@ fn turn<D: VirtioDevice>(
                 let gen = ((data >> 16) & 0xffff) as u16;
                 process(s, q, Trigger::Kick(gen));
             }
-            KIND_DEVICE => match s.device.handle_event(s.id, data as u32) {
-                Ok(true) => {
-                    for &q in &s.queues {
-                        process(s, q, Trigger::Pending);
-                    }
+            KIND_DEVICE => {
+                // Requests the device completes in its handler (an I/O engine reaping) are
+                // published right after it, as during a drain: they need no wake-up.
+                for &q in &s.queues {
+                    s.rings[usize::from(q)].set_draining(true);
                 }
-                Ok(false) => {
-                    // The device may have completed requests in its handler.
-                    for &q in &s.queues {
-                        let ring = &s.rings[usize::from(q)];
-                        if ring.has_completions() {
-                            ring.publish_and_signal();
+                let handled = s.device.handle_event(s.id, data as u32);
+                for &q in &s.queues {
+                    s.rings[usize::from(q)].set_draining(false);
+                }
+                match handled {
+                    Ok(true) => {
+                        for &q in &s.queues {
+                            process(s, q, Trigger::Pending);
+                        }
+                    }
+                    Ok(false) | Err(_) => {
+                        if let Err(e) = handled {
+                            log::warn!("worker {}: device event {}: {e}", s.id, data as u32);
+                        }
+                        for &q in &s.queues {
+                            let ring = &s.rings[usize::from(q)];
+                            if ring.has_completions() {
+                                ring.publish_and_signal();
+                            }
                         }
                     }
                 }
-                Err(e) => log::warn!("worker {}: device event {}: {e}", s.id, data as u32),
-            },
+            }
             _ => log::error!("worker {}: unknown event token {data:#x}", s.id),
         }
     }

@@ -571,7 +571,7 @@ impl VirtioDevice for BlkDevice {
             q.submit();
             // Requests the kernel served during the submission (the page cache) complete
             // now, with this batch.
-            q.reap(&self.core);
+            q.reap_ready(&self.core);
             return Ok(Processed::Drained);
         }
         if let Some(pool) = &self.pool {

@@ -151,8 +151,25 @@ impl UringQueue {
     /// Takes the ring's completions: completes their requests (or queues a write's sync),
     /// lets flushes go whose writes are done, and submits what that queued.
     pub(crate) fn reap(&mut self, core: &Core) {
+        self.reap_with(core, GuestUring::reap);
+    }
+
+    /// [`reap`](Self::reap) without a system call when nothing completed (after a
+    /// submission, for what the kernel served inline).
+    pub(crate) fn reap_ready(&mut self, core: &Core) {
+        self.reap_with(core, GuestUring::reap_ready);
+    }
+
+    fn reap_with(
+        &mut self,
+        core: &Core,
+        take: fn(&mut GuestUring<Tag>, &mut Vec<Reaped<Tag>>) -> usize,
+    ) {
         let mut reaped = std::mem::take(&mut self.reaped);
-        while self.ring.reap(&mut reaped) > 0 {
+        let mut take = take;
+        while take(&mut self.ring, &mut reaped) > 0 {
+            // Later rounds look only at what is there.
+            take = GuestUring::reap_ready;
             for Reaped { req, tag, result } in reaped.drain(..) {
                 let result = result.map_err(RequestError::from);
                 match tag {
