@@ -159,6 +159,10 @@ DIRECT_IMG=${DIRECT_DIR:-$WORKDIR}/direct.img
 if [[ $want_direct == 1 ]]; then
     say "writing a $IMG_SIZE pattern image for the O_DIRECT pass at $DIRECT_IMG..."
     "$LOAD" --make-image "$DIRECT_IMG" --size "$IMG_SIZE" >&2
+    # fio's writes are not the pattern the daemons' readers check: fio writes to a copy.
+    if [[ " $DIRECT_CASES " == *write* ]]; then
+        "$LOAD" --make-image "$DIRECT_IMG.fio" --size "$IMG_SIZE" >&2
+    fi
 fi
 
 # --- one measurement --------------------------------------------------------------------
@@ -270,7 +274,9 @@ for c in $DIRECT_CASES; do direct_cases+=("blk ${c%%:*} ${c##*:}"); done
 
 # fio_limit WORKLOAD QD: fio's IOPS on the O_DIRECT image (io_uring, pinned like the daemons).
 fio_limit() {
-    taskset -c "$CPU" fio --name=limit --filename="$DIRECT_IMG" --direct=1 --rw="$1" --bs=4k \
+    local file=$DIRECT_IMG
+    [[ $1 == *write* ]] && file=$DIRECT_IMG.fio
+    taskset -c "$CPU" fio --name=limit --filename="$file" --direct=1 --rw="$1" --bs=4k \
         --iodepth="$2" --ioengine=io_uring --runtime="$DURATION" --ramp_time="$WARMUP" \
         --time_based --output-format=json 2>/dev/null |
         python3 -c 'import json, sys; j = json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"] + j["write"]["iops"]))'

@@ -137,7 +137,7 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             scratch.insert(img).path().to_path_buf()
         }
     };
-    let config = BlkConfig {
+    let mut config = BlkConfig {
         path,
         read_only: cli.read_only,
         num_queues: cli.num_queues,
@@ -151,7 +151,16 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             AioMode::IoUring => Aio::IoUring,
         },
     };
-    let device = BlkDevice::new(&config)?;
+    let device = match BlkDevice::new(&config) {
+        // The probe's ring worked but the queues' did not (locked-memory limits of older
+        // kernels, many queues, ...): the default falls back too.
+        Err(vhost_device_blk::Error::Uring(e)) if cli.aio.is_none() => {
+            log::warn!("io_uring: {e}; requests run on I/O threads instead");
+            config.aio = Aio::Threads(cli.aio_threads);
+            BlkDevice::new(&config)?
+        }
+        r => r?,
+    };
     let (size, block_size) = (device.size_bytes(), device.block_size());
     let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
     let mut daemon = Daemon::from_args(&cli.backend, backend)?;
