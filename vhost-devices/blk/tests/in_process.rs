@@ -167,7 +167,16 @@ impl Raw {
 
 #[test]
 fn hostile_chains_get_their_status_and_the_queue_keeps_serving() {
-    let (scratch, _d, cfg) = serve("hostile", |_| {});
+    hostile_chains_on("hostile", vhost_device_blk::Aio::Sync);
+}
+
+#[test]
+fn hostile_chains_get_their_status_and_the_queue_keeps_serving_on_io_uring() {
+    hostile_chains_on("hostile-uring", vhost_device_blk::Aio::IoUring);
+}
+
+fn hostile_chains_on(tag: &str, aio: vhost_device_blk::Aio) {
+    let (scratch, _d, cfg) = serve(tag, |c| c.aio = aio);
     let mut s = connect(&scratch.socket(), || options(1));
     let r = Raw::new(&s);
     let capacity = (IMAGE / 512) as u64;
