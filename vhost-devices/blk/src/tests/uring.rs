@@ -153,12 +153,25 @@ fn a_write_that_finds_the_file_system_full_is_ioerr_and_the_next_requests_are_se
         while f.write_all(&chunk).is_ok() {}
         drop(f);
 
+        // A write into the hole and a flush behind it, in one batch: the write fails, the
+        // flush still completes, after it.
         h.mem
             .write_slice(&[0x5au8; 512], GuestAddress(BUF))
             .unwrap();
+        h.mem.write_obj(0xffu8, GuestAddress(ST)).unwrap();
+        h.mem.write_obj(0xffu8, GuestAddress(ST + 1)).unwrap();
         h.header(HDR, VIRTIO_BLK_T_OUT, 64 + 8);
-        let r = h.one(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)], ST);
-        assert_eq!(r, (1, VIRTIO_BLK_S_IOERR), "{aio:?}: a write into the hole");
+        let write = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
+        let fhdr = HDR + 0x100;
+        h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
+        let flush = h.submit(&[(fhdr, 16, false), (ST + 1, 1, true)]);
+        let used = h.run();
+        assert_eq!(used, vec![(write, 1), (flush, 1)], "{aio:?}");
+        assert_eq!(
+            h.guest(ST, 2),
+            [VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK],
+            "{aio:?}: the write into the hole fails, the flush does not"
+        );
 
         h.header(HDR, VIRTIO_BLK_T_IN, 2);
         let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
