@@ -136,7 +136,8 @@ start_daemon() {
             [ "$4" = 1 ] && cmd+=(--read-only)
             listen=$sock ;;
         blk-direct)
-            # O_DIRECT with the default engine for it (I/O threads), two queues.
+            # O_DIRECT with the default engine for it (io_uring where it works, else the
+            # I/O threads; the daemon's log says which), two queues.
             read -ra cmd <<<"$BLK_DAEMON"
             cmd+=(--socket-path "$sock" --blk-file "$3" --direct --num-queues 2)
             listen=$sock ;;
@@ -468,6 +469,7 @@ test_blk_direct() {
     log "blk-direct: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
     check_boot_basics
     check_blk_rw "$img" "$seed" "$hmd5"
+    info "engine: $(grep -ho 'requests run on [^)]*' "$RUN_DIR/$LOG_NAME.daemon.log" | tail -n 1)"
     finish_boot blk-direct
     stop_pid "$pid"
 }

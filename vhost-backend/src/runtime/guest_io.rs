@@ -172,7 +172,7 @@ impl FileIo {
 }
 
 /// Appends the host ranges of guest `[addr, addr + len)`, one per memory region crossed.
-fn push_range(
+pub(super) fn push_range(
     mem: &GuestMemoryMmap,
     iov: &mut Vec<libc::iovec>,
     mut addr: GuestAddress,
@@ -199,7 +199,7 @@ fn push_range(
 }
 
 /// Marks the first `len` writable bytes of `req` dirty (after a read landed in them).
-fn mark_dirty(req: &Request, len: u64) {
+pub(super) fn mark_dirty(req: &Request, len: u64) {
     // A memory map without a dirty bitmap (`()`) marks nothing: skip the walk.
     if std::mem::size_of::<<GuestRegionMmap as GuestMemoryRegion>::B>() == 0 {
         return;
@@ -219,7 +219,7 @@ fn mark_dirty(req: &Request, len: u64) {
 }
 
 /// Joins each entry that starts where the previous one ends in host memory into it.
-fn merge_contiguous(v: &mut Vec<libc::iovec>) {
+pub(super) fn merge_contiguous(v: &mut Vec<libc::iovec>) {
     let mut kept = 0usize;
     for i in 0..v.len() {
         let cur = v[i];
@@ -236,7 +236,7 @@ fn merge_contiguous(v: &mut Vec<libc::iovec>) {
     v.truncate(kept);
 }
 
-fn is_aligned(v: &[libc::iovec], a: IoAlign) -> bool {
+pub(super) fn is_aligned(v: &[libc::iovec], a: IoAlign) -> bool {
     let mem_mask = a.memory as usize - 1;
     let len_mask = a.length as usize - 1;
     v.iter()

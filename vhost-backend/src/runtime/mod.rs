@@ -27,7 +27,9 @@
 //!   buffers walked and checked, the memory map kept alive — that it completes at once or
 //!   later from any thread; completions reach the used ring through the ring's worker in
 //!   batches. Guest I/O with files goes through [`FileIo`] ([`guest_io`]), the one module
-//!   that hands guest memory to the kernel; devices need no `unsafe`.
+//!   that hands guest memory to the kernel; devices need no `unsafe`. Asynchronous file I/O
+//!   goes through [`GuestUring`] ([`uring`], Linux): the ring owns each request until the
+//!   kernel is done with its buffers and gives it back to the device to complete.
 //! - **workers** ([`worker`]): one thread per queue, or per group of queues
 //!   ([`VirtioDevice::worker_of`]), each sleeping in `epoll_wait` on its kick eventfds, a
 //!   wake eventfd and the device's own descriptors. Per ring processed: one memory
@@ -109,6 +111,8 @@ pub mod request;
 pub mod state;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+#[cfg(target_os = "linux")]
+pub mod uring;
 mod vring;
 pub mod worker;
 
@@ -128,6 +132,8 @@ pub use multi::MultiDaemon;
 pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
+#[cfg(target_os = "linux")]
+pub use uring::{GuestUring, Reaped, Refused};
 pub use vring::{RingPart, VringError};
 
 /// The `vm-memory` crate (0.16) the runtime is built on: [`Request::memory`] is a

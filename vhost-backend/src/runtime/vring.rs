@@ -26,7 +26,6 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -794,19 +793,6 @@ impl RingState {
     pub(crate) fn set_event_idx(&mut self, on: bool) {
         self.event_idx = on;
         self.queue.set_event_idx(on);
-    }
-
-    /// Reads the kick eventfd to clear it (the worker calls this for an event of the
-    /// current kick generation only, so the fd is readable and the read does not block).
-    pub(crate) fn consume_kick(&mut self) {
-        if let Kick::Fd(f) = &mut self.kick {
-            let mut buf = [0u8; 8];
-            if let Err(e) = f.read(&mut buf) {
-                if e.kind() != std::io::ErrorKind::WouldBlock {
-                    log::warn!("reading a kick eventfd failed: {e}");
-                }
-            }
-        }
     }
 
     /// The queue, for the worker's drain and the request module.

@@ -67,13 +67,14 @@ pub mod image;
 pub mod request;
 #[cfg(test)]
 mod tests;
+mod uring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_backend::runtime::{
-    DeviceError, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
+    DeviceError, DeviceFd, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
 };
 use zerocopy::IntoBytes;
 
@@ -149,6 +150,9 @@ pub enum Error {
     /// Starting the I/O threads of [`Aio::Threads`] failed.
     #[error("starting the I/O threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// Setting up the io_uring of [`Aio::IoUring`] failed.
+    #[error("setting up io_uring: {0}")]
+    Uring(#[source] std::io::Error),
     /// The image holds no whole 512-byte sector (an empty file, `/dev/null`, ...).
     #[error("{} holds no whole 512-byte sector ({bytes} bytes): nothing to serve", path.display())]
     Empty {
@@ -259,13 +263,21 @@ impl Core {
             log::debug!("chain without a status byte returned with length 0");
             return 0;
         }
-        let (status, written) = match self.disk.execute(
+        let result = self.disk.execute(
             req,
             header,
             &mut scratch.io,
             scratch.bounce.as_mut(),
             writethrough,
-        ) {
+        );
+        self.finish(req, result)
+    }
+
+    /// Writes the status `result` calls for into `req`'s status byte; returns the used
+    /// length (`result`'s data bytes and the status byte; 0 when no status byte could be
+    /// written).
+    fn finish(&self, req: &Request, result: Result<u32, RequestError>) -> u32 {
+        let (status, written) = match result {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(RequestError::Io(e)) => {
                 self.errors
@@ -299,6 +311,8 @@ pub struct BlkDevice {
     scratch: Box<[Mutex<Scratch>]>,
     /// With [`Aio::Threads`].
     pool: Option<engine::Pool>,
+    /// With [`Aio::IoUring`]: one ring per queue.
+    urings: Box<[Mutex<uring::UringQueue>]>,
 }
 
 impl BlkDevice {
@@ -369,8 +383,18 @@ impl BlkDevice {
             #[cfg(test)]
             panic_next: Default::default(),
         });
+        let urings = match cfg.aio {
+            Aio::IoUring => (0..cfg.num_queues)
+                .map(|_| {
+                    uring::UringQueue::new(&core, cfg.queue_size, Scratch::new(direct))
+                        .map(Mutex::new)
+                })
+                .collect::<Result<_, _>>()
+                .map_err(Error::Uring)?,
+            _ => Box::default(),
+        };
         let pool = match cfg.aio {
-            Aio::Sync => None,
+            Aio::Sync | Aio::IoUring => None,
             Aio::Threads(n) => {
                 let n = n.max(1);
                 let pool = engine::Pool::start(n, Arc::clone(&core), || Scratch::new(direct))
@@ -387,6 +411,7 @@ impl BlkDevice {
             acked: AtomicU64::new(0),
             scratch,
             pool,
+            urings,
         })
     }
 
@@ -545,6 +570,17 @@ impl VirtioDevice for BlkDevice {
             return Ok(Processed::Drained);
         };
         let writethrough = self.writethrough();
+        if let Some(q) = self.urings.get(usize::from(ctx.index())) {
+            let mut q = q.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some(req) = ctx.pop() {
+                q.start(&self.core, req, writethrough);
+            }
+            q.submit();
+            // Requests the kernel served during the submission (the page cache) complete
+            // now, with this batch.
+            q.reap_ready(&self.core);
+            return Ok(Processed::Drained);
+        }
         if let Some(pool) = &self.pool {
             while let Some(req) = ctx.pop() {
                 if let Err(req) = pool.submit(req, writethrough) {
@@ -561,6 +597,27 @@ impl VirtioDevice for BlkDevice {
             req.complete(len);
         }
         Ok(Processed::Drained)
+    }
+
+    fn worker_fds(&self, worker: usize) -> Vec<DeviceFd> {
+        // Worker `w` serves queue `w` (the default `worker_of`) and watches its ring.
+        match self.urings.get(worker) {
+            Some(q) => vec![DeviceFd {
+                fd: q.lock().unwrap_or_else(PoisonError::into_inner).eventfd(),
+                token: worker as u32,
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    fn handle_event(&self, worker: usize, token: u32) -> Result<bool, DeviceError> {
+        if let Some(q) = self.urings.get(token as usize) {
+            debug_assert_eq!(worker, token as usize);
+            q.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reap(&self.core);
+        }
+        Ok(false)
     }
 
     fn reset(&self) {
