@@ -10,11 +10,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vhost_proto::wire::VRING_F_LOG;
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
-use vhost_proto::{virtio, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
+use vhost_proto::{virtio, LogBase, MemTable, ProtocolFeatures, RegionMsg, VringAddr};
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
+use super::dirty_log::{DirtyLog, LogError};
 use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 use super::notifier::{self, Notifier};
 use super::state::{Direction, StateError, StateTransfer};
@@ -23,24 +25,26 @@ use super::worker::Worker;
 use crate::{Backend, BackendClient, BackendError, BackendResult};
 
 /// Virtio features the runtime implements itself and always offers: protocol features
-/// (bit 30), VERSION_1, EVENT_IDX and INDIRECT_DESC (descriptor chains are walked by
-/// `virtio-queue`, indirect tables included).
+/// (bit 30), VERSION_1, EVENT_IDX, INDIRECT_DESC (descriptor chains are walked by
+/// `virtio-queue`, indirect tables included) and VHOST_F_LOG_ALL (dirty-page logging for
+/// live migration, see [`dirty_log`](super::dirty_log)).
 pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
     | virtio::bit(virtio::VERSION_1)
     | virtio::bit(virtio::RING_EVENT_IDX)
-    | virtio::bit(virtio::RING_INDIRECT_DESC);
+    | virtio::bit(virtio::RING_INDIRECT_DESC)
+    | virtio::bit(virtio::LOG_ALL);
 
 /// Virtio features the runtime cannot serve and removes from a device's offer: packed
-/// rings, dirty logging and IOTLB translation.
-pub const UNSUPPORTED_FEATURES: u64 = virtio::bit(virtio::RING_PACKED)
-    | virtio::bit(virtio::LOG_ALL)
-    | virtio::bit(virtio::ACCESS_PLATFORM);
+/// rings and IOTLB translation.
+pub const UNSUPPORTED_FEATURES: u64 =
+    virtio::bit(virtio::RING_PACKED) | virtio::bit(virtio::ACCESS_PLATFORM);
 
 /// Protocol features the runtime implements and always offers. Added per device: CONFIG
 /// when it has a configuration space ([`VirtioDevice::config_size`]), BACKEND_REQ when it
 /// uses the back-end channel ([`VirtioDevice::uses_backend_channel`]), DEVICE_STATE when
 /// it supports state transfer ([`VirtioDevice::supports_state_transfer`]).
 pub const RUNTIME_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::MQ
+    .union(ProtocolFeatures::LOG_SHMFD)
     .union(ProtocolFeatures::REPLY_ACK)
     .union(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
     .union(ProtocolFeatures::RESET_DEVICE)
@@ -65,6 +69,9 @@ pub enum RuntimeError {
     /// A device state transfer was refused or failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// SET_LOG_BASE or SET_LOG_FD was refused.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// Starting a worker thread failed.
     #[error("starting worker {worker}: {source}")]
     Worker {
@@ -112,6 +119,12 @@ fn broken(e: VringError) -> BackendError {
 /// ([`MAX_MEM_SLOTS`]), SET/GET_STATUS (stored), RESET_DEVICE. GET/SET_CONFIG go to the
 /// device after a range check against [`VirtioDevice::config_size`].
 ///
+/// Dirty-page logging (VHOST_F_LOG_ALL and LOG_SHMFD, always offered): SET_LOG_BASE maps
+/// the log after checking it against its file and the memory table, SET_FEATURES turns it
+/// on and off, SET_VRING_ADDR with VHOST_VRING_F_LOG sets where a ring's used-ring writes
+/// are logged (also on a started ring, when its ring addresses stay the same); see
+/// [`dirty_log`](super::dirty_log).
+///
 /// Device state transfer (offered as DEVICE_STATE when
 /// [`VirtioDevice::supports_state_transfer`]): SET_DEVICE_STATE_FD is refused unless the
 /// phase is "stopped", every ring is stopped and no other transfer runs. A save takes
@@ -140,6 +153,7 @@ pub struct DeviceBackend<D: VirtioDevice> {
     acked_protocol: ProtocolFeatures,
     status: u64,
     state: StateTransfer,
+    dirty: Arc<DirtyLog>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
@@ -228,9 +242,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             ));
         }
         let mem = MemoryTable::new();
+        let dirty = Arc::new(DirtyLog::new());
         // `n <= 256` fits in u16.
         let rings: Arc<[Arc<Vring>]> = (0..n as u16)
-            .map(|i| Arc::new(Vring::new(i, max, mem.atomic().clone())))
+            .map(|i| Arc::new(Vring::new(i, max, mem.atomic().clone(), Arc::clone(&dirty))))
             .collect();
         let worker_of: Vec<usize> = (0..n).map(|q| device.worker_of(q)).collect();
         let nworkers = worker_of.iter().copied().max().unwrap_or(0) + 1;
@@ -282,6 +297,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             acked_protocol: ProtocolFeatures::empty(),
             status: 0,
             state: StateTransfer::default(),
+            dirty,
         })
     }
 
@@ -293,6 +309,11 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     /// The memory table.
     pub fn memory(&self) -> &MemoryTable {
         &self.mem
+    }
+
+    /// The dirty-page log.
+    pub fn dirty_log(&self) -> &DirtyLog {
+        &self.dirty
     }
 
     /// Virtio features offered to the front-end.
@@ -417,6 +438,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         self.state.abandon();
         let stopped = self.reset_rings();
         self.acked_features = 0;
+        self.dirty.set_enabled(false);
         self.status = 0;
         self.device.reset();
         stopped
@@ -447,6 +469,9 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
 
     fn set_features(&mut self, features: u64) -> BackendResult<()> {
         self.acked_features = features;
+        // Before the rings see anything else: writes from here on are logged.
+        self.dirty
+            .set_enabled(features & virtio::bit(virtio::LOG_ALL) != 0);
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
         let protocol = !self.rings_start_enabled();
         for (i, r) in self.rings.iter().enumerate() {
@@ -478,12 +503,25 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         r.lock().set_size(r.index, num).map_err(fail)
     }
 
+    fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> {
+        self.dirty
+            .set_base(
+                fd,
+                log.mmap_size,
+                log.mmap_offset,
+                self.mem.guest_end(),
+                self.mem.policy(),
+            )
+            .map_err(fail)
+    }
+
+    fn set_log_fd(&mut self, fd: OwnedFd) -> BackendResult<()> {
+        self.dirty.set_log_fd(Some(fd)).map_err(fail)
+    }
+
     fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()> {
         let r = self.ring(addr.index)?;
         let mut g = r.lock();
-        if g.started() {
-            return Err(fail(VringError::Started { index: r.index }));
-        }
         let n = u64::from(g.size());
         let tr = |part, uva: u64, len| {
             self.mem
@@ -497,7 +535,17 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let desc = tr(RingPart::Desc, addr.desc, 16 * n).map_err(fail)?;
         let avail = tr(RingPart::Avail, addr.avail, 6 + 2 * n).map_err(fail)?;
         let used = tr(RingPart::Used, addr.used, 6 + 8 * n).map_err(fail)?;
-        g.set_addrs(r.index, [desc, avail, used]).map_err(fail)
+        let log = (addr.flags & VRING_F_LOG != 0).then_some(addr.log);
+        // QEMU turns logging on and off by sending a running ring's addresses again with
+        // the log flag changed: only that is allowed while the ring is started.
+        if g.started() && g.addrs() != Some([desc, avail, used]) {
+            return Err(fail(VringError::Started { index: r.index }));
+        }
+        if !g.started() {
+            g.set_addrs(r.index, [desc, avail, used]).map_err(fail)?;
+        }
+        g.set_used_log(log);
+        Ok(())
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()> {
@@ -695,6 +743,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         // A timeout is logged; the front-end is gone, and so are the rings.
         let _ = self.reset_device_state();
         self.acked_protocol = ProtocolFeatures::empty();
+        self.dirty.clear();
         self.mem.clear();
         Ok(())
     }

@@ -132,7 +132,7 @@ pub enum MemoryPolicy {
 }
 
 /// Keeps `file` from shrinking. `Err` with the reason when it cannot be.
-fn seal_against_shrinking(file: &File) -> Result<(), String> {
+pub(crate) fn seal_against_shrinking(file: &File) -> Result<(), String> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     match fcntl(file, FcntlArg::F_GET_SEALS) {
         Ok(bits) => {
@@ -276,6 +276,20 @@ impl MemoryTable {
     /// Sets what happens to regions whose file cannot be kept from shrinking.
     pub fn set_policy(&mut self, policy: MemoryPolicy) {
         self.policy = policy;
+    }
+
+    /// What happens to regions (and the dirty log) whose file cannot be kept from shrinking.
+    pub fn policy(&self) -> MemoryPolicy {
+        self.policy
+    }
+
+    /// The end of the highest region in guest-physical address space (0 without regions).
+    pub fn guest_end(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|r| r.info.guest_phys_addr + r.info.memory_size)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The published memory: clone it into workers; `memory()` gives the current snapshot.

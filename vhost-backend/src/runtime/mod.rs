@@ -43,6 +43,10 @@
 //!   SET_DEVICE_STATE_FD while every ring is stopped saves [`VirtioDevice::snapshot`] into,
 //!   or loads [`VirtioDevice::restore`]'s bytes from, the front-end's descriptor on a helper
 //!   thread, and CHECK_DEVICE_STATE reports the outcome.
+//! - **dirty-page logging** ([`dirty_log`]): VHOST_F_LOG_ALL and LOG_SHMFD are offered for
+//!   every device; while the front-end logs (migration), every guest write of the back-end
+//!   (request data, used ring, `avail_event`) marks its pages in the shared bitmap after the
+//!   write, through [`Request::mark_written`] for request data.
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
 //!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
@@ -91,6 +95,7 @@
 pub mod cli;
 pub mod daemon;
 mod device;
+pub mod dirty_log;
 pub mod guest_io;
 mod handler;
 pub mod log_limit;
@@ -107,6 +112,7 @@ pub use daemon::{Daemon, DaemonError, StopHandle};
 pub use device::{
     device_type_name, read_config_bytes, DeviceError, DeviceFd, Processed, VirtioDevice,
 };
+pub use dirty_log::{DirtyLog, LogError, LOG_PAGE_SIZE};
 pub use guest_io::{FileIo, GuestIoError, IoAlign};
 pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
