@@ -15,6 +15,11 @@
 #                              seconds (the host restarts the back-end), I/O again
 #   e2e.blk_write2_off_mib=10  where phase 2 of the reconnect mode writes (seed S-2)
 #   e2e.rng_bytes=64           bytes read from /dev/hwrng
+#   e2e.mig_read_mib=2         migrate mode (test "migrate", see migrate.sh): MiB read
+#                              (O_DIRECT) from offset 0 into RAM at every round
+#   e2e.mig_write_off_mib=8    where the rounds write their patterns (4 slots of 256 KiB)
+#   e2e.mig_stop_sector=28672  the rounds end once this sector holds E2E-STOP
+#   e2e.mig_max_secs=240       ... or after this many seconds
 #   e2e.step_timeout=20        timeout of each guest step (s)
 #   e2e.guest_timeout=100      watchdog: power off after this many seconds
 #
@@ -233,10 +238,81 @@ test_rng() {
     r rng_second_md5 "$(md5 /tmp/rng2)"
 }
 
+# Migrate mode: while the host migrates the VM back and forth, round after round checks the
+# md5 of a known region in the page cache (read there by the previous round) and reads it
+# into the cache again, reads it with O_DIRECT into RAM and checks its md5, writes a fresh
+# pattern into one of 4 slots and reads it back, until the host writes E2E-STOP into the
+# stop sector. Then the copy of the
+# region kept in RAM since the start is checked too. Sector s of slot k's pattern in round n
+# is printf '%-511s\n' "E2E-<seed>-<n>-sector-<s>".
+test_migrate() {
+    if ! blk_wait; then
+        r blk_present 0
+        return
+    fi
+    r blk_present 1
+    mr=$(param mig_read_mib 2)
+    mw=$(param mig_write_off_mib 8)
+    stop=$(param mig_stop_sector 28672)
+    max=$(param mig_max_secs 240)
+    drop_caches
+    timeout "$T" dd if="$DEV" of=/tmp/ref bs=1M count="$mr" iflag=direct 2>/dev/null
+    r mig_ref_status $?
+    ref=$(md5 /tmp/ref)
+    r mig_ref_md5 "$ref"
+    # The region, read through the page cache: the back-end writes the cache pages and
+    # nothing in the guest writes them again, so on a destination they hold what the back-end
+    # wrote only if the source logged those writes.
+    drop_caches
+    timeout "$T" dd if="$DEV" of=/dev/null bs=1M count="$mr" 2>/dev/null
+    echo "E2E-MIGRATE-READY"
+    n=0 rbad=0 wbad=0 cbad=0
+    start=$(cut -d. -f1 /proc/uptime)
+    while :; do
+        n=$((n + 1))
+        if [ "$(dd if="$DEV" bs=1M count="$mr" 2>/dev/null | md5sum | cut -d' ' -f1)" != "$ref" ]; then
+            cbad=$((cbad + 1))
+            r mig_cache_mismatch_round "$n"
+        fi
+        drop_caches
+        timeout "$T" dd if="$DEV" of=/dev/null bs=1M count="$mr" 2>/dev/null
+        rm -f /tmp/rd
+        timeout "$T" dd if="$DEV" of=/tmp/rd bs=1M count="$mr" iflag=direct 2>/dev/null
+        if [ "$(md5 /tmp/rd)" != "$ref" ]; then
+            rbad=$((rbad + 1))
+            r mig_read_mismatch_round "$n"
+        fi
+        slot=$((n % 4))
+        first=$(((mw * 4 + slot) * 512))
+        awk -v seed="$SEED-$n" -v first="$first" \
+            'BEGIN { for (i = 0; i < 512; i++) printf "%-511s\n", "E2E-" seed "-sector-" (first + i) }' >/tmp/pat
+        timeout "$T" dd if=/tmp/pat of="$DEV" bs=256K seek=$((mw * 4 + slot)) oflag=direct conv=notrunc 2>/dev/null
+        rm -f /tmp/rb
+        timeout "$T" dd if="$DEV" of=/tmp/rb bs=256K skip=$((mw * 4 + slot)) count=1 iflag=direct 2>/dev/null
+        if ! cmp -s /tmp/pat /tmp/rb; then
+            wbad=$((wbad + 1))
+            r mig_write_mismatch_round "$n"
+        fi
+        [ $((n % 10)) = 0 ] && echo "E2E-MIGRATE-ROUND n=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
+        timeout "$T" dd if="$DEV" of=/tmp/stop bs=512 skip="$stop" count=1 iflag=direct 2>/dev/null
+        grep -q E2E-STOP /tmp/stop && break
+        if [ $(($(cut -d. -f1 /proc/uptime) - start)) -ge "$max" ]; then
+            r mig_timeout 1
+            break
+        fi
+    done
+    r mig_rounds "$n"
+    r mig_read_mismatches "$rbad"
+    r mig_write_mismatches "$wbad"
+    r mig_cache_mismatches "$cbad"
+    r mig_ram_copy_md5 "$(md5 /tmp/ref)"
+}
+
 for t in $(echo "$TESTS" | tr ',' ' '); do
     case $t in
         blk) test_blk ;;
         rng) test_rng ;;
+        migrate) test_migrate ;;
         *) r unknown_test "$t" ;;
     esac
 done

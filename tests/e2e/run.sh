@@ -3,7 +3,7 @@
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
 #   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct rng reconnect client
-#                                     (default: all)
+#                                     migrate (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
 #   WORK_DIR=tests/e2e/work   downloads, guest, run logs (git-ignored)
@@ -60,13 +60,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client"
+ALL_TESTS="blk-multi blk-ro blk-direct rng reconnect client migrate"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants reconnect || wants client; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants reconnect || wants client || wants migrate; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -617,6 +617,19 @@ run_restart() {
     return 0
 }
 
+# Live migration, three times between two daemons on one image: migrate.sh (our daemon only).
+test_migrate() {
+    local t
+    t=$(now)
+    [ "${E2E_BACKENDS:-ours}" = ours ] || { log "migrate: skipped with E2E_BACKENDS=$E2E_BACKENDS"; return; }
+    log "migrate: $E2E_DIR/migrate.sh"
+    if SKIP_GUEST_BUILD=1 BLK_DAEMON=$BLK_DAEMON WORK_DIR=$WORK_DIR RUN_DIR=$RUN_DIR "$E2E_DIR/migrate.sh"; then
+        record PASS migrate "$(elapsed "$t" "$(now)")"
+    else
+        record FAIL migrate "$(elapsed "$t" "$(now)")" "see the migrate checks above"
+    fi
+}
+
 # --- main ------------------------------------------------------------------------------
 T_START=$(now)
 rm -rf "$RUN_DIR"
@@ -647,6 +660,7 @@ if [ "$FAILED" = 0 ]; then
     wants rng && test_rng
     wants reconnect && test_reconnect
     wants client && test_client
+    wants migrate && test_migrate
 fi
 
 echo
