@@ -16,6 +16,12 @@
 # holds the guest's last patterns, every migration completed, every source daemon mapped
 # the dirty log, and neither daemon died.
 #
+# What it does not prove: that the back-end marks every page it writes. A daemon built with
+# its marks dropped (the log stays all zeros) passed this test too, twice: under QEMU 7.2's
+# TCG the pages the back-end writes here are nearly always sent again for other reasons
+# before the switch-over. The log's precision is checked by the oracle test instead
+# (vhost-devices/blk/tests/dirty_log.rs), which fails on such a daemon.
+#
 # QEMU 7.2 marks its vhost-user-rng device unmigratable ("vhost-user-rng" has no vmstate
 # description that allows it), so rng is not part of this test.
 #
@@ -51,10 +57,10 @@ MIG_TIMEOUT=${MIG_TIMEOUT:-120}
 MIG_SETTLE=${MIG_SETTLE:-2}
 MIG_BANDWIDTH=${MIG_BANDWIDTH:-33554432}
 MIG_DOWNTIME_MS=${MIG_DOWNTIME_MS:-2000}
-IMG_MIB=16
-READ_MIB=2
-WRITE_OFF_MIB=8
-STOP_SECTOR=28672 # 14 MiB
+IMG_MIB=32
+READ_MIB=8        # two regions the guest reads: [0, 8) and [8, 16) MiB
+WRITE_OFF_MIB=20
+STOP_SECTOR=57344 # 28 MiB
 export RUST_LOG=${RUST_LOG:-info}
 
 log() { echo "[migrate $(date +%H:%M:%S)] $*"; }
@@ -102,7 +108,8 @@ rm -f "$IMG"
 truncate -s "${IMG_MIB}M" "$IMG"
 dd if=/dev/urandom of="$IMG" bs=1M count="$IMG_MIB" conv=notrunc status=none
 dd if=/dev/zero of="$IMG" bs=512 seek="$STOP_SECTOR" count=1 conv=notrunc status=none
-HOST_MD5=$(dd if="$IMG" bs=1M count="$READ_MIB" status=none | md5sum | cut -d' ' -f1)
+HOST_MD5_0=$(dd if="$IMG" bs=1M count="$READ_MIB" status=none | md5sum | cut -d' ' -f1)
+HOST_MD5_1=$(dd if="$IMG" bs=1M skip="$READ_MIB" count="$READ_MIB" status=none | md5sum | cut -d' ' -f1)
 SEED=$(printf '%04x%04x%04x' $RANDOM $RANDOM $RANDOM)
 
 start_daemon() { # name -> sets DAEMON_PID; socket $RUN_DIR/migrate-NAME.sock
@@ -217,14 +224,18 @@ check_eq "final QEMU ($src) exit status" "$rc" 0
 s=1
 grep -aq E2E-DONE "$SERIAL" && s=0
 ok "guest printed E2E-DONE on the final QEMU" $s "see $SERIAL"
-check_eq "guest read the region before migrating == host md5" \
-    "$(grep -a -o 'E2E-RESULT mig_ref_md5=.*' "$RUN_DIR/migrate-q1.serial.log" | cut -d= -f2 | tr -d '\r')" "$HOST_MD5"
+for k in 0 1; do
+    eval "want=\$HOST_MD5_$k"
+    check_eq "guest read region $k before migrating == host md5" \
+        "$(grep -a -o "E2E-RESULT mig_ref${k}_md5=.*" "$RUN_DIR/migrate-q1.serial.log" | cut -d= -f2 | tr -d '\r')" "$want"
+    check_eq "region $k's copy in guest RAM since before migration 1 == host md5" \
+        "$(get mig_ram_copy${k}_md5)" "$want"
+done
 rounds=$(get mig_rounds)
 ok "guest ran rounds through the migrations" "$([ "${rounds:-0}" -ge 4 ] && echo 0 || echo 1)" "rounds: '$rounds'"
 check_eq "read mismatches across migrations" "$(get mig_read_mismatches)" 0
 check_eq "write/read-back mismatches across migrations" "$(get mig_write_mismatches)" 0
 check_eq "page-cache copies (written by the back-end only) mismatches" "$(get mig_cache_mismatches)" 0
-check_eq "the copy in guest RAM since before migration 1 == host md5" "$(get mig_ram_copy_md5)" "$HOST_MD5"
 s=0
 [ -n "$(get mig_timeout)" ] && s=1
 ok "guest stopped on the marker, not its time bound" $s "mig_timeout"
