@@ -332,3 +332,69 @@ fn hostile_log_bases_are_refused_and_the_daemon_keeps_serving() {
     assert!(marked.contains(&(buf.0 / LOG_PAGE)));
     assert!(marked.contains(&(status.0 / LOG_PAGE)));
 }
+
+/// QEMU turns logging on and off by sending a running ring's addresses again with
+/// VHOST_VRING_F_LOG changed: that is accepted, other address changes on a running ring are
+/// not. SET_LOG_FD takes an eventfd (signalled after logged batches), nothing else.
+#[test]
+fn running_ring_takes_only_a_log_flag_change_and_the_log_fd_is_signalled() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsFd;
+    use vhost_proto::wire::VRING_F_LOG;
+    use vhost_proto::VringAddr;
+
+    let scratch = Scratch::new("log-addr");
+    let cfg = BlkConfig::new(scratch.image(IMAGE));
+    let _daemon = InProcess::start(&cfg, &scratch.socket());
+    let mut s = connect(&scratch.socket(), || SessionOptions {
+        memory_size: MEMORY,
+        ..options(1)
+    });
+    let d = s.driver(0).unwrap();
+    let a = d.vring_user_addrs(s.memory()).unwrap();
+    let used_gpa = d.used_ring().0;
+    let addr = |flags, desc| VringAddr {
+        index: 0,
+        flags,
+        desc,
+        used: a.used,
+        avail: a.avail,
+        log: used_gpa,
+    };
+    // Another descriptor table while the ring runs: refused.
+    assert!(s
+        .frontend()
+        .set_vring_addr(&addr(0, a.desc + 4096))
+        .is_err());
+
+    let (r, w) = nix::unistd::pipe().unwrap();
+    assert!(s.frontend().set_log_fd(r.as_fd()).is_err(), "a pipe");
+    drop(w);
+    let log_fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    s.frontend().set_log_fd(log_fd.as_fd()).unwrap();
+
+    let log = DirtyLogArea::new(MEMORY).unwrap();
+    s.start_logging(&log).unwrap();
+    // The same addresses with the flag, and without it: both accepted on the running ring.
+    s.frontend()
+        .set_vring_addr(&addr(VRING_F_LOG, a.desc))
+        .unwrap();
+    let slots = [Slot {
+        header: s.memory().alloc(LOG_PAGE, LOG_PAGE).unwrap(),
+        data: s.memory().alloc(u64::from(MAX_DATA), LOG_PAGE).unwrap(),
+        status: s.memory().alloc(LOG_PAGE, LOG_PAGE).unwrap(),
+    }];
+    let mut seen = Seen::default();
+    random_io(
+        &mut s,
+        &slots,
+        &mut Rng(7),
+        Duration::from_millis(200),
+        &mut seen,
+    );
+    assert!(log_fd.read().unwrap() > 0, "the log eventfd was signalled");
+    let marked: BTreeSet<u64> = log.dirty_pages().unwrap().into_iter().collect();
+    assert!(marked.contains(&(used_gpa / LOG_PAGE)));
+    assert!(seen.written.is_subset(&marked));
+    s.frontend().set_vring_addr(&addr(0, a.desc)).unwrap();
+}
