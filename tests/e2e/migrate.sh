@@ -22,8 +22,9 @@
 # before the switch-over. The log's precision is checked by the oracle test instead
 # (vhost-devices/blk/tests/dirty_log.rs), which fails on such a daemon.
 #
-# QEMU 7.2 marks its vhost-user-rng device unmigratable ("vhost-user-rng" has no vmstate
-# description that allows it), so rng is not part of this test.
+# QEMU 7.2 marks its vhost-user-rng device unmigratable, so rng is not part of this test:
+# QMP `migrate` of a VM with vhost-user-rng-pci (against our vhost-user-rng) answers
+# "State blocked by non-migratable device '0000:00:01.0/vhost-user-rng'" (QEMU 7.2.22).
 #
 # Environment (besides run.sh's QEMU, ACCEL, CPU, MEM, KERNEL_APPEND, WORK_DIR, BLK_DAEMON):
 #   MIGRATIONS=3         migrations (alternating B, A, B, ...)
