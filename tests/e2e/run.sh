@@ -104,7 +104,7 @@ install_missing() {
     case ${BLK_DAEMON:-} in *qsd-vhost-user-blk*)
         command -v qemu-storage-daemon >/dev/null || pkgs+=(qemu-system-common) ;;
     esac
-    if [ "$PROXY" = 1 ] && ! command -v python3 >/dev/null; then pkgs+=(python3); fi
+    if { [ "$PROXY" = 1 ] || wants migrate; } && ! command -v python3 >/dev/null; then pkgs+=(python3); fi
     [ ${#pkgs[@]} = 0 ] && return 0
     log "installing ${pkgs[*]}"
     apt-get update -qq &&
