@@ -240,11 +240,11 @@ test_rng() {
 
 # Migrate mode: while the host migrates the VM back and forth, round after round checks the
 # md5 of one of two known regions in the page cache (read there by the previous round) and
-# reads the other one into the cache, reads that one with O_DIRECT into RAM and checks its md5, writes a fresh
-# pattern into one of 4 slots and reads it back, until the host writes E2E-STOP into the
-# stop sector. Then the copy of the
-# region kept in RAM since the start is checked too. Sector s of slot k's pattern in round n
-# is printf '%-511s\n' "E2E-<seed>-<n>-sector-<s>".
+# reads the other one into the cache. Every fourth round also reads that region with
+# O_DIRECT into RAM and checks its md5, writes a fresh pattern into slot (n / 4) % 4 and
+# reads it back, and looks for E2E-STOP in the stop sector, which ends the rounds. Then the
+# copies of the regions kept in RAM since the start are checked too. Sector s of round n's
+# pattern is printf '%-511s\n' "E2E-<seed>-<n>-sector-<s>".
 test_migrate() {
     if ! blk_wait; then
         r blk_present 0
@@ -282,6 +282,9 @@ test_migrate() {
         fi
         drop_caches
         timeout "$T" dd if="$DEV" of=/dev/null bs=1M skip=$((cur * mr)) count="$mr" 2>/dev/null
+        # Three rounds in four only do this: little else runs, so the pages of the cache
+        # stay the back-end's alone between rounds.
+        [ $((n % 4)) = 0 ] || continue
         eval "want=\$ref$cur"
         # In place (no truncate): the loop frees as few pages as it can, so the page cache
         # reads above mostly get pages nothing but the back-end wrote since they were freed.
@@ -290,7 +293,7 @@ test_migrate() {
             rbad=$((rbad + 1))
             r mig_read_mismatch_round "$n"
         fi
-        slot=$((n % 4))
+        slot=$(((n / 4) % 4))
         first=$(((mw * 4 + slot) * 512))
         awk -v seed="$SEED-$n" -v first="$first" \
             'BEGIN { for (i = 0; i < 512; i++) printf "%-511s\n", "E2E-" seed "-sector-" (first + i) }' |
