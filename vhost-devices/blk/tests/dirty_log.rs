@@ -398,3 +398,53 @@ fn running_ring_takes_only_a_log_flag_change_and_the_log_fd_is_signalled() {
     assert!(seen.written.is_subset(&marked));
     s.frontend().set_vring_addr(&addr(0, a.desc)).unwrap();
 }
+
+/// With VHOST_VRING_F_LOG the used ring's writes are logged at the ring's `log` address,
+/// not where the used ring is.
+#[test]
+fn used_ring_writes_are_logged_at_the_rings_log_address() {
+    use vhost_proto::wire::VRING_F_LOG;
+    use vhost_proto::VringAddr;
+
+    let scratch = Scratch::new("log-at");
+    let cfg = BlkConfig::new(scratch.image(IMAGE));
+    let _daemon = InProcess::start(&cfg, &scratch.socket());
+    let mut s = connect(&scratch.socket(), || SessionOptions {
+        memory_size: MEMORY,
+        ..options(1)
+    });
+    let log = DirtyLogArea::new(MEMORY).unwrap();
+    s.start_logging(&log).unwrap();
+    let d = s.driver(0).unwrap();
+    let a = d.vring_user_addrs(s.memory()).unwrap();
+    let used_page = d.used_ring().0 / LOG_PAGE;
+    // Somewhere else, page-aligned: 8 MiB into guest memory.
+    let elsewhere = 8 << 20;
+    s.frontend()
+        .set_vring_addr(&VringAddr {
+            index: 0,
+            flags: VRING_F_LOG,
+            desc: a.desc,
+            used: a.used,
+            avail: a.avail,
+            log: elsewhere,
+        })
+        .unwrap();
+    let slots = [Slot {
+        header: s.memory().alloc(LOG_PAGE, LOG_PAGE).unwrap(),
+        data: s.memory().alloc(u64::from(MAX_DATA), LOG_PAGE).unwrap(),
+        status: s.memory().alloc(LOG_PAGE, LOG_PAGE).unwrap(),
+    }];
+    let mut seen = Seen::default();
+    random_io(
+        &mut s,
+        &slots,
+        &mut Rng(11),
+        Duration::from_millis(200),
+        &mut seen,
+    );
+    let marked: BTreeSet<u64> = log.dirty_pages().unwrap().into_iter().collect();
+    assert!(marked.contains(&(elsewhere / LOG_PAGE)), "{marked:?}");
+    assert!(!marked.contains(&used_page), "the used ring's own page");
+    assert!(seen.written.is_subset(&marked));
+}
