@@ -339,7 +339,11 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
                 mmap_size: small(u)?,
                 mmap_offset: if u.ratio(3, 4)? { 0 } else { small(u)? },
             };
-            let fds = if u.ratio(7, 8)? { vec![Fd::Log] } else { vec![] };
+            let fds = if u.ratio(7, 8)? {
+                vec![Fd::Log]
+            } else {
+                vec![]
+            };
             encoded(R::SetLogBase(log), nr, fds)
         }
         24 => {
