@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use benches::load::{memory_size, Engine, Workload};
 use clap::{Parser, ValueEnum};
 use vhost_frontend::devices::blk::BlkConfig;
-use vhost_frontend::{Session, SessionOptions};
+use vhost_frontend::{DirtyLogArea, Session, SessionOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Device {
@@ -85,6 +85,12 @@ struct Cli {
     /// Seconds to wait for the socket to appear.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
+
+    /// Turn dirty-page logging on (as QEMU does for a migration: SET_LOG_BASE, SET_FEATURES
+    /// with VHOST_F_LOG_ALL, SET_VRING_ADDR with the log flag) before the run, to measure
+    /// what logging costs; the RESULT line then also gives the pages marked.
+    #[arg(long)]
+    dirty_log: bool,
 
     /// Write a pattern image at PATH (with --size) and exit.
     #[arg(long, value_name = "PATH")]
@@ -154,7 +160,21 @@ fn run(cli: &Cli) -> Result<(), Error> {
         return measure_limit(cli, limit, image);
     }
     let socket = cli.socket.as_ref().ok_or("--socket is required")?;
-    let session = connect(cli, socket)?;
+    let mut session = connect(cli, socket)?;
+    let log = match cli.dirty_log {
+        true => {
+            let end = session
+                .memory()
+                .regions()
+                .map(|r| r.guest_phys_addr + r.memory_size)
+                .max()
+                .unwrap_or(0);
+            let log = DirtyLogArea::new(end)?;
+            session.start_logging(&log)?;
+            Some(log)
+        }
+        false => None,
+    };
     let (workload, blocks) = match cli.device {
         Device::Rng => (Workload::Rng, 0),
         Device::Blk => {
@@ -190,9 +210,13 @@ fn run(cli: &Cli) -> Result<(), Error> {
         done as f64 / stats.waits.max(1) as f64,
         stats.kicks,
     );
+    let marked = match &log {
+        Some(log) => format!(" dirty_pages={}", log.dirty_pages()?.len()),
+        None => String::new(),
+    };
     println!(
         "RESULT label={} device={:?} workload={name} qd={} seconds={secs:.3} requests={done} \
-         rate={rate:.0} waits={} kicks={} publishes={}",
+         rate={rate:.0} waits={} kicks={} publishes={}{marked}",
         cli.label, cli.device, cli.qd, stats.waits, stats.kicks, stats.publishes,
     );
     Ok(())

@@ -52,6 +52,10 @@
 //!   published, and a start resubmits, in the order they were taken, the requests a killed
 //!   back-end left in flight, before any new available entry ([`InflightError`] for what
 //!   is refused).
+//! - **dirty-page logging** ([`dirty_log`]): VHOST_F_LOG_ALL and LOG_SHMFD are offered for
+//!   every device; while the front-end logs (migration), every guest write of the back-end
+//!   (request data, used ring, `avail_event`) marks its pages in the shared bitmap after the
+//!   write, through [`Request::mark_written`] for request data.
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
 //!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
@@ -100,6 +104,7 @@
 pub mod cli;
 pub mod daemon;
 mod device;
+pub mod dirty_log;
 pub mod guest_io;
 mod handler;
 mod inflight;
@@ -120,6 +125,7 @@ pub use daemon::{Daemon, DaemonError, StopHandle};
 pub use device::{
     device_type_name, read_config_bytes, DeviceError, DeviceFd, Processed, VirtioDevice,
 };
+pub use dirty_log::{DirtyLog, LogError, LOG_PAGE_SIZE};
 pub use guest_io::{FileIo, GuestIoError, IoAlign};
 pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,

@@ -419,7 +419,7 @@ impl<T> GuestUring<T> {
         self.free.push(idx);
         self.in_flight -= 1;
         if result.is_ok() && op.kind == Kind::Read {
-            guest_io::mark_dirty(&op.req, op.total);
+            op.req.mark_written(0, op.total);
         }
         out.push(Reaped {
             req: op.req,

@@ -431,6 +431,7 @@ fn drain<D: VirtioDevice>(
             ring.log
                 .warn(format_args!("queue {q}: disabling notifications: {e}"));
         }
+        ring.log_notification_write(st, false);
         let mut ctx = QueueContext {
             ring,
             state: &mut *st,
@@ -447,7 +448,9 @@ fn drain<D: VirtioDevice>(
             }
         }
         let stopping = ring.is_stopping();
-        let more = match QueueT::enable_notification(st.queue_mut(), &**mem) {
+        let enabled = QueueT::enable_notification(st.queue_mut(), &**mem);
+        ring.log_notification_write(st, true);
+        let more = match enabled {
             Ok(more) => more,
             Err(e) => {
                 ring.log

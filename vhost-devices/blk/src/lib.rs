@@ -65,6 +65,7 @@ pub mod export;
 mod file_ops;
 pub mod image;
 pub mod request;
+pub mod state;
 #[cfg(test)]
 mod tests;
 mod uring;
@@ -625,5 +626,36 @@ impl VirtioDevice for BlkDevice {
             .store(self.config.writeback, Ordering::Relaxed);
         self.acked.store(0, Ordering::Relaxed);
         self.core.errors.reset();
+    }
+
+    fn supports_state_transfer(&self) -> bool {
+        true
+    }
+
+    /// The cache mode the driver chose, and the disk it was chosen for ([`state`]).
+    fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
+        let mut s = self.disk_state();
+        s.writeback = self.writeback.load(Ordering::Relaxed);
+        Ok(s.encode())
+    }
+
+    fn restore(&self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let saved = state::BlkState::decode(bytes).map_err(|e| DeviceError::Other(e.into()))?;
+        self.disk_state()
+            .check_disk(&saved)
+            .map_err(|e| DeviceError::Other(e.into()))?;
+        self.writeback.store(saved.writeback, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl BlkDevice {
+    /// This disk as migration state describes it (`writeback` as configured).
+    fn disk_state(&self) -> state::BlkState {
+        state::BlkState {
+            writeback: self.config.writeback,
+            read_only: self.device_features() & (1 << features::RO) != 0,
+            capacity: self.capacity(),
+        }
     }
 }

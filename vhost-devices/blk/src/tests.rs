@@ -580,3 +580,28 @@ fn a_panic_serving_a_write_on_an_io_thread_leaves_flushes_and_the_thread_working
     let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
     assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the I/O thread still serves");
 }
+
+#[test]
+fn state_carries_the_cache_mode_and_refuses_another_disk() {
+    let a = Harness::new(false);
+    assert!(a.dev.supports_state_transfer());
+    assert!(!a.dev.writethrough());
+    a.dev
+        .write_config_space(WRITEBACK_OFFSET as u32, &[0])
+        .unwrap();
+    assert!(a.dev.writethrough());
+    let state = a.dev.snapshot().unwrap();
+
+    let b = Harness::new(false);
+    assert!(!b.dev.writethrough(), "a fresh device is in writeback mode");
+    b.dev.restore(&state).unwrap();
+    assert!(b.dev.writethrough(), "the driver's choice came over");
+    assert_eq!(b.dev.config_space().writeback, 0);
+
+    let ro = Harness::new(true);
+    assert!(ro.dev.restore(&state).is_err(), "state of a writable disk");
+    let mut bad = state.clone();
+    bad[5] = 9;
+    assert!(b.dev.restore(&bad).is_err());
+    assert!(b.dev.restore(&state[..8]).is_err());
+}
