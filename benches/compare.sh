@@ -22,8 +22,12 @@
 #   WARMUP=1        seconds run before measuring
 #   QDS="1 16"      queue depths
 #   PASSES="pinned unpinned direct"
+#                   pinned: also measures the machine's limit for blk randread on the same
+#                   image and CPU (vhost-user-load --limit: QD1 an eventfd ping-pong with a
+#                   pread, deeper the bare pread rate) and prints ours/limit
 #                   direct: blk only, pinned, the image opened with O_DIRECT by both daemons
-#                   (ours: --direct, with its default I/O threads; qemu-storage-daemon:
+#                   (ours: --direct, with its default engine, io_uring where it works, else
+#                   the I/O threads; OURS_DIRECT_ARGS adds arguments; qemu-storage-daemon:
 #                   cache.direct=on,aio=native), cases DIRECT_CASES, and fio (io_uring,
 #                   O_DIRECT, same file and CPU) as the disk's own limit
 #   DIRECT_CASES="randread:1 randread:16 randread:64 randwrite:16"
@@ -180,6 +184,10 @@ DIRECT_IMG=${DIRECT_DIR:-$WORKDIR}/direct.img
 if [[ $want_direct == 1 ]]; then
     say "writing a $IMG_SIZE pattern image for the O_DIRECT pass at $DIRECT_IMG..."
     "$LOAD" --make-image "$DIRECT_IMG" --size "$IMG_SIZE" >&2
+    # fio's writes are not the pattern the daemons' readers check: fio writes to a copy.
+    if [[ " $DIRECT_CASES " == *write* ]]; then
+        "$LOAD" --make-image "$DIRECT_IMG.fio" --size "$IMG_SIZE" >&2
+    fi
 fi
 
 # --- one measurement --------------------------------------------------------------------
@@ -195,8 +203,9 @@ start_daemon() {
     CONNECT=$sock
     case $impl-$device-$pin in
         ours-blk-direct)
+            # shellcheck disable=SC2086 # OURS_DIRECT_ARGS is a list of words
             "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$DIRECT_IMG" --direct \
-                >>"$log" 2>&1 & ;;
+                ${OURS_DIRECT_ARGS:-} >>"$log" 2>&1 & ;;
         theirs-blk-direct)
             "${pre[@]}" "$QSD" \
                 --blockdev "driver=file,node-name=file,filename=$DIRECT_IMG,cache.direct=on,aio=native" \
@@ -307,10 +316,22 @@ for c in $DIRECT_CASES; do direct_cases+=("blk ${c%%:*} ${c##*:}"); done
 
 # fio_limit WORKLOAD QD: fio's IOPS on the O_DIRECT image (io_uring, pinned like the daemons).
 fio_limit() {
-    taskset -c "$CPU" fio --name=limit --filename="$DIRECT_IMG" --direct=1 --rw="$1" --bs=4k \
+    local file=$DIRECT_IMG
+    [[ $1 == *write* ]] && file=$DIRECT_IMG.fio
+    taskset -c "$CPU" fio --name=limit --filename="$file" --direct=1 --rw="$1" --bs=4k \
         --iodepth="$2" --ioengine=io_uring --runtime="$DURATION" --ramp_time="$WARMUP" \
         --time_based --output-format=json 2>/dev/null |
         python3 -c 'import json, sys; j = json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"] + j["write"]["iops"]))'
+}
+
+# page_cache_limit QD: the machine's limit for 4 KiB random reads of the page-cached image,
+# pinned like the daemons: at QD1 an eventfd round trip between two threads with a pread on
+# the far side, deeper the bare pread rate (vhost-user-load --limit).
+page_cache_limit() {
+    local how=pread
+    [[ $1 == 1 ]] && how=pingpong
+    taskset -c "$CPU" "$LOAD" --limit "$how" --image "$IMG" --duration "$DURATION" \
+        --warmup "$WARMUP" | sed -n 's/^RESULT .* rate=\([0-9.]*\).*/\1/p'
 }
 
 for pass in $PASSES; do
@@ -325,6 +346,10 @@ for pass in $PASSES; do
                 limit=$(fio_limit "$workload" "$qd" || echo NaN)
                 say "  direct rep $rep: fio io_uring $workload qd$qd: $limit IOPS"
                 printf '# fio\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "$limit" >>"$RESULTS"
+            elif [[ $pass == pinned && $device == blk && $workload == randread ]]; then
+                limit=$(page_cache_limit "$qd" || echo NaN)
+                say "  pinned rep $rep: machine limit randread qd$qd: $limit req/s"
+                printf '# limit\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "$limit" >>"$RESULTS"
             fi
         done
     done
@@ -350,6 +375,26 @@ for key in sorted(ours, key=lambda k: (k[0], int(k[1]))):
     o = statistics.median(ours[key])
     l = statistics.median(fio[key]) if fio[key] else float("nan")
     print(f"{key[0]:10} {key[1]:>3} {o:>10.0f} {l:>10.0f} {o / l:>8.2f}x")
+PY
+fi
+if grep -q '^# limit' "$RESULTS"; then
+    # Ours against the machine's limit on the page cache (pinned pass), medians.
+    python3 - "$RESULTS" <<'PY' >&2
+import statistics, sys
+from collections import defaultdict
+ours, limit = defaultdict(list), defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if f[0] == "# limit" and f[4] != "NaN":
+        limit[(f[1], f[2])].append(float(f[4]))
+    elif f[0] == "pinned" and f[1] == "ours" and f[2] == "blk" and f[6] != "NaN":
+        ours[(f[3], f[4])].append(float(f[6]))
+print("\n== pinned: ours against the machine's limit (QD1: eventfd ping-pong + pread; deeper: pread) ==")
+print(f"{'workload':10} {'qd':>3} {'ours req/s':>11} {'limit':>10} {'ours/limit':>11}")
+for key in sorted(limit, key=lambda k: (k[0], int(k[1]))):
+    o = statistics.median(ours[key]) if ours[key] else float("nan")
+    l = statistics.median(limit[key])
+    print(f"{key[0]:10} {key[1]:>3} {o:>11.0f} {l:>10.0f} {o / l:>10.2f}x")
 PY
 fi
 if [[ -n $CHART ]]; then

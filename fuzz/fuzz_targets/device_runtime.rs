@@ -6,7 +6,9 @@
 //! Input (read with `arbitrary::Unstructured`): up to 64 operations. Each is a front-end
 //! request encoded by `vhost-proto` (features, memory tables and regions built from two
 //! memfd-backed regions, possibly bent out of shape; vring size, base, addresses near or
-//! inside those regions, kick and call eventfds or NOFD, enable, reset, config, status),
+//! inside those regions, with or without VHOST_VRING_F_LOG, kick and call eventfds or NOFD,
+//! enable, reset, config, status, dirty-log bases of any size and offset over a small memfd,
+//! SET_LOG_FD),
 //! a raw message, a write of arbitrary bytes into guest memory (descriptor tables, avail
 //! rings), a kick of a ring's eventfd, or the release of the requests the device holds.
 //! The device opts in to inflight tracking: GET_INFLIGHT_FD with any shape, and
@@ -41,8 +43,10 @@ use vhost_backend::runtime::{
 };
 use vhost_backend::BackendServer;
 use vhost_frontend::{GuestMemory, RegionSpec};
+use vhost_proto::wire::VRING_F_LOG;
 use vhost_proto::{
-    Config, FrontendRequest, Header, HeaderFlags, Inflight, MemTable, MemoryRegion, RegionMsg,
+    Config, FrontendRequest, Header, HeaderFlags, Inflight, LogBase, MemTable, MemoryRegion,
+    RegionMsg,
     VringAddr, VringFd, VringState, MAX_BODY_SIZE,
 };
 use vhost_transport::{Connection, FrontendChannel};
@@ -51,6 +55,8 @@ use vm_memory::{Bytes, GuestAddress};
 const QUEUES: usize = 2;
 const MAX_OPS: usize = 64;
 const REGION_SIZE: u64 = 0x1_0000;
+/// Size of the dirty-log memfd (the two regions need 34 bytes of log).
+const LOG_FILE_SIZE: u64 = 0x2000;
 const SPECS: [RegionSpec; 2] = [
     RegionSpec {
         guest_phys_addr: 0,
@@ -207,6 +213,7 @@ enum Fd {
     Memory,
     Kick(usize),
     Call(usize),
+    Log,
 }
 
 fn encoded(req: FrontendRequest<'_>, need_reply: bool, fds: Vec<Fd>) -> Op {
@@ -236,7 +243,7 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
             num,
         })
     };
-    Ok(match u.int_in_range(0..=24u8)? {
+    Ok(match u.int_in_range(0..=26u8)? {
         0 => encoded(R::SetFeatures(u.arbitrary()?), nr, vec![]),
         1 => encoded(R::SetProtocolFeatures(u.arbitrary()?), nr, vec![]),
         2 => {
@@ -262,11 +269,16 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
         6 => encoded(
             R::SetVringAddr(VringAddr {
                 index: index(u)?,
-                flags: 0,
+                flags: if u.ratio(1, 4)? { VRING_F_LOG } else { 0 },
                 desc: ring_addr(u)?,
                 used: ring_addr(u)?,
                 avail: ring_addr(u)?,
-                log: 0,
+                log: if u.ratio(3, 4)? {
+                    SPECS[u.int_in_range(0..=1usize)?].guest_phys_addr
+                        + u64::from(u.arbitrary::<u16>()?)
+                } else {
+                    u.arbitrary()?
+                },
             }),
             nr,
             vec![],
@@ -377,6 +389,29 @@ fn op(u: &mut Unstructured<'_>, mem: &GuestMemory) -> Result<Op> {
                 encoded(R::SetInflightFd(info), nr, fds)
             }
         }
+        23 => {
+            let small = |u: &mut Unstructured<'_>| -> Result<u64> {
+                Ok(if u.ratio(3, 4)? {
+                    u64::from(u.arbitrary::<u16>()?) % (LOG_FILE_SIZE + 0x100)
+                } else {
+                    u.arbitrary()?
+                })
+            };
+            let log = LogBase {
+                mmap_size: small(u)?,
+                mmap_offset: if u.ratio(3, 4)? { 0 } else { small(u)? },
+            };
+            let fds = if u.ratio(7, 8)? {
+                vec![Fd::Log]
+            } else {
+                vec![]
+            };
+            encoded(R::SetLogBase(log), nr, fds)
+        }
+        24 => {
+            let fd = if u.arbitrary()? { Fd::Call(0) } else { Fd::Log };
+            encoded(R::SetLogFd, nr, vec![fd])
+        }
         19 => Op::Hold(u.arbitrary()?),
         20 => Op::Release,
         _ => Op::Kick(u.int_in_range(0..=QUEUES - 1)?),
@@ -404,6 +439,7 @@ struct Fixture {
     /// The back-end, kept from one run to the next as a daemon keeps it from one front-end
     /// to the next: what a session leaves behind must not reach the next one.
     backend: Mutex<Option<DeviceBackend<FillDevice>>>,
+    log: std::fs::File,
 }
 
 fn eventfds() -> Vec<EventFd> {
@@ -417,11 +453,21 @@ fn eventfds() -> Vec<EventFd> {
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| Fixture {
-        mem: GuestMemory::new(&SPECS).expect("guest memory"),
-        kicks: eventfds(),
-        calls: eventfds(),
-        backend: Mutex::new(None),
+    FIXTURE.get_or_init(|| {
+        let fd = nix::sys::memfd::memfd_create(
+            c"fuzz-log",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .expect("memfd");
+        let log = std::fs::File::from(fd);
+        log.set_len(LOG_FILE_SIZE).expect("sizing the log");
+        Fixture {
+            mem: GuestMemory::new(&SPECS).expect("guest memory"),
+            kicks: eventfds(),
+            calls: eventfds(),
+            backend: Mutex::new(None),
+            log,
+        }
     })
 }
 
@@ -431,6 +477,7 @@ fn run(u: &mut Unstructured<'_>) {
         kicks,
         calls,
         backend,
+        log,
     } = fixture();
     static ZEROS: [u8; REGION_SIZE as usize] = [0; REGION_SIZE as usize];
     for spec in &SPECS {
@@ -466,6 +513,7 @@ fn run(u: &mut Unstructured<'_>) {
                         Fd::Memory => mem.fd(),
                         Fd::Kick(i) => kicks[i].as_fd(),
                         Fd::Call(i) => calls[i].as_fd(),
+                        Fd::Log => log.as_fd(),
                     })
                     .collect();
                 if front.send(&header.to_wire(), &body, &[], &fds).is_err() {

@@ -15,6 +15,11 @@
 #                              seconds (the host restarts the back-end), I/O again
 #   e2e.blk_write2_off_mib=10  where phase 2 of the reconnect mode writes (seed S-2)
 #   e2e.rng_bytes=64           bytes read from /dev/hwrng
+#   e2e.mig_read_mib=2         migrate mode (test "migrate", see migrate.sh): size of the
+#                              two regions (at 0 and at this many MiB) the rounds read
+#   e2e.mig_write_off_mib=8    where the rounds write their patterns (4 slots of 256 KiB)
+#   e2e.mig_stop_sector=28672  the rounds end once this sector holds E2E-STOP
+#   e2e.mig_max_secs=240       ... or after this many seconds
 #   e2e.step_timeout=20        timeout of each guest step (s)
 #   e2e.guest_timeout=100      watchdog: power off after this many seconds
 #
@@ -298,11 +303,94 @@ test_inflight() {
     read_range inflight_readback 0 $((n * mib))
 }
 
+# Migrate mode: while the host migrates the VM back and forth, round after round checks the
+# md5 of one of two known regions in the page cache (read there by the previous round) and
+# reads the other one into the cache. Every fourth round also reads that region with
+# O_DIRECT into RAM and checks its md5, writes a fresh pattern into slot (n / 4) % 4 and
+# reads it back, and looks for E2E-STOP in the stop sector, which ends the rounds. Then the
+# copies of the regions kept in RAM since the start are checked too. Sector s of round n's
+# pattern is printf '%-511s\n' "E2E-<seed>-<n>-sector-<s>".
+test_migrate() {
+    if ! blk_wait; then
+        r blk_present 0
+        return
+    fi
+    r blk_present 1
+    mr=$(param mig_read_mib 2)
+    mw=$(param mig_write_off_mib 8)
+    stop=$(param mig_stop_sector 28672)
+    max=$(param mig_max_secs 240)
+    # Two regions of mr MiB (at 0 and at mr MiB), different random data.
+    drop_caches
+    for k in 0 1; do
+        timeout "$T" dd if="$DEV" of=/tmp/ref$k bs=1M skip=$((k * mr)) count="$mr" iflag=direct 2>/dev/null
+        r mig_ref${k}_status $?
+        eval "ref$k=$(md5 /tmp/ref$k)"
+        r mig_ref${k}_md5 "$(md5 /tmp/ref$k)"
+    done
+    # Each round reads one region into the page cache and the next round checks it there.
+    # The cache pages are written by the back-end only (and, freed and reused, hold the
+    # other region's data before): on a destination they hold what the back-end wrote last
+    # only if the source logged those writes.
+    drop_caches
+    timeout "$T" dd if="$DEV" of=/dev/null bs=1M count="$mr" 2>/dev/null
+    echo "E2E-MIGRATE-READY"
+    n=0 rbad=0 wbad=0 cbad=0
+    start=$(cut -d. -f1 /proc/uptime)
+    while :; do
+        n=$((n + 1))
+        prev=$(((n - 1) % 2)) cur=$((n % 2))
+        eval "want=\$ref$prev"
+        if [ "$(dd if="$DEV" bs=1M skip=$((prev * mr)) count="$mr" 2>/dev/null | md5sum | cut -d' ' -f1)" != "$want" ]; then
+            cbad=$((cbad + 1))
+            r mig_cache_mismatch_round "$n"
+        fi
+        drop_caches
+        timeout "$T" dd if="$DEV" of=/dev/null bs=1M skip=$((cur * mr)) count="$mr" 2>/dev/null
+        # Three rounds in four only do this: little else runs, so the pages of the cache
+        # stay the back-end's alone between rounds.
+        [ $((n % 4)) = 0 ] || continue
+        eval "want=\$ref$cur"
+        # In place (no truncate): the loop frees as few pages as it can, so the page cache
+        # reads above mostly get pages nothing but the back-end wrote since they were freed.
+        timeout "$T" dd if="$DEV" of=/tmp/rd bs=1M skip=$((cur * mr)) count="$mr" iflag=direct conv=notrunc 2>/dev/null
+        if [ "$(md5 /tmp/rd)" != "$want" ]; then
+            rbad=$((rbad + 1))
+            r mig_read_mismatch_round "$n"
+        fi
+        slot=$(((n / 4) % 4))
+        first=$(((mw * 4 + slot) * 512))
+        awk -v seed="$SEED-$n" -v first="$first" \
+            'BEGIN { for (i = 0; i < 512; i++) printf "%-511s\n", "E2E-" seed "-sector-" (first + i) }' |
+            dd of=/tmp/pat bs=256K conv=notrunc 2>/dev/null
+        timeout "$T" dd if=/tmp/pat of="$DEV" bs=256K seek=$((mw * 4 + slot)) oflag=direct conv=notrunc 2>/dev/null
+        timeout "$T" dd if="$DEV" of=/tmp/rb bs=256K skip=$((mw * 4 + slot)) count=1 iflag=direct conv=notrunc 2>/dev/null
+        if ! cmp -s /tmp/pat /tmp/rb; then
+            wbad=$((wbad + 1))
+            r mig_write_mismatch_round "$n"
+        fi
+        [ $((n % 10)) = 0 ] && echo "E2E-MIGRATE-ROUND n=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
+        timeout "$T" dd if="$DEV" of=/tmp/stop bs=512 skip="$stop" count=1 iflag=direct 2>/dev/null
+        grep -q E2E-STOP /tmp/stop && break
+        if [ $(($(cut -d. -f1 /proc/uptime) - start)) -ge "$max" ]; then
+            r mig_timeout 1
+            break
+        fi
+    done
+    r mig_rounds "$n"
+    r mig_read_mismatches "$rbad"
+    r mig_write_mismatches "$wbad"
+    r mig_cache_mismatches "$cbad"
+    r mig_ram_copy0_md5 "$(md5 /tmp/ref0)"
+    r mig_ram_copy1_md5 "$(md5 /tmp/ref1)"
+}
+
 for t in $(echo "$TESTS" | tr ',' ' '); do
     case $t in
         blk) test_blk ;;
         rng) test_rng ;;
         inflight) test_inflight ;;
+        migrate) test_migrate ;;
         *) r unknown_test "$t" ;;
     esac
 done

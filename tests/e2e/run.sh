@@ -3,7 +3,7 @@
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
 #   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct blk-two rng reconnect
-#                                     client inflight-kill vsock packed
+#                                     client inflight-kill vsock migrate packed
 #                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
@@ -61,13 +61,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock packed"
+ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock migrate packed"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill || wants packed; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill || wants migrate || wants packed; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -105,7 +105,7 @@ install_missing() {
     case ${BLK_DAEMON:-} in *qsd-vhost-user-blk*)
         command -v qemu-storage-daemon >/dev/null || pkgs+=(qemu-system-common) ;;
     esac
-    if [ "$PROXY" = 1 ] && ! command -v python3 >/dev/null; then pkgs+=(python3); fi
+    if { [ "$PROXY" = 1 ] || wants migrate; } && ! command -v python3 >/dev/null; then pkgs+=(python3); fi
     [ ${#pkgs[@]} = 0 ] && return 0
     log "installing ${pkgs[*]}"
     apt-get update -qq &&
@@ -136,7 +136,8 @@ start_daemon() {
             [ "$4" = 1 ] && cmd+=(--read-only)
             listen=$sock ;;
         blk-direct)
-            # O_DIRECT with the default engine for it (I/O threads), two queues.
+            # O_DIRECT with the default engine for it (io_uring where it works, else the
+            # I/O threads; the daemon's log says which), two queues.
             read -ra cmd <<<"$BLK_DAEMON"
             cmd+=(--socket-path "$sock" --blk-file "$3" --direct --num-queues 2)
             listen=$sock ;;
@@ -468,6 +469,7 @@ test_blk_direct() {
     log "blk-direct: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
     check_boot_basics
     check_blk_rw "$img" "$seed" "$hmd5"
+    info "engine: $(grep -ho 'requests run on [^)]*' "$RUN_DIR/$LOG_NAME.daemon.log" | tail -n 1)"
     finish_boot blk-direct
     stop_pid "$pid"
 }
@@ -684,6 +686,19 @@ test_vsock() {
     fi
 }
 
+# Live migration, three times between two daemons on one image: migrate.sh (our daemon only).
+test_migrate() {
+    local t
+    t=$(now)
+    [ "${E2E_BACKENDS:-ours}" = ours ] || { log "migrate: skipped with E2E_BACKENDS=$E2E_BACKENDS"; return; }
+    log "migrate: $E2E_DIR/migrate.sh"
+    if SKIP_GUEST_BUILD=1 BLK_DAEMON=$BLK_DAEMON WORK_DIR=$WORK_DIR RUN_DIR=$RUN_DIR "$E2E_DIR/migrate.sh"; then
+        record PASS migrate "$(elapsed "$t" "$(now)")"
+    else
+        record FAIL migrate "$(elapsed "$t" "$(now)")" "see the migrate checks above"
+    fi
+}
+
 # --- main ------------------------------------------------------------------------------
 T_START=$(now)
 rm -rf "$RUN_DIR"
@@ -718,6 +733,7 @@ if [ "$FAILED" = 0 ]; then
     # shellcheck source=tests/e2e/inflight-kill.sh
     wants inflight-kill && . "$E2E_DIR/inflight-kill.sh" && test_inflight_kill
     wants vsock && test_vsock
+    wants migrate && test_migrate
     # shellcheck source=tests/e2e/packed.sh
     wants packed && . "$E2E_DIR/packed.sh" && test_packed
 fi

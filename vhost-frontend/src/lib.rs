@@ -43,5 +43,5 @@ pub use backend_channel::{
 };
 pub use client::{Frontend, FrontendError, PostcopyReply};
 pub use guest_memory::{GuestMemory, RegionInfo, RegionSpec};
-pub use session::{Sequence, Session, SessionError, SessionOptions};
+pub use session::{DirtyLogArea, Sequence, Session, SessionError, SessionOptions, LOG_PAGE};
 pub use virtqueue::{Buffer, UsedElem, VirtqueueDriver, VringUserAddrs};

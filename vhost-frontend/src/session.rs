@@ -25,6 +25,7 @@
 //! allocates nothing.
 
 mod data_path;
+mod dirty_log;
 mod error;
 mod lifecycle;
 mod options;
@@ -40,6 +41,7 @@ use crate::client::Frontend;
 use crate::guest_memory::GuestMemory;
 use crate::virtqueue::VirtqueueDriver;
 
+pub use dirty_log::{DirtyLogArea, LOG_PAGE};
 pub use error::{Result, SessionError};
 pub use options::{Sequence, SessionOptions, DEFAULT_FEATURE_MASK, DEFAULT_PROTOCOL_MASK};
 
@@ -78,6 +80,8 @@ pub struct Session {
     sequence: Sequence,
     /// DRIVER_OK was written with SET_STATUS and not reset since.
     driver_ok: bool,
+    /// Dirty logging is on: SET_VRING_ADDR carries VHOST_VRING_F_LOG.
+    logging: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -216,6 +220,7 @@ impl Session {
             backend_channel,
             sequence: opts.sequence,
             driver_ok: false,
+            logging: false,
         })
     }
 
@@ -251,12 +256,25 @@ impl Session {
     }
 
     fn setup_queue(&mut self, i: usize, base: u32) -> Result<()> {
+        let q = &mut self.queues[i];
+        q.driver.start_at_base(base)?;
+        let index = i as u32;
+        let fe = &mut self.frontend;
+        fe.set_vring_num(index, u32::from(q.driver.size()))?;
+        fe.set_vring_base(index, base)?;
+        self.send_vring_addr(i)?;
+        let q = &self.queues[i];
+        self.frontend.set_vring_kick(index, Some(borrow(&q.kick)))?;
+        Ok(())
+    }
+
+    /// SET_VRING_ADDR for queue `i`, with VHOST_VRING_F_LOG while logging.
+    fn send_vring_addr(&mut self, i: usize) -> Result<()> {
         let gpa = self
             .frontend
             .acked_protocol()
             .contains(ProtocolFeatures::GPA_ADDRESSES);
-        let q = &mut self.queues[i];
-        q.driver.start_at_base(base)?;
+        let q = &self.queues[i];
         let (desc, avail, used) = match gpa {
             true => (
                 q.driver.desc_table().0,
@@ -270,19 +288,19 @@ impl Session {
                 (a.desc, a.avail, a.used)
             }
         };
-        let index = i as u32;
-        let fe = &mut self.frontend;
-        fe.set_vring_num(index, u32::from(q.driver.size()))?;
-        fe.set_vring_base(index, base)?;
-        fe.set_vring_addr(&VringAddr {
-            index,
-            flags: 0,
+        let flags = match self.logging {
+            true => vhost_proto::wire::VRING_F_LOG,
+            false => 0,
+        };
+        let log = q.driver.used_ring().0;
+        self.frontend.set_vring_addr(&VringAddr {
+            index: i as u32,
+            flags,
             desc,
             used,
             avail,
-            log: q.driver.used_ring().0,
+            log,
         })?;
-        fe.set_vring_kick(index, Some(borrow(&q.kick)))?;
         Ok(())
     }
 

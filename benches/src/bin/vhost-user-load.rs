@@ -9,6 +9,11 @@
 //!
 //! `--make-image PATH --size BYTES` writes a pattern image (every 8-byte word holds its
 //! offset, so reads can be checked) and exits.
+//!
+//! `--limit pingpong|pread --image PATH` measures the machine's limit for 4 KiB random reads
+//! of that image instead, with no back-end: `pingpong` is an eventfd round trip between two
+//! threads with a `pread` on the far side (queue depth 1: what any back-end needs at least),
+//! `pread` the bare `pread` rate of one thread (the deeper queues' limit on one CPU).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,12 +22,18 @@ use std::time::{Duration, Instant};
 use benches::load::{memory_size, Engine, Workload};
 use clap::{Parser, ValueEnum};
 use vhost_frontend::devices::blk::BlkConfig;
-use vhost_frontend::{Session, SessionOptions};
+use vhost_frontend::{DirtyLogArea, Session, SessionOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Device {
     Blk,
     Rng,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Limit {
+    Pingpong,
+    Pread,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,7 +47,7 @@ enum Rw {
 #[command(name = "vhost-user-load", version)]
 struct Cli {
     /// The back-end's socket.
-    #[arg(long, required_unless_present = "make_image")]
+    #[arg(long, required_unless_present_any = ["make_image", "limit"])]
     socket: Option<PathBuf>,
 
     /// Device type behind the socket.
@@ -75,9 +86,23 @@ struct Cli {
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
 
+    /// Turn dirty-page logging on (as QEMU does for a migration: SET_LOG_BASE, SET_FEATURES
+    /// with VHOST_F_LOG_ALL, SET_VRING_ADDR with the log flag) before the run, to measure
+    /// what logging costs; the RESULT line then also gives the pages marked.
+    #[arg(long)]
+    dirty_log: bool,
+
     /// Write a pattern image at PATH (with --size) and exit.
     #[arg(long, value_name = "PATH")]
     make_image: Option<PathBuf>,
+
+    /// Measure the machine's limit on --image instead of a back-end (see the top).
+    #[arg(long, value_enum, requires = "image")]
+    limit: Option<Limit>,
+
+    /// The pattern image --limit reads.
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
 
     /// Image size in bytes (suffixes K, M, G) for --make-image.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
@@ -131,8 +156,25 @@ fn run(cli: &Cli) -> Result<(), Error> {
         );
         return Ok(());
     }
+    if let (Some(limit), Some(image)) = (cli.limit, &cli.image) {
+        return measure_limit(cli, limit, image);
+    }
     let socket = cli.socket.as_ref().ok_or("--socket is required")?;
-    let session = connect(cli, socket)?;
+    let mut session = connect(cli, socket)?;
+    let log = match cli.dirty_log {
+        true => {
+            let end = session
+                .memory()
+                .regions()
+                .map(|r| r.guest_phys_addr + r.memory_size)
+                .max()
+                .unwrap_or(0);
+            let log = DirtyLogArea::new(end)?;
+            session.start_logging(&log)?;
+            Some(log)
+        }
+        false => None,
+    };
     let (workload, blocks) = match cli.device {
         Device::Rng => (Workload::Rng, 0),
         Device::Blk => {
@@ -168,10 +210,62 @@ fn run(cli: &Cli) -> Result<(), Error> {
         done as f64 / stats.waits.max(1) as f64,
         stats.kicks,
     );
+    let marked = match &log {
+        Some(log) => format!(" dirty_pages={}", log.dirty_pages()?.len()),
+        None => String::new(),
+    };
     println!(
         "RESULT label={} device={:?} workload={name} qd={} seconds={secs:.3} requests={done} \
-         rate={rate:.0} waits={} kicks={} publishes={}",
+         rate={rate:.0} waits={} kicks={} publishes={}{marked}",
         cli.label, cli.device, cli.qd, stats.waits, stats.kicks, stats.publishes,
+    );
+    Ok(())
+}
+
+/// `--limit`: random 4 KiB reads of `image` the `limit` way, for the warm-up then the
+/// measured time; prints the RESULT line.
+fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(), Error> {
+    use benches::raw::{pread_block, EventfdPingPong, FarWork};
+    let file = std::fs::File::open(image)?;
+    let blocks = file.metadata()?.len() / benches::BLOCK as u64;
+    if blocks == 0 {
+        return Err("the image holds no 4 KiB block".into());
+    }
+    let mut rng = benches::XorShift::new(cli.seed);
+    let pp = match limit {
+        Limit::Pingpong => Some(EventfdPingPong::new(FarWork::Pread(file.try_clone()?))?),
+        Limit::Pread => None,
+    };
+    let mut buf = Box::new([0u8; benches::BLOCK]);
+    let mut run_for = |d: Duration| -> Result<(u64, Duration), Error> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < d {
+            for _ in 0..64 {
+                let offset = rng.next_u64() % blocks * benches::BLOCK as u64;
+                let first = match &pp {
+                    Some(pp) => pp.round_trip(offset)?,
+                    None => pread_block(&file, &mut buf, offset)?,
+                };
+                if first != benches::pattern(offset) {
+                    return Err(
+                        format!("block at {offset} reads {first}: not a pattern image").into(),
+                    );
+                }
+            }
+            n += 64;
+        }
+        Ok((n, start.elapsed()))
+    };
+    run_for(Duration::from_secs_f64(cli.warmup))?;
+    let (done, elapsed) = run_for(Duration::from_secs_f64(cli.duration))?;
+    let secs = elapsed.as_secs_f64();
+    let rate = done as f64 / secs;
+    let name = format!("{limit:?}").to_lowercase();
+    println!(
+        "RESULT label={} device=limit workload={name} qd=1 seconds={secs:.3} requests={done} \
+         rate={rate:.0}",
+        cli.label
     );
     Ok(())
 }

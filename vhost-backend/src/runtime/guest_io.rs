@@ -5,15 +5,14 @@
 //! because every iovec is built from a bounds-checked slice of the memory map the
 //! [`Request`] holds (so the mapping cannot go away during the call: a new memory table
 //! only unmaps the old one when the last request holding it is gone), and because no iovec
-//! outlives the call that built it. Pages written by a read from the file are marked dirty
-//! after the data has landed.
+//! outlives the call that built it. Pages written by a read from the file are marked in the
+//! dirty log after the data has landed ([`Request::mark_written`]).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use vm_memory::bitmap::Bitmap;
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::request::Request;
 
@@ -107,8 +106,9 @@ impl FileIo {
     ) -> Result<(), GuestIoError> {
         let r = self.transfer(req, file, offset, 0, len, align, Direction::Read);
         self.iov.clear();
-        if r.is_ok() {
-            mark_dirty(req, len);
+        // Also after a failure: part of the data may have landed.
+        if !matches!(r, Err(GuestIoError::Stale | GuestIoError::Unaligned)) {
+            req.mark_written(0, len);
         }
         r
     }
@@ -172,7 +172,7 @@ impl FileIo {
 }
 
 /// Appends the host ranges of guest `[addr, addr + len)`, one per memory region crossed.
-fn push_range(
+pub(super) fn push_range(
     mem: &GuestMemoryMmap,
     iov: &mut Vec<libc::iovec>,
     mut addr: GuestAddress,
@@ -198,28 +198,8 @@ fn push_range(
     Ok(())
 }
 
-/// Marks the first `len` writable bytes of `req` dirty (after a read landed in them).
-fn mark_dirty(req: &Request, len: u64) {
-    // A memory map without a dirty bitmap (`()`) marks nothing: skip the walk.
-    if std::mem::size_of::<<GuestRegionMmap as GuestMemoryRegion>::B>() == 0 {
-        return;
-    }
-    let mem = req.memory();
-    for (mut addr, mut n) in req.writable_pieces(0, len) {
-        while n > 0 {
-            let Some((region, at)) = mem.to_region_addr(addr) else {
-                return;
-            };
-            let take = n.min(region.len() - at.0);
-            region.bitmap().mark_dirty(at.0 as usize, take as usize);
-            addr = GuestAddress(addr.0 + take);
-            n -= take;
-        }
-    }
-}
-
 /// Joins each entry that starts where the previous one ends in host memory into it.
-fn merge_contiguous(v: &mut Vec<libc::iovec>) {
+pub(super) fn merge_contiguous(v: &mut Vec<libc::iovec>) {
     let mut kept = 0usize;
     for i in 0..v.len() {
         let cur = v[i];
@@ -236,7 +216,7 @@ fn merge_contiguous(v: &mut Vec<libc::iovec>) {
     v.truncate(kept);
 }
 
-fn is_aligned(v: &[libc::iovec], a: IoAlign) -> bool {
+pub(super) fn is_aligned(v: &[libc::iovec], a: IoAlign) -> bool {
     let mem_mask = a.memory as usize - 1;
     let len_mask = a.length as usize - 1;
     v.iter()

@@ -10,14 +10,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use vhost_proto::wire::VRING_F_LOG;
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_PHASE_STOPPED, TRANSFER_SAVE};
 use vhost_proto::{
-    virtio, FrontendRequest, Inflight, MemTable, Negotiation, ProtocolFeatures, RegionMsg,
+    virtio, FrontendRequest, Inflight, LogBase, MemTable, Negotiation, ProtocolFeatures, RegionMsg,
     VringAddr,
 };
 use vm_memory::GuestAddressSpace;
 
 use super::device::{DeviceError, VirtioDevice};
+use super::dirty_log::{DirtyLog, LogError};
 use super::inflight::{self, InflightArea, InflightError};
 use super::mem_table::{MemError, MemoryTable, MAX_MEM_SLOTS};
 use super::notifier::{self, Notifier};
@@ -28,24 +30,26 @@ use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiati
 
 /// Virtio features the runtime implements itself and always offers: protocol features
 /// (bit 30), VERSION_1, EVENT_IDX, INDIRECT_DESC (descriptor chains are walked by
-/// `virtio-queue`, indirect tables included) and RING_PACKED (the runtime's own packed
-/// ring, [`super::packed`], behind the same request API).
+/// `virtio-queue`, indirect tables included), RING_PACKED (the runtime's own packed
+/// ring, [`super::packed`], behind the same request API) and VHOST_F_LOG_ALL (dirty-page
+/// logging for live migration, see [`dirty_log`](super::dirty_log)).
 pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
     | virtio::bit(virtio::VERSION_1)
     | virtio::bit(virtio::RING_EVENT_IDX)
     | virtio::bit(virtio::RING_INDIRECT_DESC)
-    | virtio::bit(virtio::RING_PACKED);
+    | virtio::bit(virtio::RING_PACKED)
+    | virtio::bit(virtio::LOG_ALL);
 
-/// Virtio features the runtime cannot serve and removes from a device's offer: dirty
-/// logging and IOTLB translation.
-pub const UNSUPPORTED_FEATURES: u64 =
-    virtio::bit(virtio::LOG_ALL) | virtio::bit(virtio::ACCESS_PLATFORM);
+/// Virtio features the runtime cannot serve and removes from a device's offer: IOTLB
+/// translation.
+pub const UNSUPPORTED_FEATURES: u64 = virtio::bit(virtio::ACCESS_PLATFORM);
 
 /// Protocol features the runtime implements and always offers. Added per device: CONFIG
 /// when it has a configuration space ([`VirtioDevice::config_size`]), BACKEND_REQ when it
 /// uses the back-end channel ([`VirtioDevice::uses_backend_channel`]), DEVICE_STATE when
 /// it supports state transfer ([`VirtioDevice::supports_state_transfer`]).
 pub const RUNTIME_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::MQ
+    .union(ProtocolFeatures::LOG_SHMFD)
     .union(ProtocolFeatures::REPLY_ACK)
     .union(ProtocolFeatures::CONFIGURE_MEM_SLOTS)
     .union(ProtocolFeatures::RESET_DEVICE)
@@ -73,6 +77,9 @@ pub enum RuntimeError {
     /// GET/SET_INFLIGHT_FD was refused or failed.
     #[error(transparent)]
     Inflight(#[from] InflightError),
+    /// SET_LOG_BASE or SET_LOG_FD was refused.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// Starting a worker thread failed.
     #[error("starting worker {worker}: {source}")]
     Worker {
@@ -120,6 +127,12 @@ fn broken(e: VringError) -> BackendError {
 /// ([`MAX_MEM_SLOTS`]), SET/GET_STATUS (stored), RESET_DEVICE. GET/SET_CONFIG go to the
 /// device after a range check against [`VirtioDevice::config_size`].
 ///
+/// Dirty-page logging (VHOST_F_LOG_ALL and LOG_SHMFD, always offered): SET_LOG_BASE maps
+/// the log after checking it against its file and the memory table, SET_FEATURES turns it
+/// on and off, SET_VRING_ADDR with VHOST_VRING_F_LOG sets where a ring's used-ring writes
+/// are logged (also on a started ring, when its ring addresses stay the same); see
+/// [`dirty_log`](super::dirty_log).
+///
 /// Device state transfer (offered as DEVICE_STATE when
 /// [`VirtioDevice::supports_state_transfer`]): SET_DEVICE_STATE_FD is refused unless the
 /// phase is "stopped", every ring is stopped and no other transfer runs. A save takes
@@ -155,6 +168,7 @@ pub struct DeviceBackend<D: VirtioDevice> {
     state: StateTransfer,
     /// The inflight area of SET_INFLIGHT_FD, attached to each ring it covers at its start.
     inflight: Option<Arc<InflightArea>>,
+    dirty: Arc<DirtyLog>,
 }
 
 impl<D: VirtioDevice> std::fmt::Debug for DeviceBackend<D> {
@@ -243,9 +257,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             ));
         }
         let mem = MemoryTable::new();
+        let dirty = Arc::new(DirtyLog::new());
         // `n <= 256` fits in u16.
         let rings: Arc<[Arc<Vring>]> = (0..n as u16)
-            .map(|i| Arc::new(Vring::new(i, max, mem.atomic().clone())))
+            .map(|i| Arc::new(Vring::new(i, max, mem.atomic().clone(), Arc::clone(&dirty))))
             .collect();
         let worker_of: Vec<usize> = (0..n).map(|q| device.worker_of(q)).collect();
         let nworkers = worker_of.iter().copied().max().unwrap_or(0) + 1;
@@ -302,6 +317,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             status: 0,
             state: StateTransfer::default(),
             inflight: None,
+            dirty,
         })
     }
 
@@ -313,6 +329,11 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     /// The memory table.
     pub fn memory(&self) -> &MemoryTable {
         &self.mem
+    }
+
+    /// The dirty-page log.
+    pub fn dirty_log(&self) -> &DirtyLog {
+        &self.dirty
     }
 
     /// Virtio features offered to the front-end.
@@ -451,6 +472,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         // Before the device resets: a load may be restoring it.
         self.state.abandon();
         let stopped = self.reset_rings();
+        self.dirty.set_enabled(false);
         self.status = 0;
         // The front-end hands the area back (SET_INFLIGHT_FD) at every start.
         self.inflight = None;
@@ -489,6 +511,9 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     fn set_features(&mut self, features: u64) -> BackendResult<()> {
         // A server recorded `features` in the session's negotiation before this call.
         self.record(&FrontendRequest::SetFeatures(features));
+        // Before the rings see anything else: writes from here on are logged.
+        self.dirty
+            .set_enabled(features & virtio::bit(virtio::LOG_ALL) != 0);
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
         let protocol = features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0;
         let packed = features & virtio::bit(virtio::RING_PACKED) != 0;
@@ -523,12 +548,25 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         r.lock().set_size(r.index, num).map_err(fail)
     }
 
+    fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> {
+        self.dirty
+            .set_base(
+                fd,
+                log.mmap_size,
+                log.mmap_offset,
+                self.mem.guest_end(),
+                self.mem.policy(),
+            )
+            .map_err(fail)
+    }
+
+    fn set_log_fd(&mut self, fd: OwnedFd) -> BackendResult<()> {
+        self.dirty.set_log_fd(Some(fd)).map_err(fail)
+    }
+
     fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()> {
         let r = self.ring(addr.index)?;
         let mut g = r.lock();
-        if g.started() {
-            return Err(fail(VringError::Started { index: r.index }));
-        }
         let n = u64::from(g.size());
         let tr = |part, uva: u64, len| {
             self.mem
@@ -549,7 +587,17 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let desc = tr(RingPart::Desc, addr.desc, 16 * n).map_err(fail)?;
         let avail = tr(RingPart::Avail, addr.avail, avail_len).map_err(fail)?;
         let used = tr(RingPart::Used, addr.used, used_len).map_err(fail)?;
-        g.set_addrs(r.index, [desc, avail, used]).map_err(fail)
+        let log = (addr.flags & VRING_F_LOG != 0).then_some(addr.log);
+        // QEMU turns logging on and off by sending a running ring's addresses again with
+        // the log flag changed: only that is allowed while the ring is started.
+        if g.started() && g.addrs() != Some([desc, avail, used]) {
+            return Err(fail(VringError::Started { index: r.index }));
+        }
+        if !g.started() {
+            g.set_addrs(r.index, [desc, avail, used]).map_err(fail)?;
+        }
+        g.set_used_log(log);
+        Ok(())
     }
 
     fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()> {
@@ -782,6 +830,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             self.offered_protocol,
             self.rings.len(),
         );
+        self.dirty.clear();
         self.mem.clear();
         Ok(())
     }

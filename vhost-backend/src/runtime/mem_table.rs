@@ -278,9 +278,18 @@ impl MemoryTable {
         self.policy = policy;
     }
 
-    /// What is done with files that cannot be kept from shrinking.
+    /// What happens to regions (and the dirty log) whose file cannot be kept from shrinking.
     pub fn policy(&self) -> MemoryPolicy {
         self.policy
+    }
+
+    /// The end of the highest region in guest-physical address space (0 without regions).
+    pub fn guest_end(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|r| r.info.guest_phys_addr + r.info.memory_size)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The published memory: clone it into workers; `memory()` gives the current snapshot.

@@ -27,7 +27,9 @@
 //!   buffers walked and checked, the memory map kept alive — that it completes at once or
 //!   later from any thread; completions reach the used ring through the ring's worker in
 //!   batches. Guest I/O with files goes through [`FileIo`] ([`guest_io`]), the one module
-//!   that hands guest memory to the kernel; devices need no `unsafe`.
+//!   that hands guest memory to the kernel; devices need no `unsafe`. Asynchronous file I/O
+//!   goes through [`GuestUring`] ([`uring`], Linux): the ring owns each request until the
+//!   kernel is done with its buffers and gives it back to the device to complete.
 //! - **workers** ([`worker`]): one thread per queue, or per group of queues
 //!   ([`VirtioDevice::worker_of`]), each sleeping in `epoll_wait` on its kick eventfds, a
 //!   wake eventfd and the device's own descriptors. Per ring processed: one memory
@@ -50,6 +52,10 @@
 //!   published, and a start resubmits, in the order they were taken, the requests a killed
 //!   back-end left in flight, before any new available entry ([`InflightError`] for what
 //!   is refused).
+//! - **dirty-page logging** ([`dirty_log`]): VHOST_F_LOG_ALL and LOG_SHMFD are offered for
+//!   every device; while the front-end logs (migration), every guest write of the back-end
+//!   (request data, used ring, `avail_event`) marks its pages in the shared bitmap after the
+//!   write, through [`Request::mark_written`] for request data.
 //! - **daemon** ([`daemon`]) and **command line** ([`cli`]): QEMU's conventions for back-end
 //!   programs (`--socket-path`, `--fd`, `--print-capabilities`), one front-end at a time,
 //!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
@@ -98,6 +104,7 @@
 pub mod cli;
 pub mod daemon;
 mod device;
+pub mod dirty_log;
 pub mod guest_io;
 mod handler;
 mod inflight;
@@ -110,6 +117,8 @@ pub mod request;
 pub mod state;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+#[cfg(target_os = "linux")]
+pub mod uring;
 mod vring;
 pub mod worker;
 
@@ -117,6 +126,7 @@ pub use daemon::{Daemon, DaemonError, StopHandle};
 pub use device::{
     device_type_name, read_config_bytes, DeviceError, DeviceFd, Processed, VirtioDevice,
 };
+pub use dirty_log::{DirtyLog, LogError, LOG_PAGE_SIZE};
 pub use guest_io::{FileIo, GuestIoError, IoAlign};
 pub use handler::{
     DeviceBackend, RuntimeError, MAX_QUEUES, QUIESCE_TIMEOUT, RUNTIME_FEATURES,
@@ -129,6 +139,8 @@ pub use multi::MultiDaemon;
 pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
+#[cfg(target_os = "linux")]
+pub use uring::{GuestUring, Reaped, Refused};
 pub use vring::{RingPart, VringError};
 
 /// The `vm-memory` crate (0.16) the runtime is built on: [`Request::memory`] is a

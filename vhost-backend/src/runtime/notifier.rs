@@ -28,6 +28,8 @@ pub enum Notifier {
     Call,
     /// The error eventfd (SET_VRING_ERR).
     Err,
+    /// The dirty-log eventfd (SET_LOG_FD; not a ring's, reported as ring 0's).
+    Log,
 }
 
 impl std::fmt::Display for Notifier {
@@ -36,6 +38,7 @@ impl std::fmt::Display for Notifier {
             Notifier::Kick => "kick",
             Notifier::Call => "call",
             Notifier::Err => "error",
+            Notifier::Log => "dirty-log",
         })
     }
 }

@@ -15,7 +15,8 @@
 //!
 //! Guest I/O goes through the request: [`Request::read_readable`],
 //! [`Request::write_writable`], [`Request::read_obj`] and, for files,
-//! [`FileIo`](super::guest_io::FileIo). Writes mark guest pages dirty after the data lands.
+//! [`FileIo`](super::guest_io::FileIo). Writes mark guest pages in the dirty log after the
+//! data lands ([`Request::mark_written`], the one call any other write path must make too).
 
 use std::sync::Arc;
 
@@ -142,7 +143,9 @@ impl Request {
             .ok_or(GuestIoError::Short { wanted: 1, got: 0 })?;
         self.mem
             .write_obj(value, at)
-            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })
+            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?;
+        self.ring.dirty.mark(at.0, 1);
+        Ok(())
     }
 
     /// Fails once the ring the request came from has stopped or reset without it (a stop
@@ -211,15 +214,21 @@ impl Request {
     pub fn write_writable(&self, skip: u64, data: &[u8]) -> Result<(), GuestIoError> {
         self.check_current()?;
         let mut done = 0usize;
+        let mut failed = None;
         for (addr, n) in Pieces::new(self.writable(), skip, data.len() as u64) {
             let n = n as usize;
-            self.mem
-                .write_slice(&data[done..done + n], addr)
-                .map_err(|_| GuestIoError::OutsideMemory {
+            if self.mem.write_slice(&data[done..done + n], addr).is_err() {
+                failed = Some(GuestIoError::OutsideMemory {
                     addr: addr.0,
                     len: n as u64,
-                })?;
+                });
+                break;
+            }
             done += n;
+        }
+        self.mark_written(skip, done as u64);
+        if let Some(e) = failed {
+            return Err(e);
         }
         if done == data.len() {
             Ok(())
@@ -229,6 +238,26 @@ impl Request {
                 got: done as u64,
             })
         }
+    }
+
+    /// Records that writable bytes `[skip, skip + len)` of the request were written: marks
+    /// their guest pages in the dirty log while the front-end logs writes (migration), and
+    /// does nothing else (one relaxed load) when it does not.
+    ///
+    /// This is the one call for "these guest bytes were written". [`write_writable`](
+    /// Self::write_writable), [`write_last_byte`](Self::write_last_byte) and
+    /// [`FileIo::read_to_writable`](super::FileIo::read_to_writable) make it themselves; any
+    /// other path that puts data into a request's buffers (an asynchronous engine's
+    /// completion, a device writing through [`memory`](Self::memory)) must make it after
+    /// the data has landed and before [`complete`](Self::complete), so the front-end never
+    /// sees the used entry without the page marked. Marking more than was written is
+    /// harmless (the page is sent again); marking less loses data on migration.
+    pub fn mark_written(&self, skip: u64, len: u64) {
+        let log = &self.ring.dirty;
+        if len == 0 || !log.active() {
+            return;
+        }
+        log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
     }
 
     /// Completes the request: `used_len` bytes were written into its writable buffers. May be

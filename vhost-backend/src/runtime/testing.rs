@@ -94,7 +94,8 @@ impl TestQueue {
         packed: bool,
     ) -> Result<Self, VringError> {
         let atomic = GuestMemoryAtomic::new(mem);
-        let ring = Arc::new(Vring::new(index, size, atomic.clone()));
+        let dirty = Arc::new(super::dirty_log::DirtyLog::new());
+        let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty));
         {
             let snapshot = atomic.memory();
             let mut st = ring.lock();

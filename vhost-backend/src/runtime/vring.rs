@@ -26,7 +26,6 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::dirty_log::DirtyLog;
 use super::inflight::QueueInflight;
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
@@ -184,6 +184,8 @@ pub(crate) struct RingState {
     /// Descriptors of the last packed buffer popped, reused.
     chain: Vec<virtio_queue::desc::split::Descriptor>,
     addrs: Option<[GuestAddress; 3]>,
+    /// Where used-ring writes are logged (SET_VRING_ADDR with VHOST_VRING_F_LOG).
+    used_log: Option<u64>,
     kick: Kick,
     /// Bumped at each kick fd change so the worker can drop events of a replaced fd.
     kick_gen: u16,
@@ -238,6 +240,8 @@ pub(crate) struct Vring {
     pending: AtomicBool,
     /// Rate limit for the ring's guest-driven warnings (a driver can repeat them at will).
     pub(crate) log: LogLimiter,
+    /// The back-end's dirty-page log (migration).
+    pub(crate) dirty: Arc<DirtyLog>,
 }
 
 /// Signals the eventfd in `fd`, if any. The eventfd is non-blocking
@@ -260,7 +264,12 @@ pub(crate) struct Published {
 }
 
 impl Vring {
-    pub(crate) fn new(index: u16, max_size: u16, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> Self {
+    pub(crate) fn new(
+        index: u16,
+        max_size: u16,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        dirty: Arc<DirtyLog>,
+    ) -> Self {
         Vring {
             index,
             state: Mutex::new(RingState::new(max_size)),
@@ -276,6 +285,7 @@ impl Vring {
             stopping: AtomicBool::new(false),
             pending: AtomicBool::new(false),
             log: LogLimiter::new("ring warnings"),
+            dirty,
         }
     }
 
@@ -388,6 +398,7 @@ impl Vring {
             self.completed.notify_all();
         }
         let generation = self.generation();
+        let first_used = st.queue.next_used();
         let mut published = Published::default();
         let mem = (!batch.is_empty() || st.unsignalled > 0).then(|| self.mem.memory());
         if let Some(mem) = &mem {
@@ -441,6 +452,9 @@ impl Vring {
                 published.count += 1;
             }
             st.unsignalled += published.count;
+            if published.count > 0 && self.dirty.active() {
+                self.log_used_entries(st, first_used);
+            }
         }
         st.batch = batch;
         if let (true, Some(mem)) = (st.unsignalled > 0, &mem) {
@@ -464,6 +478,58 @@ impl Vring {
             st.unsignalled = 0;
         }
         published
+    }
+
+    /// Marks in the dirty log the used entries written from `first` to the queue's next used
+    /// index, and the used index. Called after the writes, only while logging is on.
+    fn log_used_entries(&self, st: &RingState, first: u16) {
+        if let Some(p) = &st.packed {
+            // Packed rings: the used descriptors went into the descriptor ring, at its own
+            // guest-physical address (a ring of at most 32768 * 16 bytes: marked whole).
+            self.dirty
+                .mark(p.desc_table().0, 16 * u64::from(st.size.max(1)));
+            self.dirty.signal();
+            return;
+        }
+        let Some(base) = st.used_log_base() else {
+            return;
+        };
+        let size = st.queue.size().max(1);
+        let count = st.queue.next_used().wrapping_sub(first).min(size);
+        let start = first % size;
+        let n1 = count.min(size - start);
+        let entry = |i: u16| base.wrapping_add(4 + 8 * u64::from(i));
+        self.dirty.mark_all([
+            (entry(start), 8 * u64::from(n1)),
+            (entry(0), 8 * u64::from(count - n1)),
+            (base.wrapping_add(2), 2),
+        ]);
+        self.dirty.signal();
+    }
+
+    /// Marks in the dirty log what enabling (`true`) or disabling notifications just wrote
+    /// into the used ring: the flags without EVENT_IDX, `avail_event` with it (written when
+    /// enabling only). Called after the write, from the worker's drain.
+    pub(crate) fn log_notification_write(&self, st: &RingState, enable: bool) {
+        if !self.dirty.active() {
+            return;
+        }
+        if st.packed.is_some() {
+            // Packed rings: the flags of the device event suppression area.
+            if let Some([_, _, device_event]) = st.addrs {
+                self.dirty.mark(device_event.0.wrapping_add(2), 2);
+            }
+            return;
+        }
+        let Some(base) = st.used_log_base() else {
+            return;
+        };
+        if !st.event_idx {
+            self.dirty.mark(base, 2);
+        } else if enable {
+            let avail_event = 4 + 8 * u64::from(st.queue.size());
+            self.dirty.mark(base.wrapping_add(avail_event), 2);
+        }
     }
 
     /// Publishes queued completions and signals the call eventfd when the driver wants it.
@@ -585,6 +651,7 @@ impl RingState {
             packed: None,
             chain: Vec::new(),
             addrs: None,
+            used_log: None,
             kick: Kick::None,
             kick_gen: 0,
             started: false,
@@ -686,6 +753,24 @@ impl RingState {
         }
         self.addrs = Some(addrs);
         Ok(())
+    }
+
+    /// The guest-physical ring addresses of the last SET_VRING_ADDR (desc, avail, used).
+    pub(crate) fn addrs(&self) -> Option<[GuestAddress; 3]> {
+        self.addrs
+    }
+
+    /// SET_VRING_ADDR's log address (`Some` with VHOST_VRING_F_LOG): used-ring writes are
+    /// logged there. Allowed on a started ring (the front-end turns logging on and off while
+    /// rings run).
+    pub(crate) fn set_used_log(&mut self, log: Option<u64>) {
+        self.used_log = log;
+    }
+
+    /// Where used-ring writes are logged: the ring's log address, or else the used ring's
+    /// own guest-physical address.
+    fn used_log_base(&self) -> Option<u64> {
+        self.used_log.or(self.addrs.map(|a| a[2].0))
     }
 
     /// Takes the kick source out, leaving none; the kick generation moves on so events of
@@ -962,19 +1047,6 @@ impl RingState {
         }
     }
 
-    /// Reads the kick eventfd to clear it (the worker calls this for an event of the
-    /// current kick generation only, so the fd is readable and the read does not block).
-    pub(crate) fn consume_kick(&mut self) {
-        if let Kick::Fd(f) = &mut self.kick {
-            let mut buf = [0u8; 8];
-            if let Err(e) = f.read(&mut buf) {
-                if e.kind() != std::io::ErrorKind::WouldBlock {
-                    log::warn!("reading a kick eventfd failed: {e}");
-                }
-            }
-        }
-    }
-
     /// An empty buffer list for a request, reused when one is spare.
     pub(crate) fn buffer_list(&mut self) -> Vec<Buffer> {
         self.spare_bufs.pop().unwrap_or_default()
@@ -1072,7 +1144,12 @@ mod tests {
     }
 
     fn ring(index: u16, max: u16, m: &GuestMemoryMmap) -> Vring {
-        Vring::new(index, max, GuestMemoryAtomic::new(m.clone()))
+        Vring::new(
+            index,
+            max,
+            GuestMemoryAtomic::new(m.clone()),
+            Arc::new(DirtyLog::new()),
+        )
     }
 
     const ADDRS: [GuestAddress; 3] = [

@@ -145,7 +145,7 @@ impl Disk {
 
     /// What direct I/O asks of guest buffers handed to the kernel as they are: `None`
     /// without `O_DIRECT`.
-    fn io_align(&self) -> Option<IoAlign> {
+    pub(crate) fn io_align(&self) -> Option<IoAlign> {
         self.direct.map(|a| IoAlign {
             memory: a.memory,
             length: a.offset.max(a.memory),
@@ -199,31 +199,20 @@ impl Disk {
         };
         match ty {
             VIRTIO_BLK_T_IN => {
-                expect_no("device-readable", readable_data)?;
-                let len = sector_multiple(writable_data)?;
-                let offset = self.data_range(hdr.sector, len)?;
+                let (offset, len) = self.check_read(req, hdr)?;
                 match io.read_to_writable(req, &self.file, offset, len, self.io_align()) {
-                    Err(GuestIoError::Unaligned) => {
-                        let buf = bounce_slice(bounce, len)?;
-                        self.file.read_exact_at(buf, offset)?;
-                        req.write_writable(0, buf)?;
-                    }
+                    Err(GuestIoError::Unaligned) => self.read_bounced(req, offset, len, bounce)?,
                     r => r?,
                 }
                 // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.
                 Ok(len as u32)
             }
             VIRTIO_BLK_T_OUT => {
-                expect_no("device-writable", writable_data)?;
-                self.writable(ty)?;
-                let len = sector_multiple(readable_data)?;
-                let offset = self.data_range(hdr.sector, len)?;
+                let (offset, len) = self.check_write(req, hdr)?;
                 let align = self.io_align();
                 match io.write_from_readable(req, &self.file, offset, HEADER_SIZE, len, align) {
                     Err(GuestIoError::Unaligned) => {
-                        let buf = bounce_slice(bounce, len)?;
-                        req.read_readable(HEADER_SIZE, buf)?;
-                        self.file.write_all_at(buf, offset)?;
+                        self.write_bounced(req, offset, len, bounce)?;
                     }
                     r => r?,
                 }
@@ -252,6 +241,91 @@ impl Disk {
             }
             request_type => Err(RequestError::Unsupported { request_type }),
         }
+    }
+
+    /// Checks a read (`VIRTIO_BLK_T_IN`): no data to read from the driver, a whole number of
+    /// sectors inside the disk (aligned for direct I/O). Returns the byte offset and length.
+    pub(crate) fn check_read(
+        &self,
+        req: &Request,
+        hdr: Header,
+    ) -> Result<(u64, u64), RequestError> {
+        let readable_data = req.readable_len() - HEADER_SIZE;
+        let writable_data = req.writable_len().saturating_sub(1);
+        expect_none(hdr.request_type, "device-readable", readable_data)?;
+        let len = sector_multiple(writable_data)?;
+        Ok((self.data_range(hdr.sector, len)?, len))
+    }
+
+    /// Checks a write (`VIRTIO_BLK_T_OUT`) as [`check_read`](Self::check_read) does, and that
+    /// the disk is writable.
+    pub(crate) fn check_write(
+        &self,
+        req: &Request,
+        hdr: Header,
+    ) -> Result<(u64, u64), RequestError> {
+        let readable_data = req.readable_len() - HEADER_SIZE;
+        let writable_data = req.writable_len().saturating_sub(1);
+        expect_none(hdr.request_type, "device-writable", writable_data)?;
+        self.writable(hdr.request_type)?;
+        let len = sector_multiple(readable_data)?;
+        Ok((self.data_range(hdr.sector, len)?, len))
+    }
+
+    /// What an asynchronous engine submits for `req`: a checked read or write, a flush, or
+    /// `None` for everything served at once (other types, and requests that fail a check).
+    pub(crate) fn plan(&self, req: &Request, hdr: Header) -> Option<Plan> {
+        check_shape(req).ok()?;
+        match hdr.request_type {
+            VIRTIO_BLK_T_IN => {
+                let (offset, len) = self.check_read(req, hdr).ok()?;
+                Some(Plan::Read { offset, len })
+            }
+            VIRTIO_BLK_T_OUT => {
+                let (offset, len) = self.check_write(req, hdr).ok()?;
+                Some(Plan::Write { offset, len })
+            }
+            VIRTIO_BLK_T_FLUSH if !self.read_only => Some(Plan::Flush),
+            _ => None,
+        }
+    }
+
+    /// A read through the aligned bounce buffer (guest buffers direct I/O cannot take).
+    pub(crate) fn read_bounced(
+        &self,
+        req: &Request,
+        offset: u64,
+        len: u64,
+        bounce: Option<&mut Bounce>,
+    ) -> Result<(), RequestError> {
+        let buf = bounce_slice(bounce, len)?;
+        self.file.read_exact_at(buf, offset)?;
+        req.write_writable(0, buf)?;
+        Ok(())
+    }
+
+    /// A write through the aligned bounce buffer.
+    pub(crate) fn write_bounced(
+        &self,
+        req: &Request,
+        offset: u64,
+        len: u64,
+        bounce: Option<&mut Bounce>,
+    ) -> Result<(), RequestError> {
+        let buf = bounce_slice(bounce, len)?;
+        req.read_readable(HEADER_SIZE, buf)?;
+        self.file.write_all_at(buf, offset)?;
+        Ok(())
+    }
+
+    /// `fdatasync` of the image.
+    pub(crate) fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The open image.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// DISCARD and WRITE_ZEROES: `len` bytes of 16-byte segments after the header. Every
@@ -316,6 +390,41 @@ impl Disk {
             self.file.sync_data()?;
         }
         Ok(())
+    }
+}
+
+/// A checked read or write, or a flush: what an asynchronous engine submits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Read `len` bytes at `offset` into the writable buffers.
+    Read {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Write `len` bytes of the readable buffers after the header at `offset`.
+    Write {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// `fdatasync`.
+    Flush,
+}
+
+/// `Ok` when a request of type `request_type` has no `which` data bytes.
+fn expect_none(request_type: u32, which: &'static str, got: u64) -> Result<(), RequestError> {
+    if got == 0 {
+        Ok(())
+    } else {
+        Err(RequestError::WrongDirection {
+            request_type,
+            which,
+            got,
+            expected: 0,
+        })
     }
 }
 

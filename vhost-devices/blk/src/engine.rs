@@ -1,6 +1,7 @@
-//! Where requests run: on the queue's worker that popped them ([`Aio::Sync`]), or on a pool
-//! of threads ([`Aio::Threads`]) so that a disk sees as many requests at once as the guest
-//! keeps in flight. The worker pops requests and hands them to the pool; each pool thread
+//! Where requests run: on the queue's worker that popped them ([`Aio::Sync`]), on a pool
+//! of threads ([`Aio::Threads`]) or on one io_uring per queue ([`Aio::IoUring`], module
+//! `uring`), so that a disk sees as many requests at once as the guest keeps in flight.
+//! This module is the pool. The worker pops requests and hands them to the pool; each pool thread
 //! runs one request at a time with its own scratch space and completes it, and the runtime
 //! publishes the completions.
 //!
@@ -27,8 +28,17 @@ pub enum Aio {
     /// cache.
     Sync,
     /// On a pool of this many threads shared by all queues: many requests in flight, for
-    /// disks (`O_DIRECT`).
+    /// disks (`O_DIRECT`), where io_uring is not available.
     Threads(u16),
+    /// On one io_uring per queue (module `uring`): many requests in flight without a thread
+    /// each, submitted in batches and reaped by the queue's worker.
+    IoUring,
+}
+
+/// Whether io_uring works here ([`Aio::IoUring`]): `Err` says why not (an old kernel,
+/// `kernel.io_uring_disabled`, a seccomp filter, ...).
+pub fn io_uring_available() -> std::io::Result<()> {
+    vhost_backend::runtime::uring::probe()
 }
 
 /// Writes in flight, so a flush can wait for those popped before it.

@@ -65,15 +65,17 @@ pub mod export;
 mod file_ops;
 pub mod image;
 pub mod request;
+pub mod state;
 #[cfg(test)]
 mod tests;
+mod uring;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_backend::runtime::{
-    DeviceError, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
+    DeviceError, DeviceFd, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
 };
 use zerocopy::IntoBytes;
 
@@ -149,6 +151,9 @@ pub enum Error {
     /// Starting the I/O threads of [`Aio::Threads`] failed.
     #[error("starting the I/O threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// Setting up the io_uring of [`Aio::IoUring`] failed.
+    #[error("setting up io_uring: {0}")]
+    Uring(#[source] std::io::Error),
     /// The image holds no whole 512-byte sector (an empty file, `/dev/null`, ...).
     #[error("{} holds no whole 512-byte sector ({bytes} bytes): nothing to serve", path.display())]
     Empty {
@@ -259,13 +264,21 @@ impl Core {
             log::debug!("chain without a status byte returned with length 0");
             return 0;
         }
-        let (status, written) = match self.disk.execute(
+        let result = self.disk.execute(
             req,
             header,
             &mut scratch.io,
             scratch.bounce.as_mut(),
             writethrough,
-        ) {
+        );
+        self.finish(req, result)
+    }
+
+    /// Writes the status `result` calls for into `req`'s status byte; returns the used
+    /// length (`result`'s data bytes and the status byte; 0 when no status byte could be
+    /// written).
+    fn finish(&self, req: &Request, result: Result<u32, RequestError>) -> u32 {
+        let (status, written) = match result {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(RequestError::Io(e)) => {
                 self.errors
@@ -299,6 +312,8 @@ pub struct BlkDevice {
     scratch: Box<[Mutex<Scratch>]>,
     /// With [`Aio::Threads`].
     pool: Option<engine::Pool>,
+    /// With [`Aio::IoUring`]: one ring per queue.
+    urings: Box<[Mutex<uring::UringQueue>]>,
 }
 
 impl BlkDevice {
@@ -369,8 +384,18 @@ impl BlkDevice {
             #[cfg(test)]
             panic_next: Default::default(),
         });
+        let urings = match cfg.aio {
+            Aio::IoUring => (0..cfg.num_queues)
+                .map(|_| {
+                    uring::UringQueue::new(&core, cfg.queue_size, Scratch::new(direct))
+                        .map(Mutex::new)
+                })
+                .collect::<Result<_, _>>()
+                .map_err(Error::Uring)?,
+            _ => Box::default(),
+        };
         let pool = match cfg.aio {
-            Aio::Sync => None,
+            Aio::Sync | Aio::IoUring => None,
             Aio::Threads(n) => {
                 let n = n.max(1);
                 let pool = engine::Pool::start(n, Arc::clone(&core), || Scratch::new(direct))
@@ -387,6 +412,7 @@ impl BlkDevice {
             acked: AtomicU64::new(0),
             scratch,
             pool,
+            urings,
         })
     }
 
@@ -545,6 +571,17 @@ impl VirtioDevice for BlkDevice {
             return Ok(Processed::Drained);
         };
         let writethrough = self.writethrough();
+        if let Some(q) = self.urings.get(usize::from(ctx.index())) {
+            let mut q = q.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some(req) = ctx.pop() {
+                q.start(&self.core, req, writethrough);
+            }
+            q.submit();
+            // Requests the kernel served during the submission (the page cache) complete
+            // now, with this batch.
+            q.reap_ready(&self.core);
+            return Ok(Processed::Drained);
+        }
         if let Some(pool) = &self.pool {
             while let Some(req) = ctx.pop() {
                 if let Err(req) = pool.submit(req, writethrough) {
@@ -563,10 +600,62 @@ impl VirtioDevice for BlkDevice {
         Ok(Processed::Drained)
     }
 
+    fn worker_fds(&self, worker: usize) -> Vec<DeviceFd> {
+        // Worker `w` serves queue `w` (the default `worker_of`) and watches its ring.
+        match self.urings.get(worker) {
+            Some(q) => vec![DeviceFd {
+                fd: q.lock().unwrap_or_else(PoisonError::into_inner).eventfd(),
+                token: worker as u32,
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    fn handle_event(&self, worker: usize, token: u32) -> Result<bool, DeviceError> {
+        if let Some(q) = self.urings.get(token as usize) {
+            debug_assert_eq!(worker, token as usize);
+            q.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reap(&self.core);
+        }
+        Ok(false)
+    }
+
     fn reset(&self) {
         self.writeback
             .store(self.config.writeback, Ordering::Relaxed);
         self.acked.store(0, Ordering::Relaxed);
         self.core.errors.reset();
+    }
+
+    fn supports_state_transfer(&self) -> bool {
+        true
+    }
+
+    /// The cache mode the driver chose, and the disk it was chosen for ([`state`]).
+    fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
+        let mut s = self.disk_state();
+        s.writeback = self.writeback.load(Ordering::Relaxed);
+        Ok(s.encode())
+    }
+
+    fn restore(&self, bytes: &[u8]) -> Result<(), DeviceError> {
+        let saved = state::BlkState::decode(bytes).map_err(|e| DeviceError::Other(e.into()))?;
+        self.disk_state()
+            .check_disk(&saved)
+            .map_err(|e| DeviceError::Other(e.into()))?;
+        self.writeback.store(saved.writeback, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl BlkDevice {
+    /// This disk as migration state describes it (`writeback` as configured).
+    fn disk_state(&self) -> state::BlkState {
+        state::BlkState {
+            writeback: self.config.writeback,
+            read_only: self.device_features() & (1 << features::RO) != 0,
+            capacity: self.capacity(),
+        }
     }
 }

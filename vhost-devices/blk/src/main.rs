@@ -17,6 +17,8 @@ use vhost_device_blk::{Aio, BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE
 enum AioMode {
     Sync,
     Threads,
+    #[value(name = "io_uring")]
+    IoUring,
 }
 
 /// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
@@ -60,8 +62,10 @@ struct Cli {
     serial: String,
 
     /// Where requests run: `sync` (on the queue's worker, one at a time: fastest on the page
-    /// cache) or `threads` (a pool of --aio-threads threads: many requests in flight, for
-    /// disks) [default: threads with --direct, else sync].
+    /// cache), `io_uring` (one io_uring per queue: many requests in flight, for disks) or
+    /// `threads` (a pool of --aio-threads threads: the same where io_uring is unavailable)
+    /// [default: with --direct io_uring where it works, else threads (the log says why);
+    /// without --direct sync].
     #[arg(long, value_enum)]
     aio: Option<AioMode>,
 
@@ -97,6 +101,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The engine asked for, or the default: with `--direct` io_uring where it works (else the
+/// I/O threads, saying why), without it `sync` (the least work per request on the page
+/// cache). An explicit `io_uring` that does not work here is an error.
+fn choose_aio(asked: Option<AioMode>, direct: bool) -> Result<AioMode, String> {
+    match asked {
+        Some(AioMode::IoUring) => match vhost_device_blk::engine::io_uring_available() {
+            Ok(()) => Ok(AioMode::IoUring),
+            Err(e) => Err(format!(
+                "--aio io_uring: io_uring does not work here ({e}); use --aio threads"
+            )),
+        },
+        Some(mode) => Ok(mode),
+        None if direct => match vhost_device_blk::engine::io_uring_available() {
+            Ok(()) => {
+                log::info!("--direct: requests run on io_uring (the default where it works)");
+                Ok(AioMode::IoUring)
+            }
+            Err(e) => {
+                log::warn!(
+                    "--direct: io_uring does not work here ({e}); requests run on I/O threads \
+                     instead"
+                );
+                Ok(AioMode::Threads)
+            }
+        },
+        None => Ok(AioMode::Sync),
+    }
+}
+
 fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
     install_signal_handlers()?;
     if !cli.export.is_empty() {
@@ -116,8 +149,8 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
             scratch.insert(img).path().to_path_buf()
         }
     };
-    let config = base_config(cli, path);
-    let device = BlkDevice::new(&config)?;
+    let mut config = base_config(cli, path)?;
+    let device = open_device(cli, &mut config)?;
     let (size, block_size) = (device.size_bytes(), device.block_size());
     let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
     let mut daemon = Daemon::from_args(&cli.backend, backend)?;
@@ -144,8 +177,8 @@ fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
 fn run_exports(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     vhost_device_blk::export::check_distinct(&cli.export, cli.read_only)?;
     let mut daemon = cli.backend.multi_daemon()?;
-    for (export, config) in export_configs(cli) {
-        let device = BlkDevice::new(&config)
+    for (export, mut config) in export_configs(cli)? {
+        let device = open_device(cli, &mut config)
             .map_err(|e| format!("export {}: {e}", export.socket.display()))?;
         let (size, block_size) = (device.size_bytes(), device.block_size());
         let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
@@ -158,21 +191,21 @@ fn run_exports(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Each `--export` with the configuration of its disk: the command line's options with
 /// what the export says, the default engine following the export's own `direct`.
-fn export_configs(cli: &Cli) -> Vec<(&ExportSpec, BlkConfig)> {
-    let base = base_config(cli, PathBuf::new());
+fn export_configs(cli: &Cli) -> Result<Vec<(&ExportSpec, BlkConfig)>, String> {
+    let base = base_config(cli, PathBuf::new())?;
     cli.export
         .iter()
         .map(|export| {
             let mut config = export.config(&base);
-            config.aio = aio(cli, config.direct);
-            (export, config)
+            config.aio = aio(cli, config.direct)?;
+            Ok((export, config))
         })
         .collect()
 }
 
 /// The configuration the command line gives a disk at `path`.
-fn base_config(cli: &Cli, path: PathBuf) -> BlkConfig {
-    BlkConfig {
+fn base_config(cli: &Cli, path: PathBuf) -> Result<BlkConfig, String> {
+    Ok(BlkConfig {
         path,
         read_only: cli.read_only,
         num_queues: cli.num_queues,
@@ -180,20 +213,30 @@ fn base_config(cli: &Cli, path: PathBuf) -> BlkConfig {
         direct: cli.direct,
         serial: cli.serial.clone(),
         logical_block_size: cli.logical_block_size,
-        aio: aio(cli, cli.direct),
-    }
+        aio: aio(cli, cli.direct)?,
+    })
 }
 
 /// The engine `--aio` names, or the default for a disk opened with `direct` or not.
-fn aio(cli: &Cli, direct: bool) -> Aio {
-    let mode = cli.aio.unwrap_or(if direct {
-        AioMode::Threads
-    } else {
-        AioMode::Sync
-    });
-    match mode {
+fn aio(cli: &Cli, direct: bool) -> Result<Aio, String> {
+    Ok(match choose_aio(cli.aio, direct)? {
         AioMode::Sync => Aio::Sync,
         AioMode::Threads => Aio::Threads(cli.aio_threads),
+        AioMode::IoUring => Aio::IoUring,
+    })
+}
+
+/// Opens the disk `config` describes. When the default engine is io_uring and the probe's
+/// ring worked but the queues' did not (locked-memory limits of older kernels, many
+/// queues, ...), the default falls back to the I/O threads too.
+fn open_device(cli: &Cli, config: &mut BlkConfig) -> Result<BlkDevice, vhost_device_blk::Error> {
+    match BlkDevice::new(config) {
+        Err(vhost_device_blk::Error::Uring(e)) if cli.aio.is_none() => {
+            log::warn!("io_uring: {e}; requests run on I/O threads instead");
+            config.aio = Aio::Threads(cli.aio_threads);
+            BlkDevice::new(config)
+        }
+        r => r,
     }
 }
 
@@ -213,6 +256,7 @@ fn log_serving(config: &BlkConfig, size: u64, block_size: u32) {
         match config.aio {
             Aio::Sync => "requests run on the queue workers".to_owned(),
             Aio::Threads(n) => format!("requests run on {n} I/O threads"),
+            Aio::IoUring => "requests run on one io_uring per queue".to_owned(),
         }
     );
 }
@@ -231,17 +275,20 @@ mod tests {
             "socket=/b,file=/j",
         ])
         .unwrap();
-        let configs = export_configs(&cli);
-        assert_eq!(configs[0].1.aio, Aio::Threads(16), "direct=on: I/O threads");
+        let configs = export_configs(&cli).unwrap();
+        assert!(
+            matches!(configs[0].1.aio, Aio::IoUring | Aio::Threads(16)),
+            "direct=on: the O_DIRECT default (io_uring where it works, else I/O threads)"
+        );
         assert_eq!(configs[1].1.aio, Aio::Sync, "page cache: the queue workers");
         let cli =
             Cli::try_parse_from(["x", "--direct", "--export", "socket=/a,file=/i,direct=off"])
                 .unwrap();
-        assert_eq!(export_configs(&cli)[0].1.aio, Aio::Sync);
+        assert_eq!(export_configs(&cli).unwrap()[0].1.aio, Aio::Sync);
         let cli = Cli::try_parse_from(["x", "--aio", "threads", "--export", "socket=/a,file=/i"])
             .unwrap();
         assert_eq!(
-            export_configs(&cli)[0].1.aio,
+            export_configs(&cli).unwrap()[0].1.aio,
             Aio::Threads(16),
             "--aio wins"
         );

@@ -63,10 +63,18 @@ impl Harness {
         tweak: impl FnOnce(&mut BlkConfig),
         align: Option<direct::DirectAlign>,
     ) -> Result<Harness, Error> {
+        Harness::try_in(&std::env::temp_dir(), tweak, align)
+    }
+
+    /// [`try_with`](Self::try_with) with the image in `dir`.
+    fn try_in(
+        dir: &std::path::Path,
+        tweak: impl FnOnce(&mut BlkConfig),
+        align: Option<direct::DirectAlign>,
+    ) -> Result<Harness, Error> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("vhost-blk-unit-{}-{n}.img", std::process::id()));
+        let path = dir.join(format!("vhost-blk-unit-{}-{n}.img", std::process::id()));
         let mut f = File::create(&path).unwrap();
         let bytes: Vec<u8> = (0..DISK_BYTES).map(pattern).collect();
         f.write_all(&bytes).unwrap();
@@ -160,6 +168,7 @@ impl Harness {
                 "requests never completed"
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
+            self.reap();
             self.queue.publish();
         }
         let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
@@ -172,6 +181,27 @@ impl Harness {
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
+    }
+
+    /// What the queue's worker does when the device's descriptors are readable: an engine
+    /// that completes requests on its own event (io_uring) reaps them.
+    fn reap(&self) {
+        for fd in self.dev.worker_fds(0) {
+            self.dev.handle_event(0, fd.token).unwrap();
+        }
+    }
+
+    /// Stops the queue as GET_VRING_BASE does (up to 10 s) on another thread while this one
+    /// reaps as the queue's worker would; returns the base.
+    fn stop_while_reaping(&self) -> u16 {
+        std::thread::scope(|s| {
+            let stop = s.spawn(|| self.queue.stop(std::time::Duration::from_secs(10)));
+            while !stop.is_finished() {
+                self.reap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            stop.join().unwrap().unwrap()
+        })
     }
 
     /// Submits `bufs`, runs, and returns (used len, status byte at `status`).
@@ -246,355 +276,29 @@ fn expected(sector: u64, len: usize) -> Vec<u8> {
     (start..start + len).map(pattern).collect()
 }
 
-#[test]
-fn read_three_descriptors_returns_file_bytes_and_len_data_plus_status() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 3);
-    let r = h.one(&[(HDR, 16, false), (BUF, 1024, true), (ST, 1, true)], ST);
-    assert_eq!(r, (1025, VIRTIO_BLK_S_OK));
-    assert_eq!(h.guest(BUF, 1024), expected(3, 1024));
+/// The request matrix on every engine: `AIO` is the engine, `harness*` build on it.
+macro_rules! matrix_on {
+    ($name:ident, $aio:expr) => {
+        mod $name {
+            use super::*;
+
+            const AIO: Aio = $aio;
+
+            fn harness(read_only: bool) -> Harness {
+                Harness::with(|c| {
+                    c.aio = AIO;
+                    c.read_only = read_only;
+                })
+            }
+
+            include!("tests/matrix.rs");
+        }
+    };
 }
 
-#[test]
-fn read_header_split_over_three_descriptors_is_served() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 1);
-    let bufs = [
-        (HDR, 3, false),
-        (HDR + 3, 9, false),
-        (HDR + 12, 4, false),
-        (BUF, 512, true),
-        (ST, 1, true),
-    ];
-    assert_eq!(h.one(&bufs, ST), (513, VIRTIO_BLK_S_OK));
-    assert_eq!(h.guest(BUF, 512), expected(1, 512));
-}
-
-#[test]
-fn read_data_and_status_in_one_descriptor_is_served() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 2);
-    let r = h.one(&[(HDR, 16, false), (BUF, 513, true)], BUF + 512);
-    assert_eq!(r, (513, VIRTIO_BLK_S_OK));
-    assert_eq!(h.guest(BUF, 512), expected(2, 512));
-}
-
-#[test]
-fn read_buffer_straddling_two_memory_regions_is_served() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 4);
-    let at = REGION2 - 1000;
-    let r = h.one(&[(HDR, 16, false), (at, 2048, true), (ST, 1, true)], ST);
-    assert_eq!(r, (2049, VIRTIO_BLK_S_OK));
-    assert_eq!(h.guest(at, 2048), expected(4, 2048));
-}
-
-#[test]
-fn write_lands_in_file_and_returns_status_only() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_OUT, 5);
-    let data: Vec<u8> = (0..1024).map(|i| (i % 13) as u8).collect();
-    h.mem.write_slice(&data, GuestAddress(BUF)).unwrap();
-    // The data is split in two descriptors and shares the first with the header.
-    h.mem
-        .write_slice(&data[..100], GuestAddress(HDR + 16))
-        .unwrap();
-    let bufs = [(HDR, 116, false), (BUF + 100, 924, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
-    let file = h.file();
-    assert_eq!(&file[5 * 512..5 * 512 + 1024], &data[..]);
-    assert_eq!(&file[..5 * 512], &expected(0, 5 * 512)[..]);
-}
-
-#[test]
-fn write_in_writethrough_mode_lands_in_file() {
-    let mut h = Harness::new(false);
-    h.dev.write_config_space(32, &[0]).unwrap();
-    assert!(h.dev.writethrough());
-    h.header(HDR, VIRTIO_BLK_T_OUT, 0);
-    h.mem.write_slice(&[9u8; 512], GuestAddress(BUF)).unwrap();
-    let bufs = [(HDR, 16, false), (BUF, 512, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
-    assert_eq!(&h.file()[..512], &[9u8; 512][..]);
-}
-
-#[test]
-fn write_on_read_only_device_is_ioerr_and_file_unchanged() {
-    let mut h = Harness::new(true);
-    h.header(HDR, VIRTIO_BLK_T_OUT, 0);
-    let bufs = [(HDR, 16, false), (BUF, 512, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-    assert_eq!(h.file(), expected(0, DISK_BYTES));
-}
-
-#[test]
-fn flush_and_get_id_succeed_with_serial_zero_padded() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
-    assert_eq!(h.one(&[(HDR, 16, false), (ST, 1, true)], ST), (1, 0));
-    h.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
-    h.mem.write_slice(&[0xee; 20], GuestAddress(BUF)).unwrap();
-    let r = h.one(&[(HDR, 16, false), (BUF, 20, true), (ST, 1, true)], ST);
-    assert_eq!(r, (21, VIRTIO_BLK_S_OK));
-    let mut want = [0u8; 20];
-    want[..11].copy_from_slice(b"unit-serial");
-    assert_eq!(h.guest(BUF, 20), want);
-}
-
-#[test]
-fn discard_and_write_zeroes_zero_their_ranges_only() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
-    h.segment(HDR + 16, 8, 8, 0);
-    let bufs = [(HDR, 32, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
-    h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
-    h.segment(HDR + 16, 20, 1, 0);
-    h.segment(HDR + 32, 30, 2, WRITE_ZEROES_FLAG_UNMAP);
-    let bufs = [(HDR, 48, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
-    let file = h.file();
-    let mut want = expected(0, DISK_BYTES);
-    for (s, n) in [(8usize, 8usize), (20, 1), (30, 2)] {
-        want[s * 512..(s + n) * 512].fill(0);
-    }
-    assert_eq!(file, want);
-}
-
-#[test]
-fn discard_with_unmap_flag_is_unsupp() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
-    h.segment(HDR + 16, 0, 1, WRITE_ZEROES_FLAG_UNMAP);
-    let r = h.one(&[(HDR, 32, false), (ST, 1, true)], ST);
-    assert_eq!(r, (1, VIRTIO_BLK_S_UNSUPP));
-    assert_eq!(h.file(), expected(0, DISK_BYTES));
-}
-
-#[test]
-fn write_zeroes_segment_past_capacity_or_too_large_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
-    h.segment(HDR + 16, 127, 2, 0);
-    assert_eq!(h.one(&[(HDR, 32, false), (ST, 1, true)], ST), (1, 1));
-    h.segment(HDR + 16, 0, config::MAX_RANGE_SECTORS + 1, 0);
-    assert_eq!(h.one(&[(HDR, 32, false), (ST, 1, true)], ST), (1, 1));
-    // Payload not a whole number of segments.
-    assert_eq!(h.one(&[(HDR, 30, false), (ST, 1, true)], ST), (1, 1));
-    assert_eq!(h.file(), expected(0, DISK_BYTES));
-}
-
-#[test]
-fn unknown_request_type_is_unsupp() {
-    let mut h = Harness::new(false);
-    h.header(HDR, 99, 0);
-    let r = h.one(&[(HDR, 16, false), (ST, 1, true)], ST);
-    assert_eq!(r, (1, VIRTIO_BLK_S_UNSUPP));
-}
-
-#[test]
-fn header_shorter_than_16_bytes_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let r = h.one(&[(HDR, 8, false), (HDR + 8, 4, false), (ST, 1, true)], ST);
-    assert_eq!(r, (1, VIRTIO_BLK_S_IOERR));
-}
-
-#[test]
-fn chain_without_writable_status_is_returned_with_len_zero_and_queue_goes_on() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_OUT, 0);
-    h.mem.write_obj(0x55u8, GuestAddress(ST)).unwrap();
-    let head = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, false)]);
-    assert_eq!(h.run(), vec![(head, 0)]);
-    assert_eq!(h.guest(ST, 1), [0x55]);
-    assert_eq!(h.file(), expected(0, DISK_BYTES));
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
-    assert_eq!(r, (513, VIRTIO_BLK_S_OK));
-}
-
-#[test]
-fn readable_status_after_writable_data_is_ioerr_in_last_writable_byte() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let bufs = [(HDR, 16, false), (BUF, 512, true), (ST, 1, false)];
-    assert_eq!(h.one(&bufs, BUF + 511), (1, VIRTIO_BLK_S_IOERR));
-}
-
-#[test]
-fn read_with_device_readable_data_buffer_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    h.mem.write_slice(&[0xaa; 512], GuestAddress(BUF)).unwrap();
-    let bufs = [(HDR, 16, false), (BUF, 512, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-    assert_eq!(h.guest(BUF, 512), vec![0xaa; 512]);
-}
-
-#[test]
-fn write_with_device_writable_data_buffer_is_ioerr_and_file_unchanged() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_OUT, 0);
-    let bufs = [(HDR, 16, false), (BUF, 512, true), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-    assert_eq!(h.file(), expected(0, DISK_BYTES));
-}
-
-#[test]
-fn sector_past_capacity_or_overflowing_is_ioerr() {
-    let mut h = Harness::new(false);
-    let capacity = (DISK_BYTES / 512) as u64;
-    for sector in [capacity, capacity - 1, u64::MAX / 512, u64::MAX] {
-        h.header(HDR, VIRTIO_BLK_T_IN, sector);
-        let bufs = [(HDR, 16, false), (BUF, 1024, true), (ST, 1, true)];
-        assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR), "sector {sector}");
-    }
-    // The last sector itself is readable.
-    h.header(HDR, VIRTIO_BLK_T_IN, capacity - 1);
-    let bufs = [(HDR, 16, false), (BUF, 512, true), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (513, VIRTIO_BLK_S_OK));
-}
-
-#[test]
-fn data_length_not_multiple_of_512_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let bufs = [(HDR, 16, false), (BUF, 500, true), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-    h.header(HDR, VIRTIO_BLK_T_OUT, 0);
-    let bufs = [(HDR, 16, false), (BUF, 513, false), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-    assert_eq!(h.file(), expected(0, DISK_BYTES));
-}
-
-#[test]
-fn looping_chain_is_ioerr_and_next_request_works() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    // 0 -> 1 -> 0 -> ...: header, status, header, status, ...
-    h.write_desc(DESC, 0, SplitDescriptor::new(HDR, 16, F_NEXT, 1));
-    h.write_desc(DESC, 1, SplitDescriptor::new(ST, 1, F_NEXT | F_WRITE, 0));
-    h.next_desc = 2;
-    h.make_available(0);
-    h.mem.write_obj(0xffu8, GuestAddress(ST)).unwrap();
-    assert_eq!(h.run(), vec![(0, 1)]);
-    assert_eq!(h.guest(ST, 1), [VIRTIO_BLK_S_IOERR]);
-    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
-    assert_eq!(r, (513, VIRTIO_BLK_S_OK));
-}
-
-#[test]
-fn chain_longer_than_cap_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    // Three 100 MiB buffers that do not exist: refused on length before any is mapped.
-    let big = 100 << 20;
-    let bufs = [
-        (HDR, 16, false),
-        (0x1_0000_0000, big, true),
-        (0x2_0000_0000, big, true),
-        (0x3_0000_0000, big, true),
-        (ST, 1, true),
-    ];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-}
-
-#[test]
-fn indirect_chain_with_too_many_descriptors_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let mut bufs = vec![(HDR, 16, false)];
-    bufs.extend((0..MAX_DESCRIPTORS as u64).map(|i| (BUF + i, 1, true)));
-    bufs.push((ST, 1, true));
-    h.mem.write_obj(0xffu8, GuestAddress(ST)).unwrap();
-    let head = h.submit_indirect(&bufs);
-    assert_eq!(h.run(), vec![(head, 1)]);
-    assert_eq!(h.guest(ST, 1), [VIRTIO_BLK_S_IOERR]);
-}
-
-#[test]
-fn indirect_chain_is_served() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 6);
-    h.mem.write_obj(0xffu8, GuestAddress(ST)).unwrap();
-    let head = h.submit_indirect(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)]);
-    assert_eq!(h.run(), vec![(head, 513)]);
-    assert_eq!(h.guest(ST, 1), [VIRTIO_BLK_S_OK]);
-    assert_eq!(h.guest(BUF, 512), expected(6, 512));
-}
-
-#[test]
-fn data_buffer_outside_guest_memory_is_ioerr() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let bufs = [(HDR, 16, false), (MEM_END - 512, 1024, true), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-    let bufs = [(HDR, 16, false), (u64::MAX - 100, 512, true), (ST, 1, true)];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_IOERR));
-}
-
-#[test]
-fn status_byte_outside_guest_memory_gives_len_zero() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let head = h.submit(&[
-        (HDR, 16, false),
-        (BUF, 512, true),
-        (MEM_END + 4096, 1, true),
-    ]);
-    assert_eq!(h.run(), vec![(head, 0)]);
-}
-
-#[test]
-fn status_in_a_buffer_whose_end_overflows_is_not_written_at_a_wrapped_address() {
-    let mut h = Harness::new(false);
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    // The last writable buffer runs past the end of the address space: its last byte does
-    // not exist, and nothing is written where the address would wrap to (0xff).
-    let bufs = [
-        (HDR, 16, false),
-        (BUF, 512, true),
-        (u64::MAX - 0xff, 0x200, true),
-    ];
-    assert_eq!(h.one(&bufs, 0xff), (0, 0xff));
-}
-
-#[test]
-fn unsupported_type_with_an_unused_buffer_outside_memory_is_unsupp() {
-    let mut h = Harness::new(false);
-    h.header(HDR, 99, 0);
-    let bufs = [
-        (HDR, 16, false),
-        (MEM_END + 0x1000, 16, false),
-        (ST, 1, true),
-    ];
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_UNSUPP));
-    // A flush with one still flushes.
-    h.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
-    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
-}
-
-#[test]
-fn header_outside_guest_memory_is_ioerr() {
-    let mut h = Harness::new(false);
-    let r = h.one(&[(MEM_END, 16, false), (ST, 1, true)], ST);
-    assert_eq!(r, (1, VIRTIO_BLK_S_IOERR));
-}
-
-#[test]
-fn batch_of_many_chains_is_served_in_one_call() {
-    let mut h = Harness::new(false);
-    let mut heads = Vec::new();
-    heads.extend(h.submit_reads(40));
-    let used = h.run();
-    assert_eq!(used.len(), 40);
-    for (i, (head, len)) in used.into_iter().enumerate() {
-        assert_eq!((head, len), (heads[i], 513));
-        let got = h.guest(DATA + 0x10000 + i as u64 * 512, 512);
-        assert_eq!(got, expected(i as u64, 512), "request {i}");
-    }
-}
+matrix_on!(sync, Aio::Sync);
+matrix_on!(threads_matrix, Aio::Threads(4));
+matrix_on!(io_uring_matrix, Aio::IoUring);
 
 #[test]
 fn config_space_reports_capacity_and_writeback_is_the_only_writable_field() {
@@ -669,114 +373,124 @@ fn permission_denied_opening_the_image_suggests_read_only() {
     );
 }
 
-mod threads {
-    //! The same request path on a pool of I/O threads: requests complete out of order, from
-    //! other threads, after `process_queue` returned.
-    use super::*;
+/// Requests completed after `process_queue` returned, out of order, on every engine that
+/// keeps requests in flight: `AIO` is the engine.
+macro_rules! in_flight_on {
+    ($name:ident, $aio:expr) => {
+        mod $name {
+            const AIO: Aio = $aio;
+            use super::*;
 
-    fn harness() -> Harness {
-        Harness::with(|c| c.aio = Aio::Threads(4))
-    }
-
-    #[test]
-    fn reads_writes_get_id_and_discard_are_served() {
-        let mut h = harness();
-        h.header(HDR, VIRTIO_BLK_T_IN, 2);
-        let r = h.one(&[(HDR, 16, false), (BUF, 1024, true), (ST, 1, true)], ST);
-        assert_eq!(r, (1025, VIRTIO_BLK_S_OK));
-        assert_eq!(h.guest(BUF, 1024), expected(2, 1024));
-        let data = vec![0x3cu8; 512];
-        h.mem.write_slice(&data, GuestAddress(BUF)).unwrap();
-        h.header(HDR, VIRTIO_BLK_T_OUT, 4);
-        let r = h.one(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)], ST);
-        assert_eq!(r, (1, VIRTIO_BLK_S_OK));
-        assert_eq!(&h.file()[4 * 512..5 * 512], &data[..]);
-        h.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
-        let r = h.one(&[(HDR, 16, false), (BUF, 20, true), (ST, 1, true)], ST);
-        assert_eq!(r, (21, VIRTIO_BLK_S_OK));
-        h.header(HDR, 99, 0);
-        let r = h.one(&[(HDR, 16, false), (ST, 1, true)], ST);
-        assert_eq!(r, (1, VIRTIO_BLK_S_UNSUPP));
-    }
-
-    #[test]
-    fn many_reads_in_flight_complete_each_once_with_their_data() {
-        let mut h = harness();
-        let mut heads = Vec::new();
-        heads.extend(h.submit_reads(40));
-        let used = h.run();
-        assert_eq!(used.len(), 40);
-        let mut seen = std::collections::HashSet::new();
-        for (head, len) in used {
-            assert!(seen.insert(head), "head {head} twice");
-            assert_eq!(len, 513);
-            let i = heads.iter().position(|&x| x == head).unwrap() as u64;
-            assert_eq!(h.guest(DATA + 0x10000 + i * 512, 512), expected(i, 512));
-        }
-    }
-
-    #[test]
-    fn a_flush_completes_after_every_write_popped_before_it() {
-        for round in 0..5u64 {
-            let mut h = harness();
-            let mut writes = Vec::new();
-            for i in 0..24u64 {
-                let hdr = DATA + 0x8000 + i * 32;
-                h.header(hdr, VIRTIO_BLK_T_OUT, round * 64 + i);
-                writes.push(h.submit(&[
-                    (hdr, 16, false),
-                    (DATA + 0x10000 + i * 4096, 4096, false),
-                    (hdr + 16, 1, true),
-                ]));
+            fn harness() -> Harness {
+                Harness::with(|c| c.aio = AIO)
             }
-            let fhdr = DATA + 0x8000 + 24 * 32;
-            h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
-            let flush = h.submit(&[(fhdr, 16, false), (fhdr + 16, 1, true)]);
-            let used = h.run();
-            assert_eq!(used.len(), 25);
-            let at = used.iter().position(|&(head, _)| head == flush).unwrap();
-            assert_eq!(
-                at, 24,
-                "round {round}: the flush completed before a write: {used:?}"
-            );
-            assert!(writes
-                .iter()
-                .all(|w| used[..24].iter().any(|&(h, _)| h == *w)));
+
+            #[test]
+            fn reads_writes_get_id_and_discard_are_served() {
+                let mut h = harness();
+                h.header(HDR, VIRTIO_BLK_T_IN, 2);
+                let r = h.one(&[(HDR, 16, false), (BUF, 1024, true), (ST, 1, true)], ST);
+                assert_eq!(r, (1025, VIRTIO_BLK_S_OK));
+                assert_eq!(h.guest(BUF, 1024), expected(2, 1024));
+                let data = vec![0x3cu8; 512];
+                h.mem.write_slice(&data, GuestAddress(BUF)).unwrap();
+                h.header(HDR, VIRTIO_BLK_T_OUT, 4);
+                let r = h.one(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)], ST);
+                assert_eq!(r, (1, VIRTIO_BLK_S_OK));
+                assert_eq!(&h.file()[4 * 512..5 * 512], &data[..]);
+                h.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
+                let r = h.one(&[(HDR, 16, false), (BUF, 20, true), (ST, 1, true)], ST);
+                assert_eq!(r, (21, VIRTIO_BLK_S_OK));
+                h.header(HDR, 99, 0);
+                let r = h.one(&[(HDR, 16, false), (ST, 1, true)], ST);
+                assert_eq!(r, (1, VIRTIO_BLK_S_UNSUPP));
+            }
+
+            #[test]
+            fn many_reads_in_flight_complete_each_once_with_their_data() {
+                let mut h = harness();
+                let mut heads = Vec::new();
+                heads.extend(h.submit_reads(40));
+                let used = h.run();
+                assert_eq!(used.len(), 40);
+                let mut seen = std::collections::HashSet::new();
+                for (head, len) in used {
+                    assert!(seen.insert(head), "head {head} twice");
+                    assert_eq!(len, 513);
+                    let i = heads.iter().position(|&x| x == head).unwrap() as u64;
+                    assert_eq!(h.guest(DATA + 0x10000 + i * 512, 512), expected(i, 512));
+                }
+            }
+
+            #[test]
+            fn a_flush_completes_after_every_write_popped_before_it() {
+                for round in 0..5u64 {
+                    let mut h = harness();
+                    let mut writes = Vec::new();
+                    for i in 0..24u64 {
+                        let hdr = DATA + 0x8000 + i * 32;
+                        h.header(hdr, VIRTIO_BLK_T_OUT, round * 64 + i);
+                        writes.push(h.submit(&[
+                            (hdr, 16, false),
+                            (DATA + 0x10000 + i * 4096, 4096, false),
+                            (hdr + 16, 1, true),
+                        ]));
+                    }
+                    let fhdr = DATA + 0x8000 + 24 * 32;
+                    h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
+                    let flush = h.submit(&[(fhdr, 16, false), (fhdr + 16, 1, true)]);
+                    let used = h.run();
+                    assert_eq!(used.len(), 25);
+                    let at = used.iter().position(|&(head, _)| head == flush).unwrap();
+                    assert_eq!(
+                        at, 24,
+                        "round {round}: the flush completed before a write: {used:?}"
+                    );
+                    assert!(writes
+                        .iter()
+                        .all(|w| used[..24].iter().any(|&(h, _)| h == *w)));
+                }
+            }
+
+            #[test]
+            fn a_stop_with_requests_in_flight_waits_for_them_and_answers_the_base() {
+                let mut h = harness();
+                h.submit_reads(30);
+                h.queue.process(&h.dev).unwrap();
+                let base = h.stop_while_reaping();
+                assert_eq!(base, 30);
+                let used_idx: u16 = h.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+                assert_eq!(
+                    used_idx, 30,
+                    "every request completed before the stop answered"
+                );
+            }
+
+            #[test]
+            fn a_host_error_fails_that_request_only() {
+                let mut h = harness();
+                // The image shrinks under the device: reads past the new end fail on the host.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&h.path)
+                    .unwrap()
+                    .set_len(4096)
+                    .unwrap();
+                h.header(HDR, VIRTIO_BLK_T_IN, 64);
+                let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+                assert_eq!(r, (1, VIRTIO_BLK_S_IOERR));
+                h.header(HDR, VIRTIO_BLK_T_IN, 0);
+                let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+                assert_eq!(r, (513, VIRTIO_BLK_S_OK));
+            }
         }
-    }
-
-    #[test]
-    fn a_stop_with_requests_in_flight_waits_for_them_and_answers_the_base() {
-        let mut h = harness();
-        h.submit_reads(30);
-        h.queue.process(&h.dev).unwrap();
-        let base = h.queue.stop(std::time::Duration::from_secs(10)).unwrap();
-        assert_eq!(base, 30);
-        let used_idx: u16 = h.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        assert_eq!(
-            used_idx, 30,
-            "every request completed before the stop answered"
-        );
-    }
-
-    #[test]
-    fn a_host_error_fails_that_request_only() {
-        let mut h = harness();
-        // The image shrinks under the device: reads past the new end fail on the host.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&h.path)
-            .unwrap()
-            .set_len(4096)
-            .unwrap();
-        h.header(HDR, VIRTIO_BLK_T_IN, 64);
-        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
-        assert_eq!(r, (1, VIRTIO_BLK_S_IOERR));
-        h.header(HDR, VIRTIO_BLK_T_IN, 0);
-        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
-        assert_eq!(r, (513, VIRTIO_BLK_S_OK));
-    }
+    };
 }
+
+in_flight_on!(threads, Aio::Threads(4));
+in_flight_on!(io_uring, Aio::IoUring);
+
+mod uring;
 
 mod pool_order {
     //! Two queues' workers submit to one pool concurrently: a write classified by one before
@@ -865,4 +579,29 @@ fn a_panic_serving_a_write_on_an_io_thread_leaves_flushes_and_the_thread_working
     h.header(HDR, VIRTIO_BLK_T_IN, 0);
     let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
     assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the I/O thread still serves");
+}
+
+#[test]
+fn state_carries_the_cache_mode_and_refuses_another_disk() {
+    let a = Harness::new(false);
+    assert!(a.dev.supports_state_transfer());
+    assert!(!a.dev.writethrough());
+    a.dev
+        .write_config_space(WRITEBACK_OFFSET as u32, &[0])
+        .unwrap();
+    assert!(a.dev.writethrough());
+    let state = a.dev.snapshot().unwrap();
+
+    let b = Harness::new(false);
+    assert!(!b.dev.writethrough(), "a fresh device is in writeback mode");
+    b.dev.restore(&state).unwrap();
+    assert!(b.dev.writethrough(), "the driver's choice came over");
+    assert_eq!(b.dev.config_space().writeback, 0);
+
+    let ro = Harness::new(true);
+    assert!(ro.dev.restore(&state).is_err(), "state of a writable disk");
+    let mut bad = state.clone();
+    bad[5] = 9;
+    assert!(b.dev.restore(&bad).is_err());
+    assert!(b.dev.restore(&state[..8]).is_err());
 }

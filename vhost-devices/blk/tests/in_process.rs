@@ -167,7 +167,16 @@ impl Raw {
 
 #[test]
 fn hostile_chains_get_their_status_and_the_queue_keeps_serving() {
-    let (scratch, _d, cfg) = serve("hostile", |_| {});
+    hostile_chains_on("hostile", vhost_device_blk::Aio::Sync);
+}
+
+#[test]
+fn hostile_chains_get_their_status_and_the_queue_keeps_serving_on_io_uring() {
+    hostile_chains_on("hostile-uring", vhost_device_blk::Aio::IoUring);
+}
+
+fn hostile_chains_on(tag: &str, aio: vhost_device_blk::Aio) {
+    let (scratch, _d, cfg) = serve(tag, |c| c.aio = aio);
     let mut s = connect(&scratch.socket(), || options(1));
     let r = Raw::new(&s);
     let capacity = (IMAGE / 512) as u64;
@@ -324,4 +333,47 @@ fn direct_io_reads_and_writes_page_aligned_buffers() {
     let file = std::fs::read(&cfg.path).unwrap();
     assert_eq!(&file[24 * 512..24 * 512 + 4096], &data[..]);
     assert!(file[40 * 512..48 * 512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn io_uring_direct_two_queues_serve_and_get_vring_base_answers_after_every_popped_request() {
+    let (scratch, _d, cfg) = serve("uring", |c| {
+        c.aio = vhost_device_blk::Aio::IoUring;
+        c.direct = true;
+        c.num_queues = 2;
+    });
+    let mut s = connect(&scratch.socket(), || options(2));
+    let mut q: Vec<BlkRequests> = (0..2)
+        .map(|i| BlkRequests::new(&s, i, 16, 4096).unwrap())
+        .collect();
+    // Writes on queue 1, then a flush behind them, then reads of them on queue 0.
+    let data: Vec<u8> = (0..4096).map(|i| (i % 241) as u8 ^ 0xa5).collect();
+    for k in 0..8u64 {
+        q[1].write(&mut s, 64 + k * 8, &data, TIMEOUT).unwrap();
+    }
+    q[1].flush(&mut s, TIMEOUT).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for k in 0..8u64 {
+        q[0].read(&mut s, 64 + k * 8, &mut buf, TIMEOUT).unwrap();
+        assert_eq!(buf, data, "block {k}");
+    }
+    let file = std::fs::read(&cfg.path).unwrap();
+    assert_eq!(&file[64 * 512..64 * 512 + 4096], &data[..]);
+    // 16 reads in flight, then GET_VRING_BASE: every request popped before it answers is on
+    // the used ring by then, none after.
+    for k in 0..16u64 {
+        q[0].submit(&mut s, T_IN, k * 8, 4096).unwrap();
+    }
+    let base = s.frontend().get_vring_base(0).unwrap();
+    let mut used = 0u32;
+    while let Ok(c) = q[0].complete(&mut s, std::time::Duration::from_millis(300)) {
+        assert_eq!((c.status, c.len), (S_OK, 4097));
+        used += 1;
+    }
+    // The first 16 requests on this ring were the 8 reads above.
+    assert_eq!(
+        base,
+        8 + used,
+        "the base counts exactly the requests returned"
+    );
 }

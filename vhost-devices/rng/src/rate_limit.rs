@@ -85,6 +85,24 @@ impl Limiter {
         }
     }
 
+    /// The budget used in the current period and how far into the period `now` is (the
+    /// window first moved to the period `now` falls in), for migration.
+    pub(crate) fn save(&self, now: Instant) -> (u64, Duration) {
+        let mut b = self.lock();
+        b.available(now);
+        (b.window.used, now.saturating_duration_since(b.window.start))
+    }
+
+    /// Takes over a period saved by [`save`](Self::save) elsewhere: `used` bytes of it spent
+    /// (at most the budget), `into` of it elapsed (at most one period). The timer, if armed,
+    /// fires at the next pass's period end anyway.
+    pub(crate) fn restore(&self, used: u64, into: Duration, now: Instant) {
+        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let into = into.min(self.limit.period);
+        w.start = now.checked_sub(into).unwrap_or(now);
+        w.used = used.min(self.limit.max_bytes);
+    }
+
     /// Back to a fresh period starting now, timer disarmed.
     pub(crate) fn reset(&self) {
         let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);

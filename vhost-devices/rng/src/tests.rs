@@ -101,6 +101,17 @@ const RINGS: u64 = 0x10_0000;
 /// Serves one chain of device-writable buffers through the runtime's test queue; returns
 /// the used length.
 fn serve(regions: &[(GuestAddress, usize)], bufs: &[(u64, u32)]) -> (GuestMemoryMmap, u32) {
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    let (mem, len) = serve_on(&d, regions, bufs);
+    (mem, len.expect("the chain was served"))
+}
+
+/// [`serve`] on device `d`; `None` when the device left the chain in the ring (paused).
+fn serve_on(
+    d: &RngDevice,
+    regions: &[(GuestAddress, usize)],
+    bufs: &[(u64, u32)],
+) -> (GuestMemoryMmap, Option<u32>) {
     let mut all = regions.to_vec();
     all.push((GuestAddress(RINGS), 0x1000));
     let mem = GuestMemoryMmap::from_ranges(&all).unwrap();
@@ -123,11 +134,52 @@ fn serve(regions: &[(GuestAddress, usize)], bufs: &[(u64, u32)]) -> (GuestMemory
         false,
     )
     .unwrap();
-    let d = RngDevice::new(&RngConfig::default()).unwrap();
-    q.process(&d).unwrap();
-    assert_eq!(mem.read_obj::<u16>(GuestAddress(RINGS + 0x402)).unwrap(), 1);
+    q.process(d).unwrap();
+    let used = mem.read_obj::<u16>(GuestAddress(RINGS + 0x402)).unwrap();
     let len = mem.read_obj::<u32>(GuestAddress(RINGS + 0x408)).unwrap();
-    (mem, len)
+    (mem, (used == 1).then_some(len))
+}
+
+#[test]
+fn state_carries_the_spent_budget_to_another_device() {
+    let cfg = RngConfig {
+        rate_limit: limit(60_000, 100),
+        ..RngConfig::default()
+    };
+    let regions = [(GuestAddress(0), 0x1000)];
+    let a = RngDevice::new(&cfg).unwrap();
+    assert!(a.supports_state_transfer());
+    let (_, len) = serve_on(&a, &regions, &[(0, 0x80)]);
+    assert_eq!(len, Some(100), "the whole budget");
+    let state = a.snapshot().unwrap();
+    let saved = RngState::decode(&state).unwrap();
+    assert!(saved.limited);
+    assert_eq!(saved.used, 100);
+
+    // A fresh device would serve at once; one restored from `a` has nothing left.
+    let fresh = RngDevice::new(&cfg).unwrap();
+    assert_eq!(serve_on(&fresh, &regions, &[(0, 0x10)]).1, Some(16));
+    let b = RngDevice::new(&cfg).unwrap();
+    b.restore(&state).unwrap();
+    assert_eq!(serve_on(&b, &regions, &[(0, 0x10)]).1, None, "paused");
+
+    // Malformed state is refused; a device without a limit takes any valid state.
+    for bad in [
+        &state[..21],
+        &b"VRNG\x02\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"[..],
+    ] {
+        assert!(b.restore(bad).is_err());
+    }
+    let mut flag = state.clone();
+    flag[5] = 2;
+    assert!(b.restore(&flag).is_err());
+    let unlimited = RngDevice::new(&RngConfig::default()).unwrap();
+    unlimited.restore(&state).unwrap();
+    assert!(
+        !RngState::decode(&unlimited.snapshot().unwrap())
+            .unwrap()
+            .limited
+    );
 }
 
 #[test]

@@ -8,7 +8,8 @@ use crate::backend_channel::BackendRequestHandler;
 use crate::guest_memory::RegionSpec;
 
 /// Virtio features a session never acks by default: dirty logging for every write
-/// (`VHOST_F_LOG_ALL`, a migration mode the session does not drive), ACCESS_PLATFORM (the
+/// (`VHOST_F_LOG_ALL`, acked by [`Session::start_logging`](super::Session::start_logging)
+/// only, as QEMU acks it only while migrating), ACCESS_PLATFORM (the
 /// session sends no IOTLB entries) and packed rings (unmask RING_PACKED to run the
 /// session's drivers with the packed layout).
 pub const DEFAULT_FEATURE_MASK: u64 = virtio::bit(virtio::LOG_ALL)

@@ -28,8 +28,10 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 pub(super) const DESC_ALIGN: u64 = 16;
 /// Alignment of the available ring.
 pub(super) const AVAIL_ALIGN: u64 = 2;
-/// Alignment of the used ring.
-pub(super) const USED_ALIGN: u64 = 4;
+/// Alignment of the used ring: a page of its own, as in the legacy layout (virtio 1.2,
+/// 2.7.2), so that the pages the device writes (used ring) are apart from the ones it only
+/// reads (descriptor table, available ring), which a dirty-log check tells apart.
+pub(super) const USED_ALIGN: u64 = 4096;
 /// Size of `virtq_desc`.
 pub(super) const DESC_SIZE: u64 = 16;
 /// Offset of `ring` in both rings (after `flags` and `idx`).

@@ -1,0 +1,531 @@
+//! Asynchronous guest I/O with io_uring: vectored reads and writes straight between a file
+//! and requests' buffers, many in flight at once, completed later.
+//!
+//! A [`GuestUring`] is one io_uring bound to one file (registered with the ring, so the
+//! kernel holds it for as long as the ring lives). A device hands it a [`Request`] with
+//! [`read_to_writable`](GuestUring::read_to_writable),
+//! [`write_from_readable`](GuestUring::write_from_readable) or
+//! [`sync_data`](GuestUring::sync_data), sends what it queued with one system call
+//! ([`submit`](GuestUring::submit)), and gets the request back from
+//! [`reap`](GuestUring::reap) once the kernel is done with its buffers, to write a status
+//! and [`complete`](Request::complete) it. The ring signals its eventfd
+//! ([`eventfd`](GuestUring::eventfd)) when completions arrive: a device watches it from its
+//! worker ([`VirtioDevice::worker_fds`](super::VirtioDevice::worker_fds)) and reaps in
+//! [`handle_event`](super::VirtioDevice::handle_event).
+//!
+//! Why this is sound: a submitted operation points the kernel at guest memory (the iovecs)
+//! and at an iovec array. The ring owns every request it was handed until that request's
+//! completion is reaped, keyed by the operation's `user_data`; the request holds the memory
+//! map its buffers lie in, so the mapping cannot go away while the kernel may still access
+//! it (a new memory table unmaps the old one only when the last request holding it is gone).
+//! The iovec array is the slot's own, untouched until its completion is reaped. The device
+//! never sees the request in between, so it cannot drop it early; dropping the ring waits
+//! for every operation in flight first (and leaks them, keeping their memory mapped, if
+//! even that fails). Short transfers continue where they stopped, like
+//! [`FileIo`](super::FileIo)'s loop; pages a read wrote are marked dirty once it completed.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{opcode, types, IoUring};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::guest_io::{self, GuestIoError, IoAlign, IOV_MAX};
+use super::request::Request;
+
+/// Checks that io_uring can be used here: a ring can be set up (not refused by
+/// `kernel.io_uring_disabled`, a seccomp filter or an old kernel) and it knows every
+/// operation [`GuestUring`] submits. The error says why not.
+pub fn probe() -> io::Result<()> {
+    let ring = IoUring::new(2)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    for (code, name) in [
+        (opcode::Readv::CODE, "READV"),
+        (opcode::Writev::CODE, "WRITEV"),
+        (opcode::Fsync::CODE, "FSYNC"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the kernel's io_uring lacks IORING_OP_{name}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A request the kernel is done with, given back to the device.
+#[derive(Debug)]
+pub struct Reaped<T> {
+    /// The request (not completed: the device writes its status and completes it).
+    pub req: Request,
+    /// What the device attached to the operation.
+    pub tag: T,
+    /// Whether the whole transfer (or the sync) succeeded.
+    pub result: Result<(), GuestIoError>,
+}
+
+/// An operation that was not submitted, and why; the request comes back untouched.
+#[derive(Debug)]
+pub struct Refused<T> {
+    /// The request.
+    pub req: Request,
+    /// What the device attached to the operation.
+    pub tag: T,
+    /// Why: [`GuestIoError::Unaligned`] for buffers direct I/O cannot take as they are,
+    /// [`GuestIoError::Stale`], a buffer outside guest memory or too short, or (with
+    /// [`GuestIoError::Io`]) no free slot or a full submission queue.
+    pub error: GuestIoError,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    SyncData,
+}
+
+struct InFlight<T> {
+    req: Request,
+    tag: T,
+    kind: Kind,
+    /// File offset of the next byte to transfer.
+    offset: u64,
+    /// First iovec of the slot not transferred completely.
+    first: usize,
+    /// Bytes left to transfer.
+    left: u64,
+    /// Bytes of the whole transfer.
+    total: u64,
+}
+
+struct Slot<T> {
+    op: Option<InFlight<T>>,
+    /// The operation's iovecs (their array is what READV/WRITEV point the kernel at).
+    iov: Vec<libc::iovec>,
+}
+
+/// One io_uring bound to one file. See the [module docs](self).
+pub struct GuestUring<T> {
+    ring: IoUring,
+    eventfd: EventFd,
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    in_flight: usize,
+    /// Completions copied out of the completion queue, reused.
+    cqes: Vec<(u64, i32)>,
+}
+
+// SAFETY: the raw pointers a `GuestUring` holds (in its iovecs) point into guest memory
+// mapped by the requests it owns, which are `Send`, and into its own iovec arrays; only the
+// kernel dereferences them, and every method that touches them takes `&mut self`. Moving the
+// ring to another thread moves no unsynchronised access.
+unsafe impl<T: Send> Send for GuestUring<T> {}
+
+impl<T> std::fmt::Debug for GuestUring<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestUring")
+            .field("depth", &self.slots.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+/// The file's index among the ring's registered files.
+const FILE: types::Fixed = types::Fixed(0);
+
+// A refused operation gives its request back by value, which makes the error large; it is
+// the rare path.
+#[allow(clippy::result_large_err)]
+impl<T> GuestUring<T> {
+    /// A ring for I/O on `file` with room for `depth` operations in flight (a queue's size),
+    /// with its completion eventfd registered.
+    pub fn new(file: &File, depth: u16) -> io::Result<Self> {
+        let depth = depth.max(1);
+        let ring = IoUring::new(u32::from(depth).next_power_of_two())?;
+        ring.submitter().register_files(&[file.as_raw_fd()])?;
+        let eventfd = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(GuestUring {
+            ring,
+            eventfd,
+            slots: (0..depth)
+                .map(|_| Slot {
+                    op: None,
+                    iov: Vec::new(),
+                })
+                .collect(),
+            free: (0..u32::from(depth)).rev().collect(),
+            in_flight: 0,
+            cqes: Vec::with_capacity(usize::from(depth)),
+        })
+    }
+
+    /// The eventfd the ring signals when operations complete (non-blocking; [`reap`](Self::reap)
+    /// resets it).
+    pub fn eventfd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Operations submitted or queued and not reaped yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Queues a read of `len` bytes of the file at `offset` into the request's writable bytes
+    /// from their start. With `align`, buffers (host-adjacent ones merged) that do not meet
+    /// it are refused with [`GuestIoError::Unaligned`] before anything is queued.
+    pub fn read_to_writable(
+        &mut self,
+        req: Request,
+        offset: u64,
+        len: u64,
+        align: Option<IoAlign>,
+        tag: T,
+    ) -> Result<(), Refused<T>> {
+        self.start(req, tag, Kind::Read, offset, 0, len, align)
+    }
+
+    /// Queues a write of `len` readable bytes of the request, from `skip` on, to the file at
+    /// `offset`. `align` as for [`read_to_writable`](Self::read_to_writable).
+    pub fn write_from_readable(
+        &mut self,
+        req: Request,
+        offset: u64,
+        skip: u64,
+        len: u64,
+        align: Option<IoAlign>,
+        tag: T,
+    ) -> Result<(), Refused<T>> {
+        self.start(req, tag, Kind::Write, offset, skip, len, align)
+    }
+
+    /// Queues an `fdatasync` of the file for `req` (which the sync does not touch).
+    pub fn sync_data(&mut self, req: Request, tag: T) -> Result<(), Refused<T>> {
+        self.start(req, tag, Kind::SyncData, 0, 0, 0, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        req: Request,
+        tag: T,
+        kind: Kind,
+        offset: u64,
+        skip: u64,
+        len: u64,
+        align: Option<IoAlign>,
+    ) -> Result<(), Refused<T>> {
+        let Some(&idx) = self.free.last() else {
+            return Err(Refused {
+                req,
+                tag,
+                error: GuestIoError::Io(io::Error::from_raw_os_error(libc::EBUSY)),
+            });
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.iov.clear();
+        if kind != Kind::SyncData {
+            if let Err(error) = build_iov(&req, kind, skip, len, align, &mut slot.iov) {
+                slot.iov.clear();
+                return Err(Refused { req, tag, error });
+            }
+        }
+        slot.op = Some(InFlight {
+            req,
+            tag,
+            kind,
+            offset,
+            first: 0,
+            left: len,
+            total: len,
+        });
+        let mut pushed = self.push(idx);
+        if pushed.is_err() {
+            // Entries left over from a submission that failed: send them, then try again.
+            pushed = self.submit().and_then(|()| self.push(idx));
+        }
+        if let Err(error) = pushed {
+            let slot = &mut self.slots[idx as usize];
+            slot.iov.clear();
+            let op = slot.op.take().expect("the operation just stored");
+            return Err(Refused {
+                req: op.req,
+                tag: op.tag,
+                error: GuestIoError::Io(error),
+            });
+        }
+        self.free.pop();
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Queues the submission entry for what is left of slot `idx`'s operation.
+    fn push(&mut self, idx: u32) -> io::Result<()> {
+        let slot = &self.slots[idx as usize];
+        let Some(op) = slot.op.as_ref() else {
+            return Err(io::Error::other("no operation in the slot"));
+        };
+        let entry = match op.kind {
+            Kind::Read | Kind::Write => {
+                let iov = &slot.iov[op.first..];
+                // At most IOV_MAX (1024) entries a call: the rest follows as a short transfer.
+                let n = iov.len().min(IOV_MAX) as u32;
+                if op.kind == Kind::Read {
+                    opcode::Readv::new(FILE, iov.as_ptr(), n)
+                        .offset(op.offset)
+                        .build()
+                } else {
+                    opcode::Writev::new(FILE, iov.as_ptr(), n)
+                        .offset(op.offset)
+                        .build()
+                }
+            }
+            Kind::SyncData => opcode::Fsync::new(FILE)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(u64::from(idx));
+        let mut sq = self.ring.submission();
+        // SAFETY: the entry points the kernel at the slot's iovec array, whose heap buffer
+        // stays where it is, unchanged, until this slot's completion is reaped (the slot is
+        // neither freed nor refilled before), and through it at guest memory checked against
+        // the memory map the slot's request holds, which the ring keeps until then too (see
+        // the module docs: dropping the ring waits for every operation or leaks them). The
+        // file is registered with the ring. A read writes only those guest ranges.
+        let pushed = unsafe { sq.push(&entry) };
+        drop(sq);
+        pushed.map_err(|_| io::Error::other("the submission queue is full"))
+    }
+
+    /// Sends every queued operation to the kernel with one system call.
+    pub fn submit(&mut self) -> io::Result<()> {
+        loop {
+            if self.ring.submission().is_empty() {
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes every completion the kernel posted: finished operations are appended to `out`
+    /// (their requests given back), short transfers and interrupted operations are queued
+    /// again for what is left (and submitted). Resets the eventfd first, so a completion
+    /// posted after this looked signals it again. Returns the number appended.
+    pub fn reap(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
+        let _ = self.eventfd.read();
+        self.take_completions(out)
+    }
+
+    /// [`reap`](Self::reap) without a system call when nothing was posted (right after a
+    /// submission, for what the kernel served inline, e.g. from the page cache). Leaves the
+    /// eventfd readable when it finds nothing: the handler of the eventfd must use `reap`.
+    pub fn reap_ready(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
+        if self.ring.completion().is_empty() {
+            return 0;
+        }
+        self.reap(out)
+    }
+
+    fn take_completions(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
+        let before = out.len();
+        loop {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            if cqes.is_empty() {
+                self.cqes = cqes;
+                break;
+            }
+            let mut again = false;
+            for &(data, res) in &cqes {
+                again |= self.on_completion(data, res, out);
+            }
+            cqes.clear();
+            self.cqes = cqes;
+            if again {
+                if let Err(e) = self.submit() {
+                    log::warn!("io_uring: resubmitting a short transfer: {e}");
+                }
+            }
+        }
+        out.len() - before
+    }
+
+    /// Handles one completion; `true` when the operation was queued again.
+    fn on_completion(&mut self, data: u64, res: i32, out: &mut Vec<Reaped<T>>) -> bool {
+        let Some(slot) = usize::try_from(data)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+        else {
+            log::error!("io_uring: completion for an unknown slot {data}");
+            return false;
+        };
+        let Some(op) = slot.op.as_mut() else {
+            log::error!("io_uring: completion for the empty slot {data}");
+            return false;
+        };
+        let result = if res < 0 {
+            let errno = -res;
+            if errno == libc::EINTR || errno == libc::EAGAIN {
+                return self.requeue(data as u32, out);
+            }
+            Err(io::Error::from_raw_os_error(errno))
+        } else if op.kind == Kind::SyncData {
+            Ok(())
+        } else {
+            let done = res as u64;
+            if done >= op.left {
+                Ok(())
+            } else if done == 0 {
+                Err(match op.kind {
+                    Kind::Read => io::ErrorKind::UnexpectedEof.into(),
+                    _ => io::ErrorKind::WriteZero.into(),
+                })
+            } else {
+                op.left -= done;
+                op.offset += done;
+                advance(&mut slot.iov, &mut op.first, done);
+                return self.requeue(data as u32, out);
+            }
+        };
+        self.finish(data as u32, result.map_err(GuestIoError::Io), out);
+        false
+    }
+
+    /// Queues slot `idx`'s operation again; fails it when that is impossible.
+    fn requeue(&mut self, idx: u32, out: &mut Vec<Reaped<T>>) -> bool {
+        match self.push(idx) {
+            Ok(()) => true,
+            Err(e) => {
+                self.finish(idx, Err(GuestIoError::Io(e)), out);
+                false
+            }
+        }
+    }
+
+    /// Frees slot `idx` and gives its request back with `result`.
+    fn finish(&mut self, idx: u32, result: Result<(), GuestIoError>, out: &mut Vec<Reaped<T>>) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(op) = slot.op.take() else {
+            return;
+        };
+        slot.iov.clear();
+        self.free.push(idx);
+        self.in_flight -= 1;
+        if result.is_ok() && op.kind == Kind::Read {
+            op.req.mark_written(0, op.total);
+        }
+        out.push(Reaped {
+            req: op.req,
+            tag: op.tag,
+            result,
+        });
+    }
+}
+
+impl<T> Drop for GuestUring<T> {
+    fn drop(&mut self) {
+        let mut out = Vec::new();
+        while self.in_flight > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The kernel may still use the buffers: keep them mapped for ever.
+                    log::error!(
+                        "io_uring: waiting for {} operations in flight failed ({e}); their \
+                         requests are leaked",
+                        self.in_flight
+                    );
+                    std::mem::forget(std::mem::take(&mut self.slots));
+                    return;
+                }
+            }
+            self.reap(&mut out);
+            for r in out.drain(..) {
+                log::debug!("io_uring: request {} returned at shutdown", r.req.head());
+                r.req.complete(0);
+            }
+        }
+    }
+}
+
+/// The iovecs of `len` bytes of the request (writable ones from the start for a read,
+/// readable ones from `skip` for a write), host-adjacent ones merged.
+fn build_iov(
+    req: &Request,
+    kind: Kind,
+    skip: u64,
+    len: u64,
+    align: Option<IoAlign>,
+    iov: &mut Vec<libc::iovec>,
+) -> Result<(), GuestIoError> {
+    req.check_current()?;
+    let mem = req.memory();
+    let mut total = 0u64;
+    let pieces: &mut dyn Iterator<Item = _> = match kind {
+        Kind::Read => &mut req.writable_pieces(skip, len),
+        _ => &mut req.readable_pieces(skip, len),
+    };
+    for (addr, n) in pieces {
+        guest_io::push_range(mem, iov, addr, n)?;
+        total += n;
+    }
+    if total != len {
+        return Err(GuestIoError::Short {
+            wanted: len,
+            got: total,
+        });
+    }
+    guest_io::merge_contiguous(iov);
+    if let Some(a) = align {
+        if !guest_io::is_aligned(iov, a) {
+            return Err(GuestIoError::Unaligned);
+        }
+    }
+    Ok(())
+}
+
+/// Moves `first` past `done` transferred bytes of `iov`, shortening the iovec it stops in.
+fn advance(iov: &mut [libc::iovec], first: &mut usize, mut done: u64) {
+    while done > 0 {
+        let Some(v) = iov.get_mut(*first) else {
+            return;
+        };
+        let len = v.iov_len as u64;
+        if done >= len {
+            done -= len;
+            *first += 1;
+        } else {
+            v.iov_base = v.iov_base.cast::<u8>().wrapping_add(done as usize).cast();
+            v.iov_len -= done as usize;
+            done = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_skips_whole_entries_and_shortens_the_one_it_stops_in() {
+        let e = |addr: usize, len: usize| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        };
+        let mut v = [e(0x1000, 512), e(0x3000, 1024), e(0x8000, 512)];
+        let mut first = 0;
+        advance(&mut v, &mut first, 512 + 100);
+        assert_eq!(first, 1);
+        assert_eq!((v[1].iov_base as usize, v[1].iov_len), (0x3000 + 100, 924));
+        advance(&mut v, &mut first, 924 + 512);
+        assert_eq!(first, 3);
+    }
+}

@@ -1,0 +1,164 @@
+//! The runtime's io_uring guest I/O (`runtime::uring`) over a pipe, whose reads stay in
+//! flight until the test writes: a request stays outstanding after `process_queue` returns,
+//! the ring's eventfd says when it completed, a short read goes on for the rest, a stop
+//! (GET_VRING_BASE) waits for the read in flight, and dropping the ring waits for it too.
+#![cfg(target_os = "linux")]
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::BorrowedFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::{
+    DeviceError, GuestUring, Processed, QueueContext, Reaped, VirtioDevice,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Reads each request's writable bytes from the pipe.
+struct PipeReader(Mutex<GuestUring<()>>);
+
+impl PipeReader {
+    /// Completes what the ring finished: the writable length, or 0 on an error.
+    fn reap(&self) -> usize {
+        let mut out = Vec::new();
+        self.0.lock().unwrap().reap(&mut out);
+        let n = out.len();
+        for Reaped { req, result, .. } in out {
+            let len = if result.is_ok() {
+                req.writable_len() as u32
+            } else {
+                0
+            };
+            req.complete(len);
+        }
+        n
+    }
+
+    fn eventfd_readable(&self, timeout_ms: u16) -> bool {
+        let fd = self.0.lock().unwrap().eventfd();
+        // SAFETY: the ring's eventfd stays open while the ring lives, which is longer than
+        // this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(timeout_ms)).unwrap() == 1
+    }
+}
+
+impl VirtioDevice for PipeReader {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn num_queues(&self) -> usize {
+        1
+    }
+    fn max_queue_size(&self) -> u16 {
+        16
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        let mut u = self.0.lock().unwrap();
+        while let Some(req) = ctx.pop() {
+            let len = req.writable_len();
+            if let Err(r) = u.read_to_writable(req, 0, len, None, ()) {
+                panic!("refused: {}", r.error);
+            }
+        }
+        u.submit()?;
+        Ok(Processed::Drained)
+    }
+}
+
+const LEN: usize = 64;
+const BUF: u64 = 0x8000;
+
+/// Guest memory with one writable 64-byte descriptor available as head 0, its queue, the
+/// device over a fresh pipe, and the pipe's write end.
+fn setup() -> (GuestMemoryMmap, TestQueue, PipeReader, File) {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    mem.write_obj(BUF, GuestAddress(0x1000)).unwrap();
+    mem.write_obj(LEN as u32, GuestAddress(0x1008)).unwrap();
+    mem.write_obj(2u16, GuestAddress(0x100c)).unwrap(); // VRING_DESC_F_WRITE
+    mem.write_obj(0u16, GuestAddress(0x2004)).unwrap();
+    mem.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+    let q = TestQueue::new(0, mem.clone(), 16, [0x1000, 0x2000, 0x3000], false).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let dev = PipeReader(Mutex::new(GuestUring::new(&File::from(r), 16).unwrap()));
+    (mem, q, dev, File::from(w))
+}
+
+fn data() -> Vec<u8> {
+    (0..LEN as u8).map(|i| i.wrapping_mul(13) ^ 0x5a).collect()
+}
+
+#[test]
+fn a_stop_waits_for_a_read_in_flight_and_a_short_read_goes_on_for_the_rest() {
+    let (mem, q, dev, mut w) = setup();
+    q.process(&dev).unwrap();
+    assert_eq!(q.outstanding(), 1, "the read waits for the pipe");
+    assert_eq!(dev.reap(), 0);
+    let want = data();
+    // Part of the data: the kernel completes the read short, the ring asks for the rest.
+    w.write_all(&want[..20]).unwrap();
+    assert!(
+        dev.eventfd_readable(5000),
+        "the eventfd announces the completion"
+    );
+    assert_eq!(dev.reap(), 0, "a short read is not finished");
+    assert_eq!(q.outstanding(), 1);
+    std::thread::scope(|s| {
+        let stop = s.spawn(|| q.stop(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!stop.is_finished(), "the stop waits for the read in flight");
+        w.write_all(&want[20..]).unwrap();
+        // What the queue's worker does meanwhile: reap when the eventfd says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stop.is_finished() {
+            assert!(Instant::now() < deadline, "the stop never returned");
+            if dev.eventfd_readable(10) {
+                dev.reap();
+            }
+        }
+        assert_eq!(
+            stop.join().unwrap().unwrap(),
+            1,
+            "the base after the one request"
+        );
+    });
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(),
+        LEN as u32
+    );
+    let mut got = vec![0u8; LEN];
+    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(got, want, "both parts landed in guest memory, in order");
+}
+
+#[test]
+fn dropping_the_ring_waits_for_the_read_in_flight() {
+    let (mem, q, dev, mut w) = setup();
+    q.process(&dev).unwrap();
+    assert_eq!(q.outstanding(), 1);
+    std::thread::scope(|s| {
+        let dropped = s.spawn(move || drop(dev));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !dropped.is_finished(),
+            "the ring went away with the kernel still holding guest buffers"
+        );
+        w.write_all(&data()).unwrap();
+        dropped.join().unwrap();
+    });
+    // Returned at shutdown with length 0, its data in place.
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 0);
+    let mut got = vec![0u8; LEN];
+    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(got, data());
+}
