@@ -15,7 +15,7 @@
 //! This module is the layout only: which buffer is next, where its used descriptor goes,
 //! and whether a notification is wanted. The request lifecycle (outstanding IDs, batches of
 //! completions, generations, stopping) is the same state machine as for split rings
-//! ([`super::vring`]), with the buffer ID in the place of the head index.
+//! (`runtime/vring.rs`), with the buffer ID in the place of the head index.
 //!
 //! Whatever the driver writes, nothing here panics or reads outside guest memory: a chain
 //! whose next descriptor is not available (a lying wrap counter), a chain longer than the
