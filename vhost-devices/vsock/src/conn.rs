@@ -135,9 +135,13 @@ impl Conn {
     /// Takes the guest's `buf_alloc` and `fwd_cnt` from one of its packets. `Ok(true)` when
     /// the credit grew. A `fwd_cnt` ahead of what was sent is refused.
     pub fn update_peer(&mut self, buf_alloc: u32, fwd_cnt: u32) -> Result<bool, CreditViolation> {
-        // The guest cannot have consumed bytes it was never sent: as a signed distance,
-        // what it claims must not lie ahead of `rx_cnt`.
-        if (self.rx_cnt.wrapping_sub(fwd_cnt) as i32) < 0 {
+        // The guest cannot have consumed bytes it was never sent. Anything from its last
+        // `fwd_cnt` up to `rx_cnt` is possible, however many bytes are in flight (a guest
+        // buffer may exceed 2 GiB); outside that, a signed distance tells an older value
+        // (accepted, as before) from one ahead of `rx_cnt`.
+        let in_flight = self.rx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        let behind = self.rx_cnt.wrapping_sub(fwd_cnt);
+        if behind > in_flight && (behind as i32) < 0 {
             return Err(CreditViolation);
         }
         let before = self.credit();
@@ -329,6 +333,20 @@ mod tests {
     }
 
     #[test]
+    fn more_than_two_gib_in_flight_to_a_guest_with_a_large_buffer_is_no_violation() {
+        let (mut c, _peer) = conn();
+        c.update_peer(u32::MAX, 0).unwrap();
+        // 3 GiB sent, the guest has consumed 1 GiB of it: 2 GiB in flight.
+        c.sent_to_guest(3 << 30);
+        assert_eq!(c.update_peer(u32::MAX, 1 << 30), Ok(true));
+        assert_eq!(c.credit(), u32::MAX - (2 << 30));
+        // Every value up to what was sent stays acceptable, nothing past it.
+        assert_eq!(c.update_peer(u32::MAX, 3 << 30), Ok(true));
+        assert_eq!(c.credit(), u32::MAX);
+        assert_eq!(c.update_peer(u32::MAX, (3 << 30) + 1), Err(CreditViolation));
+    }
+
+    #[test]
     fn guest_bytes_beyond_the_announced_buffer_are_refused_and_a_full_host_is_buffered() {
         let (mut c, peer) = conn();
         let chunk = vec![7u8; 64 * 1024];
@@ -361,6 +379,27 @@ mod tests {
         assert_eq!(got, sent);
         assert_eq!(c.fwd_cnt, c.recv_cnt);
         assert!(c.has_room(BUF_ALLOC));
+    }
+
+    #[test]
+    fn a_pending_buffer_gives_its_memory_back_once_the_host_caught_up() {
+        let (mut c, peer) = conn();
+        let chunk = vec![7u8; 64 * 1024];
+        while c.has_room(chunk.len() as u32) {
+            c.push_guest_bytes(&chunk).unwrap();
+        }
+        assert!(c.pending.capacity() > SHRINK_ABOVE, "nothing was buffered");
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        while c.has_pending() {
+            while (&peer).read(&mut buf).is_ok() {}
+            c.flush().unwrap();
+        }
+        assert!(
+            c.pending.capacity() <= SHRINK_ABOVE,
+            "an emptied pending buffer keeps {} bytes",
+            c.pending.capacity()
+        );
     }
 
     #[test]

@@ -248,3 +248,83 @@ fn a_guest_shutdown_of_its_receiving_side_reaches_the_host_writer() {
     h.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"still");
 }
+
+#[test]
+fn a_host_connection_never_takes_the_key_of_a_guest_connection_waiting_for_a_backlog() {
+    use nix::sys::socket::UnixAddr;
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    use std::os::unix::net::UnixListener;
+    let scratch = Scratch::new("keyclash");
+    let dev = Observed::start(&scratch);
+    let mut g = Guest::new(&scratch.socket());
+    // The first local port of host-initiated connections.
+    let first_local = 1u32 << 30;
+    // A host listener there whose backlog is full.
+    let mut path = scratch.uds().into_os_string();
+    path.push(format!("_{first_local}"));
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &UnixAddr::new(path.as_os_str()).unwrap()).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let listener = UnixListener::from(fd);
+    let mut filler = Vec::new();
+    loop {
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        match nix::sys::socket::connect(s.as_raw_fd(), &UnixAddr::new(path.as_os_str()).unwrap()) {
+            Ok(()) => filler.push(s),
+            Err(_) => break,
+        }
+        assert!(filler.len() < 1000, "the backlog never filled");
+    }
+    // The guest connects from port 5 to that port: it waits for room in the backlog.
+    let key = (5, first_local);
+    g.conns.insert(
+        key,
+        GuestConn {
+            guest_port: 5,
+            host_port: first_local,
+            buf_alloc: 65536,
+            ..GuestConn::default()
+        },
+    );
+    g.control(key, op::REQUEST, 0);
+    // A host process connects to guest port 5.
+    let mut host = scratch.host_connect(5);
+    let req = g.recv();
+    assert_eq!(req.hdr.op.get(), op::REQUEST);
+    assert_ne!(
+        key_of(&req),
+        key,
+        "the host connection took the key of the guest's waiting one"
+    );
+    let host_key = g.accept(&req, 65536);
+    read_ok(&mut host);
+    // Room in the backlog: the guest's connection goes through too.
+    for _ in 0..filler.len() {
+        drop(listener.accept().unwrap());
+    }
+    drop(filler);
+    assert_eq!(g.recv_for(key).hdr.op.get(), op::RESPONSE);
+    assert_eq!(dev.device.connections(), 2);
+    // Both work.
+    let (mut h, _) = listener.accept().unwrap();
+    g.write(key, b"guest", 4096);
+    let mut b = [0u8; 5];
+    h.set_read_timeout(Some(TIMEOUT)).unwrap();
+    h.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"guest");
+    g.write(host_key, b"hosts", 4096);
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"hosts");
+}
