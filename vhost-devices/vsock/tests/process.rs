@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::{SigSet, Signal};
+use vhost_device_vsock::MAX_HANDSHAKES;
 use vhost_frontend::devices::vsock::{op, VsockHeader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-vsock");
@@ -21,6 +22,11 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The daemon binary, under a shell that sets its descriptor limit when `nofile` is given.
 fn spawn_daemon(scratch: &Scratch, nofile: Option<u32>) -> Child {
+    spawn_daemon_to(scratch, nofile, Stdio::null())
+}
+
+/// [`spawn_daemon`], its log (warnings and up) going to `stderr`.
+fn spawn_daemon_to(scratch: &Scratch, nofile: Option<u32>, stderr: Stdio) -> Child {
     let limit = nofile
         .map(|n| format!("ulimit -n {n}; "))
         .unwrap_or_default();
@@ -34,7 +40,8 @@ fn spawn_daemon(scratch: &Scratch, nofile: Option<u32>) -> Child {
         .arg(scratch.uds())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
+        .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
     let deadline = Instant::now() + TIMEOUT;
@@ -93,6 +100,31 @@ fn host_connections_the_daemon_has_no_descriptors_to_accept_do_not_spin_the_work
     child.wait().unwrap();
     drop(conns);
     assert!(busy < 20, "the worker spins at EMFILE: {busy} ticks in 1 s");
+}
+
+#[test]
+fn host_connections_refused_past_the_handshake_cap_do_not_flood_the_log() {
+    let scratch = Scratch::new("refusedlog");
+    let log_path = scratch.dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = spawn_daemon_to(&scratch, None, Stdio::from(log));
+    let _g = Guest::new(&scratch.socket());
+    // Idle host processes: the first MAX_HANDSHAKES wait for their line, the rest are
+    // refused one by one.
+    let conns: Vec<UnixStream> = (0..MAX_HANDSHAKES + 200)
+        .map(|_| UnixStream::connect(scratch.uds()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(conns);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let refused = text.lines().filter(|l| l.contains("refused")).count();
+    assert!(refused >= 1, "no refusal logged at all:\n{text}");
+    assert!(
+        refused <= 10,
+        "{refused} log lines for 200 refused host connections"
+    );
 }
 
 /// Whether some thread of this process has SIGPIPE pending.
