@@ -304,12 +304,12 @@ pub(crate) struct QueueInflight {
 }
 
 #[cfg(feature = "test-utils")]
-use super::testing::crash_point;
+pub(crate) use super::testing::crash_point;
 
 /// Fault injection is compiled in only with the `test-utils` feature.
 #[cfg(not(feature = "test-utils"))]
 #[inline(always)]
-fn crash_point(_: &'static str) {}
+pub(crate) fn crash_point(_: &'static str) {}
 
 impl QueueInflight {
     /// Entries in the region.

@@ -35,7 +35,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dirty_log::DirtyLog;
-use super::inflight::QueueInflight;
+use super::inflight::{crash_point, QueueInflight};
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
 use super::request::Buffer;
@@ -484,6 +484,10 @@ impl Vring {
             // and `needs_notification` only looks at the entries added since.
             published.notify = wanted | std::mem::take(&mut st.notify_owed);
             st.unsignalled = 0;
+        }
+        if published.notify {
+            // Every caller signals the call eventfd next.
+            crash_point("published, call not yet made");
         }
         published
     }
