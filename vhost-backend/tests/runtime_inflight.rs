@@ -2,7 +2,10 @@
 //! offered it, the area GET_INFLIGHT_FD creates, SET_INFLIGHT_FD's validation against hostile
 //! values (each refused with the failure reply while the session goes on), and a back-end
 //! that loses the requests it held being replaced by one that resubmits them, in the order
-//! they were taken.
+//! they were taken. Around a restart: the restarted back-end calls the guest for what its
+//! predecessor published without calling (with and without EVENT_IDX), GET_VRING_BASE never
+//! answers a base covering resubmitted requests it did not run, a fresh area resumes at the
+//! base, and an area that could shrink under the mapping is refused.
 
 #![cfg(unix)]
 
@@ -536,21 +539,35 @@ fn holding() -> (Tracked, Arc<AtomicBool>, Arc<Mutex<Vec<Request>>>) {
     (dev, hold, held)
 }
 
-/// Serves `dev` with a 100 ms stop bound; handshake, memory table and (when `area` is
-/// `None`) a new inflight area, which is returned.
+type Session = (
+    Frontend,
+    std::thread::JoinHandle<DeviceBackend<Tracked>>,
+    Option<(Inflight, OwnedFd)>,
+);
+
+/// Serves `dev` with a 100 ms stop bound (a back-end holding requests loses them quickly);
+/// handshake, memory table and (when `area` is `None`) a new inflight area, which is
+/// returned.
 fn session(
     dev: Tracked,
     mem: &GuestMemory,
     event_idx: bool,
     area: Option<(&Inflight, &OwnedFd)>,
-) -> (
-    Frontend,
-    std::thread::JoinHandle<DeviceBackend<Tracked>>,
-    Option<(Inflight, OwnedFd)>,
-) {
+) -> Session {
+    session_with(dev, mem, event_idx, area, Duration::from_millis(100))
+}
+
+/// [`session`] with the stop bound `quiesce`.
+fn session_with(
+    dev: Tracked,
+    mem: &GuestMemory,
+    event_idx: bool,
+    area: Option<(&Inflight, &OwnedFd)>,
+    quiesce: Duration,
+) -> Session {
     let backend = DeviceBackend::new(dev)
         .unwrap()
-        .with_quiesce_timeout(Duration::from_millis(100));
+        .with_quiesce_timeout(quiesce);
     let (mut fe, t) = serve_in_thread(backend);
     handshake(&mut fe, true, event_idx);
     send_mem_table(&mut fe, mem);
@@ -674,7 +691,8 @@ fn get_vring_base_runs_the_resubmitted_requests_before_answering() {
     let dev = Tracked::default();
     dev.paused.store(true, Ordering::SeqCst);
     let (paused, seen) = (Arc::clone(&dev.paused), Arc::clone(&dev.seen));
-    let (mut fe, t, _) = session(dev, &mem, false, Some((&info, &area)));
+    // The stop waits as long as it takes the worker to run them (a loaded machine).
+    let (mut fe, t, _) = session_with(dev, &mem, false, Some((&info, &area)), TIMEOUT);
     q.start(&mut fe, &mem, u32::from(used_idx(&mem, &q)), true);
     std::thread::sleep(Duration::from_millis(50));
     assert!(seen.lock().unwrap().is_empty(), "the device was paused");
