@@ -378,7 +378,7 @@ impl QueueContext<'_> {
     }
 
     /// The next available chain as a [`Request`], or `None` when the ring is empty, the ring
-    /// is being stopped, or a ring's worth of chains was taken since the runtime last called
+    /// is being stopped (only resubmitted requests, below, are handed out then), or a ring's worth of chains was taken since the runtime last called
     /// the device (it calls again for the rest: a driver that keeps the ring full, or a ring
     /// laid over its own used ring, cannot keep the device in one call for ever).
     ///
@@ -390,8 +390,9 @@ impl QueueContext<'_> {
     /// them from the others.
     pub fn pop(&mut self) -> Option<Request> {
         let size = u32::from(self.state.size());
-        while !self.ring.is_stopping() && self.taken < size {
-            // Inflight tracking: resubmitted heads before new available entries.
+        while self.taken < size {
+            // Inflight tracking: resubmitted heads before new available entries, also while
+            // a stop waits (it waits for them).
             if let Some(head) = self.state.next_resubmit() {
                 self.taken += 1;
                 if !self.state.take_head(head) {
@@ -400,6 +401,9 @@ impl QueueContext<'_> {
                 let table = self.state.desc_table();
                 let chain = ResubmittedChain::new(self.mem, table, self.state.size(), head);
                 return Some(self.request(head, chain));
+            }
+            if self.ring.is_stopping() {
+                return None;
             }
             let chain = self.state.queue_mut().pop_descriptor_chain(&**self.mem)?;
             self.taken += 1;

@@ -166,7 +166,7 @@ thread_local! {
 
 /// Arms an injected crash of the back-end on this thread: the `n`th crash point the
 /// inflight tracking passes from now on (one between every two writes to the inflight
-/// region or the used ring) panics, so that nothing after it happens, as if the process
+/// region or the used ring, and one between publishing used entries and calling) panics, so that nothing after it happens, as if the process
 /// had been killed at that instruction. `0` disarms. A threadless back-end
 /// ([`DeviceBackend::threadless`](super::DeviceBackend::threadless)) runs on the caller's
 /// thread, so the crash lands there; catch it with [`std::panic::catch_unwind`] and drop
