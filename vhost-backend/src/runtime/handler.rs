@@ -547,13 +547,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
 
     fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> {
         self.dirty
-            .set_base(
-                fd,
-                log.mmap_size,
-                log.mmap_offset,
-                self.mem.guest_end(),
-                self.mem.policy(),
-            )
+            .set_base(fd, log.mmap_size, log.mmap_offset, self.mem.guest_end())
             .map_err(fail)
     }
 
