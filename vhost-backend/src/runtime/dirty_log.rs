@@ -11,7 +11,9 @@
 //!   `fstat` after sealing it against shrinking, which is required whatever the memory
 //!   policy: a log that can shrink would SIGBUS a mark), its offset must be
 //!   page-aligned, and it must have a bit for every page of the memory table in force; anything
-//!   else is refused with a [`LogError`] and the previous log, if any, stays. A later
+//!   else is refused with a [`LogError`] and the previous log, if any, stays here; the
+//!   runtime's handler then drops the log and closes the connection, since QEMU looks only
+//!   at the reply's request code and would otherwise believe its new log is marked. A later
 //!   SET_LOG_BASE replaces the mapping (QEMU sends a larger log when memory grows) and returns
 //!   (so replies) only once no writer is marking the old one: markers hold a read guard for
 //!   their whole loop, the swap takes the write lock.

@@ -238,60 +238,79 @@ fn log_marks_exactly_the_pages_written_thread_pool() {
 }
 
 /// Hostile SET_LOG_BASE: too small for the memory table, offset past the file, no
-/// descriptor. Each is refused, and the device keeps serving.
+/// descriptor. QEMU checks only the reply's request code, so a refusal it would not see
+/// must not leave it believing in a log the back-end does not mark: each refused base
+/// closes the connection (the next request fails), and the daemon serves the next one.
 #[test]
-fn hostile_log_bases_are_refused_and_the_daemon_keeps_serving() {
+fn hostile_log_bases_close_the_session_and_the_daemon_serves_the_next() {
     use std::os::fd::AsFd;
     use vhost_proto::{FrontendReq, Header, HeaderFlags, LogBase};
 
     let scratch = Scratch::new("log-hostile");
     let cfg = BlkConfig::new(scratch.image(IMAGE));
     let _daemon = InProcess::start(&cfg, &scratch.socket());
-    let mut s = connect(&scratch.socket(), || SessionOptions {
-        memory_size: MEMORY,
-        ..options(1)
-    });
-    let buf = s.memory().alloc(4096, 4096).unwrap();
-    let status = s.memory().alloc(1, 1).unwrap();
-    let hdr = s.memory().alloc(16, 16).unwrap();
-    let read_ok = |s: &mut Session| {
+    let session = || {
+        let s = connect(&scratch.socket(), || SessionOptions {
+            memory_size: MEMORY,
+            ..options(1)
+        });
+        let buf = s.memory().alloc(4096, 4096).unwrap();
+        let status = s.memory().alloc(1, 1).unwrap();
+        let hdr = s.memory().alloc(16, 16).unwrap();
         let h = RequestHeader {
             kind: U32::new(T_IN),
             reserved: U32::new(0),
             sector: U64::new(8),
         };
         s.memory().mem().write_slice(h.as_bytes(), hdr).unwrap();
-        let used = s
-            .round_trip(
-                0,
-                &[(hdr, 16, false), (buf, 4096, true), (status, 1, true)],
-                TIMEOUT,
-            )
-            .unwrap();
+        (s, [(hdr, 16, false), (buf, 4096, true), (status, 1, true)])
+    };
+    let read_ok = |s: &mut Session, chain: &[(GuestAddress, u32, bool)]| {
+        let used = s.round_trip(0, chain, TIMEOUT).unwrap();
         assert_eq!(used.len, 4097);
         let mut got = vec![0u8; 4096];
-        s.memory().mem().read_slice(&mut got, buf).unwrap();
+        s.memory().mem().read_slice(&mut got, chain[1].0).unwrap();
         assert_eq!(got, (4096..8192).map(pattern).collect::<Vec<_>>());
     };
-    read_ok(&mut s);
+    let closed = |s: &mut Session, what: &str| {
+        assert!(
+            s.frontend().get_features().is_err(),
+            "{what}: the session goes on after a refused log base"
+        );
+    };
 
-    // 16 MiB of memory needs 512 bytes of log.
+    // While logging: a refused replacement (too small: 16 MiB of memory needs 512 bytes of
+    // log) ends the session, and I/O kicked after it marks nothing in the old log.
+    let (mut s, chain) = session();
+    let log = DirtyLogArea::new(MEMORY).unwrap();
+    s.start_logging(&log).unwrap();
+    read_ok(&mut s, &chain);
+    assert!(!log.dirty_pages().unwrap().is_empty());
+    log.clear().unwrap();
     let small = DirtyLogArea::with_size(511).unwrap();
-    let e = s.frontend().set_log_base(
+    // As QEMU does: send, read whatever comes back, ignore its status.
+    let _ = s.frontend().set_log_base(
         &LogBase {
             mmap_size: 511,
             mmap_offset: 0,
         },
         small.file().as_fd(),
     );
-    assert!(
-        e.is_err(),
-        "a log too small for the memory table was accepted"
+    s.add_chain(0, &chain).unwrap();
+    s.publish(0).unwrap();
+    s.kick(0).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        log.dirty_pages().unwrap(),
+        Vec::<u64>::new(),
+        "I/O after a refused log base marked the old log"
     );
-    read_ok(&mut s);
+    closed(&mut s, "too small");
+    drop(s);
 
-    let log = DirtyLogArea::new(MEMORY).unwrap();
     for (size, offset) in [(512, 4096), (512, u64::MAX - 4095), (u64::MAX, 0), (512, 7)] {
+        let (mut s, chain) = session();
+        read_ok(&mut s, &chain);
         let e = s.frontend().set_log_base(
             &LogBase {
                 mmap_size: size,
@@ -300,10 +319,13 @@ fn hostile_log_bases_are_refused_and_the_daemon_keeps_serving() {
             log.file().as_fd(),
         );
         assert!(e.is_err(), "size {size:#x} offset {offset:#x} was accepted");
-        read_ok(&mut s);
+        closed(&mut s, &format!("size {size:#x} offset {offset:#x}"));
     }
 
-    // No descriptor at all: the raw message, then the reply the back-end owes.
+    // No descriptor at all (refused by the server before the back-end sees it, as any
+    // request missing its descriptor): the refused status, and the session goes on.
+    let (mut s, chain) = session();
+    read_ok(&mut s, &chain);
     let body = LogBase {
         mmap_size: 512,
         mmap_offset: 0,
@@ -323,14 +345,16 @@ fn hostile_log_bases_are_refused_and_the_daemon_keeps_serving() {
         0,
         "refused"
     );
-    read_ok(&mut s);
+    read_ok(&mut s, &chain);
+    drop(s);
 
-    // And a good log after all of that is taken.
+    // And a good log on the next session is taken.
+    let (mut s, chain) = session();
     s.start_logging(&log).unwrap();
-    read_ok(&mut s);
+    read_ok(&mut s, &chain);
     let marked = log.dirty_pages().unwrap();
-    assert!(marked.contains(&(buf.0 / LOG_PAGE)));
-    assert!(marked.contains(&(status.0 / LOG_PAGE)));
+    assert!(marked.contains(&(chain[1].0 .0 / LOG_PAGE)));
+    assert!(marked.contains(&(chain[2].0 .0 / LOG_PAGE)));
 }
 
 /// QEMU turns logging on and off by sending a running ring's addresses again with
