@@ -33,8 +33,9 @@
 //!   carried VHOST_VRING_F_LOG has its used-ring writes marked at the `log` address it gave
 //!   (the used ring's guest-physical address); without the flag they are marked at the used
 //!   ring's own address.
-//! - **Off costs one relaxed load**: [`DirtyLog::active`] is checked before anything else, per
-//!   request write and per batch of used entries.
+//! - **Off costs one relaxed load** (after a SeqCst fence for request data:
+//!   [`DirtyLog::active_after_writes`]): [`DirtyLog::active`] is checked before anything
+//!   else, per request write and per batch of used entries.
 //! - **SET_LOG_FD**: the spec gives the descriptor no more meaning than "the logging file
 //!   descriptor"; like libvhost-user, the runtime takes it as an eventfd and signals it after
 //!   each batch of marks, when one was given.
@@ -172,6 +173,20 @@ impl DirtyLog {
     #[inline]
     pub fn active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// [`active`](Self::active) for a writer that has just written guest memory: a SeqCst
+    /// fence orders those writes before the load. Without it the load may be satisfied
+    /// before the writes are visible (store-load reordering): the writer could read "off"
+    /// while the control thread's SeqCst store turning logging on, its reply, and the
+    /// front-end's first copy of the page all happen before the data lands, and the page
+    /// would never be marked nor copied again. With it, either the writer sees "on" and
+    /// marks, or its data was visible before logging went on (so before the front-end's
+    /// first full copy).
+    #[inline]
+    pub fn active_after_writes(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.active()
     }
 
     /// Size in bytes of the mapped log (0 without one).
