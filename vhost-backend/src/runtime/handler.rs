@@ -546,15 +546,16 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> {
+        // A refusal is fatal for the session: QEMU checks only the reply's request code, so
+        // it would go on believing its new log is marked (and free the old one) while the
+        // back-end kept marking the old one, and the migration would end with stale pages.
+        // The log is dropped at once, so nothing marks it before the connection closes.
         self.dirty
-            .set_base(
-                fd,
-                log.mmap_size,
-                log.mmap_offset,
-                self.mem.guest_end(),
-                self.mem.policy(),
-            )
-            .map_err(fail)
+            .set_base(fd, log.mmap_size, log.mmap_offset, self.mem.guest_end())
+            .map_err(|e| {
+                self.dirty.clear();
+                BackendError::Broken(Box::new(e))
+            })
     }
 
     fn set_log_fd(&mut self, fd: OwnedFd) -> BackendResult<()> {

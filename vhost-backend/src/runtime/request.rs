@@ -243,7 +243,7 @@ impl Request {
 
     /// Records that writable bytes `[skip, skip + len)` of the request were written: marks
     /// their guest pages in the dirty log while the front-end logs writes (migration), and
-    /// does nothing else (one relaxed load) when it does not.
+    /// does nothing else (a fence and one relaxed load) when it does not.
     ///
     /// This is the one call for "these guest bytes were written". [`write_writable`](
     /// Self::write_writable), [`write_last_byte`](Self::write_last_byte) and
@@ -255,7 +255,8 @@ impl Request {
     /// harmless (the page is sent again); marking less loses data on migration.
     pub fn mark_written(&self, skip: u64, len: u64) {
         let log = &self.ring.dirty;
-        if len == 0 || !log.active() {
+        // Fenced: the data written just before must not be reordered after the check.
+        if len == 0 || !log.active_after_writes() {
             return;
         }
         log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));

@@ -55,6 +55,7 @@ use super::vring::{Vring, VringError};
 /// One started, enabled ring a test drives by hand. See the [module docs](self).
 pub struct TestQueue {
     ring: Arc<Vring>,
+    dirty: Arc<super::dirty_log::DirtyLog>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     notifications: std::sync::atomic::AtomicU64,
 }
@@ -72,7 +73,7 @@ impl TestQueue {
     ) -> Result<Self, VringError> {
         let atomic = GuestMemoryAtomic::new(mem);
         let dirty = Arc::new(super::dirty_log::DirtyLog::new());
-        let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty));
+        let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty.clone()));
         {
             let snapshot = atomic.memory();
             let mut st = ring.lock();
@@ -84,6 +85,7 @@ impl TestQueue {
         }
         Ok(TestQueue {
             ring,
+            dirty,
             mem: atomic,
             notifications: Default::default(),
         })
@@ -121,6 +123,13 @@ impl TestQueue {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         p.count
+    }
+
+    /// The queue's dirty-page log: map one ([`DirtyLog::set_base`](super::DirtyLog::set_base))
+    /// and turn it on ([`DirtyLog::set_enabled`](super::DirtyLog::set_enabled)) to check
+    /// that a device's writes are marked.
+    pub fn dirty_log(&self) -> &super::dirty_log::DirtyLog {
+        &self.dirty
     }
 
     /// Requests popped and not yet on the used ring.
