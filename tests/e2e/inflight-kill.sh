@@ -14,7 +14,12 @@
 # daemon is frozen (SIGSTOP) and its area read through /proc; if nothing is in flight it
 # runs on (SIGCONT) for a few milliseconds, else the SIGKILL lands on exactly what was seen.
 #
-# Checked: no guest I/O error and no hang (every writer's dd exit 0, the guest finishes), the
+# The gaps shrink when the time left needs it, so that the INFLIGHT_KILLS kills fit in the
+# writes.
+#
+# Checked: each daemon alive until its SIGKILL and dead of it (exit status 137: a daemon that
+# crashed by itself fails), QEMU reconnecting within 10 s of each restart, no guest I/O error
+# and no hang (every writer's dd exit 0, the guest finishes), the
 # queue depth the guest reached, every kill followed by a daemon that got the inflight area,
 # and every block of the host image == what the guest last wrote there (each writer's last
 # round) or, outside the writers' regions, the original content. Reported: the requests
@@ -28,21 +33,38 @@ INFLIGHT_GAP_MIN=${INFLIGHT_GAP_MIN:-1.5}
 INFLIGHT_GAP_MAX=${INFLIGHT_GAP_MAX:-3.5}
 INFLIGHT_AIM=${INFLIGHT_AIM:-1}
 
-# A random number of seconds in [INFLIGHT_GAP_MIN, INFLIGHT_GAP_MAX].
-inflight_gap() {
-    awk -v lo="$INFLIGHT_GAP_MIN" -v hi="$INFLIGHT_GAP_MAX" -v r="$RANDOM" \
-        'BEGIN { printf "%.2f", lo + (hi - lo) * r / 32767 }'
+# The daemon's line for an accepted SET_INFLIGHT_FD (and nothing else it logs).
+INFLIGHT_AREA_RE='inflight area: [0-9]+ queue[(]s[)] of [0-9]+ entries, offset 0x[0-9a-f]+$'
+
+# A random number of seconds in [INFLIGHT_GAP_MIN, INFLIGHT_GAP_MAX], at most MAX when given
+# (at least 0.3).
+inflight_gap() { # [max]
+    awk -v lo="$INFLIGHT_GAP_MIN" -v hi="$INFLIGHT_GAP_MAX" -v r="$RANDOM" -v max="${1:-}" \
+        'BEGIN { g = lo + (hi - lo) * r / 32767; if (max != "" && g > max) g = max
+                 if (g < 0.3) g = 0.3; printf "%.2f", g }'
 }
 
-# Whether daemon PID's inflight area (its memfd, read through /proc) flags a request of
-# queue 0 or 1 (128 entries each, ALIGN_UP(16 * 128 + 2, 64) = 2112 bytes apart) in flight.
-inflight_busy() { # pid
-    local f
+# How many inflight areas daemon LOG says it was handed.
+inflight_handed() { # log
+    grep -cE "$INFLIGHT_AREA_RE" "$1"
+}
+
+# Whether daemon PID's inflight area (its memfd, read through /proc) flags a request in
+# flight, in any queue region. The shape (queues, entries, offset) is the last area the
+# daemon log LOG reports; queue regions are ALIGN_UP(16 * entries + 2, 64) bytes apart, each
+# a 16-byte header and then 16-byte entries whose first byte is the flag.
+inflight_busy() { # pid log
+    local f shape nq size off region q
+    shape=$(grep -oE "$INFLIGHT_AREA_RE" "$2" | tail -n1 | tr -c '0-9x\n' ' ')
+    read -r nq size off <<<"$shape"
+    [ -n "$off" ] || return 1
+    region=$(((16 * size + 2 + 63) / 64 * 64))
     for f in /proc/"$1"/fd/*; do
         case $(readlink "$f" 2>/dev/null) in
             *memfd:vhost-inflight*)
-                { od -An -tu1 -v -w16 -j16 -N2048 "$f"; od -An -tu1 -v -w16 -j2128 -N2048 "$f"; } \
-                    2>/dev/null | awk '$1 == 1 { f = 1 } END { exit !f }'
+                for q in $(seq 0 $((nq - 1))); do
+                    od -An -tu1 -v -w16 -j$((off + q * region + 16)) -N$((16 * size)) "$f"
+                done 2>/dev/null | awk '$1 == 1 { f = 1 } END { exit !f }'
                 return ;;
         esac
     done
@@ -52,12 +74,12 @@ inflight_busy() { # pid
 # Freezes daemon PID at a moment it has a request in flight, trying for at most
 # INFLIGHT_AIM seconds; the daemon is left frozen either way (the caller kills it). Status 0
 # if it was caught with one.
-inflight_aim() { # pid
+inflight_aim() { # pid log
     local end
     end=$(awk -v t="$(now)" -v a="$INFLIGHT_AIM" 'BEGIN { printf "%.3f", t + a }')
     while :; do
         kill -STOP "$1" 2>/dev/null || return 1
-        inflight_busy "$1" && return 0
+        inflight_busy "$1" "$2" && return 0
         awk -v t="$(now)" -v e="$end" 'BEGIN { exit !(t < e) }' || return 1
         kill -CONT "$1" 2>/dev/null
         sleep 0.003
@@ -75,7 +97,7 @@ inflight_overlay() { # file seed j round
 test_inflight_kill() {
     local name=inflight-kill
     local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed pid k gap deadline
-    local before_kill= kills=0 starts=1 aimed=0 busy handed i
+    local before_kill= kills=0 starts=1 aimed=0 busy handed i status t_end left room
     local dlog=$RUN_DIR/$name.daemon.log
     LOG_NAME=$name
     BOOT_TIME=-
@@ -103,18 +125,37 @@ test_inflight_kill() {
     done
     if grep -aq 'E2E-INFLIGHT-START' "$SERIAL"; then
         before_kill=$(wc -l <"$SERIAL")
-        for k in $(seq 1 "$INFLIGHT_KILLS"); do
-            gap=$(inflight_gap)
+        # The guest writes for INFLIGHT_SECS from now: the gaps shrink when needed so that the
+        # INFLIGHT_KILLS kills fit in (a slow reconnection eats into the time left).
+        t_end=$(awk -v t="$(now)" -v s="$INFLIGHT_SECS" 'BEGIN { printf "%.3f", t + s - 1 }')
+        k=0
+        while [ "$kills" -lt "$INFLIGHT_KILLS" ] && [ "$k" -lt $((2 * INFLIGHT_KILLS)) ]; do
+            k=$((k + 1))
+            left=$((INFLIGHT_KILLS - kills))
+            room=$(awk -v t="$(now)" -v e="$t_end" -v n="$left" -v a="$INFLIGHT_AIM" \
+                'BEGIN { printf "%.2f", (e - t) / n - a }')
+            gap=$(inflight_gap "$room")
             sleep "$gap"
             grep -aq 'E2E-INFLIGHT-END' "$SERIAL" && break
+            # The daemon must be alive here: one that died on its own failed the test.
+            if ! kill -0 "$pid" 2>/dev/null; then
+                wait "$pid" 2>/dev/null
+                ok "daemon alive before kill $k" 1 "pid $pid exited by itself, status $?"
+                break
+            fi
             busy=idle
-            inflight_aim "$pid" && busy="requests in flight" && aimed=$((aimed + 1))
+            inflight_aim "$pid" "$dlog" && busy="requests in flight" && aimed=$((aimed + 1))
             kill -KILL "$pid" 2>/dev/null
             wait "$pid" 2>/dev/null
+            status=$?
+            if [ "$status" != 137 ]; then
+                ok "daemon killed by SIGKILL at kill $k" 1 "exit status $status, not 137"
+                break
+            fi
             kills=$((kills + 1))
             # A killed daemon leaves its socket file behind.
             rm -f "$sock"
-            handed=$(grep -c 'inflight area: ' "$dlog")
+            handed=$(inflight_handed "$dlog")
             if ! start_daemon blk-direct "$sock" "$img" 0; then
                 ok "daemon restarted after kill $k" 1 "did not listen again"
                 break
@@ -124,10 +165,15 @@ test_inflight_kill() {
             # The next gap counts from QEMU's reconnection (its rings started again with the
             # area), not from the restart.
             i=0
-            while [ "$(grep -c 'inflight area: ' "$dlog")" -le "$handed" ] && [ $i -lt 200 ]; do
+            while [ "$(inflight_handed "$dlog")" -le "$handed" ] && [ $i -lt 200 ]; do
                 sleep 0.05
                 i=$((i + 1))
             done
+            if [ "$(inflight_handed "$dlog")" -le "$handed" ]; then
+                ok "QEMU reconnected after kill $k and handed the area" 1 \
+                    "no SET_INFLIGHT_FD within 10 s of pid $pid listening"
+                break
+            fi
             log "$name: kill $k ${gap}s after the previous one ($busy); pid $pid" \
                 "handed the area $(awk -v i=$i 'BEGIN { printf "%.2f", i * 0.05 }')s after listening"
         done
@@ -162,8 +208,8 @@ test_inflight_kill() {
         "$(cmp "$img" "$exp" 2>&1 | head -n1)"
     # Every restarted daemon got the area back; what each resubmitted.
     local without
-    without=$(awk '/^### .* start: / { if (n && !seen) miss++; n++; seen = 0 }
-        /inflight area: 2 queue\(s\)/ { seen = 1 } END { if (n && !seen) miss++; print miss + 0 }' "$dlog")
+    without=$(awk -v re="$INFLIGHT_AREA_RE" '/^### .* start: / { if (n && !seen) miss++; n++; seen = 0 }
+        $0 ~ re { seen = 1 } END { if (n && !seen) miss++; print miss + 0 }' "$dlog")
     check_eq "each of the $starts daemons was handed the inflight area" "$without" 0
     info "requests resubmitted per restart (daemon log, per queue):"
     awk '/^### .* start: / { n++ } /inflight region: / {

@@ -68,17 +68,36 @@ IMG_MIB=32
 READ_MIB=8        # two regions the guest reads: [0, 8) and [8, 16) MiB
 WRITE_OFF_MIB=20
 STOP_SECTOR=57344 # 28 MiB
-export RUST_LOG=${RUST_LOG:-info}
+# The daemons log at info whatever the caller's RUST_LOG: the check that each source daemon
+# mapped the dirty log reads their info lines.
+DAEMON_RUST_LOG=info
 
 log() { echo "[migrate $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
+# Daemons, and QEMUs under their `timeout` wrapper. Cleanup sends TERM first (which
+# `timeout` forwards to its QEMU; a KILL of the wrapper would orphan QEMU), then KILL
+# whatever is left after a few seconds, wrapped QEMUs included.
 PIDS=()
 cleanup() {
-    local p
+    local p i left
     for p in "${PIDS[@]}"; do
-        kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+        kill -0 "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null
+    done
+    for i in $(seq 1 50); do
+        left=0
+        for p in "${PIDS[@]}"; do
+            kill -0 "$p" 2>/dev/null && left=1
+        done
+        [ "$left" = 0 ] && return 0
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            pkill -KILL -P "$p" 2>/dev/null
+            kill -KILL "$p" 2>/dev/null
+        fi
     done
     return 0
 }
@@ -124,7 +143,7 @@ start_daemon() { # name -> sets DAEMON_PID; socket $RUN_DIR/migrate-NAME.sock
     rm -f "$sock"
     read -ra cmd <<<"$BLK_DAEMON"
     cmd+=(--socket-path "$sock" --blk-file "$IMG")
-    "${cmd[@]}" </dev/null >"$RUN_DIR/migrate-$1.daemon.log" 2>&1 &
+    RUST_LOG=$DAEMON_RUST_LOG "${cmd[@]}" </dev/null >"$RUN_DIR/migrate-$1.daemon.log" 2>&1 &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
     while [ ! -S "$sock" ]; do
@@ -197,8 +216,11 @@ for m in $(seq 1 "$MIGRATIONS"); do
     [ $((m % 2)) = 0 ] && daemon=a
     qemu_start "$dst" "$daemon" incoming || break
     sleep "$MIG_SETTLE"
-    qmp "$src" migrate-set-parameters \
-        "{\"max-bandwidth\": $MIG_BANDWIDTH, \"downtime-limit\": $MIG_DOWNTIME_MS}" >/dev/null
+    if ! qmp "$src" migrate-set-parameters \
+        "{\"max-bandwidth\": $MIG_BANDWIDTH, \"downtime-limit\": $MIG_DOWNTIME_MS}" >/dev/null; then
+        ok "migration $m: QEMU $src accepts migrate-set-parameters" 1 "see the error above"
+        break
+    fi
     t=$(now)
     if ! qmp "$src" migrate "{\"uri\": \"unix:$RUN_DIR/migrate-q$dst.mig\"}" >/dev/null; then
         ok "migration $m: QEMU $src accepts migrate" 1 "see $RUN_DIR/migrate-q$src.serial.log"
@@ -208,8 +230,18 @@ for m in $(seq 1 "$MIGRATIONS"); do
     st=$?
     log "migration $m: QEMU $src (daemon $([ $daemon = b ] && echo A || echo B)) -> QEMU $dst (daemon ${daemon^^}): $result, $(elapsed "$t" "$(now)")s"
     ok "migration $m completed" $st "$result"
-    [ $st = 0 ] || break
-    dst_status=$(qmp "$dst" query-status | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+    if [ $st != 0 ]; then
+        # Timed out (or failed): do not leave the source migrating while the script ends.
+        qmp "$src" migrate_cancel >/dev/null 2>&1
+        break
+    fi
+    # The source says completed before the destination has necessarily resumed the guest.
+    deadline=$(($(date +%s) + 30))
+    while :; do
+        dst_status=$(qmp "$dst" query-status | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
+        [ "$dst_status" = running ] || [ "$(date +%s)" -ge "$deadline" ] && break
+        sleep 0.2
+    done
     check_eq "migration $m: QEMU $dst runs the guest" "$dst_status" running
     qmp "$src" quit >/dev/null 2>&1
     wait "${QPID[$src]}" 2>/dev/null

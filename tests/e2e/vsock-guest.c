@@ -175,7 +175,7 @@ static int client_pattern(unsigned port, uint64_t bytes, uint32_t seed)
     r("vsock_g2h_reply_bytes", "%lld", (unsigned long long)n);
     r("vsock_g2h_reply_crc", "%08llx", got_crc);
     close(fd);
-    return 0;
+    return st == 0 && n >= 0 ? 0 : 1;
 }
 
 static int server_pattern(unsigned port, uint64_t bytes, uint32_t seed)
@@ -196,7 +196,7 @@ static int server_pattern(unsigned port, uint64_t bytes, uint32_t seed)
     r("vsock_h2g_sent_crc", "%08llx", sent_crc);
     close(fd);
     close(l);
-    return 0;
+    return n >= 0 && st == 0 ? 0 : 1;
 }
 
 static int client_echo(unsigned port, int nconn, uint64_t bytes)

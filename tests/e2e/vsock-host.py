@@ -9,8 +9,11 @@ Serves, while the guest runs tests/e2e/vsock-guest.c's steps:
   UDS       CONNECT 6000 (retried until the guest listens): send BYTES of pattern 3,
             shut down writing, read the answer to its end
   UDS       CONC concurrent CONNECT 6001: send CONC_BYTES of pattern 300+k, check the echo
-Writes key=value lines to RESULTS (CRC-32 as zlib computes it, expected values included).
+Writes key=value lines to RESULTS (CRC-32 as zlib computes it, expected values included),
+rewritten whole (atomically) as each value is produced: a run cut short (a guest that
+failed, then SIGTERM from vsock.sh) leaves every result it got so far.
 """
+import os
 import socket
 import sys
 import threading
@@ -48,6 +51,11 @@ def main():
     def put(k, v):
         with lock:
             res[k] = v
+            tmp = results_path + ".tmp"
+            with open(tmp, "w") as f:
+                for key, val in sorted(res.items()):
+                    f.write("%s=%s\n" % (key, val))
+            os.replace(tmp, results_path)
 
     put("expect_g2h_crc", "%08x" % zlib.crc32(pattern(1, nbytes)))
     put("expect_g2h_reply_crc", "%08x" % zlib.crc32(pattern(2, nbytes)))
@@ -170,9 +178,6 @@ def main():
     host_echo()
     for t in threads:
         t.join()
-    with open(results_path, "w") as f:
-        for k, v in sorted(res.items()):
-            f.write("%s=%s\n" % (k, v))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ HOST_PID=$!
 PIDS+=("$HOST_PID")
 i=0
 while [ ! -S "${UDS}_5001" ]; do
+    kill -0 "$HOST_PID" 2>/dev/null || die "host side exited (see $RUN_DIR/vsock.host.log)"
     [ $i -lt 200 ] || die "host side did not start (see $RUN_DIR/vsock.host.log)"
     sleep 0.05
     i=$((i + 1))
@@ -114,7 +115,8 @@ t0=$(date +%s.%N)
 QEMU_RC=$?
 BOOT_TIME=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 log "QEMU exit $QEMU_RC after ${BOOT_TIME}s"
-# The host side ends once its connections are done (or at its own deadline).
+# The host side ends once its connections are done (or at its own deadline); stopped
+# earlier, it has written every result it got (vsock-host.py writes them as they come).
 i=0
 while kill -0 "$HOST_PID" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 kill "$HOST_PID" 2>/dev/null

@@ -2,7 +2,10 @@
 //! offered it, the area GET_INFLIGHT_FD creates, SET_INFLIGHT_FD's validation against hostile
 //! values (each refused with the failure reply while the session goes on), and a back-end
 //! that loses the requests it held being replaced by one that resubmits them, in the order
-//! they were taken.
+//! they were taken. Around a restart: the restarted back-end calls the guest for what its
+//! predecessor published without calling (with and without EVENT_IDX), GET_VRING_BASE never
+//! answers a base covering resubmitted requests it did not run, a fresh area resumes at the
+//! base, and an area that could shrink under the mapping is refused.
 
 #![cfg(unix)]
 
@@ -31,6 +34,8 @@ const DATA: u64 = 0x4000_0000;
 #[derive(Default)]
 struct Tracked {
     hold: Arc<AtomicBool>,
+    /// While set, `process_queue` pops nothing and answers `Paused` (back-pressure).
+    paused: Arc<AtomicBool>,
     held: Arc<Mutex<Vec<Request>>>,
     seen: Arc<Mutex<Vec<u16>>>,
 }
@@ -61,6 +66,9 @@ impl VirtioDevice for Tracked {
         true
     }
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        if self.paused.load(Ordering::SeqCst) {
+            return Ok(Processed::Paused);
+        }
         while let Some(req) = ctx.pop() {
             self.seen.lock().unwrap().push(req.head());
             if self.hold.load(Ordering::SeqCst) {
@@ -95,9 +103,13 @@ fn assert_session_goes_on(fe: &mut Frontend) {
     );
 }
 
+/// A memfd that can be sealed (as QEMU's, libvhost-user's and DPDK's areas are).
 fn memfd(len: u64) -> File {
-    let fd = nix::sys::memfd::memfd_create(c"test-inflight", nix::sys::memfd::MFdFlags::empty())
-        .expect("memfd");
+    memfd_with(len, nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)
+}
+
+fn memfd_with(len: u64, flags: nix::sys::memfd::MFdFlags) -> File {
+    let fd = nix::sys::memfd::memfd_create(c"test-inflight", flags).expect("memfd");
     let f = File::from(fd);
     f.set_len(len).expect("size");
     f
@@ -506,6 +518,315 @@ fn an_area_written_by_another_back_end_is_resubmitted_in_counter_order() {
     for &h in &heads {
         assert_eq!(after[16 + 16 * usize::from(h)], 0, "head {h} still flagged");
     }
+    drop(fe);
+    t.join().unwrap();
+}
+
+/// Waits (bounded) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "{what}: timed out");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A back-end holding every request, its stop bounded to 100 ms.
+fn holding() -> (Tracked, Arc<AtomicBool>, Arc<Mutex<Vec<Request>>>) {
+    let dev = Tracked::default();
+    dev.hold.store(true, Ordering::SeqCst);
+    let (hold, held) = (Arc::clone(&dev.hold), Arc::clone(&dev.held));
+    (dev, hold, held)
+}
+
+type Session = (
+    Frontend,
+    std::thread::JoinHandle<DeviceBackend<Tracked>>,
+    Option<(Inflight, OwnedFd)>,
+);
+
+/// Serves `dev` with a 100 ms stop bound (a back-end holding requests loses them quickly);
+/// handshake, memory table and (when `area` is `None`) a new inflight area, which is
+/// returned.
+fn session(
+    dev: Tracked,
+    mem: &GuestMemory,
+    event_idx: bool,
+    area: Option<(&Inflight, &OwnedFd)>,
+) -> Session {
+    session_with(dev, mem, event_idx, area, Duration::from_millis(100))
+}
+
+/// [`session`] with the stop bound `quiesce`.
+fn session_with(
+    dev: Tracked,
+    mem: &GuestMemory,
+    event_idx: bool,
+    area: Option<(&Inflight, &OwnedFd)>,
+    quiesce: Duration,
+) -> Session {
+    let backend = DeviceBackend::new(dev)
+        .unwrap()
+        .with_quiesce_timeout(quiesce);
+    let (mut fe, t) = serve_in_thread(backend);
+    handshake(&mut fe, true, event_idx);
+    send_mem_table(&mut fe, mem);
+    let created = match area {
+        Some((info, fd)) => {
+            fe.set_inflight_fd(info, fd.as_fd())
+                .expect("SET_INFLIGHT_FD");
+            None
+        }
+        None => {
+            let (info, fd) = fe
+                .get_inflight_fd(&ask(1, QUEUE_SIZE))
+                .expect("GET_INFLIGHT_FD");
+            fe.set_inflight_fd(&info, fd.as_fd())
+                .expect("SET_INFLIGHT_FD");
+            Some((info, fd))
+        }
+    };
+    (fe, t, created)
+}
+
+/// EVENT_IDX. The guest has A and B in flight and asked to be called at used entry 0. The
+/// back-end publishes A (used index 1) and dies before its call (the test swallows it).
+/// The next back-end resubmits B and publishes it (used index 2): virtio-queue's check
+/// alone (used_event 0 is not in [1, 2)) would call nobody, and the guest, which moves
+/// used_event only when it reaps, would wait for ever. The restarted back-end must call.
+#[test]
+fn a_restarted_back_end_calls_the_guest_for_what_its_predecessor_published_with_event_idx() {
+    let mem = two_region_memory();
+    let mut q = GuestQueue::new(&mem, 0, true);
+    let (dev, _hold, held) = holding();
+    let (mut fe, t, area) = session(dev, &mem, true, None);
+    let (info, area) = area.unwrap();
+    q.start(&mut fe, &mem, 0, true);
+    let _a = q.submit((DATA, 16), (DATA + 0x1000, 64));
+    let _b = q.submit((DATA, 16), (DATA + 0x2000, 64));
+    wait_until("the device holds both", || held.lock().unwrap().len() == 2);
+    let a = held.lock().unwrap().remove(0);
+    finish(a);
+    wait_until("A published", || used_idx(&mem, &q) == 1);
+    // The call for A, if made, is lost with the back-end: drop the session first so that
+    // no later call can land, then swallow it.
+    drop(fe);
+    t.join().unwrap();
+    held.lock().unwrap().clear();
+    let _ = q.call.read();
+
+    let (mut fe, t, _) = session(Tracked::default(), &mem, true, Some((&info, &area)));
+    q.start(&mut fe, &mem, u32::from(used_idx(&mem, &q)), true);
+    wait_until("B published", || used_idx(&mem, &q) == 2);
+    let called = vhost_frontend::VirtqueueDriver::wait_call(&q.call, Duration::from_secs(2));
+    drop(fe);
+    t.join().unwrap();
+    assert!(
+        matches!(called, Ok(true)),
+        "two completions on the used ring, the guest was never called: {called:?}"
+    );
+}
+
+/// No EVENT_IDX. The back-end publishes the only request in flight and dies before its
+/// call. Nothing is left to resubmit, so nothing completes after the restart: the
+/// restarted back-end must still call the guest once, or a guest waiting for that request
+/// waits for ever.
+#[test]
+fn a_restarted_back_end_calls_the_guest_once_even_with_nothing_to_resubmit() {
+    let mem = two_region_memory();
+    let mut q = GuestQueue::new(&mem, 0, false);
+    let (dev, _hold, held) = holding();
+    let (mut fe, t, area) = session(dev, &mem, false, None);
+    let (info, area) = area.unwrap();
+    q.start(&mut fe, &mem, 0, true);
+    let _a = q.submit((DATA, 16), (DATA + 0x1000, 64));
+    wait_until("the device holds A", || held.lock().unwrap().len() == 1);
+    let a = held.lock().unwrap().remove(0);
+    finish(a);
+    wait_until("A published", || used_idx(&mem, &q) == 1);
+    drop(fe);
+    t.join().unwrap();
+    let _ = q.call.read();
+
+    let (mut fe, t, _) = session(Tracked::default(), &mem, false, Some((&info, &area)));
+    q.start(&mut fe, &mem, 1, true);
+    let called = vhost_frontend::VirtqueueDriver::wait_call(&q.call, Duration::from_secs(2));
+    drop(fe);
+    t.join().unwrap();
+    assert!(
+        matches!(called, Ok(true)),
+        "the restarted back-end never called: {called:?}"
+    );
+}
+
+/// A, B and C taken, B completed, the back-end lost: the next back-end has A and C to
+/// resubmit. Returns the three heads, the area and the guest queue.
+fn lose_a_and_c(mem: &GuestMemory) -> (GuestQueue, Vec<u16>, Inflight, OwnedFd) {
+    let mut q = GuestQueue::new(mem, 0, false);
+    let (dev, _hold, held) = holding();
+    let (mut fe, t, area) = session(dev, mem, false, None);
+    let (info, area) = area.unwrap();
+    q.start(&mut fe, mem, 0, true);
+    let heads: Vec<u16> = (0..3u64)
+        .map(|i| q.submit((DATA, 16), (DATA + 0x1000 * (i + 1), 64)))
+        .collect();
+    wait_until("the device holds three", || held.lock().unwrap().len() == 3);
+    let b = held.lock().unwrap().remove(1);
+    finish(b);
+    assert_eq!(q.wait_used().id, heads[1]);
+    drop(fe);
+    t.join().unwrap();
+    held.lock().unwrap().clear();
+    (q, heads, info, area)
+}
+
+/// The restarted back-end's device pushes back (Paused) when the ring starts, so the
+/// resubmitted A and C are still queued when GET_VRING_BASE comes; the device is ready again
+/// by then. The stop runs them before answering: the base it answers covers requests that
+/// really completed, and a migration destination (a fresh area, that base) owes nothing.
+#[test]
+fn get_vring_base_runs_the_resubmitted_requests_before_answering() {
+    let mem = two_region_memory();
+    let (mut q, heads, info, area) = lose_a_and_c(&mem);
+    let dev = Tracked::default();
+    dev.paused.store(true, Ordering::SeqCst);
+    let (paused, seen) = (Arc::clone(&dev.paused), Arc::clone(&dev.seen));
+    // The stop waits as long as it takes the worker to run them (a loaded machine).
+    let (mut fe, t, _) = session_with(dev, &mem, false, Some((&info, &area)), TIMEOUT);
+    q.start(&mut fe, &mem, u32::from(used_idx(&mem, &q)), true);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(seen.lock().unwrap().is_empty(), "the device was paused");
+    paused.store(false, Ordering::SeqCst);
+    let base = fe.get_vring_base(0).expect("a clean stop");
+    drop(fe);
+    t.join().unwrap();
+    assert_eq!(base, 3, "every entry the driver made available");
+    let mut got = Vec::new();
+    while let Some(u) = q.driver.pop_used().unwrap() {
+        got.push(u.id);
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![heads[0], heads[2]],
+        "A and C completed before the answer"
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![heads[0], heads[2]]);
+    assert_eq!(q.driver.in_flight(), 0);
+}
+
+/// The same, but the device stays paused: GET_VRING_BASE must not answer a clean base
+/// covering A and C (QEMU would take them as done, and a migration destination would never
+/// run them). It fails, and the area still holds them: the next back-end handed it runs
+/// A and C exactly once.
+#[test]
+fn get_vring_base_with_resubmits_the_device_never_ran_is_not_a_clean_stop() {
+    let mem = two_region_memory();
+    let (mut q, heads, info, area) = lose_a_and_c(&mem);
+    let dev = Tracked::default();
+    dev.paused.store(true, Ordering::SeqCst);
+    let (mut fe, t, _) = session(dev, &mem, false, Some((&info, &area)));
+    q.start(&mut fe, &mem, u32::from(used_idx(&mem, &q)), true);
+    std::thread::sleep(Duration::from_millis(50));
+    let base = fe.get_vring_base(0);
+    drop(fe);
+    t.join().unwrap();
+    assert!(
+        base.is_err(),
+        "a clean base {base:?} with A and C never run"
+    );
+
+    let dev = Tracked::default();
+    let seen = Arc::clone(&dev.seen);
+    let (mut fe, t, _) = session(dev, &mem, false, Some((&info, &area)));
+    q.start(&mut fe, &mem, u32::from(used_idx(&mem, &q)), true);
+    let mut got: Vec<u16> = (0..2).map(|_| q.wait_used().id).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(fe);
+    t.join().unwrap();
+    got.sort_unstable();
+    assert_eq!(got, vec![heads[0], heads[2]], "A and C exactly once");
+    assert_eq!(*seen.lock().unwrap(), vec![heads[0], heads[2]]);
+    assert_eq!(q.driver.pop_used().unwrap(), None, "nothing twice");
+}
+
+/// A fresh area (a migration destination, or a first start) knows nothing: the ring
+/// resumes at SET_VRING_BASE, as without tracking, even where it differs from the used
+/// index.
+#[test]
+fn a_fresh_area_resumes_at_the_base_not_the_used_index() {
+    let mem = two_region_memory();
+    let mut q = GuestQueue::new(&mem, 0, false);
+    // Three chains available, none used; the source says the first two were taken.
+    let heads: Vec<u16> = (0..3u64)
+        .map(|i| {
+            let h = q
+                .driver
+                .add_chain(&[(GuestAddress(DATA + 0x1000 * (i + 1)), 32, true)])
+                .unwrap();
+            q.driver.publish().unwrap();
+            h
+        })
+        .collect();
+    let dev = Tracked::default();
+    let seen = Arc::clone(&dev.seen);
+    let (mut fe, t, _area) = session(dev, &mem, false, None);
+    q.start(&mut fe, &mem, 2, true);
+    assert_eq!(q.wait_used().id, heads[2]);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(fe);
+    t.join().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![heads[2]],
+        "only the one after the base"
+    );
+}
+
+/// The area must be sealed against shrinking (QEMU hands back the back-end's own sealed
+/// memfd): a memfd created without MFD_ALLOW_SEALING, or a plain file, could be truncated
+/// under the mapping, and the next access to it would kill the daemon with SIGBUS. Each is
+/// refused with the failure reply and the session goes on; a sealable memfd is sealed.
+#[test]
+fn an_area_that_cannot_be_sealed_against_shrinking_is_refused() {
+    let (mut fe, t) = tracked();
+    handshake(&mut fe, true, false);
+    let mem = two_region_memory();
+    send_mem_table(&mut fe, &mem);
+    let needed = split_area_size(1, QUEUE_SIZE);
+    let info = Inflight {
+        mmap_size: needed,
+        ..ask(1, QUEUE_SIZE)
+    };
+    let unsealable = memfd_with(needed, nix::sys::memfd::MFdFlags::empty());
+    let dir = std::env::temp_dir().join(format!("inflight-plain-{}", std::process::id()));
+    let plain = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&dir)
+        .unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    plain.set_len(needed).unwrap();
+    for (what, f) in [("unsealable memfd", &unsealable), ("plain file", &plain)] {
+        assert_ne!(
+            send_set_inflight(&fe, &info, &[f.as_fd()]),
+            0,
+            "{what}: accepted"
+        );
+        assert_session_goes_on(&mut fe);
+    }
+    // The truncation the refusal guards against: the ring starts untracked, and survives.
+    unsealable.set_len(0).unwrap();
+    let q = GuestQueue::new(&mem, 0, false);
+    q.start(&mut fe, &mem, 0, true);
+    assert_session_goes_on(&mut fe);
+    fe.get_vring_base(0).expect("GET_VRING_BASE");
+    // A sealable memfd is taken (between ring starts), and sealed: it can no longer shrink.
+    let sealable = memfd(needed);
+    assert_eq!(send_set_inflight(&fe, &info, &[sealable.as_fd()]), 0);
+    assert!(sealable.set_len(0).is_err(), "sealed against shrinking");
     drop(fe);
     t.join().unwrap();
 }

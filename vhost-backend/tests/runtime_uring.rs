@@ -162,3 +162,40 @@ fn dropping_the_ring_waits_for_the_read_in_flight() {
     mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
     assert_eq!(got, data());
 }
+
+/// A read that lands in part, then fails (the pipe closes before the rest), still marks the
+/// pages it wrote in the dirty log.
+#[test]
+fn a_read_that_lands_in_part_then_fails_marks_its_pages() {
+    use std::os::fd::AsFd;
+    let (_mem, q, dev, mut w) = setup();
+    let log = File::from(
+        nix::sys::memfd::memfd_create(c"uring-log", nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)
+            .unwrap(),
+    );
+    log.set_len(4096).unwrap();
+    q.dirty_log()
+        .set_base(log.as_fd().try_clone_to_owned().unwrap(), 4096, 0, 0x10000)
+        .unwrap();
+    q.dirty_log().set_enabled(true);
+    q.process(&dev).unwrap();
+    w.write_all(&data()[..20]).unwrap();
+    assert!(dev.eventfd_readable(5000));
+    assert_eq!(dev.reap(), 0, "a short read is not finished");
+    drop(w);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dev.reap() == 0 {
+        assert!(Instant::now() < deadline, "the read never failed");
+        dev.eventfd_readable(100);
+    }
+    q.publish();
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 2];
+    log.read_exact_at(&mut b, 0).unwrap();
+    let page = BUF / 4096;
+    assert_ne!(
+        b[(page / 8) as usize] & (1 << (page % 8)),
+        0,
+        "the 20 bytes that landed were not marked"
+    );
+}

@@ -423,3 +423,39 @@ fn session_with_gpa_addresses_acked_sends_guest_physical_ring_addresses() {
         (d.desc_table().0, d.avail_ring().0, d.used_ring().0)
     );
 }
+
+/// start_logging changes the session's state only once the back-end took each step: a
+/// refused SET_FEATURES leaves the features as they were, a refused SET_VRING_ADDR turns
+/// logging back off (the features sent again without VHOST_F_LOG_ALL).
+#[test]
+fn start_logging_refused_leaves_logging_off_and_the_features_unchanged() {
+    use vhost_proto::FrontendReq;
+    let (fe, rec, _t) = serve(RecordingBackend::new().with_features(offered()));
+    let mut s = Session::new(fe, SessionOptions::default()).unwrap();
+    s.start().unwrap();
+    let before = s.features();
+    let log_all = virtio::bit(virtio::LOG_ALL);
+    assert_eq!(before & log_all, 0);
+    let log = vhost_frontend::DirtyLogArea::new(64 << 20).unwrap();
+
+    rec.fail_on(FrontendReq::SetFeatures);
+    assert!(s.start_logging(&log).is_err());
+    assert!(!s.logging());
+    assert_eq!(s.features(), before, "SET_FEATURES was refused");
+    rec.succeed_on(FrontendReq::SetFeatures);
+
+    rec.fail_on(FrontendReq::SetVringAddr);
+    rec.take_calls();
+    assert!(s.start_logging(&log).is_err());
+    assert!(!s.logging(), "SET_VRING_ADDR was refused");
+    assert_eq!(s.features(), before);
+    let features: Vec<u64> = rec
+        .take_calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::SetFeatures(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(features, [before | log_all, before], "turned back off");
+}

@@ -8,11 +8,15 @@
 //!
 //! - **SET_LOG_BASE** ([`DirtyLog::set_base`]) maps the front-end's log: its descriptor (a
 //!   memfd), `mmap_size` and `mmap_offset`. The area must lie inside the file (checked with
-//!   `fstat` after sealing it against shrinking, as memory regions are), its offset must be
+//!   `fstat` after sealing it against shrinking, which is required whatever the memory
+//!   policy: a log that can shrink would SIGBUS a mark), its offset must be
 //!   page-aligned, and it must have a bit for every page of the memory table in force; anything
-//!   else is refused with a [`LogError`] and the previous log, if any, stays. A later
-//!   SET_LOG_BASE replaces the mapping (QEMU sends a larger log when memory grows); the old one
-//!   is unmapped when the last writer in flight lets go of it.
+//!   else is refused with a [`LogError`] and the previous log, if any, stays here; the
+//!   runtime's handler then drops the log and closes the connection, since QEMU looks only
+//!   at the reply's request code and would otherwise believe its new log is marked. A later
+//!   SET_LOG_BASE replaces the mapping (QEMU sends a larger log when memory grows) and returns
+//!   (so replies) only once no writer is marking the old one: markers hold a read guard for
+//!   their whole loop, the swap takes the write lock.
 //! - **The reply** LOG_SHMFD makes owed is a u64, 0 for success and non-zero for failure, as
 //!   REPLY_ACK's. Peers disagree on its payload (libvhost-user sends the size it was given,
 //!   DPDK an empty body, rust-vmm's front-end expects the 16-byte log struct back); QEMU reads
@@ -29,8 +33,9 @@
 //!   carried VHOST_VRING_F_LOG has its used-ring writes marked at the `log` address it gave
 //!   (the used ring's guest-physical address); without the flag they are marked at the used
 //!   ring's own address.
-//! - **Off costs one relaxed load**: [`DirtyLog::active`] is checked before anything else, per
-//!   request write and per batch of used entries.
+//! - **Off costs one relaxed load** (after a SeqCst fence for request data:
+//!   [`DirtyLog::active_after_writes`]): [`DirtyLog::active`] is checked before anything
+//!   else, per request write and per batch of used entries.
 //! - **SET_LOG_FD**: the spec gives the descriptor no more meaning than "the logging file
 //!   descriptor"; like libvhost-user, the runtime takes it as an eventfd and signals it after
 //!   each batch of marks, when one was given.
@@ -47,7 +52,7 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::FileOffset;
 
 use super::log_limit::LogLimiter;
-use super::mem_table::{seal_against_shrinking, MemoryPolicy};
+use super::mem_table::seal_against_shrinking;
 use super::notifier;
 
 /// Bytes of guest memory one bit of the log stands for.
@@ -95,7 +100,7 @@ pub enum LogError {
     /// The descriptor is not a regular file or memfd (its size bounds nothing).
     #[error("SET_LOG_BASE: the log descriptor is not a regular file or memfd")]
     NotAFile,
-    /// The file could not be kept from shrinking, and the memory policy is strict.
+    /// The file could not be kept from shrinking (refused whatever the memory policy).
     #[error("SET_LOG_BASE: the log file cannot be kept from shrinking: {0}")]
     Unprotected(String),
     /// `fstat` failed.
@@ -121,8 +126,8 @@ impl LogArea {
         // alive as long as `self` (which the returned slice borrows). `AtomicU8` has the
         // size and alignment of `u8`, and every access through the slice is atomic; the
         // front-end's concurrent accesses (atomic exchange when it reads and clears the log)
-        // are atomic too. The file cannot shrink under it (sealed, or refused unless the
-        // policy is lenient, see `DirtyLog::set_base`).
+        // are atomic too. The file cannot shrink under it (sealed with F_SEAL_SHRINK, or
+        // refused, see `DirtyLog::set_base`).
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU8>(), self.map.size()) }
     }
 }
@@ -170,6 +175,20 @@ impl DirtyLog {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// [`active`](Self::active) for a writer that has just written guest memory: a SeqCst
+    /// fence orders those writes before the load. Without it the load may be satisfied
+    /// before the writes are visible (store-load reordering): the writer could read "off"
+    /// while the control thread's SeqCst store turning logging on, its reply, and the
+    /// front-end's first copy of the page all happen before the data lands, and the page
+    /// would never be marked nor copied again. With it, either the writer sees "on" and
+    /// marks, or its data was visible before logging went on (so before the front-end's
+    /// first full copy).
+    #[inline]
+    pub fn active_after_writes(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.active()
+    }
+
     /// Size in bytes of the mapped log (0 without one).
     pub fn size(&self) -> u64 {
         self.area().map_or(0, |a| a.map.size() as u64)
@@ -197,17 +216,17 @@ impl DirtyLog {
         self.active.store(on, Ordering::SeqCst);
     }
 
-    /// SET_LOG_BASE: maps `size` bytes of `fd` at `offset` as the log, after checking them
-    /// against the file and against `memory_end` (the end of the highest guest-physical
-    /// region in the memory table). Replaces the previous log; on failure the previous log
-    /// stays.
+    /// SET_LOG_BASE: maps `size` bytes of `fd` at `offset` as the log, after sealing the
+    /// file against shrinking (required whatever the memory policy) and checking them against the
+    /// file and against `memory_end` (the end of the highest guest-physical region in the
+    /// memory table). Replaces the previous log, returning only once no writer is marking
+    /// the old one any more; on failure the previous log stays.
     pub fn set_base(
         &self,
         fd: OwnedFd,
         size: u64,
         offset: u64,
         memory_end: u64,
-        policy: MemoryPolicy,
     ) -> Result<(), LogError> {
         if size == 0 {
             return Err(LogError::Empty);
@@ -228,15 +247,10 @@ impl DirtyLog {
         if !meta.file_type().is_file() {
             return Err(LogError::NotAFile);
         }
-        if let Err(why) = seal_against_shrinking(&file) {
-            match policy {
-                MemoryPolicy::Strict => return Err(LogError::Unprotected(why)),
-                MemoryPolicy::Lenient => log::warn!(
-                    "dirty log: {why}; a front-end that shrinks it kills this process \
-                     (--strict-memory refuses such a log)"
-                ),
-            }
-        }
+        // Whatever the memory policy: a log that can shrink under the mapping would let the
+        // front-end kill this process (SIGBUS on a mark). QEMU's log memfd is always
+        // sealable, so only a hostile or broken front-end is refused here.
+        seal_against_shrinking(&file).map_err(LogError::Unprotected)?;
         // Sized after sealing: the size cannot go down any more.
         let file_size = file.metadata().map_err(LogError::Stat)?.len();
         let past = LogError::PastEndOfFile {
@@ -295,8 +309,10 @@ impl DirtyLog {
         if len == 0 || !self.active() {
             return;
         }
-        if let Some(area) = self.area() {
-            self.mark_in(&area, gpa, len);
+        // The read guard is held while marking: see `mark_all`.
+        let area = self.area.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(area) = area.as_deref() {
+            self.mark_in(area, gpa, len);
         }
     }
 
@@ -305,12 +321,16 @@ impl DirtyLog {
         if !self.active() {
             return;
         }
-        let Some(area) = self.area() else {
+        // The read guard is held for the whole loop: SET_LOG_BASE's swap (the write lock)
+        // waits for it, so no mark lands in a log the front-end was already told is
+        // replaced (QEMU reads the old log once after the reply, then frees it).
+        let area = self.area.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(area) = area.as_deref() else {
             return;
         };
         for (gpa, len) in ranges {
             if len > 0 {
-                self.mark_in(&area, gpa, len);
+                self.mark_in(area, gpa, len);
             }
         }
     }
@@ -384,8 +404,7 @@ mod tests {
     fn marks_every_page_of_a_range_and_nothing_else() {
         let f = memfd(4096);
         let log = DirtyLog::new();
-        log.set_base(dup(&f), 64, 0, 0x10_0000, MemoryPolicy::Lenient)
-            .unwrap();
+        log.set_base(dup(&f), 64, 0, 0x10_0000).unwrap();
         log.mark(0x1000, 1);
         assert_eq!(read_log(&f, 64), vec![0; 64], "off: nothing is marked");
         log.set_enabled(true);
@@ -414,45 +433,111 @@ mod tests {
         let f = memfd(8192);
         let log = DirtyLog::new();
         let mem_end = 256 << 20; // 256 MiB: 65536 pages, 8192 bytes of log.
-        let p = MemoryPolicy::Lenient;
         assert!(matches!(
-            log.set_base(dup(&f), 0, 0, mem_end, p),
+            log.set_base(dup(&f), 0, 0, mem_end),
             Err(LogError::Empty)
         ));
         assert!(matches!(
-            log.set_base(dup(&f), 8191, 0, mem_end, p),
+            log.set_base(dup(&f), 8191, 0, mem_end),
             Err(LogError::TooSmall { .. })
         ));
         assert!(matches!(
-            log.set_base(dup(&f), 8192, 4096, mem_end, p),
+            log.set_base(dup(&f), 8192, 4096, mem_end),
             Err(LogError::PastEndOfFile { .. })
         ));
         assert!(matches!(
-            log.set_base(dup(&f), 8192, u64::MAX - 4095, mem_end, p),
+            log.set_base(dup(&f), 8192, u64::MAX - 4095, mem_end),
             Err(LogError::PastEndOfFile { .. })
         ));
         assert!(matches!(
-            log.set_base(dup(&f), u64::MAX, 0, mem_end, p),
+            log.set_base(dup(&f), u64::MAX, 0, mem_end),
             Err(LogError::PastEndOfFile { .. })
         ));
         assert!(matches!(
-            log.set_base(dup(&f), 8192, 12, mem_end, p),
+            log.set_base(dup(&f), 8192, 12, mem_end),
             Err(LogError::UnalignedOffset { .. })
         ));
         let (r, w) = nix::unistd::pipe().unwrap();
         drop(w);
         assert!(matches!(
-            log.set_base(r, 8192, 0, mem_end, p),
+            log.set_base(r, 8192, 0, mem_end),
             Err(LogError::NotAFile)
         ));
         assert_eq!(log.size(), 0);
-        log.set_base(dup(&f), 8192, 0, mem_end, p).unwrap();
+        log.set_base(dup(&f), 8192, 0, mem_end).unwrap();
         assert_eq!(log.size(), 8192);
         // A refused replacement keeps the log in force.
-        assert!(log.set_base(dup(&f), 1, 0, mem_end, p).is_err());
+        assert!(log.set_base(dup(&f), 1, 0, mem_end).is_err());
         assert_eq!(log.size(), 8192);
         // The file is sealed against shrinking now.
         assert!(f.set_len(0).is_err());
+    }
+
+    /// A replaced log is not given back to the front-end (SET_LOG_BASE's reply) while a
+    /// writer is still marking it: QEMU reads the old log once after that reply and frees it.
+    #[test]
+    fn set_base_waits_for_writers_of_the_old_log() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let old = memfd(4096);
+        let new = memfd(4096);
+        let log = Arc::new(DirtyLog::new());
+        log.set_base(dup(&old), 16, 0, 0).unwrap();
+        log.set_enabled(true);
+        let (started_tx, started_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let marker = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let ranges = std::iter::once(()).flat_map(move |()| {
+                    started_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    [(0x5000u64, 1u64)]
+                });
+                log.mark_all(ranges);
+            })
+        };
+        started_rx.recv().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let replacer = {
+            let log = log.clone();
+            let fd = dup(&new);
+            std::thread::spawn(move || {
+                log.set_base(fd, 16, 0, 0).unwrap();
+                done_tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "SET_LOG_BASE returned while a writer was still marking the old log"
+        );
+        go_tx.send(()).unwrap();
+        marker.join().unwrap();
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        replacer.join().unwrap();
+        assert_eq!(
+            read_log(&old, 1)[0],
+            1 << 5,
+            "the mark landed in the old log"
+        );
+        assert_eq!(read_log(&new, 16), vec![0; 16]);
+    }
+
+    /// A log that cannot be sealed against shrinking is refused whatever the policy: a
+    /// front-end that truncates it would otherwise kill the daemon with SIGBUS.
+    #[test]
+    fn an_unsealable_log_is_refused_even_when_lenient() {
+        let fd =
+            nix::sys::memfd::memfd_create(c"log-nosealing", nix::sys::memfd::MFdFlags::empty())
+                .unwrap();
+        let f = File::from(fd);
+        f.set_len(4096).unwrap();
+        let log = DirtyLog::new();
+        assert!(matches!(
+            log.set_base(dup(&f), 16, 0, 0),
+            Err(LogError::Unprotected(_))
+        ));
+        assert_eq!(log.size(), 0);
     }
 
     #[test]
@@ -462,11 +547,9 @@ mod tests {
         let log = DirtyLog::new();
         log.set_enabled(true);
         assert!(!log.active(), "on without a log is not active");
-        log.set_base(dup(&small), 16, 0, 0, MemoryPolicy::Lenient)
-            .unwrap();
+        log.set_base(dup(&small), 16, 0, 0).unwrap();
         assert!(log.active());
-        log.set_base(dup(&big), 32, 4096, 0, MemoryPolicy::Lenient)
-            .unwrap();
+        log.set_base(dup(&big), 32, 4096, 0).unwrap();
         log.mark(200 * 4096, 1);
         use std::os::unix::fs::FileExt;
         let mut b = [0u8; 1];

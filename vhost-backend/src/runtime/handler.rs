@@ -549,15 +549,16 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
     }
 
     fn set_log_base(&mut self, log: &LogBase, fd: OwnedFd) -> BackendResult<()> {
+        // A refusal is fatal for the session: QEMU checks only the reply's request code, so
+        // it would go on believing its new log is marked (and free the old one) while the
+        // back-end kept marking the old one, and the migration would end with stale pages.
+        // The log is dropped at once, so nothing marks it before the connection closes.
         self.dirty
-            .set_base(
-                fd,
-                log.mmap_size,
-                log.mmap_offset,
-                self.mem.guest_end(),
-                self.mem.policy(),
-            )
-            .map_err(fail)
+            .set_base(fd, log.mmap_size, log.mmap_offset, self.mem.guest_end())
+            .map_err(|e| {
+                self.dirty.clear();
+                BackendError::Broken(Box::new(e))
+            })
     }
 
     fn set_log_fd(&mut self, fd: OwnedFd) -> BackendResult<()> {
@@ -640,11 +641,23 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             Kick::None => {}
         }
         let tracking = self.inflight.as_ref().and_then(|a| a.queue(r.index));
-        if let Err(e) = g.start(r.index, &mem, tracking) {
-            drop(g);
-            self.retire_idle_worker(w);
-            return Err(fail(e));
+        if tracking.is_none() && !g.started() {
+            if let Some(area) = &self.inflight {
+                log::warn!(
+                    "vring {}: the inflight area covers {} queue(s) only: this ring runs                      untracked, and a restart loses its requests in flight",
+                    r.index,
+                    area.num_queues()
+                );
+            }
         }
+        let owed = match g.start(r.index, &mem, tracking) {
+            Ok(owed) => owed,
+            Err(e) => {
+                drop(g);
+                self.retire_idle_worker(w);
+                return Err(fail(e));
+            }
+        };
         match fd {
             Some(file) => {
                 worker
@@ -662,6 +675,11 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             g.follow_features(false);
         }
         drop(g);
+        if owed {
+            // Paid at once if the ring has a call eventfd, else at SET_VRING_CALL.
+            r.owe_call();
+            r.pay_call();
+        }
         // Look at the ring at once: buffers made available before the kick fd arrived.
         self.poke(i);
         Ok(())
@@ -674,6 +692,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             .transpose()
             .map_err(fail)?;
         r.set_call(fd);
+        r.pay_call();
         Ok(())
     }
 
@@ -809,8 +828,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             return Err(fail(VringError::Started { index: r.index }));
         }
         let max_size = self.device.max_queue_size();
-        let area = InflightArea::open(info, fd, self.rings.len(), max_size, self.mem.policy())
-            .map_err(fail)?;
+        let area = InflightArea::open(info, fd, self.rings.len(), max_size).map_err(fail)?;
         log::info!(
             "inflight area: {} queue(s) of {} entries, offset {:#x}",
             info.num_queues,

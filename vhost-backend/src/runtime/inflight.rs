@@ -21,6 +21,23 @@
 //!   are cleared. Every head still flagged is then resubmitted, in counter order, before any
 //!   new available entry; the ring resumes taking available entries at
 //!   `used index + resubmitted` (every entry taken is either on the used ring or in flight).
+//!   An uninitialised region (version 0: a first start, a migration destination) is
+//!   initialised and the ring resumes at SET_VRING_BASE, as without tracking.
+//! - **after a restart**: the dead back-end may have published used entries and died before
+//!   its call, and the driver moves `used_event` only when it reaps. A ring resuming an
+//!   initialised region therefore calls the driver once as soon as it has a call eventfd
+//!   (QEMU sends SET_VRING_CALL after SET_VRING_KICK), and its first notification decision
+//!   calls whatever EVENT_IDX says (as libvhost-user's `signalled_used_valid` and DPDK do).
+//! - **stop** (GET_VRING_BASE): resubmitted requests not yet handed to the device count as
+//!   outstanding; the device gets them while the stop waits, and a stop that cannot run
+//!   them (the ring disabled, the device paused past the bound) fails rather than answer a
+//!   base that covers them. The region keeps them flagged.
+//!
+//! A stop that gave up waiting leaves the flags of the requests the device still holds
+//! set: a restart *in the same process* (the front-end reconnecting to a daemon that kept
+//! running) resubmits them while the device may still be executing them. Their late
+//! completions are dropped (an older generation), but the device runs those requests
+//! twice, possibly at once.
 //!
 //! The front-end can write the region at any time: every value read back from it (`next`,
 //! counters, `desc_num`, the flags) is only used within bounds this module fixed itself from
@@ -44,7 +61,7 @@ use vm_memory::{
     Address, Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
 };
 
-use super::mem_table::{seal_against_shrinking, MemoryPolicy};
+use super::mem_table::seal_against_shrinking;
 
 /// Why GET_INFLIGHT_FD or SET_INFLIGHT_FD was refused, or a ring could not be tracked.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +101,8 @@ pub enum InflightError {
     /// mapped as the area.
     #[error("the inflight descriptor is not a regular file or memfd")]
     NotAFile,
-    /// Under [`MemoryPolicy::Strict`]: the area's file could shrink under the mapping.
+    /// The area's file is not sealed against shrinking and cannot be (a memfd created
+    /// without `MFD_ALLOW_SEALING`, a tmpfs or plain file): it could shrink under the mapping.
     #[error("the inflight area: {0}, so the front-end could shrink it under the mapping")]
     Unprotected(String),
     /// `mmap_offset + size` runs past the end of the file (or overflows).
@@ -192,14 +210,13 @@ pub(crate) struct InflightArea {
 
 impl InflightArea {
     /// Validates SET_INFLIGHT_FD (queue count and size against the device's, `mmap_size`
-    /// against what they need, the descriptor a regular file kept from shrinking as `policy`
-    /// allows and long enough) and maps the queue regions.
+    /// against what they need, the descriptor a regular file sealed against shrinking and
+    /// long enough) and maps the queue regions.
     pub(crate) fn open(
         info: &Inflight,
         fd: OwnedFd,
         max_queues: usize,
         max_size: u16,
-        policy: MemoryPolicy,
     ) -> Result<Self, InflightError> {
         check_shape(info.num_queues, info.queue_size, max_queues, max_size)?;
         let needed = split_area_size(info.num_queues, info.queue_size);
@@ -216,14 +233,10 @@ impl InflightArea {
         if !meta.file_type().is_file() {
             return Err(InflightError::NotAFile);
         }
-        if let Err(why) = seal_against_shrinking(&file) {
-            match policy {
-                MemoryPolicy::Strict => return Err(InflightError::Unprotected(why)),
-                MemoryPolicy::Lenient => log::warn!(
-                    "the inflight area: {why}; a front-end that shrinks it kills this process"
-                ),
-            }
-        }
+        // Whatever the memory policy: the area is read at every ring start, and a file
+        // shrunk under the mapping would kill the process (SIGBUS) there. QEMU hands back
+        // the sealed memfd GET_INFLIGHT_FD made (libvhost-user's and DPDK's are sealed too).
+        seal_against_shrinking(&file).map_err(InflightError::Unprotected)?;
         // Sized after sealing: it cannot go down any more.
         let file_size = file.metadata().map_err(InflightError::Io)?.len();
         let past = || InflightError::PastEndOfFile {
@@ -248,6 +261,11 @@ impl InflightArea {
         })
     }
 
+    /// Queues the area covers.
+    pub(crate) fn num_queues(&self) -> u16 {
+        self.num_queues
+    }
+
     /// The tracking of queue `index`, or `None` when the area does not cover it.
     pub(crate) fn queue(self: &Arc<Self>, index: u16) -> Option<QueueInflight> {
         (index < self.num_queues).then(|| QueueInflight {
@@ -267,6 +285,9 @@ pub(crate) struct Recovery {
     /// The region's used index differed from the ring's: a half-published completion was
     /// repaired.
     pub(crate) repaired: bool,
+    /// The region was uninitialised (version 0): no back-end tracked this ring in it before
+    /// (a first start, a migration destination), so it says nothing about the ring.
+    pub(crate) fresh: bool,
 }
 
 /// One ring's queue region. See the [module docs](self).
@@ -283,12 +304,12 @@ pub(crate) struct QueueInflight {
 }
 
 #[cfg(feature = "test-utils")]
-use super::testing::crash_point;
+pub(crate) use super::testing::crash_point;
 
 /// Fault injection is compiled in only with the `test-utils` feature.
 #[cfg(not(feature = "test-utils"))]
 #[inline(always)]
-fn crash_point(_: &'static str) {}
+pub(crate) fn crash_point(_: &'static str) {}
 
 impl QueueInflight {
     /// Entries in the region.
@@ -377,6 +398,7 @@ impl QueueInflight {
             self.store(self.desc_num, self.header(off::DESC_NUM));
             self.store(INFLIGHT_VERSION, self.header(off::VERSION));
             self.counter = 0;
+            rec.fresh = true;
             return rec;
         }
         self.store(self.desc_num, self.header(off::DESC_NUM));
@@ -496,7 +518,7 @@ mod tests {
         };
         let (reply, fd) = create_area(&info, 4, 256).unwrap();
         let keep = File::from(fd.try_clone().unwrap());
-        let a = InflightArea::open(&reply, fd, 4, 256, MemoryPolicy::Strict).unwrap();
+        let a = InflightArea::open(&reply, fd, 4, 256).unwrap();
         (Arc::new(a), keep)
     }
 

@@ -48,7 +48,7 @@
 //! - **inflight tracking** (`inflight`, INFLIGHT_SHMFD, for a device that
 //!   [opts in](VirtioDevice::supports_inflight_tracking)): GET_INFLIGHT_FD creates the shared
 //!   area (a sealed memfd in the spec's split-ring layout), SET_INFLIGHT_FD maps the one the
-//!   front-end hands back; each ring records its requests there when popped and when
+//!   front-end hands back (sealed against shrinking, or refused); each ring records its requests there when popped and when
 //!   published, and a start resubmits, in the order they were taken, the requests a killed
 //!   back-end left in flight, before any new available entry ([`InflightError`] for what
 //!   is refused).

@@ -242,7 +242,7 @@ impl Request {
 
     /// Records that writable bytes `[skip, skip + len)` of the request were written: marks
     /// their guest pages in the dirty log while the front-end logs writes (migration), and
-    /// does nothing else (one relaxed load) when it does not.
+    /// does nothing else (a fence and one relaxed load) when it does not.
     ///
     /// This is the one call for "these guest bytes were written". [`write_writable`](
     /// Self::write_writable), [`write_last_byte`](Self::write_last_byte) and
@@ -254,7 +254,8 @@ impl Request {
     /// harmless (the page is sent again); marking less loses data on migration.
     pub fn mark_written(&self, skip: u64, len: u64) {
         let log = &self.ring.dirty;
-        if len == 0 || !log.active() {
+        // Fenced: the data written just before must not be reordered after the check.
+        if len == 0 || !log.active_after_writes() {
             return;
         }
         log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
@@ -377,7 +378,7 @@ impl QueueContext<'_> {
     }
 
     /// The next available chain as a [`Request`], or `None` when the ring is empty, the ring
-    /// is being stopped, or a ring's worth of chains was taken since the runtime last called
+    /// is being stopped (only resubmitted requests, below, are handed out then), or a ring's worth of chains was taken since the runtime last called
     /// the device (it calls again for the rest: a driver that keeps the ring full, or a ring
     /// laid over its own used ring, cannot keep the device in one call for ever).
     ///
@@ -389,8 +390,9 @@ impl QueueContext<'_> {
     /// them from the others.
     pub fn pop(&mut self) -> Option<Request> {
         let size = u32::from(self.state.size());
-        while !self.ring.is_stopping() && self.taken < size {
-            // Inflight tracking: resubmitted heads before new available entries.
+        while self.taken < size {
+            // Inflight tracking: resubmitted heads before new available entries, also while
+            // a stop waits (it waits for them).
             if let Some(head) = self.state.next_resubmit() {
                 self.taken += 1;
                 if !self.state.take_head(head) {
@@ -399,6 +401,9 @@ impl QueueContext<'_> {
                 let table = self.state.desc_table();
                 let chain = ResubmittedChain::new(self.mem, table, self.state.size(), head);
                 return Some(self.request(head, chain));
+            }
+            if self.ring.is_stopping() {
+                return None;
             }
             let mem = Arc::clone(self.mem);
             let (head, mut chain) = self.state.pop_chain(&mem)?;

@@ -54,6 +54,7 @@ use super::vring::{Vring, VringError};
 /// One started, enabled ring a test drives by hand. See the [module docs](self).
 pub struct TestQueue {
     ring: Arc<Vring>,
+    dirty: Arc<super::dirty_log::DirtyLog>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     notifications: std::sync::atomic::AtomicU64,
 }
@@ -95,7 +96,7 @@ impl TestQueue {
     ) -> Result<Self, VringError> {
         let atomic = GuestMemoryAtomic::new(mem);
         let dirty = Arc::new(super::dirty_log::DirtyLog::new());
-        let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty));
+        let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty.clone()));
         {
             let snapshot = atomic.memory();
             let mut st = ring.lock();
@@ -108,6 +109,7 @@ impl TestQueue {
         }
         Ok(TestQueue {
             ring,
+            dirty,
             mem: atomic,
             notifications: Default::default(),
         })
@@ -145,6 +147,13 @@ impl TestQueue {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         p.count
+    }
+
+    /// The queue's dirty-page log: map one ([`DirtyLog::set_base`](super::DirtyLog::set_base))
+    /// and turn it on ([`DirtyLog::set_enabled`](super::DirtyLog::set_enabled)) to check
+    /// that a device's writes are marked.
+    pub fn dirty_log(&self) -> &super::dirty_log::DirtyLog {
+        &self.dirty
     }
 
     /// Requests popped and not yet on the used ring.
@@ -191,7 +200,7 @@ thread_local! {
 
 /// Arms an injected crash of the back-end on this thread: the `n`th crash point the
 /// inflight tracking passes from now on (one between every two writes to the inflight
-/// region or the used ring) panics, so that nothing after it happens, as if the process
+/// region or the used ring, and one between publishing used entries and calling) panics, so that nothing after it happens, as if the process
 /// had been killed at that instruction. `0` disarms. A threadless back-end
 /// ([`DeviceBackend::threadless`](super::DeviceBackend::threadless)) runs on the caller's
 /// thread, so the crash lands there; catch it with [`std::panic::catch_unwind`] and drop

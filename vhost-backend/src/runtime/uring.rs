@@ -22,7 +22,8 @@
 //! never sees the request in between, so it cannot drop it early; dropping the ring waits
 //! for every operation in flight first (and leaks them, keeping their memory mapped, if
 //! even that fails). Short transfers continue where they stopped, like
-//! [`FileIo`](super::FileIo)'s loop; pages a read wrote are marked dirty once it completed.
+//! [`FileIo`](super::FileIo)'s loop; pages a read wrote are marked dirty once it completed,
+//! or failed (part may have landed).
 
 use std::fs::File;
 use std::io;
@@ -418,7 +419,9 @@ impl<T> GuestUring<T> {
         slot.iov.clear();
         self.free.push(idx);
         self.in_flight -= 1;
-        if result.is_ok() && op.kind == Kind::Read {
+        // Also after a failure, as `FileIo` does: a short read may have landed before the
+        // retry failed, and a failed transfer may have written part of its buffers.
+        if op.kind == Kind::Read {
             op.req.mark_written(0, op.total);
         }
         out.push(Reaped {

@@ -35,7 +35,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dirty_log::DirtyLog;
-use super::inflight::QueueInflight;
+use super::inflight::{crash_point, QueueInflight};
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
 use super::packed::{PackedRing, INITIAL_BASE};
@@ -120,8 +120,11 @@ pub enum VringError {
         #[source]
         source: std::io::Error,
     },
-    /// Stopping the ring waited the whole bound for requests the device still held. The
-    /// ring is stopped anyway; their completions, when they come, are dropped.
+    /// Stopping the ring waited the whole bound for requests the device still held (or for
+    /// resubmitted ones it was never handed: the ring was disabled, the device paused). The
+    /// ring is stopped anyway; their completions, when they come, are dropped. With
+    /// inflight tracking the region still records them in flight: a back-end started on
+    /// it resubmits them (even, in the same process, one the device may still be running).
     #[error(
         "vring {index}: {outstanding} request(s) still outstanding after {waited:?}; the ring \
          was stopped without them"
@@ -129,7 +132,7 @@ pub enum VringError {
     QuiesceTimeout {
         /// The ring.
         index: u16,
-        /// Requests popped and never completed.
+        /// Requests popped and never completed, and resubmitted ones never popped.
         outstanding: u16,
         /// How long the stop waited.
         waited: Duration,
@@ -211,6 +214,9 @@ pub(crate) struct RingState {
     /// Heads left in flight by a previous back-end, to hand out before new available
     /// entries, in the order they were first taken.
     resubmit: VecDeque<u16>,
+    /// The next notification decision calls the driver whatever EVENT_IDX says: set when
+    /// the ring resumes a previous back-end's inflight region (see [`Vring::owe_call`]).
+    notify_owed: bool,
 }
 
 /// One vring. See the [module docs](self).
@@ -235,6 +241,8 @@ pub(crate) struct Vring {
     waker: Mutex<Option<Arc<EventFd>>>,
     /// Set while a stop waits: the device gets no new chain.
     stopping: AtomicBool,
+    /// A used-buffer notification is owed to the driver (see [`owe_call`](Self::owe_call)).
+    call_owed: AtomicBool,
     /// Process at the next worker wake-up even without a kick (ring just enabled, device
     /// event).
     pending: AtomicBool,
@@ -283,6 +291,7 @@ impl Vring {
             draining: AtomicBool::new(false),
             waker: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            call_owed: AtomicBool::new(false),
             pending: AtomicBool::new(false),
             log: LogLimiter::new("ring warnings"),
             dirty,
@@ -314,9 +323,30 @@ impl Vring {
         *self.err.lock().unwrap_or_else(PoisonError::into_inner) = fd;
     }
 
-    /// Signals the used-buffer notification.
+    /// Signals the used-buffer notification (which pays a call [owed](Self::owe_call)).
     pub(crate) fn signal_call(&self) {
-        signal(&self.call);
+        let guard = self.call.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = guard.as_ref() {
+            notifier::signal(f);
+            self.call_owed.store(false, Ordering::Release);
+        }
+    }
+
+    /// Records that the driver is owed one used-buffer notification: the ring resumed a
+    /// previous back-end's inflight region, and that back-end may have published used
+    /// entries and died before calling. The driver moves `used_event` only when it reaps,
+    /// so without this call it could wait for ever on entries already in its used ring.
+    /// The call is made by [`pay_call`](Self::pay_call) as soon as the ring has a call
+    /// eventfd (QEMU sends SET_VRING_CALL after SET_VRING_KICK), or by any call before.
+    pub(crate) fn owe_call(&self) {
+        self.call_owed.store(true, Ordering::Release);
+    }
+
+    /// Makes the call [owed](Self::owe_call), if any, when the ring has a call eventfd.
+    pub(crate) fn pay_call(&self) {
+        if self.call_owed.load(Ordering::Acquire) {
+            self.signal_call();
+        }
     }
 
     /// Signals the error eventfd.
@@ -465,7 +495,7 @@ impl Vring {
                     .needs_notification(&**mem)
                     .map_err(|e| e.to_string()),
             };
-            published.notify = match needs {
+            let wanted = match needs {
                 Ok(n) => n,
                 Err(e) => {
                     self.log.warn(format_args!(
@@ -475,7 +505,15 @@ impl Vring {
                     true
                 }
             };
+            // After resuming a previous back-end's region the first decision calls: the
+            // driver may be waiting for entries that back-end published without calling,
+            // and `needs_notification` only looks at the entries added since.
+            published.notify = wanted | std::mem::take(&mut st.notify_owed);
             st.unsignalled = 0;
+        }
+        if published.notify {
+            // Every caller signals the call eventfd next.
+            crash_point("published, call not yet made");
         }
         published
     }
@@ -565,12 +603,18 @@ impl Vring {
             if p.notify {
                 self.signal_call();
             }
-            if st.outstanding == 0 || !st.started {
+            // Requests a previous back-end left in flight and not yet handed to the device
+            // are owed too: the base answered covers them, and whoever resumes from it
+            // (a migration destination, a fresh inflight area) would never run them. The
+            // device gets them while the stop waits (`pop`), but only on a running ring.
+            let owed = st.outstanding as usize + st.resubmit.len();
+            if owed == 0 || !st.started {
                 break st;
             }
             let now = Instant::now();
-            if now >= deadline {
-                timed_out = Some(st.outstanding);
+            let stuck = st.outstanding == 0 && !st.running();
+            if now >= deadline || stuck {
+                timed_out = Some(owed.min(usize::from(u16::MAX)) as u16);
                 break st;
             }
             // Completions published by anyone after this point move `taken` on.
@@ -594,6 +638,7 @@ impl Vring {
         self.quiescing.store(false, Ordering::SeqCst);
         let kick = st.take_kick();
         let base = st.stop();
+        self.call_owed.store(false, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         drop(st);
         self.stopping.store(false, Ordering::SeqCst);
@@ -635,6 +680,7 @@ impl Vring {
         self.set_err(None);
         self.log.reset();
         self.stopping.store(false, Ordering::Relaxed);
+        self.call_owed.store(false, Ordering::Relaxed);
         self.pending.store(false, Ordering::Relaxed);
     }
 }
@@ -665,6 +711,7 @@ impl RingState {
             spare_bufs: Vec::new(),
             inflight: None,
             resubmit: VecDeque::new(),
+            notify_owed: false,
         }
     }
 
@@ -792,15 +839,20 @@ impl RingState {
     ///
     /// With `inflight` (the ring's queue region, SET_INFLIGHT_FD) the region is repaired and
     /// the heads it holds in flight are queued for resubmission; the next available index is
-    /// then the used index plus their number, whatever the base.
+    /// then the used index plus their number, whatever the base. A fresh region (version 0:
+    /// a first start, a migration destination) says nothing: the ring resumes at the base.
+    ///
+    /// Returns whether the ring resumed a region a previous back-end initialised: the
+    /// caller then owes the driver a call ([`Vring::owe_call`]), and the first notification
+    /// decision calls whatever EVENT_IDX says.
     pub(crate) fn start(
         &mut self,
         index: u16,
         mem: &GuestMemoryMmap,
         inflight: Option<QueueInflight>,
-    ) -> Result<(), VringError> {
+    ) -> Result<bool, VringError> {
         if self.started {
-            return Ok(());
+            return Ok(false);
         }
         if self.packed_layout {
             return self.start_packed(index, mem, inflight.is_some());
@@ -842,12 +894,16 @@ impl RingState {
             .map_err(|e| invalid(e.to_string()))?;
         let base = self.base as u16;
         let mut next_avail = base;
+        let mut resumed = false;
         self.resubmit.clear();
         self.inflight = inflight;
         if let Some(inflight) = &mut self.inflight {
             let rec = inflight.recover(self.size, used_idx.0);
-            // Every entry taken is on the used ring or in flight.
-            next_avail = used_idx.0.wrapping_add(rec.heads.len() as u16);
+            resumed = !rec.fresh;
+            if resumed {
+                // Every entry taken is on the used ring or in flight.
+                next_avail = used_idx.0.wrapping_add(rec.heads.len() as u16);
+            }
             if !rec.heads.is_empty() || rec.repaired || next_avail != base {
                 log::info!(
                     "vring {index}: inflight region: {} request(s) resubmitted{}, resuming at \
@@ -867,17 +923,19 @@ impl RingState {
         q.set_next_used(used_idx.0);
         self.queue = q;
         self.packed = None;
-        self.mark_started();
-        Ok(())
+        self.mark_started(resumed);
+        Ok(resumed)
     }
 
-    /// Clears the request bookkeeping and marks the ring started.
-    fn mark_started(&mut self) {
+    /// Clears the request bookkeeping and marks the ring started (`resumed`: a call is owed
+    /// to the driver, see `notify_owed`).
+    fn mark_started(&mut self, resumed: bool) {
         self.outstanding = 0;
         self.in_flight.clear();
         self.in_flight
             .resize(usize::from(self.size).div_ceil(64), 0);
         self.unsignalled = 0;
+        self.notify_owed = resumed;
         self.started = true;
     }
 
@@ -890,7 +948,7 @@ impl RingState {
         index: u16,
         mem: &GuestMemoryMmap,
         with_inflight: bool,
-    ) -> Result<(), VringError> {
+    ) -> Result<bool, VringError> {
         let addrs = self.addrs.ok_or(VringError::NotConfigured {
             index,
             missing: "SET_VRING_ADDR",
@@ -915,8 +973,8 @@ impl RingState {
         self.inflight = None;
         self.resubmit.clear();
         self.packed = Some(ring);
-        self.mark_started();
-        Ok(())
+        self.mark_started(false);
+        Ok(false)
     }
 
     /// Stops the ring and returns the next available index. Outstanding requests are
@@ -938,6 +996,7 @@ impl RingState {
         self.unsignalled = 0;
         self.inflight = None;
         self.resubmit.clear();
+        self.notify_owed = false;
         self.base
     }
 
@@ -1073,7 +1132,8 @@ impl RingState {
         }
     }
 
-    /// Inflight tracking: the next head a previous back-end left in flight, if any.
+    /// Inflight tracking: the next head a previous back-end left in flight, if any (also
+    /// while a stop waits: the stop waits for them).
     pub(crate) fn next_resubmit(&mut self) -> Option<u16> {
         self.resubmit.pop_front()
     }

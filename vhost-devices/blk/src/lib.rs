@@ -656,6 +656,8 @@ impl BlkDevice {
             writeback: self.config.writeback,
             read_only: self.device_features() & (1 << features::RO) != 0,
             capacity: self.capacity(),
+            block_size: self.config.blk_size.get(),
+            num_queues: self.config.num_queues.get(),
         }
     }
 }

@@ -91,4 +91,27 @@ fn the_drivers_cache_mode_moves_to_the_destination_and_another_disk_refuses_it()
     assert!(!load(&mut c, &state), "state of another disk was taken");
     assert!(!load(&mut c, b"garbage"));
     assert_eq!(writeback(&mut c), 1);
+
+    // So does a daemon on the same image with two queues, or another block size.
+    for (tag, set) in [
+        (
+            "state-queues",
+            (|c: &mut BlkConfig| c.num_queues = 2) as fn(&mut BlkConfig),
+        ),
+        ("state-bs", |c: &mut BlkConfig| {
+            c.logical_block_size = Some(4096)
+        }),
+    ] {
+        let d = Scratch::new(tag);
+        let mut cfg = BlkConfig::new(&img);
+        set(&mut cfg);
+        let _daemon = InProcess::start(&cfg, &d.socket());
+        let mut s = connect(&d.socket(), || options(cfg.num_queues));
+        s.stop().unwrap();
+        assert!(
+            !load(&mut s, &state),
+            "{tag}: state of another geometry was taken"
+        );
+        assert_eq!(writeback(&mut s), 1);
+    }
 }

@@ -140,6 +140,51 @@ fn serve_on(
     (mem, (used == 1).then_some(len))
 }
 
+/// With logging on, the pages the device filled and the used ring's page are marked in the
+/// dirty log, and nothing else.
+#[test]
+fn fill_marks_the_pages_written_in_the_dirty_log() {
+    use std::os::fd::AsFd;
+    let d = RngDevice::new(&RngConfig::default()).unwrap();
+    let mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(RINGS), 0x1000)])
+            .unwrap();
+    // Two descriptors: 0x1800 bytes from 0x3800 (pages 3 to 4) and 1 byte at 0x9fff (page 9).
+    for (i, (addr, len, flags)) in [(0x3800u64, 0x1800u32, 3u16), (0x9fff, 1, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = GuestAddress(RINGS + 16 * i as u64);
+        mem.write_obj(addr, at).unwrap();
+        mem.write_obj(len, at.unchecked_add(8)).unwrap();
+        mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+        mem.write_obj(i as u16 + 1, at.unchecked_add(14)).unwrap();
+    }
+    mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
+    mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
+    let q = vhost_backend::runtime::testing::TestQueue::new(
+        0,
+        mem.clone(),
+        16,
+        [RINGS, RINGS + 0x200, RINGS + 0x400],
+        false,
+    )
+    .unwrap();
+    let end = RINGS + 0x1000;
+    let log = vhost_frontend::DirtyLogArea::new(end).unwrap();
+    let fd = log.file().as_fd().try_clone_to_owned().unwrap();
+    q.dirty_log().set_base(fd, log.size(), 0, end).unwrap();
+    q.dirty_log().set_enabled(true);
+    q.process(&d).unwrap();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(RINGS + 0x402)).unwrap(), 1);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(RINGS + 0x408)).unwrap(),
+        0x1801
+    );
+    let used_page = (RINGS + 0x400) / 4096;
+    assert_eq!(log.dirty_pages().unwrap(), vec![3, 4, 9, used_page]);
+}
+
 #[test]
 fn state_carries_the_spent_budget_to_another_device() {
     let cfg = RngConfig {

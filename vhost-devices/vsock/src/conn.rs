@@ -17,13 +17,16 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::sys::socket::{send, MsgFlags};
+use nix::sys::socket::{recv, send, MsgFlags};
 
 use crate::packet::Header;
 
 /// Receive buffer the device announces per connection (guest → host bytes not yet taken by
 /// the host stream).
 pub const BUF_ALLOC: u32 = 256 * 1024;
+
+/// Capacity of an emptied pending buffer past which its memory is given back.
+const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,9 +135,13 @@ impl Conn {
     /// Takes the guest's `buf_alloc` and `fwd_cnt` from one of its packets. `Ok(true)` when
     /// the credit grew. A `fwd_cnt` ahead of what was sent is refused.
     pub fn update_peer(&mut self, buf_alloc: u32, fwd_cnt: u32) -> Result<bool, CreditViolation> {
-        // The guest cannot have consumed bytes it was never sent: as a signed distance,
-        // what it claims must not lie ahead of `rx_cnt`.
-        if (self.rx_cnt.wrapping_sub(fwd_cnt) as i32) < 0 {
+        // The guest cannot have consumed bytes it was never sent. Anything from its last
+        // `fwd_cnt` up to `rx_cnt` is possible, however many bytes are in flight (a guest
+        // buffer may exceed 2 GiB); outside that, a signed distance tells an older value
+        // (accepted, as before) from one ahead of `rx_cnt`.
+        let in_flight = self.rx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        let behind = self.rx_cnt.wrapping_sub(fwd_cnt);
+        if behind > in_flight && (behind as i32) < 0 {
             return Err(CreditViolation);
         }
         let before = self.credit();
@@ -178,16 +185,22 @@ impl Conn {
         u64::from(buffered) + u64::from(len) <= u64::from(BUF_ALLOC)
     }
 
-    /// Guest bytes for the host stream: `direct` of them the stream took already (written
-    /// from guest memory), then `data`, written now as far as the stream takes it, the rest
-    /// kept (the caller checked [`has_room`](Self::has_room)).
-    pub fn push_guest_bytes(&mut self, direct: u32, data: &[u8]) -> io::Result<()> {
-        self.recv_cnt = self
-            .recv_cnt
-            .wrapping_add(direct)
-            .wrapping_add(data.len() as u32);
-        self.fwd_cnt = self.fwd_cnt.wrapping_add(direct);
-        self.pending.extend(data);
+    /// Guest bytes for the host stream: written now as far as the stream takes them (behind
+    /// any pending bytes), the rest kept (the caller checked [`has_room`](Self::has_room)).
+    pub fn push_guest_bytes(&mut self, data: &[u8]) -> io::Result<()> {
+        self.recv_cnt = self.recv_cnt.wrapping_add(data.len() as u32);
+        let mut taken = 0;
+        if self.pending.is_empty() {
+            while taken < data.len() {
+                let n = send_some(&self.stream, &data[taken..])?;
+                if n == 0 {
+                    break;
+                }
+                taken += n;
+            }
+            self.fwd_cnt = self.fwd_cnt.wrapping_add(taken as u32);
+        }
+        self.pending.extend(&data[taken..]);
         self.flush()
     }
 
@@ -214,6 +227,10 @@ impl Conn {
             self.preamble -= ours;
             self.fwd_cnt = self.fwd_cnt.wrapping_add((n - ours) as u32);
         }
+        if self.pending.is_empty() && self.pending.capacity() > SHRINK_ABOVE {
+            // A host stream that fell behind once does not keep its buffer for good.
+            self.pending = VecDeque::new();
+        }
         if self.guest_shut_send && self.pending.is_empty() && !self.host_write_shut {
             self.host_write_shut = true;
             // The host may have closed its end already; nothing is lost either way.
@@ -239,6 +256,25 @@ impl Conn {
         let to_host_done = self.guest_shut_send && self.pending.is_empty();
         let to_guest_done = (self.host_eof && !self.eof_to_send) || self.guest_shut_rcv;
         to_host_done && to_guest_done
+    }
+
+    /// Whether the host stream has nothing to read now (a look, nothing is taken). A read
+    /// can stop short with bytes left (a Unix stream stops after a message that carried
+    /// descriptors), so only this says a stream was drained.
+    pub fn host_drained(&self) -> bool {
+        let mut b = [0u8; 1];
+        loop {
+            match recv(
+                self.stream.as_raw_fd(),
+                &mut b,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return true,
+                // Bytes, the end, or an error: the next read reports it.
+                _ => return false,
+            }
+        }
     }
 
     /// Reads up to `buf.len()` bytes of the host stream. `Ok(None)` when none are there
@@ -297,12 +333,26 @@ mod tests {
     }
 
     #[test]
+    fn more_than_two_gib_in_flight_to_a_guest_with_a_large_buffer_is_no_violation() {
+        let (mut c, _peer) = conn();
+        c.update_peer(u32::MAX, 0).unwrap();
+        // 3 GiB sent, the guest has consumed 1 GiB of it: 2 GiB in flight.
+        c.sent_to_guest(3 << 30);
+        assert_eq!(c.update_peer(u32::MAX, 1 << 30), Ok(true));
+        assert_eq!(c.credit(), u32::MAX - (2 << 30));
+        // Every value up to what was sent stays acceptable, nothing past it.
+        assert_eq!(c.update_peer(u32::MAX, 3 << 30), Ok(true));
+        assert_eq!(c.credit(), u32::MAX);
+        assert_eq!(c.update_peer(u32::MAX, (3 << 30) + 1), Err(CreditViolation));
+    }
+
+    #[test]
     fn guest_bytes_beyond_the_announced_buffer_are_refused_and_a_full_host_is_buffered() {
         let (mut c, peer) = conn();
         let chunk = vec![7u8; 64 * 1024];
         let mut sent = 0u64;
         while c.has_room(chunk.len() as u32) {
-            c.push_guest_bytes(0, &chunk).unwrap();
+            c.push_guest_bytes(&chunk).unwrap();
             sent += chunk.len() as u64;
             assert!(sent <= 64 << 20, "room never ran out");
         }
@@ -329,6 +379,27 @@ mod tests {
         assert_eq!(got, sent);
         assert_eq!(c.fwd_cnt, c.recv_cnt);
         assert!(c.has_room(BUF_ALLOC));
+    }
+
+    #[test]
+    fn a_pending_buffer_gives_its_memory_back_once_the_host_caught_up() {
+        let (mut c, peer) = conn();
+        let chunk = vec![7u8; 64 * 1024];
+        while c.has_room(chunk.len() as u32) {
+            c.push_guest_bytes(&chunk).unwrap();
+        }
+        assert!(c.pending.capacity() > SHRINK_ABOVE, "nothing was buffered");
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        while c.has_pending() {
+            while (&peer).read(&mut buf).is_ok() {}
+            c.flush().unwrap();
+        }
+        assert!(
+            c.pending.capacity() <= SHRINK_ABOVE,
+            "an emptied pending buffer keeps {} bytes",
+            c.pending.capacity()
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   `OK <host-port>\n`; from then on the stream is the guest socket's peer (guest port
 //!   `<port>`, host port `<host-port>`, a local port from 2^30 on). A guest that refuses
 //!   (RST), or does not answer within [`HOST_CONNECT_WAIT`], closes the stream without an
-//!   answer.
+//!   answer. A host process has [`HOST_HANDSHAKE_WAIT`] to send its line, and at most
+//!   [`MAX_HANDSHAKES`] may be sending theirs at once, apart from the [`MAX_CONNECTIONS`]
+//!   connections.
 //! - **guest → host**: a guest connection to CID 2 (the host), port `P`, is bridged to the
 //!   Unix socket `<uds-path>_P`; nobody listening there means a reset (a listener whose
 //!   backlog is full is tried again for 2 s first).
@@ -50,7 +52,7 @@ use vhost_backend::runtime::{
     read_config_bytes, DeviceError, DeviceFd, Processed, QueueContext, VirtioDevice,
 };
 
-pub use bridge::{HOST_CONNECT_WAIT, MAX_CONNECTIONS};
+pub use bridge::{HOST_CONNECT_WAIT, HOST_HANDSHAKE_WAIT, MAX_CONNECTIONS, MAX_HANDSHAKES};
 pub use conn::BUF_ALLOC;
 
 use bridge::Bridge;
@@ -185,6 +187,19 @@ impl VsockDevice {
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.bridge().connections()
+    }
+
+    /// Entries in the list of connections that owe the guest a packet (for tests).
+    #[doc(hidden)]
+    pub fn debug_ready_len(&self) -> usize {
+        self.bridge().ready_len()
+    }
+
+    /// Host handshakes in progress: host processes that connected and have not sent their
+    /// whole `CONNECT` line yet (for tests).
+    #[doc(hidden)]
+    pub fn debug_handshakes(&self) -> usize {
+        self.bridge().handshakes()
     }
 
     fn bridge(&self) -> MutexGuard<'_, Bridge> {

@@ -114,11 +114,23 @@ impl Session {
             },
             log.file.as_fd(),
         )?;
-        self.features |= bit;
-        self.frontend.set_features(self.features)?;
+        // The session's state changes only once the back-end took each step: a failed
+        // SET_FEATURES leaves it as it was, a failed SET_VRING_ADDR turns logging back off
+        // (best effort) on the rings already switched and in the features.
+        let features = self.features | bit;
+        self.frontend.set_features(features)?;
+        self.features = features;
         self.logging = true;
         for i in 0..self.queues.len() {
-            self.send_vring_addr(i)?;
+            if let Err(e) = self.send_vring_addr(i) {
+                self.logging = false;
+                for j in 0..i {
+                    let _ = self.send_vring_addr(j);
+                }
+                self.features &= !bit;
+                let _ = self.frontend.set_features(self.features);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -130,8 +142,9 @@ impl Session {
         for i in 0..self.queues.len() {
             self.send_vring_addr(i)?;
         }
-        self.features &= !virtio::bit(virtio::LOG_ALL);
-        self.frontend.set_features(self.features)?;
+        let features = self.features & !virtio::bit(virtio::LOG_ALL);
+        self.frontend.set_features(features)?;
+        self.features = features;
         Ok(())
     }
 

@@ -11,9 +11,9 @@ use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 
 use super::{
-    Bridge, Key, PendingConnect, Slot, CONNECT_RETRY, CONNECT_WAIT, FIRST_LOCAL_PORT,
-    HOST_CONNECT_CHECK, HOST_CONNECT_WAIT, MAX_CONNECTIONS, TOKEN_LISTENER, TOKEN_NOTIFY,
-    TOKEN_RETRY,
+    Bridge, Key, PendingConnect, Slot, ACCEPT_RETRY, CONNECT_RETRY, CONNECT_WAIT, FIRST_LOCAL_PORT,
+    HOST_CONNECT_CHECK, HOST_CONNECT_WAIT, HOST_HANDSHAKE_WAIT, MAX_CONNECTIONS, MAX_HANDSHAKES,
+    TOKEN_LISTENER, TOKEN_NOTIFY, TOKEN_RETRY,
 };
 use crate::conn::{Conn, Phase};
 use crate::host::{self, Handshake};
@@ -23,8 +23,7 @@ impl Bridge {
     /// A guest REQUEST to host port `key.1`: connects to `<uds-path>_<port>`. A listener
     /// whose backlog is full is tried again for up to [`CONNECT_WAIT`].
     pub(super) fn connect_to_host(&mut self, key: Key, hdr: &Header) {
-        // `slots` holds every connection and every handshake in progress.
-        if self.slots.len() + self.connecting.len() >= MAX_CONNECTIONS {
+        if self.conns.len() + self.connecting.len() >= MAX_CONNECTIONS {
             self.reply_rst(hdr);
             return;
         }
@@ -53,12 +52,15 @@ impl Bridge {
     }
 
     /// Arms the timer for the next look at waiting connections: soon while guest
-    /// connections wait for a host backlog, less often while host ones wait for the guest.
+    /// connections wait for a host backlog, less often while host ones wait for the guest
+    /// or for their handshake, or the listening socket rests.
     pub(super) fn arm_retry(&self) {
         let wait = if !self.connecting.is_empty() {
             CONNECT_RETRY
-        } else if self.host_waiting > 0 {
+        } else if self.host_waiting > 0 || self.handshakes > 0 {
             HOST_CONNECT_CHECK
+        } else if self.listener_paused {
+            ACCEPT_RETRY
         } else {
             return;
         };
@@ -68,12 +70,24 @@ impl Bridge {
         }
     }
 
-    /// Tries the waiting guest connections again, and gives up on host connections the
-    /// guest has not answered in time.
+    /// Tries the waiting guest connections again, gives up on host connections the guest
+    /// has not answered in time and on host handshakes not sent in time, and puts a resting
+    /// listening socket back.
     pub(super) fn on_timer(&mut self) {
         let mut count = [0u8; 8];
         let _ = nix::unistd::read(&self.retry_timer, &mut count);
         let now = Instant::now();
+        self.resume_listener();
+        if self.handshakes > 0 {
+            let before = self.slots.len();
+            self.slots
+                .retain(|_, s| !matches!(s, Slot::Handshake(_, deadline) if *deadline <= now));
+            let late = before - self.slots.len();
+            if late > 0 {
+                log::debug!("vsock: {late} host handshakes not sent in time, closed");
+                self.handshakes -= late;
+            }
+        }
         if self.host_waiting > 0 {
             let late: Vec<Key> = self
                 .conns
@@ -112,6 +126,11 @@ impl Bridge {
 
     /// A guest connection whose host stream is connected: answered with RESPONSE.
     pub(super) fn establish(&mut self, key: Key, hdr: &Header, stream: UnixStream) {
+        if self.conns.contains_key(&key) {
+            // A host-initiated connection took the key while this one waited.
+            self.reply_rst(hdr);
+            return;
+        }
         let mut conn = Conn::new(stream, Phase::Established, key.1);
         if conn
             .update_peer(hdr.buf_alloc.get(), hdr.fwd_cnt.get())
@@ -154,7 +173,7 @@ impl Bridge {
                     self.rx_new = true;
                 }
                 token => match self.slots.get(&token) {
-                    Some(Slot::Handshake(_)) => self.handshake(token),
+                    Some(Slot::Handshake(..)) => self.handshake(token, ev.event_set()),
                     Some(Slot::Conn(key)) => {
                         let key = *key;
                         self.stream_event(key, ev.event_set());
@@ -164,7 +183,46 @@ impl Bridge {
                 },
             }
         }
-        Ok(self.rx_new)
+        // Taken: the worker serves the rx queue now if it runs, and a queue that does not
+        // run is served when it starts, so nothing is owed to a later wake-up.
+        Ok(std::mem::take(&mut self.rx_new))
+    }
+
+    /// Takes the listening socket out of the epoll set until the next timer tick (its
+    /// connections stay in the backlog).
+    fn pause_listener(&mut self) {
+        if self.listener_paused {
+            return;
+        }
+        match self.epoll.ctl(
+            ControlOperation::Delete,
+            self.listener.as_raw_fd(),
+            EpollEvent::default(),
+        ) {
+            Ok(()) => {
+                self.listener_paused = true;
+                self.arm_retry();
+            }
+            Err(e) => log::warn!("vsock: pausing the listening socket: {e}"),
+        }
+    }
+
+    /// Puts a paused listening socket back into the epoll set.
+    pub(super) fn resume_listener(&mut self) {
+        if !self.listener_paused {
+            return;
+        }
+        match self.epoll.ctl(
+            ControlOperation::Add,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+        ) {
+            Ok(()) => self.listener_paused = false,
+            Err(e) => {
+                log::warn!("vsock: watching the listening socket again: {e}");
+                self.arm_retry();
+            }
+        }
     }
 
     pub(super) fn accept_all(&mut self) {
@@ -174,13 +232,23 @@ impl Bridge {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and the like: the connection stays in the backlog.
-                    log::warn!("vsock: accepting a host connection: {e}");
+                    // EMFILE and the like: the connection stays in the backlog, and the
+                    // level-triggered listener would report it again at once; it rests.
+                    self.accept_log.log(
+                        log::Level::Warn,
+                        format_args!("vsock: accepting a host connection: {e}"),
+                    );
+                    self.pause_listener();
                     return;
                 }
             };
-            if self.slots.len() >= MAX_CONNECTIONS {
-                log::warn!("vsock: {MAX_CONNECTIONS} connections open, a host one is refused");
+            if self.handshakes >= MAX_HANDSHAKES {
+                self.accept_log.log(
+                    log::Level::Warn,
+                    format_args!(
+                        "vsock: {MAX_HANDSHAKES} host handshakes in progress, a host connection is refused"
+                    ),
+                );
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
@@ -189,49 +257,85 @@ impl Bridge {
             }
             match self.register(stream.as_raw_fd(), EventSet::IN | EventSet::READ_HANG_UP) {
                 Ok(token) => {
-                    self.slots.insert(token, Slot::Handshake(stream));
+                    let deadline = Instant::now() + HOST_HANDSHAKE_WAIT;
+                    self.slots.insert(token, Slot::Handshake(stream, deadline));
+                    self.handshakes += 1;
+                    if self.handshakes == 1 {
+                        self.arm_retry();
+                    }
                 }
                 Err(e) => log::warn!("vsock: watching a host connection: {e}"),
             }
         }
     }
 
-    /// A host process on the listening socket sent something: its `CONNECT <port>` line.
-    pub(super) fn handshake(&mut self, token: u64) {
-        let Some(Slot::Handshake(stream)) = self.slots.get(&token) else {
+    /// Closes the handshake of `token`.
+    fn drop_handshake(&mut self, token: u64) -> Option<UnixStream> {
+        match self.slots.remove(&token) {
+            Some(Slot::Handshake(stream, _)) => {
+                self.handshakes -= 1;
+                Some(stream)
+            }
+            Some(other) => {
+                self.slots.insert(token, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A host process on the listening socket sent something (its `CONNECT <port>` line)
+    /// or went away (`set`).
+    pub(super) fn handshake(&mut self, token: u64, set: EventSet) {
+        let Some(Slot::Handshake(stream, _)) = self.slots.get(&token) else {
             return;
         };
         let bytes = match host::peek_line(stream) {
             Ok(None) => return,
             Ok(Some(b)) if b.is_empty() => {
-                self.slots.remove(&token);
+                self.drop_handshake(token);
                 return;
             }
             Ok(Some(b)) => b,
             Err(e) => {
                 log::debug!("vsock: host handshake: {e}");
-                self.slots.remove(&token);
+                self.drop_handshake(token);
                 return;
             }
         };
         let (port, consumed) = match host::parse_handshake(&bytes) {
-            Handshake::Incomplete => return,
+            Handshake::Incomplete => {
+                // The rest of the line can no longer come.
+                let gone = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
+                if set.intersects(gone) {
+                    log::debug!("vsock: host stream ended within its handshake");
+                    self.drop_handshake(token);
+                }
+                return;
+            }
             Handshake::Invalid => {
                 log::debug!(
                     "vsock: host handshake {:?} refused",
                     String::from_utf8_lossy(&bytes)
                 );
-                self.slots.remove(&token);
+                self.drop_handshake(token);
                 return;
             }
             Handshake::Connect { port, consumed } => (port, consumed),
         };
-        let Some(Slot::Handshake(mut stream)) = self.slots.remove(&token) else {
+        let Some(mut stream) = self.drop_handshake(token) else {
             return;
         };
         // The line was peeked: it is there to be read whole.
         let mut line = vec![0u8; consumed];
         if io::Read::read_exact(&mut stream, &mut line).is_err() {
+            return;
+        }
+        if self.conns.len() + self.connecting.len() >= MAX_CONNECTIONS {
+            self.accept_log.log(
+                log::Level::Warn,
+                format_args!("vsock: {MAX_CONNECTIONS} connections open, a host one is refused"),
+            );
             return;
         }
         let Some(local) = self.local_port(port) else {
@@ -273,7 +377,8 @@ impl Bridge {
                 .checked_add(1)
                 .filter(|&p| p != u32::MAX)
                 .unwrap_or(FIRST_LOCAL_PORT);
-            if !self.conns.contains_key(&(guest_port, p)) {
+            let key = (guest_port, p);
+            if !self.conns.contains_key(&key) && !self.connecting.iter().any(|c| c.key == key) {
                 return Some(p);
             }
         }

@@ -33,9 +33,23 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::conn::{Conn, Phase};
 use crate::packet::{op, Header, MAX_PAYLOAD};
 
-/// Most connections (and host handshakes in progress) at once; past it, guest requests are
-/// reset and host connections closed.
+/// Most connections at once; past it, guest requests are reset and host connections
+/// closed.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Most host handshakes in progress at once (host processes connected to the listening
+/// socket that have not sent their whole `CONNECT` line); past it, new host connections are
+/// closed at once. Kept apart from [`MAX_CONNECTIONS`], so host processes that connect and
+/// say nothing never lock the guest out.
+pub const MAX_HANDSHAKES: usize = 64;
+
+/// How long a host process has to send its `CONNECT <port>` line before its stream is
+/// closed.
+pub const HOST_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the listening socket rests after an accept failed for want of descriptors or
+/// memory (the connection stays in the backlog) before it is tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Most connectionless replies (resets to stray packets) waiting for rx buffers; past it
 /// they are dropped.
@@ -75,8 +89,8 @@ struct PendingConnect {
 #[derive(Debug)]
 enum Slot {
     /// A host process connected to the listening socket and has not sent its
-    /// `CONNECT <port>` line yet.
-    Handshake(UnixStream),
+    /// `CONNECT <port>` line yet; it has until the instant given.
+    Handshake(UnixStream, Instant),
     /// A connection's stream.
     Conn(Key),
 }
@@ -131,6 +145,11 @@ pub(crate) struct Bridge {
     host_waiting: usize,
     conns: HashMap<Key, Conn>,
     slots: HashMap<u64, Slot>,
+    /// `Slot::Handshake` entries in `slots`.
+    handshakes: usize,
+    /// The listening socket is out of the epoll set after an accept failed (EMFILE and the
+    /// like) and goes back in at the next timer tick.
+    listener_paused: bool,
     /// Connections that may owe the guest a packet, in turn order.
     ready: VecDeque<Key>,
     /// Connectionless packets for the guest (resets), served before connections.
@@ -143,6 +162,8 @@ pub(crate) struct Bridge {
     pub event_reset: bool,
     scratch: Vec<u8>,
     log: LogLimiter,
+    /// Host connections refused or failed on the listening socket.
+    accept_log: LogLimiter,
 }
 
 impl Bridge {
@@ -182,6 +203,8 @@ impl Bridge {
             host_waiting: 0,
             conns: HashMap::new(),
             slots: HashMap::new(),
+            handshakes: 0,
+            listener_paused: false,
             ready: VecDeque::new(),
             control: VecDeque::new(),
             next_token: FIRST_TOKEN,
@@ -190,6 +213,7 @@ impl Bridge {
             event_reset: true,
             scratch: vec![0; MAX_PAYLOAD as usize],
             log: LogLimiter::new("vsock packets dropped"),
+            accept_log: LogLimiter::new("vsock host connections refused"),
         })
     }
 
@@ -203,11 +227,23 @@ impl Bridge {
         self.conns.len()
     }
 
+    /// Entries in the ready list.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Host handshakes in progress.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes
+    }
+
     /// Back to the power-on state: every connection and handshake is closed, and the guest
     /// is told of the transport reset when its event queue is next served.
     pub fn reset(&mut self) {
         self.conns.clear();
         self.slots.clear();
+        self.handshakes = 0;
+        self.resume_listener();
         self.connecting.clear();
         self.host_waiting = 0;
         let _ = self.retry_timer.unset();
@@ -267,6 +303,10 @@ impl Bridge {
             Some(c) => {
                 self.slots
                     .retain(|_, s| !matches!(s, Slot::Conn(k) if *k == key));
+                // A connection opened later under the same key starts outside the list.
+                if c.queued {
+                    self.ready.retain(|k| *k != key);
+                }
                 drop(c);
                 true
             }

@@ -100,9 +100,9 @@ impl Bridge {
                         return Some(req);
                     }
                     Ok(Some(n)) => {
-                        if n < room && !conn.host_hup {
-                            // A short read drained the stream; new bytes raise a new edge
-                            // (the end of the stream raised its own already, if it came).
+                        if n < room && !conn.host_hup && conn.host_drained() {
+                            // The stream is drained; new bytes raise a new edge (the end of
+                            // the stream raised its own already, if it came).
                             conn.host_readable = false;
                         }
                         let mut h = packet(conn, op::RW);

@@ -1,10 +1,5 @@
 //! The tx queue: one packet from the guest at a time.
 
-use std::io;
-use std::os::unix::net::UnixStream;
-
-use vhost_backend::runtime::vm_memory::volatile_memory::Error as VolatileMemoryError;
-use vhost_backend::runtime::vm_memory::{GuestAddress, GuestMemory, WriteVolatile};
 use vhost_backend::runtime::Request;
 
 use super::{Bridge, Key};
@@ -60,6 +55,12 @@ impl Bridge {
             }
             return;
         }
+        if opcode == op::RST && self.conns.contains_key(&key) {
+            // Whatever its credit says, a reset ends the connection and is never answered
+            // (virtio 1.2, 5.10.6.3).
+            self.remove_conn(key);
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&key) else {
             let waiting = self.connecting.iter().position(|p| p.key == key);
             match (opcode, waiting) {
@@ -95,12 +96,13 @@ impl Bridge {
                     return;
                 }
             }
-            op::RST => {
-                self.remove_conn(key);
-                return;
-            }
             op::SHUTDOWN => {
                 let flags = hdr.flags.get();
+                if flags & SHUTDOWN_RCV != 0 && !conn.guest_shut_rcv {
+                    // The host peer hears that its bytes are no longer taken (its writes
+                    // fail with EPIPE) instead of filling its stream for nobody.
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+                }
                 conn.guest_shut_rcv |= flags & SHUTDOWN_RCV != 0;
                 conn.guest_shut_send |= flags & SHUTDOWN_SEND != 0;
                 if conn.flush().is_err() {
@@ -116,24 +118,16 @@ impl Bridge {
                     self.reset_conn(key);
                     return;
                 }
-                // Straight from guest memory while the stream takes it; the rest (a full
-                // stream) is copied and waits in the connection.
-                let sent = if conn.has_pending() {
-                    Ok(0)
-                } else {
-                    send_direct(req, &mut conn.stream, len)
-                };
-                let direct = match sent {
-                    Ok(n) => n,
-                    Err(e) => {
-                        log::debug!("vsock: connection {key:?}: writing to the host: {e}");
-                        self.reset_conn(key);
-                        return;
-                    }
-                };
-                let data = &mut self.scratch[..(len - direct) as usize];
-                let copied = req.read_readable(HEADER_LEN as u64 + u64::from(direct), data);
-                if copied.is_err() || conn.push_guest_bytes(direct, data).is_err() {
+                // Sent with send(2) and MSG_NOSIGNAL as far as the stream takes it (a host
+                // peer gone is EPIPE, never a SIGPIPE at the program embedding the device);
+                // the rest (a full stream) waits in the connection.
+                let data = &mut self.scratch[..len as usize];
+                if req.read_readable(HEADER_LEN as u64, data).is_err() {
+                    self.reset_conn(key);
+                    return;
+                }
+                if let Err(e) = conn.push_guest_bytes(data) {
+                    log::debug!("vsock: connection {key:?}: writing to the host: {e}");
                     self.reset_conn(key);
                     return;
                 }
@@ -168,51 +162,4 @@ impl Bridge {
             self.mark_ready(key);
         }
     }
-}
-
-/// Writes the `len` payload bytes of a tx packet from guest memory to `stream` (whose
-/// pending bytes, if any, went first), as far as it takes them now. Returns how many it took.
-/// Nothing is written from a connection with pending bytes: the caller checks.
-fn send_direct(req: &Request, stream: &mut UnixStream, len: u32) -> io::Result<u32> {
-    let mut skip = HEADER_LEN as u64;
-    let mut left = u64::from(len);
-    let mut taken = 0u32;
-    for b in req.readable() {
-        if left == 0 {
-            break;
-        }
-        let blen = u64::from(b.len);
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let n = (blen - skip).min(left);
-        let Some(addr) = b.addr.0.checked_add(skip) else {
-            break;
-        };
-        skip = 0;
-        // A buffer across memory regions, or outside guest memory, goes the copying way
-        // (which reports the latter).
-        let Ok(slice) = req.memory().get_slice(GuestAddress(addr), n as usize) else {
-            break;
-        };
-        // write(2): a host peer gone gives EPIPE (Rust programs ignore SIGPIPE).
-        let w = loop {
-            match stream.write_volatile(&slice) {
-                Ok(w) => break w,
-                Err(VolatileMemoryError::IOError(e)) => match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Ok(taken),
-                    _ => return Err(e),
-                },
-                Err(e) => return Err(io::Error::other(e)),
-            }
-        };
-        taken += w as u32;
-        left -= w as u64;
-        if (w as u64) < n {
-            break;
-        }
-    }
-    Ok(taken)
 }
