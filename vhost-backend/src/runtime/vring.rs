@@ -482,7 +482,7 @@ impl Vring {
                 published.count += 1;
             }
             st.unsignalled += published.count;
-            if published.count > 0 && self.dirty.active() {
+            if published.count > 0 && self.dirty.active_after_writes() {
                 self.log_used_entries(st, first_used);
             }
         }
@@ -549,7 +549,7 @@ impl Vring {
     /// into the used ring: the flags without EVENT_IDX, `avail_event` with it (written when
     /// enabling only). Called after the write, from the worker's drain.
     pub(crate) fn log_notification_write(&self, st: &RingState, enable: bool) {
-        if !self.dirty.active() {
+        if !self.dirty.active_after_writes() {
             return;
         }
         if st.packed.is_some() {
