@@ -59,6 +59,7 @@ struct Driver {
     mem: GuestMemoryMmap,
     pos: u16,
     wrap: bool,
+    size: u16,
 }
 
 impl Driver {
@@ -67,11 +68,15 @@ impl Driver {
     }
 
     fn with_event_idx(event_idx: bool) -> (Self, TestQueue) {
+        Self::with(SIZE, event_idx)
+    }
+
+    fn with(size: u16, event_idx: bool) -> (Self, TestQueue) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let q = TestQueue::new_packed(
             0,
             mem.clone(),
-            SIZE,
+            size,
             [DESC, DRIVER_EVENT, DEVICE_EVENT],
             event_idx,
         )
@@ -81,6 +86,7 @@ impl Driver {
                 mem,
                 pos: 0,
                 wrap: true,
+                size,
             },
             q,
         )
@@ -120,7 +126,7 @@ impl Driver {
 
     fn step(&mut self) {
         self.pos += 1;
-        if self.pos == SIZE {
+        if self.pos == self.size {
             self.pos = 0;
             self.wrap = !self.wrap;
         }
@@ -290,6 +296,62 @@ fn an_id_made_available_twice_is_handed_out_once() {
     }
     assert_eq!(q.publish(), 2);
     assert_eq!(q.outstanding(), 0);
+}
+
+/// A duplicate of an outstanding ID, with a chain of another length, is skipped and leaves
+/// the outstanding buffer's length alone: its used entry skips its own chain.
+#[test]
+fn a_skipped_duplicate_id_does_not_change_the_chain_length_its_used_entry_skips() {
+    let (mut d, q) = Driver::new();
+    let dev = Keep::default();
+    d.add(3, &[(16, false), (16, false), (16, true)]);
+    d.add(3, &[(16, true)]);
+    q.process(&dev).unwrap();
+    let reqs = dev.take();
+    assert_eq!(reqs.iter().map(shape).collect::<Vec<_>>(), [(3, 2, 1)]);
+    for r in reqs {
+        r.complete(16);
+    }
+    assert_eq!(q.publish(), 1);
+    // The used position moved past the three descriptors of the buffer, not the one of
+    // the duplicate.
+    d.add(5, &[(16, true)]);
+    q.process(&dev).unwrap();
+    for r in dev.take() {
+        r.complete(16);
+    }
+    assert_eq!(q.publish(), 1);
+    assert_eq!(
+        d.used(3).0,
+        5,
+        "the next used entry lands after the first chain"
+    );
+}
+
+/// Packed rings may have any size (virtio 1.2, 2.8): a ring of 7 serves buffers through
+/// three laps, both wrap counters flipping.
+#[test]
+fn a_ring_whose_size_is_not_a_power_of_two_serves_and_wraps() {
+    let (mut d, q) = Driver::with(7, false);
+    let dev = Keep::default();
+    for round in 0..7u16 {
+        for id in 0..3 {
+            d.add(id, &[(8, true)]);
+        }
+        q.process(&dev).unwrap();
+        let reqs = dev.take();
+        assert_eq!(reqs.len(), 3, "round {round}");
+        for r in reqs {
+            r.complete(8);
+        }
+        assert_eq!(q.publish(), 3);
+    }
+    // 21 descriptors in a ring of 7: three laps, back at position 0 with wrap counters 0.
+    assert_eq!((d.pos, d.wrap), (0, false));
+    assert_eq!(
+        q.stop(Duration::from_secs(1)).unwrap(),
+        encode_base(0, false, 0, false)
+    );
 }
 
 #[test]

@@ -345,6 +345,20 @@ impl QueueInflight {
             })
     }
 
+    /// A packed ring starts with this region. Packed rings are not tracked (the spec's
+    /// packed layout is not implemented), so nothing could be recovered after a restart:
+    /// the first back-end to run the ring marks the region (its version), and a later one
+    /// that finds the mark refuses to start the ring (`false`) instead of resuming from a
+    /// base the front-end cannot know, which would hang the queue without a word.
+    pub(crate) fn claim_for_untracked_packed(&self) -> bool {
+        let version: u16 = self.load(self.header(off::VERSION));
+        if version != 0 {
+            return false;
+        }
+        self.store(INFLIGHT_VERSION, self.header(off::VERSION));
+        true
+    }
+
     /// Pop: `head` (below the ring size, itself at most `desc_num`) was taken from the
     /// available ring. Counter first, then the flag.
     pub(crate) fn mark(&mut self, head: u16) {
@@ -520,6 +534,19 @@ mod tests {
         let keep = File::from(fd.try_clone().unwrap());
         let a = InflightArea::open(&reply, fd, 4, 256).unwrap();
         (Arc::new(a), keep)
+    }
+
+    /// A packed ring is not tracked: the first back-end to start it claims the region, and
+    /// a restarted one (the region claimed) is told it cannot resume the ring.
+    #[test]
+    fn a_packed_ring_claims_its_region_once_and_a_restart_is_refused() {
+        let (a, _keep) = area(1, 16);
+        let first = a.queue(0).unwrap();
+        assert!(first.claim_for_untracked_packed(), "first start");
+        let restarted = a.queue(0).unwrap();
+        assert!(!restarted.claim_for_untracked_packed(), "restart");
+        let (fresh, _keep) = area(1, 16);
+        assert!(fresh.queue(0).unwrap().claim_for_untracked_packed());
     }
 
     #[test]

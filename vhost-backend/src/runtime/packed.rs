@@ -101,6 +101,8 @@ pub(crate) struct PackedRing {
     /// Descriptors in the chain of each outstanding buffer ID (how far its used
     /// descriptor moves the used position).
     chain_len: Vec<u16>,
+    /// The last buffer popped and its chain length, until the ring takes it.
+    popped: Option<(u16, u16)>,
     /// The used position (and wrap counter) at the last notification decision.
     signalled: (u16, bool),
 }
@@ -142,6 +144,7 @@ impl PackedRing {
             used_wrap: uw,
             event_idx,
             chain_len: vec![0; usize::from(size)],
+            popped: None,
             signalled: (u % size, uw),
         })
     }
@@ -233,10 +236,22 @@ impl PackedRing {
         }
         self.next_avail = pos;
         self.avail_wrap = wrap;
-        if let Some(n) = self.chain_len.get_mut(usize::from(id)) {
-            *n = count;
-        }
+        // Recorded by `commit_pop` once the ring took the ID: a duplicate of an ID still
+        // outstanding is skipped and must not change the length its used entry skips.
+        self.popped = Some((id, count));
         Ok(Some(id))
+    }
+
+    /// The buffer [`pop`](Self::pop) just returned was taken (its ID was not outstanding):
+    /// its used entry will skip its chain's length.
+    pub(crate) fn commit_pop(&mut self, id: u16) {
+        if let Some((popped, count)) = self.popped.take() {
+            if popped == id {
+                if let Some(n) = self.chain_len.get_mut(usize::from(id)) {
+                    *n = count;
+                }
+            }
+        }
     }
 
     /// Writes the used descriptor of buffer `id` (taken by [`pop`](Self::pop) and

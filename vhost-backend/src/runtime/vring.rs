@@ -756,7 +756,10 @@ impl RingState {
             return Err(VringError::Started { index });
         }
         match u16::try_from(num) {
-            Ok(n) if n != 0 && n.is_power_of_two() && n <= self.max_size => {
+            // Packed rings may have any size (virtio 1.2, 2.8); split rings a power of two.
+            Ok(n)
+                if n != 0 && (self.packed_layout || n.is_power_of_two()) && n <= self.max_size =>
+            {
                 self.size = n;
                 Ok(())
             }
@@ -855,7 +858,15 @@ impl RingState {
             return Ok(false);
         }
         if self.packed_layout {
-            return self.start_packed(index, mem, inflight.is_some());
+            return self.start_packed(index, mem, inflight.as_ref());
+        }
+        if !self.size.is_power_of_two() {
+            // Set while the packed layout was acked; the features changed since.
+            return Err(VringError::InvalidSize {
+                index,
+                num: u32::from(self.size),
+                max: self.max_size,
+            });
         }
         if let Some(q) = &inflight {
             if self.size > q.desc_num() {
@@ -941,13 +952,15 @@ impl RingState {
 
     /// [`start`](Self::start) for the packed layout: the positions and wrap counters come
     /// from the base (nothing in guest memory records them). Inflight tracking for packed
-    /// rings (the spec's packed inflight layout) is not implemented: the region is left
-    /// alone and nothing is resubmitted.
+    /// rings (the spec's packed inflight layout) is not implemented: nothing is recorded or
+    /// resubmitted, and a start on a region an earlier back-end ran this ring with (a
+    /// restart) is refused: its requests cannot be recovered, and the base the front-end
+    /// sends after a crash is not the ring's position.
     fn start_packed(
         &mut self,
         index: u16,
         mem: &GuestMemoryMmap,
-        with_inflight: bool,
+        inflight: Option<&QueueInflight>,
     ) -> Result<bool, VringError> {
         let addrs = self.addrs.ok_or(VringError::NotConfigured {
             index,
@@ -964,10 +977,19 @@ impl RingState {
                 why: e.to_string(),
             }
         })?;
-        if with_inflight {
+        if let Some(q) = inflight {
+            if !q.claim_for_untracked_packed() {
+                return Err(VringError::InvalidQueue {
+                    index,
+                    why: "a packed ring cannot be resumed after a back-end restart \
+                          (inflight tracking is not implemented for packed rings)"
+                        .into(),
+                });
+            }
             log::warn!(
                 "vring {index}: inflight tracking is not implemented for packed rings; \
-                 requests in flight are not recorded"
+                 requests in flight are not recorded, and a restart of this back-end will \
+                 not resume the ring"
             );
         }
         self.inflight = None;
@@ -1119,6 +1141,9 @@ impl RingState {
             Some(w) if head < self.size && *w & (1 << bit) == 0 => {
                 *w |= 1 << bit;
                 self.outstanding += 1;
+                if let Some(p) = &mut self.packed {
+                    p.commit_pop(head);
+                }
                 true
             }
             _ => false,
