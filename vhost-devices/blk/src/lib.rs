@@ -622,6 +622,9 @@ impl VirtioDevice for BlkDevice {
     }
 
     fn reset(&self) {
+        for q in self.urings.iter() {
+            q.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        }
         self.writeback
             .store(self.config.writeback, Ordering::Relaxed);
         self.acked.store(0, Ordering::Relaxed);
