@@ -3,7 +3,7 @@
 # vhost-user-rng daemons; the guest exercises the devices and the host checks the results.
 #
 #   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct blk-two rng reconnect
-#                                     client inflight-kill vsock migrate
+#                                     client inflight-kill vsock migrate packed
 #                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
@@ -61,13 +61,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock migrate"
+ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock migrate packed"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill || wants migrate; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill || wants migrate || wants packed; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -116,7 +116,7 @@ install_missing() {
 build_daemons() {
     local pkgs=()
     if [ -z "${BLK_DAEMON:-}" ] && wants_blk; then pkgs+=(-p vhost-device-blk); fi
-    if [ -z "${RNG_DAEMON:-}" ] && wants rng; then pkgs+=(-p vhost-device-rng); fi
+    if [ -z "${RNG_DAEMON:-}" ] && { wants rng || wants packed; }; then pkgs+=(-p vhost-device-rng); fi
     local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
     : "${BLK_DAEMON:=$target/release/vhost-user-blk}"
     : "${RNG_DAEMON:=$target/release/vhost-user-rng}"
@@ -734,6 +734,8 @@ if [ "$FAILED" = 0 ]; then
     wants inflight-kill && . "$E2E_DIR/inflight-kill.sh" && test_inflight_kill
     wants vsock && test_vsock
     wants migrate && test_migrate
+    # shellcheck source=tests/e2e/packed.sh
+    wants packed && . "$E2E_DIR/packed.sh" && test_packed
 fi
 
 echo

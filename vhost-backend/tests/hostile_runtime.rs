@@ -639,8 +639,10 @@ fn ring_laid_over_its_own_used_ring_neither_blocks_control_nor_disconnect() {
     let d = InProcess::start("selffeeding");
     let mut fe = d.negotiated();
     let offered = fe.get_features().expect("GET_FEATURES");
-    fe.set_features(offered & !virtio::bit(virtio::RING_EVENT_IDX))
-        .expect("SET_FEATURES");
+    fe.set_features(
+        offered & !virtio::bit(virtio::RING_EVENT_IDX) & !virtio::bit(virtio::RING_PACKED),
+    )
+    .expect("SET_FEATURES");
     let mem = GuestMemory::single(1 << 20).expect("memory");
     let r = region_of(&mem);
     fe.set_mem_table(&[r], &[mem.fd()]).expect("SET_MEM_TABLE");

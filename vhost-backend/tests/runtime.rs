@@ -35,23 +35,28 @@ fn offer_adds_runtime_features_and_strips_unsupported_ones() {
 
 #[test]
 fn two_regions_with_user_addresses_unlike_guest_physical_serve_requests() {
-    let (b, counters) = backend(1);
-    let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
-    for i in 0..50 {
-        q.round_trip(&mem, DATA, DATA + 0x1000 + (i % 8) * 0x800, 0x800);
-    }
-    assert_eq!(counters.chains.load(Ordering::Relaxed), 50);
-    assert_eq!(counters.bytes_read.load(Ordering::Relaxed), 50 * 16);
-    assert_eq!(fe.get_vring_base(0).expect("GET_VRING_BASE"), 50);
-    drop(fe);
-    let b = t.join().expect("server thread");
-    assert_eq!(b.running_workers(), 0);
-    assert!(b.memory().is_empty(), "disconnect drops the mappings");
+    for_each_layout(|| {
+        let (b, counters) = backend(1);
+        let (mut fe, t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, true);
+        q.start(&mut fe, &mem, 0, true);
+        for i in 0..50 {
+            q.round_trip(&mem, DATA, DATA + 0x1000 + (i % 8) * 0x800, 0x800);
+        }
+        assert_eq!(counters.chains.load(Ordering::Relaxed), 50);
+        assert_eq!(counters.bytes_read.load(Ordering::Relaxed), 50 * 16);
+        assert_eq!(
+            fe.get_vring_base(0).expect("GET_VRING_BASE"),
+            base_after(50)
+        );
+        drop(fe);
+        let b = t.join().expect("server thread");
+        assert_eq!(b.running_workers(), 0);
+        assert!(b.memory().is_empty(), "disconnect drops the mappings");
+    });
 }
 
 #[test]
@@ -80,44 +85,46 @@ fn ring_address_outside_every_region_is_refused() {
 
 #[test]
 fn mem_table_replaced_and_region_added_while_ring_runs_keeps_serving() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
-    q.round_trip(&mem, DATA, DATA + 0x1000, 256);
-    // The same memory again (hot-plug style re-send) while the ring runs.
-    send_mem_table(&mut fe, &mem);
-    q.round_trip(&mem, DATA, DATA + 0x2000, 256);
-    // A new region from another memfd, added while the ring runs; a buffer in it is used.
-    let extra = GuestMemory::new(&[RegionSpec {
-        guest_phys_addr: 0x8000_0000,
-        size: 0x1_0000,
-        user_addr: 0x6000_0000_0000,
-    }])
-    .unwrap();
-    let r = regions(&extra)[0];
-    fe.add_mem_reg(&r, extra.fd()).expect("ADD_MEM_REG");
-    extra
-        .mem()
-        .write_slice(&[0u8; 128], GuestAddress(0x8000_0000))
+    for_each_layout(|| {
+        let (b, _) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, true);
+        q.start(&mut fe, &mem, 0, true);
+        q.round_trip(&mem, DATA, DATA + 0x1000, 256);
+        // The same memory again (hot-plug style re-send) while the ring runs.
+        send_mem_table(&mut fe, &mem);
+        q.round_trip(&mem, DATA, DATA + 0x2000, 256);
+        // A new region from another memfd, added while the ring runs; a buffer in it is used.
+        let extra = GuestMemory::new(&[RegionSpec {
+            guest_phys_addr: 0x8000_0000,
+            size: 0x1_0000,
+            user_addr: 0x6000_0000_0000,
+        }])
         .unwrap();
-    let head = q.submit((DATA, 16), (0x8000_0000, 128));
-    let used = q.wait_used();
-    assert_eq!((used.id, used.len), (head, 128));
-    let mut got = [0u8; 128];
-    extra
-        .mem()
-        .read_slice(&mut got, GuestAddress(0x8000_0000))
-        .unwrap();
-    assert!(got.iter().all(|&b| b == pattern(0)));
-    // Removed again: a buffer there now fails (used length 0), the queue keeps going.
-    fe.rem_mem_reg(&r).expect("REM_MEM_REG");
-    q.submit((DATA, 16), (0x8000_0000, 128));
-    assert_eq!(q.wait_used().len, 0);
-    q.round_trip(&mem, DATA, DATA + 0x3000, 64);
+        let r = regions(&extra)[0];
+        fe.add_mem_reg(&r, extra.fd()).expect("ADD_MEM_REG");
+        extra
+            .mem()
+            .write_slice(&[0u8; 128], GuestAddress(0x8000_0000))
+            .unwrap();
+        let head = q.submit((DATA, 16), (0x8000_0000, 128));
+        let used = q.wait_used();
+        assert_eq!((used.id, used.len), (head, 128));
+        let mut got = [0u8; 128];
+        extra
+            .mem()
+            .read_slice(&mut got, GuestAddress(0x8000_0000))
+            .unwrap();
+        assert!(got.iter().all(|&b| b == pattern(0)));
+        // Removed again: a buffer there now fails (used length 0), the queue keeps going.
+        fe.rem_mem_reg(&r).expect("REM_MEM_REG");
+        q.submit((DATA, 16), (0x8000_0000, 128));
+        assert_eq!(q.wait_used().len, 0);
+        q.round_trip(&mem, DATA, DATA + 0x3000, 64);
+    });
 }
 
 #[test]
@@ -138,93 +145,103 @@ fn region_past_end_of_file_is_nacked_and_session_continues() {
 
 #[test]
 fn kick_before_enable_is_processed_when_ring_is_enabled() {
-    let (b, counters) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, false);
-    let head = q.submit((DATA, 16), (DATA + 0x1000, 64));
-    q.driver.kick(&q.kick).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        counters.chains.load(Ordering::Relaxed),
-        0,
-        "disabled ring ran"
-    );
-    assert!(q.driver.pop_used().unwrap().is_none());
-    fe.set_vring_enable(0, true).unwrap();
-    let used = q.wait_used();
-    assert_eq!((used.id, used.len), (head, 64));
+    for_each_layout(|| {
+        let (b, counters) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, true);
+        q.start(&mut fe, &mem, 0, false);
+        let head = q.submit((DATA, 16), (DATA + 0x1000, 64));
+        q.driver.kick(&q.kick).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            counters.chains.load(Ordering::Relaxed),
+            0,
+            "disabled ring ran"
+        );
+        assert!(q.driver.pop_used().unwrap().is_none());
+        fe.set_vring_enable(0, true).unwrap();
+        let used = q.wait_used();
+        assert_eq!((used.id, used.len), (head, 64));
+    });
 }
 
 #[test]
 fn disabled_then_reenabled_ring_processes_chains_queued_meanwhile() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, false);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, false);
-    q.start(&mut fe, &mem, 0, true);
-    q.round_trip(&mem, DATA, DATA + 0x1000, 64);
-    fe.set_vring_enable(0, false).unwrap();
-    let head = q.submit((DATA, 16), (DATA + 0x2000, 64));
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(q.driver.pop_used().unwrap().is_none());
-    fe.set_vring_enable(0, true).unwrap();
-    assert_eq!(q.wait_used().id, head);
+    for_each_layout(|| {
+        let (b, _) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, false);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, false);
+        q.start(&mut fe, &mem, 0, true);
+        q.round_trip(&mem, DATA, DATA + 0x1000, 64);
+        fe.set_vring_enable(0, false).unwrap();
+        let head = q.submit((DATA, 16), (DATA + 0x2000, 64));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(q.driver.pop_used().unwrap().is_none());
+        fe.set_vring_enable(0, true).unwrap();
+        assert_eq!(q.wait_used().id, head);
+    });
 }
 
 #[test]
 fn frontend_without_protocol_features_gets_rings_enabled_at_kick() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    let acked = handshake(&mut fe, false, true);
-    assert_eq!(acked & virtio::bit(virtio::PROTOCOL_FEATURES), 0);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, false);
-    q.round_trip(&mem, DATA, DATA + 0x1000, 128);
-    // A second SET_VRING_KICK (new eventfd) must not disable the ring.
-    let kick2 = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
-    fe.set_vring_kick(0, Some(bfd(&kick2))).unwrap();
-    q.kick = kick2;
-    q.round_trip(&mem, DATA, DATA + 0x2000, 128);
+    for_each_layout(|| {
+        let (b, _) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        let acked = handshake(&mut fe, false, true);
+        assert_eq!(acked & virtio::bit(virtio::PROTOCOL_FEATURES), 0);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, true);
+        q.start(&mut fe, &mem, 0, false);
+        q.round_trip(&mem, DATA, DATA + 0x1000, 128);
+        // A second SET_VRING_KICK (new eventfd) must not disable the ring.
+        let kick2 =
+            vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        fe.set_vring_kick(0, Some(bfd(&kick2))).unwrap();
+        q.kick = kick2;
+        q.round_trip(&mem, DATA, DATA + 0x2000, 128);
+    });
 }
 
 #[test]
 fn get_vring_base_then_set_vring_base_resumes_without_loss() {
-    let (b, counters) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
-    for i in 0..10 {
-        q.round_trip(&mem, DATA, DATA + 0x1000 * (i + 1), 32);
-    }
-    fe.set_vring_enable(0, false).unwrap();
-    let base = fe.get_vring_base(0).expect("GET_VRING_BASE");
-    assert_eq!(base, u32::from(q.driver.avail_idx()));
-    // Chains published while the ring is stopped are not touched...
-    let heads: Vec<u16> = (0..5)
-        .map(|i| q.submit((DATA, 16), (DATA + 0x10_000 + i * 0x100, 64)))
-        .collect();
-    q.driver.kick(&q.kick).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(counters.chains.load(Ordering::Relaxed), 10);
-    // ...and all of them are served after the restart at the returned base.
-    q.start(&mut fe, &mem, base, true);
-    let mut got: Vec<u16> = (0..5).map(|_| q.wait_used().id).collect();
-    got.sort_unstable();
-    let mut want = heads.clone();
-    want.sort_unstable();
-    assert_eq!(got, want);
-    assert_eq!(fe.get_vring_base(0).unwrap(), base + 5);
+    for_each_layout(|| {
+        let (b, counters) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, true);
+        q.start(&mut fe, &mem, 0, true);
+        for i in 0..10 {
+            q.round_trip(&mem, DATA, DATA + 0x1000 * (i + 1), 32);
+        }
+        fe.set_vring_enable(0, false).unwrap();
+        let base = fe.get_vring_base(0).expect("GET_VRING_BASE");
+        assert_eq!(base, q.driver.vring_base());
+        // Chains published while the ring is stopped are not touched...
+        let heads: Vec<u16> = (0..5)
+            .map(|i| q.submit((DATA, 16), (DATA + 0x10_000 + i * 0x100, 64)))
+            .collect();
+        q.driver.kick(&q.kick).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(counters.chains.load(Ordering::Relaxed), 10);
+        // ...and all of them are served after the restart at the returned base.
+        q.start(&mut fe, &mem, base, true);
+        let mut got: Vec<u16> = (0..5).map(|_| q.wait_used().id).collect();
+        got.sort_unstable();
+        let mut want = heads.clone();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(fe.get_vring_base(0).unwrap(), q.driver.vring_base());
+        assert_ne!(q.driver.vring_base(), base);
+    });
 }
 
 #[test]
@@ -258,162 +275,172 @@ fn restart_reads_used_index_from_guest_memory() {
 
 #[test]
 fn event_idx_on_and_off_both_serve_and_event_idx_suppresses_unwanted_calls() {
-    for event_idx in [false, true] {
-        let (b, _) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
-        handshake(&mut fe, true, event_idx);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, event_idx);
-        q.start(&mut fe, &mem, 0, true);
-        for i in 0..100 {
-            q.round_trip(&mem, DATA, DATA + 0x1000 + (i % 16) * 0x100, 0x100);
-        }
-        if event_idx {
-            // The driver asks for no call: the device completes the chain without one.
-            while q.call.read().is_ok() {}
-            q.driver.enable_calls(false).unwrap();
-            let head = q.submit((DATA, 16), (DATA + 0x1000, 16));
-            let deadline = std::time::Instant::now() + TIMEOUT;
-            let used = loop {
-                if let Some(u) = q.driver.pop_used().unwrap() {
-                    break u;
-                }
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::sleep(Duration::from_millis(2));
-            };
-            assert_eq!(used.id, head);
-            assert!(
-                !VirtqueueDriver::wait_call(&q.call, Duration::from_millis(100)).unwrap(),
-                "call signalled although used_event asked for none"
-            );
-        } else {
-            // Without EVENT_IDX every completion is signalled (the driver never set
-            // NO_INTERRUPT).
-            for i in 0..5 {
+    for_each_layout(|| {
+        for event_idx in [false, true] {
+            let (b, _) = backend(1);
+            let (mut fe, _t) = serve_in_thread(b);
+            handshake(&mut fe, true, event_idx);
+            let mem = two_region_memory();
+            send_mem_table(&mut fe, &mem);
+            let mut q = GuestQueue::new(&mem, 0, event_idx);
+            q.start(&mut fe, &mem, 0, true);
+            for i in 0..100 {
+                q.round_trip(&mem, DATA, DATA + 0x1000 + (i % 16) * 0x100, 0x100);
+            }
+            if event_idx {
+                // The driver asks for no call: the device completes the chain without one.
                 while q.call.read().is_ok() {}
+                q.driver.enable_calls(false).unwrap();
                 let head = q.submit((DATA, 16), (DATA + 0x1000, 16));
+                let deadline = std::time::Instant::now() + TIMEOUT;
+                let used = loop {
+                    if let Some(u) = q.driver.pop_used().unwrap() {
+                        break u;
+                    }
+                    assert!(std::time::Instant::now() < deadline);
+                    std::thread::sleep(Duration::from_millis(2));
+                };
+                assert_eq!(used.id, head);
                 assert!(
-                    VirtqueueDriver::wait_call(&q.call, TIMEOUT).unwrap(),
-                    "completion {i}: no call"
+                    !VirtqueueDriver::wait_call(&q.call, Duration::from_millis(100)).unwrap(),
+                    "call signalled although used_event asked for none"
                 );
-                assert_eq!(q.driver.pop_used().unwrap().map(|u| u.id), Some(head));
+            } else {
+                // Without EVENT_IDX every completion is signalled (the driver never set
+                // NO_INTERRUPT).
+                for i in 0..5 {
+                    while q.call.read().is_ok() {}
+                    let head = q.submit((DATA, 16), (DATA + 0x1000, 16));
+                    assert!(
+                        VirtqueueDriver::wait_call(&q.call, TIMEOUT).unwrap(),
+                        "completion {i}: no call"
+                    );
+                    assert_eq!(q.driver.pop_used().unwrap().map(|u| u.id), Some(head));
+                }
             }
         }
-    }
+    });
 }
 
 #[test]
 fn four_queues_run_concurrently_each_with_its_data() {
-    let (b, counters) = backend(4);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    assert_eq!(fe.get_queue_num().unwrap(), 4);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut queues: Vec<GuestQueue> = (0..4).map(|i| GuestQueue::new(&mem, i, true)).collect();
-    for q in &queues {
-        q.start(&mut fe, &mem, 0, true);
-    }
-    std::thread::scope(|s| {
-        for q in &mut queues {
-            let mem = &mem;
-            s.spawn(move || {
-                let base = DATA + 0x2_0000 * u64::from(q.index + 1);
-                for i in 0..100 {
-                    q.round_trip(mem, DATA, base + (i % 8) * 0x1000, 0x1000);
-                }
-            });
+    for_each_layout(|| {
+        let (b, counters) = backend(4);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        assert_eq!(fe.get_queue_num().unwrap(), 4);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut queues: Vec<GuestQueue> = (0..4).map(|i| GuestQueue::new(&mem, i, true)).collect();
+        for q in &queues {
+            q.start(&mut fe, &mem, 0, true);
+        }
+        std::thread::scope(|s| {
+            for q in &mut queues {
+                let mem = &mem;
+                s.spawn(move || {
+                    let base = DATA + 0x2_0000 * u64::from(q.index + 1);
+                    for i in 0..100 {
+                        q.round_trip(mem, DATA, base + (i % 8) * 0x1000, 0x1000);
+                    }
+                });
+            }
+        });
+        assert_eq!(counters.chains.load(Ordering::Relaxed), 400);
+        for i in 0..4 {
+            assert_eq!(fe.get_vring_base(i).unwrap(), base_after(100));
         }
     });
-    assert_eq!(counters.chains.load(Ordering::Relaxed), 400);
-    for i in 0..4 {
-        assert_eq!(fe.get_vring_base(i).unwrap(), 100);
-    }
 }
 
 #[test]
 fn device_started_twice_with_new_rings_serves_both_times() {
-    // Firmware start, stop, then the OS start with new ring addresses and SET_FEATURES twice.
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, false);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, false);
-    q.start(&mut fe, &mem, 0, true);
-    q.round_trip(&mem, DATA, DATA + 0x1000, 64);
-    fe.set_vring_enable(0, false).unwrap();
-    assert_eq!(fe.get_vring_base(0).unwrap(), 1);
-    let features = fe.get_features().unwrap();
-    fe.set_features(features).unwrap();
-    fe.set_features(features).unwrap();
-    let mut q2 = GuestQueue::new(&mem, 0, true);
-    q2.start(&mut fe, &mem, 0, true);
-    for i in 0..20 {
-        q2.round_trip(&mem, DATA, DATA + 0x1000 + i * 0x100, 0x100);
-    }
+    for_each_layout(|| {
+        // Firmware start, stop, then the OS start with new ring addresses and SET_FEATURES twice.
+        let (b, _) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, false);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, false);
+        q.start(&mut fe, &mem, 0, true);
+        q.round_trip(&mem, DATA, DATA + 0x1000, 64);
+        fe.set_vring_enable(0, false).unwrap();
+        assert_eq!(fe.get_vring_base(0).unwrap(), base_after(1));
+        let features = for_layout(fe.get_features().unwrap());
+        fe.set_features(features).unwrap();
+        fe.set_features(features).unwrap();
+        let mut q2 = GuestQueue::new(&mem, 0, true);
+        q2.start(&mut fe, &mem, 0, true);
+        for i in 0..20 {
+            q2.round_trip(&mem, DATA, DATA + 0x1000 + i * 0x100, 0x100);
+        }
+    });
 }
 
 #[test]
 fn kick_without_fd_polls_the_ring() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
-    fe.set_vring_kick(0, None).expect("SET_VRING_KICK NOFD");
-    for i in 0..5 {
-        let head = q
-            .driver
-            .add_chain(&[(GuestAddress(DATA + 0x1000 * i), 64, true)])
-            .unwrap();
-        q.driver.publish().unwrap(); // no kick: the worker polls
-        assert_eq!(q.wait_used().id, head);
-    }
+    for_each_layout(|| {
+        let (b, _) = backend(1);
+        let (mut fe, _t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 0, true);
+        q.start(&mut fe, &mem, 0, true);
+        fe.set_vring_kick(0, None).expect("SET_VRING_KICK NOFD");
+        for i in 0..5 {
+            let head = q
+                .driver
+                .add_chain(&[(GuestAddress(DATA + 0x1000 * i), 64, true)])
+                .unwrap();
+            q.driver.publish().unwrap(); // no kick: the worker polls
+            assert_eq!(q.wait_used().id, head);
+        }
+    });
 }
 
 #[test]
 fn config_status_reset_and_queue_number_requests() {
-    let (b, counters) = backend(2);
-    let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    assert_eq!(fe.get_config(2, 4, 0).unwrap(), CONFIG[2..6].to_vec());
-    assert!(
-        fe.get_config(4, 8, 0).is_err(),
-        "read past the config space"
-    );
-    fe.set_status(0xf).unwrap();
-    assert_eq!(fe.get_status().unwrap(), 0xf);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 1, true);
-    q.start(&mut fe, &mem, 0, true);
-    for _ in 0..3 {
+    for_each_layout(|| {
+        let (b, counters) = backend(2);
+        let (mut fe, t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        assert_eq!(fe.get_config(2, 4, 0).unwrap(), CONFIG[2..6].to_vec());
+        assert!(
+            fe.get_config(4, 8, 0).is_err(),
+            "read past the config space"
+        );
+        fe.set_status(0xf).unwrap();
+        assert_eq!(fe.get_status().unwrap(), 0xf);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut q = GuestQueue::new(&mem, 1, true);
+        q.start(&mut fe, &mem, 0, true);
+        for _ in 0..3 {
+            q.round_trip(&mem, DATA, DATA + 0x1000, 64);
+        }
+        // Stopped: GET_VRING_BASE answers the next available index, past the three chains.
+        assert_eq!(fe.get_vring_base(1).unwrap(), base_after(3));
+        // Restarted from there, it serves on and stops one further.
+        q.start(&mut fe, &mem, base_after(3), true);
         q.round_trip(&mem, DATA, DATA + 0x1000, 64);
-    }
-    // Stopped: GET_VRING_BASE answers the next available index, past the three chains.
-    assert_eq!(fe.get_vring_base(1).unwrap(), 3);
-    // Restarted from there, it serves on and stops one further.
-    q.start(&mut fe, &mem, 3, true);
-    q.round_trip(&mem, DATA, DATA + 0x1000, 64);
-    assert_eq!(fe.get_vring_base(1).unwrap(), 4);
-    q.start(&mut fe, &mem, 4, true);
-    fe.reset_device().unwrap();
-    assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
-    assert_eq!(fe.get_status().unwrap(), 0);
-    // The reset stopped the running ring and forgot its base: back to the initial state.
-    assert_eq!(fe.get_vring_base(1).unwrap(), 0);
-    drop(fe);
-    let b = t.join().unwrap();
-    assert_eq!(b.running_workers(), 0);
-    assert_eq!(
-        counters.resets.load(Ordering::Relaxed),
-        2,
-        "disconnect resets too"
-    );
+        assert_eq!(fe.get_vring_base(1).unwrap(), base_after(4));
+        q.start(&mut fe, &mem, base_after(4), true);
+        fe.reset_device().unwrap();
+        assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
+        assert_eq!(fe.get_status().unwrap(), 0);
+        // The reset stopped the running ring and forgot its base: back to the initial state.
+        assert_eq!(fe.get_vring_base(1).unwrap(), 0);
+        drop(fe);
+        let b = t.join().unwrap();
+        assert_eq!(b.running_workers(), 0);
+        assert_eq!(
+            counters.resets.load(Ordering::Relaxed),
+            2,
+            "disconnect resets too"
+        );
+    });
 }
 
 #[test]

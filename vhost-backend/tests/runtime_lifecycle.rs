@@ -180,138 +180,149 @@ fn check_used(q: &mut GuestQueue, mem: &GuestMemory, heads: &[(u16, u64)], len: 
 
 #[test]
 fn requests_completed_later_from_another_thread_out_of_order_at_full_depth_complete_once() {
-    let _s = serial();
-    for event_idx in [false, true] {
-        let (b, _hold, held) = hold_backend(TIMEOUT);
-        let (mut fe, t) = serve_in_thread(b);
-        let (mem, mut q) = start_queue0(&mut fe, event_idx);
-        // Three rounds of a whole ring (64) outstanding at once; the indices wrap.
-        for round in 0..3u64 {
-            let heads = submit_many(&mut q, DATA + round * 0x1_0000, QUEUE_SIZE, 0x100);
-            wait_held(&held, usize::from(QUEUE_SIZE));
-            complete_elsewhere(&held, Duration::ZERO).join().unwrap();
-            check_used(&mut q, &mem, &heads, 0x100);
+    for_each_layout(|| {
+        let _s = serial();
+        for event_idx in [false, true] {
+            let (b, _hold, held) = hold_backend(TIMEOUT);
+            let (mut fe, t) = serve_in_thread(b);
+            let (mem, mut q) = start_queue0(&mut fe, event_idx);
+            // Three rounds of a whole ring (64) outstanding at once; the indices wrap.
+            for round in 0..3u64 {
+                let heads = submit_many(&mut q, DATA + round * 0x1_0000, QUEUE_SIZE, 0x100);
+                wait_held(&held, usize::from(QUEUE_SIZE));
+                complete_elsewhere(&held, Duration::ZERO).join().unwrap();
+                check_used(&mut q, &mem, &heads, 0x100);
+            }
+            assert_eq!(
+                fe.get_vring_base(0).expect("GET_VRING_BASE"),
+                base_after_chains(3 * 64, 1)
+            );
+            drop(fe);
+            let b = t.join().unwrap();
+            assert_eq!(b.outstanding(0), Some(0));
         }
-        assert_eq!(fe.get_vring_base(0).expect("GET_VRING_BASE"), 3 * 64);
-        drop(fe);
-        let b = t.join().unwrap();
-        assert_eq!(b.outstanding(0), Some(0));
-    }
+    });
 }
 
 #[test]
 fn memory_replaced_and_region_removed_under_requests_in_flight_their_data_lands() {
-    let _s = serial();
-    let (b, hold, held) = hold_backend(TIMEOUT);
-    let (mut fe, t) = serve_in_thread(b);
-    let (mem, mut q) = start_queue0(&mut fe, true);
-    // Eight requests into the second region, held.
-    let heads = submit_many(&mut q, DATA, 8, 0x200);
-    wait_held(&held, 8);
-    // A new table (the same memory mapped anew), then the second region removed: the held
-    // requests keep the mapping they were popped from.
-    send_mem_table(&mut fe, &mem);
-    let second = regions(&mem)
-        .into_iter()
-        .find(|r| r.guest_phys_addr == DATA)
-        .unwrap();
-    fe.rem_mem_reg(&second).expect("REM_MEM_REG");
-    complete_elsewhere(&held, Duration::ZERO).join().unwrap();
-    check_used(&mut q, &mem, &heads, 0x200);
-    // New requests use the new table: the first region serves, the removed one does not.
-    hold.store(false, Ordering::SeqCst);
-    let low = submit_many(&mut q, DATA_LOW, 2, 0x100);
-    check_used(&mut q, &mem, &low, 0x100);
-    let gone = q
-        .driver
-        .add_chain(&[(GuestAddress(DATA), 0x100, true)])
-        .unwrap();
-    if q.driver.publish().unwrap() {
-        q.driver.kick(&q.kick).unwrap();
-    }
-    let used = q.wait_used();
-    assert_eq!((used.id, used.len), (gone, 0));
-    let mut got = [0u8; 0x100];
-    mem.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
-    assert!(
-        got.iter().all(|&b| b == fill_byte(heads[0].0)),
-        "a buffer in the removed region is not written"
-    );
-    // Added back, it serves again.
-    fe.add_mem_reg(&second, mem.fd()).expect("ADD_MEM_REG");
-    let back = submit_many(&mut q, DATA + 0x8000, 1, 0x100);
-    check_used(&mut q, &mem, &back, 0x100);
-    drop(fe);
-    t.join().expect("server thread");
+    for_each_layout(|| {
+        let _s = serial();
+        let (b, hold, held) = hold_backend(TIMEOUT);
+        let (mut fe, t) = serve_in_thread(b);
+        let (mem, mut q) = start_queue0(&mut fe, true);
+        // Eight requests into the second region, held.
+        let heads = submit_many(&mut q, DATA, 8, 0x200);
+        wait_held(&held, 8);
+        // A new table (the same memory mapped anew), then the second region removed: the held
+        // requests keep the mapping they were popped from.
+        send_mem_table(&mut fe, &mem);
+        let second = regions(&mem)
+            .into_iter()
+            .find(|r| r.guest_phys_addr == DATA)
+            .unwrap();
+        fe.rem_mem_reg(&second).expect("REM_MEM_REG");
+        complete_elsewhere(&held, Duration::ZERO).join().unwrap();
+        check_used(&mut q, &mem, &heads, 0x200);
+        // New requests use the new table: the first region serves, the removed one does not.
+        hold.store(false, Ordering::SeqCst);
+        let low = submit_many(&mut q, DATA_LOW, 2, 0x100);
+        check_used(&mut q, &mem, &low, 0x100);
+        let gone = q
+            .driver
+            .add_chain(&[(GuestAddress(DATA), 0x100, true)])
+            .unwrap();
+        if q.driver.publish().unwrap() {
+            q.driver.kick(&q.kick).unwrap();
+        }
+        let used = q.wait_used();
+        assert_eq!((used.id, used.len), (gone, 0));
+        let mut got = [0u8; 0x100];
+        mem.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert!(
+            got.iter().all(|&b| b == fill_byte(heads[0].0)),
+            "a buffer in the removed region is not written"
+        );
+        // Added back, it serves again.
+        fe.add_mem_reg(&second, mem.fd()).expect("ADD_MEM_REG");
+        let back = submit_many(&mut q, DATA + 0x8000, 1, 0x100);
+        check_used(&mut q, &mem, &back, 0x100);
+        drop(fe);
+        t.join().expect("server thread");
+    });
 }
 
 #[test]
 fn get_vring_base_with_requests_held_replies_after_they_complete_with_the_right_base() {
-    let _s = serial();
-    let (b, _hold, held) = hold_backend(TIMEOUT);
-    let (mut fe, t) = serve_in_thread(b);
-    let (_mem, mut q) = start_queue0(&mut fe, true);
-    let heads = submit_many(&mut q, DATA, 5, 0x100);
-    wait_held(&held, 5);
-    let delay = Duration::from_millis(300);
-    let completer = complete_elsewhere(&held, delay);
-    let started = Instant::now();
-    let base = fe.get_vring_base(0).expect("GET_VRING_BASE");
-    let waited = started.elapsed();
-    completer.join().unwrap();
-    assert_eq!(base, 5);
-    assert!(
-        waited >= delay - Duration::from_millis(20),
-        "GET_VRING_BASE answered after {waited:?}, before the requests completed"
-    );
-    // Every held request reached the used ring before the reply.
-    for _ in 0..5 {
+    for_each_layout(|| {
+        let _s = serial();
+        let (b, _hold, held) = hold_backend(TIMEOUT);
+        let (mut fe, t) = serve_in_thread(b);
+        let (_mem, mut q) = start_queue0(&mut fe, true);
+        let heads = submit_many(&mut q, DATA, 5, 0x100);
+        wait_held(&held, 5);
+        let delay = Duration::from_millis(300);
+        let completer = complete_elsewhere(&held, delay);
+        let started = Instant::now();
+        let base = fe.get_vring_base(0).expect("GET_VRING_BASE");
+        let waited = started.elapsed();
+        completer.join().unwrap();
+        assert_eq!(base, base_after_chains(5, 1));
         assert!(
-            q.driver.pop_used().unwrap().is_some(),
-            "a used entry is missing"
+            waited >= delay - Duration::from_millis(20),
+            "GET_VRING_BASE answered after {waited:?}, before the requests completed"
         );
-    }
-    let _ = heads;
-    drop(fe);
-    t.join().expect("server thread");
+        // Every held request reached the used ring before the reply.
+        for _ in 0..5 {
+            assert!(
+                q.driver.pop_used().unwrap().is_some(),
+                "a used entry is missing"
+            );
+        }
+        let _ = heads;
+        drop(fe);
+        t.join().expect("server thread");
+    });
 }
 
 #[test]
 fn device_that_never_completes_hits_the_bound_the_connection_closes_and_the_next_frontend_works() {
-    let _s = serial();
-    let (b, hold, held) = hold_backend(Duration::from_millis(300));
-    let (mut fe, t) = serve_in_thread(b);
-    let (_mem, mut q) = start_queue0(&mut fe, true);
-    submit_many(&mut q, DATA, 3, 0x100);
-    wait_held(&held, 3);
-    let started = Instant::now();
-    let e = fe.get_vring_base(0).unwrap_err();
-    assert!(started.elapsed() >= Duration::from_millis(280), "{e}");
-    // The server closed the connection: the front-end sees the end of the stream.
-    assert!(fe.get_queue_num().is_err(), "the connection is closed");
-    drop(fe);
-    let b = t.join().expect("server thread");
-    assert_eq!(b.running_workers(), 0);
-    // The next front-end on the same back-end works; the late completions of the old
-    // requests are dropped, not published into its ring.
-    hold.store(false, Ordering::SeqCst);
-    let stale = std::mem::take(&mut *held.lock().unwrap());
-    let (mut fe, t) = serve_in_thread(b);
-    let (mem, mut q) = start_queue0(&mut fe, true);
-    let heads = submit_many(&mut q, DATA, 4, 0x100);
-    check_used(&mut q, &mem, &heads, 0x100);
-    for r in stale {
-        r.complete(7);
-    }
-    let heads = submit_many(&mut q, DATA + 0x1000, 2, 0x100);
-    check_used(&mut q, &mem, &heads, 0x100);
-    assert!(
-        q.driver.pop_used().unwrap().is_none(),
-        "a stale completion was published"
-    );
-    assert_eq!(fe.get_vring_base(0).unwrap(), 6);
-    drop(fe);
-    t.join().expect("server thread");
+    for_each_layout(|| {
+        let _s = serial();
+        let (b, hold, held) = hold_backend(Duration::from_millis(300));
+        let (mut fe, t) = serve_in_thread(b);
+        let (_mem, mut q) = start_queue0(&mut fe, true);
+        submit_many(&mut q, DATA, 3, 0x100);
+        wait_held(&held, 3);
+        let started = Instant::now();
+        let e = fe.get_vring_base(0).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(280), "{e}");
+        // The server closed the connection: the front-end sees the end of the stream.
+        assert!(fe.get_queue_num().is_err(), "the connection is closed");
+        drop(fe);
+        let b = t.join().expect("server thread");
+        assert_eq!(b.running_workers(), 0);
+        // The next front-end on the same back-end works; the late completions of the old
+        // requests are dropped, not published into its ring.
+        hold.store(false, Ordering::SeqCst);
+        let stale = std::mem::take(&mut *held.lock().unwrap());
+        let (mut fe, t) = serve_in_thread(b);
+        let (mem, mut q) = start_queue0(&mut fe, true);
+        let heads = submit_many(&mut q, DATA, 4, 0x100);
+        check_used(&mut q, &mem, &heads, 0x100);
+        for r in stale {
+            r.complete(7);
+        }
+        let heads = submit_many(&mut q, DATA + 0x1000, 2, 0x100);
+        check_used(&mut q, &mem, &heads, 0x100);
+        assert!(
+            q.driver.pop_used().unwrap().is_none(),
+            "a stale completion was published"
+        );
+        assert_eq!(fe.get_vring_base(0).unwrap(), base_after_chains(6, 1));
+        drop(fe);
+        t.join().expect("server thread");
+    });
 }
 
 /// Threads of the runtime (other tests' harness threads come and go meanwhile).
@@ -390,74 +401,80 @@ fn disconnect_with_requests_held_leaks_nothing_and_the_next_frontend_works() {
 
 #[test]
 fn a_request_dropped_without_completion_is_returned_with_length_zero() {
-    let _s = serial();
-    let (b, _hold, held) = hold_backend(TIMEOUT);
-    let (mut fe, t) = serve_in_thread(b);
-    let (_mem, mut q) = start_queue0(&mut fe, false);
-    let heads = submit_many(&mut q, DATA, 2, 0x100);
-    wait_held(&held, 2);
-    held.lock().unwrap().clear();
-    for _ in 0..2 {
-        let used = q.wait_used();
-        assert!(heads.iter().any(|(h, _)| *h == used.id));
-        assert_eq!(used.len, 0);
-    }
-    assert_eq!(fe.get_vring_base(0).unwrap(), 2);
-    drop(fe);
-    t.join().expect("server thread");
+    for_each_layout(|| {
+        let _s = serial();
+        let (b, _hold, held) = hold_backend(TIMEOUT);
+        let (mut fe, t) = serve_in_thread(b);
+        let (_mem, mut q) = start_queue0(&mut fe, false);
+        let heads = submit_many(&mut q, DATA, 2, 0x100);
+        wait_held(&held, 2);
+        held.lock().unwrap().clear();
+        for _ in 0..2 {
+            let used = q.wait_used();
+            assert!(heads.iter().any(|(h, _)| *h == used.id));
+            assert_eq!(used.len, 0);
+        }
+        assert_eq!(fe.get_vring_base(0).unwrap(), base_after_chains(2, 1));
+        drop(fe);
+        t.join().expect("server thread");
+    });
 }
 
 #[test]
 fn reset_with_requests_held_on_four_rings_closes_within_one_bound_not_four() {
-    let _s = serial();
-    let bound = Duration::from_millis(250);
-    let (b, _hold, held) = hold_backend_with(4, bound);
-    let (mut fe, t) = serve_in_thread(b);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut queues: Vec<GuestQueue> = (0..4).map(|i| GuestQueue::new(&mem, i, true)).collect();
-    for (i, q) in queues.iter_mut().enumerate() {
-        q.start(&mut fe, &mem, 0, true);
-        submit_many(q, DATA + i as u64 * 0x1_0000, 2, 0x100);
-    }
-    wait_held(&held, 8);
-    let started = Instant::now();
-    assert!(fe.reset_device().is_err(), "the connection closes");
-    let took = started.elapsed();
-    assert!(
-        took < 2 * bound,
-        "RESET_DEVICE took {took:?}: each ring waited its own bound"
-    );
-    drop(fe);
-    t.join().expect("server thread");
+    for_each_layout(|| {
+        let _s = serial();
+        let bound = Duration::from_millis(250);
+        let (b, _hold, held) = hold_backend_with(4, bound);
+        let (mut fe, t) = serve_in_thread(b);
+        handshake(&mut fe, true, true);
+        let mem = two_region_memory();
+        send_mem_table(&mut fe, &mem);
+        let mut queues: Vec<GuestQueue> = (0..4).map(|i| GuestQueue::new(&mem, i, true)).collect();
+        for (i, q) in queues.iter_mut().enumerate() {
+            q.start(&mut fe, &mem, 0, true);
+            submit_many(q, DATA + i as u64 * 0x1_0000, 2, 0x100);
+        }
+        wait_held(&held, 8);
+        let started = Instant::now();
+        assert!(fe.reset_device().is_err(), "the connection closes");
+        let took = started.elapsed();
+        assert!(
+            took < 2 * bound,
+            "RESET_DEVICE took {took:?}: each ring waited its own bound"
+        );
+        drop(fe);
+        t.join().expect("server thread");
+    });
 }
 
 #[test]
 fn a_request_left_behind_by_a_stop_that_gave_up_cannot_touch_guest_memory() {
-    let _s = serial();
-    let (b, _hold, held) = hold_backend(Duration::from_millis(50));
-    let (mut fe, t) = serve_in_thread(b);
-    let (mem, mut q) = start_queue0(&mut fe, true);
-    mem.mem()
-        .write_slice(&[0x11; 0x100], GuestAddress(DATA))
-        .unwrap();
-    submit_many(&mut q, DATA, 1, 0x100);
-    wait_held(&held, 1);
-    // The test keeps the request (the device's reset would drop it).
-    let req = held.lock().unwrap().pop().expect("held");
-    assert!(
-        fe.get_vring_base(0).is_err(),
-        "the stop gives up and closes"
-    );
-    assert!(matches!(
-        req.write_writable(0, &[0x22; 0x100]),
-        Err(vhost_backend::runtime::GuestIoError::Stale)
-    ));
-    let mut got = [0u8; 0x100];
-    mem.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
-    assert!(got.iter().all(|&b| b == 0x11), "guest memory untouched");
-    req.complete(0x100);
-    drop(fe);
-    t.join().expect("server thread");
+    for_each_layout(|| {
+        let _s = serial();
+        let (b, _hold, held) = hold_backend(Duration::from_millis(50));
+        let (mut fe, t) = serve_in_thread(b);
+        let (mem, mut q) = start_queue0(&mut fe, true);
+        mem.mem()
+            .write_slice(&[0x11; 0x100], GuestAddress(DATA))
+            .unwrap();
+        submit_many(&mut q, DATA, 1, 0x100);
+        wait_held(&held, 1);
+        // The test keeps the request (the device's reset would drop it).
+        let req = held.lock().unwrap().pop().expect("held");
+        assert!(
+            fe.get_vring_base(0).is_err(),
+            "the stop gives up and closes"
+        );
+        assert!(matches!(
+            req.write_writable(0, &[0x22; 0x100]),
+            Err(vhost_backend::runtime::GuestIoError::Stale)
+        ));
+        let mut got = [0u8; 0x100];
+        mem.mem().read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert!(got.iter().all(|&b| b == 0x11), "guest memory untouched");
+        req.complete(0x100);
+        drop(fe);
+        t.join().expect("server thread");
+    });
 }

@@ -185,11 +185,12 @@ impl Session {
 
         let mut queues = Vec::with_capacity(usize::from(opts.num_queues));
         for i in 0..u32::from(opts.num_queues) {
-            let driver = VirtqueueDriver::with_indirect(
+            let driver = VirtqueueDriver::with_layout(
                 &memory,
                 opts.queue_size,
                 event_idx,
                 opts.max_indirect,
+                features & virtio::bit(virtio::RING_PACKED) != 0,
             )?;
             let q = Queue {
                 driver,
@@ -254,13 +255,13 @@ impl Session {
         Ok(())
     }
 
-    fn setup_queue(&mut self, i: usize, base: u16) -> Result<()> {
+    fn setup_queue(&mut self, i: usize, base: u32) -> Result<()> {
         let q = &mut self.queues[i];
-        q.driver.start_at(base, base)?;
+        q.driver.start_at_base(base)?;
         let index = i as u32;
         let fe = &mut self.frontend;
         fe.set_vring_num(index, u32::from(q.driver.size()))?;
-        fe.set_vring_base(index, u32::from(base))?;
+        fe.set_vring_base(index, base)?;
         self.send_vring_addr(i)?;
         let q = &self.queues[i];
         self.frontend.set_vring_kick(index, Some(borrow(&q.kick)))?;

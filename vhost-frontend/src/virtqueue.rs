@@ -1,5 +1,7 @@
-//! The guest side of a split virtqueue: the driver that makes buffers available and takes
-//! used ones back, over [`GuestMemory`].
+//! The guest side of a virtqueue, split or packed: the driver that makes buffers available
+//! and takes used ones back, over [`GuestMemory`]. The packed layout
+//! ([`VirtqueueDriver::with_layout`], VIRTIO_F_RING_PACKED) has the same calls; its three
+//! addresses are the descriptor ring and the driver and device event suppression areas.
 //!
 //! Order of calls for one batch of requests:
 //! 1. [`add_chain`](VirtqueueDriver::add_chain) or [`add_indirect`](VirtqueueDriver::add_indirect)
@@ -18,6 +20,7 @@
 mod error;
 mod layout;
 mod notify;
+mod packed;
 
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
@@ -36,6 +39,10 @@ use layout::{
 pub use layout::{
     MAX_QUEUE_SIZE, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
     VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
+};
+pub use packed::{
+    encode_packed_base, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE,
+    VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED,
 };
 
 /// Result type of this module.
@@ -106,6 +113,8 @@ pub struct VirtqueueDriver {
     in_flight: u16,
     /// Whether the driver asks for used-buffer notifications.
     calls_enabled: bool,
+    /// The packed layout's positions; `None` for a split ring.
+    packed: Option<packed::PackedState>,
 }
 
 fn mem_err(e: GuestMemoryError) -> Error {
@@ -127,6 +136,20 @@ impl VirtqueueDriver {
         event_idx: bool,
         max_indirect: u16,
     ) -> Result<Self> {
+        Self::with_layout(mem, size, event_idx, max_indirect, false)
+    }
+
+    /// Like [`with_indirect`](Self::with_indirect), with the packed layout when `packed`
+    /// (VIRTIO_F_RING_PACKED negotiated): a descriptor ring of `size` entries and two 4-byte
+    /// event suppression areas, in the places of the descriptor table and the available
+    /// and used rings.
+    pub fn with_layout(
+        mem: &GuestMemory,
+        size: u16,
+        event_idx: bool,
+        max_indirect: u16,
+        packed: bool,
+    ) -> Result<Self> {
         if !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
             return Err(Error::InvalidSize { size });
         }
@@ -138,8 +161,14 @@ impl VirtqueueDriver {
         }
         let alloc = |bytes, align| mem.alloc(bytes, align).map_err(Error::Alloc);
         let desc_table = alloc(layout::desc_table_bytes(size), DESC_ALIGN)?;
-        let avail_ring = alloc(layout::avail_ring_bytes(size), AVAIL_ALIGN)?;
-        let used_ring = alloc(layout::used_ring_bytes(size), USED_ALIGN)?;
+        let (avail_ring, used_ring) = if packed {
+            (alloc(4, 4)?, alloc(4, 4)?)
+        } else {
+            (
+                alloc(layout::avail_ring_bytes(size), AVAIL_ALIGN)?,
+                alloc(layout::used_ring_bytes(size), USED_ALIGN)?,
+            )
+        };
         let indirect = match max_indirect {
             0 => None,
             max_len => Some(IndirectTables {
@@ -163,9 +192,47 @@ impl VirtqueueDriver {
             last_used: Wrapping(0),
             in_flight: 0,
             calls_enabled: true,
+            packed: packed.then(|| packed::PackedState::new(size)),
         };
-        driver.start_at(0, 0)?;
+        if packed {
+            driver.packed_start_at(encode_packed_base((0, true), (0, true)))?;
+        } else {
+            driver.start_at(0, 0)?;
+        }
         Ok(driver)
+    }
+
+    /// Whether the ring has the packed layout.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Sets the rings for a device resuming at `base`, as SET_VRING_BASE carries it: split
+    /// rings, the next available (and used) index in the low 16 bits; packed rings, both
+    /// positions and wrap counters ([`encode_packed_base`]). Only with nothing in flight.
+    pub fn start_at_base(&mut self, base: u32) -> Result<()> {
+        let pending = self.pending();
+        if self.in_flight != 0 || pending != 0 {
+            return Err(Error::Busy {
+                in_flight: self.in_flight,
+                pending,
+            });
+        }
+        if self.packed.is_some() {
+            self.packed_start_at(base)
+        } else {
+            self.start_at(base as u16, base as u16)
+        }
+    }
+
+    /// What SET_VRING_BASE carries to resume the ring where this driver is, with nothing
+    /// in flight: the available index (split), or the packed encoding of both positions.
+    pub fn vring_base(&self) -> u32 {
+        if self.packed.is_some() {
+            self.packed_base()
+        } else {
+            u32::from(self.published_idx.0)
+        }
     }
 
     /// Sets the rings as a previous user left them, for a device that resumes at
@@ -236,6 +303,9 @@ impl VirtqueueDriver {
 
     /// Free descriptors in the ring.
     pub fn num_free(&self) -> usize {
+        if self.packed.is_some() {
+            return self.packed_num_free();
+        }
         self.free.len()
     }
 
@@ -258,6 +328,9 @@ impl VirtqueueDriver {
 
     /// Chains added and not yet published.
     pub fn pending(&self) -> u16 {
+        if self.packed.is_some() {
+            return self.packed_pending();
+        }
         (self.avail_idx - self.published_idx).0
     }
 
@@ -265,6 +338,9 @@ impl VirtqueueDriver {
     /// The chain becomes visible to the device at the next [`publish`](Self::publish).
     pub fn add_chain(&mut self, bufs: &[Buffer]) -> Result<u16> {
         let writable = check_chain(bufs)?;
+        if self.packed.is_some() {
+            return self.packed_add_chain(bufs, writable);
+        }
         if bufs.len() > self.free.len() {
             return Err(Error::NotEnoughDescriptors {
                 needed: bufs.len(),
@@ -304,6 +380,9 @@ impl VirtqueueDriver {
     pub fn add_indirect(&mut self, bufs: &[Buffer]) -> Result<u16> {
         let tables = self.indirect.ok_or(Error::IndirectUnavailable)?;
         let writable = check_chain(bufs)?;
+        if self.packed.is_some() {
+            return self.packed_add_indirect(bufs, writable);
+        }
         if bufs.len() > usize::from(tables.max_len) {
             return Err(Error::IndirectTooLong {
                 len: bufs.len(),
@@ -348,6 +427,9 @@ impl VirtqueueDriver {
     /// (`vring_need_event`), otherwise unless the device set VRING_USED_F_NO_NOTIFY.
     /// Returns `false` when nothing was added.
     pub fn publish(&mut self) -> Result<bool> {
+        if self.packed.is_some() {
+            return self.packed_publish();
+        }
         let old = self.published_idx;
         let new = self.avail_idx;
         if new == old {
@@ -381,6 +463,9 @@ impl VirtqueueDriver {
     ///
     /// A bad entry gives an error and is not consumed.
     pub fn pop_used(&mut self) -> Result<Option<UsedElem>> {
+        if self.packed.is_some() {
+            return self.packed_pop_used();
+        }
         let mut used_idx = self.load_used_idx()?;
         if used_idx == self.last_used {
             if !self.rearm_calls()? {
@@ -449,6 +534,9 @@ impl VirtqueueDriver {
     /// `used_event` (set to the entry just behind the next one, which the device will not
     /// reach for 65535 completions). Both are hints the device may ignore.
     pub fn enable_calls(&mut self, enabled: bool) -> Result<()> {
+        if self.packed.is_some() {
+            return self.packed_enable_calls(enabled);
+        }
         self.calls_enabled = enabled;
         if self.event_idx {
             let event = if enabled {

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use benches::load::{memory_size, Engine, Workload};
 use clap::{Parser, ValueEnum};
 use vhost_frontend::devices::blk::BlkConfig;
+use vhost_frontend::session::DEFAULT_FEATURE_MASK;
 use vhost_frontend::{DirtyLogArea, Session, SessionOptions};
+use vhost_proto::virtio;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Device {
@@ -73,6 +75,10 @@ struct Cli {
     /// Seconds run before measuring.
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
+
+    /// Drive packed virtqueues (ack VIRTIO_F_RING_PACKED when the back-end offers it).
+    #[arg(long)]
+    packed: bool,
 
     /// Seed of the offset generator.
     #[arg(long, default_value_t = 1)]
@@ -129,6 +135,11 @@ fn connect(cli: &Cli, socket: &PathBuf) -> Result<Session, Error> {
         queue_size: cli.queue_size,
         memory_size: memory_size(usize::from(cli.qd), cli.queue_size),
         config_size: (cli.device == Device::Blk).then_some(60),
+        mask_features: if cli.packed {
+            DEFAULT_FEATURE_MASK & !virtio::bit(virtio::RING_PACKED)
+        } else {
+            DEFAULT_FEATURE_MASK
+        },
         ..SessionOptions::default()
     };
     let deadline = Instant::now() + Duration::from_secs_f64(cli.connect_timeout);
@@ -142,6 +153,9 @@ fn connect(cli: &Cli, socket: &PathBuf) -> Result<Session, Error> {
             Err(e) => return Err(format!("connecting to {}: {e}", socket.display()).into()),
         }
     };
+    if cli.packed && session.features() & virtio::bit(virtio::RING_PACKED) == 0 {
+        return Err("--packed: the back-end does not offer VIRTIO_F_RING_PACKED".into());
+    }
     session.start()?;
     Ok(session)
 }
@@ -215,9 +229,15 @@ fn run(cli: &Cli) -> Result<(), Error> {
         None => String::new(),
     };
     println!(
-        "RESULT label={} device={:?} workload={name} qd={} seconds={secs:.3} requests={done} \
-         rate={rate:.0} waits={} kicks={} publishes={}{marked}",
-        cli.label, cli.device, cli.qd, stats.waits, stats.kicks, stats.publishes,
+        "RESULT label={} device={:?} workload={name} qd={} ring={} seconds={secs:.3} \
+         requests={done} rate={rate:.0} waits={} kicks={} publishes={}{marked}",
+        cli.label,
+        cli.device,
+        cli.qd,
+        if cli.packed { "packed" } else { "split" },
+        stats.waits,
+        stats.kicks,
+        stats.publishes,
     );
     Ok(())
 }

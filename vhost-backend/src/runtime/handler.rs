@@ -30,18 +30,19 @@ use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiati
 
 /// Virtio features the runtime implements itself and always offers: protocol features
 /// (bit 30), VERSION_1, EVENT_IDX, INDIRECT_DESC (descriptor chains are walked by
-/// `virtio-queue`, indirect tables included) and VHOST_F_LOG_ALL (dirty-page logging for
-/// live migration, see [`dirty_log`](super::dirty_log)).
+/// `virtio-queue`, indirect tables included), RING_PACKED (the runtime's own packed
+/// ring, [`super::packed`], behind the same request API) and VHOST_F_LOG_ALL (dirty-page
+/// logging for live migration, see [`dirty_log`](super::dirty_log)).
 pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
     | virtio::bit(virtio::VERSION_1)
     | virtio::bit(virtio::RING_EVENT_IDX)
     | virtio::bit(virtio::RING_INDIRECT_DESC)
+    | virtio::bit(virtio::RING_PACKED)
     | virtio::bit(virtio::LOG_ALL);
 
-/// Virtio features the runtime cannot serve and removes from a device's offer: packed
-/// rings and IOTLB translation.
-pub const UNSUPPORTED_FEATURES: u64 =
-    virtio::bit(virtio::RING_PACKED) | virtio::bit(virtio::ACCESS_PLATFORM);
+/// Virtio features the runtime cannot serve and removes from a device's offer: IOTLB
+/// translation.
+pub const UNSUPPORTED_FEATURES: u64 = virtio::bit(virtio::ACCESS_PLATFORM);
 
 /// Protocol features the runtime implements and always offers. Added per device: CONFIG
 /// when it has a configuration space ([`VirtioDevice::config_size`]), BACKEND_REQ when it
@@ -425,7 +426,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
 
     /// Stops ring `index` once its outstanding requests completed (until `deadline`), and
     /// forgets its kick source. Returns the base, or the timeout.
-    fn stop_ring(&mut self, index: usize, deadline: Instant) -> Result<u16, VringError> {
+    fn stop_ring(&mut self, index: usize, deadline: Instant) -> Result<u32, VringError> {
         let r = Arc::clone(&self.rings[index]);
         let (kick, result) = r.quiesce_and_stop(deadline);
         if let Some(worker) = &self.workers[self.worker_of[index]] {
@@ -515,9 +516,11 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             .set_enabled(features & virtio::bit(virtio::LOG_ALL) != 0);
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
         let protocol = features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0;
+        let packed = features & virtio::bit(virtio::RING_PACKED) != 0;
         for (i, r) in self.rings.iter().enumerate() {
             let mut g = r.lock();
             g.set_event_idx(event_idx);
+            g.set_packed(packed);
             // Without bit 30 every ring is enabled at once; with it a ring not started
             // starts disabled (unless SET_VRING_ENABLE enabled it already).
             let became = g.follow_features(protocol);
@@ -575,9 +578,16 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
                     addr: uva,
                 })
         };
+        // Packed rings: the descriptor ring, then the driver and device event suppression
+        // areas (4 bytes each) in the places of the available and used rings.
+        let (avail_len, used_len) = if g.is_packed() {
+            (4, 4)
+        } else {
+            (6 + 2 * n, 6 + 8 * n)
+        };
         let desc = tr(RingPart::Desc, addr.desc, 16 * n).map_err(fail)?;
-        let avail = tr(RingPart::Avail, addr.avail, 6 + 2 * n).map_err(fail)?;
-        let used = tr(RingPart::Used, addr.used, 6 + 8 * n).map_err(fail)?;
+        let avail = tr(RingPart::Avail, addr.avail, avail_len).map_err(fail)?;
+        let used = tr(RingPart::Used, addr.used, used_len).map_err(fail)?;
         let log = (addr.flags & VRING_F_LOG != 0).then_some(addr.log);
         // QEMU turns logging on and off by sending a running ring's addresses again with
         // the log flag changed: only that is allowed while the ring is started.
@@ -601,7 +611,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let i = index as usize;
         let result = self.stop_ring(i, Instant::now() + self.quiesce_timeout);
         self.retire_idle_worker(self.worker_of[i]);
-        result.map(u32::from).map_err(broken)
+        result.map_err(broken)
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedFd>) -> BackendResult<()> {

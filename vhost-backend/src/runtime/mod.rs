@@ -112,6 +112,7 @@ pub mod log_limit;
 pub mod mem_table;
 pub mod multi;
 mod notifier;
+pub mod packed;
 pub mod request;
 pub mod state;
 #[cfg(feature = "test-utils")]

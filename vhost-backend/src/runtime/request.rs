@@ -20,7 +20,6 @@
 
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
@@ -406,10 +405,11 @@ impl QueueContext<'_> {
             if self.ring.is_stopping() {
                 return None;
             }
-            let chain = self.state.queue_mut().pop_descriptor_chain(&**self.mem)?;
+            let mem = Arc::clone(self.mem);
+            let (head, mut chain) = self.state.pop_chain(&mem)?;
             self.taken += 1;
-            let head = chain.head_index();
             if !self.state.take_head(head) {
+                self.state.recycle_chain(chain);
                 self.ring.log.warn(format_args!(
                     "queue {}: the driver offered head {head}, which is out of range or \
                      already outstanding; skipped",
@@ -418,7 +418,9 @@ impl QueueContext<'_> {
                 continue;
             }
             self.state.mark_inflight(head);
-            return Some(self.request(head, chain));
+            let req = self.request(head, &mut chain);
+            self.state.recycle_chain(chain);
+            return Some(req);
         }
         None
     }

@@ -45,7 +45,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::device::{DeviceError, Processed, VirtioDevice};
@@ -71,12 +70,37 @@ impl TestQueue {
         rings: [u64; 3],
         event_idx: bool,
     ) -> Result<Self, VringError> {
+        Self::with_layout(index, mem, size, rings, event_idx, false)
+    }
+
+    /// Like [`new`](Self::new) with the packed layout (VIRTIO_F_RING_PACKED): `rings` are
+    /// the descriptor ring, the driver event area and the device event area; the ring
+    /// starts at position 0 with both wrap counters 1.
+    pub fn new_packed(
+        index: u16,
+        mem: GuestMemoryMmap,
+        size: u16,
+        rings: [u64; 3],
+        event_idx: bool,
+    ) -> Result<Self, VringError> {
+        Self::with_layout(index, mem, size, rings, event_idx, true)
+    }
+
+    fn with_layout(
+        index: u16,
+        mem: GuestMemoryMmap,
+        size: u16,
+        rings: [u64; 3],
+        event_idx: bool,
+        packed: bool,
+    ) -> Result<Self, VringError> {
         let atomic = GuestMemoryAtomic::new(mem);
         let dirty = Arc::new(super::dirty_log::DirtyLog::new());
         let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty.clone()));
         {
             let snapshot = atomic.memory();
             let mut st = ring.lock();
+            st.set_packed(packed);
             st.set_size(index, u32::from(size))?;
             st.set_addrs(index, rings.map(GuestAddress))?;
             st.set_event_idx(event_idx);
@@ -139,7 +163,7 @@ impl TestQueue {
 
     /// The next available index the queue will read.
     pub fn next_avail(&self) -> u16 {
-        self.ring.lock().queue_mut().next_avail()
+        self.ring.lock().next_avail()
     }
 
     /// How many times publishing decided the driver wants a used-buffer notification.
@@ -157,9 +181,10 @@ impl TestQueue {
     }
 
     /// Stops the queue as GET_VRING_BASE does: waits up to `timeout` for outstanding
-    /// requests, then returns the next available index (or the timeout; the queue is
-    /// stopped either way).
-    pub fn stop(&self, timeout: Duration) -> Result<u16, VringError> {
+    /// requests, then returns the next available index (packed rings: the packed base
+    /// encoding, [`packed::encode_base`](super::packed::encode_base)), or the timeout; the
+    /// queue is stopped either way.
+    pub fn stop(&self, timeout: Duration) -> Result<u32, VringError> {
         self.ring
             .quiesce_and_stop(std::time::Instant::now() + timeout)
             .1

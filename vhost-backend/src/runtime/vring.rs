@@ -38,6 +38,7 @@ use super::dirty_log::DirtyLog;
 use super::inflight::{crash_point, QueueInflight};
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
+use super::packed::{PackedRing, INITIAL_BASE};
 use super::request::Buffer;
 
 /// Which address of a ring.
@@ -173,7 +174,18 @@ pub(crate) struct RingState {
     queue: Queue,
     max_size: u16,
     size: u16,
-    base: u16,
+    /// SET_VRING_BASE: the next available index (split rings), or the packed encoding of
+    /// both positions and wrap counters ([`super::packed::encode_base`]).
+    base: u32,
+    /// A base was set (or a stop recorded one); a packed ring without starts at
+    /// [`INITIAL_BASE`].
+    base_set: bool,
+    /// VIRTIO_F_RING_PACKED was acked: the ring starts as a packed ring.
+    packed_layout: bool,
+    /// The packed ring, while started with that layout (the split `queue` is then unused).
+    packed: Option<PackedRing>,
+    /// Descriptors of the last packed buffer popped, reused.
+    chain: Vec<virtio_queue::desc::split::Descriptor>,
     addrs: Option<[GuestAddress; 3]>,
     /// Where used-ring writes are logged (SET_VRING_ADDR with VHOST_VRING_F_LOG).
     used_log: Option<u64>,
@@ -450,7 +462,14 @@ impl Vring {
                 if let Some(inflight) = &st.inflight {
                     inflight.before_used(c.head);
                 }
-                if let Err(e) = st.queue.add_used(&**mem, c.head, c.len) {
+                let added = match &mut st.packed {
+                    Some(p) => p.add_used(mem, c.head, c.len).map_err(|e| e.to_string()),
+                    None => st
+                        .queue
+                        .add_used(&**mem, c.head, c.len)
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(e) = added {
                     self.log.warn(format_args!(
                         "vring {}: returning head {}: {e}",
                         self.index, c.head
@@ -469,7 +488,14 @@ impl Vring {
         }
         st.batch = batch;
         if let (true, Some(mem)) = (st.unsignalled > 0, &mem) {
-            let wanted = match st.queue.needs_notification(&**mem) {
+            let needs = match &mut st.packed {
+                Some(p) => p.needs_notification(mem).map_err(|e| e.to_string()),
+                None => st
+                    .queue
+                    .needs_notification(&**mem)
+                    .map_err(|e| e.to_string()),
+            };
+            let wanted = match needs {
                 Ok(n) => n,
                 Err(e) => {
                     self.log.warn(format_args!(
@@ -495,6 +521,14 @@ impl Vring {
     /// Marks in the dirty log the used entries written from `first` to the queue's next used
     /// index, and the used index. Called after the writes, only while logging is on.
     fn log_used_entries(&self, st: &RingState, first: u16) {
+        if let Some(p) = &st.packed {
+            // Packed rings: the used descriptors went into the descriptor ring, at its own
+            // guest-physical address (a ring of at most 32768 * 16 bytes: marked whole).
+            self.dirty
+                .mark(p.desc_table().0, 16 * u64::from(st.size.max(1)));
+            self.dirty.signal();
+            return;
+        }
         let Some(base) = st.used_log_base() else {
             return;
         };
@@ -516,6 +550,13 @@ impl Vring {
     /// enabling only). Called after the write, from the worker's drain.
     pub(crate) fn log_notification_write(&self, st: &RingState, enable: bool) {
         if !self.dirty.active_after_writes() {
+            return;
+        }
+        if st.packed.is_some() {
+            // Packed rings: the flags of the device event suppression area.
+            if let Some([_, _, device_event]) = st.addrs {
+                self.dirty.mark(device_event.0.wrapping_add(2), 2);
+            }
             return;
         }
         let Some(base) = st.used_log_base() else {
@@ -547,7 +588,7 @@ impl Vring {
     /// the next available index (what GET_VRING_BASE answers and the next start resumes
     /// from) and the kick source the ring had, or the timeout error once the ring is
     /// stopped regardless.
-    pub(crate) fn quiesce_and_stop(&self, deadline: Instant) -> (Kick, Result<u16, VringError>) {
+    pub(crate) fn quiesce_and_stop(&self, deadline: Instant) -> (Kick, Result<u32, VringError>) {
         let start = Instant::now();
         self.stopping.store(true, Ordering::SeqCst);
         self.quiescing.store(true, Ordering::SeqCst);
@@ -651,6 +692,10 @@ impl RingState {
             max_size,
             size: max_size,
             base: 0,
+            base_set: false,
+            packed_layout: false,
+            packed: None,
+            chain: Vec::new(),
             addrs: None,
             used_log: None,
             kick: Kick::None,
@@ -731,13 +776,25 @@ impl RingState {
         }
     }
 
-    /// SET_VRING_BASE (split rings: the next available index in the low 16 bits).
+    /// SET_VRING_BASE (split rings: the next available index in the low 16 bits; packed
+    /// rings: both positions and wrap counters, [`super::packed::encode_base`]).
     pub(crate) fn set_base(&mut self, index: u16, base: u32) -> Result<(), VringError> {
         if self.started {
             return Err(VringError::Started { index });
         }
-        self.base = base as u16;
+        self.base = base;
+        self.base_set = true;
         Ok(())
+    }
+
+    /// SET_FEATURES: whether VIRTIO_F_RING_PACKED was acked (the layout of the next start).
+    pub(crate) fn set_packed(&mut self, on: bool) {
+        self.packed_layout = on;
+    }
+
+    /// Whether the ring has (or will start with) the packed layout.
+    pub(crate) fn is_packed(&self) -> bool {
+        self.packed_layout
     }
 
     /// SET_VRING_ADDR, with the addresses already translated to guest-physical.
@@ -805,6 +862,9 @@ impl RingState {
         if self.started {
             return Ok(false);
         }
+        if self.packed_layout {
+            return self.start_packed(index, mem, inflight.is_some());
+        }
         if let Some(q) = &inflight {
             if self.size > q.desc_num() {
                 return Err(VringError::InvalidQueue {
@@ -840,7 +900,8 @@ impl RingState {
         let used_idx = q
             .used_idx(mem, Ordering::Acquire)
             .map_err(|e| invalid(e.to_string()))?;
-        let mut next_avail = self.base;
+        let base = self.base as u16;
+        let mut next_avail = base;
         let mut resumed = false;
         self.resubmit.clear();
         self.inflight = inflight;
@@ -851,7 +912,7 @@ impl RingState {
                 // Every entry taken is on the used ring or in flight.
                 next_avail = used_idx.0.wrapping_add(rec.heads.len() as u16);
             }
-            if !rec.heads.is_empty() || rec.repaired || next_avail != self.base {
+            if !rec.heads.is_empty() || rec.repaired || next_avail != base {
                 log::info!(
                     "vring {index}: inflight region: {} request(s) resubmitted{}, resuming at \
                      available index {next_avail} (base was {})",
@@ -869,6 +930,14 @@ impl RingState {
         q.set_next_avail(next_avail);
         q.set_next_used(used_idx.0);
         self.queue = q;
+        self.packed = None;
+        self.mark_started(resumed);
+        Ok(resumed)
+    }
+
+    /// Clears the request bookkeeping and marks the ring started (`resumed`: a call is owed
+    /// to the driver, see `notify_owed`).
+    fn mark_started(&mut self, resumed: bool) {
         self.outstanding = 0;
         self.in_flight.clear();
         self.in_flight
@@ -876,14 +945,55 @@ impl RingState {
         self.unsignalled = 0;
         self.notify_owed = resumed;
         self.started = true;
-        Ok(resumed)
+    }
+
+    /// [`start`](Self::start) for the packed layout: the positions and wrap counters come
+    /// from the base (nothing in guest memory records them). Inflight tracking for packed
+    /// rings (the spec's packed inflight layout) is not implemented: the region is left
+    /// alone and nothing is resubmitted.
+    fn start_packed(
+        &mut self,
+        index: u16,
+        mem: &GuestMemoryMmap,
+        with_inflight: bool,
+    ) -> Result<bool, VringError> {
+        let addrs = self.addrs.ok_or(VringError::NotConfigured {
+            index,
+            missing: "SET_VRING_ADDR",
+        })?;
+        let base = if self.base_set {
+            self.base
+        } else {
+            INITIAL_BASE
+        };
+        let ring = PackedRing::new(mem, self.size, addrs, base, self.event_idx).map_err(|e| {
+            VringError::InvalidQueue {
+                index,
+                why: e.to_string(),
+            }
+        })?;
+        if with_inflight {
+            log::warn!(
+                "vring {index}: inflight tracking is not implemented for packed rings; \
+                 requests in flight are not recorded"
+            );
+        }
+        self.inflight = None;
+        self.resubmit.clear();
+        self.packed = Some(ring);
+        self.mark_started(false);
+        Ok(false)
     }
 
     /// Stops the ring and returns the next available index. Outstanding requests are
     /// forgotten (the caller waited for them, or gave up).
-    fn stop(&mut self) -> u16 {
+    fn stop(&mut self) -> u32 {
         if self.started {
-            self.base = self.queue.next_avail();
+            self.base = match self.packed.take() {
+                Some(p) => p.base(),
+                None => u32::from(self.queue.next_avail()),
+            };
+            self.base_set = true;
         }
         self.started = false;
         self.queue.set_ready(false);
@@ -930,11 +1040,78 @@ impl RingState {
     pub(crate) fn set_event_idx(&mut self, on: bool) {
         self.event_idx = on;
         self.queue.set_event_idx(on);
+        if let Some(p) = &mut self.packed {
+            p.set_event_idx(on);
+        }
     }
 
-    /// The queue, for the worker's drain and the request module.
-    pub(crate) fn queue_mut(&mut self) -> &mut Queue {
-        &mut self.queue
+    /// The next available position the ring reads (packed rings: bit 15 is the wrap
+    /// counter expected).
+    pub(crate) fn next_avail(&self) -> u16 {
+        match &self.packed {
+            Some(p) => p.next_avail(),
+            None => self.queue.next_avail(),
+        }
+    }
+
+    /// Asks the driver for no kicks while the ring is drained.
+    pub(crate) fn disable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
+        match &self.packed {
+            Some(p) => p.disable_notification(mem).map_err(|e| e.to_string()),
+            None => QueueT::disable_notification(&mut self.queue, mem).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Asks the driver for kicks again; `true` when more work became available meanwhile.
+    pub(crate) fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, String> {
+        match &self.packed {
+            Some(p) => p.enable_notification(mem).map_err(|e| e.to_string()),
+            None => QueueT::enable_notification(&mut self.queue, mem).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// How far the driver's available entries run ahead of the next one the ring reads
+    /// (packed rings: 1 when the next descriptor is available, else 0).
+    pub(crate) fn avail_ahead(&self, mem: &GuestMemoryMmap) -> Result<u16, String> {
+        match &self.packed {
+            Some(p) => p
+                .has_available(mem)
+                .map(u16::from)
+                .map_err(|e| e.to_string()),
+            None => QueueT::avail_idx(&self.queue, mem, Ordering::Acquire)
+                .map(|idx| idx.0.wrapping_sub(self.queue.next_avail()))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Takes the next available chain: its head index (packed rings: its buffer ID) and its
+    /// descriptors. `None` when the ring is empty or unreadable.
+    /// Give the chain back with [`recycle_chain`](Self::recycle_chain) once walked.
+    pub(crate) fn pop_chain<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+    ) -> Option<(u16, PoppedChain<'m>)> {
+        match &mut self.packed {
+            Some(p) => {
+                let mut descs = std::mem::take(&mut self.chain);
+                match p.pop(mem, &mut descs) {
+                    Ok(Some(id)) => Some((id, PoppedChain::Packed { descs, next: 0 })),
+                    Ok(None) => {
+                        self.chain = descs;
+                        None
+                    }
+                    Err(e) => {
+                        self.chain = descs;
+                        log::debug!("packed ring: {e}");
+                        None
+                    }
+                }
+            }
+            None => {
+                let chain = self.queue.pop_descriptor_chain(mem)?;
+                Some((chain.head_index(), PoppedChain::Split(chain)))
+            }
+        }
     }
 
     /// An empty buffer list for a request, reused when one is spare.
@@ -971,7 +1148,18 @@ impl RingState {
 
     /// The descriptor table's guest-physical address.
     pub(crate) fn desc_table(&self) -> GuestAddress {
-        GuestAddress(self.queue.desc_table())
+        match &self.packed {
+            Some(p) => p.desc_table(),
+            None => GuestAddress(self.queue.desc_table()),
+        }
+    }
+
+    /// Gives back the descriptor list of a packed chain, to reuse.
+    pub(crate) fn recycle_chain(&mut self, chain: PoppedChain<'_>) {
+        if let PoppedChain::Packed { mut descs, .. } = chain {
+            descs.clear();
+            self.chain = descs;
+        }
     }
 
     fn clear_in_flight(&mut self, head: u16) -> bool {
@@ -982,6 +1170,34 @@ impl RingState {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+/// The descriptors of a chain just popped, of either layout.
+pub(crate) enum PoppedChain<'m> {
+    /// A split ring's chain, walked as it is read.
+    Split(virtio_queue::DescriptorChain<&'m GuestMemoryMmap>),
+    /// A packed ring's buffer, already read (the list goes back to the ring afterwards).
+    Packed {
+        /// The descriptors.
+        descs: Vec<virtio_queue::desc::split::Descriptor>,
+        /// The next one to yield.
+        next: usize,
+    },
+}
+
+impl Iterator for PoppedChain<'_> {
+    type Item = virtio_queue::desc::split::Descriptor;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            PoppedChain::Split(c) => c.next(),
+            PoppedChain::Packed { descs, next } => {
+                let d = descs.get(*next).copied();
+                *next += 1;
+                d
+            }
         }
     }
 }

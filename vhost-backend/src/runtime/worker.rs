@@ -15,14 +15,12 @@
 //! worker wakes it the same way, and the worker publishes the completions.
 
 use std::io;
-use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -388,7 +386,7 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
         Trigger::Poll if !st.polled() => return,
         _ => {}
     }
-    let avail_before = st.queue_mut().next_avail();
+    let avail_before = st.next_avail();
     // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
     // and wakes this worker, which then looks at the whole available ring.
     let outcome = if st.running() {
@@ -398,13 +396,16 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     } else {
         Signals::default()
     };
-    if matches!(why, Trigger::Kick(_)) && st.queue_mut().next_avail() == avail_before {
+    let mut recheck = false;
+    if matches!(why, Trigger::Kick(_)) && st.next_avail() == avail_before {
         // A kick that brought nothing new: reset the counter, which nothing else reads, so
         // a front-end's write up to its ceiling cannot leave it saturated (see `add_kick`).
-        // A kick written after this drain still raised its own edge.
+        // epoll checks the fd again before it reports a pending edge, so the read may
+        // swallow a kick written since the drain looked: the ring is looked at once more,
+        // after the read.
         if let Some(mut f) = st.kick_fd() {
             let mut count = [0u8; 8];
-            let _ = std::io::Read::read(&mut f, &mut count);
+            recheck = std::io::Read::read(&mut f, &mut count).is_ok() && st.running();
         }
     }
     let published = ring.publish(&mut st);
@@ -418,7 +419,7 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     if published.notify {
         ring.signal_call();
     }
-    if outcome.unfinished {
+    if outcome.unfinished || recheck {
         ring.set_pending();
         if let Err(e) = s.wake.write(1) {
             log::warn!("worker {}: wake failed: {e}", s.id);
@@ -463,8 +464,8 @@ fn drain<D: VirtioDevice>(
     let mut rounds = 0u32;
     let mut unfinished = false;
     loop {
-        let before = st.queue_mut().next_avail();
-        if let Err(e) = QueueT::disable_notification(st.queue_mut(), &**mem) {
+        let before = st.next_avail();
+        if let Err(e) = st.disable_notification(mem) {
             ring.log
                 .warn(format_args!("queue {q}: disabling notifications: {e}"));
         }
@@ -485,7 +486,7 @@ fn drain<D: VirtioDevice>(
             }
         }
         let stopping = ring.is_stopping();
-        let enabled = QueueT::enable_notification(st.queue_mut(), &**mem);
+        let enabled = st.enable_notification(mem);
         ring.log_notification_write(st, true);
         let more = match enabled {
             Ok(more) => more,
@@ -498,7 +499,7 @@ fn drain<D: VirtioDevice>(
         if stopping || !more {
             break;
         }
-        if st.queue_mut().next_avail() != before {
+        if st.next_avail() != before {
             empty_rounds = 0;
             rounds += 1;
             if rounds >= MAX_DRAIN_ROUNDS {
@@ -509,17 +510,15 @@ fn drain<D: VirtioDevice>(
         }
         // Nothing taken, yet the available index moved past it.
         empty_rounds += 1;
-        let next = st.queue_mut().next_avail();
+        let next = st.next_avail();
         let size = st.size();
-        let ahead = QueueT::avail_idx(st.queue_mut(), &**mem, Ordering::Acquire)
-            .map(|idx| idx - Wrapping(next));
+        let ahead = st.avail_ahead(mem);
         match ahead {
-            Ok(ahead) if ahead.0 <= size && empty_rounds < 2 => continue,
+            Ok(ahead) if ahead <= size && empty_rounds < 2 => continue,
             Ok(ahead) => {
                 ring.log.warn(format_args!(
-                    "queue {q}: broken ring: available index {} ahead of {next} in a ring of \
-                     {size}, and nothing can be taken",
-                    ahead.0,
+                    "queue {q}: broken ring: available index {ahead} ahead of {next} in a ring \
+                     of {size}, and nothing can be taken",
                 ));
                 break;
             }

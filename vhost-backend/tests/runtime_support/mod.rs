@@ -19,6 +19,62 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ring layout the helpers of this thread negotiate and drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Split virtqueues.
+    Split,
+    /// Packed virtqueues (VIRTIO_F_RING_PACKED).
+    Packed,
+}
+
+thread_local! {
+    static LAYOUT: std::cell::Cell<Layout> = const { std::cell::Cell::new(Layout::Split) };
+}
+
+/// The layout [`handshake`] acks and [`GuestQueue::new`] builds on this thread.
+pub fn layout() -> Layout {
+    LAYOUT.with(|l| l.get())
+}
+
+/// `features` without RING_PACKED unless this thread's layout is packed.
+pub fn for_layout(features: u64) -> u64 {
+    match layout() {
+        Layout::Split => features & !virtio::bit(virtio::RING_PACKED),
+        Layout::Packed => features,
+    }
+}
+
+/// What GET_VRING_BASE answers for a ring of [`QUEUE_SIZE`] after `n`
+/// [`GuestQueue::round_trip`]s (two descriptors each) all completed: split, the available
+/// index; packed, both positions and wrap counters.
+pub fn base_after(n: u32) -> u32 {
+    base_after_chains(n, 2)
+}
+
+/// [`base_after`] for `n` chains of `descs` descriptors each.
+pub fn base_after_chains(n: u32, descs: u32) -> u32 {
+    match layout() {
+        Layout::Split => n & 0xffff,
+        Layout::Packed => {
+            let size = u32::from(QUEUE_SIZE);
+            let descs = descs * n;
+            let half = (descs % size) | (u32::from((descs / size) % 2 == 0) << 15);
+            half | (half << 16)
+        }
+    }
+}
+
+/// Runs `test` once per ring layout (split, then packed), naming the layout on failure.
+pub fn for_each_layout(test: impl Fn()) {
+    for l in [Layout::Split, Layout::Packed] {
+        LAYOUT.with(|c| c.set(l));
+        eprintln!("-- ring layout: {l:?}");
+        test();
+    }
+    LAYOUT.with(|c| c.set(Layout::Split));
+}
 pub const QUEUE_SIZE: u16 = 64;
 pub const CONFIG: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
@@ -174,6 +230,7 @@ pub fn handshake(fe: &mut Frontend, protocol: bool, event_idx: bool) -> u64 {
     if !event_idx {
         acked &= !virtio::bit(virtio::RING_EVENT_IDX);
     }
+    acked = for_layout(acked);
     fe.set_owner().expect("SET_OWNER");
     fe.set_features(acked).expect("SET_FEATURES");
     acked
@@ -202,15 +259,28 @@ impl GuestQueue {
     pub fn new(mem: &GuestMemory, index: u32, event_idx: bool) -> Self {
         GuestQueue {
             index,
-            driver: VirtqueueDriver::new(mem, QUEUE_SIZE, event_idx).expect("driver"),
+            driver: VirtqueueDriver::with_layout(
+                mem,
+                QUEUE_SIZE,
+                event_idx,
+                0,
+                layout() == Layout::Packed,
+            )
+            .expect("driver"),
             kick: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
             call: EventFd::new(EFD_NONBLOCK).expect("eventfd"),
         }
     }
 
-    /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`.
+    /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`. A packed ring's `base` is
+    /// the packed encoding; 0 there means where the driver is.
     pub fn start(&self, fe: &mut Frontend, mem: &GuestMemory, base: u32, enable: bool) {
         let i = self.index;
+        let base = if self.driver.is_packed() && base == 0 {
+            self.driver.vring_base()
+        } else {
+            base
+        };
         fe.set_vring_num(i, u32::from(QUEUE_SIZE)).expect("NUM");
         fe.set_vring_base(i, base).expect("BASE");
         let a = self.driver.vring_user_addrs(mem).expect("ring addresses");

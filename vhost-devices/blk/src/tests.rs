@@ -193,7 +193,7 @@ impl Harness {
 
     /// Stops the queue as GET_VRING_BASE does (up to 10 s) on another thread while this one
     /// reaps as the queue's worker would; returns the base.
-    fn stop_while_reaping(&self) -> u16 {
+    fn stop_while_reaping(&self) -> u32 {
         std::thread::scope(|s| {
             let stop = s.spawn(|| self.queue.stop(std::time::Duration::from_secs(10)));
             while !stop.is_finished() {

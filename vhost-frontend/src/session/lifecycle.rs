@@ -35,7 +35,7 @@ impl Session {
         self.send_features()?;
         self.send_memory()?;
         for i in 0..self.queues.len() {
-            let base = self.queues[i].driver.avail_idx();
+            let base = self.queues[i].driver.vring_base();
             self.setup_queue(i, base)?;
         }
         for i in 0..self.queues.len() {
@@ -88,16 +88,19 @@ impl Session {
     }
 
     /// Restarts queue `i` at `base` (the rings are reset to it: nothing may be in flight;
-    /// a split ring's index is 16 bits, a larger `base` is refused): SET_VRING_CALL,
+    /// a split ring's index is 16 bits, a larger `base` is refused; a packed ring's base is
+    /// the packed encoding of both positions): SET_VRING_CALL,
     /// SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_ENABLE 1,
     /// (GET_STATUS and SET_STATUS adding ACKNOWLEDGE, DRIVER, FEATURES_OK and DRIVER_OK,
     /// with STATUS acked, when a stop reset the status), and with [`Sequence::Generic`] SET_VRING_CALL
     /// again.
     pub fn restart_queue(&mut self, i: usize, base: u32) -> Result<()> {
         self.check(i)?;
-        let base = u16::try_from(base).map_err(|_| {
-            SessionError::Options(format!("vring base {base:#x} does not fit a split ring"))
-        })?;
+        if !self.queues[i].driver.is_packed() && base > u32::from(u16::MAX) {
+            return Err(SessionError::Options(format!(
+                "vring base {base:#x} does not fit a split ring"
+            )));
+        }
         self.send_call(i)?;
         self.setup_queue(i, base)?;
         self.enable(i, true)?;

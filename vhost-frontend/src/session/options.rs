@@ -10,7 +10,8 @@ use crate::guest_memory::RegionSpec;
 /// Virtio features a session never acks by default: dirty logging for every write
 /// (`VHOST_F_LOG_ALL`, acked by [`Session::start_logging`](super::Session::start_logging)
 /// only, as QEMU acks it only while migrating), ACCESS_PLATFORM (the
-/// session sends no IOTLB entries) and packed rings (the driver is split-only).
+/// session sends no IOTLB entries) and packed rings (unmask RING_PACKED to run the
+/// session's drivers with the packed layout).
 pub const DEFAULT_FEATURE_MASK: u64 = virtio::bit(virtio::LOG_ALL)
     | virtio::bit(virtio::ACCESS_PLATFORM)
     | virtio::bit(virtio::RING_PACKED);

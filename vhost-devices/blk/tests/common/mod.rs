@@ -88,14 +88,34 @@ impl Drop for InProcess {
     }
 }
 
-/// Session options for blk: `queues` queues of 256, the configuration space read.
+thread_local! {
+    /// Whether this thread's sessions drive packed virtqueues.
+    static PACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `test` once per ring layout: split, then packed (VIRTIO_F_RING_PACKED acked).
+pub fn for_each_layout(test: impl Fn()) {
+    for packed in [false, true] {
+        PACKED.with(|p| p.set(packed));
+        eprintln!("-- packed rings: {packed}");
+        test();
+    }
+    PACKED.with(|p| p.set(false));
+}
+
+/// Session options for blk: `queues` queues of 256, the configuration space read; packed
+/// rings inside [`for_each_layout`]'s packed round.
 pub fn options(queues: u16) -> SessionOptions {
-    SessionOptions {
+    let mut o = SessionOptions {
         num_queues: queues,
         queue_size: 256,
         config_size: Some(60),
         ..SessionOptions::default()
+    };
+    if PACKED.with(|p| p.get()) {
+        o.mask_features &= !vhost_proto::virtio::bit(vhost_proto::virtio::RING_PACKED);
     }
+    o
 }
 
 /// Connects (retrying while the socket appears) and starts the device.

@@ -83,9 +83,29 @@ impl Drop for InProcess {
     }
 }
 
-/// Session options for rng: one queue of 256, 16 MiB of guest memory.
+thread_local! {
+    /// Whether this thread's sessions drive packed virtqueues.
+    static PACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `test` once per ring layout: split, then packed (VIRTIO_F_RING_PACKED acked).
+pub fn for_each_layout(test: impl Fn()) {
+    for packed in [false, true] {
+        PACKED.with(|p| p.set(packed));
+        eprintln!("-- packed rings: {packed}");
+        test();
+    }
+    PACKED.with(|p| p.set(false));
+}
+
+/// Session options for rng: one queue of 256, 16 MiB of guest memory; packed rings inside
+/// [`for_each_layout`]'s packed round.
 pub fn options() -> SessionOptions {
-    SessionOptions::default()
+    let mut o = SessionOptions::default();
+    if PACKED.with(|p| p.get()) {
+        o.mask_features &= !vhost_proto::virtio::bit(vhost_proto::virtio::RING_PACKED);
+    }
+    o
 }
 
 /// Connects (retrying while the socket appears) and starts the device.
