@@ -6,8 +6,10 @@
 //! one used-ring update and at most one notification).
 //!
 //! What is not a plain read or write (GET_ID, DISCARD, WRITE_ZEROES, requests that fail a
-//! check, guest buffers `O_DIRECT` cannot take as they are) is served at once on the worker,
-//! as [`Aio::Sync`](crate::Aio::Sync) does.
+//! check, guest buffers `O_DIRECT` cannot take as they are, and what the ring has no room
+//! for) is served at once on the worker, as [`Aio::Sync`](crate::Aio::Sync) does. A device
+//! reset forgets the previous generation's writes, so a write that never completes (storage
+//! stalled past a stop's timeout) does not hold back later flushes.
 //!
 //! Ordering: a FLUSH's `fdatasync` is submitted only once every write submitted on this
 //! queue before the flush completed (its used entry queued, its own sync in writethrough
