@@ -21,7 +21,8 @@
 //! The iovec array is the slot's own, untouched until its completion is reaped. The device
 //! never sees the request in between, so it cannot drop it early; dropping the ring waits
 //! for every operation in flight first, up to a bound (then leaks them and the ring, keeping
-//! their memory mapped). A submission the kernel refuses is retried through the eventfd. Short transfers continue where they stopped, like
+//! their memory mapped). A submission the kernel refuses is retried through the eventfd.
+//! Short transfers continue where they stopped, like
 //! [`FileIo`](super::FileIo)'s loop; pages a read wrote are marked dirty once it completed,
 //! or failed (part may have landed).
 
@@ -351,10 +352,11 @@ impl<T> GuestUring<T> {
         .user_data(u64::from(idx));
         let mut sq = self.ring.submission();
         // SAFETY: the entry points the kernel at the slot's iovec array, whose heap buffer
-        // stays where it is (also when the slot itself moves as slots are added), unchanged, until this slot's completion is reaped (the slot is
-        // neither freed nor refilled before), and through it at guest memory checked against
-        // the memory map the slot's request holds, which the ring keeps until then too (see
-        // the module docs: dropping the ring waits for every operation or leaks them). The
+        // stays where it is (also when the slot itself moves as slots are added), unchanged,
+        // until this slot's completion is reaped (the slot is neither freed nor refilled
+        // before), and through it at guest memory checked against the memory map the slot's
+        // request holds, which the ring keeps until then too (see the module docs: dropping
+        // the ring waits for every operation, up to a bound, or leaks them and the ring). The
         // file is registered with the ring. A read writes only those guest ranges.
         let pushed = unsafe { sq.push(&entry) };
         drop(sq);
