@@ -399,3 +399,28 @@ fn a_backend_driven_without_a_server_starts_rings_disabled_once_bit_30_is_acked(
     b.set_vring_enable(0, true).expect("ENABLE");
     assert_eq!(b.ring_running(0), Some((true, true)));
 }
+
+/// A front-end may write any value up to the eventfd's ceiling (0xffff_ffff_ffff_fffe) to
+/// a kick eventfd. The worker never read it, so one such write left it saturated: every
+/// later kick failed with EAGAIN (the descriptor is non-blocking) and was lost. A kick that
+/// brings nothing new now resets the counter.
+#[test]
+fn a_kick_eventfd_written_up_to_its_ceiling_is_reset_and_later_kicks_are_served() {
+    let (dev, _counters) = PatternDevice::new(1);
+    let (mut fe, _t) = serve(DeviceBackend::new(dev).expect("backend"));
+    let (_mem, mut q) = start_queue0(&mut fe, false);
+    q.kick
+        .write(0xffff_ffff_ffff_fffe)
+        .expect("a legal write up to the ceiling");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = q.kick.write(1) {
+        assert_eq!(e.raw_os_error(), Some(nix::libc::EAGAIN), "{e}");
+        assert!(
+            Instant::now() < deadline,
+            "the kick eventfd stays saturated: every later kick is lost"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let head = q.submit((DATA, 16), (DATA + 0x1000, 64));
+    assert_eq!(q.wait_used().id, head);
+}

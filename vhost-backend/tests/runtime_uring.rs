@@ -199,3 +199,219 @@ fn a_read_that_lands_in_part_then_fails_marks_its_pages() {
         "the 20 bytes that landed were not marked"
     );
 }
+
+/// Polls `dev`'s eventfd and reaps until a request comes back or `timeout` passes, like the
+/// queue's worker does; nothing else submits or kicks meanwhile. The requests reaped.
+fn reap_within(dev: &PipeReader, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if dev.eventfd_readable(10) {
+            let n = dev.reap();
+            if n > 0 {
+                return n;
+            }
+        }
+        if Instant::now() >= deadline {
+            return 0;
+        }
+    }
+}
+
+/// A submission that fails (EAGAIN) is tried again by the ring itself: its eventfd fires
+/// and the read completes without another kick or submission.
+#[test]
+fn a_failed_submission_is_retried_without_a_kick() {
+    let (mem, q, dev, mut w) = setup();
+    w.write_all(&data()).unwrap();
+    dev.0.lock().unwrap().fail_next_submit(libc::EAGAIN);
+    q.process(&dev).unwrap();
+    assert_eq!(q.outstanding(), 1);
+    assert_eq!(
+        reap_within(&dev, Duration::from_secs(1)),
+        1,
+        "the read queued before the failed submission never completed"
+    );
+    q.publish();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(),
+        LEN as u32
+    );
+    let mut got = vec![0u8; LEN];
+    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(got, data());
+}
+
+/// An operation that keeps completing with EAGAIN is not queued again for ever: it fails
+/// after a bounded number of tries.
+#[test]
+fn an_operation_that_keeps_failing_with_eagain_fails_after_a_few_tries() {
+    let (mem, q, dev, mut w) = setup();
+    // Enough data for 40 tries; each try consumes LEN bytes.
+    for _ in 0..40 {
+        w.write_all(&data()).unwrap();
+    }
+    dev.0
+        .lock()
+        .unwrap()
+        .fail_next_completions(libc::EAGAIN, 1000);
+    q.process(&dev).unwrap();
+    assert_eq!(
+        reap_within(&dev, Duration::from_secs(2)),
+        1,
+        "the operation was retried without limit"
+    );
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(),
+        0,
+        "failed"
+    );
+}
+
+/// Dropping the ring waits for what is in flight only up to its bound, then leaks it (a
+/// read that never completes must not hang the process's exit).
+#[test]
+fn dropping_the_ring_gives_up_on_a_read_that_never_completes() {
+    let (_mem, q, dev, w) = setup();
+    q.process(&dev).unwrap();
+    assert_eq!(q.outstanding(), 1);
+    let bound = Duration::from_millis(300);
+    dev.0.lock().unwrap().set_drop_timeout(bound);
+    let t = Instant::now();
+    drop(dev);
+    let took = t.elapsed();
+    assert!(took >= bound, "the drop did not wait ({took:?})");
+    assert!(
+        took < bound * 2 + Duration::from_millis(200),
+        "took {took:?}"
+    );
+    // The read stays in flight in the leaked ring; the pipe must outlive it.
+    std::mem::forget(w);
+}
+
+/// Records what the ring refused instead of panicking.
+struct Recorder(Mutex<GuestUring<()>>, Mutex<Vec<String>>);
+
+impl VirtioDevice for Recorder {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn num_queues(&self) -> usize {
+        1
+    }
+    fn max_queue_size(&self) -> u16 {
+        16
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        let mut u = self.0.lock().unwrap();
+        while let Some(req) = ctx.pop() {
+            let len = req.writable_len();
+            if let Err(r) = u.read_to_writable(req, 0, len, None, ()) {
+                self.1.lock().unwrap().push(r.error.to_string());
+                r.req.complete(0);
+            }
+        }
+        u.submit()?;
+        Ok(Processed::Drained)
+    }
+}
+
+/// A ring at `base` (descriptors, then avail and used rings a page apart) with `n` 64-byte
+/// writable chains available.
+fn ring_with_chains(mem: &GuestMemoryMmap, base: u64, n: u16) -> TestQueue {
+    let (desc, avail, used) = (base, base + 0x1000, base + 0x2000);
+    for i in 0..n {
+        let d = desc + u64::from(i) * 16;
+        mem.write_obj(0x8000u64 + u64::from(i) * 64, GuestAddress(d))
+            .unwrap();
+        mem.write_obj(64u32, GuestAddress(d + 8)).unwrap();
+        mem.write_obj(2u16, GuestAddress(d + 12)).unwrap();
+        mem.write_obj(i, GuestAddress(avail + 4 + u64::from(i) * 2))
+            .unwrap();
+    }
+    mem.write_obj(n, GuestAddress(avail + 2)).unwrap();
+    TestQueue::new(0, mem.clone(), 16, [desc, avail, used], false).unwrap()
+}
+
+/// A stop that gave up on a full queue of reads in flight leaves their slots taken; the next
+/// generation of the queue (up to a queue's size of requests) still gets slots.
+#[test]
+fn slots_of_a_timed_out_stop_do_not_starve_the_next_generation() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let dev = Recorder(
+        Mutex::new(GuestUring::new(&File::from(r), 16).unwrap()),
+        Mutex::new(vec![]),
+    );
+    let a = ring_with_chains(&mem, 0x1000, 16);
+    a.process(&dev).unwrap();
+    assert_eq!(a.outstanding(), 16);
+    assert!(
+        a.stop(Duration::from_millis(50)).is_err(),
+        "the stop times out"
+    );
+    let b = ring_with_chains(&mem, 0x4000, 16);
+    b.process(&dev).unwrap();
+    let refused = dev.1.lock().unwrap().clone();
+    drop(w); // the reads in flight end (EOF) so the ring can be dropped
+    assert!(
+        refused.is_empty(),
+        "the new generation's requests were refused: {refused:?}"
+    );
+    assert_eq!(b.outstanding(), 16);
+}
+
+/// A read into more than IOV_MAX (1024) buffers that are not adjacent goes to the kernel in
+/// pieces of at most 1024 iovecs, each piece going on where the last stopped: every buffer
+/// gets its byte, in order.
+#[test]
+fn a_read_into_more_than_iov_max_separate_buffers_is_split_and_lands_whole() {
+    const N: u16 = 1100;
+    const QSIZE: u16 = 2048;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap();
+    let (desc, avail, used, bufs) = (0x1000u64, 0x9000u64, 0xb000u64, 0x10000u64);
+    for i in 0..N {
+        let d = desc + u64::from(i) * 16;
+        // One byte every two: no two buffers can be merged into one iovec.
+        mem.write_obj(bufs + u64::from(i) * 2, GuestAddress(d))
+            .unwrap();
+        mem.write_obj(1u32, GuestAddress(d + 8)).unwrap();
+        let next = i + 1 < N;
+        // VRING_DESC_F_WRITE, and VRING_DESC_F_NEXT but on the last.
+        mem.write_obj(2u16 | u16::from(next), GuestAddress(d + 12))
+            .unwrap();
+        mem.write_obj(if next { i + 1 } else { 0 }, GuestAddress(d + 14))
+            .unwrap();
+    }
+    mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
+    mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+    let q = TestQueue::new(0, mem.clone(), QSIZE, [desc, avail, used], false).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let dev = PipeReader(Mutex::new(GuestUring::new(&File::from(r), 16).unwrap()));
+    let want: Vec<u8> = (0..N).map(|i| (i as u8).wrapping_mul(31) ^ 0x3c).collect();
+    File::from(w).write_all(&want).unwrap();
+    q.process(&dev).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dev.reap() == 0 {
+        assert!(Instant::now() < deadline, "the read never completed");
+        dev.eventfd_readable(100);
+    }
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(used + 8)).unwrap(),
+        u32::from(N),
+        "the whole read succeeded"
+    );
+    let got: Vec<u8> = (0..N)
+        .map(|i| {
+            mem.read_obj::<u8>(GuestAddress(bufs + u64::from(i) * 2))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, want);
+}

@@ -20,14 +20,17 @@
 //! it (a new memory table unmaps the old one only when the last request holding it is gone).
 //! The iovec array is the slot's own, untouched until its completion is reaped. The device
 //! never sees the request in between, so it cannot drop it early; dropping the ring waits
-//! for every operation in flight first (and leaks them, keeping their memory mapped, if
-//! even that fails). Short transfers continue where they stopped, like
+//! for every operation in flight first, up to a bound (then leaks them and the ring, keeping
+//! their memory mapped). A submission the kernel refuses is retried through the eventfd.
+//! Short transfers continue where they stopped, like
 //! [`FileIo`](super::FileIo)'s loop; pages a read wrote are marked dirty once it completed,
 //! or failed (part may have landed).
 
 use std::fs::File;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -100,6 +103,8 @@ struct InFlight<T> {
     left: u64,
     /// Bytes of the whole transfer.
     total: u64,
+    /// Times the operation completed with `EINTR` or `EAGAIN` and was queued again.
+    retries: u8,
 }
 
 struct Slot<T> {
@@ -110,13 +115,25 @@ struct Slot<T> {
 
 /// One io_uring bound to one file. See the [module docs](self).
 pub struct GuestUring<T> {
-    ring: IoUring,
+    /// Dropped only once nothing is in flight (leaked otherwise, see `Drop`).
+    ring: ManuallyDrop<IoUring>,
     eventfd: EventFd,
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
+    /// How many slots there may be: the completion queue's size (twice the depth or more),
+    /// so the kernel never has more completions to post than it holds.
+    max_slots: usize,
     in_flight: usize,
     /// Completions copied out of the completion queue, reused.
     cqes: Vec<(u64, i32)>,
+    /// How long dropping the ring waits for operations in flight before leaking them.
+    drop_timeout: Duration,
+    /// Test hook: the next submission fails with this errno.
+    #[cfg(any(test, feature = "test-utils"))]
+    fail_submit: Option<i32>,
+    /// Test hook: this many completions are seen as failing with this errno.
+    #[cfg(any(test, feature = "test-utils"))]
+    fail_completions: (i32, u32),
 }
 
 // SAFETY: the raw pointers a `GuestUring` holds (in its iovecs) point into guest memory
@@ -134,6 +151,14 @@ impl<T> std::fmt::Debug for GuestUring<T> {
     }
 }
 
+/// How long dropping a ring waits by default for operations in flight (storage that stopped
+/// answering, e.g. a hard-mounted NFS server gone) before leaking them: the quiesce timeout.
+pub const DROP_TIMEOUT: Duration = super::handler::QUIESCE_TIMEOUT;
+
+/// How many times an operation completing with `EINTR` or `EAGAIN` is queued again before
+/// it fails with that error.
+const MAX_RETRIES: u8 = 16;
+
 /// The file's index among the ring's registered files.
 const FILE: types::Fixed = types::Fixed(0);
 
@@ -149,8 +174,10 @@ impl<T> GuestUring<T> {
         ring.submitter().register_files(&[file.as_raw_fd()])?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let max_slots = (ring.params().cq_entries() as usize).max(usize::from(depth));
         Ok(GuestUring {
-            ring,
+            max_slots,
+            ring: ManuallyDrop::new(ring),
             eventfd,
             slots: (0..depth)
                 .map(|_| Slot {
@@ -161,7 +188,30 @@ impl<T> GuestUring<T> {
             free: (0..u32::from(depth)).rev().collect(),
             in_flight: 0,
             cqes: Vec::with_capacity(usize::from(depth)),
+            drop_timeout: DROP_TIMEOUT,
+            #[cfg(any(test, feature = "test-utils"))]
+            fail_submit: None,
+            #[cfg(any(test, feature = "test-utils"))]
+            fail_completions: (0, 0),
         })
+    }
+
+    /// How long dropping the ring waits for operations in flight (default [`DROP_TIMEOUT`])
+    /// before it leaks them, their requests and the ring, keeping guest memory mapped.
+    pub fn set_drop_timeout(&mut self, timeout: Duration) {
+        self.drop_timeout = timeout;
+    }
+
+    /// Test hook: the next system call that submits fails with `errno` (nothing is sent).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn fail_next_submit(&mut self, errno: i32) {
+        self.fail_submit = Some(errno);
+    }
+
+    /// Test hook: the next `n` completions taken are seen as failing with `errno`.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn fail_next_completions(&mut self, errno: i32, n: u32) {
+        self.fail_completions = (errno, n);
     }
 
     /// The eventfd the ring signals when operations complete (non-blocking; [`reap`](Self::reap)
@@ -219,6 +269,16 @@ impl<T> GuestUring<T> {
         len: u64,
         align: Option<IoAlign>,
     ) -> Result<(), Refused<T>> {
+        if self.free.is_empty() && self.slots.len() < self.max_slots {
+            // Every slot is taken: operations a timed-out stop left behind keep theirs until
+            // they complete, and the queue's next generation may have a queue's size of its
+            // own. One more slot (the completion queue has room for them all).
+            self.free.push(self.slots.len() as u32);
+            self.slots.push(Slot {
+                op: None,
+                iov: Vec::new(),
+            });
+        }
         let Some(&idx) = self.free.last() else {
             return Err(Refused {
                 req,
@@ -242,6 +302,7 @@ impl<T> GuestUring<T> {
             first: 0,
             left: len,
             total: len,
+            retries: 0,
         });
         let mut pushed = self.push(idx);
         if pushed.is_err() {
@@ -291,10 +352,11 @@ impl<T> GuestUring<T> {
         .user_data(u64::from(idx));
         let mut sq = self.ring.submission();
         // SAFETY: the entry points the kernel at the slot's iovec array, whose heap buffer
-        // stays where it is, unchanged, until this slot's completion is reaped (the slot is
-        // neither freed nor refilled before), and through it at guest memory checked against
-        // the memory map the slot's request holds, which the ring keeps until then too (see
-        // the module docs: dropping the ring waits for every operation or leaks them). The
+        // stays where it is (also when the slot itself moves as slots are added), unchanged,
+        // until this slot's completion is reaped (the slot is neither freed nor refilled
+        // before), and through it at guest memory checked against the memory map the slot's
+        // request holds, which the ring keeps until then too (see the module docs: dropping
+        // the ring waits for every operation, up to a bound, or leaks them and the ring). The
         // file is registered with the ring. A read writes only those guest ranges.
         let pushed = unsafe { sq.push(&entry) };
         drop(sq);
@@ -302,16 +364,37 @@ impl<T> GuestUring<T> {
     }
 
     /// Sends every queued operation to the kernel with one system call.
+    ///
+    /// When the kernel refuses for now (`EAGAIN`, `ENOMEM`, `EBUSY`: out of resources, or
+    /// completions to take first), the operations stay queued, the ring signals its own
+    /// eventfd and [`reap`](Self::reap) sends them again: this returns `Ok`. Another error is
+    /// returned, and the retry is scheduled all the same.
     pub fn submit(&mut self) -> io::Result<()> {
-        loop {
+        let error = loop {
             if self.ring.submission().is_empty() {
                 return Ok(());
+            }
+            #[cfg(any(test, feature = "test-utils"))]
+            if let Some(errno) = self.fail_submit.take() {
+                break io::Error::from_raw_os_error(errno);
             }
             match self.ring.submit() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => break e,
             }
+        };
+        // Nothing else may come to send what is queued (no kick, no completion): wake the
+        // worker through the eventfd, whose handler reaps and so submits again.
+        if let Err(e) = self.eventfd.write(1) {
+            log::error!("io_uring: signalling a retry of a failed submission: {e}");
+        }
+        match error.raw_os_error() {
+            Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) => {
+                log::debug!("io_uring: submission refused for now ({error}), retried");
+                Ok(())
+            }
+            _ => Err(error),
         }
     }
 
@@ -321,7 +404,12 @@ impl<T> GuestUring<T> {
     /// posted after this looked signals it again. Returns the number appended.
     pub fn reap(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
         let _ = self.eventfd.read();
-        self.take_completions(out)
+        let n = self.take_completions(out);
+        // What a failed submission left queued (taking completions first makes room).
+        if let Err(e) = self.submit() {
+            log::warn!("io_uring: submission failed again: {e}");
+        }
+        n
     }
 
     /// [`reap`](Self::reap) without a system call when nothing was posted (right after a
@@ -343,6 +431,13 @@ impl<T> GuestUring<T> {
                 self.cqes = cqes;
                 break;
             }
+            #[cfg(any(test, feature = "test-utils"))]
+            for c in cqes.iter_mut() {
+                if self.fail_completions.1 > 0 {
+                    self.fail_completions.1 -= 1;
+                    c.1 = -self.fail_completions.0;
+                }
+            }
             let mut again = false;
             for &(data, res) in &cqes {
                 again |= self.on_completion(data, res, out);
@@ -350,6 +445,7 @@ impl<T> GuestUring<T> {
             cqes.clear();
             self.cqes = cqes;
             if again {
+                // A failure schedules a retry (see `submit`).
                 if let Err(e) = self.submit() {
                     log::warn!("io_uring: resubmitting a short transfer: {e}");
                 }
@@ -373,7 +469,10 @@ impl<T> GuestUring<T> {
         };
         let result = if res < 0 {
             let errno = -res;
-            if errno == libc::EINTR || errno == libc::EAGAIN {
+            if (errno == libc::EINTR || errno == libc::EAGAIN) && op.retries < MAX_RETRIES {
+                // Bounded: an operation that completes with these at once for ever would
+                // keep the worker reaping it.
+                op.retries += 1;
                 return self.requeue(data as u32, out);
             }
             Err(io::Error::from_raw_os_error(errno))
@@ -434,28 +533,51 @@ impl<T> GuestUring<T> {
 
 impl<T> Drop for GuestUring<T> {
     fn drop(&mut self) {
+        let deadline = Instant::now() + self.drop_timeout;
         let mut out = Vec::new();
-        while self.in_flight > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // The kernel may still use the buffers: keep them mapped for ever.
-                    log::error!(
-                        "io_uring: waiting for {} operations in flight failed ({e}); their \
-                         requests are leaked",
-                        self.in_flight
-                    );
-                    std::mem::forget(std::mem::take(&mut self.slots));
-                    return;
-                }
-            }
+        loop {
+            // `reap` resets the eventfd before it looks: what completes later signals again.
             self.reap(&mut out);
             for r in out.drain(..) {
                 log::debug!("io_uring: request {} returned at shutdown", r.req.head());
                 r.req.complete(0);
             }
+            if self.in_flight == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // The storage does not answer (e.g. a hard-mounted NFS server gone): the
+                // kernel may still use the buffers, keep them mapped for ever, with the ring.
+                log::error!(
+                    "io_uring: {} operations still in flight after {:?}; their requests and \
+                     the ring are leaked",
+                    self.in_flight,
+                    self.drop_timeout
+                );
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+            let wait = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+            let mut pfd = libc::pollfd {
+                fd: self.eventfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is one valid pollfd that outlives the call; poll only writes its
+            // `revents`.
+            let r = unsafe { libc::poll(&mut pfd, 1, wait) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("io_uring: waiting for operations in flight: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
+        // SAFETY: nothing is in flight any more, so the kernel uses neither the ring's
+        // memory nor guest buffers; `ring` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
 }
 

@@ -745,6 +745,14 @@ impl RingState {
         self.kick_gen
     }
 
+    /// The kick eventfd, when the ring has one.
+    pub(crate) fn kick_fd(&self) -> Option<&File> {
+        match &self.kick {
+            Kick::Fd(f) => Some(f),
+            _ => None,
+        }
+    }
+
     /// Whether the ring is polled (SET_VRING_KICK with NOFD).
     pub(crate) fn polled(&self) -> bool {
         matches!(self.kick, Kick::Poll)

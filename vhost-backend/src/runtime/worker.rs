@@ -124,9 +124,11 @@ impl<D: VirtioDevice> Worker<D> {
     }
 
     /// Watches `fd` as the kick eventfd of `queue`, generation `gen`. Edge-triggered: every
-    /// kick (every write to the eventfd) is one event, and the worker never reads the
-    /// eventfd, one system call less per kick. (Its counter would have to reach 2^64 - 1
-    /// before a kick could block.)
+    /// kick (every write to the eventfd) is one event, and the worker does not read the
+    /// eventfd for a kick that brought chains, one system call less per kick. A kick that
+    /// brought nothing new resets it: a front-end may write any value up to the counter's
+    /// ceiling (0xffff_ffff_ffff_fffe) in one go, after which every further write fails
+    /// with EAGAIN (the descriptor is non-blocking) until the counter is read.
     pub(crate) fn add_kick(&self, queue: u16, gen: u16, fd: RawFd) -> io::Result<()> {
         self.shared.epoll.ctl(
             ControlOperation::Add,
@@ -287,13 +289,9 @@ fn turn<D: VirtioDevice>(
             KIND_DEVICE => {
                 // Requests the device completes in its handler (an I/O engine reaping) are
                 // published right after it, as during a drain: they need no wake-up.
-                for &q in &s.queues {
-                    s.rings[usize::from(q)].set_draining(true);
-                }
+                let draining = Draining::new(&s.rings, &s.queues);
                 let handled = s.device.handle_event(s.id, data as u32);
-                for &q in &s.queues {
-                    s.rings[usize::from(q)].set_draining(false);
-                }
+                drop(draining);
                 match handled {
                     Ok(true) => {
                         for &q in &s.queues {
@@ -333,6 +331,37 @@ fn turn<D: VirtioDevice>(
     Some(n)
 }
 
+/// Marks rings as drained by their owner ([`Vring::set_draining`]) while it lives; unmarks
+/// them when dropped, also when the device panics: a ring left marked would never be
+/// signalled for completions made outside a drain again.
+struct Draining<'a> {
+    rings: &'a [Arc<Vring>],
+    queues: &'a [u16],
+}
+
+impl<'a> Draining<'a> {
+    /// Marks `rings[q]` for each `q` of `queues`.
+    fn new(rings: &'a [Arc<Vring>], queues: &'a [u16]) -> Self {
+        let d = Draining { rings, queues };
+        d.set(true);
+        d
+    }
+
+    fn set(&self, on: bool) {
+        for &q in self.queues {
+            if let Some(r) = self.rings.get(usize::from(q)) {
+                r.set_draining(on);
+            }
+        }
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Trigger {
     Kick(u16),
@@ -352,22 +381,33 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     match why {
         // An event of a kick fd that has since been replaced or removed: ignore it.
         Trigger::Kick(gen) if st.kick_gen() != gen => return,
-        // The kick fd is edge-triggered: nothing to read.
+        // The kick fd is edge-triggered: nothing to read (but see below).
         Trigger::Kick(_) => {}
         Trigger::Poll if !st.polled() => return,
         _ => {}
     }
+    let avail_before = st.next_avail();
     // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
     // and wakes this worker, which then looks at the whole available ring.
     let outcome = if st.running() {
         let mem = s.mem.memory().into_inner();
-        ring.set_draining(true);
-        let outcome = drain(s.device.as_ref(), ring, &mut st, &mem);
-        ring.set_draining(false);
-        outcome
+        let _draining = Draining::new(&s.rings, std::slice::from_ref(&q));
+        drain(s.device.as_ref(), ring, &mut st, &mem)
     } else {
         Signals::default()
     };
+    let mut recheck = false;
+    if matches!(why, Trigger::Kick(_)) && st.next_avail() == avail_before {
+        // A kick that brought nothing new: reset the counter, which nothing else reads, so
+        // a front-end's write up to its ceiling cannot leave it saturated (see `add_kick`).
+        // epoll checks the fd again before it reports a pending edge, so the read may
+        // swallow a kick written since the drain looked: the ring is looked at once more,
+        // after the read.
+        if let Some(mut f) = st.kick_fd() {
+            let mut count = [0u8; 8];
+            recheck = std::io::Read::read(&mut f, &mut count).is_ok() && st.running();
+        }
+    }
     let published = ring.publish(&mut st);
     drop(st);
     // The eventfds are signalled after the ring lock is released: GET_VRING_BASE never
@@ -379,7 +419,7 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     if published.notify {
         ring.signal_call();
     }
-    if outcome.unfinished {
+    if outcome.unfinished || recheck {
         ring.set_pending();
         if let Err(e) = s.wake.write(1) {
             log::warn!("worker {}: wake failed: {e}", s.id);

@@ -572,14 +572,21 @@ impl VirtioDevice for BlkDevice {
         };
         let writethrough = self.writethrough();
         if let Some(q) = self.urings.get(usize::from(ctx.index())) {
-            let mut q = q.lock().unwrap_or_else(PoisonError::into_inner);
-            while let Some(req) = ctx.pop() {
-                q.start(&self.core, req, writethrough);
+            // A panic here must not end the queue's worker, which reaps the ring: the
+            // requests it held are returned with length 0 as they are dropped.
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut q = q.lock().unwrap_or_else(PoisonError::into_inner);
+                while let Some(req) = ctx.pop() {
+                    q.start(&self.core, req, writethrough);
+                }
+                q.submit();
+                // Requests the kernel served during the submission (the page cache)
+                // complete now, with this batch.
+                q.reap_ready(&self.core);
+            }));
+            if served.is_err() {
+                log::error!("queue {}: a panic starting requests", ctx.index());
             }
-            q.submit();
-            // Requests the kernel served during the submission (the page cache) complete
-            // now, with this batch.
-            q.reap_ready(&self.core);
             return Ok(Processed::Drained);
         }
         if let Some(pool) = &self.pool {
@@ -614,14 +621,23 @@ impl VirtioDevice for BlkDevice {
     fn handle_event(&self, worker: usize, token: u32) -> Result<bool, DeviceError> {
         if let Some(q) = self.urings.get(token as usize) {
             debug_assert_eq!(worker, token as usize);
-            q.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .reap(&self.core);
+            // As in `process_queue`: a panic completing requests leaves the worker reaping.
+            let reaped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                q.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .reap(&self.core);
+            }));
+            if reaped.is_err() {
+                log::error!("queue {token}: a panic completing requests");
+            }
         }
         Ok(false)
     }
 
     fn reset(&self) {
+        for q in self.urings.iter() {
+            q.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        }
         self.writeback
             .store(self.config.writeback, Ordering::Relaxed);
         self.acked.store(0, Ordering::Relaxed);

@@ -6,8 +6,10 @@
 //! one used-ring update and at most one notification).
 //!
 //! What is not a plain read or write (GET_ID, DISCARD, WRITE_ZEROES, requests that fail a
-//! check, guest buffers `O_DIRECT` cannot take as they are) is served at once on the worker,
-//! as [`Aio::Sync`](crate::Aio::Sync) does.
+//! check, guest buffers `O_DIRECT` cannot take as they are, and what the ring has no room
+//! for) is served at once on the worker, as [`Aio::Sync`](crate::Aio::Sync) does. A device
+//! reset forgets the previous generation's writes, so a write that never completes (storage
+//! stalled past a stop's timeout) does not hold back later flushes.
 //!
 //! Ordering: a FLUSH's `fdatasync` is submitted only once every write submitted on this
 //! queue before the flush completed (its used entry queued, its own sync in writethrough
@@ -21,7 +23,7 @@ use std::os::fd::RawFd;
 use vhost_backend::runtime::{GuestIoError, GuestUring, Reaped, Refused, Request};
 
 use crate::disk::Plan;
-use crate::request::{read_header, RequestError, HEADER_SIZE};
+use crate::request::{read_header, Header, RequestError, HEADER_SIZE};
 use crate::{Core, Scratch};
 
 /// What an operation in flight is to the queue.
@@ -54,8 +56,18 @@ pub(crate) struct UringQueue {
 impl UringQueue {
     /// A ring on `core`'s image for a queue of up to `depth` requests.
     pub(crate) fn new(core: &Core, depth: u16, scratch: Scratch) -> std::io::Result<Self> {
+        Self::on_file(core.disk.file(), depth, scratch)
+    }
+
+    /// A ring whose reads and writes go to `file` (tests: a pipe, whose writes stay in flight
+    /// while it is full); the rest is served on `core`'s image.
+    pub(crate) fn on_file(
+        file: &std::fs::File,
+        depth: u16,
+        scratch: Scratch,
+    ) -> std::io::Result<Self> {
         Ok(UringQueue {
-            ring: GuestUring::new(core.disk.file(), depth)?,
+            ring: GuestUring::new(file, depth)?,
             scratch,
             next_write: 0,
             writes: BTreeSet::new(),
@@ -98,6 +110,11 @@ impl UringQueue {
                             .disk
                             .read_bounced(&req, offset, len, self.scratch.bounce.as_mut())
                             .map(|()| len as u32),
+                        GuestIoError::Io(_) => {
+                            // No room on the ring (slots a timed-out stop left taken, a
+                            // full submission queue): served here, as `Aio::Sync` does.
+                            return self.serve(core, req, header, writethrough);
+                        }
                         e => Err(e.into()),
                     };
                     complete(core, req, r);
@@ -120,6 +137,12 @@ impl UringQueue {
                             .disk
                             .write_bounced(&req, offset, len, self.scratch.bounce.as_mut())
                             .and_then(|()| sync_if(core, writethrough)),
+                        GuestIoError::Io(_) => {
+                            // No room on the ring: served here (see the read above).
+                            self.serve(core, req, header, writethrough);
+                            self.writes.remove(&id);
+                            return;
+                        }
                         e => Err(e.into()),
                     };
                     complete(core, req, r.map(|()| 0));
@@ -134,10 +157,30 @@ impl UringQueue {
                     self.flush(core, req);
                 }
             }
-            None => {
-                let len = core.serve(&mut self.scratch, &req, header, writethrough);
-                req.complete(len);
-            }
+            None => self.serve(core, req, header, writethrough),
+        }
+    }
+
+    /// Serves `req` at once on this thread, as [`Aio::Sync`](crate::Aio::Sync) does. A panic
+    /// serving it returns it with length 0 and leaves the queue working, as on an I/O thread.
+    fn serve(&mut self, core: &Core, req: Request, header: Option<Header>, writethrough: bool) {
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            core.serve(&mut self.scratch, &req, header, writethrough)
+        }));
+        let len = served.unwrap_or_else(|_| {
+            log::error!("serving a request panicked; returned with length 0");
+            0
+        });
+        req.complete(len);
+    }
+
+    /// Forgets the queue's writes and flushes of the generation before a reset: a write of
+    /// that generation that never completes (storage stalled past the stop's timeout) must
+    /// not hold back the flushes of the next one. Its completion, if it comes, is dropped.
+    pub(crate) fn reset(&mut self) {
+        self.writes.clear();
+        for (_, req) in self.flushes.drain(..) {
+            req.complete(0);
         }
     }
 
