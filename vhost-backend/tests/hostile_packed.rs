@@ -4,6 +4,8 @@
 //! out of range, a chain running past the ring, broken indirect tables). Each must leave
 //! the ring serving, never panic, and never hand one buffer out twice.
 
+#![cfg(unix)]
+
 use std::sync::Mutex;
 use std::time::Duration;
 
