@@ -122,12 +122,11 @@ struct LogArea {
 impl LogArea {
     /// The log as bytes that may be OR-ed atomically.
     fn bytes(&self) -> &[AtomicU8] {
-        // SAFETY: the mapping is `map.size()` bytes of shared, readable and writable memory,
-        // alive as long as `self` (which the returned slice borrows). `AtomicU8` has the
-        // size and alignment of `u8`, and every access through the slice is atomic; the
-        // front-end's concurrent accesses (atomic exchange when it reads and clears the log)
-        // are atomic too. The file cannot shrink under it (sealed with F_SEAL_SHRINK, or
-        // refused, see `DirtyLog::set_base`).
+        // Every access through the slice is atomic, and so are the front-end's (an atomic
+        // exchange when it reads and clears the log). The file cannot shrink under the
+        // mapping: it is sealed with F_SEAL_SHRINK or refused (`DirtyLog::set_base`).
+        // SAFETY: `map.size()` bytes of shared read-write memory, mapped while `self` (which
+        // the slice borrows) lives; `AtomicU8` has the size and alignment of `u8`.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU8>(), self.map.size()) }
     }
 }

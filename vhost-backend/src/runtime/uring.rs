@@ -351,13 +351,12 @@ impl<T> GuestUring<T> {
         }
         .user_data(u64::from(idx));
         let mut sq = self.ring.submission();
-        // SAFETY: the entry points the kernel at the slot's iovec array, whose heap buffer
-        // stays where it is (also when the slot itself moves as slots are added), unchanged,
-        // until this slot's completion is reaped (the slot is neither freed nor refilled
-        // before), and through it at guest memory checked against the memory map the slot's
-        // request holds, which the ring keeps until then too (see the module docs: dropping
-        // the ring waits for every operation, up to a bound, or leaks them and the ring). The
-        // file is registered with the ring. A read writes only those guest ranges.
+        // The slot's iovec heap buffer stays put (also when slots are added and the slot
+        // moves) and unchanged until this slot's completion is reaped; the request the slot
+        // holds keeps the checked guest memory mapped until then (dropping the ring waits for
+        // every operation, up to a bound, or leaks them and the ring; see the module docs).
+        // SAFETY: the entry's iovecs and the guest ranges they name stay valid until the
+        // kernel completes it (above); the file is registered; a read writes only those ranges.
         let pushed = unsafe { sq.push(&entry) };
         drop(sq);
         pushed.map_err(|_| io::Error::other("the submission queue is full"))
