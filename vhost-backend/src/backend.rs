@@ -21,29 +21,78 @@ use vhost_transport::OwnedDescriptor;
 use crate::backend_client::{BackendClient, SharedNegotiation};
 
 /// Why a [`Backend`] method failed.
+///
+/// The variants fall in four kinds ([`BackendError::fault`]), kept apart up to the server's
+/// error policy, which decides on the kind alone:
+///
+/// | kind | variants | what the server does |
+/// | --- | --- | --- |
+/// | [`Fault::Unsupported`] | [`NotSupported`](BackendError::NotSupported) | the failure form (ack 1, ...), keep serving |
+/// | [`Fault::Peer`]: the front-end asked for something this back-end refuses | [`Refused`](BackendError::Refused), [`NoSuchVring`](BackendError::NoSuchVring) | the failure form, logged as the peer's fault, keep serving |
+/// | [`Fault::Local`]: this side failed (system call, device, a defect) | [`Io`](BackendError::Io), [`Device`](BackendError::Device), [`Internal`](BackendError::Internal) | the failure form, logged as a local error, keep serving |
+/// | [`Fault::Broken`] | [`Broken`](BackendError::Broken) | close the connection |
+///
+/// Where a failure owes nothing and the request changes ring or memory state, the server
+/// closes the connection whatever the kind (see the server's policy module).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
     /// The back-end does not implement this request.
     #[error("not supported by this back-end")]
     NotSupported,
-    /// An argument is valid protocol-wise but not acceptable to this back-end.
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    /// The request came in a state where it cannot be honoured.
-    #[error("invalid in the current state: {0}")]
-    InvalidState(String),
-    /// A system call failed.
+    /// The request is valid protocol-wise but this back-end refuses it, for its arguments or
+    /// for the state it came in (a region past the end of its file, a ring that is started,
+    /// ...): the front-end's fault.
+    #[error("refused: {0}")]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
+    /// The request names a vring the back-end does not have: the front-end's fault.
+    #[error("no vring {index}")]
+    NoSuchVring {
+        /// The index asked for.
+        index: u32,
+    },
+    /// A system call failed: a local fault.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// A device-specific failure.
+    /// A device-specific failure: a local fault.
     #[error("device error: {0}")]
     Device(Box<dyn std::error::Error + Send + Sync>),
+    /// The back-end found its own state inconsistent (a defect, not the front-end's doing).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The back-end can no longer keep its state in step with the front-end's (a ring
     /// stopped without its outstanding requests, ...): the server closes the connection
     /// whatever the request owes, and the front-end's reconnection sets everything up again.
     #[error("the back-end cannot go on with this front-end: {0}")]
     Broken(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Whose fault a [`BackendError`] is, which is all the server's error policy looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The request is not implemented.
+    Unsupported,
+    /// The front-end's request was refused.
+    Peer,
+    /// This side failed.
+    Local,
+    /// The two sides no longer agree: the connection must close.
+    Broken,
+}
+
+impl BackendError {
+    /// Whose fault this is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            BackendError::NotSupported => Fault::Unsupported,
+            BackendError::Refused(_) | BackendError::NoSuchVring { .. } => Fault::Peer,
+            BackendError::Io(_) | BackendError::Device(_) | BackendError::Internal(_) => {
+                Fault::Local
+            }
+            BackendError::Broken(_) => Fault::Broken,
+        }
+    }
 }
 
 /// Result of a [`Backend`] method.

@@ -150,6 +150,6 @@ pub mod server;
 #[cfg(feature = "test-utils")]
 pub mod test_utils;
 
-pub use backend::{Backend, BackendError, BackendResult};
+pub use backend::{Backend, BackendError, BackendResult, Fault};
 pub use backend_client::{BackendClient, ClientError, SharedNegotiation};
 pub use server::{BackendServer, ServerError, STALL_TIMEOUT};

@@ -191,7 +191,8 @@ impl Recording {
         self.state().acked_seen.clone()
     }
 
-    /// Makes the method for `request` fail with [`BackendError::InvalidState`] from now on.
+    /// Makes the method for `request` fail from now on, with [`BackendError::Refused`]
+    /// holding an [`InjectedFailure`].
     pub fn fail_on(&self, request: FrontendReq) {
         self.state().failing.insert(request);
     }
@@ -205,6 +206,14 @@ impl Recording {
     pub fn backend_client(&self) -> Option<BackendClient> {
         self.state().client.clone()
     }
+}
+
+/// The failure a [`RecordingBackend`] was told to produce ([`Recording::fail_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{} set to fail", .request.name())]
+pub struct InjectedFailure {
+    /// The request told to fail.
+    pub request: FrontendReq,
 }
 
 /// A [`Backend`] that records every call. Answers are the public fields; the defaults
@@ -296,10 +305,7 @@ impl RecordingBackend {
         let mut state = self.recording.state();
         state.calls.push(call);
         if state.failing.contains(&request) {
-            return Err(BackendError::InvalidState(format!(
-                "{} set to fail",
-                request.name()
-            )));
+            return Err(BackendError::Refused(Box::new(InjectedFailure { request })));
         }
         Ok(())
     }

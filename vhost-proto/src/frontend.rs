@@ -76,7 +76,10 @@ impl MemTable {
         self.xen.as_ref().map(|x| &x[..self.len])
     }
 
-    fn decode(body: &[u8], nfds: usize, ctx: DecodeContext) -> Result<Self, Error> {
+    /// Decodes a table. `nfds` is the descriptor count of a request, checked against the
+    /// region count (one per region); `None` for a postcopy reply, whose descriptor count
+    /// (none) the reply decoder checks.
+    fn decode(body: &[u8], nfds: Option<usize>, ctx: DecodeContext) -> Result<Self, Error> {
         let kind = MessageKind::Frontend(FrontendReq::SetMemTable);
         let (hdr, rest) = read_prefix::<MemTableHeader>(body, kind)?;
         let n = hdr.num_regions as usize;
@@ -99,7 +102,9 @@ impl MemTable {
                 got: body.len(),
             });
         }
-        check_fds(FdPolicy::PerRegion, nfds, kind, false, n)?;
+        if let Some(nfds) = nfds {
+            check_fds(FdPolicy::PerRegion, nfds, kind, false, n)?;
+        }
         let mut t = MemTable {
             len: n,
             padding: hdr.padding,
@@ -494,9 +499,6 @@ impl<'a> FrontendRequest<'a> {
         use FrontendRequest as R;
         let kind = MessageKind::Frontend(req);
         let spec = req.spec();
-        if req == Q::SetMemTable {
-            return Ok(R::SetMemTable(MemTable::decode(body, nfds, ctx)?));
-        }
         let u64_of = |b: &[u8]| read_exact::<U64Body>(b, kind).map(|v| v.value);
         let state = |b: &[u8]| read_exact::<VringState>(b, kind);
         let mut nofd = false;
@@ -505,7 +507,8 @@ impl<'a> FrontendRequest<'a> {
             Q::SetFeatures => R::SetFeatures(u64_of(body)?),
             Q::SetOwner => expect_empty(body, kind).map(|_| R::SetOwner)?,
             Q::ResetOwner => expect_empty(body, kind).map(|_| R::ResetOwner)?,
-            Q::SetMemTable => unreachable_mem_table(kind)?,
+            // Its descriptor count depends on the body: checked by its decoder.
+            Q::SetMemTable => return Ok(R::SetMemTable(MemTable::decode(body, Some(nfds), ctx)?)),
             Q::SetLogBase => R::SetLogBase(read_exact(body, kind)?),
             Q::SetLogFd => expect_empty(body, kind).map(|_| R::SetLogFd)?,
             Q::SetVringNum => R::SetVringNum(state(body)?),
@@ -744,15 +747,6 @@ impl<'a> FrontendRequest<'a> {
     }
 }
 
-fn unreachable_mem_table(kind: MessageKind) -> Result<FrontendRequest<'static>, Error> {
-    // SET_MEM_TABLE is decoded before the match; reaching here means the table is wrong.
-    Err(Error::InvalidField {
-        request: kind,
-        field: "request",
-        why: "internal: SET_MEM_TABLE decoded out of order",
-    })
-}
-
 /// Value of a failed ack.
 pub const ACK_FAILURE: u64 = 1;
 
@@ -813,9 +807,7 @@ impl<'a> FrontendReply<'a> {
             ReplyShape::ShmemConfig => {
                 FrontendReply::ShmemConfig(Box::new(read_exact::<ShmemConfig>(body, kind)?))
             }
-            ReplyShape::MemTable => {
-                FrontendReply::MemTable(MemTable::decode(body, t_count(body), ctx)?)
-            }
+            ReplyShape::MemTable => FrontendReply::MemTable(MemTable::decode(body, None, ctx)?),
             ReplyShape::SingleRegion => {
                 FrontendReply::SingleRegion(RegionMsg::decode(body, kind, ctx)?)
             }
@@ -887,19 +879,58 @@ impl<'a> FrontendReply<'a> {
     }
 }
 
-/// A postcopy memory-table reply carries no descriptors: the count the decoder expects is
-/// the region count, read from the body itself.
-fn t_count(body: &[u8]) -> usize {
-    MemTableHeader::read_from_prefix(body)
-        .map(|(h, _)| h.num_regions as usize)
-        .unwrap_or(0)
-}
-
-use zerocopy::FromBytes;
-
 /// Encodes a u64 ack or value reply (the most common reply) without building a
 /// [`FrontendReply`].
 pub fn encode_u64_reply(req: FrontendReq, value: u64, body: &mut [u8]) -> Result<Header, Error> {
     let n = put(body, &U64Body { value })?;
     Ok(Header::new(req as u32, HeaderFlags::REPLY, n as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ReplyShape;
+
+    fn table_body(regions: &[MemoryRegion]) -> ([u8; 512], usize) {
+        let mut body = [0u8; 512];
+        let n = MemTable::new(regions).unwrap().encode(&mut body).unwrap();
+        (body, n)
+    }
+
+    #[test]
+    fn postcopy_table_reply_carries_no_descriptor() {
+        let region = MemoryRegion {
+            guest_phys_addr: 0,
+            memory_size: 4096,
+            user_addr: 0x10000,
+            mmap_offset: 0,
+        };
+        let (body, n) = table_body(&[
+            region,
+            MemoryRegion {
+                guest_phys_addr: 4096,
+                user_addr: 0x20000,
+                ..region
+            },
+        ]);
+        let ctx = DecodeContext::default();
+        let q = FrontendReq::SetMemTable;
+        let reply = FrontendReply::decode(q, ReplyShape::MemTable, &body[..n], 0, ctx).unwrap();
+        assert!(matches!(reply, FrontendReply::MemTable(t) if t.regions().len() == 2));
+        // Whatever the region count, a descriptor with the reply is refused.
+        for nfds in [1, 2] {
+            let e = FrontendReply::decode(q, ReplyShape::MemTable, &body[..n], nfds, ctx);
+            assert!(
+                matches!(e, Err(Error::UnexpectedFds { got, .. }) if got == nfds),
+                "{e:?}"
+            );
+        }
+        // The request form wants one per region.
+        assert!(FrontendRequest::decode(q, &body[..n], 2, ctx).is_ok());
+        let e = FrontendRequest::decode(q, &body[..n], 0, ctx);
+        assert!(
+            matches!(e, Err(Error::UnexpectedFds { got: 0, .. })),
+            "{e:?}"
+        );
+    }
 }

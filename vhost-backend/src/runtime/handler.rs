@@ -94,11 +94,52 @@ pub enum RuntimeError {
     InvalidDevice(&'static str),
 }
 
+impl RuntimeError {
+    /// True when this side failed (a system call, a mapping, a thread, the device itself);
+    /// false when the front-end's request was refused for what it asked.
+    pub fn is_local(&self) -> bool {
+        match self {
+            RuntimeError::Memory(e) => matches!(
+                e,
+                MemError::Stat(_) | MemError::Mmap { .. } | MemError::GuestMemory(_)
+            ),
+            RuntimeError::Vring(e) => {
+                matches!(
+                    e,
+                    VringError::EventFd { .. } | VringError::QuiesceTimeout { .. }
+                )
+            }
+            RuntimeError::Device(e) => matches!(
+                e,
+                DeviceError::Io(_) | DeviceError::Other(_) | DeviceError::NotSupported
+            ),
+            RuntimeError::State(e) => matches!(
+                e,
+                StateError::Io(_)
+                    | StateError::Spawn(_)
+                    | StateError::Snapshot(_)
+                    | StateError::Restore(_)
+                    | StateError::Panicked
+            ),
+            RuntimeError::Inflight(e) => matches!(
+                e,
+                InflightError::Io(_) | InflightError::Mmap(_) | InflightError::Map(_)
+            ),
+            RuntimeError::Log(e) => matches!(e, LogError::Stat(_) | LogError::Mmap(_)),
+            RuntimeError::Worker { .. } | RuntimeError::InvalidDevice(_) => true,
+        }
+    }
+}
+
+/// The runtime's edge: a refused request stays the front-end's fault
+/// ([`BackendError::Refused`]), a failure of this side stays local
+/// ([`BackendError::Device`]), so the server's policy can tell them apart.
 impl From<RuntimeError> for BackendError {
     fn from(e: RuntimeError) -> Self {
         match e {
             RuntimeError::Device(DeviceError::NotSupported) => BackendError::NotSupported,
-            e => BackendError::Device(Box::new(e)),
+            e if e.is_local() => BackendError::Device(Box::new(e)),
+            e => BackendError::Refused(Box::new(e)),
         }
     }
 }
@@ -369,7 +410,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     fn ring(&self, index: u32) -> BackendResult<&Arc<Vring>> {
         self.rings
             .get(index as usize)
-            .ok_or_else(|| BackendError::InvalidArgument(format!("no vring {index}")))
+            .ok_or(BackendError::NoSuchVring { index })
     }
 
     /// Records a request's effect on the negotiation when no server does
@@ -630,9 +671,9 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let start_enabled = self.rings_start_enabled();
         let mem = self.mem.atomic().memory();
         self.worker(w).map_err(fail)?;
-        let worker = self.workers[w]
-            .as_ref()
-            .ok_or(BackendError::InvalidState("worker missing".into()))?;
+        let worker = self.workers[w].as_ref().ok_or(BackendError::Internal(
+            "the worker of a ring being started is missing",
+        ))?;
         let mut g = r.lock();
         // Replace the previous kick source, if any.
         match g.take_kick() {
@@ -867,5 +908,33 @@ impl<D: VirtioDevice> Drop for DeviceBackend<D> {
         for w in &mut self.workers {
             *w = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Fault;
+
+    #[test]
+    fn runtime_errors_keep_whose_fault_they_are() {
+        let peer = BackendError::from(RuntimeError::from(MemError::TooManyRegions { max: 8 }));
+        assert!(matches!(peer, BackendError::Refused(_)), "{peer:?}");
+        assert_eq!(peer.fault(), Fault::Peer);
+        let local = BackendError::from(RuntimeError::Worker {
+            worker: 0,
+            source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        });
+        assert!(matches!(local, BackendError::Device(_)), "{local:?}");
+        assert_eq!(local.fault(), Fault::Local);
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let local = BackendError::from(RuntimeError::from(MemError::Stat(io)));
+        assert_eq!(local.fault(), Fault::Local);
+        let unsupported = BackendError::from(RuntimeError::from(DeviceError::NotSupported));
+        assert!(matches!(unsupported, BackendError::NotSupported));
+        assert_eq!(
+            BackendError::from(RuntimeError::from(StateError::Busy)).fault(),
+            Fault::Peer
+        );
     }
 }

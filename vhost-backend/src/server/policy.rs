@@ -6,7 +6,13 @@
 //! | success | — | ack 0 | the reply (and its descriptor) |
 //! | refused or failed, request with a lasting effect on rings or memory ([`changes_state`]) | close | ack 1 | the failure form; none exists: close |
 //! | refused or failed, any other request | log | ack 1 | the failure form; none exists: close |
-//! | failed with [`BackendError::Broken`](crate::BackendError::Broken) | close | close | close |
+//! | failed with [`Fault::Broken`] | close | close | close |
+//!
+//! "Refused" is the front-end's fault: a request the protocol layer refused
+//! ([`ServerError::Refused`]) or one the back-end refused ([`Fault::Peer`], logged as a
+//! warning). "Failed" is this side's ([`Fault::Local`]: a system call, the device, a defect;
+//! logged as an error). The kind comes from [`BackendError::fault`](crate::BackendError::fault)
+//! and is never lost on the way here.
 //!
 //! A front-end that asked for no ack believes a request took effect. When the request sets
 //! up rings or memory (QEMU never sets NEED_REPLY on SET_VRING_KICK, for one), carrying on
@@ -24,6 +30,7 @@ use zerocopy::FromBytes;
 
 use super::dispatch::Answer;
 use super::ServerError;
+use crate::Fault;
 
 /// A request as far as the policy needs it.
 pub(super) struct Handled<'a, 'b> {
@@ -75,19 +82,20 @@ fn disposition<'a>(
     owed: Owed,
     msg: &Handled<'a, '_>,
 ) -> Result<Option<FrontendReply<'a>>, ServerError> {
-    match error {
-        ServerError::Backend {
-            error: crate::BackendError::Broken(_),
-            ..
-        } => return Err(error),
-        ServerError::Refused(_)
-        | ServerError::Backend { .. }
-        | ServerError::BackendChannel(_)
-        | ServerError::NoReply { .. } => {}
+    match &error {
+        // Whose fault it is decides: a broken back-end closes, a refusal (the front-end's
+        // fault) and a local failure are reported in-band, each logged as what it is.
+        ServerError::Backend { error: e, .. } => match e.fault() {
+            Fault::Broken => return Err(error),
+            Fault::Local => log::error!("{error}"),
+            Fault::Peer | Fault::Unsupported => log::warn!("{error}"),
+        },
+        ServerError::Refused(_) | ServerError::BackendChannel(_) => log::warn!("{error}"),
+        // A defect of this side: the back-end has no way to produce the reply.
+        ServerError::NoReply { .. } => log::error!("{error}"),
         // The stream, the server or the back-end is broken: nothing more can be said.
-        e => return Err(e),
+        _ => return Err(error),
     }
-    log::warn!("{error}");
     match owed {
         Owed::Nothing if changes_state(msg.code) => Err(ServerError::Unreported {
             request: msg.code,
