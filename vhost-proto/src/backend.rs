@@ -132,7 +132,7 @@ impl BackendRequest {
 /// BACKEND_SHARED_OBJECT_LOOKUP.
 pub fn decode_backend_reply(req: BackendReq, body: &[u8], nfds: usize) -> Result<u64, Error> {
     let kind = MessageKind::Backend(req);
-    let policy = if req == BackendReq::SharedObjectLookup {
+    let policy = if req.spec().reply_fd {
         FdPolicy::NoneOrOne
     } else {
         FdPolicy::None

@@ -123,9 +123,25 @@ pub struct RequestSpec {
     pub owes: Owes,
     /// Shape of its reply when it owes one.
     pub reply: ReplyShape,
+    /// Whether the request has a lasting effect on ring, memory or negotiated state, so that
+    /// an unreported failure leaves the front-end believing in a state the back-end is not
+    /// in (the server then closes the connection).
+    pub changes_state: bool,
+    /// The u64 a failure is reported with, in an ack or a u64 reply ([`ACK_FAILURE`] unless
+    /// declared otherwise). `None`: the u64 reply is a value (features, a count, a status
+    /// byte) and has no failure form.
+    ///
+    /// [`ACK_FAILURE`]: crate::ACK_FAILURE
+    pub failure: Option<u64>,
+    /// Whether the reply may carry one descriptor (the inflight area, the userfaultfd, a
+    /// shared object's dmabuf, the device-state pipe handed back).
+    pub reply_fd: bool,
 }
 
-const fn spec(
+/// A request that owes `owes`, replies with `reply`, changes nothing lasting, reports a
+/// failure as [`ACK_FAILURE`](crate::ACK_FAILURE) and whose reply carries no descriptor; the
+/// builders below say otherwise.
+pub(crate) const fn spec(
     name: &'static str,
     body: BodyShape,
     fds: FdPolicy,
@@ -140,6 +156,46 @@ const fn spec(
         gate,
         owes,
         reply,
+        changes_state: false,
+        failure: Some(ACK_FAILURE),
+        reply_fd: false,
+    }
+}
+
+/// Value of a failed ack.
+pub const ACK_FAILURE: u64 = 1;
+
+impl RequestSpec {
+    /// Declares a lasting effect on ring, memory or negotiated state.
+    pub(crate) const fn changes(self) -> Self {
+        RequestSpec {
+            changes_state: true,
+            ..self
+        }
+    }
+
+    /// Declares a u64 reply that is a value, with no failure form.
+    pub(crate) const fn value(self) -> Self {
+        RequestSpec {
+            failure: None,
+            ..self
+        }
+    }
+
+    /// Declares the u64 a failure is reported with.
+    pub(crate) const fn failure(self, status: u64) -> Self {
+        RequestSpec {
+            failure: Some(status),
+            ..self
+        }
+    }
+
+    /// Declares a reply that may carry a descriptor.
+    pub(crate) const fn reply_fd(self) -> Self {
+        RequestSpec {
+            reply_fd: true,
+            ..self
+        }
     }
 }
 
@@ -188,99 +244,18 @@ use FdPolicy as F;
 use Owes::*;
 use ReplyShape as R;
 
-requests!(
-    /// Requests the front-end sends to the back-end (codes 1–44).
-    FrontendReq, FRONTEND_REQUESTS, [
-    /// Read the back-end's virtio features.
-    GetFeatures = 1 => spec("GET_FEATURES", Empty, F::None, Gate::None, Reply, R::U64),
-    /// Ack virtio features.
-    SetFeatures = 2 => spec("SET_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::None, AckWhenAsked, R::U64),
-    /// Claim the session.
-    SetOwner = 3 => spec("SET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64),
-    /// Deprecated: give up the session.
-    ResetOwner = 4 => spec("RESET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64),
-    /// Replace the whole memory table.
-    SetMemTable = 5 => spec("SET_MEM_TABLE", BodyShape::MemTable, F::PerRegion, Gate::None, ReplyInPostcopy, R::MemTable),
-    /// Set the dirty log area.
-    SetLogBase = 6 => spec("SET_LOG_BASE", fixed::<wire::LogBase>(), F::One, Gate::Protocol(P::LOG_SHMFD), Reply, R::U64),
-    /// Set the eventfd signalled after log writes.
-    SetLogFd = 7 => spec("SET_LOG_FD", Empty, F::One, Gate::None, AckWhenAsked, R::U64),
-    /// Set a vring's size.
-    SetVringNum = 8 => spec("SET_VRING_NUM", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64),
-    /// Set a vring's addresses.
-    SetVringAddr = 9 => spec("SET_VRING_ADDR", fixed::<wire::VringAddr>(), F::None, Gate::None, AckWhenAsked, R::U64),
-    /// Set a vring's next available index.
-    SetVringBase = 10 => spec("SET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64),
-    /// Stop a vring and read its next available index.
-    GetVringBase = 11 => spec("GET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, Reply, R::VringState),
-    /// Set a vring's kick eventfd (starts the ring).
-    SetVringKick = 12 => spec("SET_VRING_KICK", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64),
-    /// Set a vring's call eventfd.
-    SetVringCall = 13 => spec("SET_VRING_CALL", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64),
-    /// Set a vring's error eventfd.
-    SetVringErr = 14 => spec("SET_VRING_ERR", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64),
-    /// Read the back-end's protocol features.
-    GetProtocolFeatures = 15 => spec("GET_PROTOCOL_FEATURES", Empty, F::None, Gate::ProtocolFeaturesOffered, Reply, R::U64),
-    /// Ack protocol features.
-    SetProtocolFeatures = 16 => spec("SET_PROTOCOL_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::ProtocolFeaturesOffered, AckWhenAsked, R::U64),
-    /// Read the number of queues.
-    GetQueueNum = 17 => spec("GET_QUEUE_NUM", Empty, F::None, Gate::Protocol(P::MQ), Reply, R::U64),
-    /// Enable or disable a vring.
-    SetVringEnable = 18 => spec("SET_VRING_ENABLE", fixed::<wire::VringState>(), F::None, Gate::ProtocolFeaturesNegotiated, AckWhenAsked, R::U64),
-    /// Send a RARP for a MAC address (after migration).
-    SendRarp = 19 => spec("SEND_RARP", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::RARP), AckWhenAsked, R::U64),
-    /// Set the network MTU.
-    NetSetMtu = 20 => spec("NET_SET_MTU", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::NET_MTU), AckWhenAsked, R::U64),
-    /// Hand over the back-end channel socket.
-    SetBackendReqFd = 21 => spec("SET_BACKEND_REQ_FD", Empty, F::One, Gate::Protocol(P::BACKEND_REQ), AckWhenAsked, R::U64),
-    /// IOTLB update or invalidation. Always answered with a u64 (0 success): the front-end
-    /// sets NEED_REPLY on it and waits, REPLY_ACK or not.
-    IotlbMsg = 22 => spec("IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), Reply, R::U64),
-    /// Set a vring's endianness (legacy devices).
-    SetVringEndian = 23 => spec("SET_VRING_ENDIAN", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::CROSS_ENDIAN), AckWhenAsked, R::U64),
-    /// Read device configuration space.
-    GetConfig = 24 => spec("GET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), Reply, R::Config),
-    /// Write device configuration space.
-    SetConfig = 25 => spec("SET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64),
-    /// Create a crypto session.
-    CreateCryptoSession = 26 => spec("CREATE_CRYPTO_SESSION", BodyShape::FixedPlusPayload { fixed: 8, max_payload: wire::MAX_CRYPTO_PAYLOAD }, F::None, Gate::Protocol(P::CRYPTO_SESSION), Reply, R::CryptoSession),
-    /// Close a crypto session.
-    CloseCryptoSession = 27 => spec("CLOSE_CRYPTO_SESSION", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::CRYPTO_SESSION), AckWhenAsked, R::U64),
-    /// Postcopy: ask for a userfaultfd.
-    PostcopyAdvise = 28 => spec("POSTCOPY_ADVISE", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::EmptyWithFd),
-    /// Postcopy: start listening for faults.
-    PostcopyListen = 29 => spec("POSTCOPY_LISTEN", Empty, F::None, Gate::Protocol(P::PAGEFAULT), AckWhenAsked, R::U64),
-    /// Postcopy: migration finished.
-    PostcopyEnd = 30 => spec("POSTCOPY_END", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::U64),
-    /// Ask for an inflight area.
-    GetInflightFd = 31 => spec("GET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::None, Gate::Protocol(P::INFLIGHT_SHMFD), Reply, R::Inflight),
-    /// Hand back the inflight area.
-    SetInflightFd = 32 => spec("SET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::One, Gate::Protocol(P::INFLIGHT_SHMFD), AckWhenAsked, R::U64),
-    /// Hand over a vhost-user-gpu socket.
-    GpuSetSocket = 33 => spec("GPU_SET_SOCKET", Empty, F::One, Gate::None, AckWhenAsked, R::U64),
-    /// Reset the device.
-    ResetDevice = 34 => spec("RESET_DEVICE", Empty, F::None, Gate::Protocol(P::RESET_DEVICE), AckWhenAsked, R::U64),
-    /// In-band kick.
-    VringKick = 35 => spec("VRING_KICK", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64),
-    /// Read how many memory slots the back-end supports.
-    GetMaxMemSlots = 36 => spec("GET_MAX_MEM_SLOTS", Empty, F::None, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), Reply, R::U64),
-    /// Add one memory region.
-    AddMemReg = 37 => spec("ADD_MEM_REG", BodyShape::SingleRegion, F::One, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), ReplyInPostcopy, R::SingleRegion),
-    /// Remove one memory region.
-    RemMemReg = 38 => spec("REM_MEM_REG", BodyShape::SingleRegion, F::NoneOrOne, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), AckWhenAsked, R::U64),
-    /// Set the virtio device status.
-    SetStatus = 39 => spec("SET_STATUS", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::STATUS), AckWhenAsked, R::U64),
-    /// Read the virtio device status.
-    GetStatus = 40 => spec("GET_STATUS", Empty, F::None, Gate::Protocol(P::STATUS), Reply, R::U64),
-    /// Look up a shared object; the reply carries its dmabuf fd.
-    GetSharedObject = 41 => spec("GET_SHARED_OBJECT", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64),
-    /// Start a device-state transfer through a pipe.
-    SetDeviceStateFd = 42 => spec("SET_DEVICE_STATE_FD", fixed::<wire::DeviceStateTransfer>(), F::One, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64),
-    /// Ask whether the device-state transfer succeeded.
-    CheckDeviceState = 43 => spec("CHECK_DEVICE_STATE", Empty, F::None, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64),
-    /// Read the shared memory regions' configuration.
-    GetShmemConfig = 44 => spec("GET_SHMEM_CONFIG", Empty, F::None, Gate::Protocol(P::SHMEM), Reply, R::ShmemConfig),
-]);
+/// Turns the rows of [`for_each_frontend_request!`](crate::for_each_frontend_request) into
+/// [`FrontendReq`] and [`FRONTEND_REQUESTS`].
+macro_rules! frontend_table {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr;)*) => {
+        requests!(
+            /// Requests the front-end sends to the back-end (codes 1–44).
+            FrontendReq, FRONTEND_REQUESTS, [$($(#[$m])* $v = $code => $spec),*]
+        );
+    };
+}
+
+crate::for_each_frontend_request!(frontend_table);
 
 requests!(
     /// Requests the back-end sends to the front-end on its channel (codes 1–10).
@@ -300,7 +275,7 @@ requests!(
     /// Remove a shared object.
     SharedObjectRemove = 7 => spec("BACKEND_SHARED_OBJECT_REMOVE", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64),
     /// Look up a shared object; the reply carries a u64 status and its fd.
-    SharedObjectLookup = 8 => spec("BACKEND_SHARED_OBJECT_LOOKUP", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64),
+    SharedObjectLookup = 8 => spec("BACKEND_SHARED_OBJECT_LOOKUP", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd(),
     /// Map a file range into a shared memory region.
     ShmemMap = 9 => spec("BACKEND_SHMEM_MAP", fixed::<wire::ShmemMap>(), F::One, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64),
     /// Unmap a range of a shared memory region.

@@ -4,7 +4,7 @@
 //! | outcome | owes nothing | owes an ack | owes a reply |
 //! | --- | --- | --- | --- |
 //! | success | — | ack 0 | the reply (and its descriptor) |
-//! | refused or failed, request with a lasting effect on rings or memory ([`changes_state`]) | close | ack 1 | the failure form; none exists: close |
+//! | refused or failed, request with a lasting effect on rings or memory ([`RequestSpec::changes_state`](vhost_proto::RequestSpec::changes_state)) | close | ack 1 | the failure form; none exists: close |
 //! | refused or failed, any other request | log | ack 1 | the failure form; none exists: close |
 //! | failed with [`Fault::Broken`] | close | close | close |
 //!
@@ -20,13 +20,10 @@
 //! agree on the device's state, so the connection is closed ([`ServerError::Unreported`])
 //! and the front-end's reconnection sets everything up again.
 
-use vhost_proto::wire::ConfigHeader;
 use vhost_proto::{
-    Config, CryptoSession, FrontendReply, FrontendReq, FrontendRequest, Header, Inflight, LogBase,
-    MemTable, MemoryRegion, Negotiation, Owed, RegionMsg, SharedObject, VringState, ACK_FAILURE,
+    FrontendReply, FrontendReq, FrontendRequest, Header, Negotiation, Owed, ACK_FAILURE,
 };
 use vhost_transport::{AsDescriptor, Connection, FrontendChannel, OwnedDescriptor};
-use zerocopy::FromBytes;
 
 use super::dispatch::Answer;
 use super::ServerError;
@@ -97,7 +94,7 @@ fn disposition<'a>(
         _ => return Err(error),
     }
     match owed {
-        Owed::Nothing if changes_state(msg.code) => Err(ServerError::Unreported {
+        Owed::Nothing if msg.code.spec().changes_state => Err(ServerError::Unreported {
             request: msg.code,
             cause: Box::new(error),
         }),
@@ -111,39 +108,6 @@ fn disposition<'a>(
             }),
         },
     }
-}
-
-/// Whether `code` has a lasting effect on ring, memory or negotiated state, so that its
-/// unreported failure leaves the front-end believing in a state the back-end is not in.
-///
-/// Requests without lasting effect (GET_*, SET_CONFIG, SET_STATUS, VRING_KICK, SEND_RARP,
-/// ...) or whose failure leaves nothing half set up (a second SET_OWNER, SET_BACKEND_REQ_FD)
-/// are not in the list.
-pub(super) fn changes_state(code: FrontendReq) -> bool {
-    use FrontendReq as Q;
-    matches!(
-        code,
-        Q::SetFeatures
-            | Q::SetProtocolFeatures
-            | Q::ResetOwner
-            | Q::ResetDevice
-            | Q::SetMemTable
-            | Q::AddMemReg
-            | Q::RemMemReg
-            | Q::SetLogBase
-            | Q::SetLogFd
-            | Q::SetVringNum
-            | Q::SetVringAddr
-            | Q::SetVringBase
-            | Q::SetVringKick
-            | Q::SetVringCall
-            | Q::SetVringErr
-            | Q::SetVringEnable
-            | Q::SetVringEndian
-            | Q::SetInflightFd
-            | Q::SetDeviceStateFd
-            | Q::PostcopyListen
-    )
 }
 
 fn send(
@@ -180,47 +144,7 @@ fn failure_form<'a>(
 ) -> Option<FrontendReply<'a>> {
     match msg.request {
         Some(request) => FrontendReply::failure(request, shape),
-        None => FrontendReply::failure(&blank(msg.code, msg.body)?, shape),
+        // The body did not decode: the failure form follows from the code alone.
+        None => FrontendReply::failure_of(msg.code, shape, msg.body),
     }
-}
-
-/// A request of code `code` with zeroed fields, standing in for one whose body did not
-/// decode: the failure forms depend on the request code only, except GET_CONFIG's, which
-/// echoes the offset and flags (read from the body when it holds them).
-///
-/// `None` for requests that never owe more than an ack.
-fn blank(code: FrontendReq, body: &[u8]) -> Option<FrontendRequest<'static>> {
-    use FrontendReq as Q;
-    use FrontendRequest as R;
-    Some(match code {
-        Q::GetFeatures => R::GetFeatures,
-        Q::SetMemTable => R::SetMemTable(MemTable::new(&[]).ok()?),
-        Q::SetLogBase => R::SetLogBase(LogBase::default()),
-        Q::GetVringBase => R::GetVringBase(VringState::default()),
-        Q::GetProtocolFeatures => R::GetProtocolFeatures,
-        Q::GetQueueNum => R::GetQueueNum,
-        Q::GetConfig => {
-            let (h, _) = ConfigHeader::read_from_prefix(body).unwrap_or_default();
-            R::GetConfig(Config {
-                offset: h.offset,
-                flags: h.flags,
-                payload: &[],
-            })
-        }
-        Q::CreateCryptoSession => R::CreateCryptoSession(CryptoSession {
-            session_id: 0,
-            payload: &[],
-        }),
-        Q::PostcopyAdvise => R::PostcopyAdvise,
-        Q::PostcopyEnd => R::PostcopyEnd,
-        Q::GetInflightFd => R::GetInflightFd(Inflight::default()),
-        Q::GetMaxMemSlots => R::GetMaxMemSlots,
-        Q::AddMemReg => R::AddMemReg(RegionMsg::new(MemoryRegion::default())),
-        Q::GetStatus => R::GetStatus,
-        Q::GetSharedObject => R::GetSharedObject(SharedObject::default()),
-        Q::SetDeviceStateFd => R::SetDeviceStateFd(Default::default()),
-        Q::CheckDeviceState => R::CheckDeviceState,
-        Q::GetShmemConfig => R::GetShmemConfig,
-        _ => return None,
-    })
 }

@@ -1,0 +1,67 @@
+//! Requests whose body is one u64: SET_FEATURES and SET_PROTOCOL_FEATURES (the acked bits),
+//! SEND_RARP (a MAC address in the first 6 bytes), NET_SET_MTU, CLOSE_CRYPTO_SESSION (the
+//! session id) and SET_STATUS (the device status byte).
+//!
+//! "A u64 body: `u64` (8 bytes)" — the specification's "A single 64-bit integer" message
+//! payload. Any value is well-formed here; which bits may be acked is the negotiation's
+//! rule ([`Negotiation::check`](crate::Negotiation::check)).
+
+use super::{Body, DecodeContext};
+use crate::codec::{put, read_exact};
+use crate::wire::U64Body;
+use crate::{Error, MessageKind};
+
+impl<'a> Body<'a> for u64 {
+    fn decode(
+        body: &'a [u8],
+        kind: MessageKind,
+        _: DecodeContext,
+        _: usize,
+    ) -> Result<Self, Error> {
+        Ok(read_exact::<U64Body>(body, kind)?.value)
+    }
+
+    fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
+        Ok((put(body, &U64Body { value: *self })?, &[]))
+    }
+}
+
+/// A fixed-size body copied in and out as its wire layout, with no rule of its own.
+macro_rules! plain_body {
+    ($($ty:ty $(=> $index:ident)?),* $(,)?) => {$(
+        impl<'a> Body<'a> for $ty {
+            fn decode(body: &'a [u8], kind: MessageKind, _: DecodeContext, _: usize) -> Result<Self, Error> {
+                read_exact(body, kind)
+            }
+
+            fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
+                Ok((put(body, self)?, &[]))
+            }
+
+            $(fn vring_index(&self) -> Option<u32> {
+                Some(self.$index)
+            })?
+        }
+    )*};
+}
+
+pub(super) use plain_body;
+
+#[cfg(test)]
+mod tests {
+    use crate::{DecodeContext, FrontendReq, FrontendRequest, HeaderFlags};
+
+    /// SET_FEATURES carrying VERSION_1 | PROTOCOL_FEATURES, as QEMU sends it.
+    #[test]
+    fn golden_set_features() {
+        let bytes = [0x00, 0x00, 0x00, 0x40, 0x01, 0, 0, 0];
+        let q = FrontendReq::SetFeatures;
+        let msg = FrontendRequest::decode(q, &bytes, 0, DecodeContext::default()).unwrap();
+        assert_eq!(msg, FrontendRequest::SetFeatures(0x1_4000_0000));
+        let mut out = [0u8; 8];
+        let enc = msg.encode(HeaderFlags::empty(), &mut out).unwrap();
+        assert_eq!((enc.header.request, enc.header.size), (2, 8));
+        assert_eq!(out, bytes);
+        assert!(FrontendRequest::decode(q, &bytes[..7], 0, DecodeContext::default()).is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! Fixed bodies moved as their wire layout: IOTLB_MSG (`iova u64 | size u64 | uaddr u64 |
+//! perm u8 | type u8`), GET/SET_INFLIGHT_FD (`mmap_size u64 | mmap_offset u64 | num_queues
+//! u16 | queue_size u16`), GET_SHARED_OBJECT (a 16-byte UUID) and SET_DEVICE_STATE_FD
+//! (`direction u32 | phase u32`).
+
+use super::bool_field;
+use super::features::plain_body;
+use super::{Body, DecodeContext};
+use crate::codec::{put, read_exact};
+use crate::wire::*;
+use crate::{Error, MessageKind};
+
+plain_body!(IotlbMsg, Inflight, SharedObject, DeviceStateTransfer);
+
+/// SET_DEVICE_STATE_FD: "direction: 0 save, 1 load"; "phase: 0 stopped" is the only phase
+/// defined.
+pub(super) fn stopped_phase(t: &DeviceStateTransfer, kind: MessageKind) -> Result<(), Error> {
+    bool_field(t.direction, kind, "direction")?;
+    if t.phase != TRANSFER_PHASE_STOPPED {
+        return Err(Error::InvalidField {
+            request: kind,
+            field: "phase",
+            why: "only phase 0 (stopped) is defined",
+        });
+    }
+    Ok(())
+}

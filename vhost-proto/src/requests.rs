@@ -1,0 +1,116 @@
+//! The one declaration of every front-end request (see the crate docs, "Adding a request").
+
+/// Calls `$callback!` with one row per front-end request (codes 1–44), in code order:
+///
+/// ```text
+/// /// doc
+/// Variant(BodyType where check) = code => spec(NAME, body shape, fds, gate, owes, reply)
+///     .changes().value().failure(status).reply_fd();
+/// ```
+///
+/// `(BodyType ...)` is absent for a request without a body; `where check` names a function
+/// `fn(&BodyType, MessageKind) -> Result<(), Error>` for the request's own field rules. The
+/// spec and check are expressions in this crate's scope: a callback outside it uses only the
+/// variant names, codes and body types (and may ignore the rest as tokens).
+///
+/// From these rows follow [`FrontendReq`](crate::FrontendReq) and its table
+/// ([`FRONTEND_REQUESTS`](crate::FRONTEND_REQUESTS): codes, names, body shapes, descriptor
+/// rules, gates, what is owed, reply shapes, the policy columns), and
+/// [`FrontendRequest`](crate::FrontendRequest) with its `decode`, `encode`, `code`,
+/// `fd_count` and `vring_index`.
+#[macro_export]
+macro_rules! for_each_frontend_request {
+    ($callback:ident) => {
+        $callback! {
+            /// Read the back-end's virtio features.
+            GetFeatures = 1 => spec("GET_FEATURES", Empty, F::None, Gate::None, Reply, R::U64).value();
+            /// Ack virtio features.
+            SetFeatures(u64) = 2 => spec("SET_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Claim the session.
+            SetOwner = 3 => spec("SET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64);
+            /// Deprecated: give up the session.
+            ResetOwner = 4 => spec("RESET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Replace the whole memory table.
+            SetMemTable(MemTable) = 5 => spec("SET_MEM_TABLE", BodyShape::MemTable, F::PerRegion, Gate::None, ReplyInPostcopy, R::MemTable).changes();
+            /// Set the dirty log area.
+            SetLogBase(LogBase) = 6 => spec("SET_LOG_BASE", fixed::<wire::LogBase>(), F::One, Gate::Protocol(P::LOG_SHMFD), Reply, R::U64).changes();
+            /// Set the eventfd signalled after log writes.
+            SetLogFd = 7 => spec("SET_LOG_FD", Empty, F::One, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Set a vring's size.
+            SetVringNum(VringState) = 8 => spec("SET_VRING_NUM", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Set a vring's addresses.
+            SetVringAddr(VringAddr where vring::addr_flags) = 9 => spec("SET_VRING_ADDR", fixed::<wire::VringAddr>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Set a vring's next available index.
+            SetVringBase(VringState) = 10 => spec("SET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Stop a vring and read its next available index.
+            GetVringBase(VringState) = 11 => spec("GET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, Reply, R::VringState);
+            /// Set a vring's kick eventfd (starts the ring).
+            SetVringKick(VringFd) = 12 => spec("SET_VRING_KICK", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Set a vring's call eventfd.
+            SetVringCall(VringFd) = 13 => spec("SET_VRING_CALL", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Set a vring's error eventfd.
+            SetVringErr(VringFd) = 14 => spec("SET_VRING_ERR", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes();
+            /// Read the back-end's protocol features.
+            GetProtocolFeatures = 15 => spec("GET_PROTOCOL_FEATURES", Empty, F::None, Gate::ProtocolFeaturesOffered, Reply, R::U64).value();
+            /// Ack protocol features.
+            SetProtocolFeatures(u64) = 16 => spec("SET_PROTOCOL_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::ProtocolFeaturesOffered, AckWhenAsked, R::U64).changes();
+            /// Read the number of queues.
+            GetQueueNum = 17 => spec("GET_QUEUE_NUM", Empty, F::None, Gate::Protocol(P::MQ), Reply, R::U64).value();
+            /// Enable or disable a vring.
+            SetVringEnable(VringState where vring::flag) = 18 => spec("SET_VRING_ENABLE", fixed::<wire::VringState>(), F::None, Gate::ProtocolFeaturesNegotiated, AckWhenAsked, R::U64).changes();
+            /// Send a RARP for a MAC address (after migration).
+            SendRarp(u64) = 19 => spec("SEND_RARP", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::RARP), AckWhenAsked, R::U64);
+            /// Set the network MTU.
+            NetSetMtu(u64) = 20 => spec("NET_SET_MTU", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::NET_MTU), AckWhenAsked, R::U64);
+            /// Hand over the back-end channel socket.
+            SetBackendReqFd = 21 => spec("SET_BACKEND_REQ_FD", Empty, F::One, Gate::Protocol(P::BACKEND_REQ), AckWhenAsked, R::U64);
+            /// IOTLB update or invalidation. Always answered with a u64 (0 success): the front-end
+            /// sets NEED_REPLY on it and waits, REPLY_ACK or not.
+            IotlbMsg(IotlbMsg) = 22 => spec("IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), Reply, R::U64);
+            /// Set a vring's endianness (legacy devices).
+            SetVringEndian(VringState where vring::flag) = 23 => spec("SET_VRING_ENDIAN", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::CROSS_ENDIAN), AckWhenAsked, R::U64).changes();
+            /// Read device configuration space.
+            GetConfig(Config<'a>) = 24 => spec("GET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), Reply, R::Config);
+            /// Write device configuration space.
+            SetConfig(Config<'a>) = 25 => spec("SET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64);
+            /// Create a crypto session.
+            CreateCryptoSession(CryptoSession<'a>) = 26 => spec("CREATE_CRYPTO_SESSION", BodyShape::FixedPlusPayload { fixed: 8, max_payload: wire::MAX_CRYPTO_PAYLOAD }, F::None, Gate::Protocol(P::CRYPTO_SESSION), Reply, R::CryptoSession);
+            /// Close a crypto session.
+            CloseCryptoSession(u64) = 27 => spec("CLOSE_CRYPTO_SESSION", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::CRYPTO_SESSION), AckWhenAsked, R::U64);
+            /// Postcopy: ask for a userfaultfd.
+            PostcopyAdvise = 28 => spec("POSTCOPY_ADVISE", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::EmptyWithFd).reply_fd();
+            /// Postcopy: start listening for faults.
+            PostcopyListen = 29 => spec("POSTCOPY_LISTEN", Empty, F::None, Gate::Protocol(P::PAGEFAULT), AckWhenAsked, R::U64).changes();
+            /// Postcopy: migration finished.
+            PostcopyEnd = 30 => spec("POSTCOPY_END", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::U64);
+            /// Ask for an inflight area.
+            GetInflightFd(Inflight) = 31 => spec("GET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::None, Gate::Protocol(P::INFLIGHT_SHMFD), Reply, R::Inflight).reply_fd();
+            /// Hand back the inflight area.
+            SetInflightFd(Inflight) = 32 => spec("SET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::One, Gate::Protocol(P::INFLIGHT_SHMFD), AckWhenAsked, R::U64).changes();
+            /// Hand over a vhost-user-gpu socket.
+            GpuSetSocket = 33 => spec("GPU_SET_SOCKET", Empty, F::One, Gate::None, AckWhenAsked, R::U64);
+            /// Reset the device.
+            ResetDevice = 34 => spec("RESET_DEVICE", Empty, F::None, Gate::Protocol(P::RESET_DEVICE), AckWhenAsked, R::U64).changes();
+            /// In-band kick.
+            VringKick(VringState) = 35 => spec("VRING_KICK", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64);
+            /// Read how many memory slots the back-end supports.
+            GetMaxMemSlots = 36 => spec("GET_MAX_MEM_SLOTS", Empty, F::None, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), Reply, R::U64).value();
+            /// Add one memory region.
+            AddMemReg(RegionMsg where memory::one_region) = 37 => spec("ADD_MEM_REG", BodyShape::SingleRegion, F::One, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), ReplyInPostcopy, R::SingleRegion).changes();
+            /// Remove one memory region.
+            RemMemReg(RegionMsg where memory::one_region) = 38 => spec("REM_MEM_REG", BodyShape::SingleRegion, F::NoneOrOne, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), AckWhenAsked, R::U64).changes();
+            /// Set the virtio device status.
+            SetStatus(u64) = 39 => spec("SET_STATUS", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::STATUS), AckWhenAsked, R::U64);
+            /// Read the virtio device status.
+            GetStatus = 40 => spec("GET_STATUS", Empty, F::None, Gate::Protocol(P::STATUS), Reply, R::U64).value();
+            /// Look up a shared object; the reply carries its dmabuf fd.
+            GetSharedObject(SharedObject) = 41 => spec("GET_SHARED_OBJECT", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd();
+            /// Start a device-state transfer through a pipe.
+            SetDeviceStateFd(DeviceStateTransfer where transfer::stopped_phase) = 42 => spec("SET_DEVICE_STATE_FD", fixed::<wire::DeviceStateTransfer>(), F::One, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64).changes().failure(ACK_FAILURE | wire::DEVICE_STATE_NOFD).reply_fd();
+            /// Ask whether the device-state transfer succeeded.
+            CheckDeviceState = 43 => spec("CHECK_DEVICE_STATE", Empty, F::None, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64);
+            /// Read the shared memory regions' configuration.
+            GetShmemConfig = 44 => spec("GET_SHMEM_CONFIG", Empty, F::None, Gate::Protocol(P::SHMEM), Reply, R::ShmemConfig);
+        }
+    };
+}
