@@ -305,6 +305,67 @@ mod tests {
     }
 
     #[test]
+    fn policy_columns_are_pinned() {
+        use FrontendReq::*;
+        let changes = [
+            SetFeatures,
+            SetProtocolFeatures,
+            ResetOwner,
+            ResetDevice,
+            SetMemTable,
+            AddMemReg,
+            RemMemReg,
+            SetLogBase,
+            SetLogFd,
+            SetVringNum,
+            SetVringAddr,
+            SetVringBase,
+            SetVringKick,
+            SetVringCall,
+            SetVringErr,
+            SetVringEnable,
+            SetVringEndian,
+            SetInflightFd,
+            SetDeviceStateFd,
+            PostcopyListen,
+        ];
+        let values = [
+            GetFeatures,
+            GetProtocolFeatures,
+            GetQueueNum,
+            GetMaxMemSlots,
+            GetStatus,
+        ];
+        let reply_fd = [
+            PostcopyAdvise,
+            GetInflightFd,
+            GetSharedObject,
+            SetDeviceStateFd,
+        ];
+        for r in FrontendReq::all() {
+            let s = r.spec();
+            assert_eq!(s.changes_state, changes.contains(&r), "{}", s.name);
+            assert_eq!(s.reply_fd, reply_fd.contains(&r), "{}", s.name);
+            let failure = match r {
+                _ if values.contains(&r) => None,
+                SetDeviceStateFd => Some(ACK_FAILURE | wire::DEVICE_STATE_NOFD),
+                _ => Some(ACK_FAILURE),
+            };
+            assert_eq!(s.failure, failure, "{}", s.name);
+        }
+        for r in BackendReq::all() {
+            let s = r.spec();
+            assert_eq!(
+                s.reply_fd,
+                r == BackendReq::SharedObjectLookup,
+                "{}",
+                s.name
+            );
+            assert!(!s.changes_state, "{}", s.name);
+        }
+    }
+
+    #[test]
     fn spec_codes_are_pinned() {
         use FrontendReq::*;
         let pins = [

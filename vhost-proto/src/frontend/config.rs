@@ -1,7 +1,7 @@
 //! GET_CONFIG and SET_CONFIG: `offset u32 | size u32 | flags u32 | payload[size]`.
 //! "The payload size is limited to 256 bytes"; the configuration space ends at 0x1000.
 
-use super::{Body, DecodeContext};
+use super::{Body, Input};
 use crate::codec::{put, read_prefix};
 use crate::wire::*;
 use crate::{Error, MessageKind};
@@ -71,13 +71,8 @@ impl<'a> Config<'a> {
 }
 
 impl<'a> Body<'a> for Config<'a> {
-    fn decode(
-        body: &'a [u8],
-        kind: MessageKind,
-        _: DecodeContext,
-        _: usize,
-    ) -> Result<Self, Error> {
-        Config::decode(body, kind, false)
+    fn decode(input: Input<'a>) -> Result<Self, Error> {
+        Config::decode(input.body, input.kind, false)
     }
 
     fn encode(&self, kind: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {

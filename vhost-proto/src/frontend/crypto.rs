@@ -2,7 +2,7 @@
 //! parameters and keys, at most 1024 bytes here); the reply echoes the layout with the new
 //! session id, negative for failure.
 
-use super::{Body, DecodeContext};
+use super::{Body, Input};
 use crate::codec::{put, read_prefix};
 use crate::wire::*;
 use crate::{Error, MessageKind};
@@ -52,13 +52,8 @@ impl<'a> CryptoSession<'a> {
 }
 
 impl<'a> Body<'a> for CryptoSession<'a> {
-    fn decode(
-        body: &'a [u8],
-        kind: MessageKind,
-        _: DecodeContext,
-        _: usize,
-    ) -> Result<Self, Error> {
-        CryptoSession::decode(body, kind)
+    fn decode(input: Input<'a>) -> Result<Self, Error> {
+        CryptoSession::decode(input.body, input.kind)
     }
 
     fn encode(&self, kind: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {

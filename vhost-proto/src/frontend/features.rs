@@ -6,19 +6,14 @@
 //! payload. Any value is well-formed here; which bits may be acked is the negotiation's
 //! rule ([`Negotiation::check`](crate::Negotiation::check)).
 
-use super::{Body, DecodeContext};
+use super::{Body, Input};
 use crate::codec::{put, read_exact};
 use crate::wire::U64Body;
 use crate::{Error, MessageKind};
 
 impl<'a> Body<'a> for u64 {
-    fn decode(
-        body: &'a [u8],
-        kind: MessageKind,
-        _: DecodeContext,
-        _: usize,
-    ) -> Result<Self, Error> {
-        Ok(read_exact::<U64Body>(body, kind)?.value)
+    fn decode(input: Input<'a>) -> Result<Self, Error> {
+        Ok(read_exact::<U64Body>(input.body, input.kind)?.value)
     }
 
     fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
@@ -30,8 +25,8 @@ impl<'a> Body<'a> for u64 {
 macro_rules! plain_body {
     ($($ty:ty $(=> $index:ident)?),* $(,)?) => {$(
         impl<'a> Body<'a> for $ty {
-            fn decode(body: &'a [u8], kind: MessageKind, _: DecodeContext, _: usize) -> Result<Self, Error> {
-                read_exact(body, kind)
+            fn decode(input: super::Input<'a>) -> Result<Self, Error> {
+                read_exact(input.body, input.kind)
             }
 
             fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {

@@ -8,7 +8,7 @@
 //! `xen_mmap_flags u32 | domid u32`.
 
 use super::features::plain_body;
-use super::{Body, DecodeContext};
+use super::{Body, DecodeContext, Input};
 use crate::codec::{check_fds, put, read_exact, read_prefix};
 use crate::table::FdPolicy;
 use crate::wire::*;
@@ -272,13 +272,8 @@ impl RegionMsg {
 }
 
 impl<'a> Body<'a> for MemTable {
-    fn decode(
-        body: &'a [u8],
-        _: MessageKind,
-        ctx: DecodeContext,
-        nfds: usize,
-    ) -> Result<Self, Error> {
-        MemTable::decode(body, Some(nfds), ctx)
+    fn decode(input: Input<'a>) -> Result<Self, Error> {
+        MemTable::decode(input.body, Some(input.nfds), input.ctx)
     }
 
     fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
@@ -296,13 +291,8 @@ impl<'a> Body<'a> for MemTable {
 }
 
 impl<'a> Body<'a> for RegionMsg {
-    fn decode(
-        body: &'a [u8],
-        kind: MessageKind,
-        ctx: DecodeContext,
-        _: usize,
-    ) -> Result<Self, Error> {
-        RegionMsg::decode(body, kind, ctx)
+    fn decode(input: Input<'a>) -> Result<Self, Error> {
+        RegionMsg::decode(input.body, input.kind, input.ctx)
     }
 
     fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {

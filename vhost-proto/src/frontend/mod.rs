@@ -66,17 +66,24 @@ impl<'a> Encoded<'a> {
     }
 }
 
+/// What a body decoder is given.
+pub(crate) struct Input<'a> {
+    /// The body, exactly as long as the header said.
+    pub body: &'a [u8],
+    /// The request, for errors.
+    pub kind: MessageKind,
+    /// Layout settings from the negotiation.
+    pub ctx: DecodeContext,
+    /// The descriptor count, for a body whose count depends on its content (the memory table
+    /// checks it itself).
+    pub nfds: usize,
+}
+
 /// A request body type: its layout on the wire and the rules that belong to the type
 /// itself. Rules of one request only are the `where` check of its row.
 pub(crate) trait Body<'a> {
-    /// Decodes a whole body. `nfds` is the descriptor count, for a body whose count depends
-    /// on its content (the memory table checks it itself).
-    fn decode(
-        body: &'a [u8],
-        kind: MessageKind,
-        ctx: DecodeContext,
-        nfds: usize,
-    ) -> Result<Self, Error>
+    /// Decodes a whole body.
+    fn decode(input: Input<'a>) -> Result<Self, Error>
     where
         Self: Sized;
 
@@ -128,12 +135,7 @@ macro_rules! frontend_requests {
         impl<'a> FrontendRequest<'a> {
             /// Decodes a request body whose header passed [`Header::check_frontend_request`]:
             /// exact size for the layout, field validity, and the descriptor count (`nfds`).
-            pub fn decode(
-                req: FrontendReq,
-                body: &'a [u8],
-                nfds: usize,
-                ctx: DecodeContext,
-            ) -> Result<Self, Error> {
+            pub fn decode(req: FrontendReq, body: &'a [u8], nfds: usize, ctx: DecodeContext) -> Result<Self, Error> {
                 let kind = MessageKind::Frontend(req);
                 let fds = req.spec().fds;
                 match req {
@@ -164,7 +166,8 @@ macro_rules! frontend_requests {
         Ok(FrontendRequest::$v)
     }};
     (@decode $v:ident, $body:ident, $kind:ident, $ctx:ident, $nfds:ident, $fds:ident, $ty:ty $(, $check:path)?) => {{
-        let value = <$ty as Body>::decode($body, $kind, $ctx, $nfds)?;
+        let input = Input { body: $body, kind: $kind, ctx: $ctx, nfds: $nfds };
+        let value = <$ty as Body>::decode(input)?;
         $($check(&value, $kind)?;)?
         value.check_fds($fds, $nfds, $kind)?;
         Ok(FrontendRequest::$v(value))

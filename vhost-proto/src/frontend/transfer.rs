@@ -5,7 +5,7 @@
 
 use super::bool_field;
 use super::features::plain_body;
-use super::{Body, DecodeContext};
+use super::Body;
 use crate::codec::{put, read_exact};
 use crate::wire::*;
 use crate::{Error, MessageKind};

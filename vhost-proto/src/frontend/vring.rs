@@ -5,7 +5,7 @@
 //! index. Bit 8 is the invalid FD flag").
 
 use super::features::plain_body;
-use super::{bool_field, Body, DecodeContext};
+use super::{bool_field, Body, Input};
 use crate::codec::{check_fds, put, read_exact};
 use crate::table::FdPolicy;
 use crate::wire::*;
@@ -41,13 +41,9 @@ impl VringFd {
 }
 
 impl<'a> Body<'a> for VringFd {
-    fn decode(
-        body: &'a [u8],
-        kind: MessageKind,
-        _: DecodeContext,
-        _: usize,
-    ) -> Result<Self, Error> {
-        VringFd::decode(read_exact::<U64Body>(body, kind)?.value, kind)
+    fn decode(input: Input<'a>) -> Result<Self, Error> {
+        let kind = input.kind;
+        VringFd::decode(read_exact::<U64Body>(input.body, kind)?.value, kind)
     }
 
     fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
