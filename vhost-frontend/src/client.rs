@@ -60,6 +60,11 @@ pub enum PostcopyReply {
     Region(RegionMsg),
 }
 
+/// A reply that does not answer `request`: `why`.
+fn invalid_reply(request: FrontendReq, why: &'static str) -> FrontendError {
+    FrontendError::InvalidReply { request, why }
+}
+
 /// A reply read into the receive buffer, not yet decoded.
 struct RawReply {
     shape: ReplyShape,
@@ -252,15 +257,7 @@ impl Frontend {
             }
             Owed::Ack => {
                 let reply = self.read_reply(code, ReplyShape::U64)?;
-                let status = match self.decode(code, &reply)? {
-                    FrontendReply::U64(v) => v,
-                    _ => {
-                        return Err(FrontendError::InvalidReply {
-                            request: code,
-                            why: "ack is not a u64",
-                        })
-                    }
-                };
+                let status = self.decode_u64(code, &reply, "ack is not a u64")?;
                 if status != 0 {
                     return Err(FrontendError::Nack {
                         request: code,
@@ -315,10 +312,10 @@ impl Frontend {
             // Version, REPLY, same code, size within MAX_BODY_SIZE: before any body is read.
             header.check_reply(MessageKind::Frontend(code))?;
             let len = header.size as usize;
-            let buf = self.rx.get_mut(..len).ok_or(FrontendError::InvalidReply {
-                request: code,
-                why: "reply larger than the receive buffer",
-            })?;
+            let buf = self
+                .rx
+                .get_mut(..len)
+                .ok_or(invalid_reply(code, "reply larger than the receive buffer"))?;
             self.conn.recv_body_into(buf)?;
             Ok(RawReply { shape, len, fds })
         })();
@@ -339,6 +336,21 @@ impl Frontend {
         )?)
     }
 
+    /// Sends a request that always replies and returns the reply, undecoded.
+    fn reply_of(&mut self, msg: FrontendRequest<'_>, fds: &[BorrowedFd<'_>]) -> Result<RawReply> {
+        let code = msg.code();
+        self.exchange(&msg, fds)?
+            .ok_or(invalid_reply(code, "no reply where one is owed"))
+    }
+
+    /// Decodes a u64 reply; `why` names what else came.
+    fn decode_u64(&self, code: FrontendReq, reply: &RawReply, why: &'static str) -> Result<u64> {
+        match self.decode(code, reply)? {
+            FrontendReply::U64(v) => Ok(v),
+            _ => Err(invalid_reply(code, why)),
+        }
+    }
+
     /// Sends a request that owes nothing or an ack (or, in postcopy, a memory-table reply).
     fn simple(&mut self, msg: FrontendRequest<'_>, fds: &[BorrowedFd<'_>]) -> Result<()> {
         let code = msg.code();
@@ -355,12 +367,7 @@ impl Frontend {
                     status,
                 })
             }
-            _ => {
-                return Err(FrontendError::InvalidReply {
-                    request: code,
-                    why: "unexpected reply shape",
-                })
-            }
+            _ => return Err(invalid_reply(code, "unexpected reply shape")),
         };
         self.postcopy_reply = Some(postcopy);
         Ok(())
@@ -373,21 +380,8 @@ impl Frontend {
         fds: &[BorrowedFd<'_>],
     ) -> Result<(u64, Option<OwnedFd>)> {
         let code = msg.code();
-        let mut reply = self
-            .exchange(&msg, fds)?
-            .ok_or(FrontendError::InvalidReply {
-                request: code,
-                why: "no reply where one is owed",
-            })?;
-        let value = match self.decode(code, &reply)? {
-            FrontendReply::U64(v) => v,
-            _ => {
-                return Err(FrontendError::InvalidReply {
-                    request: code,
-                    why: "reply is not a u64",
-                })
-            }
-        };
+        let mut reply = self.reply_of(msg, fds)?;
+        let value = self.decode_u64(code, &reply, "reply is not a u64")?;
         Ok((value, reply.fds.pop()))
     }
 

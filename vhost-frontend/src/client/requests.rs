@@ -9,7 +9,7 @@ use vhost_proto::{
     RegionMsg, SharedObject, ShmemConfig, VringAddr, VringFd, VringState, XenMapping,
 };
 
-use super::{Frontend, FrontendError, RawReply, Result};
+use super::{invalid_reply, Frontend, FrontendError, Result};
 
 fn vring_fd(request: FrontendReq, index: u32, fd: Option<BorrowedFd<'_>>) -> Result<VringFd> {
     let index = u8::try_from(index).map_err(|_| FrontendError::InvalidArgument {
@@ -27,16 +27,6 @@ fn state(index: u32, num: u32) -> VringState {
 }
 
 impl Frontend {
-    /// Sends a request that always replies and returns the reply, undecoded.
-    fn reply_of(&mut self, msg: FrontendRequest<'_>, fds: &[BorrowedFd<'_>]) -> Result<RawReply> {
-        let code = msg.code();
-        self.exchange(&msg, fds)?
-            .ok_or(FrontendError::InvalidReply {
-                request: code,
-                why: "no reply where one is owed",
-            })
-    }
-
     fn region_msg(&self, region: &MemoryRegion) -> RegionMsg {
         let mut msg = RegionMsg::new(*region);
         if self.negotiation.decode_context().xen_mmap {
@@ -118,21 +108,14 @@ impl Frontend {
         let split = self.acked_features() & virtio::bit(virtio::RING_PACKED) == 0;
         let reply = self.reply_of(FrontendRequest::GetVringBase(state(index, 0)), &[])?;
         match self.decode(code, &reply)? {
-            FrontendReply::VringState(s) if s.index != index => Err(FrontendError::InvalidReply {
-                request: code,
-                why: "reply names another vring",
-            }),
+            FrontendReply::VringState(s) if s.index != index => {
+                Err(invalid_reply(code, "reply names another vring"))
+            }
             FrontendReply::VringState(s) if split && s.num > u32::from(u16::MAX) => {
-                Err(FrontendError::InvalidReply {
-                    request: code,
-                    why: "split-ring index over 0xffff",
-                })
+                Err(invalid_reply(code, "split-ring index over 0xffff"))
             }
             FrontendReply::VringState(s) => Ok(s.num),
-            _ => Err(FrontendError::InvalidReply {
-                request: code,
-                why: "reply is not a vring state",
-            }),
+            _ => Err(invalid_reply(code, "reply is not a vring state")),
         }
     }
 
@@ -232,21 +215,15 @@ impl Frontend {
                     why: "zero-size configuration reply",
                 })
             }
-            FrontendReply::Config(c) if c.offset != offset => Err(FrontendError::InvalidReply {
-                request: code,
-                why: "reply is for another offset",
-            }),
-            FrontendReply::Config(c) if c.payload.len() != size as usize => {
-                Err(FrontendError::InvalidReply {
-                    request: code,
-                    why: "reply size differs from the size asked for",
-                })
+            FrontendReply::Config(c) if c.offset != offset => {
+                Err(invalid_reply(code, "reply is for another offset"))
             }
+            FrontendReply::Config(c) if c.payload.len() != size as usize => Err(invalid_reply(
+                code,
+                "reply size differs from the size asked for",
+            )),
             FrontendReply::Config(c) => Ok(c.payload.to_vec()),
-            _ => Err(FrontendError::InvalidReply {
-                request: code,
-                why: "reply is not a configuration",
-            }),
+            _ => Err(invalid_reply(code, "reply is not a configuration")),
         }
     }
 
@@ -275,10 +252,7 @@ impl Frontend {
                 why: "negative session id",
             }),
             FrontendReply::CryptoSession(c) => Ok(c.session_id),
-            _ => Err(FrontendError::InvalidReply {
-                request: code,
-                why: "reply is not a crypto session",
-            }),
+            _ => Err(invalid_reply(code, "reply is not a crypto session")),
         }
     }
 
@@ -315,12 +289,7 @@ impl Frontend {
         let mut reply = self.reply_of(FrontendRequest::GetInflightFd(*info), &[])?;
         let inflight = match self.decode(code, &reply)? {
             FrontendReply::Inflight(i) => i,
-            _ => {
-                return Err(FrontendError::InvalidReply {
-                    request: code,
-                    why: "reply is not an inflight description",
-                })
-            }
+            _ => return Err(invalid_reply(code, "reply is not an inflight description")),
         };
         let fd = reply.fds.pop().ok_or(FrontendError::Refused {
             request: code,
@@ -431,16 +400,13 @@ impl Frontend {
         let reply = self.reply_of(FrontendRequest::GetShmemConfig, &[])?;
         match self.decode(code, &reply)? {
             FrontendReply::ShmemConfig(c) if c.nregions as usize > MAX_SHMEM_REGIONS => {
-                Err(FrontendError::InvalidReply {
-                    request: code,
-                    why: "more than 256 regions",
-                })
+                Err(invalid_reply(code, "more than 256 regions"))
             }
             FrontendReply::ShmemConfig(c) => Ok(*c),
-            _ => Err(FrontendError::InvalidReply {
-                request: code,
-                why: "reply is not a shared memory configuration",
-            }),
+            _ => Err(invalid_reply(
+                code,
+                "reply is not a shared memory configuration",
+            )),
         }
     }
 }
