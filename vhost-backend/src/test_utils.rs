@@ -133,6 +133,24 @@ pub enum Call {
     Disconnected,
 }
 
+/// [`Call::request`]: one arm per row of [`vhost_proto::for_each_frontend_request!`], so
+/// that `Call` has a variant for every request and no other (the compiler checks both).
+macro_rules! call_requests {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr;)*) => {
+        impl Call {
+            /// The request this call answered; `None` for [`Call::Disconnected`].
+            pub fn request(&self) -> Option<FrontendReq> {
+                match self {
+                    $(Call::$v { .. } => Some(FrontendReq::$v),)*
+                    Call::Disconnected => None,
+                }
+            }
+        }
+    };
+}
+
+vhost_proto::for_each_frontend_request!(call_requests);
+
 #[derive(Debug, Default)]
 struct State {
     calls: Vec<Call>,
@@ -300,11 +318,12 @@ impl RecordingBackend {
         self.recording.clone()
     }
 
-    /// Records `call`, then fails if told to fail `request`.
-    fn record(&self, request: FrontendReq, call: Call) -> BackendResult<()> {
+    /// Records `call`, then fails if told to fail its request.
+    fn record(&self, call: Call) -> BackendResult<()> {
         let mut state = self.recording.state();
+        let request = call.request();
         state.calls.push(call);
-        if state.failing.contains(&request) {
+        if let Some(request) = request.filter(|r| state.failing.contains(r)) {
             return Err(BackendError::Refused(Box::new(InjectedFailure { request })));
         }
         Ok(())
@@ -316,14 +335,12 @@ impl RecordingBackend {
         state.fds.extend(fds.into_iter().map(|fd| (request, fd)));
     }
 
-    fn record_with_fd(
-        &self,
-        request: FrontendReq,
-        call: Call,
-        fd: Option<OwnedDescriptor>,
-    ) -> BackendResult<()> {
-        self.record(request, call)?;
-        self.keep(request, fd);
+    fn record_with_fd(&self, call: Call, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
+        let request = call.request();
+        self.record(call)?;
+        if let Some(request) = request {
+            self.keep(request, fd);
+        }
         Ok(())
     }
 }
@@ -338,7 +355,7 @@ use FrontendReq as Q;
 
 impl Backend for RecordingBackend {
     fn get_features(&mut self) -> BackendResult<u64> {
-        self.record(Q::GetFeatures, Call::GetFeatures)?;
+        self.record(Call::GetFeatures)?;
         Ok(self.features)
     }
     fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
@@ -348,38 +365,38 @@ impl Backend for RecordingBackend {
         if let Some(acked) = self.recording.acked_in_negotiation() {
             self.recording.state().acked_seen.push(acked);
         }
-        self.record(Q::SetFeatures, Call::SetFeatures(features))
+        self.record(Call::SetFeatures(features))
     }
     fn set_owner(&mut self) -> BackendResult<()> {
-        self.record(Q::SetOwner, Call::SetOwner)
+        self.record(Call::SetOwner)
     }
     fn reset_owner(&mut self) -> BackendResult<()> {
-        self.record(Q::ResetOwner, Call::ResetOwner)
+        self.record(Call::ResetOwner)
     }
     fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedDescriptor>) -> BackendResult<()> {
         let regions = table.regions().to_vec();
         let n = fds.len();
-        self.record(Q::SetMemTable, Call::SetMemTable { regions, fds: n })?;
+        self.record(Call::SetMemTable { regions, fds: n })?;
         self.keep(Q::SetMemTable, fds);
         Ok(())
     }
     fn set_log_base(&mut self, log: &LogBase, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Q::SetLogBase, Call::SetLogBase(*log), Some(fd))
+        self.record_with_fd(Call::SetLogBase(*log), Some(fd))
     }
     fn set_log_fd(&mut self, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Q::SetLogFd, Call::SetLogFd, Some(fd))
+        self.record_with_fd(Call::SetLogFd, Some(fd))
     }
     fn set_vring_num(&mut self, index: u32, num: u32) -> BackendResult<()> {
-        self.record(Q::SetVringNum, Call::SetVringNum { index, num })
+        self.record(Call::SetVringNum { index, num })
     }
     fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()> {
-        self.record(Q::SetVringAddr, Call::SetVringAddr(*addr))
+        self.record(Call::SetVringAddr(*addr))
     }
     fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()> {
-        self.record(Q::SetVringBase, Call::SetVringBase { index, base })
+        self.record(Call::SetVringBase { index, base })
     }
     fn get_vring_base(&mut self, index: u32) -> BackendResult<u32> {
-        self.record(Q::GetVringBase, Call::GetVringBase { index })?;
+        self.record(Call::GetVringBase { index })?;
         Ok(self.vring_base)
     }
     fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
@@ -387,64 +404,61 @@ impl Backend for RecordingBackend {
             index,
             fd: fd.is_some(),
         };
-        self.record_with_fd(Q::SetVringKick, call, fd)
+        self.record_with_fd(call, fd)
     }
     fn set_vring_call(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
         let call = Call::SetVringCall {
             index,
             fd: fd.is_some(),
         };
-        self.record_with_fd(Q::SetVringCall, call, fd)
+        self.record_with_fd(call, fd)
     }
     fn set_vring_err(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
         let call = Call::SetVringErr {
             index,
             fd: fd.is_some(),
         };
-        self.record_with_fd(Q::SetVringErr, call, fd)
+        self.record_with_fd(call, fd)
     }
     fn get_protocol_features(&mut self) -> BackendResult<ProtocolFeatures> {
-        self.record(Q::GetProtocolFeatures, Call::GetProtocolFeatures)?;
+        self.record(Call::GetProtocolFeatures)?;
         Ok(self.protocol)
     }
     fn set_protocol_features(&mut self, features: ProtocolFeatures) -> BackendResult<()> {
-        self.record(Q::SetProtocolFeatures, Call::SetProtocolFeatures(features))
+        self.record(Call::SetProtocolFeatures(features))
     }
     fn get_queue_num(&mut self) -> BackendResult<u64> {
-        self.record(Q::GetQueueNum, Call::GetQueueNum)?;
+        self.record(Call::GetQueueNum)?;
         self.queues.ok_or(BackendError::NotSupported)
     }
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> BackendResult<()> {
-        self.record(Q::SetVringEnable, Call::SetVringEnable { index, enable })
+        self.record(Call::SetVringEnable { index, enable })
     }
     fn send_rarp(&mut self, mac: [u8; 6]) -> BackendResult<()> {
-        self.record(Q::SendRarp, Call::SendRarp(mac))
+        self.record(Call::SendRarp(mac))
     }
     fn net_set_mtu(&mut self, mtu: u64) -> BackendResult<()> {
-        self.record(Q::NetSetMtu, Call::NetSetMtu(mtu))
+        self.record(Call::NetSetMtu(mtu))
     }
     fn set_backend_req_fd(&mut self, client: BackendClient) -> BackendResult<()> {
-        self.record(Q::SetBackendReqFd, Call::SetBackendReqFd)?;
+        self.record(Call::SetBackendReqFd)?;
         self.recording.state().client = Some(client);
         Ok(())
     }
     fn iotlb_msg(&mut self, msg: &IotlbMsg) -> BackendResult<()> {
-        self.record(Q::IotlbMsg, Call::IotlbMsg(*msg))
+        self.record(Call::IotlbMsg(*msg))
     }
     fn set_vring_endian(&mut self, index: u32, big_endian: bool) -> BackendResult<()> {
         let call = Call::SetVringEndian { index, big_endian };
-        self.record(Q::SetVringEndian, call)
+        self.record(call)
     }
     fn get_config(&mut self, offset: u32, buf: &mut [u8], flags: u32) -> BackendResult<()> {
         let size = buf.len();
-        self.record(
-            Q::GetConfig,
-            Call::GetConfig {
-                offset,
-                size,
-                flags,
-            },
-        )?;
+        self.record(Call::GetConfig {
+            offset,
+            size,
+            flags,
+        })?;
         for (i, b) in buf.iter_mut().enumerate() {
             let at = (offset as usize).saturating_add(i);
             *b = self.config.get(at).copied().unwrap_or(0);
@@ -453,71 +467,68 @@ impl Backend for RecordingBackend {
     }
     fn set_config(&mut self, offset: u32, data: &[u8], flags: u32) -> BackendResult<()> {
         let data = data.to_vec();
-        self.record(
-            Q::SetConfig,
-            Call::SetConfig {
-                offset,
-                data,
-                flags,
-            },
-        )
+        self.record(Call::SetConfig {
+            offset,
+            data,
+            flags,
+        })
     }
     fn create_crypto_session(&mut self, session: &CryptoSession<'_>) -> BackendResult<i64> {
         let call = Call::CreateCryptoSession {
             session_id: session.session_id,
             payload: session.payload.to_vec(),
         };
-        self.record(Q::CreateCryptoSession, call)?;
+        self.record(call)?;
         Ok(self.crypto_session_id)
     }
     fn close_crypto_session(&mut self, session_id: u64) -> BackendResult<()> {
-        self.record(Q::CloseCryptoSession, Call::CloseCryptoSession(session_id))
+        self.record(Call::CloseCryptoSession(session_id))
     }
     fn postcopy_advise(&mut self) -> BackendResult<OwnedDescriptor> {
-        self.record(Q::PostcopyAdvise, Call::PostcopyAdvise)?;
+        self.record(Call::PostcopyAdvise)?;
         fresh_fd()
     }
     fn postcopy_listen(&mut self) -> BackendResult<()> {
-        self.record(Q::PostcopyListen, Call::PostcopyListen)
+        self.record(Call::PostcopyListen)
     }
     fn postcopy_end(&mut self) -> BackendResult<()> {
-        self.record(Q::PostcopyEnd, Call::PostcopyEnd)
+        self.record(Call::PostcopyEnd)
     }
     fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedDescriptor)> {
-        self.record(Q::GetInflightFd, Call::GetInflightFd(*info))?;
+        self.record(Call::GetInflightFd(*info))?;
         Ok((self.inflight, fresh_fd()?))
     }
     fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Q::SetInflightFd, Call::SetInflightFd(*info), Some(fd))
+        self.record_with_fd(Call::SetInflightFd(*info), Some(fd))
     }
     fn gpu_set_socket(&mut self, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Q::GpuSetSocket, Call::GpuSetSocket, Some(fd))
+        self.record_with_fd(Call::GpuSetSocket, Some(fd))
     }
     fn reset_device(&mut self) -> BackendResult<()> {
-        self.record(Q::ResetDevice, Call::ResetDevice)
+        self.record(Call::ResetDevice)
     }
     fn vring_kick(&mut self, index: u32) -> BackendResult<()> {
-        self.record(Q::VringKick, Call::VringKick { index })
+        self.record(Call::VringKick { index })
     }
     fn get_max_mem_slots(&mut self) -> BackendResult<u64> {
-        self.record(Q::GetMaxMemSlots, Call::GetMaxMemSlots)?;
+        self.record(Call::GetMaxMemSlots)?;
         Ok(self.max_mem_slots)
     }
     fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Q::AddMemReg, Call::AddMemReg(*region), Some(fd))
+        self.record_with_fd(Call::AddMemReg(*region), Some(fd))
     }
     fn remove_mem_region(&mut self, region: &RegionMsg) -> BackendResult<()> {
-        self.record(Q::RemMemReg, Call::RemMemReg(*region))
+        self.record(Call::RemMemReg(*region))
     }
     fn set_status(&mut self, status: u64) -> BackendResult<()> {
-        self.record(Q::SetStatus, Call::SetStatus(status))
+        self.record(Call::SetStatus(status))
     }
     fn get_status(&mut self) -> BackendResult<u64> {
-        self.record(Q::GetStatus, Call::GetStatus)?;
+        self.record(Call::GetStatus)?;
         Ok(self.status)
     }
     fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedDescriptor> {
-        self.record(Q::GetSharedObject, Call::GetSharedObject(*object))?;
+        self.record(Call::GetSharedObject(*object))?;
         fresh_fd()
     }
     fn set_device_state_fd(
@@ -527,14 +538,14 @@ impl Backend for RecordingBackend {
         fd: OwnedDescriptor,
     ) -> BackendResult<Option<OwnedDescriptor>> {
         let call = Call::SetDeviceStateFd { direction, phase };
-        self.record_with_fd(Q::SetDeviceStateFd, call, Some(fd))?;
+        self.record_with_fd(call, Some(fd))?;
         self.device_state_fd.then(fresh_fd).transpose()
     }
     fn check_device_state(&mut self) -> BackendResult<()> {
-        self.record(Q::CheckDeviceState, Call::CheckDeviceState)
+        self.record(Call::CheckDeviceState)
     }
     fn get_shmem_config(&mut self) -> BackendResult<ShmemConfig> {
-        self.record(Q::GetShmemConfig, Call::GetShmemConfig)?;
+        self.record(Call::GetShmemConfig)?;
         Ok(self.shmem)
     }
     /// Records the call and drops the descriptors and back-end channel it kept.
@@ -544,5 +555,32 @@ impl Backend for RecordingBackend {
         state.fds.clear();
         state.client = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_names_its_request_and_fails_when_told() {
+        assert_eq!(Call::GetFeatures.request(), Some(Q::GetFeatures));
+        let kick = Call::SetVringKick {
+            index: 1,
+            fd: false,
+        };
+        assert_eq!(kick.request(), Some(Q::SetVringKick));
+        assert_eq!(Call::Disconnected.request(), None);
+        let mut backend = RecordingBackend::new();
+        backend.recording().fail_on(Q::SetVringNum);
+        let e = backend.set_vring_num(0, 8).unwrap_err();
+        assert!(matches!(&e, BackendError::Refused(inner)
+            if inner.downcast_ref::<InjectedFailure>() == Some(&InjectedFailure { request: Q::SetVringNum })));
+        assert!(backend.set_vring_base(0, 0).is_ok());
+        assert_eq!(
+            backend.recording().calls().len(),
+            2,
+            "a failed call is recorded too"
+        );
     }
 }

@@ -45,14 +45,20 @@
 //! 2. its body type, if no existing one fits: layout in [`wire`] and an `impl Body` (decode,
 //!    encode, and the rules of the type) in its family's file under `src/frontend/`; a rule
 //!    of this request only is a `where` function named in the row;
-//! 3. its runtime semantics, in the crates above: the `Backend` trait method and its
-//!    dispatch arm (vhost-backend; the dispatch `match` is exhaustive, so the compiler
-//!    points there), the recording test back-end's `Call` and method, and the client method
-//!    (vhost-frontend).
+//! 3. its runtime semantics, in the crates above, each place one the compiler points to:
+//!    the `Backend` trait method, tagged with the request (vhost-backend checks with an
+//!    exhaustive match that every request has exactly one), its dispatch arm (an exhaustive
+//!    `match` on [`FrontendRequest`]), the recording test back-end's `Call` variant (its
+//!    `Call::request` is generated from these rows, so a request without a variant, or a
+//!    variant without a request, does not compile), and the client method (vhost-frontend
+//!    checks every request names one).
 //!
-//! Four places in all, where there were a dozen (the enum, decode, code, encode,
-//! `FrontendReply::failure`, the reply-descriptor special case, the policy's
-//! `changes_state` and `blank`, plus the same runtime places).
+//! Counted: one row and, when new, one body type here; then five places above (the trait
+//! method, the dispatch arm, `Call`'s variant and the recording back-end's method, the
+//! client method), four of which the compiler demands. Before, a dozen places were kept in
+//! step by hand: the enum, decode, `code`, encode, `FrontendReply::failure`, the
+//! reply-descriptor special case, the policy's `changes_state` and `blank`, and the same
+//! places above, of which only the dispatch arm was checked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

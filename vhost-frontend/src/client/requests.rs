@@ -410,3 +410,58 @@ impl Frontend {
         }
     }
 }
+
+/// Every front-end request has its client method: the match is exhaustive over
+/// [`FrontendRequest`] and each arm names the method, so a request declared in `vhost-proto`
+/// without one does not compile.
+#[allow(dead_code)]
+fn every_request_has_a_method(request: &FrontendRequest<'_>) {
+    use FrontendRequest as R;
+    fn method<F>(_: F) {}
+    match request {
+        R::GetFeatures { .. } => method(Frontend::get_features),
+        R::SetFeatures { .. } => method(Frontend::set_features),
+        R::SetOwner { .. } => method(Frontend::set_owner),
+        R::ResetOwner { .. } => method(Frontend::reset_owner),
+        R::SetMemTable { .. } => method(Frontend::set_mem_table),
+        R::SetLogBase { .. } => method(Frontend::set_log_base),
+        R::SetLogFd { .. } => method(Frontend::set_log_fd),
+        R::SetVringNum { .. } => method(Frontend::set_vring_num),
+        R::SetVringAddr { .. } => method(Frontend::set_vring_addr),
+        R::SetVringBase { .. } => method(Frontend::set_vring_base),
+        R::GetVringBase { .. } => method(Frontend::get_vring_base),
+        R::SetVringKick { .. } => method(Frontend::set_vring_kick),
+        R::SetVringCall { .. } => method(Frontend::set_vring_call),
+        R::SetVringErr { .. } => method(Frontend::set_vring_err),
+        R::GetProtocolFeatures { .. } => method(Frontend::get_protocol_features),
+        R::SetProtocolFeatures { .. } => method(Frontend::set_protocol_features),
+        R::GetQueueNum { .. } => method(Frontend::get_queue_num),
+        R::SetVringEnable { .. } => method(Frontend::set_vring_enable),
+        R::SendRarp { .. } => method(Frontend::send_rarp),
+        R::NetSetMtu { .. } => method(Frontend::net_set_mtu),
+        R::SetBackendReqFd { .. } => method(Frontend::send_backend_req_fd),
+        R::IotlbMsg { .. } => method(Frontend::iotlb_msg),
+        R::SetVringEndian { .. } => method(Frontend::set_vring_endian),
+        R::GetConfig { .. } => method(Frontend::get_config),
+        R::SetConfig { .. } => method(Frontend::set_config),
+        R::CreateCryptoSession { .. } => method(Frontend::create_crypto_session),
+        R::CloseCryptoSession { .. } => method(Frontend::close_crypto_session),
+        R::PostcopyAdvise { .. } => method(Frontend::postcopy_advise),
+        R::PostcopyListen { .. } => method(Frontend::postcopy_listen),
+        R::PostcopyEnd { .. } => method(Frontend::postcopy_end),
+        R::GetInflightFd { .. } => method(Frontend::get_inflight_fd),
+        R::SetInflightFd { .. } => method(Frontend::set_inflight_fd),
+        R::GpuSetSocket { .. } => method(Frontend::gpu_set_socket),
+        R::ResetDevice { .. } => method(Frontend::reset_device),
+        R::VringKick { .. } => method(Frontend::vring_kick),
+        R::GetMaxMemSlots { .. } => method(Frontend::get_max_mem_slots),
+        R::AddMemReg { .. } => method(Frontend::add_mem_reg),
+        R::RemMemReg { .. } => method(Frontend::rem_mem_reg),
+        R::SetStatus { .. } => method(Frontend::set_status),
+        R::GetStatus { .. } => method(Frontend::get_status),
+        R::GetSharedObject { .. } => method(Frontend::get_shared_object),
+        R::SetDeviceStateFd { .. } => method(Frontend::set_device_state_fd),
+        R::CheckDeviceState { .. } => method(Frontend::check_device_state),
+        R::GetShmemConfig { .. } => method(Frontend::get_shmem_config),
+    }
+}
