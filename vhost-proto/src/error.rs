@@ -13,6 +13,16 @@ pub enum MessageKind {
     Backend(crate::BackendReq),
 }
 
+impl MessageKind {
+    /// The request's declaration.
+    pub fn spec(&self) -> &'static crate::RequestSpec {
+        match self {
+            MessageKind::Frontend(r) => r.spec(),
+            MessageKind::Backend(r) => r.spec(),
+        }
+    }
+}
+
 impl core::fmt::Display for MessageKind {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {

@@ -112,29 +112,26 @@ impl Header {
     /// Validates a front-end request header: version, flags, known code, and the body size
     /// bounded by that request's maximum. Call before reading (or allocating) the body.
     pub fn check_frontend_request(&self) -> Result<FrontendReq, Error> {
-        self.check_flags(false)?;
-        let req = FrontendReq::from_code(self.request)
-            .ok_or(Error::UnknownRequest { code: self.request })?;
-        let max = req.spec().body.max_size().min(MAX_BODY_SIZE);
-        if self.size as usize > max {
-            return Err(Error::BodyTooLarge {
-                request: MessageKind::Frontend(req),
-                size: self.size,
-                max,
-            });
-        }
-        Ok(req)
+        self.check_request(FrontendReq::from_code, MessageKind::Frontend)
     }
 
     /// Validates a back-end request header (on the back-end channel).
     pub fn check_backend_request(&self) -> Result<BackendReq, Error> {
+        self.check_request(BackendReq::from_code, MessageKind::Backend)
+    }
+
+    fn check_request<R: Copy>(
+        &self,
+        from_code: fn(u32) -> Option<R>,
+        kind: fn(R) -> MessageKind,
+    ) -> Result<R, Error> {
         self.check_flags(false)?;
-        let req = BackendReq::from_code(self.request)
-            .ok_or(Error::UnknownRequest { code: self.request })?;
-        let max = req.spec().body.max_size().min(MAX_BODY_SIZE);
+        let req = from_code(self.request).ok_or(Error::UnknownRequest { code: self.request })?;
+        let request = kind(req);
+        let max = request.spec().body.max_size().min(MAX_BODY_SIZE);
         if self.size as usize > max {
             return Err(Error::BodyTooLarge {
-                request: MessageKind::Backend(req),
+                request,
                 size: self.size,
                 max,
             });
