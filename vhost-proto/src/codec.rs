@@ -3,7 +3,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::table::FdPolicy;
-use crate::{Error, MessageKind};
+use crate::{DecodeContext, Error, MessageKind};
 
 /// Reads a whole body of exactly `size_of::<T>()` bytes.
 pub(crate) fn read_exact<T: FromBytes>(body: &[u8], request: MessageKind) -> Result<T, Error> {
@@ -81,3 +81,131 @@ pub(crate) fn put<T: IntoBytes + Immutable + ?Sized>(
     dst.copy_from_slice(bytes);
     Ok(bytes.len())
 }
+
+/// What a body decoder is given.
+pub(crate) struct Input<'a> {
+    /// The body, exactly as long as the header said.
+    pub body: &'a [u8],
+    /// The request, for errors.
+    pub kind: MessageKind,
+    /// Layout settings from the negotiation.
+    pub ctx: DecodeContext,
+    /// The descriptor count, for a body whose count depends on its content (the memory table
+    /// checks it itself).
+    pub nfds: usize,
+}
+
+/// A request body type: its layout on the wire and the rules that belong to the type
+/// itself. Rules of one request only are the `where` check of its row.
+pub(crate) trait Body<'a> {
+    /// Decodes a whole body.
+    fn decode(input: Input<'a>) -> Result<Self, Error>
+    where
+        Self: Sized;
+
+    /// Encodes the fixed part into `body`; returns its length and the borrowed payload.
+    fn encode(&self, kind: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error>;
+
+    /// Checks the descriptor count against the request's policy.
+    fn check_fds(&self, policy: FdPolicy, nfds: usize, kind: MessageKind) -> Result<(), Error> {
+        check_fds(policy, nfds, kind, false, 0)
+    }
+
+    /// How many descriptors go with this body when sent.
+    fn fd_count(&self, policy: FdPolicy) -> usize {
+        usize::from(policy == FdPolicy::One)
+    }
+
+    /// The vring the body addresses, if it addresses one.
+    fn vring_index(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A fixed-size body copied in and out as its wire layout, with no rule of its own.
+macro_rules! plain_body {
+    ($($ty:ty $(=> $index:ident)?),* $(,)?) => {$(
+        impl<'a> Body<'a> for $ty {
+            fn decode(input: $crate::codec::Input<'a>) -> Result<Self, Error> {
+                read_exact(input.body, input.kind)
+            }
+
+            fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
+                Ok((put(body, self)?, &[]))
+            }
+
+            $(fn vring_index(&self) -> Option<u32> {
+                Some(self.$index)
+            })?
+        }
+    )*};
+}
+
+pub(crate) use plain_body;
+
+/// Generates a request enum and its dispatch from the rows of
+/// [`for_each_frontend_request!`](crate::for_each_frontend_request) or
+/// [`for_each_backend_request!`](crate::for_each_backend_request): the enum (one variant per
+/// row, holding its body type), `decode_with` (the body's decoder, the row's `where` check,
+/// the descriptor count), `code` and `body`. Arguments: the enum's name, its lifetime
+/// parameter (if any), `decode_with`'s own lifetime parameter (if any), the lifetime of the
+/// bytes decoded, the lifetime of the bodies, the code enum and the [`MessageKind`] variant.
+macro_rules! request_enum {
+    (
+        $(#[$doc:meta])* $name:ident [$($gen:lifetime)?] [$($mgen:lifetime)?] $dl:lifetime $bl:lifetime, $codes:ident, $dir:ident;
+        $($(#[$m:meta])* $v:ident $(($ty:ty $(where $check:path)?))? = $code:literal => $spec:expr;)*
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        // The memory table is held inline (8 regions, no allocation per message).
+        #[allow(clippy::large_enum_variant)]
+        pub enum $name<$($gen)?> {
+            $($(#[$m])* $v $(($ty))?,)*
+        }
+
+        impl<$($gen)?> $name<$($gen)?> {
+            /// Decodes the body of `req`: its layout, its rules and its descriptor count.
+            fn decode_with<$($mgen)?>(req: $codes, body: &$dl [u8], nfds: usize, ctx: $crate::DecodeContext) -> Result<Self, Error> {
+                let kind = MessageKind::$dir(req);
+                let fds = req.spec().fds;
+                match req {
+                    $($codes::$v => request_enum!(@decode $name $v, body, kind, ctx, nfds, fds $(, $ty $(, $check)?)?),)*
+                }
+            }
+
+            /// Which request this is.
+            pub fn code(&self) -> $codes {
+                match self {
+                    $(request_enum!(@pattern $name $v $(, $ty)?) => $codes::$v,)*
+                }
+            }
+
+            /// The body, for the requests that have one.
+            fn body(&self) -> Option<&dyn $crate::codec::Body<$bl>> {
+                match self {
+                    $(request_enum!(@bind $name $v, b $(, $ty)?) => request_enum!(@some b $(, $ty)?),)*
+                }
+            }
+        }
+    };
+    (@decode $name:ident $v:ident, $body:ident, $kind:ident, $ctx:ident, $nfds:ident, $fds:ident) => {{
+        $crate::codec::expect_empty($body, $kind)?;
+        $crate::codec::check_fds($fds, $nfds, $kind, false, 0)?;
+        Ok($name::$v)
+    }};
+    (@decode $name:ident $v:ident, $body:ident, $kind:ident, $ctx:ident, $nfds:ident, $fds:ident, $ty:ty $(, $check:path)?) => {{
+        let input = $crate::codec::Input { body: $body, kind: $kind, ctx: $ctx, nfds: $nfds };
+        let value = <$ty as $crate::codec::Body>::decode(input)?;
+        $($check(&value, $kind)?;)?
+        $crate::codec::Body::check_fds(&value, $fds, $nfds, $kind)?;
+        Ok($name::$v(value))
+    }};
+    (@pattern $name:ident $v:ident) => { $name::$v };
+    (@pattern $name:ident $v:ident, $ty:ty) => { $name::$v(_) };
+    (@bind $name:ident $v:ident, $b:ident) => { $name::$v };
+    (@bind $name:ident $v:ident, $b:ident, $ty:ty) => { $name::$v($b) };
+    (@some $b:ident) => { None };
+    (@some $b:ident, $ty:ty) => { Some($b) };
+}
+
+pub(crate) use request_enum;

@@ -40,6 +40,10 @@
 //! `vring_index`. The header checks, [`Negotiation`], [`FrontendReply::decode`] and
 //! [`FrontendReply::failure`], and the server's error policy read the table.
 //!
+//! The back-end's requests are declared the same way, in [`for_each_backend_request!`],
+//! from which [`BackendReq`], [`BACKEND_REQUESTS`] and [`BackendRequest`] follow; both
+//! request enums come from one generator over the rows.
+//!
 //! Adding a request is therefore:
 //! 1. the row;
 //! 2. its body type, if no existing one fits: layout in [`wire`] and an `impl Body` (decode,

@@ -114,3 +114,36 @@ macro_rules! for_each_frontend_request {
         }
     };
 }
+
+/// Calls `$callback!` with one row per back-end request (codes 1–10), in code order, in the
+/// form of [`for_each_frontend_request!`]. From these rows follow
+/// [`BackendReq`](crate::BackendReq), [`BACKEND_REQUESTS`](crate::BACKEND_REQUESTS) and
+/// [`BackendRequest`](crate::BackendRequest) with its `decode`, `code`, `fd_count` and
+/// `encode`.
+#[macro_export]
+macro_rules! for_each_backend_request {
+    ($callback:ident) => {
+        $callback! {
+            /// IOTLB miss or access failure.
+            IotlbMsg(IotlbMsg) = 1 => spec("BACKEND_IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), AckWhenAsked, R::U64);
+            /// The device configuration changed.
+            ConfigChangeMsg = 2 => spec("BACKEND_CONFIG_CHANGE_MSG", Empty, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64);
+            /// Map (or unmap, with NOFD) a host notifier area for a vring.
+            VringHostNotifierMsg(VringArea) = 3 => spec("BACKEND_VRING_HOST_NOTIFIER_MSG", fixed::<wire::VringArea>(), F::OneUnlessNofd, Gate::Protocol(P::HOST_NOTIFIER), AckWhenAsked, R::U64);
+            /// In-band call.
+            VringCall(VringState) = 4 => spec("BACKEND_VRING_CALL", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64);
+            /// In-band error.
+            VringErr(VringState) = 5 => spec("BACKEND_VRING_ERR", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64);
+            /// Add a shared object.
+            SharedObjectAdd(SharedObject) = 6 => spec("BACKEND_SHARED_OBJECT_ADD", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64);
+            /// Remove a shared object.
+            SharedObjectRemove(SharedObject) = 7 => spec("BACKEND_SHARED_OBJECT_REMOVE", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64);
+            /// Look up a shared object; the reply carries a u64 status and its fd.
+            SharedObjectLookup(SharedObject) = 8 => spec("BACKEND_SHARED_OBJECT_LOOKUP", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd();
+            /// Map a file range into a shared memory region.
+            ShmemMap(ShmemMap where shmem_map) = 9 => spec("BACKEND_SHMEM_MAP", fixed::<wire::ShmemMap>(), F::One, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64);
+            /// Unmap a range of a shared memory region.
+            ShmemUnmap(ShmemMap where shmem_range) = 10 => spec("BACKEND_SHMEM_UNMAP", fixed::<wire::ShmemMap>(), F::None, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64);
+        }
+    };
+}

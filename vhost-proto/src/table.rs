@@ -257,30 +257,18 @@ macro_rules! frontend_table {
 
 crate::for_each_frontend_request!(frontend_table);
 
-requests!(
-    /// Requests the back-end sends to the front-end on its channel (codes 1–10).
-    BackendReq, BACKEND_REQUESTS, [
-    /// IOTLB miss or access failure.
-    IotlbMsg = 1 => spec("BACKEND_IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), AckWhenAsked, R::U64),
-    /// The device configuration changed.
-    ConfigChangeMsg = 2 => spec("BACKEND_CONFIG_CHANGE_MSG", Empty, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64),
-    /// Map (or unmap, with NOFD) a host notifier area for a vring.
-    VringHostNotifierMsg = 3 => spec("BACKEND_VRING_HOST_NOTIFIER_MSG", fixed::<wire::VringArea>(), F::OneUnlessNofd, Gate::Protocol(P::HOST_NOTIFIER), AckWhenAsked, R::U64),
-    /// In-band call.
-    VringCall = 4 => spec("BACKEND_VRING_CALL", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64),
-    /// In-band error.
-    VringErr = 5 => spec("BACKEND_VRING_ERR", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64),
-    /// Add a shared object.
-    SharedObjectAdd = 6 => spec("BACKEND_SHARED_OBJECT_ADD", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64),
-    /// Remove a shared object.
-    SharedObjectRemove = 7 => spec("BACKEND_SHARED_OBJECT_REMOVE", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64),
-    /// Look up a shared object; the reply carries a u64 status and its fd.
-    SharedObjectLookup = 8 => spec("BACKEND_SHARED_OBJECT_LOOKUP", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd(),
-    /// Map a file range into a shared memory region.
-    ShmemMap = 9 => spec("BACKEND_SHMEM_MAP", fixed::<wire::ShmemMap>(), F::One, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64),
-    /// Unmap a range of a shared memory region.
-    ShmemUnmap = 10 => spec("BACKEND_SHMEM_UNMAP", fixed::<wire::ShmemMap>(), F::None, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64),
-]);
+/// Turns the rows of [`for_each_backend_request!`](crate::for_each_backend_request) into
+/// [`BackendReq`] and [`BACKEND_REQUESTS`].
+macro_rules! backend_table {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr;)*) => {
+        requests!(
+            /// Requests the back-end sends to the front-end on its channel (codes 1–10).
+            BackendReq, BACKEND_REQUESTS, [$($(#[$m])* $v = $code => $spec),*]
+        );
+    };
+}
+
+crate::for_each_backend_request!(backend_table);
 
 #[cfg(test)]
 mod tests {

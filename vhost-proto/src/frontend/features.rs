@@ -21,27 +21,6 @@ impl<'a> Body<'a> for u64 {
     }
 }
 
-/// A fixed-size body copied in and out as its wire layout, with no rule of its own.
-macro_rules! plain_body {
-    ($($ty:ty $(=> $index:ident)?),* $(,)?) => {$(
-        impl<'a> Body<'a> for $ty {
-            fn decode(input: super::Input<'a>) -> Result<Self, Error> {
-                read_exact(input.body, input.kind)
-            }
-
-            fn encode(&self, _: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
-                Ok((put(body, self)?, &[]))
-            }
-
-            $(fn vring_index(&self) -> Option<u32> {
-                Some(self.$index)
-            })?
-        }
-    )*};
-}
-
-pub(super) use plain_body;
-
 #[cfg(test)]
 mod tests {
     use crate::{DecodeContext, FrontendReq, FrontendRequest, HeaderFlags};

@@ -7,8 +7,8 @@
 //! region message is `padding u64 | region`. With XEN_MMAP each region adds
 //! `xen_mmap_flags u32 | domid u32`.
 
-use super::features::plain_body;
 use super::{Body, DecodeContext, Input};
+use crate::codec::plain_body;
 use crate::codec::{check_fds, put, read_exact, read_prefix};
 use crate::table::FdPolicy;
 use crate::wire::*;

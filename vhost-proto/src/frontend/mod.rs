@@ -20,7 +20,7 @@ mod reply;
 mod transfer;
 mod vring;
 
-use crate::codec::{check_fds, expect_empty};
+use crate::codec::{request_enum, Body, Input};
 use crate::table::FdPolicy;
 use crate::wire::VringState;
 use crate::wire::{DeviceStateTransfer, Inflight, IotlbMsg, LogBase, SharedObject, VringAddr};
@@ -66,46 +66,6 @@ impl<'a> Encoded<'a> {
     }
 }
 
-/// What a body decoder is given.
-pub(crate) struct Input<'a> {
-    /// The body, exactly as long as the header said.
-    pub body: &'a [u8],
-    /// The request, for errors.
-    pub kind: MessageKind,
-    /// Layout settings from the negotiation.
-    pub ctx: DecodeContext,
-    /// The descriptor count, for a body whose count depends on its content (the memory table
-    /// checks it itself).
-    pub nfds: usize,
-}
-
-/// A request body type: its layout on the wire and the rules that belong to the type
-/// itself. Rules of one request only are the `where` check of its row.
-pub(crate) trait Body<'a> {
-    /// Decodes a whole body.
-    fn decode(input: Input<'a>) -> Result<Self, Error>
-    where
-        Self: Sized;
-
-    /// Encodes the fixed part into `body`; returns its length and the borrowed payload.
-    fn encode(&self, kind: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error>;
-
-    /// Checks the descriptor count against the request's policy.
-    fn check_fds(&self, policy: FdPolicy, nfds: usize, kind: MessageKind) -> Result<(), Error> {
-        check_fds(policy, nfds, kind, false, 0)
-    }
-
-    /// How many descriptors go with this body when sent.
-    fn fd_count(&self, policy: FdPolicy) -> usize {
-        usize::from(policy == FdPolicy::One)
-    }
-
-    /// The vring the body addresses, if it addresses one.
-    fn vring_index(&self) -> Option<u32> {
-        None
-    }
-}
-
 /// A request whose fields must be 0 or 1.
 pub(crate) fn bool_field(v: u32, kind: MessageKind, field: &'static str) -> Result<(), Error> {
     if v > 1 {
@@ -122,67 +82,30 @@ pub(crate) fn bool_field(v: u32, kind: MessageKind, field: &'static str) -> Resu
 /// Generates [`FrontendRequest`] and its dispatch from the rows of
 /// [`for_each_frontend_request!`](crate::for_each_frontend_request).
 macro_rules! frontend_requests {
-    ($($(#[$m:meta])* $v:ident $(($ty:ty $(where $check:path)?))? = $code:literal => $spec:expr;)*) => {
-        /// A decoded front-end request. Small fixed bodies are copied out; variable payloads
-        /// borrow the body buffer.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        // The memory table is held inline (8 regions, no allocation per message).
-        #[allow(clippy::large_enum_variant)]
-        pub enum FrontendRequest<'a> {
-            $($(#[$m])* $v $(($ty))?,)*
-        }
-
-        impl<'a> FrontendRequest<'a> {
-            /// Decodes a request body whose header passed [`Header::check_frontend_request`]:
-            /// exact size for the layout, field validity, and the descriptor count (`nfds`).
-            pub fn decode(req: FrontendReq, body: &'a [u8], nfds: usize, ctx: DecodeContext) -> Result<Self, Error> {
-                let kind = MessageKind::Frontend(req);
-                let fds = req.spec().fds;
-                match req {
-                    $(FrontendReq::$v => frontend_requests!(
-                        @decode $v, body, kind, ctx, nfds, fds $(, $ty $(, $check)?)?
-                    ),)*
-                }
-            }
-
-            /// Which request this is.
-            pub fn code(&self) -> FrontendReq {
-                match self {
-                    $(frontend_requests!(@pattern $v $(, $ty)?) => FrontendReq::$v,)*
-                }
-            }
-
-            /// The body, for the requests that have one.
-            fn body(&self) -> Option<&dyn Body<'a>> {
-                match self {
-                    $(frontend_requests!(@bind $v, b $(, $ty)?) => frontend_requests!(@some b $(, $ty)?),)*
-                }
-            }
+    ($($rows:tt)*) => {
+        request_enum! {
+            /// A decoded front-end request. Small fixed bodies are copied out; variable
+            /// payloads borrow the body buffer.
+            FrontendRequest ['a] [] 'a 'a, FrontendReq, Frontend;
+            $($rows)*
         }
     };
-    (@decode $v:ident, $body:ident, $kind:ident, $ctx:ident, $nfds:ident, $fds:ident) => {{
-        expect_empty($body, $kind)?;
-        check_fds($fds, $nfds, $kind, false, 0)?;
-        Ok(FrontendRequest::$v)
-    }};
-    (@decode $v:ident, $body:ident, $kind:ident, $ctx:ident, $nfds:ident, $fds:ident, $ty:ty $(, $check:path)?) => {{
-        let input = Input { body: $body, kind: $kind, ctx: $ctx, nfds: $nfds };
-        let value = <$ty as Body>::decode(input)?;
-        $($check(&value, $kind)?;)?
-        value.check_fds($fds, $nfds, $kind)?;
-        Ok(FrontendRequest::$v(value))
-    }};
-    (@pattern $v:ident) => { FrontendRequest::$v };
-    (@pattern $v:ident, $ty:ty) => { FrontendRequest::$v(_) };
-    (@bind $v:ident, $b:ident) => { FrontendRequest::$v };
-    (@bind $v:ident, $b:ident, $ty:ty) => { FrontendRequest::$v($b) };
-    (@some $b:ident) => { None };
-    (@some $b:ident, $ty:ty) => { Some($b) };
 }
 
 crate::for_each_frontend_request!(frontend_requests);
 
 impl<'a> FrontendRequest<'a> {
+    /// Decodes a request body whose header passed [`Header::check_frontend_request`]: exact
+    /// size for the layout, field validity, and the descriptor count (`nfds`).
+    pub fn decode(
+        req: FrontendReq,
+        body: &'a [u8],
+        nfds: usize,
+        ctx: DecodeContext,
+    ) -> Result<Self, Error> {
+        Self::decode_with(req, body, nfds, ctx)
+    }
+
     /// The vring index this request addresses, if it addresses one.
     pub fn vring_index(&self) -> Option<u32> {
         self.body().and_then(|b| b.vring_index())

@@ -4,8 +4,8 @@
 //! (`direction u32 | phase u32`).
 
 use super::bool_field;
-use super::features::plain_body;
 use super::Body;
+use crate::codec::plain_body;
 use crate::codec::{put, read_exact};
 use crate::wire::*;
 use crate::{Error, MessageKind};

@@ -4,8 +4,8 @@
 //! and SET_VRING_KICK / CALL / ERR (a u64: "Bits (0-7) of the payload contain the vring
 //! index. Bit 8 is the invalid FD flag").
 
-use super::features::plain_body;
 use super::{bool_field, Body, Input};
+use crate::codec::plain_body;
 use crate::codec::{check_fds, put, read_exact};
 use crate::table::FdPolicy;
 use crate::wire::*;
