@@ -86,23 +86,10 @@ impl BackendRequest {
         Self::decode_with(req, body, nfds, DecodeContext::default())
     }
 
-    /// How many descriptors must accompany this request when sent.
-    pub fn fd_count(&self) -> usize {
-        let policy = self.code().spec().fds;
-        match self.body() {
-            Some(b) => b.fd_count(policy),
-            None => usize::from(policy == FdPolicy::One),
-        }
-    }
-
     /// Encodes this request into `body`.
     pub fn encode(&self, flags: HeaderFlags, body: &mut [u8]) -> Result<Encoded<'static>, Error> {
-        let code = self.code();
-        let (n, payload) = match self.body() {
-            Some(b) => b.encode(MessageKind::Backend(code), body)?,
-            None => (0, &[][..]),
-        };
-        Ok(Encoded::new(code as u32, flags, n, payload))
+        let (n, payload) = self.encode_body(body)?;
+        Ok(Encoded::new(self.code() as u32, flags, n, payload))
     }
 }
 

@@ -186,6 +186,24 @@ macro_rules! request_enum {
                     $(request_enum!(@bind $name $v, b $(, $ty)?) => request_enum!(@some b $(, $ty)?),)*
                 }
             }
+
+            /// How many descriptors must accompany this request when sent.
+            pub fn fd_count(&self) -> usize {
+                let policy = self.code().spec().fds;
+                match self.body() {
+                    Some(b) => b.fd_count(policy),
+                    None => usize::from(policy == $crate::FdPolicy::One),
+                }
+            }
+
+            /// Encodes the body (nothing for a request without one) into `body`: its length,
+            /// and the payload to send after it.
+            fn encode_body(&self, body: &mut [u8]) -> Result<(usize, &$bl [u8]), Error> {
+                match self.body() {
+                    Some(b) => b.encode(MessageKind::$dir(self.code()), body),
+                    None => Ok((0, &[])),
+                }
+            }
         }
     };
     (@decode $name:ident $v:ident, $body:ident, $kind:ident, $ctx:ident, $nfds:ident, $fds:ident) => {{

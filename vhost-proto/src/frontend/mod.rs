@@ -21,7 +21,6 @@ mod transfer;
 mod vring;
 
 use crate::codec::{request_enum, Body, Input};
-use crate::table::FdPolicy;
 use crate::wire::VringState;
 use crate::wire::{DeviceStateTransfer, Inflight, IotlbMsg, LogBase, SharedObject, VringAddr};
 use crate::{Error, FrontendReq, Header, HeaderFlags, MessageKind};
@@ -117,15 +116,6 @@ impl<'a> FrontendRequest<'a> {
         [b[0], b[1], b[2], b[3], b[4], b[5]]
     }
 
-    /// How many descriptors must accompany this request when sent.
-    pub fn fd_count(&self) -> usize {
-        let policy = self.code().spec().fds;
-        match self.body() {
-            Some(b) => b.fd_count(policy),
-            None => usize::from(policy == FdPolicy::One),
-        }
-    }
-
     /// Encodes this request into `body` (the fixed part) and returns the header and the
     /// borrowed payload. `flags` may add NEED_REPLY; the version is always set.
     ///
@@ -135,11 +125,7 @@ impl<'a> FrontendRequest<'a> {
     /// payload over [`MAX_CRYPTO_PAYLOAD`](crate::wire::MAX_CRYPTO_PAYLOAD) bytes
     /// ([`Error::InvalidField`]); a `body` too small is [`Error::BufferTooSmall`].
     pub fn encode(&self, flags: HeaderFlags, body: &mut [u8]) -> Result<Encoded<'a>, Error> {
-        let code = self.code();
-        let (n, payload) = match self.body() {
-            Some(b) => b.encode(MessageKind::Frontend(code), body)?,
-            None => (0, &[][..]),
-        };
-        Ok(Encoded::new(code as u32, flags, n, payload))
+        let (n, payload) = self.encode_body(body)?;
+        Ok(Encoded::new(self.code() as u32, flags, n, payload))
     }
 }
