@@ -1,5 +1,6 @@
 //! GET_CONFIG and SET_CONFIG: `offset u32 | size u32 | flags u32 | payload[size]`.
-//! "The payload size is limited to 256 bytes"; the configuration space ends at 0x1000.
+//! The payload is at most 256 bytes (`VHOST_USER_MAX_CONFIG_SIZE`) and must end within the
+//! configuration space (offset 0x1000).
 
 use super::{Body, Input};
 use crate::codec::{put, read_prefix};

@@ -2,8 +2,7 @@
 //! SEND_RARP (a MAC address in the first 6 bytes), NET_SET_MTU, CLOSE_CRYPTO_SESSION (the
 //! session id) and SET_STATUS (the device status byte).
 //!
-//! "A u64 body: `u64` (8 bytes)" — the specification's "A single 64-bit integer" message
-//! payload. Any value is well-formed here; which bits may be acked is the negotiation's
+//! The body is the specification's single 64-bit integer payload (8 bytes). Any value is well-formed here; which bits may be acked is the negotiation's
 //! rule ([`Negotiation::check`](crate::Negotiation::check)).
 
 use super::{Body, Input};

@@ -1,8 +1,7 @@
 //! Guest memory: SET_MEM_TABLE (a table of up to 8 regions, one descriptor each), ADD_MEM_REG
 //! and REM_MEM_REG (one region), SET_LOG_BASE (the dirty log area).
 //!
-//! Layouts (specification, "Memory regions description" and "Single memory region
-//! description"): `num_regions u32 | padding u32 | regions[num_regions]`, each region
+//! Layouts (the specification's memory region descriptions): `num_regions u32 | padding u32 | regions[num_regions]`, each region
 //! `guest_phys_addr u64 | memory_size u64 | userspace_addr u64 | mmap_offset u64`; a single
 //! region message is `padding u64 | region`. With XEN_MMAP each region adds
 //! `xen_mmap_flags u32 | domid u32`.
@@ -280,7 +279,7 @@ impl<'a> Body<'a> for MemTable {
         Ok((MemTable::encode(self, body)?, &[]))
     }
 
-    /// Checked by the decoder: "one file descriptor for each memory region".
+    /// Checked by the decoder: one descriptor per memory region.
     fn check_fds(&self, _: FdPolicy, _: usize, _: MessageKind) -> Result<(), Error> {
         Ok(())
     }

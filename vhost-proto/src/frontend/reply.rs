@@ -1,7 +1,7 @@
 //! Replies from the back-end: a u64 (features, counts, statuses, acks), a vring state, a
 //! configuration, a crypto session, an inflight description, the shared memory
 //! configuration, the postcopy forms of the memory table and of one region, or nothing
-//! with a descriptor. "The reply message's header has the REPLY flag (bit 2) set."
+//! with a descriptor. A reply's header has the REPLY flag (bit 2) set.
 
 use super::{Config, CryptoSession, DecodeContext, Encoded, MemTable, RegionMsg};
 use crate::codec::{check_fds, expect_empty, put, read_exact};
@@ -125,7 +125,7 @@ impl<'a> FrontendReply<'a> {
         match shape {
             // Replies that carry a value, not a status, have no failure form.
             ReplyShape::U64 => spec.failure.map(FrontendReply::U64),
-            // "If the back-end fails, it must reply with a zero-size payload."
+            // The specification: a zero-size payload reports a failure.
             ReplyShape::Config if spec.reply == ReplyShape::Config => {
                 Some(FrontendReply::Config(Config {
                     offset: config.offset,
@@ -134,7 +134,7 @@ impl<'a> FrontendReply<'a> {
                 }))
             }
             ReplyShape::Config => None,
-            // "A negative session id indicates failure."
+            // The specification: a negative session id reports a failure.
             ReplyShape::CryptoSession => Some(FrontendReply::CryptoSession(CryptoSession {
                 session_id: -1,
                 payload: &[],

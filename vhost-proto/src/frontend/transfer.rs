@@ -12,8 +12,8 @@ use crate::{Error, MessageKind};
 
 plain_body!(IotlbMsg, Inflight, SharedObject, DeviceStateTransfer);
 
-/// SET_DEVICE_STATE_FD: "direction: 0 save, 1 load"; "phase: 0 stopped" is the only phase
-/// defined.
+/// SET_DEVICE_STATE_FD: `direction` 0 is save, 1 load; `phase` 0 (stopped) is the only
+/// phase the specification defines.
 pub(super) fn stopped_phase(t: &DeviceStateTransfer, kind: MessageKind) -> Result<(), Error> {
     bool_field(t.direction, kind, "direction")?;
     if t.phase != TRANSFER_PHASE_STOPPED {

@@ -74,7 +74,7 @@ impl<'a> Body<'a> for VringFd {
 
 plain_body!(VringState => index, VringAddr => index);
 
-/// SET_VRING_ADDR: "Bit 0 is the only flag defined (VHOST_VRING_F_LOG)".
+/// SET_VRING_ADDR: the specification defines one flag, bit 0 (VHOST_VRING_F_LOG).
 pub(super) fn addr_flags(a: &VringAddr, kind: MessageKind) -> Result<(), Error> {
     if a.flags & !VRING_F_LOG != 0 {
         return Err(Error::InvalidField {
@@ -86,8 +86,8 @@ pub(super) fn addr_flags(a: &VringAddr, kind: MessageKind) -> Result<(), Error> 
     Ok(())
 }
 
-/// SET_VRING_ENABLE ("num: 0 disable, 1 enable") and SET_VRING_ENDIAN ("num: 0 little,
-/// 1 big"): a flag.
+/// SET_VRING_ENABLE (`num` 0 disables, 1 enables) and SET_VRING_ENDIAN (`num` 0 little-,
+/// 1 big-endian): `num` is a flag.
 pub(super) fn flag(s: &VringState, kind: MessageKind) -> Result<(), Error> {
     bool_field(s.num, kind, "num")
 }
