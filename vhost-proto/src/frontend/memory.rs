@@ -1,10 +1,10 @@
 //! Guest memory: SET_MEM_TABLE (a table of up to 8 regions, one descriptor each), ADD_MEM_REG
 //! and REM_MEM_REG (one region), SET_LOG_BASE (the dirty log area).
 //!
-//! Layouts (the specification's memory region descriptions): `num_regions u32 | padding u32 | regions[num_regions]`, each region
-//! `guest_phys_addr u64 | memory_size u64 | userspace_addr u64 | mmap_offset u64`; a single
-//! region message is `padding u64 | region`. With XEN_MMAP each region adds
-//! `xen_mmap_flags u32 | domid u32`.
+//! Layouts (the specification's memory region descriptions): a table is `num_regions u32 |
+//! padding u32 | regions[num_regions]`, each region `guest_phys_addr u64 | memory_size u64 |
+//! userspace_addr u64 | mmap_offset u64`; a single region message is `padding u64 | region`.
+//! With XEN_MMAP each region adds `xen_mmap_flags u32 | domid u32`.
 
 use super::{Body, DecodeContext, Input};
 use crate::codec::plain_body;
