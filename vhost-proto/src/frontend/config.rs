@@ -81,3 +81,43 @@ impl<'a> Body<'a> for Config<'a> {
         Ok((put(body, &self.header())?, self.payload))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::check;
+    use super::*;
+    use crate::{FrontendReq as Q, FrontendRequest as R};
+
+    #[test]
+    fn golden_vectors() {
+        // offset 0x10, size 4, flags 1 (live migration), then the bytes.
+        let body = [
+            0x10, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef,
+        ];
+        let payload = &body[12..];
+        let config = Config {
+            offset: 0x10,
+            flags: CONFIG_FLAG_LIVE_MIGRATION,
+            payload,
+        };
+        check(Q::SetConfig, &body, 0, R::SetConfig(config));
+    }
+
+    #[test]
+    fn beyond_the_configuration_space_is_refused() {
+        let ctx = crate::DecodeContext::default();
+        // offset 0xfff + 4 bytes ends past 0x1000.
+        let body = [0xff, 0x0f, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        let e = R::decode(Q::SetConfig, &body, 0, ctx).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidField {
+                    field: "offset",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+}

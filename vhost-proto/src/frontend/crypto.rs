@@ -60,3 +60,56 @@ impl<'a> Body<'a> for CryptoSession<'a> {
         Ok((CryptoSession::encode(self, kind, body)?, self.payload))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::check;
+    use super::*;
+    use crate::{FrontendReq as Q, FrontendRequest as R};
+
+    #[test]
+    fn golden_vectors() {
+        // session id 3, then four bytes of setup data.
+        let body = [3, 0, 0, 0, 0, 0, 0, 0, 0xa, 0xb, 0xc, 0xd];
+        let session = CryptoSession {
+            session_id: 3,
+            payload: &body[8..],
+        };
+        check(
+            Q::CreateCryptoSession,
+            &body,
+            0,
+            R::CreateCryptoSession(session),
+        );
+    }
+
+    #[test]
+    fn setup_data_over_the_limit_is_refused_both_ways() {
+        let big = [0u8; MAX_CRYPTO_PAYLOAD + 1];
+        let session = CryptoSession {
+            session_id: 1,
+            payload: &big,
+        };
+        let mut out = [0u8; 64];
+        let e = R::CreateCryptoSession(session).encode(crate::HeaderFlags::empty(), &mut out);
+        assert!(
+            matches!(
+                e,
+                Err(Error::InvalidField {
+                    field: "payload",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let mut body = vec![0u8; 8];
+        body.extend_from_slice(&big);
+        let e = R::decode(
+            Q::CreateCryptoSession,
+            &body,
+            0,
+            crate::DecodeContext::default(),
+        );
+        assert!(matches!(e, Err(Error::SizeMismatch { .. })), "{e:?}");
+    }
+}

@@ -22,19 +22,27 @@ impl<'a> Body<'a> for u64 {
 
 #[cfg(test)]
 mod tests {
-    use crate::{DecodeContext, FrontendReq, FrontendRequest, HeaderFlags};
+    use super::super::golden::check;
+    use crate::{FrontendReq as Q, FrontendRequest as R};
 
-    /// SET_FEATURES carrying VERSION_1 | PROTOCOL_FEATURES, as QEMU sends it.
     #[test]
-    fn golden_set_features() {
-        let bytes = [0x00, 0x00, 0x00, 0x40, 0x01, 0, 0, 0];
-        let q = FrontendReq::SetFeatures;
-        let msg = FrontendRequest::decode(q, &bytes, 0, DecodeContext::default()).unwrap();
-        assert_eq!(msg, FrontendRequest::SetFeatures(0x1_4000_0000));
-        let mut out = [0u8; 8];
-        let enc = msg.encode(HeaderFlags::empty(), &mut out).unwrap();
-        assert_eq!((enc.header.request, enc.header.size), (2, 8));
-        assert_eq!(out, bytes);
-        assert!(FrontendRequest::decode(q, &bytes[..7], 0, DecodeContext::default()).is_err());
+    fn golden_vectors() {
+        // VERSION_1 | PROTOCOL_FEATURES, as QEMU acks them.
+        check(
+            Q::SetFeatures,
+            &[0, 0, 0, 0x40, 1, 0, 0, 0],
+            0,
+            R::SetFeatures(0x1_4000_0000),
+        );
+        // 52:54:00:12:34:56 in the first six bytes.
+        let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0, 0];
+        check(Q::SendRarp, &mac, 0, R::SendRarp(0x5634_1200_5452));
+        check(
+            Q::SetStatus,
+            &[0x0f, 0, 0, 0, 0, 0, 0, 0],
+            0,
+            R::SetStatus(0x0f),
+        );
+        check(Q::GetFeatures, &[], 0, R::GetFeatures);
     }
 }

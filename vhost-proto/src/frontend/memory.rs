@@ -318,6 +318,40 @@ mod tests {
     }
 
     #[test]
+    fn golden_vectors() {
+        use super::super::golden::check;
+        use crate::FrontendReq as Q;
+        // One region: gpa 0x1000, size 0x2000, user_addr 0x7f00_0000_0000, offset 0.
+        #[rustfmt::skip]
+        let region_bytes = [
+            0x00, 0x10, 0, 0, 0, 0, 0, 0, 0x00, 0x20, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let region = MemoryRegion {
+            guest_phys_addr: 0x1000,
+            memory_size: 0x2000,
+            user_addr: 0x7f00_0000_0000,
+            mmap_offset: 0,
+        };
+        let table = [&[1u8, 0, 0, 0, 0, 0, 0, 0][..], &region_bytes].concat();
+        let expected = FrontendRequest::SetMemTable(MemTable::new(&[region]).unwrap());
+        check(Q::SetMemTable, &table, 1, expected);
+        let single = [&[0u8; 8][..], &region_bytes].concat();
+        check(
+            Q::AddMemReg,
+            &single,
+            1,
+            FrontendRequest::AddMemReg(RegionMsg::new(region)),
+        );
+        check(
+            Q::RemMemReg,
+            &single,
+            0,
+            FrontendRequest::RemMemReg(RegionMsg::new(region)),
+        );
+    }
+
+    #[test]
     fn postcopy_table_reply_carries_no_descriptor() {
         let region = MemoryRegion {
             guest_phys_addr: 0,

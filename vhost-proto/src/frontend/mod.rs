@@ -129,3 +129,38 @@ impl<'a> FrontendRequest<'a> {
         Ok(Encoded::new(self.code() as u32, flags, n, payload))
     }
 }
+
+/// The golden-vector check every family's tests use.
+#[cfg(test)]
+pub(crate) mod golden {
+    use crate::{DecodeContext, Error, FrontendReq, FrontendRequest, HeaderFlags, MAX_BODY_SIZE};
+
+    /// `body` with `nfds` descriptors decodes to `expected`, which encodes back to `body`
+    /// (fixed part then payload) with the header of `code`, and wants `nfds` descriptors;
+    /// one byte less of a fixed layout is refused.
+    pub(crate) fn check(
+        code: FrontendReq,
+        body: &[u8],
+        nfds: usize,
+        expected: FrontendRequest<'_>,
+    ) {
+        let ctx = DecodeContext::default();
+        let msg = FrontendRequest::decode(code, body, nfds, ctx).unwrap();
+        assert_eq!(msg, expected, "{}", code.name());
+        let mut out = [0u8; MAX_BODY_SIZE];
+        let enc = msg.encode(HeaderFlags::empty(), &mut out).unwrap();
+        assert_eq!(enc.header.request, code as u32);
+        assert_eq!(enc.header.size as usize, body.len());
+        assert_eq!([&out[..enc.body_len], enc.payload].concat(), body);
+        assert_eq!(msg.fd_count(), nfds);
+        let fixed = matches!(code.spec().body, crate::BodyShape::Fixed(_));
+        if let Some(short) = body.len().checked_sub(1).filter(|_| fixed) {
+            let e = FrontendRequest::decode(code, &body[..short], nfds, ctx).unwrap_err();
+            assert!(
+                matches!(e, Error::SizeMismatch { .. }),
+                "{}: {e:?}",
+                code.name()
+            );
+        }
+    }
+}

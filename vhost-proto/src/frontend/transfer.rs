@@ -25,3 +25,42 @@ pub(super) fn stopped_phase(t: &DeviceStateTransfer, kind: MessageKind) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::check;
+    use super::*;
+    use crate::{FrontendReq as Q, FrontendRequest as R};
+
+    #[test]
+    fn golden_vectors() {
+        let load = DeviceStateTransfer {
+            direction: TRANSFER_LOAD,
+            phase: TRANSFER_PHASE_STOPPED,
+        };
+        check(
+            Q::SetDeviceStateFd,
+            &[1, 0, 0, 0, 0, 0, 0, 0],
+            1,
+            R::SetDeviceStateFd(load),
+        );
+        let uuid = [7u8; 16];
+        check(
+            Q::GetSharedObject,
+            &uuid,
+            0,
+            R::GetSharedObject(SharedObject { uuid }),
+        );
+    }
+
+    #[test]
+    fn only_the_stopped_phase_is_defined() {
+        let ctx = crate::DecodeContext::default();
+        let body = [0, 0, 0, 0, 1, 0, 0, 0];
+        let e = R::decode(Q::SetDeviceStateFd, &body, 1, ctx).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidField { field: "phase", .. }),
+            "{e:?}"
+        );
+    }
+}

@@ -91,3 +91,68 @@ pub(super) fn addr_flags(a: &VringAddr, kind: MessageKind) -> Result<(), Error> 
 pub(super) fn flag(s: &VringState, kind: MessageKind) -> Result<(), Error> {
     bool_field(s.num, kind, "num")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::check;
+    use super::*;
+    use crate::{FrontendReq as Q, FrontendRequest as R};
+
+    #[test]
+    fn golden_vectors() {
+        let state = [1, 0, 0, 0, 0x00, 0x01, 0, 0];
+        check(
+            Q::SetVringNum,
+            &state,
+            0,
+            R::SetVringNum(VringState { index: 1, num: 256 }),
+        );
+        let kick = VringFd {
+            index: 1,
+            nofd: false,
+        };
+        check(
+            Q::SetVringKick,
+            &[1, 0, 0, 0, 0, 0, 0, 0],
+            1,
+            R::SetVringKick(kick),
+        );
+        let polled = VringFd {
+            index: 1,
+            nofd: true,
+        };
+        check(
+            Q::SetVringKick,
+            &[1, 1, 0, 0, 0, 0, 0, 0],
+            0,
+            R::SetVringKick(polled),
+        );
+        let enable = VringState { index: 0, num: 1 };
+        check(
+            Q::SetVringEnable,
+            &[0, 0, 0, 0, 1, 0, 0, 0],
+            0,
+            R::SetVringEnable(enable),
+        );
+    }
+
+    #[test]
+    fn field_rules() {
+        let ctx = crate::DecodeContext::default();
+        // Bits above NOFD are reserved.
+        let e = R::decode(Q::SetVringCall, &[1, 2, 0, 0, 0, 0, 0, 0], 0, ctx).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidField { field: "u64", .. }),
+            "{e:?}"
+        );
+        // NOFD set with a descriptor attached.
+        let e = R::decode(Q::SetVringCall, &[1, 1, 0, 0, 0, 0, 0, 0], 1, ctx).unwrap_err();
+        assert!(matches!(e, Error::UnexpectedFds { got: 1, .. }), "{e:?}");
+        // SET_VRING_ENABLE's num is a flag.
+        let e = R::decode(Q::SetVringEnable, &[0, 0, 0, 0, 2, 0, 0, 0], 0, ctx).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidField { field: "num", .. }),
+            "{e:?}"
+        );
+    }
+}
