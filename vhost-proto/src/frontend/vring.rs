@@ -107,26 +107,12 @@ mod tests {
             0,
             R::SetVringNum(VringState { index: 1, num: 256 }),
         );
-        let kick = VringFd {
-            index: 1,
-            nofd: false,
-        };
-        check(
-            Q::SetVringKick,
-            &[1, 0, 0, 0, 0, 0, 0, 0],
-            1,
-            R::SetVringKick(kick),
-        );
-        let polled = VringFd {
-            index: 1,
-            nofd: true,
-        };
-        check(
-            Q::SetVringKick,
-            &[1, 1, 0, 0, 0, 0, 0, 0],
-            0,
-            R::SetVringKick(polled),
-        );
+        // Index 1, with its descriptor, then with NOFD and none.
+        for (nofd, nfds) in [(false, 1), (true, 0)] {
+            let body = [1, u8::from(nofd), 0, 0, 0, 0, 0, 0];
+            let fd = VringFd { index: 1, nofd };
+            check(Q::SetVringKick, &body, nfds, R::SetVringKick(fd));
+        }
         let enable = VringState { index: 0, num: 1 };
         check(
             Q::SetVringEnable,
@@ -139,17 +125,18 @@ mod tests {
     #[test]
     fn field_rules() {
         let ctx = crate::DecodeContext::default();
+        let refused = |q, body: [u8; 8], nfds| R::decode(q, &body, nfds, ctx).unwrap_err();
         // Bits above NOFD are reserved.
-        let e = R::decode(Q::SetVringCall, &[1, 2, 0, 0, 0, 0, 0, 0], 0, ctx).unwrap_err();
+        let e = refused(Q::SetVringCall, [1, 2, 0, 0, 0, 0, 0, 0], 0);
         assert!(
             matches!(e, Error::InvalidField { field: "u64", .. }),
             "{e:?}"
         );
         // NOFD set with a descriptor attached.
-        let e = R::decode(Q::SetVringCall, &[1, 1, 0, 0, 0, 0, 0, 0], 1, ctx).unwrap_err();
+        let e = refused(Q::SetVringCall, [1, 1, 0, 0, 0, 0, 0, 0], 1);
         assert!(matches!(e, Error::UnexpectedFds { got: 1, .. }), "{e:?}");
         // SET_VRING_ENABLE's num is a flag.
-        let e = R::decode(Q::SetVringEnable, &[0, 0, 0, 0, 2, 0, 0, 0], 0, ctx).unwrap_err();
+        let e = refused(Q::SetVringEnable, [0, 0, 0, 0, 2, 0, 0, 0], 0);
         assert!(
             matches!(e, Error::InvalidField { field: "num", .. }),
             "{e:?}"
