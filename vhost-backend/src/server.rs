@@ -15,8 +15,13 @@
 //!
 //! # Error policy
 //!
-//! Decided in one function (`policy::disposition`); every failure is logged with
-//! `log::warn!`.
+//! Decided in one function (`policy::disposition`), from the kind of failure alone: what
+//! the front-end did wrong (a refused request, [`Fault::Peer`](crate::Fault::Peer)) is
+//! logged with `log::warn!`, what failed on this side ([`Fault::Local`](crate::Fault::Local),
+//! a reply the back-end cannot produce) with `log::error!`, and
+//! [`Fault::Broken`](crate::Fault::Broken) closes the connection. Which requests change
+//! state and what their failure form is are columns of the request's declaration
+//! ([`vhost_proto::RequestSpec`]).
 //!
 //! | what went wrong | what the server does |
 //! | --- | --- |
@@ -24,7 +29,8 @@
 //! | transport: peer gone (also mid-message), body not following its header (non-blocking connection or read timeout), descriptors where none may ride, I/O error | close ([`ServerError::Transport`]) |
 //! | the reply cannot be written (non-blocking connection, send buffer full) | close ([`ServerError::ReplyStalled`]) |
 //! | invalid body, wrong descriptor count, not negotiated, vring index out of range, second SET_OWNER | failure form, keep serving |
-//! | the [`Backend`] method fails | failure form, keep serving |
+//! | the [`Backend`] method refuses the request ([`Fault::Peer`](crate::Fault::Peer)) or fails ([`Fault::Local`](crate::Fault::Local)) | failure form, keep serving |
+//! | the [`Backend`] method says the two sides no longer agree ([`Fault::Broken`](crate::Fault::Broken)) | close |
 //! | either of the two above, for a request that changes ring, memory or negotiated state (SET_FEATURES, SET_PROTOCOL_FEATURES, RESET_OWNER, RESET_DEVICE, SET_MEM_TABLE, ADD/REM_MEM_REG, SET_LOG_BASE/FD, SET_VRING_NUM/ADDR/BASE/KICK/CALL/ERR/ENABLE/ENDIAN, SET_INFLIGHT_FD, SET_DEVICE_STATE_FD, POSTCOPY_LISTEN) that owes nothing (no NEED_REPLY, or REPLY_ACK not negotiated) | close ([`ServerError::Unreported`]): the front-end believes the change took effect |
 //! | the owed reply has no failure form (GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS, GET_STATUS, GET_VRING_BASE, postcopy memory tables) | close ([`ServerError::Unanswerable`]) |
 //!
