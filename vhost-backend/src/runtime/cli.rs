@@ -174,6 +174,166 @@ pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env).try_init();
 }
 
+/// A device daemon's command line, run by the runtime's entry point [`main`]: the device
+/// crate's parser (with [`BackendArgs`] flattened in) says what to serve, the entry point does
+/// the rest the same way for every device — `--print-capabilities`, logging from
+/// `RUST_LOG`, the stop signals, the default socket, the back-end's construction with the
+/// memory policy, the daemon (or a [`MultiDaemon`](super::MultiDaemon) for several sockets),
+/// the QEMU hint and the error report.
+pub trait DeviceCli: clap::Parser {
+    /// The device served.
+    type Device: super::VirtioDevice;
+    /// The program's name, prefixing the error report (`vhost-user-blk`).
+    const PROGRAM: &'static str;
+    /// The `type` of the `--print-capabilities` document (`block`, `rng`, ...).
+    const DEVICE_TYPE: &'static str;
+    /// The `features` of the `--print-capabilities` document.
+    const CAPABILITIES: &'static [&'static str] = &[];
+    /// The socket listened on when neither `--socket-path` nor `--fd` (nor systemd) gives one.
+    const DEFAULT_SOCKET: &'static str;
+
+    /// The runtime's options.
+    fn backend_args(&self) -> &BackendArgs;
+    /// The runtime's options, for the default socket to be filled in.
+    fn backend_args_mut(&mut self) -> &mut BackendArgs;
+    /// The devices to serve, called once logging, the signal handlers and the default socket
+    /// are set up. What it leaves in `self` lives until the daemon has returned.
+    fn devices(&mut self) -> Result<Devices<Self::Device>, Box<dyn std::error::Error>>;
+}
+
+/// What a [`DeviceCli`] serves. The `serving` and `ready` lines are logged once the sockets
+/// are bound (a daemon that cannot bind says nothing of what it would have served).
+#[derive(Debug)]
+pub enum Devices<D> {
+    /// One device, on the socket of `--socket-path`, `--fd`, `--client` or systemd.
+    One {
+        /// The device.
+        device: D,
+        /// What it serves, logged once the socket is bound (nothing when empty).
+        serving: String,
+        /// How QEMU is pointed at it, logged after `serving`.
+        qemu: QemuHint,
+    },
+    /// Several devices from this process, each on its own socket (`--socket-mode` and
+    /// `--max-connections` apply).
+    Many {
+        /// Each socket with its device.
+        exports: Vec<Export<D>>,
+        /// Lines logged once every socket is bound.
+        ready: Vec<String>,
+    },
+}
+
+/// One socket of [`Devices::Many`].
+#[derive(Debug)]
+pub struct Export<D> {
+    /// The socket path, bound with `--socket-mode`.
+    pub socket: PathBuf,
+    /// The device served there.
+    pub device: D,
+    /// What it serves, logged once it is bound (nothing when empty).
+    pub serving: String,
+}
+
+fn log_nonempty(line: &str) {
+    if !line.is_empty() {
+        log::info!("{line}");
+    }
+}
+
+/// The QEMU command line a daemon serving one device logs: `-chardev socket,id=ID,path=...`
+/// and `-device DEVICE,chardev=ID` followed by the device's own properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuHint {
+    /// The chardev id (`blk0`).
+    pub chardev_id: &'static str,
+    /// The QEMU device (`vhost-user-blk-pci`).
+    pub device: &'static str,
+    /// Properties after `chardev=ID`, each with its leading comma (`,num-queues=4`).
+    pub properties: String,
+}
+
+impl QemuHint {
+    /// A hint for `device` on chardev `chardev_id`, with no more properties.
+    pub fn new(chardev_id: &'static str, device: &'static str) -> QemuHint {
+        QemuHint {
+            chardev_id,
+            device,
+            properties: String::new(),
+        }
+    }
+
+    /// The logged text for the socket `path` (`client`: QEMU is the server).
+    pub fn render(&self, path: &std::path::Path, client: bool) -> String {
+        format!(
+            "point QEMU at it with:\n  \
+             -object memory-backend-memfd,id=mem,size=1G,share=on \
+             -machine q35,memory-backend=mem -m 1G \\\n  \
+             -chardev socket,id={id},path={}{} \\\n  \
+             -device {},chardev={id}{}",
+            path.display(),
+            if client { ",server=on" } else { "" },
+            self.device,
+            self.properties,
+            id = self.chardev_id,
+        )
+    }
+}
+
+/// The `main` of a device daemon: parses `C`, then answers `--print-capabilities` or serves
+/// ([`serve`]) and reports a failure on stderr with the failure exit code.
+pub fn main<C: DeviceCli>() -> std::process::ExitCode {
+    let mut cli = C::parse();
+    if cli.backend_args().print_capabilities {
+        print_capabilities(C::DEVICE_TYPE, C::CAPABILITIES);
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging();
+    match serve(&mut cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => report_error(C::PROGRAM, e.as_ref()),
+    }
+}
+
+/// Serves what `cli` asks until a stop signal (or, with a connected `--fd`, the end of its
+/// session): installs the signal handlers, applies the default socket, builds each device's
+/// back-end with the memory policy and runs a [`Daemon`](super::Daemon) for one device or a
+/// [`MultiDaemon`](super::MultiDaemon) for several.
+pub fn serve<C: DeviceCli>(cli: &mut C) -> Result<(), Box<dyn std::error::Error>> {
+    super::daemon::install_signal_handlers()?;
+    cli.backend_args_mut()
+        .default_socket_path(C::DEFAULT_SOCKET);
+    let devices = cli.devices()?;
+    let args = cli.backend_args();
+    let backend = |device| {
+        super::DeviceBackend::new(device).map(|b| b.with_memory_policy(args.memory_policy()))
+    };
+    match devices {
+        Devices::One {
+            device,
+            serving,
+            qemu,
+        } => {
+            let mut daemon = super::Daemon::from_args(args, backend(device)?)?;
+            log_nonempty(&serving);
+            if let Some(path) = &args.socket_path {
+                log::info!("{}", qemu.render(path, args.client));
+            }
+            daemon.run()?;
+        }
+        Devices::Many { exports, ready } => {
+            let mut daemon = args.multi_daemon()?;
+            for export in exports {
+                daemon.bind(&export.socket, args.socket_mode, backend(export.device)?)?;
+                log_nonempty(&export.serving);
+            }
+            ready.iter().for_each(|line| log_nonempty(line));
+            daemon.run()?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +385,21 @@ mod tests {
         assert!(help.contains("--print-capabilities"));
         assert!(help.contains("memory-backend-memfd,id=mem,size=1G,share=on"));
         assert!(help.contains("-chardev socket,id=vhost0,path=PATH"));
+    }
+
+    #[test]
+    fn qemu_hint_names_the_socket_the_chardev_and_the_device() {
+        let mut hint = QemuHint::new("blk0", "vhost-user-blk-pci");
+        hint.properties = ",num-queues=2".into();
+        let text = hint.render(std::path::Path::new("/s.sock"), false);
+        assert!(
+            text.contains("-chardev socket,id=blk0,path=/s.sock \\\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("-device vhost-user-blk-pci,chardev=blk0,num-queues=2"));
+        assert!(text.contains("share=on"));
+        let text = hint.render(std::path::Path::new("/s.sock"), true);
+        assert!(text.contains("path=/s.sock,server=on"), "{text}");
     }
 
     #[test]

@@ -61,11 +61,14 @@
 //!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
 //!   and SIGQUIT.
 //!
-//! A device binary is then a few lines:
+//! A device binary is then a few lines: its parser with [`BackendArgs`](cli::BackendArgs)
+//! flattened in, and [`DeviceCli`](cli::DeviceCli) saying what to serve; the runtime's
+//! [`cli::main`] does the rest (capabilities, logging, signals, default socket, daemon,
+//! QEMU hint, error report):
 //!
 //! ```no_run
 //! use clap::Parser;
-//! use vhost_backend::runtime::cli::{print_capabilities, BackendArgs, QEMU_USAGE};
+//! use vhost_backend::runtime::cli::{self, BackendArgs, DeviceCli, Devices, QemuHint, QEMU_USAGE};
 //! # use vhost_backend::runtime::{VirtioDevice, QueueContext, Processed, DeviceError};
 //! # struct Rng;
 //! # impl VirtioDevice for Rng {
@@ -85,19 +88,26 @@
 //!     backend: BackendArgs,
 //! }
 //!
+//! impl DeviceCli for Cli {
+//!     type Device = Rng;
+//!     const PROGRAM: &'static str = "vhost-user-rng";
+//!     const DEVICE_TYPE: &'static str = "rng";
+//!     const DEFAULT_SOCKET: &'static str = "/tmp/vhost-user-rng.sock";
+//!     fn backend_args(&self) -> &BackendArgs {
+//!         &self.backend
+//!     }
+//!     fn backend_args_mut(&mut self) -> &mut BackendArgs {
+//!         &mut self.backend
+//!     }
+//!     fn devices(&mut self) -> Result<Devices<Rng>, Box<dyn std::error::Error>> {
+//!         let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");
+//!         let serving = "entropy from the kernel".to_owned();
+//!         Ok(Devices::One { device: Rng, serving, qemu })
+//!     }
+//! }
+//!
 //! fn main() -> std::process::ExitCode {
-//!     let cli = Cli::parse();
-//!     if cli.backend.print_capabilities {
-//!         print_capabilities("rng", &[]);
-//!         return std::process::ExitCode::SUCCESS;
-//!     }
-//!     match vhost_backend::runtime::daemon::run_device(&cli.backend, Rng) {
-//!         Ok(()) => std::process::ExitCode::SUCCESS,
-//!         Err(e) => {
-//!             log::error!("{e}");
-//!             std::process::ExitCode::FAILURE
-//!         }
-//!     }
+//!     cli::main::<Cli>()
 //! }
 //! ```
 

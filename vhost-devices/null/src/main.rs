@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
-use vhost_backend::runtime::daemon;
+use vhost_backend::runtime::cli::{self, BackendArgs, DeviceCli, Devices, QemuHint, QEMU_USAGE};
 use vhost_device_null::NullBlk;
 
 /// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
@@ -28,15 +27,33 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if cli.backend.print_capabilities {
-        cli::print_capabilities("block", &[]);
-        return ExitCode::SUCCESS;
+    cli::main::<Cli>()
+}
+
+impl DeviceCli for Cli {
+    type Device = NullBlk;
+    const PROGRAM: &'static str = "vhost-user-null";
+    const DEVICE_TYPE: &'static str = "block";
+    const DEFAULT_SOCKET: &'static str = DEFAULT_SOCKET;
+
+    fn backend_args(&self) -> &BackendArgs {
+        &self.backend
     }
-    cli.backend.default_socket_path(DEFAULT_SOCKET);
-    match daemon::run_device(&cli.backend, NullBlk::new(cli.size_mib << 20)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report_error("vhost-user-null", &e),
+
+    fn backend_args_mut(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+
+    fn devices(&mut self) -> Result<Devices<NullBlk>, Box<dyn std::error::Error>> {
+        let mut qemu = QemuHint::new("null0", "vhost-user-blk-pci");
+        qemu.properties = ",num-queues=1".into();
+        let device = NullBlk::new(self.size_mib << 20);
+        let serving = format!("serving a null disk of {} MiB", self.size_mib);
+        Ok(Devices::One {
+            device,
+            serving,
+            qemu,
+        })
     }
 }
 

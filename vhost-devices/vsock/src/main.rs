@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
-use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
-use vhost_backend::runtime::DeviceBackend;
+use vhost_backend::runtime::cli::{self, BackendArgs, DeviceCli, Devices, QemuHint, QEMU_USAGE};
 use vhost_device_vsock::{VsockConfig, VsockDevice, MAX_QUEUE_SIZE};
 
 /// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
@@ -57,46 +55,42 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if cli.backend.print_capabilities {
-        cli::print_capabilities("vsock", &[]);
-        return ExitCode::SUCCESS;
-    }
-    cli::init_logging();
-    match run(&mut cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report_error("vhost-user-vsock", e.as_ref()),
-    }
+    cli::main::<Cli>()
 }
 
-fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
-    install_signal_handlers()?;
-    cli.backend.default_socket_path(DEFAULT_SOCKET);
-    let config = cli
-        .config()
-        .ok_or("--guest-cid and --uds-path are required")?;
-    let device = VsockDevice::new(&config)?;
-    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
-    log::info!(
-        "guest CID {}; host processes connect to {} (CONNECT <port>), guest connections to \
-         host port P go to {}_P",
-        config.guest_cid,
-        config.uds_path.display(),
-        config.uds_path.display()
-    );
-    if let Some(sock) = &cli.backend.socket_path {
-        log::info!(
-            "point QEMU at it with:\n  \
-             -object memory-backend-memfd,id=mem,size=1G,share=on \
-             -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=vsock0,path={}{} \\\n  \
-             -device vhost-user-vsock-pci,chardev=vsock0",
-            sock.display(),
-            if cli.backend.client { ",server=on" } else { "" }
-        );
+impl DeviceCli for Cli {
+    type Device = VsockDevice;
+    const PROGRAM: &'static str = "vhost-user-vsock";
+    const DEVICE_TYPE: &'static str = "vsock";
+    const DEFAULT_SOCKET: &'static str = DEFAULT_SOCKET;
+
+    fn backend_args(&self) -> &BackendArgs {
+        &self.backend
     }
-    daemon.run().map_err(Into::into)
+
+    fn backend_args_mut(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+
+    fn devices(&mut self) -> Result<Devices<VsockDevice>, Box<dyn std::error::Error>> {
+        let config = self
+            .config()
+            .ok_or("--guest-cid and --uds-path are required")?;
+        let device = VsockDevice::new(&config)?;
+        let serving = format!(
+            "guest CID {}; host processes connect to {} (CONNECT <port>), guest connections \
+             to host port P go to {}_P",
+            config.guest_cid,
+            config.uds_path.display(),
+            config.uds_path.display()
+        );
+        let qemu = QemuHint::new("vsock0", "vhost-user-vsock-pci");
+        Ok(Devices::One {
+            device,
+            serving,
+            qemu,
+        })
+    }
 }
 
 #[cfg(test)]
