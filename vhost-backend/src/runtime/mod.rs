@@ -151,6 +151,9 @@ pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 #[cfg(target_os = "linux")]
 pub use uring::{GuestUring, Reaped, Refused};
+/// The queue sizes the virtio spec allows, the limit every device's
+/// [`max_queue_size`](VirtioDevice::max_queue_size) and queue-size option is checked against.
+pub use vhost_proto::limits::{valid_queue_size, MAX_QUEUE_SIZE as MAX_VIRTIO_QUEUE_SIZE};
 pub use vring::{RingPart, VringError};
 
 /// The `vm-memory` crate (0.16) the runtime is built on: [`Request::memory`] is a

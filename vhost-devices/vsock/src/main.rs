@@ -40,7 +40,8 @@ struct Cli {
 
     /// Largest queue size (a power of two, 1 to 32768).
     #[arg(long, default_value_t = MAX_QUEUE_SIZE,
-          value_parser = clap::value_parser!(u16).range(1..=32768))]
+          value_parser = clap::value_parser!(u16)
+              .range(1..=i64::from(vhost_backend::runtime::MAX_VIRTIO_QUEUE_SIZE)))]
     queue_size: u16,
 }
 
