@@ -174,6 +174,41 @@ pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env).try_init();
 }
 
+/// What the entry point [`main`] says of a device daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonInfo {
+    /// The program's name (`vhost-user-blk`): it prefixes the error report, and the socket
+    /// listened on when neither `--socket-path` nor `--fd` (nor systemd) gives one is
+    /// `/tmp/PROGRAM.sock`.
+    pub program: &'static str,
+    /// The `type` of the `--print-capabilities` document (`block`, `rng`, ...).
+    pub device_type: &'static str,
+    /// The `features` of the `--print-capabilities` document.
+    pub capabilities: &'static [&'static str],
+}
+
+impl DaemonInfo {
+    /// `program` serving a device of `device_type`, with no capability features.
+    pub const fn new(program: &'static str, device_type: &'static str) -> DaemonInfo {
+        DaemonInfo {
+            program,
+            device_type,
+            capabilities: &[],
+        }
+    }
+
+    /// The same with these capability features.
+    pub const fn with_capabilities(mut self, features: &'static [&'static str]) -> DaemonInfo {
+        self.capabilities = features;
+        self
+    }
+
+    /// The socket listened on by default: `/tmp/PROGRAM.sock`.
+    pub fn default_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/{}.sock", self.program))
+    }
+}
+
 /// A device daemon's command line, run by the runtime's entry point [`main`]: the device
 /// crate's parser (with [`BackendArgs`] flattened in) says what to serve, the entry point does
 /// the rest the same way for every device — `--print-capabilities`, logging from
@@ -183,22 +218,15 @@ pub fn init_logging() {
 pub trait DeviceCli: clap::Parser {
     /// The device served.
     type Device: super::VirtioDevice;
-    /// The program's name, prefixing the error report (`vhost-user-blk`).
-    const PROGRAM: &'static str;
-    /// The `type` of the `--print-capabilities` document (`block`, `rng`, ...).
-    const DEVICE_TYPE: &'static str;
-    /// The `features` of the `--print-capabilities` document.
-    const CAPABILITIES: &'static [&'static str] = &[];
-    /// The socket listened on when neither `--socket-path` nor `--fd` (nor systemd) gives one.
-    const DEFAULT_SOCKET: &'static str;
+    /// The program, its capabilities and its default socket.
+    const DAEMON: DaemonInfo;
 
-    /// The runtime's options.
-    fn backend_args(&self) -> &BackendArgs;
-    /// The runtime's options, for the default socket to be filled in.
-    fn backend_args_mut(&mut self) -> &mut BackendArgs;
     /// The devices to serve, called once logging, the signal handlers and the default socket
     /// are set up. What it leaves in `self` lives until the daemon has returned.
     fn devices(&mut self) -> Result<Devices<Self::Device>, Box<dyn std::error::Error>>;
+
+    /// The runtime's options, flattened into the device's parser.
+    fn backend_args(&mut self) -> &mut BackendArgs;
 }
 
 /// What a [`DeviceCli`] serves. The `serving` and `ready` lines are logged once the sockets
@@ -285,13 +313,13 @@ impl QemuHint {
 pub fn main<C: DeviceCli>() -> std::process::ExitCode {
     let mut cli = C::parse();
     if cli.backend_args().print_capabilities {
-        print_capabilities(C::DEVICE_TYPE, C::CAPABILITIES);
+        print_capabilities(C::DAEMON.device_type, C::DAEMON.capabilities);
         return std::process::ExitCode::SUCCESS;
     }
     init_logging();
     match serve(&mut cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => report_error(C::PROGRAM, e.as_ref()),
+        Err(e) => report_error(C::DAEMON.program, e.as_ref()),
     }
 }
 
@@ -301,10 +329,10 @@ pub fn main<C: DeviceCli>() -> std::process::ExitCode {
 /// [`MultiDaemon`](super::MultiDaemon) for several.
 pub fn serve<C: DeviceCli>(cli: &mut C) -> Result<(), Box<dyn std::error::Error>> {
     super::daemon::install_signal_handlers()?;
-    cli.backend_args_mut()
-        .default_socket_path(C::DEFAULT_SOCKET);
+    cli.backend_args()
+        .default_socket_path(C::DAEMON.default_socket());
     let devices = cli.devices()?;
-    let args = cli.backend_args();
+    let args = &*cli.backend_args();
     let backend = |device| {
         super::DeviceBackend::new(device).map(|b| b.with_memory_policy(args.memory_policy()))
     };
@@ -400,6 +428,17 @@ mod tests {
         assert!(text.contains("share=on"));
         let text = hint.render(std::path::Path::new("/s.sock"), true);
         assert!(text.contains("path=/s.sock,server=on"), "{text}");
+    }
+
+    #[test]
+    fn the_default_socket_is_named_after_the_program() {
+        let info = DaemonInfo::new("vhost-user-blk", "block").with_capabilities(&["read-only"]);
+        assert_eq!(
+            info.default_socket(),
+            PathBuf::from("/tmp/vhost-user-blk.sock")
+        );
+        assert_eq!(info.capabilities, ["read-only"]);
+        assert!(DaemonInfo::new("x", "rng").capabilities.is_empty());
     }
 
     #[test]

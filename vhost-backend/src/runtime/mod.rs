@@ -68,7 +68,9 @@
 //!
 //! ```no_run
 //! use clap::Parser;
-//! use vhost_backend::runtime::cli::{self, BackendArgs, DeviceCli, Devices, QemuHint, QEMU_USAGE};
+//! use vhost_backend::runtime::cli::{
+//!     self, BackendArgs, DaemonInfo, DeviceCli, Devices, QemuHint, QEMU_USAGE,
+//! };
 //! # use vhost_backend::runtime::{VirtioDevice, QueueContext, Processed, DeviceError};
 //! # struct Rng;
 //! # impl VirtioDevice for Rng {
@@ -90,13 +92,9 @@
 //!
 //! impl DeviceCli for Cli {
 //!     type Device = Rng;
-//!     const PROGRAM: &'static str = "vhost-user-rng";
-//!     const DEVICE_TYPE: &'static str = "rng";
-//!     const DEFAULT_SOCKET: &'static str = "/tmp/vhost-user-rng.sock";
-//!     fn backend_args(&self) -> &BackendArgs {
-//!         &self.backend
-//!     }
-//!     fn backend_args_mut(&mut self) -> &mut BackendArgs {
+//!     // Listens on /tmp/vhost-user-rng.sock without --socket-path or --fd.
+//!     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
+//!     fn backend_args(&mut self) -> &mut BackendArgs {
 //!         &mut self.backend
 //!     }
 //!     fn devices(&mut self) -> Result<Devices<Rng>, Box<dyn std::error::Error>> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vhost_backend::runtime::cli::{
-    self, BackendArgs, DeviceCli, Devices, Export, QemuHint, QEMU_USAGE,
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, Export, QemuHint, QEMU_USAGE,
 };
 use vhost_device_blk::export::ExportSpec;
 use vhost_device_blk::image::{TempImage, TEMP_IMAGE_SIZE};
@@ -20,9 +20,6 @@ enum AioMode {
     #[value(name = "io_uring")]
     IoUring,
 }
-
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
 
 /// vhost-user virtio-blk back-end.
 ///
@@ -92,24 +89,10 @@ struct Cli {
     scratch: Option<TempImage>,
 }
 
-fn main() -> ExitCode {
-    cli::main::<Cli>()
-}
-
 impl DeviceCli for Cli {
     type Device = BlkDevice;
-    const PROGRAM: &'static str = "vhost-user-blk";
-    const DEVICE_TYPE: &'static str = "block";
-    const CAPABILITIES: &'static [&'static str] = &["read-only", "blk-file"];
-    const DEFAULT_SOCKET: &'static str = DEFAULT_SOCKET;
-
-    fn backend_args(&self) -> &BackendArgs {
-        &self.backend
-    }
-
-    fn backend_args_mut(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
+    const DAEMON: DaemonInfo =
+        DaemonInfo::new("vhost-user-blk", "block").with_capabilities(&["read-only", "blk-file"]);
 
     fn devices(&mut self) -> Result<Devices<BlkDevice>, Box<dyn std::error::Error>> {
         if !self.export.is_empty() {
@@ -137,6 +120,10 @@ impl DeviceCli for Cli {
             serving,
             qemu,
         })
+    }
+
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
     }
 }
 
@@ -260,6 +247,10 @@ fn serving(config: &BlkConfig, device: &BlkDevice) -> String {
             Aio::IoUring => "requests run on one io_uring per queue".to_owned(),
         }
     )
+}
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, DeviceCli, Devices, QemuHint, QEMU_USAGE};
+use vhost_backend::runtime::cli::{
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, QemuHint, QEMU_USAGE,
+};
 use vhost_device_null::NullBlk;
-
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-null.sock";
 
 /// vhost-user null block device: reads return zeros, writes are discarded.
 ///
@@ -26,23 +25,9 @@ struct Cli {
     size_mib: u64,
 }
 
-fn main() -> ExitCode {
-    cli::main::<Cli>()
-}
-
 impl DeviceCli for Cli {
     type Device = NullBlk;
-    const PROGRAM: &'static str = "vhost-user-null";
-    const DEVICE_TYPE: &'static str = "block";
-    const DEFAULT_SOCKET: &'static str = DEFAULT_SOCKET;
-
-    fn backend_args(&self) -> &BackendArgs {
-        &self.backend
-    }
-
-    fn backend_args_mut(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
+    const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-null", "block");
 
     fn devices(&mut self) -> Result<Devices<NullBlk>, Box<dyn std::error::Error>> {
         let mut qemu = QemuHint::new("null0", "vhost-user-blk-pci");
@@ -55,6 +40,14 @@ impl DeviceCli for Cli {
             qemu,
         })
     }
+
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
 }
 
 #[cfg(test)]

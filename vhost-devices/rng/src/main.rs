@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use vhost_backend::runtime::cli::{
-    self, BackendArgs, DeviceCli, Devices, Export, QemuHint, QEMU_USAGE,
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, Export, QemuHint, QEMU_USAGE,
 };
 use vhost_backend::runtime::multi::numbered_paths;
 use vhost_device_rng::{RateLimit, RngConfig, RngDevice, MAX_QUEUE_SIZE};
-
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-rng.sock";
 
 /// Period of the rate limit when only `--max-bytes` is given, in milliseconds.
 const DEFAULT_PERIOD_MS: u64 = 1000;
@@ -69,23 +66,9 @@ impl Cli {
     }
 }
 
-fn main() -> ExitCode {
-    cli::main::<Cli>()
-}
-
 impl DeviceCli for Cli {
     type Device = RngDevice;
-    const PROGRAM: &'static str = "vhost-user-rng";
-    const DEVICE_TYPE: &'static str = "rng";
-    const DEFAULT_SOCKET: &'static str = DEFAULT_SOCKET;
-
-    fn backend_args(&self) -> &BackendArgs {
-        &self.backend
-    }
-
-    fn backend_args_mut(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
+    const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
 
     /// One device, or with `--socket-count N` N devices, one per socket, each with its own
     /// entropy budget.
@@ -126,6 +109,10 @@ impl DeviceCli for Cli {
         ));
         Ok(Devices::Many { exports, ready })
     }
+
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
 }
 
 /// The line saying where `device`'s entropy comes from, and at what rate.
@@ -140,6 +127,10 @@ fn source(config: &RngConfig, device: &RngDevice) -> String {
         ),
         None => format!("entropy from {description}"),
     }
+}
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, DeviceCli, Devices, QemuHint, QEMU_USAGE};
+use vhost_backend::runtime::cli::{
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, QemuHint, QEMU_USAGE,
+};
 use vhost_device_vsock::{VsockConfig, VsockDevice, MAX_QUEUE_SIZE};
-
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-vsock.sock";
 
 /// vhost-user virtio-vsock back-end.
 ///
@@ -55,23 +54,9 @@ impl Cli {
     }
 }
 
-fn main() -> ExitCode {
-    cli::main::<Cli>()
-}
-
 impl DeviceCli for Cli {
     type Device = VsockDevice;
-    const PROGRAM: &'static str = "vhost-user-vsock";
-    const DEVICE_TYPE: &'static str = "vsock";
-    const DEFAULT_SOCKET: &'static str = DEFAULT_SOCKET;
-
-    fn backend_args(&self) -> &BackendArgs {
-        &self.backend
-    }
-
-    fn backend_args_mut(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
+    const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-vsock", "vsock");
 
     fn devices(&mut self) -> Result<Devices<VsockDevice>, Box<dyn std::error::Error>> {
         let config = self
@@ -92,6 +77,14 @@ impl DeviceCli for Cli {
             qemu,
         })
     }
+
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
 }
 
 #[cfg(test)]
