@@ -25,6 +25,8 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use clap::FromArgMatches;
+
 /// How QEMU is pointed at a back-end; device binaries show it in `--help`.
 pub const QEMU_USAGE: &str = "\
 Connecting QEMU:
@@ -221,13 +223,14 @@ pub trait DeviceCli: clap::Parser {
     /// The program, its capabilities and its default socket.
     const DAEMON: DaemonInfo;
 
-    /// The devices to serve, called once logging, the signal handlers and the default socket
-    /// are set up. What it leaves in `self` lives until the daemon has returned.
-    fn devices(&mut self) -> Result<Devices<Self::Device>, Box<dyn std::error::Error>>;
-
-    /// The runtime's options, flattened into the device's parser.
-    fn backend_args(&mut self) -> &mut BackendArgs;
+    /// The devices to serve, called once logging and the signal handlers are set up, with
+    /// the runtime's options (flattened into the device's parser) and the default socket
+    /// applied. What it leaves in `self` lives until the daemon has returned.
+    fn devices(&mut self, backend: &BackendArgs) -> DevicesResult<Self::Device>;
 }
+
+/// What [`DeviceCli::devices`] returns: the devices, or why they cannot be set up.
+pub type DevicesResult<D> = Result<Devices<D>, Box<dyn std::error::Error>>;
 
 /// What a [`DeviceCli`] serves. The `serving` and `ready` lines are logged once the sockets
 /// are bound (a daemon that cannot bind says nothing of what it would have served).
@@ -250,6 +253,17 @@ pub enum Devices<D> {
         /// Lines logged once every socket is bound.
         ready: Vec<String>,
     },
+}
+
+impl<D> Devices<D> {
+    /// [`Devices::One`].
+    pub fn one(device: D, serving: String, qemu: QemuHint) -> Devices<D> {
+        Devices::One {
+            device,
+            serving,
+            qemu,
+        }
+    }
 }
 
 /// One socket of [`Devices::Many`].
@@ -308,16 +322,21 @@ impl QemuHint {
     }
 }
 
-/// The `main` of a device daemon: parses `C`, then answers `--print-capabilities` or serves
+/// The `main` of a device daemon: parses `C` (and the [`BackendArgs`] flattened into it),
+/// then answers `--print-capabilities` or serves
 /// ([`serve`]) and reports a failure on stderr with the failure exit code.
 pub fn main<C: DeviceCli>() -> std::process::ExitCode {
-    let mut cli = C::parse();
-    if cli.backend_args().print_capabilities {
+    let mut command = C::command();
+    let matches = command.get_matches_mut();
+    let parsed = C::from_arg_matches(&matches)
+        .and_then(|cli| Ok((cli, BackendArgs::from_arg_matches(&matches)?)));
+    let (mut cli, mut backend) = parsed.unwrap_or_else(|e| e.format(&mut command).exit());
+    if backend.print_capabilities {
         print_capabilities(C::DAEMON.device_type, C::DAEMON.capabilities);
         return std::process::ExitCode::SUCCESS;
     }
     init_logging();
-    match serve(&mut cli) {
+    match serve(&mut cli, &mut backend) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => report_error(C::DAEMON.program, e.as_ref()),
     }
@@ -327,12 +346,14 @@ pub fn main<C: DeviceCli>() -> std::process::ExitCode {
 /// session): installs the signal handlers, applies the default socket, builds each device's
 /// back-end with the memory policy and runs a [`Daemon`](super::Daemon) for one device or a
 /// [`MultiDaemon`](super::MultiDaemon) for several.
-pub fn serve<C: DeviceCli>(cli: &mut C) -> Result<(), Box<dyn std::error::Error>> {
+pub fn serve<C: DeviceCli>(
+    cli: &mut C,
+    args: &mut BackendArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
     super::daemon::install_signal_handlers()?;
-    cli.backend_args()
-        .default_socket_path(C::DAEMON.default_socket());
-    let devices = cli.devices()?;
-    let args = &*cli.backend_args();
+    args.default_socket_path(C::DAEMON.default_socket());
+    let devices = cli.devices(args)?;
+    let args = &*args;
     let backend = |device| {
         super::DeviceBackend::new(device).map(|b| b.with_memory_policy(args.memory_policy()))
     };

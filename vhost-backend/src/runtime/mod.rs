@@ -69,7 +69,7 @@
 //! ```no_run
 //! use clap::Parser;
 //! use vhost_backend::runtime::cli::{
-//!     self, BackendArgs, DaemonInfo, DeviceCli, Devices, QemuHint, QEMU_USAGE,
+//!     self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, QemuHint, QEMU_USAGE,
 //! };
 //! # use vhost_backend::runtime::{VirtioDevice, QueueContext, Processed, DeviceError};
 //! # struct Rng;
@@ -94,13 +94,10 @@
 //!     type Device = Rng;
 //!     // Listens on /tmp/vhost-user-rng.sock without --socket-path or --fd.
 //!     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
-//!     fn backend_args(&mut self) -> &mut BackendArgs {
-//!         &mut self.backend
-//!     }
-//!     fn devices(&mut self) -> Result<Devices<Rng>, Box<dyn std::error::Error>> {
+//!     fn devices(&mut self, _: &BackendArgs) -> DevicesResult<Rng> {
 //!         let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");
 //!         let serving = "entropy from the kernel".to_owned();
-//!         Ok(Devices::One { device: Rng, serving, qemu })
+//!         Ok(Devices::one(Rng, serving, qemu))
 //!     }
 //! }
 //!

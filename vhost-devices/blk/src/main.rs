@@ -6,11 +6,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vhost_backend::runtime::cli::{
-    self, BackendArgs, DaemonInfo, DeviceCli, Devices, Export, QemuHint, QEMU_USAGE,
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, Export, QemuHint, QEMU_USAGE,
 };
 use vhost_device_blk::export::ExportSpec;
 use vhost_device_blk::image::{TempImage, TEMP_IMAGE_SIZE};
 use vhost_device_blk::{Aio, BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE};
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// `--aio` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -94,7 +98,7 @@ impl DeviceCli for Cli {
     const DAEMON: DaemonInfo =
         DaemonInfo::new("vhost-user-blk", "block").with_capabilities(&["read-only", "blk-file"]);
 
-    fn devices(&mut self) -> Result<Devices<BlkDevice>, Box<dyn std::error::Error>> {
+    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<BlkDevice> {
         if !self.export.is_empty() {
             return self.exports();
         }
@@ -115,22 +119,14 @@ impl DeviceCli for Cli {
         let serving = serving(&config, &device);
         let mut qemu = QemuHint::new("blk0", "vhost-user-blk-pci");
         qemu.properties = format!(",num-queues={}", config.num_queues);
-        Ok(Devices::One {
-            device,
-            serving,
-            qemu,
-        })
-    }
-
-    fn backend_args(&mut self) -> &mut BackendArgs {
-        &mut self.backend
+        Ok(Devices::one(device, serving, qemu))
     }
 }
 
 impl Cli {
     /// `--export ...`: every disk from this process, each on its own socket with its own
     /// device.
-    fn exports(&self) -> Result<Devices<BlkDevice>, Box<dyn std::error::Error>> {
+    fn exports(&self) -> DevicesResult<BlkDevice> {
         vhost_device_blk::export::check_distinct(&self.export, self.read_only)?;
         let mut exports = Vec::new();
         for (export, mut config) in export_configs(self)? {
@@ -247,10 +243,6 @@ fn serving(config: &BlkConfig, device: &BlkDevice) -> String {
             Aio::IoUring => "requests run on one io_uring per queue".to_owned(),
         }
     )
-}
-
-fn main() -> ExitCode {
-    cli::main::<Cli>()
 }
 
 #[cfg(test)]

@@ -5,9 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vhost_backend::runtime::cli::{
-    self, BackendArgs, DaemonInfo, DeviceCli, Devices, QemuHint, QEMU_USAGE,
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, QemuHint, QEMU_USAGE,
 };
 use vhost_device_null::NullBlk;
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// vhost-user null block device: reads return zeros, writes are discarded.
 ///
@@ -29,25 +33,13 @@ impl DeviceCli for Cli {
     type Device = NullBlk;
     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-null", "block");
 
-    fn devices(&mut self) -> Result<Devices<NullBlk>, Box<dyn std::error::Error>> {
+    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<NullBlk> {
         let mut qemu = QemuHint::new("null0", "vhost-user-blk-pci");
         qemu.properties = ",num-queues=1".into();
         let device = NullBlk::new(self.size_mib << 20);
         let serving = format!("serving a null disk of {} MiB", self.size_mib);
-        Ok(Devices::One {
-            device,
-            serving,
-            qemu,
-        })
+        Ok(Devices::one(device, serving, qemu))
     }
-
-    fn backend_args(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
-}
-
-fn main() -> ExitCode {
-    cli::main::<Cli>()
 }
 
 #[cfg(test)]

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use vhost_backend::runtime::cli::{
-    self, BackendArgs, DaemonInfo, DeviceCli, Devices, Export, QemuHint, QEMU_USAGE,
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, Export, QemuHint, QEMU_USAGE,
 };
 use vhost_backend::runtime::multi::numbered_paths;
 use vhost_device_rng::{RateLimit, RngConfig, RngDevice, MAX_QUEUE_SIZE};
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// Period of the rate limit when only `--max-bytes` is given, in milliseconds.
 const DEFAULT_PERIOD_MS: u64 = 1000;
@@ -72,17 +76,13 @@ impl DeviceCli for Cli {
 
     /// One device, or with `--socket-count N` N devices, one per socket, each with its own
     /// entropy budget.
-    fn devices(&mut self) -> Result<Devices<RngDevice>, Box<dyn std::error::Error>> {
+    fn devices(&mut self, backend: &BackendArgs) -> DevicesResult<RngDevice> {
         let config = self.config();
-        let (Some(n), Some(path)) = (self.socket_count, &self.backend.socket_path) else {
+        let (Some(n), Some(path)) = (self.socket_count, &backend.socket_path) else {
             let device = RngDevice::new(&config)?;
             let serving = source(&config, &device);
             let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");
-            return Ok(Devices::One {
-                device,
-                serving,
-                qemu,
-            });
+            return Ok(Devices::one(device, serving, qemu));
         };
         let exports = numbered_paths(path, n.into())
             .into_iter()
@@ -109,10 +109,6 @@ impl DeviceCli for Cli {
         ));
         Ok(Devices::Many { exports, ready })
     }
-
-    fn backend_args(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
 }
 
 /// The line saying where `device`'s entropy comes from, and at what rate.
@@ -127,10 +123,6 @@ fn source(config: &RngConfig, device: &RngDevice) -> String {
         ),
         None => format!("entropy from {description}"),
     }
-}
-
-fn main() -> ExitCode {
-    cli::main::<Cli>()
 }
 
 #[cfg(test)]

@@ -6,9 +6,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vhost_backend::runtime::cli::{
-    self, BackendArgs, DaemonInfo, DeviceCli, Devices, QemuHint, QEMU_USAGE,
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, QemuHint, QEMU_USAGE,
 };
 use vhost_device_vsock::{VsockConfig, VsockDevice, MAX_QUEUE_SIZE};
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// vhost-user virtio-vsock back-end.
 ///
@@ -58,7 +62,7 @@ impl DeviceCli for Cli {
     type Device = VsockDevice;
     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-vsock", "vsock");
 
-    fn devices(&mut self) -> Result<Devices<VsockDevice>, Box<dyn std::error::Error>> {
+    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<VsockDevice> {
         let config = self
             .config()
             .ok_or("--guest-cid and --uds-path are required")?;
@@ -71,20 +75,8 @@ impl DeviceCli for Cli {
             config.uds_path.display()
         );
         let qemu = QemuHint::new("vsock0", "vhost-user-vsock-pci");
-        Ok(Devices::One {
-            device,
-            serving,
-            qemu,
-        })
+        Ok(Devices::one(device, serving, qemu))
     }
-
-    fn backend_args(&mut self) -> &mut BackendArgs {
-        &mut self.backend
-    }
-}
-
-fn main() -> ExitCode {
-    cli::main::<Cli>()
 }
 
 #[cfg(test)]
