@@ -199,7 +199,7 @@ impl Disk {
         };
         match ty {
             VIRTIO_BLK_T_IN => {
-                let (offset, len) = self.check_read(req, hdr)?;
+                let (offset, len) = self.check_transfer(req, hdr, false)?;
                 match io.read_to_writable(req, &self.file, offset, len, self.io_align()) {
                     Err(GuestIoError::Unaligned) => self.read_bounced(req, offset, len, bounce)?,
                     r => r?,
@@ -208,7 +208,7 @@ impl Disk {
                 Ok(len as u32)
             }
             VIRTIO_BLK_T_OUT => {
-                let (offset, len) = self.check_write(req, hdr)?;
+                let (offset, len) = self.check_transfer(req, hdr, true)?;
                 let align = self.io_align();
                 match io.write_from_readable(req, &self.file, offset, HEADER_SIZE, len, align) {
                     Err(GuestIoError::Unaligned) => {
@@ -243,32 +243,28 @@ impl Disk {
         }
     }
 
-    /// Checks a read (`VIRTIO_BLK_T_IN`): no data to read from the driver, a whole number of
-    /// sectors inside the disk (aligned for direct I/O). Returns the byte offset and length.
-    pub(crate) fn check_read(
+    /// Checks a read (`VIRTIO_BLK_T_IN`, `write` false) or a write (`VIRTIO_BLK_T_OUT`): data
+    /// only in the direction of the transfer (a read has none to read from the driver, a
+    /// write none to write back), a whole number of sectors inside the disk (aligned for
+    /// direct I/O), and for a write a writable disk. Returns the byte offset and length.
+    pub(crate) fn check_transfer(
         &self,
         req: &Request,
         hdr: Header,
+        write: bool,
     ) -> Result<(u64, u64), RequestError> {
         let readable_data = req.readable_len() - HEADER_SIZE;
         let writable_data = req.writable_len().saturating_sub(1);
-        expect_none(hdr.request_type, "device-readable", readable_data)?;
-        let len = sector_multiple(writable_data)?;
-        Ok((self.data_range(hdr.sector, len)?, len))
-    }
-
-    /// Checks a write (`VIRTIO_BLK_T_OUT`) as [`check_read`](Self::check_read) does, and that
-    /// the disk is writable.
-    pub(crate) fn check_write(
-        &self,
-        req: &Request,
-        hdr: Header,
-    ) -> Result<(u64, u64), RequestError> {
-        let readable_data = req.readable_len() - HEADER_SIZE;
-        let writable_data = req.writable_len().saturating_sub(1);
-        expect_none(hdr.request_type, "device-writable", writable_data)?;
-        self.writable(hdr.request_type)?;
-        let len = sector_multiple(readable_data)?;
+        let (data, (stray, stray_len)) = if write {
+            (readable_data, ("device-writable", writable_data))
+        } else {
+            (writable_data, ("device-readable", readable_data))
+        };
+        expect_none(hdr.request_type, stray, stray_len)?;
+        if write {
+            self.writable(hdr.request_type)?;
+        }
+        let len = sector_multiple(data)?;
         Ok((self.data_range(hdr.sector, len)?, len))
     }
 
@@ -278,11 +274,11 @@ impl Disk {
         check_shape(req).ok()?;
         match hdr.request_type {
             VIRTIO_BLK_T_IN => {
-                let (offset, len) = self.check_read(req, hdr).ok()?;
+                let (offset, len) = self.check_transfer(req, hdr, false).ok()?;
                 Some(Plan::Read { offset, len })
             }
             VIRTIO_BLK_T_OUT => {
-                let (offset, len) = self.check_write(req, hdr).ok()?;
+                let (offset, len) = self.check_transfer(req, hdr, true).ok()?;
                 Some(Plan::Write { offset, len })
             }
             VIRTIO_BLK_T_FLUSH if !self.read_only => Some(Plan::Flush),
