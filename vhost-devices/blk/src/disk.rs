@@ -201,7 +201,9 @@ impl Disk {
             VIRTIO_BLK_T_IN => {
                 let (offset, len) = self.check_transfer(req, hdr, false)?;
                 match io.read_to_writable(req, &self.file, offset, len, self.io_align()) {
-                    Err(GuestIoError::Unaligned) => self.read_bounced(req, offset, len, bounce)?,
+                    Err(GuestIoError::Unaligned) => {
+                        self.bounced(req, offset, len, bounce, false)?
+                    }
                     r => r?,
                 }
                 // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.
@@ -212,7 +214,7 @@ impl Disk {
                 let align = self.io_align();
                 match io.write_from_readable(req, &self.file, offset, HEADER_SIZE, len, align) {
                     Err(GuestIoError::Unaligned) => {
-                        self.write_bounced(req, offset, len, bounce)?;
+                        self.bounced(req, offset, len, bounce, true)?;
                     }
                     r => r?,
                 }
@@ -286,31 +288,24 @@ impl Disk {
         }
     }
 
-    /// A read through the aligned bounce buffer (guest buffers direct I/O cannot take).
-    pub(crate) fn read_bounced(
+    /// A read (`write` false) or a write through the aligned bounce buffer (guest buffers
+    /// direct I/O cannot take).
+    pub(crate) fn bounced(
         &self,
         req: &Request,
         offset: u64,
         len: u64,
         bounce: Option<&mut Bounce>,
+        write: bool,
     ) -> Result<(), RequestError> {
         let buf = bounce_slice(bounce, len)?;
-        self.file.read_exact_at(buf, offset)?;
-        req.write_writable(0, buf)?;
-        Ok(())
-    }
-
-    /// A write through the aligned bounce buffer.
-    pub(crate) fn write_bounced(
-        &self,
-        req: &Request,
-        offset: u64,
-        len: u64,
-        bounce: Option<&mut Bounce>,
-    ) -> Result<(), RequestError> {
-        let buf = bounce_slice(bounce, len)?;
-        req.read_readable(HEADER_SIZE, buf)?;
-        self.file.write_all_at(buf, offset)?;
+        if write {
+            req.read_readable(HEADER_SIZE, buf)?;
+            self.file.write_all_at(buf, offset)?;
+        } else {
+            self.file.read_exact_at(buf, offset)?;
+            req.write_writable(0, buf)?;
+        }
         Ok(())
     }
 
