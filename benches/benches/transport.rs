@@ -69,6 +69,23 @@ impl Drop for Echo {
     }
 }
 
+/// The raw socketpair echoes the connection is compared with: each with its name and the
+/// reply it must give.
+fn raw_echos() -> Vec<(&'static str, RawEcho, Vec<u8>)> {
+    [
+        ("raw_socketpair", Syscalls::SendRecv),
+        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
+    ]
+    .into_iter()
+    .map(|(name, how)| {
+        let raw =
+            RawEcho::with_syscalls(HEADER_SIZE + 8, HEADER_SIZE + 8, how).expect("socketpair");
+        let want = raw.request().to_vec();
+        (name, raw, want)
+    })
+    .collect()
+}
+
 fn bench_round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("transport/round_trip_20B");
     g.throughput(Throughput::Elements(1));
@@ -83,13 +100,7 @@ fn bench_round_trip(c: &mut Criterion) {
     });
     drop(echo);
 
-    for (name, how) in [
-        ("raw_socketpair", Syscalls::SendRecv),
-        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
-    ] {
-        let mut raw =
-            RawEcho::with_syscalls(HEADER_SIZE + 8, HEADER_SIZE + 8, how).expect("socketpair");
-        let want = raw.request().to_vec();
+    for (name, mut raw, want) in raw_echos() {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let reply = raw.round_trip().expect("raw round trip");
@@ -116,13 +127,7 @@ criterion_group! {
 fn paired() {
     let echo = Echo::new();
     let mut n = 0u64;
-    for (name, how) in [
-        ("raw_socketpair", Syscalls::SendRecv),
-        ("raw_sendmsg_recvmsg", Syscalls::MsgWithControl),
-    ] {
-        let mut raw =
-            RawEcho::with_syscalls(HEADER_SIZE + 8, HEADER_SIZE + 8, how).expect("socketpair");
-        let want = raw.request().to_vec();
+    for (name, mut raw, want) in raw_echos() {
         let p = benches::report::paired(
             &format!("transport/round_trip_20B connection vs {name}"),
             31,

@@ -17,6 +17,22 @@ pub mod load;
 pub mod raw;
 pub mod report;
 
+/// The `main` of a load tool: parses `C`, runs `run` and reports its failure as
+/// `program: error` on stderr with the failure exit code.
+pub fn tool_main<C: clap::Parser, E: std::fmt::Display>(
+    program: &str,
+    run: impl FnOnce(&C) -> Result<(), E>,
+) -> std::process::ExitCode {
+    let cli = C::parse();
+    match run(&cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Size of one request's data buffer and of one image block.
 pub const BLOCK: usize = 4096;
 

@@ -242,7 +242,7 @@ impl Engine {
                     (T_OUT, false)
                 };
                 let header = RequestHeader {
-                    kind: U32::new(t),
+                    request_type: U32::new(t),
                     reserved: U32::new(0),
                     sector: U64::new(block * (BLOCK as u64 / 512)),
                 };

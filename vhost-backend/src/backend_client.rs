@@ -1,7 +1,13 @@
 //! The back-end → front-end channel (SET_BACKEND_REQ_FD): every back-end request of the
-//! specification, sent from any thread, waiting for the ack when REPLY_ACK is negotiated.
+//! specification, sent from any thread, waiting for the ack when REPLY_ACK is negotiated —
+//! at most [`DEFAULT_ACK_TIMEOUT`] (or what [`BackendClient::with_ack_timeout`] sets).
+//!
+//! A front-end that does not answer in time gets [`ClientError::AckTimeout`], and the
+//! channel is then given up ([`ClientError::ChannelBroken`] for every later request): an
+//! answer arriving late would otherwise be read as the answer to the next request.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use vhost_proto::{
     decode_backend_reply, BackendReq, BackendRequest, Header, HeaderFlags, IotlbMsg, MessageKind,
@@ -19,6 +25,18 @@ pub enum ClientError {
     /// The channel failed.
     #[error(transparent)]
     Transport(#[from] vhost_transport::Error),
+    /// The front-end did not answer within the ack timeout. The channel is given up.
+    #[error("{request}: no answer from the front-end within {waited:?}")]
+    AckTimeout {
+        /// The request.
+        request: &'static str,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// An earlier request's answer did not come in time, so the channel is out of step and
+    /// no longer used.
+    #[error("the back-end channel was given up after an unanswered request")]
+    ChannelBroken,
     /// The front-end answered with a non-zero status.
     #[error("{request} refused by the front-end with status {status}")]
     Refused {
@@ -33,12 +51,28 @@ pub enum ClientError {
 /// acked) and the back-end channel (which reads it to gate and ack its requests).
 pub type SharedNegotiation = Arc<Mutex<Negotiation>>;
 
-/// A handle on the back-end channel. Cheap to clone; each request holds the channel for its
-/// round trip, so requests from several worker threads do not interleave.
+/// How long a request waits for the front-end's answer by default: QEMU answers back-end
+/// requests from its main loop, which a busy guest or a migration may hold up for a while,
+/// but not for this long.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channel and what the client knows of it.
+struct Channel {
+    conn: Connection<BackendChannel>,
+    /// The read timeout set on `conn` (`None`: none set yet, or none wanted).
+    read_timeout: Option<Duration>,
+    /// An answer did not come in time: the channel is out of step.
+    broken: bool,
+}
+
+/// A handle on the back-end channel. Cheap to clone (clones share the channel and keep
+/// their ack timeout); each request holds the channel for its round trip, so requests from
+/// several worker threads do not interleave.
 #[derive(Clone)]
 pub struct BackendClient {
-    channel: Arc<Mutex<Connection<BackendChannel>>>,
+    channel: Arc<Mutex<Channel>>,
     negotiation: SharedNegotiation,
+    ack_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for BackendClient {
@@ -53,9 +87,27 @@ impl BackendClient {
     /// sent, not when the channel arrived.
     pub fn new(conn: Connection<BackendChannel>, negotiation: SharedNegotiation) -> Self {
         BackendClient {
-            channel: Arc::new(Mutex::new(conn)),
+            channel: Arc::new(Mutex::new(Channel {
+                conn,
+                read_timeout: None,
+                broken: false,
+            })),
             negotiation,
+            ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
         }
+    }
+
+    /// This client with another ack timeout: how long a request waits for the front-end's
+    /// answer (`None`: forever; a zero duration is taken as `None`). Default:
+    /// [`DEFAULT_ACK_TIMEOUT`].
+    pub fn with_ack_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.ack_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// The ack timeout of this handle.
+    pub fn ack_timeout(&self) -> Option<Duration> {
+        self.ack_timeout
     }
 
     /// Sends one request with its descriptors. Returns the front-end's u64 answer and the
@@ -79,7 +131,7 @@ impl BackendClient {
         } else {
             HeaderFlags::empty()
         };
-        let mut body = [0u8; 64];
+        let mut body = vec![0u8; code.spec().body.max_size()];
         let enc = req.encode(flags, &mut body)?;
         if fds.len() != req.fd_count() {
             return Err(vhost_proto::Error::UnexpectedFds {
@@ -89,34 +141,65 @@ impl BackendClient {
             }
             .into());
         }
-        let conn = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
-        conn.send(&enc.header.to_wire(), &body[..enc.body_len], &[], fds)?;
-        match negotiation.backend_owes(code, need_reply) {
-            Owed::Nothing => Ok(None),
-            Owed::Ack | Owed::Reply(_) => {
-                let (hdr, mut rfds) = conn.recv_header()?;
-                let hdr = Header::from_wire(&hdr);
-                hdr.check_reply(MessageKind::Backend(code))?;
-                let size = hdr.size as usize;
-                if size > MAX_BODY_SIZE {
-                    return Err(vhost_proto::Error::BodyTooLarge {
-                        request: MessageKind::Backend(code),
-                        size: hdr.size,
-                        max: MAX_BODY_SIZE,
-                    }
-                    .into());
-                }
-                let body = conn.recv_body(size)?;
-                let value = decode_backend_reply(code, &body, rfds.len())?;
-                if value != 0 && code != BackendReq::SharedObjectLookup {
-                    return Err(ClientError::Refused {
-                        request: code.name(),
-                        status: value,
-                    });
-                }
-                Ok(Some((value, rfds.pop())))
-            }
+        let mut channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        if channel.broken {
+            return Err(ClientError::ChannelBroken);
         }
+        let owed = negotiation.backend_owes(code, need_reply);
+        if owed != Owed::Nothing && channel.read_timeout != self.ack_timeout {
+            channel.conn.set_read_timeout(self.ack_timeout)?;
+            channel.read_timeout = self.ack_timeout;
+        }
+        channel
+            .conn
+            .send(&enc.header.to_wire(), &body[..enc.body_len], &[], fds)?;
+        if owed == Owed::Nothing {
+            return Ok(None);
+        }
+        let (body, mut rfds) = match self.read_answer(&channel.conn, code) {
+            Ok(answer) => answer,
+            Err(e) => {
+                // No answer, part of one, or not this request's: the next answer read would
+                // not be the next request's.
+                channel.broken = true;
+                return Err(e);
+            }
+        };
+        let value = decode_backend_reply(code, &body, rfds.len())?;
+        if value != 0 && code != BackendReq::SharedObjectLookup {
+            return Err(ClientError::Refused {
+                request: code.name(),
+                status: value,
+            });
+        }
+        Ok(Some((value, rfds.pop())))
+    }
+
+    /// Reads the front-end's answer to `code`: its body and descriptors.
+    fn read_answer(
+        &self,
+        conn: &Connection<BackendChannel>,
+        code: BackendReq,
+    ) -> Result<(Vec<u8>, Vec<OwnedDescriptor>), ClientError> {
+        let (hdr, rfds) = conn.recv_header().map_err(|e| match e {
+            vhost_transport::Error::TimedOut => ClientError::AckTimeout {
+                request: code.name(),
+                waited: self.ack_timeout.unwrap_or_default(),
+            },
+            e => e.into(),
+        })?;
+        let hdr = Header::from_wire(&hdr);
+        hdr.check_reply(MessageKind::Backend(code))?;
+        let size = hdr.size as usize;
+        if size > MAX_BODY_SIZE {
+            return Err(vhost_proto::Error::BodyTooLarge {
+                request: MessageKind::Backend(code),
+                size: hdr.size,
+                max: MAX_BODY_SIZE,
+            }
+            .into());
+        }
+        Ok((conn.recv_body(size)?, rfds))
     }
 
     fn simple(
@@ -209,5 +292,105 @@ impl BackendClient {
     /// BACKEND_SHMEM_UNMAP.
     pub fn shmem_unmap(&self, map: ShmemMap) -> Result<(), ClientError> {
         self.simple(BackendRequest::ShmemUnmap(map), &[])
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Instant;
+
+    use vhost_proto::{encode_backend_reply, FrontendRequest, ProtocolFeatures};
+
+    use super::*;
+
+    /// A client whose negotiation acked BACKEND_REQ, REPLY_ACK and the protocol features
+    /// of the requests sent here, and the front-end's end of its channel.
+    fn client() -> (BackendClient, Connection<BackendChannel>) {
+        let protocol = ProtocolFeatures::BACKEND_REQ
+            | ProtocolFeatures::REPLY_ACK
+            | ProtocolFeatures::CONFIG
+            | ProtocolFeatures::INBAND_NOTIFICATIONS
+            | ProtocolFeatures::SHARED_OBJECT;
+        let mut neg = Negotiation::new(1 << 30, protocol, 1);
+        neg.apply(&FrontendRequest::SetFeatures(1 << 30));
+        neg.apply(&FrontendRequest::SetProtocolFeatures(protocol.bits()));
+        let (frontend, backend) = Connection::<BackendChannel>::pair().unwrap();
+        (
+            BackendClient::new(backend, Arc::new(Mutex::new(neg))),
+            frontend,
+        )
+    }
+
+    /// Reads one request on the front-end's end: its code and body length.
+    fn receive(frontend: &Connection<BackendChannel>) -> (BackendReq, usize) {
+        let (wire, _) = frontend.recv_header().unwrap();
+        let header = Header::from_wire(&wire);
+        let code = header.check_backend_request().unwrap();
+        assert!(header.need_reply(), "REPLY_ACK: NEED_REPLY is set");
+        let body = frontend.recv_body(header.size as usize).unwrap();
+        (code, body.len())
+    }
+
+    #[test]
+    fn a_front_end_that_never_acks_times_out_and_the_channel_is_given_up() {
+        let (client, frontend) = client();
+        assert_eq!(client.ack_timeout(), Some(DEFAULT_ACK_TIMEOUT));
+        let client = client.with_ack_timeout(Some(Duration::from_millis(200)));
+        let start = Instant::now();
+        let err = client.config_change().unwrap_err();
+        let waited = start.elapsed();
+        assert!(
+            matches!(
+                err,
+                ClientError::AckTimeout {
+                    request: "BACKEND_CONFIG_CHANGE_MSG",
+                    waited,
+                } if waited == Duration::from_millis(200)
+            ),
+            "{err:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        // The request did go out; the front-end's late ack is never taken for the answer to
+        // a later request.
+        assert_eq!(receive(&frontend), (BackendReq::ConfigChangeMsg, 0));
+        let mut out = [0u8; 8];
+        let ack = encode_backend_reply(BackendReq::ConfigChangeMsg, 0, &mut out).unwrap();
+        frontend
+            .send(&ack.header.to_wire(), &out[..ack.body_len], &[], &[])
+            .unwrap();
+        // Clones share the channel, so they see it given up too.
+        let err = client.clone().vring_call(0).unwrap_err();
+        assert!(matches!(err, ClientError::ChannelBroken), "{err:?}");
+    }
+
+    #[test]
+    fn requests_are_encoded_at_their_own_size_and_acked_within_the_timeout() {
+        let (client, frontend) = client();
+        let frontend = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (code, len) = receive(&frontend);
+                seen.push((code, len));
+                let mut out = [0u8; 8];
+                let ack = encode_backend_reply(code, 0, &mut out).unwrap();
+                frontend
+                    .send(&ack.header.to_wire(), &out[..ack.body_len], &[], &[])
+                    .unwrap();
+            }
+            seen
+        });
+        client.vring_call(1).unwrap();
+        client.shared_object_remove([7; 16]).unwrap();
+        let seen = frontend.join().unwrap();
+        assert_eq!(
+            seen,
+            [
+                (BackendReq::VringCall, 8),
+                (BackendReq::SharedObjectRemove, 16)
+            ]
+        );
     }
 }

@@ -151,5 +151,5 @@ pub mod server;
 pub mod test_utils;
 
 pub use backend::{Backend, BackendError, BackendResult, Fault};
-pub use backend_client::{BackendClient, ClientError, SharedNegotiation};
+pub use backend_client::{BackendClient, ClientError, SharedNegotiation, DEFAULT_ACK_TIMEOUT};
 pub use server::{BackendServer, ServerError, STALL_TIMEOUT};

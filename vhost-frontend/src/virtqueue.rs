@@ -150,7 +150,7 @@ impl VirtqueueDriver {
         max_indirect: u16,
         packed: bool,
     ) -> Result<Self> {
-        if !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+        if !vhost_proto::limits::valid_queue_size(size) {
             return Err(Error::InvalidSize { size });
         }
         if max_indirect > size {

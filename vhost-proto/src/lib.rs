@@ -75,7 +75,9 @@ pub mod features;
 mod frontend;
 mod header;
 pub mod inflight;
+pub mod limits;
 mod negotiation;
+pub mod region;
 pub mod table;
 pub mod wire;
 
@@ -88,7 +90,9 @@ pub use frontend::{
     MAX_MEM_TABLE_REGIONS,
 };
 pub use header::{Header, HeaderFlags, VERSION, VERSION_MASK};
+pub use limits::{MAX_QUEUES, MAX_QUEUE_SIZE};
 pub use negotiation::{Negotiation, Owed};
+pub use region::RegionFault;
 pub use table::{
     BackendReq, BodyShape, FdPolicy, FrontendReq, Gate, Owes, ReplyShape, RequestSpec, ACK_FAILURE,
     BACKEND_REQUESTS, FRONTEND_REQUESTS,

@@ -291,12 +291,5 @@ fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vhost-user-load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    benches::tool_main("vhost-user-load", run)
 }

@@ -349,12 +349,5 @@ fn run(cli: &Cli) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vhost-user-many: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    benches::tool_main("vhost-user-many", run)
 }

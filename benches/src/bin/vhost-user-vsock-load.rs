@@ -342,12 +342,5 @@ fn run(cli: &Cli) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vhost-user-vsock-load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    benches::tool_main("vhost-user-vsock-load", run)
 }

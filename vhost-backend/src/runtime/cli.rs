@@ -25,6 +25,8 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use clap::FromArgMatches;
+
 /// How QEMU is pointed at a back-end; device binaries show it in `--help`.
 pub const QEMU_USAGE: &str = "\
 Connecting QEMU:
@@ -174,6 +176,213 @@ pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env).try_init();
 }
 
+/// What the entry point [`main`] says of a device daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonInfo {
+    /// The program's name (`vhost-user-blk`): it prefixes the error report, and the socket
+    /// listened on when neither `--socket-path` nor `--fd` (nor systemd) gives one is
+    /// `/tmp/PROGRAM.sock`.
+    pub program: &'static str,
+    /// The `type` of the `--print-capabilities` document (`block`, `rng`, ...).
+    pub device_type: &'static str,
+    /// The `features` of the `--print-capabilities` document.
+    pub capabilities: &'static [&'static str],
+}
+
+impl DaemonInfo {
+    /// `program` serving a device of `device_type`, with no capability features.
+    pub const fn new(program: &'static str, device_type: &'static str) -> DaemonInfo {
+        DaemonInfo {
+            program,
+            device_type,
+            capabilities: &[],
+        }
+    }
+
+    /// The same with these capability features.
+    pub const fn with_capabilities(mut self, features: &'static [&'static str]) -> DaemonInfo {
+        self.capabilities = features;
+        self
+    }
+
+    /// The socket listened on by default: `/tmp/PROGRAM.sock`.
+    pub fn default_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/{}.sock", self.program))
+    }
+}
+
+/// A device daemon's command line, run by the runtime's entry point [`main`]: the device
+/// crate's parser (with [`BackendArgs`] flattened in) says what to serve, the entry point does
+/// the rest the same way for every device — `--print-capabilities`, logging from
+/// `RUST_LOG`, the stop signals, the default socket, the back-end's construction with the
+/// memory policy, the daemon (or a [`MultiDaemon`](super::MultiDaemon) for several sockets),
+/// the QEMU hint and the error report.
+pub trait DeviceCli: clap::Parser {
+    /// The device served.
+    type Device: super::VirtioDevice;
+    /// The program, its capabilities and its default socket.
+    const DAEMON: DaemonInfo;
+
+    /// The devices to serve, called once logging and the signal handlers are set up, with
+    /// the runtime's options (flattened into the device's parser) and the default socket
+    /// applied. What it leaves in `self` lives until the daemon has returned.
+    fn devices(&mut self, backend: &BackendArgs) -> DevicesResult<Self::Device>;
+}
+
+/// What [`DeviceCli::devices`] returns: the devices, or why they cannot be set up.
+pub type DevicesResult<D> = Result<Devices<D>, Box<dyn std::error::Error>>;
+
+/// What a [`DeviceCli`] serves. The `serving` and `ready` lines are logged once the sockets
+/// are bound (a daemon that cannot bind says nothing of what it would have served).
+#[derive(Debug)]
+pub enum Devices<D> {
+    /// One device, on the socket of `--socket-path`, `--fd`, `--client` or systemd.
+    One {
+        /// The device.
+        device: D,
+        /// What it serves, logged once the socket is bound (nothing when empty).
+        serving: String,
+        /// How QEMU is pointed at it, logged after `serving`.
+        qemu: QemuHint,
+    },
+    /// Several devices from this process, each on its own socket (`--socket-mode` and
+    /// `--max-connections` apply).
+    Many {
+        /// Each socket with its device.
+        exports: Vec<Export<D>>,
+        /// Lines logged once every socket is bound.
+        ready: Vec<String>,
+    },
+}
+
+impl<D> Devices<D> {
+    /// [`Devices::One`].
+    pub fn one(device: D, serving: String, qemu: QemuHint) -> Devices<D> {
+        Devices::One {
+            device,
+            serving,
+            qemu,
+        }
+    }
+}
+
+/// One socket of [`Devices::Many`].
+#[derive(Debug)]
+pub struct Export<D> {
+    /// The socket path, bound with `--socket-mode`.
+    pub socket: PathBuf,
+    /// The device served there.
+    pub device: D,
+    /// What it serves, logged once it is bound (nothing when empty).
+    pub serving: String,
+}
+
+fn log_nonempty(line: &str) {
+    if !line.is_empty() {
+        log::info!("{line}");
+    }
+}
+
+/// The QEMU command line a daemon serving one device logs: `-chardev socket,id=ID,path=...`
+/// and `-device DEVICE,chardev=ID` followed by the device's own properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuHint {
+    /// The chardev id (`blk0`).
+    pub chardev_id: &'static str,
+    /// The QEMU device (`vhost-user-blk-pci`).
+    pub device: &'static str,
+    /// Properties after `chardev=ID`, each with its leading comma (`,num-queues=4`).
+    pub properties: String,
+}
+
+impl QemuHint {
+    /// A hint for `device` on chardev `chardev_id`, with no more properties.
+    pub fn new(chardev_id: &'static str, device: &'static str) -> QemuHint {
+        QemuHint {
+            chardev_id,
+            device,
+            properties: String::new(),
+        }
+    }
+
+    /// The logged text for the socket `path` (`client`: QEMU is the server).
+    pub fn render(&self, path: &std::path::Path, client: bool) -> String {
+        format!(
+            "point QEMU at it with:\n  \
+             -object memory-backend-memfd,id=mem,size=1G,share=on \
+             -machine q35,memory-backend=mem -m 1G \\\n  \
+             -chardev socket,id={id},path={}{} \\\n  \
+             -device {},chardev={id}{}",
+            path.display(),
+            if client { ",server=on" } else { "" },
+            self.device,
+            self.properties,
+            id = self.chardev_id,
+        )
+    }
+}
+
+/// The `main` of a device daemon: parses `C` (and the [`BackendArgs`] flattened into it),
+/// then answers `--print-capabilities` or serves
+/// ([`serve`]) and reports a failure on stderr with the failure exit code.
+pub fn main<C: DeviceCli>() -> std::process::ExitCode {
+    let mut command = C::command();
+    let matches = command.get_matches_mut();
+    let parsed = C::from_arg_matches(&matches)
+        .and_then(|cli| Ok((cli, BackendArgs::from_arg_matches(&matches)?)));
+    let (mut cli, mut backend) = parsed.unwrap_or_else(|e| e.format(&mut command).exit());
+    if backend.print_capabilities {
+        print_capabilities(C::DAEMON.device_type, C::DAEMON.capabilities);
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging();
+    match serve(&mut cli, &mut backend) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => report_error(C::DAEMON.program, e.as_ref()),
+    }
+}
+
+/// Serves what `cli` asks until a stop signal (or, with a connected `--fd`, the end of its
+/// session): installs the signal handlers, applies the default socket, builds each device's
+/// back-end with the memory policy and runs a [`Daemon`](super::Daemon) for one device or a
+/// [`MultiDaemon`](super::MultiDaemon) for several.
+pub fn serve<C: DeviceCli>(
+    cli: &mut C,
+    args: &mut BackendArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    super::daemon::install_signal_handlers()?;
+    args.default_socket_path(C::DAEMON.default_socket());
+    let devices = cli.devices(args)?;
+    let args = &*args;
+    let backend = |device| {
+        super::DeviceBackend::new(device).map(|b| b.with_memory_policy(args.memory_policy()))
+    };
+    match devices {
+        Devices::One {
+            device,
+            serving,
+            qemu,
+        } => {
+            let mut daemon = super::Daemon::from_args(args, backend(device)?)?;
+            log_nonempty(&serving);
+            if let Some(path) = &args.socket_path {
+                log::info!("{}", qemu.render(path, args.client));
+            }
+            daemon.run()?;
+        }
+        Devices::Many { exports, ready } => {
+            let mut daemon = args.multi_daemon()?;
+            for export in exports {
+                daemon.bind(&export.socket, args.socket_mode, backend(export.device)?)?;
+                log_nonempty(&export.serving);
+            }
+            ready.iter().for_each(|line| log_nonempty(line));
+            daemon.run()?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +434,32 @@ mod tests {
         assert!(help.contains("--print-capabilities"));
         assert!(help.contains("memory-backend-memfd,id=mem,size=1G,share=on"));
         assert!(help.contains("-chardev socket,id=vhost0,path=PATH"));
+    }
+
+    #[test]
+    fn qemu_hint_names_the_socket_the_chardev_and_the_device() {
+        let mut hint = QemuHint::new("blk0", "vhost-user-blk-pci");
+        hint.properties = ",num-queues=2".into();
+        let text = hint.render(std::path::Path::new("/s.sock"), false);
+        assert!(
+            text.contains("-chardev socket,id=blk0,path=/s.sock \\\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("-device vhost-user-blk-pci,chardev=blk0,num-queues=2"));
+        assert!(text.contains("share=on"));
+        let text = hint.render(std::path::Path::new("/s.sock"), true);
+        assert!(text.contains("path=/s.sock,server=on"), "{text}");
+    }
+
+    #[test]
+    fn the_default_socket_is_named_after_the_program() {
+        let info = DaemonInfo::new("vhost-user-blk", "block").with_capabilities(&["read-only"]);
+        assert_eq!(
+            info.default_socket(),
+            PathBuf::from("/tmp/vhost-user-blk.sock")
+        );
+        assert_eq!(info.capabilities, ["read-only"]);
+        assert!(DaemonInfo::new("x", "rng").capabilities.is_empty());
     }
 
     #[test]

@@ -77,6 +77,16 @@ unsafe impl Send for FileIo {}
 // SAFETY: no method reads the list through a shared reference.
 unsafe impl Sync for FileIo {}
 
+/// Where a transfer goes: `len` bytes of the file at `offset`, and of the request's
+/// buffers (of the transfer's direction) from `skip` on.
+#[derive(Clone, Copy)]
+struct Span {
+    offset: u64,
+    skip: u64,
+    len: u64,
+    align: Option<IoAlign>,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     /// File → guest (`preadv`).
@@ -104,7 +114,13 @@ impl FileIo {
         len: u64,
         align: Option<IoAlign>,
     ) -> Result<(), GuestIoError> {
-        let r = self.transfer(req, file, offset, 0, len, align, Direction::Read);
+        let span = Span {
+            offset,
+            skip: 0,
+            len,
+            align,
+        };
+        let r = self.transfer(req, file, span, Direction::Read);
         self.iov.clear();
         // Also after a failure: part of the data may have landed.
         if !matches!(r, Err(GuestIoError::Stale | GuestIoError::Unaligned)) {
@@ -124,22 +140,30 @@ impl FileIo {
         len: u64,
         align: Option<IoAlign>,
     ) -> Result<(), GuestIoError> {
-        let r = self.transfer(req, file, offset, skip, len, align, Direction::Write);
+        let span = Span {
+            offset,
+            skip,
+            len,
+            align,
+        };
+        let r = self.transfer(req, file, span, Direction::Write);
         self.iov.clear();
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn transfer(
         &mut self,
         req: &Request,
         file: &File,
-        offset: u64,
-        skip: u64,
-        len: u64,
-        align: Option<IoAlign>,
+        span: Span,
         dir: Direction,
     ) -> Result<(), GuestIoError> {
+        let Span {
+            offset,
+            skip,
+            len,
+            align,
+        } = span;
         self.iov.clear();
         req.check_current()?;
         let mem = req.memory();

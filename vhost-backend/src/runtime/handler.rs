@@ -55,8 +55,9 @@ pub const RUNTIME_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::MQ
     .union(ProtocolFeatures::RESET_DEVICE)
     .union(ProtocolFeatures::STATUS);
 
-/// Most queues a device may have: vring fd messages carry an 8-bit index.
-pub const MAX_QUEUES: usize = 256;
+/// Most queues a device may have: vring fd messages carry an 8-bit index
+/// ([`vhost_proto::MAX_QUEUES`], the protocol's limit).
+pub use vhost_proto::MAX_QUEUES;
 
 /// Why the runtime refused a request or a device.
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +293,7 @@ impl<D: VirtioDevice> DeviceBackend<D> {
             return Err(RuntimeError::InvalidDevice("num_queues must be in 1..=256"));
         }
         let max = device.max_queue_size();
-        if max == 0 || !max.is_power_of_two() || max > 32768 {
+        if !vhost_proto::limits::valid_queue_size(max) {
             return Err(RuntimeError::InvalidDevice(
                 "max_queue_size must be a power of two in 1..=32768",
             ));

@@ -42,13 +42,22 @@ pub enum MemError {
         /// Descriptors that came with it.
         fds: usize,
     },
-    /// A region has size zero or an address range that overflows.
-    #[error("region at guest-physical {gpa:#x}: {why}")]
+    /// A region breaks a rule of the protocol: size zero or an address range that
+    /// overflows ([`vhost_proto::region::check_region`]).
+    #[error("region at guest-physical {gpa:#x}: {fault}")]
     InvalidRegion {
         /// Guest-physical address of the region.
         gpa: u64,
-        /// What is wrong.
-        why: &'static str,
+        /// The rule broken.
+        fault: vhost_proto::RegionFault,
+    },
+    /// A region larger than this process's address space.
+    #[error("region at guest-physical {gpa:#x}: size {size:#x} does not fit in this process's address space")]
+    TooLarge {
+        /// Guest-physical address of the region.
+        gpa: u64,
+        /// Its size.
+        size: u64,
     },
     /// `mmap_offset + memory_size` runs past the end of the region's file: mapping it would
     /// succeed and the first access beyond the end would kill the process with SIGBUS.
@@ -186,27 +195,18 @@ impl Default for MemoryTable {
     }
 }
 
-fn overlaps(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
-    // Both ranges were checked not to overflow.
-    a < b + b_len && b < a + a_len
-}
-
+/// The protocol's rules for one region ([`vhost_proto::region`]), and a size this process
+/// can map.
 fn check_region(r: &MemoryRegion) -> Result<(), MemError> {
-    let bad = |why| MemError::InvalidRegion {
+    vhost_proto::region::check_region(r).map_err(|fault| MemError::InvalidRegion {
         gpa: r.guest_phys_addr,
-        why,
-    };
-    if r.memory_size == 0 {
-        return Err(bad("size is zero"));
-    }
-    if r.guest_phys_addr.checked_add(r.memory_size).is_none()
-        || r.user_addr.checked_add(r.memory_size).is_none()
-        || r.mmap_offset.checked_add(r.memory_size).is_none()
-    {
-        return Err(bad("address + size overflows"));
-    }
+        fault,
+    })?;
     if usize::try_from(r.memory_size).is_err() {
-        return Err(bad("size does not fit in this process's address space"));
+        return Err(MemError::TooLarge {
+            gpa: r.guest_phys_addr,
+            size: r.memory_size,
+        });
     }
     Ok(())
 }
@@ -386,23 +386,18 @@ impl MemoryTable {
         Some(GuestAddress(r.info.guest_phys_addr + offset))
     }
 
+    /// The protocol's overlap rule ([`vhost_proto::region::check_overlap`]) against the
+    /// regions `existing` holds.
     fn check_overlap(existing: &[Region], r: &MemoryRegion) -> Result<(), MemError> {
-        for o in existing {
-            let (a, b) = (&o.info, r);
-            if overlaps(
-                a.guest_phys_addr,
-                a.memory_size,
-                b.guest_phys_addr,
-                b.memory_size,
-            ) || overlaps(a.user_addr, a.memory_size, b.user_addr, b.memory_size)
-            {
-                return Err(MemError::Overlap {
-                    gpa: r.guest_phys_addr,
-                    other: a.guest_phys_addr,
-                });
+        vhost_proto::region::check_overlap(r, existing.iter().map(|o| &o.info)).map_err(|fault| {
+            MemError::Overlap {
+                gpa: r.guest_phys_addr,
+                other: fault
+                    .other()
+                    .and_then(|i| existing.get(i))
+                    .map_or(0, |o| o.info.guest_phys_addr),
             }
-        }
-        Ok(())
+        })
     }
 
     fn publish(&mut self, regions: Vec<Region>) -> Result<(), MemError> {

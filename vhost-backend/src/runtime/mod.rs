@@ -61,11 +61,16 @@
 //!   reset and accept again on disconnect, prompt stop on SIGTERM, SIGINT, SIGHUP
 //!   and SIGQUIT.
 //!
-//! A device binary is then a few lines:
+//! A device binary is then a few lines: its parser with [`BackendArgs`](cli::BackendArgs)
+//! flattened in, and [`DeviceCli`](cli::DeviceCli) saying what to serve; the runtime's
+//! [`cli::main`] does the rest (capabilities, logging, signals, default socket, daemon,
+//! QEMU hint, error report):
 //!
 //! ```no_run
 //! use clap::Parser;
-//! use vhost_backend::runtime::cli::{print_capabilities, BackendArgs, QEMU_USAGE};
+//! use vhost_backend::runtime::cli::{
+//!     self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, QemuHint, QEMU_USAGE,
+//! };
 //! # use vhost_backend::runtime::{VirtioDevice, QueueContext, Processed, DeviceError};
 //! # struct Rng;
 //! # impl VirtioDevice for Rng {
@@ -85,19 +90,19 @@
 //!     backend: BackendArgs,
 //! }
 //!
+//! impl DeviceCli for Cli {
+//!     type Device = Rng;
+//!     // Listens on /tmp/vhost-user-rng.sock without --socket-path or --fd.
+//!     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
+//!     fn devices(&mut self, _: &BackendArgs) -> DevicesResult<Rng> {
+//!         let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");
+//!         let serving = "entropy from the kernel".to_owned();
+//!         Ok(Devices::one(Rng, serving, qemu))
+//!     }
+//! }
+//!
 //! fn main() -> std::process::ExitCode {
-//!     let cli = Cli::parse();
-//!     if cli.backend.print_capabilities {
-//!         print_capabilities("rng", &[]);
-//!         return std::process::ExitCode::SUCCESS;
-//!     }
-//!     match vhost_backend::runtime::daemon::run_device(&cli.backend, Rng) {
-//!         Ok(()) => std::process::ExitCode::SUCCESS,
-//!         Err(e) => {
-//!             log::error!("{e}");
-//!             std::process::ExitCode::FAILURE
-//!         }
-//!     }
+//!     cli::main::<Cli>()
 //! }
 //! ```
 
@@ -141,6 +146,9 @@ pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 #[cfg(target_os = "linux")]
 pub use uring::{GuestUring, Reaped, Refused};
+/// The queue sizes the virtio spec allows, the limit every device's
+/// [`max_queue_size`](VirtioDevice::max_queue_size) and queue-size option is checked against.
+pub use vhost_proto::limits::{valid_queue_size, MAX_QUEUE_SIZE as MAX_VIRTIO_QUEUE_SIZE};
 pub use vring::{RingPart, VringError};
 
 /// The `vm-memory` crate (0.16) the runtime is built on: [`Request::memory`] is a

@@ -199,20 +199,22 @@ impl Disk {
         };
         match ty {
             VIRTIO_BLK_T_IN => {
-                let (offset, len) = self.check_read(req, hdr)?;
+                let (offset, len) = self.check_transfer(req, hdr, false)?;
                 match io.read_to_writable(req, &self.file, offset, len, self.io_align()) {
-                    Err(GuestIoError::Unaligned) => self.read_bounced(req, offset, len, bounce)?,
+                    Err(GuestIoError::Unaligned) => {
+                        self.bounced(req, offset, len, bounce, false)?
+                    }
                     r => r?,
                 }
                 // `len` is at most MAX_CHAIN_BYTES, far below u32::MAX.
                 Ok(len as u32)
             }
             VIRTIO_BLK_T_OUT => {
-                let (offset, len) = self.check_write(req, hdr)?;
+                let (offset, len) = self.check_transfer(req, hdr, true)?;
                 let align = self.io_align();
                 match io.write_from_readable(req, &self.file, offset, HEADER_SIZE, len, align) {
                     Err(GuestIoError::Unaligned) => {
-                        self.write_bounced(req, offset, len, bounce)?;
+                        self.bounced(req, offset, len, bounce, true)?;
                     }
                     r => r?,
                 }
@@ -243,32 +245,28 @@ impl Disk {
         }
     }
 
-    /// Checks a read (`VIRTIO_BLK_T_IN`): no data to read from the driver, a whole number of
-    /// sectors inside the disk (aligned for direct I/O). Returns the byte offset and length.
-    pub(crate) fn check_read(
+    /// Checks a read (`VIRTIO_BLK_T_IN`, `write` false) or a write (`VIRTIO_BLK_T_OUT`): data
+    /// only in the direction of the transfer (a read has none to read from the driver, a
+    /// write none to write back), a whole number of sectors inside the disk (aligned for
+    /// direct I/O), and for a write a writable disk. Returns the byte offset and length.
+    pub(crate) fn check_transfer(
         &self,
         req: &Request,
         hdr: Header,
+        write: bool,
     ) -> Result<(u64, u64), RequestError> {
         let readable_data = req.readable_len() - HEADER_SIZE;
         let writable_data = req.writable_len().saturating_sub(1);
-        expect_none(hdr.request_type, "device-readable", readable_data)?;
-        let len = sector_multiple(writable_data)?;
-        Ok((self.data_range(hdr.sector, len)?, len))
-    }
-
-    /// Checks a write (`VIRTIO_BLK_T_OUT`) as [`check_read`](Self::check_read) does, and that
-    /// the disk is writable.
-    pub(crate) fn check_write(
-        &self,
-        req: &Request,
-        hdr: Header,
-    ) -> Result<(u64, u64), RequestError> {
-        let readable_data = req.readable_len() - HEADER_SIZE;
-        let writable_data = req.writable_len().saturating_sub(1);
-        expect_none(hdr.request_type, "device-writable", writable_data)?;
-        self.writable(hdr.request_type)?;
-        let len = sector_multiple(readable_data)?;
+        let (data, (stray, stray_len)) = if write {
+            (readable_data, ("device-writable", writable_data))
+        } else {
+            (writable_data, ("device-readable", readable_data))
+        };
+        expect_none(hdr.request_type, stray, stray_len)?;
+        if write {
+            self.writable(hdr.request_type)?;
+        }
+        let len = sector_multiple(data)?;
         Ok((self.data_range(hdr.sector, len)?, len))
     }
 
@@ -278,11 +276,11 @@ impl Disk {
         check_shape(req).ok()?;
         match hdr.request_type {
             VIRTIO_BLK_T_IN => {
-                let (offset, len) = self.check_read(req, hdr).ok()?;
+                let (offset, len) = self.check_transfer(req, hdr, false).ok()?;
                 Some(Plan::Read { offset, len })
             }
             VIRTIO_BLK_T_OUT => {
-                let (offset, len) = self.check_write(req, hdr).ok()?;
+                let (offset, len) = self.check_transfer(req, hdr, true).ok()?;
                 Some(Plan::Write { offset, len })
             }
             VIRTIO_BLK_T_FLUSH if !self.read_only => Some(Plan::Flush),
@@ -290,31 +288,24 @@ impl Disk {
         }
     }
 
-    /// A read through the aligned bounce buffer (guest buffers direct I/O cannot take).
-    pub(crate) fn read_bounced(
+    /// A read (`write` false) or a write through the aligned bounce buffer (guest buffers
+    /// direct I/O cannot take).
+    pub(crate) fn bounced(
         &self,
         req: &Request,
         offset: u64,
         len: u64,
         bounce: Option<&mut Bounce>,
+        write: bool,
     ) -> Result<(), RequestError> {
         let buf = bounce_slice(bounce, len)?;
-        self.file.read_exact_at(buf, offset)?;
-        req.write_writable(0, buf)?;
-        Ok(())
-    }
-
-    /// A write through the aligned bounce buffer.
-    pub(crate) fn write_bounced(
-        &self,
-        req: &Request,
-        offset: u64,
-        len: u64,
-        bounce: Option<&mut Bounce>,
-    ) -> Result<(), RequestError> {
-        let buf = bounce_slice(bounce, len)?;
-        req.read_readable(HEADER_SIZE, buf)?;
-        self.file.write_all_at(buf, offset)?;
+        if write {
+            req.read_readable(HEADER_SIZE, buf)?;
+            self.file.write_all_at(buf, offset)?;
+        } else {
+            self.file.read_exact_at(buf, offset)?;
+            req.write_writable(0, buf)?;
+        }
         Ok(())
     }
 

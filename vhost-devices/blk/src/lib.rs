@@ -374,7 +374,7 @@ impl BlkDevice {
             (None, Some(align)) => align.offset.max(SECTOR_SIZE as u32),
             (None, None) => SECTOR_SIZE as u32,
         };
-        let config = VirtioBlkConfig::new(disk.capacity(), bs, cfg.num_queues, cfg.queue_size);
+        let config = config::config_space(disk.capacity(), bs, cfg.num_queues, cfg.queue_size);
         let scratch = (0..cfg.num_queues)
             .map(|_| Mutex::new(Scratch::new(direct)))
             .collect();

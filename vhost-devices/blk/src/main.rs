@@ -5,12 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
-use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
-use vhost_backend::runtime::DeviceBackend;
+use vhost_backend::runtime::cli::{
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, Export, QemuHint, QEMU_USAGE,
+};
 use vhost_device_blk::export::ExportSpec;
 use vhost_device_blk::image::{TempImage, TEMP_IMAGE_SIZE};
 use vhost_device_blk::{Aio, BlkConfig, BlkDevice, DEFAULT_SERIAL, MAX_QUEUE_SIZE};
+
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// `--aio` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,9 +24,6 @@ enum AioMode {
     #[value(name = "io_uring")]
     IoUring,
 }
-
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
 
 /// vhost-user virtio-blk back-end.
 ///
@@ -86,18 +87,59 @@ struct Cli {
     /// that alignment is refused.
     #[arg(long)]
     logical_block_size: Option<u32>,
+
+    /// The scratch image served without --blk-file, removed when the daemon returns.
+    #[arg(skip)]
+    scratch: Option<TempImage>,
 }
 
-fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if cli.backend.print_capabilities {
-        cli::print_capabilities("block", &["read-only", "blk-file"]);
-        return ExitCode::SUCCESS;
+impl DeviceCli for Cli {
+    type Device = BlkDevice;
+    const DAEMON: DaemonInfo =
+        DaemonInfo::new("vhost-user-blk", "block").with_capabilities(&["read-only", "blk-file"]);
+
+    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<BlkDevice> {
+        if !self.export.is_empty() {
+            return self.exports();
+        }
+        let path = match &self.blk_file {
+            Some(p) => p.clone(),
+            None => {
+                let img = TempImage::create(TEMP_IMAGE_SIZE)?;
+                log::info!(
+                    "no --blk-file: serving a sparse 1 GiB scratch image at {} (removed on exit)",
+                    img.path().display()
+                );
+                // Kept in `self` until the daemon returns; dropping it removes the image.
+                self.scratch.insert(img).path().to_path_buf()
+            }
+        };
+        let mut config = base_config(self, path)?;
+        let device = open_device(self, &mut config)?;
+        let serving = serving(&config, &device);
+        let mut qemu = QemuHint::new("blk0", "vhost-user-blk-pci");
+        qemu.properties = format!(",num-queues={}", config.num_queues);
+        Ok(Devices::one(device, serving, qemu))
     }
-    cli::init_logging();
-    match run(&mut cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report_error("vhost-user-blk", e.as_ref()),
+}
+
+impl Cli {
+    /// `--export ...`: every disk from this process, each on its own socket with its own
+    /// device.
+    fn exports(&self) -> DevicesResult<BlkDevice> {
+        vhost_device_blk::export::check_distinct(&self.export, self.read_only)?;
+        let mut exports = Vec::new();
+        for (export, mut config) in export_configs(self)? {
+            let device = open_device(self, &mut config)
+                .map_err(|e| format!("export {}: {e}", export.socket.display()))?;
+            exports.push(Export {
+                socket: export.socket.clone(),
+                serving: serving(&config, &device),
+                device,
+            });
+        }
+        let ready = vec![format!("{} exports from this process", exports.len())];
+        Ok(Devices::Many { exports, ready })
     }
 }
 
@@ -128,65 +170,6 @@ fn choose_aio(asked: Option<AioMode>, direct: bool) -> Result<AioMode, String> {
         },
         None => Ok(AioMode::Sync),
     }
-}
-
-fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
-    install_signal_handlers()?;
-    if !cli.export.is_empty() {
-        return run_exports(cli);
-    }
-    cli.backend.default_socket_path(DEFAULT_SOCKET);
-    // Lives until the daemon returns; dropping it removes the scratch image.
-    let mut scratch = None;
-    let path = match &cli.blk_file {
-        Some(p) => p.clone(),
-        None => {
-            let img = TempImage::create(TEMP_IMAGE_SIZE)?;
-            log::info!(
-                "no --blk-file: serving a sparse 1 GiB scratch image at {} (removed on exit)",
-                img.path().display()
-            );
-            scratch.insert(img).path().to_path_buf()
-        }
-    };
-    let mut config = base_config(cli, path)?;
-    let device = open_device(cli, &mut config)?;
-    let (size, block_size) = (device.size_bytes(), device.block_size());
-    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
-    log_serving(&config, size, block_size);
-    if let Some(sock) = &cli.backend.socket_path {
-        log::info!(
-            "point QEMU at it with:\n  \
-             -object memory-backend-memfd,id=mem,size=1G,share=on \
-             -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=blk0,path={}{} \\\n  \
-             -device vhost-user-blk-pci,chardev=blk0,num-queues={}",
-            sock.display(),
-            if cli.backend.client { ",server=on" } else { "" },
-            config.num_queues
-        );
-    }
-    let result = daemon.run();
-    drop(daemon);
-    drop(scratch);
-    result.map_err(Into::into)
-}
-
-/// `--export ...`: every disk from this process, each on its own socket with its own device.
-fn run_exports(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
-    vhost_device_blk::export::check_distinct(&cli.export, cli.read_only)?;
-    let mut daemon = cli.backend.multi_daemon()?;
-    for (export, mut config) in export_configs(cli)? {
-        let device = open_device(cli, &mut config)
-            .map_err(|e| format!("export {}: {e}", export.socket.display()))?;
-        let (size, block_size) = (device.size_bytes(), device.block_size());
-        let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-        daemon.bind(&export.socket, cli.backend.socket_mode, backend)?;
-        log_serving(&config, size, block_size);
-    }
-    log::info!("{} exports from this process", daemon.len());
-    daemon.run().map_err(Into::into)
 }
 
 /// Each `--export` with the configuration of its disk: the command line's options with
@@ -240,12 +223,13 @@ fn open_device(cli: &Cli, config: &mut BlkConfig) -> Result<BlkDevice, vhost_dev
     }
 }
 
-fn log_serving(config: &BlkConfig, size: u64, block_size: u32) {
-    log::info!(
+/// The line saying what `device` serves.
+fn serving(config: &BlkConfig, device: &BlkDevice) -> String {
+    format!(
         "serving {} ({} bytes, {}-byte blocks, {}, {} queue(s) of up to {}, {})",
         config.path.display(),
-        size,
-        block_size,
+        device.size_bytes(),
+        device.block_size(),
         if config.read_only {
             "read-only"
         } else {
@@ -258,7 +242,7 @@ fn log_serving(config: &BlkConfig, size: u64, block_size: u32) {
             Aio::Threads(n) => format!("requests run on {n} I/O threads"),
             Aio::IoUring => "requests run on one io_uring per queue".to_owned(),
         }
-    );
+    )
 }
 
 #[cfg(test)]

@@ -14,39 +14,16 @@
 use std::io;
 
 use vhost_backend::runtime::{ChainFault, GuestIoError, Request};
-use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::config::MAX_DATA_BYTES;
 
-/// `VIRTIO_BLK_T_IN`: read sectors.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-/// `VIRTIO_BLK_T_OUT`: write sectors.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-/// `VIRTIO_BLK_T_FLUSH`: make earlier completed writes durable.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-/// `VIRTIO_BLK_T_GET_ID`: read the device serial (20 bytes).
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-/// `VIRTIO_BLK_T_DISCARD`: deallocate ranges.
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
-/// `VIRTIO_BLK_T_WRITE_ZEROES`: zero ranges.
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+pub use virtio_defs::blk::{
+    RangeSegment, RequestHeader, HEADER_SIZE, ID_BYTES, SEGMENT_SIZE, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    WRITE_ZEROES_FLAG_UNMAP,
+};
 
-/// `VIRTIO_BLK_S_OK`.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
-/// `VIRTIO_BLK_S_IOERR`.
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
-/// `VIRTIO_BLK_S_UNSUPP`.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
-
-/// Size of the request header `{type: u32, reserved: u32, sector: u64}`.
-pub const HEADER_SIZE: u64 = 16;
-/// Size of a discard / write-zeroes segment `{sector: u64, num_sectors: u32, flags: u32}`.
-pub const SEGMENT_SIZE: u64 = 16;
-/// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`, bit 0 of a segment's flags.
-pub const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
-/// Length of the GET_ID answer.
-pub const ID_BYTES: usize = 20;
 /// Most descriptors one chain may have (a 1024-entry ring plus room for header and status
 /// buffers of an indirect table).
 pub const MAX_DESCRIPTORS: usize = 1026;
@@ -188,33 +165,6 @@ impl RequestError {
         }
     }
 }
-
-/// `struct virtio_blk_req` header as the driver lays it out.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct RequestHeader {
-    /// `VIRTIO_BLK_T_*`.
-    pub request_type: U32,
-    /// Reserved.
-    pub reserved: U32,
-    /// First 512-byte sector.
-    pub sector: U64,
-}
-
-/// `struct virtio_blk_discard_write_zeroes`: one range of a DISCARD or WRITE_ZEROES request.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct RangeSegment {
-    /// First 512-byte sector.
-    pub sector: U64,
-    /// Number of sectors.
-    pub num_sectors: U32,
-    /// `WRITE_ZEROES_FLAG_UNMAP` or 0.
-    pub flags: U32,
-}
-
-const _: () = assert!(size_of::<RequestHeader>() == HEADER_SIZE as usize);
-const _: () = assert!(size_of::<RangeSegment>() == SEGMENT_SIZE as usize);
 
 /// A parsed request header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

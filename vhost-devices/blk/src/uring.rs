@@ -108,7 +108,7 @@ impl UringQueue {
                     let r = match error {
                         GuestIoError::Unaligned => core
                             .disk
-                            .read_bounced(&req, offset, len, self.scratch.bounce.as_mut())
+                            .bounced(&req, offset, len, self.scratch.bounce.as_mut(), false)
                             .map(|()| len as u32),
                         GuestIoError::Io(_) => {
                             // No room on the ring (slots a timed-out stop left taken, a
@@ -135,7 +135,7 @@ impl UringQueue {
                     let r = match error {
                         GuestIoError::Unaligned => core
                             .disk
-                            .write_bounced(&req, offset, len, self.scratch.bounce.as_mut())
+                            .bounced(&req, offset, len, self.scratch.bounce.as_mut(), true)
                             .and_then(|()| sync_if(core, writethrough)),
                         GuestIoError::Io(_) => {
                             // No room on the ring: served here (see the read above).

@@ -94,7 +94,7 @@ fn random_io(
             let len = (sectors * 512) as u32;
             let sector = rng.next() % (IMAGE as u64 / 512 - sectors);
             let header = RequestHeader {
-                kind: U32::new(kind),
+                request_type: U32::new(kind),
                 reserved: U32::new(0),
                 sector: U64::new(sector),
             };
@@ -352,7 +352,7 @@ fn hostile_log_bases_close_the_session_and_the_daemon_serves_the_next() {
         let status = s.memory().alloc(1, 1).unwrap();
         let hdr = s.memory().alloc(16, 16).unwrap();
         let h = RequestHeader {
-            kind: U32::new(T_IN),
+            request_type: U32::new(T_IN),
             reserved: U32::new(0),
             sector: U64::new(8),
         };

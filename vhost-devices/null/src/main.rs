@@ -4,12 +4,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
-use vhost_backend::runtime::daemon;
+use vhost_backend::runtime::cli::{
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, QemuHint, QEMU_USAGE,
+};
 use vhost_device_null::NullBlk;
 
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-null.sock";
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// vhost-user null block device: reads return zeros, writes are discarded.
 ///
@@ -27,16 +29,16 @@ struct Cli {
     size_mib: u64,
 }
 
-fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if cli.backend.print_capabilities {
-        cli::print_capabilities("block", &[]);
-        return ExitCode::SUCCESS;
-    }
-    cli.backend.default_socket_path(DEFAULT_SOCKET);
-    match daemon::run_device(&cli.backend, NullBlk::new(cli.size_mib << 20)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report_error("vhost-user-null", &e),
+impl DeviceCli for Cli {
+    type Device = NullBlk;
+    const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-null", "block");
+
+    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<NullBlk> {
+        let mut qemu = QemuHint::new("null0", "vhost-user-blk-pci");
+        qemu.properties = ",num-queues=1".into();
+        let device = NullBlk::new(self.size_mib << 20);
+        let serving = format!("serving a null disk of {} MiB", self.size_mib);
+        Ok(Devices::one(device, serving, qemu))
     }
 }
 

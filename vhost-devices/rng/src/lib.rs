@@ -112,7 +112,7 @@ impl RngDevice {
     /// Opens the entropy source and sets up the rate limit of `config`.
     pub fn new(config: &RngConfig) -> Result<Self, RngError> {
         let qs = config.queue_size;
-        if !qs.is_power_of_two() || qs > 32768 {
+        if !vhost_backend::runtime::valid_queue_size(qs) {
             return Err(RngError::InvalidQueueSize(qs));
         }
         let source = match &config.source {

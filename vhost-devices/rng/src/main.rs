@@ -5,14 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
-use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
+use vhost_backend::runtime::cli::{
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, Export, QemuHint, QEMU_USAGE,
+};
 use vhost_backend::runtime::multi::numbered_paths;
-use vhost_backend::runtime::DeviceBackend;
 use vhost_device_rng::{RateLimit, RngConfig, RngDevice, MAX_QUEUE_SIZE};
 
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-rng.sock";
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// Period of the rate limit when only `--max-bytes` is given, in milliseconds.
 const DEFAULT_PERIOD_MS: u64 = 1000;
@@ -51,7 +52,8 @@ struct Cli {
 
     /// Largest queue size (a power of two, 1 to 32768).
     #[arg(long, default_value_t = MAX_QUEUE_SIZE,
-          value_parser = clap::value_parser!(u16).range(1..=32768))]
+          value_parser = clap::value_parser!(u16)
+              .range(1..=i64::from(vhost_backend::runtime::MAX_VIRTIO_QUEUE_SIZE)))]
     queue_size: u16,
 }
 
@@ -68,79 +70,58 @@ impl Cli {
     }
 }
 
-fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if cli.backend.print_capabilities {
-        cli::print_capabilities("rng", &[]);
-        return ExitCode::SUCCESS;
-    }
-    cli::init_logging();
-    match run(&mut cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report_error("vhost-user-rng", e.as_ref()),
+impl DeviceCli for Cli {
+    type Device = RngDevice;
+    const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
+
+    /// One device, or with `--socket-count N` N devices, one per socket, each with its own
+    /// entropy budget.
+    fn devices(&mut self, backend: &BackendArgs) -> DevicesResult<RngDevice> {
+        let config = self.config();
+        let (Some(n), Some(path)) = (self.socket_count, &backend.socket_path) else {
+            let device = RngDevice::new(&config)?;
+            let serving = source(&config, &device);
+            let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");
+            return Ok(Devices::one(device, serving, qemu));
+        };
+        let exports = numbered_paths(path, n.into())
+            .into_iter()
+            .map(|socket| {
+                let device = RngDevice::new(&config)?;
+                let serving = String::new();
+                Ok(Export {
+                    socket,
+                    device,
+                    serving,
+                })
+            })
+            .collect::<Result<Vec<_>, vhost_device_rng::RngError>>()?;
+        let mut ready: Vec<String> = exports
+            .first()
+            .map(|e| source(&config, &e.device))
+            .into_iter()
+            .collect();
+        ready.push(format!(
+            "{n} devices on {}0 to {}{}, each with its own entropy budget",
+            path.display(),
+            path.display(),
+            n - 1
+        ));
+        Ok(Devices::Many { exports, ready })
     }
 }
 
-fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
-    install_signal_handlers()?;
-    cli.backend.default_socket_path(DEFAULT_SOCKET);
-    let config = cli.config();
-    if let (Some(n), Some(path)) = (cli.socket_count, &cli.backend.socket_path) {
-        return run_many(cli, &config, path, n.into());
-    }
-    let device = RngDevice::new(&config)?;
+/// The line saying where `device`'s entropy comes from, and at what rate.
+fn source(config: &RngConfig, device: &RngDevice) -> String {
     let description = device.source().describe();
-    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
-    log_source(&config, &description);
-    if let Some(sock) = &cli.backend.socket_path {
-        log::info!(
-            "point QEMU at it with:\n  \
-             -object memory-backend-memfd,id=mem,size=1G,share=on \
-             -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=rng0,path={}{} \\\n  \
-             -device vhost-user-rng-pci,chardev=rng0",
-            sock.display(),
-            if cli.backend.client { ",server=on" } else { "" }
-        );
-    }
-    daemon.run().map_err(Into::into)
-}
-
-/// `--socket-count N`: N devices, one per socket, from this process.
-fn run_many(
-    cli: &Cli,
-    config: &RngConfig,
-    path: &std::path::Path,
-    n: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut daemon = cli.backend.multi_daemon()?;
-    let mut description = String::new();
-    for sock in numbered_paths(path, n) {
-        let device = RngDevice::new(config)?;
-        description = device.source().describe();
-        let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-        daemon.bind(&sock, cli.backend.socket_mode, backend)?;
-    }
-    log_source(config, &description);
-    log::info!(
-        "{n} devices on {}0 to {}{}, each with its own entropy budget",
-        path.display(),
-        path.display(),
-        n - 1
-    );
-    daemon.run().map_err(Into::into)
-}
-
-fn log_source(config: &RngConfig, description: &str) {
     match config.rate_limit {
-        Some(l) => log::info!(
+        Some(l) => format!(
             "entropy from {}, at most {} bytes every {} ms",
             description,
             l.max_bytes,
             l.period.as_millis()
         ),
-        None => log::info!("entropy from {description}"),
+        None => format!("entropy from {description}"),
     }
 }
 

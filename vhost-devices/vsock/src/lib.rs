@@ -166,7 +166,7 @@ impl VsockDevice {
             return Err(VsockError::InvalidCid(cid));
         }
         let qs = config.queue_size;
-        if !qs.is_power_of_two() || qs > 32768 {
+        if !vhost_backend::runtime::valid_queue_size(qs) {
             return Err(VsockError::InvalidQueueSize(qs));
         }
         let bridge =

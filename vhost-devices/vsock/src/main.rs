@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vhost_backend::runtime::cli::{self, BackendArgs, QEMU_USAGE};
-use vhost_backend::runtime::daemon::{install_signal_handlers, Daemon};
-use vhost_backend::runtime::DeviceBackend;
+use vhost_backend::runtime::cli::{
+    self, BackendArgs, DaemonInfo, DeviceCli, Devices, DevicesResult, QemuHint, QEMU_USAGE,
+};
 use vhost_device_vsock::{VsockConfig, VsockDevice, MAX_QUEUE_SIZE};
 
-/// Socket the daemon listens on when neither `--socket-path` nor `--fd` is given.
-const DEFAULT_SOCKET: &str = "/tmp/vhost-user-vsock.sock";
+fn main() -> ExitCode {
+    cli::main::<Cli>()
+}
 
 /// vhost-user virtio-vsock back-end.
 ///
@@ -42,7 +43,8 @@ struct Cli {
 
     /// Largest queue size (a power of two, 1 to 32768).
     #[arg(long, default_value_t = MAX_QUEUE_SIZE,
-          value_parser = clap::value_parser!(u16).range(1..=32768))]
+          value_parser = clap::value_parser!(u16)
+              .range(1..=i64::from(vhost_backend::runtime::MAX_VIRTIO_QUEUE_SIZE)))]
     queue_size: u16,
 }
 
@@ -56,47 +58,25 @@ impl Cli {
     }
 }
 
-fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    if cli.backend.print_capabilities {
-        cli::print_capabilities("vsock", &[]);
-        return ExitCode::SUCCESS;
-    }
-    cli::init_logging();
-    match run(&mut cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report_error("vhost-user-vsock", e.as_ref()),
-    }
-}
+impl DeviceCli for Cli {
+    type Device = VsockDevice;
+    const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-vsock", "vsock");
 
-fn run(cli: &mut Cli) -> Result<(), Box<dyn std::error::Error>> {
-    install_signal_handlers()?;
-    cli.backend.default_socket_path(DEFAULT_SOCKET);
-    let config = cli
-        .config()
-        .ok_or("--guest-cid and --uds-path are required")?;
-    let device = VsockDevice::new(&config)?;
-    let backend = DeviceBackend::new(device)?.with_memory_policy(cli.backend.memory_policy());
-    let mut daemon = Daemon::from_args(&cli.backend, backend)?;
-    log::info!(
-        "guest CID {}; host processes connect to {} (CONNECT <port>), guest connections to \
-         host port P go to {}_P",
-        config.guest_cid,
-        config.uds_path.display(),
-        config.uds_path.display()
-    );
-    if let Some(sock) = &cli.backend.socket_path {
-        log::info!(
-            "point QEMU at it with:\n  \
-             -object memory-backend-memfd,id=mem,size=1G,share=on \
-             -machine q35,memory-backend=mem -m 1G \\\n  \
-             -chardev socket,id=vsock0,path={}{} \\\n  \
-             -device vhost-user-vsock-pci,chardev=vsock0",
-            sock.display(),
-            if cli.backend.client { ",server=on" } else { "" }
+    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<VsockDevice> {
+        let config = self
+            .config()
+            .ok_or("--guest-cid and --uds-path are required")?;
+        let device = VsockDevice::new(&config)?;
+        let serving = format!(
+            "guest CID {}; host processes connect to {} (CONNECT <port>), guest connections \
+             to host port P go to {}_P",
+            config.guest_cid,
+            config.uds_path.display(),
+            config.uds_path.display()
         );
+        let qemu = QemuHint::new("vsock0", "vhost-user-vsock-pci");
+        Ok(Devices::one(device, serving, qemu))
     }
-    daemon.run().map_err(Into::into)
 }
 
 #[cfg(test)]

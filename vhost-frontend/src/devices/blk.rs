@@ -10,64 +10,22 @@
 use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
-use zerocopy::little_endian::{U32, U64};
-use zerocopy::{Immutable, IntoBytes, KnownLayout};
+use zerocopy::IntoBytes;
 
 use super::{DeviceError, Result};
 use crate::session::{Session, SessionError};
 use crate::virtqueue::Buffer;
 
-/// Read sectors (`VIRTIO_BLK_T_IN`).
-pub const T_IN: u32 = 0;
-/// Write sectors (`VIRTIO_BLK_T_OUT`).
-pub const T_OUT: u32 = 1;
-/// Flush the write cache (`VIRTIO_BLK_T_FLUSH`).
-pub const T_FLUSH: u32 = 4;
-/// Read the device id string (`VIRTIO_BLK_T_GET_ID`).
-pub const T_GET_ID: u32 = 8;
-/// Discard ranges (`VIRTIO_BLK_T_DISCARD`).
-pub const T_DISCARD: u32 = 11;
-/// Write zeroes to ranges (`VIRTIO_BLK_T_WRITE_ZEROES`).
-pub const T_WRITE_ZEROES: u32 = 13;
-/// Success.
-pub const S_OK: u8 = 0;
-/// I/O error.
-pub const S_IOERR: u8 = 1;
-/// Unsupported request.
-pub const S_UNSUPP: u8 = 2;
+pub use virtio_defs::blk::{
+    RangeSegment, RequestHeader, ID_BYTES, NUM_QUEUES_OFFSET, SECTOR_SIZE,
+    VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK, VIRTIO_BLK_S_UNSUPP as S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD as T_DISCARD, VIRTIO_BLK_T_FLUSH as T_FLUSH,
+    VIRTIO_BLK_T_GET_ID as T_GET_ID, VIRTIO_BLK_T_IN as T_IN, VIRTIO_BLK_T_OUT as T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES as T_WRITE_ZEROES,
+};
+
 /// Status byte value before the device wrote it.
 pub const S_UNWRITTEN: u8 = 0xff;
-/// Sector size of the request format.
-pub const SECTOR_SIZE: u64 = 512;
-/// Length of the GET_ID answer.
-pub const ID_BYTES: usize = 20;
-
-/// The request header as it sits in guest memory.
-#[derive(Debug, Clone, Copy, IntoBytes, Immutable, KnownLayout)]
-#[repr(C)]
-pub struct RequestHeader {
-    /// Request type (`T_*`).
-    pub kind: U32,
-    /// Reserved, zero.
-    pub reserved: U32,
-    /// First sector.
-    pub sector: U64,
-}
-
-/// One range of a DISCARD or WRITE_ZEROES request.
-#[derive(Debug, Clone, Copy, IntoBytes, Immutable, KnownLayout)]
-#[repr(C)]
-pub struct DiscardRange {
-    /// First sector.
-    pub sector: U64,
-    /// Number of sectors.
-    pub num_sectors: U32,
-    /// Bit 0 of WRITE_ZEROES: unmap allowed.
-    pub flags: U32,
-}
-
-const _: () = assert!(core::mem::size_of::<RequestHeader>() == 16);
-const _: () = assert!(core::mem::size_of::<DiscardRange>() == 16);
 
 /// The fields of the virtio-blk configuration space the helpers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +49,7 @@ impl BlkConfig {
         let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
         let capacity = u64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?);
         let num_queues = bytes
-            .get(34..36)
+            .get(NUM_QUEUES_OFFSET..NUM_QUEUES_OFFSET + 2)
             .and_then(|b| b.try_into().ok())
             .map(u16::from_le_bytes);
         Some(BlkConfig {
@@ -277,9 +235,9 @@ impl BlkRequests {
     ) -> Result<()> {
         let s = self.slot(slot, len as usize)?;
         let header = RequestHeader {
-            kind: U32::new(kind),
-            reserved: U32::new(0),
-            sector: U64::new(sector),
+            request_type: kind.into(),
+            reserved: 0.into(),
+            sector: sector.into(),
         };
         let mem = session.memory().mem();
         mem.write_slice(header.as_bytes(), s.header)?;
@@ -402,10 +360,10 @@ impl BlkRequests {
         timeout: Duration,
     ) -> Result<()> {
         let slot = self.any_free()?;
-        let range = DiscardRange {
-            sector: U64::new(sector),
-            num_sectors: U32::new(num_sectors),
-            flags: U32::new(0),
+        let range = RangeSegment {
+            sector: sector.into(),
+            num_sectors: num_sectors.into(),
+            flags: 0.into(),
         };
         self.write_data(session, slot, range.as_bytes())?;
         let kind = if zeroes { T_WRITE_ZEROES } else { T_DISCARD };

@@ -5,8 +5,7 @@
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::{DeviceError, Result};
 use crate::session::{Session, SessionError};
@@ -18,75 +17,10 @@ pub const RX: usize = 0;
 pub const TX: usize = 1;
 /// The event queue.
 pub const EVENT: usize = 2;
-/// Size of [`VsockHeader`].
-pub const HEADER_LEN: usize = 44;
+pub use virtio_defs::vsock::{op, Header as VsockHeader, HEADER_LEN, HOST_CID};
+
 /// Largest payload the driver sends in one packet.
-pub const MAX_PAYLOAD: usize = 64 * 1024;
-/// The host's CID.
-pub const HOST_CID: u64 = 2;
-
-/// Packet operations.
-pub mod op {
-    /// Connection request.
-    pub const REQUEST: u16 = 1;
-    /// Connection accepted.
-    pub const RESPONSE: u16 = 2;
-    /// Reset.
-    pub const RST: u16 = 3;
-    /// Shutdown (flags: 1 receive, 2 send).
-    pub const SHUTDOWN: u16 = 4;
-    /// Data.
-    pub const RW: u16 = 5;
-    /// Credit update.
-    pub const CREDIT_UPDATE: u16 = 6;
-    /// Credit request.
-    pub const CREDIT_REQUEST: u16 = 7;
-}
-
-/// `struct virtio_vsock_hdr` (virtio 1.2, 5.10.6), 44 little-endian bytes.
-#[repr(C)]
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
-pub struct VsockHeader {
-    /// Source CID.
-    pub src_cid: U64,
-    /// Destination CID.
-    pub dst_cid: U64,
-    /// Source port.
-    pub src_port: U32,
-    /// Destination port.
-    pub dst_port: U32,
-    /// Payload length.
-    pub len: U32,
-    /// Socket type (1: stream).
-    pub type_: U16,
-    /// Operation ([`op`]).
-    pub op: U16,
-    /// Flags.
-    pub flags: U32,
-    /// The sender's receive buffer.
-    pub buf_alloc: U32,
-    /// Bytes the sender consumed.
-    pub fwd_cnt: U32,
-}
-
-const _: () = assert!(std::mem::size_of::<VsockHeader>() == HEADER_LEN);
-
-impl VsockHeader {
-    /// A stream packet from the guest (`guest_cid`, `guest_port`) to host port `host_port`.
-    pub fn to_host(guest_cid: u64, guest_port: u32, host_port: u32, op: u16) -> Self {
-        VsockHeader {
-            src_cid: guest_cid.into(),
-            dst_cid: HOST_CID.into(),
-            src_port: guest_port.into(),
-            dst_port: host_port.into(),
-            type_: 1.into(),
-            op: op.into(),
-            ..Default::default()
-        }
-    }
-}
+pub const MAX_PAYLOAD: usize = virtio_defs::vsock::MAX_PAYLOAD as usize;
 
 /// A packet the device put in an rx buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,8 +21,8 @@ pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Used ring flag: the device does not want an available-buffer notification (no EVENT_IDX).
 pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
-/// "Queue Size ... The maximum Queue Size value is 32768."
-pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// "Queue Size ... The maximum Queue Size value is 32768." ([`vhost_proto::MAX_QUEUE_SIZE`]).
+pub use vhost_proto::MAX_QUEUE_SIZE;
 
 /// Alignment of the descriptor table.
 pub(super) const DESC_ALIGN: u64 = 16;

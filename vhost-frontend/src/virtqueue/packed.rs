@@ -134,13 +134,7 @@ impl VirtqueueDriver {
             }
             let next = if i + 1 < n { VIRTQ_DESC_F_NEXT } else { 0 };
             let at = self.desc_addr(self.desc_table, pos);
-            self.mem.write_obj(addr.to_le(), at).map_err(mem_err)?;
-            self.mem
-                .write_obj(len.to_le(), at.unchecked_add(8))
-                .map_err(mem_err)?;
-            self.mem
-                .write_obj(id.to_le(), at.unchecked_add(12))
-                .map_err(mem_err)?;
+            self.write_packed_desc_body(at, addr, len, id)?;
             if i > 0 {
                 self.mem
                     .store(
@@ -361,15 +355,21 @@ impl VirtqueueDriver {
         id: u16,
         flags: u16,
     ) -> Result<()> {
+        self.write_packed_desc_body(at, addr, len, id)?;
+        self.mem
+            .write_obj(flags.to_le(), at.unchecked_add(14))
+            .map_err(mem_err)
+    }
+
+    /// Writes a packed descriptor's address, length and id (not its flags, which make it
+    /// available and are written last).
+    fn write_packed_desc_body(&self, at: GuestAddress, addr: u64, len: u32, id: u16) -> Result<()> {
         self.mem.write_obj(addr.to_le(), at).map_err(mem_err)?;
         self.mem
             .write_obj(len.to_le(), at.unchecked_add(8))
             .map_err(mem_err)?;
         self.mem
             .write_obj(id.to_le(), at.unchecked_add(12))
-            .map_err(mem_err)?;
-        self.mem
-            .write_obj(flags.to_le(), at.unchecked_add(14))
             .map_err(mem_err)
     }
 }

@@ -166,37 +166,13 @@ impl MemTable {
 }
 
 /// Checks each region for emptiness and overflow, and the set for overlaps (guest-physical
-/// and front-end virtual ranges).
+/// and front-end virtual ranges): [`region::check_regions`](crate::region::check_regions).
 pub fn validate_regions(regions: &[MemoryRegion], request: MessageKind) -> Result<(), Error> {
-    for (index, r) in regions.iter().enumerate() {
-        let bad = |why| Error::RegionOverflow {
-            request,
-            index,
-            why,
-        };
-        if r.memory_size == 0 {
-            return Err(bad("size is zero"));
-        }
-        if r.guest_phys_addr.checked_add(r.memory_size).is_none() {
-            return Err(bad("guest_phys_addr + memory_size overflows"));
-        }
-        if r.user_addr.checked_add(r.memory_size).is_none() {
-            return Err(bad("user_addr + memory_size overflows"));
-        }
-        if r.mmap_offset.checked_add(r.memory_size).is_none() {
-            return Err(bad("mmap_offset + memory_size overflows"));
-        }
-        for o in &regions[..index] {
-            let overlaps = |a: u64, b: u64| a < b + o.memory_size && b < a + r.memory_size;
-            if overlaps(r.guest_phys_addr, o.guest_phys_addr) {
-                return Err(bad("guest-physical range overlaps an earlier region"));
-            }
-            if overlaps(r.user_addr, o.user_addr) {
-                return Err(bad("user address range overlaps an earlier region"));
-            }
-        }
-    }
-    Ok(())
+    crate::region::check_regions(regions).map_err(|(index, fault)| Error::RegionOverflow {
+        request,
+        index,
+        why: fault.why(),
+    })
 }
 
 /// ADD_MEM_REG / REM_MEM_REG body: one region (with Xen fields under XEN_MMAP).
