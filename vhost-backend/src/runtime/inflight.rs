@@ -64,7 +64,7 @@ use vm_memory::{
 };
 
 use super::inflight_packed::packed_queue_region_size;
-use super::mem_table::seal_against_shrinking;
+use super::mem_table::{sealed_file_len, SharedFileError};
 
 /// Why GET_INFLIGHT_FD or SET_INFLIGHT_FD was refused, or a ring could not be tracked.
 #[derive(Debug, thiserror::Error)]
@@ -265,16 +265,14 @@ impl InflightArea {
             });
         }
         let file = File::from(fd);
-        let meta = file.metadata().map_err(InflightError::Io)?;
-        if !meta.file_type().is_file() {
-            return Err(InflightError::NotAFile);
-        }
         // Whatever the memory policy: the area is read at every ring start, and a file
         // shrunk under the mapping would kill the process (SIGBUS) there. QEMU hands back
         // the sealed memfd GET_INFLIGHT_FD made (libvhost-user's and DPDK's are sealed too).
-        seal_against_shrinking(&file).map_err(InflightError::Unprotected)?;
-        // Sized after sealing: it cannot go down any more.
-        let file_size = file.metadata().map_err(InflightError::Io)?.len();
+        let file_size = sealed_file_len(&file).map_err(|e| match e {
+            SharedFileError::Stat(e) => InflightError::Io(e),
+            SharedFileError::NotAFile => InflightError::NotAFile,
+            SharedFileError::Unprotected(why) => InflightError::Unprotected(why),
+        })?;
         let past = || InflightError::PastEndOfFile {
             offset: info.mmap_offset,
             size: needed,

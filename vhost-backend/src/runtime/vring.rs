@@ -1388,33 +1388,15 @@ mod tests {
             i.start(0, &m, None),
             Err(VringError::NotConfigured { .. })
         ));
-        i.set_addrs(
-            0,
-            [
-                GuestAddress(0xf000),
-                GuestAddress(0x2000),
-                GuestAddress(0x3000),
-            ],
-        )
-        .unwrap();
-        // 256 descriptors * 16 bytes from 0xf000 runs past 0x10000.
-        assert!(matches!(
-            i.start(0, &m, None),
-            Err(VringError::InvalidQueue { .. })
-        ));
-        i.set_addrs(
-            0,
-            [
-                GuestAddress(0x1001),
-                GuestAddress(0x2000),
-                GuestAddress(0x3000),
-            ],
-        )
-        .unwrap();
-        assert!(matches!(
-            i.start(0, &m, None),
-            Err(VringError::InvalidQueue { .. })
-        ));
+        // 256 descriptors * 16 bytes from 0xf000 run past 0x10000; 0x1001 is misaligned.
+        for desc in [0xf000, 0x1001] {
+            let addrs = [desc, 0x2000, 0x3000].map(GuestAddress);
+            i.set_addrs(0, addrs).unwrap();
+            assert!(
+                matches!(i.start(0, &m, None), Err(VringError::InvalidQueue { .. })),
+                "descriptor table at {desc:#x}"
+            );
+        }
         assert!(!i.started());
     }
 
