@@ -851,13 +851,16 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let packed = self.packed_acked();
         let area =
             InflightArea::open(info, fd, self.rings.len(), max_size, packed).map_err(fail)?;
+        // tests/e2e/inflight-kill.sh reads this line (its shape, anchored at the end).
         log::info!(
-            "inflight area: {} queue(s) of {} entries, {} layout, offset {:#x}",
+            "inflight area: {} queue(s) of {} entries, offset {:#x}",
             info.num_queues,
             info.queue_size,
-            if packed { "packed" } else { "split" },
             info.mmap_offset
         );
+        if packed {
+            log::info!("inflight area: the packed layout (VIRTIO_F_RING_PACKED acked)");
+        }
         self.inflight = Some(Arc::new(area));
         Ok(())
     }
