@@ -47,6 +47,7 @@ fn check_request(mem: &GuestMemoryMmap, r: &Request) {
                         | ChainFault::AddressOverflow { .. }
                         | ChainFault::TooManyBuffers
                         | ChainFault::ReadableAfterWritable
+                        | ChainFault::NestedIndirect
                 )
             ),
             "a buffer outside memory without a fault: {r:?}"
