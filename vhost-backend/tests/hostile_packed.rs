@@ -70,7 +70,11 @@ impl Driver {
 
     /// Writes a raw descriptor at `pos` (flags exactly as given).
     fn raw(&self, pos: u16, addr: u64, len: u32, id: u16, flags: u16) {
-        let at = DESC + u64::from(pos) * 16;
+        self.desc_at(DESC + u64::from(pos) * 16, addr, len, id, flags);
+    }
+
+    /// Writes a descriptor at guest address `at` (a ring position, an indirect table entry).
+    fn desc_at(&self, at: u64, addr: u64, len: u32, id: u16, flags: u16) {
         self.mem.write_obj(addr, GuestAddress(at)).unwrap();
         self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
         self.mem.write_obj(id, GuestAddress(at + 12)).unwrap();
@@ -189,12 +193,13 @@ fn indirect_table_is_expanded_and_a_table_of_odd_length_gives_an_empty_request()
         .into_iter()
         .enumerate()
     {
-        let at = table + i as u64 * 16;
-        d.mem
-            .write_obj(DATA + i as u64 * 0x1000, GuestAddress(at))
-            .unwrap();
-        d.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        d.mem.write_obj(flags, GuestAddress(at + 14)).unwrap();
+        d.desc_at(
+            table + i as u64 * 16,
+            DATA + i as u64 * 0x1000,
+            len,
+            0,
+            flags,
+        );
     }
     d.raw(0, table, 48, 5, DESC_F_AVAIL | DESC_F_INDIRECT);
     d.raw(1, table, 47, 6, DESC_F_AVAIL | DESC_F_INDIRECT);
@@ -225,10 +230,7 @@ fn an_indirect_table_inside_an_indirect_table_faults_the_request() {
         (DATA + 0x1000, 64, DESC_F_WRITE),
     ];
     for (i, (addr, len, flags)) in entries.into_iter().enumerate() {
-        let at = table + i as u64 * 16;
-        d.mem.write_obj(addr, GuestAddress(at)).unwrap();
-        d.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        d.mem.write_obj(flags, GuestAddress(at + 14)).unwrap();
+        d.desc_at(table + i as u64 * 16, addr, len, 0, flags);
     }
     d.raw(0, table, 48, 3, DESC_F_AVAIL | DESC_F_INDIRECT);
     q.process(&dev).unwrap();
