@@ -31,7 +31,8 @@ use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiati
 /// Virtio features the runtime implements itself and always offers: protocol features
 /// (bit 30), VERSION_1, EVENT_IDX, INDIRECT_DESC (descriptor chains are walked by
 /// `virtio-queue`, indirect tables included), RING_PACKED (the runtime's own packed
-/// ring, [`super::packed`], behind the same request API) and VHOST_F_LOG_ALL (dirty-page
+/// ring, [`super::packed`], behind the same request API; not offered to a device whose
+/// [`VirtioDevice::supports_packed_ring`] is `false`) and VHOST_F_LOG_ALL (dirty-page
 /// logging for live migration, see [`dirty_log`](super::dirty_log)).
 pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
     | virtio::bit(virtio::VERSION_1)

@@ -628,6 +628,29 @@ mod tests {
         assert!(q0.recover(16, 0).heads.is_empty());
     }
 
+    /// A resubmitted split chain whose indirect table holds another indirect descriptor:
+    /// the nested one is handed on with its flag (the request faults it), and the walk
+    /// ends there.
+    #[test]
+    fn a_resubmitted_chain_hands_on_a_nested_indirect_table_and_ends() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let put = |at: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            mem.write_obj(addr, GuestAddress(at)).unwrap();
+            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        };
+        // Head 0 of the table at 0x1000: an indirect table of three at 0x2000.
+        put(0x1000, 0x2000, 48, 4, 0);
+        put(0x2000, 0x4000, 16, 1, 1);
+        put(0x2010, 0x3000, 32, 4 | 1, 2);
+        put(0x2020, 0x5000, 16, 2, 0);
+        let got: Vec<_> = ResubmittedChain::new(&mem, GuestAddress(0x1000), 8, 0)
+            .map(|d| (d.addr().0, d.refers_to_indirect_table()))
+            .collect();
+        assert_eq!(got, [(0x4000, false), (0x3000, true)]);
+    }
+
     #[test]
     fn hostile_region_contents_stay_in_bounds() {
         let (a, _f) = area(1, 8);
