@@ -492,6 +492,11 @@ impl Vring {
                         .add_used(&**mem, c.head, c.len)
                         .map_err(|e| e.to_string()),
                 };
+                // The packed region forgets the request either way: the ring no longer
+                // counts it outstanding, and its entries went back to the free list.
+                if let Some(pi) = &mut st.packed_inflight {
+                    pi.after_used(c.head);
+                }
                 if let Err(e) = added {
                     self.log.warn(format_args!(
                         "vring {}: returning head {}: {e}",
@@ -501,9 +506,6 @@ impl Vring {
                 }
                 if let Some(inflight) = &st.inflight {
                     inflight.after_used(c.head, st.queue.next_used());
-                }
-                if let Some(pi) = &mut st.packed_inflight {
-                    pi.after_used(c.head);
                 }
                 published.count += 1;
             }
