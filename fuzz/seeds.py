@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora of the server_session, device_runtime and blk_chains targets.
+"""Writes the seed corpora of the server_session, device_runtime, blk_chains and packed_ring
+targets.
 
 Each target reads its input with `arbitrary::Unstructured`; the `In` class below emits the
 bytes that make those reads return chosen values (int_in_range: big-endian offset from the
@@ -373,7 +374,117 @@ def blk_chains():
     write(t, "hostile-loop-readonly-status-past-end", blk_seed(3, descs, [0, 2, 4, 7], data))
 
 
+# ---------------------------------------------------------------- packed_ring
+# Steps of fuzz_targets/packed_ring.rs (MEM 0x10000, TABLES 0x2000).
+PR_RING, PR_DESC, PR_TABLE, PR_EVENTS, PR_ROUND, PR_COMPLETE = range(6)
+PR_NEXT, PR_WRITE, PR_INDIRECT = 1, 2, 4
+PR_MEM, PR_TABLES = 0x10000, 0x2000
+
+
+class PackedDriver:
+    """A driver laying buffers into a packed ring as the target's step 1 writes them."""
+
+    def __init__(self, size_exp, event_idx=False):
+        self.u = In().range(0, 5, size_exp, 1).flag(event_idx)
+        self.size, self.pos, self.wrap, self.held = 1 << size_exp, 0, True, 0
+
+    def step(self, kind):
+        self.u.range(0, 5, kind, 1)
+        return self.u
+
+    def desc(self, pos, wrap, addr, length, buf_id, flags, id_in_ring=True):
+        u = self.step(PR_DESC).range(0, self.size - 1, pos, 2).flag(wrap)
+        u.range(0, PR_MEM + 0x100, addr, 8).range(0, 0x2000, length, 4)
+        if id_in_ring:
+            u.flag(True).range(0, self.size - 1, buf_id, 2)
+        else:
+            u.flag(False).int(buf_id, 2)
+        u.int(flags, 2)
+
+    def buffer(self, buf_id, bufs):
+        """One buffer of (len, flags) descriptors at the next positions (NEXT added)."""
+        for i, (length, flags) in enumerate(bufs):
+            more = PR_NEXT if i + 1 < len(bufs) else 0
+            self.desc(self.pos, self.wrap, 0x4000 + 0x100 * self.pos, length, buf_id, flags | more)
+            self.pos += 1
+            if self.pos == self.size:
+                self.pos, self.wrap = 0, not self.wrap
+
+    def table(self, off, entries):
+        """An indirect table at TABLES + off: (addr, len, flags) entries."""
+        data = b"".join(struct.pack("<QIHH", a, n, 0, f) for a, n, f in entries)
+        self.step(PR_TABLE).range(0, 0xFFF, off, 8).range(1, 64, len(data), 8).raw(data)
+
+    def events(self, driver_off_wrap, driver_flags, device_off_wrap=0, device_flags=0):
+        self.step(PR_EVENTS)
+        for v in (driver_off_wrap, driver_flags, device_off_wrap, device_flags):
+            self.u.int(v, 2)
+
+    def round(self, popped):
+        self.step(PR_ROUND)
+        self.held += popped
+
+    def complete(self, picks):
+        """Completes held requests: each pick (index into what is still held, in the
+        target's swap_remove order; that request's writable bytes; the used length)."""
+        u = self.step(PR_COMPLETE).range(0, self.held, len(picks), 8)
+        for i, writable, used in picks:
+            u.range(0, self.held - 1, i, 8).range(0, writable, used, 4)
+            self.held -= 1
+
+
+def packed_ring():
+    t = "packed_ring"
+    # In order, single descriptors, four rounds of three in a ring of 8: both sides wrap.
+    d = PackedDriver(3)
+    for _ in range(4):
+        for buf_id in range(3):
+            d.buffer(buf_id, [(64, PR_WRITE)])
+        d.round(3)
+        d.complete([(0, 64, 64)] * 3)
+    write(t, "in-order-wrap", d.u.b)
+
+    # Chains of two and three completed out of order, with EVENT_IDX asking for a call at
+    # position 4.
+    d = PackedDriver(3, event_idx=True)
+    d.events(4 | 0x8000, 2)
+    d.buffer(0, [(16, 0), (64, PR_WRITE)])
+    d.buffer(1, [(16, 0), (32, 0), (64, PR_WRITE)])
+    d.buffer(2, [(8, PR_WRITE)])
+    d.round(3)
+    d.complete([(2, 8, 8), (0, 64, 64), (0, 64, 0)])
+    d.buffer(0, [(16, 0), (64, PR_WRITE)])
+    d.round(1)
+    d.complete([(0, 64, 64)])
+    write(t, "chains-out-of-order-event-idx", d.u.b)
+
+    # An indirect table of three entries, and one with an indirect entry inside it.
+    d = PackedDriver(2)
+    d.table(0, [(0x5000, 16, 0), (0x5100, 512, PR_WRITE), (0x5400, 1, PR_WRITE)])
+    d.table(0x100, [(0x5000, 16, 0), (PR_TABLES, 32, PR_INDIRECT)])
+    d.desc(0, True, PR_TABLES, 48, 0, PR_INDIRECT)
+    d.desc(1, True, PR_TABLES + 0x100, 32, 1, PR_INDIRECT)
+    d.round(2)
+    d.complete([(1, 0, 0), (0, 513, 513)])
+    write(t, "indirect-and-nested", d.u.b)
+
+    # Hostile: one ID made available twice, an ID out of range, a chain whose next
+    # descriptor is not available (the ring wrapped), then that descriptor written for the
+    # new lap.
+    d = PackedDriver(2)
+    d.desc(0, True, 0x4000, 16, 1, PR_WRITE)
+    d.desc(1, True, 0x4100, 16, 1, PR_WRITE)
+    d.desc(2, True, 0x4200, 16, 0x7777, PR_WRITE, id_in_ring=False)
+    d.desc(3, True, 0x4300, 16, 2, PR_NEXT)
+    d.round(2)
+    d.desc(0, False, 0x4000, 16, 3, PR_WRITE)
+    d.round(1)
+    d.complete([(0, 16, 16), (0, 16, 0)])
+    write(t, "hostile-ids-and-wrap", d.u.b)
+
+
 if __name__ == "__main__":
     server_session()
     device_runtime()
     blk_chains()
+    packed_ring()

@@ -17,16 +17,13 @@
 #![no_main]
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vhost_backend::runtime::packed::{decode_base, DESC_F_AVAIL, DESC_F_USED};
-use vhost_backend::runtime::testing::TestQueue;
-use vhost_backend::runtime::{
-    ChainFault, DeviceError, Processed, QueueContext, Request, VirtioDevice,
-};
+use vhost_backend::runtime::testing::{KeepDevice, TestQueue};
+use vhost_backend::runtime::{ChainFault, Request};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 const MEM: u64 = 0x1_0000;
@@ -34,35 +31,6 @@ const DESC: u64 = 0x1000;
 const DRIVER_EVENT: u64 = 0x800;
 const DEVICE_EVENT: u64 = 0x900;
 const TABLES: u64 = 0x2000;
-
-#[derive(Default)]
-struct Keep {
-    reqs: Mutex<Vec<Request>>,
-}
-
-impl VirtioDevice for Keep {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        32
-    }
-    fn features(&self) -> u64 {
-        0
-    }
-    fn process_queue(
-        &self,
-        ctx: &mut QueueContext<'_>,
-    ) -> std::result::Result<Processed, DeviceError> {
-        while let Some(r) = ctx.pop() {
-            self.reqs.lock().expect("lock").push(r);
-        }
-        Ok(Processed::Drained)
-    }
-}
 
 fn check_request(mem: &GuestMemoryMmap, r: &Request) {
     let outside = r
@@ -79,6 +47,7 @@ fn check_request(mem: &GuestMemoryMmap, r: &Request) {
                         | ChainFault::AddressOverflow { .. }
                         | ChainFault::TooManyBuffers
                         | ChainFault::ReadableAfterWritable
+                        | ChainFault::NestedIndirect
                 )
             ),
             "a buffer outside memory without a fault: {r:?}"
@@ -104,7 +73,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         event_idx,
     )
     .expect("queue");
-    let dev = Keep::default();
+    let dev = KeepDevice::new(32);
     let mut held: Vec<Request> = Vec::new();
     let mut held_ids: HashSet<u16> = HashSet::new();
     let ring_bytes = u64::from(size) * 16;
@@ -154,7 +123,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             }
             4 => {
                 q.process(&dev).expect("process");
-                let popped = std::mem::take(&mut *dev.reqs.lock().expect("lock"));
+                let popped = dev.take();
                 assert!(
                     popped.len() <= usize::from(size),
                     "more than a ring per round"

@@ -25,6 +25,9 @@
 # round) or, outside the writers' regions, the original content. Reported: the requests
 # each restarted daemon resubmitted (from its log).
 
+# INFLIGHT_PACKED=1: the same with QEMU's packed=on (packed rings, the spec's packed
+# inflight layout); see inflight-kill-packed.sh.
+INFLIGHT_PACKED=${INFLIGHT_PACKED:-}
 INFLIGHT_SECS=${INFLIGHT_SECS:-30}
 INFLIGHT_WRITERS=${INFLIGHT_WRITERS:-8}
 INFLIGHT_MIB=${INFLIGHT_MIB:-1}
@@ -51,19 +54,21 @@ inflight_handed() { # log
 
 # Whether daemon PID's inflight area (its memfd, read through /proc) flags a request in
 # flight, in any queue region. The shape (queues, entries, offset) is the last area the
-# daemon log LOG reports; queue regions are ALIGN_UP(16 * entries + 2, 64) bytes apart, each
-# a 16-byte header and then 16-byte entries whose first byte is the flag.
+# daemon log LOG reports; split: queue regions are ALIGN_UP(16 * entries + 2, 64) bytes
+# apart, each a 16-byte header and then 16-byte entries; packed: ALIGN_UP(32 * entries + 29,
+# 64), a 32-byte header and 32-byte entries. An entry's first byte is the flag.
 inflight_busy() { # pid log
-    local f shape nq size off region q
+    local f shape nq size off region q e=16
     shape=$(grep -oE "$INFLIGHT_AREA_RE" "$2" | tail -n1 | tr -c '0-9x\n' ' ')
     read -r nq size off <<<"$shape"
     [ -n "$off" ] || return 1
-    region=$(((16 * size + 2 + 63) / 64 * 64))
+    [ -n "$INFLIGHT_PACKED" ] && e=32
+    region=$(((e * size + (e == 32 ? 29 : 2) + 63) / 64 * 64))
     for f in /proc/"$1"/fd/*; do
         case $(readlink "$f" 2>/dev/null) in
             *memfd:vhost-inflight*)
                 for q in $(seq 0 $((nq - 1))); do
-                    od -An -tu1 -v -w16 -j$((off + q * region + 16)) -N$((16 * size)) "$f"
+                    od -An -tu1 -v -w$e -j$((off + q * region + e)) -N$((e * size)) "$f"
                 done 2>/dev/null | awk '$1 == 1 { f = 1 } END { exit !f }'
                 return ;;
         esac
@@ -95,7 +100,7 @@ inflight_overlay() { # file seed j round
 }
 
 test_inflight_kill() {
-    local name=inflight-kill
+    local name=inflight-kill${INFLIGHT_PACKED:+-packed}
     local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed pid k gap deadline
     local before_kill= kills=0 starts=1 aimed=0 busy handed i status t_end left room
     local dlog=$RUN_DIR/$name.daemon.log
@@ -115,7 +120,7 @@ test_inflight_kill() {
         return
     fi
     pid=$DAEMON_PID
-    launch_qemu vhost-user-blk-pci,num-queues=2 "$QEMU_SOCK" 1 \
+    launch_qemu "vhost-user-blk-pci,num-queues=2${INFLIGHT_PACKED:+,packed=on}" "$QEMU_SOCK" 1 \
         "e2e.tests=inflight e2e.seed=$seed e2e.inflight_secs=$INFLIGHT_SECS" \
         "e2e.inflight_writers=$INFLIGHT_WRITERS e2e.inflight_mib=$INFLIGHT_MIB"
     deadline=$(($(date +%s) + BOOT_TIMEOUT))
@@ -224,6 +229,12 @@ test_inflight_kill() {
     local alive=1
     kill -0 "$pid" 2>/dev/null && alive=0
     ok "last daemon still running" $alive "pid $pid gone"
+    if [ -n "$INFLIGHT_PACKED" ]; then
+        check_eq "guest virtio features: bit 34 (RING_PACKED)" "$(packed_bit)" 1
+        ok "the daemons made and took the area in the packed layout" \
+            $(grep -q 'inflight area: the packed layout' "$dlog" && echo 0 || echo 1) \
+            "no 'packed layout' line in $dlog"
+    fi
     stop_pid "$pid"
     finish_boot "$name"
     rm -f "$img.orig" "$exp"

@@ -4,6 +4,7 @@
 #
 #   tests/e2e/run.sh [TEST...]        TEST: blk-multi blk-ro blk-direct blk-two rng reconnect
 #                                     client inflight-kill vsock migrate packed
+#                                     inflight-kill-packed
 #                                     (default: all)
 #
 # See tests/e2e/README.md for every parameter. The most useful ones:
@@ -61,13 +62,13 @@ case ${E2E_BACKENDS:-ours} in
 esac
 RNG_SOCKET_SUFFIX=${RNG_SOCKET_SUFFIX:-}
 
-ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock migrate packed"
+ALL_TESTS="blk-multi blk-ro blk-direct blk-two rng reconnect client inflight-kill vsock migrate packed inflight-kill-packed"
 TESTS=${*:-${TESTS:-$ALL_TESTS}}
 for t in $TESTS; do
     case " $ALL_TESTS " in *" $t "*) ;; *) echo "run.sh: unknown test $t (known: $ALL_TESTS)" >&2; exit 2 ;; esac
 done
 wants() { case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
-wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill || wants migrate || wants packed; }
+wants_blk() { wants blk-multi || wants blk-ro || wants blk-direct || wants blk-two || wants reconnect || wants client || wants inflight-kill || wants migrate || wants packed || wants inflight-kill-packed; }
 
 log() { echo "[e2e $(date +%H:%M:%S)] $*"; }
 now() { date +%s.%N; }
@@ -736,6 +737,8 @@ if [ "$FAILED" = 0 ]; then
     wants migrate && test_migrate
     # shellcheck source=tests/e2e/packed.sh
     wants packed && . "$E2E_DIR/packed.sh" && test_packed
+    # shellcheck source=tests/e2e/inflight-kill-packed.sh
+    wants inflight-kill-packed && . "$E2E_DIR/inflight-kill-packed.sh" && test_inflight_kill_packed
 fi
 
 echo

@@ -6,15 +6,14 @@
 
 #![cfg(unix)]
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use vhost_backend::runtime::packed::{
     encode_base, DESC_F_AVAIL, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE,
     EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
 };
-use vhost_backend::runtime::testing::TestQueue;
-use vhost_backend::runtime::{DeviceError, Processed, QueueContext, Request, VirtioDevice};
+use vhost_backend::runtime::testing::{KeepDevice as Keep, TestQueue};
+use vhost_backend::runtime::{ChainFault, Request};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const SIZE: u16 = 8;
@@ -22,39 +21,6 @@ const DESC: u64 = 0x1000;
 const DRIVER_EVENT: u64 = 0x2000;
 const DEVICE_EVENT: u64 = 0x2100;
 const DATA: u64 = 0x4000;
-
-/// A device that keeps every request it pops, with its buffer shape.
-#[derive(Default)]
-struct Keep {
-    reqs: Mutex<Vec<Request>>,
-}
-
-impl VirtioDevice for Keep {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        SIZE
-    }
-    fn features(&self) -> u64 {
-        0
-    }
-    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        while let Some(r) = ctx.pop() {
-            self.reqs.lock().unwrap().push(r);
-        }
-        Ok(Processed::Drained)
-    }
-}
-
-impl Keep {
-    fn take(&self) -> Vec<Request> {
-        std::mem::take(&mut *self.reqs.lock().unwrap())
-    }
-}
 
 /// The driver side, written by hand: position and wrap counter of the next descriptor.
 struct Driver {
@@ -104,7 +70,11 @@ impl Driver {
 
     /// Writes a raw descriptor at `pos` (flags exactly as given).
     fn raw(&self, pos: u16, addr: u64, len: u32, id: u16, flags: u16) {
-        let at = DESC + u64::from(pos) * 16;
+        self.desc_at(DESC + u64::from(pos) * 16, addr, len, id, flags);
+    }
+
+    /// Writes a descriptor at guest address `at` (a ring position, an indirect table entry).
+    fn desc_at(&self, at: u64, addr: u64, len: u32, id: u16, flags: u16) {
         self.mem.write_obj(addr, GuestAddress(at)).unwrap();
         self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
         self.mem.write_obj(id, GuestAddress(at + 12)).unwrap();
@@ -145,6 +115,24 @@ impl Driver {
     }
 }
 
+/// `rounds` rounds of three buffers of shape `bufs` (IDs 0 to 2), each round popped,
+/// completed and published whole.
+fn serve_rounds(d: &mut Driver, q: &TestQueue, rounds: u16, bufs: &[(u32, bool)]) {
+    let dev = Keep::new(SIZE);
+    for round in 0..rounds {
+        for id in 0..3 {
+            d.add(id, bufs);
+        }
+        q.process(&dev).unwrap();
+        let reqs = dev.take();
+        assert_eq!(reqs.len(), 3, "round {round}");
+        for r in reqs {
+            r.complete(8);
+        }
+        assert_eq!(q.publish(), 3);
+    }
+}
+
 fn shape(r: &Request) -> (u16, usize, usize) {
     (r.head(), r.readable().len(), r.writable().len())
 }
@@ -152,7 +140,7 @@ fn shape(r: &Request) -> (u16, usize, usize) {
 #[test]
 fn chains_complete_out_of_order_each_used_descriptor_skips_its_chain() {
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.add(0, &[(16, false)]);
     d.add(1, &[(16, false), (64, true)]);
     d.add(2, &[(32, true)]);
@@ -186,20 +174,8 @@ fn chains_complete_out_of_order_each_used_descriptor_skips_its_chain() {
 #[test]
 fn ring_wraps_and_both_wrap_counters_flip() {
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
-    // Three rounds of three two-descriptor buffers in a ring of 8: positions wrap twice.
-    for round in 0..4u16 {
-        for id in 0..3 {
-            d.add(id, &[(8, false), (8, true)]);
-        }
-        q.process(&dev).unwrap();
-        let reqs = dev.take();
-        assert_eq!(reqs.len(), 3, "round {round}");
-        for r in reqs {
-            r.complete(8);
-        }
-        assert_eq!(q.publish(), 3);
-    }
+    // Four rounds of three two-descriptor buffers in a ring of 8: positions wrap three times.
+    serve_rounds(&mut d, &q, 4, &[(8, false), (8, true)]);
     // 24 descriptors: position 0 after three wraps, both wrap counters 0.
     assert_eq!((d.pos, d.wrap), (0, false));
     assert_eq!(
@@ -211,18 +187,19 @@ fn ring_wraps_and_both_wrap_counters_flip() {
 #[test]
 fn indirect_table_is_expanded_and_a_table_of_odd_length_gives_an_empty_request() {
     let (d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     let table = 0x3000u64;
     for (i, (len, flags)) in [(16u32, 0u16), (512, DESC_F_WRITE), (1, DESC_F_WRITE)]
         .into_iter()
         .enumerate()
     {
-        let at = table + i as u64 * 16;
-        d.mem
-            .write_obj(DATA + i as u64 * 0x1000, GuestAddress(at))
-            .unwrap();
-        d.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        d.mem.write_obj(flags, GuestAddress(at + 14)).unwrap();
+        d.desc_at(
+            table + i as u64 * 16,
+            DATA + i as u64 * 0x1000,
+            len,
+            0,
+            flags,
+        );
     }
     d.raw(0, table, 48, 5, DESC_F_AVAIL | DESC_F_INDIRECT);
     d.raw(1, table, 47, 6, DESC_F_AVAIL | DESC_F_INDIRECT);
@@ -240,10 +217,39 @@ fn indirect_table_is_expanded_and_a_table_of_odd_length_gives_an_empty_request()
     assert_eq!(q.outstanding(), 0);
 }
 
+/// virtio 1.2, 2.8.19: an indirect table must not point to another one. The entry is not
+/// taken as a plain buffer: the request carries the fault, and its other entries stay.
+#[test]
+fn an_indirect_table_inside_an_indirect_table_faults_the_request() {
+    let (d, q) = Driver::new();
+    let dev = Keep::new(SIZE);
+    let (table, inner) = (0x3000u64, 0x3800u64);
+    let entries = [
+        (DATA, 16u32, 0u16),
+        (inner, 32, DESC_F_INDIRECT),
+        (DATA + 0x1000, 64, DESC_F_WRITE),
+    ];
+    for (i, (addr, len, flags)) in entries.into_iter().enumerate() {
+        d.desc_at(table + i as u64 * 16, addr, len, 0, flags);
+    }
+    d.raw(0, table, 48, 3, DESC_F_AVAIL | DESC_F_INDIRECT);
+    q.process(&dev).unwrap();
+    let reqs = dev.take();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.fault(), Some(ChainFault::NestedIndirect));
+    assert_eq!(shape(r), (3, 1, 1), "the nested table is no buffer");
+    assert_eq!((r.readable_len(), r.writable_len()), (16, 64));
+    for r in reqs {
+        r.complete(0);
+    }
+    assert_eq!(q.publish(), 1);
+}
+
 #[test]
 fn a_descriptor_written_for_the_wrong_wrap_counter_is_not_taken() {
     let (d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     // AVAIL clear and USED set: available only to a driver wrap counter of 0.
     d.raw(0, DATA, 16, 0, DESC_F_USED);
     q.process(&dev).unwrap();
@@ -261,7 +267,7 @@ fn a_descriptor_written_for_the_wrong_wrap_counter_is_not_taken() {
 #[test]
 fn a_chain_whose_next_descriptor_lies_about_its_wrap_counter_ends_there() {
     let (d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.raw(0, DATA, 16, 1, DESC_F_AVAIL | DESC_F_NEXT);
     // The chain says it goes on, but the next descriptor is not available.
     d.raw(1, DATA + 0x100, 16, 1, DESC_F_USED | DESC_F_WRITE);
@@ -282,7 +288,7 @@ fn a_chain_whose_next_descriptor_lies_about_its_wrap_counter_ends_there() {
 #[test]
 fn an_id_made_available_twice_is_handed_out_once() {
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.add(3, &[(16, true)]);
     d.add(3, &[(16, true)]);
     d.add(4, &[(16, true)]);
@@ -305,7 +311,7 @@ fn an_id_made_available_twice_is_handed_out_once() {
 #[test]
 fn a_skipped_duplicate_id_does_not_change_the_chain_length_its_used_entry_skips() {
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.add(3, &[(16, false), (16, false), (16, true)]);
     d.add(3, &[(16, true)]);
     q.process(&dev).unwrap();
@@ -335,19 +341,7 @@ fn a_skipped_duplicate_id_does_not_change_the_chain_length_its_used_entry_skips(
 #[test]
 fn a_ring_whose_size_is_not_a_power_of_two_serves_and_wraps() {
     let (mut d, q) = Driver::with(7, false);
-    let dev = Keep::default();
-    for round in 0..7u16 {
-        for id in 0..3 {
-            d.add(id, &[(8, true)]);
-        }
-        q.process(&dev).unwrap();
-        let reqs = dev.take();
-        assert_eq!(reqs.len(), 3, "round {round}");
-        for r in reqs {
-            r.complete(8);
-        }
-        assert_eq!(q.publish(), 3);
-    }
+    serve_rounds(&mut d, &q, 7, &[(8, true)]);
     // 21 descriptors in a ring of 7: three laps, back at position 0 with wrap counters 0.
     assert_eq!((d.pos, d.wrap), (0, false));
     assert_eq!(
@@ -359,7 +353,7 @@ fn a_ring_whose_size_is_not_a_power_of_two_serves_and_wraps() {
 #[test]
 fn an_id_out_of_range_is_skipped_and_the_ring_goes_on() {
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.add(SIZE, &[(16, true)]);
     d.add(u16::MAX, &[(16, true)]);
     d.add(2, &[(16, true)]);
@@ -372,7 +366,7 @@ fn an_id_out_of_range_is_skipped_and_the_ring_goes_on() {
 #[test]
 fn an_id_never_returned_keeps_its_slot_and_stop_gives_up_on_it() {
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.add(0, &[(16, true)]);
     d.add(1, &[(16, true)]);
     q.process(&dev).unwrap();
@@ -392,7 +386,7 @@ fn an_id_never_returned_keeps_its_slot_and_stop_gives_up_on_it() {
 #[test]
 fn a_chain_running_past_the_whole_ring_is_cut_at_the_ring_size() {
     let (d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     for pos in 0..SIZE {
         d.raw(pos, DATA, 16, 7, DESC_F_AVAIL | DESC_F_NEXT | DESC_F_WRITE);
     }
@@ -419,7 +413,7 @@ fn a_chain_running_past_the_whole_ring_is_cut_at_the_ring_size() {
 fn driver_event_area_suppresses_calls_and_event_idx_asks_for_one_position() {
     // Disabled: no notification at all.
     let (mut d, q) = Driver::new();
-    let dev = Keep::default();
+    let dev = Keep::new(SIZE);
     d.mem
         .write_obj(EVENT_FLAGS_DISABLE, GuestAddress(DRIVER_EVENT + 2))
         .unwrap();

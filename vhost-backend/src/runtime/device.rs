@@ -192,6 +192,14 @@ pub trait VirtioDevice: Send + Sync + 'static {
         false
     }
 
+    /// Whether the runtime offers VIRTIO_F_RING_PACKED (bit 34) for this device: its
+    /// requests come through the same [`QueueContext::pop`](crate::runtime::QueueContext::pop)
+    /// whatever the layout, so `true` by default; a device that must not be driven with
+    /// packed rings (a front-end or guest known to mishandle them) answers `false`.
+    fn supports_packed_ring(&self) -> bool {
+        true
+    }
+
     /// Serialises device state for migration. Called from the control thread while every
     /// ring is stopped; the bytes are opaque to the front-end and come back unchanged to
     /// [`restore`](Self::restore), possibly in another process. Not supported by default.
@@ -257,6 +265,9 @@ impl<T: VirtioDevice + ?Sized> VirtioDevice for std::sync::Arc<T> {
     }
     fn supports_inflight_tracking(&self) -> bool {
         (**self).supports_inflight_tracking()
+    }
+    fn supports_packed_ring(&self) -> bool {
+        (**self).supports_packed_ring()
     }
     fn set_backend_client(&self, client: BackendClient) {
         (**self).set_backend_client(client)

@@ -52,7 +52,7 @@ use vm_memory::mmap::MmapRegion;
 use vm_memory::FileOffset;
 
 use super::log_limit::LogLimiter;
-use super::mem_table::seal_against_shrinking;
+use super::mem_table::{sealed_file_len, SharedFileError};
 use super::notifier;
 
 /// Bytes of guest memory one bit of the log stands for.
@@ -242,16 +242,14 @@ impl DirtyLog {
             return Err(LogError::UnalignedOffset { offset });
         }
         let file = File::from(fd);
-        let meta = file.metadata().map_err(LogError::Stat)?;
-        if !meta.file_type().is_file() {
-            return Err(LogError::NotAFile);
-        }
         // Whatever the memory policy: a log that can shrink under the mapping would let the
         // front-end kill this process (SIGBUS on a mark). QEMU's log memfd is always
         // sealable, so only a hostile or broken front-end is refused here.
-        seal_against_shrinking(&file).map_err(LogError::Unprotected)?;
-        // Sized after sealing: the size cannot go down any more.
-        let file_size = file.metadata().map_err(LogError::Stat)?.len();
+        let file_size = sealed_file_len(&file).map_err(|e| match e {
+            SharedFileError::Stat(e) => LogError::Stat(e),
+            SharedFileError::NotAFile => LogError::NotAFile,
+            SharedFileError::Unprotected(why) => LogError::Unprotected(why),
+        })?;
         let past = LogError::PastEndOfFile {
             offset,
             size,

@@ -31,7 +31,8 @@ use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiati
 /// Virtio features the runtime implements itself and always offers: protocol features
 /// (bit 30), VERSION_1, EVENT_IDX, INDIRECT_DESC (descriptor chains are walked by
 /// `virtio-queue`, indirect tables included), RING_PACKED (the runtime's own packed
-/// ring, [`super::packed`], behind the same request API) and VHOST_F_LOG_ALL (dirty-page
+/// ring, [`super::packed`], behind the same request API; not offered to a device whose
+/// [`VirtioDevice::supports_packed_ring`] is `false`) and VHOST_F_LOG_ALL (dirty-page
 /// logging for live migration, see [`dirty_log`](super::dirty_log)).
 pub const RUNTIME_FEATURES: u64 = virtio::bit(virtio::PROTOCOL_FEATURES)
     | virtio::bit(virtio::VERSION_1)
@@ -342,7 +343,10 @@ impl<D: VirtioDevice> DeviceBackend<D> {
         if device.config_size() > 0 {
             offered_protocol |= ProtocolFeatures::CONFIG;
         }
-        let offered_features = (device.features() & !UNSUPPORTED_FEATURES) | RUNTIME_FEATURES;
+        let mut offered_features = (device.features() & !UNSUPPORTED_FEATURES) | RUNTIME_FEATURES;
+        if !device.supports_packed_ring() {
+            offered_features &= !virtio::bit(virtio::RING_PACKED);
+        }
         Ok(DeviceBackend {
             device,
             rings,
@@ -376,6 +380,12 @@ impl<D: VirtioDevice> DeviceBackend<D> {
     /// The dirty-page log.
     pub fn dirty_log(&self) -> &DirtyLog {
         &self.dirty
+    }
+
+    /// Whether the last SET_FEATURES the rings took acked VIRTIO_F_RING_PACKED (every ring
+    /// has the same layout).
+    fn packed_acked(&self) -> bool {
+        self.rings.first().is_some_and(|r| r.lock().is_packed())
     }
 
     /// Virtio features offered to the front-end.
@@ -559,6 +569,16 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         let event_idx = features & virtio::bit(virtio::RING_EVENT_IDX) != 0;
         let protocol = features & virtio::bit(virtio::PROTOCOL_FEATURES) != 0;
         let packed = features & virtio::bit(virtio::RING_PACKED) != 0;
+        // A started ring keeps its layout: its descriptors are where it reads them now.
+        if let Some(r) = self.rings.iter().find(|r| {
+            let g = r.lock();
+            g.started() && g.is_packed() != packed
+        }) {
+            return Err(fail(VringError::LayoutChange {
+                index: r.index,
+                packed,
+            }));
+        }
         for (i, r) in self.rings.iter().enumerate() {
             let mut g = r.lock();
             g.set_event_idx(event_idx);
@@ -682,9 +702,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             Kick::Poll => worker.set_polled(false),
             Kick::None => {}
         }
-        let tracking = self.inflight.as_ref().and_then(|a| a.queue(r.index));
-        if tracking.is_none() && !g.started() {
-            if let Some(area) = &self.inflight {
+        if !g.started() {
+            if let Some(area) = self.inflight.as_ref().filter(|a| !a.covers(r.index)) {
                 log::warn!(
                     "vring {}: the inflight area covers {} queue(s) only: this ring runs                      untracked, and a restart loses its requests in flight",
                     r.index,
@@ -692,7 +711,7 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
                 );
             }
         }
-        let owed = match g.start(r.index, &mem, tracking) {
+        let owed = match g.start(r.index, &mem, self.inflight.as_ref()) {
             Ok(owed) => owed,
             Err(e) => {
                 drop(g);
@@ -859,7 +878,9 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             return Err(BackendError::NotSupported);
         }
         let max_size = self.device.max_queue_size();
-        inflight::create_area(info, self.rings.len(), max_size).map_err(fail)
+        // QEMU acks the features before it asks (`vhost_dev_prepare_inflight`): the layout
+        // follows VIRTIO_F_RING_PACKED as acked now.
+        inflight::create_area(info, self.rings.len(), max_size, self.packed_acked()).map_err(fail)
     }
 
     fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedFd) -> BackendResult<()> {
@@ -870,13 +891,19 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
             return Err(fail(VringError::Started { index: r.index }));
         }
         let max_size = self.device.max_queue_size();
-        let area = InflightArea::open(info, fd, self.rings.len(), max_size).map_err(fail)?;
+        let packed = self.packed_acked();
+        let area =
+            InflightArea::open(info, fd, self.rings.len(), max_size, packed).map_err(fail)?;
+        // tests/e2e/inflight-kill.sh reads this line (its shape, anchored at the end).
         log::info!(
             "inflight area: {} queue(s) of {} entries, offset {:#x}",
             info.num_queues,
             info.queue_size,
             info.mmap_offset
         );
+        if packed {
+            log::info!("inflight area: the packed layout (VIRTIO_F_RING_PACKED acked)");
+        }
         self.inflight = Some(Arc::new(area));
         Ok(())
     }

@@ -44,8 +44,10 @@
 //! the validated queue size. The region is accessed through `vm-memory`'s bounds-checked,
 //! atomic loads and stores: no `unsafe` here.
 //!
-//! Only split rings are tracked; packed rings (not offered by the runtime) have their own
-//! layout in the spec and would get their own queue type next to [`QueueInflight`].
+//! Packed rings have their own layout in the spec, chosen when the area is created and
+//! mapped (the front-end sends SET_FEATURES before GET_INFLIGHT_FD and SET_INFLIGHT_FD, so
+//! the layout follows VIRTIO_F_RING_PACKED as acked then): their queue regions are tracked
+//! by [`super::inflight_packed`].
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -61,7 +63,8 @@ use vm_memory::{
     Address, Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
 };
 
-use super::mem_table::seal_against_shrinking;
+use super::inflight_packed::packed_queue_region_size;
+use super::mem_table::{sealed_file_len, SharedFileError};
 
 /// Why GET_INFLIGHT_FD or SET_INFLIGHT_FD was refused, or a ring could not be tracked.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,25 @@ pub enum InflightError {
     /// Building the area's memory object failed.
     #[error("mapping the inflight area: {0}")]
     Map(#[source] vm_memory::Error),
+    /// A ring whose layout (split or packed) is not the one the area was made for.
+    #[error("vring {index}: the inflight area has the {area} layout, the ring is {ring}")]
+    Layout {
+        /// The ring.
+        index: u16,
+        /// The area's layout.
+        area: &'static str,
+        /// The ring's layout.
+        ring: &'static str,
+    },
+    /// A packed queue region whose contents contradict themselves (the front-end wrote
+    /// it, or it is not a region of this layout): the ring is not started from it.
+    #[error("vring {index}: the packed inflight region is inconsistent: {why}")]
+    Corrupt {
+        /// The ring.
+        index: u16,
+        /// What is wrong.
+        why: String,
+    },
     /// A ring larger than the area's queue regions.
     #[error("vring {index}: size {size} is larger than the inflight area's queue size {desc_num}")]
     RingTooLarge {
@@ -160,19 +182,30 @@ fn check_shape(
     Ok(())
 }
 
-/// GET_INFLIGHT_FD: a zeroed area for `info.num_queues` queues of `info.queue_size`, in a
-/// memfd sealed against growing, shrinking and further seals. Returns the reply and the
-/// descriptor to send; the back-end keeps no mapping (the front-end hands the descriptor
-/// back with SET_INFLIGHT_FD).
+/// Bytes of an area of `num_queues` queue regions of `queue_size` entries in the split or
+/// the `packed` layout.
+fn area_size(num_queues: u16, queue_size: u16, packed: bool) -> u64 {
+    if packed {
+        u64::from(num_queues) * packed_queue_region_size(queue_size)
+    } else {
+        split_area_size(num_queues, queue_size)
+    }
+}
+
+/// GET_INFLIGHT_FD: a zeroed area for `info.num_queues` queues of `info.queue_size` in the
+/// split or the `packed` layout, in a memfd sealed against growing, shrinking and further
+/// seals. Returns the reply and the descriptor to send; the back-end keeps no mapping (the
+/// front-end hands the descriptor back with SET_INFLIGHT_FD).
 pub(crate) fn create_area(
     info: &Inflight,
     max_queues: usize,
     max_size: u16,
+    packed: bool,
 ) -> Result<(Inflight, OwnedFd), InflightError> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};
     check_shape(info.num_queues, info.queue_size, max_queues, max_size)?;
-    let size = split_area_size(info.num_queues, info.queue_size);
+    let size = area_size(info.num_queues, info.queue_size, packed);
     let io = |e: nix::errno::Errno| InflightError::Io(e.into());
     let fd = memfd_create(
         c"vhost-inflight",
@@ -206,20 +239,23 @@ pub(crate) struct InflightArea {
     mem: GuestMemoryMmap,
     num_queues: u16,
     queue_size: u16,
+    /// The queue regions have the packed layout.
+    packed: bool,
 }
 
 impl InflightArea {
     /// Validates SET_INFLIGHT_FD (queue count and size against the device's, `mmap_size`
-    /// against what they need, the descriptor a regular file sealed against shrinking and
-    /// long enough) and maps the queue regions.
+    /// against what they need in the split or `packed` layout, the descriptor a regular
+    /// file sealed against shrinking and long enough) and maps the queue regions.
     pub(crate) fn open(
         info: &Inflight,
         fd: OwnedFd,
         max_queues: usize,
         max_size: u16,
+        packed: bool,
     ) -> Result<Self, InflightError> {
         check_shape(info.num_queues, info.queue_size, max_queues, max_size)?;
-        let needed = split_area_size(info.num_queues, info.queue_size);
+        let needed = area_size(info.num_queues, info.queue_size, packed);
         if info.mmap_size < needed {
             return Err(InflightError::TooSmall {
                 mmap_size: info.mmap_size,
@@ -229,16 +265,14 @@ impl InflightArea {
             });
         }
         let file = File::from(fd);
-        let meta = file.metadata().map_err(InflightError::Io)?;
-        if !meta.file_type().is_file() {
-            return Err(InflightError::NotAFile);
-        }
         // Whatever the memory policy: the area is read at every ring start, and a file
         // shrunk under the mapping would kill the process (SIGBUS) there. QEMU hands back
         // the sealed memfd GET_INFLIGHT_FD made (libvhost-user's and DPDK's are sealed too).
-        seal_against_shrinking(&file).map_err(InflightError::Unprotected)?;
-        // Sized after sealing: it cannot go down any more.
-        let file_size = file.metadata().map_err(InflightError::Io)?.len();
+        let file_size = sealed_file_len(&file).map_err(|e| match e {
+            SharedFileError::Stat(e) => InflightError::Io(e),
+            SharedFileError::NotAFile => InflightError::NotAFile,
+            SharedFileError::Unprotected(why) => InflightError::Unprotected(why),
+        })?;
         let past = || InflightError::PastEndOfFile {
             offset: info.mmap_offset,
             size: needed,
@@ -258,6 +292,39 @@ impl InflightArea {
             mem,
             num_queues: info.num_queues,
             queue_size: info.queue_size,
+            packed,
+        })
+    }
+
+    /// Entries per queue region.
+    pub(crate) fn queue_size(&self) -> u16 {
+        self.queue_size
+    }
+
+    /// Whether the queue regions have the packed layout.
+    pub(crate) fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// Whether the area has a queue region for ring `index`.
+    pub(crate) fn covers(&self, index: u16) -> bool {
+        index < self.num_queues
+    }
+
+    // Every address the queue types pass lies inside the mapped area and is naturally
+    // aligned (the area is page-aligned, queue regions 64-byte aligned, fields at their
+    // natural offsets): the accesses cannot fail, and a failure is logged rather than
+    // trusted.
+    pub(crate) fn store<T: vm_memory::AtomicAccess>(&self, v: T, at: GuestAddress) {
+        if let Err(e) = self.mem.store(v, at, Ordering::Release) {
+            log::error!("inflight area: writing at {:#x}: {e}", at.0);
+        }
+    }
+
+    pub(crate) fn load<T: vm_memory::AtomicAccess + Default>(&self, at: GuestAddress) -> T {
+        self.mem.load(at, Ordering::Acquire).unwrap_or_else(|e| {
+            log::error!("inflight area: reading at {:#x}: {e}", at.0);
+            T::default()
         })
     }
 
@@ -266,9 +333,10 @@ impl InflightArea {
         self.num_queues
     }
 
-    /// The tracking of queue `index`, or `None` when the area does not cover it.
+    /// The split-ring tracking of queue `index`, or `None` when the area does not cover it
+    /// or has the packed layout.
     pub(crate) fn queue(self: &Arc<Self>, index: u16) -> Option<QueueInflight> {
-        (index < self.num_queues).then(|| QueueInflight {
+        (index < self.num_queues && !self.packed).then(|| QueueInflight {
             area: Arc::clone(self),
             base: u64::from(index) * split_queue_region_size(self.queue_size),
             desc_num: self.queue_size,
@@ -312,11 +380,6 @@ pub(crate) use super::testing::crash_point;
 pub(crate) fn crash_point(_: &'static str) {}
 
 impl QueueInflight {
-    /// Entries in the region.
-    pub(crate) fn desc_num(&self) -> u16 {
-        self.desc_num
-    }
-
     fn header(&self, field: u64) -> GuestAddress {
         GuestAddress(self.base + field)
     }
@@ -326,37 +389,12 @@ impl QueueInflight {
         GuestAddress(self.base + off::DESCS + u64::from(head) * off::DESC_SIZE + field)
     }
 
-    // The addresses below are all inside the mapped area and naturally aligned (the area
-    // is page-aligned, queue regions 64-byte aligned, entries 16 bytes): the accesses cannot
-    // fail, and a failure is logged rather than trusted.
     fn store<T: vm_memory::AtomicAccess>(&self, v: T, at: GuestAddress) {
-        if let Err(e) = self.area.mem.store(v, at, Ordering::Release) {
-            log::error!("inflight area: writing at {:#x}: {e}", at.0);
-        }
+        self.area.store(v, at);
     }
 
     fn load<T: vm_memory::AtomicAccess + Default>(&self, at: GuestAddress) -> T {
-        self.area
-            .mem
-            .load(at, Ordering::Acquire)
-            .unwrap_or_else(|e| {
-                log::error!("inflight area: reading at {:#x}: {e}", at.0);
-                T::default()
-            })
-    }
-
-    /// A packed ring starts with this region. Packed rings are not tracked (the spec's
-    /// packed layout is not implemented), so nothing could be recovered after a restart:
-    /// the first back-end to run the ring marks the region (its version), and a later one
-    /// that finds the mark refuses to start the ring (`false`) instead of resuming from a
-    /// base the front-end cannot know, which would hang the queue without a word.
-    pub(crate) fn claim_for_untracked_packed(&self) -> bool {
-        let version: u16 = self.load(self.header(off::VERSION));
-        if version != 0 {
-            return false;
-        }
-        self.store(INFLIGHT_VERSION, self.header(off::VERSION));
-        true
+        self.area.load(at)
     }
 
     /// Pop: `head` (below the ring size, itself at most `desc_num`) was taken from the
@@ -455,8 +493,9 @@ impl QueueInflight {
 /// The descriptors of the chain at `head` of a split ring's descriptor table, read from
 /// guest memory: what `virtio-queue` walks for a chain popped from the available ring,
 /// for a head that comes from the inflight region instead. The same rules: an indirect
-/// table (a multiple of 16 bytes, not nested) replaces the rest of the chain, a chain is at
-/// most as long as its table, and the walk ends at the first descriptor it cannot read.
+/// table (a multiple of 16 bytes) replaces the rest of the chain, a chain is at most as
+/// long as its table, and the walk ends at the first descriptor it cannot read or at a
+/// nested table (yielded with its INDIRECT flag: the request records the fault).
 pub(crate) struct ResubmittedChain<'a> {
     mem: &'a GuestMemoryMmap,
     table: GuestAddress,
@@ -496,7 +535,13 @@ impl Iterator for ResubmittedChain<'_> {
             };
             if desc.refers_to_indirect_table() {
                 let len = desc.len();
-                if self.indirect || len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
+                if self.indirect {
+                    // A table inside a table: handed on as it is, and the request walking
+                    // it records the fault.
+                    self.ttl = 0;
+                    return Some(desc);
+                }
+                if len % 16 != 0 || len / 16 > u32::from(u16::MAX) {
                     self.ttl = 0;
                     return None;
                 }
@@ -530,23 +575,10 @@ mod tests {
             queue_size,
             ..Inflight::default()
         };
-        let (reply, fd) = create_area(&info, 4, 256).unwrap();
+        let (reply, fd) = create_area(&info, 4, 256, false).unwrap();
         let keep = File::from(fd.try_clone().unwrap());
-        let a = InflightArea::open(&reply, fd, 4, 256).unwrap();
+        let a = InflightArea::open(&reply, fd, 4, 256, false).unwrap();
         (Arc::new(a), keep)
-    }
-
-    /// A packed ring is not tracked: the first back-end to start it claims the region, and
-    /// a restarted one (the region claimed) is told it cannot resume the ring.
-    #[test]
-    fn a_packed_ring_claims_its_region_once_and_a_restart_is_refused() {
-        let (a, _keep) = area(1, 16);
-        let first = a.queue(0).unwrap();
-        assert!(first.claim_for_untracked_packed(), "first start");
-        let restarted = a.queue(0).unwrap();
-        assert!(!restarted.claim_for_untracked_packed(), "restart");
-        let (fresh, _keep) = area(1, 16);
-        assert!(fresh.queue(0).unwrap().claim_for_untracked_packed());
     }
 
     #[test]
@@ -556,7 +588,7 @@ mod tests {
             queue_size: 128,
             ..Inflight::default()
         };
-        let (reply, fd) = create_area(&info, 2, 256).unwrap();
+        let (reply, fd) = create_area(&info, 2, 256, false).unwrap();
         assert_eq!(reply.mmap_size, 2 * 2112);
         assert_eq!(reply.mmap_offset, 0);
         let f = File::from(fd);
@@ -594,6 +626,29 @@ mod tests {
         // Queue 0's region is untouched by queue 1.
         let mut q0 = a.queue(0).unwrap();
         assert!(q0.recover(16, 0).heads.is_empty());
+    }
+
+    /// A resubmitted split chain whose indirect table holds another indirect descriptor:
+    /// the nested one is handed on with its flag (the request faults it), and the walk
+    /// ends there.
+    #[test]
+    fn a_resubmitted_chain_hands_on_a_nested_indirect_table_and_ends() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let put = |at: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            mem.write_obj(addr, GuestAddress(at)).unwrap();
+            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        };
+        // Head 0 of the table at 0x1000: an indirect table of three at 0x2000.
+        put(0x1000, 0x2000, 48, 4, 0);
+        put(0x2000, 0x4000, 16, 1, 1);
+        put(0x2010, 0x3000, 32, 4 | 1, 2);
+        put(0x2020, 0x5000, 16, 2, 0);
+        let got: Vec<_> = ResubmittedChain::new(&mem, GuestAddress(0x1000), 8, 0)
+            .map(|d| (d.addr().0, d.refers_to_indirect_table()))
+            .collect();
+        assert_eq!(got, [(0x4000, false), (0x3000, true)]);
     }
 
     #[test]

@@ -167,6 +167,29 @@ pub(crate) fn seal_against_shrinking(file: &File) -> Result<(), String> {
     }
 }
 
+/// Why [`sealed_file_len`] refused a descriptor the front-end shares.
+#[derive(Debug)]
+pub(crate) enum SharedFileError {
+    /// Reading its metadata failed.
+    Stat(std::io::Error),
+    /// Not a regular file (memfd): a pipe, socket or device.
+    NotAFile,
+    /// It cannot be sealed against shrinking ([`seal_against_shrinking`]'s reason).
+    Unprotected(String),
+}
+
+/// The size of `file`, a descriptor the front-end shares to be mapped (a log, an inflight
+/// area), once checked to be a regular file and sealed against shrinking: the size
+/// returned cannot go down any more, so a mapping within it cannot fault (SIGBUS).
+pub(crate) fn sealed_file_len(file: &File) -> Result<u64, SharedFileError> {
+    let meta = file.metadata().map_err(SharedFileError::Stat)?;
+    if !meta.file_type().is_file() {
+        return Err(SharedFileError::NotAFile);
+    }
+    seal_against_shrinking(file).map_err(SharedFileError::Unprotected)?;
+    Ok(file.metadata().map_err(SharedFileError::Stat)?.len())
+}
+
 /// One mapped region.
 #[derive(Debug, Clone)]
 struct Region {

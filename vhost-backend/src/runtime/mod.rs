@@ -113,6 +113,7 @@ pub mod dirty_log;
 pub mod guest_io;
 mod handler;
 mod inflight;
+mod inflight_packed;
 pub mod log_limit;
 pub mod mem_table;
 pub mod multi;

@@ -21,6 +21,10 @@
 //! whose next descriptor is not available (a lying wrap counter), a chain longer than the
 //! ring, an indirect table of a size that is not a multiple of 16, end the chain where they
 //! are found; the buffer is still handed to the device with the descriptors read so far.
+//! An entry of an indirect table that is itself marked indirect (virtio 1.2, 2.8.19: the
+//! driver must not) is handed on with its INDIRECT flag, and the request walking it records
+//! a fault ([`ChainFault::NestedIndirect`](super::ChainFault::NestedIndirect)) instead of
+//! using the table as a plain buffer.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -103,6 +107,9 @@ pub(crate) struct PackedRing {
     chain_len: Vec<u16>,
     /// The last buffer popped and its chain length, until the ring takes it.
     popped: Option<(u16, u16)>,
+    /// The descriptors of the last buffer popped, as the ring held them (inflight
+    /// tracking copies them).
+    raw: Vec<PackedDesc>,
     /// The used position (and wrap counter) at the last notification decision.
     signalled: (u16, bool),
 }
@@ -145,6 +152,7 @@ impl PackedRing {
             event_idx,
             chain_len: vec![0; usize::from(size)],
             popped: None,
+            raw: Vec::new(),
             signalled: (u % size, uw),
         })
     }
@@ -187,15 +195,16 @@ impl PackedRing {
         Ok(is_avail(flags, self.avail_wrap))
     }
 
-    /// Takes the next available buffer: its descriptors (indirect tables expanded, as split
-    /// descriptors with only the WRITE flag kept) go into `out`, and its buffer ID is
-    /// returned. `None` when no buffer is available.
+    /// Takes the next available buffer: its descriptors (indirect tables expanded by
+    /// [`expand`]) go into `out`, and its buffer ID is returned. `None` when no buffer is
+    /// available.
     pub(crate) fn pop(
         &mut self,
         mem: &GuestMemoryMmap,
         out: &mut Vec<Descriptor>,
     ) -> Result<Option<u16>, PackedError> {
         out.clear();
+        self.raw.clear();
         if !self.has_available(mem)? {
             return Ok(None);
         }
@@ -214,16 +223,7 @@ impl PackedRing {
                 pos = 0;
                 wrap = !wrap;
             }
-            if d.refers_to_indirect_table() {
-                read_indirect(mem, &d, out);
-            } else {
-                out.push(Descriptor::new(
-                    d.addr().0,
-                    d.len(),
-                    d.flags() & DESC_F_WRITE,
-                    0,
-                ));
-            }
+            self.raw.push(d);
             if !d.has_next() || d.refers_to_indirect_table() || count == self.size {
                 break;
             }
@@ -234,12 +234,43 @@ impl PackedRing {
                 break;
             }
         }
+        expand(mem, &self.raw, out);
         self.next_avail = pos;
         self.avail_wrap = wrap;
         // Recorded by `commit_pop` once the ring took the ID: a duplicate of an ID still
         // outstanding is skipped and must not change the length its used entry skips.
         self.popped = Some((id, count));
         Ok(Some(id))
+    }
+
+    /// The descriptors of the buffer [`pop`](Self::pop) just returned, as the ring held
+    /// them.
+    pub(crate) fn last_popped(&self) -> &[PackedDesc] {
+        &self.raw
+    }
+
+    /// Buffer `id`, resubmitted from the inflight region, takes `count` descriptors: its
+    /// used descriptor skips as many.
+    pub(crate) fn set_chain_len(&mut self, id: u16, count: u16) {
+        if let Some(n) = self.chain_len.get_mut(usize::from(id)) {
+            *n = count;
+        }
+    }
+
+    /// The used position and wrap counter once the used descriptor of `id` is written.
+    pub(crate) fn used_after(&self, id: u16) -> (u16, bool) {
+        let n = self
+            .chain_len
+            .get(usize::from(id))
+            .copied()
+            .unwrap_or(1)
+            .max(1);
+        let next = u32::from(self.next_used) + u32::from(n);
+        let wrapped = next >= u32::from(self.size);
+        (
+            (next % u32::from(self.size)) as u16,
+            self.used_wrap != wrapped,
+        )
     }
 
     /// The buffer [`pop`](Self::pop) just returned was taken (its ID was not outstanding):
@@ -275,17 +306,7 @@ impl PackedRing {
         }
         // The flags go last: the driver owns the descriptor once it sees them.
         mem.store(flags.to_le(), at.unchecked_add(14), Ordering::Release)?;
-        let n = self
-            .chain_len
-            .get(usize::from(id))
-            .copied()
-            .unwrap_or(1)
-            .max(1);
-        let next = u32::from(self.next_used) + u32::from(n);
-        if next >= u32::from(self.size) {
-            self.used_wrap = !self.used_wrap;
-        }
-        self.next_used = (next % u32::from(self.size)) as u16;
+        (self.next_used, self.used_wrap) = self.used_after(id);
         Ok(())
     }
 
@@ -347,9 +368,28 @@ impl PackedRing {
     }
 }
 
+/// The descriptors of a buffer as the ring held them (`raw`), as split descriptors with
+/// only the WRITE flag kept, indirect tables expanded ([`read_indirect`]), into `out`.
+pub(crate) fn expand(mem: &GuestMemoryMmap, raw: &[PackedDesc], out: &mut Vec<Descriptor>) {
+    for d in raw {
+        if d.refers_to_indirect_table() {
+            read_indirect(mem, d, out);
+            // Nothing follows an indirect descriptor in a chain.
+            return;
+        }
+        out.push(Descriptor::new(
+            d.addr().0,
+            d.len(),
+            d.flags() & DESC_F_WRITE,
+            0,
+        ));
+    }
+}
+
 /// Appends the entries of the indirect table `d` points to (up to [`MAX_INDIRECT`]; a
 /// table whose length is not a multiple of 16 adds nothing, one that runs outside guest
-/// memory adds the entries before).
+/// memory adds the entries before). An entry marked indirect keeps that flag: the request
+/// records the fault.
 fn read_indirect(mem: &GuestMemoryMmap, d: &PackedDesc, out: &mut Vec<Descriptor>) {
     let len = d.len();
     if len % 16 != 0 {
@@ -366,7 +406,7 @@ fn read_indirect(mem: &GuestMemoryMmap, d: &PackedDesc, out: &mut Vec<Descriptor
         out.push(Descriptor::new(
             e.addr().0,
             e.len(),
-            e.flags() & DESC_F_WRITE,
+            e.flags() & (DESC_F_WRITE | DESC_F_INDIRECT),
             0,
         ));
     }

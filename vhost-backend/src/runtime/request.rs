@@ -28,7 +28,6 @@ use zerocopy::{FromBytes, IntoBytes};
 use virtio_queue::desc::split::Descriptor;
 
 use super::guest_io::GuestIoError;
-use super::inflight::ResubmittedChain;
 use super::vring::{RingState, Vring};
 
 /// Most buffers a request records. The rest of a longer chain is walked (its last
@@ -74,6 +73,10 @@ pub enum ChainFault {
     /// More than [`MAX_REQUEST_BUFFERS`] non-empty buffers.
     #[error("chain has more than {MAX_REQUEST_BUFFERS} buffers")]
     TooManyBuffers,
+    /// An indirect table entry that points to another table (virtio 1.2, 2.7.5.3.1 and
+    /// 2.8.19: the driver must not nest them). The entry is not used as a buffer.
+    #[error("indirect table inside an indirect table")]
+    NestedIndirect,
 }
 
 /// A request popped from a ring. See the [module docs](self).
@@ -192,14 +195,7 @@ impl Request {
                 })?;
             done += n;
         }
-        if done == out.len() {
-            Ok(())
-        } else {
-            Err(GuestIoError::Short {
-                wanted: out.len() as u64,
-                got: done as u64,
-            })
-        }
+        whole(out.len(), done)
     }
 
     /// Reads a `T` from the readable bytes at `skip` (a header, a descriptor of the
@@ -230,14 +226,7 @@ impl Request {
         if let Some(e) = failed {
             return Err(e);
         }
-        if done == data.len() {
-            Ok(())
-        } else {
-            Err(GuestIoError::Short {
-                wanted: data.len() as u64,
-                got: done as u64,
-            })
-        }
+        whole(data.len(), done)
     }
 
     /// Records that writable bytes `[skip, skip + len)` of the request were written: marks
@@ -286,6 +275,18 @@ impl Request {
         len: u64,
     ) -> impl Iterator<Item = (GuestAddress, u64)> + '_ {
         Pieces::new(self.readable(), skip, len)
+    }
+}
+
+/// `Ok` when `done` bytes of the `wanted` were copied, else the short copy.
+fn whole(wanted: usize, done: usize) -> Result<(), GuestIoError> {
+    if done == wanted {
+        Ok(())
+    } else {
+        Err(GuestIoError::Short {
+            wanted: wanted as u64,
+            got: done as u64,
+        })
     }
 }
 
@@ -391,21 +392,22 @@ impl QueueContext<'_> {
     pub fn pop(&mut self) -> Option<Request> {
         let size = u32::from(self.state.size());
         while self.taken < size {
+            let mem = Arc::clone(self.mem);
             // Inflight tracking: resubmitted heads before new available entries, also while
             // a stop waits (it waits for them).
-            if let Some(head) = self.state.next_resubmit() {
+            if let Some((head, mut chain)) = self.state.next_resubmit(&mem) {
                 self.taken += 1;
                 if !self.state.take_head(head) {
+                    self.state.recycle_chain(chain);
                     continue;
                 }
-                let table = self.state.desc_table();
-                let chain = ResubmittedChain::new(self.mem, table, self.state.size(), head);
-                return Some(self.request(head, chain));
+                let req = self.request(head, &mut chain);
+                self.state.recycle_chain(chain);
+                return Some(req);
             }
             if self.ring.is_stopping() {
                 return None;
             }
-            let mem = Arc::clone(self.mem);
             let (head, mut chain) = self.state.pop_chain(&mem)?;
             self.taken += 1;
             if !self.state.take_head(head) {
@@ -454,6 +456,11 @@ fn walk(req: &mut Request, chain: impl IntoIterator<Item = Descriptor>) {
     // Buffers of one request nearly always lie in one region: try it first.
     let mut region: Option<&GuestRegionMmap> = None;
     for desc in chain {
+        if desc.refers_to_indirect_table() {
+            // A table inside a table (a packed ring's expanded table, a resubmitted chain).
+            note(&mut fault, ChainFault::NestedIndirect);
+            continue;
+        }
         let len = desc.len();
         if len == 0 {
             continue;

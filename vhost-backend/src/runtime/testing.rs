@@ -42,14 +42,59 @@
 //! assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 64); // used.ring[0].len
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::device::{DeviceError, Processed, VirtioDevice};
-use super::request::QueueContext;
+use super::request::{QueueContext, Request};
 use super::vring::{Vring, VringError};
+
+/// A one-queue device that keeps every request it pops, for tests and fuzz targets that
+/// complete requests themselves, in the order they choose.
+#[derive(Debug)]
+pub struct KeepDevice {
+    max_queue_size: u16,
+    reqs: Mutex<Vec<Request>>,
+}
+
+impl KeepDevice {
+    /// A device of one queue of at most `max_queue_size` entries.
+    pub fn new(max_queue_size: u16) -> Self {
+        KeepDevice {
+            max_queue_size,
+            reqs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The requests popped since the last call, in the order they were popped.
+    pub fn take(&self) -> Vec<Request> {
+        std::mem::take(&mut *self.reqs.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl VirtioDevice for KeepDevice {
+    fn device_type(&self) -> u32 {
+        4
+    }
+    fn num_queues(&self) -> usize {
+        1
+    }
+    fn max_queue_size(&self) -> u16 {
+        self.max_queue_size
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        let mut reqs = self.reqs.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(r) = ctx.pop() {
+            reqs.push(r);
+        }
+        Ok(Processed::Drained)
+    }
+}
 
 /// One started, enabled ring a test drives by hand. See the [module docs](self).
 pub struct TestQueue {

@@ -35,7 +35,9 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dirty_log::DirtyLog;
-use super::inflight::{crash_point, QueueInflight};
+use super::inflight::QueueInflight;
+use super::inflight::{crash_point, InflightArea, InflightError, ResubmittedChain};
+use super::inflight_packed::PackedInflight;
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
 use super::packed::{PackedRing, INITIAL_BASE};
@@ -89,6 +91,17 @@ pub enum VringError {
     Started {
         /// The ring.
         index: u16,
+    },
+    /// SET_FEATURES flipping VIRTIO_F_RING_PACKED while the ring is started.
+    #[error(
+        "vring {index}: SET_FEATURES would switch the started ring to the {} layout",
+        if *packed { "packed" } else { "split" }
+    )]
+    LayoutChange {
+        /// The ring.
+        index: u16,
+        /// The layout asked for is packed.
+        packed: bool,
     },
     /// The queue refused its settings (alignment) or its rings lie outside guest memory.
     #[error("vring {index}: {why}")]
@@ -211,9 +224,14 @@ pub(crate) struct RingState {
     spare_bufs: Vec<Vec<Buffer>>,
     /// The ring's queue region of the inflight area, while started with one.
     inflight: Option<QueueInflight>,
+    /// A packed ring's queue region of the inflight area, while started with one.
+    packed_inflight: Option<PackedInflight>,
     /// Heads left in flight by a previous back-end, to hand out before new available
     /// entries, in the order they were first taken.
     resubmit: VecDeque<u16>,
+    /// Packed rings: the descriptors of each resubmitted buffer ID (copied from the
+    /// inflight region, indirect tables expanded).
+    resubmit_chains: Vec<Vec<virtio_queue::desc::split::Descriptor>>,
     /// The next notification decision calls the driver whatever EVENT_IDX says: set when
     /// the ring resumes a previous back-end's inflight region (see [`Vring::owe_call`]).
     notify_owed: bool,
@@ -463,12 +481,22 @@ impl Vring {
                     inflight.before_used(c.head);
                 }
                 let added = match &mut st.packed {
-                    Some(p) => p.add_used(mem, c.head, c.len).map_err(|e| e.to_string()),
+                    Some(p) => {
+                        if let Some(pi) = &mut st.packed_inflight {
+                            pi.before_used(c.head, p.used_after(c.head));
+                        }
+                        p.add_used(mem, c.head, c.len).map_err(|e| e.to_string())
+                    }
                     None => st
                         .queue
                         .add_used(&**mem, c.head, c.len)
                         .map_err(|e| e.to_string()),
                 };
+                // The packed region forgets the request either way: the ring no longer
+                // counts it outstanding, and its entries went back to the free list.
+                if let Some(pi) = &mut st.packed_inflight {
+                    pi.after_used(c.head);
+                }
                 if let Err(e) = added {
                     self.log.warn(format_args!(
                         "vring {}: returning head {}: {e}",
@@ -710,7 +738,9 @@ impl RingState {
             batch: Vec::new(),
             spare_bufs: Vec::new(),
             inflight: None,
+            packed_inflight: None,
             resubmit: VecDeque::new(),
+            resubmit_chains: Vec::new(),
             notify_owed: false,
         }
     }
@@ -848,10 +878,11 @@ impl RingState {
     /// is read from guest memory: after a guest reboot or a back-end restart it need not
     /// equal the base. Starting a started ring changes nothing.
     ///
-    /// With `inflight` (the ring's queue region, SET_INFLIGHT_FD) the region is repaired and
-    /// the heads it holds in flight are queued for resubmission; the next available index is
-    /// then the used index plus their number, whatever the base. A fresh region (version 0:
-    /// a first start, a migration destination) says nothing: the ring resumes at the base.
+    /// With `area` (SET_INFLIGHT_FD) the ring's queue region is repaired and the heads it
+    /// holds in flight are queued for resubmission; the next available index is then the
+    /// used index plus their number, whatever the base. A fresh region (version 0: a first
+    /// start, a migration destination) says nothing: the ring resumes at the base. A ring
+    /// the area has no region for runs untracked.
     ///
     /// Returns whether the ring resumed a region a previous back-end initialised: the
     /// caller then owes the driver a call ([`Vring::owe_call`]), and the first notification
@@ -860,14 +891,40 @@ impl RingState {
         &mut self,
         index: u16,
         mem: &GuestMemoryMmap,
-        inflight: Option<QueueInflight>,
+        area: Option<&Arc<InflightArea>>,
     ) -> Result<bool, VringError> {
         if self.started {
             return Ok(false);
         }
-        if self.packed_layout {
-            return self.start_packed(index, mem, inflight.as_ref());
+        let area = area.filter(|a| a.covers(index));
+        let layout = |packed| if packed { "packed" } else { "split" };
+        if let Some(a) = area {
+            let why = if a.is_packed() != self.packed_layout {
+                Some(InflightError::Layout {
+                    index,
+                    area: layout(a.is_packed()),
+                    ring: layout(self.packed_layout),
+                })
+            } else if self.size > a.queue_size() {
+                Some(InflightError::RingTooLarge {
+                    index,
+                    size: self.size,
+                    desc_num: a.queue_size(),
+                })
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(VringError::InvalidQueue {
+                    index,
+                    why: why.to_string(),
+                });
+            }
         }
+        if self.packed_layout {
+            return self.start_packed(index, mem, area.map(|a| PackedInflight::new(a, index)));
+        }
+        let inflight = area.and_then(|a| a.queue(index));
         if !self.size.is_power_of_two() {
             // Set while the packed layout was acked; the features changed since.
             return Err(VringError::InvalidSize {
@@ -875,19 +932,6 @@ impl RingState {
                 num: u32::from(self.size),
                 max: self.max_size,
             });
-        }
-        if let Some(q) = &inflight {
-            if self.size > q.desc_num() {
-                return Err(VringError::InvalidQueue {
-                    index,
-                    why: super::inflight::InflightError::RingTooLarge {
-                        index,
-                        size: self.size,
-                        desc_num: q.desc_num(),
-                    }
-                    .to_string(),
-                });
-            }
         }
         let [desc, avail, used] = self.addrs.ok_or(VringError::NotConfigured {
             index,
@@ -959,52 +1003,71 @@ impl RingState {
     }
 
     /// [`start`](Self::start) for the packed layout: the positions and wrap counters come
-    /// from the base (nothing in guest memory records them). Inflight tracking for packed
-    /// rings (the spec's packed inflight layout) is not implemented: nothing is recorded or
-    /// resubmitted, and a start on a region an earlier back-end ran this ring with (a
-    /// restart) is refused: its requests cannot be recovered, and the base the front-end
-    /// sends after a crash is not the ring's position.
+    /// from the base (nothing in guest memory records them), or from the inflight region
+    /// when a previous back-end ran the ring with it: the front-end's base is then not the
+    /// ring's position (after a crash QEMU sends the base of the last clean stop). The
+    /// requests the region holds in flight are queued for resubmission, from the
+    /// descriptors it copied.
     fn start_packed(
         &mut self,
         index: u16,
         mem: &GuestMemoryMmap,
-        inflight: Option<&QueueInflight>,
+        mut inflight: Option<PackedInflight>,
     ) -> Result<bool, VringError> {
         let addrs = self.addrs.ok_or(VringError::NotConfigured {
             index,
             missing: "SET_VRING_ADDR",
         })?;
-        let base = if self.base_set {
+        let invalid = |why: String| VringError::InvalidQueue { index, why };
+        let mut base = if self.base_set {
             self.base
         } else {
             INITIAL_BASE
         };
-        let ring = PackedRing::new(mem, self.size, addrs, base, self.event_idx).map_err(|e| {
-            VringError::InvalidQueue {
-                index,
-                why: e.to_string(),
+        // Checks the areas before the region is read.
+        PackedRing::new(mem, self.size, addrs, base, self.event_idx)
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut requests = Vec::new();
+        let mut resumed = false;
+        if let Some(q) = &mut inflight {
+            let rec = q
+                .recover(mem, addrs[0], self.size, base)
+                .map_err(|e| invalid(e.to_string()))?;
+            resumed = !rec.fresh;
+            if !rec.requests.is_empty() || rec.repaired || (resumed && rec.base != base) {
+                log::info!(
+                    "vring {index}: packed inflight region: {} request(s) resubmitted{}, \
+                     resuming at {:#x} (base was {base:#x})",
+                    rec.requests.len(),
+                    if rec.repaired {
+                        ", an interrupted publish repaired"
+                    } else {
+                        ""
+                    },
+                    rec.base
+                );
             }
-        })?;
-        if let Some(q) = inflight {
-            if !q.claim_for_untracked_packed() {
-                return Err(VringError::InvalidQueue {
-                    index,
-                    why: "a packed ring cannot be resumed after a back-end restart \
-                          (inflight tracking is not implemented for packed rings)"
-                        .into(),
-                });
-            }
-            log::warn!(
-                "vring {index}: inflight tracking is not implemented for packed rings; \
-                 requests in flight are not recorded, and a restart of this back-end will \
-                 not resume the ring"
-            );
+            base = rec.base;
+            requests = rec.requests;
+        }
+        let mut ring = PackedRing::new(mem, self.size, addrs, base, self.event_idx)
+            .map_err(|e| invalid(e.to_string()))?;
+        self.resubmit.clear();
+        self.resubmit_chains.clear();
+        self.resubmit_chains
+            .resize_with(usize::from(self.size), Vec::new);
+        for r in requests {
+            ring.set_chain_len(r.id, r.descs.len() as u16);
+            let mut out = Vec::new();
+            super::packed::expand(mem, &r.descs, &mut out);
+            self.resubmit_chains[usize::from(r.id)] = out;
+            self.resubmit.push_back(r.id);
         }
         self.inflight = None;
-        self.resubmit.clear();
+        self.packed_inflight = inflight;
         self.packed = Some(ring);
-        self.mark_started(false);
-        Ok(false)
+        self.mark_started(resumed);
+        Ok(resumed)
     }
 
     /// Stops the ring and returns the next available index. Outstanding requests are
@@ -1025,7 +1088,9 @@ impl RingState {
         self.in_flight.iter_mut().for_each(|w| *w = 0);
         self.unsignalled = 0;
         self.inflight = None;
+        self.packed_inflight = None;
         self.resubmit.clear();
+        self.resubmit_chains.clear();
         self.notify_owed = false;
         self.base
     }
@@ -1163,20 +1228,36 @@ impl RingState {
         if let Some(inflight) = &mut self.inflight {
             inflight.mark(head);
         }
-    }
-
-    /// Inflight tracking: the next head a previous back-end left in flight, if any (also
-    /// while a stop waits: the stop waits for them).
-    pub(crate) fn next_resubmit(&mut self) -> Option<u16> {
-        self.resubmit.pop_front()
-    }
-
-    /// The descriptor table's guest-physical address.
-    pub(crate) fn desc_table(&self) -> GuestAddress {
-        match &self.packed {
-            Some(p) => p.desc_table(),
-            None => GuestAddress(self.queue.desc_table()),
+        if let (Some(pi), Some(p)) = (&mut self.packed_inflight, &self.packed) {
+            pi.mark(head, p.last_popped());
         }
+    }
+
+    /// Inflight tracking: the next head a previous back-end left in flight and its chain,
+    /// if any (also while a stop waits: the stop waits for them). Give the chain back with
+    /// [`recycle_chain`](Self::recycle_chain) once walked.
+    pub(crate) fn next_resubmit<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+    ) -> Option<(u16, PoppedChain<'m>)> {
+        let head = self.resubmit.pop_front()?;
+        let chain = match &self.packed {
+            Some(_) => PoppedChain::Packed {
+                descs: self
+                    .resubmit_chains
+                    .get_mut(usize::from(head))
+                    .map(std::mem::take)
+                    .unwrap_or_default(),
+                next: 0,
+            },
+            None => PoppedChain::Resubmitted(ResubmittedChain::new(
+                mem,
+                GuestAddress(self.queue.desc_table()),
+                self.size,
+                head,
+            )),
+        };
+        Some((head, chain))
     }
 
     /// Gives back the descriptor list of a packed chain, to reuse.
@@ -1203,6 +1284,8 @@ impl RingState {
 pub(crate) enum PoppedChain<'m> {
     /// A split ring's chain, walked as it is read.
     Split(virtio_queue::DescriptorChain<&'m GuestMemoryMmap>),
+    /// A split ring's chain a previous back-end left in flight, walked from the table.
+    Resubmitted(ResubmittedChain<'m>),
     /// A packed ring's buffer, already read (the list goes back to the ring afterwards).
     Packed {
         /// The descriptors.
@@ -1218,6 +1301,7 @@ impl Iterator for PoppedChain<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             PoppedChain::Split(c) => c.next(),
+            PoppedChain::Resubmitted(c) => c.next(),
             PoppedChain::Packed { descs, next } => {
                 let d = descs.get(*next).copied();
                 *next += 1;
@@ -1306,33 +1390,15 @@ mod tests {
             i.start(0, &m, None),
             Err(VringError::NotConfigured { .. })
         ));
-        i.set_addrs(
-            0,
-            [
-                GuestAddress(0xf000),
-                GuestAddress(0x2000),
-                GuestAddress(0x3000),
-            ],
-        )
-        .unwrap();
-        // 256 descriptors * 16 bytes from 0xf000 runs past 0x10000.
-        assert!(matches!(
-            i.start(0, &m, None),
-            Err(VringError::InvalidQueue { .. })
-        ));
-        i.set_addrs(
-            0,
-            [
-                GuestAddress(0x1001),
-                GuestAddress(0x2000),
-                GuestAddress(0x3000),
-            ],
-        )
-        .unwrap();
-        assert!(matches!(
-            i.start(0, &m, None),
-            Err(VringError::InvalidQueue { .. })
-        ));
+        // 256 descriptors * 16 bytes from 0xf000 run past 0x10000; 0x1001 is misaligned.
+        for desc in [0xf000, 0x1001] {
+            let addrs = [desc, 0x2000, 0x3000].map(GuestAddress);
+            i.set_addrs(0, addrs).unwrap();
+            assert!(
+                matches!(i.start(0, &m, None), Err(VringError::InvalidQueue { .. })),
+                "descriptor table at {desc:#x}"
+            );
+        }
         assert!(!i.started());
     }
 

@@ -119,16 +119,39 @@ impl Drop for InProcess {
     }
 }
 
+/// VIRTIO_F_RING_PACKED.
+const RING_PACKED: u64 = 1 << 34;
+
+thread_local! {
+    /// The sessions [`options`] builds on this thread run packed rings.
+    static PACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `test` once per ring layout (split, then packed): the sessions [`options`] builds
+/// on this thread ack RING_PACKED or not.
+pub fn on_both_layouts(test: impl Fn()) {
+    for packed in [false, true] {
+        PACKED.with(|p| p.set(packed));
+        eprintln!("-- packed rings: {packed}");
+        test();
+    }
+    PACKED.with(|p| p.set(false));
+}
+
 /// Session options for vsock: three queues of 256, 32 MiB of guest memory, the config
-/// space read.
+/// space read; packed rings inside [`on_both_layouts`]'s second run.
 pub fn options() -> SessionOptions {
-    SessionOptions {
+    let mut o = SessionOptions {
         num_queues: 3,
         queue_size: 256,
         memory_size: 32 << 20,
         config_size: Some(8),
         ..SessionOptions::default()
+    };
+    if PACKED.with(|p| p.get()) {
+        o.mask_features &= !RING_PACKED;
     }
+    o
 }
 
 /// Connects (retrying while the socket appears) and starts the device.
@@ -193,6 +216,11 @@ impl Guest {
     /// A guest on a fresh session with 64 rx buffers of 4 KiB + header (as Linux posts).
     pub fn new(socket: &Path) -> Guest {
         let mut s = connect(socket);
+        assert_eq!(
+            s.features() & RING_PACKED != 0,
+            PACKED.with(|p| p.get()),
+            "the ring layout asked for"
+        );
         let d = VsockDriver::new(&mut s, 64, 4096 + 44, 32).unwrap();
         Guest {
             s,
