@@ -13,12 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-vsock");
 
 #[test]
 fn print_capabilities_names_the_vsock_type() {
-    let out = Command::new(BIN)
-        .arg("--print-capabilities")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = vhost_test_support::capabilities(BIN);
     assert_eq!(doc["type"], "vsock");
     assert!(doc["features"].is_array());
 }
