@@ -6,41 +6,26 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::fs;
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use vhost_transport::{Connection, Error, FrontendChannel, Result, HEADER_SIZE};
+use vhost_transport::{Connection, Error, Result, HEADER_SIZE};
 
-type Conn = Connection<FrontendChannel>;
 type Received = Result<([u8; HEADER_SIZE], Vec<OwnedFd>)>;
 
-/// Header and body of a message with `request`, body bytes `request + i`.
-fn message(request: u32, body_len: usize) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HEADER_SIZE + body_len);
-    m.extend_from_slice(&request.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes());
-    m.extend_from_slice(&(body_len as u32).to_ne_bytes());
-    m.extend((0..body_len).map(|i| (request as usize + i) as u8));
-    m
-}
+use common::unix::raw_send;
+use common::{message, Conn};
 
 fn conn_and_raw() -> (Arc<Conn>, UnixStream) {
     let (a, b) = UnixStream::pair().unwrap();
     (Arc::new(Connection::from_stream(a)), b)
-}
-
-fn raw_send(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-    let iov = [IoSlice::new(bytes)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
-    assert_eq!(n, bytes.len());
 }
 
 /// `recv_header` on another thread, failing the test rather than hanging
@@ -55,12 +40,9 @@ fn recv_header_within_2s(conn: &Arc<Conn>) -> Received {
         .expect("recv_header blocked on a non-blocking connection")
 }
 
+/// Receives one message without descriptors, checks header and body against `expected`.
 fn recv_message(conn: &Conn, expected: &[u8]) {
-    let (h, fds) = conn.recv_header().unwrap();
-    assert_eq!(h[..], expected[..HEADER_SIZE], "header");
-    assert!(fds.is_empty());
-    let body = conn.recv_body(expected.len() - HEADER_SIZE).unwrap();
-    assert_eq!(body[..], expected[HEADER_SIZE..], "body");
+    assert!(common::unix::recv_message(conn, expected).is_empty());
 }
 
 #[test]
