@@ -272,3 +272,50 @@ pub fn settle(want: usize, count: impl Fn() -> usize) -> usize {
     }
     n
 }
+
+/// The four `VirtioDevice` methods a test device spells like every other: its type, its
+/// queue count and queue size (expressions, which may use `self` when the first argument
+/// is `self`), no device features.
+///
+/// ```ignore
+/// impl VirtioDevice for MyDevice {
+///     vhost_test_support::device_basics!(self; device_type: 4, queues: self.queues, max_queue_size: 256);
+///     fn process_queue(/* … */) { /* … */ }
+/// }
+/// ```
+#[macro_export]
+macro_rules! device_basics {
+    ($s:ident; device_type: $t:expr, queues: $q:expr, max_queue_size: $m:expr $(,)?) => {
+        fn device_type(&$s) -> u32 {
+            $t
+        }
+        fn num_queues(&$s) -> usize {
+            $q
+        }
+        fn max_queue_size(&$s) -> u16 {
+            $m
+        }
+        fn features(&$s) -> u64 {
+            0
+        }
+    };
+}
+
+/// xorshift64*: a small deterministic generator, seeded so that a failure replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (not 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

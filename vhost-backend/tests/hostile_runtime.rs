@@ -278,18 +278,7 @@ fn ring_laid_over_its_own_used_ring_neither_blocks_control_nor_disconnect() {
 struct SlowDevice;
 
 impl vhost_backend::runtime::VirtioDevice for SlowDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        2
-    }
-    fn max_queue_size(&self) -> u16 {
-        16
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 2, max_queue_size: 16);
     fn worker_of(&self, _queue: usize) -> usize {
         0
     }

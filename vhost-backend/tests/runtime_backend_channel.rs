@@ -33,18 +33,7 @@ impl ChannelDevice {
 }
 
 impl VirtioDevice for ChannelDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        64
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 64);
     fn protocol_features(&self) -> ProtocolFeatures {
         ProtocolFeatures::BACKEND_REQ
     }

@@ -50,18 +50,7 @@ fn finish(req: Request) {
 }
 
 impl VirtioDevice for Tracked {
-    fn device_type(&self) -> u32 {
-        2
-    }
-    fn num_queues(&self) -> usize {
-        2
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 2, queues: 2, max_queue_size: 256);
     fn supports_inflight_tracking(&self) -> bool {
         true
     }

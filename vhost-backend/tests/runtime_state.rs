@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use runtime_support::*;
 use vhost_backend::runtime::{DeviceBackend, DeviceError, Processed, QueueContext, VirtioDevice};
-use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, FrontendError};
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_SAVE};
 use vhost_proto::ProtocolFeatures;
-use vhost_transport::Connection;
 
 const DATA: u64 = 0x4000_0000;
 const MAGIC: &[u8; 4] = b"CNT1";
@@ -50,18 +48,7 @@ fn snapshot_bytes(served: u64) -> Vec<u8> {
 }
 
 impl VirtioDevice for CountingDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 256);
     fn config_size(&self) -> usize {
         8
     }
@@ -100,16 +87,7 @@ impl VirtioDevice for CountingDevice {
 }
 
 fn serve(supported: bool) -> (Frontend, JoinHandle<DeviceBackend<CountingDevice>>) {
-    let backend = DeviceBackend::new(CountingDevice::new(supported)).expect("backend");
-    let (fe, be) = Connection::<vhost_transport::FrontendChannel>::pair().expect("socket pair");
-    let t = std::thread::spawn(move || {
-        let mut server = BackendServer::new(be, backend).expect("server");
-        let _ = server.serve();
-        server.into_backend()
-    });
-    let fe = Frontend::new(fe);
-    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    (fe, t)
+    serve_in_thread(DeviceBackend::new(CountingDevice::new(supported)).expect("backend"))
 }
 
 fn served(fe: &mut Frontend) -> u64 {

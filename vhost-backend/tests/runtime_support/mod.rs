@@ -111,18 +111,7 @@ impl PatternDevice {
 }
 
 impl VirtioDevice for PatternDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        self.queues
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: self.queues, max_queue_size: 256);
     fn config_size(&self) -> usize {
         CONFIG.len()
     }
