@@ -20,7 +20,7 @@ use vhost_transport::{Error, HEADER_SIZE, MAX_FDS};
 use common::unix::{
     check_pipes, conn_and_raw, open_fds, pipes, raw_send, recv_message, write_ends,
 };
-use common::{header, message, serial, Conn};
+use common::{assert_partial, header, message, serial, Conn};
 
 fn readable(conn: &Conn) -> bool {
     let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
@@ -348,16 +348,7 @@ fn read_timeout_with_a_buffered_partial_header_is_partial() {
     raw_send(&raw, &[&m1[..], &m2[..5]].concat(), &[]);
     recv_message(&conn, &m1);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 5
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 12, 5);
 }
 
 #[test]
@@ -381,14 +372,5 @@ fn peer_closing_inside_a_buffered_header_is_partial() {
     drop(raw);
     recv_message(&conn, &m1);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 7
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 12, 7);
 }

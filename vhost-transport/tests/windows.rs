@@ -32,7 +32,7 @@ use windows_sys::Win32::Storage::FileSystem::{CreateFileW, OPEN_EXISTING};
 use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent, WaitForSingleObject};
 
 use common::contract::Platform;
-use common::{header, serial, Conn};
+use common::{assert_partial, header, serial, Conn};
 
 // The transport contract, as Unix sockets keep it too.
 transport_contract!(Pipes);
@@ -298,16 +298,7 @@ fn peer_closing_inside_the_preamble_is_partial_and_closes_whole_values() {
     raw.write_all(&msg).unwrap();
     drop(raw);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 20,
-                got: 15
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 20, 15);
     assert!(!is_open(values[0]));
 }
 
@@ -321,16 +312,7 @@ fn peer_closing_inside_a_header_is_partial_and_closes_the_handles() {
     raw.write_all(&msg).unwrap();
     drop(raw);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 5
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 12, 5);
     assert!(err.is_disconnect());
     assert!(!is_open(values[0]) && !is_open(values[1]));
 }

@@ -10,7 +10,7 @@ pub mod unix;
 
 use std::sync::{Mutex, MutexGuard};
 
-use vhost_transport::{Connection, FrontendChannel, HEADER_SIZE};
+use vhost_transport::{Connection, Error, FrontendChannel, HEADER_SIZE};
 
 pub type Conn = Connection<FrontendChannel>;
 
@@ -37,4 +37,12 @@ pub fn message(request: u32, body_len: usize) -> Vec<u8> {
     let mut m = header(request, body_len as u32).to_vec();
     m.extend((0..body_len).map(|i| (request as usize * 16 + i) as u8));
     m
+}
+
+/// `err` is a message cut short after `got` of `expected` bytes.
+pub fn assert_partial(err: &Error, expected: usize, got: usize) {
+    assert!(
+        matches!(err, Error::PartialMessage { expected: e, got: g } if *e == expected && *g == got),
+        "{err:?}"
+    );
 }
