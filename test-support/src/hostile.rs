@@ -7,10 +7,11 @@
 //! and a new front-end completes the handshake and a request) and [`Target::finish`] (what
 //! the target checks once the daemon stops, e.g. that no descriptor leaked).
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::eventfd::EventFd;
@@ -18,8 +19,8 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::{FrontendReq, FrontendRequest, Header, HeaderFlags, ProtocolFeatures, VringAddr};
 
-use crate::retry;
 use crate::wire::*;
+use crate::{retry, Scratch, Spawned};
 
 /// How long a hostile exchange waits for the daemon's answer.
 pub const REPLY_WAIT: Duration = Duration::from_secs(5);
@@ -41,6 +42,40 @@ pub trait Target: Sized {
     fn assert_serves_again(&mut self);
     /// Stops the daemon and checks what it leaves behind (default: nothing more).
     fn finish(self) {}
+}
+
+/// A daemon binary spawned for one case on the socket of its own scratch directory: what a
+/// [`Target`] over a daemon binary holds. Killed on drop.
+pub struct SpawnedTarget {
+    /// The daemon process (no log, standard streams null).
+    pub process: Spawned,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its directory (socket, images…).
+    pub scratch: Scratch,
+}
+
+impl SpawnedTarget {
+    /// Spawns `program --socket-path <socket>` followed by what `args` gives for the
+    /// scratch directory of case `tag`.
+    pub fn start(program: &str, tag: &str, args: impl FnOnce(&Scratch) -> Vec<OsString>) -> Self {
+        let scratch = Scratch::new(&format!("hostile-{tag}"));
+        let socket = scratch.socket();
+        let mut all: Vec<OsString> = vec!["--socket-path".into(), socket.clone().into()];
+        all.extend(args(&scratch));
+        let refs: Vec<&std::ffi::OsStr> = all.iter().map(|a| a.as_os_str()).collect();
+        let process = Spawned::quiet(program, &refs);
+        SpawnedTarget {
+            process,
+            socket,
+            scratch,
+        }
+    }
+
+    /// The daemon process is still running.
+    pub fn assert_running(&mut self) {
+        assert!(self.process.running(), "the daemon exited");
+    }
 }
 
 /// A raw stream to the target (retrying while the socket appears).
@@ -138,13 +173,12 @@ pub fn vring_kick_with_two_descriptors_is_refused<T: Target>() {
     let d = T::start("kick2");
     let fe = negotiated(&d);
     let (a, b) = (eventfd(), eventfd());
-    send(
+    assert_refused(
         &fe,
-        FrontendReq::SetVringKick as u32,
+        FrontendReq::SetVringKick,
         &u64_body(0),
         &[bfd(&a), bfd(&b)],
     );
-    assert_nack(&fe, FrontendReq::SetVringKick);
     drop((a, b));
     goes_on_then_serves(d, fe);
 }
@@ -160,8 +194,7 @@ pub fn mem_table_with_fewer_descriptors_than_regions_is_refused<T: Target>() {
         [r.guest_phys_addr, half, r.user_addr, 0],
         [r.guest_phys_addr + half, half, r.user_addr + half, half],
     ]);
-    send(&fe, FrontendReq::SetMemTable as u32, &body, &[mem.fd()]);
-    assert_nack(&fe, FrontendReq::SetMemTable);
+    assert_refused(&fe, FrontendReq::SetMemTable, &body, &[mem.fd()]);
     drop(mem);
     goes_on_then_serves(d, fe);
 }
@@ -199,13 +232,7 @@ pub fn mem_table_with_overlapping_regions_is_refused<T: Target>() {
         [0, size, 0x7000_0000_0000, 0],
         [half, half, 0x7100_0000_0000, half],
     ]);
-    send(
-        &fe,
-        FrontendReq::SetMemTable as u32,
-        &body,
-        &[mem.fd(), mem.fd()],
-    );
-    assert_nack(&fe, FrontendReq::SetMemTable);
+    assert_refused(&fe, FrontendReq::SetMemTable, &body, &[mem.fd(), mem.fd()]);
     drop(mem);
     goes_on_then_serves(d, fe);
 }
@@ -221,13 +248,12 @@ pub fn mem_table_with_address_overflow_is_refused<T: Target>() {
         [0, 0x10_0000, u64::MAX - 0xfff, 0],
         [0, 0x10_0000, 0x7000_0000_0000, u64::MAX - 0xfff],
     ] {
-        send(
+        assert_refused(
             &fe,
-            FrontendReq::SetMemTable as u32,
+            FrontendReq::SetMemTable,
             &mem_table_body(&[r]),
             &[mem.fd()],
         );
-        assert_nack(&fe, FrontendReq::SetMemTable);
     }
     drop(mem);
     goes_on_then_serves(d, fe);
@@ -247,20 +273,13 @@ pub fn mem_table_region_past_end_of_memfd_is_refused<T: Target>() {
         r.user_addr,
         r.mmap_offset + 0x1000,
     ];
-    send(
+    assert_refused(
         &fe,
-        FrontendReq::SetMemTable as u32,
+        FrontendReq::SetMemTable,
         &mem_table_body(&[past]),
         &[mem.fd()],
     );
-    assert_nack(&fe, FrontendReq::SetMemTable);
-    send(
-        &fe,
-        FrontendReq::AddMemReg as u32,
-        &region_body(past),
-        &[mem.fd()],
-    );
-    assert_nack(&fe, FrontendReq::AddMemReg);
+    assert_refused(&fe, FrontendReq::AddMemReg, &region_body(past), &[mem.fd()]);
     send(
         &fe,
         FrontendReq::SetVringNum as u32,
@@ -288,13 +307,7 @@ pub fn vring_num_zero_odd_or_over_maximum_is_refused<T: Target>() {
     let d = T::start("num");
     let fe = negotiated(&d);
     for num in [0, 3, 2 * d.max_queue_size(), u32::MAX] {
-        send(
-            &fe,
-            FrontendReq::SetVringNum as u32,
-            &state_body(0, num),
-            &[],
-        );
-        assert_nack(&fe, FrontendReq::SetVringNum);
+        assert_refused(&fe, FrontendReq::SetVringNum, &state_body(0, num), &[]);
     }
     goes_on_then_serves(d, fe);
 }
@@ -305,21 +318,14 @@ pub fn vring_num_zero_odd_or_over_maximum_is_refused<T: Target>() {
 pub fn vring_index_out_of_range_is_refused<T: Target>() {
     let d = T::start("index");
     let fe = negotiated(&d);
-    send(
-        &fe,
-        FrontendReq::SetVringNum as u32,
-        &state_body(7, 16),
-        &[],
-    );
-    assert_nack(&fe, FrontendReq::SetVringNum);
+    assert_refused(&fe, FrontendReq::SetVringNum, &state_body(7, 16), &[]);
     let call = eventfd();
-    send(
+    assert_refused(
         &fe,
-        FrontendReq::SetVringCall as u32,
+        FrontendReq::SetVringCall,
         &u64_body(255),
         &[bfd(&call)],
     );
-    assert_nack(&fe, FrontendReq::SetVringCall);
     send(
         &fe,
         FrontendReq::GetVringBase as u32,
@@ -370,20 +376,8 @@ pub fn kick_before_any_memory_table_is_refused_and_signals_are_harmless<T: Targe
     let d = T::start("kick");
     let mut fe = negotiated(&d);
     let kick = eventfd();
-    send(
-        &fe,
-        FrontendReq::SetVringKick as u32,
-        &u64_body(0),
-        &[bfd(&kick)],
-    );
-    assert_nack(&fe, FrontendReq::SetVringKick);
-    send(
-        &fe,
-        FrontendReq::SetVringKick as u32,
-        &u64_body(1 << 8),
-        &[],
-    );
-    assert_nack(&fe, FrontendReq::SetVringKick);
+    assert_refused(&fe, FrontendReq::SetVringKick, &u64_body(0), &[bfd(&kick)]);
+    assert_refused(&fe, FrontendReq::SetVringKick, &u64_body(1 << 8), &[]);
     for _ in 0..3 {
         kick.write(1).expect("kick");
     }
@@ -411,8 +405,7 @@ pub fn get_vring_base_on_a_ring_never_started_answers_zero<T: Target>() {
 pub fn second_set_owner_is_refused<T: Target>() {
     let d = T::start("owner");
     let fe = negotiated(&d);
-    send(&fe, FrontendReq::SetOwner as u32, &[], &[]);
-    assert_nack(&fe, FrontendReq::SetOwner);
+    assert_refused(&fe, FrontendReq::SetOwner, &[], &[]);
     goes_on_then_serves(d, fe);
 }
 
@@ -424,13 +417,7 @@ pub fn set_features_with_bits_never_offered_is_refused<T: Target>() {
     let never = !offered;
     assert_ne!(never, 0);
     let bit = 1u64 << (63 - never.leading_zeros());
-    send(
-        &fe,
-        FrontendReq::SetFeatures as u32,
-        &u64_body(offered | bit),
-        &[],
-    );
-    assert_nack(&fe, FrontendReq::SetFeatures);
+    assert_refused(&fe, FrontendReq::SetFeatures, &u64_body(offered | bit), &[]);
     goes_on_then_serves(d, fe);
 }
 
@@ -478,8 +465,7 @@ pub fn rem_mem_reg_of_a_region_never_added_is_refused<T: Target>() {
         .acked_protocol()
         .contains(ProtocolFeatures::CONFIGURE_MEM_SLOTS));
     let body = region_body([0, 0x10_0000, 0x7000_0000_0000, 0]);
-    send(&fe, FrontendReq::RemMemReg as u32, &body, &[]);
-    assert_nack(&fe, FrontendReq::RemMemReg);
+    assert_refused(&fe, FrontendReq::RemMemReg, &body, &[]);
     goes_on_then_serves(d, fe);
 }
 

@@ -38,14 +38,19 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A fresh directory `<tmp>/<prefix>-<tag>-<pid>-<n>`.
-    pub fn new(prefix: &str, tag: &str) -> Scratch {
+    /// A fresh directory `<tmp>/vhost-it-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Scratch {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("{prefix}-{tag}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vhost-it-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch directory");
         Scratch { dir }
+    }
+
+    /// The vhost-user socket of the directory.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("vhost.sock")
     }
 
     /// The path of `name` in the directory.

@@ -87,6 +87,13 @@ pub fn assert_nack(fe: &Frontend, code: FrontendReq) {
     assert_eq!(ack(fe, code), 1, "{}: ack status", code.name());
 }
 
+/// Sends request `code` with NEED_REPLY, `body` and `fds`, and checks that it is refused
+/// with an ack of 1.
+pub fn assert_refused(fe: &Frontend, code: FrontendReq, body: &[u8], fds: &[BorrowedFd<'_>]) {
+    send(fe, code as u32, body, fds);
+    assert_nack(fe, code);
+}
+
 /// The same connection still answers requests.
 pub fn assert_session_goes_on(fe: &mut Frontend) {
     let f = fe.get_features().expect("GET_FEATURES after the refusal");

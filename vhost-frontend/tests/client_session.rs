@@ -32,15 +32,7 @@ fn serve(backend: RecordingBackend) -> (Frontend, Recording, JoinHandle<Result<(
 }
 
 fn regions_of(s: &Session) -> Vec<MemoryRegion> {
-    s.memory()
-        .regions()
-        .map(|r| MemoryRegion {
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            user_addr: r.user_addr,
-            mmap_offset: r.mmap_offset,
-        })
-        .collect()
+    vhost_test_support::wire::regions(s.memory())
 }
 
 fn vring_addr(s: &Session, i: usize) -> VringAddr {

@@ -13,7 +13,7 @@ use vhost_backend::runtime::{
 };
 use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, GuestMemory, RegionSpec, VirtqueueDriver};
-use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, VringAddr};
+use vhost_proto::{virtio, ProtocolFeatures, VringAddr};
 use vhost_transport::Connection;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -188,16 +188,7 @@ pub fn two_region_memory() -> GuestMemory {
     .expect("guest memory")
 }
 
-pub fn regions(mem: &GuestMemory) -> Vec<MemoryRegion> {
-    mem.regions()
-        .map(|r| MemoryRegion {
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            user_addr: r.user_addr,
-            mmap_offset: r.mmap_offset,
-        })
-        .collect()
-}
+pub use vhost_test_support::wire::regions;
 
 pub fn send_mem_table(fe: &mut Frontend, mem: &GuestMemory) {
     let regs = regions(mem);

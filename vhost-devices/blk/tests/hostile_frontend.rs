@@ -9,46 +9,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{connect, options, pattern, Scratch, TIMEOUT};
+use common::{connect, options, pattern, Image, TIMEOUT};
 use vhost_frontend::devices::blk::BlkRequests;
-use vhost_test_support::hostile::Target;
-use vhost_test_support::Spawned;
+use vhost_test_support::hostile::{SpawnedTarget, Target};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
-
-/// A `vhost-user-blk` process on a temporary socket and a 1 MiB pattern image; killed on
-/// drop.
-struct Daemon {
-    process: Spawned,
-    sock: PathBuf,
-    _scratch: Scratch,
-}
+/// A `vhost-user-blk` process on a temporary socket and a 1 MiB pattern image.
+struct Daemon(SpawnedTarget);
 
 impl Target for Daemon {
     fn start(tag: &str) -> Daemon {
-        let scratch = Scratch::new(&format!("hostile-{tag}"));
-        let image = scratch.image(1 << 20);
-        let sock = scratch.socket();
-        let process = Spawned::quiet(
-            BIN,
-            &[
-                "--socket-path".as_ref(),
-                sock.as_os_str(),
-                "--blk-file".as_ref(),
-                image.as_os_str(),
-            ],
-        );
-        Daemon {
-            process,
-            sock,
-            _scratch: scratch,
-        }
+        Daemon(SpawnedTarget::start(
+            env!("CARGO_BIN_EXE_vhost-user-blk"),
+            tag,
+            |s| vec!["--blk-file".into(), s.image(1 << 20).into()],
+        ))
     }
 
     fn socket(&self) -> &Path {
-        &self.sock
+        &self.0.socket
     }
 
     fn max_queue_size(&self) -> u32 {
@@ -68,15 +48,15 @@ impl Target for Daemon {
     /// The daemon is still running, and a new front-end completes the handshake and reads
     /// four sectors of the image correctly.
     fn assert_serves_again(&mut self) {
-        assert!(self.process.running(), "the daemon exited");
-        let mut s = connect(&self.sock, || options(1));
+        self.0.assert_running();
+        let mut s = connect(&self.0.socket, || options(1));
         let mut reqs = BlkRequests::new(&s, 0, 1, 4096).expect("requests");
         let mut buf = vec![0u8; 2048];
         reqs.read(&mut s, 3, &mut buf, TIMEOUT).expect("read");
         let want: Vec<u8> = (3 * 512..3 * 512 + 2048).map(pattern).collect();
         assert_eq!(buf, want, "data read after the hostile session");
         drop(s);
-        assert!(self.process.running(), "the daemon exited");
+        self.0.assert_running();
     }
 }
 

@@ -9,36 +9,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{connect, options, read_guest, Scratch, TIMEOUT};
+use common::{connect, options, read_guest, TIMEOUT};
 use vhost_device_rng::MAX_QUEUE_SIZE;
-use vhost_test_support::hostile::Target;
-use vhost_test_support::Spawned;
+use vhost_test_support::hostile::{SpawnedTarget, Target};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-rng");
-
-/// A `vhost-user-rng` process on a temporary socket; killed on drop.
-struct Daemon {
-    process: Spawned,
-    sock: PathBuf,
-    _scratch: Scratch,
-}
+/// A `vhost-user-rng` process on a temporary socket.
+struct Daemon(SpawnedTarget);
 
 impl Target for Daemon {
     fn start(tag: &str) -> Daemon {
-        let scratch = Scratch::new(&format!("hostile-{tag}"));
-        let sock = scratch.socket();
-        let process = Spawned::quiet(BIN, &["--socket-path".as_ref(), sock.as_os_str()]);
-        Daemon {
-            process,
-            sock,
-            _scratch: scratch,
-        }
+        Daemon(SpawnedTarget::start(
+            env!("CARGO_BIN_EXE_vhost-user-rng"),
+            tag,
+            |_| Vec::new(),
+        ))
     }
 
     fn socket(&self) -> &Path {
-        &self.sock
+        &self.0.socket
     }
 
     fn max_queue_size(&self) -> u32 {
@@ -53,8 +43,8 @@ impl Target for Daemon {
     /// The daemon is still running, and a new front-end completes the handshake and gets
     /// 4 KiB of entropy (not all zero).
     fn assert_serves_again(&mut self) {
-        assert!(self.process.running(), "the daemon exited");
-        let mut s = connect(&self.sock, options);
+        self.0.assert_running();
+        let mut s = connect(&self.0.socket, options);
         let buf = s.memory().alloc(4096, 8).expect("buffer");
         let used = s
             .round_trip(0, &[(buf, 4096, true)], TIMEOUT)
@@ -62,7 +52,7 @@ impl Target for Daemon {
         assert_eq!(used.len, 4096);
         assert!(read_guest(&s, buf, 4096).iter().any(|&b| b != 0));
         drop(s);
-        assert!(self.process.running(), "the daemon exited");
+        self.0.assert_running();
     }
 }
 

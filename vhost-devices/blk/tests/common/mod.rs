@@ -7,36 +7,23 @@ use std::path::{Path, PathBuf};
 
 use vhost_device_blk::{BlkConfig, BlkDevice};
 use vhost_frontend::SessionOptions;
-pub use vhost_test_support::{connect, for_each_layout, TIMEOUT};
+pub use vhost_test_support::{connect, for_each_layout, Scratch, TIMEOUT};
 
 /// Byte `i` of a test image.
 pub fn pattern(i: usize) -> u8 {
     (i as u8).wrapping_mul(31) ^ ((i >> 9) as u8)
 }
 
-/// A scratch directory removed on drop, holding an image and a socket.
-pub struct Scratch(vhost_test_support::Scratch);
-
-impl std::ops::Deref for Scratch {
-    type Target = vhost_test_support::Scratch;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+/// Test images in a scratch directory.
+pub trait Image {
+    /// Writes an image of `len` pattern bytes; returns its path.
+    fn image(&self, len: usize) -> PathBuf;
 }
 
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        Scratch(vhost_test_support::Scratch::new("vhost-blk-it", tag))
-    }
-
-    /// Writes an image of `len` pattern bytes; returns its path.
-    pub fn image(&self, len: usize) -> PathBuf {
+impl Image for Scratch {
+    fn image(&self, len: usize) -> PathBuf {
         let bytes: Vec<u8> = (0..len).map(pattern).collect();
         self.file("disk.img", &bytes)
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.path("blk.sock")
     }
 }
 

@@ -3,32 +3,12 @@
 //! `vhost-test-support`).
 #![allow(dead_code, unused_imports)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vhost_device_rng::{RngConfig, RngDevice};
 use vhost_frontend::{Session, SessionOptions};
-pub use vhost_test_support::{connect, for_each_layout, TIMEOUT};
+pub use vhost_test_support::{connect, for_each_layout, Scratch, TIMEOUT};
 use vm_memory::{Bytes, GuestAddress};
-
-/// A scratch directory removed on drop, holding a socket and source files.
-pub struct Scratch(vhost_test_support::Scratch);
-
-impl std::ops::Deref for Scratch {
-    type Target = vhost_test_support::Scratch;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        Scratch(vhost_test_support::Scratch::new("vhost-rng-it", tag))
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.path("rng.sock")
-    }
-}
 
 /// A daemon serving `cfg` on `socket` in a thread of this process; stopped on drop.
 pub struct InProcess(vhost_test_support::InProcess);

@@ -18,40 +18,30 @@ pub const TIMEOUT: Duration = vhost_test_support::TIMEOUT;
 /// The guest CID the tests use.
 pub const CID: u64 = 3;
 
-/// A scratch directory removed on drop.
-pub struct Scratch(vhost_test_support::Scratch);
+pub use vhost_test_support::Scratch;
 
-impl std::ops::Deref for Scratch {
-    type Target = vhost_test_support::Scratch;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+/// The host side of the daemon's hybrid vsock, in a scratch directory.
+pub trait Uds {
+    /// The hybrid-vsock socket (`--uds-path`).
+    fn uds(&self) -> PathBuf;
+    /// A host listener for guest connections to `port`.
+    fn listen(&self, port: u32) -> UnixListener;
+    /// A host process connecting to guest port `port`: sends the CONNECT line.
+    fn host_connect(&self, port: u32) -> UnixStream;
 }
 
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        Scratch(vhost_test_support::Scratch::new("vsock", tag))
-    }
-
-    /// The vhost-user socket.
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("vhost.sock")
-    }
-
-    /// The hybrid-vsock socket (`--uds-path`).
-    pub fn uds(&self) -> PathBuf {
+impl Uds for Scratch {
+    fn uds(&self) -> PathBuf {
         self.dir.join("vm.vsock")
     }
 
-    /// A host listener for guest connections to `port`.
-    pub fn listen(&self, port: u32) -> UnixListener {
+    fn listen(&self, port: u32) -> UnixListener {
         let mut p = self.uds().into_os_string();
         p.push(format!("_{port}"));
         UnixListener::bind(p).unwrap()
     }
 
-    /// A host process connecting to guest port `port`: sends the CONNECT line.
-    pub fn host_connect(&self, port: u32) -> UnixStream {
+    fn host_connect(&self, port: u32) -> UnixStream {
         let mut s = UnixStream::connect(self.uds()).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         writeln!(s, "CONNECT {port}").unwrap();
