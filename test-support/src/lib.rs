@@ -180,6 +180,17 @@ impl Spawned {
         Spawned { child, lines }
     }
 
+    /// Spawns `program --socket-path <socket>` and `args` as [`Spawned::start`] does.
+    pub fn serving(program: &str, socket: &Path, args: &[&str]) -> Spawned {
+        let socket = socket.to_str().expect("a UTF-8 socket path");
+        let all: Vec<&str> = ["--socket-path", socket]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        Spawned::start(program, &all)
+    }
+
     /// Spawns `program` with `args`, no log and every standard stream null.
     pub fn quiet(program: &str, args: &[&std::ffi::OsStr]) -> Spawned {
         let child = Command::new(program)
@@ -255,6 +266,20 @@ pub fn capabilities(program: &str) -> serde_json::Value {
         "{program} --print-capabilities failed"
     );
     serde_json::from_slice(&out.stdout).expect("capabilities JSON")
+}
+
+/// A back-end channel handler that counts CONFIG_CHANGE_MSG (clones share the count).
+#[derive(Clone, Default)]
+pub struct ConfigWatcher(pub std::sync::Arc<std::sync::Mutex<u32>>);
+
+impl vhost_frontend::BackendRequestHandler for ConfigWatcher {
+    fn config_change(&mut self) -> vhost_frontend::HandlerResult<()> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        Ok(())
+    }
 }
 
 /// The number of entries in directory `path` (`/proc/self/fd`, `/proc/self/task`…).

@@ -13,7 +13,7 @@ use vhost_backend::runtime::{
     RUNTIME_PROTOCOL_FEATURES,
 };
 use vhost_backend::BackendClient;
-use vhost_frontend::{BackendRequestHandler, HandlerResult, Session, SessionOptions};
+use vhost_frontend::{Session, SessionOptions};
 use vhost_proto::ProtocolFeatures;
 
 /// A device that keeps the channel (or only claims BACKEND_REQ in its protocol features,
@@ -58,15 +58,7 @@ impl VirtioDevice for ChannelDevice {
     }
 }
 
-#[derive(Clone, Default)]
-struct ConfigWatcher(Arc<Mutex<u32>>);
-
-impl BackendRequestHandler for ConfigWatcher {
-    fn config_change(&mut self) -> HandlerResult<()> {
-        *self.0.lock().unwrap() += 1;
-        Ok(())
-    }
-}
+use vhost_test_support::ConfigWatcher;
 
 #[test]
 fn runtime_protocol_features_leave_backend_req_to_the_device() {

@@ -302,16 +302,7 @@ fn a_ring_larger_than_the_area_queue_size_does_not_start() {
     let q = GuestQueue::new(&mem, 0, false);
     fe.set_vring_num(0, u32::from(QUEUE_SIZE)).unwrap();
     fe.set_vring_base(0, 0).unwrap();
-    let a = q.driver.vring_user_addrs(&mem).unwrap();
-    fe.set_vring_addr(&vhost_proto::VringAddr {
-        index: 0,
-        flags: 0,
-        desc: a.desc,
-        used: a.used,
-        avail: a.avail,
-        log: 0,
-    })
-    .unwrap();
+    fe.set_vring_addr(&q.vring_addr(&mem)).unwrap();
     assert!(fe.set_vring_kick(0, Some(bfd(&q.kick))).is_err());
     assert_session_goes_on(&mut fe);
     drop(fe);

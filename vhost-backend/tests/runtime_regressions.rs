@@ -308,16 +308,7 @@ fn start_polled(fe: &mut Frontend, mem: &GuestMemory, q: &GuestQueue) {
     let i = q.index;
     fe.set_vring_num(i, u32::from(QUEUE_SIZE)).expect("NUM");
     fe.set_vring_base(i, 0).expect("BASE");
-    let a = q.driver.vring_user_addrs(mem).expect("ring addresses");
-    fe.set_vring_addr(&vhost_proto::VringAddr {
-        index: i,
-        flags: 0,
-        desc: a.desc,
-        used: a.used,
-        avail: a.avail,
-        log: 0,
-    })
-    .expect("ADDR");
+    fe.set_vring_addr(&q.vring_addr(mem)).expect("ADDR");
     fe.set_vring_call(i, Some(bfd(&q.call))).expect("CALL");
     fe.set_vring_kick(i, None).expect("KICK without fd");
     fe.set_vring_enable(i, true).expect("ENABLE");
@@ -340,17 +331,8 @@ fn a_backend_driven_without_a_server_starts_rings_disabled_once_bit_30_is_acked(
         .collect();
     b.set_mem_table(&table, fds).expect("SET_MEM_TABLE");
     let q = GuestQueue::new(&mem, 0, false);
-    let a = q.driver.vring_user_addrs(&mem).expect("addresses");
     b.set_vring_num(0, u32::from(QUEUE_SIZE)).expect("NUM");
-    b.set_vring_addr(&vhost_proto::VringAddr {
-        index: 0,
-        flags: 0,
-        desc: a.desc,
-        used: a.used,
-        avail: a.avail,
-        log: 0,
-    })
-    .expect("ADDR");
+    b.set_vring_addr(&q.vring_addr(&mem)).expect("ADDR");
     let kick = bfd(&q.kick).try_clone_to_owned().expect("dup");
     b.set_vring_kick(0, Some(kick)).expect("KICK");
     assert_eq!(

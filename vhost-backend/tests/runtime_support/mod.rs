@@ -254,6 +254,19 @@ impl GuestQueue {
 
     /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`. A packed ring's `base` is
     /// the packed encoding; 0 there means where the driver is.
+    /// The SET_VRING_ADDR of this ring: its front-end virtual addresses in `mem`.
+    pub fn vring_addr(&self, mem: &GuestMemory) -> VringAddr {
+        let a = self.driver.vring_user_addrs(mem).expect("ring addresses");
+        VringAddr {
+            index: self.index,
+            flags: 0,
+            desc: a.desc,
+            used: a.used,
+            avail: a.avail,
+            log: 0,
+        }
+    }
+
     pub fn start(&self, fe: &mut Frontend, mem: &GuestMemory, base: u32, enable: bool) {
         let i = self.index;
         let base = if self.driver.is_packed() && base == 0 {
@@ -263,16 +276,7 @@ impl GuestQueue {
         };
         fe.set_vring_num(i, u32::from(QUEUE_SIZE)).expect("NUM");
         fe.set_vring_base(i, base).expect("BASE");
-        let a = self.driver.vring_user_addrs(mem).expect("ring addresses");
-        fe.set_vring_addr(&VringAddr {
-            index: i,
-            flags: 0,
-            desc: a.desc,
-            used: a.used,
-            avail: a.avail,
-            log: 0,
-        })
-        .expect("ADDR");
+        fe.set_vring_addr(&self.vring_addr(mem)).expect("ADDR");
         fe.set_vring_call(i, Some(bfd(&self.call))).expect("CALL");
         fe.set_vring_kick(i, Some(bfd(&self.kick))).expect("KICK");
         if enable {

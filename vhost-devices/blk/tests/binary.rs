@@ -52,11 +52,10 @@ fn spawned_daemon_serves_io_across_reconnects_and_exits_on_sigterm() {
     let scratch = Scratch::new("bin");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let mut d = Spawned::start(
+    let mut d = Spawned::serving(
         BIN,
+        &sock,
         &[
-            "--socket-path",
-            sock.to_str().unwrap(),
             "--blk-file",
             image.to_str().unwrap(),
             "--num-queues",
@@ -87,15 +86,7 @@ fn flushed_write_survives_the_daemon_being_killed() {
     let scratch = Scratch::new("flush");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let d = Spawned::start(
-        BIN,
-        &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--blk-file",
-            image.to_str().unwrap(),
-        ],
-    );
+    let d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     let mut s = connect(&sock, || options(1));
     let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
     let data = [0xc3u8; 4096];
@@ -111,7 +102,7 @@ fn flushed_write_survives_the_daemon_being_killed() {
 fn without_blk_file_serves_a_scratch_gib_and_removes_it_on_exit() {
     let scratch = Scratch::new("noimage");
     let sock = scratch.socket();
-    let mut d = Spawned::start(BIN, &["--socket-path", sock.to_str().unwrap()]);
+    let mut d = Spawned::serving(BIN, &sock, &[]);
     let path = scratch_image(&d);
     assert!(path.exists(), "{} missing", path.display());
     let s = connect(&sock, || options(1));
@@ -128,7 +119,7 @@ fn sighup_and_sigquit_exit_cleanly_removing_the_socket_and_the_scratch_image() {
     for sig in [Signal::SIGHUP, Signal::SIGQUIT] {
         let scratch = Scratch::new("hup");
         let sock = scratch.socket();
-        let mut d = Spawned::start(BIN, &["--socket-path", sock.to_str().unwrap()]);
+        let mut d = Spawned::serving(BIN, &sock, &[]);
         let path = scratch_image(&d);
         d.wait_line("vhost-user-blk-pci");
         d.signal(sig);
@@ -144,15 +135,7 @@ fn a_second_front_end_waiting_on_the_busy_socket_is_logged() {
     let scratch = Scratch::new("second");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let d = Spawned::start(
-        BIN,
-        &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--blk-file",
-            image.to_str().unwrap(),
-        ],
-    );
+    let d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     d.wait_line("vhost-user-blk-pci");
     let first = connect(&sock, || options(1));
     let _second = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -165,15 +148,7 @@ fn failing_requests_are_logged_a_few_times_then_summarised_not_one_line_each() {
     let scratch = Scratch::new("flood");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let mut d = Spawned::start(
-        BIN,
-        &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--blk-file",
-            image.to_str().unwrap(),
-        ],
-    );
+    let mut d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     d.wait_line("vhost-user-blk-pci");
     let mut s = connect(&sock, || options(1));
     let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
@@ -331,15 +306,7 @@ fn an_image_that_is_not_a_whole_number_of_sectors_is_served_with_a_warning() {
     let scratch = Scratch::new("partial");
     let image = scratch.image(1000);
     let sock = scratch.socket();
-    let d = Spawned::start(
-        BIN,
-        &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--blk-file",
-            image.to_str().unwrap(),
-        ],
-    );
+    let d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     let line = d.wait_line("not a whole number of 512-byte sectors");
     assert!(line.contains("the last 488 bytes are not served"), "{line}");
     let s = connect(&sock, || options(1));

@@ -19,7 +19,7 @@ fn print_capabilities_is_json_of_type_rng() {
 fn spawned_daemon_serves_entropy_logs_the_qemu_command_and_exits_on_sigterm() {
     let scratch = Scratch::new("bin");
     let sock = scratch.socket();
-    let mut d = Spawned::start(BIN, &["--socket-path", sock.to_str().unwrap()]);
+    let mut d = Spawned::serving(BIN, &sock, &[]);
     d.wait_line("-device vhost-user-rng-pci,chardev=rng0");
     let mut s = connect(&sock, options);
     let buf = s.memory().alloc(4096, 8).unwrap();
@@ -35,15 +35,7 @@ fn spawned_daemon_serves_entropy_logs_the_qemu_command_and_exits_on_sigterm() {
 fn spawned_daemon_with_a_missing_source_fails_at_start() {
     let scratch = Scratch::new("badsrc");
     let sock = scratch.socket();
-    let mut d = Spawned::start(
-        BIN,
-        &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--source",
-            "/nonexistent/entropy",
-        ],
-    );
+    let mut d = Spawned::serving(BIN, &sock, &["--source", "/nonexistent/entropy"]);
     let status = d.wait_exit();
     assert!(!status.success());
     assert!(!sock.exists(), "no socket for a daemon that failed");
@@ -76,15 +68,7 @@ fn a_directory_or_an_empty_file_as_source_is_refused_at_start_with_the_reason() 
 fn socket_count_serves_a_device_on_each_numbered_socket_at_once() {
     let scratch = Scratch::new("count");
     let sock = scratch.socket();
-    let mut d = Spawned::start(
-        BIN,
-        &[
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--socket-count",
-            "3",
-        ],
-    );
+    let mut d = Spawned::serving(BIN, &sock, &["--socket-count", "3"]);
     d.wait_line("3 devices on");
     let paths: Vec<_> = (0..3)
         .map(|i| std::path::PathBuf::from(format!("{}{i}", sock.display())))

@@ -19,6 +19,8 @@ pub trait Platform {
     type Raw: Read + Write + Send + 'static;
     /// A descriptor lent to a message, with what checks the received copy.
     type Lent;
+    /// Whether a non-blocking sender completes a large message (Unix sockets).
+    const NONBLOCKING_SEND: bool;
     /// A connection and the raw other end of it.
     fn conn_and_raw() -> (Conn, Self::Raw);
     /// The bytes the raw end writes for `bytes` of messages that carry no descriptor.
@@ -225,6 +227,34 @@ pub fn into_channel_keeps_the_connection<P: Platform>() {
     assert_eq!(b.recv_header().unwrap().0, header(1, 0));
 }
 
+/// A 4 MiB message (with a descriptor) goes through as the peer drains it in body-sized
+/// reads, from a non-blocking sender where the platform has one.
+pub fn large_message_completes_once_the_peer_drains<P: Platform>() {
+    let _g = serial();
+    let (a, b) = Conn::pair().unwrap();
+    if P::NONBLOCKING_SEND {
+        a.set_nonblocking(true).unwrap();
+    }
+    let payload: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let expected = payload.clone();
+    let reader = thread::spawn(move || {
+        let (h, fds) = b.recv_header().unwrap();
+        let mut got = Vec::with_capacity(expected.len());
+        let mut chunk = [0u8; MAX_BODY_SIZE];
+        while got.len() < expected.len() {
+            let n = (expected.len() - got.len()).min(MAX_BODY_SIZE);
+            b.recv_body_into(&mut chunk[..n]).unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got == expected);
+        (h, fds.len())
+    });
+    let l = P::lend(1);
+    let h = header(1, payload.len() as u32);
+    a.send(&h, &[], &payload, &lent::<P>(&l)).unwrap();
+    assert_eq!(reader.join().unwrap(), (h, 1));
+}
+
 /// A sender thread does not wait for a receiver blocked on the same connection.
 pub fn send_goes_through_while_another_thread_waits_to_receive<P: Platform>() {
     let _g = serial();
@@ -259,6 +289,7 @@ macro_rules! transport_contract {
             read_timeout_in_the_middle_of_a_header_is_partial,
             into_channel_keeps_the_connection,
             send_goes_through_while_another_thread_waits_to_receive,
+            large_message_completes_once_the_peer_drains,
         );
     };
     (@cases $p:ty; $($case:ident),* $(,)?) => {

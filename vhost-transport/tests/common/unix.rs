@@ -78,6 +78,7 @@ pub struct Unix;
 impl Platform for Unix {
     type Raw = UnixStream;
     type Lent = (OwnedFd, OwnedFd);
+    const NONBLOCKING_SEND: bool = true;
 
     fn conn_and_raw() -> (Conn, UnixStream) {
         conn_and_raw()
