@@ -307,7 +307,7 @@ pub fn settle(want: usize, count: impl Fn() -> usize) -> usize {
 /// queue count and queue size (expressions, which may use `self` when the first argument
 /// is `self`), no device features.
 ///
-/// ```ignore
+/// ```text
 /// impl VirtioDevice for MyDevice {
 ///     vhost_test_support::device_basics!(self; device_type: 4, queues: self.queues, max_queue_size: 256);
 ///     fn process_queue(/* … */) { /* … */ }
