@@ -7,8 +7,10 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhost_frontend::{Frontend, FrontendError, GuestMemory};
+use vhost_proto::wire::iotlb;
 use vhost_proto::{
-    virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, MemoryRegion, MAX_BODY_SIZE,
+    virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, IotlbMsg, MemoryRegion,
+    MAX_BODY_SIZE,
 };
 
 /// A u64 body (SET_FEATURES, SET_VRING_KICK/CALL…).
@@ -49,6 +51,18 @@ pub fn config_body(offset: u32, size: u32, flags: u32, payload: usize) -> Vec<u8
     }
     b.resize(12 + payload, 0);
     b
+}
+
+/// An IOTLB miss for one read-only page at `iova`, as a back-end sends it.
+pub fn iotlb_miss(iova: u64) -> IotlbMsg {
+    IotlbMsg {
+        iova,
+        size: 0x1000,
+        uaddr: 0,
+        perm: iotlb::PERM_RO,
+        msg_type: iotlb::MISS,
+        padding: [0; 6],
+    }
 }
 
 /// Sends request `code` with NEED_REPLY, `body` and `fds`, whatever they are.
