@@ -117,6 +117,15 @@ pub fn connect(socket: &Path, opts: impl Fn() -> SessionOptions) -> Session {
     s
 }
 
+/// Polls `done` every 10 ms until it holds; panics with `what` after [`TIMEOUT`].
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A daemon serving a device on a socket in a thread of this process; stopped on drop.
 pub struct InProcess {
     stop: StopHandle,
@@ -192,7 +201,7 @@ impl Spawned {
     }
 
     /// Spawns `program` with `args`, no log and every standard stream null.
-    pub fn quiet(program: &str, args: &[&std::ffi::OsStr]) -> Spawned {
+    pub fn quiet<A: AsRef<std::ffi::OsStr>>(program: &str, args: &[A]) -> Spawned {
         let child = Command::new(program)
             .args(args)
             .env_remove("RUST_LOG")

@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use vhost_frontend::devices::blk::{BlkConfig as ConfigView, BlkRequests};
 use vhost_test_support::Spawned;
 
@@ -258,28 +257,26 @@ fn sighup_stays_ignored_when_the_daemon_was_started_with_it_ignored() {
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
     // As `nohup` starts it: SIGHUP ignored, inherited across exec.
-    let mut child = Command::new("sh")
-        .args(["-c", "trap '' HUP; exec \"$0\" \"$@\"", BIN])
-        .args(["--socket-path", sock.to_str().unwrap()])
-        .args(["--blk-file", image.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let pid = Pid::from_raw(child.id() as i32);
-    kill(pid, Signal::SIGHUP).unwrap();
+    let mut d = Spawned::quiet(
+        "sh",
+        &[
+            "-c",
+            "trap '' HUP; exec \"$0\" \"$@\"",
+            BIN,
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--blk-file",
+            image.to_str().unwrap(),
+        ],
+    );
+    vhost_test_support::wait_for("daemon did not start", || sock.exists());
+    d.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped it");
+    assert!(d.running(), "SIGHUP stopped it");
     let s = connect(&sock, || options(1));
     drop(s);
-    kill(pid, Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
 }
 
 #[test]
