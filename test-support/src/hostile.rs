@@ -108,6 +108,20 @@ fn bfd(e: &EventFd) -> BorrowedFd<'_> {
     e.as_fd()
 }
 
+/// SET_VRING_ADDR of ring 0 with these addresses is refused with an ack of 1.
+fn assert_ring_refused(fe: &Frontend, desc: u64, avail: u64, used: u64) {
+    let addr = VringAddr {
+        index: 0,
+        flags: 0,
+        desc,
+        used,
+        avail,
+        log: 0,
+    };
+    send_req(fe, &FrontendRequest::SetVringAddr(addr), &[]);
+    assert_nack(fe, FrontendReq::SetVringAddr);
+}
+
 /// After a refusal: the session goes on, then the daemon serves a new front-end and stops
 /// clean.
 fn goes_on_then_serves<T: Target>(d: T, mut fe: Frontend) {
@@ -287,16 +301,7 @@ pub fn mem_table_region_past_end_of_memfd_is_refused<T: Target>() {
         &[],
     );
     assert_eq!(ack(&fe, FrontendReq::SetVringNum), 0, "SET_VRING_NUM 16");
-    let addr = VringAddr {
-        index: 0,
-        flags: 0,
-        desc: r.user_addr,
-        used: r.user_addr + 0x1000,
-        avail: r.user_addr + 0x2000,
-        log: 0,
-    };
-    send_req(&fe, &FrontendRequest::SetVringAddr(addr), &[]);
-    assert_nack(&fe, FrontendReq::SetVringAddr);
+    assert_ring_refused(&fe, r.user_addr, r.user_addr + 0x2000, r.user_addr + 0x1000);
     drop(mem);
     goes_on_then_serves(d, fe);
 }
@@ -354,16 +359,7 @@ pub fn vring_addr_outside_every_region_is_refused<T: Target>() {
         (lo, lo + 0x1000, end - 8),
         (u64::MAX - 8, lo, lo + 0x1000),
     ] {
-        let addr = VringAddr {
-            index: 0,
-            flags: 0,
-            desc,
-            used,
-            avail,
-            log: 0,
-        };
-        send_req(&fe, &FrontendRequest::SetVringAddr(addr), &[]);
-        assert_nack(&fe, FrontendReq::SetVringAddr);
+        assert_ring_refused(&fe, desc, avail, used);
     }
     drop(mem);
     goes_on_then_serves(d, fe);

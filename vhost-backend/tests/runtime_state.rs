@@ -90,6 +90,20 @@ fn serve(supported: bool) -> (Frontend, JoinHandle<DeviceBackend<CountingDevice>
     serve_in_thread(DeviceBackend::new(CountingDevice::new(supported)).expect("backend"))
 }
 
+/// SET_DEVICE_STATE_FD for a save is refused (the status carries a failure in its low byte)
+/// and nothing is written to the pipe.
+fn assert_save_refused(fe: &mut Frontend) {
+    let (mut r, w) = pipe();
+    let e = fe
+        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
+        .unwrap_err();
+    assert_ne!(nack(e) & 0xff, 0);
+    drop(w);
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "nothing written for a refused save");
+}
+
 fn served(fe: &mut Frontend) -> u64 {
     let bytes = fe.get_config(0, 8, 0).expect("GET_CONFIG");
     u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
@@ -179,15 +193,7 @@ fn transfer_while_a_ring_is_started_is_refused_and_closes_the_descriptor() {
     send_mem_table(&mut fe, &mem);
     let q = GuestQueue::new(&mem, 0, true);
     q.start(&mut fe, &mem, 0, true);
-    let (mut r, w) = pipe();
-    let e = fe
-        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
-        .unwrap_err();
-    assert_ne!(nack(e) & 0xff, 0);
-    drop(w);
-    let mut got = Vec::new();
-    r.read_to_end(&mut got).unwrap();
-    assert!(got.is_empty(), "nothing written for a refused save");
+    assert_save_refused(&mut fe);
     // Stopped: now it works, and the session is intact.
     fe.get_vring_base(0).expect("GET_VRING_BASE");
     assert_eq!(save(&mut fe), snapshot_bytes(0));
@@ -292,15 +298,7 @@ fn device_without_state_support_does_not_offer_device_state_and_refuses_transfer
     handshake(&mut fe, true, true);
     let offered = fe.offered_protocol().expect("protocol features asked");
     assert!(!offered.contains(ProtocolFeatures::DEVICE_STATE));
-    let (mut r, w) = pipe();
-    let e = fe
-        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
-        .unwrap_err();
-    assert_ne!(nack(e) & 0xff, 0);
-    drop(w);
-    let mut got = Vec::new();
-    r.read_to_end(&mut got).unwrap();
-    assert!(got.is_empty());
+    assert_save_refused(&mut fe);
     assert_ne!(nack(fe.check_device_state().unwrap_err()), 0);
     assert_eq!(fe.get_queue_num().unwrap(), 1, "session goes on");
 }
