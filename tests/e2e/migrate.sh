@@ -41,18 +41,8 @@
 set -uo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
-WORK_DIR=${WORK_DIR:-$E2E_DIR/work}
-mkdir -p "$WORK_DIR"
-WORK_DIR=$(cd "$WORK_DIR" && pwd)
-RUN_DIR=${RUN_DIR:-$WORK_DIR/run}
-mkdir -p "$RUN_DIR"
-
-QEMU=${QEMU:-qemu-system-x86_64}
-ACCEL=${ACCEL:-tcg}
-CPU=${CPU:-max}
-MEM=${MEM:-256M}
-KERNEL_APPEND=${KERNEL_APPEND:-console=ttyS0 quiet panic=-1 edd=off}
+# shellcheck source=env.sh
+. "$E2E_DIR/env.sh"
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
 STEP_TIMEOUT=${STEP_TIMEOUT:-20}
 MIGRATIONS=${MIGRATIONS:-3}

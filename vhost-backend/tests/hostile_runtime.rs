@@ -1,34 +1,39 @@
 //! Hostile front-ends against the device runtime's daemon, run in this process.
 //!
-//! Each test starts a [`Daemon`] serving a `DeviceBackend` (one queue of at most 256, an
-//! 8-byte configuration space) on a temporary socket, plays one misbehaving front-end, and
-//! checks: the answer the server's error policy gives (an ack of 1 or the failure form and
-//! the session goes on, or the connection closed), the daemon thread still running, a new
-//! front-end afterwards completing the handshake and one request, and — once the daemon is
-//! stopped — exactly as many descriptors open in the process as before it started. The
-//! tests run one at a time (a static lock) so that descriptor counts are exact.
+//! The shared hostile front-end suite (`vhost_test_support::hostile`, also run against the
+//! blk and rng daemons) runs here against [`InProcess`]: a `Daemon` serving a
+//! `DeviceBackend` (one queue of at most 256, an 8-byte configuration space) on a
+//! temporary socket. Each case plays one misbehaving front-end and checks: the answer the
+//! server's error policy gives (an ack of 1 or the failure form and the session goes on,
+//! or the connection closed), the daemon thread still running, a new front-end afterwards
+//! completing the handshake and one request, and — once the daemon is stopped — exactly as
+//! many descriptors open in the process as before it started. The cases below are the
+//! runtime's own (worker threads, stall bounds, sealing). The tests run one at a time (a
+//! static lock) so that descriptor counts are exact.
 
 #![cfg(unix)]
 
 mod runtime_support;
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use runtime_support::{bfd, count_dir, pattern, GuestQueue, PatternDevice, CONFIG, TIMEOUT};
+use runtime_support::{bfd, pattern, GuestQueue, PatternDevice, CONFIG, TIMEOUT};
 use vhost_backend::runtime::{Daemon, DeviceBackend, StopHandle};
 use vhost_backend::Backend;
-use vhost_frontend::{Frontend, FrontendError, GuestMemory, Session, SessionOptions};
+use vhost_frontend::{Frontend, GuestMemory, Session, SessionOptions};
 use vhost_proto::{
-    virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, MemoryRegion, ProtocolFeatures,
-    VringAddr, VringState, MAX_BODY_SIZE,
+    virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, VringAddr, VringState,
 };
+use vhost_test_support::hostile::{self, Target};
+use vhost_test_support::wire::{
+    ack, assert_closed, assert_session_goes_on, assert_stream_closed, region_of, send_req,
+};
+use vhost_test_support::{open_fds, settle};
 use vhost_transport::Listener;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -38,10 +43,6 @@ const STALL: Duration = Duration::from_millis(500);
 
 /// Serialises the tests: descriptor counts are per process.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn open_fds() -> usize {
-    count_dir("/proc/self/fd")
-}
 
 /// A daemon thread serving a pattern device on a temporary socket.
 struct InProcess {
@@ -91,27 +92,11 @@ impl InProcess {
     }
 
     fn stream(&self) -> UnixStream {
-        let s = UnixStream::connect(&self.sock).expect("connect");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        s
+        hostile::stream(self)
     }
 
-    fn frontend(&self) -> Frontend {
-        let fe = Frontend::connect(&self.sock).expect("connect");
-        fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        fe
-    }
-
-    /// A front-end that negotiated every offered protocol feature (REPLY_ACK included) and
-    /// took ownership.
     fn negotiated(&self) -> Frontend {
-        let mut fe = self.frontend();
-        fe.get_features().expect("GET_FEATURES");
-        let p = fe.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
-        fe.set_protocol_features(p).expect("SET_PROTOCOL_FEATURES");
-        assert!(fe.reply_ack(), "REPLY_ACK not negotiated");
-        fe.set_owner().expect("SET_OWNER");
-        fe
+        hostile::negotiated(self)
     }
 
     /// The daemon still runs, and a new front-end completes the handshake and one request
@@ -137,12 +122,8 @@ impl InProcess {
         self.assert_alive();
         // Once the daemon has noticed the disconnect, it holds what it held before any
         // front-end came: every descriptor of both sessions is closed.
-        let deadline = Instant::now() + TIMEOUT;
-        while open_fds() != self.fds_idle && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
         assert_eq!(
-            open_fds(),
+            settle(self.fds_idle, open_fds),
             self.fds_idle,
             "descriptors left open after the sessions"
         );
@@ -155,11 +136,35 @@ impl InProcess {
         let t = self.thread.take().expect("daemon thread");
         t.join().expect("daemon thread panicked");
         // The last session's worker threads and mappings went with the daemon.
-        let deadline = Instant::now() + TIMEOUT;
-        while open_fds() != self.fds_before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(open_fds(), self.fds_before, "descriptors leaked");
+        assert_eq!(
+            settle(self.fds_before, open_fds),
+            self.fds_before,
+            "descriptors leaked"
+        );
+    }
+}
+
+impl Target for InProcess {
+    fn start(tag: &str) -> Self {
+        InProcess::start(tag)
+    }
+    fn socket(&self) -> &Path {
+        &self.sock
+    }
+    fn max_queue_size(&self) -> u32 {
+        256
+    }
+    fn config_size(&self) -> u32 {
+        CONFIG.len() as u32
+    }
+    fn check_config(&self, config: &[u8]) {
+        assert_eq!(config, CONFIG);
+    }
+    fn assert_serves_again(&mut self) {
+        InProcess::assert_serves_again(self);
+    }
+    fn finish(self) {
+        InProcess::finish(self);
     }
 }
 
@@ -178,428 +183,10 @@ impl Drop for InProcess {
     }
 }
 
-fn u64_body(v: u64) -> Vec<u8> {
-    v.to_ne_bytes().to_vec()
-}
-
-fn state_body(index: u32, num: u32) -> Vec<u8> {
-    [index.to_ne_bytes(), num.to_ne_bytes()].concat()
-}
-
-/// A SET_MEM_TABLE body: count, padding, then `{gpa, size, uva, offset}` per region.
-fn mem_table_body(regions: &[[u64; 4]]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(regions.len() as u32).to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    for v in regions.iter().flatten() {
-        b.extend_from_slice(&v.to_ne_bytes());
-    }
-    b
-}
-
-fn send(fe: &Frontend, code: u32, body: &[u8], fds: &[BorrowedFd<'_>]) {
-    let h = Header::new(code, HeaderFlags::NEED_REPLY, body.len() as u32);
-    fe.send_raw(&h, body, fds).expect("send");
-}
-
-fn send_req(fe: &Frontend, req: &FrontendRequest<'_>) {
-    let mut buf = [0u8; MAX_BODY_SIZE];
-    let enc = req
-        .encode(HeaderFlags::NEED_REPLY, &mut buf)
-        .expect("encode");
-    let body = [&buf[..enc.body_len], enc.payload].concat();
-    fe.send_raw(&enc.header, &body, &[]).expect("send");
-}
-
-fn reply(fe: &Frontend, code: FrontendReq) -> Vec<u8> {
-    let (h, body, fds) = fe.recv_raw().expect("a reply");
-    assert_eq!(h.request, code as u32, "reply to another request");
-    assert!(h.is_reply(), "REPLY flag missing");
-    assert!(fds.is_empty(), "descriptors in the reply");
-    body
-}
-
-fn ack(fe: &Frontend, code: FrontendReq) -> u64 {
-    let body = reply(fe, code);
-    u64::from_ne_bytes(body.as_slice().try_into().expect("an 8-byte ack"))
-}
-
-fn assert_nack(fe: &Frontend, code: FrontendReq) {
-    assert_eq!(ack(fe, code), 1, "{}: ack status", code.name());
-}
-
-fn assert_session_goes_on(fe: &mut Frontend) {
-    let f = fe.get_features().expect("GET_FEATURES after the refusal");
-    assert_ne!(f & virtio::bit(virtio::VERSION_1), 0);
-}
-
-fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.source()
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
-fn assert_closed(fe: &Frontend) {
-    match fe.recv_raw() {
-        Err(FrontendError::Transport(e)) if e.is_disconnect() || is_reset(&e) => {}
-        other => panic!("expected the connection to be closed, got {other:?}"),
-    }
-}
-
-fn assert_stream_closed(mut s: UnixStream) {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("expected the connection to be closed, got {other:?}"),
-    }
-}
+vhost_test_support::hostile_suite!(InProcess);
 
 fn eventfd() -> EventFd {
     EventFd::new(EFD_NONBLOCK).expect("eventfd")
-}
-
-fn region_of(mem: &GuestMemory) -> MemoryRegion {
-    let r = mem.regions().next().expect("a region");
-    MemoryRegion {
-        guest_phys_addr: r.guest_phys_addr,
-        memory_size: r.memory_size,
-        user_addr: r.user_addr,
-        mmap_offset: r.mmap_offset,
-    }
-}
-
-/// Request codes 0, 45, 1006 and 0xffffffff get the connection closed, unanswered.
-#[test]
-fn unknown_request_codes_close_the_connection() {
-    let d = InProcess::start("codes");
-    for code in [0, 45, 1006, u32::MAX] {
-        let fe = d.negotiated();
-        send(&fe, code, &[], &[]);
-        assert_closed(&fe);
-    }
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// A header announcing a 4 GiB body is a framing error: closed before any body is read.
-#[test]
-fn header_claiming_a_4_gib_body_closes_the_connection() {
-    let d = InProcess::start("4gib");
-    let fe = d.negotiated();
-    let h = Header::new(
-        FrontendReq::SetMemTable as u32,
-        HeaderFlags::NEED_REPLY,
-        u32::MAX,
-    );
-    fe.send_raw(&h, &[0; 64], &[]).expect("send");
-    assert_closed(&fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// A body cut short by the front-end going away ends that session only; the descriptors
-/// that rode with its header are closed.
-#[test]
-fn truncated_body_then_close_ends_the_session_only() {
-    let d = InProcess::start("truncated");
-    let fe = d.negotiated();
-    let mem = GuestMemory::single(1 << 20).expect("memory");
-    let h = Header::new(FrontendReq::SetMemTable as u32, HeaderFlags::NEED_REPLY, 40);
-    fe.send_raw(&h, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[mem.fd()])
-        .expect("send");
-    drop(fe);
-    drop(mem);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_VRING_KICK with two descriptors is refused with an ack of 1; both are closed.
-#[test]
-fn vring_kick_with_two_descriptors_is_refused() {
-    let d = InProcess::start("kick2");
-    let mut fe = d.negotiated();
-    let (a, b) = (eventfd(), eventfd());
-    send(
-        &fe,
-        FrontendReq::SetVringKick as u32,
-        &u64_body(0),
-        &[bfd(&a), bfd(&b)],
-    );
-    assert_nack(&fe, FrontendReq::SetVringKick);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop((a, b));
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_MEM_TABLE naming two regions with one descriptor is refused with an ack of 1.
-#[test]
-fn mem_table_with_fewer_descriptors_than_regions_is_refused() {
-    let d = InProcess::start("memfds");
-    let mut fe = d.negotiated();
-    let mem = GuestMemory::single(2 << 20).expect("memory");
-    let r = region_of(&mem);
-    let half = r.memory_size / 2;
-    let body = mem_table_body(&[
-        [0, half, r.user_addr, 0],
-        [half, half, r.user_addr + half, half],
-    ]);
-    send(&fe, FrontendReq::SetMemTable as u32, &body, &[mem.fd()]);
-    assert_nack(&fe, FrontendReq::SetMemTable);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop(mem);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// Nine descriptors on one message break the transport's limit: the connection is closed
-/// and all nine are closed in the daemon.
-#[test]
-fn nine_descriptors_on_a_message_close_the_connection() {
-    let d = InProcess::start("fds9");
-    let s = d.stream();
-    let fds: Vec<EventFd> = (0..9).map(|_| eventfd()).collect();
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let h = Header::new(FrontendReq::SetOwner as u32, HeaderFlags::empty(), 0).to_wire();
-    sendmsg::<()>(
-        s.as_raw_fd(),
-        &[std::io::IoSlice::new(&h)],
-        &[ControlMessage::ScmRights(&raw)],
-        MsgFlags::empty(),
-        None,
-    )
-    .expect("sendmsg");
-    assert_stream_closed(s);
-    drop(fds);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_MEM_TABLE with overlapping regions is refused with an ack of 1.
-#[test]
-fn mem_table_with_overlapping_regions_is_refused() {
-    let d = InProcess::start("overlap");
-    let mut fe = d.negotiated();
-    let mem = GuestMemory::single(2 << 20).expect("memory");
-    let size = region_of(&mem).memory_size;
-    let half = size / 2;
-    let body = mem_table_body(&[
-        [0, size, 0x7000_0000_0000, 0],
-        [half, half, 0x7100_0000_0000, half],
-    ]);
-    send(
-        &fe,
-        FrontendReq::SetMemTable as u32,
-        &body,
-        &[mem.fd(), mem.fd()],
-    );
-    assert_nack(&fe, FrontendReq::SetMemTable);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop(mem);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// Regions whose address + size overflows (guest-physical, user or mmap offset) are
-/// refused with an ack of 1.
-#[test]
-fn mem_table_with_address_overflow_is_refused() {
-    let d = InProcess::start("overflow");
-    let mut fe = d.negotiated();
-    let mem = GuestMemory::single(1 << 20).expect("memory");
-    for r in [
-        [u64::MAX - 0xfff, 0x10_0000, 0x7000_0000_0000, 0],
-        [0, 0x10_0000, u64::MAX - 0xfff, 0],
-        [0, 0x10_0000, 0x7000_0000_0000, u64::MAX - 0xfff],
-    ] {
-        send(
-            &fe,
-            FrontendReq::SetMemTable as u32,
-            &mem_table_body(&[r]),
-            &[mem.fd()],
-        );
-        assert_nack(&fe, FrontendReq::SetMemTable);
-    }
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop(mem);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// A region running past the end of its memfd is refused with an ack of 1 (never mapped,
-/// so no SIGBUS later): SET_MEM_TABLE and ADD_MEM_REG alike, and a ring placed in it is
-/// refused too.
-#[test]
-fn mem_table_region_past_end_of_memfd_is_refused() {
-    let d = InProcess::start("pastend");
-    let mut fe = d.negotiated();
-    let mem = GuestMemory::single(1 << 20).expect("memory");
-    let r = region_of(&mem);
-    let past = [r.guest_phys_addr, r.memory_size, r.user_addr, 0x1000];
-    send(
-        &fe,
-        FrontendReq::SetMemTable as u32,
-        &mem_table_body(&[past]),
-        &[mem.fd()],
-    );
-    assert_nack(&fe, FrontendReq::SetMemTable);
-    let mut add = 0u64.to_ne_bytes().to_vec();
-    for v in past {
-        add.extend_from_slice(&v.to_ne_bytes());
-    }
-    send(&fe, FrontendReq::AddMemReg as u32, &add, &[mem.fd()]);
-    assert_nack(&fe, FrontendReq::AddMemReg);
-    fe.set_vring_num(0, 16).expect("SET_VRING_NUM");
-    send_req(
-        &fe,
-        &FrontendRequest::SetVringAddr(VringAddr {
-            index: 0,
-            flags: 0,
-            desc: r.user_addr,
-            used: r.user_addr + 0x1000,
-            avail: r.user_addr + 0x2000,
-            log: 0,
-        }),
-    );
-    assert_nack(&fe, FrontendReq::SetVringAddr);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop(mem);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_VRING_NUM of 0, 3, 512 (over the maximum of 256) and 2^32-1 are each refused with
-/// an ack of 1.
-#[test]
-fn vring_num_zero_odd_or_over_maximum_is_refused() {
-    let d = InProcess::start("num");
-    let mut fe = d.negotiated();
-    for num in [0, 3, 512, u32::MAX] {
-        send(
-            &fe,
-            FrontendReq::SetVringNum as u32,
-            &state_body(0, num),
-            &[],
-        );
-        assert_nack(&fe, FrontendReq::SetVringNum);
-    }
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// Vring index 7 on a one-queue device (SET_VRING_NUM) and 255 (SET_VRING_CALL, with its
-/// eventfd closed) are refused with an ack of 1; GET_VRING_BASE of ring 1, which has no
-/// failure form, closes the connection.
-#[test]
-fn vring_index_out_of_range_is_refused() {
-    let d = InProcess::start("index");
-    let fe = d.negotiated();
-    send(
-        &fe,
-        FrontendReq::SetVringNum as u32,
-        &state_body(7, 16),
-        &[],
-    );
-    assert_nack(&fe, FrontendReq::SetVringNum);
-    let call = eventfd();
-    send(
-        &fe,
-        FrontendReq::SetVringCall as u32,
-        &u64_body(255),
-        &[bfd(&call)],
-    );
-    assert_nack(&fe, FrontendReq::SetVringCall);
-    send(
-        &fe,
-        FrontendReq::GetVringBase as u32,
-        &state_body(1, 0),
-        &[],
-    );
-    assert_closed(&fe);
-    drop(fe);
-    drop(call);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_VRING_ADDR with any of its three addresses outside every region (or running past
-/// the end of one) is refused with an ack of 1.
-#[test]
-fn vring_addr_outside_every_region_is_refused() {
-    let d = InProcess::start("addr");
-    let mut fe = d.negotiated();
-    let mem = GuestMemory::single(1 << 20).expect("memory");
-    let r = region_of(&mem);
-    fe.set_mem_table(&[r], &[mem.fd()]).expect("SET_MEM_TABLE");
-    fe.set_vring_num(0, 16).expect("SET_VRING_NUM");
-    let (lo, end) = (r.user_addr, r.user_addr + r.memory_size);
-    for (desc, avail, used) in [
-        (r.guest_phys_addr + 0x1000, lo, lo + 0x1000),
-        (lo, end, lo + 0x1000),
-        (lo, lo + 0x1000, end - 8),
-        (u64::MAX - 8, lo, lo + 0x1000),
-    ] {
-        send_req(
-            &fe,
-            &FrontendRequest::SetVringAddr(VringAddr {
-                index: 0,
-                flags: 0,
-                desc,
-                used,
-                avail,
-                log: 0,
-            }),
-        );
-        assert_nack(&fe, FrontendReq::SetVringAddr);
-    }
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop(mem);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_VRING_KICK before any memory table is refused with an ack of 1 (the ring has no
-/// addresses; no worker is left behind); signalling the eventfd afterwards does nothing.
-#[test]
-fn kick_before_any_memory_table_is_refused_and_signals_are_harmless() {
-    let d = InProcess::start("kick");
-    let mut fe = d.negotiated();
-    let kick = eventfd();
-    send(
-        &fe,
-        FrontendReq::SetVringKick as u32,
-        &u64_body(0),
-        &[bfd(&kick)],
-    );
-    assert_nack(&fe, FrontendReq::SetVringKick);
-    // NOFD (polling) is refused the same way.
-    send(
-        &fe,
-        FrontendReq::SetVringKick as u32,
-        &u64_body(1 << 8),
-        &[],
-    );
-    assert_nack(&fe, FrontendReq::SetVringKick);
-    for _ in 0..3 {
-        kick.write(1).expect("kick");
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(fe.get_vring_base(0).expect("GET_VRING_BASE"), 0);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    drop(kick);
-    d.assert_serves_again();
-    d.finish();
 }
 
 /// A running ring whose memory is removed (REM_MEM_REG) and then kicked: the worker finds
@@ -691,18 +278,7 @@ fn ring_laid_over_its_own_used_ring_neither_blocks_control_nor_disconnect() {
 struct SlowDevice;
 
 impl vhost_backend::runtime::VirtioDevice for SlowDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        2
-    }
-    fn max_queue_size(&self) -> u16 {
-        16
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 2, max_queue_size: 16);
     fn worker_of(&self, _queue: usize) -> usize {
         0
     }
@@ -770,127 +346,6 @@ fn disconnect_while_a_wake_is_queued_behind_a_kick_stops_the_worker() {
         .expect("the disconnect waited for ever on its worker");
 }
 
-/// GET_VRING_BASE on a ring never started answers its base: index 0, num 0.
-#[test]
-fn get_vring_base_on_a_ring_never_started_answers_zero() {
-    let d = InProcess::start("base");
-    let mut fe = d.negotiated();
-    send(
-        &fe,
-        FrontendReq::GetVringBase as u32,
-        &state_body(0, 0),
-        &[],
-    );
-    assert_eq!(reply(&fe, FrontendReq::GetVringBase), state_body(0, 0));
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// A second SET_OWNER is refused with an ack of 1.
-#[test]
-fn second_set_owner_is_refused() {
-    let d = InProcess::start("owner");
-    let mut fe = d.negotiated();
-    send(&fe, FrontendReq::SetOwner as u32, &[], &[]);
-    assert_nack(&fe, FrontendReq::SetOwner);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// SET_FEATURES acking a bit never offered is refused with an ack of 1.
-#[test]
-fn set_features_with_bits_never_offered_is_refused() {
-    let d = InProcess::start("features");
-    let mut fe = d.negotiated();
-    let offered = fe.get_features().expect("GET_FEATURES");
-    let never = !offered;
-    let bit = 1u64 << (63 - never.leading_zeros());
-    send(
-        &fe,
-        FrontendReq::SetFeatures as u32,
-        &u64_body(offered | bit),
-        &[],
-    );
-    assert_nack(&fe, FrontendReq::SetFeatures);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// GET_CONFIG reaching past the 8-byte configuration space gets the zero-size failure
-/// reply (offset and flags echoed, no payload).
-#[test]
-fn get_config_beyond_the_config_space_gets_a_zero_size_reply() {
-    let d = InProcess::start("config");
-    let mut fe = d.negotiated();
-    assert!(fe.acked_protocol().contains(ProtocolFeatures::CONFIG));
-    let size = CONFIG.len() as u32;
-    for (offset, len) in [(4u32, size), (size, 1), (0xffff_fff0, 32)] {
-        let mut body = Vec::new();
-        for v in [offset, len, 0] {
-            body.extend_from_slice(&v.to_ne_bytes());
-        }
-        body.resize(12 + len as usize, 0);
-        send(&fe, FrontendReq::GetConfig as u32, &body, &[]);
-        let mut want = Vec::new();
-        for v in [offset, 0, 0] {
-            want.extend_from_slice(&v.to_ne_bytes());
-        }
-        assert_eq!(
-            reply(&fe, FrontendReq::GetConfig),
-            want,
-            "{offset:#x}+{len}"
-        );
-    }
-    assert_eq!(fe.get_config(0, size, 0).expect("GET_CONFIG"), CONFIG);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// REM_MEM_REG of a region never added is refused with an ack of 1.
-#[test]
-fn rem_mem_reg_of_a_region_never_added_is_refused() {
-    let d = InProcess::start("remreg");
-    let mut fe = d.negotiated();
-    assert!(fe
-        .acked_protocol()
-        .contains(ProtocolFeatures::CONFIGURE_MEM_SLOTS));
-    let mut body = 0u64.to_ne_bytes().to_vec();
-    for v in [0u64, 0x10_0000, 0x7000_0000_0000, 0] {
-        body.extend_from_slice(&v.to_ne_bytes());
-    }
-    send(&fe, FrontendReq::RemMemReg as u32, &body, &[]);
-    assert_nack(&fe, FrontendReq::RemMemReg);
-    assert_session_goes_on(&mut fe);
-    drop(fe);
-    d.assert_serves_again();
-    d.finish();
-}
-
-/// Bytes that are no vhost-user header get the connection closed, unanswered.
-#[test]
-fn garbage_bytes_close_the_connection() {
-    let d = InProcess::start("garbage");
-    for garbage in [
-        &[0xde_u8; 64][..],
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        &[0xff; 12],
-    ] {
-        let mut s = d.stream();
-        s.write_all(garbage).expect("write");
-        assert_stream_closed(s);
-    }
-    d.assert_serves_again();
-    d.finish();
-}
-
 /// The harness itself: a well-behaved session leaves no descriptor behind either.
 #[test]
 fn well_behaved_session_leaves_no_descriptor_open() {
@@ -899,6 +354,7 @@ fn well_behaved_session_leaves_no_descriptor_open() {
     send_req(
         &fe,
         &FrontendRequest::SetVringNum(VringState { index: 0, num: 16 }),
+        &[],
     );
     assert_eq!(ack(&fe, FrontendReq::SetVringNum), 0);
     assert_session_goes_on(&mut fe);

@@ -13,7 +13,7 @@ use vhost_backend::runtime::{
     RUNTIME_PROTOCOL_FEATURES,
 };
 use vhost_backend::BackendClient;
-use vhost_frontend::{BackendRequestHandler, HandlerResult, Session, SessionOptions};
+use vhost_frontend::{Session, SessionOptions};
 use vhost_proto::ProtocolFeatures;
 
 /// A device that keeps the channel (or only claims BACKEND_REQ in its protocol features,
@@ -33,18 +33,7 @@ impl ChannelDevice {
 }
 
 impl VirtioDevice for ChannelDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        64
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 64);
     fn protocol_features(&self) -> ProtocolFeatures {
         ProtocolFeatures::BACKEND_REQ
     }
@@ -69,15 +58,7 @@ impl VirtioDevice for ChannelDevice {
     }
 }
 
-#[derive(Clone, Default)]
-struct ConfigWatcher(Arc<Mutex<u32>>);
-
-impl BackendRequestHandler for ConfigWatcher {
-    fn config_change(&mut self) -> HandlerResult<()> {
-        *self.0.lock().unwrap() += 1;
-        Ok(())
-    }
-}
+use vhost_test_support::ConfigWatcher;
 
 #[test]
 fn runtime_protocol_features_leave_backend_req_to_the_device() {

@@ -42,9 +42,8 @@ fn settle(want: (usize, usize)) -> (usize, usize) {
 
 #[test]
 fn two_hundred_sessions_leave_no_descriptor_or_thread_behind() {
-    let dir = std::env::temp_dir().join(format!("vhost-rt-cycles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("s.sock");
+    let scratch = vhost_test_support::Scratch::new("rt-cycles");
+    let path = scratch.socket();
     let (dev, counters) = PatternDevice::new(2);
     let backend = DeviceBackend::new(dev).unwrap();
     let mut daemon = Daemon::new(Listener::bind(&path, None).unwrap(), backend).unwrap();
@@ -67,5 +66,5 @@ fn two_hundred_sessions_leave_no_descriptor_or_thread_behind() {
     );
     stop.stop();
     t.join().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 }

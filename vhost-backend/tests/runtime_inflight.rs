@@ -50,18 +50,7 @@ fn finish(req: Request) {
 }
 
 impl VirtioDevice for Tracked {
-    fn device_type(&self) -> u32 {
-        2
-    }
-    fn num_queues(&self) -> usize {
-        2
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 2, queues: 2, max_queue_size: 256);
     fn supports_inflight_tracking(&self) -> bool {
         true
     }
@@ -313,16 +302,7 @@ fn a_ring_larger_than_the_area_queue_size_does_not_start() {
     let q = GuestQueue::new(&mem, 0, false);
     fe.set_vring_num(0, u32::from(QUEUE_SIZE)).unwrap();
     fe.set_vring_base(0, 0).unwrap();
-    let a = q.driver.vring_user_addrs(&mem).unwrap();
-    fe.set_vring_addr(&vhost_proto::VringAddr {
-        index: 0,
-        flags: 0,
-        desc: a.desc,
-        used: a.used,
-        avail: a.avail,
-        log: 0,
-    })
-    .unwrap();
+    fe.set_vring_addr(&q.vring_addr(&mem)).unwrap();
     assert!(fe.set_vring_kick(0, Some(bfd(&q.kick))).is_err());
     assert_session_goes_on(&mut fe);
     drop(fe);

@@ -49,6 +49,7 @@ use vhost_backend::runtime::{
 use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::Inflight;
+use vhost_test_support::Rng;
 use vhost_transport::{Connection, FrontendChannel};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -72,21 +73,6 @@ const BLOCK: usize = 64;
 const SLOTS: usize = 16;
 const OP_READ: u32 = 0;
 const OP_WRITE: u32 = 1;
-
-/// xorshift64*: the test's only randomness, seeded so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The block a write with sequence number `seq` puts into `sector`.
 fn block(seq: u64, sector: u32) -> [u8; BLOCK] {
@@ -160,18 +146,7 @@ struct Disky {
 }
 
 impl VirtioDevice for Disky {
-    fn device_type(&self) -> u32 {
-        2
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 2, queues: 1, max_queue_size: 256);
     fn supports_inflight_tracking(&self) -> bool {
         true
     }

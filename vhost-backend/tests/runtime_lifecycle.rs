@@ -60,18 +60,7 @@ fn finish(req: Request) {
 }
 
 impl VirtioDevice for HoldDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        self.queues
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: self.queues, max_queue_size: 256);
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         while let Some(req) = ctx.pop() {
             if self.hold.load(Ordering::SeqCst) {

@@ -18,31 +18,15 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use runtime_support::*;
 use vhost_backend::runtime::{DeviceBackend, DeviceError, Processed, QueueContext, VirtioDevice};
-use vhost_backend::{Backend, BackendServer};
+use vhost_backend::Backend;
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::virtio;
-use vhost_transport::Connection;
 use vm_memory::GuestAddress;
 
 const DATA: u64 = 0x4000_0000;
 
 fn eventfd(flags: EfdFlags) -> OwnedFd {
     OwnedFd::from(EventFd::from_value_and_flags(0, flags).expect("eventfd"))
-}
-
-/// Serves any device's back-end on a thread; the handle answers when the session ended.
-fn serve<D: VirtioDevice>(
-    backend: DeviceBackend<D>,
-) -> (Frontend, std::thread::JoinHandle<DeviceBackend<D>>) {
-    let (fe, be) = Connection::<vhost_transport::FrontendChannel>::pair().expect("socket pair");
-    let t = std::thread::spawn(move || {
-        let mut server = BackendServer::new(be, backend).expect("server");
-        let _ = server.serve();
-        server.into_backend()
-    });
-    let fe = Frontend::new(fe);
-    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    (fe, t)
 }
 
 /// Waits up to `within` for the next used entry of `q`, without waiting on its call fd.
@@ -85,18 +69,7 @@ struct RacyDevice {
 }
 
 impl VirtioDevice for RacyDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 256);
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let before = self.inner.counters.chains.load(Ordering::SeqCst);
         let r = self.inner.process_queue(ctx);
@@ -120,7 +93,7 @@ fn chain_published_while_notifications_are_off_is_served_without_a_kick() {
         inner,
         window: Mutex::new(Some((to_test, from_test))),
     };
-    let (mut fe, _t) = serve(DeviceBackend::new(dev).expect("backend"));
+    let (mut fe, _t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
     handshake(&mut fe, true, false);
     let mem = two_region_memory();
     send_mem_table(&mut fe, &mem);
@@ -293,18 +266,7 @@ struct OneWorker {
 }
 
 impl VirtioDevice for OneWorker {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        2
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 2, max_queue_size: 256);
     fn worker_of(&self, _queue: usize) -> usize {
         0
     }
@@ -327,7 +289,7 @@ fn polled_ring_is_served_while_a_kick_fd_of_its_worker_fires_nonstop() {
         kick0: busy_q.kick.try_clone().expect("kick clone"),
         busy: Arc::clone(&busy),
     };
-    let (mut fe, _t) = serve(DeviceBackend::new(dev).expect("backend"));
+    let (mut fe, _t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
     handshake(&mut fe, true, false);
     send_mem_table(&mut fe, &mem);
     busy_q.start(&mut fe, &mem, 0, true);
@@ -346,16 +308,7 @@ fn start_polled(fe: &mut Frontend, mem: &GuestMemory, q: &GuestQueue) {
     let i = q.index;
     fe.set_vring_num(i, u32::from(QUEUE_SIZE)).expect("NUM");
     fe.set_vring_base(i, 0).expect("BASE");
-    let a = q.driver.vring_user_addrs(mem).expect("ring addresses");
-    fe.set_vring_addr(&vhost_proto::VringAddr {
-        index: i,
-        flags: 0,
-        desc: a.desc,
-        used: a.used,
-        avail: a.avail,
-        log: 0,
-    })
-    .expect("ADDR");
+    fe.set_vring_addr(&q.vring_addr(mem)).expect("ADDR");
     fe.set_vring_call(i, Some(bfd(&q.call))).expect("CALL");
     fe.set_vring_kick(i, None).expect("KICK without fd");
     fe.set_vring_enable(i, true).expect("ENABLE");
@@ -378,17 +331,8 @@ fn a_backend_driven_without_a_server_starts_rings_disabled_once_bit_30_is_acked(
         .collect();
     b.set_mem_table(&table, fds).expect("SET_MEM_TABLE");
     let q = GuestQueue::new(&mem, 0, false);
-    let a = q.driver.vring_user_addrs(&mem).expect("addresses");
     b.set_vring_num(0, u32::from(QUEUE_SIZE)).expect("NUM");
-    b.set_vring_addr(&vhost_proto::VringAddr {
-        index: 0,
-        flags: 0,
-        desc: a.desc,
-        used: a.used,
-        avail: a.avail,
-        log: 0,
-    })
-    .expect("ADDR");
+    b.set_vring_addr(&q.vring_addr(&mem)).expect("ADDR");
     let kick = bfd(&q.kick).try_clone_to_owned().expect("dup");
     b.set_vring_kick(0, Some(kick)).expect("KICK");
     assert_eq!(
@@ -407,7 +351,7 @@ fn a_backend_driven_without_a_server_starts_rings_disabled_once_bit_30_is_acked(
 #[test]
 fn a_kick_eventfd_written_up_to_its_ceiling_is_reset_and_later_kicks_are_served() {
     let (dev, _counters) = PatternDevice::new(1);
-    let (mut fe, _t) = serve(DeviceBackend::new(dev).expect("backend"));
+    let (mut fe, _t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
     let (_mem, mut q) = start_queue0(&mut fe, false);
     q.kick
         .write(0xffff_ffff_ffff_fffe)

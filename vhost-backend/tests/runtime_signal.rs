@@ -16,9 +16,8 @@ use vhost_transport::Listener;
 
 #[test]
 fn sigterm_stops_daemon_with_frontend_connected_and_resets_device() {
-    let dir = std::env::temp_dir().join(format!("vhost-rt-signal-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("s.sock");
+    let scratch = vhost_test_support::Scratch::new("rt-signal");
+    let path = scratch.socket();
     let (dev, counters) = PatternDevice::new(1);
     let mut daemon = Daemon::new(
         Listener::bind(&path, None).unwrap(),
@@ -42,5 +41,5 @@ fn sigterm_stops_daemon_with_frontend_connected_and_resets_device() {
         counters.resets.load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 }

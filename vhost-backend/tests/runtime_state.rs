@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use runtime_support::*;
 use vhost_backend::runtime::{DeviceBackend, DeviceError, Processed, QueueContext, VirtioDevice};
-use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, FrontendError};
 use vhost_proto::wire::{TRANSFER_LOAD, TRANSFER_SAVE};
 use vhost_proto::ProtocolFeatures;
-use vhost_transport::Connection;
 
 const DATA: u64 = 0x4000_0000;
 const MAGIC: &[u8; 4] = b"CNT1";
@@ -50,18 +48,7 @@ fn snapshot_bytes(served: u64) -> Vec<u8> {
 }
 
 impl VirtioDevice for CountingDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 256);
     fn config_size(&self) -> usize {
         8
     }
@@ -100,16 +87,21 @@ impl VirtioDevice for CountingDevice {
 }
 
 fn serve(supported: bool) -> (Frontend, JoinHandle<DeviceBackend<CountingDevice>>) {
-    let backend = DeviceBackend::new(CountingDevice::new(supported)).expect("backend");
-    let (fe, be) = Connection::<vhost_transport::FrontendChannel>::pair().expect("socket pair");
-    let t = std::thread::spawn(move || {
-        let mut server = BackendServer::new(be, backend).expect("server");
-        let _ = server.serve();
-        server.into_backend()
-    });
-    let fe = Frontend::new(fe);
-    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    (fe, t)
+    serve_in_thread(DeviceBackend::new(CountingDevice::new(supported)).expect("backend"))
+}
+
+/// SET_DEVICE_STATE_FD for a save is refused (the status carries a failure in its low byte)
+/// and nothing is written to the pipe.
+fn assert_save_refused(fe: &mut Frontend) {
+    let (mut r, w) = pipe();
+    let e = fe
+        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
+        .unwrap_err();
+    assert_ne!(nack(e) & 0xff, 0);
+    drop(w);
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "nothing written for a refused save");
 }
 
 fn served(fe: &mut Frontend) -> u64 {
@@ -201,15 +193,7 @@ fn transfer_while_a_ring_is_started_is_refused_and_closes_the_descriptor() {
     send_mem_table(&mut fe, &mem);
     let q = GuestQueue::new(&mem, 0, true);
     q.start(&mut fe, &mem, 0, true);
-    let (mut r, w) = pipe();
-    let e = fe
-        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
-        .unwrap_err();
-    assert_ne!(nack(e) & 0xff, 0);
-    drop(w);
-    let mut got = Vec::new();
-    r.read_to_end(&mut got).unwrap();
-    assert!(got.is_empty(), "nothing written for a refused save");
+    assert_save_refused(&mut fe);
     // Stopped: now it works, and the session is intact.
     fe.get_vring_base(0).expect("GET_VRING_BASE");
     assert_eq!(save(&mut fe), snapshot_bytes(0));
@@ -314,15 +298,7 @@ fn device_without_state_support_does_not_offer_device_state_and_refuses_transfer
     handshake(&mut fe, true, true);
     let offered = fe.offered_protocol().expect("protocol features asked");
     assert!(!offered.contains(ProtocolFeatures::DEVICE_STATE));
-    let (mut r, w) = pipe();
-    let e = fe
-        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
-        .unwrap_err();
-    assert_ne!(nack(e) & 0xff, 0);
-    drop(w);
-    let mut got = Vec::new();
-    r.read_to_end(&mut got).unwrap();
-    assert!(got.is_empty());
+    assert_save_refused(&mut fe);
     assert_ne!(nack(fe.check_device_state().unwrap_err()), 0);
     assert_eq!(fe.get_queue_num().unwrap(), 1, "session goes on");
 }

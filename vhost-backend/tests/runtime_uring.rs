@@ -48,18 +48,7 @@ impl PipeReader {
 }
 
 impl VirtioDevice for PipeReader {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        16
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 16);
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let mut u = self.0.lock().unwrap();
         while let Some(req) = ctx.pop() {
@@ -294,18 +283,7 @@ fn dropping_the_ring_gives_up_on_a_read_that_never_completes() {
 struct Recorder(Mutex<GuestUring<()>>, Mutex<Vec<String>>);
 
 impl VirtioDevice for Recorder {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        16
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 16);
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let mut u = self.0.lock().unwrap();
         while let Some(req) = ctx.pop() {

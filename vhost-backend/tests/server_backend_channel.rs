@@ -11,9 +11,8 @@ use std::thread;
 use common::cases::{self, ACKED, FEATURES};
 use common::{borrow, file_fd, Session};
 use vhost_backend::{BackendClient, ClientError};
-use vhost_proto::wire::iotlb;
 use vhost_proto::{
-    encode_backend_reply, BackendReq, BackendRequest, FrontendRequest, Header, IotlbMsg, ShmemMap,
+    encode_backend_reply, BackendReq, BackendRequest, FrontendRequest, Header, ShmemMap,
     MAX_BODY_SIZE,
 };
 use vhost_transport::{BackendChannel, Connection};
@@ -66,14 +65,7 @@ fn answer(
 fn every_backend_request_is_sent_with_need_reply_and_acked() {
     let (_s, client, conn) = channel();
     let frontend = answer(conn, 11, 0);
-    let msg = IotlbMsg {
-        iova: 0x1000,
-        size: 0x1000,
-        uaddr: 0,
-        perm: iotlb::PERM_RO,
-        msg_type: iotlb::MISS,
-        padding: [0; 6],
-    };
+    let msg = vhost_test_support::wire::iotlb_miss(0x1000);
     let map = ShmemMap {
         shmid: 0,
         padding: [0; 7],
@@ -155,14 +147,7 @@ fn backend_channel_handed_over_before_set_features_follows_later_acks() {
     );
     drop(backend_end);
     let client = s.rec.backend_client().expect("client handed over");
-    let msg = IotlbMsg {
-        iova: 0x1000,
-        size: 0x1000,
-        uaddr: 0,
-        perm: iotlb::PERM_RO,
-        msg_type: iotlb::MISS,
-        padding: [0; 6],
-    };
+    let msg = vhost_test_support::wire::iotlb_miss(0x1000);
     assert!(matches!(
         client.iotlb_msg(msg),
         Err(ClientError::Protocol(

@@ -13,7 +13,6 @@ use vhost_backend::test_utils::RecordingBackend;
 use vhost_backend::BackendServer;
 use vhost_frontend::backend_channel::{serve_backend_channel, ChannelError};
 use vhost_frontend::{BackendRequestHandler, Frontend, HandlerResult};
-use vhost_proto::wire::iotlb;
 use vhost_proto::{
     decode_backend_reply, virtio, BackendRequest, FrontendRequest, Header, HeaderFlags, IotlbMsg,
     Negotiation, ProtocolFeatures, VringArea, MAX_BODY_SIZE,
@@ -86,14 +85,7 @@ fn host_notifier(index: u64) -> BackendRequest {
 }
 
 fn iotlb_miss() -> BackendRequest {
-    BackendRequest::IotlbMsg(IotlbMsg {
-        iova: 0x5000,
-        size: 0x1000,
-        uaddr: 0,
-        perm: iotlb::PERM_RO,
-        msg_type: iotlb::MISS,
-        padding: [0; 6],
-    })
+    BackendRequest::IotlbMsg(vhost_test_support::wire::iotlb_miss(0x5000))
 }
 
 const BASE: ProtocolFeatures = ProtocolFeatures::REPLY_ACK

@@ -447,14 +447,7 @@ fn backend_channel_delivers_every_backend_request_to_the_handler_and_acks_it() {
     let channel = h.fe.set_backend_req_fd(Box::new(handler.clone())).unwrap();
     let client = h.rec.backend_client().expect("back-end got the channel");
 
-    let msg = IotlbMsg {
-        iova: 0x5000,
-        size: 0x1000,
-        uaddr: 0,
-        perm: iotlb::PERM_RO,
-        msg_type: iotlb::MISS,
-        padding: [0; 6],
-    };
+    let msg = vhost_test_support::wire::iotlb_miss(0x5000);
     client.iotlb_msg(msg).unwrap();
     client.config_change().unwrap();
     let notifier = null_fd();

@@ -1,16 +1,13 @@
 //! `Session` against the in-process server and the recording back-end: the handshake and
 //! start sequences QEMU 7.2 sends, their variants, and stopping and restarting a queue.
 
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vhost_backend::test_utils::{Call, Recording, RecordingBackend};
 use vhost_backend::{BackendServer, ServerError};
 use vhost_frontend::session::status;
-use vhost_frontend::{
-    BackendRequestHandler, Frontend, HandlerResult, Sequence, Session, SessionError, SessionOptions,
-};
+use vhost_frontend::{Frontend, Sequence, Session, SessionError, SessionOptions};
 use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, RegionMsg, VringAddr};
 use vhost_transport::Connection;
 
@@ -32,15 +29,7 @@ fn serve(backend: RecordingBackend) -> (Frontend, Recording, JoinHandle<Result<(
 }
 
 fn regions_of(s: &Session) -> Vec<MemoryRegion> {
-    s.memory()
-        .regions()
-        .map(|r| MemoryRegion {
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            user_addr: r.user_addr,
-            mmap_offset: r.mmap_offset,
-        })
-        .collect()
+    vhost_test_support::wire::regions(s.memory())
 }
 
 fn vring_addr(s: &Session, i: usize) -> VringAddr {
@@ -372,15 +361,7 @@ fn wait_used_without_a_device_times_out() {
     assert_eq!(s.driver(0).unwrap().in_flight(), 1);
 }
 
-#[derive(Clone, Default)]
-struct ConfigWatcher(Arc<Mutex<u32>>);
-
-impl BackendRequestHandler for ConfigWatcher {
-    fn config_change(&mut self) -> HandlerResult<()> {
-        *self.0.lock().unwrap() += 1;
-        Ok(())
-    }
-}
+use vhost_test_support::ConfigWatcher;
 
 #[test]
 fn session_serves_backend_channel_with_the_given_handler() {

@@ -10,26 +10,11 @@ use vhost_frontend::virtqueue::{
     VRING_AVAIL_F_NO_INTERRUPT,
 };
 use vhost_frontend::{Buffer, UsedElem};
+use vhost_test_support::Rng;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-/// Small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A device-side queue set up from the driver's layout, as a back-end would after
 /// SET_VRING_NUM / SET_VRING_ADDR / SET_VRING_BASE.

@@ -1,5 +1,6 @@
 //! Connections over real Unix sockets: framing, descriptor passing, peer
-//! misbehaviour and listener life cycle.
+//! misbehaviour and listener life cycle. The platform-neutral part is the shared transport
+//! contract (`common/contract.rs`), run here for Unix sockets.
 //!
 //! Several tests count the entries of /proc/self/fd to prove that error paths
 //! close what they received, so every test in this binary takes `serial()`
@@ -7,104 +8,30 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::fs;
-use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::sys::socket::{
-    sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-};
-use vhost_transport::{
-    BackendChannel, Connection, Error, FrontendChannel, Inherited, Listener, HEADER_SIZE,
-    MAX_BODY_SIZE, MAX_FDS,
-};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use vhost_transport::{Connection, Error, FrontendChannel, Inherited, Listener, MAX_FDS};
 
-type Conn = Connection<FrontendChannel>;
+use common::unix::{check_pipes, conn_and_raw, open_fds, pipes, raw_send};
+use common::{header, serial, Conn};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn open_fds() -> usize {
-    fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn header(request: u32, size: u32) -> [u8; HEADER_SIZE] {
-    let mut h = [0u8; HEADER_SIZE];
-    h[0..4].copy_from_slice(&request.to_ne_bytes());
-    h[4..8].copy_from_slice(&1u32.to_ne_bytes());
-    h[8..12].copy_from_slice(&size.to_ne_bytes());
-    h
-}
-
-/// A connection and the raw socket at its other end.
-fn conn_and_raw() -> (Conn, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    (Connection::from_stream(a), b)
-}
-
-fn raw_send(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-    let iov = [IoSlice::new(bytes)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
-    assert_eq!(n, bytes.len());
-}
-
-fn pipes(n: usize) -> Vec<(OwnedFd, OwnedFd)> {
-    (0..n).map(|_| nix::unistd::pipe().unwrap()).collect()
-}
-
-/// Writes through each received write end and reads it back from the
-/// original read end: the descriptor is live and refers to the same pipe.
-fn check_pipes(received: Vec<OwnedFd>, originals: &[(OwnedFd, OwnedFd)]) {
-    assert_eq!(received.len(), originals.len());
-    for (i, (fd, (read_end, _))) in received.into_iter().zip(originals).enumerate() {
-        let flags = FdFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFD).unwrap());
-        assert!(
-            flags.contains(FdFlag::FD_CLOEXEC),
-            "fd {i} not close-on-exec"
-        );
-        let mut w = fs::File::from(fd);
-        w.write_all(&[i as u8]).unwrap();
-        let mut r = fs::File::from(read_end.try_clone().unwrap());
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b).unwrap();
-        assert_eq!(b[0], i as u8);
-    }
-}
+// The transport contract, as Windows named pipes keep it too.
+transport_contract!(common::unix::Unix);
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vhost-transport-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-#[test]
-fn message_without_fds_round_trips_header_body_and_payload() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let h = header(3, 12);
-    a.send(&h, &7u64.to_ne_bytes(), &[1, 2, 3, 4], &[]).unwrap();
-    let (got, fds) = b.recv_header().unwrap();
-    assert_eq!(got, h);
-    assert!(fds.is_empty());
-    assert_eq!(
-        b.recv_body(12).unwrap(),
-        [7, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]
-    );
 }
 
 #[test]
@@ -116,43 +43,6 @@ fn empty_body_needs_no_read() {
     assert!(b.recv_body(0).unwrap().is_empty());
     b.set_nonblocking(true).unwrap();
     assert!(matches!(b.recv_header(), Err(Error::WouldBlock)));
-}
-
-#[test]
-fn one_fd_arrives_usable_and_close_on_exec() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let p = pipes(1);
-    a.send(&header(12, 8), &0u64.to_ne_bytes(), &[], &[p[0].1.as_fd()])
-        .unwrap();
-    let (_, fds) = b.recv_header().unwrap();
-    b.recv_body(8).unwrap();
-    check_pipes(fds, &p);
-}
-
-#[test]
-fn eight_fds_arrive_in_order() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let p = pipes(MAX_FDS);
-    let lent: Vec<BorrowedFd<'_>> = p.iter().map(|(_, w)| w.as_fd()).collect();
-    a.send(&header(5, 0), &[], &[], &lent).unwrap();
-    let (_, fds) = b.recv_header().unwrap();
-    check_pipes(fds, &p);
-}
-
-#[test]
-fn descriptors_stay_with_their_own_message() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let p = pipes(2);
-    a.send(&header(1, 0), &[], &[], &[p[0].1.as_fd()]).unwrap();
-    a.send(&header(2, 0), &[], &[], &[p[1].1.as_fd()]).unwrap();
-    let (h1, f1) = b.recv_header().unwrap();
-    let (h2, f2) = b.recv_header().unwrap();
-    assert_eq!((h1[0], h2[0]), (1, 2));
-    check_pipes(f1, &p[..1]);
-    check_pipes(f2, &p[1..]);
 }
 
 #[test]
@@ -262,181 +152,12 @@ fn message_dribbled_byte_by_byte_is_reassembled() {
 }
 
 #[test]
-fn max_size_body_round_trips_and_larger_is_refused_unread() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let body: Vec<u8> = (0..MAX_BODY_SIZE).map(|i| i as u8).collect();
-    a.send(&header(1, MAX_BODY_SIZE as u32), &body, &[], &[])
-        .unwrap();
-    b.recv_header().unwrap();
-    let err = b.recv_body(MAX_BODY_SIZE + 1).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::BodyTooLarge {
-                len: 4097,
-                max: 4096
-            }
-        ),
-        "{err:?}"
-    );
-    let mut big = vec![0u8; MAX_BODY_SIZE + 1];
-    assert!(matches!(
-        b.recv_body_into(&mut big),
-        Err(Error::BodyTooLarge { .. })
-    ));
-    assert!(matches!(
-        b.recv_body(u32::MAX as usize),
-        Err(Error::BodyTooLarge { .. })
-    ));
-    // Nothing was consumed by the refusals.
-    let mut buf = [0u8; MAX_BODY_SIZE];
-    b.recv_body_into(&mut buf).unwrap();
-    assert_eq!(&buf[..], &body[..]);
-}
-
-#[test]
-fn peer_closing_before_a_message_is_disconnected() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    drop(a);
-    let err = b.recv_header().unwrap_err();
-    assert!(
-        matches!(err, Error::Disconnected) && err.is_disconnect(),
-        "{err:?}"
-    );
-}
-
-#[test]
-fn peer_closing_inside_a_header_is_partial() {
-    let _g = serial();
-    let (conn, mut raw) = conn_and_raw();
-    raw.write_all(&header(1, 0)[..5]).unwrap();
-    drop(raw);
-    let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 5
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(err.is_disconnect());
-}
-
-#[test]
-fn peer_closing_inside_a_body_is_partial() {
-    let _g = serial();
-    let (conn, mut raw) = conn_and_raw();
-    raw.write_all(&header(1, 100)).unwrap();
-    raw.write_all(&[0u8; 10]).unwrap();
-    drop(raw);
-    conn.recv_header().unwrap();
-    let err = conn.recv_body(100).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 100,
-                got: 10
-            }
-        ),
-        "{err:?}"
-    );
-}
-
-#[test]
-fn peer_closing_after_a_message_delivers_it_then_disconnects() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    a.send(&header(1, 8), &42u64.to_ne_bytes(), &[], &[])
-        .unwrap();
-    drop(a);
-    b.recv_header().unwrap();
-    assert_eq!(b.recv_body(8).unwrap(), 42u64.to_ne_bytes());
-    assert!(matches!(b.recv_header(), Err(Error::Disconnected)));
-}
-
-#[test]
 fn sending_to_a_closed_peer_is_disconnected_without_sigpipe() {
     let _g = serial();
     let (a, b) = Conn::pair().unwrap();
     drop(b);
     let err = a.send(&header(1, 0), &[], &[], &[]).unwrap_err();
     assert!(matches!(err, Error::Disconnected), "{err:?}");
-}
-
-#[test]
-fn read_timeout_before_any_byte_is_timed_out() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    b.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let err = b.recv_header().unwrap_err();
-    assert!(
-        matches!(err, Error::TimedOut) && err.is_retryable(),
-        "{err:?}"
-    );
-    // Nothing was consumed: the connection still works.
-    a.send(&header(4, 0), &[], &[], &[]).unwrap();
-    assert_eq!(b.recv_header().unwrap().0, header(4, 0));
-}
-
-#[test]
-fn read_timeout_in_the_middle_of_a_header_is_partial() {
-    let _g = serial();
-    let (conn, mut raw) = conn_and_raw();
-    conn.set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    raw.write_all(&header(1, 0)[..3]).unwrap();
-    let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 3
-            }
-        ),
-        "{err:?}"
-    );
-}
-
-#[test]
-fn nonblocking_send_completes_a_large_message_once_the_peer_drains() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    let payload: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let expected = payload.clone();
-    let reader = thread::spawn(move || {
-        let (h, fds) = b.recv_header().unwrap();
-        let mut got = Vec::with_capacity(expected.len());
-        let mut chunk = [0u8; MAX_BODY_SIZE];
-        while got.len() < expected.len() {
-            let n = (expected.len() - got.len()).min(MAX_BODY_SIZE);
-            b.recv_body_into(&mut chunk[..n]).unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
-        assert!(got == expected);
-        (h, fds.len())
-    });
-    let p = pipes(1);
-    let h = header(1, payload.len() as u32);
-    a.send(&h, &[], &payload, &[p[0].1.as_fd()]).unwrap();
-    let (got, nfds) = reader.join().unwrap();
-    assert_eq!((got, nfds), (h, 1));
-}
-
-#[test]
-fn into_channel_keeps_the_socket() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let a: Connection<BackendChannel> = a.into_channel();
-    a.send(&header(1, 0), &[], &[], &[]).unwrap();
-    assert_eq!(b.recv_header().unwrap().0, header(1, 0));
 }
 
 #[test]

@@ -7,91 +7,20 @@
 
 #![cfg(target_os = "linux")]
 
-use std::fs;
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use vhost_transport::{Connection, Error, FrontendChannel, HEADER_SIZE, MAX_FDS};
+use vhost_transport::{Error, HEADER_SIZE, MAX_FDS};
 
-type Conn = Connection<FrontendChannel>;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn open_fds() -> usize {
-    fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn header(request: u32, size: u32) -> [u8; HEADER_SIZE] {
-    let mut h = [0u8; HEADER_SIZE];
-    h[0..4].copy_from_slice(&request.to_ne_bytes());
-    h[4..8].copy_from_slice(&1u32.to_ne_bytes());
-    h[8..12].copy_from_slice(&size.to_ne_bytes());
-    h
-}
-
-/// Header and body of a message with `request`, body bytes `request * 16 + i`.
-fn message(request: u32, body_len: usize) -> Vec<u8> {
-    let mut m = header(request, body_len as u32).to_vec();
-    m.extend((0..body_len).map(|i| (request as usize * 16 + i) as u8));
-    m
-}
-
-fn conn_and_raw() -> (Conn, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    (Connection::from_stream(a), b)
-}
-
-fn raw_send(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-    let iov = [IoSlice::new(bytes)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
-    assert_eq!(n, bytes.len());
-}
-
-fn pipes(n: usize) -> Vec<(OwnedFd, OwnedFd)> {
-    (0..n).map(|_| nix::unistd::pipe().unwrap()).collect()
-}
-
-fn write_ends(p: &[(OwnedFd, OwnedFd)]) -> Vec<RawFd> {
-    p.iter().map(|(_, w)| w.as_raw_fd()).collect()
-}
-
-/// Each received descriptor is the write end of the matching pipe: a byte
-/// written through it comes out of that pipe's read end.
-fn check_pipes(received: Vec<OwnedFd>, originals: &[(OwnedFd, OwnedFd)]) {
-    assert_eq!(received.len(), originals.len(), "descriptor count");
-    for (i, (fd, (read_end, _))) in received.into_iter().zip(originals).enumerate() {
-        let mut w = fs::File::from(fd);
-        w.write_all(&[i as u8 + 1]).unwrap();
-        let mut r = fs::File::from(read_end.try_clone().unwrap());
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b).unwrap();
-        assert_eq!(b[0], i as u8 + 1, "descriptor {i} is another pipe");
-    }
-}
-
-/// Receives one message, checks header and body against `expected` (as built
-/// by `message`), returns its descriptors.
-fn recv_message(conn: &Conn, expected: &[u8]) -> Vec<OwnedFd> {
-    let (h, fds) = conn.recv_header().unwrap();
-    assert_eq!(h[..], expected[..HEADER_SIZE], "header");
-    let body = conn.recv_body(expected.len() - HEADER_SIZE).unwrap();
-    assert_eq!(body[..], expected[HEADER_SIZE..], "body");
-    fds
-}
+use common::unix::{
+    check_pipes, conn_and_raw, open_fds, pipes, raw_send, recv_message, write_ends,
+};
+use common::{assert_partial, header, message, serial, Conn};
 
 fn readable(conn: &Conn) -> bool {
     let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
@@ -419,16 +348,7 @@ fn read_timeout_with_a_buffered_partial_header_is_partial() {
     raw_send(&raw, &[&m1[..], &m2[..5]].concat(), &[]);
     recv_message(&conn, &m1);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 5
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 12, 5);
 }
 
 #[test]
@@ -452,14 +372,5 @@ fn peer_closing_inside_a_buffered_header_is_partial() {
     drop(raw);
     recv_message(&conn, &m1);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 7
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 12, 7);
 }

@@ -6,41 +6,26 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::fs;
-use std::io::{IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use vhost_transport::{Connection, Error, FrontendChannel, Result, HEADER_SIZE};
+use vhost_transport::{Connection, Error, Result, HEADER_SIZE};
 
-type Conn = Connection<FrontendChannel>;
 type Received = Result<([u8; HEADER_SIZE], Vec<OwnedFd>)>;
 
-/// Header and body of a message with `request`, body bytes `request + i`.
-fn message(request: u32, body_len: usize) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HEADER_SIZE + body_len);
-    m.extend_from_slice(&request.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes());
-    m.extend_from_slice(&(body_len as u32).to_ne_bytes());
-    m.extend((0..body_len).map(|i| (request as usize + i) as u8));
-    m
-}
+use common::unix::raw_send;
+use common::{assert_partial, message, Conn};
 
 fn conn_and_raw() -> (Arc<Conn>, UnixStream) {
     let (a, b) = UnixStream::pair().unwrap();
     (Arc::new(Connection::from_stream(a)), b)
-}
-
-fn raw_send(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-    let iov = [IoSlice::new(bytes)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
-    assert_eq!(n, bytes.len());
 }
 
 /// `recv_header` on another thread, failing the test rather than hanging
@@ -55,12 +40,9 @@ fn recv_header_within_2s(conn: &Arc<Conn>) -> Received {
         .expect("recv_header blocked on a non-blocking connection")
 }
 
+/// Receives one message without descriptors, checks header and body against `expected`.
 fn recv_message(conn: &Conn, expected: &[u8]) {
-    let (h, fds) = conn.recv_header().unwrap();
-    assert_eq!(h[..], expected[..HEADER_SIZE], "header");
-    assert!(fds.is_empty());
-    let body = conn.recv_body(expected.len() - HEADER_SIZE).unwrap();
-    assert_eq!(body[..], expected[HEADER_SIZE..], "body");
+    assert!(common::unix::recv_message(conn, expected).is_empty());
 }
 
 #[test]
@@ -167,16 +149,7 @@ fn nonblocking_body_read_stopped_midway_ends_at_the_read_timeout() {
         .recv_timeout(Duration::from_secs(3))
         .expect("the body read waited past its read timeout")
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 16,
-                got: 4
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 16, 4);
     drop(raw);
 }
 
@@ -234,8 +207,5 @@ fn whole_message_mode_hands_out_a_header_only_with_its_body() {
     // Gone with half a body buffered: the message is cut short.
     drop(raw);
     let err = recv_header_within_2s(&conn).unwrap_err();
-    assert!(
-        matches!(err, Error::PartialMessage { expected, got } if expected == HEADER_SIZE + 32 && got == HEADER_SIZE + 1),
-        "{err:?}"
-    );
+    assert_partial(&err, HEADER_SIZE + 32, HEADER_SIZE + 1);
 }

@@ -1,11 +1,14 @@
 //! Connections over real Windows named pipes: framing, the handle preamble,
-//! peer misbehaviour and listener life cycle.
+//! peer misbehaviour and listener life cycle. The platform-neutral part is the shared
+//! transport contract (`common/contract.rs`), run here for named pipes.
 //!
 //! Several tests check that handle values a receive was given are closed
 //! afterwards, which only holds while no other test opens handles, so every
 //! test in this binary takes `serial()` first.
 
 #![cfg(windows)]
+
+mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,14 +18,10 @@ use std::os::windows::io::{
 use std::process::{Command, Stdio};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use vhost_transport::{
-    BackendChannel, Connection, Error, FrontendChannel, Listener, HEADER_SIZE, MAX_BODY_SIZE,
-    MAX_FDS,
-};
+use vhost_transport::{Connection, Error, FrontendChannel, Listener, HEADER_SIZE, MAX_FDS};
 use windows_sys::Win32::Foundation::{
     GetHandleInformation, FALSE, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE, TRUE,
     WAIT_OBJECT_0,
@@ -30,22 +29,37 @@ use windows_sys::Win32::Foundation::{
 use windows_sys::Win32::Storage::FileSystem::{CreateFileW, OPEN_EXISTING};
 use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent, WaitForSingleObject};
 
-type Conn = Connection<FrontendChannel>;
+use common::contract::Platform;
+use common::{assert_partial, header, serial, Conn};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+// The transport contract, as Unix sockets keep it too.
+transport_contract!(Pipes);
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// Named pipes: handles ride as values in a preamble before each message.
+struct Pipes;
 
-fn header(request: u32, size: u32) -> [u8; HEADER_SIZE] {
-    let mut h = [0u8; HEADER_SIZE];
-    h[0..4].copy_from_slice(&request.to_ne_bytes());
-    h[4..8].copy_from_slice(&1u32.to_ne_bytes());
-    h[8..12].copy_from_slice(&size.to_ne_bytes());
-    h
+impl Platform for Pipes {
+    type Raw = File;
+    type Lent = OwnedHandle;
+    const NONBLOCKING_SEND: bool = false;
+
+    fn conn_and_raw() -> (Conn, File) {
+        conn_and_raw()
+    }
+    fn plain(bytes: &[u8]) -> Vec<u8> {
+        let mut msg = preamble(&[]);
+        msg.extend_from_slice(bytes);
+        msg
+    }
+    fn lend(n: usize) -> Vec<OwnedHandle> {
+        events(n)
+    }
+    fn borrow(lent: &OwnedHandle) -> BorrowedHandle<'_> {
+        lent.as_handle()
+    }
+    fn check(received: Vec<OwnedHandle>, originals: &[OwnedHandle]) {
+        check_events(received, originals)
+    }
 }
 
 /// The preamble of the Windows mapping: count, then the values.
@@ -159,21 +173,6 @@ fn given_values(n: usize) -> Vec<u64> {
 }
 
 #[test]
-fn message_without_handles_round_trips_with_body_and_payload() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    a.send(&header(3, 10), b"0123", b"456789", &[]).unwrap();
-    a.send(&header(4, 0), &[], &[], &[]).unwrap();
-    let (h, handles) = b.recv_header().unwrap();
-    assert_eq!((h, handles.len()), (header(3, 10), 0));
-    assert_eq!(b.recv_body(10).unwrap(), b"0123456789");
-    assert_eq!(b.recv_header().unwrap().0, header(4, 0));
-    assert!(!b.has_buffered());
-    b.set_nonblocking(true).unwrap();
-    assert!(matches!(b.recv_header(), Err(Error::WouldBlock)));
-}
-
-#[test]
 fn sent_bytes_follow_the_documented_preamble() {
     let _g = serial();
     let (conn, mut raw) = conn_and_raw();
@@ -199,60 +198,6 @@ fn sent_bytes_follow_the_documented_preamble() {
     assert_ne!(dup.as_raw_handle(), e.as_raw_handle());
     set(dup.as_handle());
     assert!(is_set(e.as_handle()));
-}
-
-#[test]
-fn one_handle_arrives_usable() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let ev = events(1);
-    a.send(
-        &header(12, 8),
-        &0u64.to_ne_bytes(),
-        &[],
-        &[ev[0].as_handle()],
-    )
-    .unwrap();
-    let (_, handles) = b.recv_header().unwrap();
-    assert_eq!(b.recv_body(8).unwrap(), 0u64.to_ne_bytes());
-    check_events(handles, &ev);
-}
-
-#[test]
-fn eight_handles_arrive_in_order_in_both_directions() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    for (from, to) in [(&a, &b), (&b, &a)] {
-        let ev = events(MAX_FDS);
-        let lent: Vec<BorrowedHandle<'_>> = ev.iter().map(|e| e.as_handle()).collect();
-        from.send(&header(5, 0), &[], &[], &lent).unwrap();
-        let (_, handles) = to.recv_header().unwrap();
-        check_events(handles, &ev);
-    }
-}
-
-#[test]
-fn handles_stay_with_their_own_message() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let ev = events(3);
-    a.send(&header(1, 0), &[], &[], &[ev[0].as_handle()])
-        .unwrap();
-    a.send(&header(2, 0), &[], &[], &[]).unwrap();
-    a.send(
-        &header(3, 0),
-        &[],
-        &[],
-        &[ev[1].as_handle(), ev[2].as_handle()],
-    )
-    .unwrap();
-    let (h1, f1) = b.recv_header().unwrap();
-    let (h2, f2) = b.recv_header().unwrap();
-    let (h3, f3) = b.recv_header().unwrap();
-    assert_eq!((h1[0], h2[0], h3[0]), (1, 2, 3));
-    assert!(f2.is_empty());
-    check_events(f1, &ev[..1]);
-    check_events(f3, &ev[1..]);
 }
 
 #[test]
@@ -343,53 +288,6 @@ fn bad_handle_values_are_refused_and_the_good_ones_closed() {
 }
 
 #[test]
-fn max_size_body_round_trips_and_larger_is_refused_unread() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let body: Vec<u8> = (0..MAX_BODY_SIZE).map(|i| i as u8).collect();
-    a.send(&header(1, MAX_BODY_SIZE as u32), &body, &[], &[])
-        .unwrap();
-    b.recv_header().unwrap();
-    let err = b.recv_body(MAX_BODY_SIZE + 1).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::BodyTooLarge {
-                len: 4097,
-                max: 4096
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(matches!(
-        b.recv_body(u32::MAX as usize),
-        Err(Error::BodyTooLarge { .. })
-    ));
-    let mut buf = [0u8; MAX_BODY_SIZE];
-    b.recv_body_into(&mut buf).unwrap();
-    assert_eq!(&buf[..], &body[..]);
-}
-
-#[test]
-fn peer_closing_before_a_message_is_disconnected() {
-    let _g = serial();
-    for client_closes in [true, false] {
-        let (server, client) = Conn::pair().unwrap();
-        let (gone, left) = if client_closes {
-            (client, server)
-        } else {
-            (server, client)
-        };
-        drop(gone);
-        let err = left.recv_header().unwrap_err();
-        assert!(
-            matches!(err, Error::Disconnected) && err.is_disconnect(),
-            "{err:?}"
-        );
-    }
-}
-
-#[test]
 fn peer_closing_inside_the_preamble_is_partial_and_closes_whole_values() {
     let _g = serial();
     let (conn, mut raw) = conn_and_raw();
@@ -399,16 +297,7 @@ fn peer_closing_inside_the_preamble_is_partial_and_closes_whole_values() {
     raw.write_all(&msg).unwrap();
     drop(raw);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 20,
-                got: 15
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 20, 15);
     assert!(!is_open(values[0]));
 }
 
@@ -422,60 +311,9 @@ fn peer_closing_inside_a_header_is_partial_and_closes_the_handles() {
     raw.write_all(&msg).unwrap();
     drop(raw);
     let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 5
-            }
-        ),
-        "{err:?}"
-    );
+    assert_partial(&err, 12, 5);
     assert!(err.is_disconnect());
     assert!(!is_open(values[0]) && !is_open(values[1]));
-}
-
-#[test]
-fn peer_closing_inside_a_body_is_partial() {
-    let _g = serial();
-    let (conn, mut raw) = conn_and_raw();
-    let mut msg = preamble(&[]);
-    msg.extend_from_slice(&header(1, 100));
-    msg.extend_from_slice(&[0u8; 10]);
-    raw.write_all(&msg).unwrap();
-    drop(raw);
-    conn.recv_header().unwrap();
-    let err = conn.recv_body(100).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 100,
-                got: 10
-            }
-        ),
-        "{err:?}"
-    );
-}
-
-#[test]
-fn peer_closing_after_a_message_delivers_it_then_disconnects() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let ev = events(1);
-    a.send(
-        &header(1, 8),
-        &42u64.to_ne_bytes(),
-        &[],
-        &[ev[0].as_handle()],
-    )
-    .unwrap();
-    drop(a);
-    let (_, handles) = b.recv_header().unwrap();
-    assert_eq!(b.recv_body(8).unwrap(), 42u64.to_ne_bytes());
-    assert!(matches!(b.recv_header(), Err(Error::Disconnected)));
-    check_events(handles, &ev);
 }
 
 #[test]
@@ -496,44 +334,6 @@ fn sending_to_a_closed_peer_is_disconnected_and_closes_the_duplicates() {
     let err = a.send(&header(1, 0), &[], &[], &lent).unwrap_err();
     assert!(matches!(err, Error::Disconnected), "{err:?}");
     assert_eq!(handle_count(), before, "undelivered duplicates left open");
-}
-
-#[test]
-fn read_timeout_before_any_byte_is_timed_out() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    b.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let err = b.recv_header().unwrap_err();
-    assert!(
-        matches!(err, Error::TimedOut) && err.is_retryable(),
-        "{err:?}"
-    );
-    // Nothing was consumed: the connection still works.
-    a.send(&header(4, 0), &[], &[], &[]).unwrap();
-    assert_eq!(b.recv_header().unwrap().0, header(4, 0));
-    assert!(b.set_read_timeout(Some(Duration::ZERO)).is_err());
-}
-
-#[test]
-fn read_timeout_in_the_middle_of_a_header_is_partial() {
-    let _g = serial();
-    let (conn, mut raw) = conn_and_raw();
-    conn.set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    let mut msg = preamble(&[]);
-    msg.extend_from_slice(&header(1, 0)[..3]);
-    raw.write_all(&msg).unwrap();
-    let err = conn.recv_header().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartialMessage {
-                expected: 12,
-                got: 3
-            }
-        ),
-        "{err:?}"
-    );
 }
 
 #[test]
@@ -559,54 +359,6 @@ fn message_dribbled_byte_by_byte_is_reassembled() {
     writer.join().unwrap();
     assert_eq!(handles.len(), 1);
     assert_eq!(handles[0].as_raw_handle() as usize as u64, values[0]);
-}
-
-#[test]
-fn large_message_completes_once_the_peer_drains() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let payload: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let expected = payload.clone();
-    let reader = thread::spawn(move || {
-        let (h, handles) = b.recv_header().unwrap();
-        let mut got = Vec::with_capacity(expected.len());
-        let mut chunk = [0u8; MAX_BODY_SIZE];
-        while got.len() < expected.len() {
-            let n = (expected.len() - got.len()).min(MAX_BODY_SIZE);
-            b.recv_body_into(&mut chunk[..n]).unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
-        assert!(got == expected);
-        (h, handles.len())
-    });
-    let ev = events(1);
-    let h = header(1, payload.len() as u32);
-    a.send(&h, &[], &payload, &[ev[0].as_handle()]).unwrap();
-    assert_eq!(reader.join().unwrap(), (h, 1));
-}
-
-#[test]
-fn send_goes_through_while_another_thread_waits_to_receive() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    thread::scope(|s| {
-        let waiting = s.spawn(|| b.recv_header().unwrap().0);
-        thread::sleep(Duration::from_millis(50));
-        // `b` is blocked in a read; its write side must still work.
-        b.send(&header(6, 0), &[], &[], &[]).unwrap();
-        assert_eq!(a.recv_header().unwrap().0, header(6, 0));
-        a.send(&header(7, 0), &[], &[], &[]).unwrap();
-        assert_eq!(waiting.join().unwrap(), header(7, 0));
-    });
-}
-
-#[test]
-fn into_channel_keeps_the_pipe() {
-    let _g = serial();
-    let (a, b) = Conn::pair().unwrap();
-    let a: Connection<BackendChannel> = a.into_channel();
-    a.send(&header(1, 0), &[], &[], &[]).unwrap();
-    assert_eq!(b.recv_header().unwrap().0, header(1, 0));
 }
 
 #[test]

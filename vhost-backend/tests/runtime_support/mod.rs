@@ -13,7 +13,7 @@ use vhost_backend::runtime::{
 };
 use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, GuestMemory, RegionSpec, VirtqueueDriver};
-use vhost_proto::{virtio, MemoryRegion, ProtocolFeatures, VringAddr};
+use vhost_proto::{virtio, ProtocolFeatures, VringAddr};
 use vhost_transport::Connection;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -111,18 +111,7 @@ impl PatternDevice {
 }
 
 impl VirtioDevice for PatternDevice {
-    fn device_type(&self) -> u32 {
-        4
-    }
-    fn num_queues(&self) -> usize {
-        self.queues
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 4, queues: self.queues, max_queue_size: 256);
     fn config_size(&self) -> usize {
         CONFIG.len()
     }
@@ -199,16 +188,7 @@ pub fn two_region_memory() -> GuestMemory {
     .expect("guest memory")
 }
 
-pub fn regions(mem: &GuestMemory) -> Vec<MemoryRegion> {
-    mem.regions()
-        .map(|r| MemoryRegion {
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            user_addr: r.user_addr,
-            mmap_offset: r.mmap_offset,
-        })
-        .collect()
-}
+pub use vhost_test_support::wire::regions;
 
 pub fn send_mem_table(fe: &mut Frontend, mem: &GuestMemory) {
     let regs = regions(mem);
@@ -274,6 +254,19 @@ impl GuestQueue {
 
     /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`. A packed ring's `base` is
     /// the packed encoding; 0 there means where the driver is.
+    /// The SET_VRING_ADDR of this ring: its front-end virtual addresses in `mem`.
+    pub fn vring_addr(&self, mem: &GuestMemory) -> VringAddr {
+        let a = self.driver.vring_user_addrs(mem).expect("ring addresses");
+        VringAddr {
+            index: self.index,
+            flags: 0,
+            desc: a.desc,
+            used: a.used,
+            avail: a.avail,
+            log: 0,
+        }
+    }
+
     pub fn start(&self, fe: &mut Frontend, mem: &GuestMemory, base: u32, enable: bool) {
         let i = self.index;
         let base = if self.driver.is_packed() && base == 0 {
@@ -283,16 +276,7 @@ impl GuestQueue {
         };
         fe.set_vring_num(i, u32::from(QUEUE_SIZE)).expect("NUM");
         fe.set_vring_base(i, base).expect("BASE");
-        let a = self.driver.vring_user_addrs(mem).expect("ring addresses");
-        fe.set_vring_addr(&VringAddr {
-            index: i,
-            flags: 0,
-            desc: a.desc,
-            used: a.used,
-            avail: a.avail,
-            log: 0,
-        })
-        .expect("ADDR");
+        fe.set_vring_addr(&self.vring_addr(mem)).expect("ADDR");
         fe.set_vring_call(i, Some(bfd(&self.call))).expect("CALL");
         fe.set_vring_kick(i, Some(bfd(&self.kick))).expect("KICK");
         if enable {

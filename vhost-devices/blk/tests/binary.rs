@@ -2,105 +2,30 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use vhost_frontend::devices::blk::{BlkConfig as ConfigView, BlkRequests};
+use vhost_test_support::Spawned;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 
-/// A spawned daemon whose stderr lines arrive on a channel; killed on drop.
-struct Spawned {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Spawned {
-    fn start(args: &[&str]) -> Spawned {
-        Spawned::start_program(BIN, args)
-    }
-
-    fn start_program(program: &str, args: &[&str]) -> Spawned {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Spawned { child, lines }
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no log line containing {needle:?}");
-    }
-
-    /// Waits for the line naming the scratch image the daemon serves; returns its path.
-    fn scratch_image(&self) -> PathBuf {
-        let line = self.wait_line("scratch image at ");
-        line.split("scratch image at ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .into()
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits for the line naming the scratch image the daemon serves; returns its path.
+fn scratch_image(d: &Spawned) -> PathBuf {
+    let line = d.wait_line("scratch image at ");
+    line.split("scratch image at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .into()
 }
 
 #[test]
 fn print_capabilities_prints_json_with_type_block() {
-    let out = Command::new(BIN)
-        .arg("--print-capabilities")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = vhost_test_support::capabilities(BIN);
     assert_eq!(v["type"], "block");
     let features = v["features"].as_array().unwrap();
     assert!(features.contains(&serde_json::json!("read-only")));
@@ -126,16 +51,18 @@ fn spawned_daemon_serves_io_across_reconnects_and_exits_on_sigterm() {
     let scratch = Scratch::new("bin");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let mut d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--blk-file",
-        image.to_str().unwrap(),
-        "--num-queues",
-        "2",
-        "--serial",
-        "spawned",
-    ]);
+    let mut d = Spawned::serving(
+        BIN,
+        &sock,
+        &[
+            "--blk-file",
+            image.to_str().unwrap(),
+            "--num-queues",
+            "2",
+            "--serial",
+            "spawned",
+        ],
+    );
     d.wait_line("vhost-user-blk-pci");
     for round in 0..2u64 {
         let mut s = connect(&sock, || options(2));
@@ -158,12 +85,7 @@ fn flushed_write_survives_the_daemon_being_killed() {
     let scratch = Scratch::new("flush");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--blk-file",
-        image.to_str().unwrap(),
-    ]);
+    let d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     let mut s = connect(&sock, || options(1));
     let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
     let data = [0xc3u8; 4096];
@@ -179,8 +101,8 @@ fn flushed_write_survives_the_daemon_being_killed() {
 fn without_blk_file_serves_a_scratch_gib_and_removes_it_on_exit() {
     let scratch = Scratch::new("noimage");
     let sock = scratch.socket();
-    let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
-    let path = d.scratch_image();
+    let mut d = Spawned::serving(BIN, &sock, &[]);
+    let path = scratch_image(&d);
     assert!(path.exists(), "{} missing", path.display());
     let s = connect(&sock, || options(1));
     let cfg = ConfigView::parse(s.config().unwrap()).unwrap();
@@ -196,8 +118,8 @@ fn sighup_and_sigquit_exit_cleanly_removing_the_socket_and_the_scratch_image() {
     for sig in [Signal::SIGHUP, Signal::SIGQUIT] {
         let scratch = Scratch::new("hup");
         let sock = scratch.socket();
-        let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
-        let path = d.scratch_image();
+        let mut d = Spawned::serving(BIN, &sock, &[]);
+        let path = scratch_image(&d);
         d.wait_line("vhost-user-blk-pci");
         d.signal(sig);
         let status = d.wait_exit();
@@ -212,12 +134,7 @@ fn a_second_front_end_waiting_on_the_busy_socket_is_logged() {
     let scratch = Scratch::new("second");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--blk-file",
-        image.to_str().unwrap(),
-    ]);
+    let d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     d.wait_line("vhost-user-blk-pci");
     let first = connect(&sock, || options(1));
     let _second = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -230,12 +147,7 @@ fn failing_requests_are_logged_a_few_times_then_summarised_not_one_line_each() {
     let scratch = Scratch::new("flood");
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
-    let mut d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--blk-file",
-        image.to_str().unwrap(),
-    ]);
+    let mut d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     d.wait_line("vhost-user-blk-pci");
     let mut s = connect(&sock, || options(1));
     let mut reqs = BlkRequests::new(&s, 0, 1, 4096).unwrap();
@@ -258,7 +170,7 @@ fn failing_requests_are_logged_a_few_times_then_summarised_not_one_line_each() {
         let left = deadline
             .checked_duration_since(Instant::now())
             .expect("no summary line");
-        let line = d.lines.recv_timeout(left).expect("no summary line");
+        let line = d.next_line(left).expect("no summary line");
         if line.contains("request failed on the image") {
             full += 1;
         }
@@ -345,28 +257,26 @@ fn sighup_stays_ignored_when_the_daemon_was_started_with_it_ignored() {
     let image = scratch.image(1 << 20);
     let sock = scratch.socket();
     // As `nohup` starts it: SIGHUP ignored, inherited across exec.
-    let mut child = Command::new("sh")
-        .args(["-c", "trap '' HUP; exec \"$0\" \"$@\"", BIN])
-        .args(["--socket-path", sock.to_str().unwrap()])
-        .args(["--blk-file", image.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let pid = Pid::from_raw(child.id() as i32);
-    kill(pid, Signal::SIGHUP).unwrap();
+    let mut d = Spawned::quiet(
+        "sh",
+        &[
+            "-c",
+            "trap '' HUP; exec \"$0\" \"$@\"",
+            BIN,
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--blk-file",
+            image.to_str().unwrap(),
+        ],
+    );
+    vhost_test_support::wait_for("daemon did not start", || sock.exists());
+    d.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped it");
+    assert!(d.running(), "SIGHUP stopped it");
     let s = connect(&sock, || options(1));
     drop(s);
-    kill(pid, Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit().success());
 }
 
 #[test]
@@ -393,12 +303,7 @@ fn an_image_that_is_not_a_whole_number_of_sectors_is_served_with_a_warning() {
     let scratch = Scratch::new("partial");
     let image = scratch.image(1000);
     let sock = scratch.socket();
-    let d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--blk-file",
-        image.to_str().unwrap(),
-    ]);
+    let d = Spawned::serving(BIN, &sock, &["--blk-file", image.to_str().unwrap()]);
     let line = d.wait_line("not a whole number of 512-byte sectors");
     assert!(line.contains("the last 488 bytes are not served"), "{line}");
     let s = connect(&sock, || options(1));
@@ -418,7 +323,7 @@ fn socket_activated(sock: &std::path::Path, args: &[&str]) -> Spawned {
         os.execv(sys.argv[2], sys.argv[2:])\n";
     let mut full = vec!["-c", ACTIVATE, sock.to_str().unwrap(), BIN];
     full.extend_from_slice(args);
-    Spawned::start_program("python3", &full)
+    Spawned::start("python3", &full)
 }
 
 #[test]
@@ -449,20 +354,23 @@ fn two_exports_serve_their_own_images_at_once() {
     let b = Scratch::new("export-b");
     let (img_a, img_b) = (a.image(1 << 20), b.image(2 << 20));
     let (sock_a, sock_b) = (a.socket(), b.socket());
-    let mut d = Spawned::start(&[
-        "--export",
-        &format!(
-            "socket={},file={},serial=disk-a",
-            sock_a.display(),
-            img_a.display()
-        ),
-        "--export",
-        &format!(
-            "socket={},file={},read-only=on,num-queues=2,serial=disk-b",
-            sock_b.display(),
-            img_b.display()
-        ),
-    ]);
+    let mut d = Spawned::start(
+        BIN,
+        &[
+            "--export",
+            &format!(
+                "socket={},file={},serial=disk-a",
+                sock_a.display(),
+                img_a.display()
+            ),
+            "--export",
+            &format!(
+                "socket={},file={},read-only=on,num-queues=2,serial=disk-b",
+                sock_b.display(),
+                img_b.display()
+            ),
+        ],
+    );
     d.wait_line("2 exports from this process");
     let mut sa = connect(&sock_a, || options(1));
     let mut sb = connect(&sock_b, || options(2));

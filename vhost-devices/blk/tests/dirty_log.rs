@@ -18,6 +18,7 @@ use vhost_device_blk::engine::Aio;
 use vhost_device_blk::BlkConfig;
 use vhost_frontend::devices::blk::{RequestHeader, S_OK, T_IN, T_OUT};
 use vhost_frontend::{DirtyLogArea, Session, SessionOptions, LOG_PAGE};
+use vhost_test_support::Rng;
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
@@ -28,18 +29,6 @@ const DEPTH: usize = 16;
 const MAX_DATA: u32 = 16 * 1024;
 /// A used ring of three pages: entries on the last two are marked by nothing else.
 const QUEUE_SIZE: u16 = 1024;
-
-/// xorshift64*: a fixed seed, so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 #[derive(Clone, Copy)]
 struct Slot {

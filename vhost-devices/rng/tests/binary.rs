@@ -2,85 +2,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use vhost_test_support::Spawned;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-rng");
 
-/// A spawned daemon whose stderr lines arrive on a channel; killed on drop.
-struct Spawned {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Spawned {
-    fn start(args: &[&str]) -> Spawned {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Spawned { child, lines }
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no log line containing {needle:?}");
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "daemon did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn print_capabilities_is_json_of_type_rng() {
-    let out = Command::new(BIN)
-        .arg("--print-capabilities")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = vhost_test_support::capabilities(BIN);
     assert_eq!(v["type"], "rng");
     assert!(v["features"].is_array(), "{v}");
 }
@@ -89,7 +19,7 @@ fn print_capabilities_is_json_of_type_rng() {
 fn spawned_daemon_serves_entropy_logs_the_qemu_command_and_exits_on_sigterm() {
     let scratch = Scratch::new("bin");
     let sock = scratch.socket();
-    let mut d = Spawned::start(&["--socket-path", sock.to_str().unwrap()]);
+    let mut d = Spawned::serving(BIN, &sock, &[]);
     d.wait_line("-device vhost-user-rng-pci,chardev=rng0");
     let mut s = connect(&sock, options);
     let buf = s.memory().alloc(4096, 8).unwrap();
@@ -97,7 +27,7 @@ fn spawned_daemon_serves_entropy_logs_the_qemu_command_and_exits_on_sigterm() {
     assert_eq!(used.len, 4096);
     assert!(read_guest(&s, buf, 4096).iter().any(|&b| b != 0));
     drop(s);
-    kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM).unwrap();
+    d.signal(Signal::SIGTERM);
     assert!(d.wait_exit().success());
 }
 
@@ -105,12 +35,7 @@ fn spawned_daemon_serves_entropy_logs_the_qemu_command_and_exits_on_sigterm() {
 fn spawned_daemon_with_a_missing_source_fails_at_start() {
     let scratch = Scratch::new("badsrc");
     let sock = scratch.socket();
-    let mut d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--source",
-        "/nonexistent/entropy",
-    ]);
+    let mut d = Spawned::serving(BIN, &sock, &["--source", "/nonexistent/entropy"]);
     let status = d.wait_exit();
     assert!(!status.success());
     assert!(!sock.exists(), "no socket for a daemon that failed");
@@ -143,12 +68,7 @@ fn a_directory_or_an_empty_file_as_source_is_refused_at_start_with_the_reason() 
 fn socket_count_serves_a_device_on_each_numbered_socket_at_once() {
     let scratch = Scratch::new("count");
     let sock = scratch.socket();
-    let mut d = Spawned::start(&[
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--socket-count",
-        "3",
-    ]);
+    let mut d = Spawned::serving(BIN, &sock, &["--socket-count", "3"]);
     d.wait_line("3 devices on");
     let paths: Vec<_> = (0..3)
         .map(|i| std::path::PathBuf::from(format!("{}{i}", sock.display())))
@@ -162,7 +82,7 @@ fn socket_count_serves_a_device_on_each_numbered_socket_at_once() {
         assert!(read_guest(s, buf, 4096).iter().any(|&b| b != 0));
     }
     drop(sessions);
-    kill(Pid::from_raw(d.child.id() as i32), Signal::SIGTERM).unwrap();
+    d.signal(Signal::SIGTERM);
     assert!(d.wait_exit().success());
     assert!(
         paths.iter().all(|p| !p.exists()),

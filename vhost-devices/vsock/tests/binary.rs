@@ -4,21 +4,16 @@ mod common;
 
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use vhost_frontend::devices::vsock::op;
+use vhost_test_support::Spawned;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-vsock");
 
 #[test]
 fn print_capabilities_names_the_vsock_type() {
-    let out = Command::new(BIN)
-        .arg("--print-capabilities")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = vhost_test_support::capabilities(BIN);
     assert_eq!(doc["type"], "vsock");
     assert!(doc["features"].is_array());
 }
@@ -51,24 +46,22 @@ fn daemon_serves_a_guest_connection_and_replaces_a_stale_uds_socket() {
     let scratch = Scratch::new("bin-serve");
     // A stale socket file from an earlier run.
     drop(std::os::unix::net::UnixListener::bind(scratch.uds()).unwrap());
-    let mut child = Command::new(BIN)
-        .arg("--socket-path")
-        .arg(scratch.socket())
-        .args(["--guest-cid", "3", "--uds-path"])
-        .arg(scratch.uds())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while UnixStream::connect(scratch.uds()).is_err() {
-        assert!(Instant::now() < deadline, "the uds socket never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let d = Spawned::quiet(
+        BIN,
+        &[
+            "--socket-path".into(),
+            scratch.socket().into_os_string(),
+            "--guest-cid".into(),
+            "3".into(),
+            "--uds-path".into(),
+            scratch.uds().into_os_string(),
+        ],
+    );
+    vhost_test_support::wait_for("the uds socket never listened", || {
+        UnixStream::connect(scratch.uds()).is_ok()
+    });
     let mut g = Guest::new(&scratch.socket());
     let _l = scratch.listen(4000);
     assert_eq!(g.connect(50, 4000, 65536).hdr.op.get(), op::RESPONSE);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(d);
 }

@@ -1,137 +1,50 @@
 //! Shared helpers of the integration tests: images with a known pattern, an in-process
-//! daemon on a temporary socket, and front-end sessions against it.
-#![allow(dead_code)]
+//! daemon on a temporary socket, and front-end sessions against it (over the workspace's
+//! `vhost-test-support`).
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use vhost_backend::runtime::cli::BackendArgs;
-use vhost_backend::runtime::{Daemon, DeviceBackend, StopHandle};
 use vhost_device_blk::{BlkConfig, BlkDevice};
-use vhost_frontend::{Session, SessionOptions};
-
-/// How long a test waits for one completion.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+use vhost_frontend::SessionOptions;
+pub use vhost_test_support::{connect, for_each_layout, Scratch, TIMEOUT};
 
 /// Byte `i` of a test image.
 pub fn pattern(i: usize) -> u8 {
     (i as u8).wrapping_mul(31) ^ ((i >> 9) as u8)
 }
 
-/// A scratch directory removed on drop, holding an image and a socket.
-pub struct Scratch {
-    pub dir: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("vhost-blk-it-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch { dir }
-    }
-
+/// Test images in a scratch directory.
+pub trait Image {
     /// Writes an image of `len` pattern bytes; returns its path.
-    pub fn image(&self, len: usize) -> PathBuf {
-        let path = self.dir.join("disk.img");
+    fn image(&self, len: usize) -> PathBuf;
+}
+
+impl Image for Scratch {
+    fn image(&self, len: usize) -> PathBuf {
         let bytes: Vec<u8> = (0..len).map(pattern).collect();
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("blk.sock")
+        self.file("disk.img", &bytes)
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A daemon serving `cfg` on `socket` in a thread of this process.
-pub struct InProcess {
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
-}
+/// A daemon serving a blk device on a socket in a thread of this process; stopped on drop.
+pub struct InProcess(vhost_test_support::InProcess);
 
 impl InProcess {
+    /// Serves `cfg` on `socket`.
     pub fn start(cfg: &BlkConfig, socket: &Path) -> InProcess {
         let device = BlkDevice::new(cfg).unwrap();
-        let backend = DeviceBackend::new(device).unwrap();
-        let args = BackendArgs {
-            socket_path: Some(socket.to_path_buf()),
-            ..BackendArgs::default()
-        };
-        let mut daemon = Daemon::from_args(&args, backend).unwrap();
-        let stop = daemon.stop_handle();
-        let thread = std::thread::spawn(move || daemon.run().unwrap());
-        InProcess {
-            stop,
-            thread: Some(thread),
-        }
+        InProcess(vhost_test_support::InProcess::start(device, socket))
     }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-thread_local! {
-    /// Whether this thread's sessions drive packed virtqueues.
-    static PACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `test` once per ring layout: split, then packed (VIRTIO_F_RING_PACKED acked).
-pub fn for_each_layout(test: impl Fn()) {
-    for packed in [false, true] {
-        PACKED.with(|p| p.set(packed));
-        eprintln!("-- packed rings: {packed}");
-        test();
-    }
-    PACKED.with(|p| p.set(false));
 }
 
 /// Session options for blk: `queues` queues of 256, the configuration space read; packed
 /// rings inside [`for_each_layout`]'s packed round.
 pub fn options(queues: u16) -> SessionOptions {
-    let mut o = SessionOptions {
+    vhost_test_support::with_layout(SessionOptions {
         num_queues: queues,
         queue_size: 256,
         config_size: Some(60),
         ..SessionOptions::default()
-    };
-    if PACKED.with(|p| p.get()) {
-        o.mask_features &= !vhost_proto::virtio::bit(vhost_proto::virtio::RING_PACKED);
-    }
-    o
-}
-
-/// Connects (retrying while the socket appears) and starts the device.
-pub fn connect(socket: &Path, opts: impl Fn() -> SessionOptions) -> Session {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match Session::connect(socket, opts()) {
-            Ok(mut s) => {
-                s.start().unwrap();
-                return s;
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("connecting to {}: {e}", socket.display()),
-        }
-    }
+    })
 }

@@ -7,65 +7,45 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vhost_backend::runtime::cli::BackendArgs;
-use vhost_backend::runtime::{Daemon, DeviceBackend, StopHandle};
 use vhost_device_vsock::{VsockConfig, VsockDevice};
 use vhost_frontend::devices::vsock::{op, Packet, VsockDriver, VsockHeader, HOST_CID};
 use vhost_frontend::{Session, SessionOptions};
 
 /// How long a test waits for one packet.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = vhost_test_support::TIMEOUT;
 /// The guest CID the tests use.
 pub const CID: u64 = 3;
 
-/// A scratch directory removed on drop.
-pub struct Scratch {
-    pub dir: PathBuf,
+pub use vhost_test_support::Scratch;
+
+/// The host side of the daemon's hybrid vsock, in a scratch directory.
+pub trait Uds {
+    /// The hybrid-vsock socket (`--uds-path`).
+    fn uds(&self) -> PathBuf;
+    /// A host listener for guest connections to `port`.
+    fn listen(&self, port: u32) -> UnixListener;
+    /// A host process connecting to guest port `port`: sends the CONNECT line.
+    fn host_connect(&self, port: u32) -> UnixStream;
 }
 
-impl Scratch {
-    pub fn new(tag: &str) -> Scratch {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vsock-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch { dir }
-    }
-
-    /// The vhost-user socket.
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("vhost.sock")
-    }
-
-    /// The hybrid-vsock socket (`--uds-path`).
-    pub fn uds(&self) -> PathBuf {
+impl Uds for Scratch {
+    fn uds(&self) -> PathBuf {
         self.dir.join("vm.vsock")
     }
 
-    /// A host listener for guest connections to `port`.
-    pub fn listen(&self, port: u32) -> UnixListener {
+    fn listen(&self, port: u32) -> UnixListener {
         let mut p = self.uds().into_os_string();
         p.push(format!("_{port}"));
         UnixListener::bind(p).unwrap()
     }
 
-    /// A host process connecting to guest port `port`: sends the CONNECT line.
-    pub fn host_connect(&self, port: u32) -> UnixStream {
+    fn host_connect(&self, port: u32) -> UnixStream {
         let mut s = UnixStream::connect(self.uds()).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         writeln!(s, "CONNECT {port}").unwrap();
         s
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -87,35 +67,15 @@ pub fn read_ok(s: &mut UnixStream) -> u32 {
 }
 
 /// A daemon serving a vsock device in a thread of this process; stopped on drop.
-pub struct InProcess {
-    stop: StopHandle,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct InProcess(vhost_test_support::InProcess);
 
 impl InProcess {
     pub fn start(scratch: &Scratch) -> InProcess {
         let device = VsockDevice::new(&VsockConfig::new(CID, scratch.uds())).unwrap();
-        let backend = DeviceBackend::new(device).unwrap();
-        let args = BackendArgs {
-            socket_path: Some(scratch.socket()),
-            ..BackendArgs::default()
-        };
-        let mut daemon = Daemon::from_args(&args, backend).unwrap();
-        let stop = daemon.stop_handle();
-        let thread = std::thread::spawn(move || daemon.run().unwrap());
-        InProcess {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        InProcess(vhost_test_support::InProcess::start(
+            device,
+            &scratch.socket(),
+        ))
     }
 }
 
@@ -156,17 +116,7 @@ pub fn options() -> SessionOptions {
 
 /// Connects (retrying while the socket appears) and starts the device.
 pub fn connect(socket: &Path) -> Session {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match Session::connect(socket, options()) {
-            Ok(mut s) => {
-                s.start().unwrap();
-                return s;
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("connecting to {}: {e}", socket.display()),
-        }
-    }
+    vhost_test_support::connect(socket, options)
 }
 
 /// The guest end of one connection: its credit both ways.
