@@ -463,6 +463,9 @@ struct Fixture {
     /// to the server (which maps it: rings, buffers, the inflight area). Only then is it
     /// zeroed at the start of the next run; otherwise it is still all zeros.
     mem_touched: AtomicBool,
+    /// The eventfds may count something: a run kicked or handed one to the server. Only
+    /// then are they drained at the start of the next run.
+    fds_touched: AtomicBool,
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     /// The back-end, kept from one run to the next as a daemon keeps it from one front-end
@@ -493,6 +496,7 @@ fn fixture() -> &'static Fixture {
         Fixture {
             mem: GuestMemory::new(&SPECS).expect("guest memory"),
             mem_touched: AtomicBool::new(false),
+            fds_touched: AtomicBool::new(false),
             kicks: eventfds(),
             calls: eventfds(),
             backend: Mutex::new(None),
@@ -505,6 +509,7 @@ fn run(u: &mut Unstructured<'_>) {
     let Fixture {
         mem,
         mem_touched,
+        fds_touched,
         kicks,
         calls,
         backend,
@@ -518,8 +523,10 @@ fn run(u: &mut Unstructured<'_>) {
                 .expect("zeroing guest memory");
         }
     }
-    for e in kicks.iter().chain(calls) {
-        let _ = e.read();
+    if fds_touched.swap(false, Ordering::Relaxed) {
+        for e in kicks.iter().chain(calls) {
+            let _ = e.read();
+        }
     }
     let (back, front) = Connection::<FrontendChannel>::pair().expect("socket pair");
     front.set_nonblocking(true).expect("non-blocking");
@@ -555,8 +562,14 @@ fn run(u: &mut Unstructured<'_>) {
                                 mem_touched.store(true, Ordering::Relaxed);
                                 mem.fd()
                             }
-                            Fd::Kick(i) => kicks[i].as_fd(),
-                            Fd::Call(i) => calls[i].as_fd(),
+                            Fd::Kick(i) => {
+                                fds_touched.store(true, Ordering::Relaxed);
+                                kicks[i].as_fd()
+                            }
+                            Fd::Call(i) => {
+                                fds_touched.store(true, Ordering::Relaxed);
+                                calls[i].as_fd()
+                            }
                             Fd::Log => log.as_fd(),
                         };
                     }
@@ -581,6 +594,7 @@ fn run(u: &mut Unstructured<'_>) {
                     let _ = mem.mem().write_slice(bytes, GuestAddress(gpa));
                 }
                 Op::Kick(i) => {
+                    fds_touched.store(true, Ordering::Relaxed);
                     let _ = kicks[i].write(1);
                 }
                 Op::Hold(on) => server.backend().device().hold.store(on, Ordering::Relaxed),
