@@ -93,14 +93,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     mem.write_slice(u.bytes(n)?, GuestAddress(DATA))
         .expect("data");
 
-    let q = TestQueue::new(
-        0,
-        mem.clone(),
-        size,
-        [DESC_TABLE, AVAIL_RING, USED_RING],
-        event_idx,
-    )
-    .expect("queue");
+    let layout = [DESC_TABLE, AVAIL_RING, USED_RING];
+    let q = TestQueue::new(0, mem.clone(), size, layout, event_idx).expect("queue");
     q.process(device()).expect("blk never fails its queue");
     assert_eq!(q.outstanding(), 0, "a popped request was not completed");
     let used_idx = u16::from_le(mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx"));

@@ -65,14 +65,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let size = 1u16 << u.int_in_range(0..=5u8)?;
     let event_idx = u.arbitrary()?;
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("memory");
-    let q = TestQueue::new_packed(
-        0,
-        mem.clone(),
-        size,
-        [DESC, DRIVER_EVENT, DEVICE_EVENT],
-        event_idx,
-    )
-    .expect("queue");
+    let layout = [DESC, DRIVER_EVENT, DEVICE_EVENT];
+    let q = TestQueue::new_packed(0, mem.clone(), size, layout, event_idx).expect("queue");
     let dev = KeepDevice::new(32);
     let mut held: Vec<Request> = Vec::new();
     let mut held_ids: HashSet<u16> = HashSet::new();

@@ -12,13 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use vhost_proto::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&control, rest)) = data.split_first() else {
+    let Some((control, header, rest)) = vhost_fuzz::framed(data) else {
         return;
     };
-    let Some((hdr, rest)) = rest.split_first_chunk::<HEADER_SIZE>() else {
-        return;
-    };
-    let header = Header::from_wire(hdr);
     let nfds = usize::from(control & 0x0f);
     if control & 0x20 == 0 {
         request(header, rest, nfds);
