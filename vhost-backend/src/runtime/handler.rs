@@ -99,37 +99,105 @@ pub enum RuntimeError {
 impl RuntimeError {
     /// True when this side failed (a system call, a mapping, a thread, the device itself);
     /// false when the front-end's request was refused for what it asked.
+    ///
+    /// Every variant is classified by an exhaustive match (no catch-all), so a new variant
+    /// must be decided here. Deliberate choices: [`MemError::TooLarge`] is the front-end's
+    /// (it asked for a region this process cannot map), [`InflightError::Corrupt`] is the
+    /// front-end's (it handed over an inconsistent area), [`VringError::LayoutChange`] is the
+    /// front-end's (SET_FEATURES against a started ring), [`StateError::TimedOut`] is the
+    /// front-end's (the snapshot is in memory: the transfer only waits for the front-end to
+    /// drain or fill its pipe) and [`StateError::Cancelled`] too (cancelled on its request).
+    /// [`LogError::LogFd`] is classified as the [`VringError`] it wraps.
     pub fn is_local(&self) -> bool {
         match self {
-            RuntimeError::Memory(e) => matches!(
-                e,
-                MemError::Stat(_) | MemError::Mmap { .. } | MemError::GuestMemory(_)
-            ),
-            RuntimeError::Vring(e) => {
-                matches!(
-                    e,
-                    VringError::EventFd { .. } | VringError::QuiesceTimeout { .. }
-                )
-            }
-            RuntimeError::Device(e) => matches!(
-                e,
-                DeviceError::Io(_) | DeviceError::Other(_) | DeviceError::NotSupported
-            ),
-            RuntimeError::State(e) => matches!(
-                e,
-                StateError::Io(_)
-                    | StateError::Spawn(_)
-                    | StateError::Snapshot(_)
-                    | StateError::Restore(_)
-                    | StateError::Panicked
-            ),
-            RuntimeError::Inflight(e) => matches!(
-                e,
-                InflightError::Io(_) | InflightError::Mmap(_) | InflightError::Map(_)
-            ),
-            RuntimeError::Log(e) => matches!(e, LogError::Stat(_) | LogError::Mmap(_)),
+            RuntimeError::Memory(e) => mem_is_local(e),
+            RuntimeError::Vring(e) => vring_is_local(e),
+            RuntimeError::Device(e) => device_is_local(e),
+            RuntimeError::State(e) => state_is_local(e),
+            RuntimeError::Inflight(e) => inflight_is_local(e),
+            RuntimeError::Log(e) => log_is_local(e),
             RuntimeError::Worker { .. } | RuntimeError::InvalidDevice(_) => true,
         }
+    }
+}
+
+fn mem_is_local(e: &MemError) -> bool {
+    match e {
+        MemError::Stat(_) | MemError::Mmap { .. } | MemError::GuestMemory(_) => true,
+        MemError::FdCount { .. }
+        | MemError::InvalidRegion { .. }
+        | MemError::TooLarge { .. }
+        | MemError::PastEndOfFile { .. }
+        | MemError::Overlap { .. }
+        | MemError::TooManyRegions { .. }
+        | MemError::NoSuchRegion { .. }
+        | MemError::Unprotected { .. } => false,
+    }
+}
+
+fn vring_is_local(e: &VringError) -> bool {
+    match e {
+        VringError::EventFd { .. } | VringError::QuiesceTimeout { .. } => true,
+        VringError::InvalidSize { .. }
+        | VringError::AddressNotMapped { .. }
+        | VringError::NotConfigured { .. }
+        | VringError::Started { .. }
+        | VringError::LayoutChange { .. }
+        | VringError::InvalidQueue { .. }
+        | VringError::NotEventFd { .. } => false,
+    }
+}
+
+fn device_is_local(e: &DeviceError) -> bool {
+    match e {
+        DeviceError::Io(_) | DeviceError::Other(_) | DeviceError::NotSupported => true,
+        DeviceError::ConfigOutOfRange { .. } | DeviceError::Queue(_) => false,
+    }
+}
+
+fn state_is_local(e: &StateError) -> bool {
+    match e {
+        StateError::Io(_)
+        | StateError::Spawn(_)
+        | StateError::Snapshot(_)
+        | StateError::Restore(_)
+        | StateError::Panicked => true,
+        StateError::Direction(_)
+        | StateError::Phase(_)
+        | StateError::RingStarted { .. }
+        | StateError::Busy
+        | StateError::NoTransfer
+        | StateError::TooLarge { .. }
+        | StateError::Cancelled
+        | StateError::TimedOut(_) => false,
+    }
+}
+
+fn inflight_is_local(e: &InflightError) -> bool {
+    match e {
+        InflightError::Io(_) | InflightError::Mmap(_) | InflightError::Map(_) => true,
+        InflightError::QueueCount { .. }
+        | InflightError::QueueSize { .. }
+        | InflightError::TooSmall { .. }
+        | InflightError::NotAFile
+        | InflightError::Unprotected(_)
+        | InflightError::PastEndOfFile { .. }
+        | InflightError::Layout { .. }
+        | InflightError::Corrupt { .. }
+        | InflightError::RingTooLarge { .. } => false,
+    }
+}
+
+fn log_is_local(e: &LogError) -> bool {
+    match e {
+        LogError::Stat(_) | LogError::Mmap(_) => true,
+        LogError::LogFd(v) => vring_is_local(v),
+        LogError::Empty
+        | LogError::TooSmall { .. }
+        | LogError::UnalignedOffset { .. }
+        | LogError::PastEndOfFile { .. }
+        | LogError::NotAFile
+        | LogError::Unprotected(_) => false,
     }
 }
 
@@ -964,5 +1032,38 @@ mod tests {
             BackendError::from(RuntimeError::from(StateError::Busy)).fault(),
             Fault::Peer
         );
+    }
+
+    #[test]
+    fn a_failed_log_eventfd_check_is_local() {
+        // SET_LOG_FD whose fcntl/fstat fails on this side (dirty_log notifier::accept).
+        let e = RuntimeError::from(LogError::LogFd(VringError::EventFd {
+            index: 0,
+            which: Notifier::Log,
+            source: std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        }));
+        assert_eq!(BackendError::from(e).fault(), Fault::Local);
+        // What the front-end sent: still its fault.
+        let e = RuntimeError::from(LogError::LogFd(VringError::NotEventFd {
+            index: 0,
+            which: Notifier::Log,
+            kind: "a regular file".into(),
+        }));
+        assert_eq!(BackendError::from(e).fault(), Fault::Peer);
+        let peer = [
+            RuntimeError::from(MemError::TooLarge { gpa: 0, size: 1 }),
+            RuntimeError::from(InflightError::Corrupt {
+                index: 0,
+                why: String::new(),
+            }),
+            RuntimeError::from(VringError::LayoutChange {
+                index: 0,
+                packed: true,
+            }),
+            RuntimeError::from(StateError::TimedOut(Duration::from_secs(1))),
+        ];
+        for e in peer {
+            assert_eq!(BackendError::from(e).fault(), Fault::Peer);
+        }
     }
 }
