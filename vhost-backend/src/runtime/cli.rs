@@ -209,6 +209,13 @@ impl DaemonInfo {
     pub fn default_socket(&self) -> PathBuf {
         PathBuf::from(format!("/tmp/{}.sock", self.program))
     }
+
+    /// The log target of the daemon's startup lines: the program's name as a crate-style
+    /// target (`vhost-user-blk` → `vhost_user_blk`), the target of the binary's own log
+    /// lines, so `RUST_LOG=warn,vhost_user_blk=info` shows them.
+    pub fn log_target(&self) -> String {
+        self.program.replace('-', "_")
+    }
 }
 
 /// A device daemon's command line, run by the runtime's entry point [`main`]: the device
@@ -277,9 +284,9 @@ pub struct Export<D> {
     pub serving: String,
 }
 
-fn log_nonempty(line: &str) {
+fn log_nonempty(target: &str, line: &str) {
     if !line.is_empty() {
-        log::info!("{line}");
+        log::info!(target: target, "{line}");
     }
 }
 
@@ -354,6 +361,8 @@ pub fn serve<C: DeviceCli>(
     args.default_socket_path(C::DAEMON.default_socket());
     let devices = cli.devices(args)?;
     let args = &*args;
+    // The startup lines go under the program's target, not this module's.
+    let target = &C::DAEMON.log_target();
     let backend = |device| {
         super::DeviceBackend::new(device).map(|b| b.with_memory_policy(args.memory_policy()))
     };
@@ -364,9 +373,9 @@ pub fn serve<C: DeviceCli>(
             qemu,
         } => {
             let mut daemon = super::Daemon::from_args(args, backend(device)?)?;
-            log_nonempty(&serving);
+            log_nonempty(target, &serving);
             if let Some(path) = &args.socket_path {
-                log::info!("{}", qemu.render(path, args.client));
+                log::info!(target: target, "{}", qemu.render(path, args.client));
             }
             daemon.run()?;
         }
@@ -374,9 +383,9 @@ pub fn serve<C: DeviceCli>(
             let mut daemon = args.multi_daemon()?;
             for export in exports {
                 daemon.bind(&export.socket, args.socket_mode, backend(export.device)?)?;
-                log_nonempty(&export.serving);
+                log_nonempty(target, &export.serving);
             }
-            ready.iter().for_each(|line| log_nonempty(line));
+            ready.iter().for_each(|line| log_nonempty(target, line));
             daemon.run()?;
         }
     }
@@ -460,6 +469,7 @@ mod tests {
         );
         assert_eq!(info.capabilities, ["read-only"]);
         assert!(DaemonInfo::new("x", "rng").capabilities.is_empty());
+        assert_eq!(info.log_target(), "vhost_user_blk");
     }
 
     #[test]

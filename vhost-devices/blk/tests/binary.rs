@@ -400,3 +400,49 @@ fn two_exports_serve_their_own_images_at_once() {
         "socket files left behind"
     );
 }
+
+/// The startup lines are logged under the program's own target, so
+/// `RUST_LOG=warn,vhost_user_blk=info` shows them.
+#[test]
+fn startup_lines_are_logged_under_the_programs_target() {
+    use std::io::{BufRead, BufReader};
+    let scratch = Scratch::new("log-target");
+    let image = scratch.image(1 << 20);
+    let sock = scratch.socket();
+    let mut child = Command::new(BIN)
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .args(["--blk-file", image.to_str().unwrap()])
+        .env("RUST_LOG", "warn,vhost_user_blk=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut serving, mut hint) = (false, false);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                serving |= line.contains("serving ") && line.contains("vhost_user_blk");
+                hint |= line.contains("point QEMU at it with");
+                if serving && hint {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving, "no \"serving\" line under target vhost_user_blk");
+    assert!(hint, "no QEMU hint under target vhost_user_blk");
+}
