@@ -25,8 +25,6 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use clap::FromArgMatches;
-
 /// How QEMU is pointed at a back-end; device binaries show it in `--help`.
 pub const QEMU_USAGE: &str = "\
 Connecting QEMU:
@@ -230,10 +228,15 @@ pub trait DeviceCli: clap::Parser {
     /// The program, its capabilities and its default socket.
     const DAEMON: DaemonInfo;
 
+    /// The runtime's options flattened into the device's parser (`&mut self.backend`): the
+    /// one copy of them, which the entry point completes (the default socket) before
+    /// [`DeviceCli::devices`] and the daemon read it.
+    fn backend_args(&mut self) -> &mut BackendArgs;
+
     /// The devices to serve, called once logging and the signal handlers are set up, with
-    /// the runtime's options (flattened into the device's parser) and the default socket
-    /// applied. What it leaves in `self` lives until the daemon has returned.
-    fn devices(&mut self, backend: &BackendArgs) -> DevicesResult<Self::Device>;
+    /// the default socket applied to [`DeviceCli::backend_args`]. What it leaves in `self`
+    /// lives until the daemon has returned.
+    fn devices(&mut self) -> DevicesResult<Self::Device>;
 }
 
 /// What [`DeviceCli::devices`] returns: the devices, or why they cannot be set up.
@@ -329,38 +332,34 @@ impl QemuHint {
     }
 }
 
-/// The `main` of a device daemon: parses `C` (and the [`BackendArgs`] flattened into it),
-/// then answers `--print-capabilities` or serves
-/// ([`serve`]) and reports a failure on stderr with the failure exit code.
+/// The `main` of a device daemon: parses `C` (and the [`BackendArgs`] flattened into it,
+/// parsed once), then answers `--print-capabilities` or serves ([`serve`]) and reports a
+/// failure on stderr with the failure exit code.
 pub fn main<C: DeviceCli>() -> std::process::ExitCode {
-    let mut command = C::command();
-    let matches = command.get_matches_mut();
-    let parsed = C::from_arg_matches(&matches)
-        .and_then(|cli| Ok((cli, BackendArgs::from_arg_matches(&matches)?)));
-    let (mut cli, mut backend) = parsed.unwrap_or_else(|e| e.format(&mut command).exit());
-    if backend.print_capabilities {
+    let mut cli = C::parse();
+    if cli.backend_args().print_capabilities {
         print_capabilities(C::DAEMON.device_type, C::DAEMON.capabilities);
         return std::process::ExitCode::SUCCESS;
     }
     init_logging();
-    match serve(&mut cli, &mut backend) {
+    match serve(&mut cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => report_error(C::DAEMON.program, e.as_ref()),
     }
 }
 
 /// Serves what `cli` asks until a stop signal (or, with a connected `--fd`, the end of its
-/// session): installs the signal handlers, applies the default socket, builds each device's
-/// back-end with the memory policy and runs a [`Daemon`](super::Daemon) for one device or a
-/// [`MultiDaemon`](super::MultiDaemon) for several.
-pub fn serve<C: DeviceCli>(
-    cli: &mut C,
-    args: &mut BackendArgs,
-) -> Result<(), Box<dyn std::error::Error>> {
+/// session): installs the signal handlers, applies the default socket to
+/// [`DeviceCli::backend_args`], builds each device's back-end with the memory policy and
+/// runs a [`Daemon`](super::Daemon) for one device or a [`MultiDaemon`](super::MultiDaemon)
+/// for several, all from those options.
+pub fn serve<C: DeviceCli>(cli: &mut C) -> Result<(), Box<dyn std::error::Error>> {
     super::daemon::install_signal_handlers()?;
-    args.default_socket_path(C::DAEMON.default_socket());
-    let devices = cli.devices(args)?;
-    let args = &*args;
+    cli.backend_args()
+        .default_socket_path(C::DAEMON.default_socket());
+    let devices = cli.devices()?;
+    // What the device read, as it left it.
+    let args = &cli.backend_args().clone();
     // The startup lines go under the program's target, not this module's.
     let target = &C::DAEMON.log_target();
     let backend = |device| {
@@ -470,6 +469,64 @@ mod tests {
         assert_eq!(info.capabilities, ["read-only"]);
         assert!(DaemonInfo::new("x", "rng").capabilities.is_empty());
         assert_eq!(info.log_target(), "vhost_user_blk");
+    }
+
+    /// A device whose `devices` records the flattened options it sees, then refuses.
+    #[derive(Debug, Parser)]
+    #[command(name = "vhost-device-test")]
+    struct Recording {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[arg(skip)]
+        seen: Option<BackendArgs>,
+    }
+
+    impl DeviceCli for Recording {
+        type Device = NoDevice;
+        const DAEMON: DaemonInfo = DaemonInfo::new("vhost-device-test", "test");
+        fn backend_args(&mut self) -> &mut BackendArgs {
+            &mut self.backend
+        }
+        fn devices(&mut self) -> DevicesResult<NoDevice> {
+            self.seen = Some(self.backend.clone());
+            Err("refused by the test".into())
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoDevice;
+    impl crate::runtime::VirtioDevice for NoDevice {
+        fn device_type(&self) -> u32 {
+            0
+        }
+        fn num_queues(&self) -> usize {
+            1
+        }
+        fn max_queue_size(&self) -> u16 {
+            1
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn process_queue(
+            &self,
+            _: &mut crate::runtime::QueueContext<'_>,
+        ) -> Result<crate::runtime::Processed, crate::runtime::DeviceError> {
+            Ok(crate::runtime::Processed::Drained)
+        }
+    }
+
+    #[test]
+    fn the_device_sees_the_options_the_daemon_uses() {
+        let mut cli = Recording::try_parse_from(["x"]).unwrap();
+        let e = serve(&mut cli).unwrap_err();
+        assert_eq!(e.to_string(), "refused by the test");
+        let seen = cli.seen.expect("devices was called");
+        assert_eq!(
+            seen.socket_path,
+            Some(Recording::DAEMON.default_socket()),
+            "the default socket applies to the options the device reads"
+        );
     }
 
     #[test]

@@ -94,7 +94,10 @@
 //!     type Device = Rng;
 //!     // Listens on /tmp/vhost-user-rng.sock without --socket-path or --fd.
 //!     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
-//!     fn devices(&mut self, _: &BackendArgs) -> DevicesResult<Rng> {
+//!     fn backend_args(&mut self) -> &mut BackendArgs {
+//!         &mut self.backend
+//!     }
+//!     fn devices(&mut self) -> DevicesResult<Rng> {
 //!         let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");
 //!         let serving = "entropy from the kernel".to_owned();
 //!         Ok(Devices::one(Rng, serving, qemu))

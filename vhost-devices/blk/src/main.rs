@@ -98,7 +98,11 @@ impl DeviceCli for Cli {
     const DAEMON: DaemonInfo =
         DaemonInfo::new("vhost-user-blk", "block").with_capabilities(&["read-only", "blk-file"]);
 
-    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<BlkDevice> {
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+
+    fn devices(&mut self) -> DevicesResult<BlkDevice> {
         if !self.export.is_empty() {
             return self.exports();
         }

@@ -33,7 +33,11 @@ impl DeviceCli for Cli {
     type Device = NullBlk;
     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-null", "block");
 
-    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<NullBlk> {
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+
+    fn devices(&mut self) -> DevicesResult<NullBlk> {
         let mut qemu = QemuHint::new("null0", "vhost-user-blk-pci");
         qemu.properties = ",num-queues=1".into();
         let device = NullBlk::new(self.size_mib << 20);

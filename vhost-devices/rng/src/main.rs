@@ -74,11 +74,15 @@ impl DeviceCli for Cli {
     type Device = RngDevice;
     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-rng", "rng");
 
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+
     /// One device, or with `--socket-count N` N devices, one per socket, each with its own
     /// entropy budget.
-    fn devices(&mut self, backend: &BackendArgs) -> DevicesResult<RngDevice> {
+    fn devices(&mut self) -> DevicesResult<RngDevice> {
         let config = self.config();
-        let (Some(n), Some(path)) = (self.socket_count, &backend.socket_path) else {
+        let (Some(n), Some(path)) = (self.socket_count, &self.backend.socket_path) else {
             let device = RngDevice::new(&config)?;
             let serving = source(&config, &device);
             let qemu = QemuHint::new("rng0", "vhost-user-rng-pci");

@@ -62,7 +62,11 @@ impl DeviceCli for Cli {
     type Device = VsockDevice;
     const DAEMON: DaemonInfo = DaemonInfo::new("vhost-user-vsock", "vsock");
 
-    fn devices(&mut self, _: &BackendArgs) -> DevicesResult<VsockDevice> {
+    fn backend_args(&mut self) -> &mut BackendArgs {
+        &mut self.backend
+    }
+
+    fn devices(&mut self) -> DevicesResult<VsockDevice> {
         let config = self
             .config()
             .ok_or("--guest-cid and --uds-path are required")?;
