@@ -4,7 +4,10 @@
 //!
 //! A front-end that does not answer in time gets [`ClientError::AckTimeout`], and the
 //! channel is then given up ([`ClientError::ChannelBroken`] for every later request): an
-//! answer arriving late would otherwise be read as the answer to the next request.
+//! answer arriving late would otherwise be read as the answer to the next request. Giving
+//! it up closes this end of the socket, so the front-end sees the channel hang up rather
+//! than wait on an open socket that no longer carries requests;
+//! [`BackendClient::is_broken`] tells the device.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -58,11 +61,11 @@ pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The channel and what the client knows of it.
 struct Channel {
-    conn: Connection<BackendChannel>,
+    /// `None` once given up (an answer did not come in time, so the channel is out of step):
+    /// dropping the connection closed the socket.
+    conn: Option<Connection<BackendChannel>>,
     /// The read timeout set on `conn` (`None`: none set yet, or none wanted).
     read_timeout: Option<Duration>,
-    /// An answer did not come in time: the channel is out of step.
-    broken: bool,
 }
 
 /// A handle on the back-end channel. Cheap to clone (clones share the channel and keep
@@ -88,9 +91,8 @@ impl BackendClient {
     pub fn new(conn: Connection<BackendChannel>, negotiation: SharedNegotiation) -> Self {
         BackendClient {
             channel: Arc::new(Mutex::new(Channel {
-                conn,
+                conn: Some(conn),
                 read_timeout: None,
-                broken: false,
             })),
             negotiation,
             ack_timeout: Some(DEFAULT_ACK_TIMEOUT),
@@ -108,6 +110,18 @@ impl BackendClient {
     /// The ack timeout of this handle.
     pub fn ack_timeout(&self) -> Option<Duration> {
         self.ack_timeout
+    }
+
+    /// Whether the channel was given up (after a request went unanswered): its socket is
+    /// closed, every request fails with [`ClientError::ChannelBroken`], and only a new
+    /// channel from the front-end (another SET_BACKEND_REQ_FD) brings requests back.
+    /// Clones share the answer.
+    pub fn is_broken(&self) -> bool {
+        self.channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .conn
+            .is_none()
     }
 
     /// Sends one request with its descriptors. Returns the front-end's u64 answer and the
@@ -142,26 +156,26 @@ impl BackendClient {
             .into());
         }
         let mut channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
-        if channel.broken {
+        let Channel { conn, read_timeout } = &mut *channel;
+        let Some(live) = conn.as_ref() else {
             return Err(ClientError::ChannelBroken);
-        }
+        };
         let owed = negotiation.backend_owes(code, need_reply);
-        if owed != Owed::Nothing && channel.read_timeout != self.ack_timeout {
-            channel.conn.set_read_timeout(self.ack_timeout)?;
-            channel.read_timeout = self.ack_timeout;
+        if owed != Owed::Nothing && *read_timeout != self.ack_timeout {
+            live.set_read_timeout(self.ack_timeout)?;
+            *read_timeout = self.ack_timeout;
         }
-        channel
-            .conn
-            .send(&enc.header.to_wire(), &body[..enc.body_len], &[], fds)?;
+        live.send(&enc.header.to_wire(), &body[..enc.body_len], &[], fds)?;
         if owed == Owed::Nothing {
             return Ok(None);
         }
-        let (body, mut rfds) = match self.read_answer(&channel.conn, code) {
+        let (body, mut rfds) = match self.read_answer(live, code) {
             Ok(answer) => answer,
             Err(e) => {
                 // No answer, part of one, or not this request's: the next answer read would
-                // not be the next request's.
-                channel.broken = true;
+                // not be the next request's. Closing the socket tells the front-end.
+                log::warn!("back-end channel given up and closed: {e}");
+                *conn = None;
                 return Err(e);
             }
         };
@@ -358,12 +372,32 @@ mod tests {
         assert_eq!(receive(&frontend), (BackendReq::ConfigChangeMsg, 0));
         let mut out = [0u8; 8];
         let ack = encode_backend_reply(BackendReq::ConfigChangeMsg, 0, &mut out).unwrap();
-        frontend
-            .send(&ack.header.to_wire(), &out[..ack.body_len], &[], &[])
-            .unwrap();
+        // The back-end closed its end when it gave up, so the late ack may not even go out.
+        let _ = frontend.send(&ack.header.to_wire(), &out[..ack.body_len], &[], &[]);
         // Clones share the channel, so they see it given up too.
         let err = client.clone().vring_call(0).unwrap_err();
         assert!(matches!(err, ClientError::ChannelBroken), "{err:?}");
+    }
+
+    #[test]
+    fn after_an_ack_timeout_the_front_end_sees_the_channel_hang_up() {
+        let (client, frontend) = client();
+        let client = client.with_ack_timeout(Some(Duration::from_millis(100)));
+        assert!(!client.is_broken());
+        let err = client.vring_call(0).unwrap_err();
+        assert!(matches!(err, ClientError::AckTimeout { .. }), "{err:?}");
+        assert!(client.is_broken() && client.clone().is_broken());
+        // The request went out, then the channel closed: the front-end reads end of file
+        // instead of waiting for requests that will never come.
+        assert_eq!(receive(&frontend), (BackendReq::VringCall, 8));
+        frontend
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let end = frontend.recv_header().unwrap_err();
+        assert!(
+            matches!(end, vhost_transport::Error::Disconnected),
+            "{end:?}"
+        );
     }
 
     #[test]

@@ -167,6 +167,13 @@ pub trait VirtioDevice: Send + Sync + 'static {
     /// The back-end → front-end channel (BACKEND_REQ), e.g. to announce a configuration
     /// change. Called only for a device whose
     /// [`uses_backend_channel`](Self::uses_backend_channel) is `true`. Dropped by default.
+    ///
+    /// A request the front-end leaves unanswered past the ack timeout breaks the channel
+    /// for good: the client closes its socket (the front-end sees a hangup), every later
+    /// request fails with [`ClientError::ChannelBroken`](crate::ClientError::ChannelBroken)
+    /// and [`BackendClient::is_broken`] is true. The runtime keeps serving the session; a
+    /// device that depends on the channel checks `is_broken` (or the error) and degrades, and
+    /// a new SET_BACKEND_REQ_FD calls this again with a fresh client.
     fn set_backend_client(&self, client: BackendClient) {
         let _ = client;
     }
