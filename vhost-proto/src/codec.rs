@@ -107,13 +107,36 @@ pub(crate) trait Body<'a> {
     fn encode(&self, kind: MessageKind, body: &mut [u8]) -> Result<(usize, &'a [u8]), Error>;
 
     /// Checks the descriptor count against the request's policy.
+    ///
+    /// The default knows the policies whose count does not depend on the body (none, one,
+    /// none or one). For [`FdPolicy::OneUnlessNofd`] and [`FdPolicy::PerRegion`] the count
+    /// is in the body (its NOFD bit, its regions), so a body type used with them overrides
+    /// this and [`fd_count`](Body::fd_count); left to the default, every count is refused.
     fn check_fds(&self, policy: FdPolicy, nfds: usize, kind: MessageKind) -> Result<(), Error> {
-        check_fds(policy, nfds, kind, false, 0)
+        match policy {
+            FdPolicy::None | FdPolicy::One | FdPolicy::NoneOrOne => {
+                check_fds(policy, nfds, kind, false, 0)
+            }
+            FdPolicy::OneUnlessNofd | FdPolicy::PerRegion => Err(Error::UnexpectedFds {
+                request: kind,
+                expected: "a count this body type does not define",
+                got: nfds,
+            }),
+        }
     }
 
-    /// How many descriptors go with this body when sent.
+    /// How many descriptors go with this body when sent: what the default
+    /// [`check_fds`](Body::check_fds) accepts (one for [`FdPolicy::One`], none for
+    /// [`FdPolicy::None`] and [`FdPolicy::NoneOrOne`]). Zero for the policies whose count is
+    /// in the body, which the default `check_fds` refuses whatever the count.
     fn fd_count(&self, policy: FdPolicy) -> usize {
-        usize::from(policy == FdPolicy::One)
+        match policy {
+            FdPolicy::One => 1,
+            FdPolicy::None
+            | FdPolicy::NoneOrOne
+            | FdPolicy::OneUnlessNofd
+            | FdPolicy::PerRegion => 0,
+        }
     }
 
     /// The vring the body addresses, if it addresses one.
@@ -227,3 +250,146 @@ macro_rules! request_enum {
 }
 
 pub(crate) use request_enum;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::{MemTable, VringFd};
+    use crate::wire::{MemoryRegion, VringArea, VRING_NOFD};
+    use crate::{BackendReq, BackendRequest, DecodeContext, FrontendReq, FrontendRequest};
+    use crate::{HeaderFlags, MAX_BODY_SIZE};
+
+    /// A body that keeps every default of [`Body`].
+    struct Defaults;
+
+    impl<'a> Body<'a> for Defaults {
+        fn decode(_: Input<'a>) -> Result<Self, Error> {
+            Ok(Defaults)
+        }
+
+        fn encode(&self, _: MessageKind, _: &mut [u8]) -> Result<(usize, &'a [u8]), Error> {
+            Ok((0, &[]))
+        }
+    }
+
+    const ALL_POLICIES: [FdPolicy; 5] = [
+        FdPolicy::None,
+        FdPolicy::One,
+        FdPolicy::NoneOrOne,
+        FdPolicy::OneUnlessNofd,
+        FdPolicy::PerRegion,
+    ];
+
+    #[test]
+    fn the_default_descriptor_rules_agree_or_refuse() {
+        let kind = MessageKind::Frontend(FrontendReq::SetVringKick);
+        for policy in ALL_POLICIES {
+            let sent = Defaults.fd_count(policy);
+            match policy {
+                // A count that depends on the body: the body type must say it.
+                FdPolicy::OneUnlessNofd | FdPolicy::PerRegion => {
+                    for n in 0..4 {
+                        assert!(
+                            Defaults.check_fds(policy, n, kind).is_err(),
+                            "{policy:?}: the default accepts {n} descriptors"
+                        );
+                    }
+                }
+                FdPolicy::None | FdPolicy::One | FdPolicy::NoneOrOne => {
+                    assert!(
+                        Defaults.check_fds(policy, sent, kind).is_ok(),
+                        "{policy:?}: the default sends {sent} descriptors and refuses them"
+                    );
+                }
+            }
+        }
+    }
+
+    fn region(i: u64) -> MemoryRegion {
+        MemoryRegion {
+            guest_phys_addr: i << 30,
+            memory_size: 1 << 20,
+            user_addr: 0x7000_0000_0000 + (i << 30),
+            mmap_offset: 0,
+        }
+    }
+
+    /// Encodes with the request's own descriptor count, decodes with that count (equal) and
+    /// with one more (refused).
+    fn frontend_round_trip(req: FrontendRequest<'_>, want: usize) {
+        let mut body = vec![0u8; MAX_BODY_SIZE];
+        let enc = req.encode(HeaderFlags::empty(), &mut body).unwrap();
+        let n = req.fd_count();
+        assert_eq!(n, want, "{req:?}");
+        let bytes = &body[..enc.body_len];
+        let ctx = DecodeContext::default();
+        assert_eq!(FrontendRequest::decode(req.code(), bytes, n, ctx), Ok(req));
+        assert!(FrontendRequest::decode(req.code(), bytes, n + 1, ctx).is_err());
+    }
+
+    fn backend_round_trip(req: BackendRequest, want: usize) {
+        let mut body = vec![0u8; MAX_BODY_SIZE];
+        let enc = req.encode(HeaderFlags::empty(), &mut body).unwrap();
+        let n = req.fd_count();
+        assert_eq!(n, want, "{req:?}");
+        let bytes = &body[..enc.body_len];
+        assert_eq!(BackendRequest::decode(req.code(), bytes, n), Ok(req));
+        assert!(BackendRequest::decode(req.code(), bytes, n + 1).is_err());
+    }
+
+    #[test]
+    fn rows_whose_descriptor_count_depends_on_the_body_round_trip_with_it() {
+        let mut seen = 0;
+        for code in FrontendReq::all() {
+            let policy = code.spec().fds;
+            if !matches!(policy, FdPolicy::OneUnlessNofd | FdPolicy::PerRegion) {
+                continue;
+            }
+            seen += 1;
+            match code {
+                FrontendReq::SetVringKick
+                | FrontendReq::SetVringCall
+                | FrontendReq::SetVringErr => {
+                    for (nofd, want) in [(false, 1), (true, 0)] {
+                        let fd = VringFd { index: 3, nofd };
+                        let req = match code {
+                            FrontendReq::SetVringKick => FrontendRequest::SetVringKick(fd),
+                            FrontendReq::SetVringCall => FrontendRequest::SetVringCall(fd),
+                            _ => FrontendRequest::SetVringErr(fd),
+                        };
+                        frontend_round_trip(req, want);
+                    }
+                }
+                FrontendReq::SetMemTable => {
+                    for n in [1, 3] {
+                        let regions: Vec<_> = (0..n).map(region).collect();
+                        let table = MemTable::new(&regions).unwrap();
+                        frontend_round_trip(FrontendRequest::SetMemTable(table), n as usize);
+                    }
+                }
+                other => panic!("{other:?} ({policy:?}): add a sample of its body here"),
+            }
+        }
+        for code in BackendReq::all() {
+            let policy = code.spec().fds;
+            if !matches!(policy, FdPolicy::OneUnlessNofd | FdPolicy::PerRegion) {
+                continue;
+            }
+            seen += 1;
+            match code {
+                BackendReq::VringHostNotifierMsg => {
+                    for (flags, want) in [(0, 1), (VRING_NOFD, 0)] {
+                        let area = VringArea {
+                            u64_index_flags: 2 | flags,
+                            size: 4096,
+                            offset: 0,
+                        };
+                        backend_round_trip(BackendRequest::VringHostNotifierMsg(area), want);
+                    }
+                }
+                other => panic!("{other:?} ({policy:?}): add a sample of its body here"),
+            }
+        }
+        assert_eq!(seen, 5, "rows with a body-dependent descriptor count");
+    }
+}
