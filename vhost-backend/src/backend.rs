@@ -101,16 +101,33 @@ impl BackendError {
 /// Result of a [`Backend`] method.
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// Declares [`Backend`] from its rows: `[Request] fn method(...) -> T (= { default })?;`.
+///
+/// What the `[Request]` tags prove, and what they do not:
+/// - every front-end request is tagged on some row: the tags make the arms of one `match`
+///   over [`FrontendRequest`], which the compiler requires to be exhaustive;
+/// - no request is tagged twice: a repeated arm is an unreachable pattern, denied on that
+///   `match` (`#[deny(unreachable_patterns)]`, an error even in a plain build);
+/// - the tag is not tied to its method by the compiler (a row could carry the wrong tag):
+///   the unit test `tagged_methods_are_named_after_their_request` checks each tag against
+///   its method's name (the snake case of the request, with the listed exceptions).
+///
+/// Rows without a tag are methods that are not requests.
 macro_rules! declare_backend {
     ($($(#[$m:meta])* $([$req:ident])? fn $name:ident(&mut self $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty $(= $default:block)? ;)*) => {
-        /// Every front-end request has its method: one arm per row tagged with its request,
-        /// which the compiler checks is exhaustive and without repeats.
+        /// Every front-end request is tagged on a row: one arm per tag, exhaustive (checked
+        /// by the compiler) and without repeats (an unreachable pattern, denied here).
         #[allow(dead_code)]
+        #[deny(unreachable_patterns)]
         fn every_request_has_a_method(request: &FrontendRequest<'_>) {
             match request {
                 $($(FrontendRequest::$req { .. } => {})?)*
             }
         }
+
+        /// Each tag with the method of its row, for the test that the two agree.
+        #[cfg(test)]
+        const TAGGED_METHODS: &[(&str, &str)] = &[$($((stringify!($req), stringify!($name)),)?)*];
 
         /// A vhost-user back-end: one method per front-end request (codes 1–44).
         ///
@@ -261,4 +278,41 @@ declare_backend! {
     /// Not a request: the front-end went away. Stop the rings, drop mappings and
     /// descriptors, and return to the just-started state for the next front-end.
     fn disconnected(&mut self) -> BackendResult<()> = { Ok(()) };
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::TAGGED_METHODS;
+
+    /// `SetVringNum` → `set_vring_num`.
+    fn snake_case(camel: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
+    #[test]
+    fn tagged_methods_are_named_after_their_request() {
+        // Methods named more fully than the specification's abbreviation.
+        const EXCEPTIONS: [(&str, &str); 2] = [
+            ("AddMemReg", "add_mem_region"),
+            ("RemMemReg", "remove_mem_region"),
+        ];
+        for &(tag, method) in TAGGED_METHODS {
+            assert!(
+                snake_case(tag) == method || EXCEPTIONS.contains(&(tag, method)),
+                "[{tag}] tags fn {method}"
+            );
+        }
+        assert_eq!(
+            TAGGED_METHODS.len(),
+            vhost_proto::FrontendReq::all().count()
+        );
+        assert_eq!(snake_case("SetBackendReqFd"), "set_backend_req_fd");
+    }
 }
