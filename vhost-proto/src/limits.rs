@@ -1,8 +1,9 @@
 //! Queue limits shared by the protocol, the runtime and the front-end.
 
-/// Largest queue size (virtio 1.2, 2.6 "Split Virtqueues": "Queue Size ... The maximum
-/// Queue Size value is 32768"; a packed ring's size is bounded the same way, 2.7). Sizes
-/// are powers of two ([`valid_queue_size`]).
+/// Largest queue size, for both ring layouts (virtio 1.2, 2.7 "Split Virtqueues": "The
+/// maximum Queue Size value is 32768"; 2.8 "Packed Virtqueues": "Packed virtqueues support
+/// up to 2^15 entries each"). A split ring's size is also a power of two
+/// ([`valid_queue_size`]); a packed ring's may be any size from 1 to this.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
 /// Most queues a device may have: the vring descriptor messages (SET_VRING_KICK, CALL,
@@ -10,8 +11,12 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// more.
 pub const MAX_QUEUES: usize = 256;
 
-/// True when `size` is a queue size the virtio spec allows: a power of two from 1 to
-/// [`MAX_QUEUE_SIZE`].
+/// True when `size` is a valid split-ring size (virtio 1.2, 2.7 "Split Virtqueues": "Queue
+/// Size value is always a power of 2"): a power of two from 1 to [`MAX_QUEUE_SIZE`].
+///
+/// This is the split rule only: a packed ring may have any size from 1 to
+/// [`MAX_QUEUE_SIZE`] (2.8). It is also what a device's maximum queue size and queue-size
+/// options are held to, since that maximum must suit either layout the driver picks.
 pub const fn valid_queue_size(size: u16) -> bool {
     size.is_power_of_two() && size <= MAX_QUEUE_SIZE
 }

@@ -150,8 +150,10 @@ pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 #[cfg(target_os = "linux")]
 pub use uring::{GuestUring, Reaped, Refused};
-/// The queue sizes the virtio spec allows, the limit every device's
-/// [`max_queue_size`](VirtioDevice::max_queue_size) and queue-size option is checked against.
+/// The split-ring size rule (a power of two up to 32768, virtio 1.2, 2.7) and the largest
+/// size of either layout: what every device's
+/// [`max_queue_size`](VirtioDevice::max_queue_size) and queue-size option is checked against,
+/// so the maximum suits a split ring. A packed ring may have any size up to 32768 (2.8).
 pub use vhost_proto::limits::{valid_queue_size, MAX_QUEUE_SIZE as MAX_VIRTIO_QUEUE_SIZE};
 pub use vring::{RingPart, VringError};
 
