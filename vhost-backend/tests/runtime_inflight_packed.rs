@@ -289,6 +289,7 @@ fn a_back_end_dying_anywhere_loses_and_duplicates_nothing() {
                 "packed publishing: used_idx moved, used descriptor not yet written",
                 "packed publishing: used descriptor written, flag not yet cleared",
                 "packed publishing: flag cleared, not yet committed",
+                "packed publishing: old_free_head committed, used position not yet",
                 "published, call not yet made",
             ] {
                 assert!(hit.contains(&point), "never crashed at {point:?}");
@@ -395,6 +396,12 @@ fn foreign_area() -> (
         let at = GuestAddress(q.driver.desc_table().0 + 16 * i as u64);
         mem.mem().read_slice(d, at).expect("ring descriptor");
     }
+    let (info, fd) = packed_area();
+    (mem, q, ids, descs, info, fd)
+}
+
+/// A zeroed area of one packed queue region of [`QUEUE_SIZE`] entries.
+fn packed_area() -> (Inflight, OwnedFd) {
     let fd = nix::sys::memfd::memfd_create(
         c"test-inflight-packed",
         nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
@@ -409,7 +416,7 @@ fn foreign_area() -> (
         queue_size: QUEUE_SIZE,
         padding: [0; 4],
     };
-    (mem, q, ids, descs, info, fd)
+    (info, fd)
 }
 
 /// The two chains in flight, the second taken first (counters 7 and 3), their entries
@@ -465,6 +472,75 @@ fn a_region_another_back_end_wrote_is_resubmitted_in_counter_order() {
         let next = q.submit((DATA, 16), (DATA + 0x8000, 64));
         assert_eq!(q.wait_used().id, next);
         assert_eq!(seen.lock().unwrap().len(), 3);
+        drop(fe);
+        t.join().unwrap();
+    });
+}
+
+/// A region whose used index was committed without its wrap counter (`old_used_idx` and
+/// `old_used_wrap_counter` written apart, the back-end killed between them) after a publish
+/// that crossed the end of the ring: the ring resumes on the lap the driver is on, although
+/// the old index's descriptor still holds the previous lap's available flags (the tail of
+/// a chain, which no used descriptor overwrote).
+#[test]
+fn an_old_used_index_committed_without_its_wrap_counter_resumes_on_the_right_lap() {
+    packed_only(|| {
+        let mem = two_region_memory();
+        let mut q = GuestQueue::new(&mem, 0, false);
+        // A first back-end (no inflight area) takes the driver round the ring: a chain of
+        // two at positions 0-1 (its used descriptor at 0, position 1 keeps the first lap's
+        // available flags), chains of two to the end, then one descriptor at position 0 of
+        // the second lap: both sides at position 1, wrap counter 0.
+        let (mut fe, t) = serve_in_thread(
+            DeviceBackend::new(Holder {
+                at_once: true,
+                ..Holder::default()
+            })
+            .unwrap(),
+        );
+        handshake(&mut fe, true, false);
+        send_mem_table(&mut fe, &mem);
+        q.start(&mut fe, &mem, 0, true);
+        for _ in 0..QUEUE_SIZE / 2 {
+            let id = q.submit((DATA, 16), (DATA + 0x1000, 64));
+            assert_eq!(q.wait_used().id, id);
+        }
+        let id = q
+            .driver
+            .add_chain(&[(GuestAddress(DATA + 0x1000), 64, true)])
+            .expect("add_chain");
+        if q.driver.publish().expect("publish") {
+            q.driver.kick(&q.kick).expect("kick");
+        }
+        assert_eq!(q.wait_used().id, id);
+        assert_eq!(q.driver.vring_base(), 0x0001_0001, "position 1, wrap 0");
+        drop(fe);
+        t.join().unwrap();
+        // The region: nothing in flight, the free list whole, used (1, wrap 0), old used
+        // index 1 with the previous wrap counter 1.
+        let (info, fd) = packed_area();
+        let file = File::from(fd.try_clone().unwrap());
+        let r = Region(&file);
+        r.header(0, 1, 0);
+        r.put(21, &[1]);
+        for e in 0..QUEUE_SIZE {
+            r.entry(e, None, e + 1, &[0; 16]);
+        }
+        let (mut fe, t) = serve_in_thread(
+            DeviceBackend::new(Holder {
+                at_once: true,
+                ..Holder::default()
+            })
+            .unwrap(),
+        );
+        start_on(&mut fe, &mem, &q, &info, &fd);
+        let next = q.submit((DATA, 16), (DATA + 0x8000, 64));
+        let u = q.wait_used();
+        assert_eq!((u.id, u.len), (next, 64));
+        assert_eq!(
+            fe.get_vring_base(0).expect("GET_VRING_BASE"),
+            q.driver.vring_base()
+        );
         drop(fe);
         t.join().unwrap();
     });

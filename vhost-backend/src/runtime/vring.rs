@@ -493,9 +493,11 @@ impl Vring {
                         .map_err(|e| e.to_string()),
                 };
                 // The packed region forgets the request either way: the ring no longer
-                // counts it outstanding, and its entries went back to the free list.
-                if let Some(pi) = &mut st.packed_inflight {
-                    pi.after_used(c.head);
+                // counts it outstanding, and its entries went back to the free list. It
+                // commits the ring's used position as it is: unmoved when the write failed.
+                if let (Some(pi), Some(p)) = (&mut st.packed_inflight, &st.packed) {
+                    let (_, _, used, used_wrap) = super::packed::decode_base(p.base());
+                    pi.after_used(c.head, (used, used_wrap));
                 }
                 if let Err(e) = added {
                     self.log.warn(format_args!(
