@@ -10,7 +10,9 @@
 //! - a region another back-end wrote (the spec layout, byte by byte) is resubmitted in
 //!   counter order;
 //! - a region whose contents lie (desc_num, positions, chains, IDs) is refused with the
-//!   failure reply, and the session goes on.
+//!   failure reply, and the session goes on;
+//! - split rings: a chain whose indirect table nests another table ends alike, with the
+//!   same fault, whether popped or resubmitted from the region.
 
 #![cfg(unix)]
 
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use runtime_support::*;
 use vhost_backend::runtime::testing::{arm_crash, crashed_at};
 use vhost_backend::runtime::{
-    DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
+    ChainFault, DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
 };
 use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, GuestMemory};
@@ -683,4 +685,149 @@ fn a_device_can_opt_out_of_packed_rings() {
     let (dev, _) = PatternDevice::new(1);
     let b = DeviceBackend::new(dev).unwrap();
     assert_ne!(b.offered_features() & packed, 0, "offered by default");
+}
+
+/// A request's head, fault, readable and writable lengths.
+type Seen = (u16, Option<ChainFault>, u64, u64);
+
+/// Records the fault and lengths of each request and completes it with nothing written.
+#[derive(Default)]
+struct FaultRecorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl VirtioDevice for FaultRecorder {
+    fn device_type(&self) -> u32 {
+        2
+    }
+    fn num_queues(&self) -> usize {
+        1
+    }
+    fn max_queue_size(&self) -> u16 {
+        256
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn supports_inflight_tracking(&self) -> bool {
+        true
+    }
+    fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        while let Some(req) = ctx.pop() {
+            self.seen.lock().unwrap().push((
+                req.head(),
+                req.fault(),
+                req.readable_len(),
+                req.writable_len(),
+            ));
+            req.complete(0);
+        }
+        Ok(Processed::Drained)
+    }
+}
+
+/// Adds a chain whose head descriptor is then rewritten into an indirect table of three:
+/// a readable buffer, a table nested in the table (illegal), a writable buffer. Not
+/// published. Returns its head.
+fn add_nested_indirect_chain(mem: &GuestMemory, q: &mut GuestQueue) -> u16 {
+    let head = q
+        .driver
+        .add_chain(&[
+            (GuestAddress(DATA), 16, false),
+            (GuestAddress(DATA + 0x1000), 64, true),
+        ])
+        .expect("add_chain");
+    let table = DATA + 0x1_0000;
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&addr.to_le_bytes());
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b[12..14].copy_from_slice(&flags.to_le_bytes());
+        b[14..16].copy_from_slice(&next.to_le_bytes());
+        b
+    };
+    let (next, write, indirect) = (1u16, 2u16, 4u16);
+    for (i, d) in [
+        desc(DATA, 16, next, 1),
+        desc(DATA + 0x2_0000, 32, indirect | next, 2),
+        desc(DATA + 0x1000, 64, write, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        mem.mem()
+            .write_slice(d, GuestAddress(table + 16 * i as u64))
+            .expect("indirect table");
+    }
+    let at = GuestAddress(q.driver.desc_table().0 + 16 * u64::from(head));
+    mem.mem()
+        .write_slice(&desc(table, 48, indirect, 0), at)
+        .expect("head descriptor");
+    head
+}
+
+/// A split chain whose indirect table nests another table: popped from the available ring,
+/// then resubmitted from the inflight region by the next back-end, the request sees the
+/// same buffers and the same fault (the nested table ends the chain).
+#[test]
+fn a_nested_indirect_table_ends_a_split_chain_alike_popped_or_resubmitted() {
+    for_each_layout(|| {
+        if layout() != Layout::Split {
+            return;
+        }
+        let mem = two_region_memory();
+        let mut q = GuestQueue::new(&mem, 0, false);
+        // Popped.
+        let dev = FaultRecorder::default();
+        let fresh = Arc::clone(&dev.seen);
+        let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).unwrap());
+        handshake(&mut fe, true, false);
+        send_mem_table(&mut fe, &mem);
+        q.start(&mut fe, &mem, 0, true);
+        let popped = add_nested_indirect_chain(&mem, &mut q);
+        if q.driver.publish().expect("publish") {
+            q.driver.kick(&q.kick).expect("kick");
+        }
+        assert_eq!(q.wait_used().id, popped);
+        drop(fe);
+        t.join().unwrap();
+        // Resubmitted: the next chain is made available while no back-end runs, and the
+        // region says it is in flight; the next back-end resumes past it.
+        let resubmitted = add_nested_indirect_chain(&mem, &mut q);
+        q.driver.publish().expect("publish");
+        let dev = FaultRecorder::default();
+        let again = Arc::clone(&dev.seen);
+        let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).unwrap());
+        handshake(&mut fe, true, false);
+        send_mem_table(&mut fe, &mem);
+        let (info, area) = fe.get_inflight_fd(&ask()).expect("GET_INFLIGHT_FD");
+        let file = File::from(area.try_clone().unwrap());
+        let put = |at: u64, b: &[u8]| file.write_all_at(b, at).expect("write the region");
+        put(8, &1u16.to_le_bytes()); // version
+        put(10, &QUEUE_SIZE.to_le_bytes()); // desc_num
+        put(14, &1u16.to_le_bytes()); // used_idx: the one request published
+        let entry = 16 + 16 * u64::from(resubmitted);
+        put(entry, &[1]); // inflight
+        put(entry + 8, &0u64.to_le_bytes()); // counter
+        fe.set_inflight_fd(&info, area.as_fd())
+            .expect("SET_INFLIGHT_FD");
+        q.start(&mut fe, &mem, 2, true);
+        assert_eq!(q.wait_used().id, resubmitted);
+        drop(fe);
+        t.join().unwrap();
+        let fresh = fresh.lock().unwrap().clone();
+        let again = again.lock().unwrap().clone();
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            fresh[0],
+            (popped, Some(ChainFault::NestedIndirect), 16, 0),
+            "popped"
+        );
+        assert_eq!(
+            again[0],
+            (resubmitted, Some(ChainFault::NestedIndirect), 16, 0),
+            "resubmitted"
+        );
+    });
 }
