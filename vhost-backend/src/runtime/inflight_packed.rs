@@ -244,6 +244,7 @@ impl PackedInflight {
             self.store(d.id(), self.desc(e, off::D_ID));
             self.free_head = self.next[usize::from(e)];
             self.store(self.free_head, self.header(off::FREE_HEAD));
+            crash_point("packed: a descriptor copied, free_head moved past it");
         }
         self.num[usize::from(head)] = n as u16;
         self.free -= n as u16;
@@ -320,6 +321,9 @@ impl PackedInflight {
             }
             prev = e;
             self.free += 1;
+            if self.free == 2 {
+                crash_point("packed recovery: free list partly relinked");
+            }
         }
         if prev != NONE {
             // The end of the list: DPDK links entry i to i + 1, the last to desc_num.
@@ -328,6 +332,7 @@ impl PackedInflight {
         } else {
             self.free_head = self.desc_num;
         }
+        crash_point("packed recovery: free list relinked, free_head not yet written");
         self.store(self.free_head, self.header(off::FREE_HEAD));
         self.store(self.free_head, self.header(off::OLD_FREE_HEAD));
     }
@@ -356,6 +361,7 @@ impl PackedInflight {
             self.store(self.desc_num, self.header(off::DESC_NUM));
             self.rebuild_free_list(&vec![false; usize::from(self.desc_num)]);
             self.record_used((u % size, uw));
+            crash_point("packed recovery: used position recorded, version not yet written");
             self.store(INFLIGHT_VERSION, self.header(off::VERSION));
             self.counter = 0;
             return Ok(PackedRecovery {
