@@ -773,7 +773,8 @@ impl<D: VirtioDevice> Backend for DeviceBackend<D> {
         if !g.started() {
             if let Some(area) = self.inflight.as_ref().filter(|a| !a.covers(r.index)) {
                 log::warn!(
-                    "vring {}: the inflight area covers {} queue(s) only: this ring runs                      untracked, and a restart loses its requests in flight",
+                    "vring {}: the inflight area covers {} queue(s) only: this ring runs \
+                     untracked, and a restart loses its requests in flight",
                     r.index,
                     area.num_queues()
                 );

@@ -491,12 +491,17 @@ impl QueueInflight {
 }
 
 /// The descriptors of the chain at `head` of a split ring's descriptor table, read from
-/// guest memory: what `virtio-queue` walks for a chain popped from the available ring,
-/// for a head that comes from the inflight region instead. The same rules: an indirect
+/// guest memory: the walk of every split chain, popped from the available ring (whose
+/// head `virtio-queue` takes) or left in flight by a previous back-end (whose head comes
+/// from the inflight region), so that both end alike. `virtio-queue`'s rules: an indirect
 /// table (a multiple of 16 bytes) replaces the rest of the chain, a chain is at most as
-/// long as its table, and the walk ends at the first descriptor it cannot read or at a
-/// nested table (yielded with its INDIRECT flag: the request records the fault).
-pub(crate) struct ResubmittedChain<'a> {
+/// long as its table, a chain ends at the first descriptor that cannot be read or past
+/// 2^32 bytes; and one more: a table nested in a table is yielded with its INDIRECT flag
+/// and ends the walk (the request records [`ChainFault::NestedIndirect`]), where
+/// `virtio-queue` would end the chain without a word.
+///
+/// [`ChainFault::NestedIndirect`]: super::ChainFault::NestedIndirect
+pub(crate) struct SplitChain<'a> {
     mem: &'a GuestMemoryMmap,
     table: GuestAddress,
     table_len: u16,
@@ -506,9 +511,9 @@ pub(crate) struct ResubmittedChain<'a> {
     bytes: u32,
 }
 
-impl<'a> ResubmittedChain<'a> {
+impl<'a> SplitChain<'a> {
     pub(crate) fn new(mem: &'a GuestMemoryMmap, table: GuestAddress, size: u16, head: u16) -> Self {
-        ResubmittedChain {
+        SplitChain {
             mem,
             table,
             table_len: size,
@@ -520,7 +525,7 @@ impl<'a> ResubmittedChain<'a> {
     }
 }
 
-impl Iterator for ResubmittedChain<'_> {
+impl Iterator for SplitChain<'_> {
     type Item = Descriptor;
 
     fn next(&mut self) -> Option<Descriptor> {
@@ -645,7 +650,7 @@ mod tests {
         put(0x2000, 0x4000, 16, 1, 1);
         put(0x2010, 0x3000, 32, 4 | 1, 2);
         put(0x2020, 0x5000, 16, 2, 0);
-        let got: Vec<_> = ResubmittedChain::new(&mem, GuestAddress(0x1000), 8, 0)
+        let got: Vec<_> = SplitChain::new(&mem, GuestAddress(0x1000), 8, 0)
             .map(|d| (d.addr().0, d.refers_to_indirect_table()))
             .collect();
         assert_eq!(got, [(0x4000, false), (0x3000, true)]);

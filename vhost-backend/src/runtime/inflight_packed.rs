@@ -15,11 +15,17 @@
 //!   [`PackedInflight::before_used`] links the request's entries back into the free list
 //!   (`desc[last].next`, `free_head`) and records the used position and wrap counter the
 //!   ring will have; the used descriptor is written; [`PackedInflight::after_used`] clears
-//!   the head's flag and commits `old_free_head`, `old_used_idx`, `old_used_wrap_counter`.
+//!   the head's flag and commits `old_free_head`, then `old_used_idx` and
+//!   `old_used_wrap_counter` (the ring's used position as it is: unmoved when the write
+//!   failed). The four used fields (`used_idx`, `old_used_idx`, `used_wrap_counter`,
+//!   `old_used_wrap_counter`, offsets 16 to 21) are always written together, with one
+//!   aligned 8-byte store: an index is never seen with another lap's wrap counter.
 //! - **start** ([`PackedInflight::recover`]): when the used position differs from the old
-//!   one, a publish was interrupted: if the ring's descriptor at the old used position is
-//!   no longer the available one, the used descriptor was written and the update is
-//!   committed, else rolled back. Flags in the free list are cleared; every entry still in
+//!   one, a publish was interrupted. If `old_free_head` equals `free_head` its commit was
+//!   under way (the used descriptor was written): committed. Otherwise, if the ring's
+//!   descriptor at the old used position is no longer the available one of the old lap,
+//!   the used descriptor was written and the update is committed, else rolled back. Flags
+//!   in the free list are cleared; every entry still in
 //!   flight is resubmitted in counter order, from its copied descriptors. The ring resumes
 //!   its used side at the region's position and its available side past every descriptor
 //!   in flight (each descriptor taken is either behind the used position or in flight).
@@ -61,6 +67,10 @@ pub(crate) mod off {
     pub const USED_WRAP: u64 = 20;
     /// `u8 old_used_wrap_counter`.
     pub const OLD_USED_WRAP: u64 = 21;
+    /// The used positions as one aligned 8 bytes: `used_idx`, `old_used_idx`,
+    /// `used_wrap_counter`, `old_used_wrap_counter` and 2 bytes of padding, written with one
+    /// store so that an index is never seen with another lap's wrap counter.
+    pub const USED_PAIRS: u64 = USED_IDX;
     /// The entries, after 7 bytes of padding (aligned for their `u64` fields).
     pub const DESCS: u64 = 32;
     /// Bytes per entry.
@@ -181,6 +191,17 @@ impl PackedInflight {
         self.area.load(at)
     }
 
+    /// Writes the used position `cur` and the committed one `old` with one store (see
+    /// [`off::USED_PAIRS`]).
+    fn store_used(&self, cur: (u16, bool), old: (u16, bool)) {
+        let mut b = [0u8; 8];
+        b[0..2].copy_from_slice(&cur.0.to_ne_bytes());
+        b[2..4].copy_from_slice(&old.0.to_ne_bytes());
+        b[4] = u8::from(cur.1);
+        b[5] = u8::from(old.1);
+        self.store(u64::from_ne_bytes(b), self.header(off::USED_PAIRS));
+    }
+
     fn corrupt(&self, why: String) -> InflightError {
         InflightError::Corrupt {
             index: self.index,
@@ -223,6 +244,7 @@ impl PackedInflight {
             self.store(d.id(), self.desc(e, off::D_ID));
             self.free_head = self.next[usize::from(e)];
             self.store(self.free_head, self.header(off::FREE_HEAD));
+            crash_point("packed: a descriptor copied, free_head moved past it");
         }
         self.num[usize::from(head)] = n as u16;
         self.free -= n as u16;
@@ -249,14 +271,17 @@ impl PackedInflight {
         self.free += self.num[usize::from(head)];
         self.store(head, self.header(off::FREE_HEAD));
         crash_point("packed publishing: entries freed, used_idx not yet moved");
+        // `self.used` is the committed position (`after_used` and `record_used` commit it).
+        self.store_used(used, self.used);
         self.used = used;
-        self.store(used.0, self.header(off::USED_IDX));
-        self.store(u8::from(used.1), self.header(off::USED_WRAP));
         crash_point("packed publishing: used_idx moved, used descriptor not yet written");
     }
 
-    /// Publish, after the used descriptor of `id` is written: clears its flag and commits.
-    pub(crate) fn after_used(&mut self, id: u16) {
+    /// Publish, after the used descriptor of `id` was written, or failed to be: clears its
+    /// flag and commits the ring's used position `used` (position, wrap counter) as it is
+    /// now, which is the one [`before_used`](Self::before_used) recorded when the write
+    /// succeeded and the unmoved one when it failed.
+    pub(crate) fn after_used(&mut self, id: u16, used: (u16, bool)) {
         let Some(slot) = self.head_of.get_mut(usize::from(id)) else {
             return;
         };
@@ -267,9 +292,15 @@ impl PackedInflight {
         crash_point("packed publishing: used descriptor written, flag not yet cleared");
         self.store(0u8, self.desc(head, off::D_INFLIGHT));
         crash_point("packed publishing: flag cleared, not yet committed");
+        if used != self.used {
+            // Nothing was written: the used position goes back before `old_free_head`
+            // moves, so that a start never takes the commit as under way (see `recover`).
+            self.store_used(used, used);
+            self.used = used;
+        }
         self.store(self.free_head, self.header(off::OLD_FREE_HEAD));
-        self.store(self.used.0, self.header(off::OLD_USED_IDX));
-        self.store(u8::from(self.used.1), self.header(off::OLD_USED_WRAP));
+        crash_point("packed publishing: old_free_head committed, used position not yet");
+        self.store_used(self.used, self.used);
     }
 
     /// Makes every entry free (in order) except those of `taken`, in the region and here.
@@ -290,6 +321,9 @@ impl PackedInflight {
             }
             prev = e;
             self.free += 1;
+            if self.free == 2 {
+                crash_point("packed recovery: free list partly relinked");
+            }
         }
         if prev != NONE {
             // The end of the list: DPDK links entry i to i + 1, the last to desc_num.
@@ -298,16 +332,14 @@ impl PackedInflight {
         } else {
             self.free_head = self.desc_num;
         }
+        crash_point("packed recovery: free list relinked, free_head not yet written");
         self.store(self.free_head, self.header(off::FREE_HEAD));
         self.store(self.free_head, self.header(off::OLD_FREE_HEAD));
     }
 
     fn record_used(&mut self, used: (u16, bool)) {
         self.used = used;
-        self.store(used.0, self.header(off::USED_IDX));
-        self.store(used.0, self.header(off::OLD_USED_IDX));
-        self.store(u8::from(used.1), self.header(off::USED_WRAP));
-        self.store(u8::from(used.1), self.header(off::OLD_USED_WRAP));
+        self.store_used(used, used);
     }
 
     /// Start of a packed ring of `ring_size` descriptors (at most `desc_num`) at `desc`,
@@ -329,6 +361,7 @@ impl PackedInflight {
             self.store(self.desc_num, self.header(off::DESC_NUM));
             self.rebuild_free_list(&vec![false; usize::from(self.desc_num)]);
             self.record_used((u % size, uw));
+            crash_point("packed recovery: used position recorded, version not yet written");
             self.store(INFLIGHT_VERSION, self.header(off::VERSION));
             self.counter = 0;
             return Ok(PackedRecovery {
@@ -371,19 +404,32 @@ impl PackedInflight {
                     self.corrupt(format!("old_used_idx {} in a ring of {ring_size}", old.1))
                 );
             }
-            // The descriptor at the old used position: still the available one (the
-            // driver's flags for that lap) when the used descriptor was not written.
-            let at = desc
-                .checked_add(u64::from(old.1) * 16 + 14)
-                .ok_or_else(|| self.corrupt("descriptor ring address overflows".into()))?;
-            let flags: u16 = mem
-                .read_obj(at)
-                .map_err(|e| self.corrupt(format!("reading the descriptor ring: {e}")))?;
-            let avail = if old.2 { DESC_F_AVAIL } else { DESC_F_USED };
-            if u16::from_le(flags) & (DESC_F_AVAIL | DESC_F_USED) == avail {
-                old
-            } else {
+            if cur.0 == old.0 {
+                // `old_free_head` is committed first when a publish commits, and the free
+                // head moved when it began (to the request's head, which the committed
+                // free list did not hold): equal heads with the used positions apart mean
+                // the commit was under way, after the used descriptor was written. This
+                // also settles a region whose old index was committed without its wrap
+                // counter (separate stores: an older back-end, DPDK), where the flags at
+                // the old index say nothing of the lap.
                 cur
+            } else {
+                // The publish had begun, `old` is the ring's used position before it (the
+                // pair is written whole): the descriptor there is still the available one
+                // (the driver's flags for that lap) when the used descriptor was not
+                // written.
+                let at = desc
+                    .checked_add(u64::from(old.1) * 16 + 14)
+                    .ok_or_else(|| self.corrupt("descriptor ring address overflows".into()))?;
+                let flags: u16 = mem
+                    .read_obj(at)
+                    .map_err(|e| self.corrupt(format!("reading the descriptor ring: {e}")))?;
+                let avail = if old.2 { DESC_F_AVAIL } else { DESC_F_USED };
+                if u16::from_le(flags) & (DESC_F_AVAIL | DESC_F_USED) == avail {
+                    old
+                } else {
+                    cur
+                }
             }
         } else {
             // Whatever moved since the last commit (a pop or a publish cut short before
@@ -487,6 +533,103 @@ impl PackedInflight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::runtime::inflight::create_area;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use vhost_proto::Inflight;
+
+    fn area(queue_size: u16) -> (Arc<InflightArea>, File) {
+        let info = Inflight {
+            num_queues: 1,
+            queue_size,
+            ..Inflight::default()
+        };
+        let (reply, fd) = create_area(&info, 1, 256, true).unwrap();
+        let keep = File::from(fd.try_clone().unwrap());
+        let a = InflightArea::open(&reply, fd, 1, 256, true).unwrap();
+        (Arc::new(a), keep)
+    }
+
+    fn ring_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap()
+    }
+
+    /// Makes ring position `pos` available for the lap of driver wrap counter `wrap`, with
+    /// buffer ID `id`.
+    fn make_available(mem: &GuestMemoryMmap, pos: u16, id: u16, wrap: bool) -> PackedDesc {
+        let flags = if wrap { DESC_F_AVAIL } else { DESC_F_USED };
+        let d = PackedDesc::new(0x800, 16, id, flags);
+        mem.write_obj(d, GuestAddress(16 * u64::from(pos))).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_failed_used_write_commits_the_unmoved_position() {
+        let (a, _f) = area(8);
+        let mem = ring_memory();
+        let mut pi = PackedInflight::new(&a, 0);
+        let r = pi
+            .recover(&mem, GuestAddress(0), 8, encode_base(3, true, 3, true))
+            .unwrap();
+        assert!(r.fresh);
+        let d = make_available(&mem, 3, 3, true);
+        pi.mark(3, &[d]);
+        // The write would have moved the used position to 5; it failed, the ring is at 3.
+        pi.before_used(3, (5, true));
+        pi.after_used(3, (3, true));
+        let mut again = PackedInflight::new(&a, 0);
+        let r = again
+            .recover(&mem, GuestAddress(0), 8, encode_base(0, true, 0, true))
+            .unwrap();
+        assert!(r.requests.is_empty());
+        assert!(!r.repaired);
+        let (_, _, used, used_wrap) = decode_base(r.base);
+        assert_eq!(
+            (used, used_wrap),
+            (3, true),
+            "the ring's real used position"
+        );
+    }
+
+    #[test]
+    fn the_used_positions_are_written_whole() {
+        let (a, f) = area(8);
+        let mem = ring_memory();
+        let mut pi = PackedInflight::new(&a, 0);
+        pi.recover(&mem, GuestAddress(0), 8, encode_base(7, true, 7, true))
+            .unwrap();
+        let d = make_available(&mem, 7, 0, true);
+        pi.mark(0, &[d]);
+        pi.before_used(0, (0, false));
+        let mut h = [0u8; 8];
+        f.read_exact_at(&mut h, off::USED_PAIRS).unwrap();
+        assert_eq!(h, [0, 0, 7, 0, 0, 1, 0, 0], "used (0, 0), old (7, 1)");
+        pi.after_used(0, (0, false));
+        f.read_exact_at(&mut h, off::USED_PAIRS).unwrap();
+        assert_eq!(h, [0; 8], "used and old (0, 0)");
+    }
+
+    /// An old index committed without its wrap counter (two stores, cut between them): the
+    /// old free head was committed before, so the publish was; the old index's flags (the
+    /// lap before's, as a chain's tail leaves them) do not turn it into a rollback.
+    #[test]
+    fn a_torn_old_pair_after_the_free_head_commit_is_committed() {
+        let (a, _f) = area(8);
+        let mem = ring_memory();
+        let mut pi = PackedInflight::new(&a, 0);
+        pi.recover(&mem, GuestAddress(0), 8, 0).unwrap();
+        make_available(&mem, 2, 0, true);
+        pi.store_used((2, false), (2, true));
+        let mut again = PackedInflight::new(&a, 0);
+        let r = again
+            .recover(&mem, GuestAddress(0), 8, encode_base(0, true, 0, true))
+            .unwrap();
+        assert!(r.repaired);
+        let (avail, avail_wrap, used, used_wrap) = decode_base(r.base);
+        assert_eq!((used, used_wrap), (2, false));
+        assert_eq!((avail, avail_wrap), (2, false));
+    }
 
     #[test]
     fn the_layout_is_the_spec_one_and_spaced_like_dpdk() {

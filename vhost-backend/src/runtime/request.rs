@@ -457,7 +457,7 @@ fn walk(req: &mut Request, chain: impl IntoIterator<Item = Descriptor>) {
     let mut region: Option<&GuestRegionMmap> = None;
     for desc in chain {
         if desc.refers_to_indirect_table() {
-            // A table inside a table (a packed ring's expanded table, a resubmitted chain).
+            // A table inside a table (a packed ring's expanded table, a split chain's).
             note(&mut fault, ChainFault::NestedIndirect);
             continue;
         }

@@ -36,7 +36,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::dirty_log::DirtyLog;
 use super::inflight::QueueInflight;
-use super::inflight::{crash_point, InflightArea, InflightError, ResubmittedChain};
+use super::inflight::{crash_point, InflightArea, InflightError, SplitChain};
 use super::inflight_packed::PackedInflight;
 use super::log_limit::LogLimiter;
 use super::notifier::{self, Notifier};
@@ -493,9 +493,11 @@ impl Vring {
                         .map_err(|e| e.to_string()),
                 };
                 // The packed region forgets the request either way: the ring no longer
-                // counts it outstanding, and its entries went back to the free list.
-                if let Some(pi) = &mut st.packed_inflight {
-                    pi.after_used(c.head);
+                // counts it outstanding, and its entries went back to the free list. It
+                // commits the ring's used position as it is: unmoved when the write failed.
+                if let (Some(pi), Some(p)) = (&mut st.packed_inflight, &st.packed) {
+                    let (_, _, used, used_wrap) = super::packed::decode_base(p.base());
+                    pi.after_used(c.head, (used, used_wrap));
                 }
                 if let Err(e) = added {
                     self.log.warn(format_args!(
@@ -1195,8 +1197,19 @@ impl RingState {
                 }
             }
             None => {
-                let chain = self.queue.pop_descriptor_chain(mem)?;
-                Some((chain.head_index(), PoppedChain::Split(chain)))
+                // `virtio-queue` takes the head from the available ring; the chain is walked
+                // like a resubmitted one, which hands on a nested indirect table (the
+                // request faults it) where `virtio-queue`'s walk would end silently.
+                let head = self.queue.pop_descriptor_chain(mem)?.head_index();
+                Some((
+                    head,
+                    PoppedChain::Split(SplitChain::new(
+                        mem,
+                        GuestAddress(self.queue.desc_table()),
+                        self.size,
+                        head,
+                    )),
+                ))
             }
         }
     }
@@ -1250,7 +1263,7 @@ impl RingState {
                     .unwrap_or_default(),
                 next: 0,
             },
-            None => PoppedChain::Resubmitted(ResubmittedChain::new(
+            None => PoppedChain::Split(SplitChain::new(
                 mem,
                 GuestAddress(self.queue.desc_table()),
                 self.size,
@@ -1282,10 +1295,9 @@ impl RingState {
 
 /// The descriptors of a chain just popped, of either layout.
 pub(crate) enum PoppedChain<'m> {
-    /// A split ring's chain, walked as it is read.
-    Split(virtio_queue::DescriptorChain<&'m GuestMemoryMmap>),
-    /// A split ring's chain a previous back-end left in flight, walked from the table.
-    Resubmitted(ResubmittedChain<'m>),
+    /// A split ring's chain (popped, or one a previous back-end left in flight), walked
+    /// from the descriptor table as it is read.
+    Split(SplitChain<'m>),
     /// A packed ring's buffer, already read (the list goes back to the ring afterwards).
     Packed {
         /// The descriptors.
@@ -1301,7 +1313,6 @@ impl Iterator for PoppedChain<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             PoppedChain::Split(c) => c.next(),
-            PoppedChain::Resubmitted(c) => c.next(),
             PoppedChain::Packed { descs, next } => {
                 let d = descs.get(*next).copied();
                 *next += 1;
