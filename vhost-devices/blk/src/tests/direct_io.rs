@@ -21,17 +21,21 @@ fn direct(align: Option<DirectAlign>) -> Harness {
     Harness::try_with(|c| c.direct = true, align).unwrap()
 }
 
+/// A read of `sector` into the buffers `data` (address, length): writes its header at
+/// `HDR` and returns the chain, header first and status byte at `ST` last.
+fn read_of(h: &mut Harness, sector: u64, data: &[(u64, u32)]) -> Vec<Buf> {
+    h.header(HDR, VIRTIO_BLK_T_IN, sector);
+    let mut bufs = vec![(HDR, 16, false)];
+    bufs.extend(data.iter().map(|&(at, len)| (at, len, true)));
+    bufs.push((ST, 1, true));
+    bufs
+}
+
 #[test]
 fn direct_read_split_over_two_256_byte_descriptors_is_served() {
     for align in [None, Some(PAGE_ALIGNED_MEMORY)] {
         let mut h = direct(align);
-        h.header(HDR, VIRTIO_BLK_T_IN, 1);
-        let bufs = [
-            (HDR, 16, false),
-            (BUF, 256, true),
-            (BUF + 0x2000, 256, true),
-            (ST, 1, true),
-        ];
+        let bufs = read_of(&mut h, 1, &[(BUF, 256), (BUF + 0x2000, 256)]);
         assert_eq!(h.one(&bufs, ST), (513, VIRTIO_BLK_S_OK), "{align:?}");
         let want = expected(1, 512);
         assert_eq!(h.guest(BUF, 256), want[..256], "{align:?}");
@@ -65,14 +69,11 @@ fn direct_read_into_unaligned_or_page_crossing_buffer_is_served() {
 #[test]
 fn direct_read_of_contiguous_split_descriptors_is_served() {
     let mut h = direct(None);
-    h.header(HDR, VIRTIO_BLK_T_IN, 7);
-    let bufs = [
-        (HDR, 16, false),
-        (BUF, 100, true),
-        (BUF + 100, 412, true),
-        (BUF + 512, 3584, true),
-        (ST, 1, true),
-    ];
+    let bufs = read_of(
+        &mut h,
+        7,
+        &[(BUF, 100), (BUF + 100, 412), (BUF + 512, 3584)],
+    );
     assert_eq!(h.one(&bufs, ST), (4097, VIRTIO_BLK_S_OK));
     assert_eq!(h.guest(BUF, 4096), expected(7, 4096));
 }
