@@ -128,20 +128,26 @@ HOST_MD5_0=$(dd if="$IMG" bs=1M count="$READ_MIB" status=none | md5sum | cut -d'
 HOST_MD5_1=$(dd if="$IMG" bs=1M skip="$READ_MIB" count="$READ_MIB" status=none | md5sum | cut -d' ' -f1)
 SEED=$(printf '%04x%04x%04x' $RANDOM $RANDOM $RANDOM)
 
+wait_socket() { # pid socket exited late: SOCKET exists within 400 tries of 0.05 s, else
+    # says EXITED (PID ended first) or LATE and fails
+    local i=0
+    while [ ! -S "$2" ]; do
+        kill -0 "$1" 2>/dev/null || { echo "$3"; return 1; }
+        [ $i -lt 400 ] || { echo "$4"; return 1; }
+        sleep 0.05
+        i=$((i + 1))
+    done
+}
+
 start_daemon() { # name -> sets DAEMON_PID; socket $RUN_DIR/migrate-NAME.sock
-    local sock=$RUN_DIR/migrate-$1.sock cmd i=0
+    local sock=$RUN_DIR/migrate-$1.sock cmd
     rm -f "$sock"
     read -ra cmd <<<"$BLK_DAEMON"
     cmd+=(--socket-path "$sock" --blk-file "$IMG")
     RUST_LOG=$DAEMON_RUST_LOG "${cmd[@]}" </dev/null >"$RUN_DIR/migrate-$1.daemon.log" 2>&1 &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
-    while [ ! -S "$sock" ]; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || { echo "daemon $1 exited"; return 1; }
-        [ $i -lt 400 ] || { echo "daemon $1 did not listen"; return 1; }
-        sleep 0.05
-        i=$((i + 1))
-    done
+    wait_socket "$DAEMON_PID" "$sock" "daemon $1 exited" "daemon $1 did not listen"
 }
 
 # qemu_start K DAEMON [incoming]: QEMU number K against daemon DAEMON's socket. Serial and
@@ -164,13 +170,7 @@ qemu_start() {
     "${cmd[@]}" </dev/null >"$RUN_DIR/migrate-q$k.serial.log" 2>&1 &
     QPID[$k]=$!
     PIDS+=("${QPID[$k]}")
-    local i=0
-    while [ ! -S "$RUN_DIR/migrate-q$k.qmp" ]; do
-        kill -0 "${QPID[$k]}" 2>/dev/null || { echo "QEMU $k exited"; return 1; }
-        [ $i -lt 400 ] || { echo "QEMU $k: no QMP socket"; return 1; }
-        sleep 0.05
-        i=$((i + 1))
-    done
+    wait_socket "${QPID[$k]}" "$RUN_DIR/migrate-q$k.qmp" "QEMU $k exited" "QEMU $k: no QMP socket"
 }
 
 qmp() { python3 "$E2E_DIR/qmp.py" "$RUN_DIR/migrate-q$1.qmp" "${@:2}"; }

@@ -268,6 +268,19 @@ ok() { # description condition-status(0=ok) detail
         [ -n "$CHECK_NOTES" ] || CHECK_NOTES=$1
     fi
 }
+ok_alive() { # description pid: ok while the process runs
+    local alive=1
+    kill -0 "$2" 2>/dev/null && alive=0
+    ok "$1" $alive "pid $2 gone"
+}
+wait_serial_mark() { # marker: until $SERIAL shows it, QEMU exits or BOOT_TIMEOUT passes
+    local deadline
+    deadline=$(($(date +%s) + BOOT_TIMEOUT))
+    while ! grep -aq "$1" "$SERIAL"; do
+        if ! kill -0 "$QEMU_PID" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then break; fi
+        sleep 0.1
+    done
+}
 check_eq() { # description actual expected
     local s=1
     [ -n "$2" ] && [ "$2" = "$3" ] && s=0
@@ -437,9 +450,7 @@ test_blk_multi() {
         log "$name: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
         check_boot_basics
         check_blk_rw "$img" "$seed" "$hmd5"
-        local alive=1
-        kill -0 "$pid" 2>/dev/null && alive=0
-        ok "same daemon process still running after the boot" $alive "pid $pid gone"
+        ok_alive "same daemon process still running after the boot" "$pid"
         proxy_checks
         finish_boot "$name"
     done
@@ -516,9 +527,7 @@ test_blk_two() {
         log "$LOG_NAME: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
         check_boot_basics
         check_blk_rw "${imgs[$g]}" "${seeds[$g]}" "${hmd5s[$g]}"
-        local alive=1
-        kill -0 "$pid" 2>/dev/null && alive=0
-        ok "the daemon serves on" $alive "pid $pid gone"
+        ok_alive "the daemon serves on" "$pid"
         finish_boot "$LOG_NAME"
     done
     stop_pid "$pid"
@@ -588,7 +597,7 @@ test_client() { run_restart client; }
 run_restart() {
     local name=$1
     local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed hmd5 pid1 pid2 kind=blk
-    local t_mark t_kill t_up i deadline phase2_early=1 before_kill=
+    local t_mark t_kill t_up i phase2_early=1 before_kill=
     local PROXY=0 # the proxy does not follow a daemon restart
     LOG_NAME=$name
     BOOT_TIME=-
@@ -617,11 +626,7 @@ run_restart() {
     fi
     pid1=$DAEMON_PID
     # Wait for the guest to finish phase 1.
-    deadline=$(($(date +%s) + BOOT_TIMEOUT))
-    while ! grep -aq 'E2E-PHASE1-DONE' "$SERIAL"; do
-        if ! kill -0 "$QEMU_PID" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then break; fi
-        sleep 0.1
-    done
+    wait_serial_mark E2E-PHASE1-DONE
     if grep -aq 'E2E-PHASE1-DONE' "$SERIAL"; then
         t_mark=$(now)
         before_kill=$(wc -l <"$SERIAL")
@@ -665,9 +670,7 @@ run_restart() {
     check_eq "host image holds pattern 1" "$(range_md5 "$img" "$WRITE_OFF_MIB" "$WRITE_MIB")" "$pat1"
     check_eq "host image holds pattern 2" "$(range_md5 "$img" "$WRITE2_OFF_MIB" "$WRITE_MIB")" "$pat2"
     if [ -n "${pid2:-}" ]; then
-        local alive=1
-        kill -0 "$pid2" 2>/dev/null && alive=0
-        ok "restarted daemon still running" $alive "pid $pid2 gone"
+        ok_alive "restarted daemon still running" "$pid2"
         stop_pid "$pid2"
     fi
     finish_boot "$name"

@@ -26,6 +26,20 @@ export RUST_LOG=${RUST_LOG:-info}
 
 log() { echo "[e2e-vsock $(date +%H:%M:%S)] $*"; }
 die() { echo "vsock.sh: $*" >&2; exit 1; }
+# wait_sockets PID TRIES EXITED LATE SOCKET...: every SOCKET exists within TRIES tries of
+# 0.05 s; dies with EXITED when PID ends first, with LATE when the tries run out.
+wait_sockets() {
+    local pid=$1 tries=$2 exited=$3 late=$4 i=0 s
+    shift 4
+    for s in "$@"; do
+        while [ ! -S "$s" ]; do
+            kill -0 "$pid" 2>/dev/null || die "$exited"
+            [ $i -lt "$tries" ] || die "$late"
+            sleep 0.05
+            i=$((i + 1))
+        done
+    done
+}
 PIDS=()
 cleanup() {
     local p
@@ -67,13 +81,8 @@ read -ra dcmd <<<"$VSOCK_DAEMON"
 "${dcmd[@]}" --socket-path "$SOCK" --guest-cid 3 --uds-path "$UDS" </dev/null >"$DLOG" 2>&1 &
 DAEMON_PID=$!
 PIDS+=("$DAEMON_PID")
-i=0
-while [ ! -S "$SOCK" ] || [ ! -S "$UDS" ]; do
-    kill -0 "$DAEMON_PID" 2>/dev/null || die "daemon exited (see $DLOG)"
-    [ $i -lt 400 ] || die "daemon did not listen within 20 s"
-    sleep 0.05
-    i=$((i + 1))
-done
+wait_sockets "$DAEMON_PID" 400 "daemon exited (see $DLOG)" "daemon did not listen within 20 s" \
+    "$SOCK" "$UDS"
 
 # --- host side -----------------------------------------------------------------------
 HOST_RESULTS=$RUN_DIR/vsock.host.txt
@@ -82,13 +91,8 @@ python3 "$E2E_DIR/vsock-host.py" "$UDS" "$VSOCK_BYTES" "$VSOCK_CONC" "$VSOCK_CON
     "$HOST_RESULTS" "$BOOT_TIMEOUT" 2>"$RUN_DIR/vsock.host.log" &
 HOST_PID=$!
 PIDS+=("$HOST_PID")
-i=0
-while [ ! -S "${UDS}_5001" ]; do
-    kill -0 "$HOST_PID" 2>/dev/null || die "host side exited (see $RUN_DIR/vsock.host.log)"
-    [ $i -lt 200 ] || die "host side did not start (see $RUN_DIR/vsock.host.log)"
-    sleep 0.05
-    i=$((i + 1))
-done
+wait_sockets "$HOST_PID" 200 "host side exited (see $RUN_DIR/vsock.host.log)" \
+    "host side did not start (see $RUN_DIR/vsock.host.log)" "${UDS}_5001"
 
 # --- boot ----------------------------------------------------------------------------
 SERIAL=$RUN_DIR/vsock.serial.log

@@ -34,6 +34,14 @@ struct SlowConfig {
     delay: Duration,
 }
 
+impl SlowConfig {
+    /// A one-queue pattern device whose config reads take `delay`, and its counters.
+    fn new(delay: Duration) -> (Self, Arc<Counters>) {
+        let (inner, counters) = PatternDevice::new(1);
+        (SlowConfig { inner, delay }, counters)
+    }
+}
+
 impl VirtioDevice for SlowConfig {
     fn device_type(&self) -> u32 {
         self.inner.device_type()
@@ -187,11 +195,7 @@ fn exports_are_served_at_once_each_with_its_own_backend() {
 
 #[test]
 fn a_slow_request_on_one_export_does_not_delay_another_handshake() {
-    let (slow, _) = PatternDevice::new(1);
-    let slow = SlowConfig {
-        inner: slow,
-        delay: Duration::from_secs(3),
-    };
+    let (slow, _) = SlowConfig::new(Duration::from_secs(3));
     let (mut backends, _) = pattern_backends(1);
     backends.insert(0, Box::new(DeviceBackend::new(slow).expect("backend")));
     let host = Host::start("slow", backends, |d| d);
@@ -348,11 +352,7 @@ fn beyond_max_connections_a_front_end_is_closed_and_a_later_one_served() {
 
 #[test]
 fn a_stop_ends_every_session_and_resets_every_backend() {
-    let (slow, slow_counters) = PatternDevice::new(1);
-    let slow = SlowConfig {
-        inner: slow,
-        delay: Duration::from_millis(500),
-    };
+    let (slow, slow_counters) = SlowConfig::new(Duration::from_millis(500));
     let (mut backends, mut counters) = pattern_backends(2);
     backends.push(Box::new(DeviceBackend::new(slow).expect("backend")));
     counters.push(slow_counters);

@@ -21,14 +21,21 @@ fn direct(align: Option<DirectAlign>) -> Harness {
     Harness::try_with(|c| c.direct = true, align).unwrap()
 }
 
-/// A read of `sector` into the buffers `data` (address, length): writes its header at
-/// `HDR` and returns the chain, header first and status byte at `ST` last.
-fn read_of(h: &mut Harness, sector: u64, data: &[(u64, u32)]) -> Vec<Buf> {
-    h.header(HDR, VIRTIO_BLK_T_IN, sector);
+/// A request of type `t` on `sector` with the data buffers `data` (address, length): writes
+/// its header at `HDR` and returns the chain, header first and status byte at `ST` last.
+/// The device writes the data buffers of a read.
+fn chain_of(h: &mut Harness, t: u32, sector: u64, data: &[(u64, u32)]) -> Vec<Buf> {
+    h.header(HDR, t, sector);
     let mut bufs = vec![(HDR, 16, false)];
-    bufs.extend(data.iter().map(|&(at, len)| (at, len, true)));
+    let device_writes = t == VIRTIO_BLK_T_IN;
+    bufs.extend(data.iter().map(|&(at, len)| (at, len, device_writes)));
     bufs.push((ST, 1, true));
     bufs
+}
+
+/// [`chain_of`] for a read of `sector`.
+fn read_of(h: &mut Harness, sector: u64, data: &[(u64, u32)]) -> Vec<Buf> {
+    chain_of(h, VIRTIO_BLK_T_IN, sector, data)
 }
 
 #[test]
@@ -89,13 +96,12 @@ fn direct_write_from_split_unaligned_buffers_lands_in_file() {
         h.mem
             .write_slice(&data[300..], GuestAddress(BUF + 0x2003))
             .unwrap();
-        h.header(HDR, VIRTIO_BLK_T_OUT, 4);
-        let bufs = [
-            (HDR, 16, false),
-            (BUF + 1, 300, false),
-            (BUF + 0x2003, 724, false),
-            (ST, 1, true),
-        ];
+        let bufs = chain_of(
+            &mut h,
+            VIRTIO_BLK_T_OUT,
+            4,
+            &[(BUF + 1, 300), (BUF + 0x2003, 724)],
+        );
         assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK), "{align:?}");
         let file = h.file();
         assert_eq!(&file[4 * 512..6 * 512], &data[..], "{align:?}");

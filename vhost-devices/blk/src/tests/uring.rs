@@ -11,20 +11,22 @@ fn direct_uring() -> Harness {
     })
 }
 
+/// Where request `i` of a batch has its header (status byte after it) and its 4 KiB page.
+fn slot(i: u64) -> (u64, u64) {
+    (DATA + 0x8000 + i * 32, DATA + 0x10000 + i * 4096)
+}
+
 #[test]
 fn direct_reads_many_in_flight_complete_each_once_with_their_data() {
     let mut h = direct_uring();
     // Page-aligned 4 KiB reads, so they go to the kernel as they are (no bounce).
-    let mut heads = Vec::new();
-    for i in 0..12u64 {
-        let hdr = DATA + 0x8000 + i * 32;
-        h.header(hdr, VIRTIO_BLK_T_IN, i * 8);
-        heads.push(h.submit(&[
-            (hdr, 16, false),
-            (DATA + 0x10000 + i * 4096, 4096, true),
-            (hdr + 16, 1, true),
-        ]));
-    }
+    let heads: Vec<u16> = (0..12u64)
+        .map(|i| {
+            let (hdr, data) = slot(i);
+            h.header(hdr, VIRTIO_BLK_T_IN, i * 8);
+            h.submit(&[(hdr, 16, false), (data, 4096, true), (hdr + 16, 1, true)])
+        })
+        .collect();
     let used = h.run();
     assert_eq!(used.len(), 12);
     let mut seen = std::collections::HashSet::new();
@@ -45,8 +47,7 @@ fn direct_writes_then_a_flush_land_and_the_flush_completes_last() {
     let mut h = direct_uring();
     let mut writes = Vec::new();
     for i in 0..8u64 {
-        let hdr = DATA + 0x8000 + i * 32;
-        let data = DATA + 0x10000 + i * 4096;
+        let (hdr, data) = slot(i);
         h.mem
             .write_slice(&[i as u8 + 1; 4096], GuestAddress(data))
             .unwrap();
