@@ -27,14 +27,8 @@
 
 # INFLIGHT_PACKED=1: the same with QEMU's packed=on (packed rings, the spec's packed
 # inflight layout); see inflight-kill-packed.sh.
-INFLIGHT_PACKED=${INFLIGHT_PACKED:-}
-INFLIGHT_SECS=${INFLIGHT_SECS:-30}
-INFLIGHT_WRITERS=${INFLIGHT_WRITERS:-8}
-INFLIGHT_MIB=${INFLIGHT_MIB:-1}
-INFLIGHT_KILLS=${INFLIGHT_KILLS:-6}
-INFLIGHT_GAP_MIN=${INFLIGHT_GAP_MIN:-1.5}
-INFLIGHT_GAP_MAX=${INFLIGHT_GAP_MAX:-3.5}
-INFLIGHT_AIM=${INFLIGHT_AIM:-1}
+defaults INFLIGHT_PACKED= INFLIGHT_SECS=30 INFLIGHT_WRITERS=8 INFLIGHT_MIB=1 INFLIGHT_KILLS=6 \
+    INFLIGHT_GAP_MIN=1.5 INFLIGHT_GAP_MAX=3.5 INFLIGHT_AIM=1
 
 # The daemon's line for an accepted SET_INFLIGHT_FD (and nothing else it logs).
 INFLIGHT_AREA_RE='inflight area: [0-9]+ queue[(]s[)] of [0-9]+ entries, offset 0x[0-9a-f]+$'

@@ -43,13 +43,8 @@ set -uo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=env.sh
 . "$E2E_DIR/env.sh"
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
-STEP_TIMEOUT=${STEP_TIMEOUT:-20}
-MIGRATIONS=${MIGRATIONS:-3}
-MIG_TIMEOUT=${MIG_TIMEOUT:-120}
-MIG_SETTLE=${MIG_SETTLE:-2}
-MIG_BANDWIDTH=${MIG_BANDWIDTH:-33554432}
-MIG_DOWNTIME_MS=${MIG_DOWNTIME_MS:-2000}
+defaults BOOT_TIMEOUT=300 STEP_TIMEOUT=20 MIGRATIONS=3 MIG_TIMEOUT=120 MIG_SETTLE=2 \
+    MIG_BANDWIDTH=33554432 MIG_DOWNTIME_MS=2000
 # Debian's kernel zeroes every page it allocates (init_on_alloc): the CPU then dirties the
 # page cache pages the back-end is about to fill, and QEMU would send them again whether the
 # back-end logged its writes or not. Off, those pages are written by the back-end alone.
@@ -157,12 +152,9 @@ qemu_start() {
     local k=$1 sock=$RUN_DIR/migrate-$2.sock incoming=()
     [ "${3:-}" = incoming ] && incoming=(-incoming "unix:$RUN_DIR/migrate-q$k.mig")
     rm -f "$RUN_DIR/migrate-q$k.qmp" "$RUN_DIR/migrate-q$k.mig"
-    local cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
-        -machine q35,memory-backend=mem
-        -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -m "$MEM"
-        -kernel "$WORK_DIR/guest/vmlinuz" -initrd "$WORK_DIR/guest/initramfs.cpio.gz"
-        -append "$KERNEL_APPEND $GUEST_EXTRA_APPEND e2e.tests=migrate e2e.seed=$SEED e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.mig_read_mib=$READ_MIB e2e.mig_write_off_mib=$WRITE_OFF_MIB e2e.mig_stop_sector=$STOP_SECTOR e2e.mig_max_secs=$((BOOT_TIMEOUT - 30))"
-        -nographic -nodefaults -no-reboot -serial stdio
+    qemu_cmd "$WORK_DIR/guest/vmlinuz" "$WORK_DIR/guest/initramfs.cpio.gz" \
+        "$GUEST_EXTRA_APPEND e2e.tests=migrate e2e.seed=$SEED e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.mig_read_mib=$READ_MIB e2e.mig_write_off_mib=$WRITE_OFF_MIB e2e.mig_stop_sector=$STOP_SECTOR e2e.mig_max_secs=$((BOOT_TIMEOUT - 30))"
+    local cmd=("${QEMU_CMD[@]}"
         -qmp "unix:$RUN_DIR/migrate-q$k.qmp,server=on,wait=off"
         -chardev "socket,id=vu0,path=$sock" -device vhost-user-blk-pci,chardev=vu0,id=blk0
         "${incoming[@]}")

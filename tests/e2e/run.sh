@@ -18,35 +18,13 @@
 set -uo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
-export WORK_DIR=${WORK_DIR:-$E2E_DIR/work}
-mkdir -p "$WORK_DIR"
-WORK_DIR=$(cd "$WORK_DIR" && pwd)
-RUN_DIR=${RUN_DIR:-$WORK_DIR/run}
+# shellcheck source=env.sh
+. "$E2E_DIR/env.sh"
+export WORK_DIR
 
-QEMU=${QEMU:-qemu-system-x86_64}
-ACCEL=${ACCEL:-tcg}
-CPU=${CPU:-max}
-MEM=${MEM:-256M}
-QEMU_EXTRA=${QEMU_EXTRA:-}
-KERNEL_APPEND=${KERNEL_APPEND:-console=ttyS0 quiet panic=-1 edd=off}
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
-STEP_TIMEOUT=${STEP_TIMEOUT:-20}
-DAEMON_START_TIMEOUT=${DAEMON_START_TIMEOUT:-20}
-
-IMG_MIB=${IMG_MIB:-16}
-READ_MIB=${READ_MIB:-4}
-WRITE_OFF_MIB=${WRITE_OFF_MIB:-8}
-WRITE_MIB=${WRITE_MIB:-1}
-WRITE2_OFF_MIB=${WRITE2_OFF_MIB:-10}
-DISCARD_OFF_MIB=${DISCARD_OFF_MIB:-12}
-DISCARD_MIB=${DISCARD_MIB:-1}
-MULTI_BOOTS=${MULTI_BOOTS:-3}
-RECONNECT_WAIT=${RECONNECT_WAIT:-8}
-RECONNECT_DELAY=${RECONNECT_DELAY:-1.2}
-RNG_BYTES=${RNG_BYTES:-64}
-PROXY=${PROXY:-0}
-SKIP_INSTALL=${SKIP_INSTALL:-0}
+defaults QEMU_EXTRA= BOOT_TIMEOUT=120 STEP_TIMEOUT=20 DAEMON_START_TIMEOUT=20 IMG_MIB=16 \
+    READ_MIB=4 WRITE_OFF_MIB=8 WRITE_MIB=1 WRITE2_OFF_MIB=10 DISCARD_OFF_MIB=12 DISCARD_MIB=1 \
+    MULTI_BOOTS=3 RECONNECT_WAIT=8 RECONNECT_DELAY=1.2 RNG_BYTES=64 PROXY=0 SKIP_INSTALL=0
 export RUST_LOG=${RUST_LOG:-info}
 
 case ${E2E_BACKENDS:-ours} in
@@ -226,13 +204,9 @@ launch_qemu() {
     [ "$reconnect" = server ] && chardev+=",server=on"
     local extra=()
     [ -n "$QEMU_EXTRA" ] && read -ra extra <<<"$QEMU_EXTRA"
-    local cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
-        -machine q35,memory-backend=mem
-        -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -m "$MEM"
-        -kernel "$WORK_DIR/guest/vmlinuz" -initrd "$WORK_DIR/guest/initramfs.cpio.gz"
-        -append "$KERNEL_APPEND e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) $*"
-        -nographic -nodefaults -no-reboot -serial stdio
-        -chardev "$chardev" -device "$device,chardev=vu0" "${extra[@]}")
+    qemu_cmd "$WORK_DIR/guest/vmlinuz" "$WORK_DIR/guest/initramfs.cpio.gz" \
+        "e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) $*"
+    local cmd=("${QEMU_CMD[@]}" -chardev "$chardev" -device "$device,chardev=vu0" "${extra[@]}")
     printf '%q ' "${cmd[@]}" >"$RUN_DIR/$LOG_NAME.qemu-cmd"
     echo >>"$RUN_DIR/$LOG_NAME.qemu-cmd"
     SERIAL=$RUN_DIR/$LOG_NAME.serial.log

@@ -17,11 +17,8 @@ set -uo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=env.sh
 . "$E2E_DIR/env.sh"
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-240}
-STEP_TIMEOUT=${STEP_TIMEOUT:-120}
-VSOCK_BYTES=${VSOCK_BYTES:-16777216}
-VSOCK_CONC=${VSOCK_CONC:-20}
-VSOCK_CONC_BYTES=${VSOCK_CONC_BYTES:-262144}
+defaults BOOT_TIMEOUT=240 STEP_TIMEOUT=120 VSOCK_BYTES=16777216 VSOCK_CONC=20 \
+    VSOCK_CONC_BYTES=262144
 export RUST_LOG=${RUST_LOG:-info}
 
 log() { echo "[e2e-vsock $(date +%H:%M:%S)] $*"; }
@@ -96,12 +93,9 @@ wait_sockets "$HOST_PID" 200 "host side exited (see $RUN_DIR/vsock.host.log)" \
 
 # --- boot ----------------------------------------------------------------------------
 SERIAL=$RUN_DIR/vsock.serial.log
-cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
-    -machine q35,memory-backend=mem
-    -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -m "$MEM"
-    -kernel "$GW/guest/vmlinuz" -initrd "$GW/initrd.gz"
-    -append "$KERNEL_APPEND e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.vsock_bytes=$VSOCK_BYTES e2e.vsock_conc=$VSOCK_CONC e2e.vsock_conc_bytes=$VSOCK_CONC_BYTES"
-    -nographic -nodefaults -no-reboot -serial stdio
+qemu_cmd "$GW/guest/vmlinuz" "$GW/initrd.gz" \
+    "e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.vsock_bytes=$VSOCK_BYTES e2e.vsock_conc=$VSOCK_CONC e2e.vsock_conc_bytes=$VSOCK_CONC_BYTES"
+cmd=("${QEMU_CMD[@]}"
     -chardev "socket,id=vu0,path=$SOCK" -device vhost-user-vsock-pci,chardev=vu0)
 printf '%q ' "${cmd[@]}" >"$RUN_DIR/vsock.qemu-cmd"
 log "booting (serial: $SERIAL)"

@@ -34,6 +34,15 @@ struct SlowConfig {
     delay: Duration,
 }
 
+/// Waits up to `TIMEOUT` for `path` to be removed; `stuck` says what is still there.
+fn wait_gone(path: &Path, stuck: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{stuck}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 impl SlowConfig {
     /// A one-queue pattern device whose config reads take `delay`, and its counters.
     fn new(delay: Duration) -> (Self, Arc<Counters>) {
@@ -486,14 +495,7 @@ fn a_backend_that_panics_loses_its_export_only() {
     handshake(&mut bad, true, true);
     let e = bad.get_config(0, 8, 0).expect_err("the device panicked");
     assert!(is_disconnect(&e), "{e}");
-    let deadline = Instant::now() + TIMEOUT;
-    while host.path(0).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the retired export's socket is still there"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(&host.path(0), "the retired export's socket is still there");
     assert!(
         Connection::<FrontendChannel>::connect(host.path(0)).is_err(),
         "a front-end is refused, not left waiting"
@@ -516,14 +518,7 @@ fn a_backend_whose_offer_fails_closes_its_socket() {
     let host = Host::start("offer", backends, |d| d);
     let mut fe = host.connect(0);
     assert!(fe.get_features().is_err());
-    let deadline = Instant::now() + TIMEOUT;
-    while host.path(0).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the export's socket is still there"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(&host.path(0), "the export's socket is still there");
     let mut good = host.connect(1);
     verified_io(&mut good, 1);
     drop(good);

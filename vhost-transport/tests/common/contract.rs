@@ -279,7 +279,7 @@ pub fn send_goes_through_while_another_thread_waits_to_receive<P: Platform>() {
 /// platform `$p` (a [`Platform`]).
 #[macro_export]
 macro_rules! transport_contract {
-    (@cases $p:ty; $($case:ident),* $(,)?) => {
+    (@cases $p:ty; [$($case:ident),* $(,)?]) => {
         $(
             #[test]
             fn $case() {
@@ -288,7 +288,7 @@ macro_rules! transport_contract {
         )*
     };
     ($p:ty) => {
-        $crate::transport_contract!(@cases $p;
+        $crate::transport_contract!(@cases $p; [
             // Framing, descriptors and the body limit.
             message_without_descriptors_round_trips_header_body_and_payload,
             one_descriptor_arrives_usable,
@@ -306,6 +306,6 @@ macro_rules! transport_contract {
             into_channel_keeps_the_connection,
             send_goes_through_while_another_thread_waits_to_receive,
             large_message_completes_once_the_peer_drains,
-        );
+        ]);
     };
 }
