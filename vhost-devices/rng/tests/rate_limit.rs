@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use vhost_device_rng::{RateLimit, RngConfig};
-use vhost_frontend::Session;
 use vm_memory::GuestAddress;
 
 fn limited(period_ms: u64, max_bytes: u64) -> RngConfig {
@@ -27,13 +25,6 @@ fn limited_daemon(name: &str, period_ms: u64, max_bytes: u64) -> (Scratch, InPro
     let scratch = Scratch::new(name);
     let d = InProcess::start(&limited(period_ms, max_bytes), &scratch.socket());
     (scratch, d)
-}
-
-/// A session to the daemon at `socket` and a 4 KiB buffer in its memory.
-fn session_with_a_page(socket: &Path) -> (Session, GuestAddress) {
-    let s = connect(socket, options);
-    let buf = s.memory().alloc(4096, 8).unwrap();
-    (s, buf)
 }
 
 #[test]
@@ -78,7 +69,7 @@ fn delivered_rate_stays_within_ten_percent_of_64_kib_per_100_ms_over_3_s() {
 #[test]
 fn request_larger_than_the_budget_is_filled_partially_and_the_next_waits_a_period() {
     let (scratch, _d) = limited_daemon("partial", 50, 1000);
-    let (mut s, buf) = session_with_a_page(&scratch.socket());
+    let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
     let mut done = Vec::new();
     for _ in 0..3 {
         let used = s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap();
@@ -97,7 +88,7 @@ fn request_larger_than_the_budget_is_filled_partially_and_the_next_waits_a_perio
 fn paused_queue_resumes_for_a_new_session_after_disconnect() {
     let (scratch, _d) = limited_daemon("pausedreconnect", 100, 512);
     {
-        let (mut s, buf) = session_with_a_page(&scratch.socket());
+        let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
         // Spend the budget and leave a request waiting for the next period.
         assert_eq!(
             s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap().len,
@@ -105,7 +96,7 @@ fn paused_queue_resumes_for_a_new_session_after_disconnect() {
         );
         s.submit(0, &[(buf, 4096, true)]).unwrap();
     }
-    let (mut s, buf) = session_with_a_page(&scratch.socket());
+    let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
     let used = s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap();
     assert_eq!(used.len, 512);
 }
