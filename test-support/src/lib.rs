@@ -104,10 +104,15 @@ pub fn for_each_layout(test: impl Fn()) {
 /// `o` for the current layout of [`for_each_layout`]: outside its packed round the packed
 /// ring feature is masked out.
 pub fn with_layout(mut o: SessionOptions) -> SessionOptions {
-    if PACKED.with(|p| p.get()) {
+    if packed_layout() {
         o.mask_features &= !vhost_proto::virtio::bit(vhost_proto::virtio::RING_PACKED);
     }
     o
+}
+
+/// Whether the sessions [`with_layout`] configures on this thread run packed rings.
+pub fn packed_layout() -> bool {
+    PACKED.with(|p| p.get())
 }
 
 /// Connects (retrying while the socket appears) and starts the device.
@@ -356,5 +361,15 @@ impl Rng {
     /// A number below `n` (not 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// Runs the benchmark `run` at queue depths 1 and 16 and prints each rate as
+/// "`what`, QD`depth`: `rate` `unit`"; every rate is positive.
+pub fn bench_at_depths_1_and_16(what: &str, unit: &str, run: impl Fn(usize) -> f64) {
+    for depth in [1, 16] {
+        let rate = run(depth);
+        println!("{what}, QD{depth}: {rate:.0} {unit}");
+        assert!(rate > 0.0);
     }
 }

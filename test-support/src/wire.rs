@@ -9,7 +9,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhost_frontend::{Frontend, FrontendError, GuestMemory};
 use vhost_proto::wire::iotlb;
 use vhost_proto::{
-    virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, IotlbMsg, MemoryRegion,
+    virtio, FrontendReq, FrontendRequest, Header, HeaderFlags, IotlbMsg, MemoryRegion, ShmemMap,
     MAX_BODY_SIZE,
 };
 
@@ -62,6 +62,19 @@ pub fn iotlb_miss(iova: u64) -> IotlbMsg {
         perm: iotlb::PERM_RO,
         msg_type: iotlb::MISS,
         padding: [0; 6],
+    }
+}
+
+/// A SHMEM_MAP of `len` bytes at the descriptor's offset 0, to `shm_offset` of shared memory
+/// region `shmid`, with `flags`.
+pub fn shmem_map(shmid: u8, shm_offset: u64, len: u64, flags: u64) -> ShmemMap {
+    ShmemMap {
+        shmid,
+        padding: [0; 7],
+        fd_offset: 0,
+        shm_offset,
+        len,
+        flags,
     }
 }
 

@@ -27,14 +27,8 @@
 
 # INFLIGHT_PACKED=1: the same with QEMU's packed=on (packed rings, the spec's packed
 # inflight layout); see inflight-kill-packed.sh.
-INFLIGHT_PACKED=${INFLIGHT_PACKED:-}
-INFLIGHT_SECS=${INFLIGHT_SECS:-30}
-INFLIGHT_WRITERS=${INFLIGHT_WRITERS:-8}
-INFLIGHT_MIB=${INFLIGHT_MIB:-1}
-INFLIGHT_KILLS=${INFLIGHT_KILLS:-6}
-INFLIGHT_GAP_MIN=${INFLIGHT_GAP_MIN:-1.5}
-INFLIGHT_GAP_MAX=${INFLIGHT_GAP_MAX:-3.5}
-INFLIGHT_AIM=${INFLIGHT_AIM:-1}
+defaults INFLIGHT_PACKED= INFLIGHT_SECS=30 INFLIGHT_WRITERS=8 INFLIGHT_MIB=1 INFLIGHT_KILLS=6 \
+    INFLIGHT_GAP_MIN=1.5 INFLIGHT_GAP_MAX=3.5 INFLIGHT_AIM=1
 
 # The daemon's line for an accepted SET_INFLIGHT_FD (and nothing else it logs).
 INFLIGHT_AREA_RE='inflight area: [0-9]+ queue[(]s[)] of [0-9]+ entries, offset 0x[0-9a-f]+$'
@@ -101,7 +95,7 @@ inflight_overlay() { # file seed j round
 
 test_inflight_kill() {
     local name=inflight-kill${INFLIGHT_PACKED:+-packed}
-    local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed pid k gap deadline
+    local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed pid k gap
     local before_kill= kills=0 starts=1 aimed=0 busy handed i status t_end left room
     local dlog=$RUN_DIR/$name.daemon.log
     LOG_NAME=$name
@@ -123,11 +117,7 @@ test_inflight_kill() {
     launch_qemu "vhost-user-blk-pci,num-queues=2${INFLIGHT_PACKED:+,packed=on}" "$QEMU_SOCK" 1 \
         "e2e.tests=inflight e2e.seed=$seed e2e.inflight_secs=$INFLIGHT_SECS" \
         "e2e.inflight_writers=$INFLIGHT_WRITERS e2e.inflight_mib=$INFLIGHT_MIB"
-    deadline=$(($(date +%s) + BOOT_TIMEOUT))
-    while ! grep -aq 'E2E-INFLIGHT-START' "$SERIAL"; do
-        if ! kill -0 "$QEMU_PID" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then break; fi
-        sleep 0.1
-    done
+    wait_serial_mark E2E-INFLIGHT-START
     if grep -aq 'E2E-INFLIGHT-START' "$SERIAL"; then
         before_kill=$(wc -l <"$SERIAL")
         # The guest writes for INFLIGHT_SECS from now: the gaps shrink when needed so that the
@@ -226,9 +216,7 @@ test_inflight_kill() {
         ok "requests left in flight by killed daemons were resubmitted" \
             $([ "$resub" -ge 1 ] && echo 0 || echo 1) "none resubmitted after $aimed kills mid-request"
     fi
-    local alive=1
-    kill -0 "$pid" 2>/dev/null && alive=0
-    ok "last daemon still running" $alive "pid $pid gone"
+    ok_alive "last daemon still running" "$pid"
     if [ -n "$INFLIGHT_PACKED" ]; then
         check_eq "guest virtio features: bit 34 (RING_PACKED)" "$(packed_bit)" 1
         ok "the daemons made and took the area in the packed layout" \

@@ -43,13 +43,8 @@ set -uo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=env.sh
 . "$E2E_DIR/env.sh"
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
-STEP_TIMEOUT=${STEP_TIMEOUT:-20}
-MIGRATIONS=${MIGRATIONS:-3}
-MIG_TIMEOUT=${MIG_TIMEOUT:-120}
-MIG_SETTLE=${MIG_SETTLE:-2}
-MIG_BANDWIDTH=${MIG_BANDWIDTH:-33554432}
-MIG_DOWNTIME_MS=${MIG_DOWNTIME_MS:-2000}
+defaults BOOT_TIMEOUT=300 STEP_TIMEOUT=20 MIGRATIONS=3 MIG_TIMEOUT=120 MIG_SETTLE=2 \
+    MIG_BANDWIDTH=33554432 MIG_DOWNTIME_MS=2000
 # Debian's kernel zeroes every page it allocates (init_on_alloc): the CPU then dirties the
 # page cache pages the back-end is about to fill, and QEMU would send them again whether the
 # back-end logged its writes or not. Off, those pages are written by the back-end alone.
@@ -128,20 +123,26 @@ HOST_MD5_0=$(dd if="$IMG" bs=1M count="$READ_MIB" status=none | md5sum | cut -d'
 HOST_MD5_1=$(dd if="$IMG" bs=1M skip="$READ_MIB" count="$READ_MIB" status=none | md5sum | cut -d' ' -f1)
 SEED=$(printf '%04x%04x%04x' $RANDOM $RANDOM $RANDOM)
 
+wait_socket() { # pid socket exited late: SOCKET exists within 400 tries of 0.05 s, else
+    # says EXITED (PID ended first) or LATE and fails
+    local i=0
+    while [ ! -S "$2" ]; do
+        kill -0 "$1" 2>/dev/null || { echo "$3"; return 1; }
+        [ $i -lt 400 ] || { echo "$4"; return 1; }
+        sleep 0.05
+        i=$((i + 1))
+    done
+}
+
 start_daemon() { # name -> sets DAEMON_PID; socket $RUN_DIR/migrate-NAME.sock
-    local sock=$RUN_DIR/migrate-$1.sock cmd i=0
+    local sock=$RUN_DIR/migrate-$1.sock cmd
     rm -f "$sock"
     read -ra cmd <<<"$BLK_DAEMON"
     cmd+=(--socket-path "$sock" --blk-file "$IMG")
     RUST_LOG=$DAEMON_RUST_LOG "${cmd[@]}" </dev/null >"$RUN_DIR/migrate-$1.daemon.log" 2>&1 &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
-    while [ ! -S "$sock" ]; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || { echo "daemon $1 exited"; return 1; }
-        [ $i -lt 400 ] || { echo "daemon $1 did not listen"; return 1; }
-        sleep 0.05
-        i=$((i + 1))
-    done
+    wait_socket "$DAEMON_PID" "$sock" "daemon $1 exited" "daemon $1 did not listen"
 }
 
 # qemu_start K DAEMON [incoming]: QEMU number K against daemon DAEMON's socket. Serial and
@@ -151,12 +152,9 @@ qemu_start() {
     local k=$1 sock=$RUN_DIR/migrate-$2.sock incoming=()
     [ "${3:-}" = incoming ] && incoming=(-incoming "unix:$RUN_DIR/migrate-q$k.mig")
     rm -f "$RUN_DIR/migrate-q$k.qmp" "$RUN_DIR/migrate-q$k.mig"
-    local cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
-        -machine q35,memory-backend=mem
-        -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -m "$MEM"
-        -kernel "$WORK_DIR/guest/vmlinuz" -initrd "$WORK_DIR/guest/initramfs.cpio.gz"
-        -append "$KERNEL_APPEND $GUEST_EXTRA_APPEND e2e.tests=migrate e2e.seed=$SEED e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.mig_read_mib=$READ_MIB e2e.mig_write_off_mib=$WRITE_OFF_MIB e2e.mig_stop_sector=$STOP_SECTOR e2e.mig_max_secs=$((BOOT_TIMEOUT - 30))"
-        -nographic -nodefaults -no-reboot -serial stdio
+    qemu_cmd "$WORK_DIR/guest/vmlinuz" "$WORK_DIR/guest/initramfs.cpio.gz" \
+        "$GUEST_EXTRA_APPEND e2e.tests=migrate e2e.seed=$SEED e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.mig_read_mib=$READ_MIB e2e.mig_write_off_mib=$WRITE_OFF_MIB e2e.mig_stop_sector=$STOP_SECTOR e2e.mig_max_secs=$((BOOT_TIMEOUT - 30))"
+    local cmd=("${QEMU_CMD[@]}"
         -qmp "unix:$RUN_DIR/migrate-q$k.qmp,server=on,wait=off"
         -chardev "socket,id=vu0,path=$sock" -device vhost-user-blk-pci,chardev=vu0,id=blk0
         "${incoming[@]}")
@@ -164,13 +162,7 @@ qemu_start() {
     "${cmd[@]}" </dev/null >"$RUN_DIR/migrate-q$k.serial.log" 2>&1 &
     QPID[$k]=$!
     PIDS+=("${QPID[$k]}")
-    local i=0
-    while [ ! -S "$RUN_DIR/migrate-q$k.qmp" ]; do
-        kill -0 "${QPID[$k]}" 2>/dev/null || { echo "QEMU $k exited"; return 1; }
-        [ $i -lt 400 ] || { echo "QEMU $k: no QMP socket"; return 1; }
-        sleep 0.05
-        i=$((i + 1))
-    done
+    wait_socket "${QPID[$k]}" "$RUN_DIR/migrate-q$k.qmp" "QEMU $k exited" "QEMU $k: no QMP socket"
 }
 
 qmp() { python3 "$E2E_DIR/qmp.py" "$RUN_DIR/migrate-q$1.qmp" "${@:2}"; }

@@ -18,35 +18,13 @@
 set -uo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$E2E_DIR/../.." && pwd)
-export WORK_DIR=${WORK_DIR:-$E2E_DIR/work}
-mkdir -p "$WORK_DIR"
-WORK_DIR=$(cd "$WORK_DIR" && pwd)
-RUN_DIR=${RUN_DIR:-$WORK_DIR/run}
+# shellcheck source=env.sh
+. "$E2E_DIR/env.sh"
+export WORK_DIR
 
-QEMU=${QEMU:-qemu-system-x86_64}
-ACCEL=${ACCEL:-tcg}
-CPU=${CPU:-max}
-MEM=${MEM:-256M}
-QEMU_EXTRA=${QEMU_EXTRA:-}
-KERNEL_APPEND=${KERNEL_APPEND:-console=ttyS0 quiet panic=-1 edd=off}
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
-STEP_TIMEOUT=${STEP_TIMEOUT:-20}
-DAEMON_START_TIMEOUT=${DAEMON_START_TIMEOUT:-20}
-
-IMG_MIB=${IMG_MIB:-16}
-READ_MIB=${READ_MIB:-4}
-WRITE_OFF_MIB=${WRITE_OFF_MIB:-8}
-WRITE_MIB=${WRITE_MIB:-1}
-WRITE2_OFF_MIB=${WRITE2_OFF_MIB:-10}
-DISCARD_OFF_MIB=${DISCARD_OFF_MIB:-12}
-DISCARD_MIB=${DISCARD_MIB:-1}
-MULTI_BOOTS=${MULTI_BOOTS:-3}
-RECONNECT_WAIT=${RECONNECT_WAIT:-8}
-RECONNECT_DELAY=${RECONNECT_DELAY:-1.2}
-RNG_BYTES=${RNG_BYTES:-64}
-PROXY=${PROXY:-0}
-SKIP_INSTALL=${SKIP_INSTALL:-0}
+defaults QEMU_EXTRA= BOOT_TIMEOUT=120 STEP_TIMEOUT=20 DAEMON_START_TIMEOUT=20 IMG_MIB=16 \
+    READ_MIB=4 WRITE_OFF_MIB=8 WRITE_MIB=1 WRITE2_OFF_MIB=10 DISCARD_OFF_MIB=12 DISCARD_MIB=1 \
+    MULTI_BOOTS=3 RECONNECT_WAIT=8 RECONNECT_DELAY=1.2 RNG_BYTES=64 PROXY=0 SKIP_INSTALL=0
 export RUST_LOG=${RUST_LOG:-info}
 
 case ${E2E_BACKENDS:-ours} in
@@ -226,13 +204,9 @@ launch_qemu() {
     [ "$reconnect" = server ] && chardev+=",server=on"
     local extra=()
     [ -n "$QEMU_EXTRA" ] && read -ra extra <<<"$QEMU_EXTRA"
-    local cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
-        -machine q35,memory-backend=mem
-        -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -m "$MEM"
-        -kernel "$WORK_DIR/guest/vmlinuz" -initrd "$WORK_DIR/guest/initramfs.cpio.gz"
-        -append "$KERNEL_APPEND e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) $*"
-        -nographic -nodefaults -no-reboot -serial stdio
-        -chardev "$chardev" -device "$device,chardev=vu0" "${extra[@]}")
+    qemu_cmd "$WORK_DIR/guest/vmlinuz" "$WORK_DIR/guest/initramfs.cpio.gz" \
+        "e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) $*"
+    local cmd=("${QEMU_CMD[@]}" -chardev "$chardev" -device "$device,chardev=vu0" "${extra[@]}")
     printf '%q ' "${cmd[@]}" >"$RUN_DIR/$LOG_NAME.qemu-cmd"
     echo >>"$RUN_DIR/$LOG_NAME.qemu-cmd"
     SERIAL=$RUN_DIR/$LOG_NAME.serial.log
@@ -267,6 +241,19 @@ ok() { # description condition-status(0=ok) detail
         CHECK_FAILS=$((CHECK_FAILS + 1))
         [ -n "$CHECK_NOTES" ] || CHECK_NOTES=$1
     fi
+}
+ok_alive() { # description pid: ok while the process runs
+    local alive=1
+    kill -0 "$2" 2>/dev/null && alive=0
+    ok "$1" $alive "pid $2 gone"
+}
+wait_serial_mark() { # marker: until $SERIAL shows it, QEMU exits or BOOT_TIMEOUT passes
+    local deadline
+    deadline=$(($(date +%s) + BOOT_TIMEOUT))
+    while ! grep -aq "$1" "$SERIAL"; do
+        if ! kill -0 "$QEMU_PID" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then break; fi
+        sleep 0.1
+    done
 }
 check_eq() { # description actual expected
     local s=1
@@ -437,9 +424,7 @@ test_blk_multi() {
         log "$name: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
         check_boot_basics
         check_blk_rw "$img" "$seed" "$hmd5"
-        local alive=1
-        kill -0 "$pid" 2>/dev/null && alive=0
-        ok "same daemon process still running after the boot" $alive "pid $pid gone"
+        ok_alive "same daemon process still running after the boot" "$pid"
         proxy_checks
         finish_boot "$name"
     done
@@ -516,9 +501,7 @@ test_blk_two() {
         log "$LOG_NAME: QEMU exit $QEMU_RC after ${BOOT_TIME}s"
         check_boot_basics
         check_blk_rw "${imgs[$g]}" "${seeds[$g]}" "${hmd5s[$g]}"
-        local alive=1
-        kill -0 "$pid" 2>/dev/null && alive=0
-        ok "the daemon serves on" $alive "pid $pid gone"
+        ok_alive "the daemon serves on" "$pid"
         finish_boot "$LOG_NAME"
     done
     stop_pid "$pid"
@@ -588,7 +571,7 @@ test_client() { run_restart client; }
 run_restart() {
     local name=$1
     local img=$RUN_DIR/$name.img sock=$RUN_DIR/$name.sock seed hmd5 pid1 pid2 kind=blk
-    local t_mark t_kill t_up i deadline phase2_early=1 before_kill=
+    local t_mark t_kill t_up i phase2_early=1 before_kill=
     local PROXY=0 # the proxy does not follow a daemon restart
     LOG_NAME=$name
     BOOT_TIME=-
@@ -617,11 +600,7 @@ run_restart() {
     fi
     pid1=$DAEMON_PID
     # Wait for the guest to finish phase 1.
-    deadline=$(($(date +%s) + BOOT_TIMEOUT))
-    while ! grep -aq 'E2E-PHASE1-DONE' "$SERIAL"; do
-        if ! kill -0 "$QEMU_PID" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then break; fi
-        sleep 0.1
-    done
+    wait_serial_mark E2E-PHASE1-DONE
     if grep -aq 'E2E-PHASE1-DONE' "$SERIAL"; then
         t_mark=$(now)
         before_kill=$(wc -l <"$SERIAL")
@@ -665,9 +644,7 @@ run_restart() {
     check_eq "host image holds pattern 1" "$(range_md5 "$img" "$WRITE_OFF_MIB" "$WRITE_MIB")" "$pat1"
     check_eq "host image holds pattern 2" "$(range_md5 "$img" "$WRITE2_OFF_MIB" "$WRITE_MIB")" "$pat2"
     if [ -n "${pid2:-}" ]; then
-        local alive=1
-        kill -0 "$pid2" 2>/dev/null && alive=0
-        ok "restarted daemon still running" $alive "pid $pid2 gone"
+        ok_alive "restarted daemon still running" "$pid2"
         stop_pid "$pid2"
     fi
     finish_boot "$name"

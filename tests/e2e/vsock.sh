@@ -17,15 +17,26 @@ set -uo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=env.sh
 . "$E2E_DIR/env.sh"
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-240}
-STEP_TIMEOUT=${STEP_TIMEOUT:-120}
-VSOCK_BYTES=${VSOCK_BYTES:-16777216}
-VSOCK_CONC=${VSOCK_CONC:-20}
-VSOCK_CONC_BYTES=${VSOCK_CONC_BYTES:-262144}
+defaults BOOT_TIMEOUT=240 STEP_TIMEOUT=120 VSOCK_BYTES=16777216 VSOCK_CONC=20 \
+    VSOCK_CONC_BYTES=262144
 export RUST_LOG=${RUST_LOG:-info}
 
 log() { echo "[e2e-vsock $(date +%H:%M:%S)] $*"; }
 die() { echo "vsock.sh: $*" >&2; exit 1; }
+# wait_sockets PID TRIES EXITED LATE SOCKET...: every SOCKET exists within TRIES tries of
+# 0.05 s; dies with EXITED when PID ends first, with LATE when the tries run out.
+wait_sockets() {
+    local pid=$1 tries=$2 exited=$3 late=$4 i=0 s
+    shift 4
+    for s in "$@"; do
+        while [ ! -S "$s" ]; do
+            kill -0 "$pid" 2>/dev/null || die "$exited"
+            [ $i -lt "$tries" ] || die "$late"
+            sleep 0.05
+            i=$((i + 1))
+        done
+    done
+}
 PIDS=()
 cleanup() {
     local p
@@ -67,13 +78,8 @@ read -ra dcmd <<<"$VSOCK_DAEMON"
 "${dcmd[@]}" --socket-path "$SOCK" --guest-cid 3 --uds-path "$UDS" </dev/null >"$DLOG" 2>&1 &
 DAEMON_PID=$!
 PIDS+=("$DAEMON_PID")
-i=0
-while [ ! -S "$SOCK" ] || [ ! -S "$UDS" ]; do
-    kill -0 "$DAEMON_PID" 2>/dev/null || die "daemon exited (see $DLOG)"
-    [ $i -lt 400 ] || die "daemon did not listen within 20 s"
-    sleep 0.05
-    i=$((i + 1))
-done
+wait_sockets "$DAEMON_PID" 400 "daemon exited (see $DLOG)" "daemon did not listen within 20 s" \
+    "$SOCK" "$UDS"
 
 # --- host side -----------------------------------------------------------------------
 HOST_RESULTS=$RUN_DIR/vsock.host.txt
@@ -82,22 +88,14 @@ python3 "$E2E_DIR/vsock-host.py" "$UDS" "$VSOCK_BYTES" "$VSOCK_CONC" "$VSOCK_CON
     "$HOST_RESULTS" "$BOOT_TIMEOUT" 2>"$RUN_DIR/vsock.host.log" &
 HOST_PID=$!
 PIDS+=("$HOST_PID")
-i=0
-while [ ! -S "${UDS}_5001" ]; do
-    kill -0 "$HOST_PID" 2>/dev/null || die "host side exited (see $RUN_DIR/vsock.host.log)"
-    [ $i -lt 200 ] || die "host side did not start (see $RUN_DIR/vsock.host.log)"
-    sleep 0.05
-    i=$((i + 1))
-done
+wait_sockets "$HOST_PID" 200 "host side exited (see $RUN_DIR/vsock.host.log)" \
+    "host side did not start (see $RUN_DIR/vsock.host.log)" "${UDS}_5001"
 
 # --- boot ----------------------------------------------------------------------------
 SERIAL=$RUN_DIR/vsock.serial.log
-cmd=(timeout -k 5 "$BOOT_TIMEOUT" "$QEMU" -accel "$ACCEL" -cpu "$CPU" -smp 1
-    -machine q35,memory-backend=mem
-    -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -m "$MEM"
-    -kernel "$GW/guest/vmlinuz" -initrd "$GW/initrd.gz"
-    -append "$KERNEL_APPEND e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.vsock_bytes=$VSOCK_BYTES e2e.vsock_conc=$VSOCK_CONC e2e.vsock_conc_bytes=$VSOCK_CONC_BYTES"
-    -nographic -nodefaults -no-reboot -serial stdio
+qemu_cmd "$GW/guest/vmlinuz" "$GW/initrd.gz" \
+    "e2e.step_timeout=$STEP_TIMEOUT e2e.guest_timeout=$((BOOT_TIMEOUT - 10)) e2e.vsock_bytes=$VSOCK_BYTES e2e.vsock_conc=$VSOCK_CONC e2e.vsock_conc_bytes=$VSOCK_CONC_BYTES"
+cmd=("${QEMU_CMD[@]}"
     -chardev "socket,id=vu0,path=$SOCK" -device vhost-user-vsock-pci,chardev=vu0)
 printf '%q ' "${cmd[@]}" >"$RUN_DIR/vsock.qemu-cmd"
 log "booting (serial: $SERIAL)"

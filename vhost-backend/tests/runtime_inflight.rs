@@ -42,10 +42,10 @@ struct Tracked {
 
 fn finish(req: Request) {
     let data = vec![req.head() as u8; req.writable_len() as usize];
-    let len = match req.write_writable(0, &data) {
-        Ok(()) => data.len() as u32,
-        Err(_) => 0,
-    };
+    // A buffer the guest cannot take completes with nothing written.
+    let len = req
+        .write_writable(0, &data)
+        .map_or(0, |()| data.len() as u32);
     req.complete(len);
 }
 
@@ -780,13 +780,10 @@ fn an_area_that_cannot_be_sealed_against_shrinking_is_refused() {
     };
     let unsealable = memfd_with(needed, nix::sys::memfd::MFdFlags::empty());
     let dir = std::env::temp_dir().join(format!("inflight-plain-{}", std::process::id()));
-    let plain = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&dir)
-        .unwrap();
+    // Read-write, created or truncated: a plain file that cannot be sealed.
+    let mode = nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR;
+    let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_TRUNC;
+    let plain = File::from(nix::fcntl::open(&dir, flags, mode).unwrap());
     std::fs::remove_file(&dir).unwrap();
     plain.set_len(needed).unwrap();
     for (what, f) in [("unsealable memfd", &unsealable), ("plain file", &plain)] {

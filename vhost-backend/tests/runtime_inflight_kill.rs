@@ -192,10 +192,10 @@ fn spawn_backend(
         held: Mutex::new(Vec::new()),
         rng: Mutex::new(Rng(seed | 1)),
     };
+    let backend = DeviceBackend::threadless(dev)
+        .expect("backend")
+        .with_quiesce_timeout(Duration::from_millis(100));
     let t = std::thread::spawn(move || {
-        let backend = DeviceBackend::threadless(dev)
-            .expect("backend")
-            .with_quiesce_timeout(Duration::from_millis(100));
         let mut server = BackendServer::new(be, backend).expect("server");
         arm_crash(crash_after);
         let end = loop {
@@ -230,9 +230,7 @@ fn spawn_backend(
         drop(server);
         end
     });
-    let fe = Frontend::new(fe);
-    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    (fe, t)
+    (frontend_on(fe), t)
 }
 
 /// One request of the guest in flight.

@@ -34,6 +34,23 @@ struct SlowConfig {
     delay: Duration,
 }
 
+/// Waits up to `TIMEOUT` for `path` to be removed; `stuck` says what is still there.
+fn wait_gone(path: &Path, stuck: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{stuck}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl SlowConfig {
+    /// A one-queue pattern device whose config reads take `delay`, and its counters.
+    fn new(delay: Duration) -> (Self, Arc<Counters>) {
+        let (inner, counters) = PatternDevice::new(1);
+        (SlowConfig { inner, delay }, counters)
+    }
+}
+
 impl VirtioDevice for SlowConfig {
     fn device_type(&self) -> u32 {
         self.inner.device_type()
@@ -187,11 +204,7 @@ fn exports_are_served_at_once_each_with_its_own_backend() {
 
 #[test]
 fn a_slow_request_on_one_export_does_not_delay_another_handshake() {
-    let (slow, _) = PatternDevice::new(1);
-    let slow = SlowConfig {
-        inner: slow,
-        delay: Duration::from_secs(3),
-    };
+    let (slow, _) = SlowConfig::new(Duration::from_secs(3));
     let (mut backends, _) = pattern_backends(1);
     backends.insert(0, Box::new(DeviceBackend::new(slow).expect("backend")));
     let host = Host::start("slow", backends, |d| d);
@@ -348,11 +361,7 @@ fn beyond_max_connections_a_front_end_is_closed_and_a_later_one_served() {
 
 #[test]
 fn a_stop_ends_every_session_and_resets_every_backend() {
-    let (slow, slow_counters) = PatternDevice::new(1);
-    let slow = SlowConfig {
-        inner: slow,
-        delay: Duration::from_millis(500),
-    };
+    let (slow, slow_counters) = SlowConfig::new(Duration::from_millis(500));
     let (mut backends, mut counters) = pattern_backends(2);
     backends.push(Box::new(DeviceBackend::new(slow).expect("backend")));
     counters.push(slow_counters);
@@ -486,14 +495,7 @@ fn a_backend_that_panics_loses_its_export_only() {
     handshake(&mut bad, true, true);
     let e = bad.get_config(0, 8, 0).expect_err("the device panicked");
     assert!(is_disconnect(&e), "{e}");
-    let deadline = Instant::now() + TIMEOUT;
-    while host.path(0).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the retired export's socket is still there"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(&host.path(0), "the retired export's socket is still there");
     assert!(
         Connection::<FrontendChannel>::connect(host.path(0)).is_err(),
         "a front-end is refused, not left waiting"
@@ -516,14 +518,7 @@ fn a_backend_whose_offer_fails_closes_its_socket() {
     let host = Host::start("offer", backends, |d| d);
     let mut fe = host.connect(0);
     assert!(fe.get_features().is_err());
-    let deadline = Instant::now() + TIMEOUT;
-    while host.path(0).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the export's socket is still there"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(&host.path(0), "the export's socket is still there");
     let mut good = host.connect(1);
     verified_io(&mut good, 1);
     drop(good);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost_backend::runtime::testing::TestQueue;
 use vhost_backend::runtime::{
-    DeviceError, GuestUring, Processed, QueueContext, Reaped, VirtioDevice,
+    DeviceError, GuestUring, Processed, QueueContext, Reaped, Refused, VirtioDevice,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -47,23 +47,40 @@ impl PipeReader {
     }
 }
 
+/// Queues on `ring` a read into the whole device-writable part of each request popped,
+/// hands what the ring refuses to `refused`, and submits.
+fn read_into_each(
+    ring: &Mutex<GuestUring<()>>,
+    ctx: &mut QueueContext<'_>,
+    mut refused: impl FnMut(Refused<()>),
+) -> Result<Processed, DeviceError> {
+    let mut u = ring.lock().unwrap();
+    while let Some(req) = ctx.pop() {
+        let len = req.writable_len();
+        if let Err(r) = u.read_to_writable(req, 0, len, None, ()) {
+            refused(r);
+        }
+    }
+    u.submit()?;
+    Ok(Processed::Drained)
+}
+
 impl VirtioDevice for PipeReader {
     vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 16);
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        let mut u = self.0.lock().unwrap();
-        while let Some(req) = ctx.pop() {
-            let len = req.writable_len();
-            if let Err(r) = u.read_to_writable(req, 0, len, None, ()) {
-                panic!("refused: {}", r.error);
-            }
-        }
-        u.submit()?;
-        Ok(Processed::Drained)
+        read_into_each(&self.0, ctx, |r| panic!("refused: {}", r.error))
     }
 }
 
 const LEN: usize = 64;
 const BUF: u64 = 0x8000;
+
+/// The buffer at `BUF` holds [`data`].
+fn assert_data_in_buffer(mem: &GuestMemoryMmap) {
+    let mut got = vec![0u8; LEN];
+    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(got, data());
+}
 
 /// Guest memory with one writable 64-byte descriptor available as head 0, its queue, the
 /// device over a fresh pipe, and the pipe's write end.
@@ -147,9 +164,7 @@ fn dropping_the_ring_waits_for_the_read_in_flight() {
     q.publish();
     assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
     assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 0);
-    let mut got = vec![0u8; LEN];
-    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
-    assert_eq!(got, data());
+    assert_data_in_buffer(&mem);
 }
 
 /// A read that lands in part, then fails (the pipe closes before the rest), still marks the
@@ -225,9 +240,7 @@ fn a_failed_submission_is_retried_without_a_kick() {
         mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(),
         LEN as u32
     );
-    let mut got = vec![0u8; LEN];
-    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
-    assert_eq!(got, data());
+    assert_data_in_buffer(&mem);
 }
 
 /// An operation that keeps completing with EAGAIN is not queued again for ever: it fails
@@ -285,16 +298,10 @@ struct Recorder(Mutex<GuestUring<()>>, Mutex<Vec<String>>);
 impl VirtioDevice for Recorder {
     vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 16);
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-        let mut u = self.0.lock().unwrap();
-        while let Some(req) = ctx.pop() {
-            let len = req.writable_len();
-            if let Err(r) = u.read_to_writable(req, 0, len, None, ()) {
-                self.1.lock().unwrap().push(r.error.to_string());
-                r.req.complete(0);
-            }
-        }
-        u.submit()?;
-        Ok(Processed::Drained)
+        read_into_each(&self.0, ctx, |r| {
+            self.1.lock().unwrap().push(r.error.to_string());
+            r.req.complete(0);
+        })
     }
 }
 

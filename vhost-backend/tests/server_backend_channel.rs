@@ -12,8 +12,7 @@ use common::cases::{self, ACKED, FEATURES};
 use common::{borrow, file_fd, Session};
 use vhost_backend::{BackendClient, ClientError};
 use vhost_proto::{
-    encode_backend_reply, BackendReq, BackendRequest, FrontendRequest, Header, ShmemMap,
-    MAX_BODY_SIZE,
+    encode_backend_reply, BackendReq, BackendRequest, FrontendRequest, Header, MAX_BODY_SIZE,
 };
 use vhost_transport::{BackendChannel, Connection};
 
@@ -66,14 +65,7 @@ fn every_backend_request_is_sent_with_need_reply_and_acked() {
     let (_s, client, conn) = channel();
     let frontend = answer(conn, 11, 0);
     let msg = vhost_test_support::wire::iotlb_miss(0x1000);
-    let map = ShmemMap {
-        shmid: 0,
-        padding: [0; 7],
-        fd_offset: 0,
-        shm_offset: 0,
-        len: 0x1000,
-        flags: 0,
-    };
+    let map = vhost_test_support::wire::shmem_map(0, 0, 0x1000, 0);
     let fd = file_fd();
     client.iotlb_msg(msg).expect("IOTLB");
     client.config_change().expect("config change");

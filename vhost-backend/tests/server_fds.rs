@@ -54,20 +54,35 @@ fn every_request_refused_failed_or_reset_leaves_no_descriptor_open() {
     }
 }
 
+/// Under the test lock, a negotiated session and the count of descriptors open with it.
+fn negotiated_session() -> (MutexGuard<'static, ()>, Session, usize) {
+    let serial = serial();
+    let s = Session::negotiated(cases::backend(), ACKED, FEATURES);
+    let before = open_fds();
+    (serial, s, before)
+}
+
+/// The ack of SET_VRING_KICK for queue `index` with `nofd` as given and a descriptor
+/// attached.
+fn ack_kick_with_a_descriptor(s: &mut Session, index: u8, nofd: bool) -> u64 {
+    let kick = FrontendRequest::SetVringKick(VringFd { index, nofd });
+    s.ack(&kick, &borrow(&[file_fd()]))
+}
+
+/// The ack of a SET_MEM_TABLE of one region that carries `fds` descriptors.
+fn ack_one_region_table(s: &mut Session, fds: usize) -> u64 {
+    let table = FrontendRequest::SetMemTable(MemTable::new(&[cases::region()]).expect("table"));
+    let fds: Vec<_> = (0..fds).map(|_| file_fd()).collect();
+    s.ack(&table, &borrow(&fds))
+}
+
 #[test]
 fn malformed_messages_close_the_descriptors_they_carry() {
-    let _serial = serial();
-    let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
-    let before = open_fds();
+    let (_serial, mut s, before) = negotiated_session();
     // NOFD set, descriptor attached.
-    let kick = FrontendRequest::SetVringKick(VringFd {
-        index: 0,
-        nofd: true,
-    });
-    assert_eq!(s.ack(&kick, &borrow(&[file_fd()])), 1);
+    assert_eq!(ack_kick_with_a_descriptor(&mut s, 0, true), 1);
     // One region, two descriptors.
-    let table = FrontendRequest::SetMemTable(MemTable::new(&[cases::region()]).expect("table"));
-    assert_eq!(s.ack(&table, &borrow(&[file_fd(), file_fd()])), 1);
+    assert_eq!(ack_one_region_table(&mut s, 2), 1);
     // REM_MEM_REG may carry a descriptor, which is closed unused.
     let rem = FrontendRequest::RemMemReg(vhost_proto::RegionMsg::new(cases::region()));
     assert_eq!(s.ack(&rem, &borrow(&[file_fd()])), 0);
@@ -85,16 +100,9 @@ fn malformed_messages_close_the_descriptors_they_carry() {
 
 #[test]
 fn descriptors_accepted_by_the_backend_stay_open_until_the_session_ends() {
-    let _serial = serial();
-    let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
-    let before = open_fds();
-    let kick = FrontendRequest::SetVringKick(VringFd {
-        index: 1,
-        nofd: false,
-    });
-    assert_eq!(s.ack(&kick, &borrow(&[file_fd()])), 0);
-    let table = FrontendRequest::SetMemTable(MemTable::new(&[cases::region()]).expect("table"));
-    assert_eq!(s.ack(&table, &borrow(&[file_fd()])), 0);
+    let (_serial, mut s, before) = negotiated_session();
+    assert_eq!(ack_kick_with_a_descriptor(&mut s, 1, false), 0);
+    assert_eq!(ack_one_region_table(&mut s, 1), 0);
     assert_eq!(open_fds(), before + 2);
     s.server.finish().expect("reset");
     assert_eq!(open_fds(), before);
@@ -102,9 +110,7 @@ fn descriptors_accepted_by_the_backend_stay_open_until_the_session_ends() {
 
 #[test]
 fn reply_descriptors_go_to_the_frontend_and_the_server_keeps_no_copy() {
-    let _serial = serial();
-    let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
-    let before = open_fds();
+    let (_serial, mut s, before) = negotiated_session();
     let requests = [
         FrontendRequest::PostcopyAdvise,
         FrontendRequest::GetInflightFd(Default::default()),

@@ -159,14 +159,8 @@ fn every_gated_request_not_negotiated_gets_its_failure_form_without_reaching_the
             _ => continue,
         }
         let mut s = Session::negotiated(cases::backend(), ProtocolFeatures::REPLY_ACK, features);
-        let shape = match s.server.negotiation().owes(code, true) {
-            Owed::Ack => ReplyShape::U64,
-            Owed::Reply(shape) => shape,
-            Owed::Nothing => panic!("{name}: owes nothing"),
-        };
-        let fds = case.make_fds();
-        s.send(&case.request, true, &borrow(&fds));
-        let handled = s.step();
+        let shape = s.owed_with_need_reply(code);
+        let handled = s.send_case(&case, true);
         assert!(
             s.rec.take_calls().is_empty(),
             "{name}: reached the back-end"
@@ -475,9 +469,7 @@ fn failing_state_change_without_need_reply_closes_the_connection() {
         let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
         assert_eq!(s.server.negotiation().owes(code, false), Owed::Nothing);
         s.rec.fail_on(code);
-        let fds = case.make_fds();
-        s.send(&case.request, false, &borrow(&fds));
-        let handled = s.step();
+        let handled = s.send_case(&case, false);
         assert!(
             matches!(&handled, Err(ServerError::Unreported { request, cause })
                 if *request == code && matches!(**cause, ServerError::Backend { .. })),

@@ -11,7 +11,7 @@ use common::cases::{self, ACKED, FEATURES};
 use common::{borrow, Session};
 use vhost_backend::ServerError;
 use vhost_proto::{
-    virtio, FrontendReply, FrontendReq, FrontendRequest, Owed, Owes, ProtocolFeatures, ReplyShape,
+    virtio, FrontendReply, FrontendReq, FrontendRequest, Owes, ProtocolFeatures, ReplyShape,
 };
 
 #[test]
@@ -26,9 +26,8 @@ fn every_request_with_reply_ack_calls_its_method_and_gets_its_reply_or_ack() {
     for case in cases::all() {
         let name = case.code().name();
         let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
-        let fds = case.make_fds();
         let reply = s
-            .exchange(&case.request, true, &borrow(&fds))
+            .exchange_case(&case, true)
             .unwrap_or_else(|| panic!("{name}: nothing came back"));
         assert_eq!(
             reply.decode(case.code(), case.shape()),
@@ -46,8 +45,7 @@ fn every_request_without_reply_ack_sends_only_the_replies_it_always_owes() {
     for case in cases::all() {
         let name = case.code().name();
         let mut s = Session::negotiated(cases::backend(), acked, FEATURES);
-        let fds = case.make_fds();
-        let reply = s.exchange(&case.request, true, &borrow(&fds));
+        let reply = s.exchange_case(&case, true);
         assert_eq!(
             s.rec.take_calls(),
             std::slice::from_ref(&case.call),
@@ -74,8 +72,7 @@ fn every_request_without_need_reply_gets_no_ack() {
     for case in cases::all() {
         let name = case.code().name();
         let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
-        let fds = case.make_fds();
-        let reply = s.exchange(&case.request, false, &borrow(&fds));
+        let reply = s.exchange_case(&case, false);
         assert_eq!(
             reply.is_some(),
             case.code().spec().owes == Owes::Reply,
@@ -91,14 +88,8 @@ fn every_failing_method_gets_the_failure_form_or_closes_when_there_is_none() {
         let name = code.name();
         let mut s = Session::negotiated(cases::backend(), ACKED, FEATURES);
         s.rec.fail_on(code);
-        let shape = match s.server.negotiation().owes(code, true) {
-            Owed::Ack => ReplyShape::U64,
-            Owed::Reply(shape) => shape,
-            Owed::Nothing => panic!("{name}: owes nothing with NEED_REPLY and REPLY_ACK"),
-        };
-        let fds = case.make_fds();
-        s.send(&case.request, true, &borrow(&fds));
-        let handled = s.step();
+        let shape = s.owed_with_need_reply(code);
+        let handled = s.send_case(&case, true);
         assert_eq!(
             s.rec.take_calls(),
             std::slice::from_ref(&case.call),

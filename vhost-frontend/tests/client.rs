@@ -461,14 +461,7 @@ fn backend_channel_delivers_every_backend_request_to_the_handler_and_acks_it() {
     client.shared_object_remove([3; 16]).unwrap();
     let looked_up = client.shared_object_lookup([4; 16]).unwrap();
     assert!(looked_up.is_some(), "the lookup reply carries the fd");
-    let map = ShmemMap {
-        shmid: 2,
-        padding: [0; 7],
-        fd_offset: 0,
-        shm_offset: 0x1000,
-        len: 0x2000,
-        flags: 1,
-    };
+    let map = vhost_test_support::wire::shmem_map(2, 0x1000, 0x2000, 1);
     client.shmem_map(map, null_fd().as_fd()).unwrap();
     client.shmem_unmap(map).unwrap();
 

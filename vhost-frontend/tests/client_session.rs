@@ -45,6 +45,18 @@ fn vring_addr(s: &Session, i: usize) -> VringAddr {
     }
 }
 
+/// Queue 0 enabled, then the status read and set to 0x0f (DRIVER_OK with FEATURES_OK).
+fn enable_queue_0_then_driver_ok() -> [Call; 3] {
+    [
+        Call::SetVringEnable {
+            index: 0,
+            enable: true,
+        },
+        Call::GetStatus,
+        Call::SetStatus(0x0f),
+    ]
+}
+
 fn queue_setup(s: &Session, i: usize, base: u32) -> Vec<Call> {
     let index = i as u32;
     vec![
@@ -252,12 +264,7 @@ fn stop_queue_returns_backend_base_and_restart_sends_it_back() {
         Call::SetVringCall { index: 0, fd: true },
     ];
     expected.extend(queue_setup(&s, 0, 3));
-    expected.push(Call::SetVringEnable {
-        index: 0,
-        enable: true,
-    });
-    expected.push(Call::GetStatus);
-    expected.push(Call::SetStatus(0x0f));
+    expected.extend(enable_queue_0_then_driver_ok());
     expected.push(Call::SetVringCall { index: 0, fd: true });
     assert_eq!(rec.take_calls(), expected);
     assert_eq!(s.driver(0).unwrap().avail_idx(), 3);
@@ -295,12 +302,7 @@ fn blk_sequence_matches_a_qemu_72_boot_log() {
     let regions = regions_of(&s);
     expected.extend(regions.iter().map(|r| Call::AddMemReg(RegionMsg::new(*r))));
     expected.extend(queue_setup(&s, 0, 0));
-    expected.push(Call::SetVringEnable {
-        index: 0,
-        enable: true,
-    });
-    expected.push(Call::GetStatus);
-    expected.push(Call::SetStatus(0x0f));
+    expected.extend(enable_queue_0_then_driver_ok());
     assert_eq!(rec.take_calls(), expected);
 
     // Stop: no SET_VRING_CALL afterwards for blk.

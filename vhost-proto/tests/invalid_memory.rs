@@ -208,37 +208,39 @@ fn single(gpa: u64, size: u64, user: u64, off: u64) -> Vec<u8> {
     cat(&[&[0; 8], &region_bytes(gpa, size, user, off)])
 }
 
+/// Decodes `code` with a body of one good region and `fds` descriptors.
+fn decode_one_region(code: FrontendReq, fds: usize) -> Result<(), Error> {
+    let body = single(0, G, 0x7f00_0000_0000, 0);
+    FrontendRequest::decode(code, &body, fds, PLAIN).map(drop)
+}
+
+/// `code` with one good region and `fds` descriptors is refused as `fds` unexpected ones.
+fn assert_unexpected_fds(code: FrontendReq, fds: usize) {
+    let err = decode_one_region(code, fds).unwrap_err();
+    assert!(
+        matches!(err, Error::UnexpectedFds { got, .. } if got == fds),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn add_mem_reg_without_fd_is_unexpected_fds() {
-    let body = single(0, G, 0x7f00_0000_0000, 0);
-    assert_err!(
-        FrontendRequest::decode(FrontendReq::AddMemReg, &body, 0, PLAIN),
-        Error::UnexpectedFds { got: 0, .. }
-    );
+    assert_unexpected_fds(FrontendReq::AddMemReg, 0);
 }
 
 #[test]
 fn add_mem_reg_with_two_fds_is_unexpected_fds() {
-    let body = single(0, G, 0x7f00_0000_0000, 0);
-    assert_err!(
-        FrontendRequest::decode(FrontendReq::AddMemReg, &body, 2, PLAIN),
-        Error::UnexpectedFds { got: 2, .. }
-    );
+    assert_unexpected_fds(FrontendReq::AddMemReg, 2);
 }
 
 #[test]
 fn rem_mem_reg_with_one_fd_is_accepted() {
-    let body = single(0, G, 0x7f00_0000_0000, 0);
-    assert!(FrontendRequest::decode(FrontendReq::RemMemReg, &body, 1, PLAIN).is_ok());
+    assert!(decode_one_region(FrontendReq::RemMemReg, 1).is_ok());
 }
 
 #[test]
 fn rem_mem_reg_with_two_fds_is_unexpected_fds() {
-    let body = single(0, G, 0x7f00_0000_0000, 0);
-    assert_err!(
-        FrontendRequest::decode(FrontendReq::RemMemReg, &body, 2, PLAIN),
-        Error::UnexpectedFds { got: 2, .. }
-    );
+    assert_unexpected_fds(FrontendReq::RemMemReg, 2);
 }
 
 #[test]

@@ -133,6 +133,24 @@ fn expected_owed(code: u32, reply_ack: bool, need_reply: bool, postcopy: bool) -
     }
 }
 
+/// `n` owes for every request, with and without NEED_REPLY, what [`expected_owed`] says
+/// with `reply_ack` and `postcopy`; the number of cases checked.
+fn assert_owes_what_the_spec_says(n: &Negotiation, reply_ack: bool, postcopy: bool) -> usize {
+    let mut cases = 0;
+    for r in FrontendReq::all() {
+        for need_reply in [false, true] {
+            assert_eq!(
+                n.owes(r, need_reply),
+                expected_owed(r as u32, reply_ack, need_reply, postcopy),
+                "{} reply_ack={reply_ack} need_reply={need_reply}",
+                r.name()
+            );
+            cases += 1;
+        }
+    }
+    cases
+}
+
 #[test]
 fn owes_for_every_request_with_and_without_reply_ack_and_need_reply() {
     let mut cases = 0;
@@ -143,17 +161,7 @@ fn owes_for_every_request_with_and_without_reply_ack_and_need_reply() {
                 ProtocolFeatures::REPLY_ACK.bits(),
             ));
         }
-        for r in FrontendReq::all() {
-            for need_reply in [false, true] {
-                assert_eq!(
-                    n.owes(r, need_reply),
-                    expected_owed(r as u32, reply_ack, need_reply, false),
-                    "{} reply_ack={reply_ack} need_reply={need_reply}",
-                    r.name()
-                );
-                cases += 1;
-            }
-        }
+        cases += assert_owes_what_the_spec_says(&n, reply_ack, false);
     }
     assert_eq!(cases, 44 * 4);
 }
@@ -178,16 +186,7 @@ fn owes_switches_region_messages_to_replies_while_postcopy_listens() {
     assert!(!n.postcopy_listening());
     n.apply(&FrontendRequest::PostcopyListen);
     assert!(n.postcopy_listening());
-    for r in FrontendReq::all() {
-        for need in [false, true] {
-            assert_eq!(
-                n.owes(r, need),
-                expected_owed(r as u32, true, need, true),
-                "{}",
-                r.name()
-            );
-        }
-    }
+    assert_owes_what_the_spec_says(&n, true, true);
     assert_eq!(
         n.owes(FrontendReq::SetMemTable, false),
         Owed::Reply(ReplyShape::MemTable)

@@ -30,23 +30,36 @@ fn check_row(s: &RequestSpec, (code, name, body, fds, gate, owes, reply): Row) {
     }
 }
 
+/// Each spec row with the request its code decodes to, after checking that the table
+/// declares as many requests as the spec has rows.
+fn decoded<R, const N: usize>(
+    declared: usize,
+    rows: [Row; N],
+    from_code: fn(u32) -> Option<R>,
+) -> impl Iterator<Item = (R, Row)> {
+    assert_eq!(declared, N);
+    rows.into_iter().map(move |row| {
+        let code = row.0;
+        (
+            from_code(code).unwrap_or_else(|| panic!("code {code} unknown")),
+            row,
+        )
+    })
+}
+
 #[test]
 fn frontend_table_matches_the_spec_row_by_row() {
-    assert_eq!(FRONTEND_REQUESTS.len(), spec_rows::FRONTEND.len());
-    for row in spec_rows::FRONTEND {
-        let code = row.0;
-        let r = FrontendReq::from_code(code).unwrap_or_else(|| panic!("code {code} unknown"));
-        assert_eq!(r as u32, code);
+    let rows = spec_rows::FRONTEND;
+    for (r, row) in decoded(FRONTEND_REQUESTS.len(), rows, FrontendReq::from_code) {
+        assert_eq!(r as u32, row.0);
         check_row(r.spec(), row);
     }
 }
 
 #[test]
 fn backend_table_matches_the_spec_row_by_row() {
-    assert_eq!(BACKEND_REQUESTS.len(), spec_rows::BACKEND.len());
-    for row in spec_rows::BACKEND {
-        let code = row.0;
-        let r = BackendReq::from_code(code).unwrap_or_else(|| panic!("code {code} unknown"));
+    let rows = spec_rows::BACKEND;
+    for (r, row) in decoded(BACKEND_REQUESTS.len(), rows, BackendReq::from_code) {
         check_row(r.spec(), row);
         assert_eq!(r.spec().reply, row.6, "{}: reply shape", row.1);
     }

@@ -28,6 +28,19 @@ fn conn_and_raw() -> (Arc<Conn>, UnixStream) {
     (Arc::new(Connection::from_stream(a)), b)
 }
 
+/// A non-blocking connection with read timeout `timeout` that has read the header of
+/// message `request` (16-byte body) and of whose body only 4 bytes have come; the raw
+/// peer and the whole message.
+fn body_started(request: u32, timeout: Duration) -> (Arc<Conn>, UnixStream, Vec<u8>) {
+    let (conn, raw) = conn_and_raw();
+    let m = message(request, 16);
+    raw_send(&raw, &m[..HEADER_SIZE + 4], &[]);
+    conn.set_nonblocking(true).unwrap();
+    conn.set_read_timeout(Some(timeout)).unwrap();
+    conn.recv_header().unwrap();
+    (conn, raw, m)
+}
+
 /// `recv_header` on another thread, failing the test rather than hanging
 /// when it does not return within two seconds.
 fn recv_header_within_2s(conn: &Arc<Conn>) -> Received {
@@ -133,13 +146,7 @@ fn whole_buffered_header_counts_as_buffered_and_is_served_without_readability() 
 /// middle of a message cannot hold the reader (an event loop's thread).
 #[test]
 fn nonblocking_body_read_stopped_midway_ends_at_the_read_timeout() {
-    let (conn, raw) = conn_and_raw();
-    let m = message(3, 16);
-    raw_send(&raw, &m[..HEADER_SIZE + 4], &[]);
-    conn.set_nonblocking(true).unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    conn.recv_header().unwrap();
+    let (conn, raw, _) = body_started(3, Duration::from_millis(200));
     let (tx, rx) = mpsc::channel();
     let reader = Arc::clone(&conn);
     thread::spawn(move || {
@@ -156,12 +163,7 @@ fn nonblocking_body_read_stopped_midway_ends_at_the_read_timeout() {
 /// Within the read timeout, the rest of a started body is waited for.
 #[test]
 fn nonblocking_body_read_gets_the_rest_that_comes_within_the_read_timeout() {
-    let (conn, raw) = conn_and_raw();
-    let m = message(4, 16);
-    raw_send(&raw, &m[..HEADER_SIZE + 4], &[]);
-    conn.set_nonblocking(true).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    conn.recv_header().unwrap();
+    let (conn, raw, m) = body_started(4, Duration::from_secs(2));
     let rest = m[HEADER_SIZE + 4..].to_vec();
     let writer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(50));

@@ -62,13 +62,15 @@ fn shmem() -> ShmemConfig {
     }
 }
 
+/// Queue 1's rings on consecutive pages at `RINGS`.
 fn addr() -> VringAddr {
+    const RINGS: u64 = 0x7f00_0000_0000;
     VringAddr {
         index: 1,
         flags: 0,
-        desc: 0x7f00_0000_1000,
-        used: 0x7f00_0000_2000,
-        avail: 0x7f00_0000_3000,
+        desc: RINGS + 0x1000,
+        used: RINGS + 0x2000,
+        avail: RINGS + 0x3000,
         log: 0,
     }
 }

@@ -12,7 +12,7 @@ use vhost_backend::test_utils::{Recording, RecordingBackend};
 use vhost_backend::{BackendServer, ServerError};
 use vhost_proto::{
     DecodeContext, FrontendReply, FrontendReq, FrontendRequest, Header, HeaderFlags, MessageKind,
-    ProtocolFeatures, ReplyShape, MAX_BODY_SIZE,
+    Owed, ProtocolFeatures, ReplyShape, MAX_BODY_SIZE,
 };
 use vhost_transport::{Connection, FrontendChannel};
 
@@ -82,20 +82,13 @@ impl Session {
 
     /// Writes a request, NEED_REPLY set when asked.
     pub fn send(&self, req: &FrontendRequest<'_>, need_reply: bool, fds: &[BorrowedFd<'_>]) {
-        let flags = if need_reply {
-            HeaderFlags::NEED_REPLY
-        } else {
-            HeaderFlags::empty()
-        };
+        let mut flags = HeaderFlags::empty();
+        flags.set(HeaderFlags::NEED_REPLY, need_reply);
         let mut body = [0u8; MAX_BODY_SIZE];
         let enc = req.encode(flags, &mut body).expect("encodable request");
+        let (header, body) = (enc.header.to_wire(), &body[..enc.body_len]);
         self.front
-            .send(
-                &enc.header.to_wire(),
-                &body[..enc.body_len],
-                enc.payload,
-                fds,
-            )
+            .send(&header, body, enc.payload, fds)
             .expect("send");
     }
 
@@ -147,6 +140,28 @@ impl Session {
         }
         assert!(self.reply().is_none(), "more than one message came back");
         reply
+    }
+
+    /// The shape of what the server owes for `code` sent with NEED_REPLY (an ack is a u64).
+    pub fn owed_with_need_reply(&self, code: FrontendReq) -> ReplyShape {
+        match self.server.negotiation().owes(code, true) {
+            Owed::Ack => ReplyShape::U64,
+            Owed::Reply(shape) => shape,
+            Owed::Nothing => panic!("{}: owes nothing with NEED_REPLY", code.name()),
+        }
+    }
+
+    /// Sends `case`'s request with its descriptors and lets the server handle it.
+    pub fn send_case(&mut self, case: &cases::Case, need_reply: bool) -> Result<(), ServerError> {
+        let fds = case.make_fds();
+        self.send(&case.request, need_reply, &borrow(&fds));
+        self.step()
+    }
+
+    /// [`exchange`](Self::exchange) of `case`'s request with its descriptors.
+    pub fn exchange_case(&mut self, case: &cases::Case, need_reply: bool) -> Option<Reply> {
+        let fds = case.make_fds();
+        self.exchange(&case.request, need_reply, &borrow(&fds))
     }
 
     /// Sends a request with NEED_REPLY and returns its u64 ack.

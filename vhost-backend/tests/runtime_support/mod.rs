@@ -165,9 +165,14 @@ pub fn serve_in_thread<D: VirtioDevice>(
         let _ = server.serve();
         server.into_backend()
     });
-    let fe = Frontend::new(fe);
+    (frontend_on(fe), t)
+}
+
+/// The front-end on `conn`, with the tests' read timeout.
+pub fn frontend_on(conn: Connection<vhost_transport::FrontendChannel>) -> Frontend {
+    let fe = Frontend::new(conn);
     fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    (fe, t)
+    fe
 }
 
 /// Two regions whose front-end virtual addresses are unlike their guest-physical ones

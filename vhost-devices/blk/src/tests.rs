@@ -161,16 +161,12 @@ impl Harness {
     fn run(&mut self) -> Vec<(u16, u32)> {
         self.queue.process(&self.dev).unwrap();
         // With I/O threads, requests complete after `process` returns.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.queue.outstanding() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "requests never completed"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            self.reap();
-            self.queue.publish();
-        }
+        self.settle(10, "requests never completed");
+        self.take_used()
+    }
+
+    /// The used entries the ring holds past `used_seen`, which moves past them.
+    fn take_used(&mut self) -> Vec<(u16, u32)> {
         let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
         let mut out = Vec::new();
         while self.used_seen != used_idx {
@@ -181,6 +177,56 @@ impl Harness {
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
+    }
+
+    /// `used` holds each of the 513-byte reads `heads` (of sectors 0, 1, ...) exactly once,
+    /// in any order, and each read's data landed in its buffer.
+    fn assert_reads_each_once(&self, used: Vec<(u16, u32)>, heads: &[u16]) {
+        assert_eq!(used.len(), heads.len());
+        let mut seen = std::collections::HashSet::new();
+        for (head, len) in used {
+            assert!(seen.insert(head), "head {head} returned twice");
+            assert_eq!(len, 513, "head {head}");
+            let i = heads
+                .iter()
+                .position(|&x| x == head)
+                .expect("a head submitted") as u64;
+            let got = self.guest(DATA + 0x10000 + i * 512, 512);
+            assert_eq!(got, expected(i, 512), "request {i}");
+        }
+    }
+
+    /// Reaps and publishes until no request is outstanding; fails with `stuck` after `secs`.
+    fn settle(&self, secs: u64, stuck: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while self.queue.outstanding() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{stuck}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.reap();
+            self.queue.publish();
+        }
+    }
+
+    /// Submits 30 reads and stops the queue while they are in flight: the stop answers
+    /// base 30 and only once every request has completed.
+    fn stop_with_30_reads_in_flight(&mut self) {
+        self.submit_reads(30);
+        self.queue.process(&self.dev).unwrap();
+        let base = self.stop_while_reaping();
+        assert_eq!(base, 30);
+        let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        assert_eq!(
+            used_idx, 30,
+            "every request completed before the stop answered"
+        );
+    }
+
+    /// The next request the device serves panics (on whichever thread serves it).
+    fn panic_on_next_request(&self) {
+        self.dev
+            .core
+            .panic_next
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What the queue's worker does when the device's descriptors are readable: an engine
@@ -409,17 +455,10 @@ macro_rules! in_flight_on {
             #[test]
             fn many_reads_in_flight_complete_each_once_with_their_data() {
                 let mut h = harness();
-                let mut heads = Vec::new();
-                heads.extend(h.submit_reads(40));
+                let heads = h.submit_reads(40);
                 let used = h.run();
                 assert_eq!(used.len(), 40);
-                let mut seen = std::collections::HashSet::new();
-                for (head, len) in used {
-                    assert!(seen.insert(head), "head {head} twice");
-                    assert_eq!(len, 513);
-                    let i = heads.iter().position(|&x| x == head).unwrap() as u64;
-                    assert_eq!(h.guest(DATA + 0x10000 + i * 512, 512), expected(i, 512));
-                }
+                h.assert_reads_each_once(used, &heads);
             }
 
             #[test]
@@ -454,16 +493,7 @@ macro_rules! in_flight_on {
 
             #[test]
             fn a_stop_with_requests_in_flight_waits_for_them_and_answers_the_base() {
-                let mut h = harness();
-                h.submit_reads(30);
-                h.queue.process(&h.dev).unwrap();
-                let base = h.stop_while_reaping();
-                assert_eq!(base, 30);
-                let used_idx: u16 = h.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-                assert_eq!(
-                    used_idx, 30,
-                    "every request completed before the stop answered"
-                );
+                harness().stop_with_30_reads_in_flight();
             }
 
             #[test]
@@ -545,15 +575,7 @@ mod pool_order {
         assert_eq!(class, engine::Class::Write);
         pool.send(flush, engine::Class::Flush, false).unwrap();
         pool.send(write, class, false).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while h.queue.outstanding() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the flush waits for a write queued behind it: deadlock"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            h.queue.publish();
-        }
+        h.settle(5, "the flush waits for a write queued behind it: deadlock");
         assert_eq!(&h.file()[512..1024], &[7u8; 512][..]);
     }
 }
@@ -561,10 +583,7 @@ mod pool_order {
 #[test]
 fn a_panic_serving_a_write_on_an_io_thread_leaves_flushes_and_the_thread_working() {
     let mut h = Harness::with(|c| c.aio = Aio::Threads(1));
-    h.dev
-        .core
-        .panic_next
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.panic_on_next_request();
     h.header(HDR, VIRTIO_BLK_T_OUT, 1);
     let write = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
     let fhdr = HDR + 0x100;

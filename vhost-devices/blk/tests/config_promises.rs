@@ -134,6 +134,12 @@ fn writeback_field(s: &mut Session) -> u8 {
     s.frontend().get_config(off, 1, 0).unwrap()[0]
 }
 
+/// Writes `value` to the writeback field with SET_CONFIG.
+fn set_writeback(s: &mut Session, value: u8) {
+    let off = WRITEBACK_OFFSET as u32;
+    s.frontend().set_config(off, &[value], 0).unwrap();
+}
+
 #[test]
 fn writeback_field_reads_zero_without_flush_and_follows_set_config_with_it() {
     let (scratch, _d, _cfg) = serve("wce", 1 << 20, |_| {});
@@ -143,20 +149,14 @@ fn writeback_field_reads_zero_without_flush_and_follows_set_config_with_it() {
     });
     assert_eq!(s.features() & 1 << features::FLUSH, 0);
     assert_eq!(writeback_field(&mut s), 0);
-    s.frontend()
-        .set_config(WRITEBACK_OFFSET as u32, &[1], 0)
-        .unwrap();
+    set_writeback(&mut s, 1);
     assert_eq!(writeback_field(&mut s), 0);
     drop(s);
     let mut s = connect(&scratch.socket(), || options(1));
     assert_ne!(s.features() & 1 << features::FLUSH, 0);
     assert_eq!(writeback_field(&mut s), 1);
-    s.frontend()
-        .set_config(WRITEBACK_OFFSET as u32, &[0], 0)
-        .unwrap();
+    set_writeback(&mut s, 0);
     assert_eq!(writeback_field(&mut s), 0);
-    s.frontend()
-        .set_config(WRITEBACK_OFFSET as u32, &[1], 0)
-        .unwrap();
+    set_writeback(&mut s, 1);
     assert_eq!(writeback_field(&mut s), 1);
 }

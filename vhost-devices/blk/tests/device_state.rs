@@ -25,13 +25,18 @@ fn writeback(s: &mut Session) -> u8 {
     s.frontend().get_config(0, 60, 0).unwrap()[WRITEBACK_OFFSET]
 }
 
-fn save(s: &mut Session) -> Vec<u8> {
-    let (mut r, w) = pipe();
+/// Starts a transfer in `direction` over `fd`; the back-end gives no descriptor back.
+fn start_transfer(s: &mut Session, direction: u32, fd: &File) {
     let back = s
         .frontend()
-        .set_device_state_fd(TRANSFER_SAVE, 0, w.as_fd())
+        .set_device_state_fd(direction, 0, fd.as_fd())
         .unwrap();
     assert!(back.is_none());
+}
+
+fn save(s: &mut Session) -> Vec<u8> {
+    let (mut r, w) = pipe();
+    start_transfer(s, TRANSFER_SAVE, &w);
     drop(w);
     let mut state = Vec::new();
     r.read_to_end(&mut state).unwrap();
@@ -42,11 +47,7 @@ fn save(s: &mut Session) -> Vec<u8> {
 /// Loads `state`; the outcome CHECK_DEVICE_STATE reports.
 fn load(s: &mut Session, state: &[u8]) -> bool {
     let (r, mut w) = pipe();
-    let back = s
-        .frontend()
-        .set_device_state_fd(TRANSFER_LOAD, 0, r.as_fd())
-        .unwrap();
-    assert!(back.is_none());
+    start_transfer(s, TRANSFER_LOAD, &r);
     drop(r);
     w.write_all(state).unwrap();
     drop(w);

@@ -61,9 +61,5 @@ fn run(depth: usize) -> f64 {
 #[test]
 #[ignore = "benchmark"]
 fn random_read_4k_iops_at_depth_1_and_16() {
-    for depth in [1, 16] {
-        let iops = run(depth);
-        println!("4 KiB random read, QD{depth}: {iops:.0} IOPS");
-        assert!(iops > 0.0);
-    }
+    vhost_test_support::bench_at_depths_1_and_16("4 KiB random read", "IOPS", run);
 }

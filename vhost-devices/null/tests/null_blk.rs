@@ -94,6 +94,15 @@ impl Ring {
 
     /// Makes a chain of `(addr, len, device-writable)` buffers available, runs the device
     /// once and returns the used length and the status byte.
+    /// Submits a request whose header is at `HDR`, with `len` bytes at `DATA` for the device
+    /// to write and the status byte at `STATUS`.
+    fn submit_read(&mut self, dev: &NullBlk, len: u32) -> (u32, u8) {
+        self.submit(
+            dev,
+            &[(HDR, 16, false), (DATA, len, true), (STATUS, 1, true)],
+        )
+    }
+
     fn submit(&mut self, dev: &NullBlk, bufs: &[(u64, u32, bool)]) -> (u32, u8) {
         if self.packed.is_some() {
             return self.submit_packed(dev, bufs);
@@ -133,6 +142,13 @@ impl Ring {
     }
 }
 
+/// Runs `test` on a fresh 1 MiB disk with a ring of each layout (split, then packed).
+fn on_each_layout(test: impl Fn(NullBlk, Ring)) {
+    for packed in LAYOUTS {
+        test(NullBlk::new(1 << 20), Ring::new(packed));
+    }
+}
+
 #[test]
 fn capacity_is_in_the_configuration_space() {
     let dev = NullBlk::new(8 << 20);
@@ -144,29 +160,22 @@ fn capacity_is_in_the_configuration_space() {
 
 #[test]
 fn read_fills_zeros_and_reports_the_bytes_written() {
-    for packed in LAYOUTS {
-        let dev = NullBlk::new(1 << 20);
-        let mut r = Ring::new(packed);
+    on_each_layout(|dev, mut r| {
         r.mem
             .write_slice(&[0xaa; 8192], GuestAddress(DATA))
             .unwrap();
         r.header(0, 10);
-        let (len, status) = r.submit(
-            &dev,
-            &[(HDR, 16, false), (DATA, 8192, true), (STATUS, 1, true)],
-        );
+        let (len, status) = r.submit_read(&dev, 8192);
         assert_eq!((len, status), (8193, S_OK));
         let mut data = [0xffu8; 8192];
         r.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
         assert!(data.iter().all(|&b| b == 0));
-    }
+    });
 }
 
 #[test]
 fn write_and_flush_succeed_and_past_the_end_fails() {
-    for packed in LAYOUTS {
-        let dev = NullBlk::new(1 << 20);
-        let mut r = Ring::new(packed);
+    on_each_layout(|dev, mut r| {
         r.header(1, 0);
         let write = [(HDR, 16, false), (DATA, 4096, false), (STATUS, 1, true)];
         assert_eq!(r.submit(&dev, &write), (1, S_OK));
@@ -179,19 +188,14 @@ fn write_and_flush_succeed_and_past_the_end_fails() {
         r.header(1, 2047);
         let write = [(HDR, 16, false), (DATA, 1024, false), (STATUS, 1, true)];
         assert_eq!(r.submit(&dev, &write), (1, S_IOERR));
-    }
+    });
 }
 
 #[test]
 fn get_id_names_the_disk_and_unknown_types_are_unsupported() {
-    for packed in LAYOUTS {
-        let dev = NullBlk::new(1 << 20);
-        let mut r = Ring::new(packed);
+    on_each_layout(|dev, mut r| {
         r.header(8, 0);
-        let (len, status) = r.submit(
-            &dev,
-            &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
-        );
+        let (len, status) = r.submit_read(&dev, 20);
         assert_eq!((len, status), (21, S_OK));
         let mut id = [0u8; 8];
         r.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
@@ -201,19 +205,17 @@ fn get_id_names_the_disk_and_unknown_types_are_unsupported() {
             r.submit(&dev, &[(HDR, 16, false), (STATUS, 1, true)]),
             (1, S_UNSUPP)
         );
-    }
+    });
 }
 
 #[test]
 fn short_header_gets_an_error_status() {
-    for packed in LAYOUTS {
-        let dev = NullBlk::new(1 << 20);
-        let mut r = Ring::new(packed);
+    on_each_layout(|dev, mut r| {
         assert_eq!(
             r.submit(&dev, &[(HDR, 8, false), (STATUS, 1, true)]),
             (1, S_IOERR)
         );
-    }
+    });
 }
 
 #[test]
@@ -223,18 +225,12 @@ fn the_used_length_runs_to_the_status_byte_at_the_end_of_the_writable_bytes() {
         // GET_ID with a 64-byte buffer: 20 bytes of id, the status in the last byte.
         let mut r = Ring::new(packed);
         r.header(8, 0); // GET_ID
-        let got = r.submit(
-            &dev,
-            &[(HDR, 16, false), (DATA, 64, true), (STATUS, 1, true)],
-        );
+        let got = r.submit_read(&dev, 64);
         assert_eq!(got, (65, S_OK));
         // A read past the end: an error status, and the used length of the writable bytes.
         let mut r = Ring::new(packed);
         r.header(0, 1 << 20); // IN
-        let got = r.submit(
-            &dev,
-            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-        );
+        let got = r.submit_read(&dev, 512);
         assert_eq!(got, (513, S_IOERR));
     }
 }

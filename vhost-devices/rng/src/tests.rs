@@ -107,14 +107,12 @@ fn serve(regions: &[(GuestAddress, usize)], bufs: &[(u64, u32)]) -> (GuestMemory
 }
 
 /// [`serve`] on device `d`; `None` when the device left the chain in the ring (paused).
-fn serve_on(
-    d: &RngDevice,
-    regions: &[(GuestAddress, usize)],
+/// A 16-entry split queue with its rings at `RINGS` of `mem`, and one chain made available
+/// in it: the device-writable buffers `bufs` (address, length), in order.
+fn queue_with_one_chain(
+    mem: &GuestMemoryMmap,
     bufs: &[(u64, u32)],
-) -> (GuestMemoryMmap, Option<u32>) {
-    let mut all = regions.to_vec();
-    all.push((GuestAddress(RINGS), 0x1000));
-    let mem = GuestMemoryMmap::from_ranges(&all).unwrap();
+) -> vhost_backend::runtime::testing::TestQueue {
     for (i, &(addr, len)) in bufs.iter().enumerate() {
         let at = GuestAddress(RINGS + 16 * i as u64);
         let last = i + 1 == bufs.len();
@@ -126,14 +124,25 @@ fn serve_on(
     }
     mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
     mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
-    let q = vhost_backend::runtime::testing::TestQueue::new(
+    vhost_backend::runtime::testing::TestQueue::new(
         0,
         mem.clone(),
         16,
         [RINGS, RINGS + 0x200, RINGS + 0x400],
         false,
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn serve_on(
+    d: &RngDevice,
+    regions: &[(GuestAddress, usize)],
+    bufs: &[(u64, u32)],
+) -> (GuestMemoryMmap, Option<u32>) {
+    let mut all = regions.to_vec();
+    all.push((GuestAddress(RINGS), 0x1000));
+    let mem = GuestMemoryMmap::from_ranges(&all).unwrap();
+    let q = queue_with_one_chain(&mem, bufs);
     q.process(d).unwrap();
     let used = mem.read_obj::<u16>(GuestAddress(RINGS + 0x402)).unwrap();
     let len = mem.read_obj::<u32>(GuestAddress(RINGS + 0x408)).unwrap();
@@ -150,26 +159,7 @@ fn fill_marks_the_pages_written_in_the_dirty_log() {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(RINGS), 0x1000)])
             .unwrap();
     // Two descriptors: 0x1800 bytes from 0x3800 (pages 3 to 4) and 1 byte at 0x9fff (page 9).
-    for (i, (addr, len, flags)) in [(0x3800u64, 0x1800u32, 3u16), (0x9fff, 1, 2)]
-        .into_iter()
-        .enumerate()
-    {
-        let at = GuestAddress(RINGS + 16 * i as u64);
-        mem.write_obj(addr, at).unwrap();
-        mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        mem.write_obj(i as u16 + 1, at.unchecked_add(14)).unwrap();
-    }
-    mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
-    mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
-    let q = vhost_backend::runtime::testing::TestQueue::new(
-        0,
-        mem.clone(),
-        16,
-        [RINGS, RINGS + 0x200, RINGS + 0x400],
-        false,
-    )
-    .unwrap();
+    let q = queue_with_one_chain(&mem, &[(0x3800, 0x1800), (0x9fff, 1)]);
     let end = RINGS + 0x1000;
     let log = vhost_frontend::DirtyLogArea::new(end).unwrap();
     let fd = log.file().as_fd().try_clone_to_owned().unwrap();

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use common::*;
 use vhost_device_rng::RngConfig;
+use vhost_frontend::Session;
 use vm_memory::GuestAddress;
 
 /// Guard bytes written after each buffer; the device must leave them alone.
@@ -17,6 +18,13 @@ fn daemon(tag: &str, cfg: &RngConfig) -> (Scratch, InProcess) {
     let scratch = Scratch::new(tag);
     let d = InProcess::start(cfg, &scratch.socket());
     (scratch, d)
+}
+
+/// A default daemon on scratch directory `tag`, a session to it and a `len`-byte buffer.
+fn served_buffer(tag: &str, len: u64) -> (Scratch, InProcess, Session, GuestAddress) {
+    let (scratch, d) = daemon(tag, &RngConfig::default());
+    let (s, buf) = session_with_buffer(&scratch.socket(), len);
+    (scratch, d, s, buf)
 }
 
 #[test]
@@ -97,9 +105,7 @@ fn chain_split_over_three_writable_descriptors_fills_all_of_them() {
 #[test]
 fn read_only_buffer_gets_length_zero_and_the_next_request_is_served() {
     for_each_layout(|| {
-        let (scratch, _d) = daemon("readonly", &RngConfig::default());
-        let mut s = connect(&scratch.socket(), options);
-        let ro = s.memory().alloc(64, 8).unwrap();
+        let (_scratch, _d, mut s, ro) = served_buffer("readonly", 64);
         fill_guest(&s, ro, 64, 0x77);
         let used = s.round_trip(0, &[(ro, 64, false)], TIMEOUT).unwrap();
         assert_eq!(used.len, 0);
@@ -121,9 +127,7 @@ fn read_only_buffer_gets_length_zero_and_the_next_request_is_served() {
 #[test]
 fn buffer_outside_guest_memory_ends_the_chain_and_the_queue_keeps_serving() {
     for_each_layout(|| {
-        let (scratch, _d) = daemon("outside", &RngConfig::default());
-        let mut s = connect(&scratch.socket(), options);
-        let w = s.memory().alloc(64, 8).unwrap();
+        let (_scratch, _d, mut s, w) = served_buffer("outside", 64);
         let outside = GuestAddress(0x10_0000_0000);
         let used = s.round_trip(0, &[(outside, 64, true)], TIMEOUT).unwrap();
         assert_eq!(used.len, 0);
@@ -155,8 +159,7 @@ fn source_file_bytes_reach_the_guest_exactly_and_in_order() {
             ..RngConfig::default()
         };
         let _d = InProcess::start(&cfg, &scratch.socket());
-        let mut s = connect(&scratch.socket(), options);
-        let buf = s.memory().alloc(4096, 8).unwrap();
+        let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
         let mut got = Vec::new();
         for expected in [4096u32, 4096, 10_000 - 8192] {
             let used = s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap();
@@ -174,8 +177,7 @@ fn second_session_after_disconnect_gets_data() {
     for_each_layout(|| {
         let (scratch, _d) = daemon("reconnect", &RngConfig::default());
         for round in 0..2 {
-            let mut s = connect(&scratch.socket(), options);
-            let buf = s.memory().alloc(1024, 8).unwrap();
+            let (mut s, buf) = session_with_buffer(&scratch.socket(), 1024);
             for _ in 0..10 {
                 let used = s.round_trip(0, &[(buf, 1024, true)], TIMEOUT).unwrap();
                 assert_eq!(used.len, 1024, "session {round}");
@@ -188,9 +190,7 @@ fn second_session_after_disconnect_gets_data() {
 #[test]
 fn queue_stopped_and_restarted_keeps_serving() {
     for_each_layout(|| {
-        let (scratch, _d) = daemon("restart", &RngConfig::default());
-        let mut s = connect(&scratch.socket(), options);
-        let buf = s.memory().alloc(512, 8).unwrap();
+        let (_scratch, _d, mut s, buf) = served_buffer("restart", 512);
         for _ in 0..3 {
             assert_eq!(
                 s.round_trip(0, &[(buf, 512, true)], TIMEOUT).unwrap().len,

@@ -19,12 +19,19 @@ fn limited(period_ms: u64, max_bytes: u64) -> RngConfig {
     }
 }
 
+/// A daemon in process on a fresh scratch directory named `name`, limited to `max_bytes`
+/// per `period_ms`.
+fn limited_daemon(name: &str, period_ms: u64, max_bytes: u64) -> (Scratch, InProcess) {
+    let scratch = Scratch::new(name);
+    let d = InProcess::start(&limited(period_ms, max_bytes), &scratch.socket());
+    (scratch, d)
+}
+
 #[test]
 fn delivered_rate_stays_within_ten_percent_of_64_kib_per_100_ms_over_3_s() {
     const REQ: u32 = 4096;
     const DEPTH: usize = 16;
-    let scratch = Scratch::new("rate");
-    let _d = InProcess::start(&limited(100, 64 << 10), &scratch.socket());
+    let (scratch, _d) = limited_daemon("rate", 100, 64 << 10);
     let mut s = connect(&scratch.socket(), options);
     let bufs: Vec<GuestAddress> = (0..DEPTH)
         .map(|_| s.memory().alloc(u64::from(REQ), 8).unwrap())
@@ -61,10 +68,8 @@ fn delivered_rate_stays_within_ten_percent_of_64_kib_per_100_ms_over_3_s() {
 
 #[test]
 fn request_larger_than_the_budget_is_filled_partially_and_the_next_waits_a_period() {
-    let scratch = Scratch::new("partial");
-    let _d = InProcess::start(&limited(50, 1000), &scratch.socket());
-    let mut s = connect(&scratch.socket(), options);
-    let buf = s.memory().alloc(4096, 8).unwrap();
+    let (scratch, _d) = limited_daemon("partial", 50, 1000);
+    let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
     let mut done = Vec::new();
     for _ in 0..3 {
         let used = s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap();
@@ -81,11 +86,9 @@ fn request_larger_than_the_budget_is_filled_partially_and_the_next_waits_a_perio
 
 #[test]
 fn paused_queue_resumes_for_a_new_session_after_disconnect() {
-    let scratch = Scratch::new("pausedreconnect");
-    let _d = InProcess::start(&limited(100, 512), &scratch.socket());
+    let (scratch, _d) = limited_daemon("pausedreconnect", 100, 512);
     {
-        let mut s = connect(&scratch.socket(), options);
-        let buf = s.memory().alloc(4096, 8).unwrap();
+        let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
         // Spend the budget and leave a request waiting for the next period.
         assert_eq!(
             s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap().len,
@@ -93,8 +96,7 @@ fn paused_queue_resumes_for_a_new_session_after_disconnect() {
         );
         s.submit(0, &[(buf, 4096, true)]).unwrap();
     }
-    let mut s = connect(&scratch.socket(), options);
-    let buf = s.memory().alloc(4096, 8).unwrap();
+    let (mut s, buf) = session_with_buffer(&scratch.socket(), 4096);
     let used = s.round_trip(0, &[(buf, 4096, true)], TIMEOUT).unwrap();
     assert_eq!(used.len, 512);
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,23 @@ impl Drop for Observed {
 }
 
 /// Polls `f` until it holds or `wait` passes. Whether it held.
+/// A scratch directory named `tag`, an observed daemon on it and a guest connected to it.
+fn observed_guest(tag: &str) -> (Scratch, Observed, Guest) {
+    let scratch = Scratch::new(tag);
+    let dev = Observed::start(&scratch);
+    let g = Guest::new(&scratch.socket());
+    (scratch, dev, g)
+}
+
+/// Guest port 100 connected to a host listener on port 2000: the listener and the host's
+/// end of the connection.
+fn guest_connected_to_host_2000(scratch: &Scratch, g: &mut Guest) -> (UnixListener, UnixStream) {
+    let l = scratch.listen(2000);
+    assert_eq!(g.connect(100, 2000, 65536).hdr.op.get(), op::RESPONSE);
+    let (h, _) = l.accept().unwrap();
+    (l, h)
+}
+
 fn eventually(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + wait;
     loop {
@@ -103,9 +120,7 @@ fn connections_opened_and_reset_while_the_guest_posts_no_rx_buffers_keep_the_rea
 
 #[test]
 fn idle_host_connections_on_the_listening_socket_do_not_lock_the_guest_out() {
-    let scratch = Scratch::new("idlehs");
-    let _dev = Observed::start(&scratch);
-    let mut g = Guest::new(&scratch.socket());
+    let (scratch, _dev, mut g) = observed_guest("idlehs");
     let _l = scratch.listen(2000);
     // As many host processes as there are connections connect and never say a word.
     let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS)
@@ -123,9 +138,7 @@ fn idle_host_connections_on_the_listening_socket_do_not_lock_the_guest_out() {
 
 #[test]
 fn a_host_connection_that_never_sends_its_connect_line_is_closed() {
-    let scratch = Scratch::new("hswait");
-    let dev = Observed::start(&scratch);
-    let _g = Guest::new(&scratch.socket());
+    let (scratch, dev, _g) = observed_guest("hswait");
     let mut s = UnixStream::connect(scratch.uds()).unwrap();
     s.write_all(b"CONNECT").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
@@ -147,9 +160,7 @@ fn a_host_connection_that_never_sends_its_connect_line_is_closed() {
 
 #[test]
 fn a_host_process_gone_with_half_a_connect_line_is_forgotten_at_once() {
-    let scratch = Scratch::new("hshup");
-    let dev = Observed::start(&scratch);
-    let _g = Guest::new(&scratch.socket());
+    let (scratch, dev, _g) = observed_guest("hshup");
     {
         let mut s = UnixStream::connect(scratch.uds()).unwrap();
         s.write_all(b"CONNECT 5").unwrap();
@@ -168,12 +179,8 @@ fn a_host_process_gone_with_half_a_connect_line_is_forgotten_at_once() {
 
 #[test]
 fn a_guest_reset_is_never_answered_even_with_an_impossible_fwd_cnt() {
-    let scratch = Scratch::new("rstrst");
-    let dev = Observed::start(&scratch);
-    let mut g = Guest::new(&scratch.socket());
-    let l = scratch.listen(2000);
-    assert_eq!(g.connect(100, 2000, 65536).hdr.op.get(), op::RESPONSE);
-    let _h = l.accept().unwrap();
+    let (scratch, dev, mut g) = observed_guest("rstrst");
+    let (_l, _h) = guest_connected_to_host_2000(&scratch, &mut g);
     // The guest claims bytes it was never sent, and resets.
     g.conns.get_mut(&(100, 2000)).unwrap().fwd_cnt = 5;
     g.control((100, 2000), op::RST, 0);
@@ -185,9 +192,7 @@ fn a_guest_reset_is_never_answered_even_with_an_impossible_fwd_cnt() {
 
 #[test]
 fn bytes_behind_a_message_carrying_a_descriptor_reach_the_guest() {
-    let scratch = Scratch::new("scmrights");
-    let _dev = Observed::start(&scratch);
-    let mut g = Guest::new(&scratch.socket());
+    let (scratch, _dev, mut g) = observed_guest("scmrights");
     let mut host = scratch.host_connect(5000);
     let req = g.recv();
     // The guest accepts with no buffer yet: the host's bytes wait in its stream.
@@ -223,12 +228,8 @@ fn bytes_behind_a_message_carrying_a_descriptor_reach_the_guest() {
 
 #[test]
 fn a_guest_shutdown_of_its_receiving_side_reaches_the_host_writer() {
-    let scratch = Scratch::new("shutrcv");
-    let _dev = Observed::start(&scratch);
-    let mut g = Guest::new(&scratch.socket());
-    let l = scratch.listen(2000);
-    assert_eq!(g.connect(100, 2000, 65536).hdr.op.get(), op::RESPONSE);
-    let (mut h, _) = l.accept().unwrap();
+    let (scratch, _dev, mut g) = observed_guest("shutrcv");
+    let (_l, mut h) = guest_connected_to_host_2000(&scratch, &mut g);
     // SHUTDOWN with VIRTIO_VSOCK_SHUTDOWN_RCV only: the guest still sends.
     g.control((100, 2000), op::SHUTDOWN, 1);
     h.set_write_timeout(Some(Duration::from_millis(50)))
@@ -254,9 +255,7 @@ fn a_host_connection_never_takes_the_key_of_a_guest_connection_waiting_for_a_bac
     use nix::sys::socket::UnixAddr;
     use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
     use std::os::unix::net::UnixListener;
-    let scratch = Scratch::new("keyclash");
-    let dev = Observed::start(&scratch);
-    let mut g = Guest::new(&scratch.socket());
+    let (scratch, dev, mut g) = observed_guest("keyclash");
     // The first local port of host-initiated connections.
     let first_local = 1u32 << 30;
     // A host listener there whose backlog is full.

@@ -37,6 +37,15 @@ fn lent<P: Platform>(l: &[P::Lent]) -> Vec<BorrowedDescriptor<'_>> {
     l.iter().map(P::borrow).collect()
 }
 
+/// Sends request `code` with `value` as its 8-byte body and one lent descriptor; the lent
+/// descriptor, to check the received copy against.
+fn send_u64_lending_one<P: Platform>(a: &Conn, code: u32, value: u64) -> Vec<P::Lent> {
+    let l = P::lend(1);
+    a.send(&header(code, 8), &value.to_ne_bytes(), &[], &lent::<P>(&l))
+        .unwrap();
+    l
+}
+
 /// Header, body and payload arrive as sent, with no descriptor; an empty body needs no
 /// read; nothing is left buffered and a non-blocking read then would block.
 pub fn message_without_descriptors_round_trips_header_body_and_payload<P: Platform>() {
@@ -67,9 +76,7 @@ pub fn message_without_descriptors_round_trips_header_body_and_payload<P: Platfo
 pub fn one_descriptor_arrives_usable<P: Platform>() {
     let _g = serial();
     let (a, b) = Conn::pair().unwrap();
-    let l = P::lend(1);
-    a.send(&header(12, 8), &0u64.to_ne_bytes(), &[], &lent::<P>(&l))
-        .unwrap();
+    let l = send_u64_lending_one::<P>(&a, 12, 0);
     let (_, fds) = b.recv_header().unwrap();
     assert_eq!(b.recv_body(8).unwrap(), 0u64.to_ne_bytes());
     P::check(fds, &l);
@@ -179,9 +186,7 @@ pub fn peer_closing_inside_a_body_is_partial<P: Platform>() {
 pub fn peer_closing_after_a_message_delivers_it_then_disconnects<P: Platform>() {
     let _g = serial();
     let (a, b) = Conn::pair().unwrap();
-    let l = P::lend(1);
-    a.send(&header(1, 8), &42u64.to_ne_bytes(), &[], &lent::<P>(&l))
-        .unwrap();
+    let l = send_u64_lending_one::<P>(&a, 1, 42);
     drop(a);
     let (_, fds) = b.recv_header().unwrap();
     assert_eq!(b.recv_body(8).unwrap(), 42u64.to_ne_bytes());
@@ -274,30 +279,33 @@ pub fn send_goes_through_while_another_thread_waits_to_receive<P: Platform>() {
 /// platform `$p` (a [`Platform`]).
 #[macro_export]
 macro_rules! transport_contract {
-    ($p:ty) => {
-        $crate::transport_contract!(@cases $p;
-            message_without_descriptors_round_trips_header_body_and_payload,
-            one_descriptor_arrives_usable,
-            eight_descriptors_arrive_in_order_in_both_directions,
-            descriptors_stay_with_their_own_message,
-            max_size_body_round_trips_and_larger_is_refused_unread,
-            peer_closing_before_a_message_is_disconnected,
-            peer_closing_inside_a_header_is_partial,
-            peer_closing_inside_a_body_is_partial,
-            peer_closing_after_a_message_delivers_it_then_disconnects,
-            read_timeout_before_any_byte_is_timed_out,
-            read_timeout_in_the_middle_of_a_header_is_partial,
-            into_channel_keeps_the_connection,
-            send_goes_through_while_another_thread_waits_to_receive,
-            large_message_completes_once_the_peer_drains,
-        );
-    };
-    (@cases $p:ty; $($case:ident),* $(,)?) => {
+    (@cases $p:ty; [$($case:ident),* $(,)?]) => {
         $(
             #[test]
             fn $case() {
                 common::contract::$case::<$p>()
             }
         )*
+    };
+    ($p:ty) => {
+        $crate::transport_contract!(@cases $p; [
+            // Framing, descriptors and the body limit.
+            message_without_descriptors_round_trips_header_body_and_payload,
+            one_descriptor_arrives_usable,
+            eight_descriptors_arrive_in_order_in_both_directions,
+            descriptors_stay_with_their_own_message,
+            max_size_body_round_trips_and_larger_is_refused_unread,
+            // A peer closing at each point.
+            peer_closing_before_a_message_is_disconnected,
+            peer_closing_inside_a_header_is_partial,
+            peer_closing_inside_a_body_is_partial,
+            peer_closing_after_a_message_delivers_it_then_disconnects,
+            // Read timeouts, the channel, and both directions at once.
+            read_timeout_before_any_byte_is_timed_out,
+            read_timeout_in_the_middle_of_a_header_is_partial,
+            into_channel_keeps_the_connection,
+            send_goes_through_while_another_thread_waits_to_receive,
+            large_message_completes_once_the_peer_drains,
+        ]);
     };
 }

@@ -46,3 +46,17 @@ pub fn assert_partial(err: &Error, expected: usize, got: usize) {
         "{err:?}"
     );
 }
+
+/// `err` refuses nine descriptors on one message, eight being the most.
+pub fn assert_too_many_fds(err: &Error) {
+    assert!(
+        matches!(err, Error::TooManyFds { got: 9, max: 8 }),
+        "{err:?}"
+    );
+}
+
+/// Nothing is waiting on `conn`: a non-blocking read would block.
+pub fn assert_nothing_waiting(conn: &Conn) {
+    conn.set_nonblocking(true).unwrap();
+    assert!(matches!(conn.recv_header(), Err(Error::WouldBlock)));
+}

@@ -21,17 +21,28 @@ fn direct(align: Option<DirectAlign>) -> Harness {
     Harness::try_with(|c| c.direct = true, align).unwrap()
 }
 
+/// A request of type `t` on `sector` with the data buffers `data` (address, length): writes
+/// its header at `HDR` and returns the chain, header first and status byte at `ST` last.
+/// The device writes the data buffers of a read.
+fn chain_of(h: &mut Harness, t: u32, sector: u64, data: &[(u64, u32)]) -> Vec<Buf> {
+    h.header(HDR, t, sector);
+    let mut bufs = vec![(HDR, 16, false)];
+    let device_writes = t == VIRTIO_BLK_T_IN;
+    bufs.extend(data.iter().map(|&(at, len)| (at, len, device_writes)));
+    bufs.push((ST, 1, true));
+    bufs
+}
+
+/// [`chain_of`] for a read of `sector`.
+fn read_of(h: &mut Harness, sector: u64, data: &[(u64, u32)]) -> Vec<Buf> {
+    chain_of(h, VIRTIO_BLK_T_IN, sector, data)
+}
+
 #[test]
 fn direct_read_split_over_two_256_byte_descriptors_is_served() {
     for align in [None, Some(PAGE_ALIGNED_MEMORY)] {
         let mut h = direct(align);
-        h.header(HDR, VIRTIO_BLK_T_IN, 1);
-        let bufs = [
-            (HDR, 16, false),
-            (BUF, 256, true),
-            (BUF + 0x2000, 256, true),
-            (ST, 1, true),
-        ];
+        let bufs = read_of(&mut h, 1, &[(BUF, 256), (BUF + 0x2000, 256)]);
         assert_eq!(h.one(&bufs, ST), (513, VIRTIO_BLK_S_OK), "{align:?}");
         let want = expected(1, 512);
         assert_eq!(h.guest(BUF, 256), want[..256], "{align:?}");
@@ -65,14 +76,11 @@ fn direct_read_into_unaligned_or_page_crossing_buffer_is_served() {
 #[test]
 fn direct_read_of_contiguous_split_descriptors_is_served() {
     let mut h = direct(None);
-    h.header(HDR, VIRTIO_BLK_T_IN, 7);
-    let bufs = [
-        (HDR, 16, false),
-        (BUF, 100, true),
-        (BUF + 100, 412, true),
-        (BUF + 512, 3584, true),
-        (ST, 1, true),
-    ];
+    let bufs = read_of(
+        &mut h,
+        7,
+        &[(BUF, 100), (BUF + 100, 412), (BUF + 512, 3584)],
+    );
     assert_eq!(h.one(&bufs, ST), (4097, VIRTIO_BLK_S_OK));
     assert_eq!(h.guest(BUF, 4096), expected(7, 4096));
 }
@@ -88,13 +96,12 @@ fn direct_write_from_split_unaligned_buffers_lands_in_file() {
         h.mem
             .write_slice(&data[300..], GuestAddress(BUF + 0x2003))
             .unwrap();
-        h.header(HDR, VIRTIO_BLK_T_OUT, 4);
-        let bufs = [
-            (HDR, 16, false),
-            (BUF + 1, 300, false),
-            (BUF + 0x2003, 724, false),
-            (ST, 1, true),
-        ];
+        let bufs = chain_of(
+            &mut h,
+            VIRTIO_BLK_T_OUT,
+            4,
+            &[(BUF + 1, 300), (BUF + 0x2003, 724)],
+        );
         assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK), "{align:?}");
         let file = h.file();
         assert_eq!(&file[4 * 512..6 * 512], &data[..], "{align:?}");

@@ -340,17 +340,9 @@ fn header_outside_guest_memory_is_ioerr() {
 #[test]
 fn batch_of_many_chains_is_served_in_one_call() {
     let mut h = harness(false);
-    let mut heads = Vec::new();
-    heads.extend(h.submit_reads(40));
+    let heads = h.submit_reads(40);
     let used = h.run();
     assert_eq!(used.len(), 40);
     // Engines with requests in flight may complete them in any order; each exactly once.
-    let mut seen = std::collections::HashSet::new();
-    for (head, len) in used {
-        assert!(seen.insert(head), "head {head} returned twice");
-        assert_eq!(len, 513, "head {head}");
-        let i = heads.iter().position(|&x| x == head).expect("a head submitted") as u64;
-        let got = h.guest(DATA + 0x10000 + i * 512, 512);
-        assert_eq!(got, expected(i, 512), "request {i}");
-    }
+    h.assert_reads_each_once(used, &heads);
 }

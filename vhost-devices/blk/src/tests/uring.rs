@@ -11,20 +11,22 @@ fn direct_uring() -> Harness {
     })
 }
 
+/// Where request `i` of a batch has its header (status byte after it) and its 4 KiB page.
+fn slot(i: u64) -> (u64, u64) {
+    (DATA + 0x8000 + i * 32, DATA + 0x10000 + i * 4096)
+}
+
 #[test]
 fn direct_reads_many_in_flight_complete_each_once_with_their_data() {
     let mut h = direct_uring();
     // Page-aligned 4 KiB reads, so they go to the kernel as they are (no bounce).
-    let mut heads = Vec::new();
-    for i in 0..12u64 {
-        let hdr = DATA + 0x8000 + i * 32;
-        h.header(hdr, VIRTIO_BLK_T_IN, i * 8);
-        heads.push(h.submit(&[
-            (hdr, 16, false),
-            (DATA + 0x10000 + i * 4096, 4096, true),
-            (hdr + 16, 1, true),
-        ]));
-    }
+    let heads: Vec<u16> = (0..12u64)
+        .map(|i| {
+            let (hdr, data) = slot(i);
+            h.header(hdr, VIRTIO_BLK_T_IN, i * 8);
+            h.submit(&[(hdr, 16, false), (data, 4096, true), (hdr + 16, 1, true)])
+        })
+        .collect();
     let used = h.run();
     assert_eq!(used.len(), 12);
     let mut seen = std::collections::HashSet::new();
@@ -45,8 +47,7 @@ fn direct_writes_then_a_flush_land_and_the_flush_completes_last() {
     let mut h = direct_uring();
     let mut writes = Vec::new();
     for i in 0..8u64 {
-        let hdr = DATA + 0x8000 + i * 32;
-        let data = DATA + 0x10000 + i * 4096;
+        let (hdr, data) = slot(i);
         h.mem
             .write_slice(&[i as u8 + 1; 4096], GuestAddress(data))
             .unwrap();
@@ -86,15 +87,7 @@ fn direct_unaligned_buffers_go_through_the_bounce_buffer() {
 #[test]
 fn direct_stop_with_reads_in_flight_waits_for_them_and_answers_the_base() {
     let mut h = direct_uring();
-    h.submit_reads(30);
-    h.queue.process(&h.dev).unwrap();
-    let base = h.stop_while_reaping();
-    assert_eq!(base, 30);
-    let used_idx: u16 = h.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    assert_eq!(
-        used_idx, 30,
-        "every request completed before the stop answered"
-    );
+    h.stop_with_30_reads_in_flight();
     let q = h.dev.urings[0].lock().unwrap();
     assert_eq!(q.in_flight(), 0);
 }
@@ -234,16 +227,7 @@ fn uring_on(to: &File, depth: u16) -> Harness {
 fn used_now(h: &mut Harness) -> Vec<(u16, u32)> {
     h.reap();
     h.queue.publish();
-    let used_idx: u16 = h.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    let mut out = Vec::new();
-    while h.used_seen != used_idx {
-        let at = USED + 4 + u64::from(h.used_seen % QSIZE) * 8;
-        let id: u32 = h.mem.read_obj(GuestAddress(at)).unwrap();
-        let len: u32 = h.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        out.push((id as u16, len));
-        h.used_seen = h.used_seen.wrapping_add(1);
-    }
-    out
+    h.take_used()
 }
 
 /// Reaps for `ms` milliseconds, as the worker would; what was published meanwhile.
@@ -350,10 +334,7 @@ fn after_a_reset_a_flush_does_not_wait_for_a_write_of_the_previous_generation() 
 #[test]
 fn a_panic_serving_a_request_on_the_uring_worker_leaves_the_queue_working() {
     let mut h = Harness::with(|c| c.aio = Aio::IoUring);
-    h.dev
-        .core
-        .panic_next
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.panic_on_next_request();
     h.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
     let get_id = h.submit(&[(HDR, 16, false), (BUF, 20, true), (ST, 1, true)]);
     assert_eq!(h.run(), vec![(get_id, 0)]);

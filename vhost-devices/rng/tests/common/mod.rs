@@ -26,6 +26,14 @@ pub fn options() -> SessionOptions {
     vhost_test_support::with_layout(SessionOptions::default())
 }
 
+/// A started session to the daemon at `socket` (with [`options`]) and a `len`-byte buffer in
+/// its guest memory.
+pub fn session_with_buffer(socket: &Path, len: u64) -> (Session, GuestAddress) {
+    let s = vhost_test_support::connect(socket, options);
+    let buf = s.memory().alloc(len, 8).unwrap();
+    (s, buf)
+}
+
 /// Reads `len` bytes of guest memory at `addr`.
 pub fn read_guest(s: &Session, addr: GuestAddress, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -82,36 +82,21 @@ impl InProcess {
 /// VIRTIO_F_RING_PACKED.
 const RING_PACKED: u64 = 1 << 34;
 
-thread_local! {
-    /// The sessions [`options`] builds on this thread run packed rings.
-    static PACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Runs `test` once per ring layout (split, then packed): the sessions [`options`] builds
 /// on this thread ack RING_PACKED or not.
-pub fn on_both_layouts(test: impl Fn()) {
-    for packed in [false, true] {
-        PACKED.with(|p| p.set(packed));
-        eprintln!("-- packed rings: {packed}");
-        test();
-    }
-    PACKED.with(|p| p.set(false));
-}
+#[allow(unused_imports)] // Not every test file runs both layouts.
+pub use vhost_test_support::for_each_layout as on_both_layouts;
 
 /// Session options for vsock: three queues of 256, 32 MiB of guest memory, the config
 /// space read; packed rings inside [`on_both_layouts`]'s second run.
 pub fn options() -> SessionOptions {
-    let mut o = SessionOptions {
+    vhost_test_support::with_layout(SessionOptions {
         num_queues: 3,
         queue_size: 256,
         memory_size: 32 << 20,
         config_size: Some(8),
         ..SessionOptions::default()
-    };
-    if PACKED.with(|p| p.get()) {
-        o.mask_features &= !RING_PACKED;
-    }
-    o
+    })
 }
 
 /// Connects (retrying while the socket appears) and starts the device.
@@ -168,7 +153,7 @@ impl Guest {
         let mut s = connect(socket);
         assert_eq!(
             s.features() & RING_PACKED != 0,
-            PACKED.with(|p| p.get()),
+            vhost_test_support::packed_layout(),
             "the ring layout asked for"
         );
         let d = VsockDriver::new(&mut s, 64, 4096 + 44, 32).unwrap();
