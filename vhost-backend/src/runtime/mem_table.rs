@@ -637,15 +637,8 @@ mod tests {
     fn unsealable_memfd_and_regular_file_are_refused_when_strict_and_served_when_lenient() {
         // A memfd created without MFD_ALLOW_SEALING forbids new seals.
         let unsealable = memfd(0x1000);
-        let path = std::env::temp_dir().join(format!("mem-table-file-{}", std::process::id()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
+        // A regular file (a temporary one, unlinked once open).
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         file.set_len(0x1000).unwrap();
         for f in [&unsealable, &file] {
             let mut t = MemoryTable::new();

@@ -92,19 +92,7 @@ mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
 
     fn temp_file(bytes: &[u8]) -> File {
-        let path = std::env::temp_dir().join(format!(
-            "vhost-blk-file-ops-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
+        let mut f = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         f.write_all(bytes).unwrap();
         f
     }
