@@ -338,54 +338,56 @@ fn inode(mem: &GuestMemory) -> u64 {
 #[test]
 fn disconnect_with_requests_held_leaks_nothing_and_the_next_frontend_works() {
     let _s = serial();
-    let (b, hold, held) = hold_backend(Duration::from_millis(200));
-    let fds_before = count_dir("/proc/self/fd");
-    let workers_before = count_workers();
-    let (mut fe, t) = serve_in_thread(b);
-    let mem = two_region_memory();
-    let ino = inode(&mem);
-    let own_maps = count_maps_of(ino);
-    {
-        handshake(&mut fe, true, true);
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, true);
-        q.start(&mut fe, &mem, 0, true);
-        submit_many(&mut q, DATA, 6, 0x100);
-        wait_held(&held, 6);
-        assert!(
-            count_maps_of(ino) > own_maps,
-            "the back-end maps the memory"
-        );
+    for_each_layout(|| {
+        let (b, hold, held) = hold_backend(Duration::from_millis(200));
+        let fds_before = count_dir("/proc/self/fd");
+        let workers_before = count_workers();
+        let (mut fe, t) = serve_in_thread(b);
+        let mem = two_region_memory();
+        let ino = inode(&mem);
+        let own_maps = count_maps_of(ino);
+        {
+            handshake(&mut fe, true, true);
+            send_mem_table(&mut fe, &mem);
+            let mut q = GuestQueue::new(&mem, 0, true);
+            q.start(&mut fe, &mem, 0, true);
+            submit_many(&mut q, DATA, 6, 0x100);
+            wait_held(&held, 6);
+            assert!(
+                count_maps_of(ino) > own_maps,
+                "the back-end maps the memory"
+            );
+            assert_eq!(
+                count_workers(),
+                workers_before + 1,
+                "the ring's worker runs"
+            );
+            drop(fe);
+        }
+        let b = t.join().expect("server thread");
+        assert!(held.lock().unwrap().is_empty(), "the reset dropped them");
+        assert_eq!(b.running_workers(), 0);
         assert_eq!(
-            count_workers(),
-            workers_before + 1,
-            "the ring's worker runs"
+            count_maps_of(ino),
+            own_maps,
+            "the back-end's mappings are gone"
         );
+        drop(mem);
+        let deadline = Instant::now() + TIMEOUT;
+        while count_workers() > workers_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(count_workers(), workers_before, "worker threads left");
+        assert_eq!(count_dir("/proc/self/fd"), fds_before, "descriptors left");
+        // The next front-end works.
+        hold.store(false, Ordering::SeqCst);
+        let (mut fe, t) = serve_in_thread(b);
+        let (mem, mut q) = start_queue0(&mut fe, true);
+        let heads = submit_many(&mut q, DATA, 3, 0x100);
+        check_used(&mut q, &mem, &heads, 0x100);
         drop(fe);
-    }
-    let b = t.join().expect("server thread");
-    assert!(held.lock().unwrap().is_empty(), "the reset dropped them");
-    assert_eq!(b.running_workers(), 0);
-    assert_eq!(
-        count_maps_of(ino),
-        own_maps,
-        "the back-end's mappings are gone"
-    );
-    drop(mem);
-    let deadline = Instant::now() + TIMEOUT;
-    while count_workers() > workers_before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(count_workers(), workers_before, "worker threads left");
-    assert_eq!(count_dir("/proc/self/fd"), fds_before, "descriptors left");
-    // The next front-end works.
-    hold.store(false, Ordering::SeqCst);
-    let (mut fe, t) = serve_in_thread(b);
-    let (mem, mut q) = start_queue0(&mut fe, true);
-    let heads = submit_many(&mut q, DATA, 3, 0x100);
-    check_used(&mut q, &mem, &heads, 0x100);
-    drop(fe);
-    t.join().expect("server thread");
+        t.join().expect("server thread");
+    });
 }
 
 #[test]
