@@ -159,7 +159,12 @@ impl Drop for InProcess {
     fn drop(&mut self) {
         self.stop.stop();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A daemon that failed fails the test (unless it is failing already).
+            if let Err(panic) = t.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
     }
 }

@@ -257,8 +257,6 @@ impl GuestQueue {
         }
     }
 
-    /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`. A packed ring's `base` is
-    /// the packed encoding; 0 there means where the driver is.
     /// The SET_VRING_ADDR of this ring: its front-end virtual addresses in `mem`.
     pub fn vring_addr(&self, mem: &GuestMemory) -> VringAddr {
         let a = self.driver.vring_user_addrs(mem).expect("ring addresses");
@@ -272,6 +270,8 @@ impl GuestQueue {
         }
     }
 
+    /// NUM, BASE, ADDR, CALL, KICK — and ENABLE when `enable`. A packed ring's `base` is
+    /// the packed encoding; 0 there means where the driver is.
     pub fn start(&self, fe: &mut Frontend, mem: &GuestMemory, base: u32, enable: bool) {
         let i = self.index;
         let base = if self.driver.is_packed() && base == 0 {

@@ -92,8 +92,6 @@ impl Ring {
         (len, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
     }
 
-    /// Makes a chain of `(addr, len, device-writable)` buffers available, runs the device
-    /// once and returns the used length and the status byte.
     /// Submits a request whose header is at `HDR`, with `len` bytes at `DATA` for the device
     /// to write and the status byte at `STATUS`.
     fn submit_read(&mut self, dev: &NullBlk, len: u32) -> (u32, u8) {
@@ -103,6 +101,8 @@ impl Ring {
         )
     }
 
+    /// Makes a chain of `(addr, len, device-writable)` buffers available, runs the device
+    /// once and returns the used length and the status byte.
     fn submit(&mut self, dev: &NullBlk, bufs: &[(u64, u32, bool)]) -> (u32, u8) {
         if self.packed.is_some() {
             return self.submit_packed(dev, bufs);

@@ -106,7 +106,6 @@ fn serve(regions: &[(GuestAddress, usize)], bufs: &[(u64, u32)]) -> (GuestMemory
     (mem, len.expect("the chain was served"))
 }
 
-/// [`serve`] on device `d`; `None` when the device left the chain in the ring (paused).
 /// A 16-entry split queue with its rings at `RINGS` of `mem`, and one chain made available
 /// in it: the device-writable buffers `bufs` (address, length), in order.
 fn queue_with_one_chain(
@@ -134,6 +133,7 @@ fn queue_with_one_chain(
     .unwrap()
 }
 
+/// [`serve`] on device `d`; `None` when the device left the chain in the ring (paused).
 fn serve_on(
     d: &RngDevice,
     regions: &[(GuestAddress, usize)],

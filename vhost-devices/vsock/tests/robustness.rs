@@ -46,7 +46,6 @@ impl Drop for Observed {
     }
 }
 
-/// Polls `f` until it holds or `wait` passes. Whether it held.
 /// A scratch directory named `tag`, an observed daemon on it and a guest connected to it.
 fn observed_guest(tag: &str) -> (Scratch, Observed, Guest) {
     let scratch = Scratch::new(tag);
@@ -64,6 +63,7 @@ fn guest_connected_to_host_2000(scratch: &Scratch, g: &mut Guest) -> (UnixListen
     (l, h)
 }
 
+/// Polls `f` until it holds or `wait` passes. Whether it held.
 fn eventually(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + wait;
     loop {

@@ -132,6 +132,11 @@ pub fn max_size_body_round_trips_and_larger_is_refused_unread<P: Platform>() {
         ),
         "{err:?}"
     );
+    let mut big = vec![0u8; MAX_BODY_SIZE + 1];
+    assert!(matches!(
+        b.recv_body_into(&mut big),
+        Err(Error::BodyTooLarge { .. })
+    ));
     assert!(matches!(
         b.recv_body(u32::MAX as usize),
         Err(Error::BodyTooLarge { .. })
