@@ -66,17 +66,18 @@ pub(super) fn dispatch<'a, B: Backend + ?Sized>(
 }
 
 /// Generates [`call`] from the `=> backend(...)` clause of each row of
-/// [`vhost_proto::for_each_frontend_request!`]: `|body| method(args) -> shape(extra)`.
+/// [`vhost_proto::for_each_frontend_request!`]:
+/// `|body| fn method(name: Type = source, ..) -> Output => shape(extra)`.
 ///
 /// - `|body|` binds the decoded body (by reference); absent for a request without one.
-/// - Each argument is one token: `fd` (the one descriptor, counted by the decoder),
-///   `fd_or_nofd` (`None` for NOFD), `fds` (every descriptor, in order), `channel` (the
-///   back-end channel over the one descriptor), or an expression (parenthesised unless it is
-///   the body's name).
-/// - `-> shape(extra)` names the function here that turns the method's success into the
+/// - Each argument's source is one token: `fd` (the one descriptor, counted by the
+///   decoder), `fd_or_nofd` (`None` for NOFD), `fds` (every descriptor, in order), `channel`
+///   (the back-end channel over the one descriptor), or an expression (parenthesised unless
+///   it is the body's name). Names and types are the trait's (`backend.rs`).
+/// - `=> shape(extra)` names the function here that turns the method's success into the
 ///   answer, called as `shape(extra.., output)`.
-/// - `via helper` hands the request to a helper of its own (GET_CONFIG, whose reply borrows
-///   the buffer the method fills).
+/// - `=> via helper` hands the request to a helper of its own (GET_CONFIG, whose reply
+///   borrows the buffer the method fills); the sources are then `_`.
 macro_rules! dispatch_rows {
     ($($(#[$m:meta])* $v:ident $(($($ty:tt)*))? = $code:literal => $spec:expr => backend($($clause:tt)*);)*) => {
         fn call<'a, B: Backend + ?Sized>(
@@ -87,17 +88,20 @@ macro_rules! dispatch_rows {
             config: &'a mut [u8; MAX_CONFIG_SIZE],
         ) -> Result<Answer<'a>, Failure> {
             Ok(match *req {
-                $(dispatch_rows!(@pattern $v $($clause)*) => dispatch_rows!(@arm (backend, negotiation, req, fds, config) $($clause)*),)*
+                $(dispatch_rows!(@pattern $v $($clause)*) =>
+                    dispatch_rows!(@arm (backend, negotiation, req, fds, config) $($clause)*),)*
             })
         }
     };
-    (@pattern $v:ident | $body:tt | $($rest:tt)*) => { FrontendRequest::$v(ref $body) };
+    (@pattern $v:ident $(#[$d:meta])* | $body:tt | $($rest:tt)*) => { FrontendRequest::$v(ref $body) };
     (@pattern $v:ident $($rest:tt)*) => { FrontendRequest::$v };
-    (@arm $ctx:tt | $body:tt | via $helper:ident) => {
+    (@arm $ctx:tt $(#[$d:meta])* | $body:tt | fn $method:ident($($arg:ident : $aty:ty = _),*) -> $ret:ty $(= $default:block)?
+        => via $helper:ident) => {
         dispatch_rows!(@ctx $ctx $helper, $body)
     };
-    (@arm $ctx:tt $(| $body:tt |)? $method:ident($($arg:tt),*) -> $shape:ident $(($($extra:tt),*))?) => {{
-        let output = dispatch_rows!(@call $ctx $method [$($arg)*] []);
+    (@arm $ctx:tt $(#[$d:meta])* $(| $body:tt |)? fn $method:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty $(= $default:block)?
+        => $shape:ident $(($($extra:tt),*))?) => {{
+        let output = dispatch_rows!(@call $ctx $method [$($src)*] []);
         $shape($($($extra,)*)? output)
     }};
     // Arguments are turned into expressions one at a time, then the method is called.
