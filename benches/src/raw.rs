@@ -37,32 +37,26 @@ pub enum Syscalls {
     MsgWithControl,
 }
 
-/// One `recvmsg` with a control buffer for 8 descriptors (none expected).
+/// One `recvmsg` with a control buffer for 8 descriptors (none expected), through nix's
+/// safe wrapper.
 fn recvmsg_once(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     const CONTROL: usize = 64;
+    // Aligned as a `cmsghdr`, which the kernel writes at the start of the buffer.
     #[repr(C, align(8))]
     struct Control([u8; CONTROL]);
     let mut control = Control([0; CONTROL]);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers); the fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = CONTROL as _;
-    // SAFETY: `msg` points at one iovec over `buf` and at `control`, both valid for writes
-    // of their lengths for the duration of the call.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if msg.msg_controllen != 0 {
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut control.0[..]),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(nix_io)?;
+    if msg.cmsgs().map_err(nix_io)?.next().is_some() {
         return Err(io::Error::other("unexpected control message"));
     }
-    Ok(n as usize)
+    Ok(msg.bytes)
 }
 
 /// One `sendmsg` of `buf` as one iovec, no control message.
@@ -291,4 +285,42 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 pub fn pread_block(file: &File, buf: &mut [u8; BLOCK], offset: u64) -> io::Result<u64> {
     file.read_exact_at(buf, offset)?;
     Ok(u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_syscall_pairs_echo_the_request() {
+        for how in [Syscalls::SendRecv, Syscalls::MsgWithControl] {
+            let mut echo = RawEcho::with_syscalls(40, 12, how).unwrap();
+            let want = echo.request()[..12].to_vec();
+            for _ in 0..3 {
+                assert_eq!(echo.round_trip().unwrap(), want, "{how:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn recvmsg_refuses_a_descriptor_it_did_not_expect() {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let fds = [a.as_raw_fd()];
+        let iov = [io::IoSlice::new(b"x")];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let mut buf = [0u8; 1];
+        let e = recvmsg_once(&b, &mut buf).unwrap_err();
+        assert!(e.to_string().contains("unexpected control message"), "{e}");
+        send_all(&a, b"y", Syscalls::MsgWithControl).unwrap();
+        assert_eq!(recvmsg_once(&b, &mut buf).unwrap(), 1);
+        assert_eq!(&buf, b"y");
+    }
 }

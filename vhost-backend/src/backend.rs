@@ -6,11 +6,13 @@
 //! supported", which the server turns into the specification's failure form (a non-zero ack,
 //! a zero-size config, no descriptor, or a closed connection where no failure form exists).
 //!
-//! The trait is declared once through a macro that also derives the wrapper impls
+//! The trait's request methods are declared in `vhost-proto`, in the `=> backend(...)`
+//! clause of each row of [`vhost_proto::for_each_frontend_request!`] (documentation, name,
+//! arguments, success type, default body); the same clause gives the server's dispatch.
+//! A macro here turns the clauses into the trait and also derives the wrapper impls
 //! (`Box<T>`, `Mutex<T>`, `Arc<Mutex<T>>`), so no method is forwarded by hand. Each method
-//! is tagged with its request (`[SetVringNum] fn set_vring_num(..)`), and the macro checks
-//! with an exhaustive match over [`FrontendRequest`] that every request declared in
-//! `vhost-proto` has exactly one method.
+//! is tagged with its request, and the macro checks with an exhaustive match over
+//! [`FrontendRequest`] that every request declared in `vhost-proto` has exactly one method.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -185,100 +187,25 @@ macro_rules! declare_backend {
     };
 }
 
-declare_backend! {
-    /// GET_FEATURES: the virtio features offered (include bit 30 to speak protocol features).
-    [GetFeatures] fn get_features(&mut self) -> BackendResult<u64>;
-    /// SET_FEATURES: the features the driver acked (a subset of the offer; checked).
-    [SetFeatures] fn set_features(&mut self, features: u64) -> BackendResult<()>;
-    /// SET_OWNER: a front-end claims the session. Accepted by default.
-    [SetOwner] fn set_owner(&mut self) -> BackendResult<()> = { Ok(()) };
-    /// RESET_OWNER (deprecated): accepted and ignored by default, as the spec allows.
-    [ResetOwner] fn reset_owner(&mut self) -> BackendResult<()> = { Ok(()) };
-    /// SET_MEM_TABLE: replace the memory table; one descriptor per region, in order.
-    [SetMemTable] fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedDescriptor>) -> BackendResult<()>;
-    /// SET_LOG_BASE: the dirty-log area (LOG_SHMFD).
-    [SetLogBase] fn set_log_base(&mut self, log: &LogBase, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// SET_LOG_FD: the eventfd to signal after logging.
-    [SetLogFd] fn set_log_fd(&mut self, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// SET_VRING_NUM: the ring's size.
-    [SetVringNum] fn set_vring_num(&mut self, index: u32, num: u32) -> BackendResult<()>;
-    /// SET_VRING_ADDR: the ring's addresses (front-end virtual unless GPA_ADDRESSES).
-    [SetVringAddr] fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()>;
-    /// SET_VRING_BASE: the next available index (packed rings: the spec's bit encoding).
-    [SetVringBase] fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()>;
-    /// GET_VRING_BASE: stop the ring and return its next available index.
-    [GetVringBase] fn get_vring_base(&mut self, index: u32) -> BackendResult<u32>;
-    /// SET_VRING_KICK: the kick eventfd (`None`: NOFD, poll the ring). Starts the ring.
-    [SetVringKick] fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()>;
-    /// SET_VRING_CALL: the call eventfd (`None`: NOFD, do not signal).
-    [SetVringCall] fn set_vring_call(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()>;
-    /// SET_VRING_ERR: the error eventfd (`None`: NOFD). Accepted and kept by nobody by default.
-    [SetVringErr] fn set_vring_err(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> = { Ok(()) };
-    /// GET_PROTOCOL_FEATURES: the protocol features offered.
-    [GetProtocolFeatures] fn get_protocol_features(&mut self) -> BackendResult<ProtocolFeatures>;
-    /// SET_PROTOCOL_FEATURES: the protocol features acked (a subset of the offer; checked).
-    [SetProtocolFeatures] fn set_protocol_features(&mut self, features: ProtocolFeatures) -> BackendResult<()>;
-    /// GET_QUEUE_NUM (MQ): the number of queues.
-    [GetQueueNum] fn get_queue_num(&mut self) -> BackendResult<u64> = { Err(BackendError::NotSupported) };
-    /// SET_VRING_ENABLE: enable or disable a ring.
-    [SetVringEnable] fn set_vring_enable(&mut self, index: u32, enable: bool) -> BackendResult<()>;
-    /// SEND_RARP (RARP): announce a MAC address after migration.
-    [SendRarp] fn send_rarp(&mut self, mac: [u8; 6]) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// NET_SET_MTU (NET_MTU).
-    [NetSetMtu] fn net_set_mtu(&mut self, mtu: u64) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// SET_BACKEND_REQ_FD (BACKEND_REQ): the back-end → front-end channel.
-    [SetBackendReqFd] fn set_backend_req_fd(&mut self, client: BackendClient) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// IOTLB_MSG (ACCESS_PLATFORM): an IOTLB update or invalidation.
-    [IotlbMsg] fn iotlb_msg(&mut self, msg: &IotlbMsg) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// SET_VRING_ENDIAN (CROSS_ENDIAN): `true` for big-endian.
-    [SetVringEndian] fn set_vring_endian(&mut self, index: u32, big_endian: bool) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// GET_CONFIG (CONFIG): fill `buf` from the configuration space at `offset`.
-    [GetConfig] fn get_config(&mut self, offset: u32, buf: &mut [u8], flags: u32) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// SET_CONFIG (CONFIG): write `data` to the configuration space at `offset`.
-    [SetConfig] fn set_config(&mut self, offset: u32, data: &[u8], flags: u32) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// CREATE_CRYPTO_SESSION (CRYPTO_SESSION): returns the new session id.
-    [CreateCryptoSession] fn create_crypto_session(&mut self, session: &CryptoSession<'_>) -> BackendResult<i64> = { Err(BackendError::NotSupported) };
-    /// CLOSE_CRYPTO_SESSION (CRYPTO_SESSION).
-    [CloseCryptoSession] fn close_crypto_session(&mut self, session_id: u64) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// POSTCOPY_ADVISE (PAGEFAULT): returns a userfaultfd.
-    [PostcopyAdvise] fn postcopy_advise(&mut self) -> BackendResult<OwnedDescriptor> = { Err(BackendError::NotSupported) };
-    /// POSTCOPY_LISTEN (PAGEFAULT).
-    [PostcopyListen] fn postcopy_listen(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// POSTCOPY_END (PAGEFAULT).
-    [PostcopyEnd] fn postcopy_end(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// GET_INFLIGHT_FD (INFLIGHT_SHMFD): allocate the inflight area.
-    [GetInflightFd] fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedDescriptor)> = { Err(BackendError::NotSupported) };
-    /// SET_INFLIGHT_FD (INFLIGHT_SHMFD): the inflight area handed back.
-    [SetInflightFd] fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// GPU_SET_SOCKET: the vhost-user-gpu socket.
-    [GpuSetSocket] fn gpu_set_socket(&mut self, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// RESET_DEVICE (RESET_DEVICE): disable all rings and reset device state.
-    [ResetDevice] fn reset_device(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// VRING_KICK (INBAND_NOTIFICATIONS): an in-band kick.
-    [VringKick] fn vring_kick(&mut self, index: u32) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS).
-    [GetMaxMemSlots] fn get_max_mem_slots(&mut self) -> BackendResult<u64> = { Err(BackendError::NotSupported) };
-    /// ADD_MEM_REG (CONFIGURE_MEM_SLOTS).
-    [AddMemReg] fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedDescriptor) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// REM_MEM_REG (CONFIGURE_MEM_SLOTS): regions are matched on address and size.
-    [RemMemReg] fn remove_mem_region(&mut self, region: &RegionMsg) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// SET_STATUS (STATUS): the virtio device status byte.
-    [SetStatus] fn set_status(&mut self, status: u64) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// GET_STATUS (STATUS).
-    [GetStatus] fn get_status(&mut self) -> BackendResult<u64> = { Err(BackendError::NotSupported) };
-    /// GET_SHARED_OBJECT (SHARED_OBJECT): the dmabuf fd of an object.
-    [GetSharedObject] fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedDescriptor> = { Err(BackendError::NotSupported) };
-    /// SET_DEVICE_STATE_FD (DEVICE_STATE): start a state transfer; optionally return an fd
-    /// the front-end should use instead.
-    [SetDeviceStateFd] fn set_device_state_fd(&mut self, direction: u32, phase: u32, fd: OwnedDescriptor) -> BackendResult<Option<OwnedDescriptor>> = { Err(BackendError::NotSupported) };
-    /// CHECK_DEVICE_STATE (DEVICE_STATE): did the transfer succeed?
-    [CheckDeviceState] fn check_device_state(&mut self) -> BackendResult<()> = { Err(BackendError::NotSupported) };
-    /// GET_SHMEM_CONFIG (SHMEM).
-    [GetShmemConfig] fn get_shmem_config(&mut self) -> BackendResult<ShmemConfig> = { Err(BackendError::NotSupported) };
-    /// Not a request: the front-end went away. Stop the rings, drop mappings and
-    /// descriptors, and return to the just-started state for the next front-end.
-    fn disconnected(&mut self) -> BackendResult<()> = { Ok(()) };
+/// Declares [`Backend`] from the `=> backend(...)` clause of each row of
+/// [`vhost_proto::for_each_frontend_request!`]: the method's documentation, name,
+/// arguments and their types, success type and default body (the server's dispatch reads
+/// the same clauses, in `server/dispatch.rs`). Methods that are not requests follow the rows.
+macro_rules! backend_trait_rows {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr => backend(
+        $(#[$d:meta])* $(|$b:tt|)? fn $name:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty $(= $default:block)?
+        => $($shape:tt)*
+    );)*) => {
+        declare_backend! {
+            $($(#[$d])* [$v] fn $name(&mut self $(, $arg: $aty)*) -> BackendResult<$ret> $(= $default)?;)*
+            /// Not a request: the front-end went away. Stop the rings, drop mappings and
+            /// descriptors, and return to the just-started state for the next front-end.
+            fn disconnected(&mut self) -> BackendResult<()> = { Ok(()) };
+        }
+    };
 }
+
+vhost_proto::for_each_frontend_request!(backend_trait_rows);
 
 #[cfg(test)]
 mod tag_tests {

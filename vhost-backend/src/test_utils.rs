@@ -136,7 +136,7 @@ pub enum Call {
 /// [`Call::request`]: one arm per row of [`vhost_proto::for_each_frontend_request!`], so
 /// that `Call` has a variant for every request and no other (the compiler checks both).
 macro_rules! call_requests {
-    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr;)*) => {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr $(=> backend($($backend:tt)*))?;)*) => {
         impl Call {
             /// The request this call answered; `None` for [`Call::Disconnected`].
             pub fn request(&self) -> Option<FrontendReq> {

@@ -29,7 +29,12 @@
 //! ```text
 //! /// Set a vring's size.
 //! SetVringNum(VringState) = 8 => spec("SET_VRING_NUM", fixed::<wire::VringState>(), F::None,
-//!     Gate::None, AckWhenAsked, R::U64).changes();
+//!     Gate::None, AckWhenAsked, R::U64).changes()
+//!     => backend(
+//!         /// SET_VRING_NUM: the ring's size.
+//!         |s| fn set_vring_num(index: u32 = (s.index), num: u32 = (s.num)) -> ()
+//!         => done
+//!     );
 //! ```
 //!
 //! From that row follow, with no other edit in this crate: the [`FrontendReq`] code and name,
@@ -50,19 +55,29 @@
 //!    encode, and the rules of the type) in its family's file under `src/frontend/`; a rule
 //!    of this request only is a `where` function named in the row;
 //! 3. its runtime semantics, in the crates above, each place one the compiler points to:
-//!    the `Backend` trait method, tagged with the request (vhost-backend checks with an
-//!    exhaustive match that every request has exactly one), its dispatch arm (an exhaustive
-//!    `match` on [`FrontendRequest`]), the recording test back-end's `Call` variant (its
-//!    `Call::request` is generated from these rows, so a request without a variant, or a
-//!    variant without a request, does not compile), and the client method (vhost-frontend
-//!    checks every request names one).
+//!    the back-end's implementation of its `Backend` method (in the runtime's
+//!    `DeviceBackend`, unless the default body fits), the recording test back-end's `Call`
+//!    variant and method (its `Call::request` is generated from these rows, so a request
+//!    without a variant, or a variant without a request, does not compile), and the client
+//!    method (vhost-frontend checks every request names one).
 //!
-//! Counted: one row and, when new, one body type here; then five places above (the trait
-//! method, the dispatch arm, `Call`'s variant and the recording back-end's method, the
-//! client method), four of which the compiler demands. Before, a dozen places were kept in
-//! step by hand: the enum, decode, `code`, encode, `FrontendReply::failure`, the
-//! reply-descriptor special case, the policy's `changes_state` and `blank`, and the same
-//! places above, of which only the dispatch arm was checked.
+//! The row's `=> backend(...)` clause declares the request's `Backend` method (its
+//! documentation, name, arguments, success type and default body) and the server's
+//! dispatch to it: the arguments' sources in the decoded body and the descriptors, and the
+//! function that shapes the method's success as the reply (`done`, `status`, `value`, or a
+//! reply of the request's own). vhost-backend generates both the trait and the dispatch's
+//! `match` from it; its syntax is documented on [`for_each_frontend_request!`]. This crate
+//! only carries the clause; the names in it are resolved in vhost-backend.
+//!
+//! Counted: one row (with its `Backend` clause) and, when new, one body type here; then
+//! the method's implementation and three places above (`Call`'s variant, the recording
+//! back-end's method, the client method), of which the compiler demands the `Call` variant
+//! and the client method (and the implementation when the method has no default); only for
+//! a reply of a new shape, its shaping function in vhost-backend's dispatch (a name the row
+//! uses). Before, a dozen places were kept in step by hand: the enum, decode, `code`,
+//! encode, `FrontendReply::failure`, the reply-descriptor special case, the policy's
+//! `changes_state` and `blank`, the trait method, the dispatch arm, `Call` and the client
+//! method, of which only the dispatch arm was checked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

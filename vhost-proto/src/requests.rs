@@ -5,7 +5,12 @@
 /// ```text
 /// /// doc
 /// Variant(BodyType where check) = code => spec(NAME, body shape, fds, gate, owes, reply)
-///     .changes().value().failure(status).reply_fd();
+///     .changes().value().failure(status).reply_fd()
+///     => backend(
+///         /// the Backend method's doc
+///         |body| fn method(name: Type = source, ...) -> Output (= { default body })?
+///         => shape(extra, ...)
+///     );
 /// ```
 ///
 /// `(BodyType ...)` is absent for a request without a body; `where check` names a function
@@ -13,104 +18,338 @@
 /// spec and check are expressions in this crate's scope: a callback outside it uses only the
 /// variant names, codes and body types (and may ignore the rest as tokens).
 ///
+/// The `=> backend(...)` clause declares the request's `Backend` method and the server's
+/// dispatch to it, both generated in vhost-backend (`backend.rs`, `server/dispatch.rs`,
+/// where its names resolve); this crate ignores it. The method returns
+/// `BackendResult<Output>`; without a default body it must be implemented. `|body|` names
+/// the decoded body for the sources (absent without a body); each argument's source is one
+/// token: `fd` (the one descriptor), `fd_or_nofd` (`None` for NOFD), `fds` (every
+/// descriptor), `channel` (the back-end channel over the one descriptor), the body's name,
+/// or a parenthesised expression over it. `shape` names the function of the dispatch that
+/// turns the method's success into the reply, called with the `extra` arguments and then
+/// the method's output. `=> via helper` (sources `_`) hands the request to a dispatch helper
+/// of its own (GET_CONFIG, whose reply borrows the buffer the method fills).
+///
 /// From these rows follow [`FrontendReq`](crate::FrontendReq) and its table
 /// ([`FRONTEND_REQUESTS`](crate::FRONTEND_REQUESTS): codes, names, body shapes, descriptor
 /// rules, gates, what is owed, reply shapes, the policy columns), and
 /// [`FrontendRequest`](crate::FrontendRequest) with its `decode`, `encode`, `code`,
-/// `fd_count` and `vring_index`.
+/// `fd_count` and `vring_index`; in vhost-backend, the `Backend` trait and the server's
+/// dispatch.
 #[macro_export]
 macro_rules! for_each_frontend_request {
     ($callback:ident) => {
         $callback! {
             /// Read the back-end's virtio features.
-            GetFeatures = 1 => spec("GET_FEATURES", Empty, F::None, Gate::None, Reply, R::U64).value();
+            GetFeatures = 1 => spec("GET_FEATURES", Empty, F::None, Gate::None, Reply, R::U64).value()
+                => backend(
+                    /// GET_FEATURES: the virtio features offered (include bit 30 to speak protocol features).
+                    fn get_features() -> u64
+                    => value
+                );
             /// Ack virtio features.
-            SetFeatures(u64) = 2 => spec("SET_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            SetFeatures(u64) = 2 => spec("SET_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_FEATURES: the features the driver acked (a subset of the offer; checked).
+                    |v| fn set_features(features: u64 = (*v)) -> ()
+                    => done
+                );
             /// Claim the session.
-            SetOwner = 3 => spec("SET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64);
+            SetOwner = 3 => spec("SET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64)
+                => backend(
+                    /// SET_OWNER: a front-end claims the session. Accepted by default.
+                    fn set_owner() -> () = { Ok(()) }
+                    => done
+                );
             /// Deprecated: give up the session.
-            ResetOwner = 4 => spec("RESET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            ResetOwner = 4 => spec("RESET_OWNER", Empty, F::None, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// RESET_OWNER (deprecated): accepted and ignored by default, as the spec allows.
+                    fn reset_owner() -> () = { Ok(()) }
+                    => done
+                );
             /// Replace the whole memory table.
-            SetMemTable(MemTable) = 5 => spec("SET_MEM_TABLE", BodyShape::MemTable, F::PerRegion, Gate::None, ReplyInPostcopy, R::MemTable).changes();
+            SetMemTable(MemTable) = 5 => spec("SET_MEM_TABLE", BodyShape::MemTable, F::PerRegion, Gate::None, ReplyInPostcopy, R::MemTable).changes()
+                => backend(
+                    /// SET_MEM_TABLE: replace the memory table; one descriptor per region, in order.
+                    |table| fn set_mem_table(table: &MemTable = table, fds: Vec<OwnedDescriptor> = fds) -> ()
+                    => done
+                );
             /// Set the dirty log area.
-            SetLogBase(LogBase) = 6 => spec("SET_LOG_BASE", fixed::<wire::LogBase>(), F::One, Gate::Protocol(P::LOG_SHMFD), Reply, R::U64).changes();
+            SetLogBase(LogBase) = 6 => spec("SET_LOG_BASE", fixed::<wire::LogBase>(), F::One, Gate::Protocol(P::LOG_SHMFD), Reply, R::U64).changes()
+                => backend(
+                    /// SET_LOG_BASE: the dirty-log area (LOG_SHMFD).
+                    |log| fn set_log_base(log: &LogBase = log, fd: OwnedDescriptor = fd) -> () = { Err(BackendError::NotSupported) }
+                    => status
+                );
             /// Set the eventfd signalled after log writes.
-            SetLogFd = 7 => spec("SET_LOG_FD", Empty, F::One, Gate::None, AckWhenAsked, R::U64).changes();
+            SetLogFd = 7 => spec("SET_LOG_FD", Empty, F::One, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_LOG_FD: the eventfd to signal after logging.
+                    fn set_log_fd(fd: OwnedDescriptor = fd) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Set a vring's size.
-            SetVringNum(VringState) = 8 => spec("SET_VRING_NUM", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            SetVringNum(VringState) = 8 => spec("SET_VRING_NUM", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_NUM: the ring's size.
+                    |s| fn set_vring_num(index: u32 = (s.index), num: u32 = (s.num)) -> ()
+                    => done
+                );
             /// Set a vring's addresses.
-            SetVringAddr(VringAddr where vring::addr_flags) = 9 => spec("SET_VRING_ADDR", fixed::<wire::VringAddr>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            SetVringAddr(VringAddr where vring::addr_flags) = 9 => spec("SET_VRING_ADDR", fixed::<wire::VringAddr>(), F::None, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_ADDR: the ring's addresses (front-end virtual unless GPA_ADDRESSES).
+                    |addr| fn set_vring_addr(addr: &VringAddr = addr) -> ()
+                    => done
+                );
             /// Set a vring's next available index.
-            SetVringBase(VringState) = 10 => spec("SET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64).changes();
+            SetVringBase(VringState) = 10 => spec("SET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_BASE: the next available index (packed rings: the spec's bit encoding).
+                    |s| fn set_vring_base(index: u32 = (s.index), base: u32 = (s.num)) -> ()
+                    => done
+                );
             /// Stop a vring and read its next available index.
-            GetVringBase(VringState) = 11 => spec("GET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, Reply, R::VringState);
+            GetVringBase(VringState) = 11 => spec("GET_VRING_BASE", fixed::<wire::VringState>(), F::None, Gate::None, Reply, R::VringState)
+                => backend(
+                    /// GET_VRING_BASE: stop the ring and return its next available index.
+                    |s| fn get_vring_base(index: u32 = (s.index)) -> u32
+                    => vring_state(s)
+                );
             /// Set a vring's kick eventfd (starts the ring).
-            SetVringKick(VringFd) = 12 => spec("SET_VRING_KICK", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes();
+            SetVringKick(VringFd) = 12 => spec("SET_VRING_KICK", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_KICK: the kick eventfd (`None`: NOFD, poll the ring). Starts the ring.
+                    |f| fn set_vring_kick(index: u8 = (f.index), fd: Option<OwnedDescriptor> = fd_or_nofd) -> ()
+                    => done
+                );
             /// Set a vring's call eventfd.
-            SetVringCall(VringFd) = 13 => spec("SET_VRING_CALL", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes();
+            SetVringCall(VringFd) = 13 => spec("SET_VRING_CALL", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_CALL: the call eventfd (`None`: NOFD, do not signal).
+                    |f| fn set_vring_call(index: u8 = (f.index), fd: Option<OwnedDescriptor> = fd_or_nofd) -> ()
+                    => done
+                );
             /// Set a vring's error eventfd.
-            SetVringErr(VringFd) = 14 => spec("SET_VRING_ERR", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes();
+            SetVringErr(VringFd) = 14 => spec("SET_VRING_ERR", fixed::<wire::U64Body>(), F::OneUnlessNofd, Gate::None, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_ERR: the error eventfd (`None`: NOFD). Accepted and kept by nobody by default.
+                    |f| fn set_vring_err(index: u8 = (f.index), fd: Option<OwnedDescriptor> = fd_or_nofd) -> () = { Ok(()) }
+                    => done
+                );
             /// Read the back-end's protocol features.
-            GetProtocolFeatures = 15 => spec("GET_PROTOCOL_FEATURES", Empty, F::None, Gate::ProtocolFeaturesOffered, Reply, R::U64).value();
+            GetProtocolFeatures = 15 => spec("GET_PROTOCOL_FEATURES", Empty, F::None, Gate::ProtocolFeaturesOffered, Reply, R::U64).value()
+                => backend(
+                    /// GET_PROTOCOL_FEATURES: the protocol features offered.
+                    fn get_protocol_features() -> ProtocolFeatures
+                    => protocol_features
+                );
             /// Ack protocol features.
-            SetProtocolFeatures(u64) = 16 => spec("SET_PROTOCOL_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::ProtocolFeaturesOffered, AckWhenAsked, R::U64).changes();
+            SetProtocolFeatures(u64) = 16 => spec("SET_PROTOCOL_FEATURES", fixed::<wire::U64Body>(), F::None, Gate::ProtocolFeaturesOffered, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_PROTOCOL_FEATURES: the protocol features acked (a subset of the offer; checked).
+                    |v| fn set_protocol_features(features: ProtocolFeatures = ($crate::ProtocolFeatures::from_bits_truncate(*v))) -> ()
+                    => done
+                );
             /// Read the number of queues.
-            GetQueueNum = 17 => spec("GET_QUEUE_NUM", Empty, F::None, Gate::Protocol(P::MQ), Reply, R::U64).value();
+            GetQueueNum = 17 => spec("GET_QUEUE_NUM", Empty, F::None, Gate::Protocol(P::MQ), Reply, R::U64).value()
+                => backend(
+                    /// GET_QUEUE_NUM (MQ): the number of queues.
+                    fn get_queue_num() -> u64 = { Err(BackendError::NotSupported) }
+                    => value
+                );
             /// Enable or disable a vring.
-            SetVringEnable(VringState where vring::flag) = 18 => spec("SET_VRING_ENABLE", fixed::<wire::VringState>(), F::None, Gate::ProtocolFeaturesNegotiated, AckWhenAsked, R::U64).changes();
+            SetVringEnable(VringState where vring::flag) = 18 => spec("SET_VRING_ENABLE", fixed::<wire::VringState>(), F::None, Gate::ProtocolFeaturesNegotiated, AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_ENABLE: enable or disable a ring.
+                    |s| fn set_vring_enable(index: u32 = (s.index), enable: bool = (s.num == 1)) -> ()
+                    => done
+                );
             /// Send a RARP for a MAC address (after migration).
-            SendRarp(u64) = 19 => spec("SEND_RARP", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::RARP), AckWhenAsked, R::U64);
+            SendRarp(u64) = 19 => spec("SEND_RARP", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::RARP), AckWhenAsked, R::U64)
+                => backend(
+                    /// SEND_RARP (RARP): announce a MAC address after migration.
+                    |v| fn send_rarp(mac: [u8; 6] = ($crate::FrontendRequest::rarp_mac(*v))) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Set the network MTU.
-            NetSetMtu(u64) = 20 => spec("NET_SET_MTU", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::NET_MTU), AckWhenAsked, R::U64);
+            NetSetMtu(u64) = 20 => spec("NET_SET_MTU", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::NET_MTU), AckWhenAsked, R::U64)
+                => backend(
+                    /// NET_SET_MTU (NET_MTU).
+                    |mtu| fn net_set_mtu(mtu: u64 = (*mtu)) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Hand over the back-end channel socket.
-            SetBackendReqFd = 21 => spec("SET_BACKEND_REQ_FD", Empty, F::One, Gate::Protocol(P::BACKEND_REQ), AckWhenAsked, R::U64);
+            SetBackendReqFd = 21 => spec("SET_BACKEND_REQ_FD", Empty, F::One, Gate::Protocol(P::BACKEND_REQ), AckWhenAsked, R::U64)
+                => backend(
+                    /// SET_BACKEND_REQ_FD (BACKEND_REQ): the back-end → front-end channel.
+                    fn set_backend_req_fd(client: BackendClient = channel) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// IOTLB update or invalidation. Always answered with a u64 (0 success): the front-end
             /// sets NEED_REPLY on it and waits, REPLY_ACK or not.
-            IotlbMsg(IotlbMsg) = 22 => spec("IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), Reply, R::U64);
+            IotlbMsg(IotlbMsg) = 22 => spec("IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), Reply, R::U64)
+                => backend(
+                    /// IOTLB_MSG (ACCESS_PLATFORM): an IOTLB update or invalidation.
+                    |msg| fn iotlb_msg(msg: &IotlbMsg = msg) -> () = { Err(BackendError::NotSupported) }
+                    => status
+                );
             /// Set a vring's endianness (legacy devices).
-            SetVringEndian(VringState where vring::flag) = 23 => spec("SET_VRING_ENDIAN", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::CROSS_ENDIAN), AckWhenAsked, R::U64).changes();
+            SetVringEndian(VringState where vring::flag) = 23 => spec("SET_VRING_ENDIAN", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::CROSS_ENDIAN), AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_VRING_ENDIAN (CROSS_ENDIAN): `true` for big-endian.
+                    |s| fn set_vring_endian(index: u32 = (s.index), big_endian: bool = (s.num == 1)) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Read device configuration space.
-            GetConfig(Config<'a>) = 24 => spec("GET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), Reply, R::Config);
+            GetConfig(Config<'a>) = 24 => spec("GET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), Reply, R::Config)
+                => backend(
+                    /// GET_CONFIG (CONFIG): fill `buf` from the configuration space at `offset`.
+                    |c| fn get_config(offset: u32 = _, buf: &mut [u8] = _, flags: u32 = _) -> () = { Err(BackendError::NotSupported) }
+                    => via get_config
+                );
             /// Write device configuration space.
-            SetConfig(Config<'a>) = 25 => spec("SET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64);
+            SetConfig(Config<'a>) = 25 => spec("SET_CONFIG", BodyShape::FixedPlusPayload { fixed: 12, max_payload: wire::MAX_CONFIG_SIZE }, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64)
+                => backend(
+                    /// SET_CONFIG (CONFIG): write `data` to the configuration space at `offset`.
+                    |c| fn set_config(offset: u32 = (c.offset), data: &[u8] = (c.payload), flags: u32 = (c.flags)) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Create a crypto session.
-            CreateCryptoSession(CryptoSession<'a>) = 26 => spec("CREATE_CRYPTO_SESSION", BodyShape::FixedPlusPayload { fixed: 8, max_payload: wire::MAX_CRYPTO_PAYLOAD }, F::None, Gate::Protocol(P::CRYPTO_SESSION), Reply, R::CryptoSession);
+            CreateCryptoSession(CryptoSession<'a>) = 26 => spec("CREATE_CRYPTO_SESSION", BodyShape::FixedPlusPayload { fixed: 8, max_payload: wire::MAX_CRYPTO_PAYLOAD }, F::None, Gate::Protocol(P::CRYPTO_SESSION), Reply, R::CryptoSession)
+                => backend(
+                    /// CREATE_CRYPTO_SESSION (CRYPTO_SESSION): returns the new session id.
+                    |session| fn create_crypto_session(session: &CryptoSession<'_> = session) -> i64 = { Err(BackendError::NotSupported) }
+                    => crypto_session(session)
+                );
             /// Close a crypto session.
-            CloseCryptoSession(u64) = 27 => spec("CLOSE_CRYPTO_SESSION", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::CRYPTO_SESSION), AckWhenAsked, R::U64);
+            CloseCryptoSession(u64) = 27 => spec("CLOSE_CRYPTO_SESSION", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::CRYPTO_SESSION), AckWhenAsked, R::U64)
+                => backend(
+                    /// CLOSE_CRYPTO_SESSION (CRYPTO_SESSION).
+                    |id| fn close_crypto_session(session_id: u64 = (*id)) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Postcopy: ask for a userfaultfd.
-            PostcopyAdvise = 28 => spec("POSTCOPY_ADVISE", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::EmptyWithFd).reply_fd();
+            PostcopyAdvise = 28 => spec("POSTCOPY_ADVISE", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::EmptyWithFd).reply_fd()
+                => backend(
+                    /// POSTCOPY_ADVISE (PAGEFAULT): returns a userfaultfd.
+                    fn postcopy_advise() -> OwnedDescriptor = { Err(BackendError::NotSupported) }
+                    => empty_with_fd
+                );
             /// Postcopy: start listening for faults.
-            PostcopyListen = 29 => spec("POSTCOPY_LISTEN", Empty, F::None, Gate::Protocol(P::PAGEFAULT), AckWhenAsked, R::U64).changes();
+            PostcopyListen = 29 => spec("POSTCOPY_LISTEN", Empty, F::None, Gate::Protocol(P::PAGEFAULT), AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// POSTCOPY_LISTEN (PAGEFAULT).
+                    fn postcopy_listen() -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Postcopy: migration finished.
-            PostcopyEnd = 30 => spec("POSTCOPY_END", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::U64);
+            PostcopyEnd = 30 => spec("POSTCOPY_END", Empty, F::None, Gate::Protocol(P::PAGEFAULT), Reply, R::U64)
+                => backend(
+                    /// POSTCOPY_END (PAGEFAULT).
+                    fn postcopy_end() -> () = { Err(BackendError::NotSupported) }
+                    => status
+                );
             /// Ask for an inflight area.
-            GetInflightFd(Inflight) = 31 => spec("GET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::None, Gate::Protocol(P::INFLIGHT_SHMFD), Reply, R::Inflight).reply_fd();
+            GetInflightFd(Inflight) = 31 => spec("GET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::None, Gate::Protocol(P::INFLIGHT_SHMFD), Reply, R::Inflight).reply_fd()
+                => backend(
+                    /// GET_INFLIGHT_FD (INFLIGHT_SHMFD): allocate the inflight area.
+                    |info| fn get_inflight_fd(info: &Inflight = info) -> (Inflight, OwnedDescriptor) = { Err(BackendError::NotSupported) }
+                    => inflight_with_fd
+                );
             /// Hand back the inflight area.
-            SetInflightFd(Inflight) = 32 => spec("SET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::One, Gate::Protocol(P::INFLIGHT_SHMFD), AckWhenAsked, R::U64).changes();
+            SetInflightFd(Inflight) = 32 => spec("SET_INFLIGHT_FD", fixed::<wire::Inflight>(), F::One, Gate::Protocol(P::INFLIGHT_SHMFD), AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// SET_INFLIGHT_FD (INFLIGHT_SHMFD): the inflight area handed back.
+                    |info| fn set_inflight_fd(info: &Inflight = info, fd: OwnedDescriptor = fd) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Hand over a vhost-user-gpu socket.
-            GpuSetSocket = 33 => spec("GPU_SET_SOCKET", Empty, F::One, Gate::None, AckWhenAsked, R::U64);
+            GpuSetSocket = 33 => spec("GPU_SET_SOCKET", Empty, F::One, Gate::None, AckWhenAsked, R::U64)
+                => backend(
+                    /// GPU_SET_SOCKET: the vhost-user-gpu socket.
+                    fn gpu_set_socket(fd: OwnedDescriptor = fd) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Reset the device.
-            ResetDevice = 34 => spec("RESET_DEVICE", Empty, F::None, Gate::Protocol(P::RESET_DEVICE), AckWhenAsked, R::U64).changes();
+            ResetDevice = 34 => spec("RESET_DEVICE", Empty, F::None, Gate::Protocol(P::RESET_DEVICE), AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// RESET_DEVICE (RESET_DEVICE): disable all rings and reset device state.
+                    fn reset_device() -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// In-band kick.
-            VringKick(VringState) = 35 => spec("VRING_KICK", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64);
+            VringKick(VringState) = 35 => spec("VRING_KICK", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64)
+                => backend(
+                    /// VRING_KICK (INBAND_NOTIFICATIONS): an in-band kick.
+                    |s| fn vring_kick(index: u32 = (s.index)) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Read how many memory slots the back-end supports.
-            GetMaxMemSlots = 36 => spec("GET_MAX_MEM_SLOTS", Empty, F::None, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), Reply, R::U64).value();
+            GetMaxMemSlots = 36 => spec("GET_MAX_MEM_SLOTS", Empty, F::None, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), Reply, R::U64).value()
+                => backend(
+                    /// GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS).
+                    fn get_max_mem_slots() -> u64 = { Err(BackendError::NotSupported) }
+                    => value
+                );
             /// Add one memory region.
-            AddMemReg(RegionMsg where memory::one_region) = 37 => spec("ADD_MEM_REG", BodyShape::SingleRegion, F::One, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), ReplyInPostcopy, R::SingleRegion).changes();
+            AddMemReg(RegionMsg where memory::one_region) = 37 => spec("ADD_MEM_REG", BodyShape::SingleRegion, F::One, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), ReplyInPostcopy, R::SingleRegion).changes()
+                => backend(
+                    /// ADD_MEM_REG (CONFIGURE_MEM_SLOTS).
+                    |region| fn add_mem_region(region: &RegionMsg = region, fd: OwnedDescriptor = fd) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Remove one memory region.
-            RemMemReg(RegionMsg where memory::one_region) = 38 => spec("REM_MEM_REG", BodyShape::SingleRegion, F::NoneOrOne, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), AckWhenAsked, R::U64).changes();
+            RemMemReg(RegionMsg where memory::one_region) = 38 => spec("REM_MEM_REG", BodyShape::SingleRegion, F::NoneOrOne, Gate::Protocol(P::CONFIGURE_MEM_SLOTS), AckWhenAsked, R::U64).changes()
+                => backend(
+                    /// REM_MEM_REG (CONFIGURE_MEM_SLOTS): regions are matched on address and size.
+                    |region| fn remove_mem_region(region: &RegionMsg = region) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Set the virtio device status.
-            SetStatus(u64) = 39 => spec("SET_STATUS", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::STATUS), AckWhenAsked, R::U64);
+            SetStatus(u64) = 39 => spec("SET_STATUS", fixed::<wire::U64Body>(), F::None, Gate::Protocol(P::STATUS), AckWhenAsked, R::U64)
+                => backend(
+                    /// SET_STATUS (STATUS): the virtio device status byte.
+                    |v| fn set_status(status: u64 = (*v)) -> () = { Err(BackendError::NotSupported) }
+                    => done
+                );
             /// Read the virtio device status.
-            GetStatus = 40 => spec("GET_STATUS", Empty, F::None, Gate::Protocol(P::STATUS), Reply, R::U64).value();
+            GetStatus = 40 => spec("GET_STATUS", Empty, F::None, Gate::Protocol(P::STATUS), Reply, R::U64).value()
+                => backend(
+                    /// GET_STATUS (STATUS).
+                    fn get_status() -> u64 = { Err(BackendError::NotSupported) }
+                    => value
+                );
             /// Look up a shared object; the reply carries its dmabuf fd.
-            GetSharedObject(SharedObject) = 41 => spec("GET_SHARED_OBJECT", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd();
+            GetSharedObject(SharedObject) = 41 => spec("GET_SHARED_OBJECT", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd()
+                => backend(
+                    /// GET_SHARED_OBJECT (SHARED_OBJECT): the dmabuf fd of an object.
+                    |object| fn get_shared_object(object: &SharedObject = object) -> OwnedDescriptor = { Err(BackendError::NotSupported) }
+                    => u64_with_fd
+                );
             /// Start a device-state transfer through a pipe.
-            SetDeviceStateFd(DeviceStateTransfer where transfer::stopped_phase) = 42 => spec("SET_DEVICE_STATE_FD", fixed::<wire::DeviceStateTransfer>(), F::One, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64).changes().failure(ACK_FAILURE | wire::DEVICE_STATE_NOFD).reply_fd();
+            SetDeviceStateFd(DeviceStateTransfer where transfer::stopped_phase) = 42 => spec("SET_DEVICE_STATE_FD", fixed::<wire::DeviceStateTransfer>(), F::One, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64).changes().failure(ACK_FAILURE | wire::DEVICE_STATE_NOFD).reply_fd()
+                => backend(
+                    /// SET_DEVICE_STATE_FD (DEVICE_STATE): start a state transfer; optionally return an fd
+                    /// the front-end should use instead.
+                    |t| fn set_device_state_fd(direction: u32 = (t.direction), phase: u32 = (t.phase), fd: OwnedDescriptor = fd) -> Option<OwnedDescriptor> = { Err(BackendError::NotSupported) }
+                    => device_state
+                );
             /// Ask whether the device-state transfer succeeded.
-            CheckDeviceState = 43 => spec("CHECK_DEVICE_STATE", Empty, F::None, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64);
+            CheckDeviceState = 43 => spec("CHECK_DEVICE_STATE", Empty, F::None, Gate::Protocol(P::DEVICE_STATE), Reply, R::U64)
+                => backend(
+                    /// CHECK_DEVICE_STATE (DEVICE_STATE): did the transfer succeed?
+                    fn check_device_state() -> () = { Err(BackendError::NotSupported) }
+                    => status
+                );
             /// Read the shared memory regions' configuration.
-            GetShmemConfig = 44 => spec("GET_SHMEM_CONFIG", Empty, F::None, Gate::Protocol(P::SHMEM), Reply, R::ShmemConfig);
+            GetShmemConfig = 44 => spec("GET_SHMEM_CONFIG", Empty, F::None, Gate::Protocol(P::SHMEM), Reply, R::ShmemConfig)
+                => backend(
+                    /// GET_SHMEM_CONFIG (SHMEM).
+                    fn get_shmem_config() -> ShmemConfig = { Err(BackendError::NotSupported) }
+                    => shmem_config
+                );
         }
     };
 }

@@ -1,4 +1,6 @@
-//! One decoded, checked request to one [`Backend`] call: one line per request.
+//! One decoded, checked request to one [`Backend`] call, generated from the `=> backend(...)`
+//! clause of each row of [`vhost_proto::for_each_frontend_request!`]; this file holds the
+//! generator and the functions the clauses name to shape replies.
 //!
 //! Decoding, descriptor counts and gates were checked before this point
 //! (`FrontendRequest::decode`, `Negotiation::check`), so nothing here validates; it only
@@ -6,7 +8,8 @@
 
 use vhost_proto::wire::{DEVICE_STATE_NOFD, MAX_CONFIG_SIZE};
 use vhost_proto::{
-    Config, CryptoSession, Error, FrontendReply, FrontendRequest, MessageKind, VringState,
+    Config, CryptoSession, Error, FrontendReply, FrontendRequest, Inflight, MessageKind,
+    ProtocolFeatures, ShmemConfig, VringState,
 };
 use vhost_transport::{BackendChannel, Connection, OwnedDescriptor};
 
@@ -62,84 +65,63 @@ pub(super) fn dispatch<'a, B: Backend + ?Sized>(
     })
 }
 
-fn call<'a, B: Backend + ?Sized>(
-    backend: &mut B,
-    negotiation: &SharedNegotiation,
-    req: &FrontendRequest<'a>,
-    mut fds: Vec<OwnedDescriptor>,
-    config: &'a mut [u8; MAX_CONFIG_SIZE],
-) -> Result<Answer<'a>, Failure> {
-    use FrontendReply as P;
-    use FrontendRequest as R;
-    let fd = |fds: &mut Vec<OwnedDescriptor>| one_fd(fds, req);
-    Ok(match *req {
-        R::GetFeatures => value(backend.get_features()?),
-        R::SetFeatures(v) => done(backend.set_features(v)?),
-        R::SetOwner => done(backend.set_owner()?),
-        R::ResetOwner => done(backend.reset_owner()?),
-        R::SetMemTable(ref table) => done(backend.set_mem_table(table, fds)?),
-        R::SetLogBase(ref log) => status(backend.set_log_base(log, fd(&mut fds)?)?),
-        R::SetLogFd => done(backend.set_log_fd(fd(&mut fds)?)?),
-        R::SetVringNum(s) => done(backend.set_vring_num(s.index, s.num)?),
-        R::SetVringAddr(ref addr) => done(backend.set_vring_addr(addr)?),
-        R::SetVringBase(s) => done(backend.set_vring_base(s.index, s.num)?),
-        R::GetVringBase(s) => reply(P::VringState(VringState {
-            index: s.index,
-            num: backend.get_vring_base(s.index)?,
-        })),
-        R::SetVringKick(f) => done(backend.set_vring_kick(f.index, fds.pop())?),
-        R::SetVringCall(f) => done(backend.set_vring_call(f.index, fds.pop())?),
-        R::SetVringErr(f) => done(backend.set_vring_err(f.index, fds.pop())?),
-        R::GetProtocolFeatures => value(backend.get_protocol_features()?.bits()),
-        R::SetProtocolFeatures(v) => done(
-            backend.set_protocol_features(vhost_proto::ProtocolFeatures::from_bits_truncate(v))?,
-        ),
-        R::GetQueueNum => value(backend.get_queue_num()?),
-        R::SetVringEnable(s) => done(backend.set_vring_enable(s.index, s.num == 1)?),
-        R::SendRarp(v) => done(backend.send_rarp(FrontendRequest::rarp_mac(v))?),
-        R::NetSetMtu(mtu) => done(backend.net_set_mtu(mtu)?),
-        R::SetBackendReqFd => {
-            done(backend.set_backend_req_fd(channel(fd(&mut fds)?, negotiation)?)?)
+/// Generates [`call`] from the `=> backend(...)` clause of each row of
+/// [`vhost_proto::for_each_frontend_request!`]:
+/// `|body| fn method(name: Type = source, ..) -> Output => shape(extra)`.
+///
+/// - `|body|` binds the decoded body (by reference); absent for a request without one.
+/// - Each argument's source is one token: `fd` (the one descriptor, counted by the
+///   decoder), `fd_or_nofd` (`None` for NOFD), `fds` (every descriptor, in order), `channel`
+///   (the back-end channel over the one descriptor), or an expression (parenthesised unless
+///   it is the body's name). Names and types are the trait's (`backend.rs`).
+/// - `=> shape(extra)` names the function here that turns the method's success into the
+///   answer, called as `shape(extra.., output)`.
+/// - `=> via helper` hands the request to a helper of its own (GET_CONFIG, whose reply
+///   borrows the buffer the method fills); the sources are then `_`.
+macro_rules! dispatch_rows {
+    ($($(#[$m:meta])* $v:ident $(($($ty:tt)*))? = $code:literal => $spec:expr => backend($($clause:tt)*);)*) => {
+        fn call<'a, B: Backend + ?Sized>(
+            backend: &mut B,
+            negotiation: &SharedNegotiation,
+            req: &FrontendRequest<'a>,
+            mut fds: Vec<OwnedDescriptor>,
+            config: &'a mut [u8; MAX_CONFIG_SIZE],
+        ) -> Result<Answer<'a>, Failure> {
+            Ok(match *req {
+                $(dispatch_rows!(@pattern $v $($clause)*) =>
+                    dispatch_rows!(@arm (backend, negotiation, req, fds, config) $($clause)*),)*
+            })
         }
-        R::IotlbMsg(ref msg) => status(backend.iotlb_msg(msg)?),
-        R::SetVringEndian(s) => done(backend.set_vring_endian(s.index, s.num == 1)?),
-        R::GetConfig(c) => get_config(backend, c, config)?,
-        R::SetConfig(c) => done(backend.set_config(c.offset, c.payload, c.flags)?),
-        R::CreateCryptoSession(ref s) => reply(P::CryptoSession(CryptoSession {
-            session_id: backend.create_crypto_session(s)?,
-            payload: s.payload,
-        })),
-        R::CloseCryptoSession(id) => done(backend.close_crypto_session(id)?),
-        R::PostcopyAdvise => Answer::Reply(P::Empty, Some(backend.postcopy_advise()?)),
-        R::PostcopyListen => done(backend.postcopy_listen()?),
-        R::PostcopyEnd => status(backend.postcopy_end()?),
-        R::GetInflightFd(ref info) => {
-            let (info, area) = backend.get_inflight_fd(info)?;
-            Answer::Reply(P::Inflight(info), Some(area))
-        }
-        R::SetInflightFd(ref info) => done(backend.set_inflight_fd(info, fd(&mut fds)?)?),
-        R::GpuSetSocket => done(backend.gpu_set_socket(fd(&mut fds)?)?),
-        R::ResetDevice => done(backend.reset_device()?),
-        R::VringKick(s) => done(backend.vring_kick(s.index)?),
-        R::GetMaxMemSlots => value(backend.get_max_mem_slots()?),
-        R::AddMemReg(ref region) => done(backend.add_mem_region(region, fd(&mut fds)?)?),
-        // A descriptor sent with REM_MEM_REG is allowed and closed unused.
-        R::RemMemReg(ref region) => done(backend.remove_mem_region(region)?),
-        R::SetStatus(v) => done(backend.set_status(v)?),
-        R::GetStatus => value(backend.get_status()?),
-        R::GetSharedObject(ref object) => {
-            Answer::Reply(P::U64(0), Some(backend.get_shared_object(object)?))
-        }
-        R::SetDeviceStateFd(t) => {
-            match backend.set_device_state_fd(t.direction, t.phase, fd(&mut fds)?)? {
-                Some(back) => Answer::Reply(P::U64(0), Some(back)),
-                None => value(DEVICE_STATE_NOFD),
-            }
-        }
-        R::CheckDeviceState => status(backend.check_device_state()?),
-        R::GetShmemConfig => reply(P::ShmemConfig(Box::new(backend.get_shmem_config()?))),
-    })
+    };
+    (@pattern $v:ident $(#[$d:meta])* | $body:tt | $($rest:tt)*) => { FrontendRequest::$v(ref $body) };
+    (@pattern $v:ident $($rest:tt)*) => { FrontendRequest::$v };
+    (@arm $ctx:tt $(#[$d:meta])* | $body:tt | fn $method:ident($($arg:ident : $aty:ty = _),*) -> $ret:ty $(= $default:block)?
+        => via $helper:ident) => {
+        dispatch_rows!(@ctx $ctx $helper, $body)
+    };
+    (@arm $ctx:tt $(#[$d:meta])* $(| $body:tt |)? fn $method:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty $(= $default:block)?
+        => $shape:ident $(($($extra:tt),*))?) => {{
+        let output = dispatch_rows!(@call $ctx $method [$($src)*] []);
+        $shape($($($extra,)*)? output)
+    }};
+    // Arguments are turned into expressions one at a time, then the method is called.
+    (@call ($backend:ident, $($c:ident),*) $method:ident [] [$($done:expr),*]) => {
+        $backend.$method($($done),*)?
+    };
+    (@call $ctx:tt $method:ident [$arg:tt $($rest:tt)*] [$($done:expr),*]) => {
+        dispatch_rows!(@call $ctx $method [$($rest)*] [$($done,)* dispatch_rows!(@arg $ctx $arg)])
+    };
+    (@arg ($b:ident, $n:ident, $req:ident, $fds:ident, $c:ident) fd) => { one_fd(&mut $fds, $req)? };
+    (@arg ($b:ident, $n:ident, $req:ident, $fds:ident, $c:ident) fd_or_nofd) => { $fds.pop() };
+    (@arg ($b:ident, $n:ident, $req:ident, $fds:ident, $c:ident) fds) => { std::mem::take(&mut $fds) };
+    (@arg ($b:ident, $n:ident, $req:ident, $fds:ident, $c:ident) channel) => { channel(one_fd(&mut $fds, $req)?, $n)? };
+    (@arg $ctx:tt $e:tt) => { $e };
+    (@ctx ($b:ident, $n:ident, $req:ident, $fds:ident, $c:ident) $helper:ident, $body:tt) => {
+        $helper($b, *$body, $c)?
+    };
 }
+
+vhost_proto::for_each_frontend_request!(dispatch_rows);
 
 fn done(_: ()) -> Answer<'static> {
     Answer::Done
@@ -156,6 +138,52 @@ fn value(v: u64) -> Answer<'static> {
 /// The u64 status reply of a request that always replies: 0 for success.
 fn status(_: ()) -> Answer<'static> {
     value(0)
+}
+
+/// GET_VRING_BASE's reply: the ring's index and its next available index.
+fn vring_state(s: &VringState, num: u32) -> Answer<'static> {
+    reply(FrontendReply::VringState(VringState {
+        index: s.index,
+        num,
+    }))
+}
+
+fn protocol_features(features: ProtocolFeatures) -> Answer<'static> {
+    value(features.bits())
+}
+
+/// CREATE_CRYPTO_SESSION's reply: the request's payload with the new session id.
+fn crypto_session<'a>(s: &CryptoSession<'a>, session_id: i64) -> Answer<'a> {
+    reply(FrontendReply::CryptoSession(CryptoSession {
+        session_id,
+        payload: s.payload,
+    }))
+}
+
+/// An empty reply carrying a descriptor (POSTCOPY_ADVISE's userfaultfd).
+fn empty_with_fd(fd: OwnedDescriptor) -> Answer<'static> {
+    Answer::Reply(FrontendReply::Empty, Some(fd))
+}
+
+/// A u64 success carrying a descriptor (GET_SHARED_OBJECT's dmabuf).
+fn u64_with_fd(fd: OwnedDescriptor) -> Answer<'static> {
+    Answer::Reply(FrontendReply::U64(0), Some(fd))
+}
+
+fn inflight_with_fd((info, area): (Inflight, OwnedDescriptor)) -> Answer<'static> {
+    Answer::Reply(FrontendReply::Inflight(info), Some(area))
+}
+
+/// SET_DEVICE_STATE_FD's reply: 0 with the back-end's own descriptor, or NOFD set.
+fn device_state(back: Option<OwnedDescriptor>) -> Answer<'static> {
+    match back {
+        Some(back) => Answer::Reply(FrontendReply::U64(0), Some(back)),
+        None => value(DEVICE_STATE_NOFD),
+    }
+}
+
+fn shmem_config(config: ShmemConfig) -> Answer<'static> {
+    reply(FrontendReply::ShmemConfig(Box::new(config)))
 }
 
 /// The one descriptor of a request that carries exactly one (counted by the decoder).
