@@ -71,7 +71,11 @@ fn header(u: &mut Unstructured<'_>, payload_len: usize) -> Result<[u8; 44]> {
     let type_: u16 = if u.ratio(7, 8)? { 1 } else { u.arbitrary()? };
     let op: u16 = u.int_in_range(0..=8)?;
     let flags: u32 = u.int_in_range(0..=3)?;
-    let buf_alloc: u32 = if u.ratio(1, 2)? { 65536 } else { u.arbitrary()? };
+    let buf_alloc: u32 = if u.ratio(1, 2)? {
+        65536
+    } else {
+        u.arbitrary()?
+    };
     let fwd_cnt: u32 = if u.ratio(3, 4)? { 0 } else { u.arbitrary()? };
     let mut h = [0u8; 44];
     h[0..8].copy_from_slice(&src_cid.to_le_bytes());
@@ -141,7 +145,15 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         for (i, &(addr, len)) in pieces.iter().enumerate() {
             let last = i + 1 == pieces.len();
             let flags = if last { 0 } else { 1 };
-            desc(&mem, TX_RINGS[0], next_desc, addr, len, flags, next_desc + 1);
+            desc(
+                &mem,
+                TX_RINGS[0],
+                next_desc,
+                addr,
+                len,
+                flags,
+                next_desc + 1,
+            );
             next_desc += 1;
         }
         data += u64::from(total) + 64;
@@ -177,7 +189,10 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         mem.read_obj(GuestAddress(RX_RINGS[2] + 2))
             .expect("used idx"),
     );
-    assert!(usize::from(used_idx) <= rx_lens.len(), "more rx used than offered");
+    assert!(
+        usize::from(used_idx) <= rx_lens.len(),
+        "more rx used than offered"
+    );
     for i in 0..u64::from(used_idx) {
         let id: u32 = mem
             .read_obj(GuestAddress(RX_RINGS[2] + 4 + 8 * i))
@@ -186,14 +201,20 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             .read_obj(GuestAddress(RX_RINGS[2] + 8 + 8 * i))
             .expect("used len");
         let buf_len = rx_lens[id as usize];
-        assert!(len <= buf_len, "used length {len} of a {buf_len}-byte buffer");
+        assert!(
+            len <= buf_len,
+            "used length {len} of a {buf_len}-byte buffer"
+        );
         if len == 0 {
             continue;
         }
         assert!(len >= 44, "a packet shorter than its header");
         let mut desc_raw = [0u8; 8];
-        mem.read_slice(&mut desc_raw, GuestAddress(RX_RINGS[0] + 16 * u64::from(id)))
-            .expect("descriptor");
+        mem.read_slice(
+            &mut desc_raw,
+            GuestAddress(RX_RINGS[0] + 16 * u64::from(id)),
+        )
+        .expect("descriptor");
         let at = u64::from_le_bytes(desc_raw);
         let mut h = [0u8; 44];
         mem.read_slice(&mut h, GuestAddress(at)).expect("header");
