@@ -64,18 +64,7 @@ fn serve(req: Request) {
 }
 
 impl VirtioDevice for Holder {
-    fn device_type(&self) -> u32 {
-        2
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 2, queues: 1, max_queue_size: 256);
     fn supports_inflight_tracking(&self) -> bool {
         true
     }
@@ -808,18 +797,7 @@ struct FaultRecorder {
 }
 
 impl VirtioDevice for FaultRecorder {
-    fn device_type(&self) -> u32 {
-        2
-    }
-    fn num_queues(&self) -> usize {
-        1
-    }
-    fn max_queue_size(&self) -> u16 {
-        256
-    }
-    fn features(&self) -> u64 {
-        0
-    }
+    vhost_test_support::device_basics!(self; device_type: 2, queues: 1, max_queue_size: 256);
     fn supports_inflight_tracking(&self) -> bool {
         true
     }
