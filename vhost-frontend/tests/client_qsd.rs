@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vhost_frontend::devices::blk::{self, BlkConfig, BlkRequests};
+use vhost_frontend::devices::blk::{self, BlkConfig, BlkRequest, BlkRequests};
 use vhost_frontend::{Session, SessionOptions, VirtqueueDriver};
 use vhost_proto::ProtocolFeatures;
 
@@ -149,7 +149,7 @@ fn blk_queue_survives_stop_and_restart_at_the_returned_base() {
     s.restart_queue(0, base).unwrap();
     // The back-end closed its call fd when the ring stopped: the restart must give it one
     // again, or this completion would come without a call.
-    req.add(&mut s, blk::T_IN, 1, 512).unwrap();
+    req.add(&mut s, BlkRequest::read(1, 512)).unwrap();
     s.publish(0).unwrap();
     let (_, call, _) = s.eventfds(0).unwrap();
     assert!(
@@ -180,7 +180,7 @@ fn blk_sixteen_requests_in_flight_complete_with_their_data() {
         let slot = req.free_slot().unwrap();
         let data = vec![0x40 + i as u8; 4096];
         req.write_data(&s, slot, &data).unwrap();
-        req.submit_prepared(&mut s, slot, blk::T_OUT, 8192 + i * 8, 4096)
+        req.submit_prepared(&mut s, slot, BlkRequest::write(8192 + i * 8, 4096))
             .unwrap();
     }
     for _ in 0..16 {
@@ -190,7 +190,9 @@ fn blk_sixteen_requests_in_flight_complete_with_their_data() {
     // Read them back sixteen at a time, published together.
     let mut sector_of = [0u64; 16];
     for i in 0..16u64 {
-        let slot = req.add(&mut s, blk::T_IN, 8192 + i * 8, 4096).unwrap();
+        let slot = req
+            .add(&mut s, BlkRequest::read(8192 + i * 8, 4096))
+            .unwrap();
         sector_of[slot] = 8192 + i * 8;
     }
     s.publish(0).unwrap();

@@ -7,7 +7,8 @@ use common::*;
 use vhost_device_blk::config::features;
 use vhost_device_blk::BlkConfig;
 use vhost_frontend::devices::blk::{
-    BlkConfig as ConfigView, BlkRequests, S_IOERR, S_OK, S_UNSUPP, S_UNWRITTEN, T_IN, T_OUT,
+    BlkConfig as ConfigView, BlkRequest, BlkRequests, S_IOERR, S_OK, S_UNSUPP, S_UNWRITTEN, T_IN,
+    T_OUT,
 };
 use vhost_frontend::Session;
 use vm_memory::{Bytes, GuestAddress};
@@ -105,7 +106,7 @@ fn multiqueue_every_queue_serves_its_requests() {
             for (q, reqs) in per_queue.iter_mut().enumerate() {
                 for k in 0..8u64 {
                     let sector = (q as u64 * 64 + k * 8 + round) % (IMAGE as u64 / 512 - 8);
-                    reqs.submit(&mut s, T_IN, sector, 4096).unwrap();
+                    reqs.submit(&mut s, BlkRequest::read(sector, 4096)).unwrap();
                 }
             }
             for (q, reqs) in per_queue.iter_mut().enumerate() {
@@ -128,7 +129,7 @@ fn queue_depth_16_batches_return_the_right_data() {
         for round in 0..20u64 {
             for k in 0..16u64 {
                 let sector = (round * 131 + k * 17) * 8 % (IMAGE as u64 / 512 - 8);
-                let slot = reqs.submit(&mut s, T_IN, sector, 4096).unwrap();
+                let slot = reqs.submit(&mut s, BlkRequest::read(sector, 4096)).unwrap();
                 sectors[slot] = sector;
             }
             for _ in 0..16 {
@@ -321,7 +322,8 @@ fn frontend_disconnecting_mid_io_leaves_the_daemon_serving_the_next_one() {
             let mut s = connect(&scratch.socket(), || options(2));
             let mut reqs = BlkRequests::new(&s, 0, 64, 64 * 1024).unwrap();
             for k in 0..64u64 {
-                reqs.submit(&mut s, T_IN, k * 16, 64 * 1024).unwrap();
+                reqs.submit(&mut s, BlkRequest::read(k * 16, 64 * 1024))
+                    .unwrap();
             }
             drop(s);
         }
@@ -379,7 +381,7 @@ fn io_uring_direct_two_queues_serve_and_get_vring_base_answers_after_every_poppe
         // 16 reads in flight, then GET_VRING_BASE: every request popped before it answers is on
         // the used ring by then, none after.
         for k in 0..16u64 {
-            q[0].submit(&mut s, T_IN, k * 8, 4096).unwrap();
+            q[0].submit(&mut s, BlkRequest::read(k * 8, 4096)).unwrap();
         }
         let base = s.frontend().get_vring_base(0).unwrap();
         let mut used = 0u32;

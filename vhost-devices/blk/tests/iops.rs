@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use vhost_device_blk::BlkConfig;
-use vhost_frontend::devices::blk::{BlkRequests, S_OK, T_IN};
+use vhost_frontend::devices::blk::{BlkRequest, BlkRequests, S_OK};
 
 const IMAGE: usize = 64 << 20;
 const RUN: Duration = Duration::from_secs(2);
@@ -31,7 +31,7 @@ fn run(depth: usize) -> f64 {
     let mut sectors = vec![0u64; depth];
     for _ in 0..depth {
         let sector = next(&mut rng) % blocks * 8;
-        let slot = reqs.submit(&mut s, T_IN, sector, 4096).unwrap();
+        let slot = reqs.submit(&mut s, BlkRequest::read(sector, 4096)).unwrap();
         sectors[slot] = sector;
     }
     let start = Instant::now();
@@ -48,7 +48,7 @@ fn run(depth: usize) -> f64 {
         }
         done += 1;
         let sector = next(&mut rng) % blocks * 8;
-        let slot = reqs.submit(&mut s, T_IN, sector, 4096).unwrap();
+        let slot = reqs.submit(&mut s, BlkRequest::read(sector, 4096)).unwrap();
         sectors[slot] = sector;
     }
     let iops = done as f64 / start.elapsed().as_secs_f64();

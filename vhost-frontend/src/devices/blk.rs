@@ -3,9 +3,9 @@
 //!
 //! [`BlkRequests`] owns `depth` request slots in guest memory (header, data buffer, status
 //! byte each), so a benchmark can keep up to `depth` requests in flight without allocating:
-//! [`submit`](BlkRequests::submit) then [`complete`](BlkRequests::complete). The synchronous
-//! helpers ([`read`](BlkRequests::read), [`write`](BlkRequests::write), ...) run one request at
-//! queue depth 1 and turn a non-OK status into [`DeviceError::Status`].
+//! [`submit`](BlkRequests::submit) a [`BlkRequest`] then [`complete`](BlkRequests::complete).
+//! The synchronous helpers ([`read`](BlkRequests::read), [`write`](BlkRequests::write), ...)
+//! run one request at queue depth 1 and turn a non-OK status into [`DeviceError::Status`].
 
 use std::time::Duration;
 
@@ -71,6 +71,37 @@ pub struct Completion {
     pub status: u8,
     /// Bytes the device reported writing (data plus status).
     pub len: u32,
+}
+
+/// What one request asks for: its type (`T_IN`, `T_OUT`, ...), the sector in its header
+/// and how many data bytes its chain carries (0: no data descriptor). The slot methods
+/// ([`add`](BlkRequests::add), [`submit`](BlkRequests::submit),
+/// [`submit_prepared`](BlkRequests::submit_prepared)) take one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlkRequest {
+    /// Request type (`T_IN`, `T_OUT`, `T_FLUSH`, ...).
+    pub kind: u32,
+    /// First sector (512 bytes) the request addresses.
+    pub sector: u64,
+    /// Data bytes in the chain; 0 leaves the data descriptor out.
+    pub len: u32,
+}
+
+impl BlkRequest {
+    /// A request of type `kind` at `sector` with `len` data bytes.
+    pub const fn new(kind: u32, sector: u64, len: u32) -> Self {
+        BlkRequest { kind, sector, len }
+    }
+
+    /// An IN (read) of `len` bytes starting at `sector`.
+    pub const fn read(sector: u64, len: u32) -> Self {
+        Self::new(T_IN, sector, len)
+    }
+
+    /// An OUT (write) of `len` bytes starting at `sector`.
+    pub const fn write(sector: u64, len: u32) -> Self {
+        Self::new(T_OUT, sector, len)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,22 +195,16 @@ impl BlkRequests {
             })
     }
 
-    /// Takes a free slot, writes the header, marks the status unwritten and adds the chain
-    /// (header, `len` data bytes unless 0, status) to the queue without publishing it.
-    /// The data buffer is device-writable for IN and GET_ID, device-readable otherwise.
+    /// Takes a free slot, writes `req`'s header, marks the status unwritten and adds the
+    /// chain (header, `req.len` data bytes unless 0, status) to the queue without publishing
+    /// it. The data buffer is device-writable for IN and GET_ID, device-readable otherwise.
     /// Fill it first with [`write_data`](Self::write_data) for OUT, DISCARD, WRITE_ZEROES:
     /// use [`submit_prepared`](Self::submit_prepared) for that.
-    pub fn add(
-        &mut self,
-        session: &mut Session,
-        kind: u32,
-        sector: u64,
-        len: u32,
-    ) -> Result<usize> {
+    pub fn add(&mut self, session: &mut Session, req: BlkRequest) -> Result<usize> {
         let slot = *self.free.last().ok_or(DeviceError::NoFreeSlot {
             depth: self.slots.len(),
         })?;
-        self.add_in(session, slot, kind, sector, len)?;
+        self.add_in(session, slot, req)?;
         self.free.pop();
         Ok(slot)
     }
@@ -190,9 +215,7 @@ impl BlkRequests {
         &mut self,
         session: &mut Session,
         slot: usize,
-        kind: u32,
-        sector: u64,
-        len: u32,
+        req: BlkRequest,
     ) -> Result<()> {
         let pos = self
             .free
@@ -201,21 +224,15 @@ impl BlkRequests {
             .ok_or(DeviceError::NoFreeSlot {
                 depth: self.slots.len(),
             })?;
-        self.add_in(session, slot, kind, sector, len)?;
+        self.add_in(session, slot, req)?;
         self.free.swap_remove(pos);
         session.publish(self.queue)?;
         Ok(())
     }
 
     /// [`add`](Self::add), then publish and kick if needed.
-    pub fn submit(
-        &mut self,
-        session: &mut Session,
-        kind: u32,
-        sector: u64,
-        len: u32,
-    ) -> Result<usize> {
-        let slot = self.add(session, kind, sector, len)?;
+    pub fn submit(&mut self, session: &mut Session, req: BlkRequest) -> Result<usize> {
+        let slot = self.add(session, req)?;
         session.publish(self.queue)?;
         Ok(slot)
     }
@@ -225,14 +242,8 @@ impl BlkRequests {
         self.free.last().copied()
     }
 
-    fn add_in(
-        &mut self,
-        session: &mut Session,
-        slot: usize,
-        kind: u32,
-        sector: u64,
-        len: u32,
-    ) -> Result<()> {
+    fn add_in(&mut self, session: &mut Session, slot: usize, req: BlkRequest) -> Result<()> {
+        let BlkRequest { kind, sector, len } = req;
         let s = self.slot(slot, len as usize)?;
         let header = RequestHeader {
             request_type: kind.into(),
@@ -283,12 +294,10 @@ impl BlkRequests {
         &mut self,
         session: &mut Session,
         slot: usize,
-        kind: u32,
-        sector: u64,
-        len: u32,
+        req: BlkRequest,
         timeout: Duration,
     ) -> Result<Completion> {
-        self.submit_prepared(session, slot, kind, sector, len)?;
+        self.submit_prepared(session, slot, req)?;
         let c = self.complete(session, timeout)?;
         if c.status != S_OK {
             return Err(DeviceError::Status {
@@ -315,7 +324,7 @@ impl BlkRequests {
     ) -> Result<()> {
         let slot = self.any_free()?;
         let len = self.len_of(out.len())?;
-        let c = self.run(session, slot, T_IN, sector, len, timeout)?;
+        let c = self.run(session, slot, BlkRequest::read(sector, len), timeout)?;
         self.read_data(session, c.slot, out)
     }
 
@@ -330,21 +339,22 @@ impl BlkRequests {
         let slot = self.any_free()?;
         let len = self.len_of(data.len())?;
         self.write_data(session, slot, data)?;
-        self.run(session, slot, T_OUT, sector, len, timeout)
+        self.run(session, slot, BlkRequest::write(sector, len), timeout)
             .map(|_| ())
     }
 
     /// Flushes the device's write cache.
     pub fn flush(&mut self, session: &mut Session, timeout: Duration) -> Result<()> {
         let slot = self.any_free()?;
-        self.run(session, slot, T_FLUSH, 0, 0, timeout).map(|_| ())
+        self.run(session, slot, BlkRequest::new(T_FLUSH, 0, 0), timeout)
+            .map(|_| ())
     }
 
     /// Reads the device id (up to 20 bytes, NUL-padded).
     pub fn get_id(&mut self, session: &mut Session, timeout: Duration) -> Result<[u8; ID_BYTES]> {
         let slot = self.any_free()?;
         let len = self.len_of(ID_BYTES)?;
-        let c = self.run(session, slot, T_GET_ID, 0, len, timeout)?;
+        let c = self.run(session, slot, BlkRequest::new(T_GET_ID, 0, len), timeout)?;
         let mut id = [0u8; ID_BYTES];
         self.read_data(session, c.slot, &mut id)?;
         Ok(id)
@@ -367,7 +377,8 @@ impl BlkRequests {
         };
         self.write_data(session, slot, range.as_bytes())?;
         let kind = if zeroes { T_WRITE_ZEROES } else { T_DISCARD };
-        self.run(session, slot, kind, 0, 16, timeout).map(|_| ())
+        self.run(session, slot, BlkRequest::new(kind, 0, 16), timeout)
+            .map(|_| ())
     }
 
     fn len_of(&self, len: usize) -> Result<u32> {
