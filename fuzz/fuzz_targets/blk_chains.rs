@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::testing::{RingSpec, TestQueue};
 use vhost_device_blk::{BlkConfig, BlkDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -94,7 +94,11 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         .expect("data");
 
     let layout = [DESC_TABLE, AVAIL_RING, USED_RING];
-    let q = TestQueue::new(0, mem.clone(), size, layout, event_idx).expect("queue");
+    let q = TestQueue::new(
+        mem.clone(),
+        RingSpec::split(0, size, layout).event_idx(event_idx),
+    )
+    .expect("queue");
     q.process(device()).expect("blk never fails its queue");
     assert_eq!(q.outstanding(), 0, "a popped request was not completed");
     let used_idx = u16::from_le(mem.read_obj(GuestAddress(USED_RING + 2)).expect("used idx"));

@@ -1,4 +1,4 @@
-//! The runtime's packed virtqueue ([`TestQueue::new_packed`]) over arbitrary descriptor
+//! The runtime's packed virtqueue ([`TestQueue`] over a [`RingSpec::packed`]) over arbitrary descriptor
 //! rings: the input writes the whole descriptor ring, indirect tables, and both event
 //! suppression areas as it likes, between rounds in which a device pops what the ring
 //! offers, holds some requests and completes the rest in an order the input picks.
@@ -22,7 +22,7 @@ use std::time::Duration;
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vhost_backend::runtime::packed::{decode_base, DESC_F_AVAIL, DESC_F_USED};
-use vhost_backend::runtime::testing::{KeepDevice, TestQueue};
+use vhost_backend::runtime::testing::{KeepDevice, RingSpec, TestQueue};
 use vhost_backend::runtime::{ChainFault, Request};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
@@ -66,7 +66,11 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let event_idx = u.arbitrary()?;
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("memory");
     let layout = [DESC, DRIVER_EVENT, DEVICE_EVENT];
-    let q = TestQueue::new_packed(0, mem.clone(), size, layout, event_idx).expect("queue");
+    let q = TestQueue::new(
+        mem.clone(),
+        RingSpec::packed(0, size, layout).event_idx(event_idx),
+    )
+    .expect("queue");
     let dev = KeepDevice::new(32);
     let mut held: Vec<Request> = Vec::new();
     let mut held_ids: HashSet<u16> = HashSet::new();

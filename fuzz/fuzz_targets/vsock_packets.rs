@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::testing::{RingSpec, TestQueue};
 use vhost_backend::runtime::VirtioDevice;
 use vhost_device_vsock::{VsockConfig, VsockDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -175,8 +175,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let rx_heads: Vec<u16> = (0..rx_lens.len() as u16).collect();
     avail(&mem, RX_RINGS[1], &rx_heads);
 
-    let tx = TestQueue::new(1, mem.clone(), SIZE, TX_RINGS, false).expect("tx queue");
-    let rx = TestQueue::new(0, mem.clone(), SIZE, RX_RINGS, false).expect("rx queue");
+    let tx = TestQueue::new(mem.clone(), RingSpec::split(1, SIZE, TX_RINGS)).expect("tx queue");
+    let rx = TestQueue::new(mem.clone(), RingSpec::split(0, SIZE, RX_RINGS)).expect("rx queue");
     tx.process(&f.device).expect("tx never fails");
     assert_eq!(tx.outstanding(), 0, "a tx request was not completed");
     let _ = f.device.handle_event(0, 1);

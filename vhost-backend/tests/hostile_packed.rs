@@ -1,4 +1,4 @@
-//! Packed virtqueues driven by hand through `TestQueue::new_packed`: well-formed buffers of
+//! Packed virtqueues driven by hand through `TestQueue` over a `RingSpec::packed`: well-formed buffers of
 //! every shape, out-of-order completion, event suppression, and what a hostile driver can
 //! write into the descriptor ring (wrap counters that lie, an ID made available twice, IDs
 //! out of range, a chain running past the ring, broken indirect tables). Each must leave
@@ -12,7 +12,7 @@ use vhost_backend::runtime::packed::{
     encode_base, DESC_F_AVAIL, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE,
     EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
 };
-use vhost_backend::runtime::testing::{KeepDevice as Keep, TestQueue};
+use vhost_backend::runtime::testing::{KeepDevice as Keep, RingSpec, TestQueue};
 use vhost_backend::runtime::{ChainFault, Request};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -41,12 +41,9 @@ impl Driver {
 
     fn with(size: u16, event_idx: bool) -> (Self, TestQueue) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let q = TestQueue::new_packed(
-            0,
+        let q = TestQueue::new(
             mem.clone(),
-            size,
-            [DESC, DRIVER_EVENT, DEVICE_EVENT],
-            event_idx,
+            RingSpec::packed(0, size, [DESC, DRIVER_EVENT, DEVICE_EVENT]).event_idx(event_idx),
         )
         .unwrap();
         (

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::testing::{RingSpec, TestQueue};
 use vhost_backend::runtime::{
     DeviceError, GuestUring, Processed, QueueContext, Reaped, Refused, VirtioDevice,
 };
@@ -91,7 +91,11 @@ fn setup() -> (GuestMemoryMmap, TestQueue, PipeReader, File) {
     mem.write_obj(2u16, GuestAddress(0x100c)).unwrap(); // VRING_DESC_F_WRITE
     mem.write_obj(0u16, GuestAddress(0x2004)).unwrap();
     mem.write_obj(1u16, GuestAddress(0x2002)).unwrap();
-    let q = TestQueue::new(0, mem.clone(), 16, [0x1000, 0x2000, 0x3000], false).unwrap();
+    let q = TestQueue::new(
+        mem.clone(),
+        RingSpec::split(0, 16, [0x1000, 0x2000, 0x3000]),
+    )
+    .unwrap();
     let (r, w) = nix::unistd::pipe().unwrap();
     let dev = PipeReader(Mutex::new(GuestUring::new(&File::from(r), 16).unwrap()));
     (mem, q, dev, File::from(w))
@@ -319,7 +323,7 @@ fn ring_with_chains(mem: &GuestMemoryMmap, base: u64, n: u16) -> TestQueue {
             .unwrap();
     }
     mem.write_obj(n, GuestAddress(avail + 2)).unwrap();
-    TestQueue::new(0, mem.clone(), 16, [desc, avail, used], false).unwrap()
+    TestQueue::new(mem.clone(), RingSpec::split(0, 16, [desc, avail, used])).unwrap()
 }
 
 /// A stop that gave up on a full queue of reads in flight leaves their slots taken; the next
@@ -374,7 +378,7 @@ fn a_read_into_more_than_iov_max_separate_buffers_is_split_and_lands_whole() {
     }
     mem.write_obj(0u16, GuestAddress(avail + 4)).unwrap();
     mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
-    let q = TestQueue::new(0, mem.clone(), QSIZE, [desc, avail, used], false).unwrap();
+    let q = TestQueue::new(mem.clone(), RingSpec::split(0, QSIZE, [desc, avail, used])).unwrap();
     let (r, w) = nix::unistd::pipe().unwrap();
     let dev = PipeReader(Mutex::new(GuestUring::new(&File::from(r), 16).unwrap()));
     let want: Vec<u8> = (0..N).map(|i| (i as u8).wrapping_mul(31) ^ 0x3c).collect();

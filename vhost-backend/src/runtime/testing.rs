@@ -9,7 +9,7 @@
 //! thread, no socket: device crates test and fuzz themselves with it.
 //!
 //! ```
-//! use vhost_backend::runtime::testing::TestQueue;
+//! use vhost_backend::runtime::testing::{RingSpec, TestQueue};
 //! use vhost_backend::runtime::{DeviceError, Processed, QueueContext, VirtioDevice};
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //!
@@ -36,7 +36,8 @@
 //! mem.write_obj(2u16, GuestAddress(0x100c)).unwrap(); // VRING_DESC_F_WRITE
 //! mem.write_obj(0u16, GuestAddress(0x2004)).unwrap(); // avail.ring[0] = 0
 //! mem.write_obj(1u16, GuestAddress(0x2002)).unwrap(); // avail.idx = 1
-//! let q = TestQueue::new(0, mem.clone(), 16, [0x1000, 0x2000, 0x3000], false).unwrap();
+//! let spec = RingSpec::split(0, 16, [0x1000, 0x2000, 0x3000]);
+//! let q = TestQueue::new(mem.clone(), spec).unwrap();
 //! q.process(&Zero).unwrap();
 //! assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1); // used.idx
 //! assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(), 64); // used.ring[0].len
@@ -96,6 +97,53 @@ impl VirtioDevice for KeepDevice {
     }
 }
 
+/// Where a [`TestQueue`]'s ring lies in guest memory and how it runs: queue `index` of
+/// `size` entries, the three areas at the guest-physical addresses `rings` (split layout:
+/// descriptor table, available ring, used ring; packed layout, VIRTIO_F_RING_PACKED:
+/// descriptor ring, driver event area, device event area), VIRTIO_F_EVENT_IDX on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSpec {
+    /// Queue index.
+    pub index: u16,
+    /// Entries in the ring.
+    pub size: u16,
+    /// Guest-physical addresses of the ring's three areas.
+    pub rings: [u64; 3],
+    /// VIRTIO_F_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// Packed layout (VIRTIO_F_RING_PACKED) instead of split.
+    pub packed: bool,
+}
+
+impl RingSpec {
+    /// A split ring without event index.
+    pub const fn split(index: u16, size: u16, rings: [u64; 3]) -> Self {
+        RingSpec {
+            index,
+            size,
+            rings,
+            event_idx: false,
+            packed: false,
+        }
+    }
+
+    /// A packed ring without event index.
+    pub const fn packed(index: u16, size: u16, rings: [u64; 3]) -> Self {
+        RingSpec {
+            packed: true,
+            ..Self::split(index, size, rings)
+        }
+    }
+
+    /// The same ring with VIRTIO_F_EVENT_IDX `on` or off.
+    pub const fn event_idx(self, on: bool) -> Self {
+        RingSpec {
+            event_idx: on,
+            ..self
+        }
+    }
+}
+
 /// One started, enabled ring a test drives by hand. See the [module docs](self).
 pub struct TestQueue {
     ring: Arc<Vring>,
@@ -105,40 +153,17 @@ pub struct TestQueue {
 }
 
 impl TestQueue {
-    /// Queue `index` of `size` entries whose descriptor table, available ring and used
-    /// ring are at the guest-physical addresses `rings`, over `mem`. The used index is read
-    /// from memory and the next available index starts at 0.
-    pub fn new(
-        index: u16,
-        mem: GuestMemoryMmap,
-        size: u16,
-        rings: [u64; 3],
-        event_idx: bool,
-    ) -> Result<Self, VringError> {
-        Self::with_layout(index, mem, size, rings, event_idx, false)
-    }
-
-    /// Like [`new`](Self::new) with the packed layout (VIRTIO_F_RING_PACKED): `rings` are
-    /// the descriptor ring, the driver event area and the device event area; the ring
+    /// The started, enabled queue `spec` describes, over `mem`. A split ring reads its used
+    /// index from memory and starts reading the available ring at index 0; a packed ring
     /// starts at position 0 with both wrap counters 1.
-    pub fn new_packed(
-        index: u16,
-        mem: GuestMemoryMmap,
-        size: u16,
-        rings: [u64; 3],
-        event_idx: bool,
-    ) -> Result<Self, VringError> {
-        Self::with_layout(index, mem, size, rings, event_idx, true)
-    }
-
-    fn with_layout(
-        index: u16,
-        mem: GuestMemoryMmap,
-        size: u16,
-        rings: [u64; 3],
-        event_idx: bool,
-        packed: bool,
-    ) -> Result<Self, VringError> {
+    pub fn new(mem: GuestMemoryMmap, spec: RingSpec) -> Result<Self, VringError> {
+        let RingSpec {
+            index,
+            size,
+            rings,
+            event_idx,
+            packed,
+        } = spec;
         let atomic = GuestMemoryAtomic::new(mem);
         let dirty = Arc::new(super::dirty_log::DirtyLog::new());
         let ring = Arc::new(Vring::new(index, size, atomic.clone(), dirty.clone()));

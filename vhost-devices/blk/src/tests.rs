@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::testing::{RingSpec, TestQueue};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -94,7 +94,8 @@ impl Harness {
             (GuestAddress(REGION2), (MEM_END - REGION2) as usize),
         ])
         .unwrap();
-        let queue = TestQueue::new(0, mem.clone(), QSIZE, [DESC, AVAIL, USED], false).unwrap();
+        let queue =
+            TestQueue::new(mem.clone(), RingSpec::split(0, QSIZE, [DESC, AVAIL, USED])).unwrap();
         Ok(Harness {
             mem,
             queue,

@@ -2,7 +2,7 @@
 //! laid out in test-owned guest memory as a driver would, each test on both ring layouts
 //! (split, then packed).
 
-use vhost_backend::runtime::testing::TestQueue;
+use vhost_backend::runtime::testing::{RingSpec, TestQueue};
 use vhost_backend::runtime::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vhost_backend::runtime::VirtioDevice;
 use vhost_device_null::{NullBlk, S_IOERR, S_OK, S_UNSUPP};
@@ -40,12 +40,11 @@ impl Ring {
     /// ring and the two event areas at the same addresses).
     fn with_memory(size: usize, packed: bool) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
-        let q = if packed {
-            TestQueue::new_packed(0, mem.clone(), 16, [DESC, AVAIL, USED], false)
-        } else {
-            TestQueue::new(0, mem.clone(), 16, [DESC, AVAIL, USED], false)
-        }
-        .unwrap();
+        let spec = RingSpec {
+            packed,
+            ..RingSpec::split(0, 16, [DESC, AVAIL, USED])
+        };
+        let q = TestQueue::new(mem.clone(), spec).unwrap();
         let packed = packed.then_some((true, 0, true));
         Ring {
             mem,

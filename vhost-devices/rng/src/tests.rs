@@ -124,11 +124,12 @@ fn queue_with_one_chain(
     mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
     mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
     vhost_backend::runtime::testing::TestQueue::new(
-        0,
         mem.clone(),
-        16,
-        [RINGS, RINGS + 0x200, RINGS + 0x400],
-        false,
+        vhost_backend::runtime::testing::RingSpec::split(
+            0,
+            16,
+            [RINGS, RINGS + 0x200, RINGS + 0x400],
+        ),
     )
     .unwrap()
 }
@@ -266,11 +267,12 @@ fn chain_longer_than_the_runtime_records_reports_only_bytes_it_filled_in_order()
     mem.write_obj(0u16, GuestAddress(RINGS + 0x204)).unwrap();
     mem.write_obj(1u16, GuestAddress(RINGS + 0x202)).unwrap();
     let q = vhost_backend::runtime::testing::TestQueue::new(
-        0,
         mem.clone(),
-        16,
-        [RINGS, RINGS + 0x200, RINGS + 0x400],
-        false,
+        vhost_backend::runtime::testing::RingSpec::split(
+            0,
+            16,
+            [RINGS, RINGS + 0x200, RINGS + 0x400],
+        ),
     )
     .unwrap();
     let d = RngDevice::new(&RngConfig::default()).unwrap();
