@@ -35,22 +35,18 @@ mod runtime_support;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use runtime_support::*;
-use vhost_backend::runtime::testing::{arm_crash, crashed_at};
 use vhost_backend::runtime::{
     DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
 };
-use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::Inflight;
 use vhost_test_support::Rng;
-use vhost_transport::{Connection, FrontendChannel};
 use vm_memory::{Bytes, GuestAddress};
 
 const ITERATIONS: usize = 250;
@@ -165,28 +161,15 @@ impl VirtioDevice for Disky {
     }
 }
 
-/// How a back-end's life ended.
-#[derive(Debug)]
-enum End {
-    /// At this injected crash point.
-    Crashed(&'static str),
-    /// Killed between two operations.
-    Killed,
-    /// The front-end went away (the last back-end).
-    Disconnected,
-}
-
 /// A back-end on its own thread, killed at the `crash_after`th crash point (0: none) or
 /// when `kill` is set. Killed, it drops everything without stopping or completing
-/// anything.
+/// anything; when the front-end goes away (the last back-end) it finishes the session.
 fn spawn_backend(
     disk: &Disk,
     seed: u64,
     crash_after: u64,
     kill: Arc<AtomicBool>,
-) -> (Frontend, JoinHandle<End>) {
-    let (fe, be) = Connection::<FrontendChannel>::pair().expect("socket pair");
-    be.set_nonblocking(true).expect("non-blocking");
+) -> (Frontend, JoinHandle<CrashEnd>) {
     let dev = Disky {
         disk: Arc::clone(disk),
         held: Mutex::new(Vec::new()),
@@ -195,42 +178,10 @@ fn spawn_backend(
     let backend = DeviceBackend::threadless(dev)
         .expect("backend")
         .with_quiesce_timeout(Duration::from_millis(100));
-    let t = std::thread::spawn(move || {
-        let mut server = BackendServer::new(be, backend).expect("server");
-        arm_crash(crash_after);
-        let end = loop {
-            let turn = catch_unwind(AssertUnwindSafe(|| {
-                let mut ended = false;
-                loop {
-                    match server.handle_one() {
-                        Ok(()) => continue,
-                        Err(e) if e.is_retryable() => break,
-                        Err(_) => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
-                server.backend().run_workers();
-                ended
-            }));
-            match turn {
-                Err(_) => break End::Crashed(crashed_at().unwrap_or("elsewhere")),
-                Ok(true) => {
-                    // A clean end: the front-end closed the connection.
-                    let _ = server.finish();
-                    break End::Disconnected;
-                }
-                Ok(false) if kill.load(Ordering::SeqCst) => break End::Killed,
-                Ok(false) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        };
-        arm_crash(0);
-        // Killed: no finish, no stop; the requests the device holds are dropped with it.
-        drop(server);
-        end
-    });
-    (frontend_on(fe), t)
+    // A clean end: the front-end closed the connection.
+    spawn_crashing(backend, crash_after, Some(kill), |server| {
+        let _ = server.finish();
+    })
 }
 
 /// One request of the guest in flight.
@@ -530,11 +481,11 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
         }
         kill.store(true, Ordering::SeqCst);
         match t.join().expect("back-end thread") {
-            End::Crashed(at) => *points.entry(at).or_default() += 1,
-            End::Killed => killed_between += 1,
+            CrashEnd::Crashed(at) => *points.entry(at.unwrap_or("elsewhere")).or_default() += 1,
+            CrashEnd::Killed => killed_between += 1,
             // A stop that failed closes the connection.
-            End::Disconnected if stop == Some(false) => {}
-            End::Disconnected => panic!("the connection ended before the kill"),
+            CrashEnd::Closed if stop == Some(false) => {}
+            CrashEnd::Closed => panic!("the connection ended before the kill"),
         }
         drop(fe);
         // Calls the dead back-end made are honoured; what it published without a call is
@@ -577,7 +528,7 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
         "every entry taken once"
     );
     drop(fe);
-    assert!(matches!(t.join().unwrap(), End::Disconnected));
+    assert!(matches!(t.join().unwrap(), CrashEnd::Closed));
 
     assert_eq!(g.completed, g.submitted, "every request completed");
     assert_eq!(g.q.driver.in_flight(), 0);

@@ -21,20 +21,16 @@ mod runtime_support;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use runtime_support::*;
-use vhost_backend::runtime::testing::{arm_crash, crashed_at};
 use vhost_backend::runtime::{
     ChainFault, DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
 };
-use vhost_backend::BackendServer;
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::Inflight;
-use vhost_transport::{Connection, FrontendChannel};
 use vm_memory::{Bytes, GuestAddress};
 
 const DATA: u64 = 0x4000_0000;
@@ -93,41 +89,12 @@ fn ask() -> Inflight {
 
 /// A threadless back-end on its own thread, crashing at its `crash_after`th crash point
 /// (0: never): it then drops everything without stopping or completing anything, as
-/// SIGKILL would. The thread answers where it crashed.
-fn crashing_backend(crash_after: u64) -> (Frontend, JoinHandle<Option<&'static str>>) {
-    let (fe, be) = Connection::<FrontendChannel>::pair().expect("socket pair");
-    be.set_nonblocking(true).expect("non-blocking");
-    let t = std::thread::spawn(move || {
-        let backend = DeviceBackend::threadless(Holder::default())
-            .expect("backend")
-            .with_quiesce_timeout(Duration::from_millis(50));
-        let mut server = BackendServer::new(be, backend).expect("server");
-        arm_crash(crash_after);
-        let crashed = loop {
-            let turn = catch_unwind(AssertUnwindSafe(|| {
-                let closed = loop {
-                    match server.handle_one() {
-                        Ok(()) => {}
-                        Err(e) if e.is_retryable() => break false,
-                        Err(_) => break true,
-                    }
-                };
-                server.backend().run_workers();
-                closed
-            }));
-            match turn {
-                Err(_) => break crashed_at(),
-                Ok(true) => break None,
-                Ok(false) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        };
-        arm_crash(0);
-        drop(server);
-        crashed
-    });
-    let fe = Frontend::new(fe);
-    fe.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    (fe, t)
+/// SIGKILL would. The thread answers how it ended.
+fn crashing_backend(crash_after: u64) -> (Frontend, JoinHandle<CrashEnd>) {
+    let backend = DeviceBackend::threadless(Holder::default())
+        .expect("backend")
+        .with_quiesce_timeout(Duration::from_millis(50));
+    spawn_crashing(backend, crash_after, None, |_| {})
 }
 
 /// The base QEMU sends after the back-end died: split, the used index it reads from guest
@@ -288,7 +255,7 @@ fn crash_and_resume(crash_after: u64, fill: Fill) -> Option<&'static str> {
         }
     }
     drop(fe);
-    let crashed = t.join().expect("the back-end thread");
+    let crashed = t.join().expect("the back-end thread").crash_point();
 
     // The second back-end: same area, the base QEMU would send.
     let dev = Holder {

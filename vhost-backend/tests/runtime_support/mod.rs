@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -344,4 +344,80 @@ pub fn all_protocol() -> ProtocolFeatures {
 
 pub fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+/// How a back-end run by [`spawn_crashing`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashEnd {
+    /// It panicked: at this injected crash point, or (`None`) elsewhere.
+    Crashed(Option<&'static str>),
+    /// Killed between two turns (its `kill` flag was set).
+    Killed,
+    /// The front-end closed the connection.
+    Closed,
+}
+
+impl CrashEnd {
+    /// The injected crash point it ended at, if it did.
+    pub fn crash_point(self) -> Option<&'static str> {
+        match self {
+            CrashEnd::Crashed(at) => at,
+            CrashEnd::Killed | CrashEnd::Closed => None,
+        }
+    }
+}
+
+/// `backend` (threadless) served on its own thread over a socket pair, crashing at its
+/// `crash_after`th crash point (0: never; see
+/// [`arm_crash`](vhost_backend::runtime::testing::arm_crash)) or killed between two turns
+/// once `kill` is set. A turn handles every message there is, then runs the workers; turns
+/// are 200 µs apart. Crashed or killed, the thread drops everything without stopping or
+/// completing anything, as SIGKILL would. When the front-end closes the connection,
+/// `on_close` runs on the server first, the crash still armed. The thread answers how the
+/// back-end ended.
+pub fn spawn_crashing<D: VirtioDevice + Send + 'static>(
+    backend: DeviceBackend<D>,
+    crash_after: u64,
+    kill: Option<Arc<AtomicBool>>,
+    on_close: impl FnOnce(&mut BackendServer<DeviceBackend<D>>) + Send + 'static,
+) -> (Frontend, JoinHandle<CrashEnd>) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use vhost_backend::runtime::testing::{arm_crash, crashed_at};
+
+    let (fe, be) = Connection::<vhost_transport::FrontendChannel>::pair().expect("socket pair");
+    be.set_nonblocking(true).expect("non-blocking");
+    let t = std::thread::spawn(move || {
+        let mut server = BackendServer::new(be, backend).expect("server");
+        arm_crash(crash_after);
+        let end = loop {
+            let turn = catch_unwind(AssertUnwindSafe(|| {
+                let closed = loop {
+                    match server.handle_one() {
+                        Ok(()) => {}
+                        Err(e) if e.is_retryable() => break false,
+                        Err(_) => break true,
+                    }
+                };
+                server.backend().run_workers();
+                closed
+            }));
+            match turn {
+                Err(_) => break CrashEnd::Crashed(crashed_at()),
+                Ok(true) => {
+                    on_close(&mut server);
+                    break CrashEnd::Closed;
+                }
+                Ok(false) if kill.as_ref().is_some_and(|k| k.load(Ordering::SeqCst)) => {
+                    break CrashEnd::Killed
+                }
+                Ok(false) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        };
+        arm_crash(0);
+        // Crashed or killed: no finish, no stop; the requests the device holds are dropped
+        // with it.
+        drop(server);
+        end
+    });
+    (frontend_on(fe), t)
 }
