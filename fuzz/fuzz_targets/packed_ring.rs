@@ -1,7 +1,7 @@
-//! The runtime's packed virtqueue ([`TestQueue`] over a [`RingSpec::packed`]) over arbitrary descriptor
-//! rings: the input writes the whole descriptor ring, indirect tables, and both event
-//! suppression areas as it likes, between rounds in which a device pops what the ring
-//! offers, holds some requests and completes the rest in an order the input picks.
+//! The runtime's packed virtqueue ([`TestQueue`] over a [`RingSpec::packed`]) over
+//! arbitrary descriptor rings: the input writes the whole descriptor ring, indirect tables,
+//! and both event suppression areas as it likes, between rounds in which a device pops what
+//! the ring offers, holds some requests and completes the rest in an order the input picks.
 //!
 //! Input (read with `arbitrary::Unstructured`): the ring size (1 to 32), EVENT_IDX, then up
 //! to 32 steps, each one of: bytes written at an offset of the descriptor ring, a

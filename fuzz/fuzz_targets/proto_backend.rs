@@ -24,23 +24,12 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn request(header: Header, rest: &[u8], nfds: usize) {
-    let req = match header.check_backend_request() {
-        Ok(r) => r,
-        Err(e) => {
-            assert!(e.is_framing(), "{e:?}");
-            return;
-        }
-    };
-    assert!(header.size as usize <= MAX_BODY_SIZE);
-    let Some(body) = rest.get(..header.size as usize) else {
+    let Some((req, body)) = vhost_fuzz::request_body(&header, header.check_backend_request(), rest)
+    else {
         return;
     };
-    let msg = match BackendRequest::decode(req, body, nfds) {
-        Ok(m) => m,
-        Err(e) => {
-            assert!(!e.is_framing(), "{e:?}");
-            return;
-        }
+    let Some(msg) = vhost_fuzz::decoded(BackendRequest::decode(req, body, nfds)) else {
+        return;
     };
     assert_eq!(msg.code(), req);
     assert_eq!(msg.fd_count(), nfds);

@@ -28,24 +28,13 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn request(header: Header, rest: &[u8], nfds: usize, ctx: DecodeContext) {
-    let req = match header.check_frontend_request() {
-        Ok(r) => r,
-        Err(e) => {
-            assert!(e.is_framing(), "{e:?}");
-            return;
-        }
-    };
-    // The header check bounds the size before any body exists.
-    assert!(header.size as usize <= MAX_BODY_SIZE);
-    let Some(body) = rest.get(..header.size as usize) else {
+    let Some((req, body)) =
+        vhost_fuzz::request_body(&header, header.check_frontend_request(), rest)
+    else {
         return;
     };
-    let msg = match FrontendRequest::decode(req, body, nfds, ctx) {
-        Ok(m) => m,
-        Err(e) => {
-            assert!(!e.is_framing(), "{e:?}");
-            return;
-        }
+    let Some(msg) = vhost_fuzz::decoded(FrontendRequest::decode(req, body, nfds, ctx)) else {
+        return;
     };
     assert_eq!(msg.code(), req);
     let mut buf = [0u8; MAX_BODY_SIZE];
