@@ -25,6 +25,19 @@ fn backend(queues: usize) -> (DeviceBackend<PatternDevice>, std::sync::Arc<Count
     (DeviceBackend::new(dev).expect("backend"), counters)
 }
 
+/// A pattern back-end of `queues` queues served on its own thread, and its counters.
+fn served(
+    queues: usize,
+) -> (
+    Frontend,
+    std::thread::JoinHandle<DeviceBackend<PatternDevice>>,
+    std::sync::Arc<Counters>,
+) {
+    let (b, counters) = backend(queues);
+    let (fe, t) = serve_in_thread(b);
+    (fe, t, counters)
+}
+
 #[test]
 fn offer_adds_runtime_features_and_strips_unsupported_ones() {
     let (b, _) = backend(1);
@@ -36,13 +49,8 @@ fn offer_adds_runtime_features_and_strips_unsupported_ones() {
 #[test]
 fn two_regions_with_user_addresses_unlike_guest_physical_serve_requests() {
     for_each_layout(|| {
-        let (b, counters) = backend(1);
-        let (mut fe, t) = serve_in_thread(b);
-        handshake(&mut fe, true, true);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, true);
-        q.start(&mut fe, &mem, 0, true);
+        let (mut fe, t, counters) = served(1);
+        let (mem, mut q) = start_queue0(&mut fe, true);
         for i in 0..50 {
             q.round_trip(&mem, DATA, DATA + 0x1000 + (i % 8) * 0x800, 0x800);
         }
@@ -61,8 +69,7 @@ fn two_regions_with_user_addresses_unlike_guest_physical_serve_requests() {
 
 #[test]
 fn ring_address_outside_every_region_is_refused() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
+    let (mut fe, _t, _) = served(1);
     handshake(&mut fe, true, true);
     let mem = two_region_memory();
     send_mem_table(&mut fe, &mem);
@@ -86,13 +93,8 @@ fn ring_address_outside_every_region_is_refused() {
 #[test]
 fn mem_table_replaced_and_region_added_while_ring_runs_keeps_serving() {
     for_each_layout(|| {
-        let (b, _) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
-        handshake(&mut fe, true, true);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, true);
-        q.start(&mut fe, &mem, 0, true);
+        let (mut fe, _t, _) = served(1);
+        let (mem, mut q) = start_queue0(&mut fe, true);
         q.round_trip(&mem, DATA, DATA + 0x1000, 256);
         // The same memory again (hot-plug style re-send) while the ring runs.
         send_mem_table(&mut fe, &mem);
@@ -129,8 +131,7 @@ fn mem_table_replaced_and_region_added_while_ring_runs_keeps_serving() {
 
 #[test]
 fn region_past_end_of_file_is_nacked_and_session_continues() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
+    let (mut fe, _t, _) = served(1);
     handshake(&mut fe, true, true);
     assert_eq!(fe.get_max_mem_slots().unwrap(), MAX_MEM_SLOTS as u64);
     let mem = GuestMemory::single(0x1_0000).unwrap();
@@ -146,8 +147,7 @@ fn region_past_end_of_file_is_nacked_and_session_continues() {
 #[test]
 fn kick_before_enable_is_processed_when_ring_is_enabled() {
     for_each_layout(|| {
-        let (b, counters) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
+        let (mut fe, _t, counters) = served(1);
         handshake(&mut fe, true, true);
         let mem = two_region_memory();
         send_mem_table(&mut fe, &mem);
@@ -171,13 +171,8 @@ fn kick_before_enable_is_processed_when_ring_is_enabled() {
 #[test]
 fn disabled_then_reenabled_ring_processes_chains_queued_meanwhile() {
     for_each_layout(|| {
-        let (b, _) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
-        handshake(&mut fe, true, false);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, false);
-        q.start(&mut fe, &mem, 0, true);
+        let (mut fe, _t, _) = served(1);
+        let (mem, mut q) = start_queue0(&mut fe, false);
         q.round_trip(&mem, DATA, DATA + 0x1000, 64);
         fe.set_vring_enable(0, false).unwrap();
         let head = q.submit((DATA, 16), (DATA + 0x2000, 64));
@@ -191,8 +186,7 @@ fn disabled_then_reenabled_ring_processes_chains_queued_meanwhile() {
 #[test]
 fn frontend_without_protocol_features_gets_rings_enabled_at_kick() {
     for_each_layout(|| {
-        let (b, _) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
+        let (mut fe, _t, _) = served(1);
         let acked = handshake(&mut fe, false, true);
         assert_eq!(acked & virtio::bit(virtio::PROTOCOL_FEATURES), 0);
         let mem = two_region_memory();
@@ -212,13 +206,8 @@ fn frontend_without_protocol_features_gets_rings_enabled_at_kick() {
 #[test]
 fn get_vring_base_then_set_vring_base_resumes_without_loss() {
     for_each_layout(|| {
-        let (b, counters) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
-        handshake(&mut fe, true, true);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, true);
-        q.start(&mut fe, &mem, 0, true);
+        let (mut fe, _t, counters) = served(1);
+        let (mem, mut q) = start_queue0(&mut fe, true);
         for i in 0..10 {
             q.round_trip(&mem, DATA, DATA + 0x1000 * (i + 1), 32);
         }
@@ -248,8 +237,7 @@ fn get_vring_base_then_set_vring_base_resumes_without_loss() {
 fn restart_reads_used_index_from_guest_memory() {
     // After a back-end restart the front-end starts the ring at the used index it read from
     // guest memory; the back-end must not assume used == base.
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
+    let (mut fe, _t, _) = served(1);
     handshake(&mut fe, true, true);
     let mem = two_region_memory();
     send_mem_table(&mut fe, &mem);
@@ -277,8 +265,7 @@ fn restart_reads_used_index_from_guest_memory() {
 fn event_idx_on_and_off_both_serve_and_event_idx_suppresses_unwanted_calls() {
     for_each_layout(|| {
         for event_idx in [false, true] {
-            let (b, _) = backend(1);
-            let (mut fe, _t) = serve_in_thread(b);
+            let (mut fe, _t, _) = served(1);
             handshake(&mut fe, true, event_idx);
             let mem = two_region_memory();
             send_mem_table(&mut fe, &mem);
@@ -325,8 +312,7 @@ fn event_idx_on_and_off_both_serve_and_event_idx_suppresses_unwanted_calls() {
 #[test]
 fn four_queues_run_concurrently_each_with_its_data() {
     for_each_layout(|| {
-        let (b, counters) = backend(4);
-        let (mut fe, _t) = serve_in_thread(b);
+        let (mut fe, _t, counters) = served(4);
         handshake(&mut fe, true, true);
         assert_eq!(fe.get_queue_num().unwrap(), 4);
         let mem = two_region_memory();
@@ -357,13 +343,8 @@ fn four_queues_run_concurrently_each_with_its_data() {
 fn device_started_twice_with_new_rings_serves_both_times() {
     for_each_layout(|| {
         // Firmware start, stop, then the OS start with new ring addresses and SET_FEATURES twice.
-        let (b, _) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
-        handshake(&mut fe, true, false);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, false);
-        q.start(&mut fe, &mem, 0, true);
+        let (mut fe, _t, _) = served(1);
+        let (mem, mut q) = start_queue0(&mut fe, false);
         q.round_trip(&mem, DATA, DATA + 0x1000, 64);
         fe.set_vring_enable(0, false).unwrap();
         assert_eq!(fe.get_vring_base(0).unwrap(), base_after(1));
@@ -381,13 +362,8 @@ fn device_started_twice_with_new_rings_serves_both_times() {
 #[test]
 fn kick_without_fd_polls_the_ring() {
     for_each_layout(|| {
-        let (b, _) = backend(1);
-        let (mut fe, _t) = serve_in_thread(b);
-        handshake(&mut fe, true, true);
-        let mem = two_region_memory();
-        send_mem_table(&mut fe, &mem);
-        let mut q = GuestQueue::new(&mem, 0, true);
-        q.start(&mut fe, &mem, 0, true);
+        let (mut fe, _t, _) = served(1);
+        let (_mem, mut q) = start_queue0(&mut fe, true);
         fe.set_vring_kick(0, None).expect("SET_VRING_KICK NOFD");
         for i in 0..5 {
             let head = q
@@ -403,8 +379,7 @@ fn kick_without_fd_polls_the_ring() {
 #[test]
 fn config_status_reset_and_queue_number_requests() {
     for_each_layout(|| {
-        let (b, counters) = backend(2);
-        let (mut fe, t) = serve_in_thread(b);
+        let (mut fe, t, counters) = served(2);
         handshake(&mut fe, true, true);
         assert_eq!(fe.get_config(2, 4, 0).unwrap(), CONFIG[2..6].to_vec());
         assert!(
@@ -445,8 +420,7 @@ fn config_status_reset_and_queue_number_requests() {
 
 #[test]
 fn set_vring_num_rejects_invalid_sizes() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
+    let (mut fe, _t, _) = served(1);
     handshake(&mut fe, true, true);
     for bad in [0, 3, 100, 512] {
         assert!(fe.set_vring_num(0, bad).is_err(), "{bad}");
@@ -518,8 +492,7 @@ fn daemon_stops_promptly_while_a_frontend_is_connected() {
 
 #[test]
 fn set_mem_table_with_descriptor_past_its_file_is_nacked() {
-    let (b, _) = backend(1);
-    let (mut fe, _t) = serve_in_thread(b);
+    let (mut fe, _t, _) = served(1);
     handshake(&mut fe, true, true);
     let mem = GuestMemory::single(0x1_0000).unwrap();
     let r = MemoryRegion {

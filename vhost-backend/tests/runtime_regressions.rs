@@ -156,11 +156,7 @@ fn call_fd_that_is_a_full_blocking_pipe_is_refused_and_never_wedges_the_worker()
 fn blocking_eventfd_with_a_full_counter_as_call_fd_never_blocks_the_worker() {
     let (dev, _) = PatternDevice::new(1);
     let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
-    handshake(&mut fe, true, false);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, false);
-    q.start(&mut fe, &mem, 0, true);
+    let (_mem, mut q) = start_queue0(&mut fe, false);
     // An eventfd without EFD_NONBLOCK whose counter cannot take one more signal.
     let call = eventfd(EfdFlags::empty());
     nix::unistd::write(&call, &(u64::MAX - 1).to_ne_bytes()).expect("fill the counter");
@@ -183,11 +179,7 @@ fn blocking_eventfd_with_a_full_counter_as_call_fd_never_blocks_the_worker() {
 fn kick_fd_that_is_a_pipe_at_end_of_file_is_refused() {
     let (dev, _) = PatternDevice::new(1);
     let (mut fe, _t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
-    handshake(&mut fe, true, false);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let mut q = GuestQueue::new(&mem, 0, false);
-    q.start(&mut fe, &mem, 0, true);
+    let (mem, mut q) = start_queue0(&mut fe, false);
     let (r, w) = nix::unistd::pipe().expect("pipe");
     drop(w);
     let e = fe

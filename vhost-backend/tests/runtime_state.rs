@@ -188,11 +188,7 @@ fn saved_state_of_stopped_device_loads_into_fresh_session_and_restores_counter()
 #[test]
 fn transfer_while_a_ring_is_started_is_refused_and_closes_the_descriptor() {
     let (mut fe, _t) = serve(true);
-    handshake(&mut fe, true, true);
-    let mem = two_region_memory();
-    send_mem_table(&mut fe, &mem);
-    let q = GuestQueue::new(&mem, 0, true);
-    q.start(&mut fe, &mem, 0, true);
+    let (_mem, _q) = start_queue0(&mut fe, true);
     assert_save_refused(&mut fe);
     // Stopped: now it works, and the session is intact.
     fe.get_vring_base(0).expect("GET_VRING_BASE");
