@@ -427,6 +427,21 @@ fn requests_a_lost_back_end_held_are_resubmitted_by_the_next_in_order() {
     t.join().unwrap();
 }
 
+/// Makes three chains available, each one writable 32-byte buffer (at `first`, then
+/// 0x1000 apart), published one by one with no back-end there; returns their heads.
+fn make_available(q: &mut GuestQueue, first: u64) -> Vec<u16> {
+    (0..3u64)
+        .map(|i| {
+            let h = q
+                .driver
+                .add_chain(&[(GuestAddress(first + i * 0x1000), 32, true)])
+                .unwrap();
+            q.driver.publish().unwrap();
+            h
+        })
+        .collect()
+}
+
 /// An area another back-end (libvhost-user, DPDK) filled, laid out byte by byte as the spec
 /// says: queue regions `ALIGN_UP(16 * size + 2, 64)` apart, a 16-byte header (features,
 /// version, desc_num, last_batch_head, used_idx) and 16-byte entries (inflight, 5 bytes of
@@ -437,16 +452,7 @@ fn an_area_written_by_another_back_end_is_resubmitted_in_counter_order() {
     let mem = two_region_memory();
     let mut q = GuestQueue::new(&mem, 0, false);
     // Three chains made available; their back-end died with all three in flight.
-    let heads: Vec<u16> = (0..3u64)
-        .map(|i| {
-            let h = q
-                .driver
-                .add_chain(&[(GuestAddress(DATA + 0x4000 + i * 0x1000), 32, true)])
-                .unwrap();
-            q.driver.publish().unwrap();
-            h
-        })
-        .collect();
+    let heads = make_available(&mut q, DATA + 0x4000);
     let region = 2112u64; // ALIGN_UP(16 * 128 + 2, 64)
     let area = memfd(2 * region);
     let mut bytes = vec![0u8; 2 * region as usize];
@@ -735,16 +741,7 @@ fn a_fresh_area_resumes_at_the_base_not_the_used_index() {
     let mem = two_region_memory();
     let mut q = GuestQueue::new(&mem, 0, false);
     // Three chains available, none used; the source says the first two were taken.
-    let heads: Vec<u16> = (0..3u64)
-        .map(|i| {
-            let h = q
-                .driver
-                .add_chain(&[(GuestAddress(DATA + 0x1000 * (i + 1)), 32, true)])
-                .unwrap();
-            q.driver.publish().unwrap();
-            h
-        })
-        .collect();
+    let heads = make_available(&mut q, DATA + 0x1000);
     let dev = Tracked::default();
     let seen = Arc::clone(&dev.seen);
     let (mut fe, t, _area) = session(dev, &mem, false, None);

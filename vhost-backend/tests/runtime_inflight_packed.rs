@@ -50,6 +50,21 @@ struct Holder {
     seen: Arc<Mutex<Vec<u16>>>,
 }
 
+impl Holder {
+    /// A holder that completes each request as it comes.
+    fn at_once() -> Self {
+        Holder {
+            at_once: true,
+            ..Holder::default()
+        }
+    }
+}
+
+/// A back-end over a [`Holder::at_once`], served on its own thread.
+fn serve_at_once() -> (Frontend, JoinHandle<DeviceBackend<Holder>>) {
+    serve_in_thread(DeviceBackend::new(Holder::at_once()).expect("backend"))
+}
+
 fn serve(req: Request) {
     let data = vec![req.head() as u8; req.writable_len() as usize];
     let len = match req.write_writable(0, &data) {
@@ -153,13 +168,7 @@ fn add_request(q: &mut GuestQueue, fill: Fill, k: u64, w: u64) -> u16 {
 /// Takes the driver (and the ring) to 4 descriptors before the end of the ring, through a
 /// back-end without inflight area.
 fn advance_near_the_end(mem: &GuestMemory, q: &mut GuestQueue) {
-    let (mut fe, t) = serve_in_thread(
-        DeviceBackend::new(Holder {
-            at_once: true,
-            ..Holder::default()
-        })
-        .expect("backend"),
-    );
+    let (mut fe, t) = serve_at_once();
     handshake(&mut fe, true, false);
     send_mem_table(&mut fe, mem);
     q.start(&mut fe, mem, 0, true);
@@ -258,10 +267,7 @@ fn crash_and_resume(crash_after: u64, fill: Fill) -> Option<&'static str> {
     let crashed = t.join().expect("the back-end thread").crash_point();
 
     // The second back-end: same area, the base QEMU would send.
-    let dev = Holder {
-        at_once: true,
-        ..Holder::default()
-    };
+    let dev = Holder::at_once();
     let seen = Arc::clone(&dev.seen);
     let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
     handshake(&mut fe, true, false);
@@ -526,10 +532,7 @@ fn a_region_another_back_end_wrote_is_resubmitted_in_counter_order() {
         let (mem, mut q, ids, descs, info, fd) = foreign_area();
         let file = File::from(fd.try_clone().unwrap());
         write_two_in_flight(&Region(&file), &descs);
-        let dev = Holder {
-            at_once: true,
-            ..Holder::default()
-        };
+        let dev = Holder::at_once();
         let seen = Arc::clone(&dev.seen);
         let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).unwrap());
         start_on(&mut fe, &mem, &q, &info, &fd);
@@ -560,13 +563,7 @@ fn an_old_used_index_committed_without_its_wrap_counter_resumes_on_the_right_lap
         // two at positions 0-1 (its used descriptor at 0, position 1 keeps the first lap's
         // available flags), chains of two to the end, then one descriptor at position 0 of
         // the second lap: both sides at position 1, wrap counter 0.
-        let (mut fe, t) = serve_in_thread(
-            DeviceBackend::new(Holder {
-                at_once: true,
-                ..Holder::default()
-            })
-            .unwrap(),
-        );
+        let (mut fe, t) = serve_at_once();
         handshake(&mut fe, true, false);
         send_mem_table(&mut fe, &mem);
         q.start(&mut fe, &mem, 0, true);
@@ -595,13 +592,7 @@ fn an_old_used_index_committed_without_its_wrap_counter_resumes_on_the_right_lap
         for e in 0..QUEUE_SIZE {
             r.entry(e, None, e + 1, &[0; 16]);
         }
-        let (mut fe, t) = serve_in_thread(
-            DeviceBackend::new(Holder {
-                at_once: true,
-                ..Holder::default()
-            })
-            .unwrap(),
-        );
+        let (mut fe, t) = serve_at_once();
         start_on(&mut fe, &mem, &q, &info, &fd);
         let next = q.submit((DATA, 16), (DATA + 0x8000, 64));
         let u = q.wait_used();
@@ -655,13 +646,7 @@ fn a_lying_region_is_refused_and_the_session_goes_on() {
     packed_only(|| {
         let (mem, q, _ids, descs, info, fd) = foreign_area();
         let file = File::from(fd.try_clone().unwrap());
-        let (mut fe, t) = serve_in_thread(
-            DeviceBackend::new(Holder {
-                at_once: true,
-                ..Holder::default()
-            })
-            .unwrap(),
-        );
+        let (mut fe, t) = serve_at_once();
         handshake(&mut fe, true, false);
         send_mem_table(&mut fe, &mem);
         for (what, lie) in &lies {
