@@ -129,6 +129,13 @@ impl InProcess {
         );
     }
 
+    /// The end of every hostile case: [`assert_serves_again`](Self::assert_serves_again),
+    /// then [`finish`](Self::finish).
+    fn serves_again_then_finish(self) {
+        self.assert_serves_again();
+        self.finish();
+    }
+
     /// Stops the daemon and checks that every descriptor it held is closed.
     fn finish(mut self) {
         // The stop handle shares the daemon's stop eventfd: it goes too.
@@ -213,8 +220,7 @@ fn kick_after_the_ring_memory_is_removed_is_harmless() {
     drop(fe);
     drop(q);
     drop(mem);
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// A ring whose available ring lies on its used ring: every used entry the device adds
@@ -270,8 +276,7 @@ fn ring_laid_over_its_own_used_ring_neither_blocks_control_nor_disconnect() {
     std::thread::sleep(Duration::from_millis(50));
     drop(fe);
     drop((kick, call, mem));
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// Two queues served by one worker, each taking 50 ms per wake-up.
@@ -359,8 +364,7 @@ fn well_behaved_session_leaves_no_descriptor_open() {
     assert_eq!(ack(&fe, FrontendReq::SetVringNum), 0);
     assert_session_goes_on(&mut fe);
     drop(fe);
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// A front-end that shrinks its memory after SET_MEM_TABLE cannot (the back-end sealed the
@@ -388,8 +392,7 @@ fn front_end_shrinking_its_memory_after_the_table_is_set_cannot_and_is_served() 
         .expect("round trip");
     assert_eq!(used.len, 512);
     drop(s);
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// Half a header, then nothing: the connection is closed once the stall bound passes, and
@@ -407,8 +410,7 @@ fn half_a_header_that_stalls_closes_that_connection_within_the_bound() {
         "closed after {:?}",
         started.elapsed()
     );
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// A header whose body stops half way: closed once the stall bound passes.
@@ -426,8 +428,7 @@ fn half_a_body_that_stalls_closes_that_connection_within_the_bound() {
         started.elapsed()
     );
     drop(fe);
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// With a first-message bound, a client that connects and never sends a message does not
@@ -449,8 +450,7 @@ fn a_client_that_connects_and_sends_nothing_is_closed_within_the_first_message_b
         "closed after {:?}",
         started.elapsed()
     );
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// Idle time between messages is legitimate: a front-end quiet for longer than the bound is
@@ -462,8 +462,7 @@ fn a_front_end_idle_between_messages_longer_than_the_bound_stays_connected() {
     std::thread::sleep(STALL * 2);
     assert_session_goes_on(&mut fe);
     drop(fe);
-    d.assert_serves_again();
-    d.finish();
+    d.serves_again_then_finish();
 }
 
 /// Without a first-message bound (the default) a front-end may connect long before it sends
