@@ -344,6 +344,8 @@ fn disconnect_while_a_wake_is_queued_behind_a_kick_stops_the_worker() {
         std::thread::sleep(Duration::from_millis(70));
         b.disconnected().expect("disconnect");
         assert_eq!(b.running_workers(), 0);
+        // Closed before the test ends and lets the next one count descriptors.
+        drop((b, kicks, mem));
         let _ = done_tx.send(());
     });
     done_rx
