@@ -51,7 +51,10 @@
 //!
 //! The back-end's requests are declared the same way, in [`for_each_backend_request!`],
 //! from which [`BackendReq`], [`BACKEND_REQUESTS`] and [`BackendRequest`] follow; both
-//! request enums come from one generator over the rows.
+//! request enums come from one generator over the rows. Their `handler` clause gives the
+//! front-end's handler trait and its dispatch (vhost-frontend), their `client` clause the
+//! back-end's `BackendClient` methods (vhost-backend): adding a back-end request is its
+//! row, its body type if new, and the front-end's handling of it.
 //!
 //! The row's `=> backend(...)` clause declares the request's `Backend` method (its
 //! documentation, name, arguments, success type and default body) and the server's

@@ -561,30 +561,122 @@ macro_rules! for_each_frontend_request {
 /// [`BackendReq`](crate::BackendReq), [`BACKEND_REQUESTS`](crate::BACKEND_REQUESTS) and
 /// [`BackendRequest`](crate::BackendRequest) with its `decode`, `code`, `fd_count` and
 /// `encode`.
+///
+/// Each row carries two clauses this crate ignores. `=> handler(...)` declares the method
+/// of the front-end's handler of back-end requests (vhost-frontend's
+/// `BackendRequestHandler`, defaulting to "not supported") and its dispatch, in the form of
+/// the `backend` clause: `|body| fn method(name: Type = source, ...) -> Output`, sources
+/// `fd`, `fd_or_nofd`, the body's name or a parenthesised expression, output `()` or the
+/// `Option<OwnedFd>` sent back. `=> client(...)` declares the method of vhost-backend's
+/// `BackendClient` that sends the request, in the form of the front-end rows' `client`
+/// clause (`simple(body) with fds`, or `via helper`).
 #[macro_export]
 macro_rules! for_each_backend_request {
     ($callback:ident) => {
         $callback! {
             /// IOTLB miss or access failure.
-            IotlbMsg(IotlbMsg) = 1 => spec("BACKEND_IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), AckWhenAsked, R::U64);
+            IotlbMsg(IotlbMsg) = 1 => spec("BACKEND_IOTLB_MSG", fixed::<wire::IotlbMsg>(), F::None, Gate::Virtio(virtio::ACCESS_PLATFORM), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_IOTLB_MSG (1): an IOTLB miss or access failure.
+                    |m| fn iotlb_msg(msg: &IotlbMsg = m) -> ()
+                )
+                => client(
+                    /// BACKEND_IOTLB_MSG: report an IOTLB miss or access failure.
+                    fn iotlb_msg(msg: IotlbMsg) -> () = simple(msg)
+                );
             /// The device configuration changed.
-            ConfigChangeMsg = 2 => spec("BACKEND_CONFIG_CHANGE_MSG", Empty, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64);
+            ConfigChangeMsg = 2 => spec("BACKEND_CONFIG_CHANGE_MSG", Empty, F::None, Gate::Protocol(P::CONFIG), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_CONFIG_CHANGE_MSG (2): the device configuration changed.
+                    fn config_change() -> ()
+                )
+                => client(
+                    /// BACKEND_CONFIG_CHANGE_MSG: the device configuration changed.
+                    fn config_change() -> () = simple
+                );
             /// Map (or unmap, with NOFD) a host notifier area for a vring.
-            VringHostNotifierMsg(VringArea) = 3 => spec("BACKEND_VRING_HOST_NOTIFIER_MSG", fixed::<wire::VringArea>(), F::OneUnlessNofd, Gate::Protocol(P::HOST_NOTIFIER), AckWhenAsked, R::U64);
+            VringHostNotifierMsg(VringArea) = 3 => spec("BACKEND_VRING_HOST_NOTIFIER_MSG", fixed::<wire::VringArea>(), F::OneUnlessNofd, Gate::Protocol(P::HOST_NOTIFIER), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_VRING_HOST_NOTIFIER_MSG (3): map `fd` as a ring's host notifier (`None`:
+                    /// unmap).
+                    |a| fn vring_host_notifier(area: &VringArea = a, fd: Option<OwnedFd> = fd_or_nofd) -> ()
+                )
+                => client(
+                    /// BACKEND_VRING_HOST_NOTIFIER_MSG: map `fd` (or unmap, with `None`) as the host
+                    /// notifier of a ring.
+                    fn vring_host_notifier(index: u8, size: u64, offset: u64, fd: Option<BorrowedDescriptor<'_>>) -> () = simple(host_notifier_area(index, size, offset, fd.is_none())) with fd.as_slice()
+                );
             /// In-band call.
-            VringCall(VringState) = 4 => spec("BACKEND_VRING_CALL", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64);
+            VringCall(VringState) = 4 => spec("BACKEND_VRING_CALL", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_VRING_CALL (4): an in-band call for ring `index`.
+                    |s| fn vring_call(index: u32 = (s.index)) -> ()
+                )
+                => client(
+                    /// BACKEND_VRING_CALL: an in-band call.
+                    fn vring_call(index: u32) -> () = simple(VringState { index, num: 0 })
+                );
             /// In-band error.
-            VringErr(VringState) = 5 => spec("BACKEND_VRING_ERR", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64);
+            VringErr(VringState) = 5 => spec("BACKEND_VRING_ERR", fixed::<wire::VringState>(), F::None, Gate::Protocol(P::INBAND_NOTIFICATIONS), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_VRING_ERR (5): an in-band error for ring `index`.
+                    |s| fn vring_err(index: u32 = (s.index)) -> ()
+                )
+                => client(
+                    /// BACKEND_VRING_ERR: an in-band error notification.
+                    fn vring_err(index: u32) -> () = simple(VringState { index, num: 0 })
+                );
             /// Add a shared object.
-            SharedObjectAdd(SharedObject) = 6 => spec("BACKEND_SHARED_OBJECT_ADD", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64);
+            SharedObjectAdd(SharedObject) = 6 => spec("BACKEND_SHARED_OBJECT_ADD", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_SHARED_OBJECT_ADD (6).
+                    |o| fn shared_object_add(uuid: &[u8; 16] = (&o.uuid)) -> ()
+                )
+                => client(
+                    /// BACKEND_SHARED_OBJECT_ADD.
+                    fn shared_object_add(uuid: [u8; 16]) -> () = simple(SharedObject { uuid })
+                );
             /// Remove a shared object.
-            SharedObjectRemove(SharedObject) = 7 => spec("BACKEND_SHARED_OBJECT_REMOVE", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64);
+            SharedObjectRemove(SharedObject) = 7 => spec("BACKEND_SHARED_OBJECT_REMOVE", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_SHARED_OBJECT_REMOVE (7).
+                    |o| fn shared_object_remove(uuid: &[u8; 16] = (&o.uuid)) -> ()
+                )
+                => client(
+                    /// BACKEND_SHARED_OBJECT_REMOVE.
+                    fn shared_object_remove(uuid: [u8; 16]) -> () = simple(SharedObject { uuid })
+                );
             /// Look up a shared object; the reply carries a u64 status and its fd.
-            SharedObjectLookup(SharedObject) = 8 => spec("BACKEND_SHARED_OBJECT_LOOKUP", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd();
+            SharedObjectLookup(SharedObject) = 8 => spec("BACKEND_SHARED_OBJECT_LOOKUP", fixed::<wire::SharedObject>(), F::None, Gate::Protocol(P::SHARED_OBJECT), Reply, R::U64).reply_fd()
+                => handler(
+                    /// BACKEND_SHARED_OBJECT_LOOKUP (8): the object's descriptor, if known. Always answered
+                    /// with a u64 status and the descriptor.
+                    |o| fn shared_object_lookup(uuid: &[u8; 16] = (&o.uuid)) -> Option<OwnedFd>
+                )
+                => client(
+                    /// BACKEND_SHARED_OBJECT_LOOKUP: the object's fd, if the front-end knows it.
+                    fn shared_object_lookup(uuid: [u8; 16]) -> Option<OwnedDescriptor> = via lookup
+                );
             /// Map a file range into a shared memory region.
-            ShmemMap(ShmemMap where shmem_map) = 9 => spec("BACKEND_SHMEM_MAP", fixed::<wire::ShmemMap>(), F::One, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64);
+            ShmemMap(ShmemMap where shmem_map) = 9 => spec("BACKEND_SHMEM_MAP", fixed::<wire::ShmemMap>(), F::One, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_SHMEM_MAP (9): map a range of `fd` into a shared memory region.
+                    |m| fn shmem_map(map: &ShmemMap = m, fd: OwnedFd = fd) -> ()
+                )
+                => client(
+                    /// BACKEND_SHMEM_MAP: map a range of `fd` into a shared memory region.
+                    fn shmem_map(map: ShmemMap, fd: BorrowedDescriptor<'_>) -> () = simple(map) with &[fd]
+                );
             /// Unmap a range of a shared memory region.
-            ShmemUnmap(ShmemMap where shmem_range) = 10 => spec("BACKEND_SHMEM_UNMAP", fixed::<wire::ShmemMap>(), F::None, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64);
+            ShmemUnmap(ShmemMap where shmem_range) = 10 => spec("BACKEND_SHMEM_UNMAP", fixed::<wire::ShmemMap>(), F::None, Gate::Protocol(P::SHMEM), AckWhenAsked, R::U64)
+                => handler(
+                    /// BACKEND_SHMEM_UNMAP (10).
+                    |m| fn shmem_unmap(map: &ShmemMap = m) -> ()
+                )
+                => client(
+                    /// BACKEND_SHMEM_UNMAP.
+                    fn shmem_unmap(map: ShmemMap) -> () = simple(map)
+                );
         }
     };
 }
