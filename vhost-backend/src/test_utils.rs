@@ -2,7 +2,9 @@
 //!
 //! [`RecordingBackend`] implements every request: it records each call as a [`Call`],
 //! keeps the descriptors it receives, answers with configurable values, and fails the
-//! requests it is told to fail. Its [`Recording`] handle is shared, so a test can read the
+//! requests it is told to fail. `Call` and the methods are generated from the request rows
+//! of [`vhost_proto::for_each_frontend_request!`] (one variant per request, a field per
+//! argument of its `Backend` method; see `recording_rows!` in this file). Its [`Recording`] handle is shared, so a test can read the
 //! calls while a server owns the back-end (in another thread, too).
 //!
 //! ```
@@ -507,5 +509,72 @@ mod tests {
             2,
             "a failed call is recorded too"
         );
+    }
+
+    /// The generated methods keep each argument by its type: descriptors in the recording
+    /// (only when the call succeeds), their presence or count in the call, buffers by
+    /// length and filled by the answer.
+    #[test]
+    fn generated_methods_keep_descriptors_by_type_and_answer() {
+        let mut backend = RecordingBackend::new();
+        let rec = backend.recording();
+        let region = MemoryRegion {
+            guest_phys_addr: 0,
+            memory_size: 0x1000,
+            user_addr: 0x7000_0000,
+            mmap_offset: 0,
+        };
+        let table = MemTable::new(&[region, region]).unwrap();
+        let fds = vec![fresh_fd().unwrap(), fresh_fd().unwrap()];
+        backend.set_mem_table(&table, fds).unwrap();
+        backend.set_vring_kick(1, None).unwrap();
+        backend
+            .set_vring_call(1, Some(fresh_fd().unwrap()))
+            .unwrap();
+        rec.fail_on(FrontendReq::SetLogFd);
+        assert!(backend.set_log_fd(fresh_fd().unwrap()).is_err());
+        let mut buf = [0u8; 4];
+        backend.get_config(30, &mut buf, 0).unwrap();
+        assert_eq!(buf, [30, 31, 0, 0], "config bytes, zeros past its end");
+        backend.queues = None;
+        assert!(matches!(
+            backend.get_queue_num(),
+            Err(BackendError::NotSupported)
+        ));
+        assert_eq!(
+            rec.take_calls(),
+            [
+                Call::SetMemTable {
+                    table: vec![region, region],
+                    fds: 2,
+                },
+                Call::SetVringKick {
+                    index: 1,
+                    fd: false,
+                },
+                Call::SetVringCall { index: 1, fd: true },
+                Call::SetLogFd,
+                Call::GetConfig {
+                    offset: 30,
+                    buf: 4,
+                    flags: 0,
+                },
+                Call::GetQueueNum,
+            ]
+        );
+        let kept: Vec<FrontendReq> = rec.take_fds().into_iter().map(|(r, _)| r).collect();
+        assert_eq!(
+            kept,
+            [
+                FrontendReq::SetMemTable,
+                FrontendReq::SetMemTable,
+                FrontendReq::SetVringCall,
+            ],
+            "the failed SET_LOG_FD's descriptor is not kept"
+        );
+        backend.set_vring_err(0, Some(fresh_fd().unwrap())).unwrap();
+        assert_eq!(rec.fd_count(), 1);
+        backend.disconnected().unwrap();
+        assert_eq!(rec.fd_count(), 0, "a disconnect drops what was kept");
     }
 }
