@@ -195,7 +195,7 @@ macro_rules! backend_trait_rows {
     ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr => backend(
         $(#[$d:meta])* $(|$b:tt|)? fn $name:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty $(= $default:block)?
         => $($shape:tt)*
-    );)*) => {
+    ) $(=> $other:ident($($o:tt)*))*;)*) => {
         declare_backend! {
             $($(#[$d])* [$v] fn $name(&mut self $(, $arg: $aty)*) -> BackendResult<$ret> $(= $default)?;)*
             /// Not a request: the front-end went away. Stop the rings, drop mappings and

@@ -224,67 +224,9 @@ impl BackendClient {
         self.request(&req, fds).map(|_| ())
     }
 
-    /// BACKEND_IOTLB_MSG: report an IOTLB miss or access failure.
-    pub fn iotlb_msg(&self, msg: IotlbMsg) -> Result<(), ClientError> {
-        self.simple(BackendRequest::IotlbMsg(msg), &[])
-    }
-
-    /// BACKEND_CONFIG_CHANGE_MSG: the device configuration changed.
-    pub fn config_change(&self) -> Result<(), ClientError> {
-        self.simple(BackendRequest::ConfigChangeMsg, &[])
-    }
-
-    /// BACKEND_VRING_HOST_NOTIFIER_MSG: map `fd` (or unmap, with `None`) as the host
-    /// notifier of a ring.
-    pub fn vring_host_notifier(
-        &self,
-        index: u8,
-        size: u64,
-        offset: u64,
-        fd: Option<BorrowedDescriptor<'_>>,
-    ) -> Result<(), ClientError> {
-        let flags = if fd.is_none() {
-            vhost_proto::wire::VRING_NOFD
-        } else {
-            0
-        };
-        let area = VringArea {
-            u64_index_flags: u64::from(index) | flags,
-            size,
-            offset,
-        };
-        let fds: Vec<BorrowedDescriptor<'_>> = fd.into_iter().collect();
-        self.simple(BackendRequest::VringHostNotifierMsg(area), &fds)
-    }
-
-    /// BACKEND_VRING_CALL: an in-band call.
-    pub fn vring_call(&self, index: u32) -> Result<(), ClientError> {
-        self.simple(BackendRequest::VringCall(VringState { index, num: 0 }), &[])
-    }
-
-    /// BACKEND_VRING_ERR: an in-band error notification.
-    pub fn vring_err(&self, index: u32) -> Result<(), ClientError> {
-        self.simple(BackendRequest::VringErr(VringState { index, num: 0 }), &[])
-    }
-
-    /// BACKEND_SHARED_OBJECT_ADD.
-    pub fn shared_object_add(&self, uuid: [u8; 16]) -> Result<(), ClientError> {
-        self.simple(BackendRequest::SharedObjectAdd(SharedObject { uuid }), &[])
-    }
-
-    /// BACKEND_SHARED_OBJECT_REMOVE.
-    pub fn shared_object_remove(&self, uuid: [u8; 16]) -> Result<(), ClientError> {
-        self.simple(
-            BackendRequest::SharedObjectRemove(SharedObject { uuid }),
-            &[],
-        )
-    }
-
-    /// BACKEND_SHARED_OBJECT_LOOKUP: the object's fd, if the front-end knows it.
-    pub fn shared_object_lookup(
-        &self,
-        uuid: [u8; 16],
-    ) -> Result<Option<OwnedDescriptor>, ClientError> {
+    /// [`BackendClient::shared_object_lookup`], whose row goes `via lookup`: the u64 status
+    /// comes back whatever was negotiated, zero with the descriptor.
+    fn lookup(&self, uuid: [u8; 16]) -> Result<Option<OwnedDescriptor>, ClientError> {
         match self.request(
             &BackendRequest::SharedObjectLookup(SharedObject { uuid }),
             &[],
@@ -297,17 +239,56 @@ impl BackendClient {
             None => Ok(None),
         }
     }
+}
 
-    /// BACKEND_SHMEM_MAP: map a range of `fd` into a shared memory region.
-    pub fn shmem_map(&self, map: ShmemMap, fd: BorrowedDescriptor<'_>) -> Result<(), ClientError> {
-        self.simple(BackendRequest::ShmemMap(map), &[fd])
-    }
-
-    /// BACKEND_SHMEM_UNMAP.
-    pub fn shmem_unmap(&self, map: ShmemMap) -> Result<(), ClientError> {
-        self.simple(BackendRequest::ShmemUnmap(map), &[])
+/// BACKEND_VRING_HOST_NOTIFIER_MSG's body: the ring index, with NOFD when unmapping.
+fn host_notifier_area(index: u8, size: u64, offset: u64, nofd: bool) -> VringArea {
+    let flags = if nofd {
+        vhost_proto::wire::VRING_NOFD
+    } else {
+        0
+    };
+    VringArea {
+        u64_index_flags: u64::from(index) | flags,
+        size,
+        offset,
     }
 }
+
+/// Generates the [`BackendClient`] method of every back-end request from the
+/// `=> client(...)` clause of each row of [`vhost_proto::for_each_backend_request!`]:
+/// `fn method(name: Type, ...) -> Output = simple(body) with fds` sends the row's request
+/// holding `body` (absent without a body) with the descriptors `fds` (none without `with`)
+/// and waits for the ack if one is owed; `= via helper` hands the arguments to the private
+/// method `helper` of a request whose reply is its own. A row without the clause does not
+/// compile.
+macro_rules! client_rows {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr
+        => handler($($handler:tt)*) => client($($client:tt)*);)*) => {
+        impl BackendClient {
+            $(client_rows!(@method $v $($client)*);)*
+        }
+    };
+    (@method $v:ident $(#[$d:meta])* fn $name:ident($($arg:ident : $aty:ty),*) -> $ret:ty
+        = via $helper:ident) => {
+        $(#[$d])*
+        pub fn $name(&self, $($arg: $aty),*) -> Result<$ret, ClientError> {
+            self.$helper($($arg),*)
+        }
+    };
+    (@method $v:ident $(#[$d:meta])* fn $name:ident($($arg:ident : $aty:ty),*) -> $ret:ty
+        = simple $(($body:expr))? $(with $fds:expr)?) => {
+        $(#[$d])*
+        pub fn $name(&self, $($arg: $aty),*) -> Result<$ret, ClientError> {
+            let msg = BackendRequest::$v $(($body))?;
+            self.simple(msg, client_rows!(@fds $($fds)?))
+        }
+    };
+    (@fds) => { &[] };
+    (@fds $fds:expr) => { $fds };
+}
+
+vhost_proto::for_each_backend_request!(client_rows);
 
 #[cfg(all(test, unix))]
 mod tests {

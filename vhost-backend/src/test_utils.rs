@@ -2,7 +2,9 @@
 //!
 //! [`RecordingBackend`] implements every request: it records each call as a [`Call`],
 //! keeps the descriptors it receives, answers with configurable values, and fails the
-//! requests it is told to fail. Its [`Recording`] handle is shared, so a test can read the
+//! requests it is told to fail. `Call` and the methods are generated from the request rows
+//! of [`vhost_proto::for_each_frontend_request!`] (one variant per request, a field per
+//! argument of its `Backend` method; see `recording_rows!` in this file). Its [`Recording`] handle is shared, so a test can read the
 //! calls while a server owns the back-end (in another thread, too).
 //!
 //! ```
@@ -38,118 +40,191 @@ use vhost_transport::OwnedDescriptor;
 
 use crate::{Backend, BackendClient, BackendError, BackendResult, SharedNegotiation};
 
-/// One call a [`RecordingBackend`] received, with its arguments (descriptors as whether
-/// or how many came).
+/// A CREATE_CRYPTO_SESSION body as a [`Call`] keeps it: the payload copied out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Call {
-    GetFeatures,
-    SetFeatures(u64),
-    SetOwner,
-    ResetOwner,
-    SetMemTable {
-        regions: Vec<MemoryRegion>,
-        fds: usize,
-    },
-    SetLogBase(LogBase),
-    SetLogFd,
-    SetVringNum {
-        index: u32,
-        num: u32,
-    },
-    SetVringAddr(VringAddr),
-    SetVringBase {
-        index: u32,
-        base: u32,
-    },
-    GetVringBase {
-        index: u32,
-    },
-    SetVringKick {
-        index: u8,
-        fd: bool,
-    },
-    SetVringCall {
-        index: u8,
-        fd: bool,
-    },
-    SetVringErr {
-        index: u8,
-        fd: bool,
-    },
-    GetProtocolFeatures,
-    SetProtocolFeatures(ProtocolFeatures),
-    GetQueueNum,
-    SetVringEnable {
-        index: u32,
-        enable: bool,
-    },
-    SendRarp([u8; 6]),
-    NetSetMtu(u64),
-    SetBackendReqFd,
-    IotlbMsg(IotlbMsg),
-    SetVringEndian {
-        index: u32,
-        big_endian: bool,
-    },
-    GetConfig {
-        offset: u32,
-        size: usize,
-        flags: u32,
-    },
-    SetConfig {
-        offset: u32,
-        data: Vec<u8>,
-        flags: u32,
-    },
-    CreateCryptoSession {
-        session_id: i64,
-        payload: Vec<u8>,
-    },
-    CloseCryptoSession(u64),
-    PostcopyAdvise,
-    PostcopyListen,
-    PostcopyEnd,
-    GetInflightFd(Inflight),
-    SetInflightFd(Inflight),
-    GpuSetSocket,
-    ResetDevice,
-    VringKick {
-        index: u32,
-    },
-    GetMaxMemSlots,
-    AddMemReg(RegionMsg),
-    RemMemReg(RegionMsg),
-    SetStatus(u64),
-    GetStatus,
-    GetSharedObject(SharedObject),
-    SetDeviceStateFd {
-        direction: u32,
-        phase: u32,
-    },
-    CheckDeviceState,
-    GetShmemConfig,
-    /// Not a request: [`Backend::disconnected`].
-    Disconnected,
+pub struct CryptoSessionCall {
+    /// The session id the front-end sent.
+    pub session_id: i64,
+    /// The session's setup payload.
+    pub payload: Vec<u8>,
 }
 
-/// [`Call::request`]: one arm per row of [`vhost_proto::for_each_frontend_request!`], so
-/// that `Call` has a variant for every request and no other (the compiler checks both).
-macro_rules! call_requests {
-    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr $(=> backend($($backend:tt)*))?;)*) => {
+/// Generates [`Call`] and `impl Backend for RecordingBackend` from the `=> backend(...)`
+/// clause of each row of [`vhost_proto::for_each_frontend_request!`].
+///
+/// Each request is a variant named after it; its fields are the `Backend` method's
+/// arguments, by name, each kept by its type:
+///
+/// | argument type | in the [`Call`] | in the [`Recording`] |
+/// | --- | --- | --- |
+/// | `OwnedDescriptor` | (no field) | the descriptor |
+/// | `Option<OwnedDescriptor>` | `bool`: whether one came | the descriptor, if any |
+/// | `Vec<OwnedDescriptor>` | `usize`: how many came | the descriptors |
+/// | `BackendClient` | (no field) | the client ([`Recording::backend_client`]) |
+/// | `&mut [u8]` (a buffer to fill) | `usize`: its length | |
+/// | `&[u8]` | `Vec<u8>` | |
+/// | `&MemTable` | `Vec<MemoryRegion>`: its regions | |
+/// | `&CryptoSession<'_>` | [`CryptoSessionCall`] | |
+/// | `&T`, another body | `T`, copied | |
+/// | a value | the value | |
+///
+/// A variant without fields is a unit variant. The method records its call (failing if
+/// told to: [`Recording::fail_on`]), keeps the descriptors and client that came, then
+/// answers: `Ok(())` for a method whose success is `()`; otherwise `answer::<method>`, the
+/// function of the `answer` module named after the method (reading the back-end's public
+/// answer fields); for a row whose dispatch goes `via helper`, `answer::<helper>` with every
+/// argument (GET_CONFIG fills its buffer from `config`). A request whose method answers
+/// something and has no answer function does not compile.
+///
+/// The macro munches the rows one at a time, then each row's arguments one at a time,
+/// accumulating the variants, the methods and the variant names; the last step writes the
+/// enum and the impl.
+macro_rules! recording_rows {
+    // Every row done: write the enum, `Call::request` and the impl.
+    (@rows [$($variants:tt)*] [$($methods:tt)*] [$($names:ident)*]) => {
+        /// One call a [`RecordingBackend`] received, with its arguments (descriptors as
+        /// whether or how many came): one variant per front-end request, generated from
+        /// the rows of [`vhost_proto::for_each_frontend_request!`] (see the module docs).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        #[allow(missing_docs)]
+        pub enum Call {
+            $($variants)*
+            /// Not a request: [`Backend::disconnected`].
+            Disconnected,
+        }
+
         impl Call {
             /// The request this call answered; `None` for [`Call::Disconnected`].
             pub fn request(&self) -> Option<FrontendReq> {
                 match self {
-                    $(Call::$v { .. } => Some(FrontendReq::$v),)*
+                    $(Call::$names { .. } => Some(FrontendReq::$names),)*
                     Call::Disconnected => None,
                 }
             }
         }
+
+        impl Backend for RecordingBackend {
+            $($methods)*
+
+            fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
+                self.recording.state().negotiation = Some(negotiation);
+            }
+
+            /// Records the call and drops the descriptors and back-end channel it kept.
+            fn disconnected(&mut self) -> BackendResult<()> {
+                let mut state = self.recording.state();
+                state.calls.push(Call::Disconnected);
+                state.fds.clear();
+                state.client = None;
+                Ok(())
+            }
+        }
+    };
+    // One row: how it answers, then its arguments.
+    (@rows $vs:tt $ms:tt $ns:tt $(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr
+        => backend($(#[$d:meta])* $(|$b:tt|)? fn $name:ident($($args:tt)*) -> $ret:ty $(= $default:block)? => via $helper:ident)
+        $(=> $other:ident($($o:tt)*))*; $($rest:tt)*) => {
+        recording_rows!(@args [$vs $ms $ns [$(#[$m])*] $v $name [via $helper] [$ret]] [] [] [] [] [$($args)*] $($rest)*);
+    };
+    (@rows $vs:tt $ms:tt $ns:tt $(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr
+        => backend($(#[$d:meta])* $(|$b:tt|)? fn $name:ident($($args:tt)*) -> () $(= $default:block)? => $($shape:tt)*)
+        $(=> $other:ident($($o:tt)*))*; $($rest:tt)*) => {
+        recording_rows!(@args [$vs $ms $ns [$(#[$m])*] $v $name [unit] [()]] [] [] [] [] [$($args)*] $($rest)*);
+    };
+    (@rows $vs:tt $ms:tt $ns:tt $(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr
+        => backend($(#[$d:meta])* $(|$b:tt|)? fn $name:ident($($args:tt)*) -> $ret:ty $(= $default:block)? => $($shape:tt)*)
+        $(=> $other:ident($($o:tt)*))*; $($rest:tt)*) => {
+        recording_rows!(@args [$vs $ms $ns [$(#[$m])*] $v $name [answer] [$ret]] [] [] [] [] [$($args)*] $($rest)*);
+    };
+    // One argument: its parameter, its field (if any), what is kept, its name.
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : OwnedDescriptor = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: OwnedDescriptor,] [$($f)*] [$($k)* (fds [$a])] [$($n)* $a]
+            [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : Option<OwnedDescriptor> = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: Option<OwnedDescriptor>,] [$($f)* {$a: bool = $a.is_some()}]
+            [$($k)* (fds $a)] [$($n)* $a] [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : Vec<OwnedDescriptor> = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: Vec<OwnedDescriptor>,] [$($f)* {$a: usize = $a.len()}]
+            [$($k)* (fds $a)] [$($n)* $a] [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : BackendClient = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: BackendClient,] [$($f)*] [$($k)* (client $a)] [$($n)* $a]
+            [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : &mut [u8] = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: &mut [u8],] [$($f)* {$a: usize = $a.len()}] [$($k)*] [$($n)* $a]
+            [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : &[u8] = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: &[u8],] [$($f)* {$a: Vec<u8> = $a.to_vec()}] [$($k)*] [$($n)* $a]
+            [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : &MemTable = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: &MemTable,] [$($f)* {$a: Vec<MemoryRegion> = $a.regions().to_vec()}]
+            [$($k)*] [$($n)* $a] [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : &CryptoSession<'_> = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: &CryptoSession<'_>,]
+            [$($f)* {$a: CryptoSessionCall = CryptoSessionCall { session_id: $a.session_id, payload: $a.payload.to_vec() }}]
+            [$($k)*] [$($n)* $a] [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : & $t:ident = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: &$t,] [$($f)* {$a: $t = *$a}] [$($k)*] [$($n)* $a]
+            [$($($more)*)?] $($rest)*);
+    };
+    (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
+        [$a:ident : $t:ty = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
+        recording_rows!(@args $row [$($sig)* $a: $t,] [$($f)* {$a: $t = $a}] [$($k)*] [$($n)* $a]
+            [$($($more)*)?] $($rest)*);
+    };
+    // Every argument done: the variant and the method, then the next row.
+    (@args [[$($vs:tt)*] $ms:tt [$($ns:tt)*] [$($doc:tt)*] $v:ident $name:ident $answer:tt $ret:tt]
+        $sig:tt [] $k:tt $n:tt [] $($rest:tt)*) => {
+        recording_rows!(@method [[$($vs)* $($doc)* $v,] $ms [$($ns)* $v]] $v $name $answer $ret $sig
+            (Call::$v) $k $n $($rest)*);
+    };
+    (@args [[$($vs:tt)*] $ms:tt [$($ns:tt)*] [$($doc:tt)*] $v:ident $name:ident $answer:tt $ret:tt]
+        $sig:tt [$({$fa:ident : $fty:ty = $fv:expr})+] $k:tt $n:tt [] $($rest:tt)*) => {
+        recording_rows!(@method [[$($vs)* $($doc)* $v { $($fa: $fty,)* },] $ms [$($ns)* $v]] $v $name $answer $ret $sig
+            (Call::$v { $($fa: $fv,)* }) $k $n $($rest)*);
+    };
+    (@method [$vs:tt [$($ms:tt)*] $ns:tt] $v:ident $name:ident [$($answer:tt)*] [$ret:ty] [$($sig:tt)*]
+        ($call:expr) [$(($($k:tt)*))*] [$($n:ident)*] $($rest:tt)*) => {
+        recording_rows!(@rows $vs
+            [$($ms)*
+                fn $name(&mut self, $($sig)*) -> BackendResult<$ret> {
+                    self.record($call)?;
+                    $(recording_rows!(@keep self, $v, $($k)*);)*
+                    recording_rows!(@answer self, $name [$($answer)*] $($n)*)
+                }
+            ]
+            $ns
+            $($rest)*
+        );
+    };
+    (@keep $self:ident, $v:ident, fds $e:expr) => { $self.keep(FrontendReq::$v, $e) };
+    (@keep $self:ident, $v:ident, client $a:ident) => { $self.recording.state().client = Some($a) };
+    (@answer $self:ident, $name:ident [unit] $($n:ident)*) => { Ok(()) };
+    (@answer $self:ident, $name:ident [answer] $($n:ident)*) => { answer::$name($self) };
+    (@answer $self:ident, $name:ident [via $helper:ident] $($n:ident)*) => { answer::$helper($self, $($n),*) };
+    // Entry: the rows of `for_each_frontend_request!`.
+    ($($rows:tt)*) => {
+        recording_rows!(@rows [] [] [] $($rows)*);
     };
 }
 
-vhost_proto::for_each_frontend_request!(call_requests);
+vhost_proto::for_each_frontend_request!(recording_rows);
 
 #[derive(Debug, Default)]
 struct State {
@@ -318,9 +393,15 @@ impl RecordingBackend {
         self.recording.clone()
     }
 
-    /// Records `call`, then fails if told to fail its request.
+    /// Records `call`, then fails if told to fail its request. For SET_FEATURES, also
+    /// records what the bound negotiation shows acked while the method runs.
     fn record(&self, call: Call) -> BackendResult<()> {
+        let acked = match call {
+            Call::SetFeatures { .. } => self.recording.acked_in_negotiation(),
+            _ => None,
+        };
         let mut state = self.recording.state();
+        state.acked_seen.extend(acked);
         let request = call.request();
         state.calls.push(call);
         if let Some(request) = request.filter(|r| state.failing.contains(r)) {
@@ -334,15 +415,6 @@ impl RecordingBackend {
         let mut state = self.recording.state();
         state.fds.extend(fds.into_iter().map(|fd| (request, fd)));
     }
-
-    fn record_with_fd(&self, call: Call, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
-        let request = call.request();
-        self.record(call)?;
-        if let Some(request) = request {
-            self.keep(request, fd);
-        }
-        Ok(())
-    }
 }
 
 /// A descriptor to hand back to the front-end: the null device.
@@ -351,210 +423,64 @@ fn fresh_fd() -> BackendResult<OwnedDescriptor> {
     Ok(File::open(null)?.into())
 }
 
-use FrontendReq as Q;
+/// The answers of the requests whose method answers something (see `recording_rows!`):
+/// one function per method, named after it.
+mod answer {
+    use super::*;
 
-impl Backend for RecordingBackend {
-    fn get_features(&mut self) -> BackendResult<u64> {
-        self.record(Call::GetFeatures)?;
-        Ok(self.features)
+    pub(super) fn get_features(b: &RecordingBackend) -> BackendResult<u64> {
+        Ok(b.features)
     }
-    fn bind_negotiation(&mut self, negotiation: SharedNegotiation) {
-        self.recording.state().negotiation = Some(negotiation);
+    pub(super) fn get_vring_base(b: &RecordingBackend) -> BackendResult<u32> {
+        Ok(b.vring_base)
     }
-    fn set_features(&mut self, features: u64) -> BackendResult<()> {
-        if let Some(acked) = self.recording.acked_in_negotiation() {
-            self.recording.state().acked_seen.push(acked);
-        }
-        self.record(Call::SetFeatures(features))
+    pub(super) fn get_protocol_features(b: &RecordingBackend) -> BackendResult<ProtocolFeatures> {
+        Ok(b.protocol)
     }
-    fn set_owner(&mut self) -> BackendResult<()> {
-        self.record(Call::SetOwner)
+    pub(super) fn get_queue_num(b: &RecordingBackend) -> BackendResult<u64> {
+        b.queues.ok_or(BackendError::NotSupported)
     }
-    fn reset_owner(&mut self) -> BackendResult<()> {
-        self.record(Call::ResetOwner)
-    }
-    fn set_mem_table(&mut self, table: &MemTable, fds: Vec<OwnedDescriptor>) -> BackendResult<()> {
-        let regions = table.regions().to_vec();
-        let n = fds.len();
-        self.record(Call::SetMemTable { regions, fds: n })?;
-        self.keep(Q::SetMemTable, fds);
-        Ok(())
-    }
-    fn set_log_base(&mut self, log: &LogBase, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Call::SetLogBase(*log), Some(fd))
-    }
-    fn set_log_fd(&mut self, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Call::SetLogFd, Some(fd))
-    }
-    fn set_vring_num(&mut self, index: u32, num: u32) -> BackendResult<()> {
-        self.record(Call::SetVringNum { index, num })
-    }
-    fn set_vring_addr(&mut self, addr: &VringAddr) -> BackendResult<()> {
-        self.record(Call::SetVringAddr(*addr))
-    }
-    fn set_vring_base(&mut self, index: u32, base: u32) -> BackendResult<()> {
-        self.record(Call::SetVringBase { index, base })
-    }
-    fn get_vring_base(&mut self, index: u32) -> BackendResult<u32> {
-        self.record(Call::GetVringBase { index })?;
-        Ok(self.vring_base)
-    }
-    fn set_vring_kick(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
-        let call = Call::SetVringKick {
-            index,
-            fd: fd.is_some(),
-        };
-        self.record_with_fd(call, fd)
-    }
-    fn set_vring_call(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
-        let call = Call::SetVringCall {
-            index,
-            fd: fd.is_some(),
-        };
-        self.record_with_fd(call, fd)
-    }
-    fn set_vring_err(&mut self, index: u8, fd: Option<OwnedDescriptor>) -> BackendResult<()> {
-        let call = Call::SetVringErr {
-            index,
-            fd: fd.is_some(),
-        };
-        self.record_with_fd(call, fd)
-    }
-    fn get_protocol_features(&mut self) -> BackendResult<ProtocolFeatures> {
-        self.record(Call::GetProtocolFeatures)?;
-        Ok(self.protocol)
-    }
-    fn set_protocol_features(&mut self, features: ProtocolFeatures) -> BackendResult<()> {
-        self.record(Call::SetProtocolFeatures(features))
-    }
-    fn get_queue_num(&mut self) -> BackendResult<u64> {
-        self.record(Call::GetQueueNum)?;
-        self.queues.ok_or(BackendError::NotSupported)
-    }
-    fn set_vring_enable(&mut self, index: u32, enable: bool) -> BackendResult<()> {
-        self.record(Call::SetVringEnable { index, enable })
-    }
-    fn send_rarp(&mut self, mac: [u8; 6]) -> BackendResult<()> {
-        self.record(Call::SendRarp(mac))
-    }
-    fn net_set_mtu(&mut self, mtu: u64) -> BackendResult<()> {
-        self.record(Call::NetSetMtu(mtu))
-    }
-    fn set_backend_req_fd(&mut self, client: BackendClient) -> BackendResult<()> {
-        self.record(Call::SetBackendReqFd)?;
-        self.recording.state().client = Some(client);
-        Ok(())
-    }
-    fn iotlb_msg(&mut self, msg: &IotlbMsg) -> BackendResult<()> {
-        self.record(Call::IotlbMsg(*msg))
-    }
-    fn set_vring_endian(&mut self, index: u32, big_endian: bool) -> BackendResult<()> {
-        let call = Call::SetVringEndian { index, big_endian };
-        self.record(call)
-    }
-    fn get_config(&mut self, offset: u32, buf: &mut [u8], flags: u32) -> BackendResult<()> {
-        let size = buf.len();
-        self.record(Call::GetConfig {
-            offset,
-            size,
-            flags,
-        })?;
-        for (i, b) in buf.iter_mut().enumerate() {
+    /// GET_CONFIG (its dispatch goes `via get_config`): `buf` from `config` at `offset`,
+    /// zeros past its end.
+    pub(super) fn get_config(
+        b: &RecordingBackend,
+        offset: u32,
+        buf: &mut [u8],
+        _flags: u32,
+    ) -> BackendResult<()> {
+        for (i, byte) in buf.iter_mut().enumerate() {
             let at = (offset as usize).saturating_add(i);
-            *b = self.config.get(at).copied().unwrap_or(0);
+            *byte = b.config.get(at).copied().unwrap_or(0);
         }
         Ok(())
     }
-    fn set_config(&mut self, offset: u32, data: &[u8], flags: u32) -> BackendResult<()> {
-        let data = data.to_vec();
-        self.record(Call::SetConfig {
-            offset,
-            data,
-            flags,
-        })
+    pub(super) fn create_crypto_session(b: &RecordingBackend) -> BackendResult<i64> {
+        Ok(b.crypto_session_id)
     }
-    fn create_crypto_session(&mut self, session: &CryptoSession<'_>) -> BackendResult<i64> {
-        let call = Call::CreateCryptoSession {
-            session_id: session.session_id,
-            payload: session.payload.to_vec(),
-        };
-        self.record(call)?;
-        Ok(self.crypto_session_id)
-    }
-    fn close_crypto_session(&mut self, session_id: u64) -> BackendResult<()> {
-        self.record(Call::CloseCryptoSession(session_id))
-    }
-    fn postcopy_advise(&mut self) -> BackendResult<OwnedDescriptor> {
-        self.record(Call::PostcopyAdvise)?;
+    pub(super) fn postcopy_advise(_: &RecordingBackend) -> BackendResult<OwnedDescriptor> {
         fresh_fd()
     }
-    fn postcopy_listen(&mut self) -> BackendResult<()> {
-        self.record(Call::PostcopyListen)
+    pub(super) fn get_inflight_fd(
+        b: &RecordingBackend,
+    ) -> BackendResult<(Inflight, OwnedDescriptor)> {
+        Ok((b.inflight, fresh_fd()?))
     }
-    fn postcopy_end(&mut self) -> BackendResult<()> {
-        self.record(Call::PostcopyEnd)
+    pub(super) fn get_max_mem_slots(b: &RecordingBackend) -> BackendResult<u64> {
+        Ok(b.max_mem_slots)
     }
-    fn get_inflight_fd(&mut self, info: &Inflight) -> BackendResult<(Inflight, OwnedDescriptor)> {
-        self.record(Call::GetInflightFd(*info))?;
-        Ok((self.inflight, fresh_fd()?))
+    pub(super) fn get_status(b: &RecordingBackend) -> BackendResult<u64> {
+        Ok(b.status)
     }
-    fn set_inflight_fd(&mut self, info: &Inflight, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Call::SetInflightFd(*info), Some(fd))
-    }
-    fn gpu_set_socket(&mut self, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Call::GpuSetSocket, Some(fd))
-    }
-    fn reset_device(&mut self) -> BackendResult<()> {
-        self.record(Call::ResetDevice)
-    }
-    fn vring_kick(&mut self, index: u32) -> BackendResult<()> {
-        self.record(Call::VringKick { index })
-    }
-    fn get_max_mem_slots(&mut self) -> BackendResult<u64> {
-        self.record(Call::GetMaxMemSlots)?;
-        Ok(self.max_mem_slots)
-    }
-    fn add_mem_region(&mut self, region: &RegionMsg, fd: OwnedDescriptor) -> BackendResult<()> {
-        self.record_with_fd(Call::AddMemReg(*region), Some(fd))
-    }
-    fn remove_mem_region(&mut self, region: &RegionMsg) -> BackendResult<()> {
-        self.record(Call::RemMemReg(*region))
-    }
-    fn set_status(&mut self, status: u64) -> BackendResult<()> {
-        self.record(Call::SetStatus(status))
-    }
-    fn get_status(&mut self) -> BackendResult<u64> {
-        self.record(Call::GetStatus)?;
-        Ok(self.status)
-    }
-    fn get_shared_object(&mut self, object: &SharedObject) -> BackendResult<OwnedDescriptor> {
-        self.record(Call::GetSharedObject(*object))?;
+    pub(super) fn get_shared_object(_: &RecordingBackend) -> BackendResult<OwnedDescriptor> {
         fresh_fd()
     }
-    fn set_device_state_fd(
-        &mut self,
-        direction: u32,
-        phase: u32,
-        fd: OwnedDescriptor,
+    pub(super) fn set_device_state_fd(
+        b: &RecordingBackend,
     ) -> BackendResult<Option<OwnedDescriptor>> {
-        let call = Call::SetDeviceStateFd { direction, phase };
-        self.record_with_fd(call, Some(fd))?;
-        self.device_state_fd.then(fresh_fd).transpose()
+        b.device_state_fd.then(fresh_fd).transpose()
     }
-    fn check_device_state(&mut self) -> BackendResult<()> {
-        self.record(Call::CheckDeviceState)
-    }
-    fn get_shmem_config(&mut self) -> BackendResult<ShmemConfig> {
-        self.record(Call::GetShmemConfig)?;
-        Ok(self.shmem)
-    }
-    /// Records the call and drops the descriptors and back-end channel it kept.
-    fn disconnected(&mut self) -> BackendResult<()> {
-        let mut state = self.recording.state();
-        state.calls.push(Call::Disconnected);
-        state.fds.clear();
-        state.client = None;
-        Ok(())
+    pub(super) fn get_shmem_config(b: &RecordingBackend) -> BackendResult<ShmemConfig> {
+        Ok(b.shmem)
     }
 }
 
@@ -564,6 +490,7 @@ mod tests {
 
     #[test]
     fn a_call_names_its_request_and_fails_when_told() {
+        use FrontendReq as Q;
         assert_eq!(Call::GetFeatures.request(), Some(Q::GetFeatures));
         let kick = Call::SetVringKick {
             index: 1,
@@ -582,5 +509,72 @@ mod tests {
             2,
             "a failed call is recorded too"
         );
+    }
+
+    /// The generated methods keep each argument by its type: descriptors in the recording
+    /// (only when the call succeeds), their presence or count in the call, buffers by
+    /// length and filled by the answer.
+    #[test]
+    fn generated_methods_keep_descriptors_by_type_and_answer() {
+        let mut backend = RecordingBackend::new();
+        let rec = backend.recording();
+        let region = MemoryRegion {
+            guest_phys_addr: 0,
+            memory_size: 0x1000,
+            user_addr: 0x7000_0000,
+            mmap_offset: 0,
+        };
+        let table = MemTable::new(&[region, region]).unwrap();
+        let fds = vec![fresh_fd().unwrap(), fresh_fd().unwrap()];
+        backend.set_mem_table(&table, fds).unwrap();
+        backend.set_vring_kick(1, None).unwrap();
+        backend
+            .set_vring_call(1, Some(fresh_fd().unwrap()))
+            .unwrap();
+        rec.fail_on(FrontendReq::SetLogFd);
+        assert!(backend.set_log_fd(fresh_fd().unwrap()).is_err());
+        let mut buf = [0u8; 4];
+        backend.get_config(30, &mut buf, 0).unwrap();
+        assert_eq!(buf, [30, 31, 0, 0], "config bytes, zeros past its end");
+        backend.queues = None;
+        assert!(matches!(
+            backend.get_queue_num(),
+            Err(BackendError::NotSupported)
+        ));
+        assert_eq!(
+            rec.take_calls(),
+            [
+                Call::SetMemTable {
+                    table: vec![region, region],
+                    fds: 2,
+                },
+                Call::SetVringKick {
+                    index: 1,
+                    fd: false,
+                },
+                Call::SetVringCall { index: 1, fd: true },
+                Call::SetLogFd,
+                Call::GetConfig {
+                    offset: 30,
+                    buf: 4,
+                    flags: 0,
+                },
+                Call::GetQueueNum,
+            ]
+        );
+        let kept: Vec<FrontendReq> = rec.take_fds().into_iter().map(|(r, _)| r).collect();
+        assert_eq!(
+            kept,
+            [
+                FrontendReq::SetMemTable,
+                FrontendReq::SetMemTable,
+                FrontendReq::SetVringCall,
+            ],
+            "the failed SET_LOG_FD's descriptor is not kept"
+        );
+        backend.set_vring_err(0, Some(fresh_fd().unwrap())).unwrap();
+        assert_eq!(rec.fd_count(), 1);
+        backend.disconnected().unwrap();
+        assert_eq!(rec.fd_count(), 0, "a disconnect drops what was kept");
     }
 }

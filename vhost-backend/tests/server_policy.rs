@@ -243,7 +243,7 @@ fn frontend_without_protocol_features_gets_rings_enabled_and_no_set_vring_enable
         "{handled:?}"
     );
     assert!(s.reply().is_none(), "no REPLY_ACK, no ack");
-    assert_eq!(s.rec.take_calls(), [Call::SetFeatures(features)]);
+    assert_eq!(s.rec.take_calls(), [Call::SetFeatures { features }]);
     // GET_PROTOCOL_FEATURES has no answer to give: the connection closes.
     s.send(&FrontendRequest::GetProtocolFeatures, false, &[]);
     assert!(matches!(s.step(), Err(ServerError::Unanswerable { .. })));
@@ -258,7 +258,10 @@ fn set_features_twice_per_start_reaches_the_backend_twice_and_keeps_the_last() {
     }
     assert_eq!(
         s.rec.take_calls(),
-        [Call::SetFeatures(first), Call::SetFeatures(FEATURES)]
+        [
+            Call::SetFeatures { features: first },
+            Call::SetFeatures { features: FEATURES }
+        ]
     );
     assert_eq!(s.server.negotiation().acked_features(), FEATURES);
     assert!(!s.server.negotiation().rings_start_enabled());

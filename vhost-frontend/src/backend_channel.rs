@@ -48,52 +48,70 @@ impl HandlerError {
 /// Result of a handler method.
 pub type HandlerResult<T> = Result<T, HandlerError>;
 
-/// Handles back-end requests: one method per request, each defaulting to "not supported".
-#[allow(unused_variables)]
-pub trait BackendRequestHandler: Send {
-    /// BACKEND_IOTLB_MSG (1): an IOTLB miss or access failure.
-    fn iotlb_msg(&mut self, msg: &IotlbMsg) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_CONFIG_CHANGE_MSG (2): the device configuration changed.
-    fn config_change(&mut self) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_VRING_HOST_NOTIFIER_MSG (3): map `fd` as a ring's host notifier (`None`:
-    /// unmap).
-    fn vring_host_notifier(&mut self, area: &VringArea, fd: Option<OwnedFd>) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_VRING_CALL (4): an in-band call for ring `index`.
-    fn vring_call(&mut self, index: u32) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_VRING_ERR (5): an in-band error for ring `index`.
-    fn vring_err(&mut self, index: u32) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_SHARED_OBJECT_ADD (6).
-    fn shared_object_add(&mut self, uuid: &[u8; 16]) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_SHARED_OBJECT_REMOVE (7).
-    fn shared_object_remove(&mut self, uuid: &[u8; 16]) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_SHARED_OBJECT_LOOKUP (8): the object's descriptor, if known. Always answered
-    /// with a u64 status and the descriptor.
-    fn shared_object_lookup(&mut self, uuid: &[u8; 16]) -> HandlerResult<Option<OwnedFd>> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_SHMEM_MAP (9): map a range of `fd` into a shared memory region.
-    fn shmem_map(&mut self, map: &ShmemMap, fd: OwnedFd) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
-    }
-    /// BACKEND_SHMEM_UNMAP (10).
-    fn shmem_unmap(&mut self, map: &ShmemMap) -> HandlerResult<()> {
-        Err(HandlerError::NotSupported)
+/// What a handler method's success sends back with the reply.
+trait ReplyFd {
+    fn reply_fd(self) -> Option<OwnedFd>;
+}
+
+impl ReplyFd for () {
+    fn reply_fd(self) -> Option<OwnedFd> {
+        None
     }
 }
+
+impl ReplyFd for Option<OwnedFd> {
+    fn reply_fd(self) -> Option<OwnedFd> {
+        self
+    }
+}
+
+/// Generates [`BackendRequestHandler`] and [`dispatch`] from the `=> handler(...)` clause of
+/// each row of [`vhost_proto::for_each_backend_request!`]:
+/// `|body| fn method(name: Type = source, ...) -> Output`.
+///
+/// Every method defaults to [`HandlerError::NotSupported`]. `|body|` names the decoded
+/// body (by reference; absent without one); each argument's source is one token: `fd` (the
+/// one descriptor; a request without it is failed with status 1), `fd_or_nofd` (`None` for
+/// NOFD), the body's name, or a parenthesised expression over it. The output is `()` (no
+/// descriptor goes back) or the `Option<OwnedFd>` sent with the reply ([`ReplyFd`]). A row without the
+/// clause does not compile.
+macro_rules! handler_rows {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr
+        => handler($(#[$d:meta])* $(|$b:ident|)? fn $name:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty)
+        => client($($client:tt)*);)*) => {
+        /// Handles back-end requests: one method per request, each defaulting to "not supported".
+        #[allow(unused_variables)]
+        pub trait BackendRequestHandler: Send {
+            $($(#[$d])*
+            fn $name(&mut self, $($arg: $aty),*) -> HandlerResult<$ret> {
+                Err(HandlerError::NotSupported)
+            })*
+        }
+
+        /// Calls the handler method for `msg`; returns the descriptor to send back.
+        fn dispatch(
+            handler: &mut dyn BackendRequestHandler,
+            msg: BackendRequest,
+            mut fds: Vec<OwnedFd>,
+        ) -> HandlerResult<Option<OwnedFd>> {
+            match msg {
+                $(BackendRequest::$v $((ref $b))? => {
+                    handler.$name($(handler_rows!(@arg fds, $src)),*).map(ReplyFd::reply_fd)
+                })*
+            }
+        }
+    };
+    (@arg $fds:ident, fd) => {
+        match $fds.pop() {
+            Some(fd) => fd,
+            None => return Err(HandlerError::Failed(ACK_FAILURE)),
+        }
+    };
+    (@arg $fds:ident, fd_or_nofd) => { $fds.pop() };
+    (@arg $fds:ident, $e:tt) => { $e };
+}
+
+vhost_proto::for_each_backend_request!(handler_rows);
 
 /// A handler that supports nothing: every request gets a failure ack.
 #[derive(Debug, Default, Clone, Copy)]
@@ -111,30 +129,6 @@ pub enum ChannelError {
     /// A framing error: the stream cannot be trusted any more.
     #[error("protocol: {0}")]
     Protocol(#[from] vhost_proto::Error),
-}
-
-/// Calls the handler method for `msg`; returns the status and the descriptor to send back.
-fn dispatch(
-    handler: &mut dyn BackendRequestHandler,
-    msg: BackendRequest,
-    mut fds: Vec<OwnedFd>,
-) -> HandlerResult<Option<OwnedFd>> {
-    use BackendRequest as R;
-    match msg {
-        R::IotlbMsg(m) => handler.iotlb_msg(&m).map(|_| None),
-        R::ConfigChangeMsg => handler.config_change().map(|_| None),
-        R::VringHostNotifierMsg(a) => handler.vring_host_notifier(&a, fds.pop()).map(|_| None),
-        R::VringCall(s) => handler.vring_call(s.index).map(|_| None),
-        R::VringErr(s) => handler.vring_err(s.index).map(|_| None),
-        R::SharedObjectAdd(o) => handler.shared_object_add(&o.uuid).map(|_| None),
-        R::SharedObjectRemove(o) => handler.shared_object_remove(&o.uuid).map(|_| None),
-        R::SharedObjectLookup(o) => handler.shared_object_lookup(&o.uuid),
-        R::ShmemMap(m) => match fds.pop() {
-            Some(fd) => handler.shmem_map(&m, fd).map(|_| None),
-            None => Err(HandlerError::Failed(ACK_FAILURE)),
-        },
-        R::ShmemUnmap(m) => handler.shmem_unmap(&m).map(|_| None),
-    }
 }
 
 /// Serves back-end requests on `conn` until the back-end closes the channel (`Ok` with the

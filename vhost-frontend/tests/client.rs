@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::eventfd::EventFd;
-use vhost_backend::test_utils::{Call, Recording, RecordingBackend};
+use vhost_backend::test_utils::{Call, CryptoSessionCall, Recording, RecordingBackend};
 use vhost_backend::{BackendServer, ClientError, ServerError};
 use vhost_frontend::{
     BackendRequestHandler, Frontend, FrontendError, GuestMemory, HandlerResult, UnsupportedHandler,
@@ -106,7 +106,9 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
     assert_eq!(fe.get_protocol_features().unwrap(), ProtocolFeatures::all());
     expected.push(Call::GetProtocolFeatures);
     fe.set_protocol_features(protocol_to_ack()).unwrap();
-    expected.push(Call::SetProtocolFeatures(protocol_to_ack()));
+    expected.push(Call::SetProtocolFeatures {
+        features: protocol_to_ack(),
+    });
     assert_eq!(fe.get_queue_num().unwrap(), 2);
     expected.push(Call::GetQueueNum);
     assert!(
@@ -114,7 +116,9 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
         "REPLY_ACK acked: every later request waits for its ack"
     );
     fe.set_features(offered_features()).unwrap();
-    expected.push(Call::SetFeatures(offered_features()));
+    expected.push(Call::SetFeatures {
+        features: offered_features(),
+    });
     assert_eq!(fe.acked_features(), offered_features());
     fe.set_owner().unwrap();
     expected.push(Call::SetOwner);
@@ -127,7 +131,7 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
     let r = region(&mem);
     fe.set_mem_table(&[r], &[mem.fd()]).unwrap();
     expected.push(Call::SetMemTable {
-        regions: vec![r],
+        table: vec![r],
         fds: 1,
     });
     let log = LogBase {
@@ -135,7 +139,7 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
         mmap_offset: 0,
     };
     fe.set_log_base(&log, null_fd().as_fd()).unwrap();
-    expected.push(Call::SetLogBase(log));
+    expected.push(Call::SetLogBase { log });
     let efd = EventFd::new().unwrap();
     let efd = efd.as_fd();
     fe.set_log_fd(efd).unwrap();
@@ -151,7 +155,7 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
         log: 0x3000,
     };
     fe.set_vring_addr(&addr).unwrap();
-    expected.push(Call::SetVringAddr(addr));
+    expected.push(Call::SetVringAddr { addr });
     fe.set_vring_base(1, 5).unwrap();
     expected.push(Call::SetVringBase { index: 1, base: 5 });
     assert_eq!(fe.get_vring_base(1).unwrap(), 7);
@@ -172,9 +176,9 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
     });
     let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
     fe.send_rarp(mac).unwrap();
-    expected.push(Call::SendRarp(mac));
+    expected.push(Call::SendRarp { mac });
     fe.net_set_mtu(1500).unwrap();
-    expected.push(Call::NetSetMtu(1500));
+    expected.push(Call::NetSetMtu { mtu: 1500 });
     let iotlb_msg = IotlbMsg {
         iova: 0x1000,
         size: 0x1000,
@@ -184,7 +188,7 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
         padding: [0; 6],
     };
     fe.iotlb_msg(&iotlb_msg).unwrap();
-    expected.push(Call::IotlbMsg(iotlb_msg));
+    expected.push(Call::IotlbMsg { msg: iotlb_msg });
     fe.set_vring_endian(0, true).unwrap();
     expected.push(Call::SetVringEndian {
         index: 0,
@@ -196,7 +200,7 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
     );
     expected.push(Call::GetConfig {
         offset: 4,
-        size: 8,
+        buf: 8,
         flags: 0,
     });
     fe.set_config(2, &[9, 9], 0).unwrap();
@@ -207,11 +211,13 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
     });
     assert_eq!(fe.create_crypto_session(3, b"key").unwrap(), 42);
     expected.push(Call::CreateCryptoSession {
-        session_id: 3,
-        payload: b"key".to_vec(),
+        session: CryptoSessionCall {
+            session_id: 3,
+            payload: b"key".to_vec(),
+        },
     });
     fe.close_crypto_session(42).unwrap();
-    expected.push(Call::CloseCryptoSession(42));
+    expected.push(Call::CloseCryptoSession { session_id: 42 });
     let _uffd: OwnedFd = fe.postcopy_advise().unwrap();
     expected.push(Call::PostcopyAdvise);
     fe.postcopy_listen().unwrap();
@@ -227,24 +233,30 @@ fn every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_repli
     };
     let (inflight, inflight_fd) = fe.get_inflight_fd(&ask).unwrap();
     assert_eq!(inflight.mmap_size, 4096);
-    expected.push(Call::GetInflightFd(ask));
+    expected.push(Call::GetInflightFd { info: ask });
     fe.set_inflight_fd(&inflight, inflight_fd.as_fd()).unwrap();
-    expected.push(Call::SetInflightFd(inflight));
+    expected.push(Call::SetInflightFd { info: inflight });
     fe.gpu_set_socket(null_fd().as_fd()).unwrap();
     expected.push(Call::GpuSetSocket);
     fe.vring_kick(0).unwrap();
     expected.push(Call::VringKick { index: 0 });
     fe.add_mem_reg(&r, mem.fd()).unwrap();
-    expected.push(Call::AddMemReg(RegionMsg::new(r)));
+    expected.push(Call::AddMemReg {
+        region: RegionMsg::new(r),
+    });
     fe.rem_mem_reg(&r).unwrap();
-    expected.push(Call::RemMemReg(RegionMsg::new(r)));
+    expected.push(Call::RemMemReg {
+        region: RegionMsg::new(r),
+    });
     fe.set_status(0x0f).unwrap();
-    expected.push(Call::SetStatus(0x0f));
+    expected.push(Call::SetStatus { status: 0x0f });
     assert_eq!(fe.get_status().unwrap(), 0x0f);
     expected.push(Call::GetStatus);
     let uuid = [7u8; 16];
     assert!(fe.get_shared_object(uuid).unwrap().is_some());
-    expected.push(Call::GetSharedObject(SharedObject { uuid }));
+    expected.push(Call::GetSharedObject {
+        object: SharedObject { uuid },
+    });
     assert!(fe
         .set_device_state_fd(0, 0, null_fd().as_fd())
         .unwrap()
@@ -315,7 +327,7 @@ fn failing_backend_method_with_acks_turned_off_goes_unnoticed() {
     h.fe.get_features().unwrap();
     assert_eq!(
         h.rec.take_calls(),
-        [Call::SetStatus(0xf), Call::GetFeatures]
+        [Call::SetStatus { status: 0xf }, Call::GetFeatures]
     );
 }
 
@@ -329,7 +341,7 @@ fn failing_backend_method_without_reply_ack_negotiated_goes_unnoticed() {
     h.fe.get_features().unwrap();
     assert_eq!(
         h.rec.take_calls(),
-        [Call::SetStatus(0xf), Call::GetFeatures]
+        [Call::SetStatus { status: 0xf }, Call::GetFeatures]
     );
 }
 
@@ -543,10 +555,10 @@ fn memory_messages_with_xen_mmap_acked_carry_the_xen_layout() {
     assert_eq!(
         calls[0],
         Call::SetMemTable {
-            regions: vec![r],
+            table: vec![r],
             fds: 1
         }
     );
-    assert!(matches!(calls[1], Call::AddMemReg(m) if m.region == r && m.xen.is_some()));
-    assert!(matches!(calls[2], Call::RemMemReg(m) if m.region == r && m.xen.is_some()));
+    assert!(matches!(calls[1], Call::AddMemReg { region: m } if m.region == r && m.xen.is_some()));
+    assert!(matches!(calls[2], Call::RemMemReg { region: m } if m.region == r && m.xen.is_some()));
 }

@@ -53,7 +53,7 @@ fn enable_queue_0_then_driver_ok() -> [Call; 3] {
             enable: true,
         },
         Call::GetStatus,
-        Call::SetStatus(0x0f),
+        Call::SetStatus { status: 0x0f },
     ]
 }
 
@@ -62,7 +62,9 @@ fn queue_setup(s: &Session, i: usize, base: u32) -> Vec<Call> {
     vec![
         Call::SetVringNum { index, num: 256 },
         Call::SetVringBase { index, base },
-        Call::SetVringAddr(vring_addr(s, i)),
+        Call::SetVringAddr {
+            addr: vring_addr(s, i),
+        },
         Call::SetVringKick {
             index: i as u8,
             fd: true,
@@ -85,7 +87,9 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
     let mut expected = vec![
         Call::GetFeatures,
         Call::GetProtocolFeatures,
-        Call::SetProtocolFeatures(acked_protocol),
+        Call::SetProtocolFeatures {
+            features: acked_protocol,
+        },
         Call::GetQueueNum,
         Call::GetMaxMemSlots,
         Call::SetBackendReqFd,
@@ -98,7 +102,7 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
     }
     expected.push(Call::GetConfig {
         offset: 0,
-        size: 16,
+        buf: 16,
         flags: 0,
     });
     assert_eq!(rec.take_calls(), expected);
@@ -115,12 +119,16 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
     let mut expected = vec![
         Call::SetVringCall { index: 0, fd: true },
         Call::SetVringCall { index: 1, fd: true },
-        Call::SetFeatures(features),
+        Call::SetFeatures { features },
         Call::GetStatus,
-        Call::SetStatus(status::FEATURES_OK),
+        Call::SetStatus {
+            status: status::FEATURES_OK,
+        },
     ];
     let regions = regions_of(&s);
-    expected.extend(regions.iter().map(|r| Call::AddMemReg(RegionMsg::new(*r))));
+    expected.extend(regions.iter().map(|r| Call::AddMemReg {
+        region: RegionMsg::new(*r),
+    }));
     expected.extend(queue_setup(&s, 0, 0));
     expected.extend(queue_setup(&s, 1, 0));
     expected.push(Call::SetVringEnable {
@@ -132,9 +140,9 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
         enable: true,
     });
     expected.push(Call::GetStatus);
-    expected.push(Call::SetStatus(
-        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
-    ));
+    expected.push(Call::SetStatus {
+        status: status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    });
     // Generic devices send the call fds again once the rings are enabled.
     expected.push(Call::SetVringCall { index: 0, fd: true });
     expected.push(Call::SetVringCall { index: 1, fd: true });
@@ -144,7 +152,7 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
     // call fds again.
     assert_eq!(s.stop().unwrap(), [0, 0]);
     let mut expected = vec![
-        Call::SetStatus(0),
+        Call::SetStatus { status: 0 },
         Call::SetVringEnable {
             index: 0,
             enable: false,
@@ -194,12 +202,14 @@ fn session_without_mem_slots_sends_set_mem_table_at_every_start() {
     rec.take_calls();
     s.start().unwrap();
     let table = Call::SetMemTable {
-        regions: regions_of(&s),
+        table: regions_of(&s),
         fds: 2,
     };
     let calls = rec.take_calls();
     assert_eq!(calls[2], table);
-    assert!(!calls.iter().any(|c| matches!(c, Call::AddMemReg(_))));
+    assert!(!calls
+        .iter()
+        .any(|c| matches!(c, Call::AddMemReg { region: _ })));
 
     // Stop and start again: the table comes again, the queue resumes at its base.
     let base = s.stop_queue(0).unwrap();
@@ -235,10 +245,12 @@ fn session_playing_old_frontend_skips_protocol_features_and_vring_enable() {
     let calls = rec.take_calls();
     assert!(!calls.iter().any(|c| matches!(
         c,
-        Call::GetProtocolFeatures | Call::SetProtocolFeatures(_) | Call::SetVringEnable { .. }
+        Call::GetProtocolFeatures
+            | Call::SetProtocolFeatures { features: _ }
+            | Call::SetVringEnable { .. }
     )));
     let features = virtio::bit(virtio::VERSION_1);
-    assert!(calls.contains(&Call::SetFeatures(features)), "{calls:?}");
+    assert!(calls.contains(&Call::SetFeatures { features }), "{calls:?}");
     assert!(calls.iter().any(|c| matches!(c, Call::SetMemTable { .. })));
     assert_eq!(s.features(), features);
 }
@@ -254,7 +266,7 @@ fn stop_queue_returns_backend_base_and_restart_sends_it_back() {
     let base = s.stop_queue(0).unwrap();
     s.restart_queue(0, base + 3).unwrap();
     let mut expected = vec![
-        Call::SetStatus(0),
+        Call::SetStatus { status: 0 },
         Call::SetVringEnable {
             index: 0,
             enable: false,
@@ -293,14 +305,16 @@ fn blk_sequence_matches_a_qemu_72_boot_log() {
     s.start().unwrap();
     let features = s.features();
     let mut expected = vec![
-        Call::SetFeatures(features),
+        Call::SetFeatures { features },
         Call::GetStatus,
         Call::SetVringCall { index: 0, fd: true },
-        Call::SetFeatures(features),
+        Call::SetFeatures { features },
         Call::GetStatus,
     ];
     let regions = regions_of(&s);
-    expected.extend(regions.iter().map(|r| Call::AddMemReg(RegionMsg::new(*r))));
+    expected.extend(regions.iter().map(|r| Call::AddMemReg {
+        region: RegionMsg::new(*r),
+    }));
     expected.extend(queue_setup(&s, 0, 0));
     expected.extend(enable_queue_0_then_driver_ok());
     assert_eq!(rec.take_calls(), expected);
@@ -310,7 +324,7 @@ fn blk_sequence_matches_a_qemu_72_boot_log() {
     assert_eq!(
         rec.take_calls(),
         [
-            Call::SetStatus(0),
+            Call::SetStatus { status: 0 },
             Call::SetVringEnable {
                 index: 0,
                 enable: false
@@ -324,12 +338,14 @@ fn blk_sequence_matches_a_qemu_72_boot_log() {
     assert_eq!(
         calls[..3],
         [
-            Call::SetFeatures(features),
+            Call::SetFeatures { features },
             Call::GetStatus,
             Call::SetVringCall { index: 0, fd: true },
         ]
     );
-    assert!(!calls.iter().any(|c| matches!(c, Call::AddMemReg(_))));
+    assert!(!calls
+        .iter()
+        .any(|c| matches!(c, Call::AddMemReg { region: _ })));
 }
 
 #[test]
@@ -397,7 +413,7 @@ fn session_with_gpa_addresses_acked_sends_guest_physical_ring_addresses() {
         .take_calls()
         .into_iter()
         .find_map(|c| match c {
-            Call::SetVringAddr(a) => Some(a),
+            Call::SetVringAddr { addr: a } => Some(a),
             _ => None,
         })
         .unwrap();
@@ -436,7 +452,7 @@ fn start_logging_refused_leaves_logging_off_and_the_features_unchanged() {
         .take_calls()
         .into_iter()
         .filter_map(|c| match c {
-            Call::SetFeatures(f) => Some(f),
+            Call::SetFeatures { features: f } => Some(f),
             _ => None,
         })
         .collect();

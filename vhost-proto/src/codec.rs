@@ -176,7 +176,7 @@ pub(crate) use plain_body;
 macro_rules! request_enum {
     (
         $(#[$doc:meta])* $name:ident [$($gen:lifetime)?] [$($mgen:lifetime)?] $dl:lifetime $bl:lifetime, $codes:ident, $dir:ident;
-        $($(#[$m:meta])* $v:ident $(($ty:ty $(where $check:path)?))? = $code:literal => $spec:expr $(=> backend($($backend:tt)*))?;)*
+        $($(#[$m:meta])* $v:ident $(($ty:ty $(where $check:path)?))? = $code:literal => $spec:expr $(=> $clause:ident($($ct:tt)*))*;)*
     ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,10 @@
 //!         /// SET_VRING_NUM: the ring's size.
 //!         |s| fn set_vring_num(index: u32 = (s.index), num: u32 = (s.num)) -> ()
 //!         => done
+//!     )
+//!     => client(
+//!         /// SET_VRING_NUM (8): the ring's size.
+//!         fn set_vring_num(index: u32, num: u32) -> () = simple(state(index, num))
 //!     );
 //! ```
 //!
@@ -47,37 +51,49 @@
 //!
 //! The back-end's requests are declared the same way, in [`for_each_backend_request!`],
 //! from which [`BackendReq`], [`BACKEND_REQUESTS`] and [`BackendRequest`] follow; both
-//! request enums come from one generator over the rows.
-//!
-//! Adding a request is therefore:
-//! 1. the row;
-//! 2. its body type, if no existing one fits: layout in [`wire`] and an `impl Body` (decode,
-//!    encode, and the rules of the type) in its family's file under `src/frontend/`; a rule
-//!    of this request only is a `where` function named in the row;
-//! 3. its runtime semantics, in the crates above, each place one the compiler points to:
-//!    the back-end's implementation of its `Backend` method (in the runtime's
-//!    `DeviceBackend`, unless the default body fits), the recording test back-end's `Call`
-//!    variant and method (its `Call::request` is generated from these rows, so a request
-//!    without a variant, or a variant without a request, does not compile), and the client
-//!    method (vhost-frontend checks every request names one).
+//! request enums come from one generator over the rows. Their `handler` clause gives the
+//! front-end's handler trait and its dispatch (vhost-frontend), their `client` clause the
+//! back-end's `BackendClient` methods (vhost-backend): adding a back-end request is its
+//! row, its body type if new, and the front-end's handling of it.
 //!
 //! The row's `=> backend(...)` clause declares the request's `Backend` method (its
 //! documentation, name, arguments, success type and default body) and the server's
 //! dispatch to it: the arguments' sources in the decoded body and the descriptors, and the
 //! function that shapes the method's success as the reply (`done`, `status`, `value`, or a
-//! reply of the request's own). vhost-backend generates both the trait and the dispatch's
-//! `match` from it; its syntax is documented on [`for_each_frontend_request!`]. This crate
-//! only carries the clause; the names in it are resolved in vhost-backend.
+//! reply of the request's own). From it vhost-backend generates the trait, the dispatch's
+//! `match`, and the recording test back-end (`test_utils`: the `Call` variant, with a field
+//! per argument, and the `RecordingBackend` method that records it, keeps the descriptors
+//! and answers). The `=> client(...)` clause declares the front-end client's method (its
+//! documentation, public signature, the body and descriptors it sends and how it reads the
+//! reply, or `via` a helper of the request's own), which vhost-frontend generates. The
+//! syntax of both is documented on [`for_each_frontend_request!`]. This crate only carries
+//! the clauses; the names in them are resolved in the crates that generate from them.
 //!
-//! Counted: one row (with its `Backend` clause) and, when new, one body type here; then
-//! the method's implementation and three places above (`Call`'s variant, the recording
-//! back-end's method, the client method), of which the compiler demands the `Call` variant
-//! and the client method (and the implementation when the method has no default); only for
-//! a reply of a new shape, its shaping function in vhost-backend's dispatch (a name the row
-//! uses). Before, a dozen places were kept in step by hand: the enum, decode, `code`,
-//! encode, `FrontendReply::failure`, the reply-descriptor special case, the policy's
-//! `changes_state` and `blank`, the trait method, the dispatch arm, `Call` and the client
-//! method, of which only the dispatch arm was checked.
+//! Adding a request is therefore:
+//! 1. the row, with its `backend` and `client` clauses;
+//! 2. its body type, if no existing one fits: layout in [`wire`] and an `impl Body` (decode,
+//!    encode, and the rules of the type) in its family's file under `src/frontend/`; a rule
+//!    of this request only is a `where` function named in the row;
+//! 3. its runtime semantics: the back-end's implementation of its `Backend` method (in the
+//!    runtime's `DeviceBackend`, unless the default body fits).
+//!
+//! Besides, only where the request has behaviour of its own, a function the row or its
+//! success type names, each one the compiler points to when missing: a reply of a new shape
+//! needs its shaping function in vhost-backend's dispatch (the name in the `backend`
+//! clause); a method that answers something other than `()` needs its answer in the
+//! recording back-end (`answer::<method>` in `test_utils`, reading the back-end's public
+//! answer fields); a client method with building or reply checks of its own is `via` a
+//! helper the `client` clause names. A row without either clause does not compile (no rule
+//! of the generators matches it); a body type the recording back-end cannot keep (a `&T`
+//! that is not `Copy`) fails in the generated method.
+//!
+//! Counted: one row and, when new, one body type here; then the method's implementation
+//! (demanded by the compiler when the method has no default); and 0 to 3 named helpers
+//! (dispatch shaping, recording answer, client helper). Before the first rows, a dozen
+//! places were kept in step by hand: the enum, decode, `code`, encode,
+//! `FrontendReply::failure`, the reply-descriptor special case, the policy's
+//! `changes_state` and `blank`, the trait method, the dispatch arm, `Call` and the
+//! recording method, and the client method, of which only the dispatch arm was checked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

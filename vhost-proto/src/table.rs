@@ -247,7 +247,7 @@ use ReplyShape as R;
 /// Turns the rows of [`for_each_frontend_request!`](crate::for_each_frontend_request) into
 /// [`FrontendReq`] and [`FRONTEND_REQUESTS`].
 macro_rules! frontend_table {
-    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr $(=> backend($($backend:tt)*))?;)*) => {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr $(=> $clause:ident($($ct:tt)*))*;)*) => {
         requests!(
             /// Requests the front-end sends to the back-end (codes 1–44).
             FrontendReq, FRONTEND_REQUESTS, [$($(#[$m])* $v = $code => $spec),*]
@@ -260,7 +260,7 @@ crate::for_each_frontend_request!(frontend_table);
 /// Turns the rows of [`for_each_backend_request!`](crate::for_each_backend_request) into
 /// [`BackendReq`] and [`BACKEND_REQUESTS`].
 macro_rules! backend_table {
-    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr $(=> backend($($backend:tt)*))?;)*) => {
+    ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr $(=> $clause:ident($($ct:tt)*))*;)*) => {
         requests!(
             /// Requests the back-end sends to the front-end on its channel (codes 1–10).
             BackendReq, BACKEND_REQUESTS, [$($(#[$m])* $v = $code => $spec),*]

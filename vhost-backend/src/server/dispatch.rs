@@ -79,7 +79,7 @@ pub(super) fn dispatch<'a, B: Backend + ?Sized>(
 /// - `=> via helper` hands the request to a helper of its own (GET_CONFIG, whose reply
 ///   borrows the buffer the method fills); the sources are then `_`.
 macro_rules! dispatch_rows {
-    ($($(#[$m:meta])* $v:ident $(($($ty:tt)*))? = $code:literal => $spec:expr => backend($($clause:tt)*);)*) => {
+    ($($(#[$m:meta])* $v:ident $(($($ty:tt)*))? = $code:literal => $spec:expr => backend($($clause:tt)*) $(=> $other:ident($($o:tt)*))*;)*) => {
         fn call<'a, B: Backend + ?Sized>(
             backend: &mut B,
             negotiation: &SharedNegotiation,

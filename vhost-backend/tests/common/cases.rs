@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 
-use vhost_backend::test_utils::{Call, RecordingBackend};
+use vhost_backend::test_utils::{Call, CryptoSessionCall, RecordingBackend};
 use vhost_proto::features::virtio;
 use vhost_proto::wire::{iotlb, DEVICE_STATE_NOFD};
 use vhost_proto::{
@@ -184,25 +184,39 @@ pub fn all() -> Vec<Case> {
     rarp[..6].copy_from_slice(&MAC);
     vec![
         replying(R::GetFeatures, 0, Call::GetFeatures, P::U64(FEATURES), 0),
-        case(R::SetFeatures(FEATURES), 0, Call::SetFeatures(FEATURES)),
+        case(
+            R::SetFeatures(FEATURES),
+            0,
+            Call::SetFeatures { features: FEATURES },
+        ),
         case(R::SetOwner, 0, Call::SetOwner),
         case(R::ResetOwner, 0, Call::ResetOwner),
         case(
             R::SetMemTable(table),
             1,
             Call::SetMemTable {
-                regions: vec![region()],
+                table: vec![region()],
                 fds: 1,
             },
         ),
-        replying(R::SetLogBase(log), 1, Call::SetLogBase(log), P::U64(0), 0),
+        replying(
+            R::SetLogBase(log),
+            1,
+            Call::SetLogBase { log },
+            P::U64(0),
+            0,
+        ),
         case(R::SetLogFd, 1, Call::SetLogFd),
         case(
             R::SetVringNum(state(1, 256)),
             0,
             Call::SetVringNum { index: 1, num: 256 },
         ),
-        case(R::SetVringAddr(addr()), 0, Call::SetVringAddr(addr())),
+        case(
+            R::SetVringAddr(addr()),
+            0,
+            Call::SetVringAddr { addr: addr() },
+        ),
         case(
             R::SetVringBase(state(1, 7)),
             0,
@@ -243,7 +257,9 @@ pub fn all() -> Vec<Case> {
         case(
             R::SetProtocolFeatures(ProtocolFeatures::all().bits()),
             0,
-            Call::SetProtocolFeatures(ProtocolFeatures::all()),
+            Call::SetProtocolFeatures {
+                features: ProtocolFeatures::all(),
+            },
         ),
         replying(R::GetQueueNum, 0, Call::GetQueueNum, P::U64(2), 0),
         case(
@@ -257,11 +273,15 @@ pub fn all() -> Vec<Case> {
         case(
             R::SendRarp(u64::from_ne_bytes(rarp)),
             0,
-            Call::SendRarp(MAC),
+            Call::SendRarp { mac: MAC },
         ),
-        case(R::NetSetMtu(1500), 0, Call::NetSetMtu(1500)),
+        case(R::NetSetMtu(1500), 0, Call::NetSetMtu { mtu: 1500 }),
         case(R::SetBackendReqFd, 1, Call::SetBackendReqFd),
-        case(R::IotlbMsg(iotlb_msg()), 0, Call::IotlbMsg(iotlb_msg())),
+        case(
+            R::IotlbMsg(iotlb_msg()),
+            0,
+            Call::IotlbMsg { msg: iotlb_msg() },
+        ),
         case(
             R::SetVringEndian(state(0, 1)),
             0,
@@ -279,7 +299,7 @@ pub fn all() -> Vec<Case> {
             0,
             Call::GetConfig {
                 offset: 4,
-                size: 8,
+                buf: 8,
                 flags: 0,
             },
             P::Config(Config {
@@ -309,8 +329,10 @@ pub fn all() -> Vec<Case> {
             }),
             0,
             Call::CreateCryptoSession {
-                session_id: 0,
-                payload: vec![1, 2, 3],
+                session: CryptoSessionCall {
+                    session_id: 0,
+                    payload: vec![1, 2, 3],
+                },
             },
             P::CryptoSession(CryptoSession {
                 session_id: 1,
@@ -318,21 +340,27 @@ pub fn all() -> Vec<Case> {
             }),
             0,
         ),
-        case(R::CloseCryptoSession(5), 0, Call::CloseCryptoSession(5)),
+        case(
+            R::CloseCryptoSession(5),
+            0,
+            Call::CloseCryptoSession { session_id: 5 },
+        ),
         replying(R::PostcopyAdvise, 0, Call::PostcopyAdvise, P::Empty, 1),
         case(R::PostcopyListen, 0, Call::PostcopyListen),
         replying(R::PostcopyEnd, 0, Call::PostcopyEnd, P::U64(0), 0),
         replying(
             R::GetInflightFd(inflight_req),
             0,
-            Call::GetInflightFd(inflight_req),
+            Call::GetInflightFd { info: inflight_req },
             P::Inflight(inflight_reply()),
             1,
         ),
         case(
             R::SetInflightFd(inflight_reply()),
             1,
-            Call::SetInflightFd(inflight_reply()),
+            Call::SetInflightFd {
+                info: inflight_reply(),
+            },
         ),
         case(R::GpuSetSocket, 1, Call::GpuSetSocket),
         case(R::ResetDevice, 0, Call::ResetDevice),
@@ -341,19 +369,23 @@ pub fn all() -> Vec<Case> {
         case(
             R::AddMemReg(RegionMsg::new(region())),
             1,
-            Call::AddMemReg(RegionMsg::new(region())),
+            Call::AddMemReg {
+                region: RegionMsg::new(region()),
+            },
         ),
         case(
             R::RemMemReg(RegionMsg::new(region())),
             0,
-            Call::RemMemReg(RegionMsg::new(region())),
+            Call::RemMemReg {
+                region: RegionMsg::new(region()),
+            },
         ),
-        case(R::SetStatus(8), 0, Call::SetStatus(8)),
+        case(R::SetStatus(8), 0, Call::SetStatus { status: 8 }),
         replying(R::GetStatus, 0, Call::GetStatus, P::U64(STATUS), 0),
         replying(
             R::GetSharedObject(uuid),
             0,
-            Call::GetSharedObject(uuid),
+            Call::GetSharedObject { object: uuid },
             P::U64(0),
             1,
         ),
