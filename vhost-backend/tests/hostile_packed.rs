@@ -1,8 +1,9 @@
-//! Packed virtqueues driven by hand through `TestQueue` over a `RingSpec::packed`: well-formed buffers of
-//! every shape, out-of-order completion, event suppression, and what a hostile driver can
-//! write into the descriptor ring (wrap counters that lie, an ID made available twice, IDs
-//! out of range, a chain running past the ring, broken indirect tables). Each must leave
-//! the ring serving, never panic, and never hand one buffer out twice.
+//! Packed virtqueues driven by hand through `TestQueue` over a `RingSpec::packed`:
+//! well-formed buffers of every shape, out-of-order completion, event suppression, and what
+//! a hostile driver can write into the descriptor ring (wrap counters that lie, an ID made
+//! available twice, IDs out of range, a chain running past the ring, broken indirect
+//! tables). Each must leave the ring serving, never panic, and never hand one buffer out
+//! twice.
 
 #![cfg(unix)]
 

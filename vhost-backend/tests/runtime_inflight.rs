@@ -575,11 +575,6 @@ fn session_with(
     (fe, t, created)
 }
 
-/// EVENT_IDX. The guest has A and B in flight and asked to be called at used entry 0. The
-/// back-end publishes A (used index 1) and dies before its call (the test swallows it).
-/// The next back-end resubmits B and publishes it (used index 2): virtio-queue's check
-/// alone (used_event 0 is not in [1, 2)) would call nobody, and the guest, which moves
-/// used_event only when it reaps, would wait for ever. The restarted back-end must call.
 /// The first back-end of the restart-call tests: it holds what it pops, gets `n` requests
 /// (A first, then B, ...), publishes A alone (used index 1) and dies; the call for A, if
 /// made, is lost with it. Returns the guest memory, the queue and the inflight area for
@@ -609,6 +604,11 @@ fn publish_a_and_die(event_idx: bool, n: u64) -> (GuestMemory, GuestQueue, Infli
     (mem, q, info, area)
 }
 
+/// EVENT_IDX. The guest has A and B in flight and asked to be called at used entry 0. The
+/// back-end publishes A (used index 1) and dies before its call (the test swallows it).
+/// The next back-end resubmits B and publishes it (used index 2): virtio-queue's check
+/// alone (used_event 0 is not in [1, 2)) would call nobody, and the guest, which moves
+/// used_event only when it reaps, would wait for ever. The restarted back-end must call.
 #[test]
 fn a_restarted_back_end_calls_the_guest_for_what_its_predecessor_published_with_event_idx() {
     let (mem, q, info, area) = publish_a_and_die(true, 2);

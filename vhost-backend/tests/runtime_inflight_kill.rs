@@ -481,7 +481,9 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
         }
         kill.store(true, Ordering::SeqCst);
         match t.join().expect("back-end thread") {
-            CrashEnd::Crashed(at) => *points.entry(at.unwrap_or("elsewhere")).or_default() += 1,
+            end @ CrashEnd::Crashed(_) => {
+                *points.entry(end.crash_point().unwrap()).or_default() += 1
+            }
             CrashEnd::Killed => killed_between += 1,
             // A stop that failed closes the connection.
             CrashEnd::Closed if stop == Some(false) => {}

@@ -872,3 +872,11 @@ fn a_nested_indirect_table_ends_a_split_chain_alike_popped_or_resubmitted() {
         );
     });
 }
+
+/// A back-end that panics somewhere other than an injected crash point has a bug: the crash
+/// sweep must fail on it rather than read it as "the crash points ran out" and stop.
+#[test]
+#[should_panic(expected = "outside an injected crash point")]
+fn a_panic_outside_the_crash_points_fails_the_sweep() {
+    let _ = CrashEnd::Crashed(None).crash_point();
+}

@@ -358,9 +358,13 @@ pub enum CrashEnd {
 }
 
 impl CrashEnd {
-    /// The injected crash point it ended at, if it did.
+    /// The injected crash point it ended at, if it did. A panic anywhere else is a bug in
+    /// the back-end, not a crash the test asked for: it fails the test.
     pub fn crash_point(self) -> Option<&'static str> {
         match self {
+            CrashEnd::Crashed(None) => {
+                panic!("the back-end panicked outside an injected crash point")
+            }
             CrashEnd::Crashed(at) => at,
             CrashEnd::Killed | CrashEnd::Closed => None,
         }
