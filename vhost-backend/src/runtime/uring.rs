@@ -26,7 +26,9 @@
 //! carried (given back by the next [`reap`](GuestUring::reap)) and the ring never submits
 //! again: their entries stay in its submission queue, which the kernel reads only when
 //! asked to submit, so their buffers are never touched once their requests are returned. A
-//! new ring replaces it once nothing is in flight on it.
+//! new ring replaces it once nothing is in flight on it; if that one fails before any
+//! submission went through, the ring refuses every operation from then on (the device
+//! serves them another way).
 //!
 //! [`fallocate`](GuestUring::fallocate) queues `IORING_OP_FALLOCATE` operations (punching
 //! holes, zeroing ranges) over a list of ranges, one after the other.
@@ -159,6 +161,14 @@ pub struct GuestUring<T> {
     /// were failed, so this ring never submits again; a new one replaces it once nothing is
     /// in flight.
     broken: bool,
+    /// Whether a submission went through since this ring was set up (a ring replacing a
+    /// broken one that fails before any is not replaced again).
+    submitted: bool,
+    /// The ring failed for good again right after it was replaced: no new ring is set up,
+    /// every operation is refused (the device serves them another way).
+    retired: bool,
+    /// Whether this ring replaced a broken one.
+    renewed: bool,
     /// Slots whose entries are queued and not consumed by the kernel yet, in queue order.
     queued: std::collections::VecDeque<u32>,
     /// Operations failed without a completion (a submission refused for good), given back
@@ -233,6 +243,9 @@ impl<T> GuestUring<T> {
             file,
             fallocate,
             broken: false,
+            submitted: false,
+            retired: false,
+            renewed: false,
             queued: std::collections::VecDeque::with_capacity(usize::from(depth)),
             failed: Vec::new(),
             eventfd,
@@ -496,6 +509,11 @@ impl<T> GuestUring<T> {
 
     /// Replaces a broken ring with a new one, once nothing is in flight on it.
     fn renew(&mut self) -> io::Result<()> {
+        if self.retired {
+            return Err(io::Error::other(
+                "io_uring failed again on a new ring: not used any more",
+            ));
+        }
         if self.in_flight > 0 {
             return Err(io::Error::other(
                 "the ring failed; operations are still in flight on it",
@@ -509,6 +527,8 @@ impl<T> GuestUring<T> {
         drop(old);
         self.queued.clear();
         self.broken = false;
+        self.submitted = false;
+        self.renewed = true;
         log::info!("io_uring: a new ring replaces the one that failed");
         Ok(())
     }
@@ -535,7 +555,7 @@ impl<T> GuestUring<T> {
             let r = self.ring.submit();
             self.note_consumed();
             match r {
-                Ok(_) => {}
+                Ok(_) => self.submitted = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break e,
             }
@@ -559,6 +579,10 @@ impl<T> GuestUring<T> {
             self.queued.len()
         );
         self.broken = true;
+        if self.renewed && !self.submitted {
+            log::error!("io_uring: the new ring failed too; requests are served another way");
+            self.retired = true;
+        }
         let mut failed = std::mem::take(&mut self.failed);
         while let Some(idx) = self.queued.pop_front() {
             let e = error.raw_os_error().map_or_else(

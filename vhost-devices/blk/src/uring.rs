@@ -17,7 +17,8 @@
 //! previous generation's writes, so a write that never completes (storage stalled past a
 //! stop's timeout) does not hold back later flushes. A submission the kernel refuses for
 //! good fails the requests it carried with IOERR; the ring is replaced once nothing is in
-//! flight on it, and meanwhile requests are served at once.
+//! flight on it, and meanwhile requests are served at once (from then on if the new ring
+//! fails too before serving anything).
 //!
 //! Ordering: a FLUSH's `fdatasync` is submitted only once every write (OUT, DISCARD,
 //! WRITE_ZEROES) submitted on this queue before the flush completed (its used entry queued,

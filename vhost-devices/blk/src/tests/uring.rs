@@ -553,3 +553,30 @@ fn dropping_a_device_waits_one_timeout_for_all_its_rings() {
     std::mem::forget(pipes);
     std::mem::forget(others);
 }
+
+/// When the ring that replaced a failed one fails too before serving anything, its
+/// requests fail with IOERR and the queue serves every later request at once.
+#[test]
+fn when_the_new_ring_fails_too_requests_are_served_at_once() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    for round in 0..2 {
+        h.dev.urings[0]
+            .lock()
+            .unwrap()
+            .fail_next_submit(libc::EINVAL);
+        h.header(HDR, VIRTIO_BLK_T_IN, 1);
+        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (1, VIRTIO_BLK_S_IOERR), "round {round}");
+    }
+    for i in 0..3u64 {
+        // A failure injected into the ring's completions would reach a read on the ring.
+        h.dev.urings[0]
+            .lock()
+            .unwrap()
+            .fail_next_completions(libc::EIO, 1);
+        h.header(HDR, VIRTIO_BLK_T_IN, i);
+        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (513, VIRTIO_BLK_S_OK), "read {i} went to the ring");
+        assert_eq!(h.guest(BUF, 512), expected(i, 512));
+    }
+}
