@@ -404,3 +404,116 @@ fn a_read_into_more_than_iov_max_separate_buffers_is_split_and_lands_whole() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// A submission the kernel refuses for good (not EAGAIN, ENOMEM or EBUSY) is not retried:
+/// the operation it carried comes back failed from the next reap, once, and the next
+/// operation goes through a new ring.
+#[test]
+fn a_submission_refused_for_good_fails_its_operation_and_a_new_ring_takes_over() {
+    let (mem, q, dev, mut w) = setup();
+    w.write_all(&data()).unwrap();
+    dev.0.lock().unwrap().fail_next_submit(libc::EINVAL);
+    assert!(
+        q.process(&dev).is_err(),
+        "the submission error is reported to the queue"
+    );
+    assert_eq!(reap_within(&dev, Duration::from_secs(5)), 1);
+    assert_eq!(dev.0.lock().unwrap().in_flight(), 0);
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x3008)).unwrap(),
+        0,
+        "the read failed"
+    );
+    assert_eq!(dev.reap(), 0, "given back once");
+    // Head 0 again: the data still waits in the pipe, read through a new ring.
+    mem.write_obj(0u16, GuestAddress(0x2006)).unwrap();
+    mem.write_obj(2u16, GuestAddress(0x2002)).unwrap();
+    q.process(&dev).unwrap();
+    assert_eq!(reap_within(&dev, Duration::from_secs(5)), 1);
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 2);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x3010)).unwrap(),
+        LEN as u32
+    );
+    assert_data_in_buffer(&mem);
+}
+
+/// Rings given one drop deadline and dropped one after the other wait for their reads in
+/// flight until that deadline only: one timeout in all, not one each.
+#[test]
+fn rings_dropped_in_turn_with_one_deadline_wait_it_once() {
+    let bound = Duration::from_millis(400);
+    let mut kept = Vec::new();
+    let mut devs = Vec::new();
+    for _ in 0..3 {
+        let (mem, q, dev, w) = setup();
+        q.process(&dev).unwrap();
+        assert_eq!(q.outstanding(), 1);
+        devs.push(dev);
+        kept.push((mem, q, w));
+    }
+    let deadline = Instant::now() + bound;
+    for d in &devs {
+        d.0.lock().unwrap().set_drop_deadline(deadline);
+    }
+    let t = Instant::now();
+    drop(devs);
+    let took = t.elapsed();
+    assert!(
+        took + Duration::from_millis(50) >= bound,
+        "did not wait ({took:?})"
+    );
+    assert!(
+        took < bound * 2,
+        "three rings waited {took:?}, more than one deadline ({bound:?})"
+    );
+    // The reads stay in flight in the leaked rings: the pipes must outlive them.
+    std::mem::forget(kept);
+}
+
+/// `fallocate` operations run one range after the other and complete the request once.
+#[test]
+fn fallocate_ranges_run_in_turn() {
+    let (_mem, q, _pipe, _w) = setup();
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    file.set_len(64 * 1024).unwrap();
+    struct Alloc(Mutex<GuestUring<()>>);
+    impl VirtioDevice for Alloc {
+        vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 16);
+        fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+            let mut u = self.0.lock().unwrap();
+            let r = |offset, len| vhost_backend::runtime::FallocRange {
+                offset,
+                len,
+                mode: 0,
+            };
+            while let Some(req) = ctx.pop() {
+                if let Err(r) = u.fallocate(req, &[r(0, 4096), r(65536, 8192)], ()) {
+                    panic!("refused: {}", r.error);
+                }
+            }
+            u.submit()?;
+            Ok(Processed::Drained)
+        }
+    }
+    let dev = Alloc(Mutex::new(GuestUring::new(&file, 16).unwrap()));
+    assert!(dev.0.lock().unwrap().supports_fallocate());
+    q.process(&dev).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    while out.is_empty() {
+        assert!(Instant::now() < deadline, "never completed");
+        std::thread::sleep(Duration::from_millis(2));
+        dev.0.lock().unwrap().reap(&mut out);
+    }
+    assert_eq!(out.len(), 1);
+    assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+    for r in out {
+        r.req.complete(0);
+    }
+    // Mode 0 allocates, extending the file: both ranges ran, the second last.
+    assert_eq!(file.metadata().unwrap().len(), 65536 + 8192);
+}

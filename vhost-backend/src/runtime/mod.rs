@@ -149,7 +149,7 @@ pub use notifier::Notifier;
 pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 #[cfg(target_os = "linux")]
-pub use uring::{GuestUring, Reaped, Refused};
+pub use uring::{FallocRange, GuestUring, Reaped, Refused};
 /// The split-ring size rule (a power of two up to 32768, virtio 1.2, 2.7) and the largest
 /// size of either layout: what every device's
 /// [`max_queue_size`](VirtioDevice::max_queue_size) and queue-size option is checked against,

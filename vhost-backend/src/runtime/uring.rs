@@ -21,7 +21,17 @@
 //! The iovec array is the slot's own, untouched until its completion is reaped. The device
 //! never sees the request in between, so it cannot drop it early; dropping the ring waits
 //! for every operation in flight first, up to a bound (then leaks them and the ring, keeping
-//! their memory mapped). A submission the kernel refuses is retried through the eventfd.
+//! their memory mapped). A submission the kernel refuses for now (`EAGAIN`, `ENOMEM`,
+//! `EBUSY`) is retried through the eventfd; one it refuses for good fails the operations it
+//! carried (given back by the next [`reap`](GuestUring::reap)) and the ring never submits
+//! again: their entries stay in its submission queue, which the kernel reads only when
+//! asked to submit, so their buffers are never touched once their requests are returned. A
+//! new ring replaces it once nothing is in flight on it; if that one fails before any
+//! submission went through, the ring refuses every operation from then on (the device
+//! serves them another way).
+//!
+//! [`fallocate`](GuestUring::fallocate) queues `IORING_OP_FALLOCATE` operations (punching
+//! holes, zeroing ranges) over a list of ranges, one after the other.
 //! Short transfers continue where they stopped, like
 //! [`FileIo`](super::FileIo)'s loop; pages a read wrote are marked dirty once it completed,
 //! or failed (part may have landed).
@@ -89,6 +99,19 @@ enum Kind {
     Read,
     Write,
     SyncData,
+    /// `fallocate` over the slot's ranges, one after the other.
+    Fallocate,
+}
+
+/// One range of a [`GuestUring::fallocate`]: `fallocate(mode, offset, len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FallocRange {
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Bytes (not 0).
+    pub len: u64,
+    /// `FALLOC_FL_*` flags.
+    pub mode: i32,
 }
 
 struct InFlight<T> {
@@ -97,7 +120,8 @@ struct InFlight<T> {
     kind: Kind,
     /// File offset of the next byte to transfer.
     offset: u64,
-    /// First iovec of the slot not transferred completely.
+    /// First iovec of the slot not transferred completely (for a fallocate: its first range
+    /// not done).
     first: usize,
     /// Bytes left to transfer.
     left: u64,
@@ -111,12 +135,45 @@ struct Slot<T> {
     op: Option<InFlight<T>>,
     /// The operation's iovecs (their array is what READV/WRITEV point the kernel at).
     iov: Vec<libc::iovec>,
+    /// A fallocate's ranges.
+    ranges: Vec<FallocRange>,
+}
+
+impl<T> Slot<T> {
+    fn empty() -> Self {
+        Slot {
+            op: None,
+            iov: Vec::new(),
+            ranges: Vec::new(),
+        }
+    }
 }
 
 /// One io_uring bound to one file. See the [module docs](self).
 pub struct GuestUring<T> {
     /// Dropped only once nothing is in flight (leaked otherwise, see `Drop`).
     ring: ManuallyDrop<IoUring>,
+    /// The file, kept to register it with a ring that replaces a broken one.
+    file: File,
+    /// Whether the kernel knows `IORING_OP_FALLOCATE`.
+    fallocate: bool,
+    /// A submission failed for good: the entries it left queued belong to operations that
+    /// were failed, so this ring never submits again; a new one replaces it once nothing is
+    /// in flight.
+    broken: bool,
+    /// Whether a submission went through since this ring was set up (a ring replacing a
+    /// broken one that fails before any is not replaced again).
+    submitted: bool,
+    /// The ring failed for good again right after it was replaced: no new ring is set up,
+    /// every operation is refused (the device serves them another way).
+    retired: bool,
+    /// Whether this ring replaced a broken one.
+    renewed: bool,
+    /// Slots whose entries are queued and not consumed by the kernel yet, in queue order.
+    queued: std::collections::VecDeque<u32>,
+    /// Operations failed without a completion (a submission refused for good), given back
+    /// by the next [`reap`](Self::reap).
+    failed: Vec<Reaped<T>>,
     eventfd: EventFd,
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
@@ -128,6 +185,9 @@ pub struct GuestUring<T> {
     cqes: Vec<(u64, i32)>,
     /// How long dropping the ring waits for operations in flight before leaking them.
     drop_timeout: Duration,
+    /// When set, dropping waits until then instead (shared by the rings of one device, so
+    /// dropping them one after the other waits at most one timeout in all).
+    drop_deadline: Option<Instant>,
     /// Test hook: the next submission fails with this errno.
     #[cfg(any(test, feature = "test-utils"))]
     fail_submit: Option<i32>,
@@ -170,25 +230,31 @@ impl<T> GuestUring<T> {
     /// with its completion eventfd registered.
     pub fn new(file: &File, depth: u16) -> io::Result<Self> {
         let depth = depth.max(1);
-        let ring = IoUring::new(u32::from(depth).next_power_of_two())?;
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let file = file.try_clone()?;
+        let ring = new_ring(&file, u32::from(depth), &eventfd)?;
+        let mut p = io_uring::Probe::new();
+        let fallocate = ring.submitter().register_probe(&mut p).is_ok()
+            && p.is_supported(opcode::Fallocate::CODE);
         let max_slots = (ring.params().cq_entries() as usize).max(usize::from(depth));
         Ok(GuestUring {
             max_slots,
             ring: ManuallyDrop::new(ring),
+            file,
+            fallocate,
+            broken: false,
+            submitted: false,
+            retired: false,
+            renewed: false,
+            queued: std::collections::VecDeque::with_capacity(usize::from(depth)),
+            failed: Vec::new(),
             eventfd,
-            slots: (0..depth)
-                .map(|_| Slot {
-                    op: None,
-                    iov: Vec::new(),
-                })
-                .collect(),
+            slots: (0..depth).map(|_| Slot::empty()).collect(),
             free: (0..u32::from(depth)).rev().collect(),
             in_flight: 0,
             cqes: Vec::with_capacity(usize::from(depth)),
             drop_timeout: DROP_TIMEOUT,
+            drop_deadline: None,
             #[cfg(any(test, feature = "test-utils"))]
             fail_submit: None,
             #[cfg(any(test, feature = "test-utils"))]
@@ -200,6 +266,26 @@ impl<T> GuestUring<T> {
     /// before it leaks them, their requests and the ring, keeping guest memory mapped.
     pub fn set_drop_timeout(&mut self, timeout: Duration) {
         self.drop_timeout = timeout;
+    }
+
+    /// How long dropping the ring waits for operations in flight (see
+    /// [`set_drop_timeout`](Self::set_drop_timeout)).
+    pub fn drop_timeout(&self) -> Duration {
+        self.drop_timeout
+    }
+
+    /// Dropping the ring waits for operations in flight until `deadline` (instead of its
+    /// timeout from the moment it is dropped). A device with several rings gives them one
+    /// deadline before they are dropped one after the other: operations progress in the
+    /// kernel whichever ring is being waited for, so that bounds the whole at one timeout.
+    pub fn set_drop_deadline(&mut self, deadline: Instant) {
+        self.drop_deadline = Some(deadline);
+    }
+
+    /// Whether [`fallocate`](Self::fallocate) can be used (the kernel knows
+    /// `IORING_OP_FALLOCATE`, Linux 5.6 and later).
+    pub fn supports_fallocate(&self) -> bool {
+        self.fallocate
     }
 
     /// Test hook: the next system call that submits fails with `errno` (nothing is sent).
@@ -236,7 +322,7 @@ impl<T> GuestUring<T> {
         align: Option<IoAlign>,
         tag: T,
     ) -> Result<(), Refused<T>> {
-        self.start(req, tag, Kind::Read, offset, 0, len, align)
+        self.start(req, tag, Kind::Read, offset, 0, len, align, &[])
     }
 
     /// Queues a write of `len` readable bytes of the request, from `skip` on, to the file at
@@ -250,12 +336,41 @@ impl<T> GuestUring<T> {
         align: Option<IoAlign>,
         tag: T,
     ) -> Result<(), Refused<T>> {
-        self.start(req, tag, Kind::Write, offset, skip, len, align)
+        self.start(req, tag, Kind::Write, offset, skip, len, align, &[])
     }
 
     /// Queues an `fdatasync` of the file for `req` (which the sync does not touch).
     pub fn sync_data(&mut self, req: Request, tag: T) -> Result<(), Refused<T>> {
-        self.start(req, tag, Kind::SyncData, 0, 0, 0, None)
+        self.start(req, tag, Kind::SyncData, 0, 0, 0, None, &[])
+    }
+
+    /// Queues `fallocate`s of the file over `ranges` for `req` (which they do not touch),
+    /// one after the other in the kernel's worker threads; the first failure ends them and
+    /// fails the operation (ranges before it are done). Refused with
+    /// [`GuestIoError::Io`] (`EOPNOTSUPP`) when the kernel lacks the operation
+    /// ([`supports_fallocate`](Self::supports_fallocate)), or an empty `ranges` or a range
+    /// of 0 bytes (`EINVAL`).
+    pub fn fallocate(
+        &mut self,
+        req: Request,
+        ranges: &[FallocRange],
+        tag: T,
+    ) -> Result<(), Refused<T>> {
+        let errno = if !self.fallocate {
+            Some(libc::EOPNOTSUPP)
+        } else if ranges.is_empty() || ranges.iter().any(|r| r.len == 0) {
+            Some(libc::EINVAL)
+        } else {
+            None
+        };
+        if let Some(errno) = errno {
+            return Err(Refused {
+                req,
+                tag,
+                error: GuestIoError::Io(io::Error::from_raw_os_error(errno)),
+            });
+        }
+        self.start(req, tag, Kind::Fallocate, 0, 0, 0, None, ranges)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -268,16 +383,23 @@ impl<T> GuestUring<T> {
         skip: u64,
         len: u64,
         align: Option<IoAlign>,
+        ranges: &[FallocRange],
     ) -> Result<(), Refused<T>> {
+        if self.broken {
+            if let Err(error) = self.renew() {
+                return Err(Refused {
+                    req,
+                    tag,
+                    error: GuestIoError::Io(error),
+                });
+            }
+        }
         if self.free.is_empty() && self.slots.len() < self.max_slots {
             // Every slot is taken: operations a timed-out stop left behind keep theirs until
             // they complete, and the queue's next generation may have a queue's size of its
             // own. One more slot (the completion queue has room for them all).
             self.free.push(self.slots.len() as u32);
-            self.slots.push(Slot {
-                op: None,
-                iov: Vec::new(),
-            });
+            self.slots.push(Slot::empty());
         }
         let Some(&idx) = self.free.last() else {
             return Err(Refused {
@@ -288,7 +410,9 @@ impl<T> GuestUring<T> {
         };
         let slot = &mut self.slots[idx as usize];
         slot.iov.clear();
-        if kind != Kind::SyncData {
+        slot.ranges.clear();
+        slot.ranges.extend_from_slice(ranges);
+        if matches!(kind, Kind::Read | Kind::Write) {
             if let Err(error) = build_iov(&req, kind, skip, len, align, &mut slot.iov) {
                 slot.iov.clear();
                 return Err(Refused { req, tag, error });
@@ -326,6 +450,9 @@ impl<T> GuestUring<T> {
 
     /// Queues the submission entry for what is left of slot `idx`'s operation.
     fn push(&mut self, idx: u32) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("the ring failed and submits nothing more"));
+        }
         let slot = &self.slots[idx as usize];
         let Some(op) = slot.op.as_ref() else {
             return Err(io::Error::other("no operation in the slot"));
@@ -348,6 +475,15 @@ impl<T> GuestUring<T> {
             Kind::SyncData => opcode::Fsync::new(FILE)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
+            Kind::Fallocate => {
+                let Some(r) = slot.ranges.get(op.first) else {
+                    return Err(io::Error::other("no fallocate range left"));
+                };
+                opcode::Fallocate::new(FILE, r.len)
+                    .offset(r.offset)
+                    .mode(r.mode)
+                    .build()
+            }
         }
         .user_data(u64::from(idx));
         let mut sq = self.ring.submission();
@@ -359,7 +495,42 @@ impl<T> GuestUring<T> {
         // kernel completes it (above); the file is registered; a read writes only those ranges.
         let pushed = unsafe { sq.push(&entry) };
         drop(sq);
-        pushed.map_err(|_| io::Error::other("the submission queue is full"))
+        pushed.map_err(|_| io::Error::other("the submission queue is full"))?;
+        self.queued.push_back(idx);
+        Ok(())
+    }
+
+    /// Forgets the queued slots whose entries the kernel consumed (they are the oldest).
+    fn note_consumed(&mut self) {
+        let left = self.ring.submission().len();
+        let consumed = self.queued.len().saturating_sub(left);
+        self.queued.drain(..consumed);
+    }
+
+    /// Replaces a broken ring with a new one, once nothing is in flight on it.
+    fn renew(&mut self) -> io::Result<()> {
+        if self.retired {
+            return Err(io::Error::other(
+                "io_uring failed again on a new ring: not used any more",
+            ));
+        }
+        if self.in_flight > 0 {
+            return Err(io::Error::other(
+                "the ring failed; operations are still in flight on it",
+            ));
+        }
+        let entries = self.ring.params().sq_entries();
+        let ring = new_ring(&self.file, entries, &self.eventfd)?;
+        let old = std::mem::replace(&mut *self.ring, ring);
+        // The entries left in the old ring's submission queue are never submitted: the
+        // kernel consumes them only in io_uring_enter, which nothing calls on it any more.
+        drop(old);
+        self.queued.clear();
+        self.broken = false;
+        self.submitted = false;
+        self.renewed = true;
+        log::info!("io_uring: a new ring replaces the one that failed");
+        Ok(())
     }
 
     /// Sends every queued operation to the kernel with one system call.
@@ -369,32 +540,59 @@ impl<T> GuestUring<T> {
     /// eventfd and [`reap`](Self::reap) sends them again: this returns `Ok`. Another error is
     /// returned, and the retry is scheduled all the same.
     pub fn submit(&mut self) -> io::Result<()> {
+        if self.broken {
+            return Ok(());
+        }
         let error = loop {
             if self.ring.submission().is_empty() {
+                self.queued.clear();
                 return Ok(());
             }
             #[cfg(any(test, feature = "test-utils"))]
             if let Some(errno) = self.fail_submit.take() {
                 break io::Error::from_raw_os_error(errno);
             }
-            match self.ring.submit() {
-                Ok(_) => {}
+            let r = self.ring.submit();
+            self.note_consumed();
+            match r {
+                Ok(_) => self.submitted = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break e,
             }
         };
-        // Nothing else may come to send what is queued (no kick, no completion): wake the
-        // worker through the eventfd, whose handler reaps and so submits again.
+        // Nothing else may come to send what is queued (no kick, no completion), or failed
+        // operations are to be given back: wake the worker through the eventfd, whose
+        // handler reaps (and so submits again).
         if let Err(e) = self.eventfd.write(1) {
-            log::error!("io_uring: signalling a retry of a failed submission: {e}");
+            log::error!("io_uring: signalling a failed submission: {e}");
         }
-        match error.raw_os_error() {
-            Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) => {
-                log::debug!("io_uring: submission refused for now ({error}), retried");
-                Ok(())
-            }
-            _ => Err(error),
+        if let Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) = error.raw_os_error() {
+            log::debug!("io_uring: submission refused for now ({error}), retried");
+            return Ok(());
         }
+        // Anything else will not get better by retrying (a ring the kernel refuses, e.g.
+        // disabled or entered from the wrong task): the operations still queued fail, and
+        // the ring submits nothing more (the entries stay queued in it) until a new ring
+        // replaces it.
+        log::error!(
+            "io_uring: submission failed ({error}); {} queued operations fail",
+            self.queued.len()
+        );
+        self.broken = true;
+        if self.renewed && !self.submitted {
+            log::error!("io_uring: the new ring failed too; requests are served another way");
+            self.retired = true;
+        }
+        let mut failed = std::mem::take(&mut self.failed);
+        while let Some(idx) = self.queued.pop_front() {
+            let e = error.raw_os_error().map_or_else(
+                || io::Error::new(error.kind(), error.to_string()),
+                io::Error::from_raw_os_error,
+            );
+            self.finish(idx, Err(GuestIoError::Io(e)), &mut failed);
+        }
+        self.failed = failed;
+        Err(error)
     }
 
     /// Takes every completion the kernel posted: finished operations are appended to `out`
@@ -403,7 +601,9 @@ impl<T> GuestUring<T> {
     /// posted after this looked signals it again. Returns the number appended.
     pub fn reap(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
         let _ = self.eventfd.read();
-        let n = self.take_completions(out);
+        let mut n = self.failed.len();
+        out.append(&mut self.failed);
+        n += self.take_completions(out);
         // What a failed submission left queued (taking completions first makes room).
         if let Err(e) = self.submit() {
             log::warn!("io_uring: submission failed again: {e}");
@@ -415,7 +615,7 @@ impl<T> GuestUring<T> {
     /// submission, for what the kernel served inline, e.g. from the page cache). Leaves the
     /// eventfd readable when it finds nothing: the handler of the eventfd must use `reap`.
     pub fn reap_ready(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
-        if self.ring.completion().is_empty() {
+        if self.ring.completion().is_empty() && self.failed.is_empty() {
             return 0;
         }
         self.reap(out)
@@ -477,6 +677,12 @@ impl<T> GuestUring<T> {
             Err(io::Error::from_raw_os_error(errno))
         } else if op.kind == Kind::SyncData {
             Ok(())
+        } else if op.kind == Kind::Fallocate {
+            op.first += 1;
+            if op.first < slot.ranges.len() {
+                return self.requeue(data as u32, out);
+            }
+            Ok(())
         } else {
             let done = res as u64;
             if done >= op.left {
@@ -515,6 +721,7 @@ impl<T> GuestUring<T> {
             return;
         };
         slot.iov.clear();
+        slot.ranges.clear();
         self.free.push(idx);
         self.in_flight -= 1;
         // Also after a failure, as `FileIo` does: a short read may have landed before the
@@ -532,7 +739,9 @@ impl<T> GuestUring<T> {
 
 impl<T> Drop for GuestUring<T> {
     fn drop(&mut self) {
-        let deadline = Instant::now() + self.drop_timeout;
+        let deadline = self
+            .drop_deadline
+            .unwrap_or_else(|| Instant::now() + self.drop_timeout);
         let mut out = Vec::new();
         loop {
             // `reap` resets the eventfd before it looks: what completes later signals again.
@@ -578,6 +787,15 @@ impl<T> Drop for GuestUring<T> {
         // memory nor guest buffers; `ring` is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
+}
+
+/// A ring of `entries` entries (rounded up to a power of two) with `file` registered as
+/// [`FILE`] and `eventfd` signalled on completions.
+fn new_ring(file: &File, entries: u32, eventfd: &EventFd) -> io::Result<IoUring> {
+    let ring = IoUring::new(entries.max(1).next_power_of_two())?;
+    ring.submitter().register_files(&[file.as_raw_fd()])?;
+    ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+    Ok(ring)
 }
 
 /// The iovecs of `len` bytes of the request (writable ones from the start for a read,

@@ -319,6 +319,23 @@ impl Disk {
         &self.file
     }
 
+    /// What an asynchronous engine submits for a DISCARD or WRITE_ZEROES: its checked
+    /// segments ([`check_ranges`](Self::check_ranges)). `None` for other requests and for
+    /// those that fail a check (served at once, which reports why).
+    pub(crate) fn range_plan(&self, req: &Request, hdr: Header) -> Option<RangeSegments> {
+        let ty = hdr.request_type;
+        if ty != VIRTIO_BLK_T_DISCARD && ty != VIRTIO_BLK_T_WRITE_ZEROES {
+            return None;
+        }
+        check_shape(req).ok()?;
+        if req.writable_len() != 1 {
+            return None;
+        }
+        self.writable(ty).ok()?;
+        self.check_ranges(req, ty, req.readable_len() - HEADER_SIZE)
+            .ok()
+    }
+
     /// DISCARD and WRITE_ZEROES: `len` bytes of 16-byte segments after the header. Every
     /// segment is checked before any is applied.
     fn ranges(
@@ -328,6 +345,35 @@ impl Disk {
         len: u64,
         writethrough: bool,
     ) -> Result<(), RequestError> {
+        let segs = self.check_ranges(req, ty, len)?;
+        for &(offset, bytes, flags) in segs.segments() {
+            if ty == VIRTIO_BLK_T_DISCARD {
+                // Discard is a hint: a file system that cannot deallocate still succeeds.
+                if let Err(e) = file_ops::punch_hole(&self.file, offset, bytes) {
+                    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                        return Err(e.into());
+                    }
+                    log::debug!("discard not supported by the image's file system");
+                }
+            } else {
+                let unmap = flags & WRITE_ZEROES_FLAG_UNMAP != 0;
+                file_ops::write_zeroes(&self.file, offset, bytes, unmap)?;
+            }
+        }
+        if writethrough {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Checks the `len` bytes of 16-byte segments of a DISCARD or WRITE_ZEROES (type `ty`)
+    /// after the header; gives their byte ranges and flags, empty ones left out.
+    fn check_ranges(
+        &self,
+        req: &Request,
+        ty: u32,
+        len: u64,
+    ) -> Result<RangeSegments, RequestError> {
         let count = len / SEGMENT_SIZE;
         if len == 0 || len % SEGMENT_SIZE != 0 || count > u64::from(MAX_RANGE_SEGMENTS) {
             return Err(RequestError::BadSegments {
@@ -360,27 +406,29 @@ impl Disk {
             let offset = self.range(sector, bytes)?;
             *slot = (offset, bytes, flags);
         }
-        for &(offset, bytes, flags) in &segs[..count as usize] {
-            if bytes == 0 {
-                continue;
-            }
-            if ty == VIRTIO_BLK_T_DISCARD {
-                // Discard is a hint: a file system that cannot deallocate still succeeds.
-                if let Err(e) = file_ops::punch_hole(&self.file, offset, bytes) {
-                    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                        return Err(e.into());
-                    }
-                    log::debug!("discard not supported by the image's file system");
-                }
-            } else {
-                let unmap = flags & WRITE_ZEROES_FLAG_UNMAP != 0;
-                file_ops::write_zeroes(&self.file, offset, bytes, unmap)?;
+        let mut out = RangeSegments { segs, count: 0 };
+        for i in 0..count as usize {
+            if out.segs[i].1 != 0 {
+                out.segs[out.count] = out.segs[i];
+                out.count += 1;
             }
         }
-        if writethrough {
-            self.file.sync_data()?;
-        }
-        Ok(())
+        Ok(out)
+    }
+}
+
+/// The checked segments of a DISCARD or WRITE_ZEROES: (byte offset, bytes, flags), none
+/// empty.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RangeSegments {
+    segs: [(u64, u64, u32); MAX_RANGE_SEGMENTS as usize],
+    count: usize,
+}
+
+impl RangeSegments {
+    /// The segments, in the request's order.
+    pub(crate) fn segments(&self) -> &[(u64, u64, u32)] {
+        &self.segs[..self.count]
     }
 }
 

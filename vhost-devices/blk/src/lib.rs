@@ -665,6 +665,14 @@ impl VirtioDevice for BlkDevice {
     }
 }
 
+impl Drop for BlkDevice {
+    fn drop(&mut self) {
+        // The queues' rings are dropped in turn, each waiting for its operations in flight:
+        // one deadline for all bounds the whole at one timeout.
+        uring::set_drop_deadline(&self.urings);
+    }
+}
+
 impl BlkDevice {
     /// This disk as migration state describes it (`writeback` as configured).
     fn disk_state(&self) -> state::BlkState {

@@ -5,25 +5,36 @@
 //! which the worker watches, and are reaped in bursts (the runtime then publishes them with
 //! one used-ring update and at most one notification).
 //!
-//! What is not a plain read or write (GET_ID, DISCARD, WRITE_ZEROES, requests that fail a
-//! check, guest buffers `O_DIRECT` cannot take as they are, and what the ring has no room
-//! for) is served at once on the worker, as [`Aio::Sync`](crate::Aio::Sync) does. A device
-//! reset forgets the previous generation's writes, so a write that never completes (storage
-//! stalled past a stop's timeout) does not hold back later flushes.
+//! DISCARD and WRITE_ZEROES go to the kernel as `fallocate` operations (punching a hole,
+//! zeroing a range; run by the kernel's worker threads, so the queue's worker does not wait
+//! for them) where the kernel knows `IORING_OP_FALLOCATE`; a WRITE_ZEROES the file system
+//! cannot zero that way is then served at once (holes or written zeros), a DISCARD it cannot
+//! deallocate succeeds (a hint), as on the other engines.
 //!
-//! Ordering: a FLUSH's `fdatasync` is submitted only once every write submitted on this
-//! queue before the flush completed (its used entry queued, its own sync in writethrough
-//! mode done), so the flush makes them stable and completes after them. virtio asks this for
-//! the writes completed before the flush was made available; those of other queues are
-//! complete before it already.
+//! What else is not a plain read or write (GET_ID, requests that fail a check, guest buffers
+//! `O_DIRECT` cannot take as they are, and what the ring has no room for) is served at once
+//! on the worker, as [`Aio::Sync`](crate::Aio::Sync) does. A device reset forgets the
+//! previous generation's writes, so a write that never completes (storage stalled past a
+//! stop's timeout) does not hold back later flushes. A submission the kernel refuses for
+//! good fails the requests it carried with IOERR; the ring is replaced once nothing is in
+//! flight on it, and meanwhile requests are served at once (from then on if the new ring
+//! fails too before serving anything).
+//!
+//! Ordering: a FLUSH's `fdatasync` is submitted only once every write (OUT, DISCARD,
+//! WRITE_ZEROES) submitted on this queue before the flush completed (its used entry queued,
+//! its own sync in writethrough mode done), so the flush makes them stable and completes
+//! after them. virtio asks this for the writes completed before the flush was made
+//! available; those of other queues are complete before it already.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
-use vhost_backend::runtime::{GuestIoError, GuestUring, Reaped, Refused, Request};
+use vhost_backend::runtime::{FallocRange, GuestIoError, GuestUring, Reaped, Refused, Request};
 
+use crate::config::MAX_RANGE_SEGMENTS;
 use crate::disk::Plan;
-use crate::request::{read_header, Header, RequestError, HEADER_SIZE};
+use crate::request::{read_header, Header, RequestError, HEADER_SIZE, VIRTIO_BLK_T_DISCARD};
 use crate::{Core, Scratch};
 
 /// What an operation in flight is to the queue.
@@ -35,6 +46,9 @@ enum Tag {
     Write { id: u64, sync: bool },
     /// The `fdatasync` after write `id`.
     WriteSync(u64),
+    /// A DISCARD (`discard`) or WRITE_ZEROES as write `id`, its ranges `fallocate`d;
+    /// `sync` as for [`Tag::Write`].
+    Ranges { id: u64, discard: bool, sync: bool },
     /// A flush's `fdatasync`.
     Flush,
 }
@@ -79,6 +93,35 @@ impl UringQueue {
     /// The eventfd the ring signals completions on.
     pub(crate) fn eventfd(&self) -> RawFd {
         self.ring.eventfd()
+    }
+
+    /// How long dropping the ring waits for operations in flight.
+    pub(crate) fn drop_timeout(&self) -> Duration {
+        self.ring.drop_timeout()
+    }
+
+    /// Dropping the ring waits for operations in flight until `deadline` at most (one for
+    /// every queue of a device, so dropping them in turn waits one timeout in all).
+    pub(crate) fn set_drop_deadline(&mut self, deadline: Instant) {
+        self.ring.set_drop_deadline(deadline);
+    }
+
+    /// Test hook: the ring's next submission fails with `errno`.
+    #[cfg(test)]
+    pub(crate) fn fail_next_submit(&mut self, errno: i32) {
+        self.ring.fail_next_submit(errno);
+    }
+
+    /// Test hook: the ring's next `n` completions are seen as failing with `errno`.
+    #[cfg(test)]
+    pub(crate) fn fail_next_completions(&mut self, errno: i32, n: u32) {
+        self.ring.fail_next_completions(errno, n);
+    }
+
+    /// Test hook: the ring's drop timeout.
+    #[cfg(test)]
+    pub(crate) fn set_drop_timeout(&mut self, timeout: Duration) {
+        self.ring.set_drop_timeout(timeout);
     }
 
     /// Requests whose I/O is in flight or waiting for earlier writes.
@@ -157,7 +200,62 @@ impl UringQueue {
                     self.flush(core, req);
                 }
             }
-            None => self.serve(core, req, header, writethrough),
+            None => {
+                let ranges = match header {
+                    Some(h) if self.ring.supports_fallocate() => core.disk.range_plan(&req, h),
+                    _ => None,
+                };
+                match (header, ranges) {
+                    (Some(h), Some(ranges)) => {
+                        let discard = h.request_type == VIRTIO_BLK_T_DISCARD;
+                        self.start_ranges(core, req, h, ranges.segments(), discard, writethrough)
+                    }
+                    _ => self.serve(core, req, header, writethrough),
+                }
+            }
+        }
+    }
+
+    /// Queues a DISCARD (`discard`) or WRITE_ZEROES over its checked `segments` as
+    /// `fallocate` operations, numbered as a write; served at once if the ring refuses.
+    fn start_ranges(
+        &mut self,
+        core: &Core,
+        req: Request,
+        header: Header,
+        segments: &[(u64, u64, u32)],
+        discard: bool,
+        writethrough: bool,
+    ) {
+        if segments.is_empty() {
+            // Every segment empty: nothing to do but the sync a writethrough write does.
+            return complete(core, req, sync_if(core, writethrough).map(|()| 0));
+        }
+        let mode = if discard {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        let mut ranges = [FallocRange {
+            offset: 0,
+            len: 0,
+            mode: 0,
+        }; MAX_RANGE_SEGMENTS as usize];
+        for (r, &(offset, len, _)) in ranges.iter_mut().zip(segments) {
+            *r = FallocRange { offset, len, mode };
+        }
+        let id = self.next_write;
+        self.next_write += 1;
+        self.writes.insert(id);
+        let tag = Tag::Ranges {
+            id,
+            discard,
+            sync: writethrough,
+        };
+        let n = segments.len().min(ranges.len());
+        if let Err(Refused { req, .. }) = self.ring.fallocate(req, &ranges[..n], tag) {
+            self.serve(core, req, Some(header), writethrough);
+            self.writes.remove(&id);
         }
     }
 
@@ -217,13 +315,33 @@ impl UringQueue {
                 let result = result.map_err(RequestError::from);
                 match tag {
                     Tag::Read(len) => complete(core, req, result.map(|()| len)),
-                    Tag::Write { id, sync: true } if result.is_ok() => {
+                    Tag::Write { id, sync: true } | Tag::Ranges { id, sync: true, .. }
+                        if result.is_ok() =>
+                    {
                         if let Err(Refused { req, .. }) =
                             self.ring.sync_data(req, Tag::WriteSync(id))
                         {
                             complete(core, req, sync_if(core, true).map(|()| 0));
                             self.writes.remove(&id);
                         }
+                    }
+                    Tag::Ranges { id, discard, sync } => {
+                        match result {
+                            // Discard is a hint: a file system that cannot deallocate
+                            // still succeeds (as `Aio::Sync` has it).
+                            Err(RequestError::Io(e))
+                                if discard && e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+                            {
+                                complete(core, req, sync_if(core, sync).map(|()| 0));
+                            }
+                            // A file system that cannot zero a range so: served at once,
+                            // which punches holes or writes zeros.
+                            Err(RequestError::Io(e)) if !discard && fallocate_unsupported(&e) => {
+                                self.serve(core, req, None, sync);
+                            }
+                            r => complete(core, req, r.map(|()| 0)),
+                        }
+                        self.writes.remove(&id);
                     }
                     Tag::Write { id, .. } | Tag::WriteSync(id) => {
                         // Completed before the flushes after it may go.
@@ -262,9 +380,36 @@ impl Drop for UringQueue {
     }
 }
 
+/// Gives the rings of `queues` one drop deadline: the longest drop timeout from now.
+pub(crate) fn set_drop_deadline(queues: &[std::sync::Mutex<UringQueue>]) {
+    let lock = |q: &std::sync::Mutex<UringQueue>| {
+        q.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drop_timeout()
+    };
+    let Some(timeout) = queues.iter().map(lock).max() else {
+        return;
+    };
+    let deadline = Instant::now() + timeout;
+    for q in queues {
+        q.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_drop_deadline(deadline);
+    }
+}
+
 fn complete(core: &Core, req: Request, result: Result<u32, RequestError>) {
     let len = core.finish(&req, result);
     req.complete(len);
+}
+
+/// Whether a `fallocate` failed because the file system lacks the mode (as
+/// `file_ops::write_zeroes` sees it).
+fn fallocate_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL | libc::ENODEV)
+    )
 }
 
 fn sync_if(core: &Core, sync: bool) -> Result<(), RequestError> {

@@ -343,3 +343,240 @@ fn a_panic_serving_a_request_on_the_uring_worker_leaves_the_queue_working() {
     assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
     assert_eq!(h.guest(BUF, 512), expected(0, 512));
 }
+
+/// A submission the kernel refuses for good (not a transient EAGAIN/ENOMEM/EBUSY) fails the
+/// requests it carried with IOERR, each returned once; the queue goes on with a new ring.
+#[test]
+fn a_submission_refused_for_good_fails_its_requests_with_ioerr_and_the_queue_goes_on() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    let heads: Vec<u16> = (0..3u64)
+        .map(|i| {
+            let hdr = HDR + i * 0x100;
+            h.mem.write_obj(0xffu8, GuestAddress(hdr + 16)).unwrap();
+            h.header(hdr, VIRTIO_BLK_T_IN, i);
+            h.submit(&[
+                (hdr, 16, false),
+                (BUF + i * 512, 512, true),
+                (hdr + 16, 1, true),
+            ])
+        })
+        .collect();
+    h.dev.urings[0]
+        .lock()
+        .unwrap()
+        .fail_next_submit(libc::EINVAL);
+    let mut used = h.run();
+    used.sort_unstable();
+    assert_eq!(used, heads.iter().map(|&x| (x, 1)).collect::<Vec<_>>());
+    for i in 0..3u64 {
+        assert_eq!(
+            h.guest(HDR + i * 0x100 + 16, 1),
+            [VIRTIO_BLK_S_IOERR],
+            "request {i}"
+        );
+    }
+    assert_eq!(h.dev.urings[0].lock().unwrap().in_flight(), 0);
+    // The next requests are served, through a new ring.
+    for i in 0..2u64 {
+        h.header(HDR, VIRTIO_BLK_T_IN, 5 + i);
+        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (513, VIRTIO_BLK_S_OK), "read {i} after the failure");
+        assert_eq!(h.guest(BUF, 512), expected(5 + i, 512));
+    }
+}
+
+/// DISCARD and WRITE_ZEROES are `fallocate` operations on the ring: an error injected into
+/// the ring's next completion fails a write-zeroes with IOERR (served at once it would have
+/// succeeded); EOPNOTSUPP (a file system without the mode) is a success for a discard and a
+/// fallback to the synchronous zeroing for a write-zeroes.
+#[test]
+fn discard_and_write_zeroes_are_fallocate_operations_on_the_ring() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    let bufs = [(HDR, 32, false), (ST, 1, true)];
+    let mut want = expected(0, DISK_BYTES);
+
+    h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    h.segment(HDR + 16, 2, 2, 0);
+    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
+    want[2 * 512..4 * 512].fill(0);
+    assert_eq!(h.file(), want, "sectors 2 and 3 zeroed");
+
+    h.dev.urings[0]
+        .lock()
+        .unwrap()
+        .fail_next_completions(libc::EIO, 1);
+    h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    h.segment(HDR + 16, 6, 2, 0);
+    assert_eq!(
+        h.one(&bufs, ST),
+        (1, VIRTIO_BLK_S_IOERR),
+        "the write-zeroes did not go through the ring"
+    );
+    // The injected failure rewrites the completion only: the kernel did zero the range.
+    want[6 * 512..8 * 512].fill(0);
+
+    h.dev.urings[0]
+        .lock()
+        .unwrap()
+        .fail_next_completions(libc::EOPNOTSUPP, 1);
+    h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    h.segment(HDR + 16, 8, 2, 0);
+    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
+    want[8 * 512..10 * 512].fill(0);
+    assert_eq!(h.file(), want, "zeroed by the fallback");
+
+    h.dev.urings[0]
+        .lock()
+        .unwrap()
+        .fail_next_completions(libc::EOPNOTSUPP, 1);
+    h.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    h.segment(HDR + 16, 16, 8, 0);
+    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK), "discard is a hint");
+    want[16 * 512..24 * 512].fill(0);
+
+    h.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    h.segment(HDR + 16, 40, 8, 0);
+    assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
+    want[40 * 512..48 * 512].fill(0);
+    assert_eq!(h.file(), want, "the punched holes read zeros");
+    assert_eq!(h.dev.urings[0].lock().unwrap().in_flight(), 0);
+}
+
+/// A flush popped after a write-zeroes completes after it (the write-zeroes runs in the
+/// kernel's workers, so the flush waits for its completion), in both cache modes.
+#[test]
+fn a_flush_after_a_write_zeroes_completes_after_it() {
+    for writethrough in [false, true] {
+        let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+        if writethrough {
+            h.dev
+                .writeback
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut wz = Vec::new();
+        for i in 0..4u64 {
+            let hdr = HDR + i * 0x100;
+            h.header(hdr, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+            h.segment(hdr + 16, 8 * i, 8, 0);
+            wz.push(h.submit(&[(hdr, 32, false), (hdr + 0x40, 1, true)]));
+        }
+        let fhdr = HDR + 0x800;
+        h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
+        let flush = h.submit(&[(fhdr, 16, false), (fhdr + 16, 1, true)]);
+        let used = h.run();
+        assert_eq!(used.len(), 5);
+        assert_eq!(used[4], (flush, 1), "writethrough {writethrough}: {used:?}");
+        let mut want = expected(0, DISK_BYTES);
+        want[..32 * 512].fill(0);
+        assert_eq!(h.file(), want);
+    }
+}
+
+/// Dropping a device whose queues each have a write that never completes waits one drop
+/// timeout in all, not one per queue.
+#[test]
+fn dropping_a_device_waits_one_timeout_for_all_its_rings() {
+    let timeout = std::time::Duration::from_millis(400);
+    let mut h = Harness::with(|c| {
+        c.aio = Aio::IoUring;
+        c.num_queues = 3;
+    });
+    let mut pipes = Vec::new();
+    for q in 0..3usize {
+        let (r, w) = full_pipe();
+        let mut uq = crate::uring::UringQueue::on_file(&w, QSIZE, Scratch::new(None)).unwrap();
+        uq.set_drop_timeout(timeout);
+        *h.dev.urings[q].lock().unwrap() = uq;
+        pipes.push((r, w));
+    }
+    // A write in flight on each ring: queue 0 through the harness's queue, the others
+    // through queues of their own over the same memory.
+    h.header(HDR, VIRTIO_BLK_T_OUT, 0);
+    h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
+    h.queue.process(&h.dev).unwrap();
+    let mut others = Vec::new();
+    for q in 1..3u16 {
+        let base = 0x4_0000 * u64::from(q);
+        let tq = TestQueue::new(
+            q,
+            h.mem.clone(),
+            16,
+            [base, base + 0x1000, base + 0x2000],
+            false,
+        )
+        .unwrap();
+        let hdr = base + 0x3000;
+        h.header(hdr, VIRTIO_BLK_T_OUT, 0);
+        let descs = [
+            (hdr, 16u32, 0u16),
+            (hdr + 0x100, 512, 0),
+            (hdr + 0x80, 1, F_WRITE),
+        ];
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let next = if i + 1 < descs.len() { F_NEXT } else { 0 };
+            h.write_desc(
+                base,
+                i as u16,
+                SplitDescriptor::new(addr, len, flags | next, i as u16 + 1),
+            );
+        }
+        h.mem
+            .write_obj(0u16, GuestAddress(base + 0x1000 + 4))
+            .unwrap();
+        h.mem
+            .write_obj(1u16, GuestAddress(base + 0x1000 + 2))
+            .unwrap();
+        tq.process(&h.dev).unwrap();
+        assert_eq!(
+            tq.outstanding(),
+            1,
+            "queue {q}: the write waits for the pipe"
+        );
+        others.push(tq);
+    }
+    for q in 0..3 {
+        assert_eq!(h.dev.urings[q].lock().unwrap().in_flight(), 1, "queue {q}");
+    }
+    let dev = std::mem::replace(
+        &mut h.dev,
+        BlkDevice::new(&BlkConfig::new(&h.path)).unwrap(),
+    );
+    let t = std::time::Instant::now();
+    drop(dev);
+    let took = t.elapsed();
+    assert!(took >= timeout, "the drop did not wait ({took:?})");
+    assert!(
+        took < timeout * 2,
+        "three rings waited {took:?}, more than one timeout ({timeout:?}) in all"
+    );
+    // The writes stay in flight in the leaked rings: the pipes must outlive them.
+    std::mem::forget(pipes);
+    std::mem::forget(others);
+}
+
+/// When the ring that replaced a failed one fails too before serving anything, its
+/// requests fail with IOERR and the queue serves every later request at once.
+#[test]
+fn when_the_new_ring_fails_too_requests_are_served_at_once() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    for round in 0..2 {
+        h.dev.urings[0]
+            .lock()
+            .unwrap()
+            .fail_next_submit(libc::EINVAL);
+        h.header(HDR, VIRTIO_BLK_T_IN, 1);
+        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (1, VIRTIO_BLK_S_IOERR), "round {round}");
+    }
+    for i in 0..3u64 {
+        // A failure injected into the ring's completions would reach a read on the ring.
+        h.dev.urings[0]
+            .lock()
+            .unwrap()
+            .fail_next_completions(libc::EIO, 1);
+        h.header(HDR, VIRTIO_BLK_T_IN, i);
+        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (513, VIRTIO_BLK_S_OK), "read {i} went to the ring");
+        assert_eq!(h.guest(BUF, 512), expected(i, 512));
+    }
+}
