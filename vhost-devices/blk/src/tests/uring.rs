@@ -498,11 +498,8 @@ fn dropping_a_device_waits_one_timeout_for_all_its_rings() {
     for q in 1..3u16 {
         let base = 0x4_0000 * u64::from(q);
         let tq = TestQueue::new(
-            q,
             h.mem.clone(),
-            16,
-            [base, base + 0x1000, base + 0x2000],
-            false,
+            RingSpec::split(q, 16, [base, base + 0x1000, base + 0x2000]),
         )
         .unwrap();
         let hdr = base + 0x3000;
