@@ -4,7 +4,9 @@
 //! Once built it allocates nothing. Each wake-up drains every used entry, checks each
 //! completion, refills the slot at once with a new request, and publishes (kicking when
 //! the device asks for it) once for the whole batch. Only when nothing was used does it
-//! sleep on the call eventfd.
+//! sleep on the call eventfd: in `epoll_wait`, edge-triggered, without reading the counter
+//! (one system call per sleep, where `poll` and `read` make two; our back-end's workers
+//! wait for kicks the same way).
 //!
 //! Every completion is checked so that a fast wrong answer cannot pass: blk status byte
 //! and used length; reads check the first word of the block (the device must have written
@@ -13,11 +15,13 @@
 //! stays a pattern image; rng fills check the used length and that the cleared first
 //! word was overwritten.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use vhost_frontend::devices::blk::{RequestHeader, S_OK, S_UNWRITTEN, T_IN, T_OUT};
 use vhost_frontend::{Buffer, Session, SessionError};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
@@ -128,6 +132,8 @@ pub struct Engine {
     scratch: Box<[u8; BLOCK]>,
     stats: Stats,
     timeout: Duration,
+    /// Queue 0's call eventfd, edge-triggered: one event per call, nothing to read.
+    calls: Epoll,
 }
 
 impl std::fmt::Debug for Engine {
@@ -176,6 +182,17 @@ impl Engine {
         if workload != Workload::Rng && blocks == 0 {
             return Err(LoadError::Config("the disk has no 4 KiB block".into()));
         }
+        let calls = Epoll::new().map_err(SessionError::EventFd)?;
+        let (_, call, _) = session
+            .eventfds(0)
+            .ok_or(LoadError::Config("the session has no queue".into()))?;
+        calls
+            .ctl(
+                ControlOperation::Add,
+                call.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 0),
+            )
+            .map_err(SessionError::EventFd)?;
         let mem = session.memory();
         let mut slots = Vec::with_capacity(depth);
         for _ in 0..depth {
@@ -197,6 +214,7 @@ impl Engine {
             scratch: Box::new([0; BLOCK]),
             stats: Stats::default(),
             timeout: Duration::from_secs(10),
+            calls,
         })
     }
 
@@ -336,6 +354,38 @@ impl Engine {
         Ok(slot)
     }
 
+    /// Sleeps until the next completion (at most the engine's timeout) and takes it. Called
+    /// right after [`Session::pop_used`] answered `None`.
+    ///
+    /// That answer comes only after re-arming the call (EVENT_IDX: after
+    /// writing `used_event`) and looking again, so a completion after that answer writes the
+    /// call eventfd, and that write is an event here. An event can also be left over from a
+    /// call whose entry was taken already: then the ring is empty and the wait goes on.
+    fn wait_used(&mut self) -> Result<vhost_frontend::UsedElem> {
+        let deadline = Instant::now() + self.timeout;
+        let mut events = [EpollEvent::default(); 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::Timeout {
+                    queue: 0,
+                    timeout: self.timeout,
+                }
+                .into());
+            }
+            // Rounded up: a sub-millisecond remainder still sleeps.
+            let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+            match self.calls.wait(ms, &mut events) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SessionError::EventFd(e).into()),
+            }
+            if let Some(used) = self.session.pop_used(0)? {
+                return Ok(used);
+            }
+        }
+    }
+
     /// Fills every free slot and publishes once.
     pub fn fill(&mut self) -> Result<()> {
         if self.in_flight != 0 {
@@ -358,7 +408,7 @@ impl Engine {
                 None if n > 0 => break,
                 None => {
                     self.stats.waits += 1;
-                    self.session.wait_used(0, self.timeout)?
+                    self.wait_used()?
                 }
             };
             let slot = self.complete(used.id, used.len)?;
