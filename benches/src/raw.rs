@@ -335,9 +335,9 @@ impl ProcessPingPong {
             }
         };
         let parent = nix::unistd::getpid();
-        // SAFETY: the child runs `Far::run` and then `pause`: it allocates nothing, takes no lock and
-        // makes only async-signal-safe system calls until it is killed, so it cannot deadlock
-        // on state another thread of this process held at the fork.
+        // SAFETY: the child runs `Far::run` and then `pause`: it allocates nothing, takes no
+        // lock and makes only async-signal-safe system calls until it is killed, so it cannot
+        // deadlock on state another thread of this process held at the fork.
         match unsafe { nix::unistd::fork() }.map_err(nix_io)? {
             nix::unistd::ForkResult::Child => {
                 let far = Far {

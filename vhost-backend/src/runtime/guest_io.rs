@@ -247,8 +247,9 @@ pub(super) fn is_aligned(v: &[libc::iovec], a: IoAlign) -> bool {
         .all(|e| e.iov_base as usize & mem_mask == 0 && e.iov_len & len_mask == 0)
 }
 
-/// The `preadv`/`pwritev` loop (`pread`/`pwrite` while one buffer is left): short transfers continue, `EINTR` is retried, a transfer
-/// that makes no progress (end of file) is an error. Consumes (rewrites) the iovecs.
+/// The `preadv`/`pwritev` loop (`pread`/`pwrite` while one buffer is left): short transfers
+/// continue, `EINTR` is retried, a transfer that makes no progress (end of file) is an
+/// error. Consumes (rewrites) the iovecs.
 ///
 /// # Safety
 /// Every entry of `iov` must be valid for the access `dir` implies, for its whole length,
