@@ -6,6 +6,14 @@
 //!   (blocking reads), the far side doing one unit of device work per round trip: a
 //!   `pread` of 4 KiB from a file, or a `getrandom` of 4 KiB. This is what a queue-depth-1
 //!   request through a vhost-user device cannot beat: one kick, one call, the I/O.
+//! - [`ProcessPingPong`]: the same round trip between two *processes* (a forked child on
+//!   the far side): what a vhost-user front-end and back-end, which are two processes,
+//!   pay on top of two threads when they share a CPU (the switch of address space). Its far
+//!   side either blocks in `read` on the kick eventfd, as [`EventfdPingPong`] does, or
+//!   ([`FarWait::Epoll`]) sleeps in `epoll_wait` on it, non-blocking and edge-triggered:
+//!   what a back-end has to do, since the kick eventfd's open file description is shared
+//!   with the front-end, which made it non-blocking, and a back-end thread must also hear
+//!   other descriptors (stop, wake-ups).
 //! - [`pread_block`]: the bare `pread` of one 4 KiB block, the queue-depth-16 limit of one
 //!   device thread.
 
@@ -262,6 +270,172 @@ impl Drop for EventfdPingPong {
     }
 }
 
+/// How the far side of a [`ProcessPingPong`] waits for a kick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FarWait {
+    /// A blocking `read` of the kick eventfd.
+    Read,
+    /// `epoll_wait` on the kick eventfd, non-blocking and edge-triggered: one event per
+    /// write and no `read`, as our back-end's workers wait.
+    Epoll,
+}
+
+/// [`EventfdPingPong`] with the far side in a forked child process instead of a thread.
+///
+/// There is no shared memory. Both sides draw the same offsets (4 KiB blocks below
+/// `blocks`, from one seed), so a kick carries no data, and the call carries the first word
+/// read as its difference from the pattern word of that offset, plus one (a zero write
+/// wakes nobody): a correct block answers 1. At most one kick is outstanding.
+pub struct ProcessPingPong {
+    kick: EventFd,
+    call: EventFd,
+    offsets: crate::XorShift,
+    blocks: u64,
+    child: Option<nix::unistd::Pid>,
+}
+
+impl std::fmt::Debug for ProcessPingPong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessPingPong")
+            .field("child", &self.child)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The byte offset of the next block `offsets` draws.
+fn next_offset(offsets: &mut crate::XorShift, blocks: u64) -> u64 {
+    offsets.below(blocks) * BLOCK as u64
+}
+
+impl ProcessPingPong {
+    /// Forks the far process, which reads blocks below `blocks` (at least 1) in the order
+    /// `seed` draws them. The child only makes system calls (`epoll_wait`, `read`, `pread`,
+    /// `getrandom`, `write`, `pause`) into memory allocated before the fork; it never
+    /// returns, and is killed when the ping-pong is dropped or this process dies. When its
+    /// work fails it answers a word no block holds and waits for the kill.
+    pub fn new(work: FarWork, wait: FarWait, blocks: u64, seed: u64) -> io::Result<Self> {
+        use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+        let blocks = blocks.max(1);
+        let kick = match wait {
+            FarWait::Read => EventFd::new(libc::EFD_CLOEXEC)?,
+            FarWait::Epoll => EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)?,
+        };
+        let call = EventFd::new(libc::EFD_CLOEXEC)?;
+        let mut buf = vec![0u8; BLOCK];
+        let epoll = match wait {
+            FarWait::Read => None,
+            FarWait::Epoll => {
+                let epoll = Epoll::new()?;
+                epoll.ctl(
+                    ControlOperation::Add,
+                    kick.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 1),
+                )?;
+                Some(epoll)
+            }
+        };
+        let parent = nix::unistd::getpid();
+        // SAFETY: the child runs `Far::run` and then `pause`: it allocates nothing, takes no
+        // lock and makes only async-signal-safe system calls until it is killed, so it cannot
+        // deadlock on state another thread of this process held at the fork.
+        match unsafe { nix::unistd::fork() }.map_err(nix_io)? {
+            nix::unistd::ForkResult::Child => {
+                let far = Far {
+                    kick: &kick,
+                    call: &call,
+                    epoll: epoll.as_ref(),
+                    work: &work,
+                    offsets: crate::XorShift::new(seed),
+                    blocks,
+                };
+                far.run(&mut buf, parent);
+                // Failed: the near side got an answer that cannot be a pattern word (or
+                // none, with the parent gone). Wait for the kill; returning would run the
+                // parent's code in the child.
+                loop {
+                    nix::unistd::pause();
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => Ok(ProcessPingPong {
+                kick,
+                call,
+                offsets: crate::XorShift::new(seed),
+                blocks,
+                child: Some(child),
+            }),
+        }
+    }
+
+    /// One round trip for the next block; returns its offset and the first word the far
+    /// side got there.
+    pub fn round_trip(&mut self) -> io::Result<(u64, u64)> {
+        let offset = next_offset(&mut self.offsets, self.blocks);
+        self.kick.write(1)?;
+        let reply = self.call.read()?;
+        Ok((offset, crate::pattern(offset) ^ reply.wrapping_sub(1)))
+    }
+}
+
+/// The far process of a [`ProcessPingPong`].
+struct Far<'a> {
+    kick: &'a EventFd,
+    call: &'a EventFd,
+    epoll: Option<&'a vmm_sys_util::epoll::Epoll>,
+    work: &'a FarWork,
+    offsets: crate::XorShift,
+    blocks: u64,
+}
+
+impl Far<'_> {
+    /// Serves kicks until killed; returns when something fails, after answering the kick
+    /// it was serving with a word no block holds.
+    fn run(mut self, buf: &mut [u8], parent: nix::unistd::Pid) {
+        if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+            || nix::unistd::getppid() != parent
+        {
+            return;
+        }
+        let mut events = [vmm_sys_util::epoll::EpollEvent::default(); 4];
+        loop {
+            let woken = match self.epoll {
+                Some(epoll) => epoll.wait(-1, &mut events).map(|_| ()),
+                None => self.kick.read().map(|_| ()),
+            };
+            match woken {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+            let offset = next_offset(&mut self.offsets, self.blocks);
+            let done = match self.work {
+                FarWork::Pread(file) => file.read_exact_at(buf, offset),
+                FarWork::Getrandom => getrandom(buf),
+                FarWork::Nothing => Ok(()),
+            };
+            // The largest value one write may add is 0xffff_ffff_ffff_fffe.
+            let diff = match done {
+                Ok(()) => {
+                    let first = u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8]));
+                    (first ^ crate::pattern(offset)).min(0xffff_ffff_ffff_fffd)
+                }
+                Err(_) => 0xffff_ffff_ffff_fffd,
+            };
+            if self.call.write(diff + 1).is_err() || done.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for ProcessPingPong {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+    }
+}
+
 /// Fills `buf` from the kernel's random source.
 pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
@@ -300,6 +474,43 @@ mod tests {
                 assert_eq!(echo.round_trip().unwrap(), want, "{how:?}");
             }
         }
+    }
+
+    #[test]
+    fn process_ping_pong_reads_the_blocks_drawn() {
+        let path = std::env::temp_dir().join(format!("raw-pp-{}", std::process::id()));
+        crate::image::create(&path, 64 * BLOCK as u64).unwrap();
+        // Block 5 no longer holds its pattern: the near side must see the word there.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&7u64.to_le_bytes(), 5 * BLOCK as u64)
+            .unwrap();
+        for wait in [FarWait::Read, FarWait::Epoll] {
+            let far = FarWork::Pread(file.try_clone().unwrap());
+            let mut pp = ProcessPingPong::new(far, wait, 64, 3).unwrap();
+            let mut offsets = crate::XorShift::new(3);
+            let (mut good, mut bad) = (0, 0);
+            for _ in 0..200 {
+                let (offset, first) = pp.round_trip().unwrap();
+                assert_eq!(offset, next_offset(&mut offsets, 64), "{wait:?}");
+                if offset == 5 * BLOCK as u64 {
+                    assert_eq!(first, 7, "{wait:?}");
+                    bad += 1;
+                } else {
+                    assert_eq!(first, crate::pattern(offset), "{wait:?}");
+                    good += 1;
+                }
+            }
+            assert!(bad > 0 && good > 0, "{wait:?}: {bad} {good}");
+            let child = pp.child.unwrap();
+            drop(pp);
+            // The far process is gone (killed and reaped by the drop).
+            assert!(nix::sys::signal::kill(child, None).is_err(), "{wait:?}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -13,7 +13,12 @@
 //! `--limit pingpong|pread --image PATH` measures the machine's limit for 4 KiB random reads
 //! of that image instead, with no back-end: `pingpong` is an eventfd round trip between two
 //! threads with a `pread` on the far side (queue depth 1: what any back-end needs at least),
-//! `pread` the bare `pread` rate of one thread (the deeper queues' limit on one CPU).
+//! `pingpong-procs` the same round trip between two processes (a front-end and a back-end
+//! are two: on one CPU each round trip also switches address spaces), `pingpong-epoll` that
+//! with the far process sleeping in `epoll_wait` on a non-blocking kick eventfd (as a
+//! back-end must: the front-end made the eventfd non-blocking, and a back-end thread also
+//! watches other descriptors), `pread` the bare
+//! `pread` rate of one thread (the deeper queues' limit on one CPU).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +40,8 @@ enum Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Limit {
     Pingpong,
+    PingpongProcs,
+    PingpongEpoll,
     Pread,
 }
 
@@ -245,7 +252,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
 /// `--limit`: random 4 KiB reads of `image` the `limit` way, for the warm-up then the
 /// measured time; prints the RESULT line.
 fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(), Error> {
-    use benches::raw::{pread_block, EventfdPingPong, FarWork};
+    use benches::raw::{pread_block, EventfdPingPong, FarWait, FarWork, ProcessPingPong};
     let file = std::fs::File::open(image)?;
     let blocks = file.metadata()?.len() / benches::BLOCK as u64;
     if blocks == 0 {
@@ -254,7 +261,18 @@ fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(),
     let mut rng = benches::XorShift::new(cli.seed);
     let pp = match limit {
         Limit::Pingpong => Some(EventfdPingPong::new(FarWork::Pread(file.try_clone()?))?),
-        Limit::Pread => None,
+        _ => None,
+    };
+    let mut procs = match limit {
+        Limit::PingpongProcs | Limit::PingpongEpoll => {
+            let wait = match limit {
+                Limit::PingpongEpoll => FarWait::Epoll,
+                _ => FarWait::Read,
+            };
+            let far = FarWork::Pread(file.try_clone()?);
+            Some(ProcessPingPong::new(far, wait, blocks, cli.seed)?)
+        }
+        Limit::Pread | Limit::Pingpong => None,
     };
     let mut buf = Box::new([0u8; benches::BLOCK]);
     let mut run_for = |d: Duration| -> Result<(u64, Duration), Error> {
@@ -262,10 +280,16 @@ fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(),
         let mut n = 0u64;
         while start.elapsed() < d {
             for _ in 0..64 {
-                let offset = rng.next_u64() % blocks * benches::BLOCK as u64;
-                let first = match &pp {
-                    Some(pp) => pp.round_trip(offset)?,
-                    None => pread_block(&file, &mut buf, offset)?,
+                let (offset, first) = match (&pp, &mut procs) {
+                    (_, Some(procs)) => procs.round_trip()?,
+                    (Some(pp), None) => {
+                        let offset = rng.next_u64() % blocks * benches::BLOCK as u64;
+                        (offset, pp.round_trip(offset)?)
+                    }
+                    (None, None) => {
+                        let offset = rng.next_u64() % blocks * benches::BLOCK as u64;
+                        (offset, pread_block(&file, &mut buf, offset)?)
+                    }
                 };
                 if first != benches::pattern(offset) {
                     return Err(
@@ -281,7 +305,12 @@ fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(),
     let (done, elapsed) = run_for(Duration::from_secs_f64(cli.duration))?;
     let secs = elapsed.as_secs_f64();
     let rate = done as f64 / secs;
-    let name = format!("{limit:?}").to_lowercase();
+    let name = match limit {
+        Limit::Pingpong => "pingpong",
+        Limit::PingpongProcs => "pingpong-procs",
+        Limit::PingpongEpoll => "pingpong-epoll",
+        Limit::Pread => "pread",
+    };
     println!(
         "RESULT label={} device=limit workload={name} qd=1 seconds={secs:.3} requests={done} \
          rate={rate:.0}",

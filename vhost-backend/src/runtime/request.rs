@@ -391,11 +391,13 @@ impl QueueContext<'_> {
     /// them from the others.
     pub fn pop(&mut self) -> Option<Request> {
         let size = u32::from(self.state.size());
+        // The map outlives this context: copying the reference out leaves `self` free for
+        // the walk, with no reference count moved per chain.
+        let mem: &Arc<GuestMemoryMmap> = self.mem;
         while self.taken < size {
-            let mem = Arc::clone(self.mem);
             // Inflight tracking: resubmitted heads before new available entries, also while
             // a stop waits (it waits for them).
-            if let Some((head, mut chain)) = self.state.next_resubmit(&mem) {
+            if let Some((head, mut chain)) = self.state.next_resubmit(mem) {
                 self.taken += 1;
                 if !self.state.take_head(head) {
                     self.state.recycle_chain(chain);
@@ -408,7 +410,7 @@ impl QueueContext<'_> {
             if self.ring.is_stopping() {
                 return None;
             }
-            let (head, mut chain) = self.state.pop_chain(&mem)?;
+            let (head, mut chain) = self.state.pop_chain(mem)?;
             self.taken += 1;
             if !self.state.take_head(head) {
                 self.state.recycle_chain(chain);
