@@ -1,7 +1,7 @@
 //! A whole server session of arbitrary front-end messages.
 //!
 //! Input (read with `arbitrary::Unstructured`): what the recording back-end offers, then up
-//! to 48 messages. Each message has a request code (mostly 1–44), flags (mostly version 1,
+//! to 48 messages. Each message has a request code (mostly a known one), flags (mostly version 1,
 //! NEED_REPLY at random), a body of up to 4160 bytes, a `size` field equal to the body
 //! length or larger, and 0–9 real descriptors (memfds, eventfds, sockets, /dev/null).
 //!
@@ -63,7 +63,7 @@ fn descriptor(u: &mut Unstructured<'_>) -> Result<OwnedFd> {
 
 fn message(u: &mut Unstructured<'_>) -> Result<Message> {
     let request = if u.ratio(15, 16)? {
-        u.int_in_range(1..=44u32)?
+        u.int_in_range(1..=vhost_proto::FRONTEND_REQUESTS.len() as u32)?
     } else {
         u.arbitrary()?
     };

@@ -3,9 +3,12 @@
 //! [`RecordingBackend`] implements every request: it records each call as a [`Call`],
 //! keeps the descriptors it receives, answers with configurable values, and fails the
 //! requests it is told to fail. `Call` and the methods are generated from the request rows
-//! of [`vhost_proto::for_each_frontend_request!`] (one variant per request, a field per
-//! argument of its `Backend` method; see `recording_rows!` in this file). Its [`Recording`] handle is shared, so a test can read the
-//! calls while a server owns the back-end (in another thread, too).
+//! of [`vhost_proto::for_each_frontend_request!`]: one variant per request, with a field
+//! per argument of its `Backend` method that is kept by value (a descriptor or the
+//! back-end channel has no field and is kept in the [`Recording`]; an optional descriptor
+//! or a list of them has a field saying whether or how many came; a buffer to fill has
+//! its `size`; see `recording_rows!` in this file). The [`Recording`] handle is shared, so a
+//! test can read the calls while a server owns the back-end (in another thread, too).
 //!
 //! ```
 //! use vhost_backend::test_utils::{Call, RecordingBackend};
@@ -53,7 +56,7 @@ pub struct CryptoSessionCall {
 /// clause of each row of [`vhost_proto::for_each_frontend_request!`].
 ///
 /// Each request is a variant named after it; its fields are the `Backend` method's
-/// arguments, by name, each kept by its type:
+/// arguments, by name (but a buffer's), each kept by its type:
 ///
 /// | argument type | in the [`Call`] | in the [`Recording`] |
 /// | --- | --- | --- |
@@ -61,7 +64,7 @@ pub struct CryptoSessionCall {
 /// | `Option<OwnedDescriptor>` | `bool`: whether one came | the descriptor, if any |
 /// | `Vec<OwnedDescriptor>` | `usize`: how many came | the descriptors |
 /// | `BackendClient` | (no field) | the client ([`Recording::backend_client`]) |
-/// | `&mut [u8]` (a buffer to fill) | `usize`: its length | |
+/// | `&mut [u8]` (a buffer to fill) | `size: usize`: its length (one such per method) | |
 /// | `&[u8]` | `Vec<u8>` | |
 /// | `&MemTable` | `Vec<MemoryRegion>`: its regions | |
 /// | `&CryptoSession<'_>` | [`CryptoSessionCall`] | |
@@ -78,7 +81,11 @@ pub struct CryptoSessionCall {
 ///
 /// The macro munches the rows one at a time, then each row's arguments one at a time,
 /// accumulating the variants, the methods and the variant names; the last step writes the
-/// enum and the impl.
+/// enum and the impl. That is deeper than the default recursion limit, hence the crate's
+/// `recursion_limit` with the `test-utils` feature. The entry arm matches only the start
+/// of a row, so a row or step no arm matches fails with "no rules expected" (checked by
+/// invoking the macro on a row without its `backend` clause: before the guard, that
+/// re-entered the entry arm until "recursion limit reached").
 macro_rules! recording_rows {
     // Every row done: write the enum, `Call::request` and the impl.
     (@rows [$($variants:tt)*] [$($methods:tt)*] [$($names:ident)*]) => {
@@ -159,7 +166,7 @@ macro_rules! recording_rows {
     };
     (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
         [$a:ident : &mut [u8] = $s:tt $(, $($more:tt)*)?] $($rest:tt)*) => {
-        recording_rows!(@args $row [$($sig)* $a: &mut [u8],] [$($f)* {$a: usize = $a.len()}] [$($k)*] [$($n)* $a]
+        recording_rows!(@args $row [$($sig)* $a: &mut [u8],] [$($f)* {size: usize = $a.len()}] [$($k)*] [$($n)* $a]
             [$($($more)*)?] $($rest)*);
     };
     (@args $row:tt [$($sig:tt)*] [$($f:tt)*] [$($k:tt)*] [$($n:tt)*]
@@ -218,9 +225,12 @@ macro_rules! recording_rows {
     (@answer $self:ident, $name:ident [unit] $($n:ident)*) => { Ok(()) };
     (@answer $self:ident, $name:ident [answer] $($n:ident)*) => { answer::$name($self) };
     (@answer $self:ident, $name:ident [via $helper:ident] $($n:ident)*) => { answer::$helper($self, $($n),*) };
-    // Entry: the rows of `for_each_frontend_request!`.
-    ($($rows:tt)*) => {
-        recording_rows!(@rows [] [] [] $($rows)*);
+    // Entry: the rows of `for_each_frontend_request!`. The pattern starts like a row (its
+    // attributes, then its variant name), so an internal step (`@...`) that no arm above
+    // matches fails with "no rules expected" instead of re-entering here until the
+    // recursion limit.
+    ($(#[$m:meta])* $v:ident $($rows:tt)*) => {
+        recording_rows!(@rows [] [] [] $(#[$m])* $v $($rows)*);
     };
 }
 
@@ -556,7 +566,7 @@ mod tests {
                 Call::SetLogFd,
                 Call::GetConfig {
                     offset: 30,
-                    buf: 4,
+                    size: 4,
                     flags: 0,
                 },
                 Call::GetQueueNum,

@@ -62,7 +62,9 @@ fn header_with_reserved_or_reply_flags_closes_without_answer() {
 
 #[test]
 fn unknown_request_codes_close_without_answer() {
-    for code in [0, 45, 1006] {
+    // The first code past the last request is unknown, whatever the rows' count.
+    let past_last = vhost_proto::FRONTEND_REQUESTS.len() as u32 + 1;
+    for code in [0, past_last, 1006] {
         let mut s = Session::new(cases::backend());
         let h = Header::new(code, HeaderFlags::NEED_REPLY, 0);
         let e = framing_error(&mut s, h, &[]);

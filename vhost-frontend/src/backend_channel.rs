@@ -73,11 +73,12 @@ impl ReplyFd for Option<OwnedFd> {
 /// body (by reference; absent without one); each argument's source is one token: `fd` (the
 /// one descriptor; a request without it is failed with status 1), `fd_or_nofd` (`None` for
 /// NOFD), the body's name, or a parenthesised expression over it. The output is `()` (no
-/// descriptor goes back) or the `Option<OwnedFd>` sent with the reply ([`ReplyFd`]). A row without the
-/// clause does not compile.
+/// descriptor goes back) or the `Option<OwnedFd>` sent with the reply ([`ReplyFd`]). A row
+/// without the clause does not compile.
 macro_rules! handler_rows {
     ($($(#[$m:meta])* $v:ident $(($($body:tt)*))? = $code:literal => $spec:expr
-        => handler($(#[$d:meta])* $(|$b:ident|)? fn $name:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty)
+        => handler($(#[$d:meta])* $(|$b:ident|)?
+            fn $name:ident($($arg:ident : $aty:ty = $src:tt),*) -> $ret:ty)
         => client($($client:tt)*);)*) => {
         /// Handles back-end requests: one method per request, each defaulting to "not supported".
         #[allow(unused_variables)]

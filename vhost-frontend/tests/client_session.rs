@@ -102,7 +102,7 @@ fn session_sends_qemu_72_realize_and_start_sequence_with_two_queues() {
     }
     expected.push(Call::GetConfig {
         offset: 0,
-        buf: 16,
+        size: 16,
         flags: 0,
     });
     assert_eq!(rec.take_calls(), expected);

@@ -53,8 +53,16 @@
 //! from which [`BackendReq`], [`BACKEND_REQUESTS`] and [`BackendRequest`] follow; both
 //! request enums come from one generator over the rows. Their `handler` clause gives the
 //! front-end's handler trait and its dispatch (vhost-frontend), their `client` clause the
-//! back-end's `BackendClient` methods (vhost-backend): adding a back-end request is its
-//! row, its body type if new, and the front-end's handling of it.
+//! back-end's `BackendClient` methods (vhost-backend). Adding a back-end request is its row,
+//! its body type if new, and the front-end's handling of it; an argument source the
+//! `handler` clause has not used yet needs an `@arg` arm in vhost-frontend's `handler_rows!`
+//! (`backend_channel.rs`), a handler output other than `()` and `Option<OwnedFd>` an impl
+//! of its `ReplyFd`; and, demanded by `cargo test`, its call in vhost-backend's
+//! `tests/server_backend_channel.rs` (the test checks that every back-end request is sent)
+//! and this crate's spec oracles, as listed below for front-end requests
+//! (`spec_rows::BACKEND`, a golden vector, the count `10` and `from_code(11)` in
+//! `table.rs`'s unit tests, `11` as an unknown code in `tests/table.rs`, an arm in
+//! `tests/roundtrip.rs`).
 //!
 //! The row's `=> backend(...)` clause declares the request's `Backend` method (its
 //! documentation, name, arguments, success type and default body) and the server's
@@ -62,14 +70,16 @@
 //! function that shapes the method's success as the reply (`done`, `status`, `value`, or a
 //! reply of the request's own). From it vhost-backend generates the trait, the dispatch's
 //! `match`, and the recording test back-end (`test_utils`: the `Call` variant, with a field
-//! per argument, and the `RecordingBackend` method that records it, keeps the descriptors
-//! and answers). The `=> client(...)` clause declares the front-end client's method (its
+//! per argument kept by value — a descriptor or the back-end channel has none, an optional
+//! descriptor or a list of them has its presence or count, a buffer to fill its `size` —
+//! and the `RecordingBackend` method that records it, keeps the descriptors and answers).
+//! The `=> client(...)` clause declares the front-end client's method (its
 //! documentation, public signature, the body and descriptors it sends and how it reads the
 //! reply, or `via` a helper of the request's own), which vhost-frontend generates. The
 //! syntax of both is documented on [`for_each_frontend_request!`]. This crate only carries
 //! the clauses; the names in them are resolved in the crates that generate from them.
 //!
-//! Adding a request is therefore:
+//! Adding a front-end request is therefore:
 //! 1. the row, with its `backend` and `client` clauses;
 //! 2. its body type, if no existing one fits: layout in [`wire`] and an `impl Body` (decode,
 //!    encode, and the rules of the type) in its family's file under `src/frontend/`; a rule
@@ -83,17 +93,57 @@
 //! clause); a method that answers something other than `()` needs its answer in the
 //! recording back-end (`answer::<method>` in `test_utils`, reading the back-end's public
 //! answer fields); a client method with building or reply checks of its own is `via` a
-//! helper the `client` clause names. A row without either clause does not compile (no rule
-//! of the generators matches it); a body type the recording back-end cannot keep (a `&T`
-//! that is not `Copy`) fails in the generated method.
+//! helper the `client` clause names.
 //!
-//! Counted: one row and, when new, one body type here; then the method's implementation
-//! (demanded by the compiler when the method has no default); and 0 to 3 named helpers
-//! (dispatch shaping, recording answer, client helper). Before the first rows, a dozen
-//! places were kept in step by hand: the enum, decode, `code`, encode,
-//! `FrontendReply::failure`, the reply-descriptor special case, the policy's
-//! `changes_state` and `blank`, the trait method, the dispatch arm, `Call` and the
-//! recording method, and the client method, of which only the dispatch arm was checked.
+//! Only where the row uses a kind of clause no row used before, a generator arm, each one
+//! the compiler points to when missing ("no rules expected", or a type error in the
+//! generated code): an argument source other than `fd`, `fd_or_nofd`, `fds`, `channel`, the
+//! body or an expression needs an `@arg` arm in vhost-backend's `dispatch_rows!`
+//! (`server/dispatch.rs`); an argument type the recording back-end cannot keep as it keeps
+//! the others (a new descriptor-like type, or a `&T` that is not `Copy`) needs an `@args`
+//! arm in `recording_rows!` (`test_utils.rs`); a reply reader other than `simple`,
+//! `u64_status` and `value` needs an `@read` arm in vhost-frontend's `client_rows!`
+//! (`client/requests.rs`). A row without its `backend` or `client` clause does not compile
+//! (no rule of the generators matches it).
+//!
+//! Then the tests that `cargo test` (not the compiler) demands:
+//! - vhost-backend `tests/common/cases.rs`: a sample of the request (its message, the
+//!   `Call` it causes, its reply), which `cases_cover_every_frontend_request`
+//!   (`tests/server_requests.rs`) demands;
+//! - vhost-frontend `tests/client.rs`: a call of the client method and the `Call` it
+//!   causes, which its test of every request demands
+//!   (`every_frontend_request_reaches_the_backend_with_its_arguments_and_typed_replies`
+//!   checks that the calls cover [`FrontendReq::all`]);
+//! - this crate's spec oracles, hard-coded on purpose (they are the specification's
+//!   text, independent of the rows): the row in `tests/common/spec_rows.rs` (and its
+//!   array's length); a golden vector in `tests/common/golden.rs` (`tests/golden.rs`
+//!   checks that every request has one); the count `44` and `from_code(45)` in
+//!   `src/table.rs`'s unit tests and, for a request with a policy column set, its pinned
+//!   columns there; `45` as an unknown code in `tests/table.rs` and in
+//!   `tests/invalid_header.rs`; `44 * 4` and, for a gated request, the count of gated
+//!   requests (`29`) in `tests/negotiation.rs`; and an arm building a sample in
+//!   `tests/roundtrip.rs` (a compile error in that test until added; its code range
+//!   follows [`FRONTEND_REQUESTS`]). The server's and the daemons' unknown-code tests
+//!   (vhost-backend `tests/server_policy.rs`, vhost-test-support `hostile.rs`) and the
+//!   fuzz target `server_session` take their codes from [`FRONTEND_REQUESTS`].
+//!
+//! The prose that says "44" or "1–44" is not checked: 8 places to update by hand (this
+//! page, [`for_each_frontend_request!`], [`FrontendReq`]; vhost-backend's crate docs, its
+//! `Backend` trait and `tests/server_requests.rs`; vhost-frontend's `client` module and
+//! `client/requests.rs`).
+//!
+//! Counted: one row and, when new, one body type here; the method's implementation
+//! (demanded by the compiler when the method has no default); 0 to 3 named helpers
+//! (dispatch shaping, recording answer, client helper) and 0 to 3 generator arms (dispatch
+//! source, recording argument kind, client reply reader), each demanded by the compiler;
+//! 2 test samples in the other crates (vhost-backend's cases, vhost-frontend's client
+//! test) and 8 edits of the spec oracles in this crate (up to 10: a policy column, a
+//! gate), each demanded by a failing test or, for `roundtrip.rs`, the compiler; and the
+//! 8 unchecked counts in prose. Before the first rows, a dozen places in the code were
+//! kept in step by hand: the enum, decode, `code`, encode, `FrontendReply::failure`, the
+//! reply-descriptor special case, the policy's `changes_state` and `blank`, the trait
+//! method, the dispatch arm, `Call` and the recording method, and the client method, of
+//! which only the dispatch arm was checked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

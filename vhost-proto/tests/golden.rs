@@ -23,8 +23,9 @@ fn golden_frontend_requests_decode_and_encode_to_the_same_bytes() {
         assert_eq!(again, g.bytes, "{}: encode", g.name);
         codes.insert(msg.code() as u32);
     }
-    // Every one of the 44 front-end requests has a vector.
-    assert_eq!(codes, (1..=44).collect::<BTreeSet<u32>>());
+    // Every front-end request has a vector: a request added to the rows fails here until
+    // its vector is written.
+    assert_eq!(codes, FrontendReq::all().map(|r| r as u32).collect());
 }
 
 #[test]
@@ -46,7 +47,8 @@ fn golden_backend_requests_decode_and_encode_to_the_same_bytes() {
         );
         codes.insert(msg.code() as u32);
     }
-    assert_eq!(codes, (1..=10).collect::<BTreeSet<u32>>());
+    // Every back-end request has a vector.
+    assert_eq!(codes, BackendReq::all().map(|r| r as u32).collect());
 }
 
 #[test]

@@ -315,7 +315,9 @@ impl Params {
 
 proptest! {
     #[test]
-    fn frontend_request_encode_then_decode_is_identity(p in params(1..=44)) {
+    fn frontend_request_encode_then_decode_is_identity(
+        p in params(1..=FRONTEND_REQUESTS.len() as u32),
+    ) {
         let msg = p.frontend();
         let flags = if p.small & 1 == 1 { HeaderFlags::NEED_REPLY } else { HeaderFlags::empty() };
         let bytes = encode_frontend(&msg, flags);
@@ -328,7 +330,9 @@ proptest! {
     }
 
     #[test]
-    fn backend_request_encode_then_decode_is_identity(p in params(1..=10)) {
+    fn backend_request_encode_then_decode_is_identity(
+        p in params(1..=BACKEND_REQUESTS.len() as u32),
+    ) {
         let msg = p.backend();
         let flags = if p.flag { HeaderFlags::NEED_REPLY } else { HeaderFlags::empty() };
         let bytes = encode_backend(&msg, flags);
@@ -350,7 +354,10 @@ proptest! {
     }
 
     #[test]
-    fn backend_reply_encode_then_decode_is_identity(value in any::<u64>(), code in 1u32..=10) {
+    fn backend_reply_encode_then_decode_is_identity(
+        value in any::<u64>(),
+        code in 1..=BACKEND_REQUESTS.len() as u32,
+    ) {
         let req = BackendReq::from_code(code).unwrap();
         let mut buf = [0u8; 8];
         let enc = encode_backend_reply(req, value, &mut buf).unwrap();

@@ -299,7 +299,7 @@ pub fn all() -> Vec<Case> {
             0,
             Call::GetConfig {
                 offset: 4,
-                buf: 8,
+                size: 8,
                 flags: 0,
             },
             P::Config(Config {

@@ -71,7 +71,8 @@ macro_rules! client_rows {
             self.$helper($($arg),*)
         }
     };
-    (@method $v:ident $(#[$d:meta])* $(|$fe:ident|)? fn $name:ident($($arg:ident : $aty:ty),*) -> $ret:ty
+    (@method $v:ident $(#[$d:meta])* $(|$fe:ident|)?
+        fn $name:ident($($arg:ident : $aty:ty),*) -> $ret:ty
         = $reader:ident $(($body:expr))? $(with $fds:expr)?) => {
         $(#[$d])*
         pub fn $name(&mut self, $($arg: $aty),*) -> Result<$ret> {
