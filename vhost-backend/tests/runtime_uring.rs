@@ -474,46 +474,177 @@ fn rings_dropped_in_turn_with_one_deadline_wait_it_once() {
     std::mem::forget(kept);
 }
 
-/// `fallocate` operations run one range after the other and complete the request once.
-#[test]
-fn fallocate_ranges_run_in_turn() {
-    let (_mem, q, _pipe, _w) = setup();
-    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
-    file.set_len(64 * 1024).unwrap();
-    struct Alloc(Mutex<GuestUring<()>>);
-    impl VirtioDevice for Alloc {
-        vhost_test_support::device_basics!(self; device_type: 4, queues: 1, max_queue_size: 16);
-        fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
-            let mut u = self.0.lock().unwrap();
-            let r = |offset, len| vhost_backend::runtime::FallocRange {
-                offset,
-                len,
-                mode: 0,
-            };
-            while let Some(req) = ctx.pop() {
-                if let Err(r) = u.fallocate(req, &[r(0, 4096), r(65536, 8192)], ()) {
-                    panic!("refused: {}", r.error);
-                }
-            }
-            u.submit()?;
-            Ok(Processed::Drained)
-        }
-    }
-    let dev = Alloc(Mutex::new(GuestUring::new(&file, 16).unwrap()));
-    assert!(dev.0.lock().unwrap().supports_fallocate());
-    q.process(&dev).unwrap();
+/// Takes the requests a queue pops and keeps them, for tests that start them on a ring
+/// themselves.
+fn pop_all(q: &TestQueue, n: usize) -> Vec<vhost_backend::runtime::Request> {
+    let keep = vhost_backend::runtime::testing::KeepDevice::new(16);
+    q.process(&keep).unwrap();
+    let reqs = keep.take();
+    assert_eq!(reqs.len(), n);
+    reqs
+}
+
+/// Reaps `ring` until `n` operations came back (5 s at most).
+fn reap_n(ring: &mut GuestUring<()>, n: usize) -> Vec<Reaped<()>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut out = Vec::new();
-    while out.is_empty() {
-        assert!(Instant::now() < deadline, "never completed");
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} came back",
+            out.len()
+        );
         std::thread::sleep(Duration::from_millis(2));
-        dev.0.lock().unwrap().reap(&mut out);
+        ring.reap(&mut out);
     }
-    assert_eq!(out.len(), 1);
-    assert!(out[0].result.is_ok(), "{:?}", out[0].result);
-    for r in out {
-        r.req.complete(0);
+    std::thread::sleep(Duration::from_millis(20));
+    ring.reap(&mut out);
+    assert_eq!(out.len(), n, "an operation came back twice");
+    out
+}
+
+/// `fallocate` ranges run one after the other: allocating a range then punching a hole in
+/// it leaves a hole (the other way round, or both at once, could leave blocks allocated).
+/// A failing range ends the operation: the ranges after it do not run, the request comes
+/// back failed once.
+#[test]
+fn fallocate_ranges_run_in_turn() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let q = ring_with_chains(&mem, 0x1000, 2);
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    let mut ring = GuestUring::new(&file, 16).unwrap();
+    assert!(ring.supports_fallocate());
+    let r = |offset, len, mode| vhost_backend::runtime::FallocRange { offset, len, mode };
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let mut reqs = pop_all(&q, 2).into_iter();
+    let req = reqs.next().unwrap();
+    if let Err(e) = ring.fallocate(req, &[r(0, 65536, 0), r(0, 65536, punch)], ()) {
+        panic!("refused: {}", e.error);
     }
-    // Mode 0 allocates, extending the file: both ranges ran, the second last.
-    assert_eq!(file.metadata().unwrap().len(), 65536 + 8192);
+    ring.submit().unwrap();
+    for o in reap_n(&mut ring, 1) {
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        o.req.complete(0);
+    }
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta.len(), 65536, "the allocation ran");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        meta.blocks(),
+        0,
+        "the hole was punched after the allocation"
+    );
+
+    // The first range's completion fails: the second (which would extend the file) never runs.
+    ring.fail_next_completions(libc::EIO, 1);
+    let req = reqs.next().unwrap();
+    if let Err(e) = ring.fallocate(req, &[r(0, 4096, 0), r(65536, 8192, 0)], ()) {
+        panic!("refused: {}", e.error);
+    }
+    ring.submit().unwrap();
+    let out = reap_n(&mut ring, 1);
+    assert_eq!(
+        out[0].result.as_ref().err().map(|e| e.to_string()),
+        Some(std::io::Error::from_raw_os_error(libc::EIO).to_string())
+    );
+    for o in out {
+        o.req.complete(0);
+    }
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        65536,
+        "the second range ran"
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
+
+/// Operations that go on (the next range of a fallocate) while the submission queue is full
+/// (more slots than its size, after a stop that timed out) are submitted, not failed.
+#[test]
+fn operations_requeued_into_a_full_submission_queue_go_on() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let q = ring_with_chains(&mem, 0x1000, 8);
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    // Depth 4: a submission queue of 4, a completion queue (and so slots) of 8.
+    let mut ring = GuestUring::new(&file, 4).unwrap();
+    let r = |offset, len| vhost_backend::runtime::FallocRange {
+        offset,
+        len,
+        mode: 0,
+    };
+    for (i, req) in pop_all(&q, 8).into_iter().enumerate() {
+        let at = i as u64 * 8192;
+        if let Err(e) = ring.fallocate(req, &[r(at, 4096), r(at + 4096, 4096)], ()) {
+            panic!("refused {i}: {}", e.error);
+        }
+    }
+    assert_eq!(ring.in_flight(), 8);
+    // The first four were submitted to make room for the last four, which stay queued: the
+    // first ranges' completions find the submission queue full.
+    std::thread::sleep(Duration::from_millis(200));
+    let out = reap_n(&mut ring, 8);
+    for o in out {
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        o.req.complete(0);
+    }
+    assert_eq!(file.metadata().unwrap().len(), 8 * 8192);
+}
+
+/// A capture of the warnings and errors logged on each thread.
+struct Capture(Mutex<Vec<(std::thread::ThreadId, String)>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let me = std::thread::current().id();
+            self.0.lock().unwrap().push((me, r.args().to_string()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+/// What this thread logged at warning level or above since the capture was installed.
+fn logged_here() -> Vec<String> {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Warn);
+    let me = std::thread::current().id();
+    CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t == me)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+/// Dropping the ring while a short read goes on, whose next submission is refused for good:
+/// the read comes back failed from drop's own reaping and its request is completed, not
+/// dropped without completion.
+#[test]
+fn dropping_the_ring_completes_a_read_whose_resubmission_fails() {
+    assert!(logged_here().is_empty());
+    let (mem, q, dev, mut w) = setup();
+    q.process(&dev).unwrap();
+    assert_eq!(q.outstanding(), 1);
+    dev.0.lock().unwrap().fail_next_submit(libc::EINVAL);
+    // Part of the read: the rest is queued again and its submission fails.
+    w.write_all(&data()[..10]).unwrap();
+    drop(dev);
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3002)).unwrap(), 1);
+    let logged = logged_here();
+    assert!(
+        !logged.iter().any(|m| m.contains("without completion")),
+        "{logged:?}"
+    );
+    assert!(
+        logged.iter().any(|m| m.contains("submission failed")),
+        "the injected failure was not hit: {logged:?}"
+    );
 }

@@ -23,12 +23,13 @@
 //! for every operation in flight first, up to a bound (then leaks them and the ring, keeping
 //! their memory mapped). A submission the kernel refuses for now (`EAGAIN`, `ENOMEM`,
 //! `EBUSY`) is retried through the eventfd; one it refuses for good fails the operations it
-//! carried (given back by the next [`reap`](GuestUring::reap)) and the ring never submits
-//! again: their entries stay in its submission queue, which the kernel reads only when
-//! asked to submit, so their buffers are never touched once their requests are returned. A
-//! new ring replaces it once nothing is in flight on it; if that one fails before any
-//! submission went through, the ring refuses every operation from then on (the device
-//! serves them another way).
+//! carried (given back by the next [`reap`](GuestUring::reap), marked
+//! [`not_submitted`](Reaped::not_submitted)) and the ring never submits again: their entries
+//! stay in its submission queue, which the kernel reads only when asked to submit, so their
+//! buffers are never touched once their requests are returned. A new ring replaces it once
+//! nothing is in flight on it; if that one fails before any submission went through, or
+//! cannot be set up, the ring is retired: it refuses every operation from then on (the
+//! device serves them another way).
 //!
 //! [`fallocate`](GuestUring::fallocate) queues `IORING_OP_FALLOCATE` operations (punching
 //! holes, zeroing ranges) over a list of ranges, one after the other.
@@ -79,6 +80,10 @@ pub struct Reaped<T> {
     pub tag: T,
     /// Whether the whole transfer (or the sync) succeeded.
     pub result: Result<(), GuestIoError>,
+    /// The operation (or what was left of it) never reached the kernel: a submission refused
+    /// for good failed it, and `result` holds that refusal, not the operation's own result
+    /// (an errno such as `EINVAL` or `EOPNOTSUPP` there says nothing about the file).
+    pub not_submitted: bool,
 }
 
 /// An operation that was not submitted, and why; the request comes back untouched.
@@ -90,7 +95,11 @@ pub struct Refused<T> {
     pub tag: T,
     /// Why: [`GuestIoError::Unaligned`] for buffers direct I/O cannot take as they are,
     /// [`GuestIoError::Stale`], a buffer outside guest memory or too short, or (with
-    /// [`GuestIoError::Io`]) no free slot or a full submission queue.
+    /// [`GuestIoError::Io`]) no free slot, a full submission queue, a ring that failed for
+    /// good with operations still in flight on it (not replaced yet), a ring that could not
+    /// be replaced or whose replacement failed too (retired: every operation is refused from
+    /// then on), or for [`fallocate`](GuestUring::fallocate) a kernel without the operation
+    /// or an empty range.
     pub error: GuestIoError,
 }
 
@@ -164,8 +173,9 @@ pub struct GuestUring<T> {
     /// Whether a submission went through since this ring was set up (a ring replacing a
     /// broken one that fails before any is not replaced again).
     submitted: bool,
-    /// The ring failed for good again right after it was replaced: no new ring is set up,
-    /// every operation is refused (the device serves them another way).
+    /// The ring failed for good again right after it was replaced, or no ring could be set
+    /// up to replace it: no new ring is tried, every operation is refused (the device serves
+    /// them another way).
     retired: bool,
     /// Whether this ring replaced a broken one.
     renewed: bool,
@@ -194,6 +204,12 @@ pub struct GuestUring<T> {
     /// Test hook: this many completions are seen as failing with this errno.
     #[cfg(any(test, feature = "test-utils"))]
     fail_completions: (i32, u32),
+    /// Test hook: this many renewals fail (as if setting up the new ring failed).
+    #[cfg(any(test, feature = "test-utils"))]
+    fail_renewals: u32,
+    /// Test hook: how many times a new ring was set up to replace a broken one.
+    #[cfg(any(test, feature = "test-utils"))]
+    renewals_tried: u32,
 }
 
 // SAFETY: the raw pointers a `GuestUring` holds (in its iovecs) point into guest memory
@@ -259,6 +275,10 @@ impl<T> GuestUring<T> {
             fail_submit: None,
             #[cfg(any(test, feature = "test-utils"))]
             fail_completions: (0, 0),
+            #[cfg(any(test, feature = "test-utils"))]
+            fail_renewals: 0,
+            #[cfg(any(test, feature = "test-utils"))]
+            renewals_tried: 0,
         })
     }
 
@@ -298,6 +318,18 @@ impl<T> GuestUring<T> {
     #[cfg(any(test, feature = "test-utils"))]
     pub fn fail_next_completions(&mut self, errno: i32, n: u32) {
         self.fail_completions = (errno, n);
+    }
+
+    /// Test hook: the next `n` attempts to set up a ring replacing a broken one fail.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn fail_next_renewals(&mut self, n: u32) {
+        self.fail_renewals = n;
+    }
+
+    /// Test hook: how many times a ring replacing a broken one was set up (or tried).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn renewals_tried(&self) -> u32 {
+        self.renewals_tried
     }
 
     /// The eventfd the ring signals when operations complete (non-blocking; [`reap`](Self::reap)
@@ -520,7 +552,34 @@ impl<T> GuestUring<T> {
             ));
         }
         let entries = self.ring.params().sq_entries();
-        let ring = new_ring(&self.file, entries, &self.eventfd)?;
+        #[cfg(any(test, feature = "test-utils"))]
+        {
+            self.renewals_tried += 1;
+        }
+        #[cfg(any(test, feature = "test-utils"))]
+        let injected = if self.fail_renewals > 0 {
+            self.fail_renewals -= 1;
+            Some(io::Error::from_raw_os_error(libc::ENOMEM))
+        } else {
+            None
+        };
+        #[cfg(not(any(test, feature = "test-utils")))]
+        let injected = None;
+        let ring = match injected.map_or_else(|| new_ring(&self.file, entries, &self.eventfd), Err)
+        {
+            Ok(ring) => ring,
+            Err(e) => {
+                // Setting up rings fails here (out of memory, a limit reached): trying again
+                // for every operation would repeat the setup each time, to serve it at once
+                // anyway.
+                log::error!(
+                    "io_uring: setting up a ring to replace the one that failed: {e}; \
+                     requests are served another way"
+                );
+                self.retired = true;
+                return Err(e);
+            }
+        };
         let old = std::mem::replace(&mut *self.ring, ring);
         // The entries left in the old ring's submission queue are never submitted: the
         // kernel consumes them only in io_uring_enter, which nothing calls on it any more.
@@ -538,7 +597,10 @@ impl<T> GuestUring<T> {
     /// When the kernel refuses for now (`EAGAIN`, `ENOMEM`, `EBUSY`: out of resources, or
     /// completions to take first), the operations stay queued, the ring signals its own
     /// eventfd and [`reap`](Self::reap) sends them again: this returns `Ok`. Another error is
-    /// returned, and the retry is scheduled all the same.
+    /// returned: the operations still queued fail (given back, marked
+    /// [`not_submitted`](Reaped::not_submitted), by the next `reap`, which the eventfd is
+    /// signalled for) and the ring submits nothing more; a new one replaces it once nothing
+    /// is in flight on it. Once the ring failed, this does nothing and returns `Ok`.
     pub fn submit(&mut self) -> io::Result<()> {
         if self.broken {
             return Ok(());
@@ -589,7 +651,7 @@ impl<T> GuestUring<T> {
                 || io::Error::new(error.kind(), error.to_string()),
                 io::Error::from_raw_os_error,
             );
-            self.finish(idx, Err(GuestIoError::Io(e)), &mut failed);
+            self.finish(idx, Err(GuestIoError::Io(e)), true, &mut failed);
         }
         self.failed = failed;
         Err(error)
@@ -601,13 +663,14 @@ impl<T> GuestUring<T> {
     /// posted after this looked signals it again. Returns the number appended.
     pub fn reap(&mut self, out: &mut Vec<Reaped<T>>) -> usize {
         let _ = self.eventfd.read();
-        let mut n = self.failed.len();
-        out.append(&mut self.failed);
-        n += self.take_completions(out);
+        let mut n = self.take_completions(out);
         // What a failed submission left queued (taking completions first makes room).
         if let Err(e) = self.submit() {
             log::warn!("io_uring: submission failed again: {e}");
         }
+        // Last: submissions above (and resubmitted short transfers) may have failed some.
+        n += self.failed.len();
+        out.append(&mut self.failed);
         n
     }
 
@@ -644,7 +707,8 @@ impl<T> GuestUring<T> {
             cqes.clear();
             self.cqes = cqes;
             if again {
-                // A failure schedules a retry (see `submit`).
+                // A refusal for now is retried through the eventfd; one for good fails the
+                // operations queued (see `submit`), given back by `reap`.
                 if let Err(e) = self.submit() {
                     log::warn!("io_uring: resubmitting a short transfer: {e}");
                 }
@@ -699,23 +763,36 @@ impl<T> GuestUring<T> {
                 return self.requeue(data as u32, out);
             }
         };
-        self.finish(data as u32, result.map_err(GuestIoError::Io), out);
+        self.finish(data as u32, result.map_err(GuestIoError::Io), false, out);
         false
     }
 
-    /// Queues slot `idx`'s operation again; fails it when that is impossible.
+    /// Queues slot `idx`'s operation again; fails it when that is impossible (the ring
+    /// failed for good). A full submission queue (there may be more slots than entries, and
+    /// a fallocate queues each range in turn) is sent to the kernel first.
     fn requeue(&mut self, idx: u32, out: &mut Vec<Reaped<T>>) -> bool {
-        match self.push(idx) {
+        let mut pushed = self.push(idx);
+        if pushed.is_err() && !self.broken {
+            pushed = self.submit().and_then(|()| self.push(idx));
+        }
+        match pushed {
             Ok(()) => true,
             Err(e) => {
-                self.finish(idx, Err(GuestIoError::Io(e)), out);
+                self.finish(idx, Err(GuestIoError::Io(e)), true, out);
                 false
             }
         }
     }
 
     /// Frees slot `idx` and gives its request back with `result`.
-    fn finish(&mut self, idx: u32, result: Result<(), GuestIoError>, out: &mut Vec<Reaped<T>>) {
+    /// `not_submitted`: see [`Reaped::not_submitted`].
+    fn finish(
+        &mut self,
+        idx: u32,
+        result: Result<(), GuestIoError>,
+        not_submitted: bool,
+        out: &mut Vec<Reaped<T>>,
+    ) {
         let slot = &mut self.slots[idx as usize];
         let Some(op) = slot.op.take() else {
             return;
@@ -733,15 +810,15 @@ impl<T> GuestUring<T> {
             req: op.req,
             tag: op.tag,
             result,
+            not_submitted,
         });
     }
 }
 
 impl<T> Drop for GuestUring<T> {
     fn drop(&mut self) {
-        let deadline = self
-            .drop_deadline
-            .unwrap_or_else(|| Instant::now() + self.drop_timeout);
+        let start = Instant::now();
+        let deadline = self.drop_deadline.unwrap_or(start + self.drop_timeout);
         let mut out = Vec::new();
         loop {
             // `reap` resets the eventfd before it looks: what completes later signals again.
@@ -758,10 +835,10 @@ impl<T> Drop for GuestUring<T> {
                 // The storage does not answer (e.g. a hard-mounted NFS server gone): the
                 // kernel may still use the buffers, keep them mapped for ever, with the ring.
                 log::error!(
-                    "io_uring: {} operations still in flight after {:?}; their requests and \
-                     the ring are leaked",
+                    "io_uring: {} operations still in flight after waiting {:?}; their \
+                     requests and the ring are leaked",
                     self.in_flight,
-                    self.drop_timeout
+                    start.elapsed()
                 );
                 std::mem::forget(std::mem::take(&mut self.slots));
                 return;

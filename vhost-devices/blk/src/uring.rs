@@ -16,9 +16,10 @@
 //! on the worker, as [`Aio::Sync`](crate::Aio::Sync) does. A device reset forgets the
 //! previous generation's writes, so a write that never completes (storage stalled past a
 //! stop's timeout) does not hold back later flushes. A submission the kernel refuses for
-//! good fails the requests it carried with IOERR; the ring is replaced once nothing is in
+//! good fails the requests it carried with IOERR (DISCARD and WRITE_ZEROES too, whatever the
+//! errno: it is not the file system's answer); the ring is replaced once nothing is in
 //! flight on it, and meanwhile requests are served at once (from then on if the new ring
-//! fails too before serving anything).
+//! fails too before serving anything, or cannot be set up).
 //!
 //! Ordering: a FLUSH's `fdatasync` is submitted only once every write (OUT, DISCARD,
 //! WRITE_ZEROES) submitted on this queue before the flush completed (its used entry queued,
@@ -47,8 +48,14 @@ enum Tag {
     /// The `fdatasync` after write `id`.
     WriteSync(u64),
     /// A DISCARD (`discard`) or WRITE_ZEROES as write `id`, its ranges `fallocate`d;
-    /// `sync` as for [`Tag::Write`].
-    Ranges { id: u64, discard: bool, sync: bool },
+    /// `sync` as for [`Tag::Write`]; `header` as parsed when it started (for serving it
+    /// again at once, without reading the guest's chain again).
+    Ranges {
+        id: u64,
+        discard: bool,
+        sync: bool,
+        header: Header,
+    },
     /// A flush's `fdatasync`.
     Flush,
 }
@@ -116,6 +123,24 @@ impl UringQueue {
     #[cfg(test)]
     pub(crate) fn fail_next_completions(&mut self, errno: i32, n: u32) {
         self.ring.fail_next_completions(errno, n);
+    }
+
+    /// Test hook: the next `n` attempts to replace a failed ring fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_renewals(&mut self, n: u32) {
+        self.ring.fail_next_renewals(n);
+    }
+
+    /// Test hook: how many times a new ring was set up (or tried) to replace a failed one.
+    #[cfg(test)]
+    pub(crate) fn renewals_tried(&self) -> u32 {
+        self.ring.renewals_tried()
+    }
+
+    /// Test hook: flushes waiting for earlier writes to complete.
+    #[cfg(test)]
+    pub(crate) fn waiting_flushes(&self) -> usize {
+        self.flushes.len()
     }
 
     /// Test hook: the ring's drop timeout.
@@ -251,6 +276,7 @@ impl UringQueue {
             id,
             discard,
             sync: writethrough,
+            header,
         };
         let n = segments.len().min(ranges.len());
         if let Err(Refused { req, .. }) = self.ring.fallocate(req, &ranges[..n], tag) {
@@ -311,7 +337,13 @@ impl UringQueue {
         while take(&mut self.ring, &mut reaped) > 0 {
             // Later rounds look only at what is there.
             take = GuestUring::reap_ready;
-            for Reaped { req, tag, result } in reaped.drain(..) {
+            for Reaped {
+                req,
+                tag,
+                result,
+                not_submitted,
+            } in reaped.drain(..)
+            {
                 let result = result.map_err(RequestError::from);
                 match tag {
                     Tag::Read(len) => complete(core, req, result.map(|()| len)),
@@ -325,8 +357,16 @@ impl UringQueue {
                             self.writes.remove(&id);
                         }
                     }
-                    Tag::Ranges { id, discard, sync } => {
+                    Tag::Ranges {
+                        id,
+                        discard,
+                        sync,
+                        header,
+                    } => {
                         match result {
+                            // Never reached the kernel (a submission refused for good): the
+                            // errno is the submission's, not the file system's.
+                            r if not_submitted => complete(core, req, r.map(|()| 0)),
                             // Discard is a hint: a file system that cannot deallocate
                             // still succeeds (as `Aio::Sync` has it).
                             Err(RequestError::Io(e))
@@ -337,7 +377,7 @@ impl UringQueue {
                             // A file system that cannot zero a range so: served at once,
                             // which punches holes or writes zeros.
                             Err(RequestError::Io(e)) if !discard && fallocate_unsupported(&e) => {
-                                self.serve(core, req, None, sync);
+                                self.serve(core, req, Some(header), sync);
                             }
                             r => complete(core, req, r.map(|()| 0)),
                         }

@@ -442,17 +442,13 @@ fn discard_and_write_zeroes_are_fallocate_operations_on_the_ring() {
     assert_eq!(h.dev.urings[0].lock().unwrap().in_flight(), 0);
 }
 
-/// A flush popped after a write-zeroes completes after it (the write-zeroes runs in the
-/// kernel's workers, so the flush waits for its completion), in both cache modes.
+/// A flush popped after four write-zeroes waits for them (they run in the kernel's workers)
+/// and completes after them, in both cache modes. The requests are started by hand and not
+/// reaped before the check, so the flush is seen waiting whatever the kernel's timing.
 #[test]
 fn a_flush_after_a_write_zeroes_completes_after_it() {
     for writethrough in [false, true] {
         let mut h = Harness::with(|c| c.aio = Aio::IoUring);
-        if writethrough {
-            h.dev
-                .writeback
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-        }
         let mut wz = Vec::new();
         for i in 0..4u64 {
             let hdr = HDR + i * 0x100;
@@ -463,13 +459,124 @@ fn a_flush_after_a_write_zeroes_completes_after_it() {
         let fhdr = HDR + 0x800;
         h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
         let flush = h.submit(&[(fhdr, 16, false), (fhdr + 16, 1, true)]);
-        let used = h.run();
+        let keep = vhost_backend::runtime::testing::KeepDevice::new(QSIZE);
+        h.queue.process(&keep).unwrap();
+        let reqs = keep.take();
+        assert_eq!(reqs.len(), 5);
+        {
+            let mut q = h.dev.urings[0].lock().unwrap();
+            for req in reqs {
+                q.start(&h.dev.core, req, writethrough);
+            }
+            assert_eq!(
+                q.waiting_flushes(),
+                1,
+                "writethrough {writethrough}: the flush went before the write-zeroes completed"
+            );
+            q.submit();
+        }
+        let mut used = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while used.len() < 5 {
+            assert!(std::time::Instant::now() < deadline, "never completed");
+            used.extend(used_after(&mut h, 10));
+        }
         assert_eq!(used.len(), 5);
         assert_eq!(used[4], (flush, 1), "writethrough {writethrough}: {used:?}");
+        let mut heads: Vec<u16> = used[..4].iter().map(|&(h, _)| h).collect();
+        heads.sort_unstable();
+        assert_eq!(heads, wz);
+        for i in 0..4u64 {
+            assert_eq!(h.guest(HDR + i * 0x100 + 0x40, 1), [VIRTIO_BLK_S_OK]);
+        }
         let mut want = expected(0, DISK_BYTES);
         want[..32 * 512].fill(0);
         assert_eq!(h.file(), want);
     }
+}
+
+/// A DISCARD or WRITE_ZEROES whose submission the kernel refuses for good fails with IOERR
+/// and leaves the image as it was, whatever the errno (one a failed `fallocate` could also
+/// return, for a file system without the mode, must not make it fall back nor succeed).
+#[test]
+fn a_discard_or_write_zeroes_whose_submission_fails_for_good_is_ioerr() {
+    for ty in [VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_T_DISCARD] {
+        for errno in [libc::EINVAL, libc::EOPNOTSUPP, libc::ENOSYS] {
+            let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+            h.dev.urings[0].lock().unwrap().fail_next_submit(errno);
+            h.header(HDR, ty, 0);
+            h.segment(HDR + 16, 2, 4, 0);
+            assert_eq!(
+                h.one(&[(HDR, 32, false), (ST, 1, true)], ST),
+                (1, VIRTIO_BLK_S_IOERR),
+                "type {ty}, errno {errno}"
+            );
+            assert_eq!(
+                h.file(),
+                expected(0, DISK_BYTES),
+                "type {ty}, errno {errno}: the image changed"
+            );
+        }
+    }
+}
+
+/// A write-zeroes the file system cannot zero with `fallocate` is served again at once with
+/// the header parsed when it was started: a guest that rewrote the chain meanwhile does not
+/// get another request served.
+#[test]
+fn a_write_zeroes_served_again_keeps_the_header_it_was_started_with() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    h.segment(HDR + 16, 2, 2, 0);
+    let head = h.submit(&[(HDR, 32, false), (ST, 1, true)]);
+    let keep = vhost_backend::runtime::testing::KeepDevice::new(QSIZE);
+    h.queue.process(&keep).unwrap();
+    let mut reqs = keep.take();
+    {
+        let mut q = h.dev.urings[0].lock().unwrap();
+        q.fail_next_completions(libc::EOPNOTSUPP, 1);
+        q.start(&h.dev.core, reqs.pop().unwrap(), false);
+        q.submit();
+    }
+    // The guest turns the request into a GET_ID while it is in flight.
+    h.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
+    let mut used = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while used.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never completed");
+        used.extend(used_after(&mut h, 10));
+    }
+    assert_eq!(used, vec![(head, 1)]);
+    assert_eq!(h.guest(ST, 1), [VIRTIO_BLK_S_OK]);
+    let mut want = expected(0, DISK_BYTES);
+    want[2 * 512..4 * 512].fill(0);
+    assert_eq!(h.file(), want, "sectors 2 and 3 zeroed by the fallback");
+}
+
+/// When the ring that would replace a failed one cannot be set up, the ring is retired at
+/// once: the next requests are served without trying again for each.
+#[test]
+fn a_failed_renewal_retires_the_ring_and_requests_are_served_at_once() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    {
+        let mut q = h.dev.urings[0].lock().unwrap();
+        q.fail_next_submit(libc::EINVAL);
+        q.fail_next_renewals(u32::MAX);
+    }
+    h.header(HDR, VIRTIO_BLK_T_IN, 1);
+    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+    assert_eq!(r, (1, VIRTIO_BLK_S_IOERR));
+    for i in 0..3u64 {
+        h.header(HDR, VIRTIO_BLK_T_IN, i);
+        let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (513, VIRTIO_BLK_S_OK), "read {i}");
+        assert_eq!(h.guest(BUF, 512), expected(i, 512));
+    }
+    assert_eq!(
+        h.dev.urings[0].lock().unwrap().renewals_tried(),
+        1,
+        "a new ring was tried for every request"
+    );
 }
 
 /// Dropping a device whose queues each have a write that never completes waits one drop
