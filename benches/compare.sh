@@ -22,9 +22,11 @@
 #   WARMUP=1        seconds run before measuring
 #   QDS="1 16"      queue depths
 #   PASSES="pinned unpinned direct"
-#                   pinned: also measures the machine's limit for blk randread on the same
-#                   image and CPU (vhost-user-load --limit: QD1 an eventfd ping-pong with a
-#                   pread, deeper the bare pread rate) and prints ours/limit
+#                   pinned: also measures the machine's limits for blk randread on the same
+#                   image and CPU (vhost-user-load --limit): the threads' limit (QD1 an
+#                   eventfd ping-pong between two threads with a pread, deeper the bare pread
+#                   rate) and at QD1 the processes' limit (the same ping-pong between two
+#                   processes, pingpong-procs), and prints ours against each
 #                   direct: blk only, pinned, the image opened with O_DIRECT by both daemons
 #                   (ours: --direct, with its default engine, io_uring where it works, else
 #                   the I/O threads; OURS_DIRECT_ARGS adds arguments; qemu-storage-daemon:
@@ -92,18 +94,20 @@ if (( $# )); then
 fi
 
 # --- our binaries -----------------------------------------------------------------------
-say "building our daemons and the load generator (release)..."
-(cd "$ROOT" && cargo build --release --quiet -p vhost-device-blk -p vhost-device-rng \
-    -p vhost-device-vsock -p benches --bins) || die "cargo build failed"
-OURS_BLK=$TARGET/vhost-user-blk
-OURS_RNG=$TARGET/vhost-user-rng
-OURS_VSOCK=$TARGET/vhost-user-vsock
-LOAD=$TARGET/vhost-user-load
-VSOCK_LOAD=$TARGET/vhost-user-vsock-load
-for b in "$OURS_BLK" "$OURS_RNG" "$OURS_VSOCK" "$LOAD" "$VSOCK_LOAD"; do [[ -x $b ]] || die "missing $b"; done
+# The daemons are built as shipped: in a cargo invocation of their own, so that features only
+# the benches turn on (vhost-backend's test-utils, which `benches` needs) do not reach them
+# through feature unification. The binaries measured are those of that build (linked or
+# copied into the scratch directory before anything else is built).
+DAEMON_PKGS=(-p vhost-device-blk -p vhost-device-rng -p vhost-device-vsock)
+say "building our daemons as shipped (release, the daemon packages alone)..."
+(cd "$ROOT" && cargo build --release --quiet "${DAEMON_PKGS[@]}" --bins) || die "cargo build failed"
+if (cd "$ROOT" && cargo tree --quiet -e normal,build,features -i vhost-backend "${DAEMON_PKGS[@]}") |
+    grep -q 'feature "test-utils"'; then
+    die "the daemons' own build turns on vhost-backend's test-utils feature"
+fi
 
 WORKDIR=${WORKDIR:-$(mktemp -d /tmp/vhost-compare.XXXXXX)}
-mkdir -p "$WORKDIR"
+mkdir -p "$WORKDIR/bin"
 cleanup() {
     local pids
     pids=$(jobs -p)
@@ -112,6 +116,21 @@ cleanup() {
     if [[ $KEEP == 1 ]]; then say "results kept in $WORKDIR"; else rm -rf "$WORKDIR"; fi
 }
 trap cleanup EXIT
+
+for b in vhost-user-blk vhost-user-rng vhost-user-vsock; do
+    [[ -x $TARGET/$b ]] || die "missing $TARGET/$b"
+    # A hard link keeps this build's file when cargo replaces target/release/$b later.
+    ln -f "$TARGET/$b" "$WORKDIR/bin/$b" 2>/dev/null || cp "$TARGET/$b" "$WORKDIR/bin/$b"
+done
+OURS_BLK=$WORKDIR/bin/vhost-user-blk
+OURS_RNG=$WORKDIR/bin/vhost-user-rng
+OURS_VSOCK=$WORKDIR/bin/vhost-user-vsock
+
+say "building the load generators (release)..."
+(cd "$ROOT" && cargo build --release --quiet -p benches --bins) || die "cargo build failed"
+LOAD=$TARGET/vhost-user-load
+VSOCK_LOAD=$TARGET/vhost-user-vsock-load
+for b in "$LOAD" "$VSOCK_LOAD"; do [[ -x $b ]] || die "missing $b"; done
 
 # --- peers ------------------------------------------------------------------------------
 missing=()
@@ -324,13 +343,12 @@ fio_limit() {
         python3 -c 'import json, sys; j = json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"] + j["write"]["iops"]))'
 }
 
-# page_cache_limit QD: the machine's limit for 4 KiB random reads of the page-cached image,
-# pinned like the daemons: at QD1 an eventfd round trip between two threads with a pread on
-# the far side, deeper the bare pread rate (vhost-user-load --limit).
+# page_cache_limit HOW: the machine's limit for 4 KiB random reads of the page-cached image,
+# pinned like the daemons (vhost-user-load --limit HOW): pingpong, an eventfd round trip
+# between two threads with a pread on the far side (QD1); pingpong-procs, the same between two
+# processes (QD1, as a front-end and a back-end are); pread, the bare pread rate (deeper).
 page_cache_limit() {
-    local how=pread
-    [[ $1 == 1 ]] && how=pingpong
-    taskset -c "$CPU" "$LOAD" --limit "$how" --image "$IMG" --duration "$DURATION" \
+    taskset -c "$CPU" "$LOAD" --limit "$1" --image "$IMG" --duration "$DURATION" \
         --warmup "$WARMUP" | sed -n 's/^RESULT .* rate=\([0-9.]*\).*/\1/p'
 }
 
@@ -347,9 +365,16 @@ for pass in $PASSES; do
                 say "  direct rep $rep: fio io_uring $workload qd$qd: $limit IOPS"
                 printf '# fio\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "$limit" >>"$RESULTS"
             elif [[ $pass == pinned && $device == blk && $workload == randread ]]; then
-                limit=$(page_cache_limit "$qd" || echo NaN)
-                say "  pinned rep $rep: machine limit randread qd$qd: $limit req/s"
-                printf '# limit\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "$limit" >>"$RESULTS"
+                how=pread
+                [[ $qd == 1 ]] && how=pingpong
+                limit=$(page_cache_limit "$how" || echo NaN)
+                say "  pinned rep $rep: machine limit randread qd$qd ($how): ${limit:-NaN} req/s"
+                printf '# limit\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "${limit:-NaN}" >>"$RESULTS"
+                if [[ $qd == 1 ]]; then
+                    limit=$(page_cache_limit pingpong-procs || echo NaN)
+                    say "  pinned rep $rep: machine limit randread qd$qd (pingpong-procs): ${limit:-NaN} req/s"
+                    printf '# limit-procs\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "${limit:-NaN}" >>"$RESULTS"
+                fi
             fi
         done
     done
@@ -378,23 +403,29 @@ for key in sorted(ours, key=lambda k: (k[0], int(k[1]))):
 PY
 fi
 if grep -q '^# limit' "$RESULTS"; then
-    # Ours against the machine's limit on the page cache (pinned pass), medians.
+    # Ours against the machine's limits on the page cache (pinned pass), medians: the
+    # threads' limit (QD1 a ping-pong between two threads, deeper the pread rate) and, at QD1,
+    # the processes' limit (the same ping-pong between two processes).
     python3 - "$RESULTS" <<'PY' >&2
 import statistics, sys
 from collections import defaultdict
-ours, limit = defaultdict(list), defaultdict(list)
+ours, limit, procs = defaultdict(list), defaultdict(list), defaultdict(list)
 for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
-    if f[0] == "# limit" and f[4] != "NaN":
-        limit[(f[1], f[2])].append(float(f[4]))
+    if f[0] in ("# limit", "# limit-procs") and f[4] not in ("NaN", ""):
+        (limit if f[0] == "# limit" else procs)[(f[1], f[2])].append(float(f[4]))
     elif f[0] == "pinned" and f[1] == "ours" and f[2] == "blk" and f[6] != "NaN":
         ours[(f[3], f[4])].append(float(f[6]))
-print("\n== pinned: ours against the machine's limit (QD1: eventfd ping-pong + pread; deeper: pread) ==")
-print(f"{'workload':10} {'qd':>3} {'ours req/s':>11} {'limit':>10} {'ours/limit':>11}")
-for key in sorted(limit, key=lambda k: (k[0], int(k[1]))):
-    o = statistics.median(ours[key]) if ours[key] else float("nan")
-    l = statistics.median(limit[key])
-    print(f"{key[0]:10} {key[1]:>3} {o:>11.0f} {l:>10.0f} {o / l:>10.2f}x")
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+print("\n== pinned: ours against the machine's limits ==")
+print("threads: QD1 an eventfd ping-pong between two threads + pread, deeper the pread rate;")
+print("procs: QD1 the same ping-pong between two processes (as a front-end and a back-end are)")
+print(f"{'workload':10} {'qd':>3} {'ours req/s':>11} {'threads':>10} {'ours/thr':>9} {'procs':>10} {'ours/procs':>11}")
+for key in sorted(set(limit) | set(procs), key=lambda k: (k[0], int(k[1]))):
+    o, l, p = med(ours[key]), med(limit[key]), med(procs[key])
+    pcols = f"{p:>10.0f} {o / p:>10.2f}x" if procs[key] else f"{'-':>10} {'-':>11}"
+    print(f"{key[0]:10} {key[1]:>3} {o:>11.0f} {l:>10.0f} {o / l:>8.2f}x {pcols}")
 PY
 fi
 if [[ -n $CHART ]]; then

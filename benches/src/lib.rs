@@ -8,8 +8,8 @@
 //!   a connected socket pair.
 //! - [`raw`]: the machine's limits measured without any of the workspace's code: a raw
 //!   socketpair ping-pong of the same bytes as a vhost-user request and reply, an eventfd
-//!   ping-pong between two threads with a `pread` (or `getrandom`) on the far side, and the
-//!   bare `pread` rate.
+//!   ping-pong between two threads with a `pread` (or `getrandom`) on the far side, the same
+//!   between two processes, and the bare `pread` rate.
 
 pub mod image;
 pub mod inproc;

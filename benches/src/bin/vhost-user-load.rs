@@ -10,15 +10,16 @@
 //! `--make-image PATH --size BYTES` writes a pattern image (every 8-byte word holds its
 //! offset, so reads can be checked) and exits.
 //!
-//! `--limit pingpong|pread --image PATH` measures the machine's limit for 4 KiB random reads
-//! of that image instead, with no back-end: `pingpong` is an eventfd round trip between two
-//! threads with a `pread` on the far side (queue depth 1: what any back-end needs at least),
-//! `pingpong-procs` the same round trip between two processes (a front-end and a back-end
-//! are two: on one CPU each round trip also switches address spaces), `pingpong-epoll` that
-//! with the far process sleeping in `epoll_wait` on a non-blocking kick eventfd (as a
-//! back-end must: the front-end made the eventfd non-blocking, and a back-end thread also
-//! watches other descriptors), `pread` the bare
-//! `pread` rate of one thread (the deeper queues' limit on one CPU).
+//! `--limit pingpong|pingpong-procs|pingpong-epoll|pread --image PATH` measures the machine's
+//! limit for 4 KiB random reads of that image instead, with no back-end: `pingpong` is an
+//! eventfd round trip between two threads with a `pread` on the far side (queue depth 1:
+//! what any back-end needs at least), `pingpong-procs` the same round trip between two
+//! processes (a front-end and a back-end are two: on one CPU each round trip also switches
+//! address spaces; the far process is this binary run again with a hidden first argument,
+//! the eventfds its stdin and stdout), `pingpong-epoll` that with the far process sleeping in
+//! `epoll_wait` on a non-blocking kick eventfd (as a back-end must: the front-end made the
+//! eventfd non-blocking, and a back-end thread also watches other descriptors), `pread` the
+//! bare `pread` rate of one thread (the deeper queues' limit on one CPU).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -269,8 +270,8 @@ fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(),
                 Limit::PingpongEpoll => FarWait::Epoll,
                 _ => FarWait::Read,
             };
-            let far = FarWork::Pread(file.try_clone()?);
-            Some(ProcessPingPong::new(far, wait, blocks, cli.seed)?)
+            let exe = std::env::current_exe()?;
+            Some(ProcessPingPong::new(&exe, image, wait, cli.seed)?)
         }
         Limit::Pread | Limit::Pingpong => None,
     };
@@ -320,5 +321,10 @@ fn measure_limit(cli: &Cli, limit: Limit, image: &std::path::Path) -> Result<(),
 }
 
 fn main() -> ExitCode {
+    // The far process of `--limit pingpong-procs|pingpong-epoll` is this binary again.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == benches::raw::FAR_SIDE_ARG) {
+        return benches::raw::far_side_main(args);
+    }
     benches::tool_main("vhost-user-load", run)
 }

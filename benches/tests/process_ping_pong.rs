@@ -1,0 +1,173 @@
+//! `raw::ProcessPingPong` with its far side in a real child process: `vhost-user-load` run
+//! again with `raw::FAR_SIDE_ARG` (the binary cargo builds for these tests).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use benches::raw::{FarWait, ProcessPingPong, FAR_SIDE_ARG};
+use benches::{pattern, XorShift, BLOCK};
+
+const LOAD: &str = env!("CARGO_BIN_EXE_vhost-user-load");
+
+/// A pattern image of `blocks` blocks in the temporary directory, removed on drop.
+struct Image(PathBuf);
+
+impl Image {
+    fn new(name: &str, blocks: u64) -> Self {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        benches::image::create(&path, blocks * BLOCK as u64).unwrap();
+        Image(path)
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether process `pid` is gone: no such process, or a zombie nobody reaped yet.
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The children of `parent` (from every process's `/proc/PID/stat`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn process_ping_pong_reads_the_blocks_drawn() {
+    let image = Image::new("raw-pp", 64);
+    // Block 5 no longer holds its pattern: the near side must see the word there.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image.0)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &7u64.to_le_bytes(), 5 * BLOCK as u64).unwrap();
+    for wait in [FarWait::Read, FarWait::Epoll] {
+        let mut pp = ProcessPingPong::new(Path::new(LOAD), &image.0, wait, 3).unwrap();
+        let far = pp.far_pid().unwrap();
+        assert_ne!(far, std::process::id());
+        let mut offsets = XorShift::new(3);
+        let (mut good, mut bad) = (0, 0);
+        for _ in 0..200 {
+            let (offset, first) = pp.round_trip().unwrap();
+            assert_eq!(offset, offsets.below(64) * BLOCK as u64, "{wait:?}");
+            if offset == 5 * BLOCK as u64 {
+                assert_eq!(first, 7, "{wait:?}");
+                bad += 1;
+            } else {
+                assert_eq!(first, pattern(offset), "{wait:?}");
+                good += 1;
+            }
+        }
+        assert!(bad > 0 && good > 0, "{wait:?}: {bad} {good}");
+        assert!(!gone(far), "{wait:?}");
+        drop(pp);
+        // The far process is gone (killed and reaped by the drop).
+        assert!(
+            std::fs::metadata(format!("/proc/{far}")).is_err(),
+            "{wait:?}"
+        );
+    }
+}
+
+#[test]
+fn a_far_side_that_cannot_start_is_an_error_not_a_hang() {
+    let missing = std::env::temp_dir().join(format!("raw-pp-missing-{}", std::process::id()));
+    let e = ProcessPingPong::new(Path::new(LOAD), &missing, FarWait::Read, 1).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    // A program that exits without answering: the parent sees the exit instead of waiting.
+    let image = Image::new("raw-pp-start", 4);
+    let started = Instant::now();
+    let e = ProcessPingPong::new(Path::new("/bin/true"), &image.0, FarWait::Epoll, 1).unwrap_err();
+    assert!(e.to_string().contains("exited before it was ready"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn the_far_side_refuses_a_parent_that_is_not_its_own() {
+    let image = Image::new("raw-pp-parent", 4);
+    // PID 1 is never this test's process: the far side must exit at once, saying so.
+    let out = Command::new(LOAD)
+        .arg(FAR_SIDE_ARG)
+        .args(["read"])
+        .arg(&image.0)
+        .args(["4", "1", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the parent is gone"), "{err}");
+}
+
+#[test]
+fn the_far_process_dies_with_the_load_generator() {
+    let image = Image::new("raw-pp-orphan", 64);
+    let mut load = Command::new(LOAD)
+        .args([
+            "--limit",
+            "pingpong-procs",
+            "--duration",
+            "60",
+            "--warmup",
+            "0",
+        ])
+        .arg("--image")
+        .arg(&image.0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut far = Vec::new();
+    wait_until("the far process runs", || {
+        far = children_of(load.id());
+        !far.is_empty()
+    });
+    assert_eq!(far.len(), 1, "{far:?}");
+    // Most likely serving kicks by now (the parent-death signal then kills it); if not, it
+    // finds at its start that its parent is gone.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!gone(far[0]));
+    load.kill().unwrap();
+    load.wait().unwrap();
+    wait_until("the far process is gone", || gone(far[0]));
+}
