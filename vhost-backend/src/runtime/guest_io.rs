@@ -3,10 +3,10 @@
 //!
 //! This is the one module that hands guest memory to the kernel as raw iovecs. It is sound
 //! because every iovec is built from a bounds-checked slice of the memory map the
-//! [`Request`] holds (so the mapping cannot go away during the call: a new memory table
+//! [`Request`](super::RequestOf) holds (so the mapping cannot go away during the call: a new memory table
 //! only unmaps the old one when the last request holding it is gone), and because no iovec
 //! outlives the call that built it. Pages written by a read from the file are marked in the
-//! dirty log after the data has landed ([`Request::mark_written`]).
+//! dirty log after the data has landed ([`RequestOf::mark_written`](super::RequestOf::mark_written)).
 
 use std::fs::File;
 use std::io;
@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::request::Request;
+use super::request::RequestOf;
 
 /// Most iovecs one `preadv`/`pwritev` accepts (Linux `UIO_MAXIOV`).
 pub const IOV_MAX: usize = 1024;
@@ -108,7 +108,7 @@ impl FileIo {
     /// when the buffers (host-adjacent ones merged) do not meet it.
     pub fn read_to_writable(
         &mut self,
-        req: &Request,
+        req: &RequestOf<'_>,
         file: &File,
         offset: u64,
         len: u64,
@@ -133,7 +133,7 @@ impl FileIo {
     /// completely. `align` as for [`read_to_writable`](Self::read_to_writable).
     pub fn write_from_readable(
         &mut self,
-        req: &Request,
+        req: &RequestOf<'_>,
         file: &File,
         offset: u64,
         skip: u64,
@@ -153,7 +153,7 @@ impl FileIo {
 
     fn transfer(
         &mut self,
-        req: &Request,
+        req: &RequestOf<'_>,
         file: &File,
         span: Span,
         dir: Direction,

@@ -146,7 +146,7 @@ pub use log_limit::LogLimiter;
 pub use mem_table::{MemError, MemoryPolicy, MemoryTable, MAX_MEM_SLOTS};
 pub use multi::MultiDaemon;
 pub use notifier::Notifier;
-pub use request::{Buffer, ChainFault, QueueContext, Request, MAX_REQUEST_BUFFERS};
+pub use request::{Buffer, ChainFault, QueueContext, Request, RequestOf, MAX_REQUEST_BUFFERS};
 pub use state::{StateError, MAX_DEVICE_STATE, TRANSFER_TIMEOUT};
 #[cfg(target_os = "linux")]
 pub use uring::{FallocRange, GuestUring, Reaped, Refused};

@@ -13,6 +13,12 @@
 //! device bug: the driver gets its buffers back and a stop of the ring does not wait for it
 //! in vain.
 //!
+//! A device that serves a request on the spot, before `process_queue` returns, can take it
+//! with [`QueueContext::serve_next`] instead: the request ([`RequestOf`]) then borrows the
+//! ring and the memory map from the worker instead of holding references of its own, and its
+//! completion goes straight into the ring's state, under the lock the worker already holds —
+//! no reference count moves and no lock is taken per request.
+//!
 //! Guest I/O goes through the request: [`Request::read_readable`],
 //! [`Request::write_writable`], [`Request::read_obj`] and, for files,
 //! [`FileIo`](super::guest_io::FileIo). Writes mark guest pages in the dirty log after the
@@ -79,15 +85,21 @@ pub enum ChainFault {
     NestedIndirect,
 }
 
-/// A request popped from a ring. See the [module docs](self).
-pub struct Request {
-    ring: Arc<Vring>,
+/// A request popped from a ring, as the device keeps it: it holds its ring and memory map
+/// itself, so it may be completed later or on another thread. See the [module docs](self).
+pub type Request = RequestOf<'static>;
+
+/// A request popped from a ring, holding its ring and memory map for `'m`: `'static` for a
+/// [`Request`] (references of its own), the worker's borrow for one served on the spot
+/// ([`QueueContext::serve_next`]). Code that reads or writes a request's buffers takes a
+/// `&RequestOf<'_>`, so it serves both.
+pub struct RequestOf<'m> {
+    held: Held<'m>,
     generation: u64,
-    mem: Arc<GuestMemoryMmap>,
     head: u16,
     /// Readable buffers, then writable ones.
     bufs: Vec<Buffer>,
-    readable: usize,
+    readable: u32,
     /// The chain's last writable buffer when it lies past [`MAX_REQUEST_BUFFERS`].
     tail: Option<Buffer>,
     readable_len: u64,
@@ -96,10 +108,18 @@ pub struct Request {
     done: bool,
 }
 
-impl std::fmt::Debug for Request {
+/// What a request holds its ring and memory map by.
+enum Held<'m> {
+    /// References of its own.
+    Own(Arc<Vring>, Arc<GuestMemoryMmap>),
+    /// Borrows of the worker's, for a request served before the worker's borrow ends.
+    Lent(&'m Vring, &'m GuestMemoryMmap),
+}
+
+impl std::fmt::Debug for RequestOf<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request")
-            .field("queue", &self.ring.index)
+            .field("queue", &self.ring().index)
             .field("head", &self.head)
             .field("readable", &self.readable())
             .field("writable", &self.writable())
@@ -108,10 +128,28 @@ impl std::fmt::Debug for Request {
     }
 }
 
-impl Request {
+impl RequestOf<'_> {
+    /// The ring the request came from.
+    #[inline]
+    fn ring(&self) -> &Vring {
+        match &self.held {
+            Held::Own(r, _) => r,
+            Held::Lent(r, _) => r,
+        }
+    }
+
+    /// The memory map the request was popped from.
+    #[inline]
+    fn mem(&self) -> &GuestMemoryMmap {
+        match &self.held {
+            Held::Own(_, m) => m,
+            Held::Lent(_, m) => m,
+        }
+    }
+
     /// The queue the request came from.
     pub fn queue(&self) -> u16 {
-        self.ring.index
+        self.ring().index
     }
 
     /// The chain's head descriptor index.
@@ -121,13 +159,13 @@ impl Request {
 
     /// The device-readable buffers, in chain order.
     pub fn readable(&self) -> &[Buffer] {
-        &self.bufs[..self.readable]
+        &self.bufs[..self.readable as usize]
     }
 
     /// The device-writable buffers, in chain order (the first ones only, when the chain
     /// has more than [`MAX_REQUEST_BUFFERS`]).
     pub fn writable(&self) -> &[Buffer] {
-        &self.bufs[self.readable..]
+        &self.bufs[self.readable as usize..]
     }
 
     /// The guest address of the chain's last device-writable byte (where virtio-blk and
@@ -144,17 +182,17 @@ impl Request {
         let at = self
             .last_writable_byte()
             .ok_or(GuestIoError::Short { wanted: 1, got: 0 })?;
-        self.mem
+        self.mem()
             .write_obj(value, at)
             .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?;
-        self.ring.dirty.mark(at.0, 1);
+        self.ring().dirty.mark(at.0, 1);
         Ok(())
     }
 
     /// Fails once the ring the request came from has stopped or reset without it (a stop
     /// that gave up waiting): its buffers may belong to someone else by now.
     pub(crate) fn check_current(&self) -> Result<(), GuestIoError> {
-        if self.generation == self.ring.generation() {
+        if self.generation == self.ring().generation() {
             Ok(())
         } else {
             Err(GuestIoError::Stale)
@@ -178,7 +216,7 @@ impl Request {
 
     /// The guest memory the request was popped from (kept mapped while the request lives).
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+        self.mem()
     }
 
     /// Copies readable bytes `[skip, skip + out.len())` into `out`.
@@ -187,7 +225,7 @@ impl Request {
         let mut done = 0usize;
         for (addr, n) in Pieces::new(self.readable(), skip, out.len() as u64) {
             let n = n as usize;
-            self.mem
+            self.mem()
                 .read_slice(&mut out[done..done + n], addr)
                 .map_err(|_| GuestIoError::OutsideMemory {
                     addr: addr.0,
@@ -213,7 +251,7 @@ impl Request {
         let mut failed = None;
         for (addr, n) in Pieces::new(self.writable(), skip, data.len() as u64) {
             let n = n as usize;
-            if self.mem.write_slice(&data[done..done + n], addr).is_err() {
+            if self.mem().write_slice(&data[done..done + n], addr).is_err() {
                 failed = Some(GuestIoError::OutsideMemory {
                     addr: addr.0,
                     len: n as u64,
@@ -242,21 +280,12 @@ impl Request {
     /// sees the used entry without the page marked. Marking more than was written is
     /// harmless (the page is sent again); marking less loses data on migration.
     pub fn mark_written(&self, skip: u64, len: u64) {
-        let log = &self.ring.dirty;
+        let log = &self.ring().dirty;
         // Fenced: the data written just before must not be reordered after the check.
         if len == 0 || !log.active_after_writes() {
             return;
         }
         log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
-    }
-
-    /// Completes the request: `used_len` bytes were written into its writable buffers. May be
-    /// called from any thread; the used entry is published by the ring's owner.
-    pub fn complete(mut self, used_len: u32) {
-        self.done = true;
-        let bufs = std::mem::take(&mut self.bufs);
-        self.ring
-            .complete(self.generation, self.head, used_len, bufs);
     }
 
     /// Byte ranges of the writable buffers `[skip, skip + len)`.
@@ -290,16 +319,28 @@ fn whole(wanted: usize, done: usize) -> Result<(), GuestIoError> {
     }
 }
 
-impl Drop for Request {
+impl Request {
+    /// Completes the request: `used_len` bytes were written into its writable buffers. May be
+    /// called from any thread; the used entry is published by the ring's owner.
+    pub fn complete(mut self, used_len: u32) {
+        self.done = true;
+        let bufs = std::mem::take(&mut self.bufs);
+        self.ring()
+            .complete(self.generation, self.head, used_len, bufs);
+    }
+}
+
+impl Drop for RequestOf<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.ring.log.warn(format_args!(
+            self.ring().log.warn(format_args!(
                 "queue {}: request {} dropped without completion (a device bug); returned \
                  with length 0",
-                self.ring.index, self.head
+                self.ring().index,
+                self.head
             ));
             let bufs = std::mem::take(&mut self.bufs);
-            self.ring.complete(self.generation, self.head, 0, bufs);
+            self.ring().complete(self.generation, self.head, 0, bufs);
         }
     }
 }
@@ -362,7 +403,7 @@ pub struct QueueContext<'a> {
     pub(crate) taken: u32,
 }
 
-impl QueueContext<'_> {
+impl<'a> QueueContext<'a> {
     /// The queue index.
     pub fn index(&self) -> u16 {
         self.ring.index
@@ -390,10 +431,41 @@ impl QueueContext<'_> {
     /// left in flight come first, rebuilt from the descriptor table; the device cannot tell
     /// them from the others.
     pub fn pop(&mut self) -> Option<Request> {
+        let (ring, mem) = (self.ring, self.mem);
+        self.take_next(|| Held::Own(Arc::clone(ring), Arc::clone(mem)))
+    }
+
+    /// Takes the next chain as [`pop`](Self::pop) does and has `serve` serve it on the spot:
+    /// `serve` gets the request and returns its used length (the bytes it wrote into the
+    /// writable buffers), and the request is completed with it. `false` (and `serve` is not
+    /// called) when `pop` would give `None`.
+    ///
+    /// For a device that serves requests synchronously, this is `pop` followed by
+    /// [`Request::complete`] without their cost: the request borrows the ring and the
+    /// memory map from this context instead of holding references of its own, and its
+    /// completion is recorded under the ring lock the worker holds, to be published with the
+    /// batch when the device returns, instead of going through the queue other threads
+    /// complete into. If `serve` panics, the request is completed with length 0 as a dropped
+    /// request is.
+    pub fn serve_next(&mut self, serve: impl FnOnce(&RequestOf<'_>) -> u32) -> bool {
+        let (ring, mem): (&'a Vring, &'a GuestMemoryMmap) = (self.ring, self.mem);
+        let Some(mut req) = self.take_next(|| Held::Lent(ring, mem)) else {
+            return false;
+        };
+        let len = serve(&req);
+        req.done = true;
+        let bufs = std::mem::take(&mut req.bufs);
+        self.state.complete_here(req.head, len, bufs);
+        true
+    }
+
+    /// The next chain as a request holding its ring and memory map as `hold` gives them
+    /// (called once a chain is taken).
+    fn take_next<'m>(&mut self, hold: impl FnOnce() -> Held<'m>) -> Option<RequestOf<'m>> {
         let size = u32::from(self.state.size());
         // The map outlives this context: copying the reference out leaves `self` free for
         // the walk, with no reference count moved per chain.
-        let mem: &Arc<GuestMemoryMmap> = self.mem;
+        let mem: &GuestMemoryMmap = self.mem;
         while self.taken < size {
             // Inflight tracking: resubmitted heads before new available entries, also while
             // a stop waits (it waits for them).
@@ -403,7 +475,7 @@ impl QueueContext<'_> {
                     self.state.recycle_chain(chain);
                     continue;
                 }
-                let req = self.request(head, &mut chain);
+                let req = self.request(hold, head, &mut chain);
                 self.state.recycle_chain(chain);
                 return Some(req);
             }
@@ -422,7 +494,7 @@ impl QueueContext<'_> {
                 continue;
             }
             self.state.mark_inflight(head);
-            let req = self.request(head, &mut chain);
+            let req = self.request(hold, head, &mut chain);
             self.state.recycle_chain(chain);
             return Some(req);
         }
@@ -430,11 +502,15 @@ impl QueueContext<'_> {
     }
 
     /// The request for the chain of `head`, already taken.
-    fn request(&mut self, head: u16, chain: impl IntoIterator<Item = Descriptor>) -> Request {
-        let mut req = Request {
-            ring: Arc::clone(self.ring),
+    fn request<'m>(
+        &mut self,
+        hold: impl FnOnce() -> Held<'m>,
+        head: u16,
+        chain: impl IntoIterator<Item = Descriptor>,
+    ) -> RequestOf<'m> {
+        let mut req = RequestOf {
+            held: hold(),
             generation: self.ring.generation(),
-            mem: Arc::clone(self.mem),
             head,
             bufs: self.state.buffer_list(),
             readable: 0,
@@ -444,13 +520,17 @@ impl QueueContext<'_> {
             fault: None,
             done: false,
         };
-        walk(&mut req, chain);
+        walk(&mut req, self.mem, chain);
         req
     }
 }
 
-/// Records the buffers of `chain` in `req`.
-fn walk(req: &mut Request, chain: impl IntoIterator<Item = Descriptor>) {
+/// Records the buffers of `chain` in `req`, checked against `mem` (the map `req` holds).
+fn walk(
+    req: &mut RequestOf<'_>,
+    mem: &GuestMemoryMmap,
+    chain: impl IntoIterator<Item = Descriptor>,
+) {
     let mut fault = None;
     let mut saw_writable = false;
     let mut last_writable_dropped = None;
@@ -475,10 +555,10 @@ fn walk(req: &mut Request, chain: impl IntoIterator<Item = Descriptor>) {
                 ChainFault::AddressOverflow { addr: addr.0, len },
             );
         } else if !in_region(region, addr, len) {
-            let found = req.mem.find_region(addr);
+            let found = mem.find_region(addr);
             if in_region(found, addr, len) {
                 region = found;
-            } else if !req.mem.check_range(addr, len as usize) {
+            } else if !mem.check_range(addr, len as usize) {
                 note(&mut fault, ChainFault::OutsideMemory { addr: addr.0, len });
             }
         }
@@ -500,7 +580,7 @@ fn walk(req: &mut Request, chain: impl IntoIterator<Item = Descriptor>) {
                 note(&mut fault, ChainFault::ReadableAfterWritable);
             }
             // Readable buffers stay ahead of the writable ones, in chain order.
-            req.bufs.insert(req.readable, buf);
+            req.bufs.insert(req.readable as usize, buf);
             req.readable += 1;
             req.readable_len += u64::from(len);
         }

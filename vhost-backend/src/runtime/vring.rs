@@ -220,6 +220,11 @@ pub(crate) struct RingState {
     unsignalled: u32,
     /// Reused buffer for publishing completions without allocating.
     batch: Vec<Completion>,
+    /// Completions made under the lock held now, by requests served on the spot
+    /// ([`QueueContext::serve_next`](super::QueueContext::serve_next)): head and used
+    /// length, of the current generation, published by the next [`Vring::publish`] (made by
+    /// the same lock holder, before it lets go).
+    done_here: Vec<(u16, u32)>,
     /// Buffer lists of published requests, reused by the next requests popped.
     spare_bufs: Vec<Vec<Buffer>>,
     /// The ring's queue region of the inflight area, while started with one.
@@ -429,7 +434,8 @@ impl Vring {
 
     /// Publishes every queued completion of the current generation to the used ring, under
     /// the ring lock `st`, and decides whether the driver wants a notification for what was
-    /// added since the last decision.
+    /// added since the last decision. The completions recorded under this lock
+    /// ([`RingState::complete_here`]) go first, then those queued from anywhere.
     pub(crate) fn publish(&self, st: &mut RingState) -> Published {
         let mut batch = std::mem::take(&mut st.batch);
         {
@@ -438,18 +444,32 @@ impl Vring {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             std::mem::swap(&mut c.list, &mut batch);
-            if !batch.is_empty() {
+            // A stop waiting for completions learns of those made here the same way as of
+            // the others (it watches `taken`: see `quiesce_and_stop`).
+            if !batch.is_empty() || !st.done_here.is_empty() {
                 c.taken += 1;
             }
         }
-        if !batch.is_empty() && self.quiescing.load(Ordering::SeqCst) {
+        if (!batch.is_empty() || !st.done_here.is_empty()) && self.quiescing.load(Ordering::SeqCst)
+        {
             self.completed.notify_all();
         }
         let generation = self.generation();
         let first_used = st.queue.next_used();
         let mut published = Published::default();
-        let mem = (!batch.is_empty() || st.unsignalled > 0).then(|| self.mem.memory());
+        let work = !batch.is_empty() || !st.done_here.is_empty() || st.unsignalled > 0;
+        let mem = work.then(|| self.mem.memory());
         if let Some(mem) = &mem {
+            let mut here = std::mem::take(&mut st.done_here);
+            for &(head, len) in &here {
+                // Made under this lock: of the current generation, on a started ring (a stop
+                // takes the lock); checked all the same.
+                if st.started {
+                    published.count += u32::from(self.publish_one(st, mem, head, len));
+                }
+            }
+            here.clear();
+            st.done_here = here;
             for mut c in batch.drain(..) {
                 if st.spare_bufs.len() < usize::from(st.size) {
                     c.bufs.clear();
@@ -464,52 +484,7 @@ impl Vring {
                     );
                     continue;
                 }
-                if !st.clear_in_flight(c.head) {
-                    self.log.log(
-                        log::Level::Error,
-                        format_args!(
-                            "vring {}: completion of head {} that is not outstanding",
-                            self.index, c.head
-                        ),
-                    );
-                    continue;
-                }
-                st.outstanding -= 1;
-                // Inflight tracking: link the head into the last batch before the used
-                // index moves, clear its flag after.
-                if let Some(inflight) = &st.inflight {
-                    inflight.before_used(c.head);
-                }
-                let added = match &mut st.packed {
-                    Some(p) => {
-                        if let Some(pi) = &mut st.packed_inflight {
-                            pi.before_used(c.head, p.used_after(c.head));
-                        }
-                        p.add_used(mem, c.head, c.len).map_err(|e| e.to_string())
-                    }
-                    None => st
-                        .queue
-                        .add_used(&**mem, c.head, c.len)
-                        .map_err(|e| e.to_string()),
-                };
-                // The packed region forgets the request either way: the ring no longer
-                // counts it outstanding, and its entries went back to the free list. It
-                // commits the ring's used position as it is: unmoved when the write failed.
-                if let (Some(pi), Some(p)) = (&mut st.packed_inflight, &st.packed) {
-                    let (_, _, used, used_wrap) = super::packed::decode_base(p.base());
-                    pi.after_used(c.head, (used, used_wrap));
-                }
-                if let Err(e) = added {
-                    self.log.warn(format_args!(
-                        "vring {}: returning head {}: {e}",
-                        self.index, c.head
-                    ));
-                    continue;
-                }
-                if let Some(inflight) = &st.inflight {
-                    inflight.after_used(c.head, st.queue.next_used());
-                }
-                published.count += 1;
+                published.count += u32::from(self.publish_one(st, mem, c.head, c.len));
             }
             st.unsignalled += published.count;
             if published.count > 0 && self.dirty.active_after_writes() {
@@ -546,6 +521,54 @@ impl Vring {
             crash_point("published, call not yet made");
         }
         published
+    }
+
+    /// Puts the completion of outstanding request `head` (`len` bytes used) on the used
+    /// ring. `false` when it was not outstanding or the used ring could not be written.
+    fn publish_one(&self, st: &mut RingState, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
+        if !st.clear_in_flight(head) {
+            self.log.log(
+                log::Level::Error,
+                format_args!(
+                    "vring {}: completion of head {head} that is not outstanding",
+                    self.index
+                ),
+            );
+            return false;
+        }
+        st.outstanding -= 1;
+        // Inflight tracking: link the head into the last batch before the used index moves,
+        // clear its flag after.
+        if let Some(inflight) = &st.inflight {
+            inflight.before_used(head);
+        }
+        let added = match &mut st.packed {
+            Some(p) => {
+                if let Some(pi) = &mut st.packed_inflight {
+                    pi.before_used(head, p.used_after(head));
+                }
+                p.add_used(mem, head, len).map_err(|e| e.to_string())
+            }
+            None => st.queue.add_used(mem, head, len).map_err(|e| e.to_string()),
+        };
+        // The packed region forgets the request either way: the ring no longer counts it
+        // outstanding, and its entries went back to the free list. It commits the ring's used
+        // position as it is: unmoved when the write failed.
+        if let (Some(pi), Some(p)) = (&mut st.packed_inflight, &st.packed) {
+            let (_, _, used, used_wrap) = super::packed::decode_base(p.base());
+            pi.after_used(head, (used, used_wrap));
+        }
+        if let Err(e) = added {
+            self.log.warn(format_args!(
+                "vring {}: returning head {head}: {e}",
+                self.index
+            ));
+            return false;
+        }
+        if let Some(inflight) = &st.inflight {
+            inflight.after_used(head, st.queue.next_used());
+        }
+        true
     }
 
     /// Marks in the dirty log the used entries written from `first` to the queue's next used
@@ -738,6 +761,7 @@ impl RingState {
             in_flight: Vec::new(),
             unsignalled: 0,
             batch: Vec::new(),
+            done_here: Vec::new(),
             spare_bufs: Vec::new(),
             inflight: None,
             packed_inflight: None,
@@ -999,6 +1023,7 @@ impl RingState {
         self.in_flight.clear();
         self.in_flight
             .resize(usize::from(self.size).div_ceil(64), 0);
+        self.done_here.clear();
         self.unsignalled = 0;
         self.notify_owed = resumed;
         self.started = true;
@@ -1088,6 +1113,7 @@ impl RingState {
         self.kick_gen = self.kick_gen.wrapping_add(1);
         self.outstanding = 0;
         self.in_flight.iter_mut().for_each(|w| *w = 0);
+        self.done_here.clear();
         self.unsignalled = 0;
         self.inflight = None;
         self.packed_inflight = None;
@@ -1217,6 +1243,17 @@ impl RingState {
     /// An empty buffer list for a request, reused when one is spare.
     pub(crate) fn buffer_list(&mut self) -> Vec<Buffer> {
         self.spare_bufs.pop().unwrap_or_default()
+    }
+
+    /// Records the completion of request `head` (`len` bytes used), served under the lock
+    /// held now; the next [`Vring::publish`] puts it on the used ring. `bufs` is the
+    /// request's buffer list, kept for the next request.
+    pub(crate) fn complete_here(&mut self, head: u16, len: u32, mut bufs: Vec<Buffer>) {
+        if self.spare_bufs.len() < usize::from(self.size) {
+            bufs.clear();
+            self.spare_bufs.push(bufs);
+        }
+        self.done_here.push((head, len));
     }
 
     /// Records `head` as outstanding. `false` when it is out of range or already
@@ -1463,6 +1500,63 @@ mod tests {
         assert_eq!(used_idx, 2);
         let first: [u32; 2] = m.read_obj(GuestAddress(0x3004)).unwrap();
         assert_eq!(first, [5, 10]);
+    }
+
+    /// `serve_next` serves a chain on the spot: its used entry goes out with the next
+    /// publish, together with completions queued from elsewhere, and its buffer list is
+    /// reused; an empty ring gives `false` without calling the closure.
+    #[test]
+    fn requests_served_on_the_spot_publish_with_the_batch() {
+        use super::super::request::QueueContext;
+        let m = mem();
+        // Head 0: one writable buffer of 64 bytes; head 1: a readable one of 16 bytes.
+        m.write_obj(0x8000u64, GuestAddress(0x1000)).unwrap();
+        m.write_obj(64u32, GuestAddress(0x1008)).unwrap();
+        m.write_obj(2u16, GuestAddress(0x100c)).unwrap();
+        m.write_obj(0x9000u64, GuestAddress(0x1010)).unwrap();
+        m.write_obj(16u32, GuestAddress(0x1018)).unwrap();
+        m.write_obj([0u16, 1], GuestAddress(0x2004)).unwrap();
+        m.write_obj(2u16, GuestAddress(0x2002)).unwrap();
+        let r = Arc::new(ring(0, 16, &m));
+        let mut st = r.lock();
+        st.set_size(0, 16).unwrap();
+        st.set_addrs(0, ADDRS).unwrap();
+        st.start(0, &m, None).unwrap();
+        let map = Arc::new(m.clone());
+        let mut ctx = QueueContext {
+            ring: &r,
+            state: &mut st,
+            mem: &map,
+            taken: 0,
+        };
+        let served = ctx.serve_next(|req| {
+            assert_eq!((req.head(), req.writable_len()), (0, 64));
+            req.write_writable(0, &[7; 8]).unwrap();
+            8
+        });
+        assert!(served);
+        assert_eq!(
+            ctx.state.spare_bufs.len(),
+            1,
+            "the served request's list is kept"
+        );
+        // Head 1 is popped as a request of its own and completed through the shared queue.
+        let kept = ctx.pop().expect("head 1");
+        assert_eq!(kept.readable_len(), 16);
+        assert!(!ctx.serve_next(|_| unreachable!("the ring is empty")));
+        assert_eq!(ctx.outstanding(), 2);
+        kept.complete(0);
+        assert_eq!(st.done_here, [(0, 8)]);
+        let p = r.publish(&mut st);
+        assert_eq!(p.count, 2);
+        assert_eq!(st.outstanding(), 0);
+        assert!(st.done_here.is_empty());
+        drop(st);
+        let used: [u32; 5] = m.read_obj(GuestAddress(0x3000)).unwrap();
+        // flags/idx, then (id, len) of the served request first, then the queued one.
+        assert_eq!(used[0] >> 16, 2);
+        assert_eq!(&used[1..], &[0, 8, 1, 0]);
+        assert_eq!(m.read_obj::<[u8; 8]>(GuestAddress(0x8000)).unwrap(), [7; 8]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use vhost_backend::runtime::{FileIo, GuestIoError, IoAlign, Request};
+use vhost_backend::runtime::{FileIo, GuestIoError, IoAlign, RequestOf};
 
 use crate::config::{MAX_DATA_BYTES, MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, SECTOR_SIZE};
 use crate::direct::{AlignSource, Bounce, DirectAlign};
@@ -159,7 +159,7 @@ impl Disk {
     /// for guest buffers the host cannot take as they are.
     pub fn execute(
         &self,
-        req: &Request,
+        req: &RequestOf<'_>,
         header: Option<Header>,
         io: &mut FileIo,
         bounce: Option<&mut Bounce>,
@@ -175,7 +175,7 @@ impl Disk {
 
     fn dispatch(
         &self,
-        req: &Request,
+        req: &RequestOf<'_>,
         hdr: Header,
         io: &mut FileIo,
         bounce: Option<&mut Bounce>,
@@ -251,7 +251,7 @@ impl Disk {
     /// direct I/O), and for a write a writable disk. Returns the byte offset and length.
     pub(crate) fn check_transfer(
         &self,
-        req: &Request,
+        req: &RequestOf<'_>,
         hdr: Header,
         write: bool,
     ) -> Result<(u64, u64), RequestError> {
@@ -272,7 +272,7 @@ impl Disk {
 
     /// What an asynchronous engine submits for `req`: a checked read or write, a flush, or
     /// `None` for everything served at once (other types, and requests that fail a check).
-    pub(crate) fn plan(&self, req: &Request, hdr: Header) -> Option<Plan> {
+    pub(crate) fn plan(&self, req: &RequestOf<'_>, hdr: Header) -> Option<Plan> {
         check_shape(req).ok()?;
         match hdr.request_type {
             VIRTIO_BLK_T_IN => {
@@ -292,7 +292,7 @@ impl Disk {
     /// direct I/O cannot take).
     pub(crate) fn bounced(
         &self,
-        req: &Request,
+        req: &RequestOf<'_>,
         offset: u64,
         len: u64,
         bounce: Option<&mut Bounce>,
@@ -322,7 +322,7 @@ impl Disk {
     /// What an asynchronous engine submits for a DISCARD or WRITE_ZEROES: its checked
     /// segments ([`check_ranges`](Self::check_ranges)). `None` for other requests and for
     /// those that fail a check (served at once, which reports why).
-    pub(crate) fn range_plan(&self, req: &Request, hdr: Header) -> Option<RangeSegments> {
+    pub(crate) fn range_plan(&self, req: &RequestOf<'_>, hdr: Header) -> Option<RangeSegments> {
         let ty = hdr.request_type;
         if ty != VIRTIO_BLK_T_DISCARD && ty != VIRTIO_BLK_T_WRITE_ZEROES {
             return None;
@@ -340,7 +340,7 @@ impl Disk {
     /// segment is checked before any is applied.
     fn ranges(
         &self,
-        req: &Request,
+        req: &RequestOf<'_>,
         ty: u32,
         len: u64,
         writethrough: bool,
@@ -370,7 +370,7 @@ impl Disk {
     /// after the header; gives their byte ranges and flags, empty ones left out.
     fn check_ranges(
         &self,
-        req: &Request,
+        req: &RequestOf<'_>,
         ty: u32,
         len: u64,
     ) -> Result<RangeSegments, RequestError> {

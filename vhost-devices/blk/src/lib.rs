@@ -75,7 +75,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vhost_backend::runtime::{
-    DeviceError, DeviceFd, FileIo, LogLimiter, Processed, QueueContext, Request, VirtioDevice,
+    DeviceError, DeviceFd, FileIo, LogLimiter, Processed, QueueContext, RequestOf, VirtioDevice,
 };
 use zerocopy::IntoBytes;
 
@@ -251,7 +251,7 @@ impl Core {
     fn serve(
         &self,
         scratch: &mut Scratch,
-        req: &Request,
+        req: &RequestOf<'_>,
         header: Option<request::Header>,
         writethrough: bool,
     ) -> u32 {
@@ -277,7 +277,7 @@ impl Core {
     /// Writes the status `result` calls for into `req`'s status byte; returns the used
     /// length (`result`'s data bytes and the status byte; 0 when no status byte could be
     /// written).
-    fn finish(&self, req: &Request, result: Result<u32, RequestError>) -> u32 {
+    fn finish(&self, req: &RequestOf<'_>, result: Result<u32, RequestError>) -> u32 {
         let (status, written) = match result {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(RequestError::Io(e)) => {
@@ -599,11 +599,10 @@ impl VirtioDevice for BlkDevice {
             }
             return Ok(Processed::Drained);
         }
+        // Served on the spot: each request borrows the ring and memory from the worker and
+        // is completed under the ring lock it holds (no reference count or lock per request).
         let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(req) = ctx.pop() {
-            let len = self.core.serve(&mut scratch, &req, None, writethrough);
-            req.complete(len);
-        }
+        while ctx.serve_next(|req| self.core.serve(&mut scratch, req, None, writethrough)) {}
         Ok(Processed::Drained)
     }
 

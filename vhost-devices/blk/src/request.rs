@@ -8,12 +8,12 @@
 //! descriptors — and the status is the last writable byte. What lies between is data.
 //!
 //! Nothing here trusts the chain: the runtime walked it and checked each buffer against guest
-//! memory when it popped the request ([`Request::fault`]); descriptor count and total length
+//! memory when it popped the request ([`RequestOf::fault`]); descriptor count and total length
 //! are capped here, and every violation is a [`RequestError`] that names the check.
 
 use std::io;
 
-use vhost_backend::runtime::{ChainFault, GuestIoError, Request};
+use vhost_backend::runtime::{ChainFault, GuestIoError, RequestOf};
 
 use crate::config::MAX_DATA_BYTES;
 
@@ -207,7 +207,7 @@ impl From<GuestIoError> for RequestError {
 
 /// Checks what the runtime found wrong with the chain, the descriptor cap and the total
 /// length.
-pub fn check_shape(req: &Request) -> Result<(), RequestError> {
+pub fn check_shape(req: &RequestOf<'_>) -> Result<(), RequestError> {
     match req.fault() {
         // A buffer outside guest memory fails when it is used, as every access does: a
         // request that does not use it is still answered by its type (UNSUPP, FLUSH, ...).
@@ -224,7 +224,7 @@ pub fn check_shape(req: &Request) -> Result<(), RequestError> {
 }
 
 /// Reads and decodes the header from the first 16 readable bytes.
-pub fn read_header(req: &Request) -> Result<Header, RequestError> {
+pub fn read_header(req: &RequestOf<'_>) -> Result<Header, RequestError> {
     if req.readable_len() < HEADER_SIZE {
         return Err(RequestError::ShortHeader {
             got: req.readable_len(),
@@ -238,6 +238,6 @@ pub fn read_header(req: &Request) -> Result<Header, RequestError> {
 }
 
 /// Reads range segment `index` of a DISCARD / WRITE_ZEROES payload (after the header).
-pub fn range_segment(req: &Request, index: u64) -> Result<RangeSegment, RequestError> {
+pub fn range_segment(req: &RequestOf<'_>, index: u64) -> Result<RangeSegment, RequestError> {
     Ok(req.read_obj(HEADER_SIZE + index * SEGMENT_SIZE)?)
 }
