@@ -101,8 +101,10 @@ fi
 DAEMON_PKGS=(-p vhost-device-blk -p vhost-device-rng -p vhost-device-vsock)
 say "building our daemons as shipped (release, the daemon packages alone)..."
 (cd "$ROOT" && cargo build --release --quiet "${DAEMON_PKGS[@]}" --bins) || die "cargo build failed"
-if (cd "$ROOT" && cargo tree --quiet -e normal,build,features -i vhost-backend "${DAEMON_PKGS[@]}") |
-    grep -q 'feature "test-utils"'; then
+# The check fails the run when `cargo tree` itself fails (a pipe into grep would hide it).
+DAEMON_TREE=$(cd "$ROOT" && cargo tree --quiet -e normal,build,features -i vhost-backend "${DAEMON_PKGS[@]}") ||
+    die "cargo tree failed: cannot check the daemons' features"
+if grep -q 'feature "test-utils"' <<<"$DAEMON_TREE"; then
     die "the daemons' own build turns on vhost-backend's test-utils feature"
 fi
 
@@ -407,7 +409,7 @@ if grep -q '^# limit' "$RESULTS"; then
     # threads' limit (QD1 a ping-pong between two threads, deeper the pread rate) and, at QD1,
     # the processes' limit (the same ping-pong between two processes).
     python3 - "$RESULTS" <<'PY' >&2
-import statistics, sys
+import math, statistics, sys
 from collections import defaultdict
 ours, limit, procs = defaultdict(list), defaultdict(list), defaultdict(list)
 for line in open(sys.argv[1]):
@@ -418,14 +420,17 @@ for line in open(sys.argv[1]):
         ours[(f[3], f[4])].append(float(f[6]))
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
+def ratio(a, b):
+    # NaN, not ZeroDivisionError, for a limit whose median is 0 (or missing).
+    return a / b if not math.isnan(a) and not math.isnan(b) and b else float("nan")
 print("\n== pinned: ours against the machine's limits ==")
 print("threads: QD1 an eventfd ping-pong between two threads + pread, deeper the pread rate;")
 print("procs: QD1 the same ping-pong between two processes (as a front-end and a back-end are)")
 print(f"{'workload':10} {'qd':>3} {'ours req/s':>11} {'threads':>10} {'ours/thr':>9} {'procs':>10} {'ours/procs':>11}")
 for key in sorted(set(limit) | set(procs), key=lambda k: (k[0], int(k[1]))):
     o, l, p = med(ours[key]), med(limit[key]), med(procs[key])
-    pcols = f"{p:>10.0f} {o / p:>10.2f}x" if procs[key] else f"{'-':>10} {'-':>11}"
-    print(f"{key[0]:10} {key[1]:>3} {o:>11.0f} {l:>10.0f} {o / l:>8.2f}x {pcols}")
+    pcols = f"{p:>10.0f} {ratio(o, p):>10.2f}x" if procs[key] else f"{'-':>10} {'-':>11}"
+    print(f"{key[0]:10} {key[1]:>3} {o:>11.0f} {l:>10.0f} {ratio(o, l):>8.2f}x {pcols}")
 PY
 fi
 if [[ -n $CHART ]]; then

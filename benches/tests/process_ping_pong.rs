@@ -171,3 +171,75 @@ fn the_far_process_dies_with_the_load_generator() {
     load.wait().unwrap();
     wait_until("the far process is gone", || gone(far[0]));
 }
+
+/// A far process killed without answering: the round trip waiting for its answer fails
+/// instead of hanging.
+#[test]
+fn a_round_trip_to_a_far_process_that_died_is_an_error_not_a_hang() {
+    let image = Image::new("raw-pp-killed", 16);
+    for wait in [FarWait::Read, FarWait::Epoll] {
+        let mut pp = ProcessPingPong::new(Path::new(LOAD), &image.0, wait, 5).unwrap();
+        pp.round_trip().unwrap();
+        let far = pp.far_pid().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(far as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            // The first round trip may still find the far side alive; one after it cannot.
+            let r = pp.round_trip().and_then(|_| pp.round_trip());
+            tx.send(r.is_err()).unwrap();
+            pp
+        });
+        let failed = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{wait:?}: the round trip hangs"));
+        assert!(failed, "{wait:?}");
+        // Later round trips fail too, at once.
+        let mut pp = t.join().unwrap();
+        assert!(pp.round_trip().is_err(), "{wait:?}");
+    }
+}
+
+/// The far side fails while it starts (here: a block count it refuses) and answers
+/// `FAILED`: the parent gets that error, not a wait until the start timeout.
+#[test]
+fn a_far_side_that_fails_while_it_starts_answers_failed() {
+    let image = Image::new("raw-pp-startfail", 4);
+    let script = Path::new(env!("CARGO_TARGET_TMPDIR")).join("far-side-bad-blocks.sh");
+    // The same process (exec) with the arguments it was given, but BLOCKS 0.
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec '{LOAD}' \"$1\" \"$2\" \"$3\" 0 \"$5\" \"$6\"\n"),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    let started = Instant::now();
+    let e = ProcessPingPong::new(&script, &image.0, FarWait::Read, 1).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("failed to start (answered 0xfffffffffffffffe)"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Run directly: it answers FAILED on its stdout and exits with a failure.
+    let out = Command::new(LOAD)
+        .arg(FAR_SIDE_ARG)
+        .args(["read"])
+        .arg(&image.0)
+        .args(["0", "1"])
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(out.stdout, 0xffff_ffff_ffff_fffeu64.to_ne_bytes());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BLOCKS"), "{err}");
+}

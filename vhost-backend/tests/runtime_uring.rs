@@ -590,6 +590,67 @@ fn operations_requeued_into_a_full_submission_queue_go_on() {
     assert_eq!(file.metadata().unwrap().len(), 8 * 8192);
 }
 
+#[test]
+fn operations_requeued_while_submission_is_refused_for_now_go_on() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let q = ring_with_chains(&mem, 0x1000, 8);
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    let mut ring = GuestUring::new(&file, 4).unwrap();
+    let r = |offset, len| vhost_backend::runtime::FallocRange {
+        offset,
+        len,
+        mode: 0,
+    };
+    for (i, req) in pop_all(&q, 8).into_iter().enumerate() {
+        let at = i as u64 * 8192;
+        if let Err(e) = ring.fallocate(req, &[r(at, 4096), r(at + 4096, 4096)], ()) {
+            panic!("refused {i}: {}", e.error);
+        }
+    }
+    assert_eq!(ring.in_flight(), 8);
+    // The submission that should make room for the second ranges is refused for now: they
+    // wait and go on with the next submission.
+    ring.fail_next_submit(libc::EAGAIN);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = reap_n(&mut ring, 8);
+    for o in out {
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        assert!(!o.not_submitted);
+        o.req.complete(0);
+    }
+    assert_eq!(file.metadata().unwrap().len(), 8 * 8192);
+}
+
+#[test]
+fn dropping_a_ring_whose_submissions_are_always_refused_for_now_ends_early() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let q = ring_with_chains(&mem, 0x1000, 8);
+    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+    let mut ring = GuestUring::new(&file, 4).unwrap();
+    ring.set_drop_timeout(Duration::from_secs(20));
+    let r = |offset, len| vhost_backend::runtime::FallocRange {
+        offset,
+        len,
+        mode: 0,
+    };
+    for (i, req) in pop_all(&q, 8).into_iter().enumerate() {
+        let at = i as u64 * 8192;
+        if let Err(e) = ring.fallocate(req, &[r(at, 4096), r(at + 4096, 4096)], ()) {
+            panic!("refused {i}: {}", e.error);
+        }
+    }
+    // Four operations wait in the submission queue, and the kernel never takes them.
+    ring.fail_next_submits(libc::EAGAIN, u32::MAX);
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    drop(ring);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "dropping took {took:?}");
+    // Every request came back (completed at shutdown), none leaked with the ring.
+    q.publish();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(0x3000 + 2)).unwrap(), 8);
+}
+
 /// A capture of the warnings and errors logged on each thread.
 struct Capture(Mutex<Vec<(std::thread::ThreadId, String)>>);
 

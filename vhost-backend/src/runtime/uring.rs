@@ -181,6 +181,12 @@ pub struct GuestUring<T> {
     renewed: bool,
     /// Slots whose entries are queued and not consumed by the kernel yet, in queue order.
     queued: std::collections::VecDeque<u32>,
+    /// Slots whose operation goes on (a short transfer, the next fallocate range) but found
+    /// the submission queue full while the kernel refused a submission for now: queued by
+    /// the next submission (the eventfd is signalled for it).
+    parked: std::collections::VecDeque<u32>,
+    /// Submissions refused for now in a row (reset when one goes through).
+    refused: u32,
     /// Operations failed without a completion (a submission refused for good), given back
     /// by the next [`reap`](Self::reap).
     failed: Vec<Reaped<T>>,
@@ -198,9 +204,9 @@ pub struct GuestUring<T> {
     /// When set, dropping waits until then instead (shared by the rings of one device, so
     /// dropping them one after the other waits at most one timeout in all).
     drop_deadline: Option<Instant>,
-    /// Test hook: the next submission fails with this errno.
+    /// Test hook: this many submissions fail with this errno.
     #[cfg(any(test, feature = "test-utils"))]
-    fail_submit: Option<i32>,
+    fail_submit: (i32, u32),
     /// Test hook: this many completions are seen as failing with this errno.
     #[cfg(any(test, feature = "test-utils"))]
     fail_completions: (i32, u32),
@@ -235,6 +241,10 @@ pub const DROP_TIMEOUT: Duration = super::handler::QUIESCE_TIMEOUT;
 /// it fails with that error.
 const MAX_RETRIES: u8 = 16;
 
+/// How many submissions in a row the kernel may refuse for now while the ring is dropped
+/// before the operations it did not take fail (about half a second with the pauses between).
+const DROP_REFUSALS: u32 = 20;
+
 /// The file's index among the ring's registered files.
 const FILE: types::Fixed = types::Fixed(0);
 
@@ -263,6 +273,8 @@ impl<T> GuestUring<T> {
             retired: false,
             renewed: false,
             queued: std::collections::VecDeque::with_capacity(usize::from(depth)),
+            parked: std::collections::VecDeque::new(),
+            refused: 0,
             failed: Vec::new(),
             eventfd,
             slots: (0..depth).map(|_| Slot::empty()).collect(),
@@ -272,7 +284,7 @@ impl<T> GuestUring<T> {
             drop_timeout: DROP_TIMEOUT,
             drop_deadline: None,
             #[cfg(any(test, feature = "test-utils"))]
-            fail_submit: None,
+            fail_submit: (0, 0),
             #[cfg(any(test, feature = "test-utils"))]
             fail_completions: (0, 0),
             #[cfg(any(test, feature = "test-utils"))]
@@ -311,7 +323,13 @@ impl<T> GuestUring<T> {
     /// Test hook: the next system call that submits fails with `errno` (nothing is sent).
     #[cfg(any(test, feature = "test-utils"))]
     pub fn fail_next_submit(&mut self, errno: i32) {
-        self.fail_submit = Some(errno);
+        self.fail_submit = (errno, 1);
+    }
+
+    /// Test hook: the next `n` system calls that submit fail with `errno` (nothing is sent).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn fail_next_submits(&mut self, errno: i32, n: u32) {
+        self.fail_submit = (errno, n);
     }
 
     /// Test hook: the next `n` completions taken are seen as failing with `errno`.
@@ -606,18 +624,24 @@ impl<T> GuestUring<T> {
             return Ok(());
         }
         let error = loop {
+            self.push_parked();
             if self.ring.submission().is_empty() {
                 self.queued.clear();
+                self.refused = 0;
                 return Ok(());
             }
             #[cfg(any(test, feature = "test-utils"))]
-            if let Some(errno) = self.fail_submit.take() {
-                break io::Error::from_raw_os_error(errno);
+            if self.fail_submit.1 > 0 {
+                self.fail_submit.1 -= 1;
+                break io::Error::from_raw_os_error(self.fail_submit.0);
             }
             let r = self.ring.submit();
             self.note_consumed();
             match r {
-                Ok(_) => self.submitted = true,
+                Ok(_) => {
+                    self.submitted = true;
+                    self.refused = 0;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break e,
             }
@@ -630,6 +654,7 @@ impl<T> GuestUring<T> {
         }
         if let Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) = error.raw_os_error() {
             log::debug!("io_uring: submission refused for now ({error}), retried");
+            self.refused = self.refused.saturating_add(1);
             return Ok(());
         }
         // Anything else will not get better by retrying (a ring the kernel refuses, e.g.
@@ -645,8 +670,29 @@ impl<T> GuestUring<T> {
             log::error!("io_uring: the new ring failed too; requests are served another way");
             self.retired = true;
         }
+        self.fail_unsubmitted(&error);
+        Err(error)
+    }
+
+    /// Queues the parked slots, oldest first, while the submission queue has room.
+    fn push_parked(&mut self) {
+        while let Some(&idx) = self.parked.front() {
+            if self.slots[idx as usize].op.is_some() && self.push(idx).is_err() {
+                return;
+            }
+            self.parked.pop_front();
+        }
+    }
+
+    /// Fails every operation the kernel did not get (queued or parked) with `error`, given
+    /// back by the next [`reap`](Self::reap), and marks the ring broken: the entries left in
+    /// its submission queue (which name the freed slots) are never submitted.
+    fn fail_unsubmitted(&mut self, error: &io::Error) {
+        self.broken = true;
         let mut failed = std::mem::take(&mut self.failed);
-        while let Some(idx) = self.queued.pop_front() {
+        let queued = std::mem::take(&mut self.queued);
+        let parked = std::mem::take(&mut self.parked);
+        for idx in queued.into_iter().chain(parked) {
             let e = error.raw_os_error().map_or_else(
                 || io::Error::new(error.kind(), error.to_string()),
                 io::Error::from_raw_os_error,
@@ -654,7 +700,6 @@ impl<T> GuestUring<T> {
             self.finish(idx, Err(GuestIoError::Io(e)), true, &mut failed);
         }
         self.failed = failed;
-        Err(error)
     }
 
     /// Takes every completion the kernel posted: finished operations are appended to `out`
@@ -769,11 +814,16 @@ impl<T> GuestUring<T> {
 
     /// Queues slot `idx`'s operation again; fails it when that is impossible (the ring
     /// failed for good). A full submission queue (there may be more slots than entries, and
-    /// a fallocate queues each range in turn) is sent to the kernel first.
+    /// a fallocate queues each range in turn) is sent to the kernel first; when the kernel
+    /// refuses that for now, the slot is parked and the next submission queues it.
     fn requeue(&mut self, idx: u32, out: &mut Vec<Reaped<T>>) -> bool {
         let mut pushed = self.push(idx);
         if pushed.is_err() && !self.broken {
             pushed = self.submit().and_then(|()| self.push(idx));
+            if pushed.is_err() && !self.broken {
+                self.parked.push_back(idx);
+                return true;
+            }
         }
         match pushed {
             Ok(()) => true,
@@ -830,6 +880,18 @@ impl<T> Drop for GuestUring<T> {
             if self.in_flight == 0 {
                 break;
             }
+            if self.refused >= DROP_REFUSALS {
+                // The kernel keeps refusing to take what is queued: those operations never
+                // reached it, their buffers are free to go (the ones it has are waited for).
+                log::error!(
+                    "io_uring: submissions refused {} times in a row at shutdown; the \
+                     operations not submitted fail",
+                    self.refused
+                );
+                self.refused = 0;
+                self.fail_unsubmitted(&io::Error::from_raw_os_error(libc::EAGAIN));
+                continue;
+            }
             let now = Instant::now();
             if now >= deadline {
                 // The storage does not answer (e.g. a hard-mounted NFS server gone): the
@@ -842,6 +904,11 @@ impl<T> Drop for GuestUring<T> {
                 );
                 std::mem::forget(std::mem::take(&mut self.slots));
                 return;
+            }
+            if self.refused > 0 {
+                // Refused for now: the eventfd is signalled already, do not spin on it.
+                let pause = Duration::from_millis(1 << self.refused.min(5));
+                std::thread::sleep(pause.min(deadline - now));
             }
             let wait = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
             let mut pfd = libc::pollfd {

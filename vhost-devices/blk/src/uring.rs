@@ -49,7 +49,8 @@ enum Tag {
     WriteSync(u64),
     /// A DISCARD (`discard`) or WRITE_ZEROES as write `id`, its ranges `fallocate`d;
     /// `sync` as for [`Tag::Write`]; `header` as parsed when it started (for serving it
-    /// again at once, without reading the guest's chain again).
+    /// again at once without parsing the header again: its segments are read from the
+    /// guest's chain, and checked, again).
     Ranges {
         id: u64,
         discard: bool,
