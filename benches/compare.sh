@@ -280,6 +280,9 @@ measure() {
     local sock=$WORKDIR/$impl-$device.sock
     local -a pre=() args=()
     [[ $pass == pinned || $pass == direct ]] && pre=(taskset -c "$CPU")
+    # The host may reclaim idle page-cache pages (e.g. DAMON): read the image back in before
+    # each page-cache measurement so every run starts from the same cache.
+    [[ $device == blk && $pass != direct ]] && cat "$IMG" >/dev/null
     start_daemon "$impl" "$device" "$sock" "$pass"
     local pid=$DPID
     local load=$LOAD
@@ -350,6 +353,7 @@ fio_limit() {
 # between two threads with a pread on the far side (QD1); pingpong-procs, the same between two
 # processes (QD1, as a front-end and a back-end are); pread, the bare pread rate (deeper).
 page_cache_limit() {
+    cat "$IMG" >/dev/null
     taskset -c "$CPU" "$LOAD" --limit "$1" --image "$IMG" --duration "$DURATION" \
         --warmup "$WARMUP" | sed -n 's/^RESULT .* rate=\([0-9.]*\).*/\1/p'
 }
