@@ -125,16 +125,7 @@ fn a_far_side_that_cannot_start_is_an_error_not_a_hang() {
 fn the_far_side_refuses_a_parent_that_is_not_its_own() {
     let image = Image::new("raw-pp-parent", 4);
     // PID 1 is never this test's process: the far side must exit at once, saying so.
-    let out = Command::new(LOAD)
-        .arg(FAR_SIDE_ARG)
-        .args(["read"])
-        .arg(&image.0)
-        .args(["4", "1", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = far_side(&image, ["4", "1", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the parent is gone"), "{err}");
@@ -227,19 +218,22 @@ fn a_far_side_that_fails_while_it_starts_answers_failed() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     // Run directly: it answers FAILED on its stdout and exits with a failure.
-    let out = Command::new(LOAD)
-        .arg(FAR_SIDE_ARG)
-        .args(["read"])
-        .arg(&image.0)
-        .args(["0", "1"])
-        .arg(std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let out = far_side(&image, ["0", "1", &std::process::id().to_string()]);
     assert!(!out.status.success());
     assert_eq!(out.stdout, 0xffff_ffff_ffff_fffeu64.to_ne_bytes());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BLOCKS"), "{err}");
+}
+
+/// The far side run on its own (reading `image`; `args`: block count, seed, parent pid),
+/// its stdin closed; its output.
+fn far_side(image: &Image, args: [&str; 3]) -> std::process::Output {
+    Command::new(LOAD)
+        .arg(FAR_SIDE_ARG)
+        .args(["read"])
+        .arg(&image.0)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }

@@ -558,14 +558,14 @@ fn fallocate_ranges_run_in_turn() {
     assert_eq!(ring.in_flight(), 0);
 }
 
-/// Operations that go on (the next range of a fallocate) while the submission queue is full
-/// (more slots than its size, after a stop that timed out) are submitted, not failed.
-#[test]
-fn operations_requeued_into_a_full_submission_queue_go_on() {
+/// Eight requests in flight as two-range fallocates (8 KiB each, 64 KiB in all) on a ring
+/// of depth 4: a submission queue of 4 and a completion queue (and so slots) of 8. The first
+/// four were submitted to make room for the last four, which stay queued, so the first
+/// ranges' completions find the submission queue full.
+fn eight_two_range_fallocates() -> (GuestMemoryMmap, TestQueue, std::fs::File, GuestUring<()>) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let q = ring_with_chains(&mem, 0x1000, 8);
     let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
-    // Depth 4: a submission queue of 4, a completion queue (and so slots) of 8.
     let mut ring = GuestUring::new(&file, 4).unwrap();
     let r = |offset, len| vhost_backend::runtime::FallocRange {
         offset,
@@ -579,6 +579,14 @@ fn operations_requeued_into_a_full_submission_queue_go_on() {
         }
     }
     assert_eq!(ring.in_flight(), 8);
+    (mem, q, file, ring)
+}
+
+/// Operations that go on (the next range of a fallocate) while the submission queue is full
+/// (more slots than its size, after a stop that timed out) are submitted, not failed.
+#[test]
+fn operations_requeued_into_a_full_submission_queue_go_on() {
+    let (_mem, _q, file, mut ring) = eight_two_range_fallocates();
     // The first four were submitted to make room for the last four, which stay queued: the
     // first ranges' completions find the submission queue full.
     std::thread::sleep(Duration::from_millis(200));
@@ -592,22 +600,7 @@ fn operations_requeued_into_a_full_submission_queue_go_on() {
 
 #[test]
 fn operations_requeued_while_submission_is_refused_for_now_go_on() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    let q = ring_with_chains(&mem, 0x1000, 8);
-    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
-    let mut ring = GuestUring::new(&file, 4).unwrap();
-    let r = |offset, len| vhost_backend::runtime::FallocRange {
-        offset,
-        len,
-        mode: 0,
-    };
-    for (i, req) in pop_all(&q, 8).into_iter().enumerate() {
-        let at = i as u64 * 8192;
-        if let Err(e) = ring.fallocate(req, &[r(at, 4096), r(at + 4096, 4096)], ()) {
-            panic!("refused {i}: {}", e.error);
-        }
-    }
-    assert_eq!(ring.in_flight(), 8);
+    let (_mem, _q, file, mut ring) = eight_two_range_fallocates();
     // The submission that should make room for the second ranges is refused for now: they
     // wait and go on with the next submission.
     ring.fail_next_submit(libc::EAGAIN);
@@ -623,22 +616,8 @@ fn operations_requeued_while_submission_is_refused_for_now_go_on() {
 
 #[test]
 fn dropping_a_ring_whose_submissions_are_always_refused_for_now_ends_early() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    let q = ring_with_chains(&mem, 0x1000, 8);
-    let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
-    let mut ring = GuestUring::new(&file, 4).unwrap();
+    let (mem, q, _file, mut ring) = eight_two_range_fallocates();
     ring.set_drop_timeout(Duration::from_secs(20));
-    let r = |offset, len| vhost_backend::runtime::FallocRange {
-        offset,
-        len,
-        mode: 0,
-    };
-    for (i, req) in pop_all(&q, 8).into_iter().enumerate() {
-        let at = i as u64 * 8192;
-        if let Err(e) = ring.fallocate(req, &[r(at, 4096), r(at + 4096, 4096)], ()) {
-            panic!("refused {i}: {}", e.error);
-        }
-    }
     // Four operations wait in the submission queue, and the kernel never takes them.
     ring.fail_next_submits(libc::EAGAIN, u32::MAX);
     std::thread::sleep(Duration::from_millis(200));

@@ -401,10 +401,7 @@ fn discard_and_write_zeroes_are_fallocate_operations_on_the_ring() {
     want[2 * 512..4 * 512].fill(0);
     assert_eq!(h.file(), want, "sectors 2 and 3 zeroed");
 
-    h.dev.urings[0]
-        .lock()
-        .unwrap()
-        .fail_next_completions(libc::EIO, 1);
+    fail_next_completion(&h, libc::EIO);
     h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
     h.segment(HDR + 16, 6, 2, 0);
     assert_eq!(
@@ -415,20 +412,14 @@ fn discard_and_write_zeroes_are_fallocate_operations_on_the_ring() {
     // The injected failure rewrites the completion only: the kernel did zero the range.
     want[6 * 512..8 * 512].fill(0);
 
-    h.dev.urings[0]
-        .lock()
-        .unwrap()
-        .fail_next_completions(libc::EOPNOTSUPP, 1);
+    fail_next_completion(&h, libc::EOPNOTSUPP);
     h.header(HDR, VIRTIO_BLK_T_WRITE_ZEROES, 0);
     h.segment(HDR + 16, 8, 2, 0);
     assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK));
     want[8 * 512..10 * 512].fill(0);
     assert_eq!(h.file(), want, "zeroed by the fallback");
 
-    h.dev.urings[0]
-        .lock()
-        .unwrap()
-        .fail_next_completions(libc::EOPNOTSUPP, 1);
+    fail_next_completion(&h, libc::EOPNOTSUPP);
     h.header(HDR, VIRTIO_BLK_T_DISCARD, 0);
     h.segment(HDR + 16, 16, 8, 0);
     assert_eq!(h.one(&bufs, ST), (1, VIRTIO_BLK_S_OK), "discard is a hint");
@@ -683,4 +674,12 @@ fn when_the_new_ring_fails_too_requests_are_served_at_once() {
         assert_eq!(r, (513, VIRTIO_BLK_S_OK), "read {i} went to the ring");
         assert_eq!(h.guest(BUF, 512), expected(i, 512));
     }
+}
+
+/// Makes the first queue's ring report `errno` for its next completion.
+fn fail_next_completion(h: &Harness, errno: i32) {
+    h.dev.urings[0]
+        .lock()
+        .unwrap()
+        .fail_next_completions(errno, 1);
 }
