@@ -92,8 +92,9 @@
 //! What the runtime promises a device (the full story is in [`runtime`] and
 //! [`runtime::request`]):
 //!
-//! - [`QueueContext::pop`](runtime::QueueContext::pop) is the only way work reaches the
-//!   device. A [`Request`](runtime::Request) keeps the guest memory it was popped from
+//! - Work reaches the device through [`QueueContext::pop`](runtime::QueueContext::pop)
+//!   (or [`serve_next`](runtime::QueueContext::serve_next), which serves a chain on the
+//!   spot). A [`Request`](runtime::Request) keeps the guest memory it was popped from
 //!   mapped until it is completed or dropped, even if the front-end replaces the memory
 //!   table meanwhile.
 //! - Any number of requests may be outstanding per queue, up to its size; completions from

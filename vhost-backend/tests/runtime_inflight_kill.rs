@@ -4,7 +4,9 @@
 //! The guest side (the project's front-end client and virtqueue driver) keeps one queue
 //! busy with reads and writes of a small disk; writes carry sequence numbers, reads are
 //! checked against what was written. The back-end (threadless runtime, run by its own
-//! thread) holds requests and completes them in random order. Each back-end is killed
+//! thread) holds requests and completes them in random order, or serves them on the spot
+//! ([`QueueContext::serve_next`], the path of a synchronous device), or mixes both
+//! ([`Mode`], drawn for each back-end). Each back-end is killed
 //! either at an injected crash point of the inflight tracking (between any two of its
 //! writes to the inflight region or the used ring, including between "marked in flight"
 //! and "used published") or between two operations: its thread stops and drops everything
@@ -26,7 +28,7 @@
 //! them fails, and the next back-end resubmits them.
 //!
 //! The run goes on past [`ITERATIONS`] back-ends (up to [`MAX_ITERATIONS`]) until every
-//! crash point was hit and enough requests survived kills, so a slow or loaded machine
+//! crash point was hit in every mode and enough requests survived kills, so a slow or loaded machine
 //! gets more back-ends rather than a failure.
 
 #![cfg(unix)]
@@ -42,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use runtime_support::*;
 use vhost_backend::runtime::{
-    DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
+    DeviceBackend, DeviceError, Processed, QueueContext, Request, RequestOf, VirtioDevice,
 };
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::Inflight;
@@ -106,18 +108,18 @@ struct Header {
 /// The disk, which outlives every back-end (the host image).
 type Disk = Arc<Mutex<Vec<[u8; BLOCK]>>>;
 
-/// Executes `req` on `disk` and completes it: a write stores its block and answers one
-/// status byte; a read answers the block and a status byte.
-fn execute(disk: &Disk, req: Request) {
+/// Executes `req` on `disk` and answers its used length: a write stores its block and
+/// answers one status byte; a read answers the block and a status byte.
+fn serve(disk: &Disk, req: &RequestOf<'_>) -> u32 {
     let Ok(h) = req.read_obj::<Header>(0) else {
-        return req.complete(0);
+        return 0;
     };
     let sector = (h.sector as usize).min(SECTORS - 1);
-    let len = match h.op {
+    match h.op {
         OP_WRITE => {
             let mut b = [0u8; BLOCK];
             if req.read_readable(16, &mut b).is_err() {
-                return req.complete(0);
+                return 0;
             }
             disk.lock().unwrap()[sector] = b;
             let _ = req.write_writable(0, &[0]);
@@ -129,14 +131,33 @@ fn execute(disk: &Disk, req: Request) {
             let _ = req.write_writable(BLOCK as u64, &[0]);
             BLOCK as u32 + 1
         }
-    };
+    }
+}
+
+/// [`serve`]s `req` and completes it.
+fn execute(disk: &Disk, req: Request) {
+    let len = serve(disk, &req);
     req.complete(len);
 }
 
-/// Holds what it pops; at every call completes a random part of what it holds, in random
-/// order.
+/// How a back-end's device takes its chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    /// Pops and holds each chain.
+    Hold,
+    /// Serves each chain on the spot (`serve_next`).
+    Serve,
+    /// Per chain at random: served on the spot or popped and held.
+    Mixed,
+}
+
+const MODES: [Mode; 3] = [Mode::Hold, Mode::Serve, Mode::Mixed];
+
+/// Takes chains as its [`Mode`] says; at every call completes a random part of what it
+/// holds, in random order.
 struct Disky {
     disk: Disk,
+    mode: Mode,
     held: Mutex<Vec<Request>>,
     rng: Mutex<Rng>,
 }
@@ -148,10 +169,24 @@ impl VirtioDevice for Disky {
     }
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
         let mut held = self.held.lock().unwrap();
-        while let Some(req) = ctx.pop() {
-            held.push(req);
-        }
         let mut rng = self.rng.lock().unwrap();
+        loop {
+            let spot = match self.mode {
+                Mode::Hold => false,
+                Mode::Serve => true,
+                Mode::Mixed => rng.below(2) == 0,
+            };
+            if spot {
+                if !ctx.serve_next(|req| serve(&self.disk, req)) {
+                    break;
+                }
+            } else {
+                match ctx.pop() {
+                    Some(req) => held.push(req),
+                    None => break,
+                }
+            }
+        }
         let n = rng.below(held.len() as u64 + 1);
         for _ in 0..n {
             let i = rng.below(held.len() as u64) as usize;
@@ -161,17 +196,19 @@ impl VirtioDevice for Disky {
     }
 }
 
-/// A back-end on its own thread, killed at the `crash_after`th crash point (0: none) or
+/// A back-end on its own thread, its device in `mode`, killed at the `crash_after`th crash point (0: none) or
 /// when `kill` is set. Killed, it drops everything without stopping or completing
 /// anything; when the front-end goes away (the last back-end) it finishes the session.
 fn spawn_backend(
     disk: &Disk,
+    mode: Mode,
     seed: u64,
     crash_after: u64,
     kill: Arc<AtomicBool>,
 ) -> (Frontend, JoinHandle<CrashEnd>) {
     let dev = Disky {
         disk: Arc::clone(disk),
+        mode,
         held: Mutex::new(Vec::new()),
         rng: Mutex::new(Rng(seed | 1)),
     };
@@ -409,7 +446,7 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
     let disk: Disk = Arc::new(Mutex::new(vec![[0u8; BLOCK]; SECTORS]));
     let mut g = Guest::new();
     let mut area = None;
-    let mut points: HashMap<&'static str, usize> = HashMap::new();
+    let mut points: HashMap<(Mode, &'static str), usize> = HashMap::new();
     let mut killed_between = 0;
     let mut survived = 0u64;
     // The previous back-end published entries and never called for them.
@@ -418,7 +455,9 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
     let (mut stops_clean, mut stops_refused) = (0u64, 0u64);
     let mut iterations = 0usize;
     loop {
-        let all_points = CRASH_POINTS.iter().all(|p| points.contains_key(p));
+        let all_points = MODES
+            .iter()
+            .all(|&m| CRASH_POINTS.iter().all(|&p| points.contains_key(&(m, p))));
         if iterations >= ITERATIONS
             && all_points
             && killed_between > 0
@@ -438,8 +477,9 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
             0 => 0,
             _ => 1 + rng.below(60),
         };
+        let mode = MODES[rng.below(MODES.len() as u64) as usize];
         let kill = Arc::new(AtomicBool::new(false));
-        let (mut fe, t) = spawn_backend(&disk, rng.next(), crash_after, Arc::clone(&kill));
+        let (mut fe, t) = spawn_backend(&disk, mode, rng.next(), crash_after, Arc::clone(&kill));
         g.connect(&mut fe, &mut area);
         if call_owed {
             // Paid when the ring starts (the session above waited for every reply).
@@ -482,7 +522,9 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
         kill.store(true, Ordering::SeqCst);
         match t.join().expect("back-end thread") {
             end @ CrashEnd::Crashed(_) => {
-                *points.entry(end.crash_point().unwrap()).or_default() += 1
+                *points
+                    .entry((mode, end.crash_point().unwrap()))
+                    .or_default() += 1
             }
             CrashEnd::Killed => killed_between += 1,
             // A stop that failed closes the connection.
@@ -498,7 +540,13 @@ fn a_back_end_killed_at_random_points_loses_and_repeats_nothing() {
     }
 
     // The last back-end is not killed: everything left completes.
-    let (mut fe, t) = spawn_backend(&disk, rng.next(), 0, Arc::new(AtomicBool::new(false)));
+    let (mut fe, t) = spawn_backend(
+        &disk,
+        Mode::Mixed,
+        rng.next(),
+        0,
+        Arc::new(AtomicBool::new(false)),
+    );
     g.connect(&mut fe, &mut area);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut uncalled_since: Option<Instant> = None;

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use runtime_support::*;
 use vhost_backend::runtime::{
-    ChainFault, DeviceBackend, DeviceError, Processed, QueueContext, Request, VirtioDevice,
+    ChainFault, DeviceBackend, DeviceError, Processed, QueueContext, Request, RequestOf,
+    VirtioDevice,
 };
 use vhost_frontend::{Frontend, GuestMemory};
 use vhost_proto::Inflight;
@@ -41,11 +42,13 @@ const STALE_PACKED_BASE: u32 = 0x8000_8000;
 const HELD: usize = 3;
 
 /// One queue. Holds what it pops until it holds [`HELD`], then completes them newest first
-/// (unless `at_once`: completes each as it comes). Each request's writable bytes get its
+/// (unless `at_once`: completes each as it comes; or `spot`: serves each on the spot with
+/// `serve_next`, the path of a synchronous device). Each request's writable bytes get its
 /// buffer ID's low byte. Records the IDs it is handed.
 #[derive(Default)]
 struct Holder {
     at_once: bool,
+    spot: bool,
     held: Mutex<Vec<Request>>,
     seen: Arc<Mutex<Vec<u16>>>,
 }
@@ -65,12 +68,17 @@ fn serve_at_once() -> (Frontend, JoinHandle<DeviceBackend<Holder>>) {
     serve_in_thread(DeviceBackend::new(Holder::at_once()).expect("backend"))
 }
 
-fn serve(req: Request) {
+/// Fills `req`'s writable bytes with its ID's low byte; answers the used length.
+fn fill(req: &RequestOf<'_>) -> u32 {
     let data = vec![req.head() as u8; req.writable_len() as usize];
-    let len = match req.write_writable(0, &data) {
+    match req.write_writable(0, &data) {
         Ok(()) => data.len() as u32,
         Err(_) => 0,
-    };
+    }
+}
+
+fn serve(req: Request) {
+    let len = fill(&req);
     req.complete(len);
 }
 
@@ -80,6 +88,13 @@ impl VirtioDevice for Holder {
         true
     }
     fn process_queue(&self, ctx: &mut QueueContext<'_>) -> Result<Processed, DeviceError> {
+        if self.spot {
+            while ctx.serve_next(|req| {
+                self.seen.lock().unwrap().push(req.head());
+                fill(req)
+            }) {}
+            return Ok(Processed::Drained);
+        }
         let mut held = self.held.lock().unwrap();
         while let Some(req) = ctx.pop() {
             self.seen.lock().unwrap().push(req.head());
@@ -104,9 +119,14 @@ fn ask() -> Inflight {
 
 /// A threadless back-end on its own thread, crashing at its `crash_after`th crash point
 /// (0: never): it then drops everything without stopping or completing anything, as
-/// SIGKILL would. The thread answers how it ended.
-fn crashing_backend(crash_after: u64) -> (Frontend, JoinHandle<CrashEnd>) {
-    let backend = DeviceBackend::threadless(Holder::default())
+/// SIGKILL would. The thread answers how it ended. With `spot`, its device serves on the
+/// spot.
+fn crashing_backend(crash_after: u64, spot: bool) -> (Frontend, JoinHandle<CrashEnd>) {
+    let dev = Holder {
+        spot,
+        ..Holder::default()
+    };
+    let backend = DeviceBackend::threadless(dev)
         .expect("backend")
         .with_quiesce_timeout(Duration::from_millis(50));
     spawn_crashing(backend, crash_after, None, |_| {})
@@ -221,14 +241,14 @@ fn reap(q: &mut GuestQueue, got: &mut Vec<u16>, want: usize, settle: Duration) {
 
 /// One run: the first back-end crashes at its `crash_after`th crash point (or never),
 /// the second finishes the work. Returns where the first crashed.
-fn crash_and_resume(crash_after: u64, fill: Fill) -> Option<&'static str> {
+fn crash_and_resume(crash_after: u64, fill: Fill, spot: bool) -> Option<&'static str> {
     let mem = two_region_memory();
     let mut q = GuestQueue::new(&mem, 0, false);
     if fill == Fill::NearTheEnd {
         advance_near_the_end(&mem, &mut q);
     }
     let started_at = q.driver.vring_base();
-    let (mut fe, t) = crashing_backend(crash_after);
+    let (mut fe, t) = crashing_backend(crash_after, spot);
     handshake(&mut fe, true, false);
     send_mem_table(&mut fe, &mem);
     let (info, area) = fe.get_inflight_fd(&ask()).expect("GET_INFLIGHT_FD");
@@ -267,7 +287,10 @@ fn crash_and_resume(crash_after: u64, fill: Fill) -> Option<&'static str> {
     let crashed = t.join().expect("the back-end thread").crash_point();
 
     // The second back-end: same area, the base QEMU would send.
-    let dev = Holder::at_once();
+    let dev = Holder {
+        spot,
+        ..Holder::at_once()
+    };
     let seen = Arc::clone(&dev.seen);
     let (mut fe, t) = serve_in_thread(DeviceBackend::new(dev).expect("backend"));
     handshake(&mut fe, true, false);
@@ -337,11 +360,25 @@ fn crash_and_resume(crash_after: u64, fill: Fill) -> Option<&'static str> {
 /// latter).
 #[test]
 fn a_back_end_dying_anywhere_loses_and_duplicates_nothing() {
+    crash_sweep(false);
+}
+
+/// The same sweep with back-ends that serve each request on the spot
+/// (`QueueContext::serve_next`, a synchronous device's path): the same crash points hit,
+/// the same guarantees.
+#[test]
+fn a_back_end_serving_on_the_spot_dying_anywhere_loses_and_duplicates_nothing() {
+    crash_sweep(true);
+}
+
+/// Every crash point of the first back-end in turn, for each layout and [`Fill`]; `spot`:
+/// the back-ends serve on the spot.
+fn crash_sweep(spot: bool) {
     for_each_layout(|| {
         for fill in [Fill::FromTheStart, Fill::NearTheEnd] {
             let mut hit = Vec::new();
             for n in 1.. {
-                match crash_and_resume(n, fill) {
+                match crash_and_resume(n, fill, spot) {
                     Some(at) => hit.push(at),
                     None => break,
                 }
@@ -365,7 +402,7 @@ fn a_back_end_dying_anywhere_loses_and_duplicates_nothing() {
                 ] {
                     assert!(
                         hit.contains(&point),
-                        "never crashed at {point:?} ({fill:?})"
+                        "never crashed at {point:?} ({fill:?}, on the spot: {spot})"
                     );
                 }
             }

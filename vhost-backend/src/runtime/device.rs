@@ -39,7 +39,8 @@ pub enum DeviceError {
 /// What [`VirtioDevice::process_queue`] did with the available ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Processed {
-    /// Took every chain it was offered ([`QueueContext::pop`] returned `None`). The
+    /// Took every chain it was offered ([`QueueContext::pop`] returned `None`, or
+    /// [`QueueContext::serve_next`] `false`). The
     /// runtime re-enables notifications and looks once more for chains that raced in.
     Drained,
     /// Stopped early on purpose (rate limit, back-pressure). Notifications stay off and the
@@ -116,13 +117,14 @@ pub trait VirtioDevice: Send + Sync + 'static {
         let _ = features;
     }
 
-    /// Takes the queue's available requests ([`QueueContext::pop`]). Called by the queue's
+    /// Takes the queue's available requests ([`QueueContext::pop`], or
+    /// [`QueueContext::serve_next`] to serve one on the spot). Called by the queue's
     /// worker after a kick, when the ring becomes enabled, and when
     /// [`handle_event`](Self::handle_event) asks; never concurrently for the same queue.
     ///
-    /// Each [`Request`](super::Request) is completed with
+    /// Each popped [`Request`](super::Request) is completed with
     /// [`Request::complete`](super::Request::complete), before this returns or later from
-    /// any thread (an I/O engine's completion, a device event); any number may be
+    /// any thread (one served with `serve_next` is completed when its closure returns) (an I/O engine's completion, a device event); any number may be
     /// outstanding, up to the ring size. Stopping the ring waits for them (within a bound)
     /// before [`reset`](Self::reset) is called, so a request must complete on its own — its
     /// I/O finishing — not only when the device is reset; during the wait the runtime calls

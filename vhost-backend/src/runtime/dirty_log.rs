@@ -33,8 +33,8 @@
 //!   carried VHOST_VRING_F_LOG has its used-ring writes marked at the `log` address it gave
 //!   (the used ring's guest-physical address); without the flag they are marked at the used
 //!   ring's own address.
-//! - **Off costs one relaxed load** (after a SeqCst fence for request data:
-//!   [`DirtyLog::active_after_writes`]): [`DirtyLog::active`] is checked before anything
+//! - **Off costs a SeqCst fence and one relaxed load** ([`DirtyLog::active_after_writes`],
+//!   the check every mark makes after the writes it follows): checked before anything
 //!   else, per request write and per batch of used entries.
 //! - **SET_LOG_FD**: the spec gives the descriptor no more meaning than "the logging file
 //!   descriptor"; like libvhost-user, the runtime takes it as an eventfd and signals it after
@@ -54,6 +54,12 @@ use vm_memory::FileOffset;
 use super::log_limit::LogLimiter;
 use super::mem_table::{sealed_file_len, SharedFileError};
 use super::notifier;
+
+#[cfg(test)]
+thread_local! {
+    /// Fenced checks ([`DirtyLog::active_after_writes`]) made on this thread (tests).
+    pub(crate) static FENCED_CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Bytes of guest memory one bit of the log stands for.
 pub const LOG_PAGE_SIZE: u64 = 4096;
@@ -185,6 +191,8 @@ impl DirtyLog {
     #[inline]
     pub fn active_after_writes(&self) -> bool {
         std::sync::atomic::fence(Ordering::SeqCst);
+        #[cfg(test)]
+        FENCED_CHECKS.with(|c| c.set(c.get() + 1));
         self.active()
     }
 
@@ -300,10 +308,13 @@ impl DirtyLog {
     }
 
     /// Marks the pages of guest-physical `[gpa, gpa + len)` dirty, if logging is on. Call it
-    /// after the bytes were written.
+    /// after the bytes were written. The check is the fenced one
+    /// ([`active_after_writes`](Self::active_after_writes)): the writes just made cannot be
+    /// reordered after it. For the ring's own writes; request data goes through
+    /// [`Request::mark_written`](super::Request::mark_written).
     #[inline]
-    pub fn mark(&self, gpa: u64, len: u64) {
-        if len == 0 || !self.active() {
+    pub(crate) fn mark(&self, gpa: u64, len: u64) {
+        if len == 0 || !self.active_after_writes() {
             return;
         }
         // The read guard is held while marking: see `mark_all`.
@@ -313,7 +324,8 @@ impl DirtyLog {
         }
     }
 
-    /// Marks several ranges under one look-up of the log (if logging is on).
+    /// Marks several ranges under one look-up of the log (if logging is on). Its check is
+    /// the unfenced one: callers make the fenced check first.
     pub(crate) fn mark_all(&self, ranges: impl IntoIterator<Item = (u64, u64)>) {
         if !self.active() {
             return;

@@ -185,7 +185,7 @@ impl RequestOf<'_> {
         self.mem()
             .write_obj(value, at)
             .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?;
-        self.ring().dirty.mark(at.0, 1);
+        self.mark_written_at(at.0, 1);
         Ok(())
     }
 
@@ -286,6 +286,17 @@ impl RequestOf<'_> {
             return;
         }
         log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
+    }
+
+    /// [`mark_written`](Self::mark_written) for writable bytes given by guest address (the
+    /// last writable byte may lie past the buffers recorded for a long chain): the same
+    /// fenced check, then the mark.
+    fn mark_written_at(&self, gpa: u64, len: u64) {
+        let log = &self.ring().dirty;
+        if len == 0 || !log.active_after_writes() {
+            return;
+        }
+        log.mark_all([(gpa, len)]);
     }
 
     /// Byte ranges of the writable buffers `[skip, skip + len)`.
@@ -391,10 +402,12 @@ impl Iterator for Pieces<'_> {
 
 /// One queue while its owner runs the device on it: where requests are popped from.
 ///
-/// [`pop`](Self::pop) is the only way a device gets work from a ring; the runtime publishes
-/// completions and sends the used-buffer notification (at most one per batch, EVENT_IDX
-/// honoured) after [`VirtioDevice::process_queue`](super::VirtioDevice::process_queue)
-/// returns, and later for requests completed from elsewhere.
+/// A device gets work from a ring in two ways: [`pop`](Self::pop) hands out a [`Request`]
+/// it completes when it likes, from any thread; [`serve_next`](Self::serve_next) has a
+/// closure serve the next chain on the spot. The runtime publishes completions and sends
+/// the used-buffer notification (at most one per batch, EVENT_IDX honoured) after
+/// [`VirtioDevice::process_queue`](super::VirtioDevice::process_queue) returns, and later
+/// for requests completed from elsewhere.
 pub struct QueueContext<'a> {
     pub(crate) ring: &'a Arc<Vring>,
     pub(crate) state: &'a mut RingState,

@@ -190,7 +190,15 @@ impl TestQueue {
     pub fn process<D: VirtioDevice + ?Sized>(&self, device: &D) -> Result<Processed, DeviceError> {
         let mem = self.mem.memory().into_inner();
         let mut st = self.ring.lock();
+        /// Ends the drain also when the device panics (a test catching it goes on).
+        struct Draining<'r>(&'r Vring);
+        impl Drop for Draining<'_> {
+            fn drop(&mut self) {
+                self.0.set_draining(false);
+            }
+        }
         self.ring.set_draining(true);
+        let draining = Draining(&self.ring);
         let mut ctx = QueueContext {
             ring: &self.ring,
             state: &mut st,
@@ -198,7 +206,7 @@ impl TestQueue {
             taken: 0,
         };
         let result = device.process_queue(&mut ctx);
-        self.ring.set_draining(false);
+        drop(draining);
         let p = self.ring.publish(&mut st);
         if p.notify {
             self.notifications

@@ -9,9 +9,10 @@
 //!
 //! Requests: a chain popped from the available ring becomes a
 //! [`Request`](super::Request) and counts as *outstanding* until its used entry is
-//! published. A request completes from any thread: its completion is queued here, and the
-//! ring's owner (the worker, or whoever holds the ring to stop it) publishes queued
-//! completions to the used ring in batches, with one `needs_notification` check (EVENT_IDX)
+//! published. A popped request completes from any thread: its completion is queued here;
+//! one served on the spot by the ring's owner (`serve_next`) is recorded under the ring
+//! lock instead. The ring's owner (the worker, or whoever holds the ring to stop it)
+//! publishes both to the used ring in batches, with one `needs_notification` check (EVENT_IDX)
 //! and at most one call per batch. A head already outstanding that the driver offers again
 //! is not handed out twice. Completions of requests popped before the ring last stopped or
 //! was reset (an older *generation*) are dropped, never published into the new ring.
@@ -1557,6 +1558,169 @@ mod tests {
         assert_eq!(used[0] >> 16, 2);
         assert_eq!(&used[1..], &[0, 8, 1, 0]);
         assert_eq!(m.read_obj::<[u8; 8]>(GuestAddress(0x8000)).unwrap(), [7; 8]);
+    }
+
+    /// Lays out `n` one-buffer chains (head `i`: 64 writable bytes at `0x8000 + 0x100 * i`)
+    /// in the descriptor table of [`ADDRS`]; with `offer`, offers them in the available ring.
+    fn writable_chains(m: &GuestMemoryMmap, n: u16, offer: bool) {
+        for i in 0..n {
+            let d = 0x1000 + 16 * u64::from(i);
+            m.write_obj(0x8000 + 0x100 * u64::from(i), GuestAddress(d))
+                .unwrap();
+            m.write_obj(64u32, GuestAddress(d + 8)).unwrap();
+            m.write_obj(2u16, GuestAddress(d + 12)).unwrap();
+            if offer {
+                m.write_obj(i, GuestAddress(0x2004 + 2 * u64::from(i)))
+                    .unwrap();
+            }
+        }
+        if offer {
+            m.write_obj(n, GuestAddress(0x2002)).unwrap();
+        }
+    }
+
+    /// The status byte `write_last_byte` writes is marked after the fenced check (the
+    /// store-load race of `DirtyLog::active_after_writes`), as every request write is.
+    #[test]
+    fn write_last_byte_marks_after_the_fenced_check() {
+        use super::super::dirty_log::FENCED_CHECKS;
+        use super::super::request::QueueContext;
+        let m = mem();
+        writable_chains(&m, 1, true);
+        let r = Arc::new(ring(0, 16, &m));
+        let mut st = r.lock();
+        st.set_size(0, 16).unwrap();
+        st.set_addrs(0, ADDRS).unwrap();
+        st.start(0, &m, None).unwrap();
+        let map = Arc::new(m.clone());
+        let mut ctx = QueueContext {
+            ring: &r,
+            state: &mut st,
+            mem: &map,
+            taken: 0,
+        };
+        let mut fenced = None;
+        assert!(ctx.serve_next(|req| {
+            let before = FENCED_CHECKS.with(|c| c.get());
+            req.write_last_byte(0x5a).unwrap();
+            fenced = Some(FENCED_CHECKS.with(|c| c.get()) - before);
+            1
+        }));
+        assert_eq!(fenced, Some(1), "one fenced check per status byte");
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x8000 + 63)).unwrap(), 0x5a);
+    }
+
+    /// A stop waiting for resubmitted requests wakes when the owner serves them on the spot
+    /// (`serve_next`: completions recorded under the ring lock, not queued): it answers at
+    /// once, not at its bound, with the base covering them.
+    #[test]
+    fn a_stop_wakes_for_requests_served_on_the_spot() {
+        use super::super::request::QueueContext;
+        let m = mem();
+        writable_chains(&m, 2, false);
+        let r = Arc::new(ring(0, 16, &m));
+        {
+            let mut st = r.lock();
+            st.set_size(0, 16).unwrap();
+            st.set_base(0, 2).unwrap();
+            st.set_addrs(0, ADDRS).unwrap();
+            st.set_enabled(true);
+            st.start(0, &m, None).unwrap();
+            // What a previous back-end left in flight (as an inflight region would say).
+            st.resubmit.extend([0, 1]);
+        }
+        let r2 = Arc::clone(&r);
+        let stop = std::thread::spawn(move || {
+            let t = Instant::now();
+            let (_, base) = r2.quiesce_and_stop(Instant::now() + Duration::from_secs(5));
+            (t.elapsed(), base)
+        });
+        while !r.is_stopping() {
+            std::thread::yield_now();
+        }
+        // The stop is now waiting for the two resubmitted requests (it can do nothing else).
+        std::thread::sleep(Duration::from_millis(200));
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let releaser = {
+            let release = Arc::clone(&release);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                release.wait();
+            })
+        };
+        let mut st = r.lock();
+        let map = Arc::new(m.clone());
+        let mut ctx = QueueContext {
+            ring: &r,
+            state: &mut st,
+            mem: &map,
+            taken: 0,
+        };
+        assert!(ctx.serve_next(|req| {
+            assert_eq!(req.head(), 0);
+            release.wait();
+            4
+        }));
+        assert!(ctx.serve_next(|req| {
+            assert_eq!(req.head(), 1);
+            4
+        }));
+        assert!(!ctx.serve_next(|_| unreachable!("stopping: nothing new is handed out")));
+        let p = r.publish(&mut st);
+        assert_eq!(p.count, 2);
+        drop(st);
+        releaser.join().unwrap();
+        let (took, base) = stop.join().unwrap();
+        assert!(took < Duration::from_secs(1), "the stop waited {took:?}");
+        let used_idx: u16 = m.read_obj(GuestAddress(0x3002)).unwrap();
+        assert_eq!((base.unwrap(), used_idx), (2, 2));
+    }
+
+    /// A `serve_next` closure that panics: its request is completed with length 0 and
+    /// published with the others, and the next chain is served after it.
+    #[test]
+    fn a_panicking_serve_completes_its_request_with_length_zero() {
+        use super::super::request::QueueContext;
+        let m = mem();
+        writable_chains(&m, 3, true);
+        let r = Arc::new(ring(0, 16, &m));
+        let mut st = r.lock();
+        st.set_size(0, 16).unwrap();
+        st.set_addrs(0, ADDRS).unwrap();
+        st.start(0, &m, None).unwrap();
+        let map = Arc::new(m.clone());
+        let mut ctx = QueueContext {
+            ring: &r,
+            state: &mut st,
+            mem: &map,
+            taken: 0,
+        };
+        assert!(ctx.serve_next(|req| {
+            assert_eq!(req.head(), 0);
+            8
+        }));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.serve_next(|req| {
+                assert_eq!(req.head(), 1);
+                panic!("device bug")
+            })
+        }));
+        assert!(caught.is_err());
+        assert!(ctx.serve_next(|req| {
+            assert_eq!(req.head(), 2);
+            16
+        }));
+        assert!(!ctx.serve_next(|_| unreachable!("the ring is empty")));
+        let p = r.publish(&mut st);
+        assert_eq!(p.count, 3);
+        assert_eq!(st.outstanding(), 0);
+        drop(st);
+        let used: [u32; 7] = m.read_obj(GuestAddress(0x3000)).unwrap();
+        assert_eq!(used[0] >> 16, 3);
+        // Served on the spot first (0 and 2), then the panicked one (queued by its drop).
+        assert_eq!(&used[1..], &[0, 8, 2, 16, 1, 0]);
+        let (_, base) = r.quiesce_and_stop(Instant::now() + Duration::from_secs(1));
+        assert_eq!(base.unwrap(), 3);
     }
 
     #[test]

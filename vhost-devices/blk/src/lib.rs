@@ -601,8 +601,18 @@ impl VirtioDevice for BlkDevice {
         }
         // Served on the spot: each request borrows the ring and memory from the worker and
         // is completed under the ring lock it holds (no reference count or lock per request).
+        // A panic serving one returns it with length 0 and the loop goes on, as on an I/O
+        // thread or the io_uring engine.
         let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        while ctx.serve_next(|req| self.core.serve(&mut scratch, req, None, writethrough)) {}
+        while ctx.serve_next(|req| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.core.serve(&mut scratch, req, None, writethrough)
+            }))
+            .unwrap_or_else(|_| {
+                log::error!("serving a request panicked; returned with length 0");
+                0
+            })
+        }) {}
         Ok(Processed::Drained)
     }
 
