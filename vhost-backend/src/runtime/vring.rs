@@ -1508,7 +1508,6 @@ mod tests {
     /// reused; an empty ring gives `false` without calling the closure.
     #[test]
     fn requests_served_on_the_spot_publish_with_the_batch() {
-        use super::super::request::QueueContext;
         let m = mem();
         // Head 0: one writable buffer of 64 bytes; head 1: a readable one of 16 bytes.
         m.write_obj(0x8000u64, GuestAddress(0x1000)).unwrap();
@@ -1518,18 +1517,10 @@ mod tests {
         m.write_obj(16u32, GuestAddress(0x1018)).unwrap();
         m.write_obj([0u16, 1], GuestAddress(0x2004)).unwrap();
         m.write_obj(2u16, GuestAddress(0x2002)).unwrap();
-        let r = Arc::new(ring(0, 16, &m));
+        let r = started_ring(&m);
         let mut st = r.lock();
-        st.set_size(0, 16).unwrap();
-        st.set_addrs(0, ADDRS).unwrap();
-        st.start(0, &m, None).unwrap();
         let map = Arc::new(m.clone());
-        let mut ctx = QueueContext {
-            ring: &r,
-            state: &mut st,
-            mem: &map,
-            taken: 0,
-        };
+        let mut ctx = context(&r, &mut st, &map);
         let served = ctx.serve_next(|req| {
             assert_eq!((req.head(), req.writable_len()), (0, 64));
             req.write_writable(0, &[7; 8]).unwrap();
@@ -1562,6 +1553,32 @@ mod tests {
 
     /// Lays out `n` one-buffer chains (head `i`: 64 writable bytes at `0x8000 + 0x100 * i`)
     /// in the descriptor table of [`ADDRS`]; with `offer`, offers them in the available ring.
+    /// Ring 0 of 16 entries at `ADDRS` over `m`, started.
+    fn started_ring(m: &GuestMemoryMmap) -> Arc<Vring> {
+        let r = Arc::new(ring(0, 16, m));
+        {
+            let mut st = r.lock();
+            st.set_size(0, 16).unwrap();
+            st.set_addrs(0, ADDRS).unwrap();
+            st.start(0, m, None).unwrap();
+        }
+        r
+    }
+
+    /// The worker's view of `r` while it holds `st`, as `process_queue` gets it.
+    fn context<'a>(
+        r: &'a Arc<Vring>,
+        st: &'a mut RingState,
+        map: &'a Arc<GuestMemoryMmap>,
+    ) -> super::super::request::QueueContext<'a> {
+        super::super::request::QueueContext {
+            ring: r,
+            state: st,
+            mem: map,
+            taken: 0,
+        }
+    }
+
     fn writable_chains(m: &GuestMemoryMmap, n: u16, offer: bool) {
         for i in 0..n {
             let d = 0x1000 + 16 * u64::from(i);
@@ -1584,21 +1601,12 @@ mod tests {
     #[test]
     fn write_last_byte_marks_after_the_fenced_check() {
         use super::super::dirty_log::FENCED_CHECKS;
-        use super::super::request::QueueContext;
         let m = mem();
         writable_chains(&m, 1, true);
-        let r = Arc::new(ring(0, 16, &m));
+        let r = started_ring(&m);
         let mut st = r.lock();
-        st.set_size(0, 16).unwrap();
-        st.set_addrs(0, ADDRS).unwrap();
-        st.start(0, &m, None).unwrap();
         let map = Arc::new(m.clone());
-        let mut ctx = QueueContext {
-            ring: &r,
-            state: &mut st,
-            mem: &map,
-            taken: 0,
-        };
+        let mut ctx = context(&r, &mut st, &map);
         let mut fenced = None;
         assert!(ctx.serve_next(|req| {
             let before = FENCED_CHECKS.with(|c| c.get());
@@ -1615,7 +1623,6 @@ mod tests {
     /// once, not at its bound, with the base covering them.
     #[test]
     fn a_stop_wakes_for_requests_served_on_the_spot() {
-        use super::super::request::QueueContext;
         let m = mem();
         writable_chains(&m, 2, false);
         let r = Arc::new(ring(0, 16, &m));
@@ -1650,12 +1657,7 @@ mod tests {
         };
         let mut st = r.lock();
         let map = Arc::new(m.clone());
-        let mut ctx = QueueContext {
-            ring: &r,
-            state: &mut st,
-            mem: &map,
-            taken: 0,
-        };
+        let mut ctx = context(&r, &mut st, &map);
         assert!(ctx.serve_next(|req| {
             assert_eq!(req.head(), 0);
             release.wait();
@@ -1680,21 +1682,12 @@ mod tests {
     /// published with the others, and the next chain is served after it.
     #[test]
     fn a_panicking_serve_completes_its_request_with_length_zero() {
-        use super::super::request::QueueContext;
         let m = mem();
         writable_chains(&m, 3, true);
-        let r = Arc::new(ring(0, 16, &m));
+        let r = started_ring(&m);
         let mut st = r.lock();
-        st.set_size(0, 16).unwrap();
-        st.set_addrs(0, ADDRS).unwrap();
-        st.start(0, &m, None).unwrap();
         let map = Arc::new(m.clone());
-        let mut ctx = QueueContext {
-            ring: &r,
-            state: &mut st,
-            mem: &map,
-            taken: 0,
-        };
+        let mut ctx = context(&r, &mut st, &map);
         assert!(ctx.serve_next(|req| {
             assert_eq!(req.head(), 0);
             8
