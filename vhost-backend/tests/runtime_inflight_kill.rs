@@ -28,7 +28,8 @@
 //! them fails, and the next back-end resubmits them.
 //!
 //! The run goes on past [`ITERATIONS`] back-ends (up to [`MAX_ITERATIONS`]) until every
-//! crash point was hit in every mode and enough requests survived kills, so a slow or loaded machine
+//! crash point was hit in every mode and enough requests survived kills, so a slow or loaded
+//! machine
 //! gets more back-ends rather than a failure.
 
 #![cfg(unix)]
@@ -196,7 +197,8 @@ impl VirtioDevice for Disky {
     }
 }
 
-/// A back-end on its own thread, its device in `mode`, killed at the `crash_after`th crash point (0: none) or
+/// A back-end on its own thread, its device in `mode`, killed at the `crash_after`th crash point
+/// (0: none) or
 /// when `kill` is set. Killed, it drops everything without stopping or completing
 /// anything; when the front-end goes away (the last back-end) it finishes the session.
 fn spawn_backend(

@@ -348,7 +348,8 @@ fn crash_and_resume(crash_after: u64, fill: Fill, spot: bool) -> Option<&'static
 /// first, filled two ways ([`Fill`]): from the ring's first position with chains of two,
 /// and from 4 descriptors before the ring's end with chains of 3, 1 and 1 (packed: a chain
 /// straddles the end, and a held batch publishes across it, flipping the used wrap
-/// counter onto a position holding the previous lap's flags). Each crash point of the split and packed tracking is a run: the fresh
+/// counter onto a position holding the previous lap's flags). Each crash point of the split and
+/// packed tracking is a run: the fresh
 /// region's initialisation at the first start (free list, used position, version), each
 /// descriptor a pop copies, each store of a publish and of its commit (the packed points
 /// are checked by name for both fills). After each crash the next back-end, handed the

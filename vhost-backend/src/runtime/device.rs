@@ -124,8 +124,9 @@ pub trait VirtioDevice: Send + Sync + 'static {
     ///
     /// Each popped [`Request`](super::Request) is completed with
     /// [`Request::complete`](super::Request::complete), before this returns or later from
-    /// any thread (one served with `serve_next` is completed when its closure returns) (an I/O engine's completion, a device event); any number may be
-    /// outstanding, up to the ring size. Stopping the ring waits for them (within a bound)
+    /// any thread (an I/O engine's completion, a device event); one served with `serve_next`
+    /// is completed when its closure returns. Any number may be outstanding, up to the ring
+    /// size. Stopping the ring waits for them (within a bound)
     /// before [`reset`](Self::reset) is called, so a request must complete on its own — its
     /// I/O finishing — not only when the device is reset; during the wait the runtime calls
     /// this method once more (it pops nothing), for devices that reap completions here.

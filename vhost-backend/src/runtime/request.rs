@@ -433,9 +433,10 @@ impl<'a> QueueContext<'a> {
     }
 
     /// The next available chain as a [`Request`], or `None` when the ring is empty, the ring
-    /// is being stopped (only resubmitted requests, below, are handed out then), or a ring's worth of chains was taken since the runtime last called
-    /// the device (it calls again for the rest: a driver that keeps the ring full, or a ring
-    /// laid over its own used ring, cannot keep the device in one call for ever).
+    /// is being stopped (only resubmitted requests, below, are handed out then), or a ring's
+    /// worth of chains was taken since the runtime last called the device (it calls again for
+    /// the rest: a driver that keeps the ring full, or a ring laid over its own used ring,
+    /// cannot keep the device in one call for ever).
     ///
     /// A chain whose head is out of range, or already outstanding (a driver offering it
     /// twice), is skipped with a warning and never handed out.
