@@ -208,6 +208,15 @@ impl Pool {
         self.queue(req, class, None, writethrough)
     }
 
+    /// Stops taking requests, as when every I/O thread is gone: `submit` hands them back.
+    #[cfg(test)]
+    pub(crate) fn close(&self) {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
     fn queue(
         &self,
         req: Request,

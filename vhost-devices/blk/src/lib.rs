@@ -593,7 +593,7 @@ impl VirtioDevice for BlkDevice {
             while let Some(req) = ctx.pop() {
                 if let Err(req) = pool.submit(req, writethrough) {
                     let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                    let len = self.core.serve(&mut scratch, &req, None, writethrough);
+                    let len = self.serve_caught(&mut scratch, &req, writethrough);
                     req.complete(len);
                 }
             }
@@ -604,15 +604,7 @@ impl VirtioDevice for BlkDevice {
         // A panic serving one returns it with length 0 and the loop goes on, as on an I/O
         // thread or the io_uring engine.
         let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        while ctx.serve_next(|req| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.core.serve(&mut scratch, req, None, writethrough)
-            }))
-            .unwrap_or_else(|_| {
-                log::error!("serving a request panicked; returned with length 0");
-                0
-            })
-        }) {}
+        while ctx.serve_next(|req| self.serve_caught(&mut scratch, req, writethrough)) {}
         Ok(Processed::Drained)
     }
 
@@ -683,6 +675,18 @@ impl Drop for BlkDevice {
 }
 
 impl BlkDevice {
+    /// Serves `req` on this thread; a panic serving it returns it with length 0 (logged), as
+    /// on an I/O thread or the io_uring engine, and the caller goes on.
+    fn serve_caught(&self, scratch: &mut Scratch, req: &RequestOf<'_>, writethrough: bool) -> u32 {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.core.serve(scratch, req, None, writethrough)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!("serving a request panicked; returned with length 0");
+            0
+        })
+    }
+
     /// This disk as migration state describes it (`writeback` as configured).
     fn disk_state(&self) -> state::BlkState {
         state::BlkState {

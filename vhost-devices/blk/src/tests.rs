@@ -594,6 +594,25 @@ fn a_panic_serving_a_request_on_the_spot_leaves_the_batch_and_the_queue_working(
     panic_on_a_write_then_flush_and_read(Aio::Sync);
 }
 
+/// A request the I/O threads hand back (none left to take it) is served on the worker, and
+/// a panic there is caught as on an I/O thread.
+#[test]
+fn a_panic_serving_a_request_the_pool_handed_back_leaves_the_queue_working() {
+    let mut h = Harness::with(|c| c.aio = Aio::Threads(1));
+    h.dev.pool.as_ref().unwrap().close();
+    h.panic_on_next_request();
+    h.header(HDR, VIRTIO_BLK_T_OUT, 1);
+    let write = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
+    assert_eq!(
+        h.run(),
+        vec![(write, 0)],
+        "the panicked write comes back empty"
+    );
+    h.header(HDR, VIRTIO_BLK_T_IN, 0);
+    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+    assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
+}
+
 /// With engine `aio`: a write whose serving panics comes back with length 0, the flush
 /// behind it in the same batch still completes, and a later read is served.
 fn panic_on_a_write_then_flush_and_read(aio: Aio) {
