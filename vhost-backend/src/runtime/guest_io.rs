@@ -69,10 +69,12 @@ pub struct FileIo {
     iov: Vec<libc::iovec>,
 }
 
-// SAFETY: the iovec list is empty between calls (every method clears it before returning);
-// during a call it is used only by the thread that borrowed `self` mutably, while the request
-// whose memory it points into is borrowed too. Moving the empty list between threads moves no
-// access to guest memory.
+// SAFETY: the iovec list is only read during a call, after that call cleared it and filled
+// it from the request it was given; during a call it is used only by the thread that
+// borrowed `self` mutably, while that request (and so its memory) is borrowed too. Between
+// calls it is empty (every method clears it before returning) or, after a panic unwound out
+// of a call, holds stale entries that nothing reads before the next call clears them: moving
+// the list between threads moves no access to guest memory.
 unsafe impl Send for FileIo {}
 // SAFETY: no method reads the list through a shared reference.
 unsafe impl Sync for FileIo {}
