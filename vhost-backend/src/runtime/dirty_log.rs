@@ -310,8 +310,9 @@ impl DirtyLog {
     /// Marks the pages of guest-physical `[gpa, gpa + len)` dirty, if logging is on. Call it
     /// after the bytes were written. The check is the fenced one
     /// ([`active_after_writes`](Self::active_after_writes)): the writes just made cannot be
-    /// reordered after it. For the ring's own writes; request data goes through
-    /// [`Request::mark_written`](super::Request::mark_written).
+    /// reordered after it. For a single write (a request's status byte); request data goes
+    /// through [`Request::mark_written`](super::Request::mark_written), and code that made
+    /// the fenced check already (the ring's own writes) uses [`mark_all`](Self::mark_all).
     #[inline]
     pub(crate) fn mark(&self, gpa: u64, len: u64) {
         if len == 0 || !self.active_after_writes() {

@@ -185,7 +185,8 @@ impl RequestOf<'_> {
         self.mem()
             .write_obj(value, at)
             .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?;
-        self.mark_written_at(at.0, 1);
+        // `mark`'s check is the fenced one: the status byte cannot be reordered after it.
+        self.ring().dirty.mark(at.0, 1);
         Ok(())
     }
 
@@ -286,17 +287,6 @@ impl RequestOf<'_> {
             return;
         }
         log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
-    }
-
-    /// [`mark_written`](Self::mark_written) for writable bytes given by guest address (the
-    /// last writable byte may lie past the buffers recorded for a long chain): the same
-    /// fenced check, then the mark.
-    fn mark_written_at(&self, gpa: u64, len: u64) {
-        let log = &self.ring().dirty;
-        if len == 0 || !log.active_after_writes() {
-            return;
-        }
-        log.mark_all([(gpa, len)]);
     }
 
     /// Byte ranges of the writable buffers `[skip, skip + len)`.

@@ -579,7 +579,7 @@ impl Vring {
             // Packed rings: the used descriptors went into the descriptor ring, at its own
             // guest-physical address (a ring of at most 32768 * 16 bytes: marked whole).
             self.dirty
-                .mark(p.desc_table().0, 16 * u64::from(st.size.max(1)));
+                .mark_all([(p.desc_table().0, 16 * u64::from(st.size.max(1)))]);
             self.dirty.signal();
             return;
         }
@@ -609,7 +609,7 @@ impl Vring {
         if st.packed.is_some() {
             // Packed rings: the flags of the device event suppression area.
             if let Some([_, _, device_event]) = st.addrs {
-                self.dirty.mark(device_event.0.wrapping_add(2), 2);
+                self.dirty.mark_all([(device_event.0.wrapping_add(2), 2)]);
             }
             return;
         }
@@ -617,10 +617,10 @@ impl Vring {
             return;
         };
         if !st.event_idx {
-            self.dirty.mark(base, 2);
+            self.dirty.mark_all([(base, 2)]);
         } else if enable {
             let avail_event = 4 + 8 * u64::from(st.queue.size());
-            self.dirty.mark(base.wrapping_add(avail_event), 2);
+            self.dirty.mark_all([(base.wrapping_add(avail_event), 2)]);
         }
     }
 
