@@ -2,11 +2,12 @@
 //! into and out of guest memory, with no copy.
 //!
 //! This is the one module that hands guest memory to the kernel as raw iovecs. It is sound
-//! because every iovec is built from a bounds-checked slice of the memory map the
-//! [`Request`](super::RequestOf) holds (so the mapping cannot go away during the call: a new memory table
-//! only unmaps the old one when the last request holding it is gone), and because no iovec
-//! outlives the call that built it. Pages written by a read from the file are marked in the
-//! dirty log after the data has landed ([`RequestOf::mark_written`](super::RequestOf::mark_written)).
+//! because every iovec is built from a bounds-checked slice of the memory map the request
+//! ([`RequestOf`](super::RequestOf)) holds or borrows from its worker (so the mapping cannot
+//! go away during the call: a new memory table only unmaps the old one when the last
+//! reference to it is gone), and because no iovec is read outside the call that built it.
+//! Pages written by a read from the file are marked in the dirty log after the data has
+//! landed ([`RequestOf::mark_written`](super::RequestOf::mark_written)).
 
 use std::fs::File;
 use std::io;
