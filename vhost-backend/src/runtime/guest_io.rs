@@ -3,7 +3,7 @@
 //!
 //! This is the one module that hands guest memory to the kernel as raw iovecs. It is sound
 //! because every iovec is built from a bounds-checked slice of the memory map the request
-//! ([`RequestOf`](super::RequestOf)) holds or borrows from its worker (so the mapping cannot
+//! ([`RequestOf`]) holds or borrows from its worker (so the mapping cannot
 //! go away during the call: a new memory table only unmaps the old one when the last
 //! reference to it is gone), and because no iovec is read outside the call that built it.
 //! Pages written by a read from the file are marked in the dirty log after the data has
