@@ -16,14 +16,14 @@
 //! word was overwritten.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vhost_frontend::devices::blk::{RequestHeader, S_OK, S_UNWRITTEN, T_IN, T_OUT};
 use vhost_frontend::{Buffer, Session, SessionError};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryError, VolatileMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::IntoBytes;
 
 use crate::{check_pattern, fill_pattern, pattern, XorShift, BLOCK};
 
@@ -98,12 +98,26 @@ pub enum LoadError {
 /// Result of the engine.
 pub type Result<T> = std::result::Result<T, LoadError>;
 
+/// A request slot: the 16-byte header with the status byte right after it (one region
+/// lookup reaches both), and the 4 KiB data buffer.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     header: GuestAddress,
     data: GuestAddress,
-    status: GuestAddress,
     block: u64,
+}
+
+/// Offset of the status byte from the header (the header's size).
+const STATUS_OFFSET: u64 = 16;
+
+impl Slot {
+    fn status(&self) -> GuestAddress {
+        GuestAddress(self.header.0 + STATUS_OFFSET)
+    }
+}
+
+fn volatile_err(e: vm_memory::VolatileMemoryError) -> LoadError {
+    LoadError::Memory(GuestMemoryError::from(e))
 }
 
 /// Counters of a run.
@@ -200,9 +214,10 @@ impl Engine {
         let mut slots = Vec::with_capacity(depth);
         for _ in 0..depth {
             slots.push(Slot {
-                header: mem.alloc(16, 16).map_err(SessionError::from)?,
+                header: mem
+                    .alloc(STATUS_OFFSET + 1, 16)
+                    .map_err(SessionError::from)?,
                 data: mem.alloc(BLOCK as u64, 4096).map_err(SessionError::from)?,
-                status: mem.alloc(1, 1).map_err(SessionError::from)?,
                 block: 0,
             });
         }
@@ -245,9 +260,10 @@ impl Engine {
     fn add(&mut self, slot: usize) -> Result<()> {
         let s = self.slots[slot];
         let mem = self.session.memory().mem();
+        // The stores are relaxed: `publish` makes them visible with its release store.
         let chain: &[Buffer] = match self.workload {
             Workload::Rng => {
-                mem.write_obj(0u64, s.data)?;
+                mem.store(0u64, s.data, Ordering::Relaxed)?;
                 &[(s.data, BLOCK as u32, true)]
             }
             kind => {
@@ -255,7 +271,8 @@ impl Engine {
                 self.slots[slot].block = block;
                 let (t, writable) = if kind == Workload::RandRead {
                     // The device must overwrite this word; a skipped read fails the check.
-                    mem.write_obj(!pattern(block * BLOCK as u64), s.data)?;
+                    let poison = !pattern(block * BLOCK as u64);
+                    mem.store(poison.to_le(), s.data, Ordering::Relaxed)?;
                     (T_IN, true)
                 } else {
                     fill_pattern(&mut self.scratch[..], block * BLOCK as u64);
@@ -267,12 +284,18 @@ impl Engine {
                     reserved: U32::new(0),
                     sector: U64::new(block * (BLOCK as u64 / 512)),
                 };
-                mem.write_slice(header.as_bytes(), s.header)?;
-                mem.write_obj(S_UNWRITTEN, s.status)?;
+                // Header and status byte: one lookup, a 16-byte store and a byte store.
+                let words: [u64; 2] = zerocopy::transmute!(header);
+                let area = mem.get_slice(s.header, STATUS_OFFSET as usize + 1)?;
+                area.get_ref::<[u64; 2]>(0)
+                    .map_err(volatile_err)?
+                    .store(words);
+                area.store(S_UNWRITTEN, STATUS_OFFSET as usize, Ordering::Relaxed)
+                    .map_err(volatile_err)?;
                 &[
-                    (s.header, 16, false),
+                    (s.header, STATUS_OFFSET as u32, false),
                     (s.data, BLOCK as u32, writable),
-                    (s.status, 1, true),
+                    (s.status(), 1, true),
                 ]
             }
         };
@@ -308,8 +331,9 @@ impl Engine {
                 want: want_len,
             });
         }
+        // Relaxed loads: `pop_used` read the used index with acquire ordering.
         if self.workload == Workload::Rng {
-            let first: u64 = mem.read_obj(s.data)?;
+            let first: u64 = mem.load(s.data, Ordering::Relaxed)?;
             if first == 0 {
                 return Err(LoadError::Data {
                     workload: name,
@@ -318,7 +342,7 @@ impl Engine {
             }
             return Ok(());
         }
-        let status: u8 = mem.read_obj(s.status)?;
+        let status: u8 = mem.load(s.status(), Ordering::Relaxed)?;
         if status != S_OK {
             return Err(LoadError::Status {
                 workload: name,
@@ -332,7 +356,7 @@ impl Engine {
                 mem.read_slice(&mut self.scratch[..], s.data)?;
                 check_pattern(&self.scratch[..], offset)
             } else {
-                mem.read_obj::<u64>(s.data)? == pattern(offset)
+                u64::from_le(mem.load::<u64>(s.data, Ordering::Relaxed)?) == pattern(offset)
             };
             if !ok {
                 return Err(LoadError::Data {

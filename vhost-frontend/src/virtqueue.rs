@@ -26,7 +26,11 @@ use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::volatile_memory::Error as VolatileError;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryError, GuestMemoryMmap,
+    VolatileMemory, VolatileSlice,
+};
 use vmm_sys_util::eventfd::EventFd;
 use zerocopy::IntoBytes;
 
@@ -119,6 +123,46 @@ pub struct VirtqueueDriver {
 
 fn mem_err(e: GuestMemoryError) -> Error {
     Error::Memory(e)
+}
+
+fn volatile_err(e: VolatileError) -> Error {
+    Error::Memory(e.into())
+}
+
+/// A ring area of `len` bytes at `at`, resolved to this process's mapping once for all the
+/// accesses of one call (one region lookup, then bounds-checked offsets into the slice).
+fn area(mem: &GuestMemoryMmap, at: GuestAddress, len: u64) -> Result<VolatileSlice<'_>> {
+    // Ring areas are at most 16 * 32768 bytes, so `len` fits in usize.
+    mem.get_slice(at, len as usize).map_err(mem_err)
+}
+
+/// Writes descriptor `id` of the table `table` with one 16-byte store.
+fn store_desc(
+    table: &VolatileSlice<'_>,
+    id: u16,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+) -> Result<()> {
+    let word = u64::from(len) | u64::from(flags) << 32 | u64::from(next) << 48;
+    table
+        .get_ref::<[u64; 2]>(usize::from(id) * DESC_SIZE as usize)
+        .map_err(volatile_err)?
+        .store([addr.to_le(), word.to_le()]);
+    Ok(())
+}
+
+fn store_u16_at(area: &VolatileSlice<'_>, offset: u64, value: u16, order: Ordering) -> Result<()> {
+    // Offsets stay inside a ring area (below 2^20), so they fit in usize.
+    area.store(value.to_le(), offset as usize, order)
+        .map_err(volatile_err)
+}
+
+fn load_u16_at(area: &VolatileSlice<'_>, offset: u64, order: Ordering) -> Result<u16> {
+    area.load::<u16>(offset as usize, order)
+        .map(u16::from_le)
+        .map_err(volatile_err)
 }
 
 impl VirtqueueDriver {
@@ -351,6 +395,11 @@ impl VirtqueueDriver {
         let top = self.free.len() - 1;
         let start = self.free.len() - bufs.len();
         let head = self.free[top];
+        let table = area(
+            &self.mem,
+            self.desc_table,
+            layout::desc_table_bytes(self.size),
+        )?;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let id = self.free[top - i];
             // For every buffer but the last, `top - i - 1 >= start`.
@@ -360,13 +409,7 @@ impl VirtqueueDriver {
                 (0, 0)
             };
             let flags = flags | if write { VIRTQ_DESC_F_WRITE } else { 0 };
-            self.write_desc(
-                self.desc_addr(self.desc_table, id),
-                addr.0,
-                len,
-                flags,
-                next,
-            )?;
+            store_desc(&table, id, addr.0, len, flags, next)?;
             self.next[usize::from(id)] = next;
         }
         self.free.truncate(start);
@@ -435,23 +478,27 @@ impl VirtqueueDriver {
         if new == old {
             return Ok(false);
         }
-        self.mem
-            .store(
-                new.0.to_le(),
-                self.avail_ring.unchecked_add(IDX_OFFSET),
-                Ordering::Release,
-            )
-            .map_err(mem_err)?;
+        let avail = area(
+            &self.mem,
+            self.avail_ring,
+            layout::avail_ring_bytes(self.size),
+        )?;
+        store_u16_at(&avail, IDX_OFFSET, new.0, Ordering::Release)?;
         self.in_flight += (new - old).0;
         self.published_idx = new;
         // The idx store must be visible before the device's suppression field is read, or
         // both sides may decide the other will act.
         fence(Ordering::SeqCst);
+        let used = area(
+            &self.mem,
+            self.used_ring,
+            layout::used_ring_bytes(self.size),
+        )?;
         if self.event_idx {
-            let avail_event = Wrapping(self.load_u16(self.avail_event_addr(), Ordering::Relaxed)?);
-            Ok(need_event(avail_event, new, old))
+            let avail_event = load_u16_at(&used, self.avail_event_offset(), Ordering::Relaxed)?;
+            Ok(need_event(Wrapping(avail_event), new, old))
         } else {
-            let flags = self.load_u16(self.used_ring, Ordering::Relaxed)?;
+            let flags = load_u16_at(&used, 0, Ordering::Relaxed)?;
             Ok(flags & VRING_USED_F_NO_NOTIFY == 0)
         }
     }
@@ -466,12 +513,18 @@ impl VirtqueueDriver {
         if self.packed.is_some() {
             return self.packed_pop_used();
         }
-        let mut used_idx = self.load_used_idx()?;
+        let used = area(
+            &self.mem,
+            self.used_ring,
+            layout::used_ring_bytes(self.size),
+        )?;
+        let load_idx = || load_u16_at(&used, IDX_OFFSET, Ordering::Acquire).map(Wrapping);
+        let mut used_idx = load_idx()?;
         if used_idx == self.last_used {
             if !self.rearm_calls()? {
                 return Ok(None);
             }
-            used_idx = self.load_used_idx()?;
+            used_idx = load_idx()?;
             if used_idx == self.last_used {
                 return Ok(None);
             }
@@ -486,15 +539,12 @@ impl VirtqueueDriver {
             });
         }
         let slot = u64::from(self.last_used.0 & (self.size - 1));
-        let elem = self
-            .used_ring
-            .unchecked_add(RING_HEADER + slot * USED_ELEM_SIZE);
-        let raw_id = u32::from_le(self.mem.read_obj::<u32>(elem).map_err(mem_err)?);
-        let len = u32::from_le(
-            self.mem
-                .read_obj::<u32>(elem.unchecked_add(4))
-                .map_err(mem_err)?,
-        );
+        // The whole entry (`id`, `len`) in one load.
+        let [raw_id, len] = used
+            .get_ref::<[u32; 2]>((RING_HEADER + slot * USED_ELEM_SIZE) as usize)
+            .map_err(volatile_err)?
+            .load();
+        let (raw_id, len) = (u32::from_le(raw_id), u32::from_le(len));
         let id = match u16::try_from(raw_id) {
             Ok(id) if id < self.size => id,
             _ => {
@@ -524,7 +574,17 @@ impl VirtqueueDriver {
         self.last_used += 1;
         self.in_flight -= 1;
         if self.event_idx && self.calls_enabled {
-            self.store_u16(self.used_event_addr(), self.last_used.0)?;
+            let avail = area(
+                &self.mem,
+                self.avail_ring,
+                layout::avail_ring_bytes(self.size),
+            )?;
+            store_u16_at(
+                &avail,
+                self.used_event_offset(),
+                self.last_used.0,
+                Ordering::Relaxed,
+            )?;
         }
         Ok(Some(UsedElem { id, len }))
     }
@@ -572,10 +632,17 @@ impl VirtqueueDriver {
     /// Writes the avail ring entry for a new chain and records it.
     fn push_avail(&mut self, head: u16, descs: u16, writable: u64) -> Result<()> {
         let slot = u64::from(self.avail_idx.0 & (self.size - 1));
-        let entry = self
-            .avail_ring
-            .unchecked_add(RING_HEADER + slot * AVAIL_ELEM_SIZE);
-        self.store_u16(entry, head)?;
+        let avail = area(
+            &self.mem,
+            self.avail_ring,
+            layout::avail_ring_bytes(self.size),
+        )?;
+        store_u16_at(
+            &avail,
+            RING_HEADER + slot * AVAIL_ELEM_SIZE,
+            head,
+            Ordering::Relaxed,
+        )?;
         self.chains[usize::from(head)] = Chain { descs, writable };
         self.avail_idx += 1;
         Ok(())
@@ -594,7 +661,7 @@ impl VirtqueueDriver {
     /// With EVENT_IDX and calls enabled: sets `used_event` to the next entry and fences, so a
     /// following re-read of used `idx` either sees a new entry or the device will call.
     /// Returns whether a re-read is worth doing.
-    fn rearm_calls(&mut self) -> Result<bool> {
+    fn rearm_calls(&self) -> Result<bool> {
         if !(self.event_idx && self.calls_enabled) {
             return Ok(false);
         }
@@ -603,23 +670,26 @@ impl VirtqueueDriver {
         Ok(true)
     }
 
-    fn load_used_idx(&self) -> Result<Wrapping<u16>> {
-        self.load_u16(self.used_ring.unchecked_add(IDX_OFFSET), Ordering::Acquire)
-            .map(Wrapping)
-    }
-
     fn desc_addr(&self, table: GuestAddress, id: u16) -> GuestAddress {
         table.unchecked_add(u64::from(id) * DESC_SIZE)
     }
 
     fn used_event_addr(&self) -> GuestAddress {
-        self.avail_ring
-            .unchecked_add(RING_HEADER + u64::from(self.size) * AVAIL_ELEM_SIZE)
+        self.avail_ring.unchecked_add(self.used_event_offset())
     }
 
     fn avail_event_addr(&self) -> GuestAddress {
-        self.used_ring
-            .unchecked_add(RING_HEADER + u64::from(self.size) * USED_ELEM_SIZE)
+        self.used_ring.unchecked_add(self.avail_event_offset())
+    }
+
+    /// Offset of `used_event` in the available ring.
+    fn used_event_offset(&self) -> u64 {
+        RING_HEADER + u64::from(self.size) * AVAIL_ELEM_SIZE
+    }
+
+    /// Offset of `avail_event` in the used ring.
+    fn avail_event_offset(&self) -> u64 {
+        RING_HEADER + u64::from(self.size) * USED_ELEM_SIZE
     }
 
     fn write_desc(
