@@ -15,14 +15,15 @@
 //! stays a pattern image; rng fills check the used length and that the cleared first
 //! word was overwritten.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use rustix::event::{epoll, Timespec};
+use rustix::io::Errno;
 use vhost_frontend::devices::blk::{RequestHeader, S_OK, S_UNWRITTEN, T_IN, T_OUT};
 use vhost_frontend::{Buffer, Session, SessionError};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryError, VolatileMemory};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use zerocopy::little_endian::{U32, U64};
 
 use crate::{check_pattern, fill_pattern, pattern, XorShift, BLOCK};
@@ -146,8 +147,10 @@ pub struct Engine {
     scratch: Box<[u8; BLOCK]>,
     stats: Stats,
     timeout: Duration,
-    /// Queue 0's call eventfd, edge-triggered: one event per call, nothing to read.
-    calls: Epoll,
+    /// An epoll set with queue 0's call eventfd, edge-triggered: one event per call, nothing
+    /// to read. Waited on with a raw `epoll_pwait` (rustix), without the C library's
+    /// cancellation-point wrapper.
+    calls: OwnedFd,
 }
 
 impl std::fmt::Debug for Engine {
@@ -199,17 +202,18 @@ impl Engine {
         if workload != Workload::Rng && blocks == 0 {
             return Err(LoadError::Config("the disk has no 4 KiB block".into()));
         }
-        let calls = Epoll::new().map_err(SessionError::EventFd)?;
-        let (_, call, _) = session
-            .eventfds(0)
+        let eventfd_err = |e: Errno| SessionError::EventFd(e.into());
+        let calls = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(eventfd_err)?;
+        let call = session
+            .call_fd(0)
             .ok_or(LoadError::Config("the session has no queue".into()))?;
-        calls
-            .ctl(
-                ControlOperation::Add,
-                call.as_raw_fd(),
-                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, 0),
-            )
-            .map_err(SessionError::EventFd)?;
+        epoll::add(
+            &calls,
+            call,
+            epoll::EventData::new_u64(0),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )
+        .map_err(eventfd_err)?;
         let mem = session.memory();
         let mut slots = Vec::with_capacity(depth);
         for _ in 0..depth {
@@ -390,10 +394,18 @@ impl Engine {
     /// whose entry was taken already: then the ring is empty and the wait starts again. The
     /// clock is never read: the timeout is `epoll_wait`'s.
     fn wait_used(&mut self) -> Result<vhost_frontend::UsedElem> {
-        let ms = i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX);
-        let mut events = [EpollEvent::default(); 1];
+        // Whole milliseconds, capped to what `epoll_pwait` takes.
+        let ms = self.timeout.as_millis().min(i32::MAX as u128) as i64;
+        let timeout = Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        };
+        let mut events = [epoll::Event {
+            flags: epoll::EventFlags::empty(),
+            data: epoll::EventData::new_u64(0),
+        }];
         loop {
-            match self.calls.wait(ms, &mut events) {
+            match epoll::wait(&self.calls, &mut events, Some(&timeout)) {
                 Ok(0) => {
                     return Err(SessionError::Timeout {
                         queue: 0,
@@ -402,8 +414,8 @@ impl Engine {
                     .into())
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(SessionError::EventFd(e).into()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(SessionError::EventFd(e.into()).into()),
             }
             if let Some(used) = self.session.pop_used(0)? {
                 return Ok(used);

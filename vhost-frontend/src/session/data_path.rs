@@ -1,6 +1,7 @@
 //! The data path of a session: adding chains, publishing, kicking, waiting for completions.
 //! Nothing here allocates.
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::{Queue, Result, Session, SessionError};
@@ -46,6 +47,12 @@ impl Session {
         let head = self.add_chain(i, bufs)?;
         self.publish(i)?;
         Ok(head)
+    }
+
+    /// Queue `i`'s call eventfd as a borrowed descriptor (to watch it with `epoll` or `poll`
+    /// without reading it through [`Session::eventfds`]).
+    pub fn call_fd(&self, i: usize) -> Option<BorrowedFd<'_>> {
+        self.queues.get(i).map(|q| super::borrow(&q.call))
     }
 
     /// The next completion of queue `i`, if there is one.

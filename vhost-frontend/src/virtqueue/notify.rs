@@ -10,17 +10,32 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{Error, Result};
 
-/// Signals `kick`: one available-buffer notification.
+/// `fd`'s descriptor, borrowed for as long as `fd` is.
+fn borrowed(fd: &EventFd) -> BorrowedFd<'_> {
+    // SAFETY: `fd` owns this descriptor and outlives the borrow, which is tied to it.
+    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }
+}
+
+/// Signals `kick`: one available-buffer notification. The write is a raw system call
+/// (rustix), without the C library's cancellation-point wrapper around `write`.
 pub(super) fn kick(kick: &EventFd) -> Result<()> {
-    kick.write(1).map_err(Error::EventFd)
+    let value = 1u64.to_ne_bytes();
+    match rustix::io::write(borrowed(kick), &value) {
+        Ok(n) if n == value.len() => Ok(()),
+        // An eventfd write is all or nothing; anything else is not an eventfd.
+        Ok(n) => Err(Error::EventFd(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("kick eventfd took {n} of 8 bytes"),
+        ))),
+        Err(e) => Err(Error::EventFd(e.into())),
+    }
 }
 
 /// Waits until `call` is signalled or `timeout` passes, sleeping in `poll`. Consumes the
 /// signal. Returns whether it was signalled.
 pub(super) fn wait_call(call: &EventFd, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now().checked_add(timeout);
-    // SAFETY: `call` owns this descriptor and outlives `fd`, which lives only in this function.
-    let fd = unsafe { BorrowedFd::borrow_raw(call.as_raw_fd()) };
+    let fd = borrowed(call);
     loop {
         let remaining = match deadline {
             Some(deadline) => deadline.saturating_duration_since(Instant::now()),
