@@ -6,7 +6,9 @@
 //! the device asks for it) once for the whole batch. Only when nothing was used does it
 //! sleep on the call eventfd: in `epoll_wait`, edge-triggered, without reading the counter
 //! (one system call per sleep, where `poll` and `read` make two; our back-end's workers
-//! wait for kicks the same way).
+//! wait for kicks the same way). That sleep has no timeout of its own (an `epoll_wait`
+//! timeout arms and cancels a kernel timer and reads the clock at every sleep): a periodic
+//! timerfd in the same epoll set is the watchdog, see [`Engine::set_timeout`].
 //!
 //! Every completion is checked so that a fast wrong answer cannot pass: blk status byte
 //! and used length; reads check the first word of the block (the device must have written
@@ -21,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{epoll, Timespec};
 use rustix::io::Errno;
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+};
 use vhost_frontend::devices::blk::{RequestHeader, S_OK, S_UNWRITTEN, T_IN, T_OUT};
 use vhost_frontend::{Buffer, Session, SessionError};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryError, VolatileMemory};
@@ -99,6 +104,11 @@ pub enum LoadError {
 /// Result of the engine.
 pub type Result<T> = std::result::Result<T, LoadError>;
 
+/// Epoll data of the call eventfd.
+const CALL: u64 = 0;
+/// Epoll data of the watchdog timerfd.
+const WATCHDOG: u64 = 1;
+
 /// A request slot: the 16-byte header with the status byte right after it (one region
 /// lookup reaches both), and the 4 KiB data buffer.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +157,12 @@ pub struct Engine {
     scratch: Box<[u8; BLOCK]>,
     stats: Stats,
     timeout: Duration,
+    /// The watchdog: a timerfd that expires every `timeout`, in the `calls` set.
+    watchdog: OwnedFd,
+    /// Completions taken since the engine was built (never reset).
+    progress: u64,
+    /// `progress` at the last watchdog expiry (or when it was armed).
+    progress_at_tick: u64,
     /// An epoll set with queue 0's call eventfd, edge-triggered: one event per call, nothing
     /// to read. Waited on with a raw `epoll_pwait` (rustix), without the C library's
     /// cancellation-point wrapper.
@@ -214,6 +230,18 @@ impl Engine {
             epoll::EventFlags::IN | epoll::EventFlags::ET,
         )
         .map_err(eventfd_err)?;
+        let watchdog = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )
+        .map_err(eventfd_err)?;
+        epoll::add(
+            &calls,
+            &watchdog,
+            epoll::EventData::new_u64(WATCHDOG),
+            epoll::EventFlags::IN,
+        )
+        .map_err(eventfd_err)?;
         let mem = session.memory();
         let mut slots = Vec::with_capacity(depth);
         for _ in 0..depth {
@@ -225,7 +253,7 @@ impl Engine {
                 block: 0,
             });
         }
-        Ok(Engine {
+        let mut engine = Engine {
             session,
             workload,
             slots,
@@ -236,8 +264,32 @@ impl Engine {
             scratch: Box::new([0; BLOCK]),
             stats: Stats::default(),
             timeout: Duration::from_secs(10),
+            watchdog,
+            progress: 0,
+            progress_at_tick: 0,
             calls,
-        })
+        };
+        engine.set_timeout(engine.timeout)?;
+        Ok(engine)
+    }
+
+    /// Sets how long the engine waits for a completion before it gives up (10 s unless
+    /// set), and restarts the watchdog: it expires every `timeout`, and an expiry that finds
+    /// no completion taken since the previous one (or since this call) ends the wait with
+    /// [`SessionError::Timeout`]. So a wait fails only after at least `timeout` without a
+    /// completion, and at most `2 * timeout` after the last one.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        let period = Timespec::try_from(timeout.max(Duration::from_millis(1)))
+            .map_err(|_| LoadError::Config(format!("timeout {timeout:?} too long")))?;
+        let spec = Itimerspec {
+            it_interval: period,
+            it_value: period,
+        };
+        timerfd_settime(&self.watchdog, TimerfdTimerFlags::empty(), &spec)
+            .map_err(|e| SessionError::EventFd(e.into()))?;
+        self.timeout = timeout;
+        self.progress_at_tick = self.progress;
+        Ok(())
     }
 
     /// The session (for its control plane or memory).
@@ -380,47 +432,61 @@ impl Engine {
             _ => return Err(LoadError::UnknownHead(id)),
         };
         self.in_flight -= 1;
+        self.progress += 1;
         self.check(slot, len)?;
         self.stats.completed += 1;
         Ok(slot)
     }
 
-    /// Sleeps until the next completion and takes it; fails when a whole timeout passes
-    /// with no call. Called right after [`Session::pop_used`] answered `None`.
+    /// Sleeps until the next completion and takes it; fails when the watchdog finds no
+    /// completion taken for a whole timeout ([`Engine::set_timeout`]). Called right after
+    /// [`Session::pop_used`] answered `None`.
     ///
     /// That answer comes only after re-arming the call (EVENT_IDX: after writing
     /// `used_event`) and looking again, so a completion after that answer writes the call
     /// eventfd, and that write is an event here. An event can also be left over from a call
     /// whose entry was taken already: then the ring is empty and the wait starts again. The
-    /// clock is never read: the timeout is `epoll_wait`'s.
+    /// clock is never read and the sleep has no timeout: the watchdog's expiry is an event.
     fn wait_used(&mut self) -> Result<vhost_frontend::UsedElem> {
-        // Whole milliseconds, capped to what `epoll_pwait` takes.
-        let ms = self.timeout.as_millis().min(i32::MAX as u128) as i64;
-        let timeout = Timespec {
-            tv_sec: ms / 1000,
-            tv_nsec: (ms % 1000) * 1_000_000,
-        };
-        let mut events = [epoll::Event {
+        let none = epoll::Event {
             flags: epoll::EventFlags::empty(),
-            data: epoll::EventData::new_u64(0),
-        }];
+            data: epoll::EventData::new_u64(CALL),
+        };
+        let mut events = [none; 2];
         loop {
-            match epoll::wait(&self.calls, &mut events, Some(&timeout)) {
-                Ok(0) => {
-                    return Err(SessionError::Timeout {
-                        queue: 0,
-                        timeout: self.timeout,
-                    }
-                    .into())
-                }
-                Ok(_) => {}
-                Err(Errno::INTR) => {}
+            let n = match epoll::wait(&self.calls, &mut events, None) {
+                Ok(n) => n,
+                Err(Errno::INTR) => 0,
                 Err(e) => return Err(SessionError::EventFd(e.into()).into()),
+            };
+            for event in &events[..n] {
+                if event.data.u64() == WATCHDOG {
+                    self.watchdog_expired()?;
+                }
             }
             if let Some(used) = self.session.pop_used(0)? {
                 return Ok(used);
             }
         }
+    }
+
+    /// The watchdog expired: fails if no completion was taken since its previous expiry.
+    fn watchdog_expired(&mut self) -> Result<()> {
+        let mut expirations = [0u8; 8];
+        match rustix::io::read(&self.watchdog, &mut expirations) {
+            // Nothing to read: an expiry already consumed (the timer was re-armed).
+            Ok(_) | Err(Errno::AGAIN) => {}
+            Err(e) => return Err(SessionError::EventFd(e.into()).into()),
+        }
+        if self.progress == self.progress_at_tick {
+            return Err(SessionError::Timeout {
+                queue: 0,
+                timeout: self.timeout,
+            }
+            .into());
+        }
+        self.progress_at_tick = self.progress;
+        Ok(())
     }
 
     /// Fills every free slot and publishes once.
@@ -535,7 +601,7 @@ mod tests {
         let image = TempImage::new("load-engine", SIZE).unwrap();
         for depth in [1usize, 16] {
             let (daemon, mut e) = engine(&image, depth);
-            e.timeout = Duration::from_secs(5);
+            e.set_timeout(Duration::from_secs(5)).unwrap();
             e.fill().unwrap();
             let done = e.run_count(3000).unwrap();
             e.drain().unwrap();
@@ -551,22 +617,43 @@ mod tests {
         }
     }
 
-    /// A device that never answers makes the wait fail after the timeout, not hang.
+    /// The watchdog expires many times during a run with a short timeout, and never fails
+    /// it while completions keep coming.
+    #[test]
+    fn the_watchdog_lets_a_flowing_run_go_on() {
+        let image = TempImage::new("load-watchdog", SIZE).unwrap();
+        let (daemon, mut e) = engine(&image, 1);
+        e.set_timeout(Duration::from_millis(200)).unwrap();
+        e.fill().unwrap();
+        let (done, elapsed) = e.run_for(Duration::from_millis(1000)).unwrap();
+        assert!(elapsed >= Duration::from_millis(1000), "{elapsed:?}");
+        assert!(done > 0);
+        // At least four expiries passed, each finding completions since the one before.
+        assert!(e.progress_at_tick > 0, "{}", e.progress_at_tick);
+        e.drain().unwrap();
+        drop(e);
+        daemon.stop().unwrap();
+    }
+
+    /// A device that never answers makes the wait fail after the timeout (at least one
+    /// whole timeout with no completion, at most two), not hang.
     #[test]
     fn a_device_that_never_answers_times_out() {
         let image = TempImage::new("load-timeout", SIZE).unwrap();
         let (daemon, mut e) = engine(&image, 1);
-        e.timeout = Duration::from_millis(200);
         // Queue 0 stops being served: its ring is disabled, so the request stays unused.
         e.session().frontend().set_vring_enable(0, false).unwrap();
-        e.fill().unwrap();
         let start = Instant::now();
+        e.set_timeout(Duration::from_millis(200)).unwrap();
+        e.fill().unwrap();
         let err = e.step(true).unwrap_err();
+        let elapsed = start.elapsed();
         assert!(
             matches!(err, LoadError::Session(SessionError::Timeout { .. })),
             "{err}"
         );
-        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(2000), "{elapsed:?}");
         drop(e);
         daemon.stop().unwrap();
     }
