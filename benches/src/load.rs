@@ -109,21 +109,30 @@ const CALL: u64 = 0;
 /// Epoll data of the watchdog timerfd.
 const WATCHDOG: u64 = 1;
 
-/// A request slot: the 16-byte header with the status byte right after it (one region
-/// lookup reaches both), and the 4 KiB data buffer.
+/// A request slot: one block of guest memory holding the 4 KiB data buffer, then the
+/// 16-byte header, then the status byte, so that one region lookup reaches all three.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    header: GuestAddress,
     data: GuestAddress,
     block: u64,
 }
 
-/// Offset of the status byte from the header (the header's size).
-const STATUS_OFFSET: u64 = 16;
+/// Offset of the header in a slot (after the data buffer).
+const HEADER_OFFSET: u64 = BLOCK as u64;
+/// Size of the header.
+const HEADER_LEN: u64 = 16;
+/// Offset of the status byte in a slot (right after the header).
+const STATUS_OFFSET: u64 = HEADER_OFFSET + HEADER_LEN;
+/// Bytes of a slot.
+const SLOT_LEN: usize = STATUS_OFFSET as usize + 1;
 
 impl Slot {
+    fn header(&self) -> GuestAddress {
+        GuestAddress(self.data.0 + HEADER_OFFSET)
+    }
+
     fn status(&self) -> GuestAddress {
-        GuestAddress(self.header.0 + STATUS_OFFSET)
+        GuestAddress(self.data.0 + STATUS_OFFSET)
     }
 }
 
@@ -246,10 +255,9 @@ impl Engine {
         let mut slots = Vec::with_capacity(depth);
         for _ in 0..depth {
             slots.push(Slot {
-                header: mem
-                    .alloc(STATUS_OFFSET + 1, 16)
+                data: mem
+                    .alloc(SLOT_LEN as u64, 4096)
                     .map_err(SessionError::from)?,
-                data: mem.alloc(BLOCK as u64, 4096).map_err(SessionError::from)?,
                 block: 0,
             });
         }
@@ -315,11 +323,12 @@ impl Engine {
     /// Writes slot `slot`'s request into guest memory and adds its chain (not published).
     fn add(&mut self, slot: usize) -> Result<()> {
         let s = self.slots[slot];
-        let mem = self.session.memory().mem();
+        let area = self.session.memory().mem().get_slice(s.data, SLOT_LEN)?;
         // The stores are relaxed: `publish` makes them visible with its release store.
         let chain: &[Buffer] = match self.workload {
             Workload::Rng => {
-                mem.store(0u64, s.data, Ordering::Relaxed)?;
+                area.store(0u64, 0, Ordering::Relaxed)
+                    .map_err(volatile_err)?;
                 &[(s.data, BLOCK as u32, true)]
             }
             kind => {
@@ -328,11 +337,13 @@ impl Engine {
                 let (t, writable) = if kind == Workload::RandRead {
                     // The device must overwrite this word; a skipped read fails the check.
                     let poison = !pattern(block * BLOCK as u64);
-                    mem.store(poison.to_le(), s.data, Ordering::Relaxed)?;
+                    area.store(poison.to_le(), 0, Ordering::Relaxed)
+                        .map_err(volatile_err)?;
                     (T_IN, true)
                 } else {
                     fill_pattern(&mut self.scratch[..], block * BLOCK as u64);
-                    mem.write_slice(&self.scratch[..], s.data)?;
+                    area.write_slice(&self.scratch[..], 0)
+                        .map_err(volatile_err)?;
                     (T_OUT, false)
                 };
                 let header = RequestHeader {
@@ -340,16 +351,15 @@ impl Engine {
                     reserved: U32::new(0),
                     sector: U64::new(block * (BLOCK as u64 / 512)),
                 };
-                // Header and status byte: one lookup, a 16-byte store and a byte store.
+                // Header and status byte: a 16-byte store and a byte store.
                 let words: [u64; 2] = zerocopy::transmute!(header);
-                let area = mem.get_slice(s.header, STATUS_OFFSET as usize + 1)?;
-                area.get_ref::<[u64; 2]>(0)
+                area.get_ref::<[u64; 2]>(HEADER_OFFSET as usize)
                     .map_err(volatile_err)?
                     .store(words);
                 area.store(S_UNWRITTEN, STATUS_OFFSET as usize, Ordering::Relaxed)
                     .map_err(volatile_err)?;
                 &[
-                    (s.header, STATUS_OFFSET as u32, false),
+                    (s.header(), HEADER_LEN as u32, false),
                     (s.data, BLOCK as u32, writable),
                     (s.status(), 1, true),
                 ]
@@ -373,7 +383,6 @@ impl Engine {
     /// Checks a completion of slot `slot` with used length `len`.
     fn check(&mut self, slot: usize, len: u32) -> Result<()> {
         let s = self.slots[slot];
-        let mem = self.session.memory().mem();
         let name = self.workload.name();
         let want_len = match self.workload {
             Workload::RandRead => BLOCK as u32 + 1,
@@ -387,9 +396,10 @@ impl Engine {
                 want: want_len,
             });
         }
+        let area = self.session.memory().mem().get_slice(s.data, SLOT_LEN)?;
         // Relaxed loads: `pop_used` read the used index with acquire ordering.
         if self.workload == Workload::Rng {
-            let first: u64 = mem.load(s.data, Ordering::Relaxed)?;
+            let first: u64 = area.load(0, Ordering::Relaxed).map_err(volatile_err)?;
             if first == 0 {
                 return Err(LoadError::Data {
                     workload: name,
@@ -398,7 +408,9 @@ impl Engine {
             }
             return Ok(());
         }
-        let status: u8 = mem.load(s.status(), Ordering::Relaxed)?;
+        let status: u8 = area
+            .load(STATUS_OFFSET as usize, Ordering::Relaxed)
+            .map_err(volatile_err)?;
         if status != S_OK {
             return Err(LoadError::Status {
                 workload: name,
@@ -409,10 +421,12 @@ impl Engine {
         if self.workload == Workload::RandRead {
             let offset = s.block * BLOCK as u64;
             let ok = if self.stats.completed & (Self::FULL_CHECK_EVERY - 1) == 0 {
-                mem.read_slice(&mut self.scratch[..], s.data)?;
+                area.read_slice(&mut self.scratch[..], 0)
+                    .map_err(volatile_err)?;
                 check_pattern(&self.scratch[..], offset)
             } else {
-                u64::from_le(mem.load::<u64>(s.data, Ordering::Relaxed)?) == pattern(offset)
+                let first: u64 = area.load(0, Ordering::Relaxed).map_err(volatile_err)?;
+                u64::from_le(first) == pattern(offset)
             };
             if !ok {
                 return Err(LoadError::Data {
