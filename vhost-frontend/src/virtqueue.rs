@@ -100,6 +100,8 @@ pub struct VirtqueueDriver {
     desc_table: GuestAddress,
     avail_ring: GuestAddress,
     used_ring: GuestAddress,
+    /// Where the split ring's three areas are, for [`split_rings`].
+    areas: SplitAreas,
     indirect: Option<IndirectTables>,
     /// Free descriptor ids, used as a stack.
     free: Vec<u16>,
@@ -134,6 +136,84 @@ fn volatile_err(e: VolatileError) -> Error {
 fn area(mem: &GuestMemoryMmap, at: GuestAddress, len: u64) -> Result<VolatileSlice<'_>> {
     // Ring areas are at most 16 * 32768 bytes, so `len` fits in usize.
     mem.get_slice(at, len as usize).map_err(mem_err)
+}
+
+/// The places of a split ring's three areas.
+#[derive(Clone, Copy, Debug)]
+struct SplitAreas {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    size: u16,
+    /// Bytes from `desc` to the end of the used ring when the three areas lie in that order
+    /// in one region (as the bump allocator places them): then one lookup reaches all three.
+    span: Option<u64>,
+}
+
+impl SplitAreas {
+    fn new(
+        mem: &GuestMemoryMmap,
+        desc: GuestAddress,
+        avail: GuestAddress,
+        used: GuestAddress,
+        size: u16,
+    ) -> Self {
+        let span = (desc
+            .0
+            .checked_add(layout::desc_table_bytes(size))
+            .is_some_and(|e| e <= avail.0)
+            && avail
+                .0
+                .checked_add(layout::avail_ring_bytes(size))
+                .is_some_and(|e| e <= used.0))
+        .then(|| used.0.checked_add(layout::used_ring_bytes(size)))
+        .flatten()
+        .map(|end| end - desc.0)
+        .filter(|&len| mem.get_slice(desc, len as usize).is_ok());
+        SplitAreas {
+            desc,
+            avail,
+            used,
+            size,
+            span,
+        }
+    }
+}
+
+/// A split ring's three areas, resolved for the accesses of one call.
+struct SplitRings<'a> {
+    desc: VolatileSlice<'a>,
+    avail: VolatileSlice<'a>,
+    used: VolatileSlice<'a>,
+}
+
+/// Resolves the three areas of a split ring: one region lookup when they share a span.
+fn split_rings<'a>(mem: &'a GuestMemoryMmap, a: &SplitAreas) -> Result<SplitRings<'a>> {
+    let (desc_len, avail_len, used_len) = (
+        layout::desc_table_bytes(a.size),
+        layout::avail_ring_bytes(a.size),
+        layout::used_ring_bytes(a.size),
+    );
+    match a.span {
+        Some(span) => {
+            let all = area(mem, a.desc, span)?;
+            // The offsets are below `span`, checked when it was computed.
+            let sub = |at: GuestAddress, len: u64| {
+                all.subslice((at.0 - a.desc.0) as usize, len as usize)
+                    .map_err(volatile_err)
+            };
+            Ok(SplitRings {
+                desc: sub(a.desc, desc_len)?,
+                avail: sub(a.avail, avail_len)?,
+                used: sub(a.used, used_len)?,
+            })
+        }
+        None => Ok(SplitRings {
+            desc: area(mem, a.desc, desc_len)?,
+            avail: area(mem, a.avail, avail_len)?,
+            used: area(mem, a.used, used_len)?,
+        }),
+    }
 }
 
 /// Writes descriptor `id` of the table `table` with one 16-byte store.
@@ -227,6 +307,7 @@ impl VirtqueueDriver {
             desc_table,
             avail_ring,
             used_ring,
+            areas: SplitAreas::new(mem.mem(), desc_table, avail_ring, used_ring, size),
             indirect,
             free: (0..size).rev().collect(),
             next: vec![0; usize::from(size)],
@@ -395,11 +476,7 @@ impl VirtqueueDriver {
         let top = self.free.len() - 1;
         let start = self.free.len() - bufs.len();
         let head = self.free[top];
-        let table = area(
-            &self.mem,
-            self.desc_table,
-            layout::desc_table_bytes(self.size),
-        )?;
+        let rings = split_rings(&self.mem, &self.areas)?;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let id = self.free[top - i];
             // For every buffer but the last, `top - i - 1 >= start`.
@@ -409,12 +486,18 @@ impl VirtqueueDriver {
                 (0, 0)
             };
             let flags = flags | if write { VIRTQ_DESC_F_WRITE } else { 0 };
-            store_desc(&table, id, addr.0, len, flags, next)?;
+            store_desc(&rings.desc, id, addr.0, len, flags, next)?;
             self.next[usize::from(id)] = next;
         }
+        store_u16_at(
+            &rings.avail,
+            self.avail_entry_offset(),
+            head,
+            Ordering::Relaxed,
+        )?;
         self.free.truncate(start);
         // `bufs.len() <= free.len() <= size`, which fits in u16.
-        self.push_avail(head, bufs.len() as u16, writable)?;
+        self.record_avail(head, bufs.len() as u16, writable);
         Ok(head)
     }
 
@@ -478,27 +561,19 @@ impl VirtqueueDriver {
         if new == old {
             return Ok(false);
         }
-        let avail = area(
-            &self.mem,
-            self.avail_ring,
-            layout::avail_ring_bytes(self.size),
-        )?;
-        store_u16_at(&avail, IDX_OFFSET, new.0, Ordering::Release)?;
+        let rings = split_rings(&self.mem, &self.areas)?;
+        store_u16_at(&rings.avail, IDX_OFFSET, new.0, Ordering::Release)?;
         self.in_flight += (new - old).0;
         self.published_idx = new;
         // The idx store must be visible before the device's suppression field is read, or
         // both sides may decide the other will act.
         fence(Ordering::SeqCst);
-        let used = area(
-            &self.mem,
-            self.used_ring,
-            layout::used_ring_bytes(self.size),
-        )?;
         if self.event_idx {
-            let avail_event = load_u16_at(&used, self.avail_event_offset(), Ordering::Relaxed)?;
+            let avail_event =
+                load_u16_at(&rings.used, self.avail_event_offset(), Ordering::Relaxed)?;
             Ok(need_event(Wrapping(avail_event), new, old))
         } else {
-            let flags = load_u16_at(&used, 0, Ordering::Relaxed)?;
+            let flags = load_u16_at(&rings.used, 0, Ordering::Relaxed)?;
             Ok(flags & VRING_USED_F_NO_NOTIFY == 0)
         }
     }
@@ -513,15 +588,11 @@ impl VirtqueueDriver {
         if self.packed.is_some() {
             return self.packed_pop_used();
         }
-        let used = area(
-            &self.mem,
-            self.used_ring,
-            layout::used_ring_bytes(self.size),
-        )?;
-        let load_idx = || load_u16_at(&used, IDX_OFFSET, Ordering::Acquire).map(Wrapping);
+        let rings = split_rings(&self.mem, &self.areas)?;
+        let load_idx = || load_u16_at(&rings.used, IDX_OFFSET, Ordering::Acquire).map(Wrapping);
         let mut used_idx = load_idx()?;
         if used_idx == self.last_used {
-            if !self.rearm_calls()? {
+            if !self.rearm_calls(&rings.avail)? {
                 return Ok(None);
             }
             used_idx = load_idx()?;
@@ -540,7 +611,8 @@ impl VirtqueueDriver {
         }
         let slot = u64::from(self.last_used.0 & (self.size - 1));
         // The whole entry (`id`, `len`) in one load.
-        let [raw_id, len] = used
+        let [raw_id, len] = rings
+            .used
             .get_ref::<[u32; 2]>((RING_HEADER + slot * USED_ELEM_SIZE) as usize)
             .map_err(volatile_err)?
             .load();
@@ -570,22 +642,18 @@ impl VirtqueueDriver {
                 writable: chain.writable,
             });
         }
-        self.free_chain(id, chain.descs);
-        self.last_used += 1;
-        self.in_flight -= 1;
+        let last_used = self.last_used + Wrapping(1);
         if self.event_idx && self.calls_enabled {
-            let avail = area(
-                &self.mem,
-                self.avail_ring,
-                layout::avail_ring_bytes(self.size),
-            )?;
             store_u16_at(
-                &avail,
+                &rings.avail,
                 self.used_event_offset(),
-                self.last_used.0,
+                last_used.0,
                 Ordering::Relaxed,
             )?;
         }
+        self.free_chain(id, chain.descs);
+        self.last_used = last_used;
+        self.in_flight -= 1;
         Ok(Some(UsedElem { id, len }))
     }
 
@@ -631,21 +699,25 @@ impl VirtqueueDriver {
 
     /// Writes the avail ring entry for a new chain and records it.
     fn push_avail(&mut self, head: u16, descs: u16, writable: u64) -> Result<()> {
-        let slot = u64::from(self.avail_idx.0 & (self.size - 1));
         let avail = area(
             &self.mem,
             self.avail_ring,
             layout::avail_ring_bytes(self.size),
         )?;
-        store_u16_at(
-            &avail,
-            RING_HEADER + slot * AVAIL_ELEM_SIZE,
-            head,
-            Ordering::Relaxed,
-        )?;
+        store_u16_at(&avail, self.avail_entry_offset(), head, Ordering::Relaxed)?;
+        self.record_avail(head, descs, writable);
+        Ok(())
+    }
+
+    /// Offset in the available ring of the entry the next added chain goes to.
+    fn avail_entry_offset(&self) -> u64 {
+        RING_HEADER + u64::from(self.avail_idx.0 & (self.size - 1)) * AVAIL_ELEM_SIZE
+    }
+
+    /// Records a chain whose available ring entry was written.
+    fn record_avail(&mut self, head: u16, descs: u16, writable: u64) {
         self.chains[usize::from(head)] = Chain { descs, writable };
         self.avail_idx += 1;
-        Ok(())
     }
 
     /// Returns the descriptors of the chain at `head` to the free stack.
@@ -661,11 +733,16 @@ impl VirtqueueDriver {
     /// With EVENT_IDX and calls enabled: sets `used_event` to the next entry and fences, so a
     /// following re-read of used `idx` either sees a new entry or the device will call.
     /// Returns whether a re-read is worth doing.
-    fn rearm_calls(&self) -> Result<bool> {
+    fn rearm_calls(&self, avail: &VolatileSlice<'_>) -> Result<bool> {
         if !(self.event_idx && self.calls_enabled) {
             return Ok(false);
         }
-        self.store_u16(self.used_event_addr(), self.last_used.0)?;
+        store_u16_at(
+            avail,
+            self.used_event_offset(),
+            self.last_used.0,
+            Ordering::Relaxed,
+        )?;
         fence(Ordering::SeqCst);
         Ok(true)
     }
