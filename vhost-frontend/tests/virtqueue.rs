@@ -712,3 +712,73 @@ fn memory_clone_outlives_guest_memory() {
     drop(gm);
     assert_eq!(mem.read_obj::<u32>(GuestAddress(0x100)).unwrap(), 0xabcd);
 }
+
+/// Two-region memory whose first region keeps only `room` bytes free at its end: a
+/// descriptor table of up to `room` bytes goes there and the rings after it go to the
+/// second region, so the driver cannot reach its three areas through one slice.
+fn memory_with_room_at_the_end(room: u64) -> GuestMemory {
+    let gm = two_region_memory();
+    gm.alloc(0x10_0000 - room, 16).unwrap();
+    gm
+}
+
+#[test]
+fn rings_in_another_region_than_the_table_agree_with_device_queue() {
+    for event_idx in [false, true] {
+        // 16 bytes more than the 64-entry table: virtio-queue refuses a table that ends
+        // exactly at its region's end.
+        let gm = memory_with_room_at_the_end(64 * 16 + 16);
+        let mut drv = VirtqueueDriver::with_indirect(&gm, 64, event_idx, 8).unwrap();
+        assert!(drv.desc_table().0 < 0x10_0000);
+        assert!(drv.avail_ring().0 >= 0x1_0000_0000);
+        assert!(drv.used_ring().0 >= 0x1_0000_0000);
+        let data = gm.alloc(0x1_0000 + 4096, 16).unwrap();
+        let mut queue = device_queue(&drv, gm.mem(), 0);
+        run_requests(&mut drv, &mut queue, gm.mem(), data, 3_000, 0x5eed);
+        assert_eq!(drv.avail_idx(), queue.next_avail());
+        assert_eq!(drv.last_used_idx(), queue.next_used());
+    }
+}
+
+#[test]
+fn a_table_ending_at_its_regions_end_cycles() {
+    let gm = memory_with_room_at_the_end(8 * 16);
+    let mut drv = VirtqueueDriver::new(&gm, 8, false).unwrap();
+    assert_eq!(drv.desc_table().0 + 8 * 16, 0x10_0000);
+    let data = gm.alloc(4096, 8).unwrap();
+    for round in 0..256u32 {
+        let head = drv
+            .add_chain(&[(data, 8, true), (data.unchecked_add(8), 8, false)])
+            .unwrap();
+        drv.publish().unwrap();
+        // The device's view: the avail entry and the chain's first descriptor.
+        let slot = u64::from(round % 8);
+        let avail: u16 = gm
+            .mem()
+            .read_obj(drv.avail_ring().unchecked_add(4 + slot * 2))
+            .unwrap();
+        assert_eq!(avail, head);
+        let desc: Descriptor = gm
+            .mem()
+            .read_obj(drv.desc_table().unchecked_add(u64::from(head) * 16))
+            .unwrap();
+        assert_eq!((desc.addr(), desc.len()), (data, 8));
+        assert_eq!(desc.flags(), VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT);
+        write_used(
+            &drv,
+            gm.mem(),
+            slot,
+            u32::from(head),
+            round % 9,
+            (round + 1) as u16,
+        );
+        assert_eq!(
+            drv.pop_used().unwrap(),
+            Some(UsedElem {
+                id: head,
+                len: round % 9
+            })
+        );
+        assert_eq!(drv.pop_used().unwrap(), None);
+    }
+}
