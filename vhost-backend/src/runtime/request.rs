@@ -27,7 +27,8 @@
 use std::sync::Arc;
 
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, VolatileMemory,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -182,9 +183,13 @@ impl RequestOf<'_> {
         let at = self
             .last_writable_byte()
             .ok_or(GuestIoError::Short { wanted: 1, got: 0 })?;
-        self.mem()
-            .write_obj(value, at)
-            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?;
+        // One region lookup and one store (`write_obj` goes through the generic copy).
+        let outside = GuestIoError::OutsideMemory { addr: at.0, len: 1 };
+        let slice = self.mem().get_slice(at, 1).map_err(|_| outside)?;
+        slice
+            .get_ref::<u8>(0)
+            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?
+            .store(value);
         // `mark`'s check is the fenced one: the status byte cannot be reordered after it.
         self.ring().dirty.mark(at.0, 1);
         Ok(())
@@ -243,6 +248,31 @@ impl RequestOf<'_> {
         let mut v = T::new_zeroed();
         self.read_readable(skip, v.as_mut_bytes())?;
         Ok(v)
+    }
+
+    /// Reads `N` readable bytes at `skip` (a device's header): one region lookup and one
+    /// load when they lie in one buffer, as the driver nearly always lays a header out;
+    /// otherwise as [`read_readable`](Self::read_readable).
+    pub fn read_array<const N: usize>(&self, skip: u64) -> Result<[u8; N], GuestIoError>
+    where
+        [u8; N]: ByteValued,
+    {
+        self.check_current()?;
+        let mut pieces = Pieces::new(self.readable(), skip, N as u64);
+        if let Some((addr, n)) = pieces.next() {
+            if n == N as u64 {
+                let outside = || GuestIoError::OutsideMemory {
+                    addr: addr.0,
+                    len: N as u64,
+                };
+                let slice = self.mem().get_slice(addr, N).map_err(|_| outside())?;
+                let value = slice.get_ref::<[u8; N]>(0).map_err(|_| outside())?;
+                return Ok(value.load());
+            }
+        }
+        let mut out = [0u8; N];
+        self.read_readable(skip, &mut out)?;
+        Ok(out)
     }
 
     /// Copies `data` into the writable bytes from `skip` on, marking the pages dirty.
