@@ -27,13 +27,14 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
+    GuestMemoryMmap, VolatileMemory, VolatileSlice,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -291,6 +292,93 @@ fn signal(fd: &Mutex<Option<File>>) {
     }
 }
 
+/// A split ring's used ring (flags, index and entries) as one slice, when one region holds
+/// it.
+fn used_slice<'m>(q: &Queue, mem: &'m GuestMemoryMmap) -> Option<VolatileSlice<'m, ()>> {
+    let len = 4 + 8 * usize::from(q.size());
+    mem.get_slice(GuestAddress(q.used_ring()), len).ok()
+}
+
+/// Puts `head` (`len` bytes used) on a split ring's used ring and moves its index on, as
+/// `virtio-queue`'s `add_used` does (head checked against the ring size, entry written,
+/// next used position moved on, index stored with Release), through `used` (the used ring
+/// as one slice, [`used_slice`]) when there is one: one region lookup per batch instead of
+/// two per entry. The notification decision that follows counts the entries itself
+/// ([`split_needs_notification`]).
+fn split_add_used(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    used: Option<&VolatileSlice<'_, ()>>,
+    head: u16,
+    len: u32,
+) -> Result<(), String> {
+    let size = q.size();
+    if head >= size {
+        return Err(format!("head {head} is out of range for a ring of {size}"));
+    }
+    let next = q.next_used();
+    // 4 bytes of flags and index, then 8 bytes per entry.
+    let entry = 4 + 8 * u64::from(next % size);
+    // `struct virtq_used_elem { le32 id; le32 len; }` as one little-endian u64.
+    let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
+    let new_idx = next.wrapping_add(1);
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    match used {
+        Some(ring) => {
+            ring.get_ref::<u64>(entry as usize)
+                .map_err(|e| err(&e))?
+                .store(elem);
+            q.set_next_used(new_idx);
+            ring.get_atomic_ref::<AtomicU16>(2)
+                .map_err(|e| err(&e))?
+                .store(new_idx.to_le(), Ordering::Release);
+        }
+        None => {
+            let base = GuestAddress(q.used_ring());
+            let overflow = || "used ring address overflows".to_string();
+            mem.write_obj(elem, base.checked_add(entry).ok_or_else(overflow)?)
+                .map_err(|e| err(&e))?;
+            q.set_next_used(new_idx);
+            mem.store(
+                new_idx.to_le(),
+                base.checked_add(2).ok_or_else(overflow)?,
+                Ordering::Release,
+            )
+            .map_err(|e| err(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the driver wants a used-buffer notification for the `added` entries put on a
+/// split ring since the last decision, as `virtio-queue`'s `needs_notification` decides it
+/// (a full fence first; without EVENT_IDX always; with it, when `used_event` lies among the
+/// entries added, Linux's `vring_need_event`).
+fn split_needs_notification(
+    q: &Queue,
+    mem: &GuestMemoryMmap,
+    event_idx: bool,
+    added: u32,
+) -> Result<bool, String> {
+    // The used entries and index written before must be visible before `used_event` is
+    // read.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if !event_idx {
+        return Ok(true);
+    }
+    // `used_event` follows the available ring's 4 header bytes and 2 bytes per entry.
+    let at = GuestAddress(q.avail_ring())
+        .checked_add(4 + 2 * u64::from(q.size()))
+        .ok_or_else(|| "available ring address overflows".to_string())?;
+    let used_event = u16::from_le(
+        mem.load::<u16>(at, Ordering::Relaxed)
+            .map_err(|e| e.to_string())?,
+    );
+    let used_idx = q.next_used();
+    let old = used_idx.wrapping_sub(added as u16);
+    Ok(used_idx.wrapping_sub(used_event).wrapping_sub(1) < used_idx.wrapping_sub(old))
+}
+
 /// What publishing a batch of completions asks for.
 #[derive(Debug, Default, Clone, Copy)]
 #[must_use]
@@ -467,12 +555,18 @@ impl Vring {
         let work = !batch.is_empty() || !st.done_here.is_empty() || st.unsignalled > 0;
         let mem = work.then(|| self.mem.memory());
         if let Some(mem) = &mem {
+            // A split ring's used ring, looked up once for the batch.
+            let used = match st.packed {
+                None if st.started => used_slice(&st.queue, mem),
+                _ => None,
+            };
+            let used = used.as_ref();
             let mut here = std::mem::take(&mut st.done_here);
             for &(head, len) in &here {
                 // Made under this lock: of the current generation, on a started ring (a stop
                 // takes the lock); checked all the same.
                 if st.started {
-                    published.count += u32::from(self.publish_one(st, mem, head, len));
+                    published.count += u32::from(self.publish_one(st, mem, used, head, len));
                 }
             }
             here.clear();
@@ -491,7 +585,7 @@ impl Vring {
                     );
                     continue;
                 }
-                published.count += u32::from(self.publish_one(st, mem, c.head, c.len));
+                published.count += u32::from(self.publish_one(st, mem, used, c.head, c.len));
             }
             st.unsignalled += published.count;
             if published.count > 0 && self.dirty.active_after_writes() {
@@ -502,10 +596,7 @@ impl Vring {
         if let (true, Some(mem)) = (st.unsignalled > 0, &mem) {
             let needs = match &mut st.packed {
                 Some(p) => p.needs_notification(mem).map_err(|e| e.to_string()),
-                None => st
-                    .queue
-                    .needs_notification(&**mem)
-                    .map_err(|e| e.to_string()),
+                None => split_needs_notification(&st.queue, mem, st.event_idx, st.unsignalled),
             };
             let wanted = match needs {
                 Ok(n) => n,
@@ -532,7 +623,14 @@ impl Vring {
 
     /// Puts the completion of outstanding request `head` (`len` bytes used) on the used
     /// ring. `false` when it was not outstanding or the used ring could not be written.
-    fn publish_one(&self, st: &mut RingState, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
+    fn publish_one(
+        &self,
+        st: &mut RingState,
+        mem: &GuestMemoryMmap,
+        used: Option<&VolatileSlice<'_, ()>>,
+        head: u16,
+        len: u32,
+    ) -> bool {
         if !st.clear_in_flight(head) {
             self.log.log(
                 log::Level::Error,
@@ -556,7 +654,7 @@ impl Vring {
                 }
                 p.add_used(mem, head, len).map_err(|e| e.to_string())
             }
-            None => st.queue.add_used(mem, head, len).map_err(|e| e.to_string()),
+            None => split_add_used(&mut st.queue, mem, used, head, len),
         };
         // The packed region forgets the request either way: the ring no longer counts it
         // outstanding, and its entries went back to the free list. It commits the ring's used
@@ -1525,6 +1623,76 @@ mod tests {
         avail(0, &[]);
         i.start(0, &m, None).unwrap();
         assert_eq!(i.pop_split_head(&m), None);
+    }
+
+    /// `split_add_used` and `split_needs_notification` write the same used ring and take
+    /// the same decisions as `virtio-queue`'s `add_used` and `needs_notification`, with and
+    /// without the used ring as one slice, across the index's wrap.
+    #[test]
+    fn split_used_entries_and_notification_decisions_match_virtio_queue() {
+        let m = mem();
+        let queue = |event_idx: bool, next_used: u16| {
+            let mut q = Queue::new(8).unwrap();
+            q.try_set_desc_table_address(ADDRS[0]).unwrap();
+            q.try_set_avail_ring_address(ADDRS[1]).unwrap();
+            q.try_set_used_ring_address(ADDRS[2]).unwrap();
+            q.set_event_idx(event_idx);
+            q.set_ready(true);
+            q.set_next_used(next_used);
+            q
+        };
+        let used_bytes = |m: &GuestMemoryMmap| {
+            let mut b = vec![0u8; 4 + 8 * 8];
+            m.read_slice(&mut b, ADDRS[2]).unwrap();
+            b
+        };
+        for event_idx in [false, true] {
+            for start in [0u16, 5, 65533] {
+                for added in 1u16..=5 {
+                    for used_event in [
+                        start.wrapping_sub(1),
+                        start,
+                        start.wrapping_add(2),
+                        start.wrapping_add(4),
+                        9,
+                    ] {
+                        for whole in [false, true] {
+                            // `used_event` sits after the 8 entries of the available ring.
+                            m.write_obj(used_event.to_le(), GuestAddress(0x2000 + 4 + 16))
+                                .unwrap();
+                            m.write_slice(&[0u8; 4 + 8 * 8], ADDRS[2]).unwrap();
+                            let mut theirs = queue(event_idx, start);
+                            for h in 0..added {
+                                theirs.add_used(&m, h, 100 + u32::from(h)).unwrap();
+                            }
+                            let want_ring = used_bytes(&m);
+                            let want = theirs.needs_notification(&m).unwrap();
+                            m.write_slice(&[0u8; 4 + 8 * 8], ADDRS[2]).unwrap();
+                            let mut ours = queue(event_idx, start);
+                            let slice = used_slice(&ours, &m);
+                            let used = if whole { slice.as_ref() } else { None };
+                            for h in 0..added {
+                                split_add_used(&mut ours, &m, used, h, 100 + u32::from(h)).unwrap();
+                            }
+                            assert_eq!(used_bytes(&m), want_ring);
+                            assert_eq!(ours.next_used(), theirs.next_used());
+                            let got =
+                                split_needs_notification(&ours, &m, event_idx, u32::from(added))
+                                    .unwrap();
+                            assert_eq!(
+                                got, want,
+                                "event_idx {event_idx} start {start} added {added} used_event \
+                                 {used_event}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // A head out of range is refused and moves nothing.
+        let mut q = queue(false, 3);
+        assert!(split_add_used(&mut q, &m, None, 8, 0).is_err());
+        assert_eq!(q.next_used(), 3);
     }
 
     #[test]
