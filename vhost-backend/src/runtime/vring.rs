@@ -1861,10 +1861,11 @@ mod tests {
         }
     }
 
-    /// The status byte `write_last_byte` writes is marked after the fenced check (the
-    /// store-load race of `DirtyLog::active_after_writes`), as every request write is.
+    /// A request's data and its status byte are marked after one fenced check (the
+    /// store-load race of `DirtyLog::active_after_writes`), made when the request completes,
+    /// after both writes: none while it is served, one for the two writes.
     #[test]
-    fn write_last_byte_marks_after_the_fenced_check() {
+    fn data_and_status_byte_are_marked_after_one_fenced_check_at_completion() {
         use super::super::dirty_log::FENCED_CHECKS;
         let m = mem();
         writable_chains(&m, 1, true);
@@ -1872,14 +1873,20 @@ mod tests {
         let mut st = r.lock();
         let map = Arc::new(m.clone());
         let mut ctx = context(&r, &mut st, &map);
-        let mut fenced = None;
+        let mut fenced_while_served = None;
+        let before = FENCED_CHECKS.with(|c| c.get());
         assert!(ctx.serve_next(|req| {
-            let before = FENCED_CHECKS.with(|c| c.get());
+            req.write_writable(0, &[7; 16]).unwrap();
             req.write_last_byte(0x5a).unwrap();
-            fenced = Some(FENCED_CHECKS.with(|c| c.get()) - before);
-            1
+            fenced_while_served = Some(FENCED_CHECKS.with(|c| c.get()) - before);
+            17
         }));
-        assert_eq!(fenced, Some(1), "one fenced check per status byte");
+        assert_eq!(fenced_while_served, Some(0), "no check before completion");
+        assert_eq!(
+            FENCED_CHECKS.with(|c| c.get()) - before,
+            1,
+            "one fenced check for the data and the status byte"
+        );
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x8000 + 63)).unwrap(), 0x5a);
     }
 
