@@ -352,17 +352,21 @@ fn split_add_used(
 
 /// Whether the driver wants a used-buffer notification for the `added` entries put on a
 /// split ring since the last decision, as `virtio-queue`'s `needs_notification` decides it
-/// (a full fence first; without EVENT_IDX always; with it, when `used_event` lies among the
-/// entries added, Linux's `vring_need_event`).
+/// (a full fence first, unless `fenced`: the caller made one since its last used-ring
+/// write; without EVENT_IDX always; with it, when `used_event` lies among the entries
+/// added, Linux's `vring_need_event`).
 fn split_needs_notification(
     q: &Queue,
     mem: &GuestMemoryMmap,
     event_idx: bool,
     added: u32,
+    fenced: bool,
 ) -> Result<bool, String> {
     // The used entries and index written before must be visible before `used_event` is
     // read.
-    std::sync::atomic::fence(Ordering::SeqCst);
+    if !fenced {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
     if !event_idx {
         return Ok(true);
     }
@@ -553,6 +557,7 @@ impl Vring {
         let first_used = st.queue.next_used();
         let mut published = Published::default();
         let work = !batch.is_empty() || !st.done_here.is_empty() || st.unsignalled > 0;
+        let mut fenced = false;
         let mem = work.then(|| self.mem.memory());
         if let Some(mem) = &mem {
             // A split ring's used ring, looked up once for the batch.
@@ -588,7 +593,10 @@ impl Vring {
                 published.count += u32::from(self.publish_one(st, mem, used, c.head, c.len));
             }
             st.unsignalled += published.count;
-            if published.count > 0 && self.dirty.active_after_writes() {
+            // The check's fence also orders the used writes before the `used_event` read
+            // of the notification decision below.
+            fenced = published.count > 0;
+            if fenced && self.dirty.active_after_writes() {
                 self.log_used_entries(st, first_used);
             }
         }
@@ -596,7 +604,9 @@ impl Vring {
         if let (true, Some(mem)) = (st.unsignalled > 0, &mem) {
             let needs = match &mut st.packed {
                 Some(p) => p.needs_notification(mem).map_err(|e| e.to_string()),
-                None => split_needs_notification(&st.queue, mem, st.event_idx, st.unsignalled),
+                None => {
+                    split_needs_notification(&st.queue, mem, st.event_idx, st.unsignalled, fenced)
+                }
             };
             let wanted = match needs {
                 Ok(n) => n,
@@ -707,25 +717,28 @@ impl Vring {
     /// into the used ring: the flags without EVENT_IDX, `avail_event` with it (written when
     /// enabling only). Called after the write, from the worker's drain.
     pub(crate) fn log_notification_write(&self, st: &RingState, enable: bool) {
+        let written = match (&st.packed, st.addrs) {
+            // Packed rings: the flags of the device event suppression area.
+            (Some(_), Some([_, _, device_event])) => Some((device_event.0.wrapping_add(2), 2)),
+            (Some(_), None) => None,
+            (None, _) => match st.used_log_base() {
+                None => None,
+                Some(base) if !st.event_idx => Some((base, 2)),
+                Some(base) if enable => {
+                    Some((base.wrapping_add(4 + 8 * u64::from(st.queue.size())), 2))
+                }
+                // EVENT_IDX: disabling notifications writes nothing, so nothing is checked
+                // (no fence per drain for it).
+                Some(_) => None,
+            },
+        };
+        let Some(range) = written else {
+            return;
+        };
         if !self.dirty.active_after_writes() {
             return;
         }
-        if st.packed.is_some() {
-            // Packed rings: the flags of the device event suppression area.
-            if let Some([_, _, device_event]) = st.addrs {
-                self.dirty.mark_all([(device_event.0.wrapping_add(2), 2)]);
-            }
-            return;
-        }
-        let Some(base) = st.used_log_base() else {
-            return;
-        };
-        if !st.event_idx {
-            self.dirty.mark_all([(base, 2)]);
-        } else if enable {
-            let avail_event = 4 + 8 * u64::from(st.queue.size());
-            self.dirty.mark_all([(base.wrapping_add(avail_event), 2)]);
-        }
+        self.dirty.mark_all([range]);
     }
 
     /// Publishes queued completions and signals the call eventfd when the driver wants it.
@@ -1676,9 +1689,14 @@ mod tests {
                             }
                             assert_eq!(used_bytes(&m), want_ring);
                             assert_eq!(ours.next_used(), theirs.next_used());
-                            let got =
-                                split_needs_notification(&ours, &m, event_idx, u32::from(added))
-                                    .unwrap();
+                            let got = split_needs_notification(
+                                &ours,
+                                &m,
+                                event_idx,
+                                u32::from(added),
+                                false,
+                            )
+                            .unwrap();
                             assert_eq!(
                                 got, want,
                                 "event_idx {event_idx} start {start} added {added} used_event \
