@@ -536,6 +536,17 @@ impl Vring {
     /// added since the last decision. The completions recorded under this lock
     /// ([`RingState::complete_here`]) go first, then those queued from anywhere.
     pub(crate) fn publish(&self, st: &mut RingState) -> Published {
+        self.publish_in(st, None)
+    }
+
+    /// [`publish`](Self::publish) through `mem` when given: the memory snapshot the caller
+    /// drained the ring with (the worker), saving a second load of the current table per
+    /// wake-up. The requests of that drain wrote their data through it too.
+    pub(crate) fn publish_in(
+        &self,
+        st: &mut RingState,
+        mem: Option<&GuestMemoryMmap>,
+    ) -> Published {
         let mut batch = std::mem::take(&mut st.batch);
         {
             let mut c = self
@@ -558,8 +569,16 @@ impl Vring {
         let mut published = Published::default();
         let work = !batch.is_empty() || !st.done_here.is_empty() || st.unsignalled > 0;
         let mut fenced = false;
-        let mem = work.then(|| self.mem.memory());
-        if let Some(mem) = &mem {
+        let current;
+        let mem: Option<&GuestMemoryMmap> = match (work, mem) {
+            (false, _) => None,
+            (true, Some(m)) => Some(m),
+            (true, None) => {
+                current = self.mem.memory();
+                Some(&current)
+            }
+        };
+        if let Some(mem) = mem {
             // A split ring's used ring, looked up once for the batch.
             let used = match st.packed {
                 None if st.started => used_slice(&st.queue, mem),
