@@ -419,7 +419,7 @@ mod sys {
 
     #[cfg(not(all(target_os = "linux", target_env = "gnu", target_pointer_width = "64")))]
     mod imp {
-        pub(super) use libc::{pread, preadv, pwrite, pwritev};
+        pub(in super::super) use libc::{pread, preadv, pwrite, pwritev};
     }
 
     pub(super) use imp::{pread, preadv, pwrite, pwritev};
