@@ -310,10 +310,10 @@ impl DirtyLog {
     /// Marks the pages of guest-physical `[gpa, gpa + len)` dirty, if logging is on. Call it
     /// after the bytes were written. The check is the fenced one
     /// ([`active_after_writes`](Self::active_after_writes)): the writes just made cannot be
-    /// reordered after it. For a single write (a request's status byte); request data goes
-    /// through [`Request::mark_written`](super::Request::mark_written), and code that made
-    /// the fenced check already (the ring's own writes) uses [`mark_all`](Self::mark_all).
-    #[inline]
+    /// reordered after it. The tests' single mark: requests record their writes with
+    /// [`Request::mark_written`](super::Request::mark_written) and mark them at completion,
+    /// and code that made the fenced check already uses [`mark_all`](Self::mark_all).
+    #[cfg(test)]
     pub(crate) fn mark(&self, gpa: u64, len: u64) {
         if len == 0 || !self.active_after_writes() {
             return;

@@ -60,7 +60,8 @@ use vhost_proto::inflight::{
 use vhost_proto::Inflight;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{
-    Address, Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
+    Address, Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion, VolatileMemory, VolatileSlice,
 };
 
 use super::inflight_packed::packed_queue_region_size;
@@ -505,6 +506,10 @@ pub(crate) struct SplitChain<'a> {
     mem: &'a GuestMemoryMmap,
     table: GuestAddress,
     table_len: u16,
+    /// The whole current table when it lies in one memory region: each descriptor is then
+    /// one bounds-checked load, without a region lookup. `None` otherwise (a table across
+    /// regions or partly outside memory), and descriptors are read one by one from `mem`.
+    slice: Option<VolatileSlice<'a, ()>>,
     next: u16,
     ttl: u16,
     indirect: bool,
@@ -517,12 +522,34 @@ impl<'a> SplitChain<'a> {
             mem,
             table,
             table_len: size,
+            slice: table_slice(mem, table, size),
             next: head,
             ttl: size,
             indirect: false,
             bytes: 0,
         }
     }
+
+    /// Descriptor `index` of the current table (`index < table_len`).
+    fn read(&self, index: u16) -> Option<Descriptor> {
+        let offset = usize::from(index) * 16;
+        match &self.slice {
+            Some(s) => s.get_ref::<Descriptor>(offset).ok().map(|r| r.load()),
+            None => {
+                let at = self.table.checked_add(offset as u64)?;
+                self.mem.read_obj::<Descriptor>(at).ok()
+            }
+        }
+    }
+}
+
+/// The `len` descriptors of the table at `table` as one slice, when one region holds them.
+fn table_slice(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    len: u16,
+) -> Option<VolatileSlice<'_, ()>> {
+    mem.get_slice(table, usize::from(len) * 16).ok()
 }
 
 impl Iterator for SplitChain<'_> {
@@ -533,8 +560,7 @@ impl Iterator for SplitChain<'_> {
             if self.ttl == 0 || self.next >= self.table_len {
                 return None;
             }
-            let at = self.table.checked_add(u64::from(self.next) * 16)?;
-            let Ok(desc) = self.mem.read_obj::<Descriptor>(at) else {
+            let Some(desc) = self.read(self.next) else {
                 self.ttl = 0;
                 return None;
             };
@@ -552,6 +578,7 @@ impl Iterator for SplitChain<'_> {
                 }
                 self.table = desc.addr();
                 self.table_len = (len / 16) as u16;
+                self.slice = table_slice(self.mem, self.table, self.table_len);
                 self.next = 0;
                 self.ttl = self.table_len;
                 self.indirect = true;
@@ -654,6 +681,46 @@ mod tests {
             .map(|d| (d.addr().0, d.refers_to_indirect_table()))
             .collect();
         assert_eq!(got, [(0x4000, false), (0x3000, true)]);
+    }
+
+    /// A table read as one slice (inside one region), across two adjacent regions, or
+    /// running out of guest memory: the same descriptors, read one by one where no single
+    /// region holds the table, and the chain ends at the first one outside memory.
+    #[test]
+    fn a_chain_reads_the_same_whether_its_table_lies_in_one_region_or_not() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .unwrap();
+        let put = |at: u64, addr: u64, next: u16| {
+            mem.write_obj(addr, GuestAddress(at)).unwrap();
+            mem.write_obj(512u32, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(1u16, GuestAddress(at + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        };
+        let walk = |table: u64, size: u16, head: u16| -> Vec<u64> {
+            SplitChain::new(&mem, GuestAddress(table), size, head)
+                .map(|d| d.addr().0)
+                .collect()
+        };
+        // Table of 4 at 0x1000 (one region): 0 -> 1 -> 2 -> 3, the last without NEXT.
+        for (i, at) in (0x1000u64..0x1040).step_by(16).enumerate() {
+            put(at, 0x100 * (i as u64 + 1), i as u16 + 1);
+        }
+        mem.write_obj(0u16, GuestAddress(0x1030 + 12)).unwrap();
+        assert_eq!(walk(0x1000, 4, 0), [0x100, 0x200, 0x300, 0x400]);
+        // Table of 4 at 0xffe0: two descriptors in each region.
+        for (i, at) in (0xffe0u64..0x10020).step_by(16).enumerate() {
+            put(at, 0x100 * (i as u64 + 1), i as u16 + 1);
+        }
+        mem.write_obj(0u16, GuestAddress(0x10010 + 12)).unwrap();
+        assert_eq!(walk(0xffe0, 4, 0), [0x100, 0x200, 0x300, 0x400]);
+        // Table of 4 at 0x1ffe0: the last two entries lie past the end of guest memory.
+        for (i, at) in (0x1ffe0u64..0x20000).step_by(16).enumerate() {
+            put(at, 0x100 * (i as u64 + 1), i as u16 + 1);
+        }
+        assert_eq!(walk(0x1ffe0, 4, 0), [0x100, 0x200]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! and switch the ones they accept to `O_NONBLOCK`.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -83,13 +83,21 @@ pub(crate) fn accept(index: u16, which: Notifier, fd: OwnedFd) -> Result<File, V
 
 /// Adds 1 to an eventfd's counter. A counter already at its maximum (`EAGAIN`) has a
 /// signal pending anyway, so that counts as signalled.
-pub(crate) fn signal(mut f: &File) {
-    match f.write(&1u64.to_ne_bytes()) {
+///
+/// The write is rustix's raw system call: glibc's `write` is a cancellation point that
+/// switches asynchronous cancellation on and off around the call, paid at every used-buffer
+/// notification; the runtime never cancels threads.
+pub(crate) fn signal(f: &File) {
+    match rustix::io::write(f, &1u64.to_ne_bytes()) {
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        Err(rustix::io::Errno::AGAIN) => {
             log::debug!("eventfd {} already signalled", f.as_raw_fd());
         }
-        Err(e) => log::warn!("signalling eventfd {} failed: {e}", f.as_raw_fd()),
+        Err(e) => log::warn!(
+            "signalling eventfd {} failed: {}",
+            f.as_raw_fd(),
+            io::Error::from(e)
+        ),
     }
 }
 
@@ -97,6 +105,7 @@ pub(crate) fn signal(mut f: &File) {
 mod tests {
     use super::*;
     use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::io::Write;
 
     #[test]
     fn blocking_eventfd_is_accepted_made_non_blocking_and_never_blocks_a_signal() {

@@ -24,10 +24,12 @@
 //! [`FileIo`](super::guest_io::FileIo). Writes mark guest pages in the dirty log after the
 //! data lands ([`Request::mark_written`], the one call any other write path must make too).
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, VolatileMemory,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -101,11 +103,20 @@ pub struct RequestOf<'m> {
     bufs: Vec<Buffer>,
     readable: u32,
     /// The chain's last writable buffer when it lies past [`MAX_REQUEST_BUFFERS`].
-    tail: Option<Buffer>,
+    /// (Length 0: none; a recorded buffer is never empty. Kept unwrapped so that a request,
+    /// which a pool hands back by value, stays small.)
+    tail: Buffer,
     readable_len: u64,
     writable_len: u64,
     fault: Option<ChainFault>,
     done: bool,
+    /// Writable bytes `[start, end)` written and not yet marked in the dirty log
+    /// ([`mark_written`](Self::mark_written)), none when equal: marked with the status byte,
+    /// after one fenced check, when the request completes. (A chain holds less than 4 GiB.)
+    unmarked: Cell<(u32, u32)>,
+    /// The status byte was written and is not yet marked ([`write_last_byte`](
+    /// Self::write_last_byte)).
+    status_unmarked: Cell<bool>,
 }
 
 /// What a request holds its ring and memory map by.
@@ -172,7 +183,8 @@ impl RequestOf<'_> {
     /// virtio-scsi put their status), also when the chain was too long to record whole.
     /// `None` without a writable byte.
     pub fn last_writable_byte(&self) -> Option<GuestAddress> {
-        let b = self.tail.or_else(|| self.writable().last().copied())?;
+        let tail = Some(self.tail).filter(|t| t.len != 0);
+        let b = tail.or_else(|| self.writable().last().copied())?;
         b.addr.0.checked_add(u64::from(b.len) - 1).map(GuestAddress)
     }
 
@@ -182,11 +194,15 @@ impl RequestOf<'_> {
         let at = self
             .last_writable_byte()
             .ok_or(GuestIoError::Short { wanted: 1, got: 0 })?;
-        self.mem()
-            .write_obj(value, at)
-            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?;
-        // `mark`'s check is the fenced one: the status byte cannot be reordered after it.
-        self.ring().dirty.mark(at.0, 1);
+        // One region lookup and one store (`write_obj` goes through the generic copy).
+        let outside = GuestIoError::OutsideMemory { addr: at.0, len: 1 };
+        let slice = self.mem().get_slice(at, 1).map_err(|_| outside)?;
+        slice
+            .get_ref::<u8>(0)
+            .map_err(|_| GuestIoError::OutsideMemory { addr: at.0, len: 1 })?
+            .store(value);
+        // Marked at completion, with the data, after one fenced check.
+        self.status_unmarked.set(true);
         Ok(())
     }
 
@@ -245,6 +261,31 @@ impl RequestOf<'_> {
         Ok(v)
     }
 
+    /// Reads `N` readable bytes at `skip` (a device's header): one region lookup and one
+    /// load when they lie in one buffer, as the driver nearly always lays a header out;
+    /// otherwise as [`read_readable`](Self::read_readable).
+    pub fn read_array<const N: usize>(&self, skip: u64) -> Result<[u8; N], GuestIoError>
+    where
+        [u8; N]: ByteValued,
+    {
+        self.check_current()?;
+        let mut pieces = Pieces::new(self.readable(), skip, N as u64);
+        if let Some((addr, n)) = pieces.next() {
+            if n == N as u64 {
+                let outside = || GuestIoError::OutsideMemory {
+                    addr: addr.0,
+                    len: N as u64,
+                };
+                let slice = self.mem().get_slice(addr, N).map_err(|_| outside())?;
+                let value = slice.get_ref::<[u8; N]>(0).map_err(|_| outside())?;
+                return Ok(value.load());
+            }
+        }
+        let mut out = [0u8; N];
+        self.read_readable(skip, &mut out)?;
+        Ok(out)
+    }
+
     /// Copies `data` into the writable bytes from `skip` on, marking the pages dirty.
     pub fn write_writable(&self, skip: u64, data: &[u8]) -> Result<(), GuestIoError> {
         self.check_current()?;
@@ -268,9 +309,11 @@ impl RequestOf<'_> {
         whole(data.len(), done)
     }
 
-    /// Records that writable bytes `[skip, skip + len)` of the request were written: marks
-    /// their guest pages in the dirty log while the front-end logs writes (migration), and
-    /// does nothing else (a fence and one relaxed load) when it does not.
+    /// Records that writable bytes `[skip, skip + len)` of the request were written: their
+    /// guest pages are marked in the dirty log while the front-end logs writes (migration).
+    /// The marks are made when the request completes, for every write it recorded at once,
+    /// after one fenced check (a fence and one relaxed load, and nothing else while logging
+    /// is off): a read and its status byte cost one fence, not two.
     ///
     /// This is the one call for "these guest bytes were written". [`write_writable`](
     /// Self::write_writable), [`write_last_byte`](Self::write_last_byte) and
@@ -281,12 +324,52 @@ impl RequestOf<'_> {
     /// sees the used entry without the page marked. Marking more than was written is
     /// harmless (the page is sent again); marking less loses data on migration.
     pub fn mark_written(&self, skip: u64, len: u64) {
-        let log = &self.ring().dirty;
-        // Fenced: the data written just before must not be reordered after the check.
-        if len == 0 || !log.active_after_writes() {
+        if len == 0 {
             return;
         }
-        log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
+        let (Ok(start), Ok(end)) = (u32::try_from(skip), u32::try_from(skip.saturating_add(len)))
+        else {
+            // Past 4 GiB of writable bytes (more than a chain may hold): marked now.
+            let log = &self.ring().dirty;
+            if log.active_after_writes() {
+                log.mark_all(Pieces::new(self.writable(), skip, len).map(|(addr, n)| (addr.0, n)));
+            }
+            return;
+        };
+        // One range covering every write: marking the bytes between is harmless.
+        let (s, e) = self.unmarked.get();
+        let range = if s == e {
+            (start, end)
+        } else {
+            (s.min(start), e.max(end))
+        };
+        self.unmarked.set(range);
+    }
+
+    /// Marks what [`mark_written`](Self::mark_written) and [`write_last_byte`](
+    /// Self::write_last_byte) recorded, after the fenced check: the writes made before
+    /// cannot be reordered after it. Made before the request's used entry can be published.
+    fn mark_recorded(&self) {
+        let (start, end) = self.unmarked.take();
+        let status = self.status_unmarked.replace(false);
+        if start == end && !status {
+            return;
+        }
+        let log = &self.ring().dirty;
+        if !log.active_after_writes() {
+            return;
+        }
+        let data = Pieces::new(
+            self.writable(),
+            u64::from(start),
+            u64::from(end.saturating_sub(start)),
+        )
+        .map(|(addr, n)| (addr.0, n));
+        let status = status
+            .then(|| self.last_writable_byte())
+            .flatten()
+            .map(|at| (at.0, 1));
+        log.mark_all(data.chain(status));
     }
 
     /// Byte ranges of the writable buffers `[skip, skip + len)`.
@@ -324,6 +407,7 @@ impl Request {
     /// Completes the request: `used_len` bytes were written into its writable buffers. May be
     /// called from any thread; the used entry is published by the ring's owner.
     pub fn complete(mut self, used_len: u32) {
+        self.mark_recorded();
         self.done = true;
         let bufs = std::mem::take(&mut self.bufs);
         self.ring()
@@ -334,6 +418,7 @@ impl Request {
 impl Drop for RequestOf<'_> {
     fn drop(&mut self) {
         if !self.done {
+            self.mark_recorded();
             self.ring().log.warn(format_args!(
                 "queue {}: request {} dropped without completion (a device bug); returned \
                  with length 0",
@@ -457,6 +542,7 @@ impl<'a> QueueContext<'a> {
             return false;
         };
         let len = serve(&req);
+        req.mark_recorded();
         req.done = true;
         let bufs = std::mem::take(&mut req.bufs);
         self.state.complete_here(req.head, len, bufs);
@@ -518,11 +604,16 @@ impl<'a> QueueContext<'a> {
             head,
             bufs: self.state.buffer_list(),
             readable: 0,
-            tail: None,
+            tail: Buffer {
+                addr: GuestAddress(0),
+                len: 0,
+            },
             readable_len: 0,
             writable_len: 0,
             fault: None,
             done: false,
+            unmarked: Cell::new((0, 0)),
+            status_unmarked: Cell::new(false),
         };
         walk(&mut req, self.mem, chain);
         req
@@ -589,7 +680,9 @@ fn walk(
             req.readable_len += u64::from(len);
         }
     }
-    req.tail = last_writable_dropped;
+    if let Some(t) = last_writable_dropped {
+        req.tail = t;
+    }
     req.fault = fault;
 }
 

@@ -27,12 +27,15 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
+    GuestMemoryMmap, VolatileMemory, VolatileSlice,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::dirty_log::DirtyLog;
@@ -235,6 +238,10 @@ pub(crate) struct RingState {
     /// Heads left in flight by a previous back-end, to hand out before new available
     /// entries, in the order they were first taken.
     resubmit: VecDeque<u16>,
+    /// Split rings: the available index last read. Entries up to it are taken without
+    /// reading the index again; it is read again once the ring's next available position
+    /// reaches it. Set to the next available position at each start.
+    avail_seen: u16,
     /// Packed rings: the descriptors of each resubmitted buffer ID (copied from the
     /// inflight region, indirect tables expanded).
     resubmit_chains: Vec<Vec<virtio_queue::desc::split::Descriptor>>,
@@ -283,6 +290,97 @@ fn signal(fd: &Mutex<Option<File>>) {
     if let Some(f) = guard.as_ref() {
         notifier::signal(f);
     }
+}
+
+/// A split ring's used ring (flags, index and entries) as one slice, when one region holds
+/// it.
+fn used_slice<'m>(q: &Queue, mem: &'m GuestMemoryMmap) -> Option<VolatileSlice<'m, ()>> {
+    let len = 4 + 8 * usize::from(q.size());
+    mem.get_slice(GuestAddress(q.used_ring()), len).ok()
+}
+
+/// Puts `head` (`len` bytes used) on a split ring's used ring and moves its index on, as
+/// `virtio-queue`'s `add_used` does (head checked against the ring size, entry written,
+/// next used position moved on, index stored with Release), through `used` (the used ring
+/// as one slice, [`used_slice`]) when there is one: one region lookup per batch instead of
+/// two per entry. The notification decision that follows counts the entries itself
+/// ([`split_needs_notification`]).
+fn split_add_used(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    used: Option<&VolatileSlice<'_, ()>>,
+    head: u16,
+    len: u32,
+) -> Result<(), String> {
+    let size = q.size();
+    if head >= size {
+        return Err(format!("head {head} is out of range for a ring of {size}"));
+    }
+    let next = q.next_used();
+    // 4 bytes of flags and index, then 8 bytes per entry.
+    let entry = 4 + 8 * u64::from(next % size);
+    // `struct virtq_used_elem { le32 id; le32 len; }` as one little-endian u64.
+    let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
+    let new_idx = next.wrapping_add(1);
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    match used {
+        Some(ring) => {
+            ring.get_ref::<u64>(entry as usize)
+                .map_err(|e| err(&e))?
+                .store(elem);
+            q.set_next_used(new_idx);
+            ring.get_atomic_ref::<AtomicU16>(2)
+                .map_err(|e| err(&e))?
+                .store(new_idx.to_le(), Ordering::Release);
+        }
+        None => {
+            let base = GuestAddress(q.used_ring());
+            let overflow = || "used ring address overflows".to_string();
+            mem.write_obj(elem, base.checked_add(entry).ok_or_else(overflow)?)
+                .map_err(|e| err(&e))?;
+            q.set_next_used(new_idx);
+            mem.store(
+                new_idx.to_le(),
+                base.checked_add(2).ok_or_else(overflow)?,
+                Ordering::Release,
+            )
+            .map_err(|e| err(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the driver wants a used-buffer notification for the `added` entries put on a
+/// split ring since the last decision, as `virtio-queue`'s `needs_notification` decides it
+/// (a full fence first, unless `fenced`: the caller made one since its last used-ring
+/// write; without EVENT_IDX always; with it, when `used_event` lies among the entries
+/// added, Linux's `vring_need_event`).
+fn split_needs_notification(
+    q: &Queue,
+    mem: &GuestMemoryMmap,
+    event_idx: bool,
+    added: u32,
+    fenced: bool,
+) -> Result<bool, String> {
+    // The used entries and index written before must be visible before `used_event` is
+    // read.
+    if !fenced {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    if !event_idx {
+        return Ok(true);
+    }
+    // `used_event` follows the available ring's 4 header bytes and 2 bytes per entry.
+    let at = GuestAddress(q.avail_ring())
+        .checked_add(4 + 2 * u64::from(q.size()))
+        .ok_or_else(|| "available ring address overflows".to_string())?;
+    let used_event = u16::from_le(
+        mem.load::<u16>(at, Ordering::Relaxed)
+            .map_err(|e| e.to_string())?,
+    );
+    let used_idx = q.next_used();
+    let old = used_idx.wrapping_sub(added as u16);
+    Ok(used_idx.wrapping_sub(used_event).wrapping_sub(1) < used_idx.wrapping_sub(old))
 }
 
 /// What publishing a batch of completions asks for.
@@ -438,6 +536,17 @@ impl Vring {
     /// added since the last decision. The completions recorded under this lock
     /// ([`RingState::complete_here`]) go first, then those queued from anywhere.
     pub(crate) fn publish(&self, st: &mut RingState) -> Published {
+        self.publish_in(st, None)
+    }
+
+    /// [`publish`](Self::publish) through `mem` when given: the memory snapshot the caller
+    /// drained the ring with (the worker), saving a second load of the current table per
+    /// wake-up. The requests of that drain wrote their data through it too.
+    pub(crate) fn publish_in(
+        &self,
+        st: &mut RingState,
+        mem: Option<&GuestMemoryMmap>,
+    ) -> Published {
         let mut batch = std::mem::take(&mut st.batch);
         {
             let mut c = self
@@ -459,14 +568,29 @@ impl Vring {
         let first_used = st.queue.next_used();
         let mut published = Published::default();
         let work = !batch.is_empty() || !st.done_here.is_empty() || st.unsignalled > 0;
-        let mem = work.then(|| self.mem.memory());
-        if let Some(mem) = &mem {
+        let mut fenced = false;
+        let current;
+        let mem: Option<&GuestMemoryMmap> = match (work, mem) {
+            (false, _) => None,
+            (true, Some(m)) => Some(m),
+            (true, None) => {
+                current = self.mem.memory();
+                Some(&current)
+            }
+        };
+        if let Some(mem) = mem {
+            // A split ring's used ring, looked up once for the batch.
+            let used = match st.packed {
+                None if st.started => used_slice(&st.queue, mem),
+                _ => None,
+            };
+            let used = used.as_ref();
             let mut here = std::mem::take(&mut st.done_here);
             for &(head, len) in &here {
                 // Made under this lock: of the current generation, on a started ring (a stop
                 // takes the lock); checked all the same.
                 if st.started {
-                    published.count += u32::from(self.publish_one(st, mem, head, len));
+                    published.count += u32::from(self.publish_one(st, mem, used, head, len));
                 }
             }
             here.clear();
@@ -485,10 +609,13 @@ impl Vring {
                     );
                     continue;
                 }
-                published.count += u32::from(self.publish_one(st, mem, c.head, c.len));
+                published.count += u32::from(self.publish_one(st, mem, used, c.head, c.len));
             }
             st.unsignalled += published.count;
-            if published.count > 0 && self.dirty.active_after_writes() {
+            // The check's fence also orders the used writes before the `used_event` read
+            // of the notification decision below.
+            fenced = published.count > 0;
+            if fenced && self.dirty.active_after_writes() {
                 self.log_used_entries(st, first_used);
             }
         }
@@ -496,10 +623,9 @@ impl Vring {
         if let (true, Some(mem)) = (st.unsignalled > 0, &mem) {
             let needs = match &mut st.packed {
                 Some(p) => p.needs_notification(mem).map_err(|e| e.to_string()),
-                None => st
-                    .queue
-                    .needs_notification(&**mem)
-                    .map_err(|e| e.to_string()),
+                None => {
+                    split_needs_notification(&st.queue, mem, st.event_idx, st.unsignalled, fenced)
+                }
             };
             let wanted = match needs {
                 Ok(n) => n,
@@ -526,7 +652,14 @@ impl Vring {
 
     /// Puts the completion of outstanding request `head` (`len` bytes used) on the used
     /// ring. `false` when it was not outstanding or the used ring could not be written.
-    fn publish_one(&self, st: &mut RingState, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
+    fn publish_one(
+        &self,
+        st: &mut RingState,
+        mem: &GuestMemoryMmap,
+        used: Option<&VolatileSlice<'_, ()>>,
+        head: u16,
+        len: u32,
+    ) -> bool {
         if !st.clear_in_flight(head) {
             self.log.log(
                 log::Level::Error,
@@ -550,7 +683,7 @@ impl Vring {
                 }
                 p.add_used(mem, head, len).map_err(|e| e.to_string())
             }
-            None => st.queue.add_used(mem, head, len).map_err(|e| e.to_string()),
+            None => split_add_used(&mut st.queue, mem, used, head, len),
         };
         // The packed region forgets the request either way: the ring no longer counts it
         // outstanding, and its entries went back to the free list. It commits the ring's used
@@ -603,25 +736,28 @@ impl Vring {
     /// into the used ring: the flags without EVENT_IDX, `avail_event` with it (written when
     /// enabling only). Called after the write, from the worker's drain.
     pub(crate) fn log_notification_write(&self, st: &RingState, enable: bool) {
+        let written = match (&st.packed, st.addrs) {
+            // Packed rings: the flags of the device event suppression area.
+            (Some(_), Some([_, _, device_event])) => Some((device_event.0.wrapping_add(2), 2)),
+            (Some(_), None) => None,
+            (None, _) => match st.used_log_base() {
+                None => None,
+                Some(base) if !st.event_idx => Some((base, 2)),
+                Some(base) if enable => {
+                    Some((base.wrapping_add(4 + 8 * u64::from(st.queue.size())), 2))
+                }
+                // EVENT_IDX: disabling notifications writes nothing, so nothing is checked
+                // (no fence per drain for it).
+                Some(_) => None,
+            },
+        };
+        let Some(range) = written else {
+            return;
+        };
         if !self.dirty.active_after_writes() {
             return;
         }
-        if st.packed.is_some() {
-            // Packed rings: the flags of the device event suppression area.
-            if let Some([_, _, device_event]) = st.addrs {
-                self.dirty.mark_all([(device_event.0.wrapping_add(2), 2)]);
-            }
-            return;
-        }
-        let Some(base) = st.used_log_base() else {
-            return;
-        };
-        if !st.event_idx {
-            self.dirty.mark_all([(base, 2)]);
-        } else if enable {
-            let avail_event = 4 + 8 * u64::from(st.queue.size());
-            self.dirty.mark_all([(base.wrapping_add(avail_event), 2)]);
-        }
+        self.dirty.mark_all([range]);
     }
 
     /// Publishes queued completions and signals the call eventfd when the driver wants it.
@@ -768,6 +904,7 @@ impl RingState {
             packed_inflight: None,
             resubmit: VecDeque::new(),
             resubmit_chains: Vec::new(),
+            avail_seen: 0,
             notify_owed: false,
         }
     }
@@ -1012,6 +1149,7 @@ impl RingState {
         q.set_next_avail(next_avail);
         q.set_next_used(used_idx.0);
         self.queue = q;
+        self.avail_seen = next_avail;
         self.packed = None;
         self.mark_started(resumed);
         Ok(resumed)
@@ -1224,10 +1362,10 @@ impl RingState {
                 }
             }
             None => {
-                // `virtio-queue` takes the head from the available ring; the chain is walked
-                // like a resubmitted one, which hands on a nested indirect table (the
-                // request faults it) where `virtio-queue`'s walk would end silently.
-                let head = self.queue.pop_descriptor_chain(mem)?.head_index();
+                // The chain is walked like a resubmitted one, which hands on a nested
+                // indirect table (the request faults it) where `virtio-queue`'s walk would
+                // end silently.
+                let head = self.pop_split_head(mem)?;
                 Some((
                     head,
                     PoppedChain::Split(SplitChain::new(
@@ -1239,6 +1377,49 @@ impl RingState {
                 ))
             }
         }
+    }
+
+    /// Takes the next head from a split ring's available ring, as `virtio-queue`'s
+    /// `pop_descriptor_chain` does (the index read with Acquire, at most a ring ahead, the
+    /// entry read with Acquire), without reading the available index again while entries
+    /// it announced are left: one guest memory read per head instead of two.
+    fn pop_split_head(&mut self, mem: &GuestMemoryMmap) -> Option<u16> {
+        let q = &mut self.queue;
+        if !q.ready() {
+            return None;
+        }
+        let next = q.next_avail();
+        if next == self.avail_seen {
+            let idx = match QueueT::avail_idx(q, mem, Ordering::Acquire) {
+                Ok(idx) => idx.0,
+                Err(e) => {
+                    log::error!("vring: reading the available index: {e}");
+                    return None;
+                }
+            };
+            if idx == next {
+                return None;
+            }
+            if idx.wrapping_sub(next) > self.size {
+                log::error!(
+                    "vring: available index {idx} is more than a ring of {} ahead of {next}",
+                    self.size
+                );
+                return None;
+            }
+            self.avail_seen = idx;
+        }
+        // 4 bytes of flags and index, then 2 bytes per entry.
+        let at = GuestAddress(q.avail_ring()).checked_add(4 + 2 * u64::from(next % self.size))?;
+        let head = match mem.load::<u16>(at, Ordering::Acquire) {
+            Ok(h) => u16::from_le(h),
+            Err(e) => {
+                log::error!("vring: reading available entry {next}: {e}");
+                return None;
+            }
+        };
+        q.set_next_avail(next.wrapping_add(1));
+        Some(head)
     }
 
     /// An empty buffer list for a request, reused when one is spare.
@@ -1430,6 +1611,127 @@ mod tests {
         assert_eq!(base.unwrap(), 9);
     }
 
+    /// The available index is read again only once the entries it announced are taken:
+    /// entries the driver adds meanwhile are found then; an index more than a ring ahead
+    /// gives nothing (and is read again at the next pop); a restart forgets what was read.
+    #[test]
+    fn split_heads_are_taken_up_to_the_index_read_then_the_index_is_read_again() {
+        let m = mem();
+        let avail = |idx: u16, entries: &[(u16, u16)]| {
+            for &(slot, head) in entries {
+                m.write_obj(head.to_le(), GuestAddress(0x2004 + 2 * u64::from(slot)))
+                    .unwrap();
+            }
+            m.write_obj(idx.to_le(), GuestAddress(0x2002)).unwrap();
+        };
+        let r = ring(0, 256, &m);
+        let mut i = r.lock();
+        i.set_size(0, 8).unwrap();
+        i.set_addrs(0, ADDRS).unwrap();
+        i.start(0, &m, None).unwrap();
+        assert_eq!(i.pop_split_head(&m), None);
+        avail(2, &[(0, 5), (1, 6)]);
+        assert_eq!(i.pop_split_head(&m), Some(5));
+        // Added after the index was read: taken once the first two are.
+        avail(3, &[(2, 7)]);
+        assert_eq!(i.pop_split_head(&m), Some(6));
+        assert_eq!(i.pop_split_head(&m), Some(7));
+        assert_eq!(i.pop_split_head(&m), None);
+        assert_eq!(i.queue.next_avail(), 3);
+        // Nine ahead in a ring of eight: refused, every time, without moving.
+        avail(12, &[]);
+        assert_eq!(i.pop_split_head(&m), None);
+        assert_eq!(i.pop_split_head(&m), None);
+        assert_eq!(i.queue.next_avail(), 3);
+        // Back to a sane index: served again (slot 3 of the ring).
+        avail(4, &[(3, 1)]);
+        assert_eq!(i.pop_split_head(&m), Some(1));
+        drop(i);
+        // A restart from base 0 reads the index again rather than trusting the old one.
+        let (_, base) = r.quiesce_and_stop(Instant::now() + Duration::from_secs(1));
+        assert_eq!(base.unwrap(), 4);
+        let mut i = r.lock();
+        i.set_base(0, 0).unwrap();
+        avail(0, &[]);
+        i.start(0, &m, None).unwrap();
+        assert_eq!(i.pop_split_head(&m), None);
+    }
+
+    /// `split_add_used` and `split_needs_notification` write the same used ring and take
+    /// the same decisions as `virtio-queue`'s `add_used` and `needs_notification`, with and
+    /// without the used ring as one slice, across the index's wrap.
+    #[test]
+    fn split_used_entries_and_notification_decisions_match_virtio_queue() {
+        let m = mem();
+        let queue = |event_idx: bool, next_used: u16| {
+            let mut q = Queue::new(8).unwrap();
+            q.try_set_desc_table_address(ADDRS[0]).unwrap();
+            q.try_set_avail_ring_address(ADDRS[1]).unwrap();
+            q.try_set_used_ring_address(ADDRS[2]).unwrap();
+            q.set_event_idx(event_idx);
+            q.set_ready(true);
+            q.set_next_used(next_used);
+            q
+        };
+        let used_bytes = |m: &GuestMemoryMmap| {
+            let mut b = vec![0u8; 4 + 8 * 8];
+            m.read_slice(&mut b, ADDRS[2]).unwrap();
+            b
+        };
+        for event_idx in [false, true] {
+            for start in [0u16, 5, 65533] {
+                for added in 1u16..=5 {
+                    for used_event in [
+                        start.wrapping_sub(1),
+                        start,
+                        start.wrapping_add(2),
+                        start.wrapping_add(4),
+                        9,
+                    ] {
+                        for whole in [false, true] {
+                            // `used_event` sits after the 8 entries of the available ring.
+                            m.write_obj(used_event.to_le(), GuestAddress(0x2000 + 4 + 16))
+                                .unwrap();
+                            m.write_slice(&[0u8; 4 + 8 * 8], ADDRS[2]).unwrap();
+                            let mut theirs = queue(event_idx, start);
+                            for h in 0..added {
+                                theirs.add_used(&m, h, 100 + u32::from(h)).unwrap();
+                            }
+                            let want_ring = used_bytes(&m);
+                            let want = theirs.needs_notification(&m).unwrap();
+                            m.write_slice(&[0u8; 4 + 8 * 8], ADDRS[2]).unwrap();
+                            let mut ours = queue(event_idx, start);
+                            let slice = used_slice(&ours, &m);
+                            let used = if whole { slice.as_ref() } else { None };
+                            for h in 0..added {
+                                split_add_used(&mut ours, &m, used, h, 100 + u32::from(h)).unwrap();
+                            }
+                            assert_eq!(used_bytes(&m), want_ring);
+                            assert_eq!(ours.next_used(), theirs.next_used());
+                            let got = split_needs_notification(
+                                &ours,
+                                &m,
+                                event_idx,
+                                u32::from(added),
+                                false,
+                            )
+                            .unwrap();
+                            assert_eq!(
+                                got, want,
+                                "event_idx {event_idx} start {start} added {added} used_event \
+                                 {used_event}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // A head out of range is refused and moves nothing.
+        let mut q = queue(false, 3);
+        assert!(split_add_used(&mut q, &m, None, 8, 0).is_err());
+        assert_eq!(q.next_used(), 3);
+    }
+
     #[test]
     fn start_without_addresses_or_outside_memory_fails() {
         let m = mem();
@@ -1596,10 +1898,11 @@ mod tests {
         }
     }
 
-    /// The status byte `write_last_byte` writes is marked after the fenced check (the
-    /// store-load race of `DirtyLog::active_after_writes`), as every request write is.
+    /// A request's data and its status byte are marked after one fenced check (the
+    /// store-load race of `DirtyLog::active_after_writes`), made when the request completes,
+    /// after both writes: none while it is served, one for the two writes.
     #[test]
-    fn write_last_byte_marks_after_the_fenced_check() {
+    fn data_and_status_byte_are_marked_after_one_fenced_check_at_completion() {
         use super::super::dirty_log::FENCED_CHECKS;
         let m = mem();
         writable_chains(&m, 1, true);
@@ -1607,14 +1910,20 @@ mod tests {
         let mut st = r.lock();
         let map = Arc::new(m.clone());
         let mut ctx = context(&r, &mut st, &map);
-        let mut fenced = None;
+        let mut fenced_while_served = None;
+        let before = FENCED_CHECKS.with(|c| c.get());
         assert!(ctx.serve_next(|req| {
-            let before = FENCED_CHECKS.with(|c| c.get());
+            req.write_writable(0, &[7; 16]).unwrap();
             req.write_last_byte(0x5a).unwrap();
-            fenced = Some(FENCED_CHECKS.with(|c| c.get()) - before);
-            1
+            fenced_while_served = Some(FENCED_CHECKS.with(|c| c.get()) - before);
+            17
         }));
-        assert_eq!(fenced, Some(1), "one fenced check per status byte");
+        assert_eq!(fenced_while_served, Some(0), "no check before completion");
+        assert_eq!(
+            FENCED_CHECKS.with(|c| c.get()) - before,
+            1,
+            "one fenced check for the data and the status byte"
+        );
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x8000 + 63)).unwrap(), 0x5a);
     }
 

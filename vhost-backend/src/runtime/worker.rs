@@ -387,12 +387,13 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
     let avail_before = st.next_avail();
     // While disabled the kick is consumed and forgotten: enabling the ring sets `pending`
     // and wakes this worker, which then looks at the whole available ring.
-    let outcome = if st.running() {
-        let mem = s.mem.memory().into_inner();
-        let _draining = Draining::new(&s.rings, std::slice::from_ref(&q));
-        drain(s.device.as_ref(), ring, &mut st, &mem)
-    } else {
-        Signals::default()
+    let mem = st.running().then(|| s.mem.memory().into_inner());
+    let outcome = match &mem {
+        Some(mem) => {
+            let _draining = Draining::new(&s.rings, std::slice::from_ref(&q));
+            drain(s.device.as_ref(), ring, &mut st, mem)
+        }
+        None => Signals::default(),
     };
     let mut recheck = false;
     if matches!(why, Trigger::Kick(_)) && st.next_avail() == avail_before {
@@ -406,7 +407,8 @@ fn process<D: VirtioDevice>(s: &Shared<D>, q: u16, why: Trigger) {
             recheck = std::io::Read::read(&mut f, &mut count).is_ok() && st.running();
         }
     }
-    let published = ring.publish(&mut st);
+    // Published through the drain's snapshot (no second load of the table).
+    let published = ring.publish_in(&mut st, mem.as_deref());
     drop(st);
     // The eventfds are signalled after the ring lock is released: GET_VRING_BASE never
     // waits on a write (which cannot block anyway: the runtime only accepts non-blocking

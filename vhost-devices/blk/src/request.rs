@@ -230,10 +230,13 @@ pub fn read_header(req: &RequestOf<'_>) -> Result<Header, RequestError> {
             got: req.readable_len(),
         });
     }
-    let raw: RequestHeader = req.read_obj(0)?;
+    // One load when the header lies in one buffer (the common layout). The layout is
+    // `RequestHeader`'s: type (le32), reserved (le32), sector (le64).
+    let b = req.read_array::<{ HEADER_SIZE as usize }>(0)?;
+    let [t0, t1, t2, t3, _, _, _, _, s @ ..] = b;
     Ok(Header {
-        request_type: raw.request_type.get(),
-        sector: raw.sector.get(),
+        request_type: u32::from_le_bytes([t0, t1, t2, t3]),
+        sector: u64::from_le_bytes(s),
     })
 }
 
