@@ -35,7 +35,8 @@
 //!   ring's own address.
 //! - **Off costs a SeqCst fence and one relaxed load** ([`DirtyLog::active_after_writes`],
 //!   the check every mark makes after the writes it follows): checked before anything
-//!   else, per request write and per batch of used entries.
+//!   else, once per request (at its completion, for all it wrote) and per batch of used
+//!   entries.
 //! - **SET_LOG_FD**: the spec gives the descriptor no more meaning than "the logging file
 //!   descriptor"; like libvhost-user, the runtime takes it as an eventfd and signals it after
 //!   each batch of marks, when one was given.

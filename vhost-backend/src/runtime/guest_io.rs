@@ -357,7 +357,9 @@ mod sys {
         ) -> ssize_t {
             // SAFETY: the arguments are those of `pread64` on a 64-bit kernel (the offset in
             // one register); the caller guarantees `buf` (this function's contract).
-            unsafe { libc::syscall(libc::SYS_pread64, fd, buf, count, off) as ssize_t }
+            unsafe {
+                libc::syscall(libc::SYS_pread64, c_long::from(fd), buf, count, off) as ssize_t
+            }
         }
 
         /// `pwrite64(fd, buf, count, offset)`.
@@ -372,11 +374,17 @@ mod sys {
             off: off_t,
         ) -> ssize_t {
             // SAFETY: as for `pread`; the kernel only reads `buf`.
-            unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf, count, off) as ssize_t }
+            unsafe {
+                libc::syscall(libc::SYS_pwrite64, c_long::from(fd), buf, count, off) as ssize_t
+            }
         }
 
         /// The offset as the kernel's `preadv`/`pwritev` take it: low and high halves of an
         /// unsigned long each (the high half is 0 on 64-bit kernels, which ignore it).
+        ///
+        /// Every argument passed to `syscall` is register-wide (`c_long`, a pointer, `size_t`,
+        /// `off_t`): an `int` passed through the variadic call would leave the register's
+        /// upper half unspecified, and the kernel reads whole registers.
         fn lo_hi(off: off_t) -> (c_long, c_long) {
             (off as c_long, ((off as u64) >> 32) as c_long)
         }
@@ -396,7 +404,16 @@ mod sys {
             let (lo, hi) = lo_hi(off);
             // SAFETY: the arguments of the kernel's `preadv` (offset as low and high
             // halves); the caller guarantees the iovecs (this function's contract).
-            unsafe { libc::syscall(libc::SYS_preadv, fd, iov, count, lo, hi) as ssize_t }
+            unsafe {
+                libc::syscall(
+                    libc::SYS_preadv,
+                    c_long::from(fd),
+                    iov,
+                    c_long::from(count),
+                    lo,
+                    hi,
+                ) as ssize_t
+            }
         }
 
         /// `pwritev(fd, iov, count, offset)`.
@@ -413,7 +430,16 @@ mod sys {
         ) -> ssize_t {
             let (lo, hi) = lo_hi(off);
             // SAFETY: as for `preadv`; the kernel only reads the iovecs' memory.
-            unsafe { libc::syscall(libc::SYS_pwritev, fd, iov, count, lo, hi) as ssize_t }
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pwritev,
+                    c_long::from(fd),
+                    iov,
+                    c_long::from(count),
+                    lo,
+                    hi,
+                ) as ssize_t
+            }
         }
     }
 

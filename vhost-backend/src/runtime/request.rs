@@ -21,8 +21,10 @@
 //!
 //! Guest I/O goes through the request: [`Request::read_readable`],
 //! [`Request::write_writable`], [`Request::read_obj`] and, for files,
-//! [`FileIo`](super::guest_io::FileIo). Writes mark guest pages in the dirty log after the
-//! data lands ([`Request::mark_written`], the one call any other write path must make too).
+//! [`FileIo`](super::guest_io::FileIo). Writes are recorded once the data lands
+//! ([`Request::mark_written`], the one call any other write path must make too) and marked
+//! in the dirty log when the request completes, before its used entry is published, after
+//! one fenced check for the whole request.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -95,6 +97,10 @@ pub type Request = RequestOf<'static>;
 /// [`Request`] (references of its own), the worker's borrow for one served on the spot
 /// ([`QueueContext::serve_next`]). Code that reads or writes a request's buffers takes a
 /// `&RequestOf<'_>`, so it serves both.
+///
+/// A [`Request`] is `Send` (it may be completed on another thread) but not `Sync`: one
+/// thread at a time reads and writes its buffers, because it records the bytes written
+/// until it marks them in the dirty log at completion.
 pub struct RequestOf<'m> {
     held: Held<'m>,
     generation: u64,
@@ -262,8 +268,9 @@ impl RequestOf<'_> {
     }
 
     /// Reads `N` readable bytes at `skip` (a device's header): one region lookup and one
-    /// load when they lie in one buffer, as the driver nearly always lays a header out;
-    /// otherwise as [`read_readable`](Self::read_readable).
+    /// load when they lie in one buffer within one memory region, as the driver nearly
+    /// always lays a header out; otherwise (across buffers, or a buffer crossing into the
+    /// next region) as [`read_readable`](Self::read_readable).
     pub fn read_array<const N: usize>(&self, skip: u64) -> Result<[u8; N], GuestIoError>
     where
         [u8; N]: ByteValued,
@@ -272,13 +279,11 @@ impl RequestOf<'_> {
         let mut pieces = Pieces::new(self.readable(), skip, N as u64);
         if let Some((addr, n)) = pieces.next() {
             if n == N as u64 {
-                let outside = || GuestIoError::OutsideMemory {
-                    addr: addr.0,
-                    len: N as u64,
-                };
-                let slice = self.mem().get_slice(addr, N).map_err(|_| outside())?;
-                let value = slice.get_ref::<[u8; N]>(0).map_err(|_| outside())?;
-                return Ok(value.load());
+                if let Ok(slice) = self.mem().get_slice(addr, N) {
+                    if let Ok(value) = slice.get_ref::<[u8; N]>(0) {
+                        return Ok(value.load());
+                    }
+                }
             }
         }
         let mut out = [0u8; N];

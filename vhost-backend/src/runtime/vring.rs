@@ -1898,6 +1898,40 @@ mod tests {
         }
     }
 
+    /// A header in one buffer that crosses from one region into the next (regions with
+    /// contiguous guest addresses, which `walk` accepts) reads as the byte copy reads it.
+    #[test]
+    fn a_header_across_two_adjacent_regions_reads_whole() {
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x8000),
+            (GuestAddress(0x8000), 0x8000),
+        ])
+        .unwrap();
+        let header: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
+        m.write_slice(&header, GuestAddress(0x7ff8)).unwrap();
+        // Head 0: 16 readable bytes at 0x7ff8, 8 in each region.
+        m.write_obj(0x7ff8u64, GuestAddress(0x1000)).unwrap();
+        m.write_obj(16u32, GuestAddress(0x1008)).unwrap();
+        m.write_obj(0u16, GuestAddress(0x1000 + 12)).unwrap();
+        m.write_obj(0u16, GuestAddress(0x2004)).unwrap();
+        m.write_obj(1u16, GuestAddress(0x2002)).unwrap();
+        let r = started_ring(&m);
+        let mut st = r.lock();
+        let map = Arc::new(m.clone());
+        let mut ctx = context(&r, &mut st, &map);
+        let mut got = None;
+        assert!(ctx.serve_next(|req| {
+            assert_eq!(req.fault(), None);
+            let mut copied = [0u8; 16];
+            req.read_readable(0, &mut copied).unwrap();
+            got = Some((copied, req.read_array::<16>(0)));
+            0
+        }));
+        let (copied, array) = got.unwrap();
+        assert_eq!(copied, header);
+        assert_eq!(array.unwrap(), header);
+    }
+
     /// A request's data and its status byte are marked after one fenced check (the
     /// store-load race of `DirtyLog::active_after_writes`), made when the request completes,
     /// after both writes: none while it is served, one for the two writes.
