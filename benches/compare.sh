@@ -33,6 +33,13 @@
 #                   cache.direct=on,aio=native), cases DIRECT_CASES, and fio (io_uring,
 #                   O_DIRECT, same file and CPU) as the disk's own limit
 #   DIRECT_CASES="randread:1 randread:16 randread:64 randwrite:16"
+#                   WORKLOAD:QD[:QUEUES] (QUEUES default 1): QUEUES queues with QD requests in
+#                   flight on each (vhost-user-load --queues QUEUES --qd QD; ours gets
+#                   --num-queues QUEUES, qemu-storage-daemon's export num-queues=QUEUES). fio
+#                   runs ONE job with --iodepth=QD*QUEUES: the disk's limit at the same total
+#                   depth (numjobs would add threads competing for the one pinned CPU, which
+#                   measures fio, not the disk). With QUEUES > 1 the results and the summary
+#                   name the case WORKLOAD/Nq (e.g. randread/4q); qd stays the depth per queue.
 #   DIRECT_DIR=     where the O_DIRECT image lives (default WORKDIR; must be a disk file
 #                   system, not tmpfs)
 #   CPU=0           the CPU of the pinned pass
@@ -215,9 +222,9 @@ fi
 RESULTS=$WORKDIR/results.tsv
 : > "$RESULTS"
 
-# start_daemon IMPL DEVICE SOCK PIN -> sets DPID and CONNECT (the path to connect to)
+# start_daemon IMPL DEVICE SOCK PIN [QUEUES] -> sets DPID and CONNECT (the path to connect to)
 start_daemon() {
-    local impl=$1 device=$2 sock=$3 pin=$4 log=$WORKDIR/$1-$2.log
+    local impl=$1 device=$2 sock=$3 pin=$4 queues=${5:-1} log=$WORKDIR/$1-$2.log
     local -a pre=()
     [[ $pin == pinned || $pin == direct ]] && pre=(taskset -c "$CPU")
     rm -f "$sock" "${sock}0" "$WORKDIR/$impl.vsock" "$WORKDIR/$impl.vsock"_*
@@ -226,12 +233,12 @@ start_daemon() {
         ours-blk-direct)
             # shellcheck disable=SC2086 # OURS_DIRECT_ARGS is a list of words
             "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$DIRECT_IMG" --direct \
-                ${OURS_DIRECT_ARGS:-} >>"$log" 2>&1 & ;;
+                --num-queues "$queues" ${OURS_DIRECT_ARGS:-} >>"$log" 2>&1 & ;;
         theirs-blk-direct)
             "${pre[@]}" "$QSD" \
                 --blockdev "driver=file,node-name=file,filename=$DIRECT_IMG,cache.direct=on,aio=native" \
                 --blockdev driver=raw,node-name=disk,file=file \
-                --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$sock,writable=on" \
+                --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$sock,writable=on,num-queues=$queues" \
                 >>"$log" 2>&1 & ;;
         ours-blk-*) "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$IMG" >>"$log" 2>&1 & ;;
         theirs-blk-*)
@@ -274,19 +281,19 @@ read_hwm() {
     done <"/proc/$1/status" 2>/dev/null || true
 }
 
-# measure PASS IMPL DEVICE WORKLOAD QD REP
+# measure PASS IMPL DEVICE WORKLOAD QD REP [QUEUES]
 measure() {
-    local pass=$1 impl=$2 device=$3 workload=$4 qd=$5 rep=$6
+    local pass=$1 impl=$2 device=$3 workload=$4 qd=$5 rep=$6 queues=${7:-1}
     local sock=$WORKDIR/$impl-$device.sock
     local -a pre=() args=()
     [[ $pass == pinned || $pass == direct ]] && pre=(taskset -c "$CPU")
     # The host may reclaim idle page-cache pages (e.g. DAMON): read the image back in before
     # each page-cache measurement so every run starts from the same cache.
     [[ $device == blk && $pass != direct ]] && cat "$IMG" >/dev/null
-    start_daemon "$impl" "$device" "$sock" "$pass"
+    start_daemon "$impl" "$device" "$sock" "$pass" "$queues"
     local pid=$DPID
     local load=$LOAD
-    if [[ $device == blk ]]; then args=(--device blk --rw "$workload" --qd "$qd")
+    if [[ $device == blk ]]; then args=(--device blk --rw "$workload" --qd "$qd" --queues "$queues")
     elif [[ $device == vsock ]]; then
         load=$VSOCK_LOAD
         args=(--uds "$WORKDIR/$impl.vsock" --workload "$workload")
@@ -305,6 +312,8 @@ measure() {
     wait "$lpid" || status=$?
     read_hwm "$pid"
     stop_daemon "$pid"
+    # The case's name in the results: WORKLOAD, or WORKLOAD/Nq with N > 1 queues.
+    [[ $queues != 1 ]] && workload=$workload/${queues}q
     if [[ $status != 0 ]]; then
         say "  $pass $impl $device $workload qd$qd: FAILED: $(cat "$out")"
         printf '%s\t%s\t%s\t%s\t%s\t%s\tNaN\t%s\n' "$pass" "$impl" "$device" "$workload" "$qd" "$rep" "$hwm" >>"$RESULTS"
@@ -336,9 +345,15 @@ say "peers: ${QSD:-} ${PEER_RNG:-} ${PEER_VSOCK:-} ${PEER_VSOCK:+($PEER_VSOCK_AR
 # The first comment line is the chart's subtitle.
 printf '# %s, %s CPUs\n# peers: %s\n' "$SETTINGS" "$(nproc)" "${QSD:-} ${PEER_RNG:-} ${PEER_VSOCK:-}" >>"$RESULTS"
 direct_cases=()
-for c in $DIRECT_CASES; do direct_cases+=("blk ${c%%:*} ${c##*:}"); done
+for c in $DIRECT_CASES; do
+    IFS=: read -r w qd queues <<<"$c"
+    [[ -n $w && $qd =~ ^[0-9]+$ && ${queues:-1} =~ ^[0-9]+$ ]] ||
+        die "DIRECT_CASES: '$c' is not WORKLOAD:QD[:QUEUES]"
+    direct_cases+=("blk $w $qd ${queues:-1}")
+done
 
-# fio_limit WORKLOAD QD: fio's IOPS on the O_DIRECT image (io_uring, pinned like the daemons).
+# fio_limit WORKLOAD DEPTH: fio's IOPS on the O_DIRECT image (io_uring, pinned like the
+# daemons), one job at that total depth.
 fio_limit() {
     local file=$DIRECT_IMG
     [[ $1 == *write* ]] && file=$DIRECT_IMG.fio
@@ -363,13 +378,16 @@ for pass in $PASSES; do
     for rep in $(seq "$REPS"); do
         if [[ $pass == direct ]]; then pass_cases=("${direct_cases[@]}"); else pass_cases=("${cases[@]}"); fi
         for c in "${pass_cases[@]}"; do
-            read -r device workload qd <<<"$c"
-            measure "$pass" ours "$device" "$workload" "$qd" "$rep"
-            measure "$pass" theirs "$device" "$workload" "$qd" "$rep"
+            read -r device workload qd queues <<<"$c"
+            queues=${queues:-1}
+            measure "$pass" ours "$device" "$workload" "$qd" "$rep" "$queues"
+            measure "$pass" theirs "$device" "$workload" "$qd" "$rep" "$queues"
             if [[ $pass == direct ]]; then
-                limit=$(fio_limit "$workload" "$qd" || echo NaN)
-                say "  direct rep $rep: fio io_uring $workload qd$qd: $limit IOPS"
-                printf '# fio\t%s\t%s\t%s\t%s\n' "$workload" "$qd" "$rep" "$limit" >>"$RESULTS"
+                limit=$(fio_limit "$workload" $((qd * queues)) || echo NaN)
+                name=$workload
+                [[ $queues != 1 ]] && name=$workload/${queues}q
+                say "  direct rep $rep: fio io_uring $workload iodepth $((qd * queues)) (for $name qd$qd): $limit IOPS"
+                printf '# fio\t%s\t%s\t%s\t%s\n' "$name" "$qd" "$rep" "$limit" >>"$RESULTS"
             elif [[ $pass == pinned && $device == blk && $workload == randread ]]; then
                 how=pread
                 [[ $qd == 1 ]] && how=pingpong
@@ -400,12 +418,16 @@ for line in open(sys.argv[1]):
         fio[(f[1], f[2])].append(float(f[4]))
     elif f[0] == "direct" and f[1] == "ours" and f[6] != "NaN":
         ours[(f[3], f[4])].append(float(f[6]))
-print("\n== direct: ours against the disk (fio io_uring, same file, same CPU) ==")
-print(f"{'workload':10} {'qd':>3} {'ours IOPS':>10} {'fio IOPS':>10} {'ours/fio':>9}")
-for key in sorted(ours, key=lambda k: (k[0], int(k[1]))):
+def queues(workload):
+    # "randread/4q": 4 queues; a bare workload: 1.
+    return int(workload.split("/")[1][:-1]) if "/" in workload else 1
+print("\n== direct: ours against the disk (fio io_uring, same file, same CPU, same total depth) ==")
+print(f"{'workload':10} {'queues':>6} {'qd':>3} {'total':>5} {'ours IOPS':>10} {'fio IOPS':>10} {'ours/fio':>9}")
+for key in sorted(ours, key=lambda k: (k[0].split("/")[0], queues(k[0]) * int(k[1]), queues(k[0]))):
     o = statistics.median(ours[key])
     l = statistics.median(fio[key]) if fio[key] else float("nan")
-    print(f"{key[0]:10} {key[1]:>3} {o:>10.0f} {l:>10.0f} {o / l:>8.2f}x")
+    q = queues(key[0])
+    print(f"{key[0].split('/')[0]:10} {q:>6} {key[1]:>3} {q * int(key[1]):>5} {o:>10.0f} {l:>10.0f} {o / l:>8.2f}x")
 PY
 fi
 if grep -q '^# limit' "$RESULTS"; then

@@ -3,9 +3,10 @@
 //!
 //! It connects to the back-end's socket, runs the handshake QEMU runs (with a
 //! `vhost-frontend` session and guest memory sized for the queue depth), and keeps
-//! `--qd` requests in flight on queue 0 for `--duration` seconds after a `--warmup`:
-//! 4 KiB random reads or writes (blk) or 4 KiB fills (rng). The last line of output is
-//! machine-readable: `RESULT key=value ...`.
+//! `--qd` requests in flight on each of queues `0..--queues` (default: queue 0 only) for
+//! `--duration` seconds after a `--warmup`: 4 KiB random reads or writes (blk) or 4 KiB
+//! fills (rng). One thread drives every queue. The last line of output is machine-readable:
+//! `RESULT key=value ...`.
 //!
 //! `--make-image PATH --size BYTES` writes a pattern image (every 8-byte word holds its
 //! offset, so reads can be checked) and exits.
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use benches::load::{memory_size, Engine, Workload};
+use benches::load::{memory_size_queues, Engine, Workload, MAX_QUEUES};
 use clap::{Parser, ValueEnum};
 use vhost_frontend::devices::blk::BlkConfig;
 use vhost_frontend::session::DEFAULT_FEATURE_MASK;
@@ -68,9 +69,14 @@ struct Cli {
     #[arg(long, value_enum, default_value = "randread")]
     rw: Rw,
 
-    /// Requests kept in flight.
+    /// Requests kept in flight on EACH queue (total depth: --queues × --qd).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     qd: u16,
+
+    /// Queues driven (0..N, one thread for all; the back-end must offer that many). Each
+    /// keeps --qd requests in flight, so the total depth is N × --qd.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUES as i64))]
+    queues: u16,
 
     /// Queue size (a power of two; blk needs 3 descriptors per request).
     #[arg(long, default_value_t = 256)]
@@ -140,8 +146,13 @@ type Error = Box<dyn std::error::Error>;
 
 fn connect(cli: &Cli, socket: &PathBuf) -> Result<Session, Error> {
     let opts = || SessionOptions {
+        num_queues: cli.queues,
         queue_size: cli.queue_size,
-        memory_size: memory_size(usize::from(cli.qd), cli.queue_size),
+        memory_size: memory_size_queues(
+            usize::from(cli.queues),
+            usize::from(cli.qd),
+            cli.queue_size,
+        ),
         config_size: (cli.device == Device::Blk).then_some(60),
         mask_features: if cli.packed {
             DEFAULT_FEATURE_MASK & !virtio::bit(virtio::RING_PACKED)
@@ -212,7 +223,14 @@ fn run(cli: &Cli) -> Result<(), Error> {
             (w, blocks)
         }
     };
-    let mut engine = Engine::new(session, workload, usize::from(cli.qd), blocks, cli.seed)?;
+    let mut engine = Engine::with_queues(
+        session,
+        workload,
+        usize::from(cli.queues),
+        usize::from(cli.qd),
+        blocks,
+        cli.seed,
+    )?;
     engine.fill()?;
     if cli.warmup > 0.0 {
         engine.run_for(Duration::from_secs_f64(cli.warmup))?;
@@ -220,14 +238,19 @@ fn run(cli: &Cli) -> Result<(), Error> {
     engine.reset_stats();
     let (done, elapsed) = engine.run_for(Duration::from_secs_f64(cli.duration))?;
     let stats = engine.stats();
+    let per_queue: Vec<String> = (0..engine.queues())
+        .map(|q| engine.completed_on(q).to_string())
+        .collect();
+    let per_queue = per_queue.join("/");
     engine.drain()?;
     let secs = elapsed.as_secs_f64();
     let rate = done as f64 / secs;
     let name = workload.name();
     println!(
-        "{name} qd={} {:.0} requests/s ({done} in {secs:.3} s; {:.2} completions per wake-up, \
-         {} kicks)",
+        "{name} qd={} queues={} {:.0} requests/s ({done} in {secs:.3} s; {:.2} completions per \
+         wake-up, {} kicks; per queue {per_queue})",
         cli.qd,
+        cli.queues,
         rate,
         done as f64 / stats.waits.max(1) as f64,
         stats.kicks,
@@ -238,7 +261,8 @@ fn run(cli: &Cli) -> Result<(), Error> {
     };
     println!(
         "RESULT label={} device={:?} workload={name} qd={} ring={} seconds={secs:.3} \
-         requests={done} rate={rate:.0} waits={} kicks={} publishes={}{marked}",
+         requests={done} rate={rate:.0} waits={} kicks={} publishes={} queues={} \
+         per_queue={per_queue}{marked}",
         cli.label,
         cli.device,
         cli.qd,
@@ -246,6 +270,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
         stats.waits,
         stats.kicks,
         stats.publishes,
+        cli.queues,
     );
     Ok(())
 }
