@@ -169,13 +169,8 @@ impl Pool {
                         _ => None,
                     };
                     let end = EndWrite(&barrier, write);
-                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        core.serve(&mut scratch, &job.req, job.header, job.writethrough)
-                    }));
-                    let len = served.unwrap_or_else(|_| {
-                        log::error!("serving a request panicked; returned with length 0");
-                        0
-                    });
+                    let len =
+                        core.serve_caught(&mut scratch, &job.req, job.header, job.writethrough);
                     // Completed before the barrier lets a later flush go: a flush's
                     // completion never precedes the writes before it.
                     job.req.complete(len);

@@ -245,6 +245,33 @@ struct Core {
 }
 
 impl Core {
+    /// [`serve`](Self::serve) with a panic caught: the request is answered with
+    /// `VIRTIO_BLK_S_IOERR` (used length 1, or 0 without a status byte) so that the driver
+    /// never takes a status byte left from an earlier request in that buffer (success,
+    /// perhaps) for this one's, and the thread goes on. The panic is logged through the
+    /// failed requests' rate limit (a guest could trigger it again and again).
+    fn serve_caught(
+        &self,
+        scratch: &mut Scratch,
+        req: &RequestOf<'_>,
+        header: Option<request::Header>,
+        writethrough: bool,
+    ) -> u32 {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve(scratch, req, header, writethrough)
+        }))
+        .unwrap_or_else(|_| {
+            self.errors.log(
+                log::Level::Error,
+                format_args!("serving a request panicked; answered VIRTIO_BLK_S_IOERR"),
+            );
+            match req.write_last_byte(request::VIRTIO_BLK_S_IOERR) {
+                Ok(()) => 1,
+                Err(_) => 0,
+            }
+        })
+    }
+
     /// Serves one request; returns its used length (bytes written to the guest, status
     /// byte included; 0 when no status byte could be written).
     /// `header`: the request's header when the caller read it already.
@@ -601,8 +628,8 @@ impl VirtioDevice for BlkDevice {
         }
         // Served on the spot: each request borrows the ring and memory from the worker and
         // is completed under the ring lock it holds (no reference count or lock per request).
-        // A panic serving one returns it with length 0 and the loop goes on, as on an I/O
-        // thread or the io_uring engine.
+        // A panic serving one answers it VIRTIO_BLK_S_IOERR and the loop goes on, as on an
+        // I/O thread or the io_uring engine.
         let mut scratch = slot.lock().unwrap_or_else(PoisonError::into_inner);
         while ctx.serve_next(|req| self.serve_caught(&mut scratch, req, writethrough)) {}
         Ok(Processed::Drained)
@@ -675,16 +702,11 @@ impl Drop for BlkDevice {
 }
 
 impl BlkDevice {
-    /// Serves `req` on this thread; a panic serving it returns it with length 0 (logged), as
-    /// on an I/O thread or the io_uring engine, and the caller goes on.
+    /// Serves `req` on this thread; a panic serving it answers VIRTIO_BLK_S_IOERR
+    /// ([`Core::serve_caught`]), as on an I/O thread or the io_uring engine, and the caller
+    /// goes on.
     fn serve_caught(&self, scratch: &mut Scratch, req: &RequestOf<'_>, writethrough: bool) -> u32 {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.core.serve(scratch, req, None, writethrough)
-        }))
-        .unwrap_or_else(|_| {
-            log::error!("serving a request panicked; returned with length 0");
-            0
-        })
+        self.core.serve_caught(scratch, req, None, writethrough)
     }
 
     /// This disk as migration state describes it (`writeback` as configured).

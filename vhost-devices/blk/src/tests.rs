@@ -587,7 +587,7 @@ fn a_panic_serving_a_write_on_an_io_thread_leaves_flushes_and_the_thread_working
 }
 
 /// The sync engine (requests served on the worker's thread with `serve_next`) handles a
-/// panic as the I/O threads do: the request is returned with length 0 and the requests
+/// panic as the I/O threads do: the request is answered VIRTIO_BLK_S_IOERR and the requests
 /// after it in the same batch are still served.
 #[test]
 fn a_panic_serving_a_request_on_the_spot_leaves_the_batch_and_the_queue_working() {
@@ -602,23 +602,31 @@ fn a_panic_serving_a_request_the_pool_handed_back_leaves_the_queue_working() {
     h.dev.pool.as_ref().unwrap().close();
     h.panic_on_next_request();
     h.header(HDR, VIRTIO_BLK_T_OUT, 1);
+    // A status byte left from an earlier request reads as success.
+    h.mem.write_obj(VIRTIO_BLK_S_OK, GuestAddress(ST)).unwrap();
     let write = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
     assert_eq!(
         h.run(),
-        vec![(write, 0)],
-        "the panicked write comes back empty"
+        vec![(write, 1)],
+        "the panicked write comes back with its status byte"
+    );
+    assert_eq!(
+        h.mem.read_obj::<u8>(GuestAddress(ST)).unwrap(),
+        VIRTIO_BLK_S_IOERR
     );
     h.header(HDR, VIRTIO_BLK_T_IN, 0);
     let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
     assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
 }
 
-/// With engine `aio`: a write whose serving panics comes back with length 0, the flush
-/// behind it in the same batch still completes, and a later read is served.
+/// With engine `aio`: a write whose serving panics is answered VIRTIO_BLK_S_IOERR (not
+/// with a status byte left from an earlier request), the flush behind it in the same batch
+/// still completes, and a later read is served.
 fn panic_on_a_write_then_flush_and_read(aio: Aio) {
     let mut h = Harness::with(|c| c.aio = aio);
     h.panic_on_next_request();
     h.header(HDR, VIRTIO_BLK_T_OUT, 1);
+    h.mem.write_obj(VIRTIO_BLK_S_OK, GuestAddress(ST)).unwrap();
     let write = h.submit(&[(HDR, 16, false), (BUF, 512, false), (ST, 1, true)]);
     let fhdr = HDR + 0x100;
     h.header(fhdr, VIRTIO_BLK_T_FLUSH, 0);
@@ -626,8 +634,13 @@ fn panic_on_a_write_then_flush_and_read(aio: Aio) {
     let used = h.run();
     assert_eq!(
         used,
-        vec![(write, 0), (flush, 1)],
+        vec![(write, 1), (flush, 1)],
         "{aio:?}: the flush after the panic still completes"
+    );
+    assert_eq!(
+        h.mem.read_obj::<u8>(GuestAddress(ST)).unwrap(),
+        VIRTIO_BLK_S_IOERR,
+        "{aio:?}: the panicked write is an I/O error"
     );
     h.header(HDR, VIRTIO_BLK_T_IN, 0);
     let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);

@@ -287,15 +287,10 @@ impl UringQueue {
     }
 
     /// Serves `req` at once on this thread, as [`Aio::Sync`](crate::Aio::Sync) does. A panic
-    /// serving it returns it with length 0 and leaves the queue working, as on an I/O thread.
+    /// serving it answers VIRTIO_BLK_S_IOERR and leaves the queue working, as on an I/O
+    /// thread.
     fn serve(&mut self, core: &Core, req: Request, header: Option<Header>, writethrough: bool) {
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            core.serve(&mut self.scratch, &req, header, writethrough)
-        }));
-        let len = served.unwrap_or_else(|_| {
-            log::error!("serving a request panicked; returned with length 0");
-            0
-        });
+        let len = core.serve_caught(&mut self.scratch, &req, header, writethrough);
         req.complete(len);
     }
 

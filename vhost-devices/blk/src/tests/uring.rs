@@ -330,14 +330,19 @@ fn after_a_reset_a_flush_does_not_wait_for_a_write_of_the_previous_generation() 
 }
 
 /// The io_uring twin of the I/O threads' panic test: a panic serving a request on the queue's
-/// worker returns it with length 0 and the next request is served.
+/// worker answers it VIRTIO_BLK_S_IOERR and the next request is served.
 #[test]
 fn a_panic_serving_a_request_on_the_uring_worker_leaves_the_queue_working() {
     let mut h = Harness::with(|c| c.aio = Aio::IoUring);
     h.panic_on_next_request();
     h.header(HDR, VIRTIO_BLK_T_GET_ID, 0);
+    h.mem.write_obj(VIRTIO_BLK_S_OK, GuestAddress(ST)).unwrap();
     let get_id = h.submit(&[(HDR, 16, false), (BUF, 20, true), (ST, 1, true)]);
-    assert_eq!(h.run(), vec![(get_id, 0)]);
+    assert_eq!(h.run(), vec![(get_id, 1)]);
+    assert_eq!(
+        h.mem.read_obj::<u8>(GuestAddress(ST)).unwrap(),
+        VIRTIO_BLK_S_IOERR
+    );
     h.header(HDR, VIRTIO_BLK_T_IN, 0);
     let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
     assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
