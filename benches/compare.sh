@@ -231,9 +231,12 @@ start_daemon() {
     CONNECT=$sock
     case $impl-$device-$pin in
         ours-blk-direct)
+            local -a nq=()
+            # One queue is the daemon's default: OURS_DIRECT_ARGS may then set its own.
+            [[ $queues != 1 ]] && nq=(--num-queues "$queues")
             # shellcheck disable=SC2086 # OURS_DIRECT_ARGS is a list of words
             "${pre[@]}" "$OURS_BLK" --socket-path "$sock" --blk-file "$DIRECT_IMG" --direct \
-                --num-queues "$queues" ${OURS_DIRECT_ARGS:-} >>"$log" 2>&1 & ;;
+                "${nq[@]}" ${OURS_DIRECT_ARGS:-} >>"$log" 2>&1 & ;;
         theirs-blk-direct)
             "${pre[@]}" "$QSD" \
                 --blockdev "driver=file,node-name=file,filename=$DIRECT_IMG,cache.direct=on,aio=native" \
@@ -347,8 +350,9 @@ printf '# %s, %s CPUs\n# peers: %s\n' "$SETTINGS" "$(nproc)" "${QSD:-} ${PEER_RN
 direct_cases=()
 for c in $DIRECT_CASES; do
     IFS=: read -r w qd queues <<<"$c"
-    [[ -n $w && $qd =~ ^[0-9]+$ && ${queues:-1} =~ ^[0-9]+$ ]] ||
-        die "DIRECT_CASES: '$c' is not WORKLOAD:QD[:QUEUES]"
+    # Positive decimal numbers without a leading zero (bash reads 08 as octal).
+    [[ -n $w && $qd =~ ^[1-9][0-9]*$ && ${queues:-1} =~ ^[1-9][0-9]*$ ]] ||
+        die "DIRECT_CASES: '$c' is not WORKLOAD:QD[:QUEUES] (QD, QUEUES: 1 or more)"
     direct_cases+=("blk $w $qd ${queues:-1}")
 done
 

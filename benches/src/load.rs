@@ -110,7 +110,7 @@ pub type Result<T> = std::result::Result<T, LoadError>;
 
 /// Watchdog expiries (every half timeout) in a row that find a busy queue without a new
 /// completion before the engine gives up on it: the first may be stale and the second
-/// may follow at once, the last two are a whole timeout apart.
+/// may follow at once, the second and the fourth are a whole timeout apart.
 pub const STALLED_TICKS: u32 = 4;
 
 /// Epoll data of the watchdog timerfd (a call eventfd's is its queue index).
@@ -188,6 +188,8 @@ pub struct Engine {
     watchdog: OwnedFd,
     /// Watchdog expiries seen (for tests).
     ticks: u64,
+    /// Completions since the watchdog was last looked at between wake-ups.
+    since_look: u64,
     /// Completions taken on each queue since the engine was built (never reset).
     progress: Vec<u64>,
     /// `progress` at the last watchdog expiry seen (or when it was armed).
@@ -269,14 +271,22 @@ impl Engine {
                 session.num_queues()
             )));
         }
-        let mut qsize = usize::MAX;
+        let mut qsize = None;
         for q in 0..queues {
             let size = session
                 .driver(q)
                 .map(|d| usize::from(d.size()))
                 .ok_or(LoadError::Config(format!("the session has no queue {q}")))?;
-            qsize = qsize.min(size);
+            // `by_head` gives every queue `qsize` entries: heads index it per queue.
+            if qsize.is_some_and(|s| s != size) {
+                return Err(LoadError::Config(format!(
+                    "queue {q} has {size} entries, queue 0 {}: the queues must be alike",
+                    qsize.unwrap_or_default()
+                )));
+            }
+            qsize = Some(size);
         }
+        let qsize = qsize.unwrap_or_default();
         let descs = if workload == Workload::Rng { 1 } else { 3 };
         if depth == 0 || depth * descs > qsize {
             return Err(LoadError::Config(format!(
@@ -344,6 +354,7 @@ impl Engine {
             progress_at_tick: vec![0; queues],
             stalled: vec![0; queues],
             ticks: 0,
+            since_look: 0,
             progress_at_reset: vec![0; queues],
             #[cfg(test)]
             wrong_block_on: None,
@@ -357,11 +368,12 @@ impl Engine {
     /// set), and restarts the watchdog: it expires every half `timeout`, and a queue that
     /// has requests in flight and no new completion at [`STALLED_TICKS`] expiries in a row
     /// ends the wait with [`SessionError::Timeout`] naming that queue. Expiries count only
-    /// when the engine sees them, in its waits: the first one seen after time spent
-    /// elsewhere (set-up, a pause) may be stale and the next may come at once, so four make
-    /// at least one whole `timeout` of waiting. A queue thus fails the run after at least
-    /// `timeout` without a completion, and at most `2 * timeout` of waiting after its last
-    /// one.
+    /// when the engine sees them, in its waits or, between wake-ups, once every
+    /// [`Engine::CLOCK_EVERY`] completions: the first one seen after time spent elsewhere
+    /// (set-up, a pause) may be stale and the next may come at once, so four make at least
+    /// one whole `timeout`. A queue thus fails the run after at least `timeout` without a
+    /// completion, and, while the engine waits, at most `2.5 * timeout` after its last one
+    /// (the expiry right after it still sees it, then four more).
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         let period = Timespec::try_from((timeout / 2).max(Duration::from_millis(1)))
             .map_err(|_| LoadError::Config(format!("timeout {timeout:?} too long")))?;
@@ -463,7 +475,7 @@ impl Engine {
             }
         };
         let head = self.session.add_chain(s.queue, chain)?;
-        // `add_chain` returns a head below the queue's size, at least `queue_size`.
+        // `add_chain` returns a head below the queue's size, `queue_size` (all queues alike).
         self.by_head[s.queue * self.queue_size + usize::from(head)] = slot;
         self.in_flight += 1;
         Ok(())
@@ -577,22 +589,43 @@ impl Engine {
         };
         for event in &events[..n] {
             if event.data.u64() == WATCHDOG {
+                self.read_watchdog()?;
                 self.watchdog_expired()?;
             }
         }
         Ok(())
     }
 
-    /// The watchdog expired: fails if a queue has had requests in flight and no new
-    /// completion at [`STALLED_TICKS`] expiries in a row. (How many expiries the timer
-    /// counted does not matter: those that passed outside a wait are not waiting time.)
-    fn watchdog_expired(&mut self) -> Result<()> {
+    /// Reads the watchdog's expiries (without blocking): whether one was there.
+    fn read_watchdog(&mut self) -> Result<bool> {
         let mut expirations = [0u8; 8];
         match rustix::io::read(&self.watchdog, &mut expirations) {
-            // Nothing to read: an expiry already consumed (the timer was re-armed).
-            Ok(_) | Err(Errno::AGAIN) => {}
-            Err(e) => return Err(SessionError::EventFd(e.into()).into()),
+            Ok(_) => Ok(true),
+            Err(Errno::AGAIN) => Ok(false),
+            Err(e) => Err(SessionError::EventFd(e.into()).into()),
         }
+    }
+
+    /// Looks at the watchdog between wake-ups, once every [`Engine::CLOCK_EVERY`]
+    /// completions: an engine that never has to sleep (another queue always has a
+    /// completion ready) must still notice a queue that stopped answering.
+    fn look_at_watchdog(&mut self, completed: u64) -> Result<()> {
+        self.since_look += completed;
+        if self.since_look < Self::CLOCK_EVERY {
+            return Ok(());
+        }
+        self.since_look = 0;
+        if self.read_watchdog()? {
+            self.watchdog_expired()?;
+        }
+        Ok(())
+    }
+
+    /// The watchdog expired (an expiry the engine saw, in a wait or between wake-ups):
+    /// fails if a queue has had requests in flight and no new completion at
+    /// [`STALLED_TICKS`] expiries in a row. (How many expiries the timer counted does not
+    /// matter: those that passed while the caller was elsewhere are not the engine's time.)
+    fn watchdog_expired(&mut self) -> Result<()> {
         self.ticks += 1;
         for queue in 0..self.queues {
             let heads = &self.by_head[queue * self.queue_size..][..self.queue_size];
@@ -632,6 +665,7 @@ impl Engine {
     /// none is there), refills each slot on its queue when `refill`, then publishes each
     /// queue that had completions once. Returns how many completed.
     pub fn step(&mut self, refill: bool) -> Result<u64> {
+        let mut slept = false;
         loop {
             let mut n = 0;
             for queue in 0..self.queues {
@@ -649,9 +683,13 @@ impl Engine {
                 n += got;
             }
             if n > 0 {
+                self.look_at_watchdog(n)?;
                 return Ok(n);
             }
-            self.stats.waits += 1;
+            if !slept {
+                self.stats.waits += 1;
+                slept = true;
+            }
             self.wait_calls()?;
         }
     }
@@ -742,7 +780,21 @@ mod tests {
             e.set_timeout(Duration::from_secs(5)).unwrap();
             e.fill().unwrap();
             assert_eq!(e.in_flight(), queues * depth);
-            let done = e.run_count(4000).unwrap();
+            let mut done = 0;
+            while done < 4000 {
+                let before: Vec<u64> = (0..queues).map(|q| e.completed_on(q)).collect();
+                let published = e.stats().publishes;
+                done += e.step(true).unwrap();
+                let touched = (0..queues)
+                    .filter(|&q| e.completed_on(q) > before[q])
+                    .count() as u64;
+                assert!(touched > 0);
+                assert_eq!(
+                    e.stats().publishes - published,
+                    touched,
+                    "one publish per queue that had completions"
+                );
+            }
             e.drain().unwrap();
             assert_eq!(e.in_flight(), 0);
             let per_queue: Vec<u64> = (0..queues).map(|q| e.completed_on(q)).collect();
@@ -758,7 +810,6 @@ mod tests {
                 // runs (a few hundred at least out of 4000).
                 assert!(n >= 4000 / (queues as u64 * 10), "queue {q}: {per_queue:?}");
             }
-            assert!(stats.publishes >= queues as u64, "{stats:?}");
             assert_eq!(e.completed_on(queues), 0);
             e.reset_stats();
             assert_eq!(e.completed_on(0), 0);
@@ -905,6 +956,44 @@ mod tests {
             "{err}"
         );
         assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        drop(e);
+        daemon.stop().unwrap();
+    }
+
+    /// A queue that never answers is caught even when another queue keeps the engine from
+    /// ever sleeping (a caller that comes back to it slowly, as a busy front-end would).
+    #[test]
+    fn a_stuck_queue_is_caught_even_when_the_engine_never_waits() {
+        let image = TempImage::new("load-stuck-busy", SIZE).unwrap();
+        let (daemon, mut e) = engine_on(&image, 2, 4);
+        e.session().frontend().set_vring_enable(1, false).unwrap();
+        e.set_timeout(Duration::from_millis(100)).unwrap();
+        e.fill().unwrap();
+        let start = Instant::now();
+        let err = loop {
+            match e.step(true) {
+                Err(err) => break err,
+                Ok(_) if start.elapsed() > Duration::from_secs(3) => {
+                    panic!("queue 1 stuck for 3 s and the run goes on")
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        assert!(
+            matches!(
+                err,
+                LoadError::Session(SessionError::Timeout { queue: 1, .. })
+            ),
+            "{err}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(e.completed_on(0) > 0);
+        assert_eq!(e.completed_on(1), 0);
         drop(e);
         daemon.stop().unwrap();
     }
