@@ -242,6 +242,10 @@ struct Core {
     /// Makes the next request served panic (tests of what a panic leaves behind).
     #[cfg(test)]
     panic_next: std::sync::atomic::AtomicBool,
+    /// When not 0: counted down by each request the io_uring engine starts, which panics
+    /// on reaching 0 (tests of a panic outside `serve`, mid-batch).
+    #[cfg(test)]
+    panic_starting: std::sync::atomic::AtomicU32,
 }
 
 impl Core {
@@ -410,6 +414,8 @@ impl BlkDevice {
             errors: LogLimiter::new("failed requests"),
             #[cfg(test)]
             panic_next: Default::default(),
+            #[cfg(test)]
+            panic_starting: Default::default(),
         });
         let urings = match cfg.aio {
             Aio::IoUring => (0..cfg.num_queues)
@@ -600,7 +606,9 @@ impl VirtioDevice for BlkDevice {
         let writethrough = self.writethrough();
         if let Some(q) = self.urings.get(usize::from(ctx.index())) {
             // A panic here must not end the queue's worker, which reaps the ring: the
-            // requests it held are returned with length 0 as they are dropped.
+            // requests it held are returned with length 0 as they are dropped (a panic
+            // serving one, in `Core::serve`, is answered IOERR before that), and what was
+            // queued before it is still submitted.
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut q = q.lock().unwrap_or_else(PoisonError::into_inner);
                 while let Some(req) = ctx.pop() {
@@ -613,6 +621,12 @@ impl VirtioDevice for BlkDevice {
             }));
             if served.is_err() {
                 log::error!("queue {}: a panic starting requests", ctx.index());
+                let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    q.lock().unwrap_or_else(PoisonError::into_inner).submit();
+                }));
+                if submitted.is_err() {
+                    log::error!("queue {}: a panic submitting requests", ctx.index());
+                }
             }
             return Ok(Processed::Drained);
         }

@@ -349,6 +349,43 @@ fn a_panic_serving_a_request_on_the_uring_worker_leaves_the_queue_working() {
     assert_eq!(h.guest(BUF, 512), expected(0, 512));
 }
 
+/// A panic starting a request on the io_uring engine (outside `serve`) mid-batch: the
+/// requests queued before it are still submitted and complete, the one it hit comes back
+/// with length 0, and the queue goes on.
+#[test]
+fn a_panic_starting_a_request_still_submits_those_queued_before_it() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    h.dev
+        .core
+        .panic_starting
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    let first_hdr = HDR + 0x100;
+    h.header(first_hdr, VIRTIO_BLK_T_IN, 0);
+    let first = h.submit(&[(first_hdr, 16, false), (BUF, 512, true), (ST, 1, true)]);
+    h.header(HDR, VIRTIO_BLK_T_IN, 1);
+    let second = h.submit(&[(HDR, 16, false), (BUF + 512, 512, true), (ST + 1, 1, true)]);
+    h.queue.process(&h.dev).unwrap();
+    // No kick and no completion event comes to make the worker submit later: what was
+    // queued before the panic must be with the kernel now. Only what it posted is taken
+    // (`reap_ready` submits nothing).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while h.queue.outstanding() > 0 && std::time::Instant::now() < deadline {
+        h.dev.urings[0]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reap_ready(&h.dev.core);
+        h.queue.publish();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut used = h.take_used();
+    used.sort_unstable();
+    assert_eq!(used, vec![(first, 513), (second, 0)]);
+    assert_eq!(h.guest(BUF, 512), expected(0, 512));
+    h.header(HDR, VIRTIO_BLK_T_IN, 0);
+    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+    assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
+}
+
 /// A submission the kernel refuses for good (not a transient EAGAIN/ENOMEM/EBUSY) fails the
 /// requests it carried with IOERR, each returned once; the queue goes on with a new ring.
 #[test]
