@@ -174,36 +174,6 @@ pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env).try_init();
 }
 
-/// Logs panics through a [`LogLimiter`](super::LogLimiter) instead of the standard hook's
-/// line on stderr for each: the first [`BURST`](super::log_limit::BURST) of a period in full
-/// (thread, location, message), then a count. A device's worker catches a panic serving a
-/// request and goes on, so one a guest can trigger could otherwise repeat without bound in
-/// the daemon's log. Process-wide (the panic hook is); the entry points [`main`] and
-/// [`run_device`](super::daemon::run_device) install it.
-pub fn rate_limit_panics() {
-    static PANICS: super::LogLimiter = super::LogLimiter::new("panics");
-    std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(not a string)");
-        let thread = std::thread::current();
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
-            .unwrap_or_default();
-        PANICS.log(
-            log::Level::Error,
-            format_args!(
-                "thread '{}' panicked at {location}: {message}",
-                thread.name().unwrap_or("<unnamed>")
-            ),
-        );
-    }));
-}
-
 /// What the entry point [`main`] says of a device daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DaemonInfo {
@@ -372,7 +342,6 @@ pub fn main<C: DeviceCli>() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     init_logging();
-    rate_limit_panics();
     match serve(&mut cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => report_error(C::DAEMON.program, e.as_ref()),

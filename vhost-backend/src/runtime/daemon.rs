@@ -563,12 +563,10 @@ fn wait(
     }
 }
 
-/// Runs `device` the way a device binary does: logging from `RUST_LOG`, panics logged through
-/// a rate limit, SIGTERM/SIGINT/SIGHUP/SIGQUIT handlers, the socket from `args`, one
-/// front-end at a time until a signal.
+/// Runs `device` the way a device binary does: logging from `RUST_LOG`, SIGTERM/SIGINT/SIGHUP/SIGQUIT
+/// handlers, the socket from `args`, one front-end at a time until a signal.
 pub fn run_device<D: VirtioDevice>(args: &BackendArgs, device: D) -> Result<(), DaemonError> {
     super::cli::init_logging();
-    super::cli::rate_limit_panics();
     install_signal_handlers()?;
     let backend = DeviceBackend::new(device)?.with_memory_policy(args.memory_policy());
     Daemon::from_args(args, backend)?.run()
