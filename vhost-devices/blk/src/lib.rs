@@ -620,12 +620,20 @@ impl VirtioDevice for BlkDevice {
                 q.reap_ready(&self.core);
             }));
             if served.is_err() {
-                log::error!("queue {}: a panic starting requests", ctx.index());
+                // Through the failed requests' rate limit, as a panic serving one: a guest
+                // may be able to repeat it batch after batch.
+                self.core.errors.log(
+                    log::Level::Error,
+                    format_args!("queue {}: a panic starting requests", ctx.index()),
+                );
                 let submitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     q.lock().unwrap_or_else(PoisonError::into_inner).submit();
                 }));
                 if submitted.is_err() {
-                    log::error!("queue {}: a panic submitting requests", ctx.index());
+                    self.core.errors.log(
+                        log::Level::Error,
+                        format_args!("queue {}: a panic submitting requests", ctx.index()),
+                    );
                 }
             }
             return Ok(Processed::Drained);
@@ -670,7 +678,10 @@ impl VirtioDevice for BlkDevice {
                     .reap(&self.core);
             }));
             if reaped.is_err() {
-                log::error!("queue {token}: a panic completing requests");
+                self.core.errors.log(
+                    log::Level::Error,
+                    format_args!("queue {token}: a panic completing requests"),
+                );
             }
         }
         Ok(false)

@@ -386,6 +386,23 @@ fn a_panic_starting_a_request_still_submits_those_queued_before_it() {
     assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
 }
 
+/// A panic starting requests that comes back batch after batch (a guest repeating what
+/// causes it) is logged through the failed requests' rate limit, not once per batch.
+#[test]
+fn panics_starting_requests_batch_after_batch_are_rate_limited() {
+    let mut h = Harness::with(|c| c.aio = Aio::IoUring);
+    for i in 0..20u64 {
+        h.dev
+            .core
+            .panic_starting
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        h.header(HDR, VIRTIO_BLK_T_IN, i);
+        let head = h.submit(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)]);
+        assert_eq!(h.run(), vec![(head, 0)], "batch {i}");
+    }
+    assert!(h.dev.core.errors.suppressed() > 0, "20 panics, all logged");
+}
+
 /// A submission the kernel refuses for good (not a transient EAGAIN/ENOMEM/EBUSY) fails the
 /// requests it carried with IOERR, each returned once; the queue goes on with a new ring.
 #[test]
