@@ -389,6 +389,25 @@ mod sys {
             (off as c_long, ((off as u64) >> 32) as c_long)
         }
 
+        /// System call `nr`, `preadv` or `pwritev`, with the kernel's arguments.
+        ///
+        /// # Safety
+        /// As for [`preadv`] (reads) or [`pwritev`] (writes).
+        #[inline]
+        unsafe fn vectored(
+            nr: c_long,
+            fd: c_int,
+            iov: *const iovec,
+            count: c_int,
+            off: off_t,
+        ) -> ssize_t {
+            let (lo, hi) = lo_hi(off);
+            let (fd, count) = (c_long::from(fd), c_long::from(count));
+            // SAFETY: the arguments of the kernel's `preadv`/`pwritev` (offset as low and
+            // high halves); the caller guarantees the iovecs (this function's contract).
+            unsafe { libc::syscall(nr, fd, iov, count, lo, hi) as ssize_t }
+        }
+
         /// `preadv(fd, iov, count, offset)`.
         ///
         /// # Safety
@@ -401,19 +420,8 @@ mod sys {
             count: c_int,
             off: off_t,
         ) -> ssize_t {
-            let (lo, hi) = lo_hi(off);
-            // SAFETY: the arguments of the kernel's `preadv` (offset as low and high
-            // halves); the caller guarantees the iovecs (this function's contract).
-            unsafe {
-                libc::syscall(
-                    libc::SYS_preadv,
-                    c_long::from(fd),
-                    iov,
-                    c_long::from(count),
-                    lo,
-                    hi,
-                ) as ssize_t
-            }
+            // SAFETY: this function's contract is `vectored`'s for a read.
+            unsafe { vectored(libc::SYS_preadv, fd, iov, count, off) }
         }
 
         /// `pwritev(fd, iov, count, offset)`.
@@ -428,18 +436,9 @@ mod sys {
             count: c_int,
             off: off_t,
         ) -> ssize_t {
-            let (lo, hi) = lo_hi(off);
-            // SAFETY: as for `preadv`; the kernel only reads the iovecs' memory.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pwritev,
-                    c_long::from(fd),
-                    iov,
-                    c_long::from(count),
-                    lo,
-                    hi,
-                ) as ssize_t
-            }
+            // SAFETY: this function's contract is `vectored`'s for a write; the kernel only
+            // reads the iovecs' memory.
+            unsafe { vectored(libc::SYS_pwritev, fd, iov, count, off) }
         }
     }
 

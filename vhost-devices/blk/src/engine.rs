@@ -169,8 +169,8 @@ impl Pool {
                         _ => None,
                     };
                     let end = EndWrite(&barrier, write);
-                    let len =
-                        core.serve_caught(&mut scratch, &job.req, job.header, job.writethrough);
+                    let (req, header, sync) = (&job.req, job.header, job.writethrough);
+                    let len = core.caught(req, || core.serve(&mut scratch, req, header, sync));
                     // Completed before the barrier lets a later flush go: a flush's
                     // completion never precedes the writes before it.
                     job.req.complete(len);

@@ -249,22 +249,14 @@ struct Core {
 }
 
 impl Core {
-    /// [`serve`](Self::serve) with a panic caught: the request is answered with
-    /// `VIRTIO_BLK_S_IOERR` (used length 1, or 0 without a status byte) so that the driver
-    /// never takes a status byte left from an earlier request in that buffer (success,
-    /// perhaps) for this one's, and the thread goes on. The panic is logged through the
-    /// failed requests' rate limit (a guest could trigger it again and again).
-    fn serve_caught(
-        &self,
-        scratch: &mut Scratch,
-        req: &RequestOf<'_>,
-        header: Option<request::Header>,
-        writethrough: bool,
-    ) -> u32 {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.serve(scratch, req, header, writethrough)
-        }))
-        .unwrap_or_else(|_| {
+    /// Runs `serve` (which serves `req`: [`serve`](Self::serve)) with a panic caught: the
+    /// request is then answered with `VIRTIO_BLK_S_IOERR` (used length 1, or 0 without a
+    /// status byte) so that the driver never takes a status byte left from an earlier
+    /// request in that buffer (success, perhaps) for this one's, and the thread goes on. The
+    /// panic is logged through the failed requests' rate limit (a guest could trigger it
+    /// again and again).
+    fn caught(&self, req: &RequestOf<'_>, serve: impl FnOnce() -> u32) -> u32 {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)).unwrap_or_else(|_| {
             self.errors.log(
                 log::Level::Error,
                 format_args!("serving a request panicked; answered VIRTIO_BLK_S_IOERR"),
@@ -728,10 +720,11 @@ impl Drop for BlkDevice {
 
 impl BlkDevice {
     /// Serves `req` on this thread; a panic serving it answers VIRTIO_BLK_S_IOERR
-    /// ([`Core::serve_caught`]), as on an I/O thread or the io_uring engine, and the caller
-    /// goes on.
+    /// ([`Core::caught`]), as on an I/O thread or the io_uring engine, and the caller goes
+    /// on.
     fn serve_caught(&self, scratch: &mut Scratch, req: &RequestOf<'_>, writethrough: bool) -> u32 {
-        self.core.serve_caught(scratch, req, None, writethrough)
+        let core = &self.core;
+        core.caught(req, || core.serve(scratch, req, None, writethrough))
     }
 
     /// This disk as migration state describes it (`writeback` as configured).

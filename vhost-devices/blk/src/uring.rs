@@ -299,7 +299,8 @@ impl UringQueue {
     /// serving it answers VIRTIO_BLK_S_IOERR and leaves the queue working, as on an I/O
     /// thread.
     fn serve(&mut self, core: &Core, req: Request, header: Option<Header>, writethrough: bool) {
-        let len = core.serve_caught(&mut self.scratch, &req, header, writethrough);
+        let scratch = &mut self.scratch;
+        let len = core.caught(&req, || core.serve(scratch, &req, header, writethrough));
         req.complete(len);
     }
 
