@@ -392,7 +392,9 @@ mod sys {
         /// System call `nr`, `preadv` or `pwritev`, with the kernel's arguments.
         ///
         /// # Safety
-        /// As for [`preadv`] (reads) or [`pwritev`] (writes).
+        /// `nr` is `SYS_preadv`, with every iovec writable memory of its length, or
+        /// `SYS_pwritev`, with every iovec readable memory of its length; `iov` points to
+        /// `count` iovecs for the whole call.
         #[inline]
         unsafe fn vectored(
             nr: c_long,

@@ -613,7 +613,8 @@ impl VirtioDevice for BlkDevice {
             }));
             if served.is_err() {
                 // Through the failed requests' rate limit, as a panic serving one: a guest
-                // may be able to repeat it batch after batch.
+                // may be able to repeat it batch after batch (the standard panic hook still
+                // prints each panic itself).
                 self.core.errors.log(
                     log::Level::Error,
                     format_args!("queue {}: a panic starting requests", ctx.index()),
