@@ -222,6 +222,18 @@ impl Harness {
         );
     }
 
+    /// The status byte at `ST` says VIRTIO_BLK_S_IOERR (a request answered after a panic),
+    /// and a read through `ST` is then served.
+    fn answered_ioerr_and_the_queue_still_serves(&mut self) {
+        assert_eq!(
+            self.mem.read_obj::<u8>(GuestAddress(ST)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
+        self.header(HDR, VIRTIO_BLK_T_IN, 0);
+        let r = self.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
+        assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
+    }
+
     /// The next request the device serves panics (on whichever thread serves it).
     fn panic_on_next_request(&self) {
         self.dev
@@ -610,13 +622,7 @@ fn a_panic_serving_a_request_the_pool_handed_back_leaves_the_queue_working() {
         vec![(write, 1)],
         "the panicked write comes back with its status byte"
     );
-    assert_eq!(
-        h.mem.read_obj::<u8>(GuestAddress(ST)).unwrap(),
-        VIRTIO_BLK_S_IOERR
-    );
-    h.header(HDR, VIRTIO_BLK_T_IN, 0);
-    let r = h.one(&[(HDR, 16, false), (BUF, 512, true), (ST, 1, true)], ST);
-    assert_eq!(r, (513, VIRTIO_BLK_S_OK), "the queue still serves");
+    h.answered_ioerr_and_the_queue_still_serves();
 }
 
 /// With engine `aio`: a write whose serving panics is answered VIRTIO_BLK_S_IOERR (not
